@@ -1,0 +1,21 @@
+"""Command-line interface: ``flame-tracker <command>``. Each sub-command lives in its own module
+of this package and is registered on the ``main`` group here."""
+
+from __future__ import annotations
+
+import click
+
+from flame_tracker import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flame-tracker")
+def main() -> None:
+    """Fit the FLAME (or the open ICT-FaceKit) 3D head model to face images and videos, on a CPU.
+
+    Run `flame-tracker COMMAND --help` for the options of a command.
+    """
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
