@@ -17,5 +17,10 @@ def main() -> None:
     """
 
 
+from flame_tracker.cli.assets import assets as _assets  # noqa: E402
+
+main.add_command(_assets)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
