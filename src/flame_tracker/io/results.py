@@ -1,0 +1,136 @@
+"""Result files: atomic writes, the per-image/per-frame npz (reference keys + extras) and JSON summary.
+
+Unit rule for the npz (see README "Outputs"):
+
+* The reference keys keep the reference's meaning (upstream-spec §9) so downstream code keeps working:
+  ``lmks_68`` / ``lmks_eyes`` are the detected targets in the reference's normalised coordinates
+  ([-1, 1], x right, y down) of the square *fitting crop* (``crop`` = x0, y0, side in original pixels),
+  ``K`` is the intrinsic matrix of that crop rendered at 256², ``cam`` is (yaw, pitch, roll, camera
+  centre) and ``fov`` is in degrees.
+* Every key ending in ``_px`` is in **original image pixels**; ``K_px``, ``w2c_opencv`` (OpenCV
+  world-to-camera, x right, y down, z forward) and ``c2w_opengl`` (OpenGL/Blender camera-to-world) let
+  a user project the model directly onto the input image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Keys every result npz holds, with the leading per-frame dimension 1 (upstream-spec §9).
+REFERENCE_KEYS = (
+    "shape",
+    "exp",
+    "head_pose",
+    "jaw_pose",
+    "neck_pose",
+    "eye_pose",
+    "cam",
+    "fov",
+    "K",
+    "lmks_68",
+    "lmks_eyes",
+    "blendshape_scores",
+)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    A reader (or a resumed run) therefore never sees a half-written file: either the old file or
+    the complete new one. The temporary file keeps ``path``'s suffix so writers that pick a format
+    from the extension (OpenCV, numpy) work unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` as a compressed npz atomically (no pickled objects: plain arrays only)."""
+    clean = {k: np.asarray(v) for k, v in arrays.items()}
+    for key, value in clean.items():
+        if value.dtype == object:
+            raise TypeError(f"npz key {key!r} holds Python objects; store plain arrays only")
+
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **clean)
+
+    return atomic_write(path, _write)
+
+
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a result npz into a dict (without allowing pickled objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: result file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:  # zipfile.BadZipFile is an OSError subclass
+        raise ValueError(f"{path}: not a readable npz result file ({exc})") from exc
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no NaN/inf; null is the honest "undefined"
+    return value
+
+
+def save_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as indented JSON atomically (numpy values converted, NaN → null)."""
+    text = json.dumps(_to_jsonable(data), indent=2, allow_nan=False)
+
+    def _write(tmp: Path) -> None:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+    return atomic_write(path, _write)
+
+
+def save_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 ``H×W×3`` image (PNG/JPEG by extension) atomically."""
+    import cv2
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"{path}: expected an RGB uint8 H×W×3 image, got {rgb.dtype} {rgb.shape}")
+
+    def _write(tmp: Path) -> None:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: OpenCV could not write the image")
+
+    return atomic_write(path, _write)

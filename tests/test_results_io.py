@@ -1,0 +1,60 @@
+"""Atomic result writes: npz, JSON, images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flame_tracker.io.results import atomic_path, load_npz, save_image, save_json, save_npz
+
+
+def test_npz_round_trip(tmp_path):
+    arrays = {"shape": np.zeros((1, 5), np.float32), "fov": np.array([20.0])}
+    path = save_npz(tmp_path / "sub" / "r.npz", arrays)
+    back = load_npz(path)
+    assert set(back) == {"shape", "fov"}
+    np.testing.assert_array_equal(back["fov"], [20.0])
+
+
+def test_npz_refuses_objects(tmp_path):
+    with pytest.raises(TypeError, match="'bad'"):
+        save_npz(tmp_path / "r.npz", {"bad": np.array([{"a": 1}], dtype=object)})
+    assert not (tmp_path / "r.npz").exists()
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    target = tmp_path / "r.json"
+    save_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed midway")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_json_converts_numpy_and_nan(tmp_path):
+    path = save_json(tmp_path / "s.json", {"x": np.float32(1.5), "v": np.arange(3), "n": float("nan")})
+    assert json.loads(path.read_text()) == {"x": 1.5, "v": [0, 1, 2], "n": None}
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        load_npz(tmp_path / "nope.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        load_npz(tmp_path / "bad.npz")
+
+
+def test_save_image(tmp_path):
+    import cv2
+
+    img = np.zeros((4, 6, 3), np.uint8)
+    img[..., 0] = 255  # red in RGB
+    path = save_image(tmp_path / "o.png", img)
+    back = cv2.imread(str(path))
+    assert back.shape == (4, 6, 3) and back[0, 0, 2] == 255 and back[0, 0, 0] == 0
+    with pytest.raises(ValueError, match="RGB uint8"):
+        save_image(tmp_path / "g.png", np.zeros((4, 6), np.uint8))
