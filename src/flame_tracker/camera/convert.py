@@ -1,0 +1,165 @@
+"""Conversions between the reference camera and standard camera descriptions.
+
+The fitting works in the NDC of a square *fitting crop* of the original image (:class:`Crop`). The
+exports here express the same camera in **original image pixels** (any aspect ratio):
+
+* OpenCV world-to-camera ``[R | t]`` (x right, y down, z forward) with ``K`` in original pixels.
+* OpenGL / Blender camera-to-world ``4x4`` (the camera looks down its local -Z, +Y up).
+* Head-centric: the head is rotated and translated in front of a fixed OpenGL camera at the origin,
+  ``X_cam = R_head @ X + t_head`` (what a renderer with an identity view matrix wants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from flame_tracker.camera.reference import (
+    _as_tensor,
+    focal_to_fov,
+    matrix_to_rotvec,
+    project_ndc,
+    rotvec_to_matrix,
+)
+
+_FLIP = (1.0, -1.0, -1.0)  # OpenGL <-> OpenCV camera axes
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A square fitting crop of the original image, in original pixels (no rotation).
+
+    ``x0, y0``: top-left corner; ``size``: side length. Scalars, or tensors ``[N]`` for per-frame crops.
+    Mapping: ``ndc = (p - (x0, y0)) / size * 2 - 1`` and back ``p = (ndc + 1) / 2 * size + (x0, y0)``.
+    The reference's 256² image is ``Crop(0, 0, 256)``.
+    """
+
+    x0: float | Tensor
+    y0: float | Tensor
+    size: float | Tensor
+
+    def __post_init__(self) -> None:
+        if bool(torch.any(torch.as_tensor(self.size) <= 0)):
+            raise ValueError(f"Crop size must be positive, got {self.size!r}")
+
+    def _fields(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(_as_tensor(v, like=like) for v in (self.x0, self.y0, self.size))  # type: ignore[return-value]
+
+    def to_ndc(self, pixels: Tensor) -> Tensor:
+        """Original-image pixels ``[..., 2]`` (leading dim N for per-frame crops) -> fitting NDC."""
+        pixels = _as_tensor(pixels)
+        x0, y0, size = self._fields(pixels)
+        origin = torch.stack(torch.broadcast_tensors(x0, y0), dim=-1)
+        if origin.ndim == 2:  # per-frame crop: [N, 2] -> broadcast over the point axis
+            origin, size = origin[:, None, :], size[:, None, None]
+        else:
+            size = size[..., None] if size.ndim else size
+        return (pixels - origin) / size * 2.0 - 1.0
+
+    def from_ndc(self, ndc: Tensor) -> Tensor:
+        """Fitting NDC ``[..., 2]`` -> original-image pixels."""
+        ndc = _as_tensor(ndc)
+        x0, y0, size = self._fields(ndc)
+        origin = torch.stack(torch.broadcast_tensors(x0, y0), dim=-1)
+        if origin.ndim == 2:
+            origin, size = origin[:, None, :], size[:, None, None]
+        else:
+            size = size[..., None] if size.ndim else size
+        return (ndc + 1.0) * 0.5 * size + origin
+
+    @classmethod
+    def around(cls, points: Tensor, scale: float = 1.3) -> "Crop":
+        """Square crop centred on the bounding box of ``points [P, 2]`` (pixels), side ``scale`` × its longer side."""
+        points = _as_tensor(points)
+        lo, hi = points.amin(dim=-2), points.amax(dim=-2)
+        centre, side = (lo + hi) / 2, (hi - lo).amax(dim=-1) * scale
+        return cls(centre[..., 0] - side / 2, centre[..., 1] - side / 2, side)
+
+
+def intrinsics_pixels(fov: Tensor | float, crop: Crop) -> Tensor:
+    """``K [..., 3, 3]`` in original pixels for a reference camera of ``fov`` degrees fitted in ``crop``."""
+    fov = _as_tensor(fov)
+    x0, y0, size = crop._fields(fov)
+    f = 0.5 * size / torch.tan(0.5 * torch.deg2rad(fov))
+    f, cx, cy = torch.broadcast_tensors(f, x0 + size / 2, y0 + size / 2)
+    z, o = torch.zeros_like(f), torch.ones_like(f)
+    return torch.stack([f, z, cx, z, f, cy, z, z, o], dim=-1).reshape(*f.shape, 3, 3)
+
+
+def fov_from_intrinsics(K: Tensor, crop: Crop) -> Tensor:
+    """FOV (degrees) of the reference camera whose :func:`intrinsics_pixels` in ``crop`` is ``K``."""
+    K = _as_tensor(K)
+    _, _, size = crop._fields(K)
+    return focal_to_fov(K[..., 0, 0], size)
+
+
+def project_pixels(points: Tensor, pose6: Tensor, fov: Tensor | float, crop: Crop) -> Tensor:
+    """Project model-space points ``[N, P, 3]`` to original-image pixels ``[N, P, 2]``."""
+    return crop.from_ndc(project_ndc(points, pose6, fov))
+
+
+def pose6_to_opencv(pose6: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference ``pose6 [..., 6]`` -> OpenCV world-to-camera ``R [..., 3, 3]``, ``t [..., 3]``."""
+    pose6 = _as_tensor(pose6)
+    rot = rotvec_to_matrix(pose6[..., :3])
+    flip = pose6.new_tensor(_FLIP)
+    r_w2c = flip[:, None] * rot.transpose(-1, -2)  # D R^T
+    t_w2c = -(r_w2c @ pose6[..., 3:, None])[..., 0]
+    return r_w2c, t_w2c
+
+
+def opencv_to_pose6(R: Tensor, t: Tensor) -> Tensor:
+    """OpenCV world-to-camera ``R [..., 3, 3]``, ``t [..., 3]`` -> reference ``pose6``."""
+    R, t = _as_tensor(R), _as_tensor(t)
+    flip = R.new_tensor(_FLIP)
+    rot = R.transpose(-1, -2) * flip  # R_c2w_gl = R_w2c^T D
+    centre = -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+    return torch.cat([matrix_to_rotvec(rot), centre], dim=-1)
+
+
+def to_opencv(pose6: Tensor, fov: Tensor | float, crop: Crop) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference camera -> OpenCV ``(K, R, t)``: ``K`` in original pixels, ``x_px ~ K (R X + t)``."""
+    r_w2c, t_w2c = pose6_to_opencv(pose6)
+    return intrinsics_pixels(_as_tensor(fov, like=r_w2c), crop), r_w2c, t_w2c
+
+
+def to_opengl_c2w(pose6: Tensor) -> Tensor:
+    """Reference ``pose6`` -> OpenGL/Blender camera-to-world ``[..., 4, 4]`` (it is ``[R(r) | t]``)."""
+    pose6 = _as_tensor(pose6)
+    out = torch.zeros(*pose6.shape[:-1], 4, 4, dtype=pose6.dtype, device=pose6.device)
+    out[..., :3, :3] = rotvec_to_matrix(pose6[..., :3])
+    out[..., :3, 3] = pose6[..., 3:]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def opengl_c2w_to_pose6(c2w: Tensor) -> Tensor:
+    """OpenGL/Blender camera-to-world ``[..., 4, 4]`` -> reference ``pose6``."""
+    c2w = _as_tensor(c2w)
+    return torch.cat([matrix_to_rotvec(c2w[..., :3, :3]), c2w[..., :3, 3]], dim=-1)
+
+
+def to_head_centric(pose6: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference ``pose6`` -> head rotation (axis-angle) and translation in front of a fixed OpenGL camera.
+
+    ``X_cam = R_head @ X + t_head`` with ``R_head = R^T``, ``t_head = -R^T t``.
+    """
+    pose6 = _as_tensor(pose6)
+    rt = rotvec_to_matrix(pose6[..., :3]).transpose(-1, -2)
+    return matrix_to_rotvec(rt), -(rt @ pose6[..., 3:, None])[..., 0]
+
+
+def from_head_centric(head_rotvec: Tensor, head_transl: Tensor) -> Tensor:
+    """Inverse of :func:`to_head_centric`."""
+    head_rotvec, head_transl = _as_tensor(head_rotvec), _as_tensor(head_transl)
+    rot = rotvec_to_matrix(head_rotvec).transpose(-1, -2)  # camera R = R_head^T
+    return torch.cat([matrix_to_rotvec(rot), -(rot @ head_transl[..., None])[..., 0]], dim=-1)
+
+
+__all__ = [
+    "Crop", "intrinsics_pixels", "fov_from_intrinsics", "project_pixels", "pose6_to_opencv",
+    "opencv_to_pose6", "to_opencv", "to_opengl_c2w", "opengl_c2w_to_pose6", "to_head_centric",
+    "from_head_centric",
+]
