@@ -1,0 +1,232 @@
+"""Streaming video decoding with PyAV.
+
+Frames are decoded one at a time (memory stays flat in the video's length; the reference tracker
+decodes every frame into RAM first). Frame rate, display rotation and per-frame timestamps come
+from the container, so variable-frame-rate phone videos keep their real timing. A stream that breaks
+mid-file (truncated download, damaged packets) ends the iteration cleanly: what was decoded is kept
+and :attr:`VideoReader.broken` says where it broke.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+
+class VideoError(RuntimeError):
+    """A video file cannot be used (not a video, no video stream, unreadable)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the video stream.
+
+    ``width``/``height`` are the *displayed* size (after the rotation metadata is applied).
+    ``n_frames`` is the container's frame count, or an estimate from duration × fps (0 if unknown).
+    """
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    n_frames: int
+    duration_s: float
+    rotation: int  # degrees counter-clockwise applied to decoded frames for display
+    codec: str
+
+
+@dataclass
+class Frame:
+    """One decoded frame: ``index`` counts source frames from 0, ``time_s`` is its presentation
+    time in seconds (from the container), ``image`` is RGB uint8 H×W×3, upright."""
+
+    index: int
+    time_s: float
+    image: np.ndarray
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video file {path} does not exist; check the path")
+    if path.is_dir():
+        raise VideoError(f"{path} is a folder, not a video file")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise VideoError(
+            f"{path} could not be opened as a video ({exc}); it is not a video file, or it is "
+            "truncated/damaged (an MP4 cut short loses its index). Re-export or re-download it."
+        ) from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path} has no video stream (audio only or not a video file)")
+    return container
+
+
+def _rate(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Read the stream's metadata without decoding the whole video (one frame is decoded to learn
+    the rotation, which lives in per-frame side data)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _rate(stream)
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        n_frames = int(stream.frames or 0)
+        if n_frames <= 0 and duration > 0 and fps > 0:
+            n_frames = int(round(duration * fps))
+        rotation = 0
+        width, height = stream.codec_context.width, stream.codec_context.height
+        try:
+            first = next(container.decode(stream))
+            rotation = _rotation_of(first)
+            width, height = first.width, first.height
+        except (StopIteration, av.FFmpegError):
+            pass
+        if rotation % 180:
+            width, height = height, width
+        return VideoInfo(Path(path), width, height, fps, n_frames, duration, rotation,
+                         stream.codec_context.name)
+    finally:
+        container.close()
+
+
+def _rotation_of(frame: av.VideoFrame) -> int:
+    try:
+        rot = frame.rotation
+    except (AttributeError, av.FFmpegError):
+        return 0
+    return int(round((rot or 0) / 90.0)) * 90 % 360
+
+
+@dataclass
+class BrokenStream:
+    """Where decoding stopped early: the last good source frame and why."""
+
+    after_index: int
+    after_time_s: float
+    reason: str
+
+    def __str__(self) -> str:
+        return (f"video stream broke after frame {self.after_index} "
+                f"(t={self.after_time_s:.2f}s): {self.reason}")
+
+
+class VideoReader:
+    """Iterate over the frames of a video, lazily.
+
+    Args:
+        path: video file.
+        start_s, end_s: time range in seconds (``end_s`` exclusive; ``None`` = to the end).
+        every: keep every ``every``-th frame of the range.
+        fps: if given, subsample to at most this rate using the container's timestamps
+            (works for variable frame rate); combined with ``every`` it applies first.
+        max_frames: stop after this many kept frames.
+        max_side: downscale frames (in the decoder, cheaply) so the longer side is at most this;
+            :attr:`scale` gives the factor back to original pixels.
+
+    After iterating, :attr:`broken` is ``None`` when the stream ended normally, or a
+    :class:`BrokenStream` saying where it broke; :attr:`n_decoded` counts decoded source frames.
+    """
+
+    def __init__(self, path: str | Path, *, start_s: float = 0.0, end_s: float | None = None,
+                 every: int = 1, fps: float | None = None, max_frames: int | None = None,
+                 max_side: int | None = None) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if end_s is not None and end_s <= start_s:
+            raise ValueError(f"empty time range: start {start_s}s >= end {end_s}s")
+        self.info = probe(path)
+        self.path = Path(path)
+        self.start_s, self.end_s, self.every, self.fps = start_s, end_s, every, fps
+        self.max_frames = max_frames
+        self.max_side = max_side
+        longest = max(self.info.width, self.info.height)
+        self.scale = 1.0 if not max_side or longest <= max_side else max_side / longest
+        self.broken: BrokenStream | None = None
+        self.n_decoded = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        info = self.info
+        container = _open(self.path)
+        self.broken, self.n_decoded = None, 0
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threading: decode runs beside the fitting
+        tb = stream.time_base or Fraction(1, 1)
+        start_pts = stream.start_time or 0
+        k = rot_k = 0
+        next_t = -math.inf
+        last_index, last_time = -1, 0.0
+        kept = 0
+        size: tuple[int, int] | None = None
+        try:
+            for frame in container.decode(stream):
+                index = self.n_decoded
+                self.n_decoded += 1
+                if frame.pts is not None:
+                    t = float((frame.pts - start_pts) * tb)
+                else:  # no timestamps: fall back to the nominal rate
+                    t = index / info.fps if info.fps else float(index)
+                last_index, last_time = index, t
+                if t < self.start_s - 1e-6:
+                    continue
+                if self.end_s is not None and t >= self.end_s - 1e-6:
+                    break
+                k += 1
+                if (k - 1) % self.every:
+                    continue
+                if self.fps is not None:
+                    # a little slack so timestamp rounding never drops a frame of e.g. 30->15 fps
+                    if t < next_t - 0.1 / self.fps:
+                        continue
+                    step = 1.0 / self.fps
+                    next_t = t + step if next_t == -math.inf or next_t + step <= t else next_t + step
+                if size is None:
+                    rot_k = _rotation_of(frame) // 90
+                    size = (max(1, round(frame.width * self.scale)),
+                            max(1, round(frame.height * self.scale)))
+                if self.scale != 1.0:
+                    img = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+                else:
+                    img = frame.to_ndarray(format="rgb24")
+                if rot_k:
+                    img = np.ascontiguousarray(np.rot90(img, rot_k))
+                yield Frame(index, t, img)
+                kept += 1
+                if self.max_frames is not None and kept >= self.max_frames:
+                    break
+            else:
+                self._check_complete(last_index, last_time)
+        except av.FFmpegError as exc:
+            self.broken = BrokenStream(last_index, last_time, f"{type(exc).__name__}: {exc}")
+        finally:
+            container.close()
+
+    def _check_complete(self, last_index: int, last_time: float) -> None:
+        """A stream that ends well before the duration the container announced was cut short."""
+        info = self.info
+        if info.duration_s <= 0 or info.fps <= 0:
+            return
+        missing_s = info.duration_s - (last_time + 1.0 / info.fps)
+        if missing_s > max(2.0 / info.fps, 0.05 * info.duration_s):
+            self.broken = BrokenStream(
+                last_index, last_time,
+                f"stream ended {missing_s:.2f}s before the container's duration "
+                f"({info.duration_s:.2f}s): the file is truncated or damaged")

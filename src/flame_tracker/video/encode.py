@@ -1,0 +1,111 @@
+"""Streaming mp4 writer (PyAV/libx264) for overlay videos, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+
+
+class VideoWriter:
+    """Write RGB frames to an H.264 mp4 one at a time; the file appears at ``path`` on ``close``.
+
+    Frame sizes are padded to even numbers (yuv420p needs them). ``fps`` may be fractional
+    (e.g. 30000/1001); frames get presentation times from ``time_s`` when given, so a variable
+    frame-rate source keeps its timing.
+    """
+
+    def __init__(self, path: str | Path, fps: float, crf: int = 23, preset: str = "veryfast"
+                 ) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4",
+                                   dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._container = av.open(str(self._tmp), mode="w")
+        self._rate = Fraction(fps).limit_denominator(1001)
+        self._stream: av.video.stream.VideoStream | None = None
+        self._crf, self._preset = crf, preset
+        self._time_base = Fraction(1, 90000)
+        self._last_pts = -1
+        self.n_frames = 0
+
+    def _open_stream(self, width: int, height: int) -> None:
+        stream = self._container.add_stream("libx264", rate=self._rate)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = self._time_base
+        stream.options = {"crf": str(self._crf), "preset": self._preset}
+        self._stream = stream
+
+    def write(self, rgb: np.ndarray, time_s: float | None = None) -> None:
+        """Append one RGB uint8 ``H×W×3`` frame (all frames must have the first frame's size)."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 H×W×3 frame, got {rgb.dtype} {rgb.shape}")
+        h, w = rgb.shape[:2]
+        if self._stream is None:
+            self._open_stream(w, h)
+        assert self._stream is not None
+        if (h + h % 2, w + w % 2) != (self._stream.height, self._stream.width):
+            raise ValueError(f"frame size {w}x{h} differs from the video's "
+                             f"{self._stream.width}x{self._stream.height}")
+        if h % 2 or w % 2:
+            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if time_s is None:
+            pts = int(round(self.n_frames / self._rate / self._time_base))
+        else:
+            pts = int(round(time_s / self._time_base))
+        pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the source did
+        frame.pts, frame.time_base = pts, self._time_base
+        self._last_pts = pts
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.n_frames += 1
+
+    def close(self) -> Path:
+        """Flush the encoder and move the file into place; an empty video is not written."""
+        try:
+            if self._stream is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+        if self.n_frames == 0:
+            self._tmp.unlink(missing_ok=True)
+            return self.path
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close without keeping anything."""
+        try:
+            self._container.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Two RGB images of the same height next to each other."""
+    if left.shape[0] != right.shape[0]:
+        raise ValueError(f"side-by-side needs equal heights, got {left.shape} and {right.shape}")
+    return np.concatenate([left, right], axis=1)

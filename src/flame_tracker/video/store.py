@@ -1,0 +1,147 @@
+"""The output folder of a video run: manifest, resumable checkpoints and final files.
+
+Layout of ``DIR``::
+
+    manifest.json            what was run (video fingerprint + settings) and whether it finished
+    work/<stage>/NNNNNN.npz  checkpoints: per-frame records of a stage, a few frames per file
+    frames/NNNNNN.npz        final per-frame results (reference keys), NNNNNN = source frame index
+    tracking.npz             everything over the whole video (arrays over frames + metadata)
+    overlay.mp4, meshes/     optional outputs
+    summary.json             frames tracked/dropped, errors, jitter, time per stage
+
+Every file is written atomically (temporary file + rename), so a killed run leaves only complete
+files; a restarted run reads the checkpoints and redoes only frames that are not on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from flame_tracker.io.results import load_npz, save_json, save_npz
+
+MANIFEST = "manifest.json"
+
+
+class OutputMismatchError(RuntimeError):
+    """The output folder holds a run of a different video or with different settings."""
+
+
+def video_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Identify a video file cheaply: resolved path, size, and a hash of its first and last MiB."""
+    path = Path(path).resolve()
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(1 << 20))
+        if size > 1 << 20:
+            fh.seek(max(size - (1 << 20), 1 << 20))
+            digest.update(fh.read(1 << 20))
+    return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}
+
+
+class CheckpointStage:
+    """Per-frame records of one stage, buffered and flushed to ``work/<name>/`` in chunks.
+
+    Records are dicts of arrays (one frame each). ``flush`` writes the buffered frames as one npz
+    named after its first frame; ``load`` returns every stored record stacked and sorted by frame.
+    """
+
+    def __init__(self, root: Path, name: str, chunk: int = 32) -> None:
+        self.dir = root / "work" / name
+        self.chunk = chunk
+        self._buffer: list[tuple[int, dict[str, np.ndarray]]] = []
+        self._done: set[int] | None = None
+
+    def done(self) -> set[int]:
+        """Frame indices already on disk (or buffered)."""
+        if self._done is None:
+            self._done = set()
+            for f in sorted(self.dir.glob("*.npz")):
+                try:
+                    self._done.update(load_npz(f)["frame"].tolist())
+                except (ValueError, KeyError):
+                    f.unlink()  # an unreadable checkpoint is redone, not trusted
+        return self._done
+
+    def add(self, frame: int, record: Mapping[str, Any]) -> None:
+        """Buffer one frame's record; flush when a chunk is full."""
+        self.done().add(int(frame))
+        self._buffer.append((int(frame), {k: np.asarray(v) for k, v in record.items()}))
+        if len(self._buffer) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered frames (atomically) and clear the buffer."""
+        if not self._buffer:
+            return
+        frames = np.array([f for f, _ in self._buffer], dtype=np.int64)
+        keys = self._buffer[0][1].keys()
+        arrays = {k: np.stack([r[k] for _, r in self._buffer]) for k in keys}
+        save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {"frame": frames, **arrays})
+        self._buffer.clear()
+
+    def load(self) -> dict[str, np.ndarray]:
+        """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped)."""
+        self.flush()
+        parts = [load_npz(f) for f in sorted(self.dir.glob("*.npz"))]
+        if not parts:
+            return {}
+        keys = set(parts[0])
+        out = {k: np.concatenate([p[k] for p in parts if k in p]) for k in keys}
+        _, first = np.unique(out["frame"], return_index=True)
+        return {k: v[first] for k, v in out.items()}
+
+
+class RunFolder:
+    """An output folder with a manifest tying it to one video and one set of settings."""
+
+    def __init__(self, out_dir: str | Path, video: str | Path, settings: Mapping[str, Any],
+                 force: bool = False) -> None:
+        self.root = Path(out_dir)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"output path {self.root} exists and is not a folder")
+        self.fingerprint = video_fingerprint(video)
+        self.settings = json.loads(json.dumps(dict(settings), default=str))
+        manifest = self.root / MANIFEST
+        old = json.loads(manifest.read_text()) if manifest.is_file() else None
+        if force:
+            self.clear()
+            old = None
+        elif old is not None and (old.get("video") != self.fingerprint
+                                  or old.get("settings") != self.settings):
+            raise OutputMismatchError(
+                f"{self.root} holds a run of {old.get('video', {}).get('path')} with other "
+                "settings; choose another --out folder or pass --force to overwrite it")
+        self.complete = bool(old and old.get("complete"))
+        if old is None:
+            self._write_manifest(complete=False)
+
+    def clear(self) -> None:
+        """Remove everything this package writes in the folder (never foreign files)."""
+        for name in ("work", "frames", "meshes"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        for name in (MANIFEST, "tracking.npz", "overlay.mp4", "summary.json"):
+            (self.root / name).unlink(missing_ok=True)
+
+    def _write_manifest(self, complete: bool) -> None:
+        save_json(self.root / MANIFEST, {"video": self.fingerprint, "settings": self.settings,
+                                         "complete": complete})
+
+    def mark_complete(self) -> None:
+        """Record that every output was written; a later run will do nothing unless forced."""
+        self._write_manifest(complete=True)
+        self.complete = True
+
+    def stage(self, name: str, chunk: int = 32) -> CheckpointStage:
+        """Checkpoints of one stage (``work/<name>/``)."""
+        return CheckpointStage(self.root, name, chunk)
+
+    def frame_path(self, frame: int) -> Path:
+        """Path of the final per-frame npz."""
+        return self.root / "frames" / f"{frame:06d}.npz"

@@ -1,0 +1,183 @@
+"""Temporal structure of a tracked sequence: valid segments, whole-sequence smoothing, jitter.
+
+The smoother is a Whittaker–Henderson / penalised least-squares smoother over the *entire*
+sequence at once (equivalently, the RTS smoother of an integrated-random-walk motion model):
+
+    minimise  sum_t w_t ||y_t - x_t||^2  +  lam * sum_t ||D2 y_t||^2
+
+with ``D2`` the second divided difference on the frames' real timestamps, so variable frame rate and
+dropped frames are handled: frames without a face get ``w_t = 0`` and are *bridged* by the motion
+prior at their true temporal distance, never treated as if the frames around them were adjacent.
+Gaps longer than ``max_gap_s`` split the sequence into independent segments. The normal matrix is
+pentadiagonal, so one banded Cholesky solve handles all parameters of all frames in O(T).
+
+Smoothing strength is set by a cutoff frequency in Hz (the -6 dB point of the smoother's
+frequency response), so the same setting means the same thing at 25 or 60 fps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.linalg import solveh_banded
+
+
+def segments(valid: np.ndarray, times: np.ndarray | None = None,
+             max_gap_s: float = float("inf")) -> list[tuple[int, int]]:
+    """Half-open index ranges ``[a, b)`` that start and end on a valid frame and contain no run of
+    invalid frames spanning more than ``max_gap_s`` seconds (``times`` in seconds; without it a
+    gap is measured in frames). Frames outside every segment cannot be tracked or bridged."""
+    valid = np.asarray(valid, bool)
+    idx = np.flatnonzero(valid)
+    if idx.size == 0:
+        return []
+    t = np.arange(valid.size, dtype=float) if times is None else np.asarray(times, float)
+    # split where the time between consecutive valid frames exceeds the allowed gap
+    dt = np.diff(t[idx])
+    typical = np.median(np.diff(t)) if t.size > 1 else 1.0
+    breaks = np.flatnonzero(dt > max_gap_s + typical + 1e-9)
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    ends = np.concatenate([idx[breaks], [idx[-1]]]) + 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def cutoff_to_lambda(cutoff_hz: float | np.ndarray, fps: float) -> np.ndarray:
+    """Penalty weight of the second-difference smoother whose gain is 1/2 at ``cutoff_hz``.
+
+    The smoother's transfer function is ``1 / (1 + lam * (2 - 2 cos w)^2)`` (w in rad/frame).
+    ``cutoff_hz`` of ``inf`` (or <= 0) disables smoothing for that parameter.
+    """
+    c = np.asarray(cutoff_hz, dtype=float)
+    w = 2.0 * np.pi * np.minimum(c, 0.5 * fps) / fps
+    with np.errstate(divide="ignore"):
+        lam = 1.0 / (2.0 - 2.0 * np.cos(w)) ** 2
+    return np.where(np.isfinite(c) & (c > 0), lam, 0.0)
+
+
+def _second_difference(h: np.ndarray) -> sparse.csr_matrix:
+    """Second divided difference for grid spacings ``h`` (in nominal frames), scaled so a uniform
+    grid gives ``y[i-1] - 2 y[i] + y[i+1]``."""
+    n = h.size + 1
+    h0, h1 = h[:-1], h[1:]
+    c = 2.0 / (h0 + h1)
+    rows = np.repeat(np.arange(n - 2), 3)
+    cols = (np.arange(n - 2)[:, None] + np.arange(3)[None, :]).ravel()
+    vals = np.stack([c / h0, -c * (1.0 / h0 + 1.0 / h1), c / h1], axis=1).ravel()
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(n - 2, n))
+
+
+def smooth_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Smooth one segment. ``x [n, D]`` (rows with ``w == 0`` are ignored), ``w [n]`` data weights,
+    ``lam [D]`` penalty per column, ``h [n-1]`` spacings in nominal frames (default 1)."""
+    n, d = x.shape
+    x = np.where(w[:, None] > 0, x, 0.0)
+    lam = np.broadcast_to(np.asarray(lam, float), (d,))
+    if n < 3:  # a segment starts and ends on valid frames, so both rows are measurements
+        return x.copy()
+    h = np.ones(n - 1) if h is None else np.maximum(np.asarray(h, float), 1e-6)
+    d2 = _second_difference(h)
+    p = (d2.T @ d2).tocsr()
+    diags = [p.diagonal(k) for k in range(3)]
+    out = np.empty_like(x)
+    # columns sharing one penalty share one factorisation
+    for value in np.unique(lam):
+        cols = np.flatnonzero(lam == value)
+        if value == 0.0:
+            out[:, cols] = x[:, cols]
+            continue
+        ab = np.zeros((3, n))
+        ab[2] = w + value * diags[0]
+        ab[1, 1:] = value * diags[1]
+        ab[0, 2:] = value * diags[2]
+        out[:, cols] = solveh_banded(ab, w[:, None] * x[:, cols], check_finite=False)
+    return out
+
+
+def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | None = None,
+                    fps: float | None = None, cutoff_hz: float | np.ndarray = 4.0,
+                    max_gap_s: float = 0.5, weights: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth per-frame parameters over the whole sequence.
+
+    Args:
+        x: ``[T, D]`` per-frame values (anything for invalid frames, NaN allowed there).
+        valid: ``[T]`` frames whose values are measurements.
+        times: ``[T]`` timestamps in seconds (default: ``arange(T) / fps``).
+        fps: nominal rate (default: from the median time step).
+        cutoff_hz: scalar or ``[D]`` cutoff per column (``inf`` = no smoothing).
+        max_gap_s: longer runs of invalid frames split the sequence (nothing is bridged there).
+        weights: optional ``[T]`` confidence per frame (e.g. from the fit residual).
+
+    Returns:
+        ``(y [T, D], covered [T])``: smoothed values, and which frames lie in a segment (valid or
+        bridged); ``y`` is NaN elsewhere.
+    """
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 2:
+        raise ValueError(f"x must be [T, D], got shape {x.shape}")
+    t_len = x.shape[0]
+    valid = np.asarray(valid, bool) & np.isfinite(x).all(axis=1)
+    if times is None:
+        if fps is None:
+            raise ValueError("give times or fps")
+        times = np.arange(t_len) / fps
+    times = np.asarray(times, dtype=float)
+    step = float(np.median(np.diff(times))) if t_len > 1 else 1.0 / (fps or 1.0)
+    step = step if step > 0 else 1.0 / (fps or 1.0)
+    fps_eff = 1.0 / step
+    lam = cutoff_to_lambda(cutoff_hz, fps_eff)
+    lam = np.broadcast_to(lam, (x.shape[1],))
+    w_all = valid.astype(float) if weights is None else np.where(valid, weights, 0.0)
+    y = np.full_like(x, np.nan)
+    covered = np.zeros(t_len, bool)
+    for a, b in segments(valid, times, max_gap_s):
+        h = np.diff(times[a:b]) / step
+        y[a:b] = smooth_segment(x[a:b], w_all[a:b], lam, h)
+        covered[a:b] = True
+    return y, covered
+
+
+@dataclass
+class JitterMetrics:
+    """Frame-to-frame acceleration statistics over triplets of consecutive valid frames.
+
+    ``pose_acc_deg``: RMS of ||second difference|| of the head rotation (degrees/frame^2);
+    ``trans_acc_mm``: the same for the translation (mm/frame^2);
+    ``lmk_acc_px``: mean ||second difference|| of the 2-D landmarks (pixels/frame^2);
+    ``n_triplets``: how many triplets were measured.
+    """
+
+    pose_acc_deg: float
+    trans_acc_mm: float
+    lmk_acc_px: float
+    n_triplets: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"pose_acc_deg": self.pose_acc_deg, "trans_acc_mm": self.trans_acc_mm,
+                "lmk_acc_px": self.lmk_acc_px, "n_triplets": self.n_triplets}
+
+
+def jitter_metrics(rotvec: np.ndarray, trans: np.ndarray, valid: np.ndarray,
+                   landmarks_px: np.ndarray | None = None) -> JitterMetrics:
+    """Acceleration jitter of a track. ``rotvec [T,3]`` (rad), ``trans [T,3]`` (m),
+    ``landmarks_px [T,K,2]``; only triplets whose three frames are valid count."""
+    valid = np.asarray(valid, bool)
+    ok = valid[:-2] & valid[1:-1] & valid[2:] if valid.size >= 3 else np.zeros(0, bool)
+    n = int(ok.sum())
+    if n == 0:
+        return JitterMetrics(float("nan"), float("nan"), float("nan"), 0)
+
+    def acc(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, float)
+        return (a[2:] - 2.0 * a[1:-1] + a[:-2])[ok]
+
+    pose = np.degrees(np.linalg.norm(acc(rotvec), axis=-1))
+    tr = 1e3 * np.linalg.norm(acc(trans), axis=-1)
+    lmk = float("nan")
+    if landmarks_px is not None:
+        lmk = float(np.linalg.norm(acc(landmarks_px), axis=-1).mean())
+    return JitterMetrics(float(np.sqrt((pose ** 2).mean())), float(np.sqrt((tr ** 2).mean())),
+                         lmk, n)

@@ -1,0 +1,260 @@
+"""Video decoding, encoding, smoothing and the resumable output folder (no fitting involved)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from flame_tracker.video.decode import VideoError, VideoReader, probe
+from flame_tracker.video.encode import VideoWriter, side_by_side
+from flame_tracker.video.store import CheckpointStage, OutputMismatchError, RunFolder
+from flame_tracker.video.temporal import (cutoff_to_lambda, jitter_metrics, segments,
+                                          smooth_sequence)
+
+
+def _pattern(i: int, w: int = 64, h: int = 48) -> np.ndarray:
+    """A frame whose content encodes its index (a bright square that moves) and its orientation."""
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[:8, :16] = (250, 30, 30)  # red block marks the top-left corner
+    x = 4 + (i * 3) % (w - 12)
+    img[30:38, x:x + 8] = 255
+    return img
+
+
+def _write_video(path: Path, n: int, fps: float = 25.0, rotation: int = 0,
+                 times: list[float] | None = None, fmt: str | None = None) -> None:
+    container = av.open(str(path), mode="w", format=fmt)
+    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    stream.time_base = Fraction(1, 1000)
+    stream.codec_context.time_base = Fraction(1, 1000)  # keep millisecond timestamps (VFR)
+    stream.options = {"crf": "10"}
+    if rotation:
+        stream.set_display_rotation(rotation)
+    for i in range(n):
+        frame = av.VideoFrame.from_ndarray(_pattern(i), format="rgb24")
+        frame.pts = int(round((times[i] if times else i / fps) * 1000))
+        frame.time_base = Fraction(1, 1000)
+        for p in stream.encode(frame):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
+    container.close()
+
+
+# ---------------------------------------------------------------- decoding
+
+def test_reader_streams_shared_video(shared_dir: Path) -> None:
+    path = shared_dir / "videos" / "talking_ex3.mp4"
+    info = probe(path)
+    assert (info.width, info.height) == (918, 612)
+    assert info.fps == pytest.approx(24000 / 1001)
+    assert info.n_frames == 60 and info.rotation == 0
+    reader = VideoReader(path, max_side=306)
+    frames = iter(reader)
+    first = next(frames)
+    assert first.image.shape == (204, 306, 3) and first.image.dtype == np.uint8
+    assert reader.scale == pytest.approx(1 / 3)
+    rest = list(frames)
+    assert [f.index for f in [first, *rest]] == list(range(60))
+    assert reader.broken is None
+    assert rest[-1].time_s == pytest.approx(59 * 1001 / 24000, abs=1e-6)
+
+
+def test_time_range_every_and_fps(tmp_path: Path) -> None:
+    path = tmp_path / "v.mp4"
+    _write_video(path, 50, fps=25.0)
+    idx = [f.index for f in VideoReader(path, start_s=0.4, end_s=1.2)]
+    assert idx == list(range(10, 30))
+    assert [f.index for f in VideoReader(path, every=3, max_frames=4)] == [0, 3, 6, 9]
+    assert [f.index for f in VideoReader(path, fps=12.5)] == list(range(0, 50, 2))
+    # decoded content is the frame it claims to be (the square moves 3 px per frame)
+    frame = next(iter(VideoReader(path, start_s=0.4)))
+    col = np.flatnonzero(frame.image[34, :, 0] > 200)
+    assert col.min() == pytest.approx(4 + 30, abs=1)
+
+
+def test_variable_frame_rate_timestamps(tmp_path: Path) -> None:
+    times = [0.0, 0.04, 0.08, 0.20, 0.24, 0.50, 0.54, 0.58]
+    path = tmp_path / "vfr.mkv"
+    _write_video(path, len(times), fps=25.0, times=times)
+    got = [f.time_s for f in VideoReader(path)]
+    assert got == pytest.approx(times, abs=1e-3)
+    # subsampling to 10 fps follows the real timestamps, not the frame count
+    kept = [f.time_s for f in VideoReader(path, fps=10)]
+    assert kept == pytest.approx([0.0, 0.20, 0.50], abs=1e-3)
+
+
+def test_rotation_metadata_applied(tmp_path: Path) -> None:
+    path = tmp_path / "rot.mp4"
+    _write_video(path, 3, rotation=90)
+    info = probe(path)
+    assert info.rotation == 90 and (info.width, info.height) == (48, 64)
+    img = next(iter(VideoReader(path))).image
+    assert img.shape == (64, 48, 3)
+    # displayed = decoded rotated 90 degrees counter-clockwise: the red top-left block goes to the
+    # bottom-left corner
+    assert img[-4, 2, 0] > 200 and img[-4, 2, 1] < 100
+    assert img[2, 2, 0] < 100
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VideoReader(tmp_path / "missing.mp4")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(VideoError, match="could not be opened as a video"):
+        VideoReader(text)
+    with pytest.raises(VideoError, match="folder"):
+        VideoReader(tmp_path)
+
+
+def test_truncated_stream_keeps_decoded_frames(tmp_path: Path, shared_dir: Path) -> None:
+    # A streamable container (mkv) cut in half: the first half decodes, the reader says where it
+    # broke instead of raising.
+    src = av.open(str(shared_dir / "videos" / "talking_ex3.mp4"))
+    full = tmp_path / "full.mkv"
+    out = av.open(str(full), mode="w")
+    ostream = out.add_stream_from_template(src.streams.video[0])
+    for packet in src.demux(src.streams.video[0]):
+        if packet.dts is None:
+            continue
+        packet.stream = ostream
+        out.mux(packet)
+    out.close()
+    src.close()
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    reader = VideoReader(cut)
+    frames = [f.index for f in reader]
+    assert 5 < len(frames) < 60
+    assert frames == list(range(len(frames)))
+    assert reader.broken is not None
+    assert reader.broken.after_index == frames[-1]
+    assert "truncated" in str(reader.broken) or "Error" in str(reader.broken)
+    # an MP4 cut short loses its index (moov atom at the end): a clear error, not a crash
+    mp4 = tmp_path / "cut.mp4"
+    mp4.write_bytes((shared_dir / "videos" / "talking_ex3.mp4").read_bytes()[:100_000])
+    with pytest.raises(VideoError, match="truncated"):
+        VideoReader(mp4)
+
+
+# ---------------------------------------------------------------- encoding
+
+def test_writer_roundtrip(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "overlay.mp4"
+    with VideoWriter(path, fps=30000 / 1001) as writer:
+        for i in range(12):
+            writer.write(side_by_side(_pattern(i, 31, 47), _pattern(i, 31, 47)))
+    info = probe(path)
+    assert (info.width, info.height) == (62, 48)  # odd height padded to even
+    assert info.fps == pytest.approx(30000 / 1001, rel=1e-3)
+    assert len(list(VideoReader(path))) == 12
+    assert not list(path.parent.glob(".*"))  # no temporary files left behind
+    with pytest.raises(ValueError, match="differs"):
+        with VideoWriter(tmp_path / "bad.mp4", fps=25) as writer:
+            writer.write(_pattern(0))
+            writer.write(_pattern(0, 32, 32))
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+# ---------------------------------------------------------------- smoothing
+
+def test_segments_split_on_long_gaps() -> None:
+    valid = np.array([0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0], bool)
+    assert segments(valid, max_gap_s=2) == [(1, 6), (11, 13)]
+    assert segments(valid, max_gap_s=10) == [(1, 13)]
+    assert segments(np.zeros(4, bool)) == []
+
+
+def test_cutoff_gain_is_half() -> None:
+    for fc, fps in [(2.0, 25.0), (6.0, 60.0)]:
+        lam = cutoff_to_lambda(fc, fps)
+        w = 2 * np.pi * fc / fps
+        assert 1 / (1 + lam * (2 - 2 * np.cos(w)) ** 2) == pytest.approx(0.5)
+    assert cutoff_to_lambda(np.inf, 25.0) == 0.0
+
+
+def test_smoother_reduces_noise_and_bridges_gaps() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(300) / 25.0
+    truth = np.stack([np.sin(2 * np.pi * 0.4 * t), 0.3 * t], axis=1)
+    noisy = truth + rng.normal(0, 0.05, truth.shape)
+    valid = np.ones(300, bool)
+    valid[100:105] = False  # short gap: bridged
+    valid[200:260] = False  # 2.4 s gap: split
+    noisy[~valid] = np.nan
+    y, covered = smooth_sequence(noisy, valid, fps=25.0, cutoff_hz=2.0, max_gap_s=0.5)
+    assert covered[100:105].all() and not covered[200:260].any()
+    assert np.isnan(y[200:260]).all()
+    err = np.abs(y - truth)[covered]
+    assert err.std() < 0.02  # noise was 0.05
+    assert np.abs(y[100:105] - truth[100:105]).max() < 0.08  # bridged: about the noise level
+    # the two sides of the long gap do not influence each other: changing one leaves the other
+    noisy2 = noisy.copy()
+    noisy2[260:] += 1.0
+    y2, _ = smooth_sequence(noisy2, valid, fps=25.0, cutoff_hz=2.0, max_gap_s=0.5)
+    np.testing.assert_allclose(y2[:200], y[:200])
+
+
+def test_smoother_uses_real_time_spacing() -> None:
+    # A line sampled irregularly is reproduced exactly: the second *divided* difference of a line is
+    # zero, while treating the samples as equally spaced would bend it.
+    times = np.cumsum(np.r_[0, np.random.default_rng(1).uniform(0.02, 0.08, 59)])
+    x = (2.0 * times + 1.0)[:, None]
+    y, _ = smooth_sequence(x, np.ones(60, bool), times=times, cutoff_hz=0.5)
+    np.testing.assert_allclose(y, x, atol=1e-8)
+
+
+def test_jitter_metrics_counts_only_valid_triplets() -> None:
+    rot = np.zeros((6, 3))
+    rot[3, 0] = np.radians(1.0)
+    trans = np.zeros((6, 3))
+    valid = np.ones(6, bool)
+    m = jitter_metrics(rot, trans, valid, np.zeros((6, 2, 2)))
+    assert m.n_triplets == 4 and m.trans_acc_mm == 0 and m.lmk_acc_px == 0
+    # accelerations 0, 1, 2, 1 degrees -> RMS sqrt(6/4)
+    assert m.pose_acc_deg == pytest.approx(np.sqrt(6 / 4))
+    valid[3] = False
+    assert jitter_metrics(rot, trans, valid).n_triplets == 1
+
+
+# ---------------------------------------------------------------- output folder
+
+def test_checkpoints_resume(tmp_path: Path) -> None:
+    stage = CheckpointStage(tmp_path, "fits", chunk=3)
+    for f in range(7):
+        stage.add(f, {"x": np.full(2, f, np.float32)})
+    # 2 chunks on disk, one frame buffered; a crash now loses only the buffered frame
+    assert CheckpointStage(tmp_path, "fits").done() == set(range(6))
+    stage.flush()
+    again = CheckpointStage(tmp_path, "fits")
+    assert again.done() == set(range(7))
+    data = again.load()
+    np.testing.assert_array_equal(data["frame"], np.arange(7))
+    np.testing.assert_array_equal(data["x"][:, 0], np.arange(7))
+    # an unreadable checkpoint is dropped and its frames redone
+    (tmp_path / "work" / "fits" / "broken.npz").write_bytes(b"garbage")
+    assert CheckpointStage(tmp_path, "fits").done() == set(range(7))
+    assert not (tmp_path / "work" / "fits" / "broken.npz").exists()
+
+
+def test_run_folder_manifest(tmp_path: Path) -> None:
+    video = tmp_path / "v.mp4"
+    _write_video(video, 3)
+    out = tmp_path / "out"
+    run = RunFolder(out, video, {"every": 1})
+    assert not run.complete
+    run.stage("fits").add(0, {"x": np.zeros(1)})
+    run.stage("fits").flush()
+    run.mark_complete()
+    assert RunFolder(out, video, {"every": 1}).complete
+    with pytest.raises(OutputMismatchError, match="--force"):
+        RunFolder(out, video, {"every": 2})
+    forced = RunFolder(out, video, {"every": 2}, force=True)
+    assert not forced.complete and not (out / "work").exists()
