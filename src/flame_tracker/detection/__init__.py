@@ -1,0 +1,32 @@
+"""Face landmark detection: MediaPipe Face Landmarker, the 68-point layout, iris points and
+external landmark files (``flame_tracker.io.landmarks_file``)."""
+
+from flame_tracker.detection.landmarker import (
+    FaceDetection,
+    FaceLandmarker,
+    NoFaceError,
+    detect_image,
+)
+from flame_tracker.detection.layout import (
+    GROUPS68,
+    IRIS_INDICES,
+    MP_TO_DLIB68,
+    interocular_nme,
+    iris_points,
+    mediapipe_to_dlib68,
+    read_pts,
+)
+
+__all__ = [
+    "FaceDetection",
+    "FaceLandmarker",
+    "NoFaceError",
+    "detect_image",
+    "GROUPS68",
+    "IRIS_INDICES",
+    "MP_TO_DLIB68",
+    "interocular_nme",
+    "iris_points",
+    "mediapipe_to_dlib68",
+    "read_pts",
+]

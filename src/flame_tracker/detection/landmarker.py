@@ -1,0 +1,251 @@
+"""MediaPipe Face Landmarker (Tasks API) wrapped for fitting: one call per frame, results in
+original image pixels, an explicit not-found result.
+
+Usage::
+
+    with FaceLandmarker() as lm:                       # IMAGE mode, model found via assets
+        det = lm.detect(load_image("photo.jpg"))      # FaceDetection or None
+    with FaceLandmarker(mode="video") as lm:
+        for t_ms, frame in frames:
+            det = lm.detect(frame, timestamp_ms=t_ms)  # tracks between frames
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from flame_tracker.assets import face_landmarker_path
+from flame_tracker.detection.layout import IRIS_INDICES, MP_TO_DLIB68
+from flame_tracker.io.images import ImageTransform, load_image, resize_max_side
+
+Mode = Literal["image", "video"]
+Select = Literal["largest", "first", "center"]
+
+
+class NoFaceError(RuntimeError):
+    """No face was found in an image (raised only by :meth:`FaceLandmarker.detect_or_raise`)."""
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    """One detected face. All x, y are pixels of the ORIGINAL image (x right, y down, origin at
+    the top-left pixel's corner).
+
+    - ``points478``: ``[478, 3]`` float32 MediaPipe mesh (468 face + 10 iris); z is MediaPipe's
+      relative depth in the same pixel scale as x (smaller = nearer the camera).
+    - ``lmks68``: ``[68, 2]`` dlib/iBUG layout (upstream-spec §6.2 table).
+    - ``iris``: ``[10, 2]``: subject's right eye centre + 4, then left eye centre + 4.
+    - ``blendshapes``: ``[52]`` ARKit-style scores (index 0 ``_neutral``), names in
+      ``blendshape_names``; empty when disabled.
+    - ``transform``: ``[4, 4]`` MediaPipe facial transformation matrix (canonical face model in cm →
+      MediaPipe's virtual camera); NaN-filled when disabled.
+    - ``confidence``: a lower bound: the presence threshold this face passed (the Tasks API does
+      not expose the raw score).
+    - ``image_size``: ``(W, H)`` of the original image.
+    """
+
+    points478: np.ndarray
+    lmks68: np.ndarray
+    iris: np.ndarray
+    blendshapes: np.ndarray
+    blendshape_names: tuple[str, ...]
+    transform: np.ndarray
+    confidence: float
+    image_size: tuple[int, int]
+    detect_transform: ImageTransform = field(repr=False, default=ImageTransform())
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` of the 478 points in original pixels."""
+        lo, hi = self.points478[:, :2].min(0), self.points478[:, :2].max(0)
+        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+    @property
+    def area(self) -> float:
+        """Area of :attr:`bbox` in square pixels."""
+        x0, y0, x1, y1 = self.bbox
+        return (x1 - x0) * (y1 - y0)
+
+
+class FaceLandmarker:
+    """MediaPipe Face Landmarker in IMAGE or VIDEO mode (a context manager; call ``close()``).
+
+    Args:
+        model_path: the ``face_landmarker.task`` bundle; ``None`` resolves it with
+            :func:`flame_tracker.assets.face_landmarker_path`.
+        mode: ``"image"`` (independent photos) or ``"video"`` (needs increasing timestamps,
+            tracks the face between frames, much faster per frame).
+        max_faces: faces MediaPipe may return; default 4 in image mode (so the largest can be
+            chosen) and 1 in video mode (more would re-run the face detector on every frame).
+        select: which face :meth:`detect` returns: ``"largest"`` (bounding box area), ``"first"``
+            (MediaPipe's order) or ``"center"`` (closest to the image centre).
+        max_side: frames whose longer side exceeds this are downscaled for detection; the
+            landmarks are mapped back to original pixels (MediaPipe works on 128–256 px crops).
+        blendshapes, transformation_matrix: compute these outputs (on by default).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        mode: Mode = "image",
+        max_faces: int | None = None,
+        select: Select = "largest",
+        max_side: int = 1920,
+        min_detection_confidence: float = 0.5,
+        min_presence_confidence: float = 0.5,
+        min_tracking_confidence: float = 0.5,
+        blendshapes: bool = True,
+        transformation_matrix: bool = True,
+    ) -> None:
+        if mode not in ("image", "video"):
+            raise ValueError(f"mode must be 'image' or 'video', not {mode!r}")
+        if select not in ("largest", "first", "center"):
+            raise ValueError(f"select must be 'largest', 'first' or 'center', not {select!r}")
+        if max_side < 64:
+            raise ValueError(f"max_side={max_side} is too small for face detection (use >= 64)")
+        # Imported here: mediapipe takes ~1 s to import and most of the package does not need it.
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.model_path = face_landmarker_path(model_path)
+        self.mode: Mode = mode
+        self.select: Select = select
+        self.max_side = int(max_side)
+        self.max_faces = int(max_faces) if max_faces is not None else (4 if mode == "image" else 1)
+        self.min_presence_confidence = float(min_presence_confidence)
+        self._last_ts: int | None = None
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(self.model_path)),
+            running_mode=vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE,
+            num_faces=self.max_faces,
+            min_face_detection_confidence=min_detection_confidence,
+            min_face_presence_confidence=min_presence_confidence,
+            min_tracking_confidence=min_tracking_confidence,
+            output_face_blendshapes=blendshapes,
+            output_facial_transformation_matrixes=transformation_matrix,
+        )
+        try:
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError) as exc:
+            raise RuntimeError(
+                f"Cannot load the MediaPipe Face Landmarker from {self.model_path}: {exc}. "
+                "Re-download it with `flame-tracker assets download --force`."
+            ) from exc
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release MediaPipe's graph (idempotent)."""
+        lm, self._landmarker = getattr(self, "_landmarker", None), None
+        if lm is not None:
+            lm.close()
+
+    def __enter__(self) -> FaceLandmarker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: MediaPipe's C library may already be gone
+            pass
+
+    # -- detection ------------------------------------------------------------------------------
+    def detect_all(
+        self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: int | None = None
+    ) -> list[FaceDetection]:
+        """All faces (up to ``max_faces``) in MediaPipe's order; an empty list when none."""
+        import mediapipe as mp
+
+        if self._landmarker is None:
+            raise RuntimeError("this FaceLandmarker is closed")
+        rgb = load_image(image)  # arrays: only dtype/channel conversion, no copy for RGB uint8
+        h, w = rgb.shape[:2]
+        small, tf = resize_max_side(rgb, self.max_side)
+        mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=small)
+        if self.mode == "video":
+            ts = self._next_timestamp(timestamp_ms)
+            result = self._landmarker.detect_for_video(mp_image, ts)
+        else:
+            result = self._landmarker.detect(mp_image)
+        sw, sh = tf.size
+        out = []
+        for i, lms in enumerate(result.face_landmarks):
+            # The Tasks API hands back Python objects; one comprehension per face is unavoidable.
+            norm = np.array([(p.x, p.y, p.z) for p in lms], dtype=np.float64)
+            pts = tf.to_original(norm * (sw, sh, sw)).astype(np.float32)
+            bs = result.face_blendshapes[i] if i < len(result.face_blendshapes) else []
+            mats = result.facial_transformation_matrixes
+            out.append(
+                FaceDetection(
+                    points478=pts,
+                    lmks68=0.5 * (pts[MP_TO_DLIB68[:, 0], :2] + pts[MP_TO_DLIB68[:, 1], :2]),
+                    iris=pts[IRIS_INDICES, :2] if len(pts) == 478 else np.full((10, 2), np.nan, np.float32),
+                    blendshapes=np.array([c.score for c in bs], dtype=np.float32),
+                    blendshape_names=tuple(c.category_name for c in bs),
+                    transform=(
+                        np.asarray(mats[i], dtype=np.float32).reshape(4, 4)
+                        if i < len(mats)
+                        else np.full((4, 4), np.nan, np.float32)
+                    ),
+                    confidence=self.min_presence_confidence,
+                    image_size=(w, h),
+                    detect_transform=tf,
+                )
+            )
+        return out
+
+    def detect(
+        self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: int | None = None
+    ) -> FaceDetection | None:
+        """The selected face (see ``select``), or ``None`` when no face is found.
+
+        In video mode pass the frame's time in milliseconds (strictly increasing); when omitted,
+        frames are assumed 1/30 s apart.
+        """
+        faces = self.detect_all(image, timestamp_ms)
+        if not faces:
+            return None
+        if self.select == "first" or len(faces) == 1:
+            return faces[0]
+        if self.select == "largest":
+            return max(faces, key=lambda f: f.area)
+        w, h = faces[0].image_size
+        centre = np.array([w / 2, h / 2])
+        return min(faces, key=lambda f: float(np.linalg.norm(f.points478[:, :2].mean(0) - centre)))
+
+    def detect_or_raise(
+        self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: int | None = None
+    ) -> FaceDetection:
+        """Like :meth:`detect` but raise :class:`NoFaceError` when no face is found."""
+        det = self.detect(image, timestamp_ms)
+        if det is None:
+            name = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
+            raise NoFaceError(f"No face found in {name}.")
+        return det
+
+    def _next_timestamp(self, timestamp_ms: int | None) -> int:
+        if timestamp_ms is None:
+            ts = 0 if self._last_ts is None else self._last_ts + 33
+        else:
+            ts = int(round(timestamp_ms))
+            if self._last_ts is not None and ts <= self._last_ts:
+                raise ValueError(
+                    f"video timestamps must increase: got {ts} ms after {self._last_ts} ms "
+                    "(use a new FaceLandmarker for a new video)"
+                )
+        self._last_ts = ts
+        return ts
+
+
+def detect_image(
+    image: np.ndarray | str | os.PathLike[str], model_path: str | os.PathLike[str] | None = None
+) -> FaceDetection | None:
+    """One-shot convenience: detect the largest face in one image (loads and closes the model)."""
+    with FaceLandmarker(model_path) as lm:
+        return lm.detect(image)

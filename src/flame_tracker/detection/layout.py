@@ -1,0 +1,89 @@
+"""MediaPipe 478-point mesh → iBUG/dlib 68-point layout, iris points and their index tables.
+
+The 68-point table is the reference tracker's ``utils/mp2dlib.py`` (upstream-spec §6.2): each dlib
+point is one MediaPipe point or the mean of two. Stored as index pairs (a single index is repeated)
+so the conversion is one gather and one mean for any batch of frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# dlib index -> (mp_a, mp_b); the point is (p[a] + p[b]) / 2. Checked against upstream-spec §6.2.
+MP_TO_DLIB68 = np.array(
+    [
+        # jaw contour 0..16
+        (127, 127), (234, 234), (93, 93), (132, 58), (58, 172), (136, 136), (150, 150), (176, 176),
+        (152, 152), (400, 400), (379, 379), (365, 365), (397, 288), (361, 361), (323, 323),
+        (454, 454), (356, 356),
+        # right brow 17..21, left brow 22..26
+        (156, 156), (70, 63), (105, 105), (66, 66), (107, 55),
+        (336, 285), (296, 296), (334, 334), (293, 300), (383, 383),
+        # nose 27..35
+        (168, 6), (197, 195), (5, 5), (4, 4), (98, 98), (97, 97), (2, 2), (326, 326), (327, 327),
+        # right eye 36..41, left eye 42..47
+        (33, 33), (160, 160), (158, 158), (133, 133), (153, 153), (144, 144),
+        (362, 362), (385, 385), (387, 387), (263, 263), (373, 373), (380, 380),
+        # outer lips 48..59
+        (61, 61), (39, 39), (37, 37), (0, 0), (267, 267), (269, 269), (291, 291), (321, 321),
+        (314, 314), (17, 17), (84, 84), (91, 91),
+        # inner lips 60..67
+        (78, 78), (82, 82), (13, 13), (312, 312), (308, 308), (317, 317), (14, 14), (87, 87),
+    ],
+    dtype=np.int64,
+)
+
+# MediaPipe iris points: 468..472 subject's right eye (centre + 4), 473..477 left eye (centre + 4).
+IRIS_INDICES = np.arange(468, 478, dtype=np.int64)
+
+# Groups of the 68-point layout (dlib order; "right" = the subject's right = image left).
+GROUPS68: dict[str, slice] = {
+    "jaw": slice(0, 17),
+    "right_brow": slice(17, 22),
+    "left_brow": slice(22, 27),
+    "nose": slice(27, 36),
+    "right_eye": slice(36, 42),
+    "left_eye": slice(42, 48),
+    "outer_lips": slice(48, 60),
+    "inner_lips": slice(60, 68),
+}
+
+
+def mediapipe_to_dlib68(points: np.ndarray) -> np.ndarray:
+    """Convert ``[..., 478, D]`` MediaPipe points to ``[..., 68, D]`` dlib-layout points."""
+    p = np.asarray(points)
+    if p.shape[-2] < 468:
+        raise ValueError(f"expected MediaPipe points [..., 468 or 478, D], got shape {p.shape}")
+    return 0.5 * (p[..., MP_TO_DLIB68[:, 0], :] + p[..., MP_TO_DLIB68[:, 1], :])
+
+
+def iris_points(points: np.ndarray) -> np.ndarray:
+    """The 10 iris points ``[..., 10, D]`` (right eye centre + 4, left eye centre + 4)."""
+    p = np.asarray(points)
+    if p.shape[-2] != 478:
+        raise ValueError(f"iris points need the 478-point mesh with iris, got shape {p.shape}")
+    return p[..., IRIS_INDICES, :]
+
+
+def interocular_nme(pred68: np.ndarray, gt68: np.ndarray) -> np.ndarray:
+    """Mean point error normalised by the outer-eye-corner distance (points 36, 45), per face.
+
+    Accepts ``[..., 68, 2]`` arrays and returns ``[...]``.
+    """
+    pred, gt = np.asarray(pred68, dtype=np.float64), np.asarray(gt68, dtype=np.float64)
+    iod = np.linalg.norm(gt[..., 36, :] - gt[..., 45, :], axis=-1)
+    return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) / iod
+
+
+def read_pts(path: str) -> np.ndarray:
+    """Read an iBUG ``.pts`` file (1-based pixel coordinates) as ``[N, 2]`` 0-based pixel-corner
+    coordinates (the project convention, x right, y down): the centre of pixel 1 is 0.5.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        body = text[text.index("{") + 1 : text.index("}")]
+        pts = np.array(body.split(), dtype=np.float64).reshape(-1, 2)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not an iBUG .pts file ('{{ x y ... }}' block): {exc}") from exc
+    return pts - 0.5

@@ -1,0 +1,178 @@
+"""MediaPipe detection on the shared images: faces found, 68 points near ground truth, results in
+original pixels, explicit not-found, bad input, video mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from flame_tracker.detection import (
+    GROUPS68,
+    MP_TO_DLIB68,
+    FaceLandmarker,
+    NoFaceError,
+    interocular_nme,
+    mediapipe_to_dlib68,
+    read_pts,
+)
+from flame_tracker.io.images import ImageError, load_image
+
+# Measured 0.0558 with the reference table (benchmarks/detection.py); the margin absorbs
+# MediaPipe/XNNPACK numeric differences between machines.
+NME_BOUND_300W = 0.065
+
+
+@pytest.fixture(scope="module")
+def landmarker(shared_dir: Path):
+    with FaceLandmarker() as lm:
+        yield lm
+
+
+@pytest.fixture(scope="module")
+def img300w(shared_dir: Path) -> np.ndarray:
+    return load_image(shared_dir / "images" / "300w_image_0010.png")
+
+
+@pytest.fixture(scope="module")
+def gt300w(shared_dir: Path) -> np.ndarray:
+    return read_pts(str(shared_dir / "images" / "300w_image_0010.pts"))
+
+
+def test_table_matches_spec_samples() -> None:
+    assert MP_TO_DLIB68.shape == (68, 2)
+    spot = {0: (127, 127), 3: (132, 58), 8: (152, 152), 27: (168, 6), 30: (4, 4), 36: (33, 33),
+            45: (263, 263), 48: (61, 61), 54: (291, 291), 62: (13, 13), 67: (87, 87)}
+    for k, v in spot.items():
+        assert tuple(MP_TO_DLIB68[k]) == v
+    assert sum(s.stop - s.start for s in GROUPS68.values()) == 68
+
+
+def test_mediapipe_to_dlib68_is_batched_gather_mean() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(5, 478, 3))
+    out = mediapipe_to_dlib68(pts)
+    assert out.shape == (5, 68, 3)
+    np.testing.assert_allclose(out[:, 3], 0.5 * (pts[:, 132] + pts[:, 58]))
+    np.testing.assert_allclose(out[:, 8], pts[:, 152])
+    with pytest.raises(ValueError, match="478"):
+        mediapipe_to_dlib68(np.zeros((10, 2)))
+
+
+def test_300w_68_points_near_ground_truth(landmarker, img300w, gt300w) -> None:
+    det = landmarker.detect(img300w)
+    assert det is not None
+    h, w = img300w.shape[:2]
+    assert det.image_size == (w, h)
+    assert det.points478.shape == (478, 3) and det.lmks68.shape == (68, 2) and det.iris.shape == (10, 2)
+    nme = float(interocular_nme(det.lmks68, gt300w))
+    assert nme < NME_BOUND_300W
+    # Eyes and mouth are the well-defined points: much tighter than the contour.
+    err = np.linalg.norm(det.lmks68 - gt300w, axis=1) / np.linalg.norm(gt300w[36] - gt300w[45])
+    for g in ("right_eye", "left_eye", "outer_lips", "inner_lips"):
+        assert err[GROUPS68[g]].mean() < 0.04, g
+    # Iris centres lie inside their eye's corner span (subject's right eye = image left).
+    right, left = det.iris[0], det.iris[5]
+    assert gt300w[36, 0] < right[0] < gt300w[39, 0] and gt300w[42, 0] < left[0] < gt300w[45, 0]
+    assert det.blendshapes.shape == (52,) and det.blendshape_names[0] == "_neutral"
+    assert np.all((det.blendshapes >= 0) & (det.blendshapes <= 1))
+    assert det.transform.shape == (4, 4)
+    np.testing.assert_allclose(det.transform[3], [0, 0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(det.transform[:3, :3] @ det.transform[:3, :3].T, np.eye(3), atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["ffhq_00000.png", "ffhq_00012.png", "woman.jpg"])
+def test_faces_found_in_shared_images(landmarker, shared_dir: Path, name: str) -> None:
+    det = landmarker.detect(shared_dir / "images" / name)
+    assert det is not None, name
+    w, h = det.image_size
+    x0, y0, x1, y1 = det.bbox
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    # Anatomy: eyes above the nose tip above the mouth, in image y.
+    eyes_y = det.lmks68[36:48, 1].mean()
+    assert eyes_y < det.lmks68[30, 1] < det.lmks68[48:60, 1].mean() < det.lmks68[8, 1]
+
+
+def test_results_are_in_original_pixels_for_any_size(landmarker, img300w, gt300w) -> None:
+    """Padding to another aspect ratio and downscaling for detection must not move the points."""
+    h, w = img300w.shape[:2]
+    canvas = np.full((h + 300, w + 900, 3), 128, np.uint8)
+    canvas[200 : 200 + h, 700 : 700 + w] = img300w
+    with FaceLandmarker(max_side=640) as small:
+        det = small.detect(canvas)
+    assert det is not None and det.image_size == (w + 900, h + 300)
+    assert det.detect_transform.scale[0] > 1  # it really ran on a downscaled frame
+    nme = float(interocular_nme(det.lmks68 - (700, 200), gt300w))
+    assert nme < NME_BOUND_300W + 0.02
+
+
+def test_greyscale_and_rgba_inputs(landmarker, img300w) -> None:
+    grey = cv2.cvtColor(img300w, cv2.COLOR_RGB2GRAY)
+    assert landmarker.detect(grey) is not None
+    rgba = np.dstack([img300w, np.full(img300w.shape[:2], 255, np.uint8)])
+    assert landmarker.detect(rgba) is not None
+
+
+def test_no_face_is_explicit(landmarker) -> None:
+    blank = np.full((480, 640, 3), 200, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    assert landmarker.detect(blank) is None
+    assert landmarker.detect(noise) is None
+    assert landmarker.detect_all(noise) == []
+    with pytest.raises(NoFaceError, match="No face"):
+        landmarker.detect_or_raise(blank)
+
+
+def test_bad_input(landmarker, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        landmarker.detect(bad)
+    with pytest.raises(ImageError, match="empty"):
+        landmarker.detect(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(FileNotFoundError):
+        landmarker.detect(tmp_path / "missing.png")
+
+
+def test_several_faces_choose_largest(shared_dir: Path, img300w) -> None:
+    big = load_image(shared_dir / "images" / "ffhq_00000.png")[::2, ::2]  # 512² face
+    small = cv2.resize(img300w, (640, 512), interpolation=cv2.INTER_AREA)
+    both = np.concatenate([small, big], axis=1)
+    with FaceLandmarker(select="largest") as lm:
+        faces = lm.detect_all(both)
+        largest = lm.detect(both)
+    assert len(faces) == 2
+    assert largest is not None and largest.bbox[0] > 640  # the FFHQ face on the right
+    assert largest.area == max(f.area for f in faces)
+
+
+def test_video_mode_tracks_and_checks_timestamps(shared_dir: Path) -> None:
+    import av
+
+    with av.open(str(shared_dir / "videos" / "talking_wojtek.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(6), c.decode(video=0))]
+    with FaceLandmarker(mode="video") as lm:
+        dets = [lm.detect(f, timestamp_ms=40 * i) for i, f in enumerate(frames)]
+        with pytest.raises(ValueError, match="increase"):
+            lm.detect(frames[0], timestamp_ms=0)
+    assert all(d is not None for d in dets)
+    # A talking head moves little between consecutive frames at 25 fps.
+    step = np.abs(np.diff(np.stack([d.lmks68 for d in dets]), axis=0)).max()
+    assert step < 15
+
+
+def test_closed_landmarker_refuses(shared_dir: Path) -> None:
+    lm = FaceLandmarker()
+    lm.close()
+    lm.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        lm.detect(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_invalid_options() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        FaceLandmarker(mode="webcam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="select"):
+        FaceLandmarker(select="smallest")  # type: ignore[arg-type]
