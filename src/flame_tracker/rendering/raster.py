@@ -4,9 +4,9 @@ Visibility is the only non-differentiable part of rendering: this module finds, 
 nearest triangle covering its centre. Differentiable barycentrics are recomputed from that face-index
 buffer in :mod:`flame_tracker.rendering.differentiable`.
 
-Algorithm: triangles are grouped by the size of their pixel bounding box (power-of-two buckets); each
-bucket is processed in chunks as one dense ``[T, s*s]`` tensor of candidate pixels, so there is no
-Python loop over pixels or triangles, only over a handful of (bucket, chunk) batches. The z-test packs
+Algorithm: the pixels of every triangle's bounding box are enumerated as one flat tensor of candidate
+fragments (``repeat_interleave`` over the box sizes, processed in chunks of bounded size), so there is
+no Python loop over pixels or triangles, only over a few memory-bounded chunks. The z-test packs
 a quantised depth and the face index into one int64 key and takes a ``scatter_reduce(amin)`` per
 pixel, which resolves all overlaps in a single pass.
 
@@ -136,42 +136,54 @@ def rasterize(
     b_idx, f_idx = torch.nonzero(keep, as_tuple=True)
     zbuf = torch.full((n_batch * hw,), _NO_HIT, dtype=torch.int64, device=device)
     if b_idx.numel():
-        zmin = z[b_idx, f_idx].min()
-        zmax = z[b_idx, f_idx].max()
-        inv_lo, inv_hi = 1.0 / zmax, 1.0 / zmin  # quantise 1/z: exact ordering, no division per pixel
+        t = xy[b_idx, f_idx]  # [K, 3, 2] kept triangles
+        zt = z[b_idx, f_idx]
+        a = area[b_idx, f_idx]
+        # Barycentric k is linear in the pixel centre: b_k = A_k x + B_k y + C_k (edge function
+        # opposite vertex k over the signed area); 1/z is then linear too. Precomputing these
+        # 12 coefficients per triangle leaves a few multiply-adds per candidate pixel.
+        i1, i2 = [1, 2, 0], [2, 0, 1]
+        p1, p2 = t[:, i1], t[:, i2]  # [K, 3, 2]
+        ca = -(p2[..., 1] - p1[..., 1]) / a[:, None]
+        cb = (p2[..., 0] - p1[..., 0]) / a[:, None]
+        cc = -(ca * p1[..., 0] + cb * p1[..., 1])
+        iz = 1.0 / zt
+        coef = torch.cat(
+            [ca, cb, cc, (ca * iz).sum(1, keepdim=True), (cb * iz).sum(1, keepdim=True), (cc * iz).sum(1, keepdim=True)],
+            dim=1,
+        )  # [K, 12]
+        inv_lo, inv_hi = iz.min(), iz.max()  # quantise 1/z: exact ordering, no division per pixel
         scale = ((1 << _DEPTH_BITS) - 1) / torch.clamp(inv_hi - inv_lo, min=1e-30)
-        side = torch.maximum(bw[b_idx, f_idx], bh[b_idx, f_idx])
-        bucket = torch.ceil(torch.log2(side)).long()
-        for level in torch.unique(bucket).tolist():
-            sel = torch.nonzero(bucket == level, as_tuple=True)[0]
-            s = 1 << level
-            grid = torch.arange(s, device=device)
-            gy, gx = torch.meshgrid(grid, grid, indexing="ij")
-            gx = gx.reshape(1, -1).to(torch.float64)
-            gy = gy.reshape(1, -1).to(torch.float64)
-            chunk = max(1, _MAX_FRAGMENTS_PER_CHUNK // (s * s))
-            for start in range(0, sel.numel(), chunk):
-                idx = sel[start : start + chunk]
-                bi, fi = b_idx[idx], f_idx[idx]
-                px = x0[bi, fi][:, None] + gx
-                py = y0[bi, fi][:, None] + gy
-                valid = (gx < bw[bi, fi][:, None]) & (gy < bh[bi, fi][:, None])
-                t = xy[bi, fi]  # [T, 3, 2]
-                cx, cy = px + 0.5, py + 0.5
-                # Edge functions: w_k is the signed area opposite vertex k.
-                w0 = (t[:, 2:3, 0] - t[:, 1:2, 0]) * (cy - t[:, 1:2, 1]) - (t[:, 2:3, 1] - t[:, 1:2, 1]) * (cx - t[:, 1:2, 0])
-                w1 = (t[:, 0:1, 0] - t[:, 2:3, 0]) * (cy - t[:, 2:3, 1]) - (t[:, 0:1, 1] - t[:, 2:3, 1]) * (cx - t[:, 2:3, 0])
-                w2 = (t[:, 1:2, 0] - t[:, 0:1, 0]) * (cy - t[:, 0:1, 1]) - (t[:, 1:2, 1] - t[:, 0:1, 1]) * (cx - t[:, 0:1, 0])
-                a = area[bi, fi][:, None]
-                b0, b1, b2 = w0 / a, w1 / a, w2 / a
-                inside = valid & (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
-                zt = z[bi, fi]
-                inv_z = b0 * (1.0 / zt[:, 0:1]) + b1 * (1.0 / zt[:, 1:2]) + b2 * (1.0 / zt[:, 2:3])
-                # Larger 1/z is nearer: key = (quantised "farness") << 32 | face index.
-                q = ((inv_hi - inv_z) * scale).clamp(0, (1 << _DEPTH_BITS) - 1).long()
-                key = (q << 32) | fi[:, None]
-                pix = bi[:, None] * hw + py.long() * width + px.long()
-                zbuf.scatter_reduce_(0, pix[inside], key[inside], reduce="amin")
+        tx0 = x0[b_idx, f_idx]
+        ty0 = y0[b_idx, f_idx]
+        tw = bw[b_idx, f_idx].long()
+        base = b_idx * hw + ty0.long() * width + tx0.long()
+        # Enumerate exactly the bounding-box pixels of every kept triangle (no padding), in chunks
+        # of about _MAX_FRAGMENTS_PER_CHUNK candidates.
+        count = tw * bh[b_idx, f_idx].long()
+        ends = torch.cumsum(count, 0)
+        bounds = torch.arange(0, int(ends[-1]) + _MAX_FRAGMENTS_PER_CHUNK, _MAX_FRAGMENTS_PER_CHUNK, device=device)
+        cuts = [0] + torch.unique(torch.searchsorted(ends, bounds, right=True).clamp(max=ends.numel())).tolist()
+        for lo_t, hi_t in zip(cuts[:-1], cuts[1:]):
+            if hi_t <= lo_t:
+                continue
+            tid = torch.repeat_interleave(torch.arange(lo_t, hi_t, device=device), count[lo_t:hi_t])
+            local = torch.arange(tid.numel(), device=device) - (ends[tid] - count[tid])
+            w = tw[tid]
+            dy = torch.div(local, w, rounding_mode="floor")
+            dx = local - dy * w
+            k = coef[tid]  # [C, 12]
+            cx = tx0[tid] + dx + 0.5
+            cy = ty0[tid] + dy + 0.5
+            b = k[:, 0:3] * cx[:, None] + k[:, 3:6] * cy[:, None] + k[:, 6:9]
+            inside = (b >= 0).all(dim=1)
+            inv_z = k[:, 9] * cx + k[:, 10] * cy + k[:, 11]
+            # Larger 1/z is nearer: key = (quantised "farness") << 32 | face index.
+            q = ((inv_hi - inv_z[inside]) * scale).clamp(0, (1 << _DEPTH_BITS) - 1).long()
+            ti = tid[inside]
+            key = (q << 32) | f_idx[ti]
+            pix = base[ti] + dy[inside] * width + dx[inside]
+            zbuf.scatter_reduce_(0, pix, key, reduce="amin")
     hit = zbuf != _NO_HIT
     face_idx = torch.where(hit, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
     pix = torch.nonzero(hit, as_tuple=True)[0]
