@@ -72,6 +72,8 @@ def test_time_range_every_and_fps(tmp_path: Path) -> None:
     assert idx == list(range(10, 30))
     assert [f.index for f in VideoReader(path, every=3, max_frames=4)] == [0, 3, 6, 9]
     assert [f.index for f in VideoReader(path, fps=12.5)] == list(range(0, 50, 2))
+    # frames a resumed run already has are passed over but still count towards max_frames
+    assert [f.index for f in VideoReader(path, every=2, max_frames=4, skip={0, 4})] == [2, 6]
     # decoded content is the frame it claims to be (the square moves 3 px per frame)
     frame = next(iter(VideoReader(path, start_s=0.4)))
     col = np.flatnonzero(frame.image[34, :, 0] > 200)

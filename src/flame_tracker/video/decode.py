@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Container, Iterator
 
 import av
 import numpy as np
@@ -139,6 +139,8 @@ class VideoReader:
         max_frames: stop after this many kept frames.
         max_side: downscale frames (in the decoder, cheaply) so the longer side is at most this;
             :attr:`scale` gives the factor back to original pixels.
+        skip: source frame indices to pass over without converting or yielding them (frames a
+            resumed run already has); they still count for ``every``/``fps``/``max_frames``.
 
     After iterating, :attr:`broken` is ``None`` when the stream ended normally, or a
     :class:`BrokenStream` saying where it broke; :attr:`n_decoded` counts decoded source frames.
@@ -146,7 +148,7 @@ class VideoReader:
 
     def __init__(self, path: str | Path, *, start_s: float = 0.0, end_s: float | None = None,
                  every: int = 1, fps: float | None = None, max_frames: int | None = None,
-                 max_side: int | None = None) -> None:
+                 max_side: int | None = None, skip: Container[int] = ()) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if fps is not None and fps <= 0:
@@ -158,6 +160,7 @@ class VideoReader:
         self.start_s, self.end_s, self.every, self.fps = start_s, end_s, every, fps
         self.max_frames = max_frames
         self.max_side = max_side
+        self.skip = skip
         longest = max(self.info.width, self.info.height)
         self.scale = 1.0 if not max_side or longest <= max_side else max_side / longest
         self.broken: BrokenStream | None = None
@@ -198,6 +201,11 @@ class VideoReader:
                         continue
                     step = 1.0 / self.fps
                     next_t = t + step if next_t == -math.inf or next_t + step <= t else next_t + step
+                kept += 1
+                if index in self.skip:
+                    if self.max_frames is not None and kept >= self.max_frames:
+                        break
+                    continue
                 if size is None:
                     rot_k = _rotation_of(frame) // 90
                     size = (max(1, round(frame.width * self.scale)),
@@ -209,7 +217,6 @@ class VideoReader:
                 if rot_k:
                     img = np.ascontiguousarray(np.rot90(img, rot_k))
                 yield Frame(index, t, img)
-                kept += 1
                 if self.max_frames is not None and kept >= self.max_frames:
                     break
             else:
