@@ -1,0 +1,208 @@
+"""`HeadModel`: one torch module for FLAME-format models and the open ICT-FaceKit model."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .data import JOINT_NAMES, ModelData
+from .lbs import depth_levels, interpolate, skin
+
+_POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
+
+
+class HeadOutput(NamedTuple):
+    """Result of a forward pass (batch N). ``vertices`` is None on the landmark-only path."""
+
+    vertices: torch.Tensor | None  # [N,V,3]
+    landmarks: torch.Tensor  # [N,68,3] iBUG order
+    iris: torch.Tensor | None  # [N,10,3] MediaPipe order: right eye centre+4, left eye centre+4
+    ears: torch.Tensor | None  # [N,40,3] 20 left-ear then 20 right-ear (i-Bug ear order)
+
+
+class HeadModel(torch.nn.Module):
+    """Parametric head: template + shape/expression bases + 5-joint skeleton + landmarks.
+
+    Parameters of :meth:`forward` / :meth:`landmarks` (all optional, zeros when omitted, batch N,
+    an unbatched ``[D]`` tensor is broadcast): ``shape [N,S]``, ``expr [N,E]``, ``head_pose``,
+    ``neck_pose``, ``jaw_pose [N,3]`` and ``eye_pose [N,6]`` (axis-angle; FLAME joints 3 and 4, i.e.
+    the subject's left eye then right eye).
+
+    Attributes: ``name``, ``n_shape``, ``n_expr``, ``expr_names`` (list or None), ``expr_bounds``
+    (``(lo, hi)`` or None), ``has_jaw_joint`` (False for ICT: the jaw is in the blendshapes and
+    ``jaw_pose`` has no effect), ``has_pose_correctives``, ``info`` (provenance dict).
+    """
+
+    def __init__(self, data: ModelData, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        data.validate(data.name)
+        self.name = data.name
+        self.n_shape = int(data.shapedirs.shape[2])
+        self.n_expr = int(data.exprdirs.shape[2])
+        self.expr_names = None if data.expr_names is None else list(data.expr_names)
+        self.expr_bounds = None if data.expr_bounds is None else tuple(data.expr_bounds)
+        self.has_jaw_joint = bool(data.has_jaw_joint)
+        self.has_pose_correctives = data.posedirs is not None
+        self.info = dict(data.info)
+        self.n_verts = V = int(data.v_template.shape[0])
+        self.n_joints = J = len(JOINT_NAMES)
+        self._parents = [int(p) for p in data.parents]
+        self._levels = depth_levels(self._parents)
+
+        def buf(name: str, arr: np.ndarray | None, persistent: bool = False) -> None:
+            if arr is None:
+                self.register_buffer(name, None, persistent=False)
+                return
+            t = torch.as_tensor(np.ascontiguousarray(arr))
+            t = t.to(dtype) if t.is_floating_point() else t.long()
+            self.register_buffer(name, t, persistent=persistent)
+
+        f64 = np.float64
+        dirs = np.concatenate([data.shapedirs, data.exprdirs], 2).astype(f64)  # [V,3,K]
+        K = dirs.shape[2]
+        Jreg = data.J_regressor.astype(f64)
+        j_template = Jreg @ data.v_template.astype(f64)  # [J,3]
+        j_dirs = np.einsum("jv,vck->jck", Jreg, dirs)  # joints move with shape and expression
+        # smplx layout: posedirs [9(J-1), 3V], pose feature (R_j - I) of joints 1.. flattened.
+        posedirs = None if data.posedirs is None else data.posedirs.astype(f64).reshape(3 * V, -1).T
+        faces = data.faces.astype(np.int64)
+
+        buf("v_template", data.v_template.astype(f64), True)
+        buf("faces", faces, True)
+        buf("J_regressor", Jreg)
+        buf("lbs_weights", data.weights.astype(f64))
+        buf("_template", np.concatenate([data.v_template.reshape(-1), j_template.reshape(-1)]))
+        buf("_dirs", np.concatenate([dirs.reshape(3 * V, K), j_dirs.reshape(3 * J, K)]))
+        buf("posedirs", posedirs)
+        buf("lmk_faces_idx", data.lmk_faces_idx)
+        buf("lmk_bary", data.lmk_bary.astype(f64))
+        buf("_lmk_vidx", faces[data.lmk_faces_idx])
+        buf("iris_idx", data.iris_idx)
+        buf("ear_idx", data.ear_idx)
+
+        # Landmark-only path: the rows of every array restricted to the vertices landmarks use.
+        parts = [faces[data.lmk_faces_idx].reshape(-1)]
+        parts += [a for a in (data.iris_idx, data.ear_idx) if a is not None]
+        sub, inverse = np.unique(np.concatenate(parts), return_inverse=True)
+        self.n_sub = P = int(sub.size)
+        rows = (3 * sub[:, None] + np.arange(3)).reshape(-1)  # xyz rows of those vertices
+        buf("_sub_vidx", sub)
+        buf("_sub_template", np.concatenate([data.v_template[sub].reshape(-1), j_template.reshape(-1)]))
+        buf("_sub_dirs", np.concatenate([dirs.reshape(3 * V, K)[rows], j_dirs.reshape(3 * J, K)]))
+        buf("_sub_posedirs", None if posedirs is None else posedirs[:, rows])
+        buf("_sub_weights", data.weights.astype(f64)[sub])
+        n68 = 68 * 3
+        buf("_sub_lmk", inverse[:n68].reshape(68, 3))
+        off = n68
+        if data.iris_idx is not None:
+            buf("_sub_iris", inverse[off : off + 10])
+            off += 10
+        else:
+            buf("_sub_iris", None)
+        buf("_sub_ear", None if data.ear_idx is None else inverse[off : off + 40])
+        assert P <= V
+
+    # ------------------------------------------------------------------ bases (views)
+    @property
+    def shapedirs(self) -> torch.Tensor:
+        """Shape basis [V,3,S] (a view)."""
+        return self._dirs[: 3 * self.n_verts].view(self.n_verts, 3, -1)[..., : self.n_shape]
+
+    @property
+    def exprdirs(self) -> torch.Tensor:
+        """Expression basis [V,3,E] (a view)."""
+        return self._dirs[: 3 * self.n_verts].view(self.n_verts, 3, -1)[..., self.n_shape :]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's buffers."""
+        return self.v_template.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's buffers."""
+        return self.v_template.device
+
+    # ------------------------------------------------------------------ parameters
+    def _inputs(self, params: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate parameters; return betas [N,S+E] and joint rotations [N,J,3]."""
+        sizes = {"shape": self.n_shape, "expr": self.n_expr, "head_pose": 3, "neck_pose": 3,
+                 "jaw_pose": 3, "eye_pose": 6}
+        unknown = set(params) - set(sizes)
+        if unknown:
+            raise TypeError(f"unknown head-model parameter(s) {sorted(unknown)}; use {list(sizes)}")
+        N = 1
+        given: dict[str, torch.Tensor] = {}
+        for key, val in params.items():
+            if val is None:
+                continue
+            if not torch.is_tensor(val):
+                val = torch.as_tensor(val, dtype=self.dtype, device=self.device)
+            if val.dim() == 1:
+                val = val[None]
+            if val.dim() != 2 or val.shape[1] != sizes[key]:
+                raise ValueError(
+                    f"{key} must have shape [N,{sizes[key]}] for model {self.name!r}, got "
+                    f"{tuple(val.shape)}"
+                )
+            if val.shape[0] != 1:
+                if N != 1 and val.shape[0] != N:
+                    raise ValueError(f"inconsistent batch sizes: {key} has {val.shape[0]}, others {N}")
+                N = val.shape[0]
+            given[key] = val
+        dtype, device = self.dtype, self.device
+
+        def get(key: str) -> torch.Tensor:
+            v = given.get(key)
+            if v is None:
+                return torch.zeros(N, sizes[key], dtype=dtype, device=device)
+            return v.expand(N, -1).to(dtype)
+
+        betas = torch.cat([get("shape"), get("expr")], 1)
+        rotvecs = torch.cat([get(k) for k, _, _ in _POSE_SLOTS], 1).view(N, self.n_joints, 3)
+        return betas, rotvecs
+
+    # ------------------------------------------------------------------ evaluation
+    def forward(
+        self,
+        shape: torch.Tensor | None = None,
+        expr: torch.Tensor | None = None,
+        head_pose: torch.Tensor | None = None,
+        neck_pose: torch.Tensor | None = None,
+        jaw_pose: torch.Tensor | None = None,
+        eye_pose: torch.Tensor | None = None,
+    ) -> HeadOutput:
+        """Full mesh and landmarks."""
+        betas, rotvecs = self._inputs(dict(shape=shape, expr=expr, head_pose=head_pose,
+                                           neck_pose=neck_pose, jaw_pose=jaw_pose, eye_pose=eye_pose))
+        verts = skin(betas, rotvecs, self._template, self._dirs, self.n_verts, self.posedirs,
+                     self.lbs_weights, self._levels, self._parents)
+        lmk = interpolate(verts, self._lmk_vidx, self.lmk_bary)
+        iris = None if self.iris_idx is None else verts[:, self.iris_idx]
+        ears = None if self.ear_idx is None else verts[:, self.ear_idx]
+        return HeadOutput(verts, lmk, iris, ears)
+
+    def landmarks(
+        self,
+        shape: torch.Tensor | None = None,
+        expr: torch.Tensor | None = None,
+        head_pose: torch.Tensor | None = None,
+        neck_pose: torch.Tensor | None = None,
+        jaw_pose: torch.Tensor | None = None,
+        eye_pose: torch.Tensor | None = None,
+    ) -> HeadOutput:
+        """Landmark-only fast path: evaluates only the ~``n_sub`` vertices landmarks use."""
+        betas, rotvecs = self._inputs(dict(shape=shape, expr=expr, head_pose=head_pose,
+                                           neck_pose=neck_pose, jaw_pose=jaw_pose, eye_pose=eye_pose))
+        sub = skin(betas, rotvecs, self._sub_template, self._sub_dirs, self.n_sub,
+                   self._sub_posedirs, self._sub_weights, self._levels, self._parents)
+        lmk = interpolate(sub, self._sub_lmk, self.lmk_bary)
+        iris = None if self._sub_iris is None else sub[:, self._sub_iris]
+        ears = None if self._sub_ear is None else sub[:, self._sub_ear]
+        return HeadOutput(None, lmk, iris, ears)
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, verts={self.n_verts}, faces={self.faces.shape[0]}, "
+                f"n_shape={self.n_shape}, n_expr={self.n_expr}, landmark_verts={self.n_sub}")

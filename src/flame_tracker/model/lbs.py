@@ -1,0 +1,113 @@
+"""Linear blend skinning in plain torch, shared by the full-mesh and landmark-only paths.
+
+Both paths call :func:`skin` with different arrays: the full mesh, or only the rows of the
+vertices the landmarks need (with ``J_regressor @ basis`` precomputed), so the landmark path never
+touches full-mesh tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula: axis-angle ``[..., 3]`` -> rotation matrices ``[..., 3, 3]``.
+
+    Smooth and differentiable at zero (Taylor series for small angles instead of the usual
+    ``norm + eps`` trick, which biases the result and gives wrong gradients near the identity).
+    """
+    t2 = (rotvec * rotvec).sum(-1, keepdim=True)  # theta^2
+    small = t2 < 1e-6
+    safe_t2 = torch.where(small, torch.ones_like(t2), t2)
+    theta = safe_t2.sqrt()
+    a = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, (1 - torch.cos(theta)) / safe_t2)
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
+    return eye + a[..., None] * k + b[..., None] * (k @ k)
+
+
+def depth_levels(parents: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Group joints by tree depth: ``[(joints, their parents), ...]`` for depth 1, 2, ...
+
+    Lets :func:`rigid_transforms` chain all joints of one depth in a single batched matmul.
+    """
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):
+        depth[j] = depth[parents[j]] + 1
+    levels = []
+    for d in range(1, max(depth, default=0) + 1):
+        js = [j for j in range(len(parents)) if depth[j] == d]
+        levels.append((js, [parents[j] for j in js]))
+    return levels
+
+
+def rigid_transforms(
+    rot: torch.Tensor, joints: torch.Tensor, levels: list[tuple[list[int], list[int]]],
+    parents: list[int],
+) -> torch.Tensor:
+    """World transforms of the joints, relative to their rest positions.
+
+    rot: [N,J,3,3] local rotations; joints: [N,J,3] rest joint positions. Returns A [N,J,3,4] such
+    that a rest-pose point p skinned rigidly to joint j moves to ``A[j,:,:3] @ p + A[j,:,3]``.
+    """
+    J = rot.shape[1]
+    rel = joints.clone()
+    rel[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]
+    local = torch.cat([rot, rel[..., None]], -1)  # [N,J,3,4]
+    world_r: list[torch.Tensor | None] = [None] * J
+    world_t: list[torch.Tensor | None] = [None] * J
+    world_r[0], world_t[0] = local[:, 0, :, :3], local[:, 0, :, 3]
+    for js, ps in levels:
+        pr = torch.stack([world_r[p] for p in ps], 1)  # [N,k,3,3]
+        pt = torch.stack([world_t[p] for p in ps], 1)  # [N,k,3]
+        lr, lt = local[:, js, :, :3], local[:, js, :, 3]
+        r = pr @ lr
+        t = (pr @ lt[..., None])[..., 0] + pt
+        for i, j in enumerate(js):
+            world_r[j], world_t[j] = r[:, i], t[:, i]
+    R = torch.stack(world_r, 1)  # [N,J,3,3]
+    T = torch.stack(world_t, 1)  # [N,J,3]
+    # Remove the rest position so the transform applies to rest-pose (not joint-local) points.
+    T = T - (R @ joints[..., None])[..., 0]
+    return torch.cat([R, T[..., None]], -1)
+
+
+def skin(
+    betas: torch.Tensor,
+    rotvecs: torch.Tensor,
+    template: torch.Tensor,
+    dirs: torch.Tensor,
+    n_verts: int,
+    posedirs: torch.Tensor | None,
+    weights: torch.Tensor,
+    levels: list[tuple[list[int], list[int]]],
+    parents: list[int],
+) -> torch.Tensor:
+    """Blend shapes + pose correctives + LBS for a set of P vertices.
+
+    betas [N,K] (shape then expression); rotvecs [N,J,3]; template [3P+3J] (vertex rows then joint
+    rows, flattened xyz); dirs [3P+3J, K] (the joint rows are ``J_regressor @ basis``, precomputed);
+    posedirs [9(J-1), 3P] or None; weights [P,J]. Returns vertices [N,P,3].
+    """
+    N = betas.shape[0]
+    J = weights.shape[1]
+    shaped = torch.nn.functional.linear(betas, dirs, template)  # one GEMM for verts and joints
+    v = shaped[:, : 3 * n_verts]
+    joints = shaped[:, 3 * n_verts :].view(N, J, 3)
+    rot = axis_angle_to_matrix(rotvecs)  # [N,J,3,3]
+    if posedirs is not None:
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        feat = (rot[:, 1:] - eye).reshape(N, -1)
+        v = torch.addmm(v, feat, posedirs)
+    v = v.view(N, n_verts, 3)
+    A = rigid_transforms(rot, joints, levels, parents)  # [N,J,3,4]
+    T = (weights @ A.reshape(N, J, 12)).view(N, n_verts, 3, 4)
+    return (T[..., :3] @ v[..., None])[..., 0] + T[..., 3]
+
+
+def interpolate(verts: torch.Tensor, vidx: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+    """Barycentric points on a mesh: verts [N,V,3], vidx [L,3] vertex ids, bary [L,3] -> [N,L,3]."""
+    return (verts[:, vidx] * bary[..., None]).sum(-2)
