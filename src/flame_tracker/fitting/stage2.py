@@ -1,0 +1,572 @@
+"""Stage 2: expression, jaw, eyes (and identity shape, neck) from 2-D landmarks with the camera fixed.
+
+The reference objective (upstream-spec §8.3, stage 2a), per frame ``n``::
+
+    E_n = 500 * mean_{51 face points 17..67} (|dx| + |dy|)
+        + 500 * mean_{10 iris points} (|dx| + |dy|)
+        + 0.025 * sum(exp_n ** 2)
+    (+ 0.1 * sum_t ||exp_{t+1} - exp_t||^2 / 2 over consecutive frames when ``temporal``)
+
+with distances in the reference's NDC of the fitting crop. On top of it (what the reference delegated
+to a network we do not have) this module optionally fits the identity ``shape`` (one per frame, or one
+shared by all frames) with a ``w_shape * sum(shape**2)`` prior, and the neck pose with a
+``w_neck * sum(neck**2)`` prior. :func:`objective` is the single definition both solvers minimise.
+
+Solvers:
+
+* ``"lm"`` (default): Levenberg-Marquardt on the landmark fast path, batched over frames. The L1
+  (or Huber) data term is handled by iteratively reweighted least squares: at the current residual
+  ``d`` the term ``c*rho(d)`` is majorised by ``c*w*d^2/2`` with ``w = 1/max(|d|, delta)``, whose
+  gradient equals the true one. Jacobians come from forward-mode AD over a basis of tangents (one
+  vectorised forward pass). Bounded parameters (ICT blendshapes in [0, 1]) use a projected LM step
+  with an active set. Frames are solved independently (batched Cholesky) unless a temporal term or a
+  shared shape couples them; then the damped normal equations are solved by block-Jacobi
+  preconditioned conjugate gradients.
+* ``"adam"``: the reference's schedule (200 iterations, lrs 0.01/0.025/0.03 for exp/jaw/eyes, all
+  dropped to 0.005/0.01/0.01 at iteration 100, weight decay 1e-4), kept to compare against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flame_tracker.camera import project_ndc
+
+# Landmark subsets of the reference's stage 2a: the 51 inner face points (no jawline) + 10 iris.
+FACE_IDX = slice(17, 68)
+N_FACE = 51
+N_IRIS = 10
+
+
+@dataclass(frozen=True)
+class Stage2Options:
+    """Weights and switches of the stage-2 objective and solver. Defaults = reference + identity."""
+
+    w_lmk: float = 500.0
+    w_iris: float = 500.0
+    w_exp: float = 0.025
+    w_temporal: float = 0.1
+    w_shape: float = 1.0
+    w_neck: float = 10.0
+    temporal: bool = False
+    fit_shape: bool = True
+    shared_shape: bool = False
+    fit_neck: bool = False
+    fit_jaw: bool | None = None  # None: fit the jaw joint when the model has one
+    fit_eyes: bool = True
+    loss: Literal["l1", "huber"] = "l1"
+    # L1: floor of |d| in the IRLS weights (NDC; ~0.0013 px at 256). Huber: the quadratic zone.
+    delta: float = 1e-5
+    solver: Literal["lm", "adam"] = "lm"
+    max_iter: int = 30
+    rtol: float = 1e-5  # stop when an iteration lowers the total objective by less than this fraction
+
+
+@dataclass
+class Stage2Result:
+    """Fitted parameters (batched ``[N, ...]``; ``shape`` is ``[N, S]`` even when shared)."""
+
+    shape: Tensor
+    expr: Tensor
+    jaw_pose: Tensor
+    eye_pose: Tensor
+    neck_pose: Tensor
+    objective: Tensor  # [N] per-frame objective (the shared-shape prior and temporal term split evenly)
+    landmarks_ndc: Tensor  # [N, 68, 2] fitted 68 points in the fitting crop's NDC
+    iris_ndc: Tensor  # [N, 10, 2]
+    iterations: int
+    history: list[float] = field(default_factory=list)  # total objective per iteration
+
+
+def model_has_jaw(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a jaw joint (FLAME); the ICT model moves its jaw with blendshapes."""
+    has = getattr(model, "has_jaw", None)
+    if has is not None:
+        return bool(has)
+    return getattr(model, "kintree", getattr(model, "parents", None)) is not None
+
+
+def expr_from_blendshapes(
+    expr_names: Sequence[str] | None, names: Sequence[str], scores: np.ndarray | Tensor
+) -> Tensor | None:
+    """Initial ICT expression weights from MediaPipe's ARKit blendshape scores (matched by name).
+
+    MediaPipe writes ``eyeBlinkLeft``, ICT ``eyeBlink_L``; both are ARKit names for the subject's side.
+    Returns ``None`` when the model has no named expressions. Unmatched expressions start at zero.
+    """
+    if not expr_names:
+        return None
+    scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    squeeze = scores_t.ndim == 1
+    scores_t = scores_t.reshape(-1, len(names))
+
+    def _key(name: str) -> str:
+        for long, short in (("Left", "_L"), ("Right", "_R")):
+            if name.endswith(long):
+                name = name[: -len(long)] + short
+        return name.lower()
+
+    index = {_key(n): i for i, n in enumerate(names)}
+    src = [index.get(_key(n), -1) for n in expr_names]
+    cols = torch.tensor([max(s, 0) for s in src])
+    valid = torch.tensor([s >= 0 for s in src], dtype=scores_t.dtype)
+    out = scores_t[:, cols] * valid
+    return out[0] if squeeze else out
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter layout
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    """Which blocks of the per-frame vector ``x [N, P]`` and shared vector ``s [S']`` are free."""
+
+    n_expr: int
+    n_shape: int
+    jaw: bool
+    eyes: bool
+    neck: bool
+    shape: Literal["fixed", "frame", "shared"]
+
+    @property
+    def frame_blocks(self) -> list[tuple[str, int]]:
+        blocks = [("expr", self.n_expr)]
+        if self.jaw:
+            blocks.append(("jaw_pose", 3))
+        if self.eyes:
+            blocks.append(("eye_pose", 6))
+        if self.neck:
+            blocks.append(("neck_pose", 3))
+        if self.shape == "frame":
+            blocks.append(("shape", self.n_shape))
+        return blocks
+
+    @property
+    def n_frame(self) -> int:
+        return sum(n for _, n in self.frame_blocks)
+
+    @property
+    def n_shared(self) -> int:
+        return self.n_shape if self.shape == "shared" else 0
+
+    def split(self, x: Tensor, s: Tensor, base: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Model keyword arguments from the free vectors plus the fixed ``base`` parameters."""
+        params = dict(base)
+        start = 0
+        for name, n in self.frame_blocks:
+            params[name] = x[..., start : start + n]
+            start += n
+        if self.shape == "shared":
+            params["shape"] = s.expand(x.shape[0], -1)
+        return params
+
+    def pack(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = torch.cat([params[name] for name, _ in self.frame_blocks], dim=-1)
+        s = params["shape"][0].clone() if self.shape == "shared" else x.new_zeros(0)
+        return x, s
+
+
+@dataclass
+class _Problem:
+    """Everything fixed during one stage-2 solve."""
+
+    model: torch.nn.Module
+    layout: _Layout
+    opts: Stage2Options
+    base: dict[str, Tensor]
+    pose6: Tensor
+    fov: Tensor
+    target: Tensor  # [N, 61, 2]
+    coeff: Tensor  # [N, 61, 2] per-coordinate weight (0 where the target is missing)
+    lo: Tensor | None  # [P] bounds of the per-frame vector (None: unbounded)
+    hi: Tensor | None
+
+    def project(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model.landmarks(**self.layout.split(x, s, self.base))
+        pts = torch.cat([out.landmarks, out.iris], dim=1)
+        ndc = project_ndc(pts, self.pose6, self.fov)
+        return ndc[:, :68], ndc[:, 68:]
+
+    def residuals(self, x: Tensor, s: Tensor) -> Tensor:
+        lmk, iris = self.project(x, s)
+        pred = torch.cat([lmk[:, FACE_IDX], iris], dim=1)
+        return (pred - self.target).flatten(1)  # [N, 122]
+
+
+def _rho(d: Tensor, loss: str, delta: float) -> Tensor:
+    a = d.abs()
+    if loss == "huber":  # smooth L1: quadratic inside delta, |d| - delta/2 outside (same slope as L1)
+        return torch.where(a <= delta, 0.5 * d * d / delta, a - 0.5 * delta)
+    return a
+
+
+def objective(problem: _Problem, x: Tensor, s: Tensor) -> Tensor:
+    """Per-frame objective ``[N]`` (shared-shape prior and temporal term split evenly over frames)."""
+    o = problem.opts
+    r = problem.residuals(x, s)
+    n = x.shape[0]
+    per = (problem.coeff.flatten(1) * _rho(r, o.loss, o.delta)).sum(1)
+    params = problem.layout.split(x, s, problem.base)
+    per = per + o.w_exp * (params["expr"] ** 2).sum(1)
+    if problem.layout.shape == "frame":
+        per = per + o.w_shape * (params["shape"] ** 2).sum(1)
+    elif problem.layout.shape == "shared":
+        per = per + o.w_shape * (s**2).sum() / n
+    if problem.layout.neck:
+        per = per + o.w_neck * (params["neck_pose"] ** 2).sum(1)
+    if o.temporal and n >= 2:
+        diff = ((params["expr"][1:] - params["expr"][:-1]) ** 2).sum()
+        per = per + 0.5 * o.w_temporal * diff / n
+    return torch.nan_to_num(per, nan=0.0, posinf=1e4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Levenberg-Marquardt
+# --------------------------------------------------------------------------------------------------
+
+
+def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Residuals ``[N,R]``, per-frame Jacobian ``[N,R,P]`` and shared Jacobian ``[N,R,S']``.
+
+    Frames are independent given the shared vector, so one tangent ``e_p`` applied to every frame at
+    once yields column ``p`` of every frame's Jacobian: ``P + S'`` tangents, one batched jvp.
+    """
+    n, p = x.shape
+    ns = s.shape[0]
+    eye = torch.eye(p + ns, dtype=x.dtype, device=x.device)
+    tx = eye[:, :p, None].expand(p + ns, p, n).transpose(1, 2)  # [T, N, P]
+    ts = eye[:, p:]  # [T, S']
+
+    def jvp(tx_: Tensor, ts_: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.jvp(problem.residuals, (x, s), (tx_, ts_))
+
+    r, cols = torch.func.vmap(jvp, out_dims=(None, 0))(tx, ts)  # cols [T, N, R]
+    cols = cols.permute(1, 2, 0)  # [N, R, T]
+    return r, cols[..., :p], cols[..., p:]
+
+
+def _prior_diag(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """Diagonal weights ``lam`` of the quadratic priors ``sum lam*x^2`` for ``x`` and ``s``."""
+    o, lay = problem.opts, problem.layout
+    parts = []
+    for name, n in lay.frame_blocks:
+        w = {"expr": o.w_exp, "shape": o.w_shape, "neck_pose": o.w_neck}.get(name, 0.0)
+        parts.append(torch.full((n,), w, dtype=x.dtype, device=x.device))
+    lam_x = torch.cat(parts)
+    lam_s = torch.full((lay.n_shared,), o.w_shape, dtype=x.dtype, device=x.device)
+    return lam_x, lam_s
+
+
+def _temporal_apply(problem: _Problem, v: Tensor) -> Tensor:
+    """``L v`` for the temporal term's Hessian (path-graph Laplacian times w_temporal on expr)."""
+    out = torch.zeros_like(v)
+    if not problem.opts.temporal or v.shape[0] < 2:
+        return out
+    e = problem.layout.n_expr
+    d = v[1:, :e] - v[:-1, :e]
+    w = problem.opts.w_temporal
+    out[1:, :e] += w * d
+    out[:-1, :e] -= w * d
+    return out
+
+
+def _temporal_diag(problem: _Problem, n: int, p: int, like: Tensor) -> Tensor:
+    out = like.new_zeros(n, p)
+    if problem.opts.temporal and n >= 2:
+        deg = like.new_full((n,), 2.0)
+        deg[0] = deg[-1] = 1.0
+        out[:, : problem.layout.n_expr] = problem.opts.w_temporal * deg[:, None]
+    return out
+
+
+def _pcg(matvec, rhs: tuple[Tensor, Tensor], precond, iters: int = 200, tol: float = 1e-10):
+    """Conjugate gradients on the pair ``(x [N,P], s [S'])`` with a block preconditioner."""
+
+    def dot(a, b):
+        return (a[0] * b[0]).sum() + (a[1] * b[1]).sum()
+
+    x = (torch.zeros_like(rhs[0]), torch.zeros_like(rhs[1]))
+    r = rhs
+    z = precond(r)
+    p = z
+    rz = dot(r, z)
+    r0 = dot(rhs, rhs).sqrt()
+    for _ in range(iters):
+        ap = matvec(p)
+        alpha = rz / dot(p, ap).clamp_min(1e-300)
+        x = (x[0] + alpha * p[0], x[1] + alpha * p[1])
+        r = (r[0] - alpha * ap[0], r[1] - alpha * ap[1])
+        if dot(r, r).sqrt() <= tol * r0:
+            break
+        z = precond(r)
+        rz_new = dot(r, z)
+        beta = rz_new / rz
+        rz = rz_new
+        p = (z[0] + beta * p[0], z[1] + beta * p[1])
+    return x
+
+
+def _free_mask(problem: _Problem, x: Tensor, g: Tensor) -> Tensor:
+    """Active set of the box constraints: variables at a bound whose gradient pushes outwards are held."""
+    if problem.lo is None:
+        return torch.ones_like(x)
+    eps = 1e-9
+    at_lo = (x <= problem.lo + eps) & (g > 0)
+    at_hi = (x >= problem.hi - eps) & (g < 0)
+    return (~(at_lo | at_hi)).to(x.dtype)
+
+
+def _clip(problem: _Problem, x: Tensor) -> Tensor:
+    if problem.lo is None:
+        return x
+    return torch.maximum(torch.minimum(x, problem.hi), problem.lo)
+
+
+def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float]]:
+    o = problem.opts
+    n, p = x.shape
+    ns = s.shape[0]
+    coupled = ns > 0 or (o.temporal and n >= 2)
+    lam_x, lam_s = _prior_diag(problem, x, s)
+    coeff = problem.coeff.flatten(1)
+    f = objective(problem, x, s)
+    mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
+    history = [float(f.sum())]
+    it = 0
+    for it in range(1, o.max_iter + 1):
+        r, jx, js = _jacobians(problem, x, s)
+        # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
+        w = coeff / r.abs().clamp_min(o.delta)
+        wr = w * r
+        gx = torch.einsum("nrp,nr->np", jx, wr) + 2 * lam_x * x + _temporal_apply(problem, x)
+        hx = torch.einsum("nrp,nr,nrq->npq", jx, w, jx) + torch.diag_embed(2 * lam_x.expand(n, p))
+        mx = _free_mask(problem, x, gx)
+        gx = gx * mx
+        # Held variables: identity rows/cols so their step is exactly zero.
+        hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
+        tdiag = _temporal_diag(problem, n, p, x) * mx
+        diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag
+        if ns:
+            gs = torch.einsum("nrs,nr->s", js, wr) + 2 * lam_s * s
+            hss = torch.einsum("nrs,nr,nrt->st", js, w, js) + torch.diag(2 * lam_s)
+            hxs = torch.einsum("nrp,nr,nrs->nps", jx, w, js) * mx[..., None]
+        improved = False
+        for _ in range(10):
+            damp = mu[:, None] * (diag_x + 1e-9)
+            a = hx + torch.diag_embed(damp)
+            step_s = None
+            if not coupled:
+                step_x = -torch.linalg.solve(a, gx)
+            else:
+                # Block-Jacobi preconditioner: each frame's block (with the temporal diagonal) and
+                # the shared block; the full operator adds the temporal and frame-shared couplings.
+                a_inv = torch.linalg.inv(a + torch.diag_embed(tdiag))
+                a_ss = a_ss_inv = None
+                if ns:
+                    a_ss = hss + torch.diag(mu * (torch.diagonal(hss) + 1e-9))
+                    a_ss_inv = torch.linalg.inv(a_ss)
+
+                def matvec(v, a=a, a_ss=a_ss):
+                    vx, vs = v
+                    ox = torch.einsum("npq,nq->np", a, vx) + _temporal_apply(problem, vx * mx) * mx
+                    os_ = vs
+                    if ns:
+                        ox = ox + torch.einsum("nps,s->np", hxs, vs)
+                        os_ = a_ss @ vs + torch.einsum("nps,np->s", hxs, vx)
+                    return ox, os_
+
+                def precond(v, a_inv=a_inv, a_ss_inv=a_ss_inv):
+                    zx = torch.einsum("npq,nq->np", a_inv, v[0])
+                    return zx, (a_ss_inv @ v[1] if ns else v[1])
+
+                step_x, step_s = _pcg(matvec, (-gx, -gs if ns else s.new_zeros(0)), precond)
+            x_new = _clip(problem, x + step_x * mx)
+            s_new = s + step_s if ns else s
+            f_new = objective(problem, x_new, s_new)
+            if coupled:
+                if f_new.sum() < f.sum():
+                    x, s, f = x_new, s_new, f_new
+                    mu = (mu * 0.3).clamp_min(1e-9)
+                    improved = True
+                    break
+                mu = mu * 10
+            else:
+                ok = f_new < f  # frames are independent: accept or reject each one
+                x = torch.where(ok[:, None], x_new, x)
+                f = torch.where(ok, f_new, f)
+                mu = torch.where(ok, (mu * 0.3).clamp_min(1e-9), mu * 10)
+                if ok.any():
+                    improved = True
+                    break
+        history.append(float(f.sum()))
+        if not improved or history[-2] - history[-1] <= o.rtol * max(abs(history[-2]), 1e-12):
+            break
+    return x, s, it, history
+
+
+# --------------------------------------------------------------------------------------------------
+# Adam reference (upstream-spec §8.3)
+# --------------------------------------------------------------------------------------------------
+
+
+def _solve_adam(problem: _Problem, x0: Tensor, s: Tensor, iters: int = 200) -> tuple[Tensor, int, list[float]]:
+    lay = problem.layout
+    if lay.shape != "fixed" or lay.neck:
+        raise ValueError("the adam reference fits expression, jaw and eyes only: use fit_shape=False, fit_neck=False")
+    offsets: dict[str, Tensor] = {}
+    start = 0
+    blocks = {}
+    for name, n in lay.frame_blocks:
+        blocks[name] = (start, n)
+        start += n
+    # Reference: offsets on exp and jaw, absolute eye pose; all start at the initial values' offsets 0.
+    lrs = {"expr": (0.01, 0.005), "jaw_pose": (0.025, 0.01), "eye_pose": (0.03, 0.01)}
+    groups = []
+    for name, (st, n) in blocks.items():
+        offsets[name] = torch.zeros(x0.shape[0], n, dtype=x0.dtype, device=x0.device, requires_grad=True)
+        groups.append({"params": [offsets[name]], "lr": lrs[name][0], "name": name})
+    opt = torch.optim.Adam(groups, weight_decay=1e-4)
+    history = []
+
+    def assemble() -> Tensor:
+        parts = [x0[:, st : st + n] + offsets[name] for name, (st, n) in blocks.items()]
+        return _clip(problem, torch.cat(parts, dim=1))
+
+    for it in range(iters):
+        if it == 100:
+            for g in opt.param_groups:
+                g["lr"] = lrs[g["name"]][1]
+        opt.zero_grad(set_to_none=True)
+        loss = objective(problem, assemble(), s).sum()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    with torch.no_grad():
+        x = assemble()
+    return x, iters, history
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def fit_stage2(
+    model: torch.nn.Module,
+    lmks_ndc: Tensor,
+    pose6: Tensor,
+    fov: Tensor | float,
+    *,
+    iris_ndc: Tensor | None = None,
+    init: dict[str, Tensor] | None = None,
+    options: Stage2Options | None = None,
+    **overrides,
+) -> Stage2Result:
+    """Fit stage 2 for ``N`` frames with the camera fixed from stage 1.
+
+    Args:
+        model: a ``HeadModel`` (FLAME-format or ICT).
+        lmks_ndc: ``[N, 68, 2]`` detected landmarks in the fitting crop's NDC (NaN = missing point).
+        pose6, fov: the stage-1 camera, ``[N, 6]`` and degrees (scalar or ``[N]``).
+        iris_ndc: ``[N, 10, 2]`` iris targets (MediaPipe order) or ``None`` (eye pose then stays).
+        init: warm start, any of ``shape``, ``expr``, ``jaw_pose``, ``eye_pose``, ``neck_pose`` (``[N, .]``
+            or ``[1, .]``); a shared shape starts from the mean of ``init["shape"]``.
+        options: :class:`Stage2Options`; keyword ``overrides`` replace single fields.
+
+    Returns:
+        :class:`Stage2Result` with every parameter as ``[N, ...]`` tensors (detached).
+    """
+    opts = replace(options or Stage2Options(), **overrides)
+    dev, dt = model.v_template.device, model.v_template.dtype
+    lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
+    if lmks_ndc.ndim != 3 or lmks_ndc.shape[1:] != (68, 2):
+        raise ValueError(f"stage 2 needs [N, 68, 2] landmarks, got {tuple(lmks_ndc.shape)}")
+    n = lmks_ndc.shape[0]
+    pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
+    fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
+    if iris_ndc is None:
+        iris_ndc = torch.full((n, N_IRIS, 2), float("nan"), dtype=dt, device=dev)
+    iris_ndc = torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, N_IRIS, 2)
+    target = torch.cat([lmks_ndc[:, FACE_IDX], iris_ndc], dim=1)
+    valid = torch.isfinite(target)
+    if not valid[:, :N_FACE].any(dim=(1, 2)).all():
+        raise ValueError("stage 2: a frame has no finite face landmark")
+    coeff = torch.cat(
+        [
+            torch.full((n, N_FACE, 2), opts.w_lmk / N_FACE, dtype=dt, device=dev),
+            torch.full((n, N_IRIS, 2), opts.w_iris / N_IRIS, dtype=dt, device=dev),
+        ],
+        dim=1,
+    ) * valid.all(-1, keepdim=True)
+    target = torch.nan_to_num(target)
+    has_iris = bool(valid[:, N_FACE:].any())
+
+    fit_jaw = model_has_jaw(model) if opts.fit_jaw is None else opts.fit_jaw
+    layout = _Layout(
+        n_expr=model.n_expr,
+        n_shape=model.n_shape,
+        jaw=fit_jaw,
+        eyes=opts.fit_eyes and has_iris,
+        neck=opts.fit_neck,
+        shape="fixed" if not opts.fit_shape else ("shared" if opts.shared_shape else "frame"),
+    )
+
+    sizes = {"shape": model.n_shape, "expr": model.n_expr, "jaw_pose": 3, "eye_pose": 6, "neck_pose": 3}
+    params: dict[str, Tensor] = {}
+    for key, size in sizes.items():
+        v = (init or {}).get(key)
+        v = torch.zeros(n, size, dtype=dt, device=dev) if v is None else torch.as_tensor(v, dtype=dt, device=dev)
+        if v.ndim == 1:
+            v = v[None]
+        if v.shape[-1] != size:
+            raise ValueError(f"stage 2: init[{key!r}] has {v.shape[-1]} values, the model needs {size}")
+        params[key] = v.expand(n, size).clone() if v.shape[0] == 1 else v.clone()
+    if layout.shape == "shared":
+        params["shape"] = params["shape"].mean(0, keepdim=True).expand(n, -1).clone()
+    params["head_pose"] = torch.zeros(n, 3, dtype=dt, device=dev)  # the camera carries the rigid motion
+
+    lo = hi = None
+    bounds = getattr(model, "expr_bounds", None)
+    if bounds is not None:
+        p = layout.n_frame
+        lo = torch.full((p,), -float("inf"), dtype=dt, device=dev)
+        hi = torch.full((p,), float("inf"), dtype=dt, device=dev)
+        lo[: model.n_expr], hi[: model.n_expr] = float(bounds[0]), float(bounds[1])
+        params["expr"] = params["expr"].clamp(float(bounds[0]), float(bounds[1]))
+
+    free = {name for name, _ in layout.frame_blocks} | ({"shape"} if layout.shape == "shared" else set())
+    base = {k: v for k, v in params.items() if k not in free}
+    problem = _Problem(model, layout, opts, base, pose6, fov, target, coeff, lo, hi)
+    x, s = layout.pack(params)
+
+    with torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
+        if opts.solver == "lm":
+            x, s, iters, history = _solve_lm(problem, x, s)
+        elif opts.solver == "adam":
+            x, iters, history = _solve_adam(problem, x, s)
+        else:
+            raise ValueError(f"unknown stage-2 solver {opts.solver!r} (use 'lm' or 'adam')")
+    with torch.no_grad():
+        final = layout.split(x, s, base)
+        f = objective(problem, x, s)
+        lmk, iris = problem.project(x, s)
+    return Stage2Result(
+        shape=final["shape"].detach().clone(),
+        expr=final["expr"].detach().clone(),
+        jaw_pose=final["jaw_pose"].detach().clone(),
+        eye_pose=final["eye_pose"].detach().clone(),
+        neck_pose=final["neck_pose"].detach().clone(),
+        objective=f.detach(),
+        landmarks_ndc=lmk.detach(),
+        iris_ndc=iris.detach(),
+        iterations=iters,
+        history=history,
+    )
