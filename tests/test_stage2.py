@@ -13,7 +13,7 @@ from flame_tracker.fitting.stage2 import (
     fit_stage2,
 )
 
-from ._stage2_toy import Toy
+from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 DT = torch.float64
 
