@@ -11,10 +11,12 @@ from flame_tracker.detection.layout import (
     GROUPS68,
     IRIS_INDICES,
     MP_TO_DLIB68,
+    MP_TO_DLIB68_REFERENCE,
     interocular_nme,
     iris_points,
     mediapipe_to_dlib68,
     read_pts,
+    table68,
 )
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "GROUPS68",
     "IRIS_INDICES",
     "MP_TO_DLIB68",
+    "MP_TO_DLIB68_REFERENCE",
+    "table68",
     "interocular_nme",
     "iris_points",
     "mediapipe_to_dlib68",

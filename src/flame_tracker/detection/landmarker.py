@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from flame_tracker.assets import face_landmarker_path
-from flame_tracker.detection.layout import IRIS_INDICES, MP_TO_DLIB68
+from flame_tracker.detection.layout import IRIS_INDICES, mediapipe_to_dlib68, table68
 from flame_tracker.io.images import ImageTransform, load_image, resize_max_side
 
 Mode = Literal["image", "video"]
@@ -37,7 +37,7 @@ class FaceDetection:
 
     - ``points478``: ``[478, 3]`` float32 MediaPipe mesh (468 face + 10 iris); z is MediaPipe's
       relative depth in the same pixel scale as x (smaller = nearer the camera).
-    - ``lmks68``: ``[68, 2]`` dlib/iBUG layout (upstream-spec §6.2 table).
+    - ``lmks68``: ``[68, 2]`` dlib/iBUG layout (``flame_tracker.detection.layout`` table).
     - ``iris``: ``[10, 2]``: subject's right eye centre + 4, then left eye centre + 4.
     - ``blendshapes``: ``[52]`` ARKit-style scores (index 0 ``_neutral``), names in
       ``blendshape_names``; empty when disabled.
@@ -85,6 +85,8 @@ class FaceLandmarker:
             (MediaPipe's order) or ``"center"`` (closest to the image centre).
         max_side: frames whose longer side exceeds this are downscaled for detection; the
             landmarks are mapped back to original pixels (MediaPipe works on 128–256 px crops).
+        table: 68-point table, ``"improved"`` (default) or ``"reference"`` (upstream-spec §6.2
+            exactly); see :mod:`flame_tracker.detection.layout`.
         blendshapes, transformation_matrix: compute these outputs (on by default).
     """
 
@@ -96,6 +98,7 @@ class FaceLandmarker:
         max_faces: int | None = None,
         select: Select = "largest",
         max_side: int = 1920,
+        table: str = "improved",
         min_detection_confidence: float = 0.5,
         min_presence_confidence: float = 0.5,
         min_tracking_confidence: float = 0.5,
@@ -111,6 +114,8 @@ class FaceLandmarker:
         # Imported here: mediapipe takes ~1 s to import and most of the package does not need it.
         from mediapipe.tasks.python import BaseOptions, vision
 
+        table68(table)  # validate early
+        self.table = table
         self.model_path = face_landmarker_path(model_path)
         self.mode: Mode = mode
         self.select: Select = select
@@ -184,7 +189,7 @@ class FaceLandmarker:
             out.append(
                 FaceDetection(
                     points478=pts,
-                    lmks68=0.5 * (pts[MP_TO_DLIB68[:, 0], :2] + pts[MP_TO_DLIB68[:, 1], :2]),
+                    lmks68=mediapipe_to_dlib68(pts[:, :2], self.table),
                     iris=pts[IRIS_INDICES, :2] if len(pts) == 478 else np.full((10, 2), np.nan, np.float32),
                     blendshapes=np.array([c.score for c in bs], dtype=np.float32),
                     blendshape_names=tuple(c.category_name for c in bs),

@@ -1,8 +1,18 @@
 """MediaPipe 478-point mesh → iBUG/dlib 68-point layout, iris points and their index tables.
 
-The 68-point table is the reference tracker's ``utils/mp2dlib.py`` (upstream-spec §6.2): each dlib
-point is one MediaPipe point or the mean of two. Stored as index pairs (a single index is repeated)
-so the conversion is one gather and one mean for any batch of frames.
+Each dlib point is one MediaPipe point or the mean of two, stored as index pairs (a single index is
+repeated) so the conversion is one gather and one mean for any batch of frames. Two tables:
+
+* ``"reference"``: the reference tracker's ``utils/mp2dlib.py`` exactly (upstream-spec §6.2).
+* ``"improved"`` (default): the reference with two principled corrections, measured on the
+  hand-annotated 300-W image (``benchmarks/detection.py``; NME 0.0558 → 0.0510, and 0.0588 →
+  0.0546 on its mirror image):
+  - brows 17–26 use MediaPipe's 5-point upper eyebrow contour one-to-one (70, 63, 105, 66, 107 and
+    336, 296, 334, 293, 300), as 300-W annotates the brow's upper edge; the reference puts the
+    outer ends on 156/383 (below the brow, near the eye) and averages neighbours or the lower
+    edge for 18, 21, 22, 25 (brow NME 0.081 → 0.060);
+  - jaw point 13 = mean(361, 288), the mirror image of point 3 = mean(132, 58); the reference
+    uses 361 alone, which breaks the left/right symmetry of the contour.
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 # dlib index -> (mp_a, mp_b); the point is (p[a] + p[b]) / 2. Checked against upstream-spec §6.2.
-MP_TO_DLIB68 = np.array(
+MP_TO_DLIB68_REFERENCE = np.array(
     [
         # jaw contour 0..16
         (127, 127), (234, 234), (93, 93), (132, 58), (58, 172), (136, 136), (150, 150), (176, 176),
@@ -33,6 +43,15 @@ MP_TO_DLIB68 = np.array(
     dtype=np.int64,
 )
 
+MP_TO_DLIB68_REFERENCE.flags.writeable = False
+
+MP_TO_DLIB68 = MP_TO_DLIB68_REFERENCE.copy()
+MP_TO_DLIB68[13] = (361, 288)
+MP_TO_DLIB68[17:27] = np.repeat(np.array([[70], [63], [105], [66], [107], [336], [296], [334], [293], [300]]), 2, 1)
+MP_TO_DLIB68.flags.writeable = False
+
+TABLES68: dict[str, np.ndarray] = {"improved": MP_TO_DLIB68, "reference": MP_TO_DLIB68_REFERENCE}
+
 # MediaPipe iris points: 468..472 subject's right eye (centre + 4), 473..477 left eye (centre + 4).
 IRIS_INDICES = np.arange(468, 478, dtype=np.int64)
 
@@ -49,12 +68,21 @@ GROUPS68: dict[str, slice] = {
 }
 
 
-def mediapipe_to_dlib68(points: np.ndarray) -> np.ndarray:
+def table68(name: str) -> np.ndarray:
+    """The ``[68, 2]`` index-pair table called ``name`` (``"improved"`` or ``"reference"``)."""
+    try:
+        return TABLES68[name]
+    except KeyError:
+        raise ValueError(f"unknown 68-point table {name!r}; use one of {sorted(TABLES68)}") from None
+
+
+def mediapipe_to_dlib68(points: np.ndarray, table: str = "improved") -> np.ndarray:
     """Convert ``[..., 478, D]`` MediaPipe points to ``[..., 68, D]`` dlib-layout points."""
     p = np.asarray(points)
     if p.shape[-2] < 468:
         raise ValueError(f"expected MediaPipe points [..., 468 or 478, D], got shape {p.shape}")
-    return 0.5 * (p[..., MP_TO_DLIB68[:, 0], :] + p[..., MP_TO_DLIB68[:, 1], :])
+    t = table68(table)
+    return 0.5 * (p[..., t[:, 0], :] + p[..., t[:, 1], :])
 
 
 def iris_points(points: np.ndarray) -> np.ndarray:
