@@ -195,3 +195,26 @@ def test_invalid_options() -> None:
         FaceLandmarker(mode="webcam")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="select"):
         FaceLandmarker(select="smallest")  # type: ignore[arg-type]
+
+
+def test_huge_image_downscaled_for_detection_results_in_original_pixels(landmarker, img300w, gt300w) -> None:
+    big = cv2.resize(img300w, None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)  # 5120×4096, 21 MP
+    det = landmarker.detect(big)
+    assert det is not None and det.image_size == (5120, 4096)
+    assert det.detect_transform.size[0] <= landmarker.max_side
+    assert float(interocular_nme(det.lmks68, gt300w * 4)) < NME_BOUND_300W
+
+
+def test_exif_rotated_jpeg_lands_on_upright_ground_truth(landmarker, img300w, gt300w, tmp_path: Path) -> None:
+    from PIL import Image
+
+    # Store the photo rotated 90° clockwise on disk with orientation 6 ("rotate 90° CW to view"):
+    # stored = upright rotated counter-clockwise.
+    stored = np.ascontiguousarray(np.rot90(img300w, k=1))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "rot.jpg"
+    Image.fromarray(stored).save(p, exif=exif, quality=92)
+    det = landmarker.detect(p)
+    assert det is not None and det.image_size == (img300w.shape[1], img300w.shape[0])
+    assert float(interocular_nme(det.lmks68, gt300w)) < NME_BOUND_300W + 0.005
