@@ -100,3 +100,14 @@ def test_missing_model_error_says_what_to_do(tmp_path: Path, monkeypatch) -> Non
         face_landmarker_path()
     with pytest.raises(AssetError, match="does not exist"):
         face_landmarker_path(tmp_path / "nope.task")
+
+
+def test_cli_where_and_download_failure(local_server: str, shared_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(LANDMARKER_ENV, raising=False)
+    res = CliRunner().invoke(main, ["assets", "where"])
+    assert res.exit_code == 0 and res.output.strip() == str(shared_dir / "models" / "face_landmarker.task")
+    res = CliRunner().invoke(
+        main, ["assets", "download", "--dest", str(tmp_path / "f.task"), "--url", f"{local_server}/ict_facekit_light.npz"]
+    )
+    assert res.exit_code != 0 and "Checksum mismatch" in res.output
+    assert list(tmp_path.iterdir()) == []
