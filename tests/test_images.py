@@ -123,6 +123,22 @@ def test_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
     assert load_image(p).shape == (4000, 5000, 3)  # under the default limit it loads
 
 
+def test_giant_header_gives_our_error_not_pils(tmp_path: Path) -> None:
+    """A 40000×30000 PNG header (1.2 GP) must be refused by size before any decoding."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 40000, 30000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    p = tmp_path / "giant.png"
+    data = b"IDAT" + zlib.compress(b"\x00" * 64)  # PIL reads chunks up to the first IDAT only
+    p.write_bytes(png + struct.pack(">I", len(data) - 4) + data + struct.pack(">I", zlib.crc32(data)))
+    with pytest.raises(ImageError, match="1200 MP"):
+        load_image(p)
+    assert Image.MAX_IMAGE_PIXELS is not None  # PIL's guard restored
+
+
 def test_resize_transform_maps_back_to_original() -> None:
     img = np.zeros((1000, 3000, 3), np.uint8)
     small, tf = resize_max_side(img, 600)

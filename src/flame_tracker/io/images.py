@@ -168,10 +168,12 @@ def load_image(
         raise ImageError(f"{path} is a folder, not an image file.")
     if path.stat().st_size == 0:
         raise ImageError(f"Image {path} is empty (0 bytes).")
+    # PIL's decompression-bomb guard (which fires inside Image.open) is replaced by the explicit,
+    # documented max_pixels check; restored afterwards.
+    old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), Image.open(path) as img:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(
@@ -180,21 +182,18 @@ def load_image(
                 )
             if w == 0 or h == 0:
                 raise ImageError(f"Image {path} has no pixels ({w}×{h}).")
-            old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked above
-            try:
-                wide = _read_wide_colour(path, img)
-                if wide is not None:
-                    return to_rgb_uint8(wide, name=str(path), background=background)
-                img = ImageOps.exif_transpose(img)
-                arr = _pil_to_array(img)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_limit
+            wide = _read_wide_colour(path, img)
+            if wide is not None:
+                return to_rgb_uint8(wide, name=str(path), background=background)
+            arr = _pil_to_array(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as exc:
         raise ImageError(f"Cannot read {path}: not an image format flame-tracker can decode.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageError):
             raise
         raise ImageError(f"Cannot read {path}: the file is truncated or corrupt ({exc}).") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
     return to_rgb_uint8(arr, name=str(path), background=background)
 
 
