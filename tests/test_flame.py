@@ -1,0 +1,204 @@
+"""FLAME-format models: chumpy-free restricted loading, LBS, landmarks, bad input.
+
+Uses synthetic FLAME-format files from `flame_tracker.model.fixtures` (no FLAME licence needed).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from flame_tracker.model import ModelFormatError, load_model, load_model_data
+from flame_tracker.model.fixtures import dump_legacy_pickle, flame_model_arrays, write_flame_model
+from flame_tracker.model.flame import L_EAR_INDICES_REFERENCE, R_EAR_INDICES, load_flame
+from flame_tracker.model.lbs import interpolate
+
+
+@pytest.fixture(scope="module")
+def flame_pkl(tmp_path_factory):
+    return write_flame_model(tmp_path_factory.mktemp("flame"), "flame")
+
+
+@pytest.fixture(scope="module")
+def tiny_pkl(tmp_path_factory):
+    return write_flame_model(tmp_path_factory.mktemp("tiny"), "tiny", n_shape=300, n_expr=20)
+
+
+@pytest.fixture(scope="module")
+def flame64(flame_pkl):
+    return load_model(flame_pkl, dtype=torch.float64, use_cache=False)
+
+
+def _params(n_shape: int, n_expr: int, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return dict(shape=r(n, n_shape), expr=r(n, n_expr), head_pose=0.3 * r(n, 3),
+                neck_pose=0.2 * r(n, 3), jaw_pose=0.2 * r(n, 3), eye_pose=0.2 * r(n, 6))
+
+
+def test_pickle_is_chumpy_style_and_round_trips(flame_pkl):
+    raw = flame_pkl.read_bytes()
+    assert b"chumpy.ch\nCh\n" in raw and b"scipy.sparse.csc\ncsc_matrix\n" in raw
+    with pytest.raises(ImportError):
+        __import__("chumpy")  # loading must not need it
+    ref = flame_model_arrays("flame")
+    d = load_flame(flame_pkl)
+    assert np.array_equal(d.v_template, ref["v_template"])
+    assert np.array_equal(d.faces, ref["f"].astype(np.int64))
+    assert np.array_equal(d.shapedirs, ref["shapedirs"][:, :, :300])
+    assert np.array_equal(d.exprdirs, ref["shapedirs"][:, :, 300:])
+    assert np.array_equal(d.posedirs, ref["posedirs"])
+    assert np.array_equal(d.J_regressor, ref["J_regressor"].toarray())
+    assert np.array_equal(d.weights, ref["weights"])
+    assert d.parents.tolist() == [-1, 0, 1, 1, 1]
+    assert d.mp_lmk_faces_idx is not None and d.dyn_lmk_faces_idx.shape == (79, 17)
+
+
+def test_2023_open_style_and_static_dynamic_embedding(tmp_path, flame_pkl):
+    p = write_flame_model(tmp_path, "flame", style="2023_open", embedding="static_dynamic")
+    assert b"chumpy" not in p.read_bytes()
+    a, b = load_flame(p), load_flame(flame_pkl)
+    assert np.array_equal(a.v_template, b.v_template)
+    # 17 frontal contour points from the dynamic file + 51 static points == DECA's full 68
+    assert np.array_equal(a.lmk_faces_idx, b.lmk_faces_idx)
+    assert np.allclose(a.lmk_bary, b.lmk_bary)
+
+
+def test_component_counts(tiny_pkl, flame_pkl):
+    m = load_model(flame_pkl, use_cache=False)
+    assert (m.n_shape, m.n_expr) == (300, 100) and m.has_jaw_joint and m.has_pose_correctives
+    m = load_model(tiny_pkl, n_shape=50, n_expr=10, use_cache=False)
+    assert (m.n_shape, m.n_expr) == (50, 10) and m.shapedirs.shape[2] == 50
+    with pytest.raises(ValueError, match="n_expr=30"):
+        load_model(tiny_pkl, n_expr=30, use_cache=False)
+
+
+def test_zero_params_give_template(flame64):
+    out = flame64()
+    assert torch.allclose(out.vertices[0], flame64.v_template, atol=1e-12)
+
+
+def test_jaw_rotation_moves_only_jaw_weighted_vertices(flame64):
+    jaw = torch.tensor([[0.25, 0.0, 0.0]], dtype=torch.float64)
+    moved = (flame64(jaw_pose=jaw).vertices[0] - flame64.v_template).norm(dim=-1)
+    weighted = flame64.lbs_weights[:, 2] > 0
+    assert weighted.any() and (~weighted).any()
+    assert torch.all(moved[~weighted] < 1e-12)
+    assert torch.all(moved[flame64.lbs_weights[:, 2] > 0.5] > 1e-4)
+    chin = flame64(jaw_pose=jaw).landmarks[0, 8]
+    assert chin[1] < flame64().landmarks[0, 8, 1]  # opening the jaw lowers the chin
+
+
+def test_fast_path_equals_barycentric_interpolation(flame64):
+    p = _params(flame64.n_shape, flame64.n_expr, 4)
+    full, fast = flame64(**p), flame64.landmarks(**p)
+    ref = interpolate(full.vertices, flame64.faces[flame64.lmk_faces_idx], flame64.lmk_bary)
+    assert fast.vertices is None
+    assert torch.allclose(fast.landmarks, ref, atol=1e-6, rtol=0)
+    assert torch.allclose(fast.iris, full.vertices[:, flame64.iris_idx], atol=1e-6, rtol=0)
+    assert torch.allclose(fast.ears, full.vertices[:, flame64.ear_idx], atol=1e-6, rtol=0)
+    assert flame64.n_sub < 260
+
+
+def test_autograd_matches_finite_differences(tiny_pkl):
+    m = load_model(tiny_pkl, n_shape=6, n_expr=5, dtype=torch.float64, use_cache=False)
+    p = _params(6, 5, 2, seed=1)
+    keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
+    inputs = tuple(p[k].clone().requires_grad_() for k in keys)
+
+    def f(*a):
+        return m(**dict(zip(keys, a))).vertices.flatten()
+
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+    # zero pose is the smooth point of Rodrigues that naive `norm + eps` code gets wrong
+    zero = tuple(torch.zeros_like(t).requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(f, zero, fast_mode=True)
+
+
+def test_iris_and_fixed_ear_indices(flame64):
+    v = flame64.v_template
+    iris = v[flame64.iris_idx]
+    assert torch.all(iris[:5, 0] < 0) and torch.all(iris[5:, 0] > 0)  # right eye first
+    ears = flame64.ear_idx.tolist()
+    assert ears[20:] == R_EAR_INDICES
+    assert L_EAR_INDICES_REFERENCE[9] == 641 and v[641, 0] < 0  # the reference bug is in the data
+    assert ears[9] != 641 and len(set(ears)) == 40
+    assert torch.all(v[ears[:20], 0] > 0) and torch.all(v[ears[20:], 0] < 0)
+    mirror = v[R_EAR_INDICES[9]] * torch.tensor([-1.0, 1.0, 1.0], dtype=v.dtype)
+    assert (v[ears[9]] - mirror).norm() < 0.01
+
+
+def test_float32_cache_round_trip(flame_pkl, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAME_TRACKER_CACHE", str(tmp_path))
+    a = load_model(flame_pkl)  # converts and caches
+    assert len(list((tmp_path / "models").glob("*.npz"))) == 1
+    b = load_model(flame_pkl)
+    assert a.dtype == torch.float32
+    assert torch.equal(a.shapedirs, b.shapedirs) and torch.equal(a.ear_idx, b.ear_idx)
+    assert torch.equal(a.landmarks().landmarks, b.landmarks().landmarks)
+
+
+# ---------------------------------------------------------------------- bad input
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "generic_model.pkl"
+    bad.write_bytes(pickle.dumps({"v_template": _Evil(str(marker))}, protocol=2))
+    with pytest.raises(ModelFormatError, match=r"generic_model\.pkl.*refusing.*(posix|os)\.system"):
+        load_model(bad, use_cache=False)
+    assert not marker.exists()
+    # also inside a landmark .npy
+    npy = tmp_path / "landmark_embedding.npy"
+    np.save(npy, np.array({"x": _Evil(str(marker))}, dtype=object), allow_pickle=True)
+    ok = write_flame_model(tmp_path / "m", "tiny", embedding="none", mediapipe=False)
+    with pytest.raises(ModelFormatError, match="landmark_embedding.npy.*refusing"):
+        load_model(ok, landmark_embedding=npy, use_cache=False)
+    assert not marker.exists()
+
+
+def test_missing_truncated_wrong_keys_wrong_shapes(tmp_path, tiny_pkl):
+    with pytest.raises(FileNotFoundError, match="nothere.pkl"):
+        load_model(tmp_path / "nothere.pkl")
+    raw = tiny_pkl.read_bytes()
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ModelFormatError, match=r"cut\.pkl.*(truncated|damaged)"):
+        load_model(cut, use_cache=False)
+    arrays = flame_model_arrays("tiny", n_expr=10)
+    keys = tmp_path / "keys" / "model.pkl"
+    keys.parent.mkdir()
+    dump_legacy_pickle({k: v for k, v in arrays.items() if k != "weights"}, keys)
+    with pytest.raises(ModelFormatError, match=r"model\.pkl.*missing keys \['weights'\]"):
+        load_model(keys, use_cache=False)
+    shapes = tmp_path / "shapes" / "model.pkl"
+    shapes.parent.mkdir()
+    dump_legacy_pickle({**arrays, "weights": arrays["weights"][:-3]}, shapes)
+    with pytest.raises(ModelFormatError, match=r"model\.pkl.*weights"):
+        load_model(shapes, use_cache=False)
+    # no landmark embedding next to the model
+    bare = write_flame_model(tmp_path / "bare", "tiny", embedding="none", mediapipe=False)
+    with pytest.raises(ModelFormatError, match="no 68-point landmark embedding"):
+        load_model(bare, use_cache=False)
+    # an embedding for another mesh
+    other = write_flame_model(tmp_path / "other", "flame", mediapipe=False)
+    with pytest.raises(ModelFormatError, match="lmk_faces_idx indexes triangles outside"):
+        load_model(bare, landmark_embedding=other.parent / "landmark_embedding.npy", use_cache=False)
+
+
+def test_load_model_data_accepts_cached_npz(tmp_path, tiny_pkl):
+    d = load_model_data(tiny_pkl, use_cache=False)
+    out = tmp_path / "model.npz"
+    d.save_npz(out)
+    m = load_model(out)
+    assert m.n_verts == d.v_template.shape[0] and m.n_expr == d.exprdirs.shape[2]
