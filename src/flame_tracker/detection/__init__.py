@@ -2,6 +2,7 @@
 external landmark files (``flame_tracker.io.landmarks_file``)."""
 
 from flame_tracker.detection.landmarker import (
+    BLENDSHAPE_NAMES,
     FaceDetection,
     FaceLandmarker,
     NoFaceError,
@@ -20,6 +21,7 @@ from flame_tracker.detection.layout import (
 )
 
 __all__ = [
+    "BLENDSHAPE_NAMES",
     "FaceDetection",
     "FaceLandmarker",
     "NoFaceError",
