@@ -12,7 +12,7 @@ class Toy(torch.nn.Module):
         self.register_buffer("ed", torch.randn(78, 3, n_expr, generator=g, dtype=torch.float64) * 0.004)
         self.n_shape, self.n_expr = n_shape, n_expr
         self.expr_bounds = (0.0, 1.0) if bounded else None
-        self.has_jaw = jaw
+        self.has_jaw_joint = self.has_jaw = jaw
     def landmarks(self, shape=None, expr=None, head_pose=None, neck_pose=None, jaw_pose=None, eye_pose=None):
         n = expr.shape[0]
         v = self.v_template + torch.einsum("vck,nk->nvc", self.sd, shape) + torch.einsum("vck,nk->nvc", self.ed, expr)

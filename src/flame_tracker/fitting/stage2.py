@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flame_tracker.camera import project_ndc
+from flame_tracker.camera import project_ndc, rotvec_to_matrix
 
 # Landmark subsets of the reference's stage 2a: the 51 inner face points (no jawline) + 10 iris.
 FACE_IDX = slice(17, 68)
@@ -64,8 +64,8 @@ class Stage2Options:
     # L1: floor of |d| in the IRLS weights (NDC; ~0.0013 px at 256). Huber: the quadratic zone.
     delta: float = 1e-5
     solver: Literal["lm", "adam"] = "lm"
-    max_iter: int = 30
-    rtol: float = 1e-5  # stop when an iteration lowers the total objective by less than this fraction
+    max_iter: int = 20
+    rtol: float = 1e-4  # stop when an iteration lowers the total objective by less than this fraction
 
 
 @dataclass
@@ -86,10 +86,7 @@ class Stage2Result:
 
 def model_has_jaw(model: torch.nn.Module) -> bool:
     """Whether ``model`` has a jaw joint (FLAME); the ICT model moves its jaw with blendshapes."""
-    has = getattr(model, "has_jaw", None)
-    if has is not None:
-        return bool(has)
-    return getattr(model, "kintree", getattr(model, "parents", None)) is not None
+    return bool(getattr(model, "has_jaw_joint", getattr(model, "has_jaw", True)))
 
 
 def expr_from_blendshapes(
@@ -189,10 +186,14 @@ class _Problem:
     lo: Tensor | None  # [P] bounds of the per-frame vector (None: unbounded)
     hi: Tensor | None
 
+    def points3d(self, params: dict[str, Tensor]) -> Tensor:
+        """Model-space 68 landmarks + 10 iris points ``[B, 78, 3]`` (the landmark fast path)."""
+        out = self.model.landmarks(**params)
+        iris = out.iris if out.iris is not None else out.landmarks.new_zeros(out.landmarks.shape[0], N_IRIS, 3)
+        return torch.cat([out.landmarks, iris], dim=1)
+
     def project(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model.landmarks(**self.layout.split(x, s, self.base))
-        pts = torch.cat([out.landmarks, out.iris], dim=1)
-        ndc = project_ndc(pts, self.pose6, self.fov)
+        ndc = project_ndc(self.points3d(self.layout.split(x, s, self.base)), self.pose6, self.fov)
         return ndc[:, :68], ndc[:, 68:]
 
     def residuals(self, x: Tensor, s: Tensor) -> Tensor:
@@ -233,24 +234,98 @@ def objective(problem: _Problem, x: Tensor, s: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+_LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joint rotations)
+_ROWS = torch.cat([torch.arange(17, 68), torch.arange(68, 78)])  # residual points among the 78
+
+
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Residuals ``[N,R]``, per-frame Jacobian ``[N,R,P]`` and shared Jacobian ``[N,R,S']``.
 
-    Frames are independent given the shared vector, so one tangent ``e_p`` applied to every frame at
-    once yields column ``p`` of every frame's Jacobian: ``P + S'`` tangents, one batched jvp.
+    Skinning is affine in shape and expression for fixed joint rotations (the joints move linearly
+    with them, pose correctives depend on rotations only), so those columns are exact differences
+    ``L(theta + e_k) - L(theta)`` from one batched landmark-path call. The few rotation columns (jaw,
+    eyes, neck) come from forward-mode AD over their tangents. The projection's Jacobian is analytic.
     """
-    n, p = x.shape
-    ns = s.shape[0]
-    eye = torch.eye(p + ns, dtype=x.dtype, device=x.device)
-    tx = eye[:, :p, None].expand(p + ns, p, n).transpose(1, 2)  # [T, N, P]
-    ts = eye[:, p:]  # [T, S']
+    lay, n = problem.layout, x.shape[0]
+    params = lay.split(x, s, problem.base)
+    blocks, start = [], 0
+    for name, size in lay.frame_blocks:
+        blocks.append((name, start, size, "frame"))
+        start += size
+    if lay.shape == "shared":
+        blocks.append(("shape", 0, lay.n_shape, "shared"))
+    lin = [b for b in blocks if b[0] in _LINEAR]
+    rot = [b for b in blocks if b[0] not in _LINEAR]
+    n_lin = sum(b[2] for b in lin)
 
-    def jvp(tx_: Tensor, ts_: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.func.jvp(problem.residuals, (x, s), (tx_, ts_))
+    # Linear columns: batch [N, 1 + n_lin]; entry 0 is the current point.
+    batch = {}
+    for key, val in params.items():
+        rep = val[:, None].expand(n, 1 + n_lin, val.shape[-1]).clone()
+        col = 1
+        for name, _, size, _ in lin:
+            if name == key:
+                rep[:, col : col + size] += torch.eye(size, dtype=x.dtype, device=x.device)
+            col += size
+        batch[key] = rep.flatten(0, 1)
+    pts = problem.points3d(batch).view(n, 1 + n_lin, 78, 3)
+    p0 = pts[:, 0]
+    d_lin = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, n_lin]
 
-    r, cols = torch.func.vmap(jvp, out_dims=(None, 0))(tx, ts)  # cols [T, N, R]
-    cols = cols.permute(1, 2, 0)  # [N, R, T]
-    return r, cols[..., :p], cols[..., p:]
+    # Rotation columns: forward-mode AD, one tangent per column, vmapped.
+    n_rot = sum(b[2] for b in rot)
+    if n_rot:
+        names = [b[0] for b in rot]
+
+        def f(*vals: Tensor) -> Tensor:
+            return problem.points3d({**params, **dict(zip(names, vals))})
+
+        primals = tuple(params[nm] for nm in names)
+        tangents, col = [], 0
+        for _, _, size, _ in rot:
+            t = torch.zeros(n_rot, n, size, dtype=x.dtype, device=x.device)
+            t[col : col + size] = torch.eye(size, dtype=x.dtype, device=x.device)[:, None, :]
+            tangents.append(t)
+            col += size
+        jv = torch.func.vmap(lambda *t: torch.func.jvp(f, primals, t)[1])(*tangents)  # [n_rot, N, 78, 3]
+        d_rot = jv.permute(1, 2, 3, 0)
+    else:
+        d_rot = p0.new_zeros(n, 78, 3, 0)
+
+    # Analytic projection Jacobian: view = D R^T (X - t), ndc = scale * view_xy / view_z.
+    rmat = rotvec_to_matrix(problem.pose6[:, :3])
+    flip = x.new_tensor((1.0, -1.0, -1.0))
+    view = ((p0 - problem.pose6[:, None, 3:]) @ rmat) * flip  # [N, 78, 3]
+    scale = (1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov)))[:, None]
+    z = view[..., 2] + 1e-8
+    ndc = scale[..., None] * view[..., :2] / z[..., None]
+    dview = rmat.transpose(1, 2) * flip[:, None]  # [N, 3(view), 3(world)]
+    dndc_dview = torch.zeros(n, 78, 2, 3, dtype=x.dtype, device=x.device)
+    dndc_dview[..., 0, 0] = scale / z
+    dndc_dview[..., 1, 1] = scale / z
+    dndc_dview[..., :, 2] = -ndc / z[..., None]
+    dproj = dndc_dview @ dview[:, None]  # [N, 78, 2, 3]
+
+    rows = _ROWS.to(x.device)
+    dproj = dproj[:, rows]
+    r = (ndc[:, rows] - problem.target).flatten(1)
+    j_lin = (dproj @ d_lin[:, rows]).flatten(1, 2)  # [N, R, n_lin]
+    j_rot = (dproj @ d_rot[:, rows]).flatten(1, 2)
+    # Reassemble columns in the layout's order.
+    jx_cols, js = [], x.new_zeros(n, r.shape[1], 0)
+    col_lin = col_rot = 0
+    for name, _, size, kind in blocks:
+        if name in _LINEAR:
+            block = j_lin[..., col_lin : col_lin + size]
+            col_lin += size
+        else:
+            block = j_rot[..., col_rot : col_rot + size]
+            col_rot += size
+        if kind == "shared":
+            js = block
+        else:
+            jx_cols.append(block)
+    return r, torch.cat(jx_cols, dim=-1), js
 
 
 def _prior_diag(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
