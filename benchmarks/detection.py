@@ -4,8 +4,9 @@ Prints a table of frames/s for MediaPipe IMAGE and VIDEO mode on 512² frames
 (``talking_wojtek.mp4``) and 1080p frames (``talking_ex1.mp4`` scaled to 1080 px high and padded to
 1920×1080), one detector run per frame (the reference runs it three times: original, 512 and 256
 images; a row reproduces that for comparison), then the inter-ocular NME of the 68 points on the
-hand-annotated 300-W image for the reference and the default ("improved") 68-point tables. Frames are decoded before timing; the first call (graph warm-up) is
-not timed. Last line: ``fps_video_512=<x> nme_300w=<NME>``.
+hand-annotated 300-W image (and its mirror image) for the reference and the default ("improved")
+68-point tables. Frames are decoded before timing; the first call (graph warm-up) is not timed.
+Last line: ``fps_video_512=<x> nme_300w=<NME>``.
 
 Usage: ``python benchmarks/detection.py [--frames N]``
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from itertools import islice
 
 import av
 import cv2
@@ -28,7 +29,7 @@ from flame_tracker.paths import data_file
 def read_frames(name: str, n: int) -> list[np.ndarray]:
     """First ``n`` frames of a shared video as RGB arrays."""
     with av.open(str(data_file("videos", name))) as c:
-        return [f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0))]
+        return [f.to_ndarray(format="rgb24") for f in islice(c.decode(video=0), n)]
 
 
 def to_1080p(frame: np.ndarray) -> np.ndarray:
@@ -53,7 +54,10 @@ def run(lm: FaceLandmarker, frames: list[np.ndarray], video: bool, step_ms: int)
 
 def run_reference_style(lm: FaceLandmarker, frames: list[np.ndarray]) -> tuple[float, float]:
     """The reference's per-frame work: detect on the original, a 512² and a 256² image."""
-    small: Callable[[np.ndarray, int], np.ndarray] = lambda f, s: cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA)
+
+    def small(f: np.ndarray, side: int) -> np.ndarray:
+        return cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA)
+
     lm.detect(frames[0])
     found = 0
     t0 = time.perf_counter()

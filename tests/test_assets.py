@@ -106,8 +106,7 @@ def test_cli_where_and_download_failure(local_server: str, shared_dir: Path, tmp
     monkeypatch.delenv(LANDMARKER_ENV, raising=False)
     res = CliRunner().invoke(main, ["assets", "where"])
     assert res.exit_code == 0 and res.output.strip() == str(shared_dir / "models" / "face_landmarker.task")
-    res = CliRunner().invoke(
-        main, ["assets", "download", "--dest", str(tmp_path / "f.task"), "--url", f"{local_server}/ict_facekit_light.npz"]
-    )
+    wrong_url = f"{local_server}/ict_facekit_light.npz"
+    res = CliRunner().invoke(main, ["assets", "download", "--dest", str(tmp_path / "f.task"), "--url", wrong_url])
     assert res.exit_code != 0 and "Checksum mismatch" in res.output
     assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@ original pixels, explicit not-found, bad input, video mode."""
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -172,7 +173,7 @@ def test_video_mode_tracks_and_checks_timestamps(shared_dir: Path) -> None:
     import av
 
     with av.open(str(shared_dir / "videos" / "talking_wojtek.mp4")) as c:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(6), c.decode(video=0))]
+        frames = [f.to_ndarray(format="rgb24") for f in islice(c.decode(video=0), 6)]
     with FaceLandmarker(mode="video") as lm:
         dets = [lm.detect(f, timestamp_ms=40 * i) for i, f in enumerate(frames)]
         with pytest.raises(ValueError, match="increase"):
