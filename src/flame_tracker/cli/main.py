@@ -20,6 +20,10 @@ def main() -> None:
 from flame_tracker.cli.assets import assets as _assets  # noqa: E402
 
 main.add_command(_assets)
+from flame_tracker.cli.image import image as _image  # noqa: E402
+main.add_command(_image)
+from flame_tracker.cli.demo import demo as _demo  # noqa: E402
+main.add_command(_demo)
 
 
 if __name__ == "__main__":  # pragma: no cover

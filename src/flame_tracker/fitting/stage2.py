@@ -7,7 +7,8 @@ The reference objective (upstream-spec §8.3, stage 2a), per frame ``n``::
         + 0.025 * sum(exp_n ** 2)
     (+ 0.1 * sum_t ||exp_{t+1} - exp_t||^2 / 2 over consecutive frames when ``temporal``)
 
-with distances in the reference's NDC of the fitting crop. On top of it (what the reference delegated
+with distances in the reference's NDC of the fitting crop (an optional jawline term
+``w_contour * mean_{points 0..16}(|dx| + |dy|)``, zero in the reference, helps the shape). On top of it (what the reference delegated
 to a network we do not have) this module optionally fits the identity ``shape`` (one per frame, or one
 shared by all frames) with a ``w_shape * sum(shape**2)`` prior, and the neck pose with a
 ``w_neck * sum(neck**2)`` prior. :func:`objective` is the single definition both solvers minimise.
@@ -38,8 +39,9 @@ from torch import Tensor
 
 from flame_tracker.camera import project_ndc, rotvec_to_matrix
 
-# Landmark subsets of the reference's stage 2a: the 51 inner face points (no jawline) + 10 iris.
-FACE_IDX = slice(17, 68)
+# Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
+FACE_IDX = slice(0, 68)
+N_JAW = 17
 N_FACE = 51
 N_IRIS = 10
 
@@ -50,6 +52,8 @@ class Stage2Options:
 
     w_lmk: float = 500.0
     w_iris: float = 500.0
+    # Jawline 0..16 (not in the reference's stage 2): informs the identity shape's face width.
+    w_contour: float = 0.0
     w_exp: float = 0.025
     w_temporal: float = 0.1
     w_shape: float = 1.0
@@ -199,7 +203,7 @@ class _Problem:
     def residuals(self, x: Tensor, s: Tensor) -> Tensor:
         lmk, iris = self.project(x, s)
         pred = torch.cat([lmk[:, FACE_IDX], iris], dim=1)
-        return (pred - self.target).flatten(1)  # [N, 122]
+        return (pred - self.target).flatten(1)  # [N, 156]
 
 
 def _rho(d: Tensor, loss: str, delta: float) -> Tensor:
@@ -235,7 +239,7 @@ def objective(problem: _Problem, x: Tensor, s: Tensor) -> Tensor:
 
 
 _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joint rotations)
-_ROWS = torch.cat([torch.arange(17, 68), torch.arange(68, 78)])  # residual points among the 78
+_ROWS = torch.arange(78)  # residual points among the 78 (68 landmarks + 10 iris)
 
 
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -572,17 +576,18 @@ def fit_stage2(
     iris_ndc = torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, N_IRIS, 2)
     target = torch.cat([lmks_ndc[:, FACE_IDX], iris_ndc], dim=1)
     valid = torch.isfinite(target)
-    if not valid[:, :N_FACE].any(dim=(1, 2)).all():
+    if not valid[:, N_JAW : N_JAW + N_FACE].any(dim=(1, 2)).all():
         raise ValueError("stage 2: a frame has no finite face landmark")
     coeff = torch.cat(
         [
+            torch.full((n, N_JAW, 2), opts.w_contour / N_JAW, dtype=dt, device=dev),
             torch.full((n, N_FACE, 2), opts.w_lmk / N_FACE, dtype=dt, device=dev),
             torch.full((n, N_IRIS, 2), opts.w_iris / N_IRIS, dtype=dt, device=dev),
         ],
         dim=1,
     ) * valid.all(-1, keepdim=True)
     target = torch.nan_to_num(target)
-    has_iris = bool(valid[:, N_FACE:].any())
+    has_iris = bool(valid[:, N_JAW + N_FACE :].any())
 
     fit_jaw = model_has_jaw(model) if opts.fit_jaw is None else opts.fit_jaw
     layout = _Layout(

@@ -1,0 +1,128 @@
+"""``flame-tracker image``: fit the head model to photos and write the results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    """Output names: the file stem, made unique when two inputs share one."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        out.append(p.stem if n == 0 else f"{p.stem}_{n}")
+    return out
+
+
+def run_images(
+    images: list[Path],
+    out_dir: Path,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    landmarker: str | None = None,
+    fov: float = 20.0,
+    solver: str = "lm",
+    loss: str = "l1",
+    fit_shape: bool = True,
+    fit_neck: bool = False,
+    mesh: bool = True,
+    overlay: bool = True,
+) -> int:
+    """Fit every image, write its outputs into ``out_dir``; return the number of failures.
+
+    Each failure prints one line ``error: <image>: <reason>`` and the others are still processed.
+    """
+    from dataclasses import replace
+
+    from flame_tracker.tracker import DEFAULT_STAGE2, Tracker
+
+    opts = replace(DEFAULT_STAGE2, solver=solver, loss=loss, fit_shape=fit_shape and solver == "lm",
+                   fit_neck=fit_neck and solver == "lm")
+    try:
+        tracker = Tracker(model, device, landmarker=landmarker, fov=fov, stage2=opts)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot load the head model: {exc}") from exc
+    failures = 0
+    with tracker:
+        try:
+            tracker.landmarker  # noqa: B018  (fail once, clearly, when the detector is missing)
+        except Exception as exc:  # noqa: BLE001
+            raise click.ClickException(f"cannot start the face landmarker: {exc}") from exc
+        for path, stem in zip(images, _stems(images)):
+            try:
+                result = tracker.fit_image(path)
+                result.save(out_dir, stem, image=tracker.last_image, mesh=mesh, overlay=overlay)
+            except Exception as exc:  # noqa: BLE001  (one bad image must not stop the batch)
+                failures += 1
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                click.echo(f"error: {path}: {msg}", err=True)
+                continue
+            t = result.timings
+            click.echo(
+                f"{path} -> {out_dir / stem}.npz  reproj {result.reprojection_error_px:.2f} px  "
+                f"(detect {t.get('detect', 0):.2f}s, stage1 {t['stage1']:.2f}s, "
+                f"stage2 {t['stage2']:.2f}s, write {t.get('write', 0):.2f}s)"
+            )
+    return failures
+
+
+@click.command("image")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("flame_tracker_out"),
+              show_default=True, help="Folder for the outputs; created if missing.")
+@click.option("--model", "-m", default=None,
+              help="Head model: a FLAME .pkl (2020/2023), an ICT-FaceKit .npz or FaceXModel/ folder, or a "
+              "cached .npz. Default: the open ICT-FaceKit model from the data folder (FLAME_TRACKER_DATA).")
+@click.option("--device", default=None, help="Torch device, e.g. cpu or cuda. Default: CUDA when available, else CPU.")
+@click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
+              help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
+              "or the user cache (see `flame-tracker assets`).")
+@click.option("--fov", default=20.0, show_default=True, type=click.FloatRange(10.0, 50.0),
+              help="Camera field of view in degrees over the fitting crop (one photo cannot identify it).")
+@click.option("--solver", type=click.Choice(["lm", "adam"]), default="lm", show_default=True,
+              help="Stage-2 solver: lm (fast Levenberg-Marquardt, fits shape too) or adam (the reference's "
+              "200-iteration schedule; expression, jaw and eyes only).")
+@click.option("--loss", type=click.Choice(["l1", "huber"]), default="l1", show_default=True,
+              help="Landmark loss of stage 2: l1 (the reference) or huber (smooth near zero).")
+@click.option("--shape/--no-shape", "fit_shape", default=True, show_default=True,
+              help="Fit the identity shape from the landmarks (with --no-shape the mean identity is kept).")
+@click.option("--neck/--no-neck", "fit_neck", default=False, show_default=True,
+              help="Also fit the neck rotation (regularised).")
+@click.option("--mesh/--no-mesh", default=True, show_default=True, help="Write the fitted mesh as OBJ and PLY.")
+@click.option("--overlay/--no-overlay", default=True, show_default=True,
+              help="Write <name>_overlay.png: the shaded mesh over the photo with detected (green) and fitted "
+              "(red) landmarks.")
+def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
+          fov: float, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool) -> None:
+    """Fit the head model to each IMAGE and write, per image, into --out:
+
+    \b
+      <name>.npz          parameters with the reference keys + cameras in original pixels
+      <name>.obj / .ply   the fitted mesh (model space, metres)
+      <name>_overlay.png  mesh and landmarks over the photo
+      <name>.json         summary: camera, reprojection error, timings
+
+    A folder argument is expanded to the images it contains. An image that cannot be read or has no
+    face prints one error line; the others are still processed and the exit code is 1.
+    """
+    paths: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES))
+        else:
+            paths.append(p)
+    if not paths:
+        raise click.ClickException("no images found in the given folder(s)")
+    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, solver=solver,
+                          loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay)
+    click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
+    if failures:
+        sys.exit(1)

@@ -1,0 +1,419 @@
+"""Single-image pipeline: detect landmarks → fit the camera (stage 1) → fit expression/shape (stage 2).
+
+>>> from flame_tracker.tracker import Tracker
+>>> with Tracker() as tracker:                     # open ICT model, CPU (CUDA when present)
+...     result = tracker.fit_image("photo.jpg")
+...     result.save("out/", stem="photo", image=tracker.last_image)
+
+Everything a :class:`Result` exposes to users is in **original image pixels** (landmarks, ``K_px``,
+OpenCV/OpenGL cameras); the reference's own keys keep the reference's meaning (see
+:mod:`flame_tracker.io.results`). The fitting crop is square, unrotated and chosen from the detected
+landmarks with the reference's FFHQ "tracking" framing (upstream-spec §6.5, without the rotation).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flame_tracker.camera import (
+    DEFAULT_FOV,
+    REFERENCE_SIZE,
+    Crop,
+    build_intrinsics,
+    fov_to_focal,
+    intrinsics_pixels,
+    pose6_to_cam,
+    project_pixels,
+    to_opencv,
+    to_opengl_c2w,
+    world_to_view,
+)
+from flame_tracker.fitting.stage1 import fit_camera
+from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
+
+# Single images: the reference objective + identity shape, with the jawline informing face width.
+DEFAULT_STAGE2 = Stage2Options(w_contour=200.0)
+# Reference framing (upstream-spec §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
+CROP_SCALE = 1.3
+
+
+def fitting_crop(lmks68: np.ndarray, scale: float = CROP_SCALE) -> Crop:
+    """Square, unrotated fitting crop (original pixels) from 68 landmarks, framed like the reference."""
+    lm = np.asarray(lmks68, dtype=np.float64)
+    eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)
+    eye_avg, eye_to_eye = (eye_l + eye_r) / 2, eye_r - eye_l
+    mouth_avg = (lm[48] + lm[54]) / 2
+    eye_to_mouth = mouth_avg - eye_avg
+    half = max(2.0 * np.hypot(*eye_to_eye), 1.8 * np.hypot(*eye_to_mouth)) * scale
+    centre = eye_avg + 0.1 * eye_to_mouth
+    if not np.isfinite(half) or half <= 0:
+        raise ValueError("cannot frame a fitting crop: the eye/mouth landmarks are degenerate")
+    return Crop(float(centre[0] - half), float(centre[1] - half), float(2 * half))
+
+
+@dataclass
+class Result:
+    """One fitted image. Arrays are numpy; parameters carry a leading frame dimension of 1."""
+
+    model_name: str
+    image_size: tuple[int, int]  # (W, H)
+    crop: tuple[float, float, float]  # fitting crop (x0, y0, side) in original pixels
+    shape: np.ndarray  # [1, S]
+    exp: np.ndarray  # [1, E]
+    head_pose: np.ndarray  # [1, 3] (zero: the camera carries the rigid motion, as the reference)
+    jaw_pose: np.ndarray  # [1, 3]
+    neck_pose: np.ndarray  # [1, 3]
+    eye_pose: np.ndarray  # [1, 6]
+    pose6: np.ndarray  # [1, 6] reference camera: axis-angle + camera centre (model space, m)
+    fov: np.ndarray  # [1] degrees (relative to the crop)
+    lmks68_px: np.ndarray  # [68, 2] detected
+    iris_px: np.ndarray  # [10, 2] detected (NaN when absent)
+    fit_lmks68_px: np.ndarray  # [68, 2] fitted model landmarks projected
+    fit_iris_px: np.ndarray  # [10, 2]
+    vertices: np.ndarray  # [V, 3] fitted mesh, model space (metres)
+    faces: np.ndarray  # [F, 3]
+    objective: float  # final stage-2 objective
+    stage1_objective: float
+    blendshape_scores: np.ndarray  # [52] MediaPipe scores (empty when unavailable)
+    blendshape_names: tuple[str, ...] = ()
+    expr_names: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    iterations: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    # -------------------------------------------------------------------------------- derived
+    @property
+    def crop_obj(self) -> Crop:
+        """The fitting crop as a :class:`~flame_tracker.camera.Crop`."""
+        return Crop(*self.crop)
+
+    @property
+    def residuals_px(self) -> np.ndarray:
+        """Per-point distance detected ↔ fitted in original pixels: ``[78]`` = 68 landmarks + 10 iris."""
+        d68 = np.linalg.norm(self.fit_lmks68_px - self.lmks68_px, axis=-1)
+        dir_ = np.linalg.norm(self.fit_iris_px - self.iris_px, axis=-1)
+        return np.concatenate([d68, dir_]).astype(np.float32)
+
+    @property
+    def reprojection_error_px(self) -> float:
+        """Mean 68-point reprojection error in original pixels."""
+        return float(np.nanmean(self.residuals_px[:68]))
+
+    def camera_matrices(self) -> dict[str, np.ndarray]:
+        """``K_px`` (original pixels), OpenCV ``w2c_opencv`` and OpenGL ``c2w_opengl`` 4×4 matrices."""
+        pose6 = torch.as_tensor(self.pose6, dtype=torch.float64)
+        fov = torch.as_tensor(self.fov, dtype=torch.float64)
+        K, R, t = to_opencv(pose6, fov, self.crop_obj)
+        w2c = torch.eye(4, dtype=torch.float64).repeat(pose6.shape[0], 1, 1)
+        w2c[:, :3, :3], w2c[:, :3, 3] = R, t
+        return {
+            "K_px": K.numpy().astype(np.float32),
+            "w2c_opencv": w2c.numpy().astype(np.float32),
+            "c2w_opengl": to_opengl_c2w(pose6).numpy().astype(np.float32),
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The npz content: the reference keys (reference meaning) plus pixel-space extras."""
+        crop = self.crop_obj
+        to_ndc = lambda p: crop.to_ndc(torch.as_tensor(p, dtype=torch.float64)).numpy()  # noqa: E731
+        pose6 = torch.as_tensor(self.pose6, dtype=torch.float64)
+        focal = fov_to_focal(torch.as_tensor(self.fov, dtype=torch.float64), REFERENCE_SIZE)
+        f32 = np.float32
+        out: dict[str, np.ndarray] = {
+            "shape": self.shape.astype(f32),
+            "exp": self.exp.astype(f32),
+            "head_pose": self.head_pose.astype(f32),
+            "jaw_pose": self.jaw_pose.astype(f32),
+            "neck_pose": self.neck_pose.astype(f32),
+            "eye_pose": self.eye_pose.astype(f32),
+            "cam": pose6_to_cam(pose6).numpy().astype(f32),
+            "fov": self.fov.astype(f32),
+            "K": build_intrinsics(focal, REFERENCE_SIZE).numpy().astype(f32).reshape(1, 3, 3),
+            "lmks_68": to_ndc(self.lmks68_px)[None].astype(f32),
+            "lmks_eyes": to_ndc(self.iris_px)[None].astype(f32),
+            "blendshape_scores": self.blendshape_scores.astype(f32)[None],
+        }
+        out.update({k: v for k, v in self.camera_matrices().items()})
+        out.update(
+            pose6=self.pose6.astype(f32),
+            crop=np.asarray(self.crop, f32)[None],
+            image_size=np.asarray(self.image_size, np.int32)[None],
+            lmks_68_px=self.lmks68_px.astype(f32)[None],
+            lmks_eyes_px=self.iris_px.astype(f32)[None],
+            fit_lmks_68_px=self.fit_lmks68_px.astype(f32)[None],
+            fit_lmks_eyes_px=self.fit_iris_px.astype(f32)[None],
+            fit_lmks_68=to_ndc(self.fit_lmks68_px)[None].astype(f32),
+            residuals_px=self.residuals_px[None],
+            objective=np.asarray([self.objective], f32),
+            stage1_objective=np.asarray([self.stage1_objective], f32),
+            blendshape_names=np.asarray(self.blendshape_names, dtype=np.str_),
+            expr_names=np.asarray(self.expr_names, dtype=np.str_),
+            model_name=np.asarray(self.model_name, dtype=np.str_),
+        )
+        assert all(k in out for k in REFERENCE_KEYS)
+        return out
+
+    def vertices_px(self) -> np.ndarray:
+        """Mesh vertices as ``[V, 3]``: x, y in original pixels, z the camera depth (metres)."""
+        pose6 = torch.as_tensor(self.pose6, dtype=torch.float64)
+        v = torch.as_tensor(self.vertices, dtype=torch.float64)[None]
+        xy = project_pixels(v, pose6, torch.as_tensor(self.fov, dtype=torch.float64), self.crop_obj)[0]
+        z = world_to_view(v, pose6)[0, :, 2:]
+        return torch.cat([xy, z], -1).numpy()
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        """Shaded mesh blended over ``image`` (RGB uint8, original size) with detected/fitted landmarks."""
+        from flame_tracker.rendering.overlay import render_overlay
+
+        focal = float(intrinsics_pixels(torch.as_tensor(self.fov[0], dtype=torch.float64), self.crop_obj)[0, 0])
+        return render_overlay(
+            image,
+            self.vertices_px(),
+            self.faces,
+            lmks_detected=self.lmks68_px,
+            lmks_fitted=self.fit_lmks68_px,
+            iris=self.fit_iris_px if np.isfinite(self.iris_px).all() else None,
+            focal=focal,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly summary (camera, errors, timings)."""
+        res = self.residuals_px
+        cams = self.camera_matrices()
+        return {
+            "source": self.source,
+            "model": self.model_name,
+            "image_size": list(self.image_size),
+            "crop_xywh": [self.crop[0], self.crop[1], self.crop[2], self.crop[2]],
+            "fov_deg": float(self.fov[0]),
+            "cam_yaw_pitch_roll_xyz": pose6_to_cam(torch.as_tensor(self.pose6, dtype=torch.float64))[0].tolist(),
+            "K_px": cams["K_px"][0].tolist(),
+            "reprojection_px": {
+                "mean_68": float(np.nanmean(res[:68])),
+                "median_68": float(np.nanmedian(res[:68])),
+                "max_68": float(np.nanmax(res[:68])),
+                "mean_iris": float(np.nanmean(res[68:])) if np.isfinite(res[68:]).any() else None,
+            },
+            "objective": self.objective,
+            "stage1_objective": self.stage1_objective,
+            "iterations": dict(self.iterations),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        stem: str,
+        image: np.ndarray | None = None,
+        *,
+        mesh: bool = True,
+        overlay: bool = True,
+    ) -> dict[str, Path]:
+        """Write ``<stem>.npz``, ``.obj``, ``.ply``, ``_overlay.png`` (needs ``image``) and ``.json``.
+
+        Every file is written atomically; returns the paths written.
+        """
+        from flame_tracker.io.mesh import save_obj, save_ply
+
+        t0 = time.perf_counter()
+        out = Path(out_dir)
+        paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays())}
+        if mesh:
+            paths["obj"] = save_obj(out / f"{stem}.obj", self.vertices, self.faces)
+            paths["ply"] = save_ply(out / f"{stem}.ply", self.vertices, self.faces)
+        if overlay and image is not None:
+            paths["overlay"] = save_image(out / f"{stem}_overlay.png", self.overlay(image))
+        self.timings["write"] = time.perf_counter() - t0
+        summary = self.summary()
+        summary["files"] = {k: p.name for k, p in paths.items()}
+        paths["json"] = save_json(out / f"{stem}.json", summary)
+        return paths
+
+
+class Tracker:
+    """Fits a head model to single images. Reuse one tracker for many images (models load once).
+
+    Args:
+        model: a ``HeadModel``, a model file/folder path, or ``None`` for the open ICT model.
+        device: torch device; ``None`` picks CUDA when available, else CPU.
+        landmarker: path of MediaPipe's ``face_landmarker.task`` (``None``: default resolution).
+        fov: camera field of view in degrees (relative to the fitting crop; reference default 20°).
+        fov_mode: ``"fixed"`` (default: one image cannot identify the FOV) or ``"per_frame"``.
+        stage2: :class:`~flame_tracker.fitting.stage2.Stage2Options` (solver, loss, weights, shape).
+        rounds: camera/expression alternations; the second round refits the camera with the fitted
+            identity and expression (the reference has a regressed shape for its one round).
+        init_from_blendshapes: start ICT expressions from MediaPipe's blendshape scores.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        device: str | torch.device | None = None,
+        *,
+        landmarker: str | os.PathLike[str] | None = None,
+        fov: float = DEFAULT_FOV,
+        fov_mode: str = "fixed",
+        stage1_solver: str = "lm",
+        stage2: Stage2Options | None = None,
+        rounds: int = 2,
+        init_from_blendshapes: bool = True,
+    ) -> None:
+        from flame_tracker.model import HeadModel, load_model
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(model, HeadModel):
+            self.model = model.to(self.device)
+        else:
+            self.model = load_model(model, device=self.device)
+        self.model.eval()
+        self.fov = float(fov)
+        self.fov_mode = fov_mode
+        self.stage1_solver = stage1_solver
+        self.stage2 = stage2 or DEFAULT_STAGE2
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        self.rounds = rounds
+        self.init_from_blendshapes = init_from_blendshapes
+        self._landmarker_path = landmarker
+        self._landmarker = None
+        self.last_image: np.ndarray | None = None
+        with torch.no_grad():
+            self._faces = self.model.faces.cpu().numpy()
+
+    # ------------------------------------------------------------------------- lifecycle
+    @property
+    def landmarker(self):
+        """The MediaPipe landmarker (IMAGE mode), created on first use."""
+        if self._landmarker is None:
+            from flame_tracker.detection import FaceLandmarker
+
+            self._landmarker = FaceLandmarker(self._landmarker_path, mode="image")
+        return self._landmarker
+
+    def close(self) -> None:
+        """Release the landmarker."""
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- fitting
+    def fit_image(self, image: str | os.PathLike[str] | np.ndarray) -> Result:
+        """Detect the (largest) face in ``image`` and fit the model.
+
+        Raises ``FileNotFoundError``/``ImageError`` for unreadable input and
+        :class:`~flame_tracker.detection.NoFaceError` when no face is found.
+        """
+        from flame_tracker.detection import NoFaceError
+        from flame_tracker.io.images import load_image
+
+        t0 = time.perf_counter()
+        rgb = load_image(image)
+        self.last_image = rgb
+        t1 = time.perf_counter()
+        det = self.landmarker.detect(rgb)
+        if det is None:
+            name = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
+            raise NoFaceError(f"No face found in {name}.")
+        t2 = time.perf_counter()
+        result = self.fit_landmarks(
+            det.lmks68,
+            det.iris,
+            image_size=(rgb.shape[1], rgb.shape[0]),
+            blendshapes=det.blendshapes,
+            blendshape_names=det.blendshape_names,
+        )
+        result.timings = {"load": t1 - t0, "detect": t2 - t1, **result.timings}
+        result.source = str(image) if isinstance(image, (str, os.PathLike)) else ""
+        return result
+
+    def fit_landmarks(
+        self,
+        lmks68_px: np.ndarray,
+        iris_px: np.ndarray | None = None,
+        *,
+        image_size: tuple[int, int],
+        blendshapes: np.ndarray | None = None,
+        blendshape_names: tuple[str, ...] = (),
+    ) -> Result:
+        """Fit to given landmarks (original pixels): ``[68, 2]`` + optional ``[10, 2]`` iris."""
+        model, dev, dt = self.model, self.device, self.model.dtype
+        lmks68_px = np.asarray(lmks68_px, dtype=np.float64)
+        if lmks68_px.shape != (68, 2):
+            raise ValueError(f"expected [68, 2] landmarks, got {lmks68_px.shape}")
+        iris_px = np.full((10, 2), np.nan) if iris_px is None else np.asarray(iris_px, dtype=np.float64)
+        if iris_px.shape != (10, 2):
+            raise ValueError(f"expected [10, 2] iris points, got {iris_px.shape}")
+        crop = fitting_crop(lmks68_px)
+        lmk_ndc = crop.to_ndc(torch.as_tensor(lmks68_px))[None].to(dev, dt)
+        iris_ndc = crop.to_ndc(torch.as_tensor(iris_px))[None].to(dev, dt)
+
+        init: dict[str, torch.Tensor] = {}
+        if self.init_from_blendshapes and blendshapes is not None and len(blendshapes):
+            e0 = expr_from_blendshapes(model.expr_names, blendshape_names, blendshapes)
+            if e0 is not None:
+                init["expr"] = e0[None].to(dev, dt)
+        timings = {"stage1": 0.0, "stage2": 0.0}
+        iters = {"stage1": 0, "stage2": 0}
+        pose6 = None
+        fov = torch.tensor([self.fov], dtype=dt, device=dev)
+        for _ in range(self.rounds):
+            t = time.perf_counter()
+            with torch.no_grad():
+                pts = model.landmarks(**init).landmarks
+            cam = fit_camera(pts, lmk_ndc, fov=fov, fov_mode=self.fov_mode, solver=self.stage1_solver, init=pose6)
+            pose6 = cam.pose6.to(dev, dt)
+            fov = cam.fov.to(dev, dt)
+            timings["stage1"] += time.perf_counter() - t
+            iters["stage1"] += cam.iterations
+            t = time.perf_counter()
+            s2 = fit_stage2(model, lmk_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, options=self.stage2)
+            timings["stage2"] += time.perf_counter() - t
+            iters["stage2"] += s2.iterations
+            init = dict(shape=s2.shape, expr=s2.expr, jaw_pose=s2.jaw_pose, eye_pose=s2.eye_pose,
+                        neck_pose=s2.neck_pose)
+
+        with torch.no_grad():
+            out = model(**init)
+            pts = torch.cat([out.landmarks, out.iris if out.iris is not None else out.landmarks[:, :10] * np.nan], 1)
+            px = project_pixels(pts.double().cpu(), pose6.double().cpu(), fov.double().cpu(), crop)[0].numpy()
+        np_ = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+        return Result(
+            model_name=str(model.name),
+            image_size=(int(image_size[0]), int(image_size[1])),
+            crop=(float(crop.x0), float(crop.y0), float(crop.size)),
+            shape=np_(s2.shape),
+            exp=np_(s2.expr),
+            head_pose=np.zeros((1, 3)),
+            jaw_pose=np_(s2.jaw_pose),
+            neck_pose=np_(s2.neck_pose),
+            eye_pose=np_(s2.eye_pose),
+            pose6=np_(pose6),
+            fov=np_(fov),
+            lmks68_px=lmks68_px,
+            iris_px=iris_px,
+            fit_lmks68_px=px[:68],
+            fit_iris_px=px[68:],
+            vertices=out.vertices[0].detach().float().cpu().numpy(),
+            faces=self._faces,
+            objective=float(s2.objective.sum()),
+            stage1_objective=float(cam.objective),
+            blendshape_scores=np.zeros(0, np.float32) if blendshapes is None else np.asarray(blendshapes, np.float32),
+            blendshape_names=tuple(blendshape_names),
+            expr_names=tuple(model.expr_names or ()),
+            timings=timings,
+            iterations=iters,
+        )
