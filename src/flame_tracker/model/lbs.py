@@ -3,6 +3,12 @@
 Both paths call :func:`skin` with different arrays: the full mesh, or only the rows of the
 vertices the landmarks need (with ``J_regressor @ basis`` precomputed), so the landmark path never
 touches full-mesh tensors.
+
+Small products (3x3 rotations, skinning of a few hundred vertices) are written as broadcast
+multiply-sums and gathers use ``index_select``: on a busy CPU every op that starts the BLAS/OpenMP
+thread pool can wait milliseconds for a descheduled worker, which dominated the landmark path
+(measured: 40 ms -> ~1 ms per call at batch 1 on the shared 2-core machine). The basis product
+stays one GEMM per call (shape, expression and pose correctives together).
 """
 
 from __future__ import annotations
@@ -26,7 +32,13 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     zero = torch.zeros_like(x)
     k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + a[..., None] * k + b[..., None] * (k @ k)
+    kk = rotvec[..., :, None] * rotvec[..., None, :] - t2[..., None] * eye  # K @ K = r r^T - |r|^2 I
+    return eye + a[..., None] * k + b[..., None] * kk
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for tiny matrices as a broadcast multiply-sum (no thread-pool start-up)."""
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
 
 
 def depth_levels(parents: list[int]) -> list[tuple[list[int], list[int]]]:
@@ -64,14 +76,14 @@ def rigid_transforms(
         pr = torch.stack([world_r[p] for p in ps], 1)  # [N,k,3,3]
         pt = torch.stack([world_t[p] for p in ps], 1)  # [N,k,3]
         lr, lt = local[:, js, :, :3], local[:, js, :, 3]
-        r = pr @ lr
-        t = (pr @ lt[..., None])[..., 0] + pt
+        r = _mm(pr, lr)
+        t = (pr * lt[..., None, :]).sum(-1) + pt
         for i, j in enumerate(js):
             world_r[j], world_t[j] = r[:, i], t[:, i]
     R = torch.stack(world_r, 1)  # [N,J,3,3]
     T = torch.stack(world_t, 1)  # [N,J,3]
     # Remove the rest position so the transform applies to rest-pose (not joint-local) points.
-    T = T - (R @ joints[..., None])[..., 0]
+    T = T - (R * joints[..., None, :]).sum(-1)
     return torch.cat([R, T[..., None]], -1)
 
 
@@ -81,33 +93,38 @@ def skin(
     template: torch.Tensor,
     dirs: torch.Tensor,
     n_verts: int,
-    posedirs: torch.Tensor | None,
     weights: torch.Tensor,
     levels: list[tuple[list[int], list[int]]],
     parents: list[int],
+    pose_correctives: bool,
 ) -> torch.Tensor:
     """Blend shapes + pose correctives + LBS for a set of P vertices.
 
     betas [N,K] (shape then expression); rotvecs [N,J,3]; template [3P+3J] (vertex rows then joint
-    rows, flattened xyz); dirs [3P+3J, K] (the joint rows are ``J_regressor @ basis``, precomputed);
-    posedirs [9(J-1), 3P] or None; weights [P,J]. Returns vertices [N,P,3].
+    rows, flattened xyz); dirs [3P+3J, K (+9(J-1))]: the joint rows are ``J_regressor @ basis``
+    (precomputed) and, with ``pose_correctives``, the last 9(J-1) columns are the pose correctives
+    (zero on joint rows), so one GEMM evaluates everything linear. weights [P,J].
+    Returns vertices [N,P,3].
     """
     N = betas.shape[0]
     J = weights.shape[1]
-    shaped = torch.nn.functional.linear(betas, dirs, template)  # one GEMM for verts and joints
-    v = shaped[:, : 3 * n_verts]
-    joints = shaped[:, 3 * n_verts :].view(N, J, 3)
     rot = axis_angle_to_matrix(rotvecs)  # [N,J,3,3]
-    if posedirs is not None:
+    if pose_correctives:
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        feat = (rot[:, 1:] - eye).reshape(N, -1)
-        v = torch.addmm(v, feat, posedirs)
-    v = v.view(N, n_verts, 3)
-    A = rigid_transforms(rot, joints, levels, parents)  # [N,J,3,4]
-    T = (weights @ A.reshape(N, J, 12)).view(N, n_verts, 3, 4)
-    return (T[..., :3] @ v[..., None])[..., 0] + T[..., 3]
+        betas = torch.cat([betas, (rot[:, 1:] - eye).reshape(N, -1)], 1)
+    shaped = torch.nn.functional.linear(betas, dirs, template)
+    v = shaped[:, : 3 * n_verts].view(N, n_verts, 3)
+    joints = shaped[:, 3 * n_verts :].view(N, J, 3)
+    A = rigid_transforms(rot, joints, levels, parents).reshape(N, 1, J, 12)
+    if N * n_verts <= 8192:  # few vertices: broadcast; a full mesh: one GEMM
+        T = (weights[None, :, :, None] * A).sum(2)
+    else:
+        T = weights @ A[:, 0]
+    T = T.view(N, n_verts, 3, 4)
+    return (T[..., :3] * v[..., None, :]).sum(-1) + T[..., 3]
 
 
 def interpolate(verts: torch.Tensor, vidx: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
     """Barycentric points on a mesh: verts [N,V,3], vidx [L,3] vertex ids, bary [L,3] -> [N,L,3]."""
-    return (verts[:, vidx] * bary[..., None]).sum(-2)
+    picked = verts.index_select(1, vidx.reshape(-1)).view(verts.shape[0], *vidx.shape, 3)
+    return (picked * bary[..., None]).sum(-2)
