@@ -102,6 +102,8 @@ def test_fast_path_equals_barycentric_interpolation(flame64):
     assert torch.allclose(fast.iris, full.vertices[:, flame64.iris_idx], atol=1e-6, rtol=0)
     assert torch.allclose(fast.ears, full.vertices[:, flame64.ear_idx], atol=1e-6, rtol=0)
     assert flame64.n_sub < 260
+    mp = flame64.mediapipe_points(full.vertices)
+    assert mp.shape == (4, flame64.mp_lmk_indices.shape[0], 3) and flame64.mp_lmk_indices.max() < 478
 
 
 def test_autograd_matches_finite_differences(tiny_pkl):

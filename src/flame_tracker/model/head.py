@@ -123,6 +123,10 @@ class HeadModel(torch.nn.Module):
         buf("_lmk_vidx", faces[data.lmk_faces_idx])
         buf("iris_idx", data.iris_idx)
         buf("ear_idx", data.ear_idx)
+        # Optional dense MediaPipe embedding (FLAME's mediapipe_landmark_embedding.npz).
+        buf("mp_lmk_faces_idx", data.mp_lmk_faces_idx)
+        buf("mp_lmk_bary", None if data.mp_lmk_bary is None else data.mp_lmk_bary.astype(f64))
+        buf("mp_lmk_indices", data.mp_lmk_indices)
 
         # Landmark-only path. Everything before skinning is linear in the vertices, and a landmark
         # whose triangle corners share one skinning-weight row is skinned by that one transform, so
@@ -255,6 +259,16 @@ class HeadModel(torch.nn.Module):
         iris = None if self._sub_iris is None else sub.index_select(1, self._sub_iris)
         ears = None if self._sub_ear is None else sub.index_select(1, self._sub_ear)
         return HeadOutput(None, lmk, iris, ears)
+
+    def mediapipe_points(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Points of the dense MediaPipe embedding on ``vertices [N,V,3]`` -> ``[N,K,3]``.
+
+        ``mp_lmk_indices [K]`` says which of MediaPipe's 478 points each one is.
+        """
+        if self.mp_lmk_faces_idx is None:
+            raise ValueError(f"model {self.name!r} has no MediaPipe landmark embedding "
+                             "(mediapipe_landmark_embedding.npz next to the FLAME .pkl)")
+        return interpolate(vertices, self.faces[self.mp_lmk_faces_idx], self.mp_lmk_bary)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, verts={self.n_verts}, faces={self.faces.shape[0]}, "
