@@ -181,7 +181,7 @@ def flame_model_arrays(size: str = "flame", n_shape: int = 300, n_expr: int = 10
     w[:, 2] = sig((mouth_y - v[:, 1]) / 0.008) * sig((v[:, 2] - 0.04) / 0.008)
     w[:, 0] = sig((-0.085 - v[:, 1]) / 0.008)
     w[:, 1] = np.clip(1 - w[:, 0] - w[:, 2], 0, None)
-    w[w < 1e-3] = 0.0  # local support, so e.g. the jaw moves only jaw-weighted vertices
+    w[w < 0.02] = 0.0  # local support (upper face rigid, like FLAME): the jaw moves only its vertices
     w[~head] = 0.0
     w[label == 3, 3] = 1.0
     w[label == 4, 4] = 1.0
