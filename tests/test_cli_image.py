@@ -1,0 +1,56 @@
+"""`flame-tracker image` / `demo`: outputs, per-image errors, exit codes, help."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from flame_tracker.cli.main import main
+
+
+def test_image_help_explains_every_option():
+    res = CliRunner().invoke(main, ["image", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--out", "--model", "--device", "--landmarker", "--fov", "--solver", "--loss", "--shape",
+                "--neck", "--mesh", "--overlay"):
+        assert opt in res.output
+    assert "open ICT-FaceKit" in res.output
+
+
+@pytest.mark.slow
+def test_image_batch_keeps_going_after_bad_inputs(shared_dir, tmp_path):
+    good = tmp_path / "woman.jpg"
+    shutil.copy(shared_dir / "images" / "woman.jpg", good)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["image", str(broken), str(missing), str(good), "--out", str(out)])
+    assert res.exit_code == 1
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2
+    assert "broken.png" in errors[0] and "missing.jpg" in errors[1]
+    assert "1/3 image(s) fitted" in res.output
+    for name in ("woman.npz", "woman.obj", "woman.ply", "woman_overlay.png", "woman.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "woman.json").read_text())
+    assert summary["model"] == "ict_facekit_light" and summary["reprojection_px"]["mean_68"] < 10
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary files left
+
+
+@pytest.mark.slow
+def test_demo_writes_outputs(shared_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["demo"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "flame_tracker_demo"
+    assert (out / "ffhq_00000_overlay.png").is_file() and (out / "ffhq_00000.npz").is_file()
+
+
+def test_demo_missing_sample_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAME_TRACKER_DATA", str(tmp_path))
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "FLAME_TRACKER_DATA" in res.output

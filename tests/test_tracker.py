@@ -1,0 +1,101 @@
+"""Single-image pipeline: synthetic landmarks (exact recovery, camera exports) and a real photo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flame_tracker.camera import Crop, project_pixels
+from flame_tracker.io.results import REFERENCE_KEYS, load_npz
+from flame_tracker.tracker import Tracker, fitting_crop
+
+
+@pytest.fixture(scope="module")
+def tracker(shared_dir):
+    with Tracker(device="cpu") as tr:
+        yield tr
+
+
+def _synthetic_landmarks(tracker: Tracker, image_size=(640, 480)):
+    """Project the ICT model (known identity/expression/camera) into a 640×480 image."""
+    model = tracker.model
+    g = torch.Generator().manual_seed(0)
+    params = dict(shape=torch.randn(1, model.n_shape, generator=g) * 0.5,
+                  expr=torch.rand(1, model.n_expr, generator=g) * 0.2)
+    out = model.landmarks(**params)
+    pose6 = torch.tensor([[0.1, 0.2, 0.0, 0.15, 0.02, 0.95]])
+    crop = Crop(170.0, 90.0, 300.0)
+    lmk = project_pixels(out.landmarks.double(), pose6.double(), 20.0, crop)[0].numpy()
+    iris = project_pixels(out.iris.double(), pose6.double(), 20.0, crop)[0].numpy()
+    return lmk, iris
+
+
+def test_fit_landmarks_recovers_synthetic_face(tracker, tmp_path):
+    lmk, iris = _synthetic_landmarks(tracker)
+    res = tracker.fit_landmarks(lmk, iris, image_size=(640, 480))
+    assert res.reprojection_error_px < 1.0  # exact data: the fit must close to (sub)pixel level
+    assert np.nanmean(res.residuals_px[68:]) < 1.0
+    # Cameras in original pixels reproduce the fitted landmarks: x ~ K (R X + t).
+    cams = res.camera_matrices()
+    model = tracker.model
+    with torch.no_grad():
+        pts = model(shape=torch.as_tensor(res.shape, dtype=torch.float32),
+                    expr=torch.as_tensor(res.exp, dtype=torch.float32),
+                    eye_pose=torch.as_tensor(res.eye_pose, dtype=torch.float32)).landmarks[0].double().numpy()
+    cam_pts = pts @ cams["w2c_opencv"][0, :3, :3].T + cams["w2c_opencv"][0, :3, 3]
+    uv = cam_pts @ cams["K_px"][0].T
+    np.testing.assert_allclose(uv[:, :2] / uv[:, 2:], res.fit_lmks68_px, atol=0.05)
+    # OpenGL camera-to-world is the inverse of OpenCV world-to-camera up to the y/z axis flip.
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    np.testing.assert_allclose(cams["c2w_opengl"][0] @ flip @ cams["w2c_opencv"][0], np.eye(4), atol=1e-5)
+
+    paths = res.save(tmp_path, "synthetic", image=np.full((480, 640, 3), 128, np.uint8))
+    assert {"npz", "obj", "ply", "overlay", "json"} <= set(paths)
+    arrays = load_npz(paths["npz"])
+    for key in REFERENCE_KEYS:
+        assert key in arrays and arrays[key].shape[0] == 1, key
+    assert arrays["shape"].shape == (1, model.n_shape) and arrays["exp"].shape == (1, model.n_expr)
+    assert arrays["K"].shape == (1, 3, 3) and arrays["cam"].shape == (1, 6) and arrays["fov"].shape == (1,)
+    # lmks_68 are the reference's normalised crop coordinates; *_px the original pixels.
+    crop = Crop(*arrays["crop"][0])
+    np.testing.assert_allclose(crop.from_ndc(torch.as_tensor(arrays["lmks_68"][0])).numpy(), lmk, atol=1e-3)
+    np.testing.assert_allclose(arrays["lmks_68_px"][0], lmk, atol=1e-3)
+    assert float(np.abs(arrays["lmks_68"]).max()) < 1.0
+
+
+def test_fitting_crop_frames_the_face_like_the_reference():
+    lmk = np.zeros((68, 2))
+    lmk[36:42] = (100.0, 100.0)
+    lmk[42:48] = (160.0, 100.0)
+    lmk[48], lmk[54] = (110.0, 170.0), (150.0, 170.0)
+    crop = fitting_crop(lmk)
+    # half side = max(2*60, 1.8*70) * 1.3 = 163.8; centre = eye centre + 0.1 * eye-to-mouth.
+    assert crop.size == pytest.approx(2 * 163.8)
+    assert crop.x0 + crop.size / 2 == pytest.approx(130.0) and crop.y0 + crop.size / 2 == pytest.approx(107.0)
+    with pytest.raises(ValueError, match="degenerate"):
+        fitting_crop(np.zeros((68, 2)))
+
+
+def test_bad_landmarks_are_refused(tracker):
+    with pytest.raises(ValueError, match=r"\[68, 2\]"):
+        tracker.fit_landmarks(np.zeros((51, 2)), image_size=(10, 10))
+
+
+def test_no_face_is_a_clear_error(tracker):
+    from flame_tracker.detection import NoFaceError
+
+    with pytest.raises(NoFaceError, match="No face"):
+        tracker.fit_image(np.full((256, 256, 3), 200, np.uint8))
+
+
+@pytest.mark.slow
+def test_fit_real_photo(tracker, shared_dir, tmp_path):
+    res = tracker.fit_image(shared_dir / "images" / "woman.jpg")
+    w, h = res.image_size
+    assert (w, h) == (600, 900)
+    # A real face: the 68 fitted points land within ~1.5 % of the face crop of the detections.
+    assert res.reprojection_error_px < 0.015 * res.crop[2]
+    assert set(res.timings) >= {"detect", "stage1", "stage2"}
+    ov = res.overlay(tracker.last_image)
+    assert ov.shape == (h, w, 3) and not np.array_equal(ov, tracker.last_image)
