@@ -13,7 +13,7 @@ from flame_tracker.model.lbs import interpolate
 
 
 @pytest.fixture(scope="module")
-def ict(shared_dir, tmp_path_factory) -> HeadModel:
+def ict(shared_dir) -> HeadModel:
     return load_model(shared_dir / "models" / "ict_facekit_light.npz", dtype=torch.float64)
 
 
@@ -29,7 +29,7 @@ def test_default_is_ict_in_metres(ict):
     m = load_model()  # None -> ICT from the data folder
     assert m.name == "ict_facekit_light" and m.dtype == torch.float32
     assert (m.n_shape, m.n_expr) == (100, 57) and m.expr_bounds == (0.0, 1.0)
-    assert m.expr_names[m.expr_names.index("jawOpen")] == "jawOpen"
+    assert "jawOpen" in m.expr_names and "eyeBlink_L" in m.expr_names
     assert not m.has_jaw_joint and m.ear_idx is None and m.iris_idx.shape == (10,)
     extent = (m.v_template.max(0).values - m.v_template.min(0).values)
     assert 0.15 < float(extent[0]) < 0.4  # a head is ~25 cm wide: metres, not centimetres
@@ -107,6 +107,21 @@ def test_autograd_matches_finite_differences(ict):
     f = lambda s, e, h, y: ict.landmarks(shape=s, expr=e, head_pose=h, eye_pose=y)[1:3]  # noqa: E731
     assert torch.autograd.gradcheck(lambda *a: torch.cat([t.flatten() for t in f(*a)]), inputs,
                                     fast_mode=True)
+
+
+def test_torch_func_jacobians(ict):
+    """Fitters may use torch.func: vmap(jacrev) over the fast path equals per-frame autograd."""
+    from torch.func import jacrev, vmap
+
+    p = _params(ict, 3, seed=5)
+
+    def f(e, h):
+        return ict.landmarks(expr=e[None], head_pose=h[None]).landmarks[0]
+
+    jac = vmap(jacrev(f, argnums=0))(p["expr"], p["head_pose"])  # [3,68,3,E]
+    e1 = p["expr"][1].clone().requires_grad_()
+    g = torch.autograd.grad(f(e1, p["head_pose"][1])[30, 2], e1)[0]
+    assert torch.allclose(jac[1, 30, 2], g, atol=1e-12)
 
 
 def test_float32_and_batch_broadcast(ict):

@@ -24,7 +24,6 @@ Landmarks (upstream-spec §4.2-4.4):
 
 from __future__ import annotations
 
-import copyreg
 import io
 import pickle
 from pathlib import Path

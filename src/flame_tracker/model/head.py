@@ -187,9 +187,6 @@ class HeadModel(torch.nn.Module):
         """Validate parameters; return betas [N,S+E] and joint rotations [N,J,3]."""
         sizes = {"shape": self.n_shape, "expr": self.n_expr, "head_pose": 3, "neck_pose": 3,
                  "jaw_pose": 3, "eye_pose": 6}
-        unknown = set(params) - set(sizes)
-        if unknown:
-            raise TypeError(f"unknown head-model parameter(s) {sorted(unknown)}; use {list(sizes)}")
         N = 1
         given: dict[str, torch.Tensor] = {}
         for key, val in params.items():
