@@ -65,6 +65,22 @@ def build_intrinsics(focal: Tensor | float, size: float = REFERENCE_SIZE) -> Ten
     return torch.stack(rows, dim=-1).reshape(*focal.shape, 3, 3)
 
 
+def small_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for tiny matrices as broadcast-multiply-sum.
+
+    Batched BLAS calls on 3×3 blocks are dominated by per-call and threading overhead (on a loaded
+    CPU an OpenMP barrier can cost milliseconds); element-wise kernels do not spawn threads for
+    tensors this small.
+    """
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(dim=-2)
+
+
+def outer_minus_dot(a: Tensor) -> Tensor:
+    """``[a]x @ [a]x`` in closed form: ``a a^T - (a.a) I`` (exact for any vector ``a``)."""
+    eye = torch.eye(3, dtype=a.dtype, device=a.device)
+    return a[..., :, None] * a[..., None, :] - (a * a).sum(dim=-1)[..., None, None] * eye
+
+
 def skew(v: Tensor) -> Tensor:
     """Cross-product matrices ``[v]x`` of ``v [..., 3]`` -> ``[..., 3, 3]``."""
     x, y, z = v.unbind(-1)
@@ -75,10 +91,10 @@ def skew(v: Tensor) -> Tensor:
 def rotvec_to_matrix(rotvec: Tensor) -> Tensor:
     """Rodrigues' formula exactly as the reference (``angle = ||r + 1e-8||``): ``[..., 3] -> [..., 3, 3]``."""
     angle = torch.linalg.vector_norm(rotvec + 1e-8, dim=-1, keepdim=True)
-    k = skew(rotvec / angle)
+    axis = rotvec / angle
     angle = angle.unsqueeze(-1)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + torch.sin(angle) * k + (1.0 - torch.cos(angle)) * (k @ k)
+    return eye + torch.sin(angle) * skew(axis) + (1.0 - torch.cos(angle)) * outer_minus_dot(axis)
 
 
 def matrix_to_rotvec(matrix: Tensor) -> Tensor:
@@ -157,7 +173,7 @@ def cam_to_pose6(cam: Tensor) -> Tensor:
 def world_to_view(points: Tensor, pose6: Tensor) -> Tensor:
     """Model-space points ``[N, P, 3]`` -> OpenCV view space ``D R^T (X - t)`` (x right, y down, z fwd)."""
     rot = rotvec_to_matrix(pose6[..., :3])  # [N, 3, 3]
-    local = (points - pose6[..., None, 3:]) @ rot  # rows: R^T (X - t)
+    local = small_matmul(points - pose6[..., None, 3:], rot)  # rows: R^T (X - t)
     flip = local.new_tensor(_FLIP_YZ)
     return local * flip
 
@@ -207,7 +223,7 @@ def projection_matrix(focal: Tensor | float, size: float = REFERENCE_SIZE, near:
 
 __all__ = [
     "DEFAULT_FOV", "REFERENCE_SIZE", "ZNEAR", "ZFAR", "FOV_MIN", "FOV_MAX", "fov_to_focal", "focal_to_fov",
-    "default_distance", "build_intrinsics", "skew", "rotvec_to_matrix", "matrix_to_rotvec", "euler_to_matrix",
+    "default_distance", "build_intrinsics", "small_matmul", "outer_minus_dot", "skew", "rotvec_to_matrix", "matrix_to_rotvec", "euler_to_matrix",
     "matrix_to_euler", "rotvec_to_euler", "euler_to_rotvec", "pose6_to_cam", "cam_to_pose6", "world_to_view",
     "project_ndc", "ndc_to_pixels", "pixels_to_ndc", "projection_matrix"
 ]
