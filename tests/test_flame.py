@@ -121,6 +121,22 @@ def test_autograd_matches_finite_differences(tiny_pkl):
     assert torch.autograd.gradcheck(f, zero, fast_mode=True)
 
 
+def test_dynamic_contour(flame64):
+    verts = flame64().vertices.expand(3, -1, -1)
+    yaw = torch.deg2rad(torch.tensor([0.0, 25.0, -60.0], dtype=torch.float64))
+    contour = flame64.dynamic_contour(verts, yaw)
+    # yaw 0 is the static contour of the 68-point embedding
+    assert torch.allclose(contour[0], flame64().landmarks[0, :17], atol=1e-12)
+    ref = flame64.dyn_lmk_faces_idx
+    assert not torch.allclose(contour[1], contour[0])  # the contour slides with yaw
+    expect = interpolate(verts[:1], flame64.faces[ref[25]], flame64.dyn_lmk_bary[25])[0]
+    assert torch.allclose(contour[1], expect)
+    expect = interpolate(verts[:1], flame64.faces[ref[78]], flame64.dyn_lmk_bary[78])[0]
+    assert torch.allclose(contour[2], expect)  # beyond -39 degrees: the last entry
+    hp = torch.tensor([[0.0, 0.3, 0.0]], dtype=torch.float64)
+    assert torch.allclose(flame64.head_yaw(hp), torch.tensor([0.3], dtype=torch.float64))
+
+
 def test_iris_and_fixed_ear_indices(flame64):
     v = flame64.v_template
     iris = v[flame64.iris_idx]

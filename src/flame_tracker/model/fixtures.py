@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 
 from .flame import L_EAR_INDICES_REFERENCE, L_EYE_INDICES, R_EAR_INDICES, R_EYE_INDICES
 
@@ -233,7 +234,7 @@ def landmark_faces(v: np.ndarray, faces: np.ndarray, points: np.ndarray) -> tupl
     """Nearest triangle (by centroid) to each point, with barycentrics of the closest point."""
     tri = v[faces]
     cent = tri.mean(1)
-    fidx = np.argmin(np.linalg.norm(cent[None] - points[:, None], axis=2), axis=1)
+    fidx = cKDTree(cent).query(points)[1]
     a, b, c = (tri[fidx, i] for i in range(3))
     e0, e1, p = b - a, c - a, points - a
     d00, d01, d11 = (e0 * e0).sum(1), (e0 * e1).sum(1), (e1 * e1).sum(1)
@@ -325,8 +326,15 @@ def write_flame_model(
 
     v, faces = arrays["v_template"], arrays["f"].astype(np.int64)
     fidx, bary = landmark_faces(v, faces, CANONICAL_68_MM / 1000.0)
-    dyn_f = np.tile(fidx[None, :17], (79, 1))
-    dyn_b = np.tile(bary[None, :17], (79, 1, 1))
+    # Dynamic contour table in DECA's layout: entry k is the jaw contour seen at yaw k degrees
+    # (k <= 39) or -(k - 39) degrees; here the frontal contour turned about the vertical axis.
+    yaw = np.deg2rad(np.r_[np.arange(40), -np.arange(1, 40)])
+    c, s_ = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+    contour = CANONICAL_68_MM[:17] / 1000.0 - _CENTRE
+    turned = np.stack([c * contour[:, 0] + s_ * contour[:, 2], np.broadcast_to(contour[:, 1], (79, 17)),
+                       -s_ * contour[:, 0] + c * contour[:, 2]], -1) + _CENTRE
+    dyn_f, dyn_b = landmark_faces(v, faces, turned.reshape(-1, 3))
+    dyn_f, dyn_b = dyn_f.reshape(79, 17), dyn_b.reshape(79, 17, 3)
     if embedding == "deca":
         np.save(folder / "landmark_embedding.npy", {
             "static_lmk_faces_idx": fidx[17:], "static_lmk_bary_coords": bary[17:],

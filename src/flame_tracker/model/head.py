@@ -9,7 +9,7 @@ import torch
 from scipy import sparse
 
 from .data import JOINT_NAMES, ModelData
-from .lbs import depth_levels, interpolate, skin
+from .lbs import axis_angle_to_matrix, depth_levels, interpolate, skin
 
 _POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
 
@@ -123,6 +123,9 @@ class HeadModel(torch.nn.Module):
         buf("_lmk_vidx", faces[data.lmk_faces_idx])
         buf("iris_idx", data.iris_idx)
         buf("ear_idx", data.ear_idx)
+        # Optional dynamic jaw contour (DECA's 79 x 17 table, indexed by yaw in degrees).
+        buf("dyn_lmk_faces_idx", data.dyn_lmk_faces_idx)
+        buf("dyn_lmk_bary", None if data.dyn_lmk_bary is None else data.dyn_lmk_bary.astype(f64))
         # Optional dense MediaPipe embedding (FLAME's mediapipe_landmark_embedding.npz).
         buf("mp_lmk_faces_idx", data.mp_lmk_faces_idx)
         buf("mp_lmk_bary", None if data.mp_lmk_bary is None else data.mp_lmk_bary.astype(f64))
@@ -256,6 +259,33 @@ class HeadModel(torch.nn.Module):
         iris = None if self._sub_iris is None else sub.index_select(1, self._sub_iris)
         ears = None if self._sub_ear is None else sub.index_select(1, self._sub_ear)
         return HeadOutput(None, lmk, iris, ears)
+
+    @staticmethod
+    def head_yaw(head_pose: torch.Tensor, neck_pose: torch.Tensor | None = None) -> torch.Tensor:
+        """Yaw (radians, about +y) of ``R(head_pose) @ R(neck_pose)``, as DECA's FLAME computes it."""
+        R = axis_angle_to_matrix(head_pose)
+        if neck_pose is not None:
+            R = R @ axis_angle_to_matrix(neck_pose)
+        return torch.atan2(-R[..., 2, 0], torch.hypot(R[..., 0, 0], R[..., 1, 0]))
+
+    def dynamic_contour(self, vertices: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+        """The 17 jaw-contour landmarks for a head turned by ``yaw [N]`` radians -> ``[N,17,3]``.
+
+        FLAME's optional dynamic contour (DECA's lookup: whole degrees, clamped to +-39; entry k is
+        yaw k for k <= 39 and -(k - 39) above). ``yaw`` is the head's rotation about +y relative to
+        the camera (:meth:`head_yaw` for a posed head; minus the camera's yaw for a camera orbiting
+        a head at rest). Replace ``landmarks[:, :17]`` with it. Needs the full mesh (not available
+        on the landmark path).
+        """
+        if self.dyn_lmk_faces_idx is None:
+            raise ValueError(f"model {self.name!r} has no dynamic contour embedding "
+                             "(dynamic_lmk_* in landmark_embedding.npy or flame_dynamic_embedding.npy)")
+        deg = torch.round(torch.clamp(torch.rad2deg(yaw.detach()), -40, 39)).long()
+        idx = torch.where(deg < 0, torch.where(deg < -39, 78, 39 - deg), deg)
+        faces = self.faces[self.dyn_lmk_faces_idx[idx]]  # [N,17,3]
+        bary = self.dyn_lmk_bary[idx]
+        picked = torch.gather(vertices, 1, faces.reshape(len(idx), -1, 1).expand(-1, -1, 3))
+        return (picked.view(len(idx), 17, 3, 3) * bary[..., None]).sum(-2)
 
     def mediapipe_points(self, vertices: torch.Tensor) -> torch.Tensor:
         """Points of the dense MediaPipe embedding on ``vertices [N,V,3]`` -> ``[N,K,3]``.
