@@ -24,6 +24,8 @@ from flame_tracker.cli.image import image as _image  # noqa: E402
 main.add_command(_image)
 from flame_tracker.cli.demo import demo as _demo  # noqa: E402
 main.add_command(_demo)
+from flame_tracker.cli.video import video as _video  # noqa: E402
+main.add_command(_video)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,66 @@
+"""``flame-tracker video CLIP --out DIR``: track a monocular video (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("video")
+@click.argument("clip", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (per-frame npz, tracking.npz, summary.json, overlay.mp4).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Head model: FLAME .pkl, ICT .npz / FaceXModel folder (default: open ICT model).")
+@click.option("--start", "start_s", type=float, default=0.0, show_default=True,
+              help="Start time in seconds.")
+@click.option("--end", "end_s", type=float, default=None, help="End time in seconds (exclusive).")
+@click.option("--every", type=int, default=1, show_default=True, help="Keep every N-th frame.")
+@click.option("--fps", type=float, default=None,
+              help="Subsample to this frame rate (uses the container's timestamps).")
+@click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
+@click.option("--fov", type=float, default=20.0, show_default=True,
+              help="Field of view in degrees of the fitting crop (start value with --estimate-fov).")
+@click.option("--estimate-fov", is_flag=True, help="Fit one FOV for the whole video.")
+@click.option("--smooth-pose", type=float, default=3.0, show_default=True,
+              help="Pose smoothing cutoff in Hz (inf = none).")
+@click.option("--smooth-expr", type=float, default=6.0, show_default=True,
+              help="Expression smoothing cutoff in Hz (inf = none).")
+@click.option("--overlay/--no-overlay", default=True, show_default=True,
+              help="Write overlay.mp4 (mesh + landmarks over the frames).")
+@click.option("--side-by-side", is_flag=True, help="Overlay video shows the input next to it.")
+@click.option("--meshes", type=click.Choice(["ply", "obj"]), default=None,
+              help="Also export the mesh of every tracked frame.")
+@click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, end_s: float | None,
+          every: int, fps: float | None, max_frames: int | None, fov: float, estimate_fov: bool,
+          smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
+          meshes: str | None, force: bool, quiet: bool) -> None:
+    """Track every frame of a talking-head video CLIP into --out DIR.
+
+    One identity for the whole video, per-frame fits warm-started from the previous frames, and
+    smoothing over the whole sequence. An interrupted run resumes when run again with the same
+    arguments; a finished one is left alone unless --force.
+    """
+    from flame_tracker.video.decode import VideoError
+    from flame_tracker.video.pipeline import VideoOptions, track_video
+    from flame_tracker.video.store import OutputMismatchError
+    from flame_tracker.video.track import NoFacesError, TrackOptions
+
+    topts = TrackOptions(fov=fov, estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
+                         expr_cutoff_hz=smooth_expr)
+    vopts = VideoOptions(start_s=start_s, end_s=end_s, every=every, fps=fps,
+                         max_frames=max_frames, overlay=overlay, side_by_side=side_by_side,
+                         meshes=meshes)
+    try:
+        summary = track_video(clip, out_dir, model=model_path, options=topts, video_options=vopts,
+                              force=force, progress=not quiet)
+    except (FileNotFoundError, VideoError, NoFacesError, OutputMismatchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted; what was finished is saved in {out_dir}: run the same command again "
+            "to resume") from None
+    click.echo(summary.text())

@@ -1,0 +1,411 @@
+"""``track_video``: decode → landmarks → identity → per-frame fits → smoothing → output files.
+
+Every stage checkpoints to the output folder (:mod:`.store`), so a run that is killed resumes where
+it stopped, and a second run on a finished folder does nothing unless ``force``. Frames stream
+through: memory does not grow with the video's length beyond a few numbers per frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flame_tracker.camera import (Crop, build_intrinsics, fov_to_focal, intrinsics_pixels,
+                                  pose6_to_cam, pose6_to_opencv, to_opengl_c2w)
+from flame_tracker.io.results import load_npz, save_json, save_npz
+from flame_tracker.video.decode import VideoReader
+from flame_tracker.video.store import RunFolder
+from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, TrackOptions,
+                                       track_landmarks)
+
+N_BLENDSHAPES = 52
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Which frames to track (part of the manifest) and which optional outputs to write."""
+
+    start_s: float = 0.0
+    end_s: float | None = None
+    every: int = 1
+    fps: float | None = None
+    max_frames: int | None = None
+    detect_max_side: int = 1280  # frames are downscaled in the decoder for detection
+    overlay: bool = False
+    side_by_side: bool = False
+    meshes: str | None = None  # "ply" or "obj": export the mesh of every tracked frame
+
+    def frame_settings(self) -> dict[str, Any]:
+        """The settings that change which frames are tracked (the rest only adds outputs)."""
+        return {k: getattr(self, k) for k in ("start_s", "end_s", "every", "fps", "max_frames",
+                                               "detect_max_side")}
+
+
+@dataclass
+class VideoSummary:
+    """What a run did: counts, accuracy, smoothness and where the time went."""
+
+    out_dir: Path
+    n_frames: int = 0
+    n_tracked: int = 0  # frames with a face
+    n_bridged: int = 0  # frames without a face filled in by the smoother
+    n_dropped: int = 0  # frames without any result
+    mean_reproj_px: float = float("nan")
+    jitter_raw: dict[str, float] = field(default_factory=dict)
+    jitter: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    frames_done: dict[str, int] = field(default_factory=dict)  # work done by *this* run per stage
+    broken: str | None = None
+    skipped: bool = False  # the folder was already complete
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+    def text(self) -> str:
+        """Human-readable end-of-run summary."""
+        if self.skipped:
+            return f"{self.out_dir}: already complete, nothing to do (use --force to redo)"
+        lines = [f"frames: {self.n_frames} | tracked {self.n_tracked} | bridged {self.n_bridged}"
+                 f" | dropped {self.n_dropped}",
+                 f"mean reprojection error: {self.mean_reproj_px:.2f} px (68 landmarks)"]
+        if self.jitter:
+            lines.append("jitter (RMS acceleration) raw -> smoothed: pose "
+                         f"{self.jitter_raw.get('pose_acc_deg', np.nan):.3f} -> "
+                         f"{self.jitter.get('pose_acc_deg', np.nan):.3f} deg/frame^2, landmarks "
+                         f"{self.jitter_raw.get('lmk_acc_px', np.nan):.2f} -> "
+                         f"{self.jitter.get('lmk_acc_px', np.nan):.2f} px/frame^2")
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.broken:
+            lines.append(f"WARNING: {self.broken}; the frames before it were tracked")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- stage 1: landmarks
+
+def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None,
+                  progress: bool, summary: VideoSummary) -> None:
+    """Decode and detect every selected frame not yet checkpointed."""
+    from flame_tracker.detection import FaceLandmarker
+
+    done_marker = run.root / "work" / "landmarks_done.json"
+    if done_marker.is_file():
+        broken = json.loads(done_marker.read_text()).get("broken")
+        summary.broken = broken
+        return
+    stage = run.stage("landmarks", chunk=64)
+    done = stage.done()
+    reader.skip = done
+    est = reader.info.n_frames
+    if reader.fps and reader.info.fps:
+        est = int(est * min(1.0, reader.fps / reader.info.fps))
+    est = -(-est // reader.every)
+    if reader.max_frames:
+        est = min(est, reader.max_frames)
+    bar = tqdm(total=est or None, initial=len(done), desc="landmarks", unit="frame",
+               disable=not progress, dynamic_ncols=True)
+    t_decode = t_detect = 0.0
+    n = 0
+    try:
+        with FaceLandmarker(landmarker_path, mode="video", transformation_matrix=False,
+                            max_side=reader.max_side or 1280) as lm:
+            it = iter(reader)
+            while True:
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                t1 = time.perf_counter()
+                t_decode += t1 - t0
+                if frame is None:
+                    break
+                det = lm.detect(frame.image, timestamp_ms=frame.time_s * 1000.0)
+                t_detect += time.perf_counter() - t1
+                h, w = frame.image.shape[:2]
+                rec = {"time_s": np.float64(frame.time_s), "valid": det is not None,
+                       "image_size": np.array([w, h], np.int32),
+                       "lmks68": np.full((68, 2), np.nan, np.float32),
+                       "iris": np.full((10, 2), np.nan, np.float32),
+                       "blendshapes": np.zeros(N_BLENDSHAPES, np.float32)}
+                if det is not None:
+                    rec["lmks68"] = det.lmks68 / reader.scale
+                    rec["iris"] = det.iris / reader.scale
+                    if det.blendshapes.size == N_BLENDSHAPES:
+                        rec["blendshapes"] = det.blendshapes
+                stage.add(frame.index, rec)
+                n += 1
+                bar.update(1)
+    finally:
+        stage.flush()
+        bar.close()
+        summary.timings["decode_s"] = t_decode
+        summary.timings["detect_s"] = t_detect
+        summary.frames_done["landmarks"] = n
+    summary.broken = str(reader.broken) if reader.broken else None
+    save_json(done_marker, {"broken": summary.broken, "n_decoded": reader.n_decoded})
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+def frame_arrays(fit: SequenceFit, row: int, lm: dict[str, np.ndarray],
+                 blendshapes: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-frame npz of ``row``: the reference keys (upstream-spec §9, leading dim 1) plus
+    original-pixel extras (see :mod:`flame_tracker.io.results`)."""
+    ident = fit.identity
+    crop = Crop(*ident.crop)
+    dt = torch.float64
+    pose6 = torch.as_tensor(fit.pose6[row:row + 1], dtype=dt)
+    fov = torch.tensor([ident.fov], dtype=dt)
+    r_w2c, t_w2c = pose6_to_opencv(pose6)
+    lmk_px = lm["lmks68"][row:row + 1].astype(np.float64)
+    iris_px = lm["iris"][row:row + 1].astype(np.float64)
+    to_ndc = lambda p: crop.to_ndc(torch.as_tensor(p)).numpy()  # noqa: E731
+    n_expr = fit.expr.shape[1]
+    f32 = np.float32
+    return {
+        "shape": ident.shape[None].astype(f32),
+        "exp": fit.expr[row:row + 1].astype(f32).reshape(1, n_expr),
+        "head_pose": np.zeros((1, 3), f32),
+        "jaw_pose": fit.jaw_pose[row:row + 1].astype(f32),
+        "neck_pose": np.zeros((1, 3), f32),
+        "eye_pose": fit.eye_pose[row:row + 1].astype(f32),
+        "cam": pose6_to_cam(pose6).numpy().astype(f32),
+        "fov": np.array([ident.fov], f32),
+        "K": build_intrinsics(fov_to_focal(fov)).numpy().astype(f32).reshape(1, 3, 3),
+        "lmks_68": to_ndc(lmk_px).astype(f32),
+        "lmks_eyes": to_ndc(iris_px).astype(f32),
+        "blendshape_scores": blendshapes[None].astype(f32),
+        "crop": np.array(ident.crop, f32),
+        "K_px": intrinsics_pixels(fov, crop).numpy().astype(f32).reshape(1, 3, 3),
+        "w2c_opencv": torch.cat([r_w2c, t_w2c[..., None]], -1).numpy().astype(f32),
+        "c2w_opengl": to_opengl_c2w(pose6).numpy().astype(f32),
+        "lmks_68_px": lmk_px.astype(f32),
+        "lmks_eyes_px": iris_px.astype(f32),
+        "lmks_68_fit_px": fit.lmks_fit_px[row:row + 1].astype(f32),
+        "frame": np.array([lm["frame"][row]], np.int64),
+        "time_s": np.array([lm["time_s"][row]], np.float64),
+        "valid": np.array([fit.valid[row]]),
+    }
+
+
+def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
+                   reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
+                   summary: VideoSummary, progress: bool) -> None:
+    rows = np.flatnonzero(fit.covered)
+    t0 = time.perf_counter()
+    per_frame: list[dict[str, np.ndarray]] = []
+    for r in rows:  # per-frame files are tiny; the loop is over frames, not vertices
+        arrays = frame_arrays(fit, int(r), lm, lm["blendshapes"][r])
+        path = run.frame_path(int(lm["frame"][r]))
+        if not path.exists():
+            save_npz(path, arrays)
+        per_frame.append(arrays)
+    # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
+    stacked = {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]
+               if k not in ("shape", "crop")}
+    stacked.update({
+        "shape": fit.identity.shape[None].astype(np.float32), "crop": np.array(fit.identity.crop),
+        "keyframes": lm["frame"][fit.identity.keyframes],
+        "all_frames": lm["frame"], "all_times_s": lm["time_s"], "all_valid": fit.valid,
+        "all_covered": fit.covered, "reproj_px": fit.reproj_px[rows],
+        "raw_cam": pose6_to_cam(torch.as_tensor(fit.raw["pose6"][rows])).numpy(),
+        "raw_exp": fit.raw["expr"][rows],
+        "video_fps": np.float64(reader.info.fps),
+        "video_size": np.array([reader.info.width, reader.info.height]),
+        "video_path": np.str_(str(reader.path)),
+    })
+    save_npz(run.root / "tracking.npz", stacked)
+    summary.timings["write_s"] = time.perf_counter() - t0
+
+    if vopts.meshes:
+        _write_meshes(run, fit, lm, rows, model, vopts.meshes, summary)
+    if vopts.overlay and not (run.root / "overlay.mp4").exists():
+        _write_overlay(run, fit, lm, reader, model, vopts, summary, progress)
+
+
+def _vertices(model: torch.nn.Module, fit: SequenceFit, rows: np.ndarray) -> torch.Tensor:
+    dt = model.v_template.dtype
+    with torch.no_grad():
+        return model(shape=torch.as_tensor(fit.identity.shape, dtype=dt)[None],
+                     expr=torch.as_tensor(fit.expr[rows], dtype=dt),
+                     jaw_pose=torch.as_tensor(fit.jaw_pose[rows], dtype=dt),
+                     eye_pose=torch.as_tensor(fit.eye_pose[rows], dtype=dt)).vertices
+
+
+def _write_meshes(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], rows: np.ndarray,
+                  model: torch.nn.Module, fmt: str, summary: VideoSummary) -> None:
+    from flame_tracker.io.mesh import save_obj, save_ply
+
+    if fmt not in ("ply", "obj"):
+        raise ValueError(f"mesh format must be 'ply' or 'obj', not {fmt!r}")
+    save = save_ply if fmt == "ply" else save_obj
+    faces = model.faces.numpy()
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), 32):  # batched forward, bounded memory
+        chunk = rows[start:start + 32]
+        verts = _vertices(model, fit, chunk).numpy()
+        for r, v in zip(chunk, verts):
+            path = run.root / "meshes" / f"{int(lm['frame'][r]):06d}.{fmt}"
+            if not path.exists():
+                save(path, v, faces)
+    summary.timings["meshes_s"] = time.perf_counter() - t0
+
+
+def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
+                   reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
+                   summary: VideoSummary, progress: bool) -> None:
+    from flame_tracker.camera import project_pixels, world_to_view
+    from flame_tracker.rendering.overlay import render_overlay
+    from flame_tracker.video.encode import VideoWriter, side_by_side
+
+    t0 = time.perf_counter()
+    row_of = {int(f): i for i, f in enumerate(lm["frame"])}
+    crop = Crop(*fit.identity.crop)
+    focal = float(intrinsics_pixels(torch.tensor(fit.identity.fov, dtype=torch.float64),
+                                    crop)[0, 0])
+    faces = model.faces
+    fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
+    overlay_reader = VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s,
+                                 every=reader.every, fps=reader.fps, max_frames=reader.max_frames)
+    bar = tqdm(total=len(lm["frame"]), desc="overlay", unit="frame", disable=not progress,
+               dynamic_ncols=True)
+    with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
+        for frame in overlay_reader:
+            r = row_of.get(frame.index)
+            img = frame.image
+            out = img
+            if r is not None and fit.covered[r]:
+                dt = model.v_template.dtype
+                verts = _vertices(model, fit, np.array([r]))
+                pose6 = torch.as_tensor(fit.pose6[r:r + 1], dtype=dt)
+                depth = world_to_view(verts, pose6)[0, :, 2:3]
+                px = project_pixels(verts, pose6, fit.identity.fov, crop)[0]
+                vpx = torch.cat([px.to(depth.dtype), depth], dim=1)
+                out = render_overlay(img, vpx, faces, lmks_detected=lm["lmks68"][r]
+                                     if fit.valid[r] else None,
+                                     lmks_fitted=fit.lmks_fit_px[r], focal=focal)
+            if vopts.side_by_side:
+                out = side_by_side(img, out)
+            writer.write(out, time_s=frame.time_s - (reader.start_s or 0.0))
+            bar.update(1)
+    bar.close()
+    summary.timings["overlay_s"] = time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------- main entry
+
+def _load_landmarks(run: RunFolder) -> dict[str, np.ndarray]:
+    lm = run.stage("landmarks").load()
+    if not lm:
+        return lm
+    lm["valid"] = lm["valid"].astype(bool)
+    return lm
+
+
+def track_video(video: str | Path, out_dir: str | Path, *,
+                model: torch.nn.Module | str | Path | None = None,
+                options: TrackOptions | None = None, video_options: VideoOptions | None = None,
+                force: bool = False, progress: bool = True,
+                landmarker_path: str | Path | None = None) -> VideoSummary:
+    """Track a monocular video into ``out_dir`` (see :mod:`flame_tracker.video.store` for the
+    files). Resumes an interrupted run; does nothing on a finished folder unless ``force``.
+
+    Raises:
+        FileNotFoundError: the video does not exist.
+        VideoError: it is not a readable video.
+        NoFacesError: no frame has a face.
+        OutputMismatchError: ``out_dir`` holds a different run (pass ``force``).
+    """
+    from flame_tracker.model import load_model
+
+    topts = options or TrackOptions()
+    vopts = video_options or VideoOptions()
+    t_start = time.perf_counter()
+    reader = VideoReader(video, start_s=vopts.start_s, end_s=vopts.end_s, every=vopts.every,
+                         fps=vopts.fps, max_frames=vopts.max_frames,
+                         max_side=vopts.detect_max_side)
+    if model is None or isinstance(model, (str, Path)):
+        model = load_model(model)
+    settings = {"model": getattr(model, "name", type(model).__name__),
+                "model_size": [model.n_shape, model.n_expr],
+                "track": dataclasses.asdict(topts), "frames": vopts.frame_settings()}
+    run = RunFolder(out_dir, video, settings, force=force)
+    summary = VideoSummary(out_dir=run.root)
+    if run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
+            not vopts.meshes or (run.root / "meshes").is_dir()):
+        summary.skipped = True
+        return summary
+
+    _detect_stage(run, reader, landmarker_path, progress, summary)
+    lm = _load_landmarks(run)
+    if not lm or not lm["valid"].any():
+        n = len(lm.get("frame", []))
+        raise NoFacesError(
+            f"no face found in any of the {n} frames read from {video}"
+            + (f" ({summary.broken})" if summary.broken else "")
+            + "; check that the video shows a face, or widen --start/--end")
+
+    # identity and per-frame fits, checkpointed
+    ident_path = run.root / "work" / "identity.npz"
+    identity = Identity.from_arrays(load_npz(ident_path)) if ident_path.is_file() else None
+    fit_stage = run.stage("fits", chunk=topts.chunk)
+    row_of = {int(f): i for i, f in enumerate(lm["frame"])}
+    t_len = len(lm["frame"])
+    done_fits = fit_stage.load()
+    done = None
+    if done_fits:
+        rows = np.array([row_of[int(f)] for f in done_fits["frame"] if int(f) in row_of])
+        keep = np.array([int(f) in row_of for f in done_fits["frame"]])
+        done = {"done": np.zeros(t_len, bool)}
+        done["done"][rows] = True
+        for k, v in done_fits.items():
+            if k == "frame":
+                continue
+            full = np.full((t_len, *v.shape[1:]), np.nan)
+            full[rows] = v[keep]
+            done[k] = full
+    n_todo = int(lm["valid"].sum()) - (int(done["done"].sum()) if done else 0)
+    bar = tqdm(total=int(lm["valid"].sum()), initial=int(lm["valid"].sum()) - n_todo,
+               desc="fitting", unit="frame", disable=not progress, dynamic_ncols=True)
+    fitted = [0]
+
+    def on_chunk(rows: np.ndarray, fits: dict[str, np.ndarray]) -> None:
+        for i, r in enumerate(rows):
+            fit_stage.add(int(lm["frame"][r]), {k: v[i] for k, v in fits.items()})
+        fit_stage.flush()
+        fitted[0] += len(rows)
+        bar.update(len(rows))
+
+    def on_identity(ident: Identity) -> None:
+        save_npz(ident_path, ident.as_arrays())
+
+    try:
+        fit = track_landmarks(model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
+                              iris_px=lm["iris"].astype(np.float64), options=topts,
+                              identity=identity, done=done, on_chunk=on_chunk,
+                              on_identity=on_identity)
+    finally:
+        bar.close()
+        fit_stage.flush()
+        summary.frames_done["fits"] = fitted[0]
+    summary.timings.update(fit.timings)
+
+    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress)
+    summary.n_frames = t_len
+    summary.n_tracked = int(fit.valid.sum())
+    summary.n_bridged = int((fit.covered & ~fit.valid).sum())
+    summary.n_dropped = t_len - int(fit.covered.sum())
+    summary.mean_reproj_px = float(np.nanmean(fit.reproj_px))
+    summary.jitter_raw = fit.jitter_raw.as_dict() if fit.jitter_raw else {}
+    summary.jitter = fit.jitter.as_dict() if fit.jitter else {}
+    summary.timings["total_s"] = time.perf_counter() - t_start
+    save_json(run.root / "summary.json", summary.as_dict())
+    run.mark_complete()
+    return summary

@@ -1,0 +1,370 @@
+"""Fit a head model to a landmark sequence: one identity, per-frame fits, whole-sequence smoothing.
+
+This is the video tracker without the video: it takes per-frame 2-D landmarks (from MediaPipe, or
+synthetic ones in tests) and returns smooth per-frame parameters. :mod:`.pipeline` adds decoding,
+detection and output files.
+
+Steps:
+
+1. **Fitting crop.** One square crop for the whole video (around the median face box), so every
+   frame's camera lives in the same coordinates (the reference re-crops every frame, which turns crop
+   jitter into camera jitter, upstream-spec W14).
+2. **Identity.** A quick rigid fit of all frames with the mean shape gives each frame's head pose;
+   keyframes are chosen by farthest-point sampling of (yaw, pitch, mouth opening), so they span the
+   pose range; one shape (and one FOV when estimated) is fitted jointly on them, alternating stage 1
+   (shared FOV) and stage 2 (shared shape).
+3. **Per-frame fits** in chunks of consecutive frames, in order: stage 1 then stage 2, each chunk
+   warm-started from the last frame of the previous one, batched over the chunk.
+4. **Smoothing** of pose and expression over the whole sequence at once
+   (:func:`~flame_tracker.video.temporal.smooth_sequence`): no batch seams (W15), frames without a
+   face bridged at their true temporal distance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flame_tracker.camera import (Crop, matrix_to_rotvec, project_ndc, rotvec_to_euler,
+                                  rotvec_to_matrix)
+from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
+
+
+class NoFacesError(RuntimeError):
+    """Not a single frame of the video has a face."""
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """Settings of the sequence fit (everything that changes the result; stored in the manifest)."""
+
+    fov: float = 20.0  # degrees in the fitting crop; the start value when estimated
+    estimate_fov: bool = False  # one FOV for the whole video, fitted on the keyframes
+    n_keyframes: int = 8
+    chunk: int = 32  # frames per batched per-frame solve (checkpoint granularity too)
+    fit_iris: bool = True
+    pose_cutoff_hz: float = 3.0  # smoothing of the rigid pose
+    expr_cutoff_hz: float = 6.0  # smoothing of expression, jaw and eyes (speech is fast)
+    max_gap_s: float = 0.5  # longer runs without a face are not bridged
+    crop_scale: float = 1.6  # fitting crop side / median face-box side
+    frame_temporal: bool = True  # reference temporal term between adjacent frames of a chunk
+    identity_rounds: int = 2
+    stage1_iters: int = 30
+    stage2_iters: int = 20
+
+
+@dataclass
+class Identity:
+    """The per-video constants: shape, FOV and the fitting crop."""
+
+    shape: np.ndarray  # [S]
+    fov: float
+    crop: tuple[float, float, float]  # x0, y0, size in original pixels
+    keyframes: np.ndarray  # indices (into the sequence) used to fit the identity
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {"shape": self.shape, "fov": np.float64(self.fov), "crop": np.array(self.crop),
+                "keyframes": self.keyframes}
+
+    @classmethod
+    def from_arrays(cls, d: dict[str, np.ndarray]) -> "Identity":
+        return cls(d["shape"], float(d["fov"]), tuple(float(v) for v in d["crop"]),
+                   d["keyframes"])
+
+
+@dataclass
+class SequenceFit:
+    """Per-frame parameters over a sequence of ``T`` frames (NaN where ``covered`` is False)."""
+
+    identity: Identity
+    valid: np.ndarray  # [T] a face was detected
+    covered: np.ndarray  # [T] valid or bridged: parameters exist
+    pose6: np.ndarray  # [T, 6] smoothed reference camera (rotvec, centre)
+    expr: np.ndarray  # [T, E]
+    jaw_pose: np.ndarray  # [T, 3]
+    eye_pose: np.ndarray  # [T, 6]
+    raw: dict[str, np.ndarray]  # unsmoothed per-frame fits (same keys)
+    reproj_px: np.ndarray  # [T] mean 68-landmark error of the smoothed fit, original pixels
+    lmks_fit_px: np.ndarray  # [T, 68, 2]
+    jitter_raw: JitterMetrics | None = None
+    jitter: JitterMetrics | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+def video_crop(lmks_px: np.ndarray, valid: np.ndarray, scale: float) -> Crop:
+    """One square crop for the whole video: centred on the median face centre, ``scale`` × the
+    median face-box side (robust to a few bad detections)."""
+    pts = lmks_px[valid]
+    lo, hi = np.nanmin(pts, axis=1), np.nanmax(pts, axis=1)
+    centre = np.median((lo + hi) / 2, axis=0)
+    side = float(np.median((hi - lo).max(axis=1))) * scale
+    return Crop(float(centre[0] - side / 2), float(centre[1] - side / 2), side)
+
+
+def choose_keyframes(features: np.ndarray, k: int) -> np.ndarray:
+    """Farthest-point sampling of ``features [T, F]`` (standardised), starting from the frame
+    nearest the median (a typical, usually frontal, frame). Returns sorted indices."""
+    t = features.shape[0]
+    if t <= k:
+        return np.arange(t)
+    z = (features - np.median(features, 0)) / (features.std(0) + 1e-9)
+    chosen = [int(np.argmin((z ** 2).sum(1)))]
+    dist = ((z - z[chosen[0]]) ** 2).sum(1)
+    for _ in range(k - 1):
+        i = int(np.argmax(dist))
+        chosen.append(i)
+        dist = np.minimum(dist, ((z - z[i]) ** 2).sum(1))
+    return np.sort(np.array(chosen))
+
+
+def rotation_error_deg(rotvec_a: np.ndarray, rotvec_b: np.ndarray) -> np.ndarray:
+    """Geodesic angle between two rotation sequences ``[T, 3]`` in degrees."""
+    ra = rotvec_to_matrix(torch.as_tensor(rotvec_a, dtype=torch.float64))
+    rb = rotvec_to_matrix(torch.as_tensor(rotvec_b, dtype=torch.float64))
+    rel = matrix_to_rotvec(ra.transpose(-1, -2) @ rb)
+    return np.degrees(rel.norm(dim=-1).numpy())
+
+
+def _unwrap_rotvec(rotvec: np.ndarray) -> np.ndarray:
+    """Make consecutive axis-angle vectors continuous (r and r - 2*pi*r/|r| are the same rotation),
+    so smoothing never averages across the pi wrap."""
+    out = rotvec.copy()
+    for i in range(1, len(out)):  # sequential by nature; O(T) on 3-vectors
+        r = out[i]
+        n = np.linalg.norm(r)
+        if n > 1e-9 and np.isfinite(n):
+            alt = r * (1 - 2 * np.pi / n)
+            if np.linalg.norm(alt - out[i - 1]) < np.linalg.norm(r - out[i - 1]):
+                out[i] = alt
+    return out
+
+
+# ------------------------------------------------------------------------------ fitting adapters
+
+def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *,
+            init: torch.Tensor | None, estimate_fov: bool, iters: int,
+            neighbours: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigid camera fit (stage 1) of ``N`` frames; returns ``(pose6 [N,6], fov [N])`` in the
+    targets' dtype. ``neighbours [N-1]`` marks consecutive rows that are adjacent frames (temporal
+    coupling only between those)."""
+    from flame_tracker.fitting.stage1 import fit_camera
+
+    temporal: bool | torch.Tensor = False
+    if neighbours is not None and len(neighbours) and neighbours.any():
+        temporal = torch.as_tensor(neighbours, dtype=torch.float64)
+    res = fit_camera(points3d, targets, fov=fov, init=init,
+                     fov_mode="shared" if estimate_fov else "fixed", temporal=temporal,
+                     max_iter=iters)
+    return res.pose6.to(targets.dtype), res.fov.to(targets.dtype)
+
+
+def _stage2(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
+            pose6: torch.Tensor, fov: torch.Tensor, init: dict[str, torch.Tensor], *,
+            fit_shape: bool, iters: int):
+    from flame_tracker.fitting.stage2 import fit_stage2
+
+    return fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init,
+                      fit_shape=fit_shape, shared_shape=fit_shape, max_iter=iters)
+
+
+def _model_points(model: torch.nn.Module, shape: torch.Tensor, expr: torch.Tensor | None = None,
+                  jaw: torch.Tensor | None = None) -> torch.Tensor:
+    """The 68 model landmarks stage 1 aligns (landmark fast path)."""
+    with torch.no_grad():
+        return model.landmarks(shape=shape, expr=expr, jaw_pose=jaw).landmarks
+
+
+# ------------------------------------------------------------------------------------ main entry
+
+def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
+                 valid: np.ndarray, crop: Crop, options: TrackOptions) -> Identity:
+    """Choose keyframes spanning the pose range and fit one shape (and FOV) jointly on them."""
+    dt = model.v_template.dtype
+    idx_valid = np.flatnonzero(valid)
+    zero_shape = torch.zeros(1, model.n_shape, dtype=dt)
+    pts = _model_points(model, zero_shape)
+    tv = lmks_ndc[idx_valid]
+    pose6, _ = _stage1(pts.expand(len(idx_valid), -1, -1), tv, options.fov, init=None,
+                       estimate_fov=False, iters=options.stage1_iters)
+    euler = rotvec_to_euler(pose6[:, :3]).numpy()
+    # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
+    face = (tv[:, 16] - tv[:, 0]).norm(dim=-1)
+    mouth = ((tv[:, 66] - tv[:, 62]).norm(dim=-1) / face).numpy()
+    feats = np.column_stack([euler[:, 0], euler[:, 1], 0.5 * mouth])
+    keys = idx_valid[choose_keyframes(feats, options.n_keyframes)]
+
+    kl = lmks_ndc[keys]
+    ki = None if iris_ndc is None else iris_ndc[keys]
+    shape = zero_shape
+    fov = torch.full((len(keys),), float(options.fov), dtype=dt)
+    init: dict[str, torch.Tensor] = {}
+    kpose = None
+    for _ in range(options.identity_rounds):  # alternate rigid (shared FOV) and shape
+        pts = _model_points(model, shape, init.get("expr"), init.get("jaw_pose"))
+        kpose, fov = _stage1(pts.expand(len(keys), -1, -1), kl, float(fov.mean()), init=kpose,
+                             estimate_fov=options.estimate_fov, iters=options.stage1_iters)
+        res = _stage2(model, kl, ki, kpose, fov, {**init, "shape": shape}, fit_shape=True,
+                      iters=options.stage2_iters)
+        shape = res.shape[:1]
+        init = {"expr": res.expr, "jaw_pose": res.jaw_pose, "eye_pose": res.eye_pose}
+    return Identity(shape[0].numpy().astype(np.float32), float(fov.mean()),
+                    (float(crop.x0), float(crop.y0), float(crop.size)), keys)
+
+
+def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tensor,
+               iris_ndc: torch.Tensor | None, frames: np.ndarray, options: TrackOptions,
+               warm: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Stage 1 + stage 2 for one chunk of consecutive valid frames (batched), warm-started from
+    ``warm`` (the previous chunk's last frame). Returns per-frame arrays ``[n, ...]``."""
+    dt = model.v_template.dtype
+    n = len(frames)
+    shape = torch.as_tensor(identity.shape, dtype=dt)[None]
+    tl = lmks_ndc[frames]
+    ti = None if iris_ndc is None else iris_ndc[frames]
+    init: dict[str, torch.Tensor] = {}
+    pose_init = None
+    if warm is not None:
+        init = {k: torch.as_tensor(warm[k], dtype=dt)[None].expand(n, -1)
+                for k in ("expr", "jaw_pose", "eye_pose")}
+        pose_init = torch.as_tensor(warm["pose6"], dtype=dt)[None].expand(n, -1)
+    # the rigid fit sees the warm-start expression (mouth, jaw contour) of the previous frame
+    pts = _model_points(model, shape, init.get("expr"), init.get("jaw_pose")).expand(n, -1, -1)
+    neighbours = np.diff(frames) == 1 if options.frame_temporal else None
+    pose6, fov = _stage1(pts, tl, identity.fov, init=pose_init, estimate_fov=False,
+                         iters=options.stage1_iters, neighbours=neighbours)
+    res = _stage2(model, tl, ti if options.fit_iris else None, pose6, fov,
+                  {**init, "shape": shape}, fit_shape=False, iters=options.stage2_iters)
+    err = (res.landmarks_ndc - tl).norm(dim=-1).nanmean(dim=-1)
+    return {"pose6": pose6.numpy(), "expr": res.expr.numpy(), "jaw_pose": res.jaw_pose.numpy(),
+            "eye_pose": res.eye_pose.numpy(), "err_ndc": err.numpy()}
+
+
+def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
+                options: TrackOptions) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Smooth the per-frame fits over the whole sequence; returns (smoothed dict, covered)."""
+    rot = raw["pose6"][:, :3].copy()
+    rot[valid] = _unwrap_rotvec(rot[valid])
+    blocks = [("rot", rot, options.pose_cutoff_hz), ("trans", raw["pose6"][:, 3:], options.pose_cutoff_hz),
+              ("expr", raw["expr"], options.expr_cutoff_hz),
+              ("jaw_pose", raw["jaw_pose"], options.expr_cutoff_hz),
+              ("eye_pose", raw["eye_pose"], options.expr_cutoff_hz)]
+    x = np.concatenate([b[1] for b in blocks], axis=1)
+    cut = np.concatenate([np.full(b[1].shape[1], b[2]) for b in blocks])
+    y, covered = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=options.max_gap_s)
+    out, c = {}, 0
+    for name, arr, _ in blocks:
+        out[name] = y[:, c:c + arr.shape[1]]
+        c += arr.shape[1]
+    return {"pose6": np.concatenate([out["rot"], out["trans"]], 1), "expr": out["expr"],
+            "jaw_pose": out["jaw_pose"], "eye_pose": out["eye_pose"]}, covered
+
+
+def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np.ndarray],
+                rows: np.ndarray) -> np.ndarray:
+    """68 fitted landmarks in original pixels ``[len(rows), 68, 2]``."""
+    dt = model.v_template.dtype
+    crop = Crop(*identity.crop)
+    with torch.no_grad():
+        pts = model.landmarks(shape=torch.as_tensor(identity.shape, dtype=dt)[None],
+                              expr=torch.as_tensor(params["expr"][rows], dtype=dt),
+                              jaw_pose=torch.as_tensor(params["jaw_pose"][rows], dtype=dt)).landmarks
+        ndc = project_ndc(pts, torch.as_tensor(params["pose6"][rows], dtype=dt), identity.fov)
+    return crop.from_ndc(ndc).numpy()
+
+
+def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
+                    times: np.ndarray, *, iris_px: np.ndarray | None = None,
+                    options: TrackOptions | None = None,
+                    identity: Identity | None = None,
+                    done: dict[str, np.ndarray] | None = None,
+                    on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
+                    on_identity: Callable[[Identity], None] | None = None,
+                    ) -> SequenceFit:
+    """Track a landmark sequence.
+
+    Args:
+        model: a ``HeadModel``.
+        lmks_px: ``[T, 68, 2]`` detected landmarks in original pixels (anything where not valid).
+        valid: ``[T]`` frames with a face.
+        times: ``[T]`` timestamps in seconds.
+        iris_px: ``[T, 10, 2]`` iris points (MediaPipe order) or ``None``.
+        options: :class:`TrackOptions`.
+        identity: a previously fitted identity (resume); fitted here when ``None``.
+        done: per-frame fits already computed (resume): arrays over ``T`` with a ``done [T]`` mask.
+        on_chunk: called with ``(rows, fits)`` after each chunk (checkpointing).
+        on_identity: called once the identity is fitted.
+
+    Raises:
+        NoFacesError: no frame is valid.
+    """
+    opts = options or TrackOptions()
+    valid = np.asarray(valid, bool)
+    t_len = len(valid)
+    if not valid.any():
+        raise NoFacesError(f"no face in any of the {t_len} frames")
+    dt = model.v_template.dtype
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    crop = Crop(*identity.crop) if identity is not None else video_crop(lmks_px, valid,
+                                                                       opts.crop_scale)
+    lmks_ndc = crop.to_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
+    iris_ndc = None
+    if iris_px is not None and opts.fit_iris:
+        iris_ndc = crop.to_ndc(torch.as_tensor(iris_px, dtype=dt))
+    if identity is None:
+        identity = fit_identity(model, lmks_ndc, iris_ndc, valid, crop, opts)
+        if on_identity is not None:
+            on_identity(identity)
+    timings["identity_s"] = time.perf_counter() - t0
+
+    # per-frame fits, chunk by chunk, in order
+    t0 = time.perf_counter()
+    raw = {"pose6": np.full((t_len, 6), np.nan), "expr": np.full((t_len, model.n_expr), np.nan),
+           "jaw_pose": np.full((t_len, 3), np.nan), "eye_pose": np.full((t_len, 6), np.nan),
+           "err_ndc": np.full(t_len, np.nan)}
+    have = np.zeros(t_len, bool)
+    if done is not None:
+        have = np.asarray(done["done"], bool)
+        for k in raw:
+            raw[k][have] = done[k][have]
+    todo = np.flatnonzero(valid & ~have)
+    warm = None
+    for start in range(0, len(todo), opts.chunk):
+        rows = todo[start:start + opts.chunk]
+        prev = np.flatnonzero(have[: rows[0]] & valid[: rows[0]])
+        # warm start only from a frame close in time (never across a long gap)
+        if prev.size and times[rows[0]] - times[prev[-1]] <= opts.max_gap_s + 1e-9:
+            warm = {k: raw[k][prev[-1]] for k in ("pose6", "expr", "jaw_pose", "eye_pose")}
+        else:
+            warm = None
+        fits = fit_frames(model, identity, lmks_ndc, iris_ndc, rows, opts, warm)
+        for k in raw:
+            raw[k][rows] = fits[k]
+        have[rows] = True
+        if on_chunk is not None:
+            on_chunk(rows, fits)
+    timings["fit_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    smooth, covered = smooth_fits(raw, valid, times, opts)
+    timings["smooth_s"] = time.perf_counter() - t0
+
+    rows = np.flatnonzero(covered)
+    fit_px = np.full((t_len, 68, 2), np.nan)
+    fit_px[rows] = project_fit(model, identity, smooth, rows)
+    reproj = np.full(t_len, np.nan)
+    vr = np.flatnonzero(valid & covered)
+    reproj[vr] = np.linalg.norm(fit_px[vr] - lmks_px[vr], axis=-1).mean(-1)
+    raw_px = np.full((t_len, 68, 2), np.nan)
+    raw_px[vr] = project_fit(model, identity, raw, vr)
+    jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px)
+    jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px)
+    return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
+                       smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, jit_raw, jit,
+                       timings)

@@ -1,0 +1,175 @@
+"""Sequence tracking on synthetic landmark videos (MediaPipe bypassed): known head poses of the open
+ICT model projected through a known camera, with landmark noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flame_tracker.camera import Crop, from_head_centric, project_ndc, rotvec_to_euler
+from flame_tracker.video import track as track_mod
+from flame_tracker.video.track import (Identity, NoFacesError, TrackOptions, choose_keyframes,
+                                       rotation_error_deg, track_landmarks)
+
+FPS = 25.0
+CROP = Crop(0.0, 0.0, 512.0)
+FAST = TrackOptions(n_keyframes=4, identity_rounds=1, stage1_iters=20, stage2_iters=8, chunk=25)
+
+
+@pytest.fixture(scope="module")
+def model(shared_dir: Path) -> torch.nn.Module:
+    from flame_tracker.model import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def true_shape(model: torch.nn.Module) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    shape = torch.zeros(1, model.n_shape)
+    shape[0, :10] = torch.as_tensor(rng.normal(0, 1, 10), dtype=torch.float32)
+    return shape
+
+
+def synthetic_sequence(model: torch.nn.Module, shape: torch.Tensor, n: int, moving: bool,
+                       noise_px: float = 0.5, seed: int = 1):
+    """Ground-truth cameras and noisy 68 + iris landmarks (pixels of a 512² frame)."""
+    t = np.arange(n) / FPS
+    if moving:  # yaw ±30° at 0.5 Hz, pitch ±10° at 0.3 Hz: up to 3.8°/frame
+        yaw = np.radians(30) * np.sin(2 * np.pi * 0.5 * t)
+        pitch = np.radians(10) * np.sin(2 * np.pi * 0.3 * t)
+    else:
+        yaw, pitch = np.full(n, np.radians(10)), np.full(n, np.radians(-5))
+    head_rot = torch.as_tensor(np.stack([pitch, yaw, np.zeros(n)], 1))
+    pose6 = from_head_centric(head_rot, torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64)
+                              .expand(n, 3)).float()
+    with torch.no_grad():
+        out = model.landmarks(shape=shape.expand(n, -1))
+        lmk = CROP.from_ndc(project_ndc(out.landmarks, pose6, 20.0)).double().numpy()
+        iris = CROP.from_ndc(project_ndc(out.iris, pose6, 20.0)).double().numpy()
+    rng = np.random.default_rng(seed)
+    lmk = lmk + rng.normal(0, noise_px, lmk.shape)
+    iris = iris + rng.normal(0, noise_px, iris.shape)
+    return t, pose6.numpy(), lmk, iris
+
+
+def known_identity(shape: torch.Tensor) -> Identity:
+    return Identity(shape[0].numpy(), 20.0, (0.0, 0.0, 512.0), np.arange(0))
+
+
+def test_static_head_jitter(model, true_shape) -> None:
+    t, gt, lmk, iris = synthetic_sequence(model, true_shape, 40, moving=False)
+    fit = track_landmarks(model, lmk, np.ones(40, bool), t, iris_px=iris, options=FAST,
+                          identity=known_identity(true_shape))
+    euler = np.degrees(rotvec_to_euler(torch.as_tensor(fit.pose6[:, :3])).numpy())
+    raw = np.degrees(rotvec_to_euler(torch.as_tensor(fit.raw["pose6"][:, :3])).numpy())
+    assert euler.std(0).max() <= 0.1, euler.std(0)
+    assert euler.std(0).max() < raw.std(0).max()  # the smoother does something
+    assert fit.jitter.pose_acc_deg < 0.5 * fit.jitter_raw.pose_acc_deg
+    assert rotation_error_deg(fit.pose6[:, :3], gt[:, :3]).mean() <= 0.5
+    assert np.nanmean(fit.reproj_px) < 1.5
+
+
+def test_moving_head_tracking_error(model, true_shape) -> None:
+    t, gt, lmk, iris = synthetic_sequence(model, true_shape, 50, moving=True)
+    fit = track_landmarks(model, lmk, np.ones(50, bool), t, iris_px=iris, options=FAST,
+                          identity=known_identity(true_shape))
+    err = rotation_error_deg(fit.pose6[:, :3], gt[:, :3])
+    assert err.mean() <= 0.5, err
+    assert err.max() <= 1.0, err
+
+
+def test_bridging_and_gaps(model, true_shape) -> None:
+    t, gt, lmk, iris = synthetic_sequence(model, true_shape, 60, moving=True)
+    valid = np.ones(60, bool)
+    valid[20:24] = False  # 0.16 s without a face: bridged
+    valid[35:50] = False  # 0.6 s: longer than max_gap_s, not bridged
+    lmk[~valid] = np.nan
+    fit = track_landmarks(model, lmk, valid, t, iris_px=iris, options=FAST,
+                          identity=known_identity(true_shape))
+    assert fit.covered[20:24].all() and not fit.covered[35:50].any()
+    assert np.isnan(fit.pose6[35:50]).all()
+    assert rotation_error_deg(fit.pose6[20:24, :3], gt[20:24, :3]).max() < 2.0
+    with pytest.raises(NoFacesError):
+        track_landmarks(model, lmk, np.zeros(60, bool), t, identity=known_identity(true_shape))
+
+
+def test_resume_does_not_refit(model, true_shape, monkeypatch) -> None:
+    t, gt, lmk, iris = synthetic_sequence(model, true_shape, 40, moving=True)
+    opts = TrackOptions(chunk=10, stage1_iters=20, stage2_iters=5)
+    ident = known_identity(true_shape)
+    fitted: list[int] = []
+    real = track_mod.fit_frames
+
+    def counting(*args, **kwargs):
+        fitted.extend(args[4].tolist())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(track_mod, "fit_frames", counting)
+    saved: dict[int, dict[str, np.ndarray]] = {}
+
+    def interrupt(rows, fits):
+        for i, r in enumerate(rows):
+            saved[int(r)] = {k: v[i] for k, v in fits.items()}
+        if len(saved) >= 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        track_landmarks(model, lmk, np.ones(40, bool), t, iris_px=iris, options=opts,
+                        identity=ident, on_chunk=interrupt)
+    assert sorted(fitted) == list(range(20))
+    fitted.clear()
+    done = {"done": np.zeros(40, bool)}
+    done["done"][list(saved)] = True
+    for k in saved[0]:
+        arr = np.full((40, *np.shape(saved[0][k])), np.nan)
+        for r, rec in saved.items():
+            arr[r] = rec[k]
+        done[k] = arr
+    fit = track_landmarks(model, lmk, np.ones(40, bool), t, iris_px=iris, options=opts,
+                          identity=ident, done=done)
+    assert sorted(fitted) == list(range(20, 40))  # finished frames were not redone
+    assert rotation_error_deg(fit.pose6[:, :3], gt[:, :3]).mean() <= 0.5
+
+
+def test_keyframes_span_the_pose_range() -> None:
+    yaw = np.sin(np.linspace(0, 6, 200))
+    pitch = 0.3 * np.cos(np.linspace(0, 4, 200))
+    keys = choose_keyframes(np.column_stack([yaw, pitch]), 6)
+    assert len(keys) == 6 and np.all(np.diff(keys) > 0)
+    for f in (yaw, pitch):  # the keyframes cover most of each feature's range
+        assert np.ptp(f[keys]) >= 0.8 * np.ptp(f)
+    # a single feature: the extremes are picked
+    keys1 = choose_keyframes(yaw[:, None], 3)
+    assert yaw[keys1].min() < -0.999 and yaw[keys1].max() > 0.999
+
+
+@pytest.mark.slow
+def test_identity_fit_on_keyframes(model, true_shape) -> None:
+    # Unknown identity: fitting one shape on keyframes removes most of the pose bias of the mean
+    # shape, and the head's *motion* is tracked within 0.5 degrees.
+    t, gt, lmk, iris = synthetic_sequence(model, true_shape, 50, moving=True)
+    opts = TrackOptions(n_keyframes=6, identity_rounds=2, stage1_iters=20, stage2_iters=10)
+    fit = track_landmarks(model, lmk, np.ones(50, bool), t, iris_px=iris, options=opts)
+    mean_shape = Identity(np.zeros(model.n_shape, np.float32), 20.0, fit.identity.crop,
+                          np.arange(0))
+    fit0 = track_landmarks(model, lmk, np.ones(50, bool), t, iris_px=iris, options=FAST,
+                           identity=mean_shape)
+    err = rotation_error_deg(fit.pose6[:, :3], gt[:, :3])
+    err0 = rotation_error_deg(fit0.pose6[:, :3], gt[:, :3])
+    assert err.mean() < err0.mean()
+    keys_yaw = np.degrees(rotvec_to_euler(torch.as_tensor(gt[fit.identity.keyframes, :3]))[:, 0])
+    assert keys_yaw.max() - keys_yaw.min() > 40  # keyframes span the ±30° yaw range
+    # motion error: rotation relative to the first frame
+    rel = lambda p: (torch.as_tensor(p[:, :3]))  # noqa: E731
+    from flame_tracker.camera import matrix_to_rotvec, rotvec_to_matrix
+
+    def relative(p: np.ndarray) -> np.ndarray:
+        r = rotvec_to_matrix(rel(p).double())
+        return matrix_to_rotvec(r[:1].transpose(-1, -2) @ r).numpy()
+
+    motion_err = rotation_error_deg(relative(fit.pose6), relative(gt))
+    assert motion_err.mean() <= 0.5, motion_err
