@@ -74,7 +74,6 @@ ADAM_WEIGHT_DECAY = 1e-5
 # slightly below keeps the system well conditioned), and the relative decrease that counts as "near".
 NEWTON_ALPHA = 0.99
 NEWTON_SWITCH = 0.2
-DEBUG = False
 
 FovMode = Literal["fixed", "per_frame", "shared"]
 _FLIP = (1.0, -1.0, -1.0)
@@ -512,8 +511,6 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
         f_frames = torch.where(accept, new_f, f_frames)
         fw = Stage1Forward(*[torch.where(_bcast(accept, old), new, old) for old, new in zip(fw, new_fw)])
         history.append(float(f_frames.sum()))
-        if DEBUG:
-            print(it, float(lam[0]), float(alpha[0]), float(rel[0]), bool(ok[0]), float(old_g[0]))
         if bool(done.all()):
             break
     return _result(prob, pose, fov, temporal, it, "lm", bool(done.all()), history)
