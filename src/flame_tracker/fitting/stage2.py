@@ -240,6 +240,7 @@ def objective(problem: _Problem, x: Tensor, s: Tensor) -> Tensor:
 
 
 _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joint rotations)
+_ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of the Gauss-Newton matrix
 _ROWS = torch.arange(78)  # residual points among the 78 (68 landmarks + 10 iris)
 
 
@@ -248,8 +249,9 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
 
     Skinning is affine in shape and expression for fixed joint rotations (the joints move linearly
     with them, pose correctives depend on rotations only), so those columns are exact differences
-    ``L(theta + e_k) - L(theta)`` from one batched landmark-path call. The few rotation columns (jaw,
-    eyes, neck) come from forward-mode AD over their tangents. The projection's Jacobian is analytic.
+    ``L(theta + e_k) - L(theta)``; the few rotation columns (jaw, eyes, neck) are forward differences
+    (the Jacobian only builds the Gauss-Newton matrix: the LM gradient is an exact VJP). All come from
+    one batched landmark-path call. The projection's Jacobian is analytic.
     """
     lay, n = problem.layout, x.shape[0]
     params = lay.split(x, s, problem.base)
@@ -263,39 +265,25 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     rot = [b for b in blocks if b[0] not in _LINEAR]
     n_lin = sum(b[2] for b in lin)
 
-    # Linear columns: batch [N, 1 + n_lin]; entry 0 is the current point.
+    n_rot = sum(b[2] for b in rot)
+    # One batched landmark-path call over [N, 1 + n_lin + n_rot] parameter sets: entry 0 is the
+    # current point, then unit steps of every linear column, then small steps of every rotation.
+    cols = 1 + n_lin + n_rot
     batch = {}
     for key, val in params.items():
-        rep = val[:, None].expand(n, 1 + n_lin, val.shape[-1]).clone()
+        rep = val[:, None].expand(n, cols, val.shape[-1]).clone()
         col = 1
-        for name, _, size, _ in lin:
+        for name, _, size, _ in lin + rot:
             if name == key:
-                rep[:, col : col + size] += torch.eye(size, dtype=x.dtype, device=x.device)
+                step = 1.0 if name in _LINEAR else _ROT_STEP
+                rep[:, col : col + size] += step * torch.eye(size, dtype=x.dtype, device=x.device)
             col += size
         batch[key] = rep.flatten(0, 1)
-    pts = problem.points3d(batch).view(n, 1 + n_lin, 78, 3)
+    pts = problem.points3d(batch).view(n, cols, 78, 3)
     p0 = pts[:, 0]
-    d_lin = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, n_lin]
-
-    # Rotation columns: forward-mode AD, one tangent per column, vmapped.
-    n_rot = sum(b[2] for b in rot)
-    if n_rot:
-        names = [b[0] for b in rot]
-
-        def f(*vals: Tensor) -> Tensor:
-            return problem.points3d({**params, **dict(zip(names, vals))})
-
-        primals = tuple(params[nm] for nm in names)
-        tangents, col = [], 0
-        for _, _, size, _ in rot:
-            t = torch.zeros(n_rot, n, size, dtype=x.dtype, device=x.device)
-            t[col : col + size] = torch.eye(size, dtype=x.dtype, device=x.device)[:, None, :]
-            tangents.append(t)
-            col += size
-        jv = torch.func.vmap(lambda *t: torch.func.jvp(f, primals, t)[1])(*tangents)  # [n_rot, N, 78, 3]
-        d_rot = jv.permute(1, 2, 3, 0)
-    else:
-        d_rot = p0.new_zeros(n, 78, 3, 0)
+    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, n_lin + n_rot]
+    d_lin = diff[..., :n_lin]  # exact: the points are affine in these columns
+    d_rot = diff[..., n_lin:] / _ROT_STEP  # forward differences: the gradient is exact anyway
 
     # Analytic projection Jacobian: view = D R^T (X - t), ndc = scale * view_xy / view_z.
     rmat = rotvec_to_matrix(problem.pose6[:, :3])
