@@ -8,6 +8,7 @@ turns it into torch buffers. Keeping this step numpy-only makes the cache a plai
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -131,7 +132,7 @@ class ModelData:
                 meta[f.name] = val
         arrays["meta"] = np.array(json.dumps(meta))
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # unique: concurrent writers
         np.savez(tmp, **arrays)
         tmp.replace(path)
 
