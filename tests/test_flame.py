@@ -214,6 +214,15 @@ def test_missing_truncated_wrong_keys_wrong_shapes(tmp_path, tiny_pkl):
         load_model(bare, landmark_embedding=other.parent / "landmark_embedding.npy", use_cache=False)
 
 
+def test_synthetic_flame_helper():
+    from flame_tracker.model.fixtures import synthetic_flame
+
+    m = synthetic_flame("tiny", n_shape=20, n_expr=10, dtype=torch.float64)  # via 'expressiondirs'
+    assert (m.n_shape, m.n_expr, m.n_verts) == (20, 10, 159) and m.dtype == torch.float64
+    lmk = m.landmarks().landmarks[0]
+    assert lmk[30, 2] > lmk[36, 2] and int(torch.argmin(lmk[:, 1])) == 8  # face-like layout
+
+
 def test_load_model_data_accepts_cached_npz(tmp_path, tiny_pkl):
     d = load_model_data(tiny_pkl, use_cache=False)
     out = tmp_path / "model.npz"

@@ -19,17 +19,21 @@ Example::
     from flame_tracker.model.fixtures import write_flame_model
     pkl = write_flame_model(tmp_path, size="flame")
     model = load_model(pkl)            # finds landmark_embedding.npy next to it
+    model = synthetic_flame("flame")   # the same in one call (memoised per process)
 """
 
 from __future__ import annotations
 
 import copyreg
+import functools
 import pickle
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.spatial import cKDTree
 
 from .flame import L_EAR_INDICES_REFERENCE, L_EYE_INDICES, R_EAR_INDICES, R_EYE_INDICES
@@ -308,6 +312,8 @@ def write_flame_model(
 ) -> Path:
     """Write a synthetic FLAME model and landmark files into ``folder``; return the ``.pkl`` path.
 
+    n_shape: 300 gives FLAME's layout (``shapedirs`` = 300 identity + ``n_expr`` expression
+    components); another value stores the expressions under ``expressiondirs``.
     style: ``"2020"`` (arrays as ``chumpy.ch.Ch``, like ``generic_model.pkl``) or ``"2023_open"``
     (plain numpy arrays). embedding: ``"deca"`` (``landmark_embedding.npy``), ``"static_dynamic"``
     (``flame_static_embedding.pkl`` + ``flame_dynamic_embedding.npy``) or ``"none"``.
@@ -318,8 +324,11 @@ def write_flame_model(
     wrap = _Ch if style == "2020" else (lambda x: x)
     if style not in ("2020", "2023_open"):
         raise ValueError(f"style must be '2020' or '2023_open', got {style!r}")
-    obj = {k: (wrap(val) if k in ("v_template", "shapedirs", "posedirs", "weights", "J") else val)
-           for k, val in arrays.items()}
+    if n_shape != 300:  # FLAME's layout splits shapedirs at 300; otherwise store expressions apart
+        arrays["expressiondirs"] = arrays["shapedirs"][:, :, n_shape:]
+        arrays["shapedirs"] = arrays["shapedirs"][:, :, :n_shape]
+    obj = {k: (wrap(val) if k in ("v_template", "shapedirs", "expressiondirs", "posedirs", "weights", "J")
+               else val) for k, val in arrays.items()}
     name = filename or ("generic_model.pkl" if style == "2020" else "flame2023_Open.pkl")
     path = folder / name
     dump_legacy_pickle(obj, path)
@@ -356,3 +365,21 @@ def write_flame_model(
                  lmk_b_coords=np.full((pick.size, 3), 1 / 3),
                  landmark_indices=np.sort(rng.choice(468, size=pick.size, replace=False)))
     return path
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_data(size: str, n_shape: int, n_expr: int, seed: int):
+    from .loader import load_model_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model_data(write_flame_model(tmp, size, n_shape=n_shape, n_expr=n_expr, seed=seed),
+                               use_cache=False)
+
+
+def synthetic_flame(size: str = "tiny", *, n_shape: int = 300, n_expr: int = 100, seed: int = 0,
+                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """A :class:`HeadModel` of a synthetic FLAME file (written, loaded through the real FLAME
+    loader, memoised per process). For tests and benchmarks of code that needs a FLAME model."""
+    from .head import HeadModel
+
+    return HeadModel(_synthetic_data(size, n_shape, n_expr, seed), dtype=dtype).to(device)
