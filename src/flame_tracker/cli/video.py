@@ -27,8 +27,8 @@ import click
               help="Pose smoothing cutoff in Hz (inf = none).")
 @click.option("--smooth-expr", type=float, default=6.0, show_default=True,
               help="Expression smoothing cutoff in Hz (inf = none).")
-@click.option("--overlay/--no-overlay", default=True, show_default=True,
-              help="Write overlay.mp4 (mesh + landmarks over the frames).")
+@click.option("--overlay", is_flag=True,
+              help="Write overlay.mp4 (mesh + landmarks over the frames; costs a render per frame).")
 @click.option("--side-by-side", is_flag=True, help="Overlay video shows the input next to it.")
 @click.option("--meshes", type=click.Choice(["ply", "obj"]), default=None,
               help="Also export the mesh of every tracked frame.")

@@ -99,8 +99,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
     done_marker = run.root / "work" / "landmarks_done.json"
     if done_marker.is_file():
-        broken = json.loads(done_marker.read_text()).get("broken")
-        summary.broken = broken
+        summary.broken = json.loads(done_marker.read_text()).get("broken")
+        summary.frames_done["landmarks"] = 0
         return
     stage = run.stage("landmarks", chunk=64)
     done = stage.done()

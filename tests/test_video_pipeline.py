@@ -1,0 +1,139 @@
+"""``track_video`` / ``flame-tracker video`` on real clips: outputs, resume, bad input."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flame_tracker.io.results import REFERENCE_KEYS, load_npz
+from flame_tracker.video import track as track_mod
+from flame_tracker.video.decode import VideoError
+from flame_tracker.video.pipeline import VideoOptions, track_video
+from flame_tracker.video.track import NoFacesError, TrackOptions
+
+TINY = TrackOptions(n_keyframes=3, identity_rounds=1, stage1_iters=15, stage2_iters=5, chunk=4)
+
+
+@pytest.fixture(scope="module")
+def model(shared_dir: Path):
+    from flame_tracker.model import load_model
+
+    return load_model()
+
+
+@pytest.mark.slow
+def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monkeypatch) -> None:
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    out = tmp_path / "run"
+    vopts = VideoOptions(start_s=2.0, max_frames=12, every=2)
+    calls: list[int] = []
+    kill = [True]
+    real = track_mod.fit_frames
+
+    def flaky(*args, **kwargs):
+        calls.append(len(args[4]))
+        if kill[0] and len(calls) == 2:  # killed while fitting the second chunk
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(track_mod, "fit_frames", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        track_video(clip, out, model=model, options=TINY, video_options=vopts, progress=False)
+    assert not (out / "tracking.npz").exists()
+
+    calls.clear()
+    kill[0] = False
+    summary = track_video(clip, out, model=model, options=TINY, video_options=vopts,
+                          progress=False)
+    # resumed: no frame decoded+detected again, only the 8 frames not yet fitted were fitted
+    assert summary.frames_done == {"landmarks": 0, "fits": 8}
+    assert sum(calls) == 8
+    assert summary.n_frames == 12 and summary.n_tracked == 12 and summary.n_dropped == 0
+    assert summary.mean_reproj_px < 10.0
+
+    frames = sorted((out / "frames").glob("*.npz"))
+    assert [int(f.stem) for f in frames] == list(range(50, 74, 2))  # source frame indices
+    one = load_npz(frames[0])
+    for key in REFERENCE_KEYS:
+        assert key in one and one[key].shape[0] == 1, key
+    assert one["exp"].shape == (1, model.n_expr) and one["cam"].shape == (1, 6)
+    assert np.abs(one["lmks_68"]).max() < 1.5  # normalised to the fitting crop
+    # K_px and the OpenCV camera project the fitted model onto the detected landmarks
+    assert np.linalg.norm(one["lmks_68_fit_px"] - one["lmks_68_px"], axis=-1).mean() < 10.0
+    whole = load_npz(out / "tracking.npz")
+    assert whole["exp"].shape == (12, model.n_expr) and whole["shape"].shape == (1, model.n_shape)
+    np.testing.assert_array_equal(whole["frame"], np.arange(50, 74, 2))
+    assert float(whole["video_fps"]) == pytest.approx(25.0)
+
+    # a second run on the finished folder does nothing; --force redoes it
+    calls.clear()
+    again = track_video(clip, out, model=model, options=TINY, video_options=vopts,
+                        progress=False)
+    assert again.skipped and calls == []
+    # a different frame selection in the same folder is refused without --force
+    from flame_tracker.video.store import OutputMismatchError
+
+    with pytest.raises(OutputMismatchError, match="--force"):
+        track_video(clip, out, model=model, options=TINY,
+                    video_options=VideoOptions(max_frames=5), progress=False)
+
+
+@pytest.mark.slow
+def test_corrupt_stream_keeps_tracked_frames(shared_dir: Path, tmp_path: Path, model) -> None:
+    src = av.open(str(shared_dir / "videos" / "talking_ex3.mp4"))
+    full = tmp_path / "full.mkv"
+    dst = av.open(str(full), mode="w")
+    ostream = dst.add_stream_from_template(src.streams.video[0])
+    for packet in src.demux(src.streams.video[0]):
+        if packet.dts is not None:
+            packet.stream = ostream
+            dst.mux(packet)
+    dst.close()
+    src.close()
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    summary = track_video(cut, tmp_path / "out", model=model, options=TINY,
+                          video_options=VideoOptions(every=4), progress=False)
+    assert summary.broken is not None and "broke after frame" in summary.broken
+    assert 3 <= summary.n_tracked < 15
+    assert (tmp_path / "out" / "tracking.npz").exists()
+    assert "broke" in summary.text()
+
+
+def test_bad_input_errors(tmp_path: Path, shared_dir: Path, model) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        track_video(tmp_path / "nope.mp4", tmp_path / "o", model=model, progress=False)
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"\x00" * 4096)
+    with pytest.raises(VideoError):
+        track_video(fake, tmp_path / "o", model=model, progress=False)
+    # a real video without any face: a clear error, not a crash
+    blank = tmp_path / "blank.mp4"
+    container = av.open(str(blank), mode="w")
+    stream = container.add_stream("libx264", rate=Fraction(10))
+    stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        img = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+        for p in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
+    container.close()
+    with pytest.raises(NoFacesError, match="no face found in any of the 5 frames"):
+        track_video(blank, tmp_path / "o2", model=model, progress=False)
+
+
+def test_cli_reports_bad_input(tmp_path: Path) -> None:
+    from flame_tracker.cli.main import main
+
+    result = CliRunner().invoke(main, ["video", str(tmp_path / "missing.mp4"), "--out",
+                                       str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert "does not exist" in result.output
