@@ -54,6 +54,18 @@ class Fragments:
         n, h, w = self.shape
         return torch.div(self.pix, h * w, rounding_mode="floor")
 
+    def select(self, keep: torch.Tensor) -> "Fragments":
+        """Keep only the covered pixels where ``keep`` (``[P]`` bool, or ``[N, H, W]`` bool image) is true.
+
+        Used to shade only the pixels a loss looks at (e.g. inside a face mask).
+        """
+        if keep.dim() == 3:
+            keep = keep.reshape(-1)[self.pix]
+        pix = self.pix[keep]
+        face_idx = torch.full_like(self.face_idx.view(-1), -1)
+        face_idx[pix] = self.pix_face[keep]
+        return Fragments(face_idx=face_idx.view(self.shape), pix=pix, pix_face=self.pix_face[keep], shape=self.shape)
+
     def pix_centres(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``[P, 2]`` pixel-centre coordinates ``(x, y)`` of the covered pixels."""
         _, h, w = self.shape
@@ -118,7 +130,8 @@ def rasterize(
     xy = tri[..., :2]
     z = tri[..., 2]
 
-    area = face_orientation(v.to(torch.float64), faces)  # [N, F]
+    e1, e2 = xy[:, :, 1] - xy[:, :, 0], xy[:, :, 2] - xy[:, :, 0]
+    area = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]  # [N, F], as face_orientation
     keep = (area.abs() > 1e-12) & (z > near).all(-1)
     if cull_backfaces:
         keep &= area < 0

@@ -1,0 +1,525 @@
+"""Photometric refinement (reference stage 2b, upstream-spec §8.4) on the CPU.
+
+Refines the camera, expression, jaw, eyes (and optionally shape) of a landmark fit so that an SH-lit
+render of the head matches the photo inside a landmark face mask, with the reference's loss terms and
+weights as defaults::
+
+    2 · pixel L1 (mask)  +  1 · weighted mean landmark distance (68, §8.4 weights)  +  2 · iris
+    + ears (1.5·|yaw|, 0.3 gate)  +  0.1·Σd_shape²/2  +  1e-4·Σexp²/2  (+ 1e-5·Σ‖Δexp‖²/2 temporal)
+
+(distances in the fitting crop's NDC, pixel values in 0..1).
+
+Appearance: per-vertex albedo (the ICT model, any model without UVs) or a UV texture (FLAME users
+supply UVs), each either estimated (a free map, as the reference's ``d_texture``; no licensed albedo
+model is needed) or given and fixed (video tracking with a canonical texture). The light is 9 SH
+coefficients per channel per frame in the **camera** frame (the reference keeps it in the head frame,
+where a turning head changes its own lighting, W10); it is initialised by linear least squares, and
+the albedo from the image, so a short Adam run with a cosine schedule (default 40 iterations instead
+of the reference's 400) converges.
+
+Modes:
+
+* single image / independent frames: ``fit_photometric(..., albedo=None)`` (per-frame appearance);
+* canonical estimation for a video: ``estimate_canonical(...)`` (one appearance and shape shared by
+  sampled frames), saved with :func:`save_texture_png`;
+* video tracking: ``fit_photometric(..., albedo=canonical, temporal=True)`` (appearance fixed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flame_tracker.camera import project_ndc, rotvec_to_euler, world_to_view
+from flame_tracker.rendering.differentiable import (
+    barycentrics,
+    interpolate,
+    render,
+    sample_texture,
+    sh_basis,
+    vertex_normals,
+)
+from flame_tracker.rendering.mask import face_mask
+from flame_tracker.rendering.raster import Fragments, rasterize
+
+
+def landmark_weights() -> np.ndarray:
+    """The reference's per-landmark weights of the photometric stage (§8.4), ``[68]``."""
+    w = np.full(68, 1.5)
+    w[0:17] = 0.75
+    w[[0, 1, 2, 14, 15, 16]] = 0.5
+    w[36:48] = 3.0
+    w[49:68] = 2.0
+    w[31:36] = 0.75
+    return w
+
+
+@dataclass(frozen=True)
+class PhotometricOptions:
+    """Loss weights (reference defaults) and solver settings."""
+
+    w_pixel: float = 2.0
+    w_lmk: float = 1.0
+    w_iris: float = 2.0
+    w_ear: float = 1.5
+    ear_threshold: float = 0.3
+    w_shape: float = 0.1
+    w_expr: float = 1e-4
+    w_temporal: float = 1e-5
+    temporal: bool = False
+    resolution: int = 256
+    iters: int = 40
+    fit_camera: bool = True
+    fit_shape: bool = False
+    fit_eyes: bool = True
+    # Adam learning rates (cosine-decayed to 5 %). Reference (400 its): 0.005 exp/jaw/eyes/light,
+    # 0.0025 camera, 0.001 shape, 0.005 texture. Adam's first steps move every parameter by about
+    # its lr, so the camera's is small: 0.001 rad is 0.7 px at 256 px, FOV 20°.
+    lr_expr: float = 0.01
+    lr_jaw: float = 0.005
+    lr_eyes: float = 0.01
+    lr_rot: float = 0.001
+    lr_trans: float = 0.0005
+    lr_light: float = 0.01
+    lr_shape: float = 0.05
+    lr_albedo: float = 0.02
+    mask_shrink: float = 0.03
+
+
+@dataclass
+class PhotometricResult:
+    """Refined parameters (detached, ``[N, ...]``) and pictures."""
+
+    pose6: Tensor
+    fov: Tensor
+    shape: Tensor
+    expr: Tensor
+    jaw_pose: Tensor
+    eye_pose: Tensor
+    light: Tensor  # [N, 9, 3] SH per colour channel, camera frame
+    albedo: Tensor  # [V, 3] or [N, V, 3] per-vertex albedo, or [1|N, 3, T, T] UV texture
+    render: np.ndarray  # [N, R, R, 3] uint8 SH-lit render on black
+    mask: np.ndarray  # [N, R, R] bool face mask used by the pixel term
+    landmarks_ndc: Tensor  # [N, 68, 2]
+    history: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry and appearance
+# --------------------------------------------------------------------------------------------------
+
+
+def _focal_px(fov: Tensor, res: int) -> Tensor:
+    return 0.5 * res / torch.tan(0.5 * torch.deg2rad(fov))
+
+
+def to_render_pixels(view: Tensor, fov: Tensor, res: int) -> Tensor:
+    """OpenCV view-space points ``[N, V, 3]`` -> render pixels ``x, y`` + depth (square ``res`` image).
+
+    Consistent with the reference NDC: ``px = (ndc + 1) / 2 · res``.
+    """
+    f = _focal_px(fov, res)[:, None]
+    z = view[..., 2]
+    return torch.stack([f * view[..., 0] / z + res / 2, f * view[..., 1] / z + res / 2, z], dim=-1)
+
+
+def _pix_sums(frags: Fragments, values: Tensor, n: int) -> Tensor:
+    """Sum per-pixel values ``[P, ...]`` per batch item -> ``[N, ...]``."""
+    out = values.new_zeros(n, *values.shape[1:])
+    return out.index_add(0, frags.pix_batch(), values)
+
+
+def fit_light(basis: Tensor, albedo: Tensor, target: Tensor, weight: Tensor, frags: Fragments, n: int) -> Tensor:
+    """Least-squares SH light ``[N, 9, 3]`` for per-pixel ``basis [P, 9]``, ``albedo [P, 3]``,
+    ``target [P, 3]``, ``weight [P]`` (linear in the light: one 9×9 solve per frame and channel)."""
+    a = albedo.unsqueeze(1) * basis.unsqueeze(-1)  # [P, 9, 3]
+    wa = a * weight[:, None, None]
+    ata = _pix_sums(frags, torch.einsum("pkc,plc->pckl", wa, a), n)  # [N, 3, 9, 9]
+    atb = _pix_sums(frags, (wa * target[:, None, :]).permute(0, 2, 1), n)  # [N, 3, 9]
+    eye = torch.eye(9, dtype=basis.dtype, device=basis.device)
+    ridge = 1e-4 * (ata.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)[..., None] + 1e-6) * eye
+    sol = torch.linalg.solve(ata + ridge, atb[..., None])[..., 0]  # [N, 3, 9]
+    return sol.transpose(1, 2).contiguous()
+
+
+def _faces_near_mask(vpx: Tensor, faces: Tensor, mask: Tensor, margin: int) -> Tensor:
+    """``[F]`` bool: faces whose projected centroid is inside ``mask`` dilated by ``margin`` px in any frame."""
+    n, h, w = mask.shape if mask.dim() == 3 else (1, *mask.shape)
+    m = mask.reshape(n, 1, h, w).to(vpx.dtype)
+    grown = F.max_pool2d(m, 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    c = vpx[:, faces, :2].mean(2)  # [N, F, 2]
+    xi = c[..., 0].floor().long().clamp(0, w - 1)
+    yi = c[..., 1].floor().long().clamp(0, h - 1)
+    inside = (c[..., 0] >= 0) & (c[..., 0] < w) & (c[..., 1] >= 0) & (c[..., 1] < h)
+    hit = grown.expand(vpx.shape[0], h, w)[torch.arange(vpx.shape[0])[:, None], yi, xi] & inside
+    return hit.any(0)
+
+
+def _sample_image(images: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear colours ``[N, K, 3]`` of images ``[N, R, R, 3]`` at pixel positions ``xy [N, K, 2]``."""
+    res = images.shape[1]
+    grid = (xy / res * 2 - 1).unsqueeze(1)  # align_corners=False matches the pixel-corner convention
+    out = F.grid_sample(images.permute(0, 3, 1, 2), grid, mode="bilinear", align_corners=False)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def init_vertex_albedo(
+    images: Tensor, vpx: Tensor, normals: Tensor, light: Tensor, faces: Tensor, frags: Fragments, mask: Tensor, shared: bool
+) -> Tensor:
+    """Per-vertex albedo from the photo: colour at each visible, masked vertex over its shading.
+
+    Vertices never seen inside the mask get the mean albedo. ``shared`` averages over frames.
+    """
+    n, v = vpx.shape[:2]
+    col = _sample_image(images, vpx[..., :2])  # [N, V, 3]
+    shade = (sh_basis(normals).unsqueeze(-1) * light[:, None]).sum(2).clamp(min=0.05)
+    alb = (col / shade).clamp(0, 1.5)
+    # A vertex counts as seen when one of its triangles is visible in a masked pixel.
+    seen = torch.zeros(n * v, dtype=torch.bool, device=vpx.device)
+    inside = mask.reshape(-1)[frags.pix]
+    tri = faces[frags.pix_face[inside]]
+    seen[(frags.pix_batch()[inside][:, None] * v + tri).reshape(-1)] = True
+    w = seen.view(n, v, 1).to(alb.dtype)
+    mean = (alb * w).sum((0, 1)) / w.sum((0, 1)).clamp(min=1)
+    if shared:
+        cnt = w.sum(0)
+        return torch.where(cnt > 0, (alb * w).sum(0) / cnt.clamp(min=1), mean)
+    return torch.where(w > 0, alb, mean)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses (reference definitions)
+# --------------------------------------------------------------------------------------------------
+
+
+def l2ps(a: Tensor, b: Tensor, w: Tensor | None = None) -> Tensor:
+    """Per-sample mean Euclidean distance ``[N]`` (optionally weighted per point); NaN targets ignored."""
+    valid = torch.isfinite(b).all(-1)
+    d = torch.sqrt(((a - torch.nan_to_num(b)) ** 2).sum(-1) + 1e-12)
+    if w is not None:
+        d = d * w
+    return (d * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def ear_loss(ears: Tensor, gt_ears: Tensor, rotvec: Tensor, threshold: float) -> Tensor:
+    """The photometric stage's ear term without its weight: side by the sign of yaw, ``|yaw|`` (zeroed
+    below 0.1 rad) as the factor, each side gated off when its mean distance is ≥ ``threshold``."""
+    with torch.no_grad():
+        yaw = rotvec_to_euler(rotvec)[:, 0]
+        ang = torch.where(yaw.abs() < 0.1, torch.zeros_like(yaw), yaw.abs())
+    left = l2ps(ears[:, :20], gt_ears)
+    right = l2ps(ears[:, 20:], gt_ears)
+    left = left * (left < threshold) * (yaw > 0)
+    right = right * (right < threshold) * (yaw < 0)
+    return (left + right) * ang
+
+
+# --------------------------------------------------------------------------------------------------
+# Fitting
+# --------------------------------------------------------------------------------------------------
+
+
+def _as(x, n: int, size: int, dt, dev, name: str) -> Tensor:
+    if x is None:
+        return torch.zeros(n, size, dtype=dt, device=dev)
+    t = torch.as_tensor(x, dtype=dt, device=dev)
+    if t.ndim == 1:
+        t = t[None]
+    if t.shape[-1] != size:
+        raise ValueError(f"photometric: {name} has {t.shape[-1]} values, the model needs {size}")
+    return t.expand(n, size).clone()
+
+
+def _images_tensor(images: np.ndarray | Tensor, res: int, dt, dev) -> Tensor:
+    im = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    if im.ndim == 3:
+        im = im[None]
+    if im.ndim != 4 or im.shape[1:] != (res, res, 3):
+        raise ValueError(
+            f"photometric: images must be [N,{res},{res},3] crops of the fitting square (see "
+            f"flame_tracker.io.images.crop_resize), got {tuple(im.shape)}"
+        )
+    im = im.to(dev)
+    return im.to(dt) / 255.0 if im.dtype == torch.uint8 else im.to(dt)
+
+
+def fit_photometric(
+    model: torch.nn.Module,
+    images: np.ndarray | Tensor,
+    lmks_ndc: Tensor,
+    pose6: Tensor,
+    fov: Tensor | float,
+    *,
+    init: dict[str, Tensor] | None = None,
+    iris_ndc: Tensor | None = None,
+    ears_ndc: Tensor | None = None,
+    albedo: Tensor | None = None,
+    shared_appearance: bool = False,
+    uvs: Tensor | None = None,
+    uv_faces: Tensor | None = None,
+    texture_size: int = 256,
+    user_mask: np.ndarray | None = None,
+    options: PhotometricOptions | None = None,
+    **overrides,
+) -> PhotometricResult:
+    """Photometric refinement of ``N`` frames.
+
+    Args:
+        model: a ``HeadModel``.
+        images: ``[N, R, R, 3]`` uint8 (or float 0..1) crops of the fitting square at
+            ``options.resolution`` (NDC ``[-1, 1]`` spans the crop).
+        lmks_ndc: ``[N, 68, 2]`` detected landmarks in the crop's NDC (NaN = missing).
+        pose6, fov: stage-1 camera (``[N, 6]``, degrees); FOV stays fixed (as the reference).
+        init: stage-2 parameters ``shape``, ``expr``, ``jaw_pose``, ``eye_pose``, ``neck_pose``.
+        iris_ndc: ``[N, 10, 2]`` iris targets; ears_ndc: ``[N, 20, 2]`` ear targets (optional).
+        albedo: fixed appearance (canonical): per-vertex ``[V, 3]`` or a UV texture ``[1, 3, T, T]``;
+            ``None`` estimates it (per frame, or one for all frames with ``shared_appearance``).
+        uvs, uv_faces: ``[Vt, 2]`` / ``[F, 3]`` texture coordinates: use a UV texture instead of
+            per-vertex albedo.
+        user_mask: optional ``[N|1, R, R]`` mask ANDed into the landmark face mask.
+        options: :class:`PhotometricOptions`; keyword ``overrides`` replace single fields.
+    """
+    opts = replace(options or PhotometricOptions(), **overrides)
+    dev, dt = model.v_template.device, model.v_template.dtype
+    res = opts.resolution
+    lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
+    if lmks_ndc.ndim == 2:
+        lmks_ndc = lmks_ndc[None]
+    if lmks_ndc.shape[1:] != (68, 2):
+        raise ValueError(f"photometric: landmarks must be [N,68,2] NDC, got {tuple(lmks_ndc.shape)}")
+    n = lmks_ndc.shape[0]
+    img = _images_tensor(images, res, dt, dev)
+    if img.shape[0] != n:
+        raise ValueError(f"photometric: {img.shape[0]} images for {n} landmark sets")
+    pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
+    fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
+    faces = model.faces.to(dev)
+    init = init or {}
+    shape0 = _as(init.get("shape"), n, model.n_shape, dt, dev, "shape")
+    expr0 = _as(init.get("expr"), n, model.n_expr, dt, dev, "expr")
+    jaw0 = _as(init.get("jaw_pose"), n, 3, dt, dev, "jaw_pose")
+    eye0 = _as(init.get("eye_pose"), n, 6, dt, dev, "eye_pose")
+    neck = _as(init.get("neck_pose"), n, 3, dt, dev, "neck_pose")
+    use_uv = uvs is not None
+    if use_uv:
+        if uv_faces is None or uv_faces.shape != faces.shape:
+            raise ValueError("photometric: uvs need uv_faces [F,3] with one row per model face")
+        uvs = torch.as_tensor(uvs, dtype=dt, device=dev)
+        uv_faces = torch.as_tensor(uv_faces, device=dev).long()
+
+    lw = torch.as_tensor(landmark_weights(), dtype=dt, device=dev)
+    lmk_px = ((lmks_ndc + 1) * 0.5 * res).cpu().numpy()
+    mask_np = face_mask(lmk_px, res, res, shrink=opts.mask_shrink, user_mask=user_mask)
+    mask = torch.as_tensor(mask_np, device=dev)
+    has_iris = iris_ndc is not None and bool(torch.isfinite(torch.as_tensor(iris_ndc)).any())
+    bounds = getattr(model, "expr_bounds", None)
+    has_jaw = bool(getattr(model, "has_jaw_joint", True))
+
+    # Free variables (offsets from the initial values, like the reference).
+    d_rot = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=opts.fit_camera)
+    d_trans = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=opts.fit_camera)
+    d_expr = torch.zeros(n, model.n_expr, dtype=dt, device=dev, requires_grad=True)
+    d_jaw = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=has_jaw)
+    eye = eye0.clone().requires_grad_(opts.fit_eyes and has_iris)
+    d_shape = torch.zeros(1 if shared_appearance else n, model.n_shape, dtype=dt, device=dev, requires_grad=opts.fit_shape)
+
+    def geometry(with_mesh: bool = True):
+        expr = expr0 + d_expr
+        if bounds is not None:
+            expr = expr.clamp(float(bounds[0]), float(bounds[1]))
+        p6 = pose6 + torch.cat([d_rot, d_trans], dim=1)
+        out = model(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck)
+        view = world_to_view(out.vertices, p6)
+        vpx = to_render_pixels(view, fov, res)
+        return out, expr, p6, view, vpx
+
+    # ---- initial light (least squares) and appearance
+    with torch.no_grad():
+        out, _, p6, view, vpx = geometry()
+        # Only triangles near the face mask can cover a masked pixel: render that sub-mesh (a
+        # third of the ICT head at typical crops). The margin covers the motion during the fit.
+        all_faces, all_uv_faces = faces, uv_faces
+        near = _faces_near_mask(vpx, all_faces, mask, margin=max(4, res // 16))
+        faces = all_faces[near]
+        uv_faces = None if uv_faces is None else uv_faces[near]
+        frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(mask)
+        normals = vertex_normals(view, faces)
+        bary = barycentrics(vpx, faces, frags)
+        nrm = F.normalize(interpolate(normals, faces, frags, bary), dim=-1)
+        target = img.reshape(-1, 3)[frags.pix]
+        wpix = mask.reshape(-1)[frags.pix].to(dt)
+        basis = sh_basis(nrm)
+        if albedo is None:
+            grey = torch.full_like(target, 0.6)
+            light = fit_light(basis, grey, target, wpix, frags, n)
+            alb_v = init_vertex_albedo(img, vpx, normals, light, faces, frags, mask, shared_appearance)
+            if use_uv:
+                tex = _vertex_to_uv_texture(alb_v if shared_appearance else alb_v.mean(0), uvs, all_uv_faces, all_faces, texture_size)
+                appearance = tex if shared_appearance else tex.expand(n, -1, -1, -1).clone()
+            else:
+                appearance = alb_v
+        else:
+            appearance = torch.as_tensor(albedo, dtype=dt, device=dev)
+        if use_uv:
+            uv = interpolate(uvs, uv_faces, frags, bary)
+            alb_pix = sample_texture(appearance if appearance.dim() == 4 else appearance[None], uv, frags.pix_batch())
+        else:
+            alb_pix = interpolate(appearance, faces, frags, bary)
+        light = fit_light(basis, alb_pix, target, wpix, frags, n)
+    fit_app = albedo is None
+    app = appearance.clone().requires_grad_(fit_app)
+    light = light.clone().requires_grad_(True)
+
+    groups = [
+        {"params": [d_expr], "lr": opts.lr_expr},
+        {"params": [light], "lr": opts.lr_light},
+    ]
+    if has_jaw:
+        groups.append({"params": [d_jaw], "lr": opts.lr_jaw})
+    if eye.requires_grad:
+        groups.append({"params": [eye], "lr": opts.lr_eyes})
+    if opts.fit_camera:
+        groups += [{"params": [d_rot], "lr": opts.lr_rot}, {"params": [d_trans], "lr": opts.lr_trans}]
+    if opts.fit_shape:
+        groups.append({"params": [d_shape], "lr": opts.lr_shape})
+    if fit_app:
+        groups.append({"params": [app], "lr": opts.lr_albedo})
+    optim = torch.optim.Adam(groups)
+    # Cosine decay to 5 % of each group's learning rate.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda it: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(it, opts.iters) / max(opts.iters, 1)))
+    )
+
+    gt_iris = None if iris_ndc is None else torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, 10, 2)
+    gt_ears = None if ears_ndc is None else torch.as_tensor(ears_ndc, dtype=dt, device=dev).reshape(n, 20, 2)
+
+    def loss_fn() -> tuple[Tensor, dict]:
+        out, expr, p6, view, vpx = geometry()
+        # Visibility (no gradient) at the current geometry, restricted to the masked pixels.
+        frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(mask)
+        normals = vertex_normals(view, faces)
+        app_c = app.clamp(0, 1)
+        if use_uv:
+            r = render(vpx, faces, res, res, normals=normals, light=light, texture=app_c, uvs=uvs, uv_faces=uv_faces, frags=frags)
+        else:
+            r = render(vpx, faces, res, res, normals=normals, light=light, albedo=app_c, frags=frags)
+        m = frags.mask.unsqueeze(-1).to(dt)
+        pix = ((img - r["image"]).abs() * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * 3 + 1e-8)
+        lmk = project_ndc(out.landmarks, p6, fov)
+        loss = opts.w_pixel * pix.sum() + opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
+        if gt_iris is not None and out.iris is not None:
+            loss = loss + opts.w_iris * l2ps(project_ndc(out.iris, p6, fov), gt_iris).sum()
+        if gt_ears is not None and out.ears is not None:
+            ears = project_ndc(out.ears, p6, fov)
+            loss = loss + opts.w_ear * ear_loss(ears, gt_ears, p6[:, :3], opts.ear_threshold).sum()
+        if opts.fit_shape:
+            loss = loss + opts.w_shape * (d_shape**2).sum() / 2
+        loss = loss + opts.w_expr * (expr**2).sum() / 2
+        if opts.temporal and n >= 2:
+            loss = loss + opts.w_temporal * ((expr[1:] - expr[:-1]) ** 2).sum() / 2
+        return loss, {"lmk": lmk, "expr": expr, "p6": p6, "vpx": vpx, "view": view, "app": app_c}
+
+    history: list[float] = []
+    for _ in range(opts.iters):
+        optim.zero_grad(set_to_none=True)
+        loss, _ = loss_fn()
+        loss.backward()
+        optim.step()
+        sched.step()
+        history.append(float(loss.detach()))
+
+    with torch.no_grad():
+        loss, st = loss_fn()
+        history.append(float(loss))
+        full = rasterize(st["vpx"], all_faces, res, res, cull_backfaces=True)
+        normals = vertex_normals(st["view"], all_faces)
+        if use_uv:
+            r = render(st["vpx"], all_faces, res, res, normals=normals, light=light, texture=st["app"], uvs=uvs, uv_faces=all_uv_faces, frags=full)
+        else:
+            r = render(st["vpx"], all_faces, res, res, normals=normals, light=light, albedo=st["app"], frags=full)
+        rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        return PhotometricResult(
+            pose6=st["p6"].detach().clone(),
+            fov=fov,
+            shape=(shape0 + d_shape).detach().expand(n, -1).clone(),
+            expr=st["expr"].detach().clone(),
+            jaw_pose=(jaw0 + d_jaw).detach().clone(),
+            eye_pose=eye.detach().clone(),
+            light=light.detach().clone(),
+            albedo=st["app"].detach().clone(),
+            render=rendered,
+            mask=mask_np if mask_np.ndim == 3 else mask_np[None],
+            landmarks_ndc=st["lmk"].detach().clone(),
+            history=history,
+        )
+
+
+def _vertex_to_uv_texture(albedo_v: Tensor, uvs: Tensor, uv_faces: Tensor, faces: Tensor, size: int) -> Tensor:
+    """Splat per-vertex albedo ``[V, 3]`` into a UV texture ``[1, 3, T, T]`` (texel-nearest, mean fill)."""
+    vt = torch.zeros(uvs.shape[0], 3, dtype=albedo_v.dtype, device=albedo_v.device)
+    cnt = torch.zeros(uvs.shape[0], 1, dtype=albedo_v.dtype, device=albedo_v.device)
+    vt.index_add_(0, uv_faces.reshape(-1), albedo_v[faces.reshape(-1)])
+    cnt.index_add_(0, uv_faces.reshape(-1), torch.ones_like(cnt[: faces.numel()]))
+    vt = vt / cnt.clamp(min=1)
+    # Rasterise the UV layout (x = u, y = 1 - v) with the same rasteriser: Gouraud-fill the texture.
+    uvpx = torch.stack([uvs[:, 0] * size, (1 - uvs[:, 1]) * size, torch.ones_like(uvs[:, 0])], -1)
+    frags = rasterize(uvpx, uv_faces, size, size)
+    bary = barycentrics(uvpx, uv_faces, frags)
+    col = interpolate(vt, uv_faces, frags, bary)
+    tex = albedo_v.mean(0).expand(size * size, 3).clone()
+    tex[frags.pix] = col
+    return tex.view(1, size, size, 3).permute(0, 3, 1, 2).contiguous()
+
+
+def estimate_canonical(
+    model: torch.nn.Module,
+    images: np.ndarray | Tensor,
+    lmks_ndc: Tensor,
+    pose6: Tensor,
+    fov: Tensor | float,
+    **kwargs,
+) -> PhotometricResult:
+    """One appearance (and, with ``fit_shape=True``, one shape) shared by sampled video frames.
+
+    Same arguments as :func:`fit_photometric`; use the result's ``albedo`` as the fixed canonical
+    texture for tracking and :func:`save_texture_png` to write it.
+    """
+    return fit_photometric(model, images, lmks_ndc, pose6, fov, shared_appearance=True, **kwargs)
+
+
+def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: int = 512) -> np.ndarray:
+    """A viewable RGB uint8 picture of an appearance.
+
+    A UV texture ``[1, 3, T, T]`` is returned as it is; per-vertex albedo ``[V, 3]`` is rendered
+    unlit, orthographically, from the front of the neutral head of ``model``.
+    """
+    a = albedo.detach()
+    if a.dim() == 4:
+        return (a[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    if model is None:
+        raise ValueError("texture_image: per-vertex albedo needs the model to draw it")
+    if a.dim() == 3:
+        a = a[0]
+    v = model.v_template.detach()
+    lo, hi = v[:, :2].min(0).values, v[:, :2].max(0).values
+    scale = 0.95 * size / (hi - lo).max()
+    mid = (lo + hi) / 2
+    px = torch.stack([(v[:, 0] - mid[0]) * scale + size / 2, (mid[1] - v[:, 1]) * scale + size / 2, 10.0 - v[:, 2]], -1)
+    frags = rasterize(px, model.faces, size, size, cull_backfaces=True)
+    bary = barycentrics(px, model.faces, frags)
+    col = interpolate(a.to(px.dtype), model.faces, frags, bary)
+    img = torch.zeros(size * size, 3, dtype=px.dtype)
+    img[frags.pix] = col.clamp(0, 1)
+    return (img.view(size, size, 3) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def save_texture_png(path: str | Path, albedo: Tensor, model: torch.nn.Module | None = None) -> Path:
+    """Write the canonical texture (see :func:`texture_image`) as a PNG."""
+    from flame_tracker.io.results import save_image
+
+    return save_image(path, texture_image(albedo, model))
