@@ -69,7 +69,7 @@ class Stage2Options:
     delta: float = 1e-5
     solver: Literal["lm", "adam"] = "lm"
     max_iter: int = 20
-    jacobian_refresh: int = 4  # recompute the (costly) Jacobian at least every this many iterations
+    inner_iter: int = 5  # IRLS re-solves of the linearised problem per model evaluation
     rtol: float = 1e-3  # stop when an iteration lowers the total objective by less than this fraction
 
 
@@ -398,7 +398,52 @@ def _clip(problem: _Problem, x: Tensor) -> Tensor:
     return torch.maximum(torch.minimum(x, problem.hi), problem.lo)
 
 
+def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor, mx: Tensor,
+                 gs: Tensor | None, hss: Tensor | None, hxs: Tensor | None, mu: Tensor, coupled: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Solve the damped normal equations ``(H + mu diag(H)) step = -g`` (held variables stay put)."""
+    n, p = x.shape
+    tdiag = _temporal_diag(problem, n, p, x) * mx
+    diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag
+    a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
+    if not coupled:
+        chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
+        if bool((info == 0).all()):
+            return -torch.cholesky_solve(gx[..., None], chol)[..., 0], None
+        return -torch.linalg.solve(a, gx), None
+    ns = s.shape[0]
+    # Block-Jacobi preconditioner: each frame's block (with the temporal diagonal) and the shared
+    # block; the operator adds the temporal and frame-shared couplings.
+    a_inv = torch.linalg.inv(a + torch.diag_embed(tdiag))
+    a_ss = a_ss_inv = None
+    if ns:
+        a_ss = hss + torch.diag(mu * (torch.diagonal(hss) + 1e-9))
+        a_ss_inv = torch.linalg.inv(a_ss)
+
+    def matvec(v):
+        vx, vs = v
+        ox = torch.einsum("npq,nq->np", a, vx) + _temporal_apply(problem, vx * mx) * mx
+        os_ = vs
+        if ns:
+            ox = ox + torch.einsum("nps,s->np", hxs, vs)
+            os_ = a_ss @ vs + torch.einsum("nps,np->s", hxs, vx)
+        return ox, os_
+
+    def precond(v):
+        zx = torch.einsum("npq,nq->np", a_inv, v[0])
+        return zx, (a_ss_inv @ v[1] if ns else v[1])
+
+    return _pcg(matvec, (-gx, -gs if ns else s.new_zeros(0)), precond)
+
+
 def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float]]:
+    """Levenberg-Marquardt whose steps minimise the convexified local model by inner IRLS.
+
+    Each outer iteration evaluates the model once for the residuals and the exact Jacobian (one
+    batched call) and once to verify the step. The inner loop reweights and re-solves the L1/Huber
+    problem on the linearised residuals ``r + J dx`` with matrix operations only, which removes the
+    slow tail of plain IRLS from the (costly) model evaluations. Damping ``mu`` is the trust region.
+    """
     o = problem.opts
     n, p = x.shape
     ns = s.shape[0]
@@ -409,69 +454,40 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
     history = [float(f.sum())]
     it = 0
-    stale = o.jacobian_refresh  # iterations since the Jacobian was computed
-    rejected = True
     for it in range(1, o.max_iter + 1):
-        if rejected or stale >= o.jacobian_refresh:
-            _, jx, js = _jacobians(problem, x, s)
-            stale = 0
-        stale += 1
-        # The Jacobian only shapes the Gauss-Newton matrix; the gradient is always exact (one VJP),
-        # so a Jacobian a few iterations old still gives descent steps and the same optimum.
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            sg = s.detach().requires_grad_(ns > 0)
-            r_g = problem.residuals(xg, sg)
-            r = r_g.detach()
-            # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
-            w = coeff / r.abs().clamp_min(o.delta)
-            wr = w * r
-            grads = torch.autograd.grad(r_g, [xg, sg] if ns else [xg], grad_outputs=wr)
-        gx = grads[0] + 2 * lam_x * x + _temporal_apply(problem, x)
-        hx = (jx * w[..., None]).transpose(1, 2) @ jx + torch.diag_embed(2 * lam_x.expand(n, p))
-        mx = _free_mask(problem, x, gx)
-        gx = gx * mx
-        # Held variables: identity rows/cols so their step is exactly zero.
-        hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
-        tdiag = _temporal_diag(problem, n, p, x) * mx
-        diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag
-        if ns:
-            gs = grads[1] + 2 * lam_s * s
-            hss = ((js * w[..., None]).transpose(1, 2) @ js).sum(0) + torch.diag(2 * lam_s)
-            hxs = ((jx * w[..., None]).transpose(1, 2) @ js) * mx[..., None]
+        r0, jx, js = _jacobians(problem, x, s)
         improved = False
-        for tries in range(10):
-            rejected = tries > 0  # a rejected trial step: refresh the Jacobian next iteration
-            damp = mu[:, None] * (diag_x + 1e-9)
-            a = hx + torch.diag_embed(damp)
-            step_s = None
-            if not coupled:
-                step_x = -torch.linalg.solve(a, gx)
-            else:
-                # Block-Jacobi preconditioner: each frame's block (with the temporal diagonal) and
-                # the shared block; the full operator adds the temporal and frame-shared couplings.
-                a_inv = torch.linalg.inv(a + torch.diag_embed(tdiag))
-                a_ss = a_ss_inv = None
+        for _ in range(10):
+            dx, ds = torch.zeros_like(x), torch.zeros_like(s)
+            for _inner in range(o.inner_iter):
+                xc, sc = x + dx, s + ds
+                r = r0 + (jx @ dx[..., None])[..., 0]
                 if ns:
-                    a_ss = hss + torch.diag(mu * (torch.diagonal(hss) + 1e-9))
-                    a_ss_inv = torch.linalg.inv(a_ss)
-
-                def matvec(v, a=a, a_ss=a_ss):
-                    vx, vs = v
-                    ox = torch.einsum("npq,nq->np", a, vx) + _temporal_apply(problem, vx * mx) * mx
-                    os_ = vs
-                    if ns:
-                        ox = ox + torch.einsum("nps,s->np", hxs, vs)
-                        os_ = a_ss @ vs + torch.einsum("nps,np->s", hxs, vx)
-                    return ox, os_
-
-                def precond(v, a_inv=a_inv, a_ss_inv=a_ss_inv):
-                    zx = torch.einsum("npq,nq->np", a_inv, v[0])
-                    return zx, (a_ss_inv @ v[1] if ns else v[1])
-
-                step_x, step_s = _pcg(matvec, (-gx, -gs if ns else s.new_zeros(0)), precond)
-            x_new = _clip(problem, x + step_x * mx)
-            s_new = s + step_s if ns else s
+                    r = r + js @ ds
+                # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
+                w = coeff / r.abs().clamp_min(o.delta)
+                wr = w * r
+                jw = jx * w[..., None]
+                gx = (jw.transpose(1, 2) @ r[..., None])[..., 0] + 2 * lam_x * xc + _temporal_apply(problem, xc)
+                hx = jw.transpose(1, 2) @ jx + torch.diag_embed(2 * lam_x.expand(n, p))
+                mx = _free_mask(problem, xc, gx)
+                gx = gx * mx
+                hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
+                gs = hss = hxs = None
+                if ns:
+                    gs = (js * wr[..., None]).sum((0, 1)) + 2 * lam_s * sc
+                    hss = ((js * w[..., None]).transpose(1, 2) @ js).sum(0) + torch.diag(2 * lam_s)
+                    hxs = (jw.transpose(1, 2) @ js) * mx[..., None]
+                step_x, step_s = _damped_step(problem, xc, sc, gx, hx, mx, gs, hss, hxs, mu, coupled)
+                new_x = _clip(problem, xc + step_x * mx)
+                moved = (new_x - xc).abs().amax()
+                dx = new_x - x
+                if ns:
+                    ds = ds + step_s
+                    moved = torch.maximum(moved, step_s.abs().amax())
+                if moved < 1e-5:
+                    break
+            x_new, s_new = x + dx, s + ds
             f_new = objective(problem, x_new, s_new)
             if coupled:
                 if f_new.sum() < f.sum():
@@ -489,9 +505,6 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                     improved = True
                     break
         history.append(float(f.sum()))
-        if not improved and stale > 1:
-            rejected = True  # maybe only the stale Jacobian failed: retry with a fresh one
-            continue
         if not improved or history[-2] - history[-1] <= o.rtol * max(abs(history[-2]), 1e-12):
             break
     return x, s, it, history

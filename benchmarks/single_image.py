@@ -1,0 +1,104 @@
+"""Single-image pipeline: time per stage and 68-point reprojection error on the shared photos.
+
+For every image in ``<data folder>/images`` (open ICT-FaceKit model, CPU), after one untimed warm-up
+image: load, detect (MediaPipe, once), stage 1 (camera), stage 2 (expression + identity shape) and
+writing (npz, OBJ, PLY, overlay PNG, JSON) are timed, and the mean/median distance between the
+detected and the fitted 68 landmarks is reported in original pixels (and in % of the fitting crop).
+
+Stage-2 solvers are then compared on the reference's own problem (upstream-spec §8.3: expression,
+jaw, eyes against 51 + 10 points, L1 ×500, expression prior 0.025; shape fixed at the mean, camera
+from stage 1, same start): the reference's Adam schedule (200 iterations) versus LM. The speed-up
+is Adam's time over LM's time; LM must reach an objective equal to or lower than Adam's.
+
+Last line: ``s_per_image=<median total s> reproj_px=<mean 68-pt px> stage2_speedup=<median x>``.
+
+Usage: ``python benchmarks/single_image.py [--repeats N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.paths import data_dir
+from flame_tracker.tracker import Tracker
+
+SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def time_stage2(tracker: Tracker, result, det_blend, det_names, solver: str, repeats: int) -> tuple[float, float, int]:
+    """Best-of-``repeats`` time, objective and iterations of one stage-2 solve on the reference problem."""
+    model = tracker.model
+    crop = result.crop_obj
+    lmk = crop.to_ndc(torch.as_tensor(result.lmks68_px))[None].to(model.dtype)
+    iris = crop.to_ndc(torch.as_tensor(result.iris_px))[None].to(model.dtype)
+    pose6 = torch.as_tensor(result.pose6, dtype=model.dtype)
+    fov = torch.as_tensor(result.fov, dtype=model.dtype)
+    init = {}
+    e0 = expr_from_blendshapes(model.expr_names, det_names, det_blend)
+    if e0 is not None:
+        init["expr"] = e0[None].to(model.dtype)
+    opts = Stage2Options(solver=solver, fit_shape=False, w_contour=0.0)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fit_stage2(model, lmk, pose6, fov, iris_ndc=iris, init=init, options=opts)
+        best = min(best, time.perf_counter() - t)
+    return best, float(out.objective.sum()), out.iterations
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2, help="repetitions of each stage-2 solve (best is kept)")
+    args = ap.parse_args()
+    images = sorted(p for p in (data_dir() / "images").iterdir() if p.suffix.lower() in SUFFIXES)
+    rows, s2rows = [], []
+    with Tracker(device="cpu") as tracker, tempfile.TemporaryDirectory() as tmp:
+        r = tracker.fit_image(images[0])  # warm-up: MediaPipe graph, model caches
+        r.save(tmp, "warmup", image=tracker.last_image)
+        for path in images:
+            t0 = time.perf_counter()
+            res = tracker.fit_image(path)
+            det = tracker.landmarker.detect(tracker.last_image)  # blendshapes for the solver comparison
+            res.save(tmp, path.stem, image=tracker.last_image)
+            t = res.timings
+            total = t["load"] + t["detect"] + t["stage1"] + t["stage2"] + t["write"]
+            err = res.residuals_px[:68]
+            rows.append((path.name, f"{res.image_size[0]}x{res.image_size[1]}", t["load"], t["detect"],
+                         t["stage1"], t["stage2"], t["write"], total, float(err.mean()), float(np.median(err)),
+                         100 * float(err.mean()) / res.crop[2]))
+            lm = time_stage2(tracker, res, det.blendshapes, det.blendshape_names, "lm", args.repeats)
+            adam = time_stage2(tracker, res, det.blendshapes, det.blendshape_names, "adam", 1)
+            s2rows.append((path.name, adam[0], adam[1], lm[0], lm[1], lm[2], adam[0] / lm[0], lm[1] / adam[1]))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model ict_facekit_light, CPU\n")
+    hdr = ("image", "size", "load s", "detect s", "stage1 s", "stage2 s", "write s", "total s", "reproj mean px",
+           "reproj median px", "mean % crop")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    print()
+    hdr2 = ("image", "adam s (200 it)", "adam objective", "lm s", "lm objective", "lm iterations", "speed-up",
+            "objective lm/adam")
+    print("| " + " | ".join(hdr2) + " |")
+    print("|" + "---|" * len(hdr2))
+    for row in s2rows:
+        print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    s_per_image = statistics.median(r[7] for r in rows)
+    reproj = statistics.fmean(r[8] for r in rows)
+    speedup = statistics.median(r[6] for r in s2rows)
+    worst = max(r[7] for r in s2rows)
+    print(f"\nstage-2 objective lm/adam: worst {worst:.4f} (<= 1 means LM is at least as good)")
+    print(f"s_per_image={s_per_image:.3f} reproj_px={reproj:.3f} stage2_speedup={speedup:.1f}")
+
+
+if __name__ == "__main__":
+    main()
