@@ -127,7 +127,7 @@ def _plain(obj: Any, key: str, source: str) -> Any:
                 f"{source}: '{key}' is a chumpy expression ({type(obj).qualname}), not a stored "
                 "array; re-export the model with plain arrays"
             )
-        return np.asarray(state["x"])
+        return np.asarray(_plain(state["x"], key, source))  # a Ch may wrap another Ch
     if isinstance(obj, _SparseStandIn):
         import scipy.sparse as sp
 
