@@ -139,7 +139,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, batch: torch.Tensor)
     # grid_sample wants [-1, 1] with y down; OBJ v points up.
     grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], dim=-1)
     if n_tex == 1:
-        out = F.grid_sample(texture, grid.view(1, 1, -1, 2), mode="bilinear", align_corners=False)
+        out = F.grid_sample(texture, grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False)
         return out[0, :, 0].T
     # Group pixels per texture by padding to one row per image: a single grid_sample call.
     counts = torch.bincount(batch, minlength=n_tex)
@@ -149,7 +149,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, batch: torch.Tensor)
     slot = torch.arange(batch.numel(), device=uv.device) - starts[batch[order]]
     g = grid.new_zeros(n_tex, 1, max(width, 1), 2)
     g[batch[order], 0, slot] = grid[order]
-    out = F.grid_sample(texture, g, mode="bilinear", align_corners=False)  # [N, 3, 1, W]
+    out = F.grid_sample(texture, g, mode="bilinear", padding_mode="border", align_corners=False)  # [N, 3, 1, W]
     res = torch.empty(batch.numel(), 3, dtype=out.dtype, device=out.device)
     res = res.index_put((order,), out[batch[order], :, 0, slot])
     return res
