@@ -36,7 +36,7 @@ from flame_tracker.camera import (
     world_to_view,
 )
 from flame_tracker.fitting.stage1 import fit_camera
-from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.stage2 import Stage2Options, cpu_threads, expr_from_blendshapes, fit_stage2
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 
 # Single images: the reference objective + identity shape, with the jawline informing face width.
@@ -350,6 +350,10 @@ class Tracker:
         blendshape_names: tuple[str, ...] = (),
     ) -> Result:
         """Fit to given landmarks (original pixels): ``[68, 2]`` + optional ``[10, 2]`` iris."""
+        with cpu_threads(1, self.device):
+            return self._fit_landmarks(lmks68_px, iris_px, image_size, blendshapes, blendshape_names)
+
+    def _fit_landmarks(self, lmks68_px, iris_px, image_size, blendshapes, blendshape_names) -> Result:
         model, dev, dt = self.model, self.device, self.model.dtype
         lmks68_px = np.asarray(lmks68_px, dtype=np.float64)
         if lmks68_px.shape != (68, 2):

@@ -29,7 +29,8 @@ Solvers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -44,6 +45,25 @@ FACE_IDX = slice(0, 68)
 N_JAW = 17
 N_FACE = 51
 N_IRIS = 10
+
+
+@contextmanager
+def cpu_threads(n: int = 1, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run a block with ``n`` intra-op CPU threads, then restore the previous setting.
+
+    Stage 1/2 work on matrices of a few hundred entries: OpenMP parallelism cannot pay for its
+    synchronisation there, and on a busy machine a parallel region waiting for a descheduled thread
+    made the solves 10-20x slower (measured). CUDA devices are left alone.
+    """
+    if torch.device(device).type != "cpu" or torch.get_num_threads() <= n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,7 @@ class Stage2Options:
     solver: Literal["lm", "adam"] = "lm"
     max_iter: int = 20
     inner_iter: int = 5  # IRLS re-solves of the linearised problem per model evaluation
-    rtol: float = 1e-3  # stop when an iteration lowers the total objective by less than this fraction
+    rtol: float = 5e-3  # stop when an iteration lowers the total objective by less than this fraction
 
 
 @dataclass
@@ -646,7 +666,7 @@ def fit_stage2(
     problem = _Problem(model, layout, opts, base, pose6, fov, target, coeff, lo, hi)
     x, s = layout.pack(params)
 
-    with torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
+    with cpu_threads(1, dev), torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
         if opts.solver == "lm":
             x, s, iters, history = _solve_lm(problem, x, s)
         elif opts.solver == "adam":

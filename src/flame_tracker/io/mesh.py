@@ -31,12 +31,15 @@ def save_obj(path: str | os.PathLike[str], vertices: np.ndarray, faces: np.ndarr
     """Write a triangle mesh as OBJ (``v x y z`` lines, 1-based ``f`` lines)."""
     v, f = _check_mesh(vertices, faces)
 
+    # One %-format call per block (runs in C); np.savetxt would loop over rows in Python.
+    text = (
+        "# flame-tracker mesh\n"
+        + ("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel().tolist())
+        + ("f %d %d %d\n" * len(f)) % tuple((f + 1).ravel().tolist())
+    )
+
     def _write(tmp: Path) -> None:
-        # np.savetxt formats whole blocks in C; no Python loop over vertices.
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write("# flame-tracker mesh\n")
-            np.savetxt(fh, v, fmt="v %.6f %.6f %.6f")
-            np.savetxt(fh, f + 1, fmt="f %d %d %d")
+        tmp.write_text(text, encoding="ascii")
 
     return atomic_write(path, _write)
 
