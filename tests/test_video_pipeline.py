@@ -16,7 +16,7 @@ from flame_tracker.video.decode import VideoError
 from flame_tracker.video.pipeline import VideoOptions, track_video
 from flame_tracker.video.track import NoFacesError, TrackOptions
 
-TINY = TrackOptions(n_keyframes=3, identity_rounds=1, stage1_iters=15, stage2_iters=5, chunk=4)
+TINY = TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=4)
 
 
 @pytest.fixture(scope="module")

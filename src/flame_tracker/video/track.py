@@ -53,8 +53,9 @@ class TrackOptions:
     crop_scale: float = 1.6  # fitting crop side / median face-box side
     frame_temporal: bool = True  # reference temporal term between adjacent frames of a chunk
     identity_rounds: int = 2
-    stage1_iters: int = 30
-    stage2_iters: int = 20
+    stage1_iters: int = 20  # per-frame iteration caps: warm starts converge in a few steps
+    stage2_iters: int = 6
+    identity_iters: int = 15  # stage-2 iterations of the (one-off) shared-shape fit
 
 
 @dataclass
@@ -210,7 +211,7 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
         kpose, fov = _stage1(pts.expand(len(keys), -1, -1), kl, float(fov.mean()), init=kpose,
                              estimate_fov=options.estimate_fov, iters=options.stage1_iters)
         res = _stage2(model, kl, ki, kpose, fov, {**init, "shape": shape}, fit_shape=True,
-                      iters=options.stage2_iters)
+                      iters=options.identity_iters)
         shape = res.shape[:1]
         init = {"expr": res.expr, "jaw_pose": res.jaw_pose, "eye_pose": res.eye_pose}
     return Identity(shape[0].numpy().astype(np.float32), float(fov.mean()),
