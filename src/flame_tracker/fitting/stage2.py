@@ -474,6 +474,7 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
     history = [float(f.sum())]
     it = 0
+    slow = False
     for it in range(1, o.max_iter + 1):
         r0, jx, js = _jacobians(problem, x, s)
         improved = False
@@ -525,8 +526,11 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                     improved = True
                     break
         history.append(float(f.sum()))
-        if not improved or history[-2] - history[-1] <= o.rtol * max(abs(history[-2]), 1e-12):
+        small = history[-2] - history[-1] <= o.rtol * max(abs(history[-2]), 1e-12)
+        # Two small decreases in a row: one alone is often a damped step before further progress.
+        if not improved or (small and slow):
             break
+        slow = small
     return x, s, it, history
 
 
