@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flame_tracker.camera import project_ndc, rotvec_to_euler, world_to_view
+from flame_tracker.fitting.stage2 import cpu_threads
 from flame_tracker.rendering.differentiable import (
     barycentrics,
     interpolate,
@@ -79,16 +80,20 @@ class PhotometricOptions:
     fit_eyes: bool = True
     # Adam learning rates (cosine-decayed to 5 %). Reference (400 its): 0.005 exp/jaw/eyes/light,
     # 0.0025 camera, 0.001 shape, 0.005 texture. Adam's first steps move every parameter by about
-    # its lr, so the camera's is small: 0.001 rad is 0.7 px at 256 px, FOV 20°.
-    lr_expr: float = 0.01
+    # its lr, so the camera's is small: 0.002 rad is 1.5 px at 256 px, FOV 20°.
+    lr_expr: float = 0.02
     lr_jaw: float = 0.005
-    lr_eyes: float = 0.01
-    lr_rot: float = 0.001
-    lr_trans: float = 0.0005
+    lr_eyes: float = 0.02
+    lr_rot: float = 0.002
+    lr_trans: float = 0.001
     lr_light: float = 0.01
     lr_shape: float = 0.05
     lr_albedo: float = 0.02
     mask_shrink: float = 0.03
+    # Intra-op CPU threads inside the fit (None: torch's setting). The per-iteration tensors are
+    # small (~10^4-10^5 elements): on this 2-core machine shared by several jobs one thread was 5-10×
+    # faster than two (OpenMP regions wait for descheduled threads); raise it on an idle many-core CPU.
+    cpu_threads: int | None = 1
 
 
 @dataclass
@@ -285,6 +290,17 @@ def fit_photometric(
         options: :class:`PhotometricOptions`; keyword ``overrides`` replace single fields.
     """
     opts = replace(options or PhotometricOptions(), **overrides)
+    dev = model.v_template.device
+    if opts.cpu_threads is None:
+        return _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance,
+                    uvs, uv_faces, texture_size, user_mask, opts)
+    with cpu_threads(opts.cpu_threads, dev):
+        return _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance,
+                    uvs, uv_faces, texture_size, user_mask, opts)
+
+
+def _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance, uvs, uv_faces,
+         texture_size, user_mask, opts: PhotometricOptions) -> PhotometricResult:
     dev, dt = model.v_template.device, model.v_template.dtype
     res = opts.resolution
     lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
@@ -400,18 +416,21 @@ def fit_photometric(
 
     def loss_fn() -> tuple[Tensor, dict]:
         out, expr, p6, view, vpx = geometry()
-        # Visibility (no gradient) at the current geometry, restricted to the masked pixels.
-        frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(mask)
-        normals = vertex_normals(view, faces)
         app_c = app.clamp(0, 1)
-        if use_uv:
-            r = render(vpx, faces, res, res, normals=normals, light=light, texture=app_c, uvs=uvs, uv_faces=uv_faces, frags=frags)
-        else:
-            r = render(vpx, faces, res, res, normals=normals, light=light, albedo=app_c, frags=frags)
-        m = frags.mask.unsqueeze(-1).to(dt)
-        pix = ((img - r["image"]).abs() * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * 3 + 1e-8)
         lmk = project_ndc(out.landmarks, p6, fov)
-        loss = opts.w_pixel * pix.sum() + opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
+        loss = opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
+        if opts.w_pixel > 0:
+            # Visibility (no gradient) at the current geometry, restricted to the masked pixels.
+            frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(mask)
+            normals = vertex_normals(view, faces)
+            if use_uv:
+                r = render(vpx, faces, res, res, normals=normals, light=light, texture=app_c, uvs=uvs, uv_faces=uv_faces, frags=frags)
+            else:
+                r = render(vpx, faces, res, res, normals=normals, light=light, albedo=app_c, frags=frags)
+            m = frags.mask.unsqueeze(-1).to(dt)
+            # Reference pix_L1: sum |gt - render| over masked pixels / (3 * masked pixels), per frame.
+            pix = ((img - r["image"]).abs() * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * 3 + 1e-8)
+            loss = loss + opts.w_pixel * pix.sum()
         if gt_iris is not None and out.iris is not None:
             loss = loss + opts.w_iris * l2ps(project_ndc(out.iris, p6, fov), gt_iris).sum()
         if gt_ears is not None and out.ears is not None:
