@@ -355,3 +355,23 @@ def test_problem_shapes() -> None:
     prob = Stage1Problem(pts, torch.zeros(3, 68, 2))
     assert prob.points.shape == (3, 68, 3) and not prob.has_ears
     assert cam_to_pose6(torch.zeros(6, dtype=D)).shape == (6,)
+
+
+def test_lm_with_ear_targets() -> None:
+    """Ears enter the LM through the same gated weights: consistent ears keep the exact solution,
+    ears of the wrong side (gated off by the 0.25 threshold) do not disturb it."""
+    pts = face_points(9)
+    gt = orbit_pose(torch.tensor([0.6, -0.5, 0.02], dtype=D), torch.tensor([0.2, -0.1, 0.0], dtype=D), 1.0)
+    proj = project_ndc(pts.expand(3, -1, -1), gt, 20.0)
+    visible = torch.stack([proj[0, 68:88], proj[1, 88:108], proj[2, 68:88]])
+    fit = fit_camera(pts, proj[:, :68], ear_targets=visible)
+    assert torch.allclose(fit.pose6, gt, atol=1e-6) and fit.objective < 1e-6
+    assert fit.residuals.shape == (3, 108)
+    g = torch.Generator().manual_seed(9)
+    noisy = proj[:, :68] + torch.randn(3, 68, 2, generator=g, dtype=D) * (0.5 / 128)
+    wrong = torch.stack([proj[0, 88:108], proj[1, 68:88], proj[2, 88:108]])  # far side: mean distance > 0.25
+    a = fit_camera(pts, noisy)
+    b = fit_camera(pts, noisy, ear_targets=wrong)
+    assert torch.allclose(a.pose6, b.pose6, atol=1e-6)
+    c = fit_camera(pts, noisy, ear_targets=visible)
+    assert float(stage1_objective(pts, noisy, c.pose6, 20.0, ear_targets=visible).total) == pytest.approx(c.objective)
