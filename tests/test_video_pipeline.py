@@ -64,7 +64,7 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
     assert one["exp"].shape == (1, model.n_expr) and one["cam"].shape == (1, 6)
     assert np.abs(one["lmks_68"]).max() < 1.5  # normalised to the fitting crop
     # K_px and the OpenCV camera project the fitted model onto the detected landmarks
-    assert np.linalg.norm(one["lmks_68_fit_px"] - one["lmks_68_px"], axis=-1).mean() < 10.0
+    assert np.linalg.norm(one["fit_lmks_68_px"] - one["lmks_68_px"], axis=-1).mean() < 10.0
     whole = load_npz(out / "tracking.npz")
     assert whole["exp"].shape == (12, model.n_expr) and whole["shape"].shape == (1, model.n_shape)
     np.testing.assert_array_equal(whole["frame"], np.arange(50, 74, 2))

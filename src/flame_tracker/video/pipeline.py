@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flame_tracker.camera import (Crop, build_intrinsics, fov_to_focal, intrinsics_pixels,
-                                  pose6_to_cam, pose6_to_opencv, to_opengl_c2w)
+from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.io.results import load_npz, save_json, save_npz
+from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader
 from flame_tracker.video.store import RunFolder
 from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, TrackOptions,
@@ -154,45 +154,35 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
 # ------------------------------------------------------------------------------------ outputs
 
-def frame_arrays(fit: SequenceFit, row: int, lm: dict[str, np.ndarray],
-                 blendshapes: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-frame npz of ``row``: the reference keys (upstream-spec §9, leading dim 1) plus
-    original-pixel extras (see :mod:`flame_tracker.io.results`)."""
+def frame_result(fit: SequenceFit, row: int, lm: dict[str, np.ndarray], model_name: str,
+                 expr_names: tuple[str, ...]) -> Result:
+    """The tracked frame ``row`` as a single-image :class:`~flame_tracker.tracker.Result` (without
+    its mesh: meshes are exported separately), so video frames and photos share one npz format."""
     ident = fit.identity
-    crop = Crop(*ident.crop)
-    dt = torch.float64
-    pose6 = torch.as_tensor(fit.pose6[row:row + 1], dtype=dt)
-    fov = torch.tensor([ident.fov], dtype=dt)
-    r_w2c, t_w2c = pose6_to_opencv(pose6)
-    lmk_px = lm["lmks68"][row:row + 1].astype(np.float64)
-    iris_px = lm["iris"][row:row + 1].astype(np.float64)
-    to_ndc = lambda p: crop.to_ndc(torch.as_tensor(p)).numpy()  # noqa: E731
-    n_expr = fit.expr.shape[1]
+    w, h = (int(v) for v in lm["image_size"][row])
     f32 = np.float32
-    return {
-        "shape": ident.shape[None].astype(f32),
-        "exp": fit.expr[row:row + 1].astype(f32).reshape(1, n_expr),
-        "head_pose": np.zeros((1, 3), f32),
-        "jaw_pose": fit.jaw_pose[row:row + 1].astype(f32),
-        "neck_pose": np.zeros((1, 3), f32),
-        "eye_pose": fit.eye_pose[row:row + 1].astype(f32),
-        "cam": pose6_to_cam(pose6).numpy().astype(f32),
-        "fov": np.array([ident.fov], f32),
-        "K": build_intrinsics(fov_to_focal(fov)).numpy().astype(f32).reshape(1, 3, 3),
-        "lmks_68": to_ndc(lmk_px).astype(f32),
-        "lmks_eyes": to_ndc(iris_px).astype(f32),
-        "blendshape_scores": blendshapes[None].astype(f32),
-        "crop": np.array(ident.crop, f32),
-        "K_px": intrinsics_pixels(fov, crop).numpy().astype(f32).reshape(1, 3, 3),
-        "w2c_opencv": torch.cat([r_w2c, t_w2c[..., None]], -1).numpy().astype(f32),
-        "c2w_opengl": to_opengl_c2w(pose6).numpy().astype(f32),
-        "lmks_68_px": lmk_px.astype(f32),
-        "lmks_eyes_px": iris_px.astype(f32),
-        "lmks_68_fit_px": fit.lmks_fit_px[row:row + 1].astype(f32),
-        "frame": np.array([lm["frame"][row]], np.int64),
-        "time_s": np.array([lm["time_s"][row]], np.float64),
-        "valid": np.array([fit.valid[row]]),
-    }
+    return Result(
+        model_name=model_name, image_size=(w, h), crop=ident.crop,
+        shape=ident.shape[None].astype(f32), exp=fit.expr[row:row + 1].astype(f32),
+        head_pose=np.zeros((1, 3), f32), jaw_pose=fit.jaw_pose[row:row + 1].astype(f32),
+        neck_pose=np.zeros((1, 3), f32), eye_pose=fit.eye_pose[row:row + 1].astype(f32),
+        pose6=fit.pose6[row:row + 1].astype(np.float64), fov=np.array([ident.fov], f32),
+        lmks68_px=lm["lmks68"][row].astype(f32), iris_px=lm["iris"][row].astype(f32),
+        fit_lmks68_px=fit.lmks_fit_px[row].astype(f32), fit_iris_px=fit.iris_fit_px[row].astype(f32),
+        vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
+        objective=float(fit.raw["err_ndc"][row]), stage1_objective=float("nan"),
+        blendshape_scores=lm["blendshapes"][row].astype(f32), expr_names=expr_names)
+
+
+def frame_arrays(fit: SequenceFit, row: int, lm: dict[str, np.ndarray], model_name: str,
+                 expr_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The per-frame npz of ``row``: the single-image keys (reference keys with leading dim 1 plus
+    original-pixel extras, see :meth:`Result.arrays`) and the frame's place in the video."""
+    arrays = frame_result(fit, row, lm, model_name, expr_names).arrays()
+    arrays.update(frame=np.array([lm["frame"][row]], np.int64),
+                  time_s=np.array([lm["time_s"][row]], np.float64),
+                  valid=np.array([fit.valid[row]]))
+    return arrays
 
 
 def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
@@ -201,17 +191,19 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     rows = np.flatnonzero(fit.covered)
     t0 = time.perf_counter()
     per_frame: list[dict[str, np.ndarray]] = []
+    names = tuple(getattr(model, "expr_names", None) or ())
     for r in rows:  # per-frame files are tiny; the loop is over frames, not vertices
-        arrays = frame_arrays(fit, int(r), lm, lm["blendshapes"][r])
+        arrays = frame_arrays(fit, int(r), lm, str(getattr(model, "name", "")), names)
         path = run.frame_path(int(lm["frame"][r]))
         if not path.exists():
             save_npz(path, arrays)
         per_frame.append(arrays)
     # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
+    fixed = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
     stacked = {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]
-               if k not in ("shape", "crop")}
+               if k not in fixed}
+    stacked.update({k: per_frame[0][k] for k in fixed if k in per_frame[0]})
     stacked.update({
-        "shape": fit.identity.shape[None].astype(np.float32), "crop": np.array(fit.identity.crop),
         "keyframes": lm["frame"][fit.identity.keyframes],
         "all_frames": lm["frame"], "all_times_s": lm["time_s"], "all_valid": fit.valid,
         "all_covered": fit.covered, "reproj_px": fit.reproj_px[rows],

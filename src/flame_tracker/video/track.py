@@ -44,7 +44,7 @@ class TrackOptions:
 
     fov: float = 20.0  # degrees in the fitting crop; the start value when estimated
     estimate_fov: bool = False  # one FOV for the whole video, fitted on the keyframes
-    n_keyframes: int = 8
+    n_keyframes: int = 6
     chunk: int = 32  # frames per batched per-frame solve (checkpoint granularity too)
     fit_iris: bool = True
     pose_cutoff_hz: float = 3.0  # smoothing of the rigid pose
@@ -55,7 +55,7 @@ class TrackOptions:
     identity_rounds: int = 2
     stage1_iters: int = 20  # per-frame iteration caps: warm starts converge in a few steps
     stage2_iters: int = 6
-    identity_iters: int = 15  # stage-2 iterations of the (one-off) shared-shape fit
+    identity_iters: int = 10  # stage-2 iterations of the (one-off) shared-shape fit
 
 
 @dataclass
@@ -91,6 +91,7 @@ class SequenceFit:
     raw: dict[str, np.ndarray]  # unsmoothed per-frame fits (same keys)
     reproj_px: np.ndarray  # [T] mean 68-landmark error of the smoothed fit, original pixels
     lmks_fit_px: np.ndarray  # [T, 68, 2]
+    iris_fit_px: np.ndarray  # [T, 10, 2]
     jitter_raw: JitterMetrics | None = None
     jitter: JitterMetrics | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -267,16 +268,21 @@ def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray
 
 
 def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np.ndarray],
-                rows: np.ndarray) -> np.ndarray:
-    """68 fitted landmarks in original pixels ``[len(rows), 68, 2]``."""
+                rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted 68 landmarks and 10 iris points in original pixels, ``[len(rows), 68 | 10, 2]``
+    (iris NaN when the model has none)."""
     dt = model.v_template.dtype
     crop = Crop(*identity.crop)
     with torch.no_grad():
-        pts = model.landmarks(shape=torch.as_tensor(identity.shape, dtype=dt)[None],
+        out = model.landmarks(shape=torch.as_tensor(identity.shape, dtype=dt)[None],
                               expr=torch.as_tensor(params["expr"][rows], dtype=dt),
-                              jaw_pose=torch.as_tensor(params["jaw_pose"][rows], dtype=dt)).landmarks
-        ndc = project_ndc(pts, torch.as_tensor(params["pose6"][rows], dtype=dt), identity.fov)
-    return crop.from_ndc(ndc).numpy()
+                              jaw_pose=torch.as_tensor(params["jaw_pose"][rows], dtype=dt),
+                              eye_pose=torch.as_tensor(params["eye_pose"][rows], dtype=dt))
+        pose6 = torch.as_tensor(params["pose6"][rows], dtype=dt)
+        lmk = crop.from_ndc(project_ndc(out.landmarks, pose6, identity.fov)).numpy()
+        iris = (np.full((len(rows), 10, 2), np.nan) if out.iris is None else
+                crop.from_ndc(project_ndc(out.iris, pose6, identity.fov)).numpy())
+    return lmk, iris
 
 
 def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
@@ -358,14 +364,15 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
 
     rows = np.flatnonzero(covered)
     fit_px = np.full((t_len, 68, 2), np.nan)
-    fit_px[rows] = project_fit(model, identity, smooth, rows)
+    fit_iris = np.full((t_len, 10, 2), np.nan)
+    fit_px[rows], fit_iris[rows] = project_fit(model, identity, smooth, rows)
     reproj = np.full(t_len, np.nan)
     vr = np.flatnonzero(valid & covered)
     reproj[vr] = np.linalg.norm(fit_px[vr] - lmks_px[vr], axis=-1).mean(-1)
     raw_px = np.full((t_len, 68, 2), np.nan)
-    raw_px[vr] = project_fit(model, identity, raw, vr)
+    raw_px[vr] = project_fit(model, identity, raw, vr)[0]
     jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px)
     jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px)
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
-                       smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, jit_raw, jit,
-                       timings)
+                       smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
+                       jit_raw, jit, timings)
