@@ -81,11 +81,22 @@ def outer_minus_dot(a: Tensor) -> Tensor:
     return a[..., :, None] * a[..., None, :] - (a * a).sum(dim=-1)[..., None, None] * eye
 
 
+# [v]x = v @ _SKEW_BASIS (flattened row-major): one op instead of unbind/zeros/stack.
+_SKEW_BASIS = torch.tensor([
+    [0, 0, 0, 0, 0, -1, 0, 1, 0],
+    [0, 0, 1, 0, 0, 0, -1, 0, 0],
+    [0, -1, 0, 1, 0, 0, 0, 0, 0],
+], dtype=torch.float64)
+_SKEW_CACHE: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
 def skew(v: Tensor) -> Tensor:
     """Cross-product matrices ``[v]x`` of ``v [..., 3]`` -> ``[..., 3, 3]``."""
-    x, y, z = v.unbind(-1)
-    o = torch.zeros_like(x)
-    return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(*v.shape, 3)
+    key = (v.dtype, v.device)
+    basis = _SKEW_CACHE.get(key)
+    if basis is None:
+        basis = _SKEW_CACHE.setdefault(key, _SKEW_BASIS.to(dtype=v.dtype, device=v.device))
+    return (v @ basis).reshape(*v.shape, 3)
 
 
 def rotvec_to_matrix(rotvec: Tensor) -> Tensor:

@@ -534,7 +534,10 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
         pose = torch.where(accept[:, None], new_pose, pose)
         fov = torch.where(accept, new_fov, fov)
         f_frames = torch.where(accept, new_f, f_frames)
-        fw = Stage1Forward(*[torch.where(_bcast(accept, old), new, old) for old, new in zip(fw, new_fw)])
+        if bool(accept.all()):
+            fw = new_fw
+        elif bool(accept.any()):
+            fw = Stage1Forward(*[torch.where(_bcast(accept, old), new, old) for old, new in zip(fw, new_fw)])
         history.append(float(f_frames.sum()))
         if bool(done.all()):
             break
@@ -560,10 +563,11 @@ def _temporal_grad(pose: Tensor, pair_w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _temporal_split(pose: Tensor, pair_w: Tensor | None) -> Tensor:
-    """Temporal term attributed to frames (half of each pair to each side), for acceptance tests."""
-    out = torch.zeros(pose.shape[0], dtype=pose.dtype)
+    """Temporal term attributed to frames (half of each pair to each side), for acceptance tests;
+    a scalar zero when there is no temporal term."""
     if pair_w is None:
-        return out
+        return pose.new_zeros(())
+    out = torch.zeros(pose.shape[0], dtype=pose.dtype)
     diff = pose[1:] - pose[:-1]
     pair = W_TEMPORAL * pair_w * (diff * diff).sum(dim=1)
     out[1:] += 0.5 * pair
