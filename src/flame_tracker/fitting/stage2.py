@@ -76,7 +76,7 @@ class Stage2Options:
     w_contour: float = 0.0
     w_exp: float = 0.025
     w_temporal: float = 0.1
-    w_shape: float = 1.0
+    w_shape: float = 0.1  # ~ the reference photometric stage's 0.1·Σd_shape²/2; shape coefficients are N(0,1)
     w_neck: float = 10.0
     temporal: bool = False
     fit_shape: bool = True
@@ -90,7 +90,7 @@ class Stage2Options:
     solver: Literal["lm", "adam"] = "lm"
     max_iter: int = 20
     inner_iter: int = 5  # IRLS re-solves of the linearised problem per model evaluation
-    rtol: float = 5e-3  # stop when an iteration lowers the total objective by less than this fraction
+    rtol: float = 1e-2  # stop when an iteration lowers the total objective by less than this fraction
 
 
 @dataclass
