@@ -30,7 +30,7 @@ def model(shared_dir: Path):
 def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monkeypatch) -> None:
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     out = tmp_path / "run"
-    vopts = VideoOptions(start_s=2.0, max_frames=12, every=2)
+    vopts = VideoOptions(start_s=2.0, max_frames=12, every=2, meshes="ply")
     calls: list[int] = []
     kill = [True]
     real = track_mod.fit_frames
@@ -70,7 +70,14 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
     np.testing.assert_array_equal(whole["frame"], np.arange(50, 74, 2))
     assert float(whole["video_fps"]) == pytest.approx(25.0)
 
-    # a second run on the finished folder does nothing; --force redoes it
+    from flame_tracker.io.mesh import load_ply
+
+    plys = sorted((out / "meshes").glob("*.ply"))
+    assert [p.stem for p in plys] == [f.stem for f in frames]
+    verts, faces = load_ply(plys[0])
+    assert verts.shape == (model.n_verts, 3) and len(faces) == len(model.faces)
+
+    # a second run on the finished folder does nothing
     calls.clear()
     again = track_video(clip, out, model=model, options=TINY, video_options=vopts,
                         progress=False)
@@ -104,6 +111,24 @@ def test_corrupt_stream_keeps_tracked_frames(shared_dir: Path, tmp_path: Path, m
     assert 3 <= summary.n_tracked < 15
     assert (tmp_path / "out" / "tracking.npz").exists()
     assert "broke" in summary.text()
+
+
+@pytest.mark.slow
+def test_overlay_video(shared_dir: Path, tmp_path: Path, model) -> None:
+    from flame_tracker.video.decode import VideoReader, probe
+
+    out = tmp_path / "ov"
+    track_video(shared_dir / "videos" / "talking_wojtek.mp4", out, model=model, options=TINY,
+                video_options=VideoOptions(max_frames=3, overlay=True, side_by_side=True),
+                progress=False)
+    info = probe(out / "overlay.mp4")
+    assert (info.width, info.height) == (1024, 512)
+    frames = list(VideoReader(out / "overlay.mp4"))
+    assert len(frames) == 3
+    left, right = frames[1].image[:, :512].astype(int), frames[1].image[:, 512:].astype(int)
+    # the right half has the mesh drawn over the face region, the left half is the input
+    assert np.abs(left - right)[150:400, 150:400].mean() > 10
+    assert np.abs(left - right)[:40, 400:].mean() < 5
 
 
 def test_bad_input_errors(tmp_path: Path, shared_dir: Path, model) -> None:
