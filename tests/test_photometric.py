@@ -15,10 +15,11 @@ from flame_tracker.fitting.photometric import (
     fit_photometric,
     l2ps,
     landmark_weights,
+    render_head,
     save_texture_png,
     to_render_pixels,
 )
-from flame_tracker.rendering import render, vertex_normals
+from flame_tracker.rendering import vertex_normals
 
 RES = 128
 
@@ -65,9 +66,8 @@ def scene(shared_dir):
     light[:, 0], light[:, 1], light[:, 2], light[:, 3] = 2.5, 0.3, -0.4, -0.6
     with torch.no_grad():
         out = model(expr=expr)
-        view = world_to_view(out.vertices, pose)
-        vpx = to_render_pixels(view, fov, RES)
-        r = render(vpx, model.faces, RES, RES, normals=vertex_normals(view, model.faces), light=light, albedo=albedo)
+        r = render_head(out.vertices, model.faces, pose, fov, RES, light=light, albedo=albedo)
+        view = r["view"]
         bg = torch.rand(1, RES, RES, 3, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.2
         image = (torch.where(r["alpha"][..., None] > 0, r["image"], bg).clamp(0, 1) * 255).round().byte().numpy()
         lmk = project_ndc(out.landmarks, pose, fov)

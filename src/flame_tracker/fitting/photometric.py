@@ -133,6 +133,30 @@ def to_render_pixels(view: Tensor, fov: Tensor, res: int) -> Tensor:
     return torch.stack([f * view[..., 0] / z + res / 2, f * view[..., 1] / z + res / 2, z], dim=-1)
 
 
+def render_head(
+    vertices: Tensor,
+    faces: Tensor,
+    pose6: Tensor,
+    fov: Tensor,
+    res: int,
+    *,
+    light: Tensor,
+    albedo: Tensor | None = None,
+    texture: Tensor | None = None,
+    uvs: Tensor | None = None,
+    uv_faces: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """SH-lit render of model-space meshes ``[N, V, 3]`` seen by the reference camera, in the square
+    ``res`` image of the fitting crop: :func:`~flame_tracker.rendering.render`'s dict plus ``view``
+    (OpenCV camera-space vertices) and ``vpx`` (render pixels + depth). Normals are camera-space."""
+    view = world_to_view(vertices, pose6)
+    vpx = to_render_pixels(view, fov, res)
+    out = render(vpx, faces, res, res, normals=vertex_normals(view, faces), light=light, albedo=albedo,
+                 texture=texture, uvs=uvs, uv_faces=uv_faces,
+                 frags=rasterize(vpx, faces, res, res, cull_backfaces=True))
+    return {**out, "view": view, "vpx": vpx}
+
+
 def _pix_sums(frags: Fragments, values: Tensor, n: int) -> Tensor:
     """Sum per-pixel values ``[P, ...]`` per batch item -> ``[N, ...]``."""
     out = values.new_zeros(n, *values.shape[1:])
@@ -156,7 +180,9 @@ def _faces_near_mask(vpx: Tensor, faces: Tensor, mask: Tensor, margin: int) -> T
     """``[F]`` bool: faces whose projected centroid is inside ``mask`` dilated by ``margin`` px in any frame."""
     n, h, w = mask.shape if mask.dim() == 3 else (1, *mask.shape)
     m = mask.reshape(n, 1, h, w).to(vpx.dtype)
-    grown = F.max_pool2d(m, 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    # Separable square dilation (two 1-D max pools).
+    grown = F.max_pool2d(m, (2 * margin + 1, 1), stride=1, padding=(margin, 0))
+    grown = F.max_pool2d(grown, (1, 2 * margin + 1), stride=1, padding=(0, margin))[:, 0] > 0
     c = vpx[:, faces, :2].mean(2)  # [N, F, 2]
     xi = c[..., 0].floor().long().clamp(0, w - 1)
     yi = c[..., 1].floor().long().clamp(0, h - 1)
@@ -441,7 +467,7 @@ def _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, 
         loss = loss + opts.w_expr * (expr**2).sum() / 2
         if opts.temporal and n >= 2:
             loss = loss + opts.w_temporal * ((expr[1:] - expr[:-1]) ** 2).sum() / 2
-        return loss, {"lmk": lmk, "expr": expr, "p6": p6, "vpx": vpx, "view": view, "app": app_c}
+        return loss, {"lmk": lmk, "expr": expr, "p6": p6, "vertices": out.vertices, "app": app_c}
 
     history: list[float] = []
     for _ in range(opts.iters):
@@ -455,12 +481,8 @@ def _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, 
     with torch.no_grad():
         loss, st = loss_fn()
         history.append(float(loss))
-        full = rasterize(st["vpx"], all_faces, res, res, cull_backfaces=True)
-        normals = vertex_normals(st["view"], all_faces)
-        if use_uv:
-            r = render(st["vpx"], all_faces, res, res, normals=normals, light=light, texture=st["app"], uvs=uvs, uv_faces=all_uv_faces, frags=full)
-        else:
-            r = render(st["vpx"], all_faces, res, res, normals=normals, light=light, albedo=st["app"], frags=full)
+        tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
+        r = render_head(st["vertices"], all_faces, st["p6"], fov, res, light=light, **tex_kw)
         rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         return PhotometricResult(
             pose6=st["p6"].detach().clone(),

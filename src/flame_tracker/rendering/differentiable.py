@@ -38,6 +38,18 @@ def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(n, *x.shape) if x.dim() == 2 else x
 
 
+def _gather_corners(values: torch.Tensor, faces: torch.Tensor, frags: Fragments) -> torch.Tensor:
+    """``[P, 3, C]`` values at the three corners of each covered pixel's triangle.
+
+    A flat ``index_select`` rather than advanced indexing: its backward is an ``index_add``, several
+    times faster on the CPU than the sort-based accumulate of an advanced-index backward.
+    """
+    n, v, c = values.shape
+    tri_idx = faces.to(values.device, torch.long)[frags.pix_face]  # [P, 3]
+    flat = (frags.pix_batch()[:, None] * v + tri_idx).reshape(-1)
+    return values.reshape(n * v, c).index_select(0, flat).view(-1, 3, c)
+
+
 def barycentrics(vertices: torch.Tensor, faces: torch.Tensor, frags: Fragments) -> torch.Tensor:
     """Perspective-correct barycentrics ``[P, 3]`` of the covered pixels, differentiable w.r.t. vertices.
 
@@ -48,8 +60,7 @@ def barycentrics(vertices: torch.Tensor, faces: torch.Tensor, frags: Fragments) 
     """
     n = frags.shape[0]
     v = _batch(vertices, n)
-    tri_idx = faces.to(v.device, torch.long)[frags.pix_face]  # [P, 3]
-    t = v[frags.pix_batch()[:, None], tri_idx]  # [P, 3, 3]
+    t = _gather_corners(v, faces, frags)  # [P, 3, 3]
     p = frags.pix_centres(v.dtype).to(v.device)
     x, y = p[:, 0:1], p[:, 1:2]
     tx, ty = t[..., 0], t[..., 1]
@@ -67,9 +78,7 @@ def barycentrics(vertices: torch.Tensor, faces: torch.Tensor, frags: Fragments) 
 def interpolate(attrs: torch.Tensor, faces: torch.Tensor, frags: Fragments, bary: torch.Tensor) -> torch.Tensor:
     """Interpolate per-vertex attributes ``[N, V, C]`` or ``[V, C]`` at the covered pixels → ``[P, C]``."""
     n = frags.shape[0]
-    a = _batch(attrs, n)
-    tri_idx = faces.to(a.device, torch.long)[frags.pix_face]
-    vals = a[frags.pix_batch()[:, None], tri_idx]  # [P, 3, C]
+    vals = _gather_corners(_batch(attrs, n), faces, frags)  # [P, 3, C]
     return (bary.unsqueeze(-1) * vals).sum(dim=1)
 
 
@@ -89,7 +98,7 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """
     v = vertices if vertices.dim() == 3 else vertices[None]
     f = faces.to(v.device, torch.long)
-    tri = v[:, f]  # [N, F, 3, 3]
+    tri = v.index_select(1, f.reshape(-1)).view(v.shape[0], -1, 3, 3)  # [N, F, 3, 3]
     fn = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
     vn = torch.zeros_like(v)
     for k in range(3):  # three scatter-adds (one per triangle corner), vectorised over faces

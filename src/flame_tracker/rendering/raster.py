@@ -161,14 +161,21 @@ def rasterize(
         cb = (p2[..., 0] - p1[..., 0]) / a[:, None]
         cc = -(ca * p1[..., 0] + cb * p1[..., 1])
         iz = 1.0 / zt
-        coef = torch.cat(
-            [ca, cb, cc, (ca * iz).sum(1, keepdim=True), (cb * iz).sum(1, keepdim=True), (cc * iz).sum(1, keepdim=True)],
-            dim=1,
-        )  # [K, 12]
         inv_lo, inv_hi = iz.min(), iz.max()  # quantise 1/z: exact ordering, no division per pixel
         scale = ((1 << _DEPTH_BITS) - 1) / torch.clamp(inv_hi - inv_lo, min=1e-30)
         tx0 = x0[b_idx, f_idx]
         ty0 = y0[b_idx, f_idx]
+        # Rows A, B, C of (b0, b1, b2, 1/z) = A x + B y + C, re-centred on each box's first pixel
+        # centre (in float64) so that the per-candidate evaluation runs in float32 on small offsets
+        # without losing precision; 1/z is mapped to the quantisation scale up front.
+        ra = torch.cat([ca, (ca * iz).sum(1, keepdim=True)], 1)
+        rb = torch.cat([cb, (cb * iz).sum(1, keepdim=True)], 1)
+        rc = torch.cat([cc, (cc * iz).sum(1, keepdim=True)], 1)
+        rc = rc + ra * (tx0 + 0.5)[:, None] + rb * (ty0 + 0.5)[:, None]
+        ra[:, 3] *= scale
+        rb[:, 3] *= scale
+        rc[:, 3] = (rc[:, 3] - inv_lo) * scale
+        coef = torch.cat([ra, rb, rc], 1).to(torch.float32)  # [K, 12]
         tw = bw[b_idx, f_idx].long()
         base = b_idx * hw + ty0.long() * width + tx0.long()
         # Enumerate exactly the bounding-box pixels of every kept triangle (no padding), in chunks
@@ -185,14 +192,14 @@ def rasterize(
             w = tw[tid]
             dy = torch.div(local, w, rounding_mode="floor")
             dx = local - dy * w
-            k = coef[tid]  # [C, 12]
-            cx = tx0[tid] + dx + 0.5
-            cy = ty0[tid] + dy + 0.5
-            b = k[:, 0:3] * cx[:, None] + k[:, 3:6] * cy[:, None] + k[:, 6:9]
+            k = coef.index_select(0, tid)  # [C, 12]: rows A, B, C' of (b0, b1, b2, scaled 1/z)
+            fx = dx.to(torch.float32)
+            fy = dy.to(torch.float32)
+            b = k[:, 0:3] * fx[:, None] + k[:, 4:7] * fy[:, None] + k[:, 8:11]
             inside = (b >= 0).all(dim=1)
-            inv_z = k[:, 9] * cx + k[:, 10] * cy + k[:, 11]
+            q_near = k[:, 3] * fx + k[:, 7] * fy + k[:, 11]  # (1/z - 1/z_min) * scale
             # Larger 1/z is nearer: key = (quantised "farness") << 32 | face index.
-            q = ((inv_hi - inv_z[inside]) * scale).clamp(0, (1 << _DEPTH_BITS) - 1).long()
+            q = ((((1 << _DEPTH_BITS) - 1) - q_near[inside]).clamp(0, (1 << _DEPTH_BITS) - 1)).long()
             ti = tid[inside]
             key = (q << 32) | f_idx[ti]
             pix = base[ti] + dy[inside] * width + dx[inside]
