@@ -145,3 +145,21 @@ def test_expr_from_blendshapes_maps_arkit_names():
     out = expr_from_blendshapes(["jawOpen", "eyeBlink_L", "eyeBlink_R", "cheekPuff"], names, scores)
     torch.testing.assert_close(out, torch.tensor([0.7, 0.2, 0.3, 0.0]))
     assert expr_from_blendshapes(None, names, scores) is None
+
+
+def test_flame_format_model_with_jaw_joint():
+    """A FLAME-format model (skeleton, jaw joint, pose correctives): jaw and expression recovered."""
+    from flame_tracker.model.fixtures import synthetic_flame
+
+    model = synthetic_flame("tiny", n_shape=10, n_expr=8, dtype=DT)
+    assert model.has_jaw_joint
+    g = torch.Generator().manual_seed(5)
+    pose6 = torch.tensor([[0.05, 0.1, 0.0, 0.0, 0.0, 1.0]], dtype=DT)
+    gt = dict(shape=torch.randn(1, 10, generator=g, dtype=DT) * 0.5,
+              expr=torch.randn(1, 8, generator=g, dtype=DT) * 0.5,
+              jaw_pose=torch.tensor([[0.15, 0.0, 0.0]], dtype=DT))
+    out = model.landmarks(**gt)
+    lmk = project_ndc(out.landmarks, pose6, 20.0)
+    res = fit_stage2(model, lmk, pose6, 20.0, init=dict(shape=gt["shape"]), fit_shape=False, w_exp=1e-6, rtol=1e-6)
+    torch.testing.assert_close(res.jaw_pose, gt["jaw_pose"], atol=5e-3, rtol=0)
+    torch.testing.assert_close(res.landmarks_ndc[:, 17:], lmk[:, 17:], atol=1e-4, rtol=0)
