@@ -397,8 +397,10 @@ def _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, 
         wpix = mask.reshape(-1)[frags.pix].to(dt)
         basis = sh_basis(nrm)
         if albedo is None:
+            # Albedo and light colour are ambiguous: start from a white light (fitted to the
+            # luminance) so that the skin colour goes into the albedo, not the light.
             grey = torch.full_like(target, 0.6)
-            light = fit_light(basis, grey, target, wpix, frags, n)
+            light = fit_light(basis, grey, target.mean(1, keepdim=True).expand_as(target), wpix, frags, n)
             alb_v = init_vertex_albedo(img, vpx, normals, light, faces, frags, mask, shared_appearance)
             if use_uv:
                 tex = _vertex_to_uv_texture(alb_v if shared_appearance else alb_v.mean(0), uvs, all_uv_faces, all_faces, texture_size)
@@ -564,3 +566,43 @@ def save_texture_png(path: str | Path, albedo: Tensor, model: torch.nn.Module | 
     from flame_tracker.io.results import save_image
 
     return save_image(path, texture_image(albedo, model))
+
+
+def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides):
+    """Photometric refinement of a single-image landmark fit (``flame_tracker.tracker.Result``).
+
+    Crops ``image`` (RGB uint8, original size) to the result's fitting square at
+    ``options.resolution``, refines camera, expression, jaw and eyes (shape stays), and returns
+    ``(updated Result, PhotometricResult)``; the Result's mesh, fitted landmarks and camera are the
+    refined ones, with ``timings["photometric"]`` added.
+    """
+    import time
+    from dataclasses import replace as dc_replace
+
+    from flame_tracker.camera import Crop, project_pixels
+    from flame_tracker.io.images import crop_resize
+
+    t0 = time.perf_counter()
+    opts = replace(PhotometricOptions(), **overrides)
+    x0, y0, side = map(float, result.crop)
+    crop_img, _ = crop_resize(np.asarray(image), (x0, y0, side, side), (opts.resolution, opts.resolution))
+    crop = Crop(x0, y0, side)
+    dt = model.v_template.dtype
+    lmk = crop.to_ndc(torch.as_tensor(result.lmks68_px, dtype=dt))[None]
+    iris = crop.to_ndc(torch.as_tensor(result.iris_px, dtype=dt))[None]
+    init = {k: torch.as_tensor(getattr(result, a), dtype=dt) for k, a in
+            [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"), ("neck_pose", "neck_pose")]}
+    ph = fit_photometric(model, crop_img[None], lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
+                         init=init, iris_ndc=iris if torch.isfinite(iris).all() else None, options=opts)
+    with torch.no_grad():
+        dev = model.v_template.device
+        out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev), eye_pose=ph.eye_pose.to(dev),
+                    neck_pose=init["neck_pose"].to(dev))
+        pose6, fov = ph.pose6.cpu(), ph.fov.cpu()
+        fit68 = project_pixels(out.landmarks.cpu(), pose6, fov, crop)[0].numpy()
+        fit_iris = project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None else result.fit_iris_px
+    timings = dict(result.timings, photometric=time.perf_counter() - t0)
+    new = dc_replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(), eye_pose=ph.eye_pose.cpu().numpy(),
+                     pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
+                     vertices=out.vertices[0].cpu().numpy().astype(result.vertices.dtype), timings=timings)
+    return new, ph
