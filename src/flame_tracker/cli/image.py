@@ -35,6 +35,7 @@ def run_images(
     fit_neck: bool = False,
     mesh: bool = True,
     overlay: bool = True,
+    photometric: bool = False,
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
@@ -59,7 +60,13 @@ def run_images(
         for path, stem in zip(images, _stems(images)):
             try:
                 result = tracker.fit_image(path)
+                if photometric:  # refine against the photo's colours (fitting.photometric)
+                    from flame_tracker.fitting.photometric import refine_result, save_texture_png
+
+                    result, ph = refine_result(tracker.model, result, tracker.last_image)
                 result.save(out_dir, stem, image=tracker.last_image, mesh=mesh, overlay=overlay)
+                if photometric:
+                    save_texture_png(out_dir / f"{stem}_texture.png", ph.albedo, tracker.model)
             except Exception as exc:  # noqa: BLE001  (one bad image must not stop the batch)
                 failures += 1
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -100,8 +107,12 @@ def run_images(
 @click.option("--overlay/--no-overlay", default=True, show_default=True,
               help="Write <name>_overlay.png: the shaded mesh over the photo with detected (green) and fitted "
               "(red) landmarks.")
+@click.option("--photometric/--no-photometric", default=False, show_default=True,
+              help="Refine camera, expression and eyes against the photo's colours (SH-lit albedo render, "
+              "reference loss weights; a few seconds per image) and write <name>_texture.png.")
 def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
-          fov: float, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool) -> None:
+          fov: float, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
+          photometric: bool) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -122,7 +133,8 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
     if not paths:
         raise click.ClickException("no images found in the given folder(s)")
     failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, solver=solver,
-                          loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay)
+                          loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay,
+                          photometric=photometric)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
     if failures:
         sys.exit(1)
