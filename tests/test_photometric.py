@@ -138,3 +138,20 @@ def test_bad_input(scene) -> None:
         fit_photometric(s["model"], s["image"], s["lmk"][:, :10], s["pose0"], s["fov"], resolution=RES, iters=0)
     with pytest.raises(ValueError, match="expr"):
         fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": torch.zeros(3)}, resolution=RES, iters=0)
+
+
+def test_refine_result_updates_a_tracker_result(scene) -> None:
+    from flame_tracker.tracker import Tracker
+
+    s = scene
+    to_px = lambda ndc: ((ndc[0] + 1) * 0.5 * RES).numpy()  # noqa: E731  (the image is the crop)
+    with Tracker(s["model"]) as tracker:
+        res = tracker.fit_landmarks(to_px(s["lmk"]), to_px(s["iris"]), image_size=(RES, RES))
+    from flame_tracker.fitting.photometric import refine_result
+
+    new, ph = refine_result(s["model"], res, s["image"][0], iters=4, resolution=96)
+    assert new.vertices.shape == res.vertices.shape and not np.allclose(new.vertices, res.vertices)
+    assert new.pose6.shape == res.pose6.shape and new.exp.shape == res.exp.shape
+    assert np.isfinite(new.fit_lmks68_px).all() and "photometric" in new.timings
+    assert ph.render.shape == (1, 96, 96, 3)
+    assert new.reprojection_error_px < res.reprojection_error_px + 1.0
