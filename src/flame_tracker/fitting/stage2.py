@@ -41,7 +41,6 @@ from torch import Tensor
 from flame_tracker.camera import project_ndc, rotvec_to_matrix
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
-FACE_IDX = slice(0, 68)
 N_JAW = 17
 N_FACE = 51
 N_IRIS = 10
@@ -223,7 +222,7 @@ class _Problem:
 
     def residuals(self, x: Tensor, s: Tensor) -> Tensor:
         lmk, iris = self.project(x, s)
-        pred = torch.cat([lmk[:, FACE_IDX], iris], dim=1)
+        pred = torch.cat([lmk, iris], dim=1)
         return (pred - self.target).flatten(1)  # [N, 156]
 
 
@@ -261,7 +260,6 @@ def objective(problem: _Problem, x: Tensor, s: Tensor) -> Tensor:
 
 _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joint rotations)
 _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of the Gauss-Newton matrix
-_ROWS = torch.arange(78)  # residual points among the 78 (68 landmarks + 10 iris)
 
 
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -319,11 +317,9 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     dndc_dview[..., :, 2] = -ndc / z[..., None]
     dproj = dndc_dview @ dview[:, None]  # [N, 78, 2, 3]
 
-    rows = _ROWS.to(x.device)
-    dproj = dproj[:, rows]
-    r = (ndc[:, rows] - problem.target).flatten(1)
-    j_lin = (dproj @ d_lin[:, rows]).flatten(1, 2)  # [N, R, n_lin]
-    j_rot = (dproj @ d_rot[:, rows]).flatten(1, 2)
+    r = (ndc - problem.target).flatten(1)  # residual points: the 68 landmarks + 10 iris
+    j_lin = (dproj @ d_lin).flatten(1, 2)  # [N, R, n_lin]
+    j_rot = (dproj @ d_rot).flatten(1, 2)
     # Reassemble columns in the layout's order.
     jx_cols, js = [], x.new_zeros(n, r.shape[1], 0)
     col_lin = col_rot = 0
@@ -617,7 +613,7 @@ def fit_stage2(
     if iris_ndc is None:
         iris_ndc = torch.full((n, N_IRIS, 2), float("nan"), dtype=dt, device=dev)
     iris_ndc = torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, N_IRIS, 2)
-    target = torch.cat([lmks_ndc[:, FACE_IDX], iris_ndc], dim=1)
+    target = torch.cat([lmks_ndc, iris_ndc], dim=1)
     valid = torch.isfinite(target)
     if not valid[:, N_JAW : N_JAW + N_FACE].any(dim=(1, 2)).all():
         raise ValueError("stage 2: a frame has no finite face landmark")
