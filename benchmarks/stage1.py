@@ -3,7 +3,7 @@
 For N = 1, 16, 128 frames at yaw 0/30/60° (pitch ±10°, roll ±5°), 0.5 px Gaussian noise at 256²:
 wall time and final objective of both solvers, their ratio, rotation error (°) and reprojection
 error (px). N = 1 and 16: one batch of N frames per yaw, each solved (and timed) by both solvers
-(LM: best of 3). N = 128: to stay under 10 minutes, ONE batch of 128 frames split 43/43/42 over the
+(LM: best of 7). N = 128: to stay under 10 minutes, ONE batch of 128 frames split 43/43/42 over the
 three yaws, solved and timed once by each solver (Adam's frames are independent without the
 temporal term, so the per-yaw rows are its frames' results).
 Then: FOV recoverability (fixed / per-frame / shared FOV at true FOV 12/20/35°) and a temporal run.
@@ -44,7 +44,9 @@ def reproj_px(batch, pose6: torch.Tensor, fov: torch.Tensor) -> float:  # noqa: 
     return float(((proj - batch.targets_ndc).norm(dim=-1) * 128).mean())
 
 
-def best_of(fn, repeats: int = 3) -> tuple[float, object]:  # noqa: ANN001
+def best_of(fn, repeats: int = 7) -> tuple[float, object]:  # noqa: ANN001
+    """Minimum wall time of ``repeats`` runs: the LM takes milliseconds, so on a shared CPU a single
+    preemption can double one run; Adam's single 1500-iteration run averages such noise out."""
     best, out = float("inf"), None
     for _ in range(repeats):
         t = time.perf_counter()

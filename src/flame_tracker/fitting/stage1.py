@@ -527,9 +527,10 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
         alpha = torch.where(ok, torch.where(rel < NEWTON_SWITCH, NEWTON_ALPHA, alpha), torch.zeros_like(alpha))
         # Converged: an accepted step gains < tol, or an IRLS step fails by < 10·tol (the optimum of a
         # sum of norms often sits on a kink where some residuals are exactly zero).
-        # An exact fit (noise-free targets) stops on the absolute value (1e-9 ~ 1e-12 NDC per point).
         done |= (ok & (rel < tol)) | (~ok & ~newton & (rel.abs() < 10 * tol)) | (lam > 1e8)
-        done |= torch.minimum(old_g, new_g) < 1e-9 * (n if coupled else 1)
+        # An exact fit (noise-free targets) stops on the absolute value, above the smoothing floor Σw·δ.
+        floor = grouped((new_fw.weights * SMOOTH_NDC).sum(dim=1))
+        done |= torch.minimum(old_g, new_g) - floor < 1e-13 * (n if coupled else 1)
         accept = per_frame(ok)
         pose = torch.where(accept[:, None], new_pose, pose)
         fov = torch.where(accept, new_fov, fov)
