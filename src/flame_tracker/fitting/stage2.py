@@ -235,8 +235,12 @@ def _rho(d: Tensor, loss: str, delta: float) -> Tensor:
 
 def objective(problem: _Problem, x: Tensor, s: Tensor) -> Tensor:
     """Per-frame objective ``[N]`` (shared-shape prior and temporal term split evenly over frames)."""
+    return objective_from_residuals(problem, problem.residuals(x, s), x, s)
+
+
+def objective_from_residuals(problem: _Problem, r: Tensor, x: Tensor, s: Tensor) -> Tensor:
+    """:func:`objective` given the residuals ``r [N, R]`` at ``(x, s)``."""
     o = problem.opts
-    r = problem.residuals(x, s)
     n = x.shape[0]
     per = (problem.coeff.flatten(1) * _rho(r, o.loss, o.delta)).sum(1)
     params = problem.layout.split(x, s, problem.base)
@@ -455,8 +459,8 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
 def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float]]:
     """Levenberg-Marquardt whose steps minimise the convexified local model by inner IRLS.
 
-    Each outer iteration evaluates the model once for the residuals and the exact Jacobian (one
-    batched call) and once to verify the step. The inner loop reweights and re-solves the L1/Huber
+    Each trial step is verified with one batched model call that also yields the residuals and
+    the exact Jacobian at the trial point (reused when the step is accepted). The inner loop reweights and re-solves the L1/Huber
     problem on the linearised residuals ``r + J dx`` with matrix operations only, which removes the
     slow tail of plain IRLS from the (costly) model evaluations. Damping ``mu`` is the trust region.
     """
@@ -466,13 +470,13 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     coupled = ns > 0 or (o.temporal and n >= 2)
     lam_x, lam_s = _prior_diag(problem, x, s)
     coeff = problem.coeff.flatten(1)
-    f = objective(problem, x, s)
+    r0, jx, js = _jacobians(problem, x, s)
+    f = objective_from_residuals(problem, r0, x, s)
     mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
     history = [float(f.sum())]
     it = 0
     slow = False
     for it in range(1, o.max_iter + 1):
-        r0, jx, js = _jacobians(problem, x, s)
         improved = False
         for _ in range(10):
             dx, ds = torch.zeros_like(x), torch.zeros_like(s)
@@ -505,10 +509,13 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 if moved < 1e-5:
                     break
             x_new, s_new = x + dx, s + ds
-            f_new = objective(problem, x_new, s_new)
+            # The trial point is evaluated with its Jacobian in one batched call: steps are mostly
+            # accepted, and then the next iteration needs no model evaluation of its own.
+            r_new, jx_new, js_new = _jacobians(problem, x_new, s_new)
+            f_new = objective_from_residuals(problem, r_new, x_new, s_new)
             if coupled:
                 if f_new.sum() < f.sum():
-                    x, s, f = x_new, s_new, f_new
+                    x, s, f, r0, jx, js = x_new, s_new, f_new, r_new, jx_new, js_new
                     mu = (mu * 0.3).clamp_min(1e-9)
                     improved = True
                     break
@@ -517,6 +524,8 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 ok = f_new < f  # frames are independent: accept or reject each one
                 x = torch.where(ok[:, None], x_new, x)
                 f = torch.where(ok, f_new, f)
+                r0 = torch.where(ok[:, None], r_new, r0)
+                jx = torch.where(ok[:, None, None], jx_new, jx)
                 mu = torch.where(ok, (mu * 0.3).clamp_min(1e-9), mu * 10)
                 if ok.any():
                     improved = True
