@@ -311,7 +311,7 @@ def fit_photometric(
         albedo: fixed appearance (canonical): per-vertex ``[V, 3]`` or a UV texture ``[1, 3, T, T]``;
             ``None`` estimates it (per frame, or one for all frames with ``shared_appearance``).
         uvs, uv_faces: ``[Vt, 2]`` / ``[F, 3]`` texture coordinates: use a UV texture instead of
-            per-vertex albedo.
+            per-vertex albedo; ``texture_size`` is the side of an estimated texture.
         user_mask: optional ``[N|1, R, R]`` mask ANDed into the landmark face mask.
         options: :class:`PhotometricOptions`; keyword ``overrides`` replace single fields.
     """
@@ -325,8 +325,24 @@ def fit_photometric(
                     uvs, uv_faces, texture_size, user_mask, opts)
 
 
-def _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance, uvs, uv_faces,
-         texture_size, user_mask, opts: PhotometricOptions) -> PhotometricResult:
+def _fit(
+    model: torch.nn.Module,
+    images: np.ndarray | Tensor,
+    lmks_ndc: Tensor,
+    pose6: Tensor,
+    fov: Tensor | float,
+    init: dict[str, Tensor] | None,
+    iris_ndc: Tensor | None,
+    ears_ndc: Tensor | None,
+    albedo: Tensor | None,
+    shared_appearance: bool,
+    uvs: Tensor | None,
+    uv_faces: Tensor | None,
+    texture_size: int,
+    user_mask: np.ndarray | None,
+    opts: PhotometricOptions,
+) -> PhotometricResult:
+    """:func:`fit_photometric`'s body (run inside its CPU-thread scope)."""
     dev, dt = model.v_template.device, model.v_template.dtype
     res = opts.resolution
     lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
@@ -568,7 +584,7 @@ def save_texture_png(path: str | Path, albedo: Tensor, model: torch.nn.Module | 
     return save_image(path, texture_image(albedo, model))
 
 
-def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides):
+def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides) -> tuple[object, PhotometricResult]:
     """Photometric refinement of a single-image landmark fit (``flame_tracker.tracker.Result``).
 
     Crops ``image`` (RGB uint8, original size) to the result's fitting square at

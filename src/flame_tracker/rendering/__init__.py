@@ -13,6 +13,7 @@ from flame_tracker.rendering.differentiable import (
     to_image,
     vertex_normals,
 )
+from flame_tracker.rendering.mask import face_mask
 from flame_tracker.rendering.overlay import draw_points, render_overlay, shade_mesh
 from flame_tracker.rendering.raster import Fragments, face_orientation, rasterize
 
@@ -21,6 +22,7 @@ __all__ = [
     "Fragments",
     "barycentrics",
     "draw_points",
+    "face_mask",
     "face_orientation",
     "interpolate",
     "rasterize",
