@@ -6,7 +6,10 @@ error (px). N = 1 and 16: one batch of N frames per yaw, each solved (and timed)
 (LM: best of 7). N = 128: to stay under 10 minutes, ONE batch of 128 frames split 43/43/42 over the
 three yaws, solved and timed once by each solver (Adam's frames are independent without the
 temporal term, so the per-yaw rows are its frames' results).
-Then: FOV recoverability (fixed / per-frame / shared FOV at true FOV 12/20/35°) and a temporal run.
+Then: FOV recoverability (fixed / per-frame / shared FOV at true FOV 12/20/35°), the ear term on a
+FLAME-sized synthetic model (both solvers; in the summary's objective ratio, not its speed-up: the
+seed's ear side switches at yaw = 0, a discontinuity that costs the LM extra iterations on frames
+near it) and a temporal run.
 
 Usage: ``python benchmarks/stage1.py [--sizes 1 16 128]``. Last line:
 ``speedup=<min over N> objective_ratio=<max fast/adam> rot_err_deg=<max over rows of the mean>``.
@@ -127,6 +130,25 @@ def main() -> None:
             cells.append(f"{float(fit.fov.mean()):5.1f}±{float(fit.fov.std()):4.1f} "
                          f"{float(rot_err_deg(fit.pose6, b.pose6).mean()):5.2f}° {reproj_px(b, fit.pose6, fit.fov):4.2f}")
         print(f"{true_fov:>5.0f} {which:>10} | " + " | ".join(f"{c:>22}" for c in cells))
+
+    # Ears: FLAME-sized synthetic model (flame_tracker.model.fixtures) with 20 + 20 ear points.
+    from flame_tracker.model.fixtures import synthetic_flame
+
+    flame = synthetic_flame("flame", n_shape=50, n_expr=20, dtype=D)
+    b = make_synthetic(flame, 16, seed=11, ears=True, noise_px=0.5)
+    t0 = time.perf_counter()
+    adam = fit_camera(b.points3d.float(), b.targets_ndc.float(), ear_targets=b.ear_targets_ndc.float(), solver="adam")
+    t_adam = time.perf_counter() - t0
+    t_lm, lm = best_of(lambda: fit_camera(b.points3d, b.targets_ndc, ear_targets=b.ear_targets_ndc))
+    ears_obj = lambda p, f: float(stage1_objective(b.points3d, b.targets_ndc, p.double(), f.double(),  # noqa: E731
+                                                   ear_targets=b.ear_targets_ndc).total)
+    o_lm, o_adam = ears_obj(lm.pose6, lm.fov), ears_obj(adam.pose6, adam.fov)
+    ratios.append(o_lm / o_adam)
+    print()
+    print(f"ears (FLAME-sized fixture, 16 frames, yaw ±60°, 108 points): adam {t_adam:.2f}s obj {o_adam:.4f} "
+          f"rot° {float(rot_err_deg(adam.pose6, b.pose6).mean()):.3f} | lm {t_lm:.4f}s ({lm.iterations} it) "
+          f"obj {o_lm:.4f} rot° {float(rot_err_deg(lm.pose6, b.pose6).mean()):.3f} | ratio {o_lm / o_adam:.5f} "
+          f"speedup {t_adam / t_lm:.0f}")
 
     # Temporal smoothing over a smooth 128-frame head turn (frames coupled: banded solve).
     b = make_synthetic(model, 128, seed=7, motion="smooth", noise_px=1.0)

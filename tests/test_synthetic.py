@@ -97,3 +97,13 @@ def test_stage1_recovers_ict_cameras(shared_dir: Path) -> None:
     assert float(fit.residuals_px().mean()) < 1.0
     clean = fit_camera(s.points3d, s.clean_ndc)
     assert torch.allclose(clean.pose6, s.pose6, atol=1e-6)
+
+
+def test_flame_fixture_with_ears() -> None:
+    from flame_tracker.model.fixtures import synthetic_flame
+
+    model = synthetic_flame("flame", n_shape=20, n_expr=10, dtype=D)
+    s = make_synthetic(model, 8, seed=5, ears=True, noise_px=0.0, yaw_deg=(20.0, 60.0))
+    assert s.points3d.shape == (8, 108, 3) and bool((s.ear_side > 0).all())
+    fit = fit_camera(s.points3d, s.targets_ndc, ear_targets=s.ear_targets_ndc)
+    assert torch.allclose(fit.pose6, s.pose6, atol=1e-6)
