@@ -10,10 +10,12 @@ and :attr:`VideoReader.broken` says where it broke.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Container, Iterator
+from typing import Container, Iterable, Iterator, TypeVar
 
 import av
 import numpy as np
@@ -237,3 +239,50 @@ class VideoReader:
                 last_index, last_time,
                 f"stream ended {missing_s:.2f}s before the container's duration "
                 f"({info.duration_s:.2f}s): the file is truncated or damaged")
+
+
+_T = TypeVar("_T")
+_END = object()
+
+
+def prefetch(items: Iterable[_T], depth: int = 4) -> Iterator[_T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Decoding (FFmpeg) and detection (MediaPipe) both run in C++ with the GIL released, so reading the
+    next frame while the current one is detected overlaps the two; the bounded queue keeps memory
+    flat. An exception raised by ``items`` is re-raised here; leaving the loop early stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=work, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()  # the producer's generator has finished: its state (e.g. ``broken``) is final

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.tracker import Result
-from flame_tracker.video.decode import VideoReader
+from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.store import RunFolder
 from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, TrackOptions,
                                        track_landmarks)
@@ -116,9 +117,12 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     t_decode = t_detect = 0.0
     n = 0
     try:
-        with FaceLandmarker(landmarker_path, mode="video", transformation_matrix=False,
-                            max_side=reader.max_side or 1280) as lm:
-            it = iter(reader)
+        with ExitStack() as stack:
+            lm = stack.enter_context(FaceLandmarker(
+                landmarker_path, mode="video", transformation_matrix=False,
+                max_side=reader.max_side or 1280))
+            # decode the next frames while this one is detected; closing stops the decode thread
+            it = stack.enter_context(closing(prefetch(reader)))
             while True:
                 t0 = time.perf_counter()
                 frame = next(it, None)
