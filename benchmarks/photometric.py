@@ -128,8 +128,9 @@ def main() -> None:
     print("\nRender, 1 frame, single thread (the fit's default, see PhotometricOptions.cpu_threads):\n")
     with cpu_threads(1):
         render_table(model, args.repeats)
-    # Warm Adam's first-use import of torch._dynamo (~seconds once per process) out of the timings.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    # Warm first-use costs (Adam imports torch._dynamo, allocator warm-up) out of the timings.
+    w = scene(model, 1, 256)
+    fit_photometric(model, w["image"], w["lmk"], w["pose0"], w["fov"], iris_ndc=w["iris"], iters=2)
     print("\nPhotometric fit (defaults: 256², 40 iterations):")
     s = fit_table(model)
     print(f"\ns_per_frame={s:.3f}")
