@@ -70,15 +70,28 @@ def small_matmul(a: Tensor, b: Tensor) -> Tensor:
 
     Batched BLAS calls on 3×3 blocks are dominated by per-call and threading overhead (on a loaded
     CPU an OpenMP barrier can cost milliseconds); element-wise kernels do not spawn threads for
-    tensors this small.
+    tensors this small. Single-threaded (as inside the stage-1 LM) a plain matmul is cheaper.
     """
+    if torch.get_num_threads() == 1:  # no thread pool to wake: BLAS is the cheaper single op
+        return a @ b
     return (a[..., :, :, None] * b[..., None, :, :]).sum(dim=-2)
+
+
+_EYE_CACHE: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def eye3(like: Tensor) -> Tensor:
+    """A cached 3×3 identity of ``like``'s dtype and device (hot loops call this thousands of times)."""
+    key = (like.dtype, like.device)
+    eye = _EYE_CACHE.get(key)
+    if eye is None:
+        eye = _EYE_CACHE.setdefault(key, torch.eye(3, dtype=like.dtype, device=like.device))
+    return eye
 
 
 def outer_minus_dot(a: Tensor) -> Tensor:
     """``[a]x @ [a]x`` in closed form: ``a a^T - (a.a) I`` (exact for any vector ``a``)."""
-    eye = torch.eye(3, dtype=a.dtype, device=a.device)
-    return a[..., :, None] * a[..., None, :] - (a * a).sum(dim=-1)[..., None, None] * eye
+    return a[..., :, None] * a[..., None, :] - (a * a).sum(dim=-1)[..., None, None] * eye3(a)
 
 
 # [v]x = v @ _SKEW_BASIS (flattened row-major): one op instead of unbind/zeros/stack.
@@ -104,8 +117,7 @@ def rotvec_to_matrix(rotvec: Tensor) -> Tensor:
     angle = torch.linalg.vector_norm(rotvec + 1e-8, dim=-1, keepdim=True)
     axis = rotvec / angle
     angle = angle.unsqueeze(-1)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + torch.sin(angle) * skew(axis) + (1.0 - torch.cos(angle)) * outer_minus_dot(axis)
+    return eye3(rotvec) + torch.sin(angle) * skew(axis) + (1.0 - torch.cos(angle)) * outer_minus_dot(axis)
 
 
 def matrix_to_rotvec(matrix: Tensor) -> Tensor:
@@ -234,7 +246,7 @@ def projection_matrix(focal: Tensor | float, size: float = REFERENCE_SIZE, near:
 
 __all__ = [
     "DEFAULT_FOV", "REFERENCE_SIZE", "ZNEAR", "ZFAR", "FOV_MIN", "FOV_MAX", "fov_to_focal", "focal_to_fov",
-    "default_distance", "build_intrinsics", "small_matmul", "outer_minus_dot", "skew", "rotvec_to_matrix", "matrix_to_rotvec", "euler_to_matrix",
+    "default_distance", "build_intrinsics", "small_matmul", "outer_minus_dot", "eye3", "skew", "rotvec_to_matrix", "matrix_to_rotvec", "euler_to_matrix",
     "matrix_to_euler", "rotvec_to_euler", "euler_to_rotvec", "pose6_to_cam", "cam_to_pose6", "world_to_view",
     "project_ndc", "ndc_to_pixels", "pixels_to_ndc", "projection_matrix"
 ]

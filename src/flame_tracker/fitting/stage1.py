@@ -45,6 +45,7 @@ from flame_tracker.camera.reference import (
     FOV_MIN,
     REFERENCE_SIZE,
     default_distance,
+    eye3,
     matrix_to_euler,
     matrix_to_rotvec,
     pose6_to_cam,
@@ -417,7 +418,7 @@ def _right_jacobian(r: Tensor) -> Tensor:
     safe = torch.where(small, torch.ones_like(theta), theta)
     c1 = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(safe)) / safe**2)
     c2 = torch.where(small, 1.0 / 6.0 - theta2 / 120.0, (safe - torch.sin(safe)) / safe**3)
-    return torch.eye(3, dtype=r.dtype) - c1 * skew(r) + c2 * outer_minus_dot(r)
+    return eye3(r) - c1 * skew(r) + c2 * outer_minus_dot(r)
 
 
 def _jacobian(fw: Stage1Forward, pose6: Tensor, with_fov: bool) -> Tensor:
@@ -501,7 +502,7 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
         inv_d = fw.weights / rad  # [N, P]
         jc = jac * inv_d.repeat_interleave(2, dim=1)[..., None]
         hess = _gram(jc, jac)  # [N, k, k]
-        grad = (jc * fw.err.reshape(n, -1, 1)).sum(dim=1)  # [N, k]
+        grad = (jc.transpose(1, 2) @ fw.err.reshape(n, -1, 1))[..., 0]  # [N, k]
         if bool((alpha > 0).any()):
             # The Hessian of |e| is (I - u u^T)/|e|: remove (part of) the radial curvature.
             unit = fw.err / rad[..., None]
