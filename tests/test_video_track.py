@@ -174,3 +174,34 @@ def test_identity_fit_on_keyframes(model, true_shape) -> None:
     # tracked to within a degree (0.5 degrees needs the identity, see the tests above).
     motion_err = rotation_error_deg(relative(fit.pose6), relative(gt))
     assert motion_err.mean() <= 1.0, motion_err
+
+
+def test_closed_form_linear_jacobian_matches_model_differences(model) -> None:
+    """Stage 2's closed-form shape/expression columns equal differences of the landmark path (the
+    points are affine in them for fixed rotations), with joints, eyes and a head pose set."""
+    from flame_tracker.fitting.stage2 import _linear_point_jacobian
+
+    g = torch.Generator().manual_seed(0)
+    n = 3
+    params = {"shape": torch.randn(n, model.n_shape, generator=g) * 0.5,
+              "expr": torch.rand(n, model.n_expr, generator=g) * 0.5,
+              "eye_pose": torch.randn(n, 6, generator=g) * 0.2,
+              "head_pose": torch.randn(n, 3, generator=g) * 0.1}
+    lin = [("expr", 0, model.n_expr, "frame"), ("shape", model.n_expr, model.n_shape, "frame")]
+    with torch.no_grad():
+        d = _linear_point_jacobian(model, params, lin)
+
+        def pts(p):
+            out = model.landmarks(**p)
+            return torch.cat([out.landmarks, out.iris], 1)
+
+        p0 = pts(params)
+        cols = []
+        for name in ("expr", "shape"):
+            step = torch.eye(params[name].shape[1])
+            batch = {k: v.repeat_interleave(len(step), 0) for k, v in params.items()}
+            batch[name] = batch[name] + step.repeat(n, 1)
+            cols.append((pts(batch).view(n, len(step), 78, 3) - p0[:, None]).permute(0, 2, 3, 1))
+    ref = torch.cat(cols, -1)
+    assert d.shape == ref.shape
+    assert (d - ref).abs().max() <= 1e-6 * max(1.0, float(ref.abs().max())) + 1e-6

@@ -266,6 +266,54 @@ _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joi
 _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of the Gauss-Newton matrix
 
 
+def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
+                           lin: list[tuple[str, int, int, str]]) -> Tensor | None:
+    """Exact derivatives ``[N, 78, 3, n_lin]`` of the 68 landmarks + 10 iris points w.r.t. the
+    ``lin`` (shape/expression) columns, in closed form from the model's landmark-path bases.
+
+    For fixed joint rotations a skinned point is ``sum_j w_j (R_j v(theta) + t_j(J(theta)))`` with
+    ``v`` and the rest joints ``J`` affine in ``theta`` and ``t_j`` linear in ``J``: the column of
+    ``theta_k`` is ``sum_j w_j (R_j dv_k + t_j(dJ_k))``. This replaces one skinning pass per column and
+    frame by a few small contractions. Returns ``None`` for models without the landmark-path
+    internals of :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
+    """
+    names = ("_inputs", "_sub_dirs", "_sub_weights", "_levels", "_parents", "_sub_lmk",
+             "_sub_lmk_bary", "n_sub")
+    if not lin or not all(hasattr(model, a) for a in names):
+        return None
+    from flame_tracker.model.lbs import axis_angle_to_matrix, rigid_transforms
+
+    keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
+    _, rotvecs = model._inputs({k: params.get(k) for k in keys})
+    n, nj = rotvecs.shape[:2]
+    p = model.n_sub
+    dt, dev = rotvecs.dtype, rotvecs.device
+    rot = axis_angle_to_matrix(rotvecs)  # [N, J, 3, 3] local
+    # The transforms' translations are linear in the rest joints: evaluate them on the 3J unit
+    # joint configurations (one batched call) to get t_j(J) = C[j] @ vec(J).
+    unit = torch.eye(3 * nj, dtype=dt, device=dev).view(3 * nj, nj, 3)
+    a = rigid_transforms(rot.repeat_interleave(3 * nj, 0), unit.repeat(n, 1, 1), model._levels,
+                         model._parents).view(n, 3 * nj, nj, 3, 4)
+    world_r = a[:, 0, :, :, :3]  # [N, J, 3, 3]
+    c = a[..., 3].permute(0, 2, 3, 1)  # [N, J, 3, 3J]
+    offset = {"shape": 0, "expr": model.n_shape}
+    cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
+                      for name, _, size, _ in lin])
+    dirs = model._sub_dirs.index_select(1, cols).to(dt)  # [3P + 3J, n_lin]
+    dv = dirs[: 3 * p].view(p, 3, -1)
+    dt_j = torch.einsum("njam,mk->njak", c, dirs[3 * p:])  # joint translations per column
+    w = model._sub_weights.to(dt)  # [P, J]
+    wr = torch.einsum("pj,njab->npab", w, world_r)
+    d_sub = torch.einsum("npab,pbk->npak", wr, dv) + torch.einsum("pj,njak->npak", w, dt_j)
+    # landmarks: barycentric mixes of the landmark-path rows; iris points: single rows
+    interp = torch.zeros(68 + N_IRIS, p, dtype=dt, device=dev)
+    interp[:68].scatter_add_(1, model._sub_lmk, model._sub_lmk_bary.to(dt))
+    iris = getattr(model, "_sub_iris", None)
+    if iris is not None:
+        interp[68 + torch.arange(N_IRIS, device=dev), iris] = 1.0
+    return torch.einsum("lp,npak->nlak", interp, d_sub)
+
+
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Residuals ``[N,R]``, per-frame Jacobian ``[N,R,P]`` and shared Jacobian ``[N,R,S']``.
 
@@ -288,14 +336,17 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     n_lin = sum(b[2] for b in lin)
 
     n_rot = sum(b[2] for b in rot)
-    # One batched landmark-path call over [N, 1 + n_lin + n_rot] parameter sets: entry 0 is the
-    # current point, then unit steps of every linear column, then small steps of every rotation.
-    cols = 1 + n_lin + n_rot
+    d_lin = _linear_point_jacobian(problem.model, params, lin)
+    stepped = rot if d_lin is not None else lin + rot
+    # One batched landmark-path call over [N, 1 + columns] parameter sets: entry 0 is the current
+    # point, then (without the closed form) unit steps of every linear column, then small steps of
+    # every rotation.
+    cols = 1 + sum(b[2] for b in stepped)
     batch = {}
     for key, val in params.items():
         rep = val[:, None].expand(n, cols, val.shape[-1]).clone()
         col = 1
-        for name, _, size, _ in lin + rot:
+        for name, _, size, _ in stepped:
             if name == key:
                 step = 1.0 if name in _LINEAR else _ROT_STEP
                 rep[:, col : col + size] += step * torch.eye(size, dtype=x.dtype, device=x.device)
@@ -303,9 +354,11 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
         batch[key] = rep.flatten(0, 1)
     pts = problem.points3d(batch).view(n, cols, 78, 3)
     p0 = pts[:, 0]
-    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, n_lin + n_rot]
-    d_lin = diff[..., :n_lin]  # exact: the points are affine in these columns
-    d_rot = diff[..., n_lin:] / _ROT_STEP  # forward differences: the gradient is exact anyway
+    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, columns]
+    if d_lin is None:
+        d_lin = diff[..., :n_lin]  # exact: the points are affine in these columns
+        diff = diff[..., n_lin:]
+    d_rot = diff / _ROT_STEP  # forward differences: the gradient is exact anyway
 
     # Analytic projection Jacobian: view = D R^T (X - t), ndc = scale * view_xy / view_z.
     rmat = rotvec_to_matrix(problem.pose6[:, :3])

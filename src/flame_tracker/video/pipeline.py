@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,12 +197,18 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     t0 = time.perf_counter()
     per_frame: list[dict[str, np.ndarray]] = []
     names = tuple(getattr(model, "expr_names", None) or ())
-    for r in rows:  # per-frame files are tiny; the loop is over frames, not vertices
-        arrays = frame_arrays(fit, int(r), lm, str(getattr(model, "name", "")), names)
-        path = run.frame_path(int(lm["frame"][r]))
-        if not path.exists():
-            save_npz(path, arrays)
-        per_frame.append(arrays)
+    # Per-frame files are tiny; zlib and file I/O release the GIL, so a small pool writes them
+    # while the next frames' arrays are assembled (each write stays atomic).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for r in rows:
+            arrays = frame_arrays(fit, int(r), lm, str(getattr(model, "name", "")), names)
+            path = run.frame_path(int(lm["frame"][r]))
+            if not path.exists():
+                pending.append(pool.submit(save_npz, path, arrays))
+            per_frame.append(arrays)
+        for job in pending:
+            job.result()  # re-raise a failed write here
     # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
     fixed = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
     stacked = {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]
