@@ -125,33 +125,38 @@ def rasterize(
     faces = faces.to(device=device, dtype=torch.long)
     n_faces = faces.shape[0]
     hw = height * width
-    # float64 edge functions avoid cracks between neighbouring triangles at 1080p.
-    tri = v[:, faces].to(torch.float64)  # [N, F, 3, 3]
+    # float64 per-triangle set-up avoids cracks between neighbouring triangles at 1080p.
+    tri = v.index_select(1, faces.reshape(-1)).to(torch.float64).view(n_batch * n_faces, 3, 3)
     xy = tri[..., :2]
     z = tri[..., 2]
 
-    e1, e2 = xy[:, :, 1] - xy[:, :, 0], xy[:, :, 2] - xy[:, :, 0]
-    area = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]  # [N, F], as face_orientation
+    e1, e2 = xy[:, 1] - xy[:, 0], xy[:, 2] - xy[:, 0]
+    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # [N*F], as face_orientation
     keep = (area.abs() > 1e-12) & (z > near).all(-1)
     if cull_backfaces:
         keep &= area < 0
-    lo = xy.amin(dim=2)
-    hi = xy.amax(dim=2)
+    lo = xy.amin(dim=1)
+    hi = xy.amax(dim=1)
     # Pixel j is a candidate when its centre j + 0.5 lies inside [lo, hi].
-    x0 = torch.ceil(lo[..., 0] - 0.5).clamp(min=0)
-    x1 = torch.floor(hi[..., 0] - 0.5).clamp(max=width - 1)
-    y0 = torch.ceil(lo[..., 1] - 0.5).clamp(min=0)
-    y1 = torch.floor(hi[..., 1] - 0.5).clamp(max=height - 1)
+    x0 = torch.ceil(lo[:, 0] - 0.5).clamp(min=0)
+    x1 = torch.floor(hi[:, 0] - 0.5).clamp(max=width - 1)
+    y0 = torch.ceil(lo[:, 1] - 0.5).clamp(min=0)
+    y1 = torch.floor(hi[:, 1] - 0.5).clamp(max=height - 1)
     bw = (x1 - x0 + 1).clamp(min=0)
     bh = (y1 - y0 + 1).clamp(min=0)
     keep &= (bw > 0) & (bh > 0)
 
-    b_idx, f_idx = torch.nonzero(keep, as_tuple=True)
+    kept = torch.nonzero(keep, as_tuple=True)[0]
     zbuf = torch.full((n_batch * hw,), _NO_HIT, dtype=torch.int64, device=device)
-    if b_idx.numel():
-        t = xy[b_idx, f_idx]  # [K, 3, 2] kept triangles
-        zt = z[b_idx, f_idx]
-        a = area[b_idx, f_idx]
+    if kept.numel():
+        # One gather of everything the kept triangles need (flat index_select, no 2-D indexing).
+        packed = torch.cat([tri.reshape(-1, 9), torch.stack([area, x0, y0, bw, bh], 1)], 1).index_select(0, kept)
+        t = packed[:, :9].view(-1, 3, 3)[..., :2]  # [K, 3, 2]
+        zt = packed[:, :9].view(-1, 3, 3)[..., 2]
+        a = packed[:, 9]
+        tx0, ty0, kbw, kbh = packed[:, 10], packed[:, 11], packed[:, 12], packed[:, 13]
+        b_idx = torch.div(kept, n_faces, rounding_mode="floor")
+        f_idx = kept - b_idx * n_faces
         # Barycentric k is linear in the pixel centre: b_k = A_k x + B_k y + C_k (edge function
         # opposite vertex k over the signed area); 1/z is then linear too. Precomputing these
         # 12 coefficients per triangle leaves a few multiply-adds per candidate pixel.
@@ -163,8 +168,6 @@ def rasterize(
         iz = 1.0 / zt
         inv_lo, inv_hi = iz.min(), iz.max()  # quantise 1/z: exact ordering, no division per pixel
         scale = ((1 << _DEPTH_BITS) - 1) / torch.clamp(inv_hi - inv_lo, min=1e-30)
-        tx0 = x0[b_idx, f_idx]
-        ty0 = y0[b_idx, f_idx]
         # Rows A, B, C of (b0, b1, b2, 1/z) = A x + B y + C, re-centred on each box's first pixel
         # centre (in float64) so that the per-candidate evaluation runs in float32 on small offsets
         # without losing precision; 1/z is mapped to the quantisation scale up front.
@@ -176,11 +179,11 @@ def rasterize(
         rb[:, 3] *= scale
         rc[:, 3] = (rc[:, 3] - inv_lo) * scale
         coef = torch.cat([ra, rb, rc], 1).to(torch.float32)  # [K, 12]
-        tw = bw[b_idx, f_idx].long()
+        tw = kbw.long()
         base = b_idx * hw + ty0.long() * width + tx0.long()
         # Enumerate exactly the bounding-box pixels of every kept triangle (no padding), in chunks
         # of about _MAX_FRAGMENTS_PER_CHUNK candidates.
-        count = tw * bh[b_idx, f_idx].long()
+        count = tw * kbh.long()
         ends = torch.cumsum(count, 0)
         bounds = torch.arange(0, int(ends[-1]) + _MAX_FRAGMENTS_PER_CHUNK, _MAX_FRAGMENTS_PER_CHUNK, device=device)
         cuts = [0] + torch.unique(torch.searchsorted(ends, bounds, right=True).clamp(max=ends.numel())).tolist()
