@@ -162,3 +162,48 @@ def test_cli_reports_bad_input(tmp_path: Path) -> None:
                                        str(tmp_path / "o")])
     assert result.exit_code != 0
     assert "does not exist" in result.output
+
+
+def test_batched_result_arrays_equal_per_frame_arrays() -> None:
+    """The video writer converts all frames in one batched ``Result.arrays()`` call: each row must
+    equal what a single-frame Result (the photo path) writes."""
+    from flame_tracker.tracker import Result
+
+    rng = np.random.default_rng(0)
+    n = 3
+    f32 = np.float32
+
+    def result(sl: slice) -> Result:
+        one = sl.stop - sl.start == 1  # a photo's Result: per-image arrays without a frame axis
+        per = lambda a: a[sl][0] if one else a[sl]  # noqa: E731
+        return Result(
+            model_name="m", image_size=(640, 480), crop=(10.0, 5.0, 300.0),
+            shape=np.ones((1, 4), f32), exp=exp[sl], head_pose=np.zeros_like(jaw[sl]),
+            jaw_pose=jaw[sl], neck_pose=np.zeros_like(jaw[sl]), eye_pose=eye[sl],
+            pose6=pose6[sl], fov=fov[sl], lmks68_px=per(l68), iris_px=per(iris),
+            fit_lmks68_px=per(f68), fit_iris_px=per(firis),
+            vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
+            objective=float(per(obj)) if one else obj[sl],
+            stage1_objective=float("nan") if one else np.full(n, np.nan),
+            blendshape_scores=per(bs), expr_names=("a", "b"))
+
+    exp, jaw, eye = (rng.normal(size=(n, k)).astype(f32) for k in (5, 3, 6))
+    pose6 = np.concatenate([rng.normal(0, 0.3, (n, 3)), rng.normal(0, 0.1, (n, 2)),
+                            rng.uniform(0.8, 1.2, (n, 1))], 1)
+    fov = np.full(n, 20.0, f32)
+    l68, f68 = (rng.uniform(0, 400, (n, 68, 2)).astype(f32) for _ in range(2))
+    iris, firis = (rng.uniform(0, 400, (n, 10, 2)).astype(f32) for _ in range(2))
+    obj = rng.uniform(size=n)
+    bs = rng.uniform(size=(n, 52)).astype(f32)
+    batched = result(slice(0, n)).arrays()
+    for i in range(n):
+        single = result(slice(i, i + 1)).arrays()
+        assert set(single) == set(batched)
+        for k, v in single.items():
+            got = batched[k] if k in ("shape", "crop", "blendshape_names", "expr_names",
+                                      "model_name") else batched[k][i:i + 1]
+            assert got.shape == v.shape, k
+            if v.dtype.kind in "fi":
+                np.testing.assert_allclose(got, v, rtol=1e-6, atol=1e-6, err_msg=k)
+            else:
+                np.testing.assert_array_equal(got, v, err_msg=k)

@@ -97,10 +97,11 @@ class Result:
 
     @property
     def residuals_px(self) -> np.ndarray:
-        """Per-point distance detected ↔ fitted in original pixels: ``[78]`` = 68 landmarks + 10 iris."""
+        """Per-point distance detected ↔ fitted in original pixels: ``[78]`` = 68 landmarks + 10 iris
+        (``[N, 78]`` for a Result of ``N`` frames)."""
         d68 = np.linalg.norm(self.fit_lmks68_px - self.lmks68_px, axis=-1)
         dir_ = np.linalg.norm(self.fit_iris_px - self.iris_px, axis=-1)
-        return np.concatenate([d68, dir_]).astype(np.float32)
+        return np.concatenate([d68, dir_], axis=-1).astype(np.float32)
 
     @property
     def reprojection_error_px(self) -> float:
@@ -121,7 +122,13 @@ class Result:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The npz content: the reference keys (reference meaning) plus pixel-space extras."""
+        """The npz content: the reference keys (reference meaning) plus pixel-space extras.
+
+        A Result may also hold ``N`` frames at once (``pose6 [N, 6]``, landmarks ``[N, 68, 2]``, ...,
+        as the video writer builds it): every per-frame key then has a leading dimension ``N``, so
+        the whole video is converted in one vectorised call instead of one call per frame.
+        """
+        n = int(np.asarray(self.pose6).reshape(-1, 6).shape[0])
         crop = self.crop_obj
         to_ndc = lambda p: crop.to_ndc(torch.as_tensor(p, dtype=torch.float64)).numpy()  # noqa: E731
         pose6 = torch.as_tensor(self.pose6, dtype=torch.float64)
@@ -136,24 +143,24 @@ class Result:
             "eye_pose": self.eye_pose.astype(f32),
             "cam": pose6_to_cam(pose6).numpy().astype(f32),
             "fov": self.fov.astype(f32),
-            "K": build_intrinsics(focal, REFERENCE_SIZE).numpy().astype(f32).reshape(1, 3, 3),
-            "lmks_68": to_ndc(self.lmks68_px)[None].astype(f32),
-            "lmks_eyes": to_ndc(self.iris_px)[None].astype(f32),
-            "blendshape_scores": self.blendshape_scores.astype(f32)[None],
+            "K": build_intrinsics(focal, REFERENCE_SIZE).numpy().astype(f32).reshape(n, 3, 3),
+            "lmks_68": to_ndc(self.lmks68_px).reshape(n, 68, 2).astype(f32),
+            "lmks_eyes": to_ndc(self.iris_px).reshape(n, 10, 2).astype(f32),
+            "blendshape_scores": self.blendshape_scores.astype(f32).reshape(n, -1),
         }
         out.update({k: v for k, v in self.camera_matrices().items()})
         out.update(
             pose6=self.pose6.astype(f32),
             crop=np.asarray(self.crop, f32)[None],
-            image_size=np.asarray(self.image_size, np.int32)[None],
-            lmks_68_px=self.lmks68_px.astype(f32)[None],
-            lmks_eyes_px=self.iris_px.astype(f32)[None],
-            fit_lmks_68_px=self.fit_lmks68_px.astype(f32)[None],
-            fit_lmks_eyes_px=self.fit_iris_px.astype(f32)[None],
-            fit_lmks_68=to_ndc(self.fit_lmks68_px)[None].astype(f32),
-            residuals_px=self.residuals_px[None],
-            objective=np.asarray([self.objective], f32),
-            stage1_objective=np.asarray([self.stage1_objective], f32),
+            image_size=np.broadcast_to(np.asarray(self.image_size, np.int32).reshape(-1, 2), (n, 2)).copy(),
+            lmks_68_px=self.lmks68_px.astype(f32).reshape(n, 68, 2),
+            lmks_eyes_px=self.iris_px.astype(f32).reshape(n, 10, 2),
+            fit_lmks_68_px=self.fit_lmks68_px.astype(f32).reshape(n, 68, 2),
+            fit_lmks_eyes_px=self.fit_iris_px.astype(f32).reshape(n, 10, 2),
+            fit_lmks_68=to_ndc(self.fit_lmks68_px).reshape(n, 68, 2).astype(f32),
+            residuals_px=self.residuals_px.reshape(n, 78),
+            objective=np.asarray(self.objective, f32).reshape(n),
+            stage1_objective=np.asarray(self.stage1_objective, f32).reshape(n),
             blendshape_names=np.asarray(self.blendshape_names, dtype=np.str_),
             expr_names=np.asarray(self.expr_names, dtype=np.str_),
             model_name=np.asarray(self.model_name, dtype=np.str_),

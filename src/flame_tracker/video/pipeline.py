@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,34 +158,43 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
 # ------------------------------------------------------------------------------------ outputs
 
-def frame_result(fit: SequenceFit, row: int, lm: dict[str, np.ndarray], model_name: str,
+# keys of a per-frame npz that are the same for the whole video (not stacked over frames)
+FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
+
+
+def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
                  expr_names: tuple[str, ...]) -> Result:
-    """The tracked frame ``row`` as a single-image :class:`~flame_tracker.tracker.Result` (without
-    its mesh: meshes are exported separately), so video frames and photos share one npz format."""
+    """The tracked frames ``rows`` as one batched :class:`~flame_tracker.tracker.Result` (without
+    meshes: they are exported separately), so video frames and photos share one npz format."""
     ident = fit.identity
-    w, h = (int(v) for v in lm["image_size"][row])
+    rows = np.atleast_1d(np.asarray(rows))
+    w, h = (int(v) for v in lm["image_size"][rows[0]])  # one size for the whole video
     f32 = np.float32
+    n = len(rows)
     return Result(
         model_name=model_name, image_size=(w, h), crop=ident.crop,
-        shape=ident.shape[None].astype(f32), exp=fit.expr[row:row + 1].astype(f32),
-        head_pose=np.zeros((1, 3), f32), jaw_pose=fit.jaw_pose[row:row + 1].astype(f32),
-        neck_pose=np.zeros((1, 3), f32), eye_pose=fit.eye_pose[row:row + 1].astype(f32),
-        pose6=fit.pose6[row:row + 1].astype(np.float64), fov=np.array([ident.fov], f32),
-        lmks68_px=lm["lmks68"][row].astype(f32), iris_px=lm["iris"][row].astype(f32),
-        fit_lmks68_px=fit.lmks_fit_px[row].astype(f32), fit_iris_px=fit.iris_fit_px[row].astype(f32),
+        shape=ident.shape[None].astype(f32), exp=fit.expr[rows].astype(f32),
+        head_pose=np.zeros((n, 3), f32), jaw_pose=fit.jaw_pose[rows].astype(f32),
+        neck_pose=np.zeros((n, 3), f32), eye_pose=fit.eye_pose[rows].astype(f32),
+        pose6=fit.pose6[rows].astype(np.float64), fov=np.full(n, ident.fov, f32),
+        lmks68_px=lm["lmks68"][rows].astype(f32), iris_px=lm["iris"][rows].astype(f32),
+        fit_lmks68_px=fit.lmks_fit_px[rows].astype(f32),
+        fit_iris_px=fit.iris_fit_px[rows].astype(f32),
         vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
-        objective=float(fit.raw["err_ndc"][row]), stage1_objective=float("nan"),
-        blendshape_scores=lm["blendshapes"][row].astype(f32), expr_names=expr_names)
+        objective=fit.raw["err_ndc"][rows], stage1_objective=np.full(n, np.nan),
+        blendshape_scores=lm["blendshapes"][rows].astype(f32), expr_names=expr_names)
 
 
-def frame_arrays(fit: SequenceFit, row: int, lm: dict[str, np.ndarray], model_name: str,
+def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
                  expr_names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The per-frame npz of ``row``: the single-image keys (reference keys with leading dim 1 plus
-    original-pixel extras, see :meth:`Result.arrays`) and the frame's place in the video."""
-    arrays = frame_result(fit, row, lm, model_name, expr_names).arrays()
-    arrays.update(frame=np.array([lm["frame"][row]], np.int64),
-                  time_s=np.array([lm["time_s"][row]], np.float64),
-                  valid=np.array([fit.valid[row]]))
+    """The per-frame npz keys of ``rows``, stacked over frames (vectorised): the single-image keys
+    (reference keys plus original-pixel extras, see :meth:`Result.arrays`) and each frame's place in
+    the video. Row ``i`` of every key not in :data:`FIXED_KEYS` is frame ``rows[i]``."""
+    rows = np.atleast_1d(np.asarray(rows))
+    arrays = frame_result(fit, rows, lm, model_name, expr_names).arrays()
+    arrays.update(frame=lm["frame"][rows].astype(np.int64),
+                  time_s=lm["time_s"][rows].astype(np.float64),
+                  valid=fit.valid[rows].copy())
     return arrays
 
 
@@ -195,25 +203,13 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                    summary: VideoSummary, progress: bool) -> None:
     rows = np.flatnonzero(fit.covered)
     t0 = time.perf_counter()
-    per_frame: list[dict[str, np.ndarray]] = []
     names = tuple(getattr(model, "expr_names", None) or ())
-    # Per-frame files are tiny; zlib and file I/O release the GIL, so a small pool writes them
-    # while the next frames' arrays are assembled (each write stays atomic).
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = []
-        for r in rows:
-            arrays = frame_arrays(fit, int(r), lm, str(getattr(model, "name", "")), names)
-            path = run.frame_path(int(lm["frame"][r]))
-            if not path.exists():
-                pending.append(pool.submit(save_npz, path, arrays))
-            per_frame.append(arrays)
-        for job in pending:
-            job.result()  # re-raise a failed write here
+    stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names)
+    for i, r in enumerate(rows):  # per-frame files are tiny; the loop is over frames
+        path = run.frame_path(int(lm["frame"][r]))
+        if not path.exists():
+            save_npz(path, {k: v if k in FIXED_KEYS else v[i:i + 1] for k, v in stacked.items()})
     # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
-    fixed = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
-    stacked = {k: np.concatenate([a[k] for a in per_frame]) for k in per_frame[0]
-               if k not in fixed}
-    stacked.update({k: per_frame[0][k] for k in fixed if k in per_frame[0]})
     stacked.update({
         "keyframes": lm["frame"][fit.identity.keyframes],
         "all_frames": lm["frame"], "all_times_s": lm["time_s"], "all_valid": fit.valid,
