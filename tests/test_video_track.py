@@ -205,3 +205,28 @@ def test_closed_form_linear_jacobian_matches_model_differences(model) -> None:
     ref = torch.cat(cols, -1)
     assert d.shape == ref.shape
     assert (d - ref).abs().max() <= 1e-6 * max(1.0, float(ref.abs().max())) + 1e-6
+
+
+def test_shared_shape_schur_step_solves_the_full_system() -> None:
+    """The identity solve's exact Schur-complement step equals a dense solve of the whole
+    frame + shared-shape system."""
+    from flame_tracker.fitting.stage2 import _schur_step
+
+    g = torch.Generator().manual_seed(0)
+    n, p, s = 4, 7, 5
+
+    def spd(*shape: int) -> torch.Tensor:
+        m = torch.randn(*shape, 2 * shape[-1], generator=g, dtype=torch.float64)
+        return m @ m.transpose(-1, -2)
+
+    a, a_ss = spd(n, p), spd(s) * n
+    b = 0.3 * torch.randn(n, p, s, generator=g, dtype=torch.float64)
+    gx = torch.randn(n, p, generator=g, dtype=torch.float64)
+    gs = torch.randn(s, generator=g, dtype=torch.float64)
+    x, sv = _schur_step(a, gx, b, a_ss, gs)
+    full = torch.block_diag(*a, a_ss)
+    for i in range(n):
+        full[i * p:(i + 1) * p, n * p:] = b[i]
+        full[n * p:, i * p:(i + 1) * p] = b[i].T
+    ref = torch.linalg.solve(full, -torch.cat([gx.flatten(), gs]))
+    assert torch.allclose(torch.cat([x.flatten(), sv]), ref, atol=1e-10)
