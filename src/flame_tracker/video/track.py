@@ -310,7 +310,20 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
     Raises:
         NoFacesError: no frame is valid.
     """
-    opts = options or TrackOptions()
+    from flame_tracker.fitting.stage2 import cpu_threads
+
+    # Everything here works on small tensors (a few hundred numbers per frame): one intra-op
+    # thread avoids fork/join waits that a busy 2-core machine turns into stalls (see cpu_threads).
+    with cpu_threads(1, model.v_template.device):
+        return _track_landmarks(model, lmks_px, valid, times, iris_px, options or TrackOptions(),
+                                identity, done, on_chunk, on_identity)
+
+
+def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
+                     times: np.ndarray, iris_px: np.ndarray | None, opts: TrackOptions,
+                     identity: Identity | None, done: dict[str, np.ndarray] | None,
+                     on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None,
+                     on_identity: Callable[[Identity], None] | None) -> SequenceFit:
     valid = np.asarray(valid, bool)
     t_len = len(valid)
     if not valid.any():
