@@ -18,11 +18,12 @@ Solvers:
 * ``"lm"`` (default): Levenberg-Marquardt on the landmark fast path, batched over frames. The L1
   (or Huber) data term is handled by iteratively reweighted least squares: at the current residual
   ``d`` the term ``c*rho(d)`` is majorised by ``c*w*d^2/2`` with ``w = 1/max(|d|, delta)``, whose
-  gradient equals the true one. Jacobians come from forward-mode AD over a basis of tangents (one
-  vectorised forward pass). Bounded parameters (ICT blendshapes in [0, 1]) use a projected LM step
-  with an active set. Frames are solved independently (batched Cholesky) unless a temporal term or a
-  shared shape couples them; then the damped normal equations are solved by block-Jacobi
-  preconditioned conjugate gradients.
+  gradient equals the true one. Jacobians: shape/expression columns in closed form from the
+  landmark-path bases (exact: the points are affine in them for fixed rotations), rotation columns
+  by forward differences in one batched model call. Bounded parameters (ICT blendshapes in [0, 1])
+  use a projected LM step with an active set. Frames are solved independently (batched Cholesky);
+  a shared shape alone is solved exactly by a Schur complement; with a temporal term the damped
+  normal equations are solved by block-Jacobi preconditioned conjugate gradients.
 * ``"adam"``: the reference's schedule (200 iterations, lrs 0.01/0.025/0.03 for exp/jaw/eyes, all
   dropped to 0.005/0.01/0.01 at iteration 100, weight decay 1e-4), kept to compare against.
 """
