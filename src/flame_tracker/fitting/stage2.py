@@ -306,13 +306,14 @@ def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
     w = model._sub_weights.to(dt)  # [P, J]
     wr = torch.einsum("pj,njab->npab", w, world_r)
     d_sub = torch.einsum("npab,pbk->npak", wr, dv) + torch.einsum("pj,njak->npak", w, dt_j)
-    # landmarks: barycentric mixes of the landmark-path rows; iris points: single rows
-    interp = torch.zeros(68 + N_IRIS, p, dtype=dt, device=dev)
-    interp[:68].scatter_add_(1, model._sub_lmk, model._sub_lmk_bary.to(dt))
+    # landmarks: barycentric mixes of (at most 3) landmark-path rows; iris points: single rows
+    idx, bary = model._sub_lmk, model._sub_lmk_bary.to(dt)
+    lmk = (d_sub.index_select(1, idx.reshape(-1)).view(n, *idx.shape, 3, -1)
+           * bary[None, :, :, None, None]).sum(2)
     iris = getattr(model, "_sub_iris", None)
-    if iris is not None:
-        interp[68 + torch.arange(N_IRIS, device=dev), iris] = 1.0
-    return torch.einsum("lp,npak->nlak", interp, d_sub)
+    iris_d = (d_sub.new_zeros(n, N_IRIS, 3, d_sub.shape[-1]) if iris is None
+              else d_sub.index_select(1, iris))
+    return torch.cat([lmk, iris_d], dim=1)
 
 
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
