@@ -111,3 +111,18 @@ def test_bad_input_errors() -> None:
         render_overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 3)), np.array([[0, 1, 7]]))
     with pytest.raises(ValueError, match="vertices"):
         rasterize(torch.zeros(3, 2), torch.tensor([[0, 1, 2]]), 4, 4)
+
+
+def test_overlay_reduced_resolution_shading_matches_full() -> None:
+    # A 1000² image is shaded at 512² and upsampled; the silhouette is drawn at full resolution.
+    img = np.full((1000, 1000, 3), 20, np.uint8)
+    v, f = cube((0.4, 0.3, 3.0), 0.6, 900.0, 500.0)
+    fast = render_overlay(img, v, f, alpha=1.0, legend=False).astype(int)
+    full = render_overlay(img, v, f, alpha=1.0, legend=False, shading_max_side=None).astype(int)
+    cov_fast, cov_full = (fast != 20).any(-1), (full != 20).any(-1)
+    assert cov_full.sum() > 50_000
+    # Same silhouette up to pixels on the outline (both fill pixel centres, sub-pixel rounding differs).
+    assert (cov_fast ^ cov_full).sum() < 0.01 * cov_full.sum()
+    # Same shading away from the edges between the cube's faces.
+    diff = np.abs(fast - full)[cov_fast & cov_full]
+    assert np.median(diff) <= 1 and np.mean(diff) < 2.0
