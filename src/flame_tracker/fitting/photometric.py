@@ -37,6 +37,7 @@ from torch import Tensor
 
 from flame_tracker.camera import project_ndc, rotvec_to_euler, world_to_view
 from flame_tracker.fitting.stage2 import cpu_threads
+from flame_tracker.model.lbs import skin
 from flame_tracker.rendering.differentiable import (
     barycentrics,
     interpolate,
@@ -90,6 +91,10 @@ class PhotometricOptions:
     lr_shape: float = 0.05
     lr_albedo: float = 0.02
     mask_shrink: float = 0.03
+    # Re-rasterise visibility every this many iterations (barycentrics, hence gradients, are
+    # recomputed from the current geometry at every step; which triangle covers a pixel changes
+    # little between Adam steps of a fraction of a pixel).
+    raster_every: int = 4
     # Intra-op CPU threads inside the fit (None: torch's setting). The per-iteration tensors are
     # small (~10^4-10^5 elements): on this 2-core machine shared by several jobs one thread was 5-10×
     # faster than two (OpenMP regions wait for descheduled threads); raise it on an idle many-core CPU.
@@ -189,6 +194,47 @@ def _faces_near_mask(vpx: Tensor, faces: Tensor, mask: Tensor, margin: int) -> T
     inside = (c[..., 0] >= 0) & (c[..., 0] < w) & (c[..., 1] >= 0) & (c[..., 1] < h)
     hit = grown.expand(vpx.shape[0], h, w)[torch.arange(vpx.shape[0])[:, None], yi, xi] & inside
     return hit.any(0)
+
+
+class _SubMesh:
+    """Skinning of only the vertices some triangles use (the sub-mesh near the face mask).
+
+    The bases are linear and skinning is per vertex, so slicing the rows of the model's
+    template/basis/weights evaluates exactly those vertices (a third of the ICT head at typical
+    crops). Falls back to the full forward for models without the ``HeadModel`` buffers.
+    """
+
+    def __init__(self, model: torch.nn.Module, faces: Tensor, fixed_shape: Tensor | None = None) -> None:
+        self.model = model
+        self.fixed_shape = fixed_shape is not None
+        self.vidx, local = torch.unique(faces, return_inverse=True)
+        self.faces = local.view_as(faces)
+        self.fast = all(hasattr(model, a) for a in ("_template", "_dirs", "lbs_weights", "_inputs", "_levels"))
+        if self.fast:
+            nv, p = model.n_verts, self.vidx.numel()
+            rows = (self.vidx[:, None] * 3 + torch.arange(3, device=faces.device)).reshape(-1)
+            rows = torch.cat([rows, torch.arange(3 * nv, model._template.numel(), device=faces.device)])
+            self.template = model._template.index_select(0, rows)
+            self.dirs = model._dirs.index_select(0, rows)
+            self.weights = model.lbs_weights.index_select(0, self.vidx)
+            self.n = p
+            if self.fixed_shape:
+                # A shape every frame shares and the fit does not change is folded into the
+                # template once: the per-step GEMM then runs over the expression columns only.
+                k = model.n_shape
+                self.template = self.template + self.dirs[:, :k] @ fixed_shape.to(self.dirs.dtype)
+                self.dirs = self.dirs[:, k:].contiguous()
+
+    def __call__(self, **params: Tensor) -> Tensor:
+        """``[N, P, 3]`` posed vertices ``vidx`` of the model for ``params`` (as ``model.forward``)."""
+        m = self.model
+        if not self.fast:
+            return m(**params).vertices.index_select(1, self.vidx)
+        betas, rotvecs = m._inputs(params)
+        if self.fixed_shape:
+            betas = betas[:, m.n_shape:]
+        return skin(betas, rotvecs, self.template, self.dirs, self.n, self.weights, m._levels, m._parents,
+                    m.has_pose_correctives)
 
 
 def _sample_image(images: Tensor, xy: Tensor) -> Tensor:
@@ -458,19 +504,36 @@ def _fit(
     gt_iris = None if iris_ndc is None else torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, 10, 2)
     gt_ears = None if ears_ndc is None else torch.as_tensor(ears_ndc, dtype=dt, device=dev).reshape(n, 20, 2)
 
-    def loss_fn() -> tuple[Tensor, dict]:
-        out, expr, p6, view, vpx = geometry()
+    # The loop evaluates only the vertices of the triangles near the mask, landmarks by the model's
+    # landmark path; visibility is re-rasterised every opts.raster_every iterations.
+    same_shape = not opts.fit_shape and bool((shape0 == shape0[:1]).all())
+    sub = _SubMesh(model, faces, fixed_shape=shape0[0] if same_shape else None)
+    sub_faces = sub.faces
+    vis: dict[str, Fragments] = {}
+
+    def loss_fn(it: int = 0) -> tuple[Tensor, dict]:
+        expr = expr0 + d_expr
+        if bounds is not None:
+            expr = expr.clamp(float(bounds[0]), float(bounds[1]))
+        p6 = pose6 + torch.cat([d_rot, d_trans], dim=1)
+        params = dict(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck)
+        out = model.landmarks(**params) if sub.fast else model(**params)
         app_c = app.clamp(0, 1)
         lmk = project_ndc(out.landmarks, p6, fov)
         loss = opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
         if opts.w_pixel > 0:
-            # Visibility (no gradient) at the current geometry, restricted to the masked pixels.
-            frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(mask)
-            normals = vertex_normals(view, faces)
+            view = world_to_view(sub(**params), p6)
+            vpx = to_render_pixels(view, fov, res)
+            # Visibility (no gradient), restricted to the masked pixels.
+            if "frags" not in vis or it % max(1, opts.raster_every) == 0:
+                vis["frags"] = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
+            frags = vis["frags"]
+            normals = vertex_normals(view, sub_faces)
+            alb = app_c if use_uv else app_c.index_select(-2, sub.vidx)
             if use_uv:
-                r = render(vpx, faces, res, res, normals=normals, light=light, texture=app_c, uvs=uvs, uv_faces=uv_faces, frags=frags)
+                r = render(vpx, sub_faces, res, res, normals=normals, light=light, texture=alb, uvs=uvs, uv_faces=uv_faces, frags=frags)
             else:
-                r = render(vpx, faces, res, res, normals=normals, light=light, albedo=app_c, frags=frags)
+                r = render(vpx, sub_faces, res, res, normals=normals, light=light, albedo=alb, frags=frags)
             m = frags.mask.unsqueeze(-1).to(dt)
             # Reference pix_L1: sum |gt - render| over masked pixels / (3 * masked pixels), per frame.
             pix = ((img - r["image"]).abs() * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * 3 + 1e-8)
@@ -485,22 +548,23 @@ def _fit(
         loss = loss + opts.w_expr * (expr**2).sum() / 2
         if opts.temporal and n >= 2:
             loss = loss + opts.w_temporal * ((expr[1:] - expr[:-1]) ** 2).sum() / 2
-        return loss, {"lmk": lmk, "expr": expr, "p6": p6, "vertices": out.vertices, "app": app_c}
+        return loss, {"lmk": lmk, "expr": expr, "p6": p6, "params": params, "app": app_c}
 
     history: list[float] = []
-    for _ in range(opts.iters):
+    for it in range(opts.iters):
         optim.zero_grad(set_to_none=True)
-        loss, _ = loss_fn()
+        loss, _ = loss_fn(it)
         loss.backward()
         optim.step()
         sched.step()
         history.append(float(loss.detach()))
 
     with torch.no_grad():
+        vis.clear()  # the final loss at exact visibility
         loss, st = loss_fn()
         history.append(float(loss))
         tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
-        r = render_head(st["vertices"], all_faces, st["p6"], fov, res, light=light, **tex_kw)
+        r = render_head(model(**st["params"]).vertices, all_faces, st["p6"], fov, res, light=light, **tex_kw)
         rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         return PhotometricResult(
             pose6=st["p6"].detach().clone(),
