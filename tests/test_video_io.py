@@ -260,3 +260,38 @@ def test_run_folder_manifest(tmp_path: Path) -> None:
         RunFolder(out, video, {"every": 2})
     forced = RunFolder(out, video, {"every": 2}, force=True)
     assert not forced.complete and not (out / "work").exists()
+
+
+def test_prefetch_order_errors_and_early_stop() -> None:
+    """The decode prefetcher yields items in order, re-raises the producer's error in the consumer,
+    and stops (closing the source) when the consumer leaves early."""
+    from contextlib import closing
+
+    from flame_tracker.video.decode import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("stream broke")
+
+    got = []
+    with pytest.raises(ValueError, match="stream broke"):
+        for x in prefetch(broken()):
+            got.append(x)
+    assert got == [1]
+
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    with closing(prefetch(endless(), depth=2)) as it:
+        assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert closed == [True]

@@ -265,13 +265,18 @@ def prefetch(items: Iterable[_T], depth: int = 4) -> Iterator[_T]:
         return False
 
     def work() -> None:
+        source = iter(items)
         try:
-            for item in items:
+            for item in source:
                 if not put(item):
                     return
             put(_END)
         except BaseException as exc:  # handed to the consumer, raised there
             put(exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator stopped early releases its file now, in this thread
+                close()
 
     thread = threading.Thread(target=work, name="prefetch", daemon=True)
     thread.start()
