@@ -210,6 +210,9 @@ class _Problem:
     coeff: Tensor  # [N, 61, 2] per-coordinate weight (0 where the target is missing)
     lo: Tensor | None  # [P] bounds of the per-frame vector (None: unbounded)
     hi: Tensor | None
+    # Quantities fixed for the whole solve (basis slices, landmark interpolation, camera
+    # projection constants), built on first use by the Jacobian code instead of every iteration.
+    cache: dict[str, object] = field(default_factory=dict)
 
     def points3d(self, params: dict[str, Tensor]) -> Tensor:
         """Model-space 68 landmarks + 10 iris points ``[B, 78, 3]`` (the landmark fast path)."""
@@ -268,7 +271,7 @@ _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of 
 
 
 def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
-                           lin: list[tuple[str, int, int, str]]) -> Tensor | None:
+                           lin: list[tuple[str, int, int, str]], cache: dict | None = None) -> Tensor | None:
     """Exact derivatives ``[N, 78, 3, n_lin]`` of the 68 landmarks + 10 iris points w.r.t. the
     ``lin`` (shape/expression) columns, in closed form from the model's landmark-path bases.
 
@@ -277,6 +280,7 @@ def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
     ``theta_k`` is ``sum_j w_j (R_j dv_k + t_j(dJ_k))``. This replaces one skinning pass per column and
     frame by a few small contractions. Returns ``None`` for models without the landmark-path
     internals of :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
+    ``cache`` (one dict per solve) keeps the basis slices, which only depend on ``lin``.
     """
     names = ("_inputs", "_sub_dirs", "_sub_weights", "_levels", "_parents", "_sub_lmk",
              "_sub_lmk_bary", "n_sub")
@@ -287,33 +291,49 @@ def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
     _, rotvecs = model._inputs({k: params.get(k) for k in keys})
     n, nj = rotvecs.shape[:2]
-    p = model.n_sub
-    dt, dev = rotvecs.dtype, rotvecs.device
+    dt = rotvecs.dtype
+    fixed = None if cache is None else cache.get("lin_basis")
+    if fixed is None:
+        fixed = _lin_basis(model, lin, dt, rotvecs.device)
+        if cache is not None:
+            cache["lin_basis"] = fixed
+    dv, dirs_j, w, interp_sub, unit = fixed
     rot = axis_angle_to_matrix(rotvecs)  # [N, J, 3, 3] local
-    # The transforms' translations are linear in the rest joints: evaluate them on the 3J unit
-    # joint configurations (one batched call) to get t_j(J) = C[j] @ vec(J).
-    unit = torch.eye(3 * nj, dtype=dt, device=dev).view(3 * nj, nj, 3)
-    a = rigid_transforms(rot.repeat_interleave(3 * nj, 0), unit.repeat(n, 1, 1), model._levels,
-                         model._parents).view(n, 3 * nj, nj, 3, 4)
-    world_r = a[:, 0, :, :, :3]  # [N, J, 3, 3]
-    c = a[..., 3].permute(0, 2, 3, 1)  # [N, J, 3, 3J]
+    if dirs_j is None:  # the rest joints do not move with these columns: rotations alone suffice
+        a = rigid_transforms(rot, rot.new_zeros(n, nj, 3), model._levels, model._parents)
+        d_sub = torch.einsum("pj,njab,pbk->npak", w, a[..., :3], dv)
+    else:
+        # The transforms' translations are linear in the rest joints: evaluate them on the 3J unit
+        # joint configurations (one batched call) to get t_j(J) = C[j] @ vec(J).
+        a = rigid_transforms(rot.repeat_interleave(3 * nj, 0), unit.repeat(n, 1, 1), model._levels,
+                             model._parents).view(n, 3 * nj, nj, 3, 4)
+        world_r = a[:, 0, :, :, :3]  # [N, J, 3, 3]
+        c = a[..., 3].permute(0, 2, 3, 1)  # [N, J, 3, 3J]
+        dt_j = torch.einsum("njam,mk->njak", c, dirs_j)  # joint translations per column
+        d_sub = torch.einsum("pj,njab,pbk->npak", w, world_r, dv) + torch.einsum("pj,njak->npak", w, dt_j)
+    # landmarks: barycentric mixes of the landmark-path rows; iris points: single rows
+    return torch.einsum("lp,npak->nlak", interp_sub, d_sub)
+
+
+def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
+               dev: torch.device) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """The solve-invariant parts of :func:`_linear_point_jacobian`: vertex basis rows ``[P, 3, n_lin]``,
+    joint basis rows ``[3J, n_lin]`` (None when all zero), skinning weights, the ``[78, P]``
+    landmark/iris interpolation matrix and the unit joint configurations."""
+    p, nj = model.n_sub, model._sub_weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
                       for name, _, size, _ in lin])
     dirs = model._sub_dirs.index_select(1, cols).to(dt)  # [3P + 3J, n_lin]
     dv = dirs[: 3 * p].view(p, 3, -1)
-    dt_j = torch.einsum("njam,mk->njak", c, dirs[3 * p:])  # joint translations per column
-    w = model._sub_weights.to(dt)  # [P, J]
-    wr = torch.einsum("pj,njab->npab", w, world_r)
-    d_sub = torch.einsum("npab,pbk->npak", wr, dv) + torch.einsum("pj,njak->npak", w, dt_j)
-    # landmarks: barycentric mixes of (at most 3) landmark-path rows; iris points: single rows
-    idx, bary = model._sub_lmk, model._sub_lmk_bary.to(dt)
-    lmk = (d_sub.index_select(1, idx.reshape(-1)).view(n, *idx.shape, 3, -1)
-           * bary[None, :, :, None, None]).sum(2)
+    dirs_j = dirs[3 * p:]
+    interp = torch.zeros(68 + N_IRIS, p, dtype=dt, device=dev)
+    interp[:68].scatter_add_(1, model._sub_lmk, model._sub_lmk_bary.to(dt))
     iris = getattr(model, "_sub_iris", None)
-    iris_d = (d_sub.new_zeros(n, N_IRIS, 3, d_sub.shape[-1]) if iris is None
-              else d_sub.index_select(1, iris))
-    return torch.cat([lmk, iris_d], dim=1)
+    if iris is not None:
+        interp[68 + torch.arange(N_IRIS, device=dev), iris] = 1.0
+    unit = torch.eye(3 * nj, dtype=dt, device=dev).view(3 * nj, nj, 3)
+    return dv, (dirs_j if bool(dirs_j.any()) else None), model._sub_weights.to(dt), interp, unit
 
 
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -338,7 +358,7 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     n_lin = sum(b[2] for b in lin)
 
     n_rot = sum(b[2] for b in rot)
-    d_lin = _linear_point_jacobian(problem.model, params, lin)
+    d_lin = _linear_point_jacobian(problem.model, params, lin, problem.cache)
     stepped = rot if d_lin is not None else lin + rot
     # One batched landmark-path call over [N, 1 + columns] parameter sets: entry 0 is the current
     # point, then (without the closed form) unit steps of every linear column, then small steps of
@@ -363,13 +383,19 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     d_rot = diff / _ROT_STEP  # forward differences: the gradient is exact anyway
 
     # Analytic projection Jacobian: view = D R^T (X - t), ndc = scale * view_xy / view_z.
-    rmat = rotvec_to_matrix(problem.pose6[:, :3])
-    flip = x.new_tensor((1.0, -1.0, -1.0))
-    view = ((p0 - problem.pose6[:, None, 3:]) @ rmat) * flip  # [N, 78, 3]
-    scale = (1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov)))[:, None]
+    cam = problem.cache.get("camera")
+    if cam is None:  # the camera is fixed in stage 2
+        rmat = rotvec_to_matrix(problem.pose6[:, :3])
+        flip = x.new_tensor((1.0, -1.0, -1.0))
+        cam = problem.cache["camera"] = (
+            rmat * flip, problem.pose6[:, None, 3:],
+            (1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov)))[:, None],
+            rmat.transpose(1, 2) * flip[:, None],  # [N, 3(view), 3(world)]
+        )
+    rflip, centre, scale, dview = cam
+    view = (p0 - centre) @ rflip  # [N, 78, 3]
     z = view[..., 2] + 1e-8
     ndc = scale[..., None] * view[..., :2] / z[..., None]
-    dview = rmat.transpose(1, 2) * flip[:, None]  # [N, 3(view), 3(world)]
     dndc_dview = torch.zeros(n, 78, 2, 3, dtype=x.dtype, device=x.device)
     dndc_dview[..., 0, 0] = scale / z
     dndc_dview[..., 1, 1] = scale / z
@@ -588,6 +614,17 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 if moved < 1e-5:
                     break
             x_new, s_new = x + dx, s + ds
+            if not coupled:
+                # Exact robust local model at the trial (linearised residuals + priors). A step
+                # that does not lower it (clipping onto the ICT bounds can make the projected step
+                # worse than none) is rejected without a model evaluation, which costs a Jacobian.
+                f_lin = objective_from_residuals(problem, r0 + (jx @ dx[..., None])[..., 0], x_new, s_new)
+                promising = f_lin < f
+                if not bool(promising.any()):
+                    mu = mu * 4
+                    continue
+                x_new = torch.where(promising[:, None], x_new, x)
+                f_lin = torch.where(promising, f_lin, f)
             # The trial point is evaluated with its Jacobian in one batched call: steps are mostly
             # accepted, and then the next iteration needs no model evaluation of its own.
             r_new, jx_new, js_new = _jacobians(problem, x_new, s_new)
@@ -601,11 +638,16 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 mu = mu * 10
             else:
                 ok = f_new < f  # frames are independent: accept or reject each one
+                # Damping from the gain ratio (actual / predicted decrease of the exact L1 local
+                # model; Nielsen's rule): a fixed "x0.3 on success" drove mu so low that every
+                # other trial was rejected, each rejection costing a Jacobian evaluation.
+                rho = (f - f_new) / (f - f_lin).clamp_min(1e-30)
                 x = torch.where(ok[:, None], x_new, x)
                 f = torch.where(ok, f_new, f)
                 r0 = torch.where(ok[:, None], r_new, r0)
                 jx = torch.where(ok[:, None, None], jx_new, jx)
-                mu = torch.where(ok, (mu * 0.3).clamp_min(1e-9), mu * 10)
+                shrink = (1 - (2 * rho - 1) ** 3).clamp(1 / 3, 2.0)
+                mu = torch.where(ok, (mu * shrink).clamp_min(1e-9), mu * 4)
                 if ok.any():
                     improved = True
                     break
