@@ -44,6 +44,7 @@ from flame_tracker.rendering.differentiable import (
     render,
     sample_texture,
     sh_basis,
+    sh_shading,
     vertex_normals,
 )
 from flame_tracker.rendering.mask import face_mask
@@ -524,19 +525,26 @@ def _fit(
         if opts.w_pixel > 0:
             view = world_to_view(sub(**params), p6)
             vpx = to_render_pixels(view, fov, res)
-            # Visibility (no gradient), restricted to the masked pixels.
+            # Visibility (no gradient), restricted to the masked pixels, and what depends only on it.
             if "frags" not in vis or it % max(1, opts.raster_every) == 0:
-                vis["frags"] = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
-            frags = vis["frags"]
-            normals = vertex_normals(view, sub_faces)
-            alb = app_c if use_uv else app_c.index_select(-2, sub.vidx)
+                fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
+                b = fr.pix_batch()
+                vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix],
+                           norm=1.0 / (3 * torch.bincount(b, minlength=n).to(dt) + 1e-8))
+            frags, batch = vis["frags"], vis["batch"]
+            # The render's colours at the covered masked pixels only ([P, 3], no images): as
+            # rendering.render, without scattering into three full images per step.
+            bary = barycentrics(vpx, sub_faces, frags)
             if use_uv:
-                r = render(vpx, sub_faces, res, res, normals=normals, light=light, texture=alb, uvs=uvs, uv_faces=uv_faces, frags=frags)
+                uv = interpolate(uvs, uv_faces, frags, bary)
+                alb = sample_texture(app_c if app_c.dim() == 4 else app_c[None], uv, batch)
             else:
-                r = render(vpx, sub_faces, res, res, normals=normals, light=light, albedo=alb, frags=frags)
-            m = frags.mask.unsqueeze(-1).to(dt)
+                alb = interpolate(app_c.index_select(-2, sub.vidx), sub_faces, frags, bary)
+            nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), sub_faces, frags, bary), dim=-1, eps=1e-12)
+            colour = alb * sh_shading(nrm, light[batch])
             # Reference pix_L1: sum |gt - render| over masked pixels / (3 * masked pixels), per frame.
-            pix = ((img - r["image"]).abs() * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * 3 + 1e-8)
+            err = (vis["target"] - colour).abs().sum(1)
+            pix = torch.zeros(n, dtype=dt, device=dev).index_add(0, batch, err) * vis["norm"]
             loss = loss + opts.w_pixel * pix.sum()
         if gt_iris is not None and out.iris is not None:
             loss = loss + opts.w_iris * l2ps(project_ndc(out.iris, p6, fov), gt_iris).sum()
