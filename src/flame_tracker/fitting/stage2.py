@@ -276,11 +276,13 @@ def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
     ``lin`` (shape/expression) columns, in closed form from the model's landmark-path bases.
 
     For fixed joint rotations a skinned point is ``sum_j w_j (R_j v(theta) + t_j(J(theta)))`` with
-    ``v`` and the rest joints ``J`` affine in ``theta`` and ``t_j`` linear in ``J``: the column of
-    ``theta_k`` is ``sum_j w_j (R_j dv_k + t_j(dJ_k))``. This replaces one skinning pass per column and
-    frame by a few small contractions. Returns ``None`` for models without the landmark-path
-    internals of :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
-    ``cache`` (one dict per solve) keeps the basis slices, which only depend on ``lin``.
+    ``v`` and the rest joints ``J`` affine in ``theta`` and ``t_j`` linear in ``J``. With the
+    landmark interpolation folded in, the column of ``theta_k`` at landmark ``l`` is
+    ``sum_j R_j G[j, l, :, k] + sum_j B[l, j] t_j(dJ_k)`` where ``G`` (the skinning-weighted,
+    interpolated vertex basis) and ``B`` (interpolated weights) are fixed for the whole solve
+    (:func:`_lin_basis`, kept in ``cache``): per call only two small matrix products remain.
+    Returns ``None`` for models without the landmark-path internals of
+    :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
     """
     names = ("_inputs", "_sub_dirs", "_sub_weights", "_levels", "_parents", "_sub_lmk",
              "_sub_lmk_bary", "n_sub")
@@ -291,49 +293,46 @@ def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
     _, rotvecs = model._inputs({k: params.get(k) for k in keys})
     n, nj = rotvecs.shape[:2]
-    dt = rotvecs.dtype
     fixed = None if cache is None else cache.get("lin_basis")
     if fixed is None:
-        fixed = _lin_basis(model, lin, dt, rotvecs.device)
+        fixed = _lin_basis(model, lin, rotvecs.dtype, rotvecs.device)
         if cache is not None:
             cache["lin_basis"] = fixed
-    dv, dirs_j, w, interp_sub, unit = fixed
+    g, b, dirs_j, unit = fixed
+    n_pts, k = b.shape[0], dirs_j.shape[1]
     rot = axis_angle_to_matrix(rotvecs)  # [N, J, 3, 3] local
-    if dirs_j is None:  # the rest joints do not move with these columns: rotations alone suffice
-        a = rigid_transforms(rot, rot.new_zeros(n, nj, 3), model._levels, model._parents)
-        d_sub = torch.einsum("pj,njab,pbk->npak", w, a[..., :3], dv)
-    else:
-        # The transforms' translations are linear in the rest joints: evaluate them on the 3J unit
-        # joint configurations (one batched call) to get t_j(J) = C[j] @ vec(J).
-        a = rigid_transforms(rot.repeat_interleave(3 * nj, 0), unit.repeat(n, 1, 1), model._levels,
-                             model._parents).view(n, 3 * nj, nj, 3, 4)
-        world_r = a[:, 0, :, :, :3]  # [N, J, 3, 3]
-        c = a[..., 3].permute(0, 2, 3, 1)  # [N, J, 3, 3J]
-        dt_j = torch.einsum("njam,mk->njak", c, dirs_j)  # joint translations per column
-        d_sub = torch.einsum("pj,njab,pbk->npak", w, world_r, dv) + torch.einsum("pj,njak->npak", w, dt_j)
-    # landmarks: barycentric mixes of the landmark-path rows; iris points: single rows
-    return torch.einsum("lp,npak->nlak", interp_sub, d_sub)
+    # The transforms' translations are linear in the rest joints: evaluate them on the 3J unit
+    # joint configurations (one batched call) to get t_j(J) = C[j] @ vec(J).
+    a = rigid_transforms(rot.repeat_interleave(3 * nj, 0), unit.repeat(n, 1, 1), model._levels,
+                         model._parents).view(n, 3 * nj, nj, 3, 4)
+    world_r = a[:, 0, :, :, :3]  # [N, J, 3, 3]
+    out = (world_r.transpose(1, 2).reshape(n, 3, 3 * nj) @ g).view(n, 3, n_pts, k).transpose(1, 2)
+    c = a[..., 3].permute(0, 2, 3, 1).reshape(n, 3 * nj, 3 * nj)  # [N, (J, 3), 3J]
+    dt_j = (c @ dirs_j).view(n, nj, 3 * k)  # joint translations per column
+    return out + (b @ dt_j).view(n, n_pts, 3, k)
 
 
 def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
-               dev: torch.device) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-    """The solve-invariant parts of :func:`_linear_point_jacobian`: vertex basis rows ``[P, 3, n_lin]``,
-    joint basis rows ``[3J, n_lin]`` (None when all zero), skinning weights, the ``[78, P]``
-    landmark/iris interpolation matrix and the unit joint configurations."""
+               dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The solve-invariant parts of :func:`_linear_point_jacobian`: ``G [(J, 3), 78 * 3 * n_lin]``,
+    the interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]`` and the unit
+    joint configurations ``[3J, J, 3]``."""
     p, nj = model.n_sub, model._sub_weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
                       for name, _, size, _ in lin])
     dirs = model._sub_dirs.index_select(1, cols).to(dt)  # [3P + 3J, n_lin]
     dv = dirs[: 3 * p].view(p, 3, -1)
-    dirs_j = dirs[3 * p:]
+    # landmarks: barycentric mixes of landmark-path rows; iris points: single rows (zero if absent)
     interp = torch.zeros(68 + N_IRIS, p, dtype=dt, device=dev)
     interp[:68].scatter_add_(1, model._sub_lmk, model._sub_lmk_bary.to(dt))
     iris = getattr(model, "_sub_iris", None)
     if iris is not None:
         interp[68 + torch.arange(N_IRIS, device=dev), iris] = 1.0
+    w = model._sub_weights.to(dt)  # [P, J]
+    g = torch.einsum("lp,pj,pbk->jblk", interp, w, dv).reshape(3 * nj, -1)
     unit = torch.eye(3 * nj, dtype=dt, device=dev).view(3 * nj, nj, 3)
-    return dv, (dirs_j if bool(dirs_j.any()) else None), model._sub_weights.to(dt), interp, unit
+    return g, interp @ w, dirs[3 * p:], unit
 
 
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
