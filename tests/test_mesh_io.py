@@ -54,3 +54,16 @@ def test_bad_meshes_are_refused(tmp_path, tetra):
         load_ply(tmp_path / "t.ply")
     with pytest.raises(FileNotFoundError, match="missing.obj"):
         load_obj(tmp_path / "missing.obj")
+
+
+def test_obj_face_cache_follows_the_faces(tmp_path, tetra):
+    """The formatted-face cache is keyed by content: same-shaped but different faces are rewritten."""
+    v, f = tetra
+    save_obj(tmp_path / "a.obj", v, f)
+    f2 = f[:, ::-1].copy()  # same shape, flipped winding
+    save_obj(tmp_path / "b.obj", v, f2)
+    np.testing.assert_array_equal(load_obj(tmp_path / "a.obj")[1], f)
+    np.testing.assert_array_equal(load_obj(tmp_path / "b.obj")[1], f2)
+    f[0] = [1, 2, 3]  # mutating the caller's array in place must not serve the old text
+    save_obj(tmp_path / "c.obj", v, f)
+    np.testing.assert_array_equal(load_obj(tmp_path / "c.obj")[1], f)

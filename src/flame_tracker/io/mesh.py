@@ -5,6 +5,7 @@ Vertices are written in model space (metres, FLAME frame). Writes are atomic.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,19 +28,31 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
     return v, f.astype(np.int64)
 
 
+# Formatted OBJ face blocks by content digest: a tracker writes the same topology for every image
+# or frame, and formatting ~30k faces is most of an OBJ write (measured ~15 of ~23 ms for ICT).
+_FACE_TEXT: dict[tuple[tuple[int, ...], bytes], bytes] = {}
+
+
+def _obj_faces(f: np.ndarray) -> bytes:
+    key = (f.shape, hashlib.blake2b(np.ascontiguousarray(f).view(np.uint8), digest_size=16).digest())
+    text = _FACE_TEXT.get(key)
+    if text is None:
+        text = (("f %d %d %d\n" * len(f)) % tuple((f + 1).ravel().tolist())).encode("ascii")
+        if len(_FACE_TEXT) >= 4:  # a handful of topologies at most; keep memory bounded
+            _FACE_TEXT.clear()
+        _FACE_TEXT[key] = text
+    return text
+
+
 def save_obj(path: str | os.PathLike[str], vertices: np.ndarray, faces: np.ndarray) -> Path:
     """Write a triangle mesh as OBJ (``v x y z`` lines, 1-based ``f`` lines)."""
     v, f = _check_mesh(vertices, faces)
-
     # One %-format call per block (runs in C); np.savetxt would loop over rows in Python.
-    text = (
-        "# flame-tracker mesh\n"
-        + ("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel().tolist())
-        + ("f %d %d %d\n" * len(f)) % tuple((f + 1).ravel().tolist())
-    )
+    verts = ("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel().tolist())
+    body = b"# flame-tracker mesh\n" + verts.encode("ascii") + _obj_faces(f)
 
     def _write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="ascii")
+        tmp.write_bytes(body)
 
     return atomic_write(path, _write)
 
