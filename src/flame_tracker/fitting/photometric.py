@@ -44,7 +44,6 @@ from flame_tracker.rendering.differentiable import (
     render,
     sample_texture,
     sh_basis,
-    sh_shading,
     vertex_normals,
 )
 from flame_tracker.rendering.mask import face_mask
@@ -529,8 +528,9 @@ def _fit(
             if "frags" not in vis or it % max(1, opts.raster_every) == 0:
                 fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
                 b = fr.pix_batch()
-                vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix],
-                           norm=1.0 / (3 * torch.bincount(b, minlength=n).to(dt) + 1e-8))
+                counts = torch.bincount(b, minlength=n)
+                vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
+                           norm=1.0 / (3 * counts.to(dt) + 1e-8))
             frags, batch = vis["frags"], vis["batch"]
             # The render's colours at the covered masked pixels only ([P, 3], no images): as
             # rendering.render, without scattering into three full images per step.
@@ -541,7 +541,10 @@ def _fit(
             else:
                 alb = interpolate(app_c.index_select(-2, sub.vidx), sub_faces, frags, bary)
             nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), sub_faces, frags, bary), dim=-1, eps=1e-12)
-            colour = alb * sh_shading(nrm, light[batch])
+            # Covered pixels come sorted by frame: one [P_i, 9] @ [9, 3] product per frame instead
+            # of gathering a light matrix per pixel.
+            basis = sh_basis(nrm).split(vis["counts"])
+            colour = alb * torch.cat([bi @ light[i] for i, bi in enumerate(basis)])
             # Reference pix_L1: sum |gt - render| over masked pixels / (3 * masked pixels), per frame.
             err = (vis["target"] - colour).abs().sum(1)
             pix = torch.zeros(n, dtype=dt, device=dev).index_add(0, batch, err) * vis["norm"]
