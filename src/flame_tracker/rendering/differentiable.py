@@ -45,9 +45,15 @@ def _gather_corners(values: torch.Tensor, faces: torch.Tensor, frags: Fragments)
     times faster on the CPU than the sort-based accumulate of an advanced-index backward.
     """
     n, v, c = values.shape
-    tri_idx = faces.to(values.device, torch.long)[frags.pix_face]  # [P, 3]
-    flat = (frags.pix_batch()[:, None] * v + tri_idx).reshape(-1)
-    return values.reshape(n * v, c).index_select(0, flat).view(-1, 3, c)
+    # The flat corner index depends only on (visibility, faces, V): memoised on the fragments
+    # (keeping ``faces`` referenced, so its id cannot be reused while the entry lives).
+    key = ("corners", id(faces), v, values.device)
+    hit = frags.cache.get(key)
+    if hit is None or hit[0] is not faces:
+        tri_idx = faces.to(values.device, torch.long)[frags.pix_face]  # [P, 3]
+        hit = (faces, (frags.pix_batch()[:, None] * v + tri_idx).reshape(-1))
+        frags.cache[key] = hit
+    return values.reshape(n * v, c).index_select(0, hit[1]).view(-1, 3, c)
 
 
 def barycentrics(vertices: torch.Tensor, faces: torch.Tensor, frags: Fragments) -> torch.Tensor:

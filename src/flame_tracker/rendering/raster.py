@@ -18,7 +18,7 @@ linear in screen space).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,9 @@ class Fragments:
     pix: torch.Tensor
     pix_face: torch.Tensor
     shape: tuple[int, int, int]
+    # Per-pixel index tensors derived from the visibility, memoised: a fit reuses one visibility
+    # pass for several differentiable steps, each asking for them several times.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -51,8 +54,10 @@ class Fragments:
 
     def pix_batch(self) -> torch.Tensor:
         """``[P]`` long, batch index of each covered pixel."""
-        n, h, w = self.shape
-        return torch.div(self.pix, h * w, rounding_mode="floor")
+        if "batch" not in self.cache:
+            n, h, w = self.shape
+            self.cache["batch"] = torch.div(self.pix, h * w, rounding_mode="floor")
+        return self.cache["batch"]
 
     def select(self, keep: torch.Tensor) -> "Fragments":
         """Keep only the covered pixels where ``keep`` (``[P]`` bool, or ``[N, H, W]`` bool image) is true.
@@ -68,11 +73,14 @@ class Fragments:
 
     def pix_centres(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``[P, 2]`` pixel-centre coordinates ``(x, y)`` of the covered pixels."""
-        _, h, w = self.shape
-        rem = self.pix % (h * w)
-        y = torch.div(rem, w, rounding_mode="floor")
-        x = rem % w
-        return torch.stack([x, y], dim=-1).to(dtype) + 0.5
+        key = ("centres", dtype)
+        if key not in self.cache:
+            _, h, w = self.shape
+            rem = self.pix % (h * w)
+            y = torch.div(rem, w, rounding_mode="floor")
+            x = rem % w
+            self.cache[key] = torch.stack([x, y], dim=-1).to(dtype) + 0.5
+        return self.cache[key]
 
 
 def _as_batch(vertices: torch.Tensor) -> torch.Tensor:
