@@ -94,7 +94,7 @@ class PhotometricOptions:
     # Re-rasterise visibility every this many iterations (barycentrics, hence gradients, are
     # recomputed from the current geometry at every step; which triangle covers a pixel changes
     # little between Adam steps of a fraction of a pixel).
-    raster_every: int = 4
+    raster_every: int = 8
     # Intra-op CPU threads inside the fit (None: torch's setting). The per-iteration tensors are
     # small (~10^4-10^5 elements): on this 2-core machine shared by several jobs one thread was 5-10×
     # faster than two (OpenMP regions wait for descheduled threads); raise it on an idle many-core CPU.
