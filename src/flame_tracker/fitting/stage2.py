@@ -270,53 +270,76 @@ _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joi
 _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of the Gauss-Newton matrix
 
 
-def _linear_point_jacobian(model: torch.nn.Module, params: dict[str, Tensor],
-                           lin: list[tuple[str, int, int, str]], cache: dict | None = None) -> Tensor | None:
-    """Exact derivatives ``[N, 78, 3, n_lin]`` of the 68 landmarks + 10 iris points w.r.t. the
-    ``lin`` (shape/expression) columns, in closed form from the model's landmark-path bases.
+def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
+                      rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Points ``[N, 78, 3]`` (68 landmarks + 10 iris) with their derivatives w.r.t. the ``lin``
+    (shape/expression) columns ``[N, 78, 3, n_lin]`` (exact) and the ``rot`` (jaw/eye/neck axis-angle)
+    columns ``[N, 78, 3, n_rot]`` (forward differences), from ONE rotation + rigid-transform pass.
 
-    For fixed joint rotations a skinned point is ``sum_j w_j (R_j v(theta) + t_j(J(theta)))`` with
-    ``v`` and the rest joints ``J`` affine in ``theta`` and ``t_j`` linear in ``J``. With the
-    landmark interpolation folded in, the column of ``theta_k`` at landmark ``l`` is
-    ``sum_j R_j G[j, l, :, k] + sum_j B[l, j] t_j(dJ_k)`` where ``G`` (the skinning-weighted,
-    interpolated vertex basis) and ``B`` (interpolated weights) are fixed for the whole solve
-    (:func:`_lin_basis`, kept in ``cache``): per call only two small matrix products remain.
+    Linear blend skinning, written with the world transforms' translations as a linear map of the
+    rest joints (``t(J) = C J``, found by evaluating the chain on the 3J unit joint configurations):
+    a point is ``sum_j w_j (R_j v + C_j J)`` with ``v`` and ``J`` affine in the coefficients. So the
+    rotation-perturbed configurations share one basis product, and the coefficient columns are
+    ``sum_j R_j G_j + B C dJ`` with ``G`` (skinning-weighted, interpolated vertex basis) and ``B``
+    (interpolated weights) fixed for the whole solve (:func:`_lin_basis`, kept in ``cache``).
     Returns ``None`` for models without the landmark-path internals of
     :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
     """
-    names = ("_inputs", "_sub_dirs", "_sub_weights", "_levels", "_parents", "_sub_lmk",
-             "_sub_lmk_bary", "n_sub")
+    names = ("_inputs", "_sub_dirs", "_sub_template", "_sub_weights", "_levels", "_parents",
+             "_sub_lmk", "_sub_lmk_bary", "n_sub", "has_pose_correctives")
     if not lin or not all(hasattr(model, a) for a in names):
         return None
+    from flame_tracker.model.head import _POSE_SLOTS
     from flame_tracker.model.lbs import axis_angle_to_matrix, rigid_transforms
 
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
-    _, rotvecs = model._inputs({k: params.get(k) for k in keys})
+    betas, rotvecs = model._inputs({k: params.get(k) for k in keys})
     n, nj = rotvecs.shape[:2]
-    fixed = None if cache is None else cache.get("lin_basis")
+    dt, dev = rotvecs.dtype, rotvecs.device
+    fixed = cache.get("lin_basis")
     if fixed is None:
-        fixed = _lin_basis(model, lin, rotvecs.dtype, rotvecs.device)
-        if cache is not None:
-            cache["lin_basis"] = fixed
-    g, b, dirs_j, unit = fixed
-    n_pts, k = b.shape[0], dirs_j.shape[1]
-    rot = axis_angle_to_matrix(rotvecs)  # [N, J, 3, 3] local
-    # The transforms' translations are linear in the rest joints: evaluate them on the 3J unit
-    # joint configurations (one batched call) to get t_j(J) = C[j] @ vec(J).
-    a = rigid_transforms(rot.repeat_interleave(3 * nj, 0), unit.repeat(n, 1, 1), model._levels,
-                         model._parents).view(n, 3 * nj, nj, 3, 4)
-    world_r = a[:, 0, :, :, :3]  # [N, J, 3, 3]
-    out = (world_r.transpose(1, 2).reshape(n, 3, 3 * nj) @ g).view(n, 3, n_pts, k).transpose(1, 2)
-    c = a[..., 3].permute(0, 2, 3, 1).reshape(n, 3 * nj, 3 * nj)  # [N, (J, 3), 3J]
-    dt_j = (c @ dirs_j).view(n, nj, 3 * k)  # joint translations per column
-    return out + (b @ dt_j).view(n, n_pts, 3, k)
+        fixed = cache["lin_basis"] = _lin_basis(model, lin, dt, dev)
+    g, b, dirs_j, unit, interp = fixed
+    steps = cache.get("rot_steps")
+    if steps is None:  # configuration 0 = current rotations, then one step per rotation column
+        slot = {name: 3 * j0 for name, j0, _ in _POSE_SLOTS}
+        idx = [slot[name] + i for name, _, size, _ in rot for i in range(size)]
+        steps = cache["rot_steps"] = torch.zeros(1 + len(idx), 3 * nj, dtype=dt, device=dev)
+        steps[1 + torch.arange(len(idx), device=dev), torch.tensor(idx, dtype=torch.long, device=dev)] = _ROT_STEP
+    m = steps.shape[0]
+    rv = (rotvecs.reshape(n, 1, 3 * nj) + steps).view(n * m, nj, 3)
+    rmat = axis_angle_to_matrix(rv)  # [N*M, J, 3, 3] local
+    a = rigid_transforms(rmat.repeat_interleave(3 * nj, 0), unit.repeat(n * m, 1, 1), model._levels,
+                         model._parents).view(n * m, 3 * nj, nj, 3, 4)
+    world_r = a[:, 0, :, :, :3]  # [N*M, J, 3, 3]
+    c = a[..., 3].permute(0, 2, 3, 1).reshape(n * m, 3 * nj, 3 * nj)  # t = C vec(J)
+    if model.has_pose_correctives:
+        eye = torch.eye(3, dtype=dt, device=dev)
+        feats = torch.cat([betas.repeat_interleave(m, 0), (rmat[:, 1:] - eye).reshape(n * m, -1)], 1)
+    else:
+        feats = betas.repeat_interleave(m, 0)
+    shaped = torch.nn.functional.linear(feats, model._sub_dirs.to(dt), model._sub_template.to(dt))
+    p = model.n_sub
+    v, joints = shaped[:, : 3 * p].view(n * m, p, 3), shaped[:, 3 * p:, None]
+    trans = (c @ joints).view(n * m, nj, 3, 1)
+    tw = (model._sub_weights.to(dt) @ torch.cat([world_r, trans], -1).view(n * m, nj, 12)).view(n * m, p, 3, 4)
+    sub = (tw[..., :3] * v[..., None, :]).sum(-1) + tw[..., 3]
+    pts = (interp @ sub).view(n, m, 78, 3)
+    p0 = pts[:, 0]
+    d_rot = ((pts[:, 1:] - p0[:, None]) / _ROT_STEP).permute(0, 2, 3, 1)
+    k = dirs_j.shape[1]
+    r0 = world_r.view(n, m, nj, 3, 3)[:, 0]
+    c0 = c.view(n, m, 3 * nj, 3 * nj)[:, 0]
+    d_lin = (r0.transpose(1, 2).reshape(n, 3, 3 * nj) @ g).view(n, 3, 78, k).transpose(1, 2)
+    d_lin = d_lin + (b @ (c0 @ dirs_j).view(n, nj, 3 * k)).view(n, 78, 3, k)
+    return p0, d_lin, d_rot
 
 
 def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
-               dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The solve-invariant parts of :func:`_linear_point_jacobian`: ``G [(J, 3), 78 * 3 * n_lin]``,
-    the interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]`` and the unit
-    joint configurations ``[3J, J, 3]``."""
+               dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The solve-invariant parts of :func:`_skinned_jacobian`: ``G [(J, 3), 78 * 3 * n_lin]``, the
+    interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]``, the unit joint
+    configurations ``[3J, J, 3]`` and the ``[78, P]`` landmark/iris interpolation matrix."""
     p, nj = model.n_sub, model._sub_weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
@@ -332,7 +355,32 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
     w = model._sub_weights.to(dt)  # [P, J]
     g = torch.einsum("lp,pj,pbk->jblk", interp, w, dv).reshape(3 * nj, -1)
     unit = torch.eye(3 * nj, dtype=dt, device=dev).view(3 * nj, nj, 3)
-    return g, interp @ w, dirs[3 * p:], unit
+    return g, interp @ w, dirs[3 * p:], unit, interp
+
+
+def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: list, rot: list
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+    """Fallback of :func:`_skinned_jacobian` for any landmark model: one batched landmark-path call
+    over ``[N, 1 + columns]`` parameter sets (the current point, unit steps of every linear column,
+    exact since the points are affine in them, and small steps of every rotation)."""
+    n = next(iter(params.values())).shape[0]
+    stepped = lin + rot
+    n_lin = sum(b[2] for b in lin)
+    cols = 1 + sum(b[2] for b in stepped)
+    batch = {}
+    for key, val in params.items():
+        rep = val[:, None].expand(n, cols, val.shape[-1]).clone()
+        col = 1
+        for name, _, size, _ in stepped:
+            if name == key:
+                step = 1.0 if name in _LINEAR else _ROT_STEP
+                rep[:, col : col + size] += step * torch.eye(size, dtype=val.dtype, device=val.device)
+            col += size
+        batch[key] = rep.flatten(0, 1)
+    pts = problem.points3d(batch).view(n, cols, 78, 3)
+    p0 = pts[:, 0]
+    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, columns]
+    return p0, diff[..., :n_lin], diff[..., n_lin:] / _ROT_STEP
 
 
 def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -356,30 +404,11 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     rot = [b for b in blocks if b[0] not in _LINEAR]
     n_lin = sum(b[2] for b in lin)
 
-    n_rot = sum(b[2] for b in rot)
-    d_lin = _linear_point_jacobian(problem.model, params, lin, problem.cache)
-    stepped = rot if d_lin is not None else lin + rot
-    # One batched landmark-path call over [N, 1 + columns] parameter sets: entry 0 is the current
-    # point, then (without the closed form) unit steps of every linear column, then small steps of
-    # every rotation.
-    cols = 1 + sum(b[2] for b in stepped)
-    batch = {}
-    for key, val in params.items():
-        rep = val[:, None].expand(n, cols, val.shape[-1]).clone()
-        col = 1
-        for name, _, size, _ in stepped:
-            if name == key:
-                step = 1.0 if name in _LINEAR else _ROT_STEP
-                rep[:, col : col + size] += step * torch.eye(size, dtype=x.dtype, device=x.device)
-            col += size
-        batch[key] = rep.flatten(0, 1)
-    pts = problem.points3d(batch).view(n, cols, 78, 3)
-    p0 = pts[:, 0]
-    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, columns]
-    if d_lin is None:
-        d_lin = diff[..., :n_lin]  # exact: the points are affine in these columns
-        diff = diff[..., n_lin:]
-    d_rot = diff / _ROT_STEP  # forward differences: the gradient is exact anyway
+    fast = _skinned_jacobian(problem.model, params, lin, rot, problem.cache)
+    if fast is not None:
+        p0, d_lin, d_rot = fast
+    else:
+        p0, d_lin, d_rot = _differenced_jacobian(problem, params, lin, rot)
 
     # Analytic projection Jacobian: view = D R^T (X - t), ndc = scale * view_xy / view_z.
     cam = problem.cache.get("camera")
