@@ -7,7 +7,10 @@ Table 1: one frame, full mesh, back-face culled: rasterisation (visibility, no g
 differentiable part forward (barycentrics, albedo/normal interpolation, SH shading) and its backward
 to vertices, albedo and light, at 256² (the reference's render size) and 512². Fastest of repeats.
 
-Table 2: ``fit_photometric`` with its defaults (40 Adam iterations at 256², the reference's loss
+Table 2: ``render_overlay`` (the overlay PNG / video frame) of the head over a 1024² photo, with
+full-resolution shading and with the default (shading at 512², silhouette at full resolution).
+
+Table 3: ``fit_photometric`` with its defaults (40 Adam iterations at 256², the reference's loss
 terms and weights) from a perturbed landmark-level start, in video tracking mode (canonical texture
 fixed) and single-image mode (texture estimated), batches of 1 and 4 frames. Wall time per frame.
 
@@ -18,6 +21,7 @@ Run: ``python benchmarks/photometric.py [--repeats N]``. The last line is
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -99,6 +103,26 @@ def render_table(model, repeats: int) -> None:
               f"{(t_r + t_fb) * 1e3:.1f} | {frags.pix.numel()} |")
 
 
+def overlay_table(model, repeats: int) -> None:
+    """``render_overlay`` of the ICT head over a 1024² photo: full-resolution shading vs the default."""
+    import numpy as np
+
+    from flame_tracker.rendering import render_overlay
+
+    res = 1024
+    with torch.no_grad():
+        pose = torch.tensor([[0.05, 0.25, 0.0, 0.15, 0.0, 1.2]])
+        r = render_head(model().vertices, model.faces, pose, torch.tensor([20.0]), res, light=torch.zeros(1, 9, 3),
+                        albedo=torch.ones(model.n_verts, 3))
+    vpx = r["vpx"][0]
+    img = np.random.default_rng(0).integers(0, 255, (res, res, 3), dtype=np.uint8)
+    print("| overlay 1024² | s | covered px |")
+    print("|---|---|---|")
+    for label, side in (("full-resolution shading", None), ("default (shading at 512², full-res silhouette)", 512)):
+        t = best(lambda: render_overlay(img, vpx, model.faces, shading_max_side=side), repeats)
+        print(f"| {label} | {t:.3f} | {int(r['alpha'].sum())} |")
+
+
 def fit_table(model) -> float:
     print("\n| mode | frames | iterations | s total | s/frame | final loss / initial |")
     print("|---|---|---|---|---|---|")
@@ -123,11 +147,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     model = load_model()
-    print(f"torch {torch.__version__}, model {model.name} ({model.n_verts} vertices, {model.faces.shape[0]} "
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}, model {model.name} ({model.n_verts} vertices, {model.faces.shape[0]} "
           f"triangles), CPU, float32")
     print("\nRender, 1 frame, single thread (the fit's default, see PhotometricOptions.cpu_threads):\n")
     with cpu_threads(1):
         render_table(model, args.repeats)
+        print()
+        overlay_table(model, args.repeats)
     # Warm first-use costs (Adam imports torch._dynamo, allocator warm-up) out of the timings.
     w = scene(model, 1, 256)
     fit_photometric(model, w["image"], w["lmk"], w["pose0"], w["fov"], iris_ndc=w["iris"], iters=2)
