@@ -91,6 +91,10 @@ class Stage2Options:
     max_iter: int = 20
     inner_iter: int = 1  # IRLS re-solves per model evaluation (measured: more cost more than they save)
     rtol: float = 1e-2  # stop when an iteration lowers the total objective by less than this fraction
+    # The same for independent frames (single images, per-frame video solves: no shared shape or
+    # temporal term). Their iterations are cheap and the L1 tail is slow: measured on the benchmark
+    # photos, 1e-2 stopped up to 1.7% above the Adam reference's objective, 5e-3 below it everywhere.
+    rtol_frames: float = 5e-3
 
 
 @dataclass
@@ -680,7 +684,8 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                     improved = True
                     break
         history.append(float(f.sum()))
-        small = history[-2] - history[-1] <= o.rtol * max(abs(history[-2]), 1e-12)
+        rtol = o.rtol if coupled else o.rtol_frames
+        small = history[-2] - history[-1] <= rtol * max(abs(history[-2]), 1e-12)
         # Two small decreases in a row: one alone is often a damped step before further progress.
         if not improved or (small and slow):
             break
