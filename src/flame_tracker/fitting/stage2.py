@@ -838,8 +838,9 @@ def fit_stage2(
             raise ValueError(f"unknown stage-2 solver {opts.solver!r} (use 'lm' or 'adam')")
     with torch.no_grad():
         final = layout.split(x, s, base)
-        f = objective(problem, x, s)
-        lmk, iris = problem.project(x, s)
+        lmk, iris = problem.project(x, s)  # one model evaluation for both the points and the objective
+        r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
+        f = objective_from_residuals(problem, r, x, s)
     return Stage2Result(
         shape=final["shape"].detach().clone(),
         expr=final["expr"].detach().clone(),
