@@ -12,7 +12,8 @@ full-resolution shading and with the default (shading at 512², silhouette at fu
 
 Table 3: ``fit_photometric`` with its defaults (40 Adam iterations at 256², the reference's loss
 terms and weights) from a perturbed landmark-level start, in video tracking mode (canonical texture
-fixed) and single-image mode (texture estimated), batches of 1 and 4 frames. Wall time per frame.
+fixed) and single-image mode (texture estimated), batches of 1 and 4 frames. Wall time per frame, and
+the process CPU time per frame (one thread: less sensitive to other jobs on a shared machine).
 
 Run: ``python benchmarks/photometric.py [--repeats N]``. The last line is
 ``s_per_frame=<x>``: tracking mode, batch 4, 256² (the reference: 1.9 s/frame on an RTX 4090).
@@ -124,18 +125,18 @@ def overlay_table(model, repeats: int) -> None:
 
 
 def fit_table(model) -> float:
-    print("\n| mode | frames | iterations | s total | s/frame | final loss / initial |")
-    print("|---|---|---|---|---|---|")
+    print("\n| mode | frames | iterations | s total | s/frame | CPU s/frame | final loss / initial |")
+    print("|---|---|---|---|---|---|---|")
     summary = float("nan")
     for mode in ("tracking (texture fixed)", "single image (texture estimated)"):
         for n in (1, 4):
             s = scene(model, n, 256)
             kw = dict(albedo=s["albedo"]) if mode.startswith("tracking") else {}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             res = fit_photometric(model, s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
                                   iris_ndc=s["iris"], temporal=n > 1, **kw)
-            dt = time.perf_counter() - t0
-            print(f"| {mode} | {n} | {len(res.history) - 1} | {dt:.2f} | {dt / n:.2f} | "
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            print(f"| {mode} | {n} | {len(res.history) - 1} | {dt:.2f} | {dt / n:.2f} | {dc / n:.2f} | "
                   f"{res.history[-1] / res.history[0]:.2f} |")
             if mode.startswith("tracking") and n == 4:
                 summary = dt / n
