@@ -536,8 +536,9 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
                  ) -> tuple[Tensor, Tensor | None]:
     """Solve the damped normal equations ``(H + mu diag(H)) step = -g`` (held variables stay put)."""
     n, p = x.shape
-    tdiag = _temporal_diag(problem, n, p, x) * mx
-    diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag
+    temporal = problem.opts.temporal and n >= 2
+    tdiag = _temporal_diag(problem, n, p, x) * mx if temporal or coupled else None
+    diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag if temporal else torch.diagonal(hx, dim1=1, dim2=2)
     a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
     if not coupled:
         chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
@@ -613,29 +614,34 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     history = [float(f.sum())]
     it = 0
     slow = False
+    # Fixed across iterations; small solves are dominated by per-op overhead, so skip what is zero.
+    prior_h = torch.diag_embed(2 * lam_x.expand(n, p))
+    temporal = o.temporal and n >= 2
     for it in range(1, o.max_iter + 1):
         improved = False
         for _ in range(10):
             dx, ds = torch.zeros_like(x), torch.zeros_like(s)
             for _inner in range(o.inner_iter):
                 xc, sc = x + dx, s + ds
-                r = r0 + (jx @ dx[..., None])[..., 0]
+                r = r0 + (jx @ dx[..., None])[..., 0] if _inner else r0
                 if ns:
                     r = r + js @ ds
                 # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
                 w = coeff / r.abs().clamp_min(o.delta)
-                wr = w * r
-                jw = jx * w[..., None]
-                gx = (jw.transpose(1, 2) @ r[..., None])[..., 0] + 2 * lam_x * xc + _temporal_apply(problem, xc)
-                hx = jw.transpose(1, 2) @ jx + torch.diag_embed(2 * lam_x.expand(n, p))
+                jw_t = (jx * w[..., None]).transpose(1, 2)
+                gx = (jw_t @ r[..., None])[..., 0] + 2 * lam_x * xc
+                if temporal:
+                    gx = gx + _temporal_apply(problem, xc)
+                hx = jw_t @ jx + prior_h
                 mx = _free_mask(problem, xc, gx)
-                gx = gx * mx
-                hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
+                if problem.lo is not None:  # hold the variables pushed against their bounds
+                    gx = gx * mx
+                    hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
                 gs = hss = hxs = None
                 if ns:
-                    gs = (js * wr[..., None]).sum((0, 1)) + 2 * lam_s * sc
+                    gs = (js * (w * r)[..., None]).sum((0, 1)) + 2 * lam_s * sc
                     hss = ((js * w[..., None]).transpose(1, 2) @ js).sum(0) + torch.diag(2 * lam_s)
-                    hxs = (jw.transpose(1, 2) @ js) * mx[..., None]
+                    hxs = (jw_t @ js) * mx[..., None]
                 step_x, step_s = _damped_step(problem, xc, sc, gx, hx, mx, gs, hss, hxs, mu, coupled)
                 new_x = _clip(problem, xc + step_x * mx)
                 moved = (new_x - xc).abs().amax()
@@ -643,7 +649,7 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 if ns:
                     ds = ds + step_s
                     moved = torch.maximum(moved, step_s.abs().amax())
-                if moved < 1e-5:
+                if _inner + 1 < o.inner_iter and moved < 1e-5:
                     break
             x_new, s_new = x + dx, s + ds
             if not coupled:
