@@ -18,6 +18,7 @@ Usage: ``python benchmarks/single_image.py [--repeats N]``
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -77,7 +78,9 @@ def main() -> None:
             adam = time_stage2(tracker, res, det.blendshapes, det.blendshape_names, "adam", 1)
             s2rows.append((path.name, adam[0], adam[1], lm[0], lm[1], lm[2], adam[0] / lm[0], lm[1] / adam[1]))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model ict_facekit_light, CPU\n")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())  # timings on a shared CPU depend on it
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model ict_facekit_light, CPU, "
+          f"load average {load}\n")
     hdr = ("image", "size", "load s", "detect s", "stage1 s", "stage2 s", "write s", "total s", "reproj mean px",
            "reproj median px", "mean % crop")
     print("| " + " | ".join(hdr) + " |")
