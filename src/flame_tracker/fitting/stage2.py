@@ -594,6 +594,31 @@ def _schur_step(a: Tensor, gx: Tensor, hxs: Tensor, a_ss: Tensor, gs: Tensor) ->
     return step_x.to(dt), step_s.to(dt)
 
 
+def _irls_system(problem: _Problem, xc: Tensor, sc: Tensor, r: Tensor, jx: Tensor, js: Tensor,
+                 lam_x: Tensor, lam_s: Tensor, prior_h: Tensor) -> tuple:
+    """Gradient and Gauss-Newton matrix of the IRLS majoriser at residuals ``r`` (point ``xc, sc``):
+    ``(gx, hx, mx, gs, hss, hxs)``, bound-held variables masked out by ``mx``."""
+    o = problem.opts
+    ns = sc.shape[0]
+    # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
+    w = problem.coeff.flatten(1) / r.abs().clamp_min(o.delta)
+    jw_t = (jx * w[..., None]).transpose(1, 2)
+    gx = (jw_t @ r[..., None])[..., 0] + 2 * lam_x * xc
+    if o.temporal and xc.shape[0] >= 2:
+        gx = gx + _temporal_apply(problem, xc)
+    hx = jw_t @ jx + prior_h
+    mx = _free_mask(problem, xc, gx)
+    if problem.lo is not None:  # hold the variables pushed against their bounds
+        gx = gx * mx
+        hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
+    gs = hss = hxs = None
+    if ns:
+        gs = (js * (w * r)[..., None]).sum((0, 1)) + 2 * lam_s * sc
+        hss = ((js * w[..., None]).transpose(1, 2) @ js).sum(0) + torch.diag(2 * lam_s)
+        hxs = (jw_t @ js) * mx[..., None]
+    return gx, hx, mx, gs, hss, hxs
+
+
 def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float]]:
     """Levenberg-Marquardt whose steps minimise the convexified local model by inner IRLS.
 
@@ -607,7 +632,6 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     ns = s.shape[0]
     coupled = ns > 0 or (o.temporal and n >= 2)
     lam_x, lam_s = _prior_diag(problem, x, s)
-    coeff = problem.coeff.flatten(1)
     r0, jx, js = _jacobians(problem, x, s)
     f = objective_from_residuals(problem, r0, x, s)
     mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
@@ -616,32 +640,22 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     slow = False
     # Fixed across iterations; small solves are dominated by per-op overhead, so skip what is zero.
     prior_h = torch.diag_embed(2 * lam_x.expand(n, p))
-    temporal = o.temporal and n >= 2
     for it in range(1, o.max_iter + 1):
         improved = False
+        at_x = None  # the IRLS system at (x, s): a rejected trial only changes mu, so it is reused
         for _ in range(10):
             dx, ds = torch.zeros_like(x), torch.zeros_like(s)
             for _inner in range(o.inner_iter):
                 xc, sc = x + dx, s + ds
-                r = r0 + (jx @ dx[..., None])[..., 0] if _inner else r0
-                if ns:
-                    r = r + js @ ds
-                # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
-                w = coeff / r.abs().clamp_min(o.delta)
-                jw_t = (jx * w[..., None]).transpose(1, 2)
-                gx = (jw_t @ r[..., None])[..., 0] + 2 * lam_x * xc
-                if temporal:
-                    gx = gx + _temporal_apply(problem, xc)
-                hx = jw_t @ jx + prior_h
-                mx = _free_mask(problem, xc, gx)
-                if problem.lo is not None:  # hold the variables pushed against their bounds
-                    gx = gx * mx
-                    hx = hx * mx[:, :, None] * mx[:, None, :] + torch.diag_embed(1 - mx)
-                gs = hss = hxs = None
-                if ns:
-                    gs = (js * (w * r)[..., None]).sum((0, 1)) + 2 * lam_s * sc
-                    hss = ((js * w[..., None]).transpose(1, 2) @ js).sum(0) + torch.diag(2 * lam_s)
-                    hxs = (jw_t @ js) * mx[..., None]
+                if _inner == 0 and at_x is not None:
+                    gx, hx, mx, gs, hss, hxs = at_x
+                else:
+                    r = r0 + (jx @ dx[..., None])[..., 0] if _inner else r0
+                    if ns:
+                        r = r + js @ ds
+                    gx, hx, mx, gs, hss, hxs = _irls_system(problem, xc, sc, r, jx, js, lam_x, lam_s, prior_h)
+                    if _inner == 0:
+                        at_x = (gx, hx, mx, gs, hss, hxs)
                 step_x, step_s = _damped_step(problem, xc, sc, gx, hx, mx, gs, hss, hxs, mu, coupled)
                 new_x = _clip(problem, xc + step_x * mx)
                 moved = (new_x - xc).abs().amax()
