@@ -155,3 +155,23 @@ def test_refine_result_updates_a_tracker_result(scene) -> None:
     assert np.isfinite(new.fit_lmks68_px).all() and "photometric" in new.timings
     assert ph.render.shape == (1, 96, 96, 3)
     assert new.reprojection_error_px < res.reprojection_error_px + 1.0
+
+
+def test_canonical_from_frames_matches_the_crop_level_call(scene) -> None:
+    # Original-pixel inputs (a 2x larger frame with the fitting square in its middle) give the same
+    # texture as estimate_canonical on the crop itself.
+    from flame_tracker.fitting.photometric import canonical_from_frames
+
+    s = scene
+    big = np.zeros((2 * RES, 2 * RES, 3), np.uint8)
+    big[RES // 2:RES // 2 + RES, RES // 2:RES // 2 + RES] = s["image"][0]
+    to_px = lambda ndc: ((ndc + 1) / 2 * RES + RES // 2).numpy()  # noqa: E731
+    kw = dict(iters=3, resolution=RES)
+    ref = estimate_canonical(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
+                             iris_ndc=s["iris"], **kw)
+    got = canonical_from_frames(s["model"], [big], (RES // 2, RES // 2, RES), to_px(s["lmk"]), s["pose0"].numpy(),
+                                float(s["fov"][0]), {"expr": s["expr0"][0].numpy()}, iris_px=to_px(s["iris"]), **kw)
+    assert got.albedo.shape == (s["model"].n_verts, 3)
+    assert torch.allclose(got.albedo, ref.albedo, atol=1e-4)
+    with pytest.raises(ValueError, match="no frames"):
+        canonical_from_frames(s["model"], [], (0, 0, RES), np.zeros((0, 68, 2)), np.zeros((0, 6)), 20.0, {})

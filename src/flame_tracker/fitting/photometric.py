@@ -626,6 +626,53 @@ def estimate_canonical(
     return fit_photometric(model, images, lmks_ndc, pose6, fov, shared_appearance=True, **kwargs)
 
 
+def canonical_from_frames(
+    model: torch.nn.Module,
+    frames: list[np.ndarray],
+    crop: tuple[float, float, float],
+    lmks68_px: np.ndarray,
+    pose6: np.ndarray,
+    fov: float,
+    init: dict[str, np.ndarray],
+    *,
+    iris_px: np.ndarray | None = None,
+    **overrides,
+) -> PhotometricResult:
+    """Canonical appearance of a video from a few of its frames (e.g. the identity keyframes).
+
+    Args:
+        frames: ``K`` RGB uint8 frames in original pixels.
+        crop: the fitting square ``(x0, y0, side)`` in original pixels that ``pose6``/``fov`` refer to.
+        lmks68_px, iris_px: ``[K, 68, 2]`` / ``[K, 10, 2]`` detected points in original pixels (NaN = missing).
+        pose6: ``[K, 6]`` fitted cameras; fov: degrees.
+        init: fitted ``shape`` (``[S]`` or ``[K, S]``), ``expr``, ``jaw_pose``, ``eye_pose`` per frame.
+        overrides: :class:`PhotometricOptions` fields.
+
+    Returns:
+        :func:`estimate_canonical`'s result (``albedo`` is the texture: :func:`save_texture_png`).
+    """
+    from flame_tracker.camera import Crop
+    from flame_tracker.io.images import crop_resize
+
+    if not frames:
+        raise ValueError("canonical texture: no frames given")
+    opts = replace(PhotometricOptions(), **overrides)
+    x0, y0, side = map(float, crop)
+    crops = np.stack([crop_resize(np.asarray(f), (x0, y0, side, side), (opts.resolution, opts.resolution))[0] for f in frames])
+    c = Crop(x0, y0, side)
+    dt = model.v_template.dtype
+    lmk = c.to_ndc(torch.as_tensor(np.asarray(lmks68_px), dtype=dt))
+    iris = None
+    if iris_px is not None:
+        iris = c.to_ndc(torch.as_tensor(np.asarray(iris_px), dtype=dt))
+        iris = iris if bool(torch.isfinite(iris).all()) else None
+    k = len(frames)
+    ini = {key: torch.as_tensor(np.asarray(v), dtype=dt).reshape(k if np.asarray(v).ndim > 1 else 1, -1).expand(k, -1)
+           for key, v in init.items() if v is not None}
+    return estimate_canonical(model, crops, lmk, torch.as_tensor(np.asarray(pose6), dtype=dt), float(fov), init=ini,
+                              iris_ndc=iris, options=opts)
+
+
 def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: int = 512) -> np.ndarray:
     """A viewable RGB uint8 picture of an appearance.
 
