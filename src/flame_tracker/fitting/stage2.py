@@ -20,8 +20,10 @@ Solvers:
   ``d`` the term ``c*rho(d)`` is majorised by ``c*w*d^2/2`` with ``w = 1/max(|d|, delta)``, whose
   gradient equals the true one. Jacobians: shape/expression columns in closed form from the
   landmark-path bases (exact: the points are affine in them for fixed rotations), rotation columns
-  by forward differences in one batched model call. Bounded parameters (ICT blendshapes in [0, 1])
-  use a projected LM step with an active set. Frames are solved independently (batched Cholesky);
+  by forward differences, points and all columns from one rotation/rigid-transform pass. Bounded
+  parameters (ICT blendshapes in [0, 1]) use a projected LM step with an active set. Independent
+  frames: a trial the exact robust local model predicts to fail is rejected without a model
+  evaluation, and the damping follows the gain ratio (Nielsen). Frames are solved independently (batched Cholesky);
   a shared shape alone is solved exactly by a Schur complement; with a temporal term the damped
   normal equations are solved by block-Jacobi preconditioned conjugate gradients.
 * ``"adam"``: the reference's schedule (200 iterations, lrs 0.01/0.025/0.03 for exp/jaw/eyes, all
@@ -391,10 +393,10 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     """Residuals ``[N,R]``, per-frame Jacobian ``[N,R,P]`` and shared Jacobian ``[N,R,S']``.
 
     Skinning is affine in shape and expression for fixed joint rotations (the joints move linearly
-    with them, pose correctives depend on rotations only), so those columns are exact differences
-    ``L(theta + e_k) - L(theta)``; the few rotation columns (jaw, eyes, neck) are forward differences
-    (the Jacobian only builds the Gauss-Newton matrix: the LM gradient is an exact VJP). All come from
-    one batched landmark-path call. The projection's Jacobian is analytic.
+    with them, pose correctives depend on rotations only), so those columns are exact (closed form,
+    :func:`_skinned_jacobian`; model differences ``L(theta + e_k) - L(theta)`` as the fallback); the few
+    rotation columns (jaw, eyes, neck) are forward differences with a 1e-3 rad step. The projection's
+    Jacobian is analytic.
     """
     lay, n = problem.layout, x.shape[0]
     params = lay.split(x, s, problem.base)
