@@ -175,3 +175,21 @@ def test_canonical_from_frames_matches_the_crop_level_call(scene) -> None:
     assert torch.allclose(got.albedo, ref.albedo, atol=1e-4)
     with pytest.raises(ValueError, match="no frames"):
         canonical_from_frames(s["model"], [], (0, 0, RES), np.zeros((0, 68, 2)), np.zeros((0, 6)), 20.0, {})
+
+
+def test_uv_texture_path_fits(scene) -> None:
+    # FLAME-style appearance: a UV texture (here a planar projection of the template as the UVs).
+    s = scene
+    v = s["model"].v_template
+    uvs = (v[:, :2] - v[:, :2].min(0).values) / (v[:, :2].max(0).values - v[:, :2].min(0).values)
+    def fit(iters: int) -> tuple[PhotometricResult, float]:
+        ph = fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
+                             iris_ndc=s["iris"], uvs=uvs, uv_faces=s["model"].faces, texture_size=64, resolution=RES,
+                             iters=iters)
+        m = ph.mask[0] & (ph.render[0].sum(-1) > 0)
+        return ph, float(np.abs(ph.render[0][m].astype(float) - s["image"][0][m]).mean())
+
+    ph, err = fit(30)
+    assert ph.albedo.shape == (1, 3, 64, 64)
+    assert ph.history[-1] < ph.history[0]
+    assert err < 0.75 * fit(0)[1]  # texture and light fit the photo better than their initial guess

@@ -598,7 +598,7 @@ def _vertex_to_uv_texture(albedo_v: Tensor, uvs: Tensor, uv_faces: Tensor, faces
     vt = torch.zeros(uvs.shape[0], 3, dtype=albedo_v.dtype, device=albedo_v.device)
     cnt = torch.zeros(uvs.shape[0], 1, dtype=albedo_v.dtype, device=albedo_v.device)
     vt.index_add_(0, uv_faces.reshape(-1), albedo_v[faces.reshape(-1)])
-    cnt.index_add_(0, uv_faces.reshape(-1), torch.ones_like(cnt[: faces.numel()]))
+    cnt.index_add_(0, uv_faces.reshape(-1), cnt.new_ones(uv_faces.numel(), 1))
     vt = vt / cnt.clamp(min=1)
     # Rasterise the UV layout (x = u, y = 1 - v) with the same rasteriser: Gouraud-fill the texture.
     uvpx = torch.stack([uvs[:, 0] * size, (1 - uvs[:, 1]) * size, torch.ones_like(uvs[:, 0])], -1)
