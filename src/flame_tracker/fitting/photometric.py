@@ -632,7 +632,7 @@ def canonical_from_frames(
     crop: tuple[float, float, float],
     lmks68_px: np.ndarray,
     pose6: np.ndarray,
-    fov: float,
+    fov: float | np.ndarray,
     init: dict[str, np.ndarray],
     *,
     iris_px: np.ndarray | None = None,
@@ -669,7 +669,8 @@ def canonical_from_frames(
     k = len(frames)
     ini = {key: torch.as_tensor(np.asarray(v), dtype=dt).reshape(k if np.asarray(v).ndim > 1 else 1, -1).expand(k, -1)
            for key, v in init.items() if v is not None}
-    return estimate_canonical(model, crops, lmk, torch.as_tensor(np.asarray(pose6), dtype=dt), float(fov), init=ini,
+    fov = float(np.asarray(fov, dtype=np.float64).reshape(-1)[0])  # one FOV (a scalar or a 1-vector)
+    return estimate_canonical(model, crops, lmk, torch.as_tensor(np.asarray(pose6), dtype=dt), fov, init=ini,
                               iris_ndc=iris, options=opts)
 
 
