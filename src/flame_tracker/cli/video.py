@@ -32,12 +32,14 @@ import click
 @click.option("--side-by-side", is_flag=True, help="Overlay video shows the input next to it.")
 @click.option("--meshes", type=click.Choice(["ply", "obj"]), default=None,
               help="Also export the mesh of every tracked frame.")
+@click.option("--photometric", is_flag=True,
+              help="Also fit one texture photometrically on the identity keyframes; writes texture.png.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, end_s: float | None,
           every: int, fps: float | None, max_frames: int | None, fov: float, estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
-          meshes: str | None, force: bool, quiet: bool) -> None:
+          meshes: str | None, photometric: bool, force: bool, quiet: bool) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
     One identity for the whole video, per-frame fits warm-started from the previous frames, and
@@ -53,7 +55,7 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
                          expr_cutoff_hz=smooth_expr)
     vopts = VideoOptions(start_s=start_s, end_s=end_s, every=every, fps=fps,
                          max_frames=max_frames, overlay=overlay, side_by_side=side_by_side,
-                         meshes=meshes)
+                         meshes=meshes, photometric=photometric)
     try:
         summary = track_video(clip, out_dir, model=model_path, options=topts, video_options=vopts,
                               force=force, progress=not quiet)

@@ -43,6 +43,7 @@ class VideoOptions:
     overlay: bool = False
     side_by_side: bool = False
     meshes: str | None = None  # "ply" or "obj": export the mesh of every tracked frame
+    photometric: bool = False  # canonical texture (texture.png) fitted on the identity keyframes
 
     def frame_settings(self) -> dict[str, Any]:
         """The settings that change which frames are tracked (the rest only adds outputs)."""
@@ -227,6 +228,35 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
         _write_meshes(run, fit, lm, rows, model, vopts.meshes, summary)
     if vopts.overlay and not (run.root / "overlay.mp4").exists():
         _write_overlay(run, fit, lm, reader, model, vopts, summary, progress)
+    if vopts.photometric and not (run.root / "texture.png").exists():
+        _write_texture(run, fit, lm, reader, model, summary)
+
+
+def _write_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
+                   model: torch.nn.Module, summary: VideoSummary) -> None:
+    """``texture.png``: one appearance fitted photometrically on the identity keyframes."""
+    from flame_tracker.fitting.photometric import canonical_from_frames, save_texture_png
+
+    t0 = time.perf_counter()
+    want = {int(lm["frame"][r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
+    frames: dict[int, np.ndarray] = {}
+    source = VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s, every=reader.every,
+                         fps=reader.fps, max_frames=reader.max_frames)
+    with closing(iter(source)) as it:  # decode up to the last keyframe only
+        for frame in it:
+            if frame.index in want:
+                frames[frame.index] = frame.image
+                if len(frames) == len(want):
+                    break
+    if not frames:
+        return
+    rows = np.array([want[i] for i in frames])
+    init = {"shape": fit.identity.shape, "expr": fit.expr[rows], "jaw_pose": fit.jaw_pose[rows],
+            "eye_pose": fit.eye_pose[rows]}
+    can = canonical_from_frames(model, list(frames.values()), fit.identity.crop, lm["lmks68"][rows],
+                                fit.pose6[rows], fit.identity.fov, init, iris_px=lm["iris"][rows])
+    save_texture_png(run.root / "texture.png", can.albedo, model)
+    summary.timings["texture_s"] = time.perf_counter() - t0
 
 
 def _vertices(model: torch.nn.Module, fit: SequenceFit, rows: np.ndarray) -> torch.Tensor:
@@ -338,7 +368,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     run = RunFolder(out_dir, video, settings, force=force)
     summary = VideoSummary(out_dir=run.root)
     if run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
-            not vopts.meshes or (run.root / "meshes").is_dir()):
+            not vopts.meshes or (run.root / "meshes").is_dir()) and (
+            not vopts.photometric or (run.root / "texture.png").exists()):
         summary.skipped = True
         return summary
 
