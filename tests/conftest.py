@@ -20,3 +20,25 @@ def shared_dir() -> Path:
             pytest.fail(msg + "; CI must provide it")
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture
+def truncated_mkv(shared_dir: Path, tmp_path: Path) -> Path:
+    """A streamable copy (mkv, remuxed without re-encoding) of a shared clip, cut in half: the
+    first half decodes, then the stream breaks."""
+    import av
+
+    src = av.open(str(shared_dir / "videos" / "talking_ex3.mp4"))
+    full = tmp_path / "full.mkv"
+    dst = av.open(str(full), mode="w")
+    ostream = dst.add_stream_from_template(src.streams.video[0])
+    for packet in src.demux(src.streams.video[0]):
+        if packet.dts is not None:
+            packet.stream = ostream
+            dst.mux(packet)
+    dst.close()
+    src.close()
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    return cut

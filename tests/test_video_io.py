@@ -115,23 +115,10 @@ def test_bad_inputs(tmp_path: Path) -> None:
         VideoReader(tmp_path)
 
 
-def test_truncated_stream_keeps_decoded_frames(tmp_path: Path, shared_dir: Path) -> None:
+def test_truncated_stream_keeps_decoded_frames(truncated_mkv: Path, shared_dir: Path, tmp_path: Path) -> None:
     # A streamable container (mkv) cut in half: the first half decodes, the reader says where it
     # broke instead of raising.
-    src = av.open(str(shared_dir / "videos" / "talking_ex3.mp4"))
-    full = tmp_path / "full.mkv"
-    out = av.open(str(full), mode="w")
-    ostream = out.add_stream_from_template(src.streams.video[0])
-    for packet in src.demux(src.streams.video[0]):
-        if packet.dts is None:
-            continue
-        packet.stream = ostream
-        out.mux(packet)
-    out.close()
-    src.close()
-    data = full.read_bytes()
-    cut = tmp_path / "cut.mkv"
-    cut.write_bytes(data[: len(data) // 2])
+    cut = truncated_mkv
     reader = VideoReader(cut)
     frames = [f.index for f in reader]
     assert 5 < len(frames) < 60

@@ -91,20 +91,8 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
 
 
 @pytest.mark.slow
-def test_corrupt_stream_keeps_tracked_frames(shared_dir: Path, tmp_path: Path, model) -> None:
-    src = av.open(str(shared_dir / "videos" / "talking_ex3.mp4"))
-    full = tmp_path / "full.mkv"
-    dst = av.open(str(full), mode="w")
-    ostream = dst.add_stream_from_template(src.streams.video[0])
-    for packet in src.demux(src.streams.video[0]):
-        if packet.dts is not None:
-            packet.stream = ostream
-            dst.mux(packet)
-    dst.close()
-    src.close()
-    data = full.read_bytes()
-    cut = tmp_path / "cut.mkv"
-    cut.write_bytes(data[: len(data) // 2])
+def test_corrupt_stream_keeps_tracked_frames(truncated_mkv: Path, tmp_path: Path, model) -> None:
+    cut = truncated_mkv
     summary = track_video(cut, tmp_path / "out", model=model, options=TINY,
                           video_options=VideoOptions(every=4), progress=False)
     assert summary.broken is not None and "broke after frame" in summary.broken
