@@ -9,7 +9,7 @@ import torch
 from scipy import sparse
 
 from .data import JOINT_NAMES, ModelData
-from .lbs import axis_angle_to_matrix, depth_levels, interpolate, skin
+from .lbs import axis_angle_to_matrix, chain_plan, chain_transforms, depth_levels, interpolate, skin
 
 _POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
 
@@ -154,6 +154,26 @@ class HeadModel(torch.nn.Module):
             buf("_sub_iris", None)
         buf("_sub_ear", None if data.ear_idx is None else lmk_local[off : off + 40, 0])
         assert P <= V
+        # Fixed structures of the landmark path, built once: kinematic-chain index tensors and one
+        # [68+10+40, P] matrix that does the barycentric mix and the iris/ear picks in one matmul.
+        plan, perm = chain_plan(self._parents)
+        self._n_levels = len(plan)
+        for i, (js, pidx) in enumerate(plan):
+            buf(f"_lvl{i}_joints", js.numpy())
+            buf(f"_lvl{i}_parents", pidx.numpy())
+        buf("_chain_perm", perm.numpy())
+        buf("_eye3", np.eye(3))
+        mix_rows = np.zeros((lmk_local.shape[0], P))
+        np.add.at(mix_rows, (np.arange(68)[:, None].repeat(3, 1), lmk_local[:68]), lmk_w)
+        mix_rows[np.arange(68, len(lmk_local)), lmk_local[68:, 0]] = 1.0
+        buf("_lmk_mix", mix_rows)
+        # The landmark path's basis rows coordinate-major (x of all P rows, then y, then z), so
+        # skinning and the mix above run on [N,3,P] tensors with plain GEMMs (no batched bmm).
+        xyz_major = np.arange(3 * P).reshape(P, 3).T.reshape(-1)
+        buf("_lmk_dirs", np.concatenate([mixed(dirs).reshape(3 * P, K)[xyz_major], j_dirs.reshape(3 * J, K)]))
+        buf("_lmk_template", np.concatenate([mixed(data.v_template).T.reshape(-1), j_template.reshape(-1)]))
+        self._n_iris = 0 if data.iris_idx is None else 10
+        self._n_ear = 0 if data.ear_idx is None else 40
 
     # ------------------------------------------------------------------ bases (views)
     @property
@@ -253,12 +273,26 @@ class HeadModel(torch.nn.Module):
         """Landmark-only fast path: evaluates only the ~``n_sub`` vertices landmarks use."""
         betas, rotvecs = self._inputs(dict(shape=shape, expr=expr, head_pose=head_pose,
                                            neck_pose=neck_pose, jaw_pose=jaw_pose, eye_pose=eye_pose))
-        sub = skin(betas, rotvecs, self._sub_template, self._sub_dirs, self.n_sub, self._sub_weights,
-                   self._levels, self._parents, self.has_pose_correctives)
-        lmk = interpolate(sub, self._sub_lmk, self._sub_lmk_bary)
-        iris = None if self._sub_iris is None else sub.index_select(1, self._sub_iris)
-        ears = None if self._sub_ear is None else sub.index_select(1, self._sub_ear)
-        return HeadOutput(None, lmk, iris, ears)
+        # Same maths as `skin` + `interpolate`, in as few torch ops as possible: at this size the
+        # cost is per-op overhead, not arithmetic.
+        N, P, J = betas.shape[0], self.n_sub, self.n_joints
+        rot = axis_angle_to_matrix(rotvecs)  # [N,J,3,3]
+        rot_m_eye = rot - self._eye3
+        if self.has_pose_correctives:
+            betas = torch.cat([betas, rot_m_eye[:, 1:].reshape(N, -1)], 1)
+        shaped = torch.nn.functional.linear(betas, self._lmk_dirs, self._lmk_template)
+        v = shaped[:, : 3 * P].view(N, 1, 3, P)
+        joints = shaped[:, 3 * P :].view(N, J, 3)
+        plan = [(getattr(self, f"_lvl{i}_joints"), getattr(self, f"_lvl{i}_parents"))
+                for i in range(self._n_levels)]
+        A = chain_transforms(rot_m_eye, rot, joints, plan, self._chain_perm)  # [N,J,3,4]
+        T = torch.nn.functional.linear(A.view(N, J, 12).transpose(1, 2), self._sub_weights)
+        T = T.view(N, 3, 4, P)  # per-row skinning transforms, [N,3,4,P]
+        sub = (T[:, :, :3] * v).sum(2) + T[:, :, 3]  # [N,3,P]
+        pts = torch.nn.functional.linear(sub, self._lmk_mix).transpose(1, 2).contiguous()  # [N,118,3]
+        iris = pts[:, 68 : 68 + self._n_iris] if self._n_iris else None
+        ears = pts[:, 68 + self._n_iris :] if self._n_ear else None
+        return HeadOutput(None, pts[:, :68], iris, ears)
 
     @staticmethod
     def head_yaw(head_pose: torch.Tensor, neck_pose: torch.Tensor | None = None) -> torch.Tensor:

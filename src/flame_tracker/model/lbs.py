@@ -16,24 +16,39 @@ from __future__ import annotations
 import torch
 
 
+_SKEW: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _skew_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[3,9] map r -> flattened cross-product matrix K(r), and the flattened identity (cached)."""
+    key = (dtype, device)
+    if key not in _SKEW:
+        m = torch.zeros(3, 9, dtype=dtype, device=device)
+        for axis, (pos, neg) in enumerate(((7, 5), (2, 6), (3, 1))):  # x: K21=x,K12=-x; ...
+            m[axis, pos], m[axis, neg] = 1.0, -1.0
+        _SKEW[key] = (m, torch.eye(3, dtype=dtype, device=device).reshape(9))
+    return _SKEW[key]
+
+
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     """Rodrigues' formula: axis-angle ``[..., 3]`` -> rotation matrices ``[..., 3, 3]``.
 
     Smooth and differentiable at zero (Taylor series for small angles instead of the usual
     ``norm + eps`` trick, which biases the result and gives wrong gradients near the identity).
+    Written as ``R = (1 - b t^2) I + a K + b r r^T`` (``K^2 = r r^T - t^2 I``) in few torch ops:
+    the landmark path's cost is per-op overhead.
     """
+    skew, eye = _skew_consts(rotvec.dtype, rotvec.device)
     t2 = (rotvec * rotvec).sum(-1, keepdim=True)  # theta^2
     small = t2 < 1e-6
-    safe_t2 = torch.where(small, torch.ones_like(t2), t2)
+    safe_t2 = torch.where(small, 1.0, t2)
     theta = safe_t2.sqrt()
-    a = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, (1 - torch.cos(theta)) / safe_t2)
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    kk = rotvec[..., :, None] * rotvec[..., None, :] - t2[..., None] * eye  # K @ K = r r^T - |r|^2 I
-    return eye + a[..., None] * k + b[..., None] * kk
+    t4 = t2 * t2
+    a = torch.where(small, 1 - t2 / 6 + t4 / 120, theta.sin() / theta)
+    b = torch.where(small, 0.5 - t2 / 24 + t4 / 720, (1 - theta.cos()) / safe_t2)
+    rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)
+    r = torch.addcmul(b * rr, a, rotvec @ skew) + (1 - b * t2) * eye
+    return r.unflatten(-1, (3, 3))
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,3 +143,39 @@ def interpolate(verts: torch.Tensor, vidx: torch.Tensor, bary: torch.Tensor) -> 
     """Barycentric points on a mesh: verts [N,V,3], vidx [L,3] vertex ids, bary [L,3] -> [N,L,3]."""
     picked = verts.index_select(1, vidx.reshape(-1)).view(verts.shape[0], *vidx.shape, 3)
     return (picked * bary[..., None]).sum(-2)
+
+
+def chain_plan(parents: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Precomputed index tensors for :func:`chain_transforms` (fixed per skeleton).
+
+    Joints are stacked level by level (root first); returns, per depth level, (the joints of the
+    level, their parents' positions in the stack so far) and the permutation from the stacked
+    order back to joint order.
+    """
+    order = [0]
+    plan = []
+    for js, ps in depth_levels(parents):
+        plan.append((torch.tensor(js), torch.tensor([order.index(p) for p in ps])))
+        order += js
+    return plan, torch.tensor([order.index(j) for j in range(len(parents))])
+
+
+def chain_transforms(
+    rot_m_eye: torch.Tensor, rot: torch.Tensor, joints: torch.Tensor,
+    plan: list[tuple[torch.Tensor, torch.Tensor]], perm: torch.Tensor,
+) -> torch.Tensor:
+    """Same result as :func:`rigid_transforms` in a few batched ops (landmark path).
+
+    Uses ``A_j = A_parent(j) @ L_j`` with the rest-offset local transform
+    ``L_j = [R_j | (I - R_j) j_j]``, so no per-joint Python work and no rest-position fix-up;
+    ``rot_m_eye = rot - I`` is shared with the pose-corrective features. Returns A [N,J,3,4].
+    """
+    N, J = rot.shape[:2]
+    t = -(rot_m_eye @ joints[..., None])  # [N,J,3,1]
+    local = torch.cat([rot, t], -1)  # [N,J,3,4]
+    bottom = rot.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(N, J, 1, 4)
+    local44 = torch.cat([local, bottom], -2)  # [N,J,4,4]
+    world = local[:, :1]
+    for js, pidx in plan:  # one matmul per tree depth (FLAME: 2)
+        world = torch.cat([world, world.index_select(1, pidx) @ local44.index_select(1, js)], 1)
+    return world.index_select(1, perm)
