@@ -421,26 +421,41 @@ def _right_jacobian(r: Tensor) -> Tensor:
     return eye3(r) - c1 * skew(r) + c2 * outer_minus_dot(r)
 
 
-def _jacobian(fw: Stage1Forward, pose6: Tensor, with_fov: bool) -> Tensor:
-    """Analytic Jacobian of the NDC projections w.r.t. ``(r, t[, fov])`` -> ``[N, P*2, 6|7]``."""
+def _jacobian(fw: Stage1Forward, pose6: Tensor, with_fov: bool) -> tuple[Tensor, Tensor]:
+    """Analytic Jacobian of the NDC projections w.r.t. ``(r, t[, fov])``, factored as ``J = J0 T``.
+
+    Returns ``[J0 | err]`` (the residuals as a last column, so the normal equations are one product)
+    and ``T``. ``J0 [N, P*2, 6|7]`` is the Jacobian w.r.t. a local rotation / translation (per point) and
+    ``T [N, 6|7, 6|7]`` the per-frame block diagonal ``(J_r(r), R^T[, 1])``: the caller forms the
+    normal equations in ``J0`` coordinates and maps the small ``k×k`` system with ``T``, instead of
+    multiplying every point's rows by ``T``.
+    """
     view, local, proj = fw.view, fw.local, fw.proj
-    inv_z = 1.0 / (view[..., 2:] + 1e-8)  # [N, P, 1]
-    a = (1.0 / torch.tan(torch.deg2rad(fw.fov) * 0.5))[:, None, None]
+    inv_z = 1.0 / (view[..., 2] + 1e-8)  # [N, P]
     n, p = proj.shape[:2]
-    # d proj / d view, then through the OpenGL->OpenCV flip: G = dproj/dview · D   [N, P, 2, 3]
-    g = torch.zeros(n, p, 2, 3, dtype=view.dtype)
-    g[..., 0, 0] = (a * inv_z)[..., 0]
-    g[..., 1, 1] = -(a * inv_z)[..., 0]
-    g[..., :, 2] = proj * inv_z  # -(a x / z²) · (-1)
-    # d local / d r = [local]x J_r(r);  d local / d t = -R^T
-    j_rot = torch.linalg.cross(g, local[:, :, None, :].expand_as(g)).flatten(1, 2) @ _right_jacobian(pose6[:, :3])
-    j_t = -(g.flatten(1, 2) @ fw.rot.transpose(1, 2))
-    cols = [j_rot, j_t]
+    a = (1.0 / torch.tan(torch.deg2rad(fw.fov) * 0.5))[:, None]
+    # d proj / d local = d proj / d view · D (OpenGL->OpenCV flip), rows (a/z, 0, u/z), (0, -a/z, v/z).
+    # d local / d r = [local]x J_r(r) -> rows g x local; d local / d t = -R^T -> rows -g. Written out.
+    az = a * inv_z
+    uz, vz = (proj * inv_z[..., None]).unbind(-1)
+    lx, ly, lz = local.unbind(-1)
+    zero = torch.zeros_like(az)
+    cols = [-uz * ly, uz * lx - az * lz, az * ly, -az, zero, -uz,
+            -az * lz - vz * ly, vz * lx, az * lx, zero, az, -vz]
+    k = 7 if with_fov else 6
     if with_fov:
         half = torch.deg2rad(fw.fov) * 0.5
-        dfov = -(math.pi / 360.0) / (torch.sin(half) * torch.cos(half))
-        cols.append((proj * dfov[:, None, None]).reshape(n, p * 2, 1))
-    return torch.cat(cols, dim=-1)
+        dfov = (-(math.pi / 360.0) / (torch.sin(half) * torch.cos(half)))[:, None]
+        pu, pv = proj.unbind(-1)
+        cols = cols[:6] + [pu * dfov] + cols[6:] + [pv * dfov]
+    eu, ev = fw.err.unbind(-1)
+    j0e = torch.stack(cols[:k] + [eu] + cols[k:] + [ev], dim=-1).reshape(n, p * 2, k + 1)
+    t = torch.zeros(n, k, k, dtype=view.dtype)
+    t[:, :3, :3] = _right_jacobian(pose6[:, :3])
+    t[:, 3:6, 3:6] = fw.rot.transpose(1, 2)
+    if with_fov:
+        t[:, 6, 6] = 1.0
+    return j0e, t
 
 
 def _gram(a: Tensor, b: Tensor) -> Tensor:
@@ -497,17 +512,23 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
     history = [float(f_frames.sum())]
     it = 0
     for it in range(1, max_iter + 1):
-        jac = _jacobian(fw, pose, with_fov)  # [N, M, k]
+        jac_err, tmat = _jacobian(fw, pose, with_fov)  # J = jac @ tmat: [N, M, k+1], [N, k, k]
+        k = jac_err.shape[-1] - 1
+        jac = jac_err[..., :k]
         rad = torch.sqrt(fw.dist.square() + SMOOTH_NDC**2)
         inv_d = fw.weights / rad  # [N, P]
         jc = jac * inv_d.repeat_interleave(2, dim=1)[..., None]
-        hess = _gram(jc, jac)  # [N, k, k]
-        grad = (jc.transpose(1, 2) @ fw.err.reshape(n, -1, 1))[..., 0]  # [N, k]
+        # Hessian and gradient in one batched product: jc^T [jac | err] -> [N, k, k+1].
+        hg = _gram(jc, jac_err)
+        hess = hg[..., :k]
         if bool((alpha > 0).any()):
             # The Hessian of |e| is (I - u u^T)/|e|: remove (part of) the radial curvature.
             unit = fw.err / rad[..., None]
-            q = (jac.reshape(n, -1, 2, jac.shape[-1]) * unit[..., None]).sum(dim=2)  # [N, P, k]
+            q = (jac.reshape(n, -1, 2, k) * unit[..., None]).sum(dim=2)  # [N, P, k]
             hess = hess - per_frame(alpha)[:, None, None] * _gram(q * inv_d[..., None], q)
+        # Back to the pose6 parameters: H = T^T H0 T, g = T^T g0 (T is k×k per frame).
+        grad = (hg[..., k:].transpose(1, 2) @ tmat)[:, 0]
+        hess = tmat.transpose(1, 2) @ hess @ tmat
         if pair_w is not None:
             tgrad, tdiag = _temporal_grad(pose, pair_w)
             grad[:, :6] += tgrad
