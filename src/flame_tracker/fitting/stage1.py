@@ -28,6 +28,7 @@ Solvers:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,14 @@ class Stage1Problem:
     @property
     def n_points(self) -> int:
         return self.points.shape[1]
+
+    def subset(self, idx: Tensor) -> Stage1Problem:
+        """The same problem restricted to frames ``idx`` (for solvers that drop converged frames)."""
+        sub = copy.copy(self)
+        sub.points, sub.targets = self.points[idx], self.targets[idx]
+        sub.valid, sub.base_weights = self.valid[idx], self.base_weights[idx]
+        sub.n = int(idx.numel())
+        return sub
 
     def forward(self, pose6: Tensor, fov: Tensor) -> Stage1Forward:
         """Project with ``pose6 [N, 6]`` and ``fov [N]`` and evaluate the landmark + ear terms."""
@@ -488,11 +497,13 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
     shared = fov_mode == "shared"
     coupled = pair_w is not None or shared
 
+    cur = prob  # the frames still iterating (independent frames drop out once converged)
+
     def evaluate(p: Tensor, f: Tensor) -> tuple[Stage1Forward, Tensor]:
         # The solver minimises |e| smoothed to sqrt(|e|² + δ²): the optimum of a sum of norms often
         # has residuals exactly at zero (a kink where Newton steps fail); δ = SMOOTH_NDC costs < 1e-4
         # of the true objective (measured) and saves most iterations. The reported objective is exact.
-        fw = prob.forward(p, f)
+        fw = cur.forward(p, f)
         return fw, (fw.weights * torch.sqrt(fw.dist.square() + SMOOTH_NDC**2)).sum(dim=1) + _temporal_split(p, pair_w)
 
     fw, f_frames = evaluate(pose, fov)
@@ -510,6 +521,9 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
     alpha = torch.zeros(n_groups, dtype=dtype)
     done = torch.zeros(n_groups, dtype=torch.bool)
     history = [float(f_frames.sum())]
+    # Independent frames: converged ones are written out and dropped, so late iterations only pay for
+    # the few frames still moving. ``active`` maps working rows to frames.
+    out_pose, out_fov, active, f_out = pose.clone(), fov.clone(), torch.arange(n), 0.0
     it = 0
     for it in range(1, max_iter + 1):
         jac_err, tmat = _jacobian(fw, pose, with_fov)  # J = jac @ tmat: [N, M, k+1], [N, k, k]
@@ -524,7 +538,7 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
         if bool((alpha > 0).any()):
             # The Hessian of |e| is (I - u u^T)/|e|: remove (part of) the radial curvature.
             unit = fw.err / rad[..., None]
-            q = (jac.reshape(n, -1, 2, k) * unit[..., None]).sum(dim=2)  # [N, P, k]
+            q = (jac.reshape(jac.shape[0], -1, 2, k) * unit[..., None]).sum(dim=2)  # [N, P, k]
             hess = hess - per_frame(alpha)[:, None, None] * _gram(q * inv_d[..., None], q)
         # Back to the pose6 parameters: H = T^T H0 T, g = T^T g0 (T is k×k per frame).
         grad = (hg[..., k:].transpose(1, 2) @ tmat)[:, 0]
@@ -561,10 +575,20 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
             fw = new_fw
         elif bool(accept.any()):
             fw = Stage1Forward(*[torch.where(_bcast(accept, old), new, old) for old, new in zip(fw, new_fw)])
-        history.append(float(f_frames.sum()))
+        history.append(f_out + float(f_frames.sum()))
         if bool(done.all()):
             break
-    return _result(prob, pose, fov, temporal, it, "lm", bool(done.all()), history)
+        # (compacting costs ~a dozen small copies: worth it once a quarter of the rows are finished)
+        if not coupled and 4 * int(done.sum()) >= done.numel():
+            keep = ~done
+            out_pose[active], out_fov[active] = pose, fov
+            f_out += float(f_frames[done].sum())
+            active = active[keep]
+            pose, fov, f_frames, lam, alpha, done = (x[keep] for x in (pose, fov, f_frames, lam, alpha, done))
+            fw = Stage1Forward(*(x[keep] for x in fw))
+            cur = prob.subset(active)
+    out_pose[active], out_fov[active] = pose, fov
+    return _result(prob, out_pose, out_fov, temporal, it, "lm", bool(done.all()), history)
 
 
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:
