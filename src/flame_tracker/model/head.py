@@ -157,21 +157,30 @@ class HeadModel(torch.nn.Module):
         # Fixed structures of the landmark path, built once: kinematic-chain index tensors and one
         # [68+10+40, P] matrix that does the barycentric mix and the iris/ear picks in one matmul.
         plan, perm = chain_plan(self._parents)
-        self._n_levels = len(plan)
+        self._chain_plan = plan  # slices, or index tensors as buffers (they follow .to(device))
         for i, (js, pidx) in enumerate(plan):
-            buf(f"_lvl{i}_joints", js.numpy())
-            buf(f"_lvl{i}_parents", pidx.numpy())
-        buf("_chain_perm", perm.numpy())
+            for name, idx in ((f"_lvl{i}_joints", js), (f"_lvl{i}_parents", pidx)):
+                if torch.is_tensor(idx):
+                    buf(name, idx.numpy())
+        buf("_chain_perm", None if perm is None else perm.numpy())
         buf("_eye3", np.eye(3))
+        buf("_bottom", np.array([0.0, 0.0, 0.0, 1.0]).reshape(1, 1, 1, 4))
         mix_rows = np.zeros((lmk_local.shape[0], P))
         np.add.at(mix_rows, (np.arange(68)[:, None].repeat(3, 1), lmk_local[:68]), lmk_w)
         mix_rows[np.arange(68, len(lmk_local)), lmk_local[68:, 0]] = 1.0
         buf("_lmk_mix", mix_rows)
         # The landmark path's basis rows coordinate-major (x of all P rows, then y, then z), so
         # skinning and the mix above run on [N,3,P] tensors with plain GEMMs (no batched bmm).
+        # Pose-corrective columns negated: the path's features are (I - R), which it needs anyway.
         xyz_major = np.arange(3 * P).reshape(P, 3).T.reshape(-1)
-        buf("_lmk_dirs", np.concatenate([mixed(dirs).reshape(3 * P, K)[xyz_major], j_dirs.reshape(3 * J, K)]))
-        buf("_lmk_template", np.concatenate([mixed(data.v_template).T.reshape(-1), j_template.reshape(-1)]))
+        lmk_dirs = np.concatenate([mixed(dirs).reshape(3 * P, K)[xyz_major], j_dirs.reshape(3 * J, K)])
+        lmk_dirs[:, self.n_shape + self.n_expr :] *= -1
+        # A 4th coordinate row fixed at 1 (zero basis) gives homogeneous rows for the skinning bmm.
+        lmk_dirs = np.concatenate([lmk_dirs[: 3 * P], np.zeros((P, K)), lmk_dirs[3 * P :]])
+        buf("_lmk_dirs", lmk_dirs)
+        buf("_lmk_template", np.concatenate([mixed(data.v_template).T.reshape(-1), np.ones(P),
+                                             j_template.reshape(-1)]))
+        buf("_lmk_weights_t", data.weights.astype(f64)[ids[:, 0]].T[:, None])  # [J,1,P]
         self._n_iris = 0 if data.iris_idx is None else 10
         self._n_ear = 0 if data.ear_idx is None else 40
 
@@ -277,18 +286,19 @@ class HeadModel(torch.nn.Module):
         # cost is per-op overhead, not arithmetic.
         N, P, J = betas.shape[0], self.n_sub, self.n_joints
         rot = axis_angle_to_matrix(rotvecs)  # [N,J,3,3]
-        rot_m_eye = rot - self._eye3
+        eye_m_rot = self._eye3 - rot
         if self.has_pose_correctives:
-            betas = torch.cat([betas, rot_m_eye[:, 1:].reshape(N, -1)], 1)
+            betas = torch.cat([betas, eye_m_rot[:, 1:].reshape(N, -1)], 1)
         shaped = torch.nn.functional.linear(betas, self._lmk_dirs, self._lmk_template)
-        v = shaped[:, : 3 * P].view(N, 1, 3, P)
-        joints = shaped[:, 3 * P :].view(N, J, 3)
-        plan = [(getattr(self, f"_lvl{i}_joints"), getattr(self, f"_lvl{i}_parents"))
-                for i in range(self._n_levels)]
-        A = chain_transforms(rot_m_eye, rot, joints, plan, self._chain_perm)  # [N,J,3,4]
-        T = torch.nn.functional.linear(A.view(N, J, 12).transpose(1, 2), self._sub_weights)
-        T = T.view(N, 3, 4, P)  # per-row skinning transforms, [N,3,4,P]
-        sub = (T[:, :, :3] * v).sum(2) + T[:, :, 3]  # [N,3,P]
+        v = shaped[:, : 4 * P].view(N, 4, P)  # homogeneous, coordinate-major
+        joints = shaped[:, 4 * P :].view(N, J, 3)
+        plan = [tuple(getattr(self, f"_lvl{i}_{n}") if torch.is_tensor(idx) else idx
+                      for n, idx in (("joints", js), ("parents", pidx)))
+                for i, (js, pidx) in enumerate(self._chain_plan)]
+        A = chain_transforms(eye_m_rot, rot, joints, plan, self._chain_perm, self._bottom)  # [N,J,3,4]
+        # every joint's transform applied to every row, then the rows' skinning-weight blend
+        per_joint = torch.bmm(A.view(N, J * 3, 4), v).view(N, J, 3, P)
+        sub = (per_joint * self._lmk_weights_t).sum(1)  # [N,3,P]
         pts = torch.nn.functional.linear(sub, self._lmk_mix).transpose(1, 2).contiguous()  # [N,118,3]
         iris = pts[:, 68 : 68 + self._n_iris] if self._n_iris else None
         ears = pts[:, 68 + self._n_iris :] if self._n_ear else None

@@ -16,18 +16,23 @@ from __future__ import annotations
 import torch
 
 
-_SKEW: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+_CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
 
-def _skew_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[3,9] map r -> flattened cross-product matrix K(r), and the flattened identity (cached)."""
+def _rodrigues_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Cached constants of :func:`axis_angle_to_matrix`: the [3,9] map r -> flattened K(r), the
+    flattened identity, Taylor coefficients of (a, b) in theta^2, and the half-angle factors."""
     key = (dtype, device)
-    if key not in _SKEW:
-        m = torch.zeros(3, 9, dtype=dtype, device=device)
-        for axis, (pos, neg) in enumerate(((7, 5), (2, 6), (3, 1))):  # x: K21=x,K12=-x; ...
-            m[axis, pos], m[axis, neg] = 1.0, -1.0
-        _SKEW[key] = (m, torch.eye(3, dtype=dtype, device=device).reshape(9))
-    return _SKEW[key]
+    if key not in _CONSTS:
+        skew = torch.zeros(3, 9, dtype=dtype)
+        for axis, (pos, neg) in enumerate(((7, 5), (2, 6), (3, 1))):  # x: K21=x, K12=-x; ...
+            skew[axis, pos], skew[axis, neg] = 1.0, -1.0
+        taylor = torch.tensor([[1.0, 0.5], [-1 / 6, -1 / 24], [1 / 120, 1 / 720]], dtype=dtype)
+        consts = (skew, torch.eye(3, dtype=dtype).reshape(9), taylor,
+                  torch.tensor([1.0, 0.5], dtype=dtype), torch.tensor([1.0, 2.0], dtype=dtype),
+                  torch.tensor([1.0, 0.5], dtype=dtype))
+        _CONSTS[key] = tuple(c.to(device) for c in consts)
+    return _CONSTS[key]
 
 
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
@@ -35,17 +40,18 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
 
     Smooth and differentiable at zero (Taylor series for small angles instead of the usual
     ``norm + eps`` trick, which biases the result and gives wrong gradients near the identity).
-    Written as ``R = (1 - b t^2) I + a K + b r r^T`` (``K^2 = r r^T - t^2 I``) in few torch ops:
-    the landmark path's cost is per-op overhead.
+    Written as ``R = (1 - b t^2) I + a K + b r r^T`` (``K^2 = r r^T - t^2 I``) with
+    ``a = sin t / t`` and ``b = (1 - cos t) / t^2 = sinc(t/2)^2 / 2``, both from one ``sin`` on a
+    2-vector: the landmark path's cost is per-op overhead, so few torch ops matter.
     """
-    skew, eye = _skew_consts(rotvec.dtype, rotvec.device)
+    skew, eye, taylor, half, power, scale = _rodrigues_consts(rotvec.dtype, rotvec.device)
     t2 = (rotvec * rotvec).sum(-1, keepdim=True)  # theta^2
     small = t2 < 1e-6
-    safe_t2 = torch.where(small, 1.0, t2)
-    theta = safe_t2.sqrt()
-    t4 = t2 * t2
-    a = torch.where(small, 1 - t2 / 6 + t4 / 120, theta.sin() / theta)
-    b = torch.where(small, 0.5 - t2 / 24 + t4 / 720, (1 - theta.cos()) / safe_t2)
+    x = torch.where(small, 1.0, t2).sqrt() * half  # (theta, theta/2), safe at 0
+    ab_big = (x.sin() / x).pow(power) * scale
+    ab_small = taylor[0] + t2 * (taylor[1] + t2 * taylor[2])
+    a, b = torch.where(small, ab_small, ab_big).unbind(-1)
+    a, b = a[..., None], b[..., None]
     rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)
     r = torch.addcmul(b * rr, a, rotvec @ skew) + (1 - b * t2) * eye
     return r.unflatten(-1, (3, 3))
@@ -145,37 +151,55 @@ def interpolate(verts: torch.Tensor, vidx: torch.Tensor, bary: torch.Tensor) -> 
     return (picked * bary[..., None]).sum(-2)
 
 
-def chain_plan(parents: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """Precomputed index tensors for :func:`chain_transforms` (fixed per skeleton).
+Index = slice | torch.Tensor
+
+
+def _as_index(ids: list[int]) -> Index:
+    """A run of consecutive ids (or one id repeated, which broadcasts) as a slice, else a tensor."""
+    if len(set(ids)) == 1:
+        return slice(ids[0], ids[0] + 1)
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return slice(ids[0], ids[0] + len(ids))
+    return torch.tensor(ids)
+
+
+def chain_plan(parents: list[int]) -> tuple[list[tuple[Index, Index]], Index | None]:
+    """Precomputed indices for :func:`chain_transforms` (fixed per skeleton).
 
     Joints are stacked level by level (root first); returns, per depth level, (the joints of the
     level, their parents' positions in the stack so far) and the permutation from the stacked
-    order back to joint order.
+    order back to joint order (None when it is the identity, as for FLAME). Slices where possible:
+    they are views, not gathers.
     """
     order = [0]
     plan = []
     for js, ps in depth_levels(parents):
-        plan.append((torch.tensor(js), torch.tensor([order.index(p) for p in ps])))
+        plan.append((_as_index(js), _as_index([order.index(p) for p in ps])))
         order += js
-    return plan, torch.tensor([order.index(j) for j in range(len(parents))])
+    perm = [order.index(j) for j in range(len(parents))]
+    return plan, None if perm == sorted(perm) else torch.tensor(perm)
+
+
+def _pick(x: torch.Tensor, idx: Index) -> torch.Tensor:
+    return x[:, idx] if isinstance(idx, slice) else x.index_select(1, idx)
 
 
 def chain_transforms(
-    rot_m_eye: torch.Tensor, rot: torch.Tensor, joints: torch.Tensor,
-    plan: list[tuple[torch.Tensor, torch.Tensor]], perm: torch.Tensor,
+    eye_m_rot: torch.Tensor, rot: torch.Tensor, joints: torch.Tensor,
+    plan: list[tuple[Index, Index]], perm: torch.Tensor | None, bottom: torch.Tensor,
 ) -> torch.Tensor:
     """Same result as :func:`rigid_transforms` in a few batched ops (landmark path).
 
     Uses ``A_j = A_parent(j) @ L_j`` with the rest-offset local transform
     ``L_j = [R_j | (I - R_j) j_j]``, so no per-joint Python work and no rest-position fix-up;
-    ``rot_m_eye = rot - I`` is shared with the pose-corrective features. Returns A [N,J,3,4].
+    ``eye_m_rot = I - rot`` is shared with the pose-corrective features; ``bottom`` is the
+    homogeneous row ``[0,0,0,1]`` shaped [1,1,1,4]. Returns A [N,J,3,4].
     """
     N, J = rot.shape[:2]
-    t = -(rot_m_eye @ joints[..., None])  # [N,J,3,1]
+    t = _mm(eye_m_rot, joints[..., None])  # [N,J,3,1]
     local = torch.cat([rot, t], -1)  # [N,J,3,4]
-    bottom = rot.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(N, J, 1, 4)
-    local44 = torch.cat([local, bottom], -2)  # [N,J,4,4]
+    local44 = torch.cat([local, bottom.expand(N, J, 1, 4)], -2)  # [N,J,4,4]
     world = local[:, :1]
-    for js, pidx in plan:  # one matmul per tree depth (FLAME: 2)
-        world = torch.cat([world, world.index_select(1, pidx) @ local44.index_select(1, js)], 1)
-    return world.index_select(1, perm)
+    for js, pidx in plan:  # one product per tree depth (FLAME: 2)
+        world = torch.cat([world, _mm(_pick(world, pidx), _pick(local44, js))], 1)
+    return world if perm is None else world.index_select(1, perm)
