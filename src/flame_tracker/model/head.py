@@ -175,11 +175,8 @@ class HeadModel(torch.nn.Module):
         xyz_major = np.arange(3 * P).reshape(P, 3).T.reshape(-1)
         lmk_dirs = np.concatenate([mixed(dirs).reshape(3 * P, K)[xyz_major], j_dirs.reshape(3 * J, K)])
         lmk_dirs[:, self.n_shape + self.n_expr :] *= -1
-        # A 4th coordinate row fixed at 1 (zero basis) gives homogeneous rows for the skinning bmm.
-        lmk_dirs = np.concatenate([lmk_dirs[: 3 * P], np.zeros((P, K)), lmk_dirs[3 * P :]])
         buf("_lmk_dirs", lmk_dirs)
-        buf("_lmk_template", np.concatenate([mixed(data.v_template).T.reshape(-1), np.ones(P),
-                                             j_template.reshape(-1)]))
+        buf("_lmk_template", np.concatenate([mixed(data.v_template).T.reshape(-1), j_template.reshape(-1)]))
         buf("_lmk_weights_t", data.weights.astype(f64)[ids[:, 0]].T[:, None])  # [J,1,P]
         self._n_iris = 0 if data.iris_idx is None else 10
         self._n_ear = 0 if data.ear_idx is None else 40
@@ -290,14 +287,15 @@ class HeadModel(torch.nn.Module):
         if self.has_pose_correctives:
             betas = torch.cat([betas, eye_m_rot[:, 1:].reshape(N, -1)], 1)
         shaped = torch.nn.functional.linear(betas, self._lmk_dirs, self._lmk_template)
-        v = shaped[:, : 4 * P].view(N, 4, P)  # homogeneous, coordinate-major
-        joints = shaped[:, 4 * P :].view(N, J, 3)
+        v = shaped[:, : 3 * P].view(N, 3, P)  # coordinate-major
+        joints = shaped[:, 3 * P :].view(N, J, 3)
         plan = [tuple(getattr(self, f"_lvl{i}_{n}") if torch.is_tensor(idx) else idx
                       for n, idx in (("joints", js), ("parents", pidx)))
                 for i, (js, pidx) in enumerate(self._chain_plan)]
         A = chain_transforms(eye_m_rot, rot, joints, plan, self._chain_perm, self._bottom)  # [N,J,3,4]
         # every joint's transform applied to every row, then the rows' skinning-weight blend
-        per_joint = torch.bmm(A.view(N, J * 3, 4), v).view(N, J, 3, P)
+        A = A.view(N, J * 3, 4)
+        per_joint = torch.baddbmm(A[..., 3:], A[..., :3], v).view(N, J, 3, P)
         sub = (per_joint * self._lmk_weights_t).sum(1)  # [N,3,P]
         pts = torch.nn.functional.linear(sub, self._lmk_mix).transpose(1, 2).contiguous()  # [N,118,3]
         iris = pts[:, 68 : 68 + self._n_iris] if self._n_iris else None
