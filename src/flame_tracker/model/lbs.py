@@ -49,11 +49,11 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     small = t2 < 1e-6
     x = torch.where(small, 1.0, t2).sqrt() * half  # (theta, theta/2), safe at 0
     ab_big = (x.sin() / x).pow(power) * scale
-    ab_small = taylor[0] + t2 * (taylor[1] + t2 * taylor[2])
+    ab_small = torch.addcmul(taylor[0], t2, torch.addcmul(taylor[1], t2, taylor[2]))
     a, b = torch.where(small, ab_small, ab_big).unbind(-1)
     a, b = a[..., None], b[..., None]
     rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)
-    r = torch.addcmul(b * rr, a, rotvec @ skew) + (1 - b * t2) * eye
+    r = torch.addcmul(torch.addcmul(b * rr, a, rotvec @ skew), 1 - b * t2, eye)
     return r.unflatten(-1, (3, 3))
 
 
