@@ -36,7 +36,8 @@ from flame_tracker.camera import (
     world_to_view,
 )
 from flame_tracker.fitting.stage1 import fit_camera
-from flame_tracker.fitting.stage2 import Stage2Options, cpu_threads, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 
 # Single images: the reference objective + identity shape, with the jawline informing face width.

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flame_tracker.camera import project_ndc, rotvec_to_euler, world_to_view
-from flame_tracker.fitting.stage2 import cpu_threads
+from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.model.lbs import skin
 from flame_tracker.rendering.differentiable import (
     barycentrics,

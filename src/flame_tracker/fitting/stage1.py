@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -55,6 +53,7 @@ from flame_tracker.camera.reference import (
     skew,
     small_matmul,
 )
+from flame_tracker.fitting.threads import cpu_threads
 
 # Reference weights and thresholds (upstream-spec §8.2).
 W_FACE = 300.0
@@ -310,26 +309,10 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
     fov0 = _fov_vector(fov, prob)
     if fov_mode == "shared":
         fov0 = fov0.mean().expand(prob.n).clone()
-    with _single_thread():
+    # Tiny tensors (~100 points x 6 parameters per frame): threads only add fork/join latency.
+    with cpu_threads(1):
         pose0 = closed_form_init(prob, fov0) if init is None else _cpu(init, prob.dtype).reshape(prob.n, 6)
         return _fit_lm(prob, pose0, fov0, fov_mode, temporal, max_iter or 100, tol)
-
-
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch single-threaded inside the LM solver, then restore the caller's setting.
-
-    Its tensors are tiny (~100 points × 6 parameters per frame): intra-op threads only add
-    fork/join latency, which on a busy CPU costs milliseconds per op (measured 5-8× per iteration).
-    """
-    before = torch.get_num_threads()
-    if before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before > 1:
-            torch.set_num_threads(before)
 
 
 def _fov_vector(fov: float | Tensor, prob: Stage1Problem) -> Tensor:
@@ -469,7 +452,7 @@ def _jacobian(fw: Stage1Forward, pose6: Tensor, with_fov: bool) -> tuple[Tensor,
 
 def _gram(a: Tensor, b: Tensor) -> Tensor:
     """``a^T b`` over the middle axis, ``[N, M, k] x [N, M, k] -> [N, k, k]`` (BLAS; the LM runs
-    single-threaded, see :func:`_single_thread`)."""
+    single-threaded, see :func:`~flame_tracker.fitting.threads.cpu_threads`)."""
     return a.transpose(1, 2) @ b
 
 

@@ -32,8 +32,7 @@ Solvers:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -42,30 +41,12 @@ import torch
 from torch import Tensor
 
 from flame_tracker.camera import project_ndc, rotvec_to_matrix
+from flame_tracker.fitting.threads import cpu_threads
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
 N_JAW = 17
 N_FACE = 51
 N_IRIS = 10
-
-
-@contextmanager
-def cpu_threads(n: int = 1, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run a block with ``n`` intra-op CPU threads, then restore the previous setting.
-
-    Stage 1/2 work on matrices of a few hundred entries: OpenMP parallelism cannot pay for its
-    synchronisation there, and on a busy machine a parallel region waiting for a descheduled thread
-    made the solves 10-20x slower (measured). CUDA devices are left alone.
-    """
-    if torch.device(device).type != "cpu" or torch.get_num_threads() <= n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
