@@ -507,9 +507,38 @@ def _fit(
     # The loop evaluates only the vertices of the triangles near the mask, landmarks by the model's
     # landmark path; visibility is re-rasterised every opts.raster_every iterations.
     same_shape = not opts.fit_shape and bool((shape0 == shape0[:1]).all())
-    sub = _SubMesh(model, faces, fixed_shape=shape0[0] if same_shape else None)
+    fixed = shape0[0] if same_shape else None
+    sub = _SubMesh(model, faces, fixed_shape=fixed)
     sub_faces = sub.faces
-    vis: dict[str, Fragments] = {}
+    vis: dict = {}
+
+    def refresh(params: dict[str, Tensor], p6: Tensor) -> None:
+        """Visibility pass (no gradient) at the current geometry and what depends only on it.
+
+        Between passes a step skins only the corners of the triangles visible in masked pixels
+        (``vis["mesh"]``, ~40 % of the sub-mesh), and the per-pixel SH basis (normals) is held
+        fixed: like the reference, which detaches its normals, geometry is driven through the
+        barycentrics (albedo/texture lookup); the light keeps its exact gradient.
+        """
+        with torch.no_grad():
+            view = world_to_view(sub(**params), p6)
+            vpx = to_render_pixels(view, fov, res)
+            fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
+            used, local = torch.unique(fr.pix_face, return_inverse=True)
+            mesh = _SubMesh(model, faces[used], fixed_shape=fixed)
+            face_idx = torch.full((n * res * res,), -1, dtype=torch.long, device=dev)
+            face_idx[fr.pix] = local
+            fr = Fragments(face_idx=face_idx.view(n, res, res), pix=fr.pix, pix_face=local, shape=fr.shape)
+            # mesh.vidx are model vertex ids; the sub-mesh normals are indexed by sub.vidx.
+            pos = torch.searchsorted(sub.vidx, mesh.vidx)
+            vn = vertex_normals(view, sub_faces).index_select(1, pos)
+            bary = barycentrics(vpx.index_select(1, pos), mesh.faces, fr)
+            nrm = F.normalize(interpolate(vn, mesh.faces, fr, bary), dim=-1, eps=1e-12)
+            b = fr.pix_batch()
+            counts = torch.bincount(b, minlength=n)
+            vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
+                       norm=1.0 / (3 * counts.to(dt) + 1e-8), mesh=mesh, basis=sh_basis(nrm).split(counts.tolist()),
+                       uv_faces=None if uv_faces is None else uv_faces[used])
 
     def loss_fn(it: int = 0) -> tuple[Tensor, dict]:
         expr = expr0 + d_expr
@@ -522,29 +551,21 @@ def _fit(
         lmk = project_ndc(out.landmarks, p6, fov)
         loss = opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
         if opts.w_pixel > 0:
-            view = world_to_view(sub(**params), p6)
-            vpx = to_render_pixels(view, fov, res)
-            # Visibility (no gradient), restricted to the masked pixels, and what depends only on it.
             if "frags" not in vis or it % max(1, opts.raster_every) == 0:
-                fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
-                b = fr.pix_batch()
-                counts = torch.bincount(b, minlength=n)
-                vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
-                           norm=1.0 / (3 * counts.to(dt) + 1e-8))
-            frags, batch = vis["frags"], vis["batch"]
+                refresh(params, p6)
+            frags, batch, mesh = vis["frags"], vis["batch"], vis["mesh"]
+            vpx = to_render_pixels(world_to_view(mesh(**params), p6), fov, res)
             # The render's colours at the covered masked pixels only ([P, 3], no images): as
             # rendering.render, without scattering into three full images per step.
-            bary = barycentrics(vpx, sub_faces, frags)
+            bary = barycentrics(vpx, mesh.faces, frags)
             if use_uv:
-                uv = interpolate(uvs, uv_faces, frags, bary)
+                uv = interpolate(uvs, vis["uv_faces"], frags, bary)
                 alb = sample_texture(app_c if app_c.dim() == 4 else app_c[None], uv, batch)
             else:
-                alb = interpolate(app_c.index_select(-2, sub.vidx), sub_faces, frags, bary)
-            nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), sub_faces, frags, bary), dim=-1, eps=1e-12)
+                alb = interpolate(app_c.index_select(-2, mesh.vidx), mesh.faces, frags, bary)
             # Covered pixels come sorted by frame: one [P_i, 9] @ [9, 3] product per frame instead
             # of gathering a light matrix per pixel.
-            basis = sh_basis(nrm).split(vis["counts"])
-            colour = alb * torch.cat([bi @ light[i] for i, bi in enumerate(basis)])
+            colour = alb * torch.cat([bi @ light[i] for i, bi in enumerate(vis["basis"])])
             # Reference pix_L1: sum |gt - render| over masked pixels / (3 * masked pixels), per frame.
             err = (vis["target"] - colour).abs().sum(1)
             pix = torch.zeros(n, dtype=dt, device=dev).index_add(0, batch, err) * vis["norm"]
