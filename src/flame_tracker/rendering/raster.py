@@ -186,7 +186,7 @@ def rasterize(
         ra[:, 3] *= scale
         rb[:, 3] *= scale
         rc[:, 3] = (rc[:, 3] - inv_lo) * scale
-        coef = torch.cat([ra, rb, rc], 1).to(torch.float32)  # [K, 12]
+        coef_t = torch.cat([ra, rb, rc], 1).to(torch.float32).T.contiguous()  # [12, K]
         tw = kbw.long()
         base = b_idx * hw + ty0.long() * width + tx0.long()
         # Enumerate exactly the bounding-box pixels of every kept triangle (no padding), in chunks
@@ -195,25 +195,25 @@ def rasterize(
         ends = torch.cumsum(count, 0)
         bounds = torch.arange(0, int(ends[-1]) + _MAX_FRAGMENTS_PER_CHUNK, _MAX_FRAGMENTS_PER_CHUNK, device=device)
         cuts = [0] + torch.unique(torch.searchsorted(ends, bounds, right=True).clamp(max=ends.numel())).tolist()
+        first = ends - count  # first candidate of each triangle
         for lo_t, hi_t in zip(cuts[:-1], cuts[1:]):
             if hi_t <= lo_t:
                 continue
             tid = torch.repeat_interleave(torch.arange(lo_t, hi_t, device=device), count[lo_t:hi_t])
-            local = torch.arange(tid.numel(), device=device) - (ends[tid] - count[tid])
-            w = tw[tid]
+            local = torch.arange(tid.numel(), device=device) - first.index_select(0, tid)
+            w = tw.index_select(0, tid)
             dy = torch.div(local, w, rounding_mode="floor")
             dx = local - dy * w
-            k = coef.index_select(0, tid)  # [C, 12]: rows A, B, C' of (b0, b1, b2, scaled 1/z)
-            fx = dx.to(torch.float32)
-            fy = dy.to(torch.float32)
-            b = k[:, 0:3] * fx[:, None] + k[:, 4:7] * fy[:, None] + k[:, 8:11]
-            inside = (b >= 0).all(dim=1)
-            q_near = k[:, 3] * fx + k[:, 7] * fy + k[:, 11]  # (1/z - 1/z_min) * scale
+            k = coef_t.index_select(1, tid)  # [12, C]: rows A, B, C' of (b0, b1, b2, scaled 1/z)
+            # (b0, b1, b2, (1/z - 1/z_min) * scale) of every candidate as one [4, C] evaluation
+            # (candidate-major rows: contiguous, vectorised element-wise kernels).
+            e = k[0:4] * dx.to(torch.float32) + k[4:8] * dy.to(torch.float32) + k[8:12]
+            sel = torch.nonzero((e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0), as_tuple=True)[0]  # inside
             # Larger 1/z is nearer: key = (quantised "farness") << 32 | face index.
-            q = ((((1 << _DEPTH_BITS) - 1) - q_near[inside]).clamp(0, (1 << _DEPTH_BITS) - 1)).long()
-            ti = tid[inside]
-            key = (q << 32) | f_idx[ti]
-            pix = base[ti] + dy[inside] * width + dx[inside]
+            q = ((((1 << _DEPTH_BITS) - 1) - e[3].index_select(0, sel)).clamp(0, (1 << _DEPTH_BITS) - 1)).long()
+            ti = tid.index_select(0, sel)
+            key = (q << 32) | f_idx.index_select(0, ti)
+            pix = base.index_select(0, ti) + dy.index_select(0, sel) * width + dx.index_select(0, sel)
             zbuf.scatter_reduce_(0, pix, key, reduce="amin")
     hit = zbuf != _NO_HIT
     face_idx = torch.where(hit, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
