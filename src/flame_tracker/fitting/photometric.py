@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flame_tracker.camera import project_ndc, rotvec_to_euler, world_to_view
+from flame_tracker.camera import rotvec_to_euler, world_to_view
 from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.model.lbs import skin
 from flame_tracker.rendering.differentiable import (
@@ -204,11 +204,13 @@ class _SubMesh:
     crops). Falls back to the full forward for models without the ``HeadModel`` buffers.
     """
 
-    def __init__(self, model: torch.nn.Module, faces: Tensor, fixed_shape: Tensor | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, faces: Tensor, fixed_shape: Tensor | None = None,
+                 extra: Tensor | None = None) -> None:
         self.model = model
         self.fixed_shape = fixed_shape is not None
-        self.vidx, local = torch.unique(faces, return_inverse=True)
-        self.faces = local.view_as(faces)
+        ids = faces.reshape(-1) if extra is None else torch.cat([faces.reshape(-1), extra.reshape(-1)])
+        self.vidx = torch.unique(ids)  # sorted model vertex ids; ``extra`` ones need not be in a face
+        self.faces = self.local(faces)
         self.fast = all(hasattr(model, a) for a in ("_template", "_dirs", "lbs_weights", "_inputs", "_levels"))
         if self.fast:
             nv, p = model.n_verts, self.vidx.numel()
@@ -224,6 +226,10 @@ class _SubMesh:
                 k = model.n_shape
                 self.template = self.template + self.dirs[:, :k] @ fixed_shape.to(self.dirs.dtype)
                 self.dirs = self.dirs[:, k:].contiguous()
+
+    def local(self, ids: Tensor) -> Tensor:
+        """Positions in :attr:`vidx` of model vertex ids (which must be among them)."""
+        return torch.searchsorted(self.vidx, ids.contiguous())
 
     def __call__(self, **params: Tensor) -> Tensor:
         """``[N, P, 3]`` posed vertices ``vidx`` of the model for ``params`` (as ``model.forward``)."""
@@ -504,41 +510,57 @@ def _fit(
     gt_iris = None if iris_ndc is None else torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, 10, 2)
     gt_ears = None if ears_ndc is None else torch.as_tensor(ears_ndc, dtype=dt, device=dev).reshape(n, 20, 2)
 
-    # The loop evaluates only the vertices of the triangles near the mask, landmarks by the model's
-    # landmark path; visibility is re-rasterised every opts.raster_every iterations.
+    # The loop evaluates only the vertices of the triangles near the mask; visibility is
+    # re-rasterised every opts.raster_every iterations. Landmarks (68 on triangles, iris and ear
+    # vertices) come from the same skinning pass as the rendered vertices: one model evaluation and
+    # one camera transform per step.
     same_shape = not opts.fit_shape and bool((shape0 == shape0[:1]).all())
     fixed = shape0[0] if same_shape else None
+    lmk_tri = model.faces.to(dev)[model.lmk_faces_idx.to(dev)]  # [68, 3] vertex ids
+    lmk_bary = model.lmk_bary.to(dev, dt)
+    iris_idx = getattr(model, "iris_idx", None) if gt_iris is not None else None
+    ear_idx = getattr(model, "ear_idx", None) if gt_ears is not None else None
+    point_ids = torch.cat([lmk_tri.reshape(-1)] + [i.to(dev) for i in (iris_idx, ear_idx) if i is not None])
     sub = _SubMesh(model, faces, fixed_shape=fixed)
     sub_faces = sub.faces
     vis: dict = {}
+
+    def set_mesh(mesh: _SubMesh) -> None:
+        """Use ``mesh`` (which holds ``point_ids``) for the steps: where its landmark vertices are."""
+        vis.update(mesh=mesh, lmk_loc=mesh.local(lmk_tri.reshape(-1)),
+                   iris_loc=None if iris_idx is None else mesh.local(iris_idx.to(dev)),
+                   ear_loc=None if ear_idx is None else mesh.local(ear_idx.to(dev)))
 
     def refresh(params: dict[str, Tensor], p6: Tensor) -> None:
         """Visibility pass (no gradient) at the current geometry and what depends only on it.
 
         Between passes a step skins only the corners of the triangles visible in masked pixels
-        (``vis["mesh"]``, ~40 % of the sub-mesh), and the per-pixel SH basis (normals) is held
-        fixed: like the reference, which detaches its normals, geometry is driven through the
-        barycentrics (albedo/texture lookup); the light keeps its exact gradient.
+        (``vis["mesh"]``, ~40 % of the sub-mesh) and the landmark vertices, and the per-pixel SH
+        basis (normals) is held fixed: like the reference, which detaches its normals, geometry is
+        driven through the barycentrics (albedo/texture lookup); the light keeps its exact gradient.
         """
         with torch.no_grad():
             view = world_to_view(sub(**params), p6)
             vpx = to_render_pixels(view, fov, res)
             fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
             used, local = torch.unique(fr.pix_face, return_inverse=True)
-            mesh = _SubMesh(model, faces[used], fixed_shape=fixed)
+            mesh = _SubMesh(model, faces[used], fixed_shape=fixed, extra=point_ids)
+            set_mesh(mesh)
             face_idx = torch.full((n * res * res,), -1, dtype=torch.long, device=dev)
             face_idx[fr.pix] = local
             fr = Fragments(face_idx=face_idx.view(n, res, res), pix=fr.pix, pix_face=local, shape=fr.shape)
-            # mesh.vidx are model vertex ids; the sub-mesh normals are indexed by sub.vidx.
-            pos = torch.searchsorted(sub.vidx, mesh.vidx)
-            vn = vertex_normals(view, sub_faces).index_select(1, pos)
-            bary = barycentrics(vpx.index_select(1, pos), mesh.faces, fr)
-            nrm = F.normalize(interpolate(vn, mesh.faces, fr, bary), dim=-1, eps=1e-12)
+            # Normals of the sub-mesh (indexed by sub.vidx) at the visible triangles' corners.
+            corners = sub.local(faces[used])
+            bary = barycentrics(vpx, corners, fr)
+            nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), corners, fr, bary), dim=-1, eps=1e-12)
             b = fr.pix_batch()
             counts = torch.bincount(b, minlength=n)
             vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
-                       norm=1.0 / (3 * counts.to(dt) + 1e-8), mesh=mesh, basis=sh_basis(nrm).split(counts.tolist()),
+                       norm=1.0 / (3 * counts.to(dt) + 1e-8), basis=sh_basis(nrm).split(counts.tolist()),
                        uv_faces=None if uv_faces is None else uv_faces[used])
+
+    if opts.w_pixel <= 0:  # landmarks only: skin just the landmark vertices
+        set_mesh(_SubMesh(model, faces[:0], fixed_shape=fixed, extra=point_ids))
 
     def loss_fn(it: int = 0) -> tuple[Tensor, dict]:
         expr = expr0 + d_expr
@@ -546,15 +568,18 @@ def _fit(
             expr = expr.clamp(float(bounds[0]), float(bounds[1]))
         p6 = pose6 + torch.cat([d_rot, d_trans], dim=1)
         params = dict(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck)
-        out = model.landmarks(**params) if sub.fast else model(**params)
+        if opts.w_pixel > 0 and ("frags" not in vis or it % max(1, opts.raster_every) == 0):
+            refresh(params, p6)
+        mesh = vis["mesh"]
+        view = world_to_view(mesh(**params), p6)
+        lmk_view = (view.index_select(1, vis["lmk_loc"]).view(n, 68, 3, 3) * lmk_bary[..., None]).sum(2)
+        pts = to_render_pixels(torch.cat([view, lmk_view], 1), fov, res)
+        vpx = pts[:, : view.shape[1]]
+        lmk = pts[:, view.shape[1]:, :2] * (2.0 / res) - 1  # = project_ndc of the model landmarks
         app_c = app.clamp(0, 1)
-        lmk = project_ndc(out.landmarks, p6, fov)
         loss = opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
         if opts.w_pixel > 0:
-            if "frags" not in vis or it % max(1, opts.raster_every) == 0:
-                refresh(params, p6)
-            frags, batch, mesh = vis["frags"], vis["batch"], vis["mesh"]
-            vpx = to_render_pixels(world_to_view(mesh(**params), p6), fov, res)
+            frags, batch = vis["frags"], vis["batch"]
             # The render's colours at the covered masked pixels only ([P, 3], no images): as
             # rendering.render, without scattering into three full images per step.
             bary = barycentrics(vpx, mesh.faces, frags)
@@ -570,10 +595,11 @@ def _fit(
             err = (vis["target"] - colour).abs().sum(1)
             pix = torch.zeros(n, dtype=dt, device=dev).index_add(0, batch, err) * vis["norm"]
             loss = loss + opts.w_pixel * pix.sum()
-        if gt_iris is not None and out.iris is not None:
-            loss = loss + opts.w_iris * l2ps(project_ndc(out.iris, p6, fov), gt_iris).sum()
-        if gt_ears is not None and out.ears is not None:
-            ears = project_ndc(out.ears, p6, fov)
+        if vis["iris_loc"] is not None:
+            iris = vpx.index_select(1, vis["iris_loc"])[..., :2] * (2.0 / res) - 1
+            loss = loss + opts.w_iris * l2ps(iris, gt_iris).sum()
+        if vis["ear_loc"] is not None:
+            ears = vpx.index_select(1, vis["ear_loc"])[..., :2] * (2.0 / res) - 1
             loss = loss + opts.w_ear * ear_loss(ears, gt_ears, p6[:, :3], opts.ear_threshold).sum()
         if opts.fit_shape:
             loss = loss + opts.w_shape * (d_shape**2).sum() / 2
@@ -592,7 +618,7 @@ def _fit(
         history.append(float(loss.detach()))
 
     with torch.no_grad():
-        vis.clear()  # the final loss at exact visibility
+        vis.pop("frags", None)  # the final loss at exact visibility
         loss, st = loss_fn()
         history.append(float(loss))
         tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
