@@ -5,10 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from flame_tracker.rendering.differentiable import barycentrics, interpolate, vertex_normals
-from flame_tracker.rendering.raster import Fragments, rasterize
+from flame_tracker.rendering.differentiable import vertex_normals
+from flame_tracker.rendering.raster import Fragments, face_orientation, rasterize
 
 # RGB colours of the landmark sets.
 COLOR_DETECTED = (0, 230, 0)
@@ -19,10 +18,23 @@ MESH_BLACK = 30.0
 # Longer side of the shading render inside overlays (see render_overlay): 1024² photos and 1080p
 # video frames are shaded at half resolution.
 SHADING_MAX_SIDE = 512
+# Unit direction to the light, beside the camera, slightly up-left (camera frame: y down, z forward).
+_TO_LIGHT = (np.array([-0.3, -0.5, -1.0]) / np.linalg.norm([-0.3, -0.5, -1.0])).astype(np.float32)
 
 
 def _to_tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return x.detach().cpu().to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+def _check_mesh(vertices_px: np.ndarray | torch.Tensor, faces: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(float32 [V, 3], long [F, 3])`` CPU tensors, or a ``ValueError`` naming the problem."""
+    v = _to_tensor(vertices_px)
+    f = _to_tensor(faces, torch.long)
+    if v.dim() != 2 or v.shape[1] != 3:
+        raise ValueError(f"vertices_px must be [V,3] (x px, y px, depth), got {tuple(v.shape)}")
+    if f.dim() != 2 or f.shape[1] != 3 or (f.numel() and (f.min() < 0 or f.max() >= v.shape[0])):
+        raise ValueError(f"faces must be [F,3] indices into the {v.shape[0]} vertices")
+    return v, f
 
 
 def camera_points(vertices_px: torch.Tensor, focal: float, cx: float, cy: float) -> torch.Tensor:
@@ -41,6 +53,11 @@ def shade_mesh(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Phong-shaded grey render of a mesh given in pixel coordinates.
 
+    Visibility is the exact z-buffer of :func:`~flame_tracker.rendering.raster.rasterize` (back faces
+    culled); shading is per pixel from perspective-correct interpolated vertex normals, in float32
+    numpy (no autograd graph: an overlay needs no gradient, and this is ~4x cheaper than the
+    differentiable path).
+
     Args:
         vertices_px: ``[V, 3]`` pixel ``x, y`` (original image) and camera depth ``z``.
         faces: ``[F, 3]`` triangles (counter-clockwise seen from outside).
@@ -50,29 +67,35 @@ def shade_mesh(
     Returns:
         ``(intensity [H, W] float32 in 0..1, mask [H, W] bool)``.
     """
-    v = _to_tensor(vertices_px)
-    f = _to_tensor(faces, torch.long)
-    if v.dim() != 2 or v.shape[1] != 3:
-        raise ValueError(f"vertices_px must be [V,3] (x px, y px, depth), got {tuple(v.shape)}")
-    if f.dim() != 2 or f.shape[1] != 3 or (f.numel() and (f.min() < 0 or f.max() >= v.shape[0])):
-        raise ValueError(f"faces must be [F,3] indices into the {v.shape[0]} vertices")
+    v, f = _check_mesh(vertices_px, faces)
     if focal is None:
         focal = 0.5 * max(height, width) / np.tan(np.deg2rad(30.0))
     frags: Fragments = rasterize(v, f, height, width, cull_backfaces=True)
-    intensity = torch.zeros(height * width)
+    intensity = np.zeros(height * width, np.float32)
+    mask = frags.mask[0].numpy()
     if frags.pix.numel():
-        pts = camera_points(v, float(focal), width / 2, height / 2)
-        normals = vertex_normals(pts, f)[0]
-        bary = barycentrics(v, f, frags)
-        n = F.normalize(interpolate(normals, f, frags, bary), dim=-1)
-        view = -F.normalize(interpolate(pts, f, frags, bary), dim=-1)  # surface -> camera
-        # Light beside the camera, slightly up-left (camera frame: y down, z forward).
-        to_light = F.normalize(torch.tensor([-0.3, -0.5, -1.0]), dim=0)
-        diffuse = (n @ to_light).clamp(min=0)
-        half = F.normalize(view + to_light, dim=-1)
-        specular = (n * half).sum(-1).clamp(min=0) ** 24
-        intensity[frags.pix] = (0.18 + 0.72 * diffuse + 0.25 * specular).clamp(0, 1)
-    return intensity.view(height, width).numpy(), frags.mask[0].numpy()
+        pix = frags.pix.numpy()
+        corner = f.numpy()[frags.pix_face.numpy()].T  # [3, P] vertex index of each corner
+        normals = vertex_normals(camera_points(v, float(focal), width / 2, height / 2), f)[0].numpy()
+        vn = v.numpy()
+        # Screen-space barycentrics as edge functions at the pixel centres, then weighted by 1/z
+        # (perspective-correct) and renormalised; the common triangle-area factor cancels.
+        x = (pix % width).astype(np.float32) + 0.5
+        y = (pix // width).astype(np.float32) + 0.5
+        tx, ty, tz = vn[corner, 0], vn[corner, 1], vn[corner, 2]  # [3, P] each
+        i1, i2 = [1, 2, 0], [2, 0, 1]
+        bary = ((tx[i2] - tx[i1]) * (y - ty[i1]) - (ty[i2] - ty[i1]) * (x - tx[i1])) / tz
+        bary /= bary.sum(0)  # also fixes the sign: edge functions of front faces are negative
+        n = np.einsum("kp,kpc->pc", bary, normals[corner])
+        n /= np.sqrt(np.maximum(np.einsum("pc,pc->p", n, n), 1e-24))[:, None]
+        # The visible surface point lies on the pixel's ray: direction to the camera = -ray.
+        view = np.stack([(width / 2 - x) / focal, (height / 2 - y) / focal, np.full_like(x, -1.0)], 1)
+        half = view / np.sqrt(np.einsum("pc,pc->p", view, view))[:, None] + _TO_LIGHT
+        half /= np.sqrt(np.einsum("pc,pc->p", half, half))[:, None]
+        diffuse = np.maximum(n @ _TO_LIGHT, 0)
+        specular = np.maximum(np.einsum("pc,pc->p", n, half), 0) ** 24
+        intensity[pix] = np.clip(0.18 + 0.72 * diffuse + 0.25 * specular, 0, 1)
+    return intensity.reshape(height, width), mask
 
 
 def draw_points(image: np.ndarray, points: np.ndarray, color: tuple[int, int, int], radius: int) -> None:
@@ -106,18 +129,41 @@ def _draw_legend(image: np.ndarray, items: list[tuple[str, tuple[int, int, int]]
         cv2.putText(image, text, (16, y + line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
-def _coverage(v: torch.Tensor, f: torch.Tensor, h: int, w: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """``[y1-y0, x1-x0]`` float32 coverage (0/1) of the front-facing triangles inside a box of an H×W image."""
-    from flame_tracker.rendering.raster import face_orientation
+def _coverage(v: torch.Tensor, f: torch.Tensor, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``[y1-y0, x1-x0]`` bool: pixel centres of the box covered by a front-facing triangle.
 
+    The silhouette of a mesh is the union of its front-facing triangles (exact without a depth test).
+    Vectorised scanline fill: every (triangle, row) pair gives one span of pixel centres, a +1/-1 pair
+    is accumulated at its ends and a cumulative sum over each row counts the triangles covering each
+    pixel, so overlaps (ear over cheek) add up instead of cancelling. Same inclusive pixel-centre rule
+    as :func:`~flame_tracker.rendering.raster.rasterize` (its mask with ``cull_backfaces=True``).
+    """
+    bh, bw = y1 - y0, x1 - x0
     front = (face_orientation(v, f)[0] < 0) & (v[f, 2] > 1e-4).all(1)
-    # 2 bits of sub-pixel precision; pixel centres are at +0.5, OpenCV's at integers.
-    tri = ((v[f[front], :2] - v.new_tensor([x0 + 0.5, y0 + 0.5])) * 4).round().numpy().astype(np.int32)
-    tri = tri[(np.abs(tri) < 1 << 20).all((1, 2))]
-    cov = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    for t in tri:  # C calls, ~2 µs per triangle
-        cv2.fillConvexPoly(cov, t, 1, lineType=cv2.LINE_8, shift=2)
-    return cov.astype(np.float32)
+    tri = v[f[front], :2].numpy().astype(np.float64) - (x0, y0)  # [K, 3, 2], box pixels
+    t = np.take_along_axis(tri, np.argsort(tri[..., 1], axis=1)[..., None], 1)  # top, middle, bottom
+    (xt, xm, xb), (yt, ym, yb) = t[..., 0].T, t[..., 1].T
+    r0 = np.maximum(np.ceil(yt - 0.5), 0)
+    count = (np.minimum(np.floor(yb - 0.5), bh - 1) - r0 + 1).clip(0).astype(np.int64)
+
+    def slope(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        return np.divide(dx, dy, out=np.zeros_like(dx), where=dy > 0)
+
+    s_long, s_top, s_bot = slope(xb - xt, yb - yt), slope(xm - xt, ym - yt), slope(xb - xm, yb - ym)
+    tid = np.repeat(np.arange(len(t)), count)
+    row = np.arange(len(tid)) - np.repeat(np.cumsum(count) - count - r0.astype(np.int64), count)
+    yc = row + 0.5
+    # Span ends at the row's pixel-centre line: the long edge (top -> bottom) on one side, the upper
+    # or lower short edge on the other.
+    x_long = xt[tid] + (yc - yt[tid]) * s_long[tid]
+    x_short = np.where(yc < ym[tid], xt[tid] + (yc - yt[tid]) * s_top[tid], xm[tid] + (yc - ym[tid]) * s_bot[tid])
+    c0 = np.maximum(np.ceil(np.minimum(x_long, x_short) - 0.5), 0).astype(np.int64)
+    c1 = np.minimum(np.floor(np.maximum(x_long, x_short) - 0.5), bw - 1).astype(np.int64)
+    ok = c0 <= c1
+    start = row[ok] * (bw + 1) + c0[ok]
+    size = bh * (bw + 1)
+    diff = np.bincount(start, minlength=size) - np.bincount(start + (c1[ok] - c0[ok] + 1), minlength=size)
+    return np.cumsum(diff.reshape(bh, bw + 1)[:, :bw], axis=1, dtype=np.int32) > 0
 
 
 def _blend_mesh(out: np.ndarray, vertices_px: np.ndarray | torch.Tensor, faces: np.ndarray | torch.Tensor,
@@ -126,7 +172,7 @@ def _blend_mesh(out: np.ndarray, vertices_px: np.ndarray | torch.Tensor, faces: 
     h, w = out.shape[:2]
     # At most 2x: beyond that, occlusion edges inside the mesh (ear over cheek) would look blocky.
     s = 1.0 if max_side is None or max(h, w) <= max_side else max(0.5, max_side / max(h, w))
-    v = _to_tensor(vertices_px)
+    v, f = _check_mesh(vertices_px, faces)
     if focal is None:
         focal = 0.5 * max(h, w) / np.tan(np.deg2rad(30.0))
     if s < 1.0:
@@ -134,11 +180,9 @@ def _blend_mesh(out: np.ndarray, vertices_px: np.ndarray | torch.Tensor, faces: 
         # points (hence the normals and the shading) unchanged; pixel edges scale with x, y.
         hs, ws = max(1, round(h * s)), max(1, round(w * s))
         sx, sy = ws / w, hs / h
-        if v.dim() == 2 and v.shape[-1] == 3:
-            v = v * v.new_tensor([sx, sy, 1.0])
-        intensity, mask = shade_mesh(v, faces, hs, ws, focal=float(focal) * sx)
+        intensity, mask = shade_mesh(v * v.new_tensor([sx, sy, 1.0]), f, hs, ws, focal=float(focal) * sx)
     else:
-        intensity, mask = shade_mesh(v, faces, h, w, focal=focal)
+        intensity, mask = shade_mesh(v, f, h, w, focal=focal)
     if not mask.any():
         return
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
@@ -146,24 +190,30 @@ def _blend_mesh(out: np.ndarray, vertices_px: np.ndarray | torch.Tensor, faces: 
         # Box in full-resolution pixels, one low-res pixel of margin for the bilinear footprint.
         y0, y1 = max(0, int((rows[0] - 1) / sy)), min(h, int(np.ceil((rows[-1] + 2) / sy)))
         x0, x1 = max(0, int((cols[0] - 1) / sx)), min(w, int(np.ceil((cols[-1] + 2) / sx)))
-        # The silhouette must stay sharp: coverage at full resolution is the union of the
-        # front-facing triangles (exact without a depth test), filled by OpenCV one convex polygon
-        # at a time (fillPoly on many polygons is even-odd and would punch holes into overlaps).
-        cov = _coverage(_to_tensor(vertices_px), _to_tensor(faces, torch.long), h, w, x0, y0, x1, y1)
+        # The silhouette stays sharp: coverage at full resolution.
+        cov = _coverage(v, f, x0, y0, x1, y1).astype(np.float32)
         # Shading: spread one low-res pixel outwards (so every covered full-res pixel has a shaded
-        # neighbour), then upsample premultiplied by that support and divide it out.
-        grow = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
-        lit = np.where(mask, intensity, cv2.dilate(intensity, np.ones((3, 3), np.uint8))) * grow
-        both = cv2.resize(np.stack([lit, grow], -1), (w, h), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+        # neighbour), then upsample premultiplied by that support and divide it out. Only the
+        # low-res box (2 pixels of margin) is processed and only the full-res box is resampled.
+        ly0, ly1 = max(0, rows[0] - 2), min(hs, rows[-1] + 3)
+        lx0, lx1 = max(0, cols[0] - 2), min(ws, cols[-1] + 3)
+        m, lit = mask[ly0:ly1, lx0:lx1], intensity[ly0:ly1, lx0:lx1]
+        kernel = np.ones((3, 3), np.uint8)
+        grow = cv2.dilate(m.astype(np.uint8), kernel).astype(np.float32)
+        lit = np.where(m, lit, cv2.dilate(lit, kernel)) * grow
+        # cv2.resize's bilinear map (src = (dst + 0.5) * scale - 0.5), restricted to the full-res box.
+        warp = np.array([[sx, 0, (x0 + 0.5) * sx - 0.5 - lx0], [0, sy, (y0 + 0.5) * sy - 0.5 - ly0]])
+        both = cv2.warpAffine(np.dstack([lit, grow]), warp, (x1 - x0, y1 - y0),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         intensity = both[..., 0] / np.maximum(both[..., 1], 1e-6)
     else:
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         cov = mask[y0:y1, x0:x1].astype(np.float32)
         intensity = intensity[y0:y1, x0:x1]
-    grey = (intensity * MESH_GREY + MESH_BLACK) * cov
-    a = (alpha * cov)[..., None]
-    region = out[y0:y1, x0:x1].astype(np.float32)
-    out[y0:y1, x0:x1] = np.clip(region * (1 - a) + alpha * grey[..., None] + 0.5, 0, 255).astype(np.uint8)
+    a = alpha * cov
+    grey = (intensity * MESH_GREY + MESH_BLACK) * a + 0.5  # premultiplied, + 0.5 rounds on the cast
+    region = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = np.clip(region * (1 - a)[..., None] + grey[..., None], 0, 255).astype(np.uint8)
 
 
 def render_overlay(
