@@ -17,7 +17,9 @@ the process CPU time per frame (one thread: less sensitive to other jobs on a sh
 fastest of ``--fit-repeats`` runs.
 
 Run: ``python benchmarks/photometric.py [--repeats N] [--fit-repeats N]``. The last line is
-``s_per_frame=<x>``: tracking mode, batch 4, 256² (the reference: 1.9 s/frame on an RTX 4090).
+``s_per_frame=<x> s_per_frame_batch4=<y>``: ``x`` is ONE frame fitted alone in tracking mode (texture
+fixed) at 256², wall time (the issue's per-frame target, ≤ 1 s; the reference: 1.9 s/frame on an RTX
+4090); ``y`` is the same per frame when 4 frames are fitted together (video chunks).
 """
 
 from __future__ import annotations
@@ -125,10 +127,11 @@ def overlay_table(model, repeats: int) -> None:
         print(f"| {label} | {t:.3f} | {int(r['alpha'].sum())} |")
 
 
-def fit_table(model, repeats: int) -> float:
+def fit_table(model, repeats: int) -> dict[int, float]:
+    """Fit timings; returns the tracking-mode wall time per frame by batch size."""
     print("\n| mode | frames | iterations | s total | s/frame | CPU s/frame | final loss / initial |")
     print("|---|---|---|---|---|---|---|")
-    summary = float("nan")
+    summary: dict[int, float] = {}
     for mode in ("tracking (texture fixed)", "single image (texture estimated)"):
         for n in (1, 4):
             s = scene(model, n, 256)
@@ -141,8 +144,8 @@ def fit_table(model, repeats: int) -> float:
                 dt, dc = min(dt, time.perf_counter() - t0), min(dc, time.process_time() - c0)
             print(f"| {mode} | {n} | {len(res.history) - 1} | {dt:.2f} | {dt / n:.2f} | {dc / n:.2f} | "
                   f"{res.history[-1] / res.history[0]:.2f} |")
-            if mode.startswith("tracking") and n == 4:
-                summary = dt / n
+            if mode.startswith("tracking"):
+                summary[n] = dt / n
     return summary
 
 
@@ -164,7 +167,7 @@ def main() -> None:
     fit_photometric(model, w["image"], w["lmk"], w["pose0"], w["fov"], iris_ndc=w["iris"], iters=2)
     print("\nPhotometric fit (defaults: 256², 40 iterations):")
     s = fit_table(model, args.fit_repeats)
-    print(f"\ns_per_frame={s:.3f}")
+    print(f"\ns_per_frame={s[1]:.3f} s_per_frame_batch4={s[4]:.3f}")
 
 
 if __name__ == "__main__":
