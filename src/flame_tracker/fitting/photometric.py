@@ -27,6 +27,7 @@ Modes:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -307,6 +308,29 @@ def ear_loss(ears: Tensor, gt_ears: Tensor, rotvec: Tensor, threshold: float) ->
 # --------------------------------------------------------------------------------------------------
 
 
+class _Adam:
+    """Adam (``torch.optim.Adam``'s update: no weight decay, no amsgrad) with a learning-rate factor
+    per step. ``torch.optim.Adam`` imports ``torch._dynamo`` on first use (~2 s per process, paid
+    by every CLI run) and costs ~1 ms of bookkeeping per step; this is the same arithmetic."""
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = [p for g in groups for p in g["params"]]
+        self.lrs = [float(g["lr"]) for g in groups for _ in g["params"]]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.b1, self.b2, self.eps, self.t = betas[0], betas[1], eps, 0
+
+    @torch.no_grad()
+    def step(self, grads: tuple[Tensor, ...], scale: float = 1.0) -> None:
+        """One update with gradients ``grads`` (one per parameter) and learning rates × ``scale``."""
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, math.sqrt(1 - self.b2**self.t)
+        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
+            m.lerp_(g, 1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            p.addcdiv_(m, v.sqrt().div_(c2).add_(self.eps), value=-lr * scale / c1)
+
+
 def _as(x, n: int, size: int, dt, dev, name: str) -> Tensor:
     if x is None:
         return torch.zeros(n, size, dtype=dt, device=dev)
@@ -501,11 +525,7 @@ def _fit(
         groups.append({"params": [d_shape], "lr": opts.lr_shape})
     if fit_app:
         groups.append({"params": [app], "lr": opts.lr_albedo})
-    optim = torch.optim.Adam(groups)
-    # Cosine decay to 5 % of each group's learning rate.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda it: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(it, opts.iters) / max(opts.iters, 1)))
-    )
+    optim = _Adam(groups)
 
     gt_iris = None if iris_ndc is None else torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, 10, 2)
     gt_ears = None if ears_ndc is None else torch.as_tensor(ears_ndc, dtype=dt, device=dev).reshape(n, 20, 2)
@@ -610,11 +630,10 @@ def _fit(
 
     history: list[float] = []
     for it in range(opts.iters):
-        optim.zero_grad(set_to_none=True)
         loss, _ = loss_fn(it)
-        loss.backward()
-        optim.step()
-        sched.step()
+        grads = torch.autograd.grad(loss, optim.params, allow_unused=True, materialize_grads=True)
+        # Cosine decay to 5 % of each group's learning rate.
+        optim.step(grads, 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * it / max(opts.iters, 1))))
         history.append(float(loss.detach()))
 
     with torch.no_grad():
