@@ -43,7 +43,10 @@ class VideoOptions:
     overlay: bool = False
     side_by_side: bool = False
     meshes: str | None = None  # "ply" or "obj": export the mesh of every tracked frame
-    photometric: bool = False  # canonical texture (texture.png) fitted on the identity keyframes
+    # canonical texture (texture.png) fitted on the identity keyframes, then every tracked frame
+    # refined photometrically against it (per-frame SH light saved as ``light``)
+    photometric: bool = False
+    photometric_chunk: int = 8  # frames per batched photometric fit / checkpoint
 
     def frame_settings(self) -> dict[str, Any]:
         """The settings that change which frames are tracked (the rest only adds outputs)."""
@@ -187,25 +190,29 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
 
 
 def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
-                 expr_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+                 expr_names: tuple[str, ...], extra: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
     """The per-frame npz keys of ``rows``, stacked over frames (vectorised): the single-image keys
     (reference keys plus original-pixel extras, see :meth:`Result.arrays`) and each frame's place in
-    the video. Row ``i`` of every key not in :data:`FIXED_KEYS` is frame ``rows[i]``."""
+    the video. Row ``i`` of every key not in :data:`FIXED_KEYS` is frame ``rows[i]``. ``extra``:
+    more per-frame arrays over the whole sequence (e.g. ``light [T, 9, 3]``), taken at ``rows``."""
     rows = np.atleast_1d(np.asarray(rows))
     arrays = frame_result(fit, rows, lm, model_name, expr_names).arrays()
     arrays.update(frame=lm["frame"][rows].astype(np.int64),
                   time_s=lm["time_s"][rows].astype(np.float64),
                   valid=fit.valid[rows].copy())
+    arrays.update({k: np.asarray(v)[rows].astype(np.float32) for k, v in (extra or {}).items()})
     return arrays
 
 
 def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
-                   summary: VideoSummary, progress: bool) -> None:
+                   summary: VideoSummary, progress: bool, light: np.ndarray | None = None) -> None:
     rows = np.flatnonzero(fit.covered)
     t0 = time.perf_counter()
     names = tuple(getattr(model, "expr_names", None) or ())
-    stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names)
+    extra = {} if light is None else {"light": light}
+    stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names, extra)
     for i, r in enumerate(rows):  # per-frame files are tiny; the loop is over frames
         path = run.frame_path(int(lm["frame"][r]))
         if not path.exists():
@@ -227,36 +234,7 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     if vopts.meshes:
         _write_meshes(run, fit, lm, rows, model, vopts.meshes, summary)
     if vopts.overlay and not (run.root / "overlay.mp4").exists():
-        _write_overlay(run, fit, lm, reader, model, vopts, summary, progress)
-    if vopts.photometric and not (run.root / "texture.png").exists():
-        _write_texture(run, fit, lm, reader, model, summary)
-
-
-def _write_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
-                   model: torch.nn.Module, summary: VideoSummary) -> None:
-    """``texture.png``: one appearance fitted photometrically on the identity keyframes."""
-    from flame_tracker.fitting.photometric import canonical_from_frames, save_texture_png
-
-    t0 = time.perf_counter()
-    want = {int(lm["frame"][r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
-    frames: dict[int, np.ndarray] = {}
-    source = VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s, every=reader.every,
-                         fps=reader.fps, max_frames=reader.max_frames)
-    with closing(iter(source)) as it:  # decode up to the last keyframe only
-        for frame in it:
-            if frame.index in want:
-                frames[frame.index] = frame.image
-                if len(frames) == len(want):
-                    break
-    if not frames:
-        return
-    rows = np.array([want[i] for i in frames])
-    init = {"shape": fit.identity.shape, "expr": fit.expr[rows], "jaw_pose": fit.jaw_pose[rows],
-            "eye_pose": fit.eye_pose[rows]}
-    can = canonical_from_frames(model, list(frames.values()), fit.identity.crop, lm["lmks68"][rows],
-                                fit.pose6[rows], fit.identity.fov, init, iris_px=lm["iris"][rows])
-    save_texture_png(run.root / "texture.png", can.albedo, model)
-    summary.timings["texture_s"] = time.perf_counter() - t0
+        _write_overlay(run, fit, lm, reader, model, vopts, summary, progress, light)
 
 
 def _vertices(model: torch.nn.Module, fit: SequenceFit, rows: np.ndarray) -> torch.Tensor:
@@ -287,9 +265,38 @@ def _write_meshes(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], r
     summary.timings["meshes_s"] = time.perf_counter() - t0
 
 
+def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fov: float, crop: Crop,
+              faces: torch.Tensor, albedo: torch.Tensor, light: np.ndarray, opacity: float = 0.85) -> np.ndarray:
+    """``image`` with the SH-lit textured head (canonical albedo, the frame's light) blended in.
+
+    Rendered in the fitting square at ≤ 512 px and warped into the frame (the square may leave it).
+    """
+    import cv2
+
+    from flame_tracker.fitting.photometric import render_head
+
+    side = float(crop.size)
+    res = int(min(512, max(64, round(side))))
+    dt = vertices.dtype
+    with torch.no_grad():
+        r = render_head(vertices, faces, pose6, torch.full((1,), float(fov), dtype=dt), res,
+                        light=torch.as_tensor(light, dtype=dt)[None], albedo=albedo.to(dt))
+    rgb = (r["image"][0].clamp(0, 1) * 255).numpy().astype(np.float32)
+    cov = r["alpha"][0].numpy().astype(np.float32)
+    sc = side / res  # render pixel index u -> frame index x: x + 0.5 = (u + 0.5) * sc + x0
+    m = np.array([[sc, 0, float(crop.x0) + 0.5 * sc - 0.5], [0, sc, float(crop.y0) + 0.5 * sc - 0.5]])
+    h, w = image.shape[:2]
+    rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    cov = cv2.warpAffine(cov, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
+    out = image.astype(np.float32) * (1 - opacity * cov) + opacity * rgb  # rgb is black off the head
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
-                   summary: VideoSummary, progress: bool) -> None:
+                   summary: VideoSummary, progress: bool, light: np.ndarray | None = None) -> None:
+    """``overlay.mp4``: the grey mesh and landmarks over every frame; with ``light`` (photometric
+    run) the textured, SH-lit head (canonical texture) instead of the grey mesh."""
     from flame_tracker.camera import project_pixels, world_to_view
     from flame_tracker.rendering.overlay import render_overlay
     from flame_tracker.video.encode import VideoWriter, side_by_side
@@ -300,6 +307,9 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     focal = float(intrinsics_pixels(torch.tensor(fit.identity.fov, dtype=torch.float64),
                                     crop)[0, 0])
     faces = model.faces
+    albedo = None
+    if light is not None and (run.root / "work" / "canonical.npz").is_file():
+        albedo = torch.as_tensor(load_npz(run.root / "work" / "canonical.npz")["albedo"])
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
     overlay_reader = VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s,
                                  every=reader.every, fps=reader.fps, max_frames=reader.max_frames)
@@ -317,8 +327,11 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                 depth = world_to_view(verts, pose6)[0, :, 2:3]
                 px = project_pixels(verts, pose6, fit.identity.fov, crop)[0]
                 vpx = torch.cat([px.to(depth.dtype), depth], dim=1)
-                out = render_overlay(img, vpx, faces, lmks_detected=lm["lmks68"][r]
-                                     if fit.valid[r] else None,
+                textured = albedo is not None and np.isfinite(light[r]).all()
+                base = _textured(img, verts, pose6, fit.identity.fov, crop, faces, albedo,
+                                 light[r]) if textured else img
+                out = render_overlay(base, vpx, faces, alpha=0.0 if textured else 0.6,
+                                     lmks_detected=lm["lmks68"][r] if fit.valid[r] else None,
                                      lmks_fitted=fit.lmks_fit_px[r], focal=focal)
             if vopts.side_by_side:
                 out = side_by_side(img, out)
@@ -365,6 +378,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     settings = {"model": getattr(model, "name", type(model).__name__),
                 "model_size": [model.n_shape, model.n_expr],
                 "track": dataclasses.asdict(topts), "frames": vopts.frame_settings()}
+    if vopts.photometric:  # changes every frame's result (absent otherwise: older folders match)
+        settings["photometric"] = {"chunk": vopts.photometric_chunk}
     run = RunFolder(out_dir, video, settings, force=force)
     summary = VideoSummary(out_dir=run.root)
     if run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
@@ -427,7 +442,16 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         summary.frames_done["fits"] = fitted[0]
     summary.timings.update(fit.timings)
 
-    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress)
+    light = None
+    if vopts.photometric:
+        from flame_tracker.video.photometric import photometric_track
+
+        refined = photometric_track(run, fit, lm, reader, model, topts, chunk=vopts.photometric_chunk,
+                                    progress=progress, timings=summary.timings,
+                                    frames_done=summary.frames_done)
+        if refined is not None:
+            fit, light = refined
+    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light)
     summary.n_frames = t_len
     summary.n_tracked = int(fit.valid.sum())
     summary.n_bridged = int((fit.covered & ~fit.valid).sum())

@@ -372,9 +372,19 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             on_chunk(rows, fits)
     timings["fit_s"] = time.perf_counter() - t0
 
+    return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings)
+
+
+def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.ndarray],
+                 lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
+                 timings: dict[str, float]) -> SequenceFit:
+    """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
+    sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
+    the landmark track and the photometric refinement (:mod:`.photometric`)."""
+    t_len = len(valid)
     t0 = time.perf_counter()
     smooth, covered = smooth_fits(raw, valid, times, opts)
-    timings["smooth_s"] = time.perf_counter() - t0
+    timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
 
     rows = np.flatnonzero(covered)
     fit_px = np.full((t_len, 68, 2), np.nan)

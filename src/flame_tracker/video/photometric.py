@@ -1,0 +1,201 @@
+"""Photometric video tracking: one canonical texture, then every tracked frame refined against it.
+
+Order (``track_video(..., VideoOptions(photometric=True))``):
+
+1. the landmark track (:func:`~flame_tracker.video.track.track_landmarks`), smoothed;
+2. the **canonical texture**: one appearance fitted on the identity keyframes
+   (:func:`~flame_tracker.fitting.photometric.canonical_from_frames`), written as ``texture.png``
+   and kept in ``work/canonical.npz`` for a resumed run;
+3. **per-frame refinement**: chunks of consecutive frames with a face are decoded again, cropped to
+   the video's fitting square and refined photometrically with the texture fixed (camera,
+   expression, jaw, eyes and the per-frame SH light free; shape fixed), warm-started from the
+   smoothed landmark track, batched over the chunk and checkpointed per chunk (``work/photometric/``:
+   a killed run keeps its finished chunks);
+4. the refined per-frame values are **smoothed again** with the track's cutoffs (the per-frame fits
+   are independent, so the smoother removes their jitter and bridges frames without a face); the
+   light is smoothed with the pose cutoff.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from dataclasses import replace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flame_tracker.camera import Crop
+from flame_tracker.fitting.photometric import (PhotometricOptions, canonical_from_frames, fit_photometric,
+                                               save_texture_png)
+from flame_tracker.io.images import crop_resize
+from flame_tracker.io.results import load_npz, save_npz
+from flame_tracker.video.decode import VideoReader
+from flame_tracker.video.store import RunFolder
+from flame_tracker.video.temporal import smooth_sequence
+from flame_tracker.video.track import SequenceFit, TrackOptions, sequence_fit
+
+PARAM_KEYS = ("pose6", "expr", "jaw_pose", "eye_pose")
+
+
+def _reader_like(reader: VideoReader, **kw) -> VideoReader:
+    """A fresh reader over the same frame selection as ``reader`` (full resolution)."""
+    return VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s, every=reader.every,
+                       fps=reader.fps, max_frames=reader.max_frames, **kw)
+
+
+def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
+                      model: torch.nn.Module, summary_timings: dict[str, float]) -> torch.Tensor | None:
+    """The video's canonical appearance (``[V, 3]`` per-vertex albedo), fitted on the identity
+    keyframes and written as ``texture.png``; read back from ``work/canonical.npz`` when a previous
+    run already fitted it. ``None`` when no keyframe could be decoded."""
+    path = run.root / "work" / "canonical.npz"
+    dt = model.v_template.dtype
+    if path.is_file():
+        albedo = torch.as_tensor(load_npz(path)["albedo"], dtype=dt)
+        if not (run.root / "texture.png").exists():
+            save_texture_png(run.root / "texture.png", albedo, model)
+        return albedo
+    t0 = time.perf_counter()
+    want = {int(lm["frame"][r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
+    frames: dict[int, np.ndarray] = {}
+    with closing(iter(_reader_like(reader))) as it:  # decode up to the last keyframe only
+        for frame in it:
+            if frame.index in want:
+                frames[frame.index] = frame.image
+                if len(frames) == len(want):
+                    break
+    if not frames:
+        return None
+    rows = np.array([want[i] for i in frames])
+    init = {"shape": fit.identity.shape, "expr": fit.expr[rows], "jaw_pose": fit.jaw_pose[rows],
+            "eye_pose": fit.eye_pose[rows]}
+    can = canonical_from_frames(model, list(frames.values()), fit.identity.crop, lm["lmks68"][rows],
+                                fit.pose6[rows], fit.identity.fov, init, iris_px=lm["iris"][rows])
+    save_npz(path, {"albedo": can.albedo.cpu().numpy()})
+    save_texture_png(run.root / "texture.png", can.albedo, model)
+    summary_timings["texture_s"] = time.perf_counter() - t0
+    return can.albedo
+
+
+def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.ndarray],
+                  frames: list[np.ndarray], rows: np.ndarray, albedo: torch.Tensor,
+                  **overrides) -> dict[str, np.ndarray]:
+    """Photometric refinement of the tracked frames ``rows`` (one batched fit) against the fixed
+    canonical ``albedo``, warm-started from ``fit``. ``frames``: their RGB images (original pixels).
+
+    Returns per-frame arrays ``pose6, expr, jaw_pose, eye_pose`` and ``light [n, 9, 3]``.
+    """
+    opts = replace(PhotometricOptions(), **overrides)
+    r = opts.resolution
+    x0, y0, side = fit.identity.crop
+    crops = np.stack([crop_resize(f, (x0, y0, side, side), (r, r))[0] for f in frames])
+    crop = Crop(x0, y0, side)
+    dt = model.v_template.dtype
+    lmk = crop.to_ndc(torch.as_tensor(lm["lmks68"][rows], dtype=dt))
+    iris = crop.to_ndc(torch.as_tensor(lm["iris"][rows], dtype=dt))
+    n = len(rows)
+    init = {"shape": torch.as_tensor(fit.identity.shape, dtype=dt)[None].expand(n, -1),
+            **{k: torch.as_tensor(getattr(fit, k)[rows], dtype=dt) for k in ("expr", "jaw_pose", "eye_pose")}}
+    ph = fit_photometric(model, crops, lmk, torch.as_tensor(fit.pose6[rows], dtype=dt), fit.identity.fov,
+                         init=init, iris_ndc=iris if bool(torch.isfinite(iris).any()) else None,
+                         albedo=albedo, options=opts, temporal=n > 1)
+    return {"pose6": ph.pose6.double().numpy(), "expr": ph.expr.double().numpy(),
+            "jaw_pose": ph.jaw_pose.double().numpy(), "eye_pose": ph.eye_pose.double().numpy(),
+            "light": ph.light.double().numpy()}
+
+
+def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
+                      model: torch.nn.Module, options: TrackOptions, *, chunk: int = 8,
+                      progress: bool = True, timings: dict[str, float] | None = None,
+                      frames_done: dict[str, int] | None = None,
+                      **overrides) -> tuple[SequenceFit, np.ndarray] | None:
+    """Canonical texture + per-frame photometric refinement of a landmark track (module docstring).
+
+    Args:
+        run, fit, lm, reader: the run folder, the smoothed landmark track, the per-frame landmark
+            records and the reader of the tracked frames.
+        chunk: frames per batched photometric fit (and per checkpoint).
+        timings, frames_done: filled with ``texture_s``/``photometric_s`` and the number of frames
+            refined by this call.
+        overrides: :class:`~flame_tracker.fitting.photometric.PhotometricOptions` fields.
+
+    Returns:
+        ``(refined and re-smoothed SequenceFit, light [T, 9, 3])`` (NaN where not covered), or
+        ``None`` when no keyframe could be decoded.
+    """
+    from flame_tracker.fitting.threads import cpu_threads
+
+    timings = {} if timings is None else timings
+    albedo = canonical_texture(run, fit, lm, reader, model, timings)
+    if albedo is None:
+        return None
+    t0 = time.perf_counter()
+    t_len = len(lm["frame"])
+    row_of = {int(f): i for i, f in enumerate(lm["frame"])}
+    stage = run.stage("photometric", chunk=chunk)
+    done = stage.done()
+    todo = [int(r) for r in np.flatnonzero(fit.valid) if int(lm["frame"][r]) not in done]
+    # frames already refined or without a face are passed over without converting them
+    skip = set(done) | {int(f) for f, v in zip(lm["frame"], fit.valid) if not v}
+    bar = tqdm(total=int(fit.valid.sum()), initial=int(fit.valid.sum()) - len(todo), desc="photometric",
+               unit="frame", disable=not progress, dynamic_ncols=True)
+    n_new = 0
+
+    def flush(rows: list[int], images: list[np.ndarray]) -> None:
+        nonlocal n_new
+        out = refine_frames(model, fit, lm, images, np.array(rows), albedo, **overrides)
+        for i, r in enumerate(rows):
+            stage.add(int(lm["frame"][r]), {k: v[i] for k, v in out.items()})
+        stage.flush()  # a finished chunk survives a kill
+        n_new += len(rows)
+        bar.update(len(rows))
+
+    try:
+        if todo:
+            want = set(todo)
+            rows: list[int] = []
+            images: list[np.ndarray] = []
+            with cpu_threads(1, model.v_template.device), closing(iter(_reader_like(reader, skip=skip))) as it:
+                for frame in it:
+                    r = row_of.get(frame.index)
+                    if r is None or r not in want:
+                        continue
+                    # a chunk holds consecutive tracked frames (the temporal term links neighbours)
+                    if rows and (len(rows) == chunk or r != rows[-1] + 1):
+                        flush(rows, images)
+                        rows, images = [], []
+                    rows.append(r)
+                    images.append(frame.image)
+                if rows:
+                    flush(rows, images)
+    finally:
+        bar.close()
+        stage.flush()
+    if frames_done is not None:
+        frames_done["photometric"] = n_new
+
+    rec = stage.load()
+    raw = {k: np.full_like(v, np.nan) for k, v in fit.raw.items()}
+    light = np.full((t_len, 9, 3), np.nan)
+    valid = np.zeros(t_len, bool)
+    if rec:
+        rows_done = np.array([row_of.get(int(f), -1) for f in rec["frame"]])
+        keep = rows_done >= 0
+        rows_done = rows_done[keep]
+        for k in PARAM_KEYS:
+            raw[k][rows_done] = rec[k][keep]
+        raw["err_ndc"][rows_done] = fit.raw["err_ndc"][rows_done]
+        light[rows_done] = rec["light"][keep]
+        valid[rows_done] = True
+    valid &= fit.valid
+    with cpu_threads(1, model.v_template.device):
+        new = sequence_fit(model, fit.identity, raw, lm["lmks68"].astype(np.float64), valid, lm["time_s"],
+                           options, dict(fit.timings))
+    light_s, _ = smooth_sequence(light.reshape(t_len, 27), valid, times=lm["time_s"],
+                                 cutoff_hz=options.pose_cutoff_hz, max_gap_s=options.max_gap_s)
+    # keep the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and its jitter baseline
+    new = replace(new, raw=fit.raw, jitter_raw=fit.jitter_raw)
+    timings["photometric_s"] = time.perf_counter() - t0
+    return new, light_s.reshape(t_len, 9, 3)
