@@ -1,9 +1,12 @@
 """Single-image pipeline: time per stage and 68-point reprojection error on the shared photos.
 
 For every image in ``<data folder>/images`` (open ICT-FaceKit model, CPU), after one untimed warm-up
-image: load, detect (MediaPipe, once), stage 1 (camera), stage 2 (expression + identity shape) and
-writing (npz, OBJ, PLY, overlay PNG, JSON) are timed, and the mean/median distance between the
-detected and the fitted 68 landmarks is reported in original pixels (and in % of the fitting crop).
+image: load, detect (MediaPipe, once), stage 1 (camera), stage 2 (expression + identity shape), the
+rest of ``fit_image`` ("other": final mesh, projections) and ``Result.save`` (npz, OBJ, PLY, overlay
+PNG, JSON) are timed; "total" is the wall-clock of ``fit_image`` + ``save``. Each image runs
+``--passes`` times and the pass with the median total is shown (the CPU may be shared). The
+mean/median distance between the detected and the fitted 68 landmarks is reported in original pixels
+(and in % of the fitting crop).
 
 Stage-2 solvers are then compared on the reference's own problem (upstream-spec §8.3: expression,
 jaw, eyes against 51 + 10 points, L1 ×500, expression prior 0.025; shape fixed at the mean, camera
@@ -57,23 +60,35 @@ def time_stage2(tracker: Tracker, result, det_blend, det_names, solver: str, rep
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="repetitions of each stage-2 solve (best is kept)")
+    ap.add_argument("--passes", type=int, default=3,
+                    help="timed fit + save passes per image; the table shows the pass with the median total")
     args = ap.parse_args()
     images = sorted(p for p in (data_dir() / "images").iterdir() if p.suffix.lower() in SUFFIXES)
-    rows, s2rows = [], []
+    rows, s2rows, fastest = [], [], []
     with Tracker(device="cpu") as tracker, tempfile.TemporaryDirectory() as tmp:
         r = tracker.fit_image(images[0])  # warm-up: MediaPipe graph, model caches
         r.save(tmp, "warmup", image=tracker.last_image)
         for path in images:
-            t0 = time.perf_counter()
-            res = tracker.fit_image(path)
+            passes = []
+            for _ in range(args.passes):
+                # Wall-clock of the two calls a user makes (fit_image + save, every file written).
+                t0 = time.perf_counter()
+                res = tracker.fit_image(path)
+                t_fit = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                res.save(tmp, path.stem, image=tracker.last_image)
+                t_write = time.perf_counter() - t0
+                t = res.timings
+                other = t_fit - (t["load"] + t["detect"] + t["stage1"] + t["stage2"])  # final mesh, projections
+                err = res.residuals_px[:68]
+                passes.append((path.name, f"{res.image_size[0]}x{res.image_size[1]}", t["load"], t["detect"],
+                               t["stage1"], t["stage2"], other, t_write, t_fit + t_write, float(err.mean()),
+                               float(np.median(err)), 100 * float(err.mean()) / res.crop[2]))
+            # The pass with the median total (the shared CPU's load comes and goes), and the fastest.
+            passes.sort(key=lambda r: r[8])
+            rows.append(passes[len(passes) // 2])
+            fastest.append(passes[0][8])
             det = tracker.landmarker.detect(tracker.last_image)  # blendshapes for the solver comparison
-            res.save(tmp, path.stem, image=tracker.last_image)
-            t = res.timings
-            total = t["load"] + t["detect"] + t["stage1"] + t["stage2"] + t["write"]
-            err = res.residuals_px[:68]
-            rows.append((path.name, f"{res.image_size[0]}x{res.image_size[1]}", t["load"], t["detect"],
-                         t["stage1"], t["stage2"], t["write"], total, float(err.mean()), float(np.median(err)),
-                         100 * float(err.mean()) / res.crop[2]))
             lm = time_stage2(tracker, res, det.blendshapes, det.blendshape_names, "lm", args.repeats)
             adam = time_stage2(tracker, res, det.blendshapes, det.blendshape_names, "adam", 1)
             s2rows.append((path.name, adam[0], adam[1], lm[0], lm[1], lm[2], adam[0] / lm[0], lm[1] / adam[1]))
@@ -81,8 +96,8 @@ def main() -> None:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())  # timings on a shared CPU depend on it
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model ict_facekit_light, CPU, "
           f"load average {load}\n")
-    hdr = ("image", "size", "load s", "detect s", "stage1 s", "stage2 s", "write s", "total s", "reproj mean px",
-           "reproj median px", "mean % crop")
+    hdr = ("image", "size", "load s", "detect s", "stage1 s", "stage2 s", "other s", "write s", "total s",
+           "reproj mean px", "reproj median px", "mean % crop")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for row in rows:
@@ -94,11 +109,13 @@ def main() -> None:
     print("|" + "---|" * len(hdr2))
     for row in s2rows:
         print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    s_per_image = statistics.median(r[7] for r in rows)
-    reproj = statistics.fmean(r[8] for r in rows)
+    s_per_image = statistics.median(r[8] for r in rows)
+    reproj = statistics.fmean(r[9] for r in rows)
     speedup = statistics.median(r[6] for r in s2rows)
     worst = max(r[7] for r in s2rows)
     print(f"\nstage-2 objective lm/adam: worst {worst:.4f} (<= 1 means LM is at least as good)")
+    print(f"fastest of {args.passes} passes per image: median {statistics.median(fastest):.3f} s, "
+          f"max {max(fastest):.3f} s; median-pass max {max(r[8] for r in rows):.3f} s")
     print(f"s_per_image={s_per_image:.3f} reproj_px={reproj:.3f} stage2_speedup={speedup:.1f}")
 
 
