@@ -266,8 +266,10 @@ def _write_meshes(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], r
 
 
 def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fov: float, crop: Crop,
-              faces: torch.Tensor, albedo: torch.Tensor, light: np.ndarray, opacity: float = 0.85) -> np.ndarray:
-    """``image`` with the SH-lit textured head (canonical albedo, the frame's light) blended in.
+              faces: torch.Tensor, albedo: torch.Tensor, light: np.ndarray, opacity: float = 0.85,
+              region: np.ndarray | None = None) -> np.ndarray:
+    """``image`` with the SH-lit textured head (canonical albedo, the frame's light) blended in,
+    only inside ``region`` (``[H, W]`` bool) when given.
 
     Rendered in the fitting square at ≤ 512 px and warped into the frame (the square may leave it).
     """
@@ -288,6 +290,9 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
     h, w = image.shape[:2]
     rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     cov = cv2.warpAffine(cov, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
+    if region is not None:
+        keep = region[..., None].astype(np.float32)
+        rgb, cov = rgb * keep, cov * keep
     out = image.astype(np.float32) * (1 - opacity * cov) + opacity * rgb  # rgb is black off the head
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
@@ -296,8 +301,10 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
                    summary: VideoSummary, progress: bool, light: np.ndarray | None = None) -> None:
     """``overlay.mp4``: the grey mesh and landmarks over every frame; with ``light`` (photometric
-    run) the textured, SH-lit head (canonical texture) instead of the grey mesh."""
+    run) the textured, SH-lit face (canonical texture, inside the fitted face oval) instead of the
+    grey mesh."""
     from flame_tracker.camera import project_pixels, world_to_view
+    from flame_tracker.rendering.mask import face_mask
     from flame_tracker.rendering.overlay import render_overlay
     from flame_tracker.video.encode import VideoWriter, side_by_side
 
@@ -328,8 +335,10 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                 px = project_pixels(verts, pose6, fit.identity.fov, crop)[0]
                 vpx = torch.cat([px.to(depth.dtype), depth], dim=1)
                 textured = albedo is not None and np.isfinite(light[r]).all()
-                base = _textured(img, verts, pose6, fit.identity.fov, crop, faces, albedo,
-                                 light[r]) if textured else img
+                # the texture is estimated on the face only: show it inside the fitted face oval
+                base = _textured(img, verts, pose6, fit.identity.fov, crop, faces, albedo, light[r],
+                                 region=face_mask(fit.lmks_fit_px[r], *img.shape[:2], shrink=0.0)
+                                 ) if textured else img
                 out = render_overlay(base, vpx, faces, alpha=0.0 if textured else 0.6,
                                      lmks_detected=lm["lmks68"][r] if fit.valid[r] else None,
                                      lmks_fitted=fit.lmks_fit_px[r], focal=focal)
