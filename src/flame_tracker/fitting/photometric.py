@@ -95,11 +95,14 @@ class PhotometricOptions:
     # Re-rasterise visibility every this many iterations (barycentrics, hence gradients, are
     # recomputed from the current geometry at every step; which triangle covers a pixel changes
     # little between Adam steps of a fraction of a pixel).
-    raster_every: int = 8
+    raster_every: int = 10
     # Intra-op CPU threads inside the fit (None: torch's setting). The per-iteration tensors are
     # small (~10^4-10^5 elements): on this 2-core machine shared by several jobs one thread was 5-10×
     # faster than two (OpenMP regions wait for descheduled threads); raise it on an idle many-core CPU.
     cpu_threads: int | None = 1
+    # Render the fitted head into PhotometricResult.render (a full-mesh render; video tracking,
+    # which draws its own overlay, turns it off).
+    render: bool = True
 
 
 @dataclass
@@ -114,7 +117,7 @@ class PhotometricResult:
     eye_pose: Tensor
     light: Tensor  # [N, 9, 3] SH per colour channel, camera frame
     albedo: Tensor  # [V, 3] or [N, V, 3] per-vertex albedo, or [1|N, 3, T, T] UV texture
-    render: np.ndarray  # [N, R, R, 3] uint8 SH-lit render on black
+    render: np.ndarray | None  # [N, R, R, 3] uint8 SH-lit render on black (None: options.render off)
     mask: np.ndarray  # [N, R, R] bool face mask used by the pixel term
     landmarks_ndc: Tensor  # [N, 68, 2]
     history: list[float] = field(default_factory=list)
@@ -575,9 +578,14 @@ def _fit(
             nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), corners, fr, bary), dim=-1, eps=1e-12)
             b = fr.pix_batch()
             counts = torch.bincount(b, minlength=n)
+            if fixed_albedo is not None:  # a fixed per-vertex albedo: each pixel's corner colours, once
+                vis["corner_albedo"] = fixed_albedo[faces[used][local]]  # [P, 3 corners, 3]
             vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
                        norm=1.0 / (3 * counts.to(dt) + 1e-8), basis=sh_basis(nrm).split(counts.tolist()),
                        uv_faces=None if uv_faces is None else uv_faces[used])
+
+    # A fixed (canonical) albedo shared by all frames: gathered per pixel at each visibility pass.
+    fixed_albedo = appearance.clamp(0, 1) if albedo is not None and not use_uv and appearance.dim() == 2 else None
 
     if opts.w_pixel <= 0:  # landmarks only: skin just the landmark vertices
         set_mesh(_SubMesh(model, faces[:0], fixed_shape=fixed, extra=point_ids))
@@ -606,6 +614,8 @@ def _fit(
             if use_uv:
                 uv = interpolate(uvs, vis["uv_faces"], frags, bary)
                 alb = sample_texture(app_c if app_c.dim() == 4 else app_c[None], uv, batch)
+            elif fixed_albedo is not None:
+                alb = (bary.unsqueeze(-1) * vis["corner_albedo"]).sum(1)
             else:
                 alb = interpolate(app_c.index_select(-2, mesh.vidx), mesh.faces, frags, bary)
             # Covered pixels come sorted by frame: one [P_i, 9] @ [9, 3] product per frame instead
@@ -640,9 +650,11 @@ def _fit(
         vis.pop("frags", None)  # the final loss at exact visibility
         loss, st = loss_fn()
         history.append(float(loss))
-        tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
-        r = render_head(model(**st["params"]).vertices, all_faces, st["p6"], fov, res, light=light, **tex_kw)
-        rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        rendered = None
+        if opts.render:
+            tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
+            r = render_head(model(**st["params"]).vertices, all_faces, st["p6"], fov, res, light=light, **tex_kw)
+            rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         return PhotometricResult(
             pose6=st["p6"].detach().clone(),
             fov=fov,

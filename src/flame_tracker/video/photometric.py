@@ -87,7 +87,7 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.nda
 
     Returns per-frame arrays ``pose6, expr, jaw_pose, eye_pose`` and ``light [n, 9, 3]``.
     """
-    opts = replace(PhotometricOptions(), **overrides)
+    opts = replace(PhotometricOptions(), **{"render": False, **overrides})  # no render needed here
     r = opts.resolution
     x0, y0, side = fit.identity.crop
     crops = np.stack([crop_resize(f, (x0, y0, side, side), (r, r))[0] for f in frames])
