@@ -7,6 +7,8 @@ Layout of ``DIR``::
     frames/NNNNNN.npz        final per-frame results (reference keys), NNNNNN = source frame index
     tracking.npz             everything over the whole video (arrays over frames + metadata)
     overlay.mp4, meshes/     optional outputs
+    texture.png              --photometric: the canonical texture (work/canonical.npz: its albedo;
+                             work/photometric/: the per-frame photometric checkpoints)
     summary.json             frames tracked/dropped, errors, jitter, time per stage
 
 Every file is written atomically (temporary file + rename), so a killed run leaves only complete
@@ -126,7 +128,7 @@ class RunFolder:
         """Remove everything this package writes in the folder (never foreign files)."""
         for name in ("work", "frames", "meshes"):
             shutil.rmtree(self.root / name, ignore_errors=True)
-        for name in (MANIFEST, "tracking.npz", "overlay.mp4", "summary.json"):
+        for name in (MANIFEST, "tracking.npz", "overlay.mp4", "summary.json", "texture.png"):
             (self.root / name).unlink(missing_ok=True)
 
     def _write_manifest(self, complete: bool) -> None:
