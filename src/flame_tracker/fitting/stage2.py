@@ -839,7 +839,9 @@ def fit_stage2(
             x, iters, history = _solve_adam(problem, x, s)
         else:
             raise ValueError(f"unknown stage-2 solver {opts.solver!r} (use 'lm' or 'adam')")
-    with torch.no_grad():
+    # The final evaluation is as small as the solve's: same single thread (with the default two, a
+    # busy CPU stalled its one matrix product ~14 ms, a third of a whole LM solve, measured).
+    with cpu_threads(1, dev), torch.no_grad():
         final = layout.split(x, s, base)
         lmk, iris = problem.project(x, s)  # one model evaluation for both the points and the objective
         r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
