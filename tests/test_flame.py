@@ -15,7 +15,8 @@ import torch
 from flame_tracker.model import ModelFormatError, load_model, load_model_data
 from flame_tracker.model.fixtures import dump_legacy_pickle, flame_model_arrays, write_flame_model
 from flame_tracker.model.flame import L_EAR_INDICES_REFERENCE, R_EAR_INDICES, load_flame
-from flame_tracker.model.lbs import interpolate
+from flame_tracker.model.lbs import (axis_angle_to_matrix, chain_plan, chain_transforms, depth_levels, interpolate,
+                                      rigid_transforms)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,39 @@ def test_fast_path_equals_barycentric_interpolation(flame64):
     assert flame64.n_sub < 260
     mp = flame64.mediapipe_points(full.vertices)
     assert mp.shape == (4, flame64.mp_lmk_indices.shape[0], 3) and flame64.mp_lmk_indices.max() < 478
+
+
+def test_fast_chain_matches_generic_transforms(flame64):
+    rot = axis_angle_to_matrix(0.4 * torch.randn(3, 5, 3, dtype=torch.float64))
+    joints = torch.randn(3, 5, 3, dtype=torch.float64)
+    parents = [-1, 0, 1, 1, 1]  # FLAME
+    plan = chain_plan(parents)
+    assert plan is not None
+    ref = rigid_transforms(rot, joints, depth_levels(parents), parents)
+    assert torch.allclose(chain_transforms(rot, joints, plan), ref, atol=1e-12, rtol=0)
+    # skeletons the fast chain cannot do in one product per depth fall back to the generic code
+    assert chain_plan([-1, 0, 0, 1, 2]) is None and chain_plan([-1, 0, 2, 0, 1]) is None
+    p = _params(flame64.n_shape, flame64.n_expr, 2, seed=3)
+    fast = flame64.landmarks(**p).landmarks
+    plan, flame64._chain_plan = flame64._chain_plan, None
+    try:
+        assert torch.allclose(flame64.landmarks(**p).landmarks, fast, atol=1e-12, rtol=0)
+    finally:
+        flame64._chain_plan = plan
+
+
+def test_landmark_path_gradients(tiny_pkl):
+    m = load_model(tiny_pkl, n_shape=6, n_expr=5, dtype=torch.float64, use_cache=False)
+    p = _params(6, 5, 2, seed=2)
+    keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
+
+    def f(*a):
+        out = m.landmarks(**dict(zip(keys, a)))
+        return torch.cat([x.flatten() for x in (out.landmarks, out.iris, out.ears) if x is not None])
+
+    for point in (p, {k: torch.zeros_like(v) for k, v in p.items()}):  # random, and the zero pose
+        assert torch.autograd.gradcheck(f, tuple(point[k].clone().requires_grad_() for k in keys),
+                                        fast_mode=True)
 
 
 def test_autograd_matches_finite_differences(tiny_pkl):

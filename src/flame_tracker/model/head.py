@@ -9,9 +9,12 @@ import torch
 from scipy import sparse
 
 from .data import JOINT_NAMES, ModelData
-from .lbs import axis_angle_to_matrix, chain_plan, chain_transforms, depth_levels, interpolate, skin
+from .lbs import (axis_angle_to_matrix, chain_plan, chain_transforms, depth_levels, interpolate,
+                  rigid_transforms, skin)
 
 _POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
+# parameter order of the basis product (shape, expr) and the joints (_POSE_SLOTS); 0 = model-sized
+_SIZES = {"shape": 0, "expr": 0, "head_pose": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6}
 
 
 def _virtual_vertices(
@@ -154,30 +157,26 @@ class HeadModel(torch.nn.Module):
             buf("_sub_iris", None)
         buf("_sub_ear", None if data.ear_idx is None else lmk_local[off : off + 40, 0])
         assert P <= V
-        # Fixed structures of the landmark path, built once: kinematic-chain index tensors and one
+        # Fixed structures of the landmark path, built once: the kinematic chain's plan and one
         # [68+10+40, P] matrix that does the barycentric mix and the iris/ear picks in one matmul.
-        plan, perm = chain_plan(self._parents)
-        self._chain_plan = plan  # slices, or index tensors as buffers (they follow .to(device))
-        for i, (js, pidx) in enumerate(plan):
-            for name, idx in ((f"_lvl{i}_joints", js), (f"_lvl{i}_parents", pidx)):
-                if torch.is_tensor(idx):
-                    buf(name, idx.numpy())
-        buf("_chain_perm", None if perm is None else perm.numpy())
-        buf("_eye3", np.eye(3))
-        buf("_bottom", np.array([0.0, 0.0, 0.0, 1.0]).reshape(1, 1, 1, 4))
+        self._chain_plan = chain_plan(self._parents)
+        buf("_zero", np.zeros((1, 1)))  # expanded (a view, no allocation) for omitted parameters
         mix_rows = np.zeros((lmk_local.shape[0], P))
         np.add.at(mix_rows, (np.arange(68)[:, None].repeat(3, 1), lmk_local[:68]), lmk_w)
         mix_rows[np.arange(68, len(lmk_local)), lmk_local[68:, 0]] = 1.0
-        buf("_lmk_mix", mix_rows)
         # The landmark path's basis rows coordinate-major (x of all P rows, then y, then z), so
         # skinning and the mix above run on [N,3,P] tensors with plain GEMMs (no batched bmm).
-        # Pose-corrective columns negated: the path's features are (I - R), which it needs anyway.
+        # The pose-corrective features here are R itself (not R - I, one op fewer): the template
+        # absorbs the basis times the identity's features.
         xyz_major = np.arange(3 * P).reshape(P, 3).T.reshape(-1)
         lmk_dirs = np.concatenate([mixed(dirs).reshape(3 * P, K)[xyz_major], j_dirs.reshape(3 * J, K)])
-        lmk_dirs[:, self.n_shape + self.n_expr :] *= -1
-        buf("_lmk_dirs", lmk_dirs)
-        buf("_lmk_template", np.concatenate([mixed(data.v_template).T.reshape(-1), j_template.reshape(-1)]))
+        lmk_template = np.concatenate([mixed(data.v_template).T.reshape(-1), j_template.reshape(-1)])
+        if data.posedirs is not None:
+            lmk_template -= lmk_dirs[:, self.n_shape + self.n_expr :] @ np.tile(np.eye(3).reshape(9), J - 1)
+        buf("_lmk_dirs_t", lmk_dirs.T)  # [K, 3P+3J]: addmm's preferred layout
+        buf("_lmk_template", lmk_template)
         buf("_lmk_weights_t", data.weights.astype(f64)[ids[:, 0]].T[:, None])  # [J,1,P]
+        buf("_lmk_mix_t", mix_rows.T)  # [P, 68+10+40]
         self._n_iris = 0 if data.iris_idx is None else 10
         self._n_ear = 0 if data.ear_idx is None else 40
 
@@ -212,10 +211,9 @@ class HeadModel(torch.nn.Module):
         return self.v_template.device
 
     # ------------------------------------------------------------------ parameters
-    def _inputs(self, params: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate parameters; return betas [N,S+E] and joint rotations [N,J,3]."""
-        sizes = {"shape": self.n_shape, "expr": self.n_expr, "head_pose": 3, "neck_pose": 3,
-                 "jaw_pose": 3, "eye_pose": 6}
+    def _parts(self, params: dict[str, torch.Tensor | None]) -> tuple[int, list[torch.Tensor]]:
+        """Validate parameters; return the batch size N and, in ``_SIZES`` order, each one as
+        ``[N,D]`` in the model's dtype (an omitted one as an expanded zero view, no allocation)."""
         N = 1
         given: dict[str, torch.Tensor] = {}
         for key, val in params.items():
@@ -225,27 +223,33 @@ class HeadModel(torch.nn.Module):
                 val = torch.as_tensor(val, dtype=self.dtype, device=self.device)
             if val.dim() == 1:
                 val = val[None]
-            if val.dim() != 2 or val.shape[1] != sizes[key]:
+            size = self.n_shape if key == "shape" else self.n_expr if key == "expr" else _SIZES[key]
+            if val.dim() != 2 or val.shape[1] != size:
                 raise ValueError(
-                    f"{key} must have shape [N,{sizes[key]}] for model {self.name!r}, got "
-                    f"{tuple(val.shape)}"
+                    f"{key} must have shape [N,{size}] for model {self.name!r}, got {tuple(val.shape)}"
                 )
             if val.shape[0] != 1:
                 if N != 1 and val.shape[0] != N:
                     raise ValueError(f"inconsistent batch sizes: {key} has {val.shape[0]}, others {N}")
                 N = val.shape[0]
             given[key] = val
-        dtype, device = self.dtype, self.device
-
-        def get(key: str) -> torch.Tensor:
+        dtype = self.dtype
+        parts = []
+        for key in _SIZES:
             v = given.get(key)
             if v is None:
-                return torch.zeros(N, sizes[key], dtype=dtype, device=device)
-            return v.expand(N, -1).to(dtype)
+                size = self.n_shape if key == "shape" else self.n_expr if key == "expr" else _SIZES[key]
+                parts.append(self._zero.expand(N, size))
+                continue
+            if v.shape[0] != N:
+                v = v.expand(N, -1)
+            parts.append(v if v.dtype == dtype else v.to(dtype))
+        return N, parts
 
-        betas = torch.cat([get("shape"), get("expr")], 1)
-        rotvecs = torch.cat([get(k) for k, _, _ in _POSE_SLOTS], 1).view(N, self.n_joints, 3)
-        return betas, rotvecs
+    def _inputs(self, params: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate parameters; return betas [N,S+E] and joint rotations [N,J,3]."""
+        N, parts = self._parts(params)
+        return torch.cat(parts[:2], 1), torch.cat(parts[2:], 1).view(N, self.n_joints, 3)
 
     # ------------------------------------------------------------------ evaluation
     def forward(
@@ -277,30 +281,26 @@ class HeadModel(torch.nn.Module):
         eye_pose: torch.Tensor | None = None,
     ) -> HeadOutput:
         """Landmark-only fast path: evaluates only the ~``n_sub`` vertices landmarks use."""
-        betas, rotvecs = self._inputs(dict(shape=shape, expr=expr, head_pose=head_pose,
-                                           neck_pose=neck_pose, jaw_pose=jaw_pose, eye_pose=eye_pose))
+        N, parts = self._parts(dict(shape=shape, expr=expr, head_pose=head_pose, neck_pose=neck_pose,
+                                    jaw_pose=jaw_pose, eye_pose=eye_pose))
         # Same maths as `skin` + `interpolate`, in as few torch ops as possible: at this size the
         # cost is per-op overhead, not arithmetic.
-        N, P, J = betas.shape[0], self.n_sub, self.n_joints
-        rot = axis_angle_to_matrix(rotvecs)  # [N,J,3,3]
-        eye_m_rot = self._eye3 - rot
-        if self.has_pose_correctives:
-            betas = torch.cat([betas, eye_m_rot[:, 1:].reshape(N, -1)], 1)
-        shaped = torch.nn.functional.linear(betas, self._lmk_dirs, self._lmk_template)
-        v = shaped[:, : 3 * P].view(N, 3, P)  # coordinate-major
-        joints = shaped[:, 3 * P :].view(N, J, 3)
-        plan = [tuple(getattr(self, f"_lvl{i}_{n}") if torch.is_tensor(idx) else idx
-                      for n, idx in (("joints", js), ("parents", pidx)))
-                for i, (js, pidx) in enumerate(self._chain_plan)]
-        A = chain_transforms(eye_m_rot, rot, joints, plan, self._chain_perm, self._bottom)  # [N,J,3,4]
-        # every joint's transform applied to every row, then the rows' skinning-weight blend
-        A = A.view(N, J * 3, 4)
-        per_joint = torch.baddbmm(A[..., 3:], A[..., :3], v).view(N, J, 3, P)
+        P, J = self.n_sub, self.n_joints
+        rot = axis_angle_to_matrix(torch.cat(parts[2:], 1).view(N, J, 3))  # [N,J,3,3]
+        feats = parts[:2] + ([rot[:, 1:].reshape(N, -1)] if self.has_pose_correctives else [])
+        v, joints = torch.addmm(self._lmk_template, torch.cat(feats, 1), self._lmk_dirs_t).split([3 * P, 3 * J], 1)
+        if self._chain_plan is None:  # a skeleton the fast chain does not cover: the generic one
+            A = rigid_transforms(rot, joints.view(N, J, 3), self._levels, self._parents)
+        else:
+            A = chain_transforms(rot, joints.view(N, J, 3), self._chain_plan)  # [N,J,3,4]
+        # every joint's transform applied to every row (rows coordinate-major), then the rows'
+        # skinning-weight blend, then the barycentric mix and iris/ear picks as one product
+        rot_part, trans = A.reshape(N, J * 3, 4).split([3, 1], -1)
+        per_joint = torch.baddbmm(trans, rot_part, v.view(N, 3, P)).view(N, J, 3, P)
         sub = (per_joint * self._lmk_weights_t).sum(1)  # [N,3,P]
-        pts = torch.nn.functional.linear(sub, self._lmk_mix).transpose(1, 2).contiguous()  # [N,118,3]
-        iris = pts[:, 68 : 68 + self._n_iris] if self._n_iris else None
-        ears = pts[:, 68 + self._n_iris :] if self._n_ear else None
-        return HeadOutput(None, pts[:, :68], iris, ears)
+        pts = torch.mm(sub.view(N * 3, P), self._lmk_mix_t).view(N, 3, -1).transpose(1, 2).contiguous()
+        lmk, iris, ears = pts.split([68, self._n_iris, self._n_ear], 1)  # [N,68+10+40,3]
+        return HeadOutput(None, lmk, iris if self._n_iris else None, ears if self._n_ear else None)
 
     @staticmethod
     def head_yaw(head_pose: torch.Tensor, neck_pose: torch.Tensor | None = None) -> torch.Tensor:

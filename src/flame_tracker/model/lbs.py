@@ -13,6 +13,8 @@ stays one GEMM per call (shape, expression and pose correctives together).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -21,16 +23,16 @@ _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
 def _rodrigues_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Cached constants of :func:`axis_angle_to_matrix`: the [3,9] map r -> flattened K(r), the
-    flattened identity, Taylor coefficients of (a, b) in theta^2, and the half-angle factors."""
+    flattened identity and its negative, the t^2 Taylor slope of (a, 2b), the factors that turn t
+    into sinc arguments and the exponents that turn the sincs into (a, 2b)."""
     key = (dtype, device)
     if key not in _CONSTS:
         skew = torch.zeros(3, 9, dtype=dtype)
         for axis, (pos, neg) in enumerate(((7, 5), (2, 6), (3, 1))):  # x: K21=x, K12=-x; ...
             skew[axis, pos], skew[axis, neg] = 1.0, -1.0
-        taylor = torch.tensor([[1.0, 0.5], [-1 / 6, -1 / 24], [1 / 120, 1 / 720]], dtype=dtype)
-        consts = (skew, torch.eye(3, dtype=dtype).reshape(9), taylor,
-                  torch.tensor([1.0, 0.5], dtype=dtype), torch.tensor([1.0, 2.0], dtype=dtype),
-                  torch.tensor([1.0, 0.5], dtype=dtype))
+        eye = torch.eye(3, dtype=dtype).reshape(9)
+        consts = (skew, eye, -eye, torch.tensor([-1 / 6, -1 / 12], dtype=dtype),
+                  torch.tensor([1 / math.pi, 0.5 / math.pi], dtype=dtype), torch.tensor([1.0, 2.0], dtype=dtype))
         _CONSTS[key] = tuple(c.to(device) for c in consts)
     return _CONSTS[key]
 
@@ -38,23 +40,20 @@ def _rodrigues_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.T
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     """Rodrigues' formula: axis-angle ``[..., 3]`` -> rotation matrices ``[..., 3, 3]``.
 
-    Smooth and differentiable at zero (Taylor series for small angles instead of the usual
-    ``norm + eps`` trick, which biases the result and gives wrong gradients near the identity).
-    Written as ``R = (1 - b t^2) I + a K + b r r^T`` (``K^2 = r r^T - t^2 I``) with
-    ``a = sin t / t`` and ``b = (1 - cos t) / t^2 = sinc(t/2)^2 / 2``, both from one ``sin`` on a
-    2-vector: the landmark path's cost is per-op overhead, so few torch ops matter.
+    Written as ``R = I + b (r r^T - t^2 I) + a K`` (``K^2 = r r^T - t^2 I``) with ``a = sin t / t``
+    and ``b = (1 - cos t) / t^2 = sinc(t/2)^2 / 2``, both from one ``sinc`` on a 2-vector, in few
+    torch ops: on the landmark path the cost is per-op overhead. Exact and smooth at zero: below
+    ``t^2 = 1e-6`` the angle is clamped and (a, b) continue along their Taylor slope in ``t^2``
+    (``(a, b)(t2c) + slope (t2 - t2c)``; the first omitted term is < 1e-14), instead of the usual
+    ``norm + eps`` trick, which biases the result and gives wrong gradients near the identity.
     """
-    skew, eye, taylor, half, power, scale = _rodrigues_consts(rotvec.dtype, rotvec.device)
-    t2 = (rotvec * rotvec).sum(-1, keepdim=True)  # theta^2
-    small = t2 < 1e-6
-    x = torch.where(small, 1.0, t2).sqrt() * half  # (theta, theta/2), safe at 0
-    ab_big = (x.sin() / x).pow(power) * scale
-    ab_small = torch.addcmul(taylor[0], t2, torch.addcmul(taylor[1], t2, taylor[2]))
-    a, b = torch.where(small, ab_small, ab_big).unbind(-1)
-    a, b = a[..., None], b[..., None]
-    rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)
-    r = torch.addcmul(torch.addcmul(b * rr, a, rotvec @ skew), 1 - b * t2, eye)
-    return r.unflatten(-1, (3, 3))
+    skew, eye, neg_eye, slope, to_sinc, power = _rodrigues_consts(rotvec.dtype, rotvec.device)
+    rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)  # r r^T
+    t2 = rr[..., ::4].sum(-1, keepdim=True)  # theta^2 = trace(r r^T)
+    t2c = t2.clamp_min(1e-6)
+    a, b2 = torch.addcmul(torch.sinc(t2c.sqrt() * to_sinc).pow(power), t2 - t2c, slope).split(1, -1)
+    r = torch.addcmul(eye, b2, torch.addcmul(rr, t2, neg_eye), value=0.5)
+    return torch.addcmul(r, a, rotvec @ skew).unflatten(-1, (3, 3))
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -151,55 +150,48 @@ def interpolate(verts: torch.Tensor, vidx: torch.Tensor, bary: torch.Tensor) -> 
     return (picked * bary[..., None]).sum(-2)
 
 
-Index = slice | torch.Tensor
-
-
-def _as_index(ids: list[int]) -> Index:
-    """A run of consecutive ids (or one id repeated, which broadcasts) as a slice, else a tensor."""
-    if len(set(ids)) == 1:
-        return slice(ids[0], ids[0] + 1)
-    if ids == list(range(ids[0], ids[0] + len(ids))):
-        return slice(ids[0], ids[0] + len(ids))
-    return torch.tensor(ids)
-
-
-def chain_plan(parents: list[int]) -> tuple[list[tuple[Index, Index]], Index | None]:
-    """Precomputed indices for :func:`chain_transforms` (fixed per skeleton).
-
-    Joints are stacked level by level (root first); returns, per depth level, (the joints of the
-    level, their parents' positions in the stack so far) and the permutation from the stacked
-    order back to joint order (None when it is the identity, as for FLAME). Slices where possible:
-    they are views, not gathers.
-    """
-    order = [0]
+def chain_plan(parents: list[int]) -> list[tuple[slice, int]] | None:
+    """Per tree depth, (its joints as a slice, their parent's position within the previous depth)
+    for :func:`chain_transforms`; None when that fast chain does not apply (joints not numbered
+    depth by depth, or a depth whose joints hang off more than one parent). FLAME's and ICT's
+    skeletons qualify; others use :func:`rigid_transforms`."""
     plan = []
+    prev = [0]
     for js, ps in depth_levels(parents):
-        plan.append((_as_index(js), _as_index([order.index(p) for p in ps])))
-        order += js
-    perm = [order.index(j) for j in range(len(parents))]
-    return plan, None if perm == sorted(perm) else torch.tensor(perm)
+        if js != list(range(prev[-1] + 1, prev[-1] + 1 + len(js))) or len(set(ps)) != 1:
+            return None
+        plan.append((slice(js[0], js[-1] + 1), prev.index(ps[0])))
+        prev = js
+    return plan
 
 
-def _pick(x: torch.Tensor, idx: Index) -> torch.Tensor:
-    return x[:, idx] if isinstance(idx, slice) else x.index_select(1, idx)
-
-
-def chain_transforms(
-    eye_m_rot: torch.Tensor, rot: torch.Tensor, joints: torch.Tensor,
-    plan: list[tuple[Index, Index]], perm: torch.Tensor | None, bottom: torch.Tensor,
-) -> torch.Tensor:
-    """Same result as :func:`rigid_transforms` in a few batched ops (landmark path).
+def chain_transforms(rot: torch.Tensor, joints: torch.Tensor, plan: list[tuple[slice, int]]) -> torch.Tensor:
+    """Same transforms as :func:`rigid_transforms` in a few batched ops (landmark path).
 
     Uses ``A_j = A_parent(j) @ L_j`` with the rest-offset local transform
-    ``L_j = [R_j | (I - R_j) j_j]``, so no per-joint Python work and no rest-position fix-up;
-    ``eye_m_rot = I - rot`` is shared with the pose-corrective features; ``bottom`` is the
-    homogeneous row ``[0,0,0,1]`` shaped [1,1,1,4]. Returns A [N,J,3,4].
+    ``L_j = [R_j | j_j - R_j j_j]``, so no rest-position fix-up, and one product per tree depth
+    (a depth's joints share one parent, see :func:`chain_plan`). rot [N,J,3,3], joints [N,J,3].
+    Returns A [N,J,3,4].
     """
     N, J = rot.shape[:2]
-    t = _mm(eye_m_rot, joints[..., None])  # [N,J,3,1]
-    local = torch.cat([rot, t], -1)  # [N,J,3,4]
-    local44 = torch.cat([local, bottom.expand(N, J, 1, 4)], -2)  # [N,J,4,4]
-    world = local[:, :1]
-    for js, pidx in plan:  # one product per tree depth (FLAME: 2)
-        world = torch.cat([world, _mm(_pick(world, pidx), _pick(local44, js))], 1)
-    return world if perm is None else world.index_select(1, perm)
+    j = joints.reshape(N * J, 3, 1)
+    t = torch.baddbmm(j, rot.reshape(N * J, 3, 3), j, alpha=-1).view(N, J, 3, 1)  # j - R j
+    bottom = _bottom_row(rot.dtype, rot.device).expand(N, J, 1, 4)
+    local = torch.cat([torch.cat([rot, t], -1), bottom], -2)  # [N,J,4,4]
+    level = local[:, :1, :3]  # the root's world transform is its local one
+    world = [level]
+    for js, parent in plan:  # FLAME: neck, then jaw and both eyes
+        level = level[:, parent : parent + 1] @ local[:, js]
+        world.append(level)
+    return torch.cat(world, 1)
+
+
+_BOTTOM: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _bottom_row(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The homogeneous row [0, 0, 0, 1] shaped [1,1,1,4] (cached per dtype/device)."""
+    key = (dtype, device)
+    if key not in _BOTTOM:
+        _BOTTOM[key] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=dtype, device=device).view(1, 1, 1, 4)
+    return _BOTTOM[key]
