@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from flame_tracker.rendering import barycentrics, interpolate, rasterize, render_overlay, shade_mesh, vertex_normals
-from flame_tracker.rendering.overlay import _coverage, camera_points
+from flame_tracker.rendering.overlay import _coverage, _visible_faces, camera_points
 from flame_tracker.rendering.raster import face_orientation
 
 
@@ -63,6 +63,17 @@ def test_coverage_equals_rasterizer_mask() -> None:
     assert np.array_equal(_coverage(v, f, 0, 0, 160, 160), full)
     # A box: the same pixels, shifted.
     assert np.array_equal(_coverage(v, f, 30, 17, 120, 150), full[17:150, 30:120])
+
+
+def test_span_zbuffer_equals_rasterizer() -> None:
+    # Self-occlusion (bumps) and one sphere in front of the other: the same visible face everywhere.
+    v, f = scene()
+    frags = rasterize(v, f, 160, 160, cull_backfaces=True)
+    pix, face = _visible_faces(v, f, 160, 160)
+    assert torch.equal(pix, frags.pix) and torch.equal(face, frags.pix_face)
+    assert len(torch.unique(face)) > 200
+    empty = _visible_faces(v + torch.tensor([1000.0, 0, 0]), f, 160, 160)
+    assert empty[0].numel() == 0 and empty[1].numel() == 0
 
 
 def test_coverage_overlapping_triangles_do_not_cancel() -> None:

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from flame_tracker.rendering.differentiable import vertex_normals
-from flame_tracker.rendering.raster import Fragments, face_orientation, rasterize
 
 # RGB colours of the landmark sets.
 COLOR_DETECTED = (0, 230, 0)
@@ -53,10 +52,10 @@ def shade_mesh(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Phong-shaded grey render of a mesh given in pixel coordinates.
 
-    Visibility is the exact z-buffer of :func:`~flame_tracker.rendering.raster.rasterize` (back faces
-    culled); shading is per pixel from perspective-correct interpolated vertex normals, in float32
-    numpy (no autograd graph: an overlay needs no gradient, and this is ~4x cheaper than the
-    differentiable path).
+    Visibility is an exact z-buffer of the front faces (:func:`_visible_faces`: the semantics of
+    :func:`~flame_tracker.rendering.raster.rasterize` with ``cull_backfaces=True``, enumerating only
+    covered pixels); shading is per pixel from perspective-correct interpolated vertex normals, in
+    float32 without autograd (an overlay needs no gradient).
 
     Args:
         vertices_px: ``[V, 3]`` pixel ``x, y`` (original image) and camera depth ``z``.
@@ -70,14 +69,15 @@ def shade_mesh(
     v, f = _check_mesh(vertices_px, faces)
     if focal is None:
         focal = 0.5 * max(height, width) / np.tan(np.deg2rad(30.0))
-    frags: Fragments = rasterize(v, f, height, width, cull_backfaces=True)
+    pix, pix_face = _visible_faces(v, f, height, width)
     intensity = torch.zeros(height * width)
-    if frags.pix.numel():
-        pix = frags.pix
+    mask = torch.zeros(height * width, dtype=torch.bool)
+    if pix.numel():
+        mask[pix] = True
         normals = vertex_normals(camera_points(v, float(focal), width / 2, height / 2), f)[0]
         # Corner attributes as [attribute, corner, P] rows: one index_select each, and every
         # per-pixel operation below runs on contiguous rows.
-        corner = f.T.contiguous().index_select(1, frags.pix_face).view(-1)  # [3P]
+        corner = f.T.contiguous().index_select(1, pix_face).view(-1)  # [3P]
         (tx, ty, tz), nrm = (a.T.contiguous().index_select(1, corner).view(3, 3, -1) for a in (v, normals))
         # Screen-space barycentrics as edge functions at the pixel centres, then weighted by 1/z
         # (perspective-correct) and renormalised; the common triangle-area factor cancels.
@@ -97,7 +97,7 @@ def shade_mesh(
         diffuse = (n * light).sum(0).clamp(min=0)
         specular = (n * half).sum(0).clamp(min=0) ** 24
         intensity[pix] = (0.18 + 0.72 * diffuse + 0.25 * specular).clamp(0, 1)
-    return intensity.view(height, width).numpy(), frags.mask[0].numpy()
+    return intensity.view(height, width).numpy(), mask.view(height, width).numpy()
 
 
 def draw_points(image: np.ndarray, points: np.ndarray, color: tuple[int, int, int], radius: int) -> None:
@@ -131,18 +131,23 @@ def _draw_legend(image: np.ndarray, items: list[tuple[str, tuple[int, int, int]]
         cv2.putText(image, text, (16, y + line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
-def _coverage(v: torch.Tensor, f: torch.Tensor, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """``[y1-y0, x1-x0]`` bool: pixel centres of the box covered by a front-facing triangle.
+def _front_spans(v: torch.Tensor, f: torch.Tensor, x0: int, y0: int, x1: int, y1: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scanline spans of the front-facing triangles inside the box ``[x0, x1) × [y0, y1)``.
 
-    The silhouette of a mesh is the union of its front-facing triangles (exact without a depth test).
-    Vectorised scanline fill: every (triangle, row) pair gives one span of pixel centres, a +1/-1 pair
-    is accumulated at its ends and a cumulative sum over each row counts the triangles covering each
-    pixel, so overlaps (ear over cheek) add up instead of cancelling. Same inclusive pixel-centre rule
-    as :func:`~flame_tracker.rendering.raster.rasterize` (its mask with ``cull_backfaces=True``).
+    Returns ``(face [K], tri [K, 3, 3], tid [S], row [S], c0 [S], c1 [S])``: the kept faces (front
+    facing, in front of the near plane, not degenerate: as :func:`~flame_tracker.rendering.raster.
+    rasterize` with ``cull_backfaces=True``), their corners (box pixels x, y and depth, float64), and
+    per (triangle, row) pair the inclusive columns whose pixel centres lie inside the triangle (box
+    coordinates). Enumerating exactly the covered pixels, rather than every triangle's bounding box as
+    the general rasteriser does, is ~3x less work on a head mesh.
     """
     bh, bw = y1 - y0, x1 - x0
-    front = (face_orientation(v, f)[0] < 0) & (v[f, 2] > 1e-4).all(1)
-    tri = v[f[front], :2].numpy().astype(np.float64) - (x0, y0)  # [K, 3, 2], box pixels
+    tri = v.numpy().astype(np.float64)[f.numpy()] - (x0, y0, 0.0)  # [F, 3, 3]
+    e1, e2 = tri[:, 1, :2] - tri[:, 0, :2], tri[:, 2, :2] - tri[:, 0, :2]
+    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # negative: faces the camera
+    face = np.nonzero((area < -1e-12) & (tri[..., 2] > 1e-4).all(1))[0]
+    tri = tri[face]
     # Corners sorted top to bottom by a 3-element sorting network (argsort would be 5x slower).
     (xt, xm, xb), (yt, ym, yb) = tri[..., 0].T, tri[..., 1].T
     for i, j in ((0, 1), (1, 2), (0, 1)):
@@ -169,14 +174,60 @@ def _coverage(v: torch.Tensor, f: torch.Tensor, x0: int, y0: int, x1: int, y1: i
     c0 = np.maximum(np.ceil(np.minimum(x_long, x_short) - 0.5), 0).astype(np.int64)
     c1 = np.minimum(np.floor(np.maximum(x_long, x_short) - 0.5), bw - 1).astype(np.int64)
     ok = c0 <= c1
-    start = row[ok] * (bw + 1) + c0[ok]
-    size = bh * (bw + 1)
-    ends = torch.from_numpy(np.concatenate([start, start + (c1[ok] - c0[ok] + 1)]))
+    return face, tri, tid[ok], row[ok], c0[ok], c1[ok]
+
+
+def _coverage(v: torch.Tensor, f: torch.Tensor, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``[y1-y0, x1-x0]`` bool: pixel centres of the box covered by a front-facing triangle.
+
+    The silhouette of a mesh is the union of its front-facing triangles (exact without a depth test).
+    A +1/-1 pair is accumulated at the ends of every span and a cumulative sum over each row counts
+    the triangles covering each pixel, so overlaps (ear over cheek) add up instead of cancelling.
+    Same inclusive pixel-centre rule as :func:`~flame_tracker.rendering.raster.rasterize` (its mask
+    with ``cull_backfaces=True``).
+    """
+    bh, bw = y1 - y0, x1 - x0
+    _, _, _, row, c0, c1 = _front_spans(v, f, x0, y0, x1, y1)
+    start = row * (bw + 1) + c0
+    ends = torch.from_numpy(np.concatenate([start, start + (c1 - c0 + 1)]))
     steps = torch.ones(len(ends), dtype=torch.int32)
     steps[len(start):] = -1
     # +1 at each span start, -1 after its end (torch's index_add: 3x faster than two np.bincount).
-    diff = torch.zeros(size, dtype=torch.int32).index_add_(0, ends, steps).numpy()
+    diff = torch.zeros(bh * (bw + 1), dtype=torch.int32).index_add_(0, ends, steps).numpy()
     return np.cumsum(diff.reshape(bh, bw + 1)[:, :bw], axis=1, dtype=np.int32) > 0
+
+
+def _visible_faces(v: torch.Tensor, f: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-buffer of the front faces from their spans: ``(pix [P], face [P])``, the covered pixels
+    (flat ``y * W + x``) and the nearest triangle at each.
+
+    Same semantics as :func:`~flame_tracker.rendering.raster.rasterize` with ``cull_backfaces=True``
+    (pixel centres, perspective-correct depth as 1/z, quantised to 30 bits, ties to the lower face
+    index), ~3x cheaper because only covered pixels are enumerated.
+    """
+    face, tri, tid, row, c0, c1 = _front_spans(v, f, 0, 0, width, height)
+    if not len(tid):
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    # 1/z is affine in screen space: 1/z = a x + b y + c per triangle.
+    xy, iz = tri[..., :2], 1.0 / tri[..., 2]
+    e1, e2 = xy[:, 1] - xy[:, 0], xy[:, 2] - xy[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    d1, d2 = iz[:, 1] - iz[:, 0], iz[:, 2] - iz[:, 0]
+    a = (d1 * e2[:, 1] - d2 * e1[:, 1]) / det
+    b = (d2 * e1[:, 0] - d1 * e2[:, 0]) / det
+    c = iz[:, 0] - a * xy[:, 0, 0] - b * xy[:, 0, 1]
+    # Fragments: every pixel of every span.
+    n = c1 - c0 + 1
+    sid = np.repeat(np.arange(len(tid)), n)
+    col = np.arange(len(sid)) - np.repeat(np.cumsum(n) - n - c0, n)
+    t, r = tid[sid], row[sid]
+    near = a[t] * (col + 0.5) + b[t] * (r + 0.5) + c[t]  # 1/z: larger is nearer
+    lo, hi = iz.min(), iz.max()
+    far = np.clip((hi - near) * (((1 << 30) - 1) / max(hi - lo, 1e-30)), 0, (1 << 30) - 1).astype(np.int64)
+    zbuf = torch.full((height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    zbuf.scatter_reduce_(0, torch.from_numpy(r * width + col), torch.from_numpy((far << 32) | face[t]), reduce="amin")
+    pix = torch.nonzero(zbuf != torch.iinfo(torch.int64).max, as_tuple=True)[0]
+    return pix, zbuf[pix] & 0xFFFFFFFF
 
 
 def _blend_mesh(out: np.ndarray, vertices_px: np.ndarray | torch.Tensor, faces: np.ndarray | torch.Tensor,
