@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -58,3 +60,13 @@ def test_save_image(tmp_path):
     assert back.shape == (4, 6, 3) and back[0, 0, 2] == 255 and back[0, 0, 0] == 0
     with pytest.raises(ValueError, match="RGB uint8"):
         save_image(tmp_path / "g.png", np.zeros((4, 6), np.uint8))
+
+
+def test_outputs_get_the_users_umask_permissions(tmp_path):
+    # Written through a temporary name and renamed: the file must not keep a private 0600 mode.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (save_json(tmp_path / "s.json", {"a": 1}), save_npz(tmp_path / "a.npz", {"x": np.zeros(2)}),
+                 save_image(tmp_path / "o.png", np.zeros((4, 4, 3), np.uint8))):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "o.png", "s.json"]
