@@ -264,7 +264,8 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     columns ``[N, 78, 3, n_rot]`` (forward differences), from ONE rotation + rigid-transform pass.
 
     Linear blend skinning, written with the world transforms' translations as a linear map of the
-    rest joints (``t(J) = C J``, found by evaluating the chain on the 3J unit joint configurations):
+    rest joints (``t(J) = C J``, closed form from the world rotations: ``C_jk = W_parent(k) - W_k`` for
+    the joints ``k`` on the path root..j):
     a point is ``sum_j w_j (R_j v + C_j J)`` with ``v`` and ``J`` affine in the coefficients. So the
     rotation-perturbed configurations share one basis product, and the coefficient columns are
     ``sum_j R_j G_j + B C dJ`` with ``G`` (skinning-weighted, interpolated vertex basis) and ``B``
@@ -277,7 +278,7 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     if not lin or not all(hasattr(model, a) for a in names):
         return None
     from flame_tracker.model.head import _POSE_SLOTS
-    from flame_tracker.model.lbs import axis_angle_to_matrix, rigid_transforms
+    from flame_tracker.model.lbs import axis_angle_to_matrix
 
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
     betas, rotvecs = model._inputs({k: params.get(k) for k in keys})
@@ -286,7 +287,7 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     fixed = cache.get("lin_basis")
     if fixed is None:
         fixed = cache["lin_basis"] = _lin_basis(model, lin, dt, dev)
-    g, b, dirs_j, unit, interp = fixed
+    g, b, dirs_j, path, interp = fixed
     steps = cache.get("rot_steps")
     if steps is None:  # configuration 0 = current rotations, then one step per rotation column
         slot = {name: 3 * j0 for name, j0, _ in _POSE_SLOTS}
@@ -296,10 +297,15 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     m = steps.shape[0]
     rv = (rotvecs.reshape(n, 1, 3 * nj) + steps).view(n * m, nj, 3)
     rmat = axis_angle_to_matrix(rv)  # [N*M, J, 3, 3] local
-    a = rigid_transforms(rmat.repeat_interleave(3 * nj, 0), unit.repeat(n * m, 1, 1), model._levels,
-                         model._parents).view(n * m, 3 * nj, nj, 3, 4)
-    world_r = a[:, 0, :, :, :3]  # [N*M, J, 3, 3]
-    c = a[..., 3].permute(0, 2, 3, 1).reshape(n * m, 3 * nj, 3 * nj)  # t = C vec(J)
+    # World rotations W_j = W_parent R_j, one product per tree depth.
+    world_r = rmat.clone()
+    for js, ps in model._levels:
+        world_r[:, js] = world_r[:, ps] @ rmat[:, js]
+    # Translations of the rest-relative transforms, t_j = sum_k C_jk J_k, in closed form: over the
+    # joints k on the path root..j, C_jk = W_parent(k) - W_k (W_parent(root) = I). Equals
+    # rigid_transforms on the 3J unit joint configurations, without chaining 3J 4x4 transforms.
+    w_par = torch.cat([torch.eye(3, dtype=dt, device=dev).expand(n * m, 1, 3, 3), world_r[:, model._parents[1:]]], 1)
+    c = (path[None, :, None, :, None] * (w_par - world_r).permute(0, 2, 1, 3)[:, None]).reshape(n * m, 3 * nj, 3 * nj)
     if model.has_pose_correctives:
         eye = torch.eye(3, dtype=dt, device=dev)
         feats = torch.cat([betas.repeat_interleave(m, 0), (rmat[:, 1:] - eye).reshape(n * m, -1)], 1)
@@ -325,8 +331,9 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
 def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
                dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The solve-invariant parts of :func:`_skinned_jacobian`: ``G [(J, 3), 78 * 3 * n_lin]``, the
-    interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]``, the unit joint
-    configurations ``[3J, J, 3]`` and the ``[78, P]`` landmark/iris interpolation matrix."""
+    interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]``, the path mask
+    ``[J, J]`` (joint k is j or one of its ancestors) and the ``[78, P]`` landmark/iris interpolation
+    matrix."""
     p, nj = model.n_sub, model._sub_weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
@@ -341,8 +348,13 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
         interp[68 + torch.arange(N_IRIS, device=dev), iris] = 1.0
     w = model._sub_weights.to(dt)  # [P, J]
     g = torch.einsum("lp,pj,pbk->jblk", interp, w, dv).reshape(3 * nj, -1)
-    unit = torch.eye(3 * nj, dtype=dt, device=dev).view(3 * nj, nj, 3)
-    return g, interp @ w, dirs[3 * p:], unit, interp
+    path = torch.zeros(nj, nj, dtype=dt, device=dev)  # path[j, k] = 1: joint k is j or an ancestor
+    for j in range(nj):
+        k = j
+        while k >= 0:
+            path[j, k] = 1.0
+            k = model._parents[k] if k > 0 else -1
+    return g, interp @ w, dirs[3 * p:], path, interp
 
 
 def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: list, rot: list
