@@ -558,7 +558,7 @@ def _fit(
         """Visibility pass (no gradient) at the current geometry and what depends only on it.
 
         Between passes a step skins only the corners of the triangles visible in masked pixels
-        (``vis["mesh"]``, ~40 % of the sub-mesh) and the landmark vertices, and the per-pixel SH
+        (``vis["mesh"]``, ~30 % of the sub-mesh near the mask) and the landmark vertices, and the per-pixel SH
         basis (normals) is held fixed: like the reference, which detaches its normals, geometry is
         driven through the barycentrics (albedo/texture lookup); the light keeps its exact gradient.
         """
