@@ -558,9 +558,10 @@ def _fit(
         """Visibility pass (no gradient) at the current geometry and what depends only on it.
 
         Between passes a step skins only the corners of the triangles visible in masked pixels
-        (``vis["mesh"]``, ~30 % of the sub-mesh near the mask) and the landmark vertices, and the per-pixel SH
-        basis (normals) is held fixed: like the reference, which detaches its normals, geometry is
-        driven through the barycentrics (albedo/texture lookup); the light keeps its exact gradient.
+        (``vis["mesh"]``, ~30 % of the sub-mesh near the mask) and the landmark vertices, and the
+        per-pixel SH basis (normals) is held fixed: like the reference, which detaches its normals,
+        geometry is driven through the barycentrics (albedo/texture lookup); the light keeps its
+        exact gradient.
         """
         with torch.no_grad():
             view = world_to_view(sub(**params), p6)
