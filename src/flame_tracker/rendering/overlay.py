@@ -156,24 +156,28 @@ def _front_spans(v: torch.Tensor, f: torch.Tensor, x0: int, y0: int, x1: int, y1
         xs[i], xs[j] = np.where(swap, xs[j], xs[i]), np.where(swap, xs[i], xs[j])
         ys[i], ys[j] = np.where(swap, ys[j], ys[i]), np.where(swap, ys[i], ys[j])
         (xt, xm, xb), (yt, ym, yb) = xs, ys
-    r0 = np.maximum(np.ceil(yt - 0.5), 0)
-    count = (np.minimum(np.floor(yb - 0.5), bh - 1) - r0 + 1).clip(0).astype(np.int64)
 
     def slope(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
         return np.divide(dx, dy, out=np.zeros_like(dx), where=dy > 0)
 
-    # Each edge as x = x_at_row0 + row * slope, at the pixel-centre line y = row + 0.5.
+    # Each edge as x = x_at_row0 + row * slope, at the pixel-centre line y = row + 0.5. Rows above
+    # the middle corner lie between the long (top -> bottom) and the upper edge, the others between
+    # the long and the lower edge: two trapezoids per triangle, each with 4 numbers per row.
     s_long, s_top, s_bot = slope(xb - xt, yb - yt), slope(xm - xt, ym - yt), slope(xb - xm, yb - ym)
     o_long, o_top, o_bot = xt + (0.5 - yt) * s_long, xt + (0.5 - yt) * s_top, xm + (0.5 - ym) * s_bot
-    tid = np.repeat(np.arange(len(tri)), count)
-    row = np.arange(len(tid)) - np.repeat(np.cumsum(count) - count - r0.astype(np.int64), count)
-    # Span ends: the long edge (top -> bottom) on one side, the upper or lower short edge on the other.
-    x_long = o_long[tid] + row * s_long[tid]
-    upper = row < (ym - 0.5)[tid]
-    x_short = np.where(upper, o_top[tid], o_bot[tid]) + row * np.where(upper, s_top[tid], s_bot[tid])
+    first = np.maximum(np.ceil(np.stack([yt, ym]) - 0.5), 0)  # first row of each trapezoid [2, K]
+    last = np.minimum(np.stack([np.ceil(ym - 0.5) - 1, np.floor(yb - 0.5)]), bh - 1)
+    count = (last - first + 1).clip(0).astype(np.int64).ravel()  # [2K]: upper halves, then lower
+    edges = np.stack([np.concatenate([o_long, o_long]), np.concatenate([s_long, s_long]),
+                      np.concatenate([o_top, o_bot]), np.concatenate([s_top, s_bot])], 1)  # [2K, 4]
+    half = np.repeat(np.arange(2 * len(tri)), count)
+    row = np.arange(len(half)) - np.repeat(np.cumsum(count) - count - first.ravel().astype(np.int64), count)
+    e = edges.take(half, axis=0)  # one row gather instead of one per edge parameter
+    x_long, x_short = e[:, 0] + row * e[:, 1], e[:, 2] + row * e[:, 3]
     c0 = np.maximum(np.ceil(np.minimum(x_long, x_short) - 0.5), 0).astype(np.int64)
     c1 = np.minimum(np.floor(np.maximum(x_long, x_short) - 0.5), bw - 1).astype(np.int64)
     ok = c0 <= c1
+    tid = half % max(len(tri), 1)
     return face, tri, tid[ok], row[ok], c0[ok], c1[ok]
 
 
