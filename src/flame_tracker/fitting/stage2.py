@@ -309,9 +309,10 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     if model.has_pose_correctives:
         eye = torch.eye(3, dtype=dt, device=dev)
         feats = torch.cat([betas.repeat_interleave(m, 0), (rmat[:, 1:] - eye).reshape(n * m, -1)], 1)
-    else:
-        feats = betas.repeat_interleave(m, 0)
-    shaped = torch.nn.functional.linear(feats, model._sub_dirs.to(dt), model._sub_template.to(dt))
+        shaped = torch.nn.functional.linear(feats, model._sub_dirs.to(dt), model._sub_template.to(dt))
+    else:  # the shaped rest pose does not depend on the rotations: one product per frame (ICT)
+        shaped = torch.nn.functional.linear(betas, model._sub_dirs.to(dt), model._sub_template.to(dt))
+        shaped = shaped.repeat_interleave(m, 0)
     p = model.n_sub
     v, joints = shaped[:, : 3 * p].view(n * m, p, 3), shaped[:, 3 * p:, None]
     trans = (c @ joints).view(n * m, nj, 3, 1)
