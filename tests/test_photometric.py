@@ -193,3 +193,27 @@ def test_uv_texture_path_fits(scene) -> None:
     assert ph.albedo.shape == (1, 3, 64, 64)
     assert ph.history[-1] < ph.history[0]
     assert err < 0.75 * fit(0)[1]  # texture and light fit the photo better than their initial guess
+
+
+@pytest.mark.parametrize("neck", [0.0, 0.2])
+def test_submesh_static_vertices_equal_the_full_model(neck: float) -> None:
+    # The fit skins only a sub-mesh, and vertices tied to joints at rest skip LBS (linear blend
+    # shapes + pose correctives only): positions must equal the full model's, with jaw and eye
+    # rotations free (FLAME-sized fixture: pose correctives on).
+    from flame_tracker.fitting.photometric import _rest_joints, _SubMesh
+    from flame_tracker.model.fixtures import synthetic_flame
+
+    m = synthetic_flame("flame")
+    g = torch.Generator().manual_seed(0)
+    n = 2
+    params = dict(shape=torch.randn(1, m.n_shape, generator=g).expand(n, -1),
+                  expr=torch.randn(n, m.n_expr, generator=g) * 0.3, jaw_pose=torch.randn(n, 3, generator=g) * 0.1,
+                  eye_pose=torch.randn(n, 6, generator=g) * 0.1, neck_pose=torch.full((n, 3), neck))
+    rest = _rest_joints(m, params, ["jaw_pose", "eye_pose"])
+    assert rest.tolist() == [True, neck == 0.0, False, False, False]
+    sub = _SubMesh(m, m.faces[::3], fixed_shape=params["shape"][0], extra=torch.tensor([7, 11]), rest_joints=rest)
+    assert (sub.n_static > 0) == (neck == 0.0) and sub.n > 0
+    full = m(**params).vertices
+    assert torch.allclose(sub(**params), full.index_select(1, sub.vidx), atol=1e-6)
+    assert (sub.vidx[sub.local(torch.tensor([11, 7]))] == torch.tensor([11, 7])).all()
+    assert torch.equal(sub.vidx[sub.faces], m.faces[::3])

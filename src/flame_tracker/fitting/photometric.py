@@ -38,7 +38,7 @@ from torch import Tensor
 
 from flame_tracker.camera import rotvec_to_euler, world_to_view
 from flame_tracker.fitting.threads import cpu_threads
-from flame_tracker.model.lbs import skin
+from flame_tracker.model.lbs import axis_angle_to_matrix, skin
 from flame_tracker.rendering.differentiable import (
     barycentrics,
     interpolate,
@@ -205,35 +205,50 @@ class _SubMesh:
 
     The bases are linear and skinning is per vertex, so slicing the rows of the model's
     template/basis/weights evaluates exactly those vertices (a third of the ICT head at typical
-    crops). Falls back to the full forward for models without the ``HeadModel`` buffers.
+    crops). Vertices skinned only to joints at rest (``rest_joints``: unrotated, like their
+    ancestors, and not optimised) have the identity transform, so they are just the linear blend
+    shapes (+ pose correctives): one GEMM, no LBS. In the photometric fit that is every vertex but
+    the eyeballs (and FLAME's jaw region): head pose is 0 and the neck fixed. Falls back to the full
+    forward for models without the ``HeadModel`` buffers.
     """
 
     def __init__(self, model: torch.nn.Module, faces: Tensor, fixed_shape: Tensor | None = None,
-                 extra: Tensor | None = None) -> None:
+                 extra: Tensor | None = None, rest_joints: Tensor | None = None) -> None:
         self.model = model
         self.fixed_shape = fixed_shape is not None
         ids = faces.reshape(-1) if extra is None else torch.cat([faces.reshape(-1), extra.reshape(-1)])
-        self.vidx = torch.unique(ids)  # sorted model vertex ids; ``extra`` ones need not be in a face
-        self.faces = self.local(faces)
+        vidx = torch.unique(ids)  # model vertex ids; ``extra`` ones need not be in a face
         self.fast = all(hasattr(model, a) for a in ("_template", "_dirs", "lbs_weights", "_inputs", "_levels"))
+        self.n_static = 0
         if self.fast:
-            nv, p = model.n_verts, self.vidx.numel()
-            rows = (self.vidx[:, None] * 3 + torch.arange(3, device=faces.device)).reshape(-1)
-            rows = torch.cat([rows, torch.arange(3 * nv, model._template.numel(), device=faces.device)])
-            self.template = model._template.index_select(0, rows)
-            self.dirs = model._dirs.index_select(0, rows)
-            self.weights = model.lbs_weights.index_select(0, self.vidx)
-            self.n = p
+            dev = faces.device
+            if rest_joints is not None:  # static vertices first, then the ones needing LBS
+                static = (model.lbs_weights.index_select(0, vidx)[:, ~rest_joints.to(dev)] == 0).all(1)
+                vidx = torch.cat([vidx[static], vidx[~static]])
+                self.n_static = int(static.sum())
+            rows = (vidx[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1)
+            joint_rows = torch.arange(3 * model.n_verts, model._template.numel(), device=dev)
+            ns = 3 * self.n_static
+            template, dirs = model._template, model._dirs
             if self.fixed_shape:
                 # A shape every frame shares and the fit does not change is folded into the
                 # template once: the per-step GEMM then runs over the expression columns only.
                 k = model.n_shape
-                self.template = self.template + self.dirs[:, :k] @ fixed_shape.to(self.dirs.dtype)
-                self.dirs = self.dirs[:, k:].contiguous()
+                template = template + dirs[:, :k] @ fixed_shape.to(dirs.dtype)
+                dirs = dirs[:, k:]
+            self.s_template, self.s_dirs = template[rows[:ns]], dirs[rows[:ns]].contiguous()
+            dyn = torch.cat([rows[ns:], joint_rows])
+            self.template, self.dirs = template[dyn], dirs[dyn].contiguous()
+            self.weights = model.lbs_weights.index_select(0, vidx[self.n_static:])
+            self.n = vidx.numel() - self.n_static
+        self.vidx = vidx
+        self._lut = torch.full((int(vidx.max()) + 1 if vidx.numel() else 1,), -1, dtype=torch.long, device=vidx.device)
+        self._lut[vidx] = torch.arange(vidx.numel(), device=vidx.device)
+        self.faces = self.local(faces)
 
     def local(self, ids: Tensor) -> Tensor:
         """Positions in :attr:`vidx` of model vertex ids (which must be among them)."""
-        return torch.searchsorted(self.vidx, ids.contiguous())
+        return self._lut[ids]
 
     def __call__(self, **params: Tensor) -> Tensor:
         """``[N, P, 3]`` posed vertices ``vidx`` of the model for ``params`` (as ``model.forward``)."""
@@ -243,8 +258,35 @@ class _SubMesh:
         betas, rotvecs = m._inputs(params)
         if self.fixed_shape:
             betas = betas[:, m.n_shape:]
-        return skin(betas, rotvecs, self.template, self.dirs, self.n, self.weights, m._levels, m._parents,
-                    m.has_pose_correctives)
+        parts = []
+        if self.n_static:
+            x = betas
+            if m.has_pose_correctives:  # the same pose features as skin() appends
+                rot = axis_angle_to_matrix(rotvecs)
+                x = torch.cat([betas, (rot[:, 1:] - torch.eye(3, dtype=rot.dtype, device=rot.device)).flatten(1)], 1)
+            parts.append(F.linear(x, self.s_dirs, self.s_template).view(betas.shape[0], self.n_static, 3))
+        if self.n:
+            parts.append(skin(betas, rotvecs, self.template, self.dirs, self.n, self.weights, m._levels, m._parents,
+                              m.has_pose_correctives))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _rest_joints(model: torch.nn.Module, params: dict[str, Tensor], free: list[str]) -> Tensor | None:
+    """``[J]`` bool: joints that stay at rest during a fit (their rotation and all their ancestors'
+    are zero in every frame and none of the ``free`` parameters moves them)."""
+    if not all(hasattr(model, a) for a in ("_inputs", "_parents")):
+        return None
+    with torch.no_grad():
+        _, rv = model._inputs(params)
+        rest = (rv == 0).all(-1).all(0)
+        if free:
+            _, moved = model._inputs({**params, **{k: torch.ones_like(params[k]) for k in free}})
+            rest &= ~(moved != rv).any(-1).any(0)
+    for _ in range(len(model._parents)):  # propagate "not at rest" down the kinematic tree
+        for j, p in enumerate(model._parents):
+            if p is not None and p >= 0 and not rest[p]:
+                rest[j] = False
+    return rest
 
 
 def _sample_image(images: Tensor, xy: Tensor) -> Tensor:
@@ -544,7 +586,9 @@ def _fit(
     iris_idx = getattr(model, "iris_idx", None) if gt_iris is not None else None
     ear_idx = getattr(model, "ear_idx", None) if gt_ears is not None else None
     point_ids = torch.cat([lmk_tri.reshape(-1)] + [i.to(dev) for i in (iris_idx, ear_idx) if i is not None])
-    sub = _SubMesh(model, faces, fixed_shape=fixed)
+    free_joints = [k for k, on in (("jaw_pose", has_jaw), ("eye_pose", eye.requires_grad)) if on]
+    rest = _rest_joints(model, dict(shape=shape0, expr=expr0, jaw_pose=jaw0, eye_pose=eye0, neck_pose=neck), free_joints)
+    sub = _SubMesh(model, faces, fixed_shape=fixed, rest_joints=rest)
     sub_faces = sub.faces
     vis: dict = {}
 
@@ -568,7 +612,7 @@ def _fit(
             vpx = to_render_pixels(view, fov, res)
             fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
             used, local = torch.unique(fr.pix_face, return_inverse=True)
-            mesh = _SubMesh(model, faces[used], fixed_shape=fixed, extra=point_ids)
+            mesh = _SubMesh(model, faces[used], fixed_shape=fixed, extra=point_ids, rest_joints=rest)
             set_mesh(mesh)
             face_idx = torch.full((n * res * res,), -1, dtype=torch.long, device=dev)
             face_idx[fr.pix] = local
@@ -589,7 +633,7 @@ def _fit(
     fixed_albedo = appearance.clamp(0, 1) if albedo is not None and not use_uv and appearance.dim() == 2 else None
 
     if opts.w_pixel <= 0:  # landmarks only: skin just the landmark vertices
-        set_mesh(_SubMesh(model, faces[:0], fixed_shape=fixed, extra=point_ids))
+        set_mesh(_SubMesh(model, faces[:0], fixed_shape=fixed, extra=point_ids, rest_joints=rest))
 
     def loss_fn(it: int = 0) -> tuple[Tensor, dict]:
         expr = expr0 + d_expr
