@@ -226,19 +226,19 @@ class _SubMesh:
                 static = (model.lbs_weights.index_select(0, vidx)[:, ~rest_joints.to(dev)] == 0).all(1)
                 vidx = torch.cat([vidx[static], vidx[~static]])
                 self.n_static = int(static.sum())
-            rows = (vidx[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1)
-            joint_rows = torch.arange(3 * model.n_verts, model._template.numel(), device=dev)
-            ns = 3 * self.n_static
-            template, dirs = model._template, model._dirs
+            # rows: xyz of the static vertices, of the others, then the joints (skin() layout)
+            rows = torch.cat([(vidx[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1),
+                              torch.arange(3 * model.n_verts, model._template.numel(), device=dev)])
+            template, dirs = model._template.index_select(0, rows), model._dirs.index_select(0, rows)
             if self.fixed_shape:
                 # A shape every frame shares and the fit does not change is folded into the
                 # template once: the per-step GEMM then runs over the expression columns only.
                 k = model.n_shape
                 template = template + dirs[:, :k] @ fixed_shape.to(dirs.dtype)
                 dirs = dirs[:, k:]
-            self.s_template, self.s_dirs = template[rows[:ns]], dirs[rows[:ns]].contiguous()
-            dyn = torch.cat([rows[ns:], joint_rows])
-            self.template, self.dirs = template[dyn], dirs[dyn].contiguous()
+            ns = 3 * self.n_static
+            self.s_template, self.s_dirs = template[:ns], dirs[:ns].contiguous()
+            self.template, self.dirs = template[ns:], dirs[ns:].contiguous()
             self.weights = model.lbs_weights.index_select(0, vidx[self.n_static:])
             self.n = vidx.numel() - self.n_static
         self.vidx = vidx
