@@ -13,8 +13,8 @@ full-resolution shading and with the default (shading at 512², silhouette at fu
 Table 3: ``fit_photometric`` with its defaults (40 Adam iterations at 256², visibility every 10, the
 reference's loss terms and weights) from a perturbed landmark-level start, in video tracking mode
 (canonical texture fixed; batches of 1, 4 and 8 = the video chunk) and single-image mode (texture
-estimated; 1 and 4). Wall time per frame, and the process CPU time per frame (one thread: less sensitive to other jobs on a shared machine), each the
-fastest of ``--fit-repeats`` runs.
+estimated; 1 and 4). Wall time per frame, and the process CPU time per frame (one thread: less
+sensitive to other jobs on a shared machine), each the fastest of ``--fit-repeats`` runs.
 
 Run: ``python benchmarks/photometric.py [--repeats N] [--fit-repeats N]``. The last line is
 ``s_per_frame=<x> s_per_frame_batch4=<y>``: ``x`` is ONE frame fitted alone in tracking mode (texture
