@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from flame_tracker.rendering import barycentrics, interpolate, rasterize, render_overlay, shade_mesh, vertex_normals
-from flame_tracker.rendering.overlay import _coverage, _visible_faces, camera_points
+from flame_tracker.rendering.overlay import _coverage, _front_faces, _visible_faces, camera_points
 from flame_tracker.rendering.raster import face_orientation
 
 
@@ -60,19 +60,19 @@ def test_coverage_equals_rasterizer_mask() -> None:
     assert (face_orientation(v, f)[0] < 0).any()
     full = rasterize(v, f, 160, 160, cull_backfaces=True).mask[0].numpy()
     assert 2000 < full.sum() < 160 * 160 - 2000
-    assert np.array_equal(_coverage(v, f, 0, 0, 160, 160), full)
+    assert np.array_equal(_coverage(v, f, _front_faces(v, f), 0, 0, 160, 160), full)
     # A box: the same pixels, shifted.
-    assert np.array_equal(_coverage(v, f, 30, 17, 120, 150), full[17:150, 30:120])
+    assert np.array_equal(_coverage(v, f, _front_faces(v, f), 30, 17, 120, 150), full[17:150, 30:120])
 
 
 def test_span_zbuffer_equals_rasterizer() -> None:
     # Self-occlusion (bumps) and one sphere in front of the other: the same visible face everywhere.
     v, f = scene()
     frags = rasterize(v, f, 160, 160, cull_backfaces=True)
-    pix, face = _visible_faces(v, f, 160, 160)
+    pix, face = _visible_faces(v, f, 160, 160, _front_faces(v, f))
     assert torch.equal(pix, frags.pix) and torch.equal(face, frags.pix_face)
     assert len(torch.unique(face)) > 200
-    empty = _visible_faces(v + torch.tensor([1000.0, 0, 0]), f, 160, 160)
+    empty = _visible_faces(v + torch.tensor([1000.0, 0, 0]), f, 160, 160, _front_faces(v, f))
     assert empty[0].numel() == 0 and empty[1].numel() == 0
 
 
@@ -82,7 +82,7 @@ def test_coverage_overlapping_triangles_do_not_cancel() -> None:
     v = torch.cat([v, v + torch.tensor([15.0, 15.0, 1.0])])
     f = torch.tensor([[0, 2, 1], [0, 3, 2]])
     f = torch.cat([f, f + 4])
-    cov = _coverage(v, f, 0, 0, 64, 64)
+    cov = _coverage(v, f, _front_faces(v, f), 0, 0, 64, 64)
     assert cov[30, 30] and cov[50, 50] and cov[12, 12] and not cov[50, 12]
     assert cov.sum() == 30 * 30 * 2 - 15 * 15
 
