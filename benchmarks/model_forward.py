@@ -30,7 +30,8 @@ def _params(m: HeadModel, n: int) -> dict[str, torch.Tensor]:
 
 
 def _time(fn, repeats: int) -> float:
-    """Fastest of repeated calls, in seconds (after a warm-up).
+    """Fastest of repeated calls, in seconds (after a warm-up): as many calls as fit in about one
+    second (at least 5, at most ``repeats``), so both paths get the same sampling time.
 
     The minimum, not the median: on a shared, oversubscribed CPU a call that has to wait for a
     descheduled BLAS/OpenMP worker can take 100x longer, and the median then measures the load.
@@ -50,7 +51,8 @@ def _time(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=200, help="max timed calls per row")
+    ap.add_argument("--repeats", type=int, default=5000,
+                    help="max timed calls per row (each row samples for about 1 s)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's own). On a CPU shared by several "
                          "busy processes, 1 avoids thread-pool stalls that swamp sub-millisecond calls")
