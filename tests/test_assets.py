@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
 import http.server
 import threading
 from pathlib import Path
@@ -48,6 +50,9 @@ def test_download_verifies_and_writes_atomically(local_server: str, tmp_path: Pa
     out = download_asset(FACE_LANDMARKER, dest, url=f"{local_server}/face_landmarker.task")
     assert out == dest and sha256_file(dest) == FACE_LANDMARKER.sha256
     assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temporary left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~umask  # the user's umask, not mkstemp's 0600
 
 
 def test_checksum_mismatch_leaves_no_file(local_server: str, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from fractions import Fraction
 from pathlib import Path
 
@@ -145,6 +147,9 @@ def test_writer_roundtrip(tmp_path: Path) -> None:
     assert info.fps == pytest.approx(30000 / 1001, rel=1e-3)
     assert len(list(VideoReader(path))) == 12
     assert not list(path.parent.glob(".*"))  # no temporary files left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable like any file the user makes
     with pytest.raises(ValueError, match="differs"):
         with VideoWriter(tmp_path / "bad.mp4", fps=25) as writer:
             writer.write(_pattern(0))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from flame_tracker.io.results import temporary_sibling
 from flame_tracker.paths import cache_dir, data_dir
 
 LANDMARKER_ENV = "FLAME_TRACKER_FACE_LANDMARKER"
@@ -106,11 +106,10 @@ def download_asset(
     target.parent.mkdir(parents=True, exist_ok=True)
     src = url or asset.url
     h = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    tmp = temporary_sibling(target, ".part")
     try:
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src, timeout=timeout) as resp:
+            with open(tmp, "xb") as out, urllib.request.urlopen(src, timeout=timeout) as resp:
                 while block := resp.read(1 << 20):
                     h.update(block)
                     out.write(block)

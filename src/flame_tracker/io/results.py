@@ -41,6 +41,16 @@ REFERENCE_KEYS = (
 )
 
 
+def temporary_sibling(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
+    """A unique hidden name next to ``path`` (same suffix unless given) for writing before a rename.
+
+    A name, not a file: the writer creates it with the user's umask (``mkstemp``'s 0600 would make
+    every output unreadable to other users after the rename).
+    """
+    path = Path(path)
+    return path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}{path.suffix if suffix is None else suffix}"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -51,9 +61,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name, not a file: the writer creates it with the user's umask (mkstemp's 0600 would
-    # make every output unreadable to other users after the rename).
-    tmp_path = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}{path.suffix}"
+    tmp_path = temporary_sibling(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

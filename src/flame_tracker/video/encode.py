@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 
 import av
 import numpy as np
+
+from flame_tracker.io.results import temporary_sibling
 
 
 class VideoWriter:
@@ -26,10 +27,7 @@ class VideoWriter:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4",
-                                   dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temporary_sibling(self.path, ".mp4")  # renamed onto path by close()
         self._container = av.open(str(self._tmp), mode="w")
         self._rate = Fraction(fps).limit_denominator(1001)
         self._stream: av.video.stream.VideoStream | None = None
