@@ -257,11 +257,12 @@ _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joi
 _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of the Gauss-Newton matrix
 
 
-def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
-                      rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Points ``[N, 78, 3]`` (68 landmarks + 10 iris) with their derivatives w.r.t. the ``lin``
-    (shape/expression) columns ``[N, 78, 3, n_lin]`` (exact) and the ``rot`` (jaw/eye/neck axis-angle)
-    columns ``[N, 78, 3, n_rot]`` (forward differences), from ONE rotation + rigid-transform pass.
+def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
+                     rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor] | None:
+    """Points ``[N, M, 78, 3]`` (68 landmarks + 10 iris) at the current rotations (configuration 0)
+    and at one ``_ROT_STEP`` of each ``rot`` (jaw/eye/neck axis-angle) column (configurations 1..),
+    with the exact derivatives w.r.t. the ``lin`` (shape/expression) columns at configuration 0,
+    coordinate-major ``[N, 3, 78, n_lin]``, from ONE rotation + rigid-transform pass.
 
     Linear blend skinning, written with the world transforms' translations as a linear map of the
     rest joints (``t(J) = C J``, closed form from the world rotations: ``C_jk = W_parent(k) - W_k`` for
@@ -287,7 +288,7 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     fixed = cache.get("lin_basis")
     if fixed is None:
         fixed = cache["lin_basis"] = _lin_basis(model, lin, dt, dev)
-    g, b, dirs_j, path, interp = fixed
+    g, b, dirs_j, path, interp, sub_dirs, sub_template, sub_weights = fixed
     steps = cache.get("rot_steps")
     if steps is None:  # configuration 0 = current rotations, then one step per rotation column
         slot = {name: 3 * j0 for name, j0, _ in _POSE_SLOTS}
@@ -309,32 +310,44 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     if model.has_pose_correctives:
         eye = torch.eye(3, dtype=dt, device=dev)
         feats = torch.cat([betas.repeat_interleave(m, 0), (rmat[:, 1:] - eye).reshape(n * m, -1)], 1)
-        shaped = torch.nn.functional.linear(feats, model._sub_dirs.to(dt), model._sub_template.to(dt))
+        shaped = torch.nn.functional.linear(feats, sub_dirs, sub_template)
     else:  # the shaped rest pose does not depend on the rotations: one product per frame (ICT)
-        shaped = torch.nn.functional.linear(betas, model._sub_dirs.to(dt), model._sub_template.to(dt))
+        shaped = torch.nn.functional.linear(betas, sub_dirs, sub_template)
         shaped = shaped.repeat_interleave(m, 0)
     p = model.n_sub
     v, joints = shaped[:, : 3 * p].view(n * m, p, 3), shaped[:, 3 * p:, None]
     trans = (c @ joints).view(n * m, nj, 3, 1)
-    tw = (model._sub_weights.to(dt) @ torch.cat([world_r, trans], -1).view(n * m, nj, 12)).view(n * m, p, 3, 4)
+    tw = (sub_weights @ torch.cat([world_r, trans], -1).view(n * m, nj, 12)).view(n * m, p, 3, 4)
     sub = (tw[..., :3] * v[..., None, :]).sum(-1) + tw[..., 3]
     pts = (interp @ sub).view(n, m, 78, 3)
-    p0 = pts[:, 0]
-    d_rot = ((pts[:, 1:] - p0[:, None]) / _ROT_STEP).permute(0, 2, 3, 1)
     k = dirs_j.shape[1]
+    # Coefficient columns, coordinate-major: row a of sum_j W_j G_j, plus B (C dJ) per coordinate.
     r0 = world_r.view(n, m, nj, 3, 3)[:, 0]
     c0 = c.view(n, m, 3 * nj, 3 * nj)[:, 0]
-    d_lin = (r0.transpose(1, 2).reshape(n, 3, 3 * nj) @ g).view(n, 3, 78, k).transpose(1, 2)
-    d_lin = d_lin + (b @ (c0 @ dirs_j).view(n, nj, 3 * k)).view(n, 78, 3, k)
-    return p0, d_lin, d_rot
+    d_lin = (r0.transpose(1, 2).reshape(n, 3, 3 * nj) @ g).view(n, 3, 78, k)
+    d_lin = d_lin + b @ (c0 @ dirs_j).view(n, nj, 3, k).transpose(1, 2)
+    return pts, d_lin
+
+
+def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
+                      rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor, Tensor] | None:
+    """:func:`_skinned_configs` as points ``[N, 78, 3]``, exact coefficient columns ``[N, 78, 3, n_lin]``
+    and forward-differenced rotation columns ``[N, 78, 3, n_rot]`` (the layout of
+    :func:`_differenced_jacobian`); ``None`` where the model lacks the landmark-path internals."""
+    out = _skinned_configs(model, params, lin, rot, cache)
+    if out is None:
+        return None
+    pts, d_lin = out
+    p0 = pts[:, 0]
+    return p0, d_lin.transpose(1, 2), ((pts[:, 1:] - p0[:, None]) / _ROT_STEP).permute(0, 2, 3, 1)
 
 
 def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
-               dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The solve-invariant parts of :func:`_skinned_jacobian`: ``G [(J, 3), 78 * 3 * n_lin]``, the
+               dev: torch.device) -> tuple[Tensor, ...]:
+    """The solve-invariant parts of :func:`_skinned_configs`: ``G [(J, 3), 78 * 3 * n_lin]``, the
     interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]``, the path mask
-    ``[J, J]`` (joint k is j or one of its ancestors) and the ``[78, P]`` landmark/iris interpolation
-    matrix."""
+    ``[J, J]`` (joint k is j or one of its ancestors), the ``[78, P]`` landmark/iris interpolation
+    matrix, and the landmark-path basis, template and skinning weights."""
     p, nj = model.n_sub, model._sub_weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
@@ -355,7 +368,8 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
         while k >= 0:
             path[j, k] = 1.0
             k = model._parents[k] if k > 0 else -1
-    return g, interp @ w, dirs[3 * p:], path, interp
+    # the landmark-path buffers in the solve's dtype, converted once instead of every call
+    return (g, interp @ w, dirs[3 * p:], path, interp, model._sub_dirs.to(dt), model._sub_template.to(dt), w)
 
 
 def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: list, rot: list
@@ -383,17 +397,13 @@ def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: lis
     return p0, diff[..., :n_lin], diff[..., n_lin:] / _ROT_STEP
 
 
-def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Residuals ``[N,R]``, per-frame Jacobian ``[N,R,P]`` and shared Jacobian ``[N,R,S']``.
-
-    Skinning is affine in shape and expression for fixed joint rotations (the joints move linearly
-    with them, pose correctives depend on rotations only), so those columns are exact (closed form,
-    :func:`_skinned_jacobian`; model differences ``L(theta + e_k) - L(theta)`` as the fallback); the few
-    rotation columns (jaw, eyes, neck) are forward differences with a 1e-3 rad step. The projection's
-    Jacobian is analytic.
-    """
-    lay, n = problem.layout, x.shape[0]
-    params = lay.split(x, s, problem.base)
+def _jac_plan(problem: _Problem) -> dict:
+    """Column bookkeeping of :func:`_jacobians`, fixed per solve: the linear and rotation blocks,
+    and the permutation from the ``[linear | rotation]`` column order to the layout's."""
+    plan = problem.cache.get("plan")
+    if plan is not None:
+        return plan
+    lay = problem.layout
     blocks, start = [], 0
     for name, size in lay.frame_blocks:
         blocks.append((name, start, size, "frame"))
@@ -402,52 +412,81 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
         blocks.append(("shape", 0, lay.n_shape, "shared"))
     lin = [b for b in blocks if b[0] in _LINEAR]
     rot = [b for b in blocks if b[0] not in _LINEAR]
-    n_lin = sum(b[2] for b in lin)
-
-    fast = _skinned_jacobian(problem.model, params, lin, rot, problem.cache)
-    if fast is not None:
-        p0, d_lin, d_rot = fast
-    else:
-        p0, d_lin, d_rot = _differenced_jacobian(problem, params, lin, rot)
-
-    # Analytic projection Jacobian: view = D R^T (X - t), ndc = scale * view_xy / view_z.
-    cam = problem.cache.get("camera")
-    if cam is None:  # the camera is fixed in stage 2
-        rmat = rotvec_to_matrix(problem.pose6[:, :3])
-        flip = x.new_tensor((1.0, -1.0, -1.0))
-        cam = problem.cache["camera"] = (
-            rmat * flip, problem.pose6[:, None, 3:],
-            (1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov)))[:, None],
-            rmat.transpose(1, 2) * flip[:, None],  # [N, 3(view), 3(world)]
-        )
-    rflip, centre, scale, dview = cam
-    view = (p0 - centre) @ rflip  # [N, 78, 3]
-    z = view[..., 2] + 1e-8
-    ndc = scale[..., None] * view[..., :2] / z[..., None]
-    dndc_dview = torch.zeros(n, 78, 2, 3, dtype=x.dtype, device=x.device)
-    dndc_dview[..., 0, 0] = scale / z
-    dndc_dview[..., 1, 1] = scale / z
-    dndc_dview[..., :, 2] = -ndc / z[..., None]
-    dproj = dndc_dview @ dview[:, None]  # [N, 78, 2, 3]
-
-    r = (ndc - problem.target).flatten(1)  # residual points: the 68 landmarks + 10 iris
-    j_lin = (dproj @ d_lin).flatten(1, 2)  # [N, R, n_lin]
-    j_rot = (dproj @ d_rot).flatten(1, 2)
-    # Reassemble columns in the layout's order.
-    jx_cols, js = [], x.new_zeros(n, r.shape[1], 0)
-    col_lin = col_rot = 0
-    for name, _, size, kind in blocks:
-        if name in _LINEAR:
-            block = j_lin[..., col_lin : col_lin + size]
-            col_lin += size
-        else:
-            block = j_rot[..., col_rot : col_rot + size]
-            col_rot += size
+    col, order, shared = 0, {}, None
+    for name, _, size, kind in lin + rot:
         if kind == "shared":
-            js = block
+            shared = (col, size)
         else:
-            jx_cols.append(block)
-    return r, torch.cat(jx_cols, dim=-1), js
+            order[name] = list(range(col, col + size))
+        col += size
+    perm = [i for name, _ in lay.frame_blocks for i in order[name]]
+    identity = shared is None and perm == list(range(len(perm)))
+    dev = problem.target.device
+    plan = problem.cache["plan"] = dict(
+        lin=lin, rot=rot, shared=shared,
+        perm=None if identity else torch.tensor(perm, dtype=torch.long, device=dev),
+    )
+    return plan
+
+
+def _camera(problem: _Problem) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fixed stage-2 camera: world-to-view rotation (with the reference's axis flip) as a right
+    factor ``[N, 1, 3, 3]``, its transpose ``[N, 3, 3]``, the centre ``[N, 1, 1, 3]`` and the NDC scale
+    ``[N, 1, 1, 1]`` (``view = (X - t) R flip``, ``ndc = scale * view_xy / (view_z + 1e-8)``)."""
+    cam = problem.cache.get("camera")
+    if cam is None:
+        rmat = rotvec_to_matrix(problem.pose6[:, :3])
+        rflip = rmat * rmat.new_tensor((1.0, -1.0, -1.0))
+        scale = 1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov))
+        cam = problem.cache["camera"] = (rflip[:, None], rflip.transpose(1, 2).contiguous(),
+                                         problem.pose6[:, None, None, 3:], scale[:, None, None, None])
+    return cam
+
+
+def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Residuals ``[N,R]``, per-frame Jacobian ``[N,R,P]`` and shared Jacobian ``[N,R,S']``.
+
+    Skinning is affine in shape and expression for fixed joint rotations (the joints move linearly
+    with them, pose correctives depend on rotations only), so those columns are exact (closed form,
+    :func:`_skinned_configs`; model differences ``L(theta + e_k) - L(theta)`` as the fallback) and
+    go through the analytic projection Jacobian. The few rotation columns (jaw, eyes, neck) are
+    forward differences with a 1e-3 rad step of the projected points themselves.
+    At these sizes the cost is the number of torch operations, so the coefficient columns stay
+    coordinate-major (the camera rotation is one product on them) and the column bookkeeping is
+    computed once per solve (:func:`_jac_plan`).
+    """
+    n = x.shape[0]
+    plan = _jac_plan(problem)
+    lin, rot = plan["lin"], plan["rot"]
+    params = problem.layout.split(x, s, problem.base)
+    fast = _skinned_configs(problem.model, params, lin, rot, problem.cache)
+    if fast is None:
+        p0, d_lin, d_rot = _differenced_jacobian(problem, params, lin, rot)
+        pts = torch.cat([p0[:, None], p0[:, None] + _ROT_STEP * d_rot.permute(0, 3, 1, 2)], 1)
+        fast = pts, d_lin.transpose(1, 2)
+    pts, d_lin = fast  # [N, M, 78, 3], [N, 3, 78, n_lin]
+    rflip, rflip_t, centre, scale = _camera(problem)
+    view = (pts - centre) @ rflip  # [N, M, 78, 3]
+    inv_z = 1.0 / (view[..., 2:] + 1e-8)
+    ndc_all = scale * view[..., :2] * inv_z  # [N, M, 78, 2]
+    ndc = ndc_all[:, 0]
+    r = (ndc - problem.target).flatten(1)  # residual points: the 68 landmarks + 10 iris
+    # d ndc = scale/z d view_xy - ndc/z d view_z, with d view = R^T d X (coordinate-major columns).
+    n_lin = d_lin.shape[-1]
+    dview = (rflip_t @ d_lin.reshape(n, 3, -1)).view(n, 3, 78, n_lin)
+    iz = inv_z[:, 0].transpose(1, 2)[..., None]  # [N, 1, 78, 1]
+    j_lin = (dview[:, :2] * (scale * iz) - (ndc.transpose(1, 2)[..., None] * iz) * dview[:, 2:])
+    cols = [j_lin.transpose(1, 2).reshape(n, -1, n_lin)]
+    if rot:
+        cols.append(((ndc_all[:, 1:] - ndc[:, None]) * (1.0 / _ROT_STEP)).permute(0, 2, 3, 1).flatten(1, 2))
+    jac = torch.cat(cols, -1) if len(cols) > 1 else cols[0]
+    js = x.new_zeros(n, r.shape[1], 0)
+    if plan["shared"] is not None:
+        c0, size = plan["shared"]
+        js = jac[..., c0 : c0 + size]
+    if plan["perm"] is not None:
+        jac = jac.index_select(-1, plan["perm"])
+    return r, jac, js
 
 
 def _prior_diag(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
