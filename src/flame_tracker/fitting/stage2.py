@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import weakref
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -254,6 +256,7 @@ def objective_from_residuals(problem: _Problem, r: Tensor, x: Tensor, s: Tensor)
 
 
 _LINEAR = ("expr", "shape")  # blocks the landmarks are affine in (for fixed joint rotations)
+_ACTIVE_SET_PASSES = 3  # solves per damped step for bounded models: the first, then re-solves holding more bounds
 _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of the Gauss-Newton matrix
 
 
@@ -287,7 +290,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     dt, dev = rotvecs.dtype, rotvecs.device
     fixed = cache.get("lin_basis")
     if fixed is None:
-        fixed = cache["lin_basis"] = _lin_basis(model, lin, dt, dev)
+        fixed = cache["lin_basis"] = _lin_basis_cached(model, lin, dt, dev)
     g, b, dirs_j, path, interp, sub_dirs, sub_template, sub_weights = fixed
     steps = cache.get("rot_steps")
     if steps is None:  # configuration 0 = current rotations, then one step per rotation column
@@ -340,6 +343,26 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
     pts, d_lin = out
     p0 = pts[:, 0]
     return p0, d_lin.transpose(1, 2), ((pts[:, 1:] - p0[:, None]) / _ROT_STEP).permute(0, 2, 3, 1)
+
+
+# Per model: the fixed bases of :func:`_lin_basis` by column layout, dtype, device and buffer
+# identity/version (building them costs about as much as two LM iterations; a tracker reuses them).
+_BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lin_basis_cached(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
+                      dev: torch.device) -> tuple[Tensor, ...]:
+    """:func:`_lin_basis`, built once per model and column layout (rebuilt if the model's landmark-path
+    buffers are replaced or modified in place)."""
+    bufs = (model._sub_dirs, model._sub_template, model._sub_weights, model._sub_lmk_bary)
+    key = (tuple((name, size) for name, _, size, _ in lin), dt, str(dev),
+           tuple((b.data_ptr(), b._version) for b in bufs))
+    per_model = _BASES.setdefault(model, {})
+    fixed = per_model.get(key)
+    if fixed is None:
+        per_model.clear()  # stale layouts/buffers are not kept
+        fixed = per_model[key] = _lin_basis(model, lin, dt, dev)
+    return fixed
 
 
 def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
@@ -576,10 +599,22 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
     diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag if temporal else torch.diagonal(hx, dim1=1, dim2=2)
     a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
     if not coupled:
-        chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
-        if bool((info == 0).all()):
-            return -torch.cholesky_solve(gx[..., None], chol)[..., 0], None
-        return -torch.linalg.solve(a, gx), None
+        for _ in range(_ACTIVE_SET_PASSES if problem.lo is not None else 1):
+            chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
+            step = -torch.cholesky_solve(gx[..., None], chol)[..., 0] if not bool(info.any()) else -torch.linalg.solve(a, gx)
+            if problem.lo is None:
+                break
+            # Projected Newton: a free variable on its bound whose step leaves the box would only be
+            # clipped back, and the clipped step often fails; hold it too and re-solve (no model call).
+            out = ((x <= problem.lo + 1e-9) & (step < 0)) | ((x >= problem.hi - 1e-9) & (step > 0))
+            out = out & (mx > 0)
+            if not bool(out.any()):
+                break
+            keep = (~out).to(x.dtype)
+            mx = mx * keep
+            gx = gx * keep
+            a = a * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(1 - keep)
+        return step, None
     ns = s.shape[0]
     # Block-Jacobi preconditioner: each frame's block (with the temporal diagonal) and the shared
     # block; the operator adds the temporal and frame-shared couplings.
@@ -654,7 +689,7 @@ def _irls_system(problem: _Problem, xc: Tensor, sc: Tensor, r: Tensor, jx: Tenso
     return gx, hx, mx, gs, hss, hxs
 
 
-def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float]]:
+def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float], Tensor]:
     """Levenberg-Marquardt whose steps minimise the convexified local model by inner IRLS.
 
     Each trial step is verified with one batched model call that also yields the residuals and
@@ -672,7 +707,9 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
     history = [float(f.sum())]
     it = 0
-    slow = False
+    slow = converged = False
+    n_small = 0
+    rtol = o.rtol if coupled else o.rtol_frames
     # Fixed across iterations; small solves are dominated by per-op overhead, so skip what is zero.
     prior_h = torch.diag_embed(2 * lam_x.expand(n, p))
     for it in range(1, o.max_iter + 1):
@@ -706,6 +743,12 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 # that does not lower it (clipping onto the ICT bounds can make the projected step
                 # worse than none) is rejected without a model evaluation, which costs a Jacobian.
                 f_lin = objective_from_residuals(problem, r0 + (jx @ dx[..., None])[..., 0], x_new, s_new)
+                # Converged when the last step barely lowered the objective AND the local model
+                # predicts no worthwhile decrease from here: a stationarity test, so a pair of small
+                # (damped) steps before further progress no longer stops the solve early.
+                if slow and bool(((f - f_lin) <= 0.5 * rtol * f.abs()).all()):
+                    converged = True
+                    break
                 promising = f_lin < f
                 if not bool(promising.any()):
                     mu = mu * 4
@@ -738,14 +781,18 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 if ok.any():
                     improved = True
                     break
+        if converged:
+            it -= 1  # this iteration evaluated no model
+            break
         history.append(float(f.sum()))
-        rtol = o.rtol if coupled else o.rtol_frames
         small = history[-2] - history[-1] <= rtol * max(abs(history[-2]), 1e-12)
-        # Two small decreases in a row: one alone is often a damped step before further progress.
-        if not improved or (small and slow):
+        n_small = n_small + 1 if small else 0
+        # Coupled: two small decreases in a row (one alone is often a damped step before further
+        # progress). Independent frames stop on the test above, or after three small decreases.
+        if not improved or n_small >= (2 if coupled else 3):
             break
         slow = small
-    return x, s, it, history
+    return x, s, it, history, r0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -886,7 +933,7 @@ def fit_stage2(
 
     with cpu_threads(1, dev), torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
         if opts.solver == "lm":
-            x, s, iters, history = _solve_lm(problem, x, s)
+            x, s, iters, history, r_lm = _solve_lm(problem, x, s)
         elif opts.solver == "adam":
             x, iters, history = _solve_adam(problem, x, s)
         else:
@@ -895,8 +942,13 @@ def fit_stage2(
     # busy CPU stalled its one matrix product ~14 ms, a third of a whole LM solve, measured).
     with cpu_threads(1, dev), torch.no_grad():
         final = layout.split(x, s, base)
-        lmk, iris = problem.project(x, s)  # one model evaluation for both the points and the objective
-        r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
+        if opts.solver == "lm":  # the solve's last Jacobian pass was at the final point: no model call
+            r = r_lm
+            pts = r.view(n, 68 + N_IRIS, 2) + problem.target
+            lmk, iris = pts[:, :68], pts[:, 68:]
+        else:  # one model evaluation for both the points and the objective
+            lmk, iris = problem.project(x, s)
+            r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
         f = objective_from_residuals(problem, r, x, s)
     return Stage2Result(
         shape=final["shape"].detach().clone(),
