@@ -235,17 +235,15 @@ def objective_from_residuals(problem: _Problem, r: Tensor, x: Tensor, s: Tensor)
     """:func:`objective` given the residuals ``r [N, R]`` at ``(x, s)``."""
     o = problem.opts
     n = x.shape[0]
-    per = (problem.coeff.flatten(1) * _rho(r, o.loss, o.delta)).sum(1)
-    params = problem.layout.split(x, s, problem.base)
-    per = per + o.w_exp * (params["expr"] ** 2).sum(1)
-    if problem.layout.shape == "frame":
-        per = per + o.w_shape * (params["shape"] ** 2).sum(1)
-    elif problem.layout.shape == "shared":
+    # The quadratic priors w_exp*|expr|^2 (+ w_shape*|shape|^2, w_neck*|neck|^2) as one weighted sum
+    # over the free vector (weights from _prior_diag): the LM evaluates this a few times per iteration.
+    lam_x, _ = _prior_diag(problem, x, s)
+    per = (problem.coeff.flatten(1) * _rho(r, o.loss, o.delta)).sum(1) + (x * x) @ lam_x
+    if problem.layout.shape == "shared":
         per = per + o.w_shape * (s**2).sum() / n
-    if problem.layout.neck:
-        per = per + o.w_neck * (params["neck_pose"] ** 2).sum(1)
     if o.temporal and n >= 2:
-        diff = ((params["expr"][1:] - params["expr"][:-1]) ** 2).sum()
+        e = problem.layout.n_expr  # expression is the first block of x
+        diff = ((x[1:, :e] - x[:-1, :e]) ** 2).sum()
         per = per + 0.5 * o.w_temporal * diff / n
     return torch.nan_to_num(per, nan=0.0, posinf=1e4)
 
@@ -513,7 +511,10 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
 
 
 def _prior_diag(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """Diagonal weights ``lam`` of the quadratic priors ``sum lam*x^2`` for ``x`` and ``s``."""
+    """Diagonal weights ``lam`` of the quadratic priors ``sum lam*x^2`` for ``x`` and ``s`` (cached)."""
+    cached = problem.cache.get("prior")
+    if cached is not None:
+        return cached
     o, lay = problem.opts, problem.layout
     parts = []
     for name, n in lay.frame_blocks:
@@ -521,6 +522,7 @@ def _prior_diag(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor
         parts.append(torch.full((n,), w, dtype=x.dtype, device=x.device))
     lam_x = torch.cat(parts)
     lam_s = torch.full((lay.n_shared,), o.w_shape, dtype=x.dtype, device=x.device)
+    problem.cache["prior"] = (lam_x, lam_s)
     return lam_x, lam_s
 
 
@@ -673,10 +675,10 @@ def _irls_system(problem: _Problem, xc: Tensor, sc: Tensor, r: Tensor, jx: Tenso
     # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
     w = problem.coeff.flatten(1) / r.abs().clamp_min(o.delta)
     jw_t = (jx * w[..., None]).transpose(1, 2)
-    gx = (jw_t @ r[..., None])[..., 0] + 2 * lam_x * xc
+    gx = torch.addcmul((jw_t @ r[..., None])[..., 0], lam_x, xc, value=2.0)
     if o.temporal and xc.shape[0] >= 2:
         gx = gx + _temporal_apply(problem, xc)
-    hx = jw_t @ jx + prior_h
+    hx = torch.baddbmm(prior_h, jw_t, jx)
     mx = _free_mask(problem, xc, gx)
     if problem.lo is not None:  # hold the variables pushed against their bounds
         gx = gx * mx
@@ -716,33 +718,31 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
         improved = False
         at_x = None  # the IRLS system at (x, s): a rejected trial only changes mu, so it is reused
         for _ in range(10):
-            dx, ds = torch.zeros_like(x), torch.zeros_like(s)
-            for _inner in range(o.inner_iter):
-                xc, sc = x + dx, s + ds
-                if _inner == 0 and at_x is not None:
-                    gx, hx, mx, gs, hss, hxs = at_x
-                else:
-                    r = r0 + (jx @ dx[..., None])[..., 0] if _inner else r0
-                    if ns:
-                        r = r + js @ ds
-                    gx, hx, mx, gs, hss, hxs = _irls_system(problem, xc, sc, r, jx, js, lam_x, lam_s, prior_h)
-                    if _inner == 0:
-                        at_x = (gx, hx, mx, gs, hss, hxs)
-                step_x, step_s = _damped_step(problem, xc, sc, gx, hx, mx, gs, hss, hxs, mu, coupled)
-                new_x = _clip(problem, xc + step_x * mx)
-                moved = (new_x - xc).abs().amax()
-                dx = new_x - x
+            if at_x is None:
+                at_x = _irls_system(problem, x, s, r0, jx, js, lam_x, lam_s, prior_h)
+            gx, hx, mx, gs, hss, hxs = at_x
+            step_x, step_s = _damped_step(problem, x, s, gx, hx, mx, gs, hss, hxs, mu, coupled)
+            x_new = _clip(problem, torch.addcmul(x, step_x, mx))
+            s_new = s + step_s if ns else s
+            for _inner in range(1, o.inner_iter):  # optional IRLS re-solves on the linearised residuals
+                r = torch.baddbmm(r0[..., None], jx, (x_new - x)[..., None])[..., 0]
                 if ns:
-                    ds = ds + step_s
+                    r = r + js @ (s_new - s)
+                sys_in = _irls_system(problem, x_new, s_new, r, jx, js, lam_x, lam_s, prior_h)
+                step_x, step_s = _damped_step(problem, x_new, s_new, *sys_in, mu, coupled)
+                prev, x_new = x_new, _clip(problem, torch.addcmul(x_new, step_x, sys_in[2]))
+                moved = (x_new - prev).abs().amax()
+                if ns:
+                    s_new = s_new + step_s
                     moved = torch.maximum(moved, step_s.abs().amax())
-                if _inner + 1 < o.inner_iter and moved < 1e-5:
+                if moved < 1e-5:
                     break
-            x_new, s_new = x + dx, s + ds
             if not coupled:
                 # Exact robust local model at the trial (linearised residuals + priors). A step
                 # that does not lower it (clipping onto the ICT bounds can make the projected step
                 # worse than none) is rejected without a model evaluation, which costs a Jacobian.
-                f_lin = objective_from_residuals(problem, r0 + (jx @ dx[..., None])[..., 0], x_new, s_new)
+                f_lin = objective_from_residuals(
+                    problem, torch.baddbmm(r0[..., None], jx, (x_new - x)[..., None])[..., 0], x_new, s_new)
                 # Converged when the last step barely lowered the objective AND the local model
                 # predicts no worthwhile decrease from here: a stationarity test, so a pair of small
                 # (damped) steps before further progress no longer stops the solve early.
@@ -750,11 +750,13 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                     converged = True
                     break
                 promising = f_lin < f
-                if not bool(promising.any()):
+                n_promising = int(promising.sum())
+                if not n_promising:
                     mu = mu * 4
                     continue
-                x_new = torch.where(promising[:, None], x_new, x)
-                f_lin = torch.where(promising, f_lin, f)
+                if n_promising < n:
+                    x_new = torch.where(promising[:, None], x_new, x)
+                    f_lin = torch.where(promising, f_lin, f)
             # The trial point is evaluated with its Jacobian in one batched call: steps are mostly
             # accepted, and then the next iteration needs no model evaluation of its own.
             r_new, jx_new, js_new = _jacobians(problem, x_new, s_new)
@@ -768,17 +770,21 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 mu = mu * 10
             else:
                 ok = f_new < f  # frames are independent: accept or reject each one
+                n_ok = int(ok.sum())
                 # Damping from the gain ratio (actual / predicted decrease of the exact L1 local
                 # model; Nielsen's rule): a fixed "x0.3 on success" drove mu so low that every
                 # other trial was rejected, each rejection costing a Jacobian evaluation.
                 rho = (f - f_new) / (f - f_lin).clamp_min(1e-30)
-                x = torch.where(ok[:, None], x_new, x)
-                f = torch.where(ok, f_new, f)
-                r0 = torch.where(ok[:, None], r_new, r0)
-                jx = torch.where(ok[:, None, None], jx_new, jx)
-                shrink = (1 - (2 * rho - 1) ** 3).clamp(1 / 3, 2.0)
-                mu = torch.where(ok, (mu * shrink).clamp_min(1e-9), mu * 4)
-                if ok.any():
+                shrunk = (mu * (1 - (2 * rho - 1) ** 3).clamp(1 / 3, 2.0)).clamp_min(1e-9)
+                if n_ok == n:  # the usual case: no per-frame selection
+                    x, f, r0, jx, mu = x_new, f_new, r_new, jx_new, shrunk
+                else:
+                    x = torch.where(ok[:, None], x_new, x)
+                    f = torch.where(ok, f_new, f)
+                    r0 = torch.where(ok[:, None], r_new, r0)
+                    jx = torch.where(ok[:, None, None], jx_new, jx)
+                    mu = torch.where(ok, shrunk, mu * 4)
+                if n_ok:
                     improved = True
                     break
         if converged:
