@@ -289,7 +289,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     fixed = cache.get("lin_basis")
     if fixed is None:
         fixed = cache["lin_basis"] = _lin_basis_cached(model, lin, dt, dev)
-    g, b, dirs_j, path, interp, sub_dirs, sub_template, sub_weights = fixed
+    g, b, dirs_j, path, mix, sub_dirs, sub_template, sub_weights = fixed
     steps = cache.get("rot_steps")
     if steps is None:  # configuration 0 = current rotations, then one step per rotation column
         slot = {name: 3 * j0 for name, j0, _ in _POSE_SLOTS}
@@ -320,14 +320,14 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     trans = (c @ joints).view(n * m, nj, 3, 1)
     tw = (sub_weights @ torch.cat([world_r, trans], -1).view(n * m, nj, 12)).view(n * m, p, 3, 4)
     sub = (tw[..., :3] * v[..., None, :]).sum(-1) + tw[..., 3]
-    pts = (interp @ sub).view(n, m, 78, 3)
+    pts = (sub if mix is None else mix @ sub).view(n, m, 78, 3)
     k = dirs_j.shape[1]
     # Coefficient columns, coordinate-major: row a of sum_j W_j G_j, plus B (C dJ) per coordinate.
     r0 = world_r.view(n, m, nj, 3, 3)[:, 0]
     c0 = c.view(n, m, 3 * nj, 3 * nj)[:, 0]
-    d_lin = (r0.transpose(1, 2).reshape(n, 3, 3 * nj) @ g).view(n, 3, 78, k)
-    d_lin = d_lin + b @ (c0 @ dirs_j).view(n, nj, 3, k).transpose(1, 2)
-    return pts, d_lin
+    joint_part = b @ (c0 @ dirs_j).view(n, nj, 3, k).transpose(1, 2)  # [N, 3, 78, k]
+    d_lin = torch.baddbmm(joint_part.view(n, 3, -1), r0.transpose(1, 2).reshape(n, 3, 3 * nj), g.expand(n, -1, -1))
+    return pts, d_lin.view(n, 3, 78, k)
 
 
 def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
@@ -368,7 +368,8 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
     """The solve-invariant parts of :func:`_skinned_configs`: ``G [(J, 3), 78 * 3 * n_lin]``, the
     interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]``, the path mask
     ``[J, J]`` (joint k is j or one of its ancestors), the ``[78, P]`` landmark/iris interpolation
-    matrix, and the landmark-path basis, template and skinning weights."""
+    matrix (``None`` where it is the identity), and the landmark-path basis, template and skinning
+    weights."""
     p, nj = model.n_sub, model._sub_weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
@@ -389,8 +390,10 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
         while k >= 0:
             path[j, k] = 1.0
             k = model._parents[k] if k > 0 else -1
-    # the landmark-path buffers in the solve's dtype, converted once instead of every call
-    return (g, interp @ w, dirs[3 * p:], path, interp, model._sub_dirs.to(dt), model._sub_template.to(dt), w)
+    # The interpolation is skipped where it is the identity (ICT: every point is one landmark-path
+    # row); the landmark-path buffers in the solve's dtype, converted once instead of every call.
+    mix = None if interp.shape[0] == p and torch.equal(interp, torch.eye(p, dtype=dt, device=dev)) else interp
+    return (g, interp @ w, dirs[3 * p:], path, mix, model._sub_dirs.to(dt), model._sub_template.to(dt), w)
 
 
 def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: list, rot: list
