@@ -259,11 +259,14 @@ _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of 
 
 
 def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
-                     rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor] | None:
+                     rot: list[tuple[str, int, int, str]], cache: dict, frame: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor] | None:
     """Points ``[N, M, 78, 3]`` (68 landmarks + 10 iris) at the current rotations (configuration 0)
     and at one ``_ROT_STEP`` of each ``rot`` (jaw/eye/neck axis-angle) column (configurations 1..),
     with the exact derivatives w.r.t. the ``lin`` (shape/expression) columns at configuration 0,
-    coordinate-major ``[N, 3, 78, n_lin]``, from ONE rotation + rigid-transform pass.
+    coordinate-major ``[N, 3, 78, n_lin]``, from ONE rotation + rigid-transform pass. With ``frame``
+    (``[N, 3, 3]``, e.g. world-to-camera) the derivatives are those of ``frame @ point``: the rotation
+    is applied to the small factors, not to the columns.
 
     Linear blend skinning, written with the world transforms' translations as a linear map of the
     rest joints (``t(J) = C J``, closed form from the world rotations: ``C_jk = W_parent(k) - W_k`` for
@@ -325,8 +328,13 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     # Coefficient columns, coordinate-major: row a of sum_j W_j G_j, plus B (C dJ) per coordinate.
     r0 = world_r.view(n, m, nj, 3, 3)[:, 0]
     c0 = c.view(n, m, 3 * nj, 3 * nj)[:, 0]
-    joint_part = b @ (c0 @ dirs_j).view(n, nj, 3, k).transpose(1, 2)  # [N, 3, 78, k]
-    d_lin = torch.baddbmm(joint_part.view(n, 3, -1), r0.transpose(1, 2).reshape(n, 3, 3 * nj), g.expand(n, -1, -1))
+    dt_joint = (c0 @ dirs_j).view(n, nj, 3, k)  # joint translations' columns
+    left = r0.transpose(1, 2).reshape(n, 3, 3 * nj)
+    if frame is not None:
+        dt_joint = frame[:, None] @ dt_joint
+        left = frame @ left
+    joint_part = b @ dt_joint.transpose(1, 2)  # [N, 3, 78, k]
+    d_lin = torch.baddbmm(joint_part.view(n, 3, -1), left, g.expand(n, -1, -1))
     return pts, d_lin.view(n, 3, 78, k)
 
 
@@ -483,21 +491,21 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     plan = _jac_plan(problem)
     lin, rot = plan["lin"], plan["rot"]
     params = problem.layout.split(x, s, problem.base)
-    fast = _skinned_configs(problem.model, params, lin, rot, problem.cache)
+    rflip, rflip_t, centre, scale = _camera(problem)
+    fast = _skinned_configs(problem.model, params, lin, rot, problem.cache, frame=rflip_t)
     if fast is None:
         p0, d_lin, d_rot = _differenced_jacobian(problem, params, lin, rot)
         pts = torch.cat([p0[:, None], p0[:, None] + _ROT_STEP * d_rot.permute(0, 3, 1, 2)], 1)
-        fast = pts, d_lin.transpose(1, 2)
-    pts, d_lin = fast  # [N, M, 78, 3], [N, 3, 78, n_lin]
-    rflip, rflip_t, centre, scale = _camera(problem)
+        n_lin = d_lin.shape[-1]
+        fast = pts, (rflip_t @ d_lin.transpose(1, 2).reshape(n, 3, -1)).view(n, 3, 78, n_lin)
+    pts, dview = fast  # [N, M, 78, 3] world, [N, 3, 78, n_lin] in the camera's frame
     view = (pts - centre) @ rflip  # [N, M, 78, 3]
     inv_z = 1.0 / (view[..., 2:] + 1e-8)
     ndc_all = scale * view[..., :2] * inv_z  # [N, M, 78, 2]
     ndc = ndc_all[:, 0]
     r = (ndc - problem.target).flatten(1)  # residual points: the 68 landmarks + 10 iris
-    # d ndc = scale/z d view_xy - ndc/z d view_z, with d view = R^T d X (coordinate-major columns).
-    n_lin = d_lin.shape[-1]
-    dview = (rflip_t @ d_lin.reshape(n, 3, -1)).view(n, 3, 78, n_lin)
+    # d ndc = scale/z d view_xy - ndc/z d view_z (coordinate-major columns).
+    n_lin = dview.shape[-1]
     iz = inv_z[:, 0].transpose(1, 2)[..., None]  # [N, 1, 78, 1]
     j_lin = (dview[:, :2] * (scale * iz) - (ndc.transpose(1, 2)[..., None] * iz) * dview[:, 2:])
     cols = [j_lin.transpose(1, 2).reshape(n, -1, n_lin)]
@@ -604,10 +612,11 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
     diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag if temporal else torch.diagonal(hx, dim1=1, dim2=2)
     a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
     if not coupled:
-        for _ in range(_ACTIVE_SET_PASSES if problem.lo is not None else 1):
+        passes = _ACTIVE_SET_PASSES if problem.lo is not None else 1
+        for k in range(passes):
             chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
             step = -torch.cholesky_solve(gx[..., None], chol)[..., 0] if not bool(info.any()) else -torch.linalg.solve(a, gx)
-            if problem.lo is None:
+            if k + 1 == passes:
                 break
             # Projected Newton: a free variable on its bound whose step leaves the box would only be
             # clipped back, and the clipped step often fails; hold it too and re-solve (no model call).
