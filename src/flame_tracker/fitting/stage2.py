@@ -586,14 +586,20 @@ def _pcg(matvec, rhs: tuple[Tensor, Tensor], precond, iters: int = 200, tol: flo
     return x
 
 
+def _bound_side(problem: _Problem, x: Tensor) -> Tensor:
+    """``-1`` where ``x`` is on its lower bound, ``+1`` on its upper bound, ``0`` inside (bounded problems)."""
+    eps = problem.cache.get("bounds_eps")
+    if eps is None:
+        eps = problem.cache["bounds_eps"] = (problem.lo + 1e-9, problem.hi - 1e-9)
+    return (x >= eps[1]).to(x.dtype) - (x <= eps[0]).to(x.dtype)
+
+
 def _free_mask(problem: _Problem, x: Tensor, g: Tensor) -> Tensor:
     """Active set of the box constraints: variables at a bound whose gradient pushes outwards are held."""
     if problem.lo is None:
         return torch.ones_like(x)
-    eps = 1e-9
-    at_lo = (x <= problem.lo + eps) & (g > 0)
-    at_hi = (x >= problem.hi - eps) & (g < 0)
-    return (~(at_lo | at_hi)).to(x.dtype)
+    # held: on a bound, with the descent direction -g leaving the box (side * g < 0)
+    return (_bound_side(problem, x) * g >= 0).to(x.dtype)
 
 
 def _clip(problem: _Problem, x: Tensor) -> Tensor:
@@ -613,6 +619,7 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
     a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
     if not coupled:
         passes = _ACTIVE_SET_PASSES if problem.lo is not None else 1
+        side = _bound_side(problem, x) if passes > 1 else None
         for k in range(passes):
             chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
             step = -torch.cholesky_solve(gx[..., None], chol)[..., 0] if not bool(info.any()) else -torch.linalg.solve(a, gx)
@@ -620,11 +627,10 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
                 break
             # Projected Newton: a free variable on its bound whose step leaves the box would only be
             # clipped back, and the clipped step often fails; hold it too and re-solve (no model call).
-            out = ((x <= problem.lo + 1e-9) & (step < 0)) | ((x >= problem.hi - 1e-9) & (step > 0))
-            out = out & (mx > 0)
+            out = side * step * mx > 0  # free (mx = 1), on a bound, stepping outwards
             if not bool(out.any()):
                 break
-            keep = (~out).to(x.dtype)
+            keep = 1 - out.to(x.dtype)
             mx = mx * keep
             gx = gx * keep
             a = a * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(1 - keep)
