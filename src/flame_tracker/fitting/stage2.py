@@ -619,21 +619,24 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
     a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
     if not coupled:
         passes = _ACTIVE_SET_PASSES if problem.lo is not None else 1
-        side = _bound_side(problem, x) if passes > 1 else None
+        rhs = -gx[..., None]
+        # +-1 where a free variable sits on a bound, the sign of a step that would leave the box
+        outward = _bound_side(problem, x) * mx if passes > 1 else None
         for k in range(passes):
             chol, info = torch.linalg.cholesky_ex(a)  # SPD by construction; LU only if it is not
-            step = -torch.cholesky_solve(gx[..., None], chol)[..., 0] if not bool(info.any()) else -torch.linalg.solve(a, gx)
+            step = (torch.cholesky_solve(rhs, chol) if not bool(info.any()) else torch.linalg.solve(a, rhs))[..., 0]
             if k + 1 == passes:
                 break
             # Projected Newton: a free variable on its bound whose step leaves the box would only be
             # clipped back, and the clipped step often fails; hold it too and re-solve (no model call).
-            out = side * step * mx > 0  # free (mx = 1), on a bound, stepping outwards
+            out = outward * step > 0
             if not bool(out.any()):
                 break
-            keep = 1 - out.to(x.dtype)
-            mx = mx * keep
-            gx = gx * keep
-            a = a * keep[:, :, None] * keep[:, None, :] + torch.diag_embed(1 - keep)
+            held = out.to(x.dtype)
+            keep = 1 - held
+            outward = outward * keep
+            rhs = rhs * keep[..., None]
+            a = a * (keep[:, :, None] * keep[:, None, :]) + torch.diag_embed(held)
         return step, None
     ns = s.shape[0]
     # Block-Jacobi preconditioner: each frame's block (with the temporal diagonal) and the shared
