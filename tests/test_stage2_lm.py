@@ -140,3 +140,20 @@ def test_lm_stops_at_a_stationary_point(bounded):
     assert float(restart.objective.sum()) >= float(first.objective.sum()) * (1 - tol)
     adam = fit_stage2(model, lmk, pose6, 20.0, init=dict(shape=shape), solver="adam", **kw)
     assert float(first.objective.sum()) <= float(adam.objective.sum()) * 1.0001
+
+
+def test_fixed_bases_are_reused_per_model_and_rebuilt_when_its_buffers_change():
+    from flame_tracker.model.fixtures import synthetic_flame
+
+    model = synthetic_flame("tiny", dtype=DT)
+    lin = [("expr", 0, model.n_expr, "frame")]
+    first = s2._lin_basis_cached(model, lin, DT, torch.device("cpu"))
+    assert s2._lin_basis_cached(model, lin, DT, torch.device("cpu")) is first  # built once per model/layout
+    with_shape = lin + [("shape", model.n_expr, model.n_shape, "frame")]
+    s2._lin_basis_cached(model, with_shape, DT, torch.device("cpu"))
+    assert s2._lin_basis_cached(model, lin, DT, torch.device("cpu")) is first  # a second layout keeps the first
+    with torch.no_grad():
+        model._sub_dirs.mul_(2.0)  # in-place change of the landmark-path basis
+    rebuilt = s2._lin_basis_cached(model, lin, DT, torch.device("cpu"))
+    assert rebuilt is not first
+    torch.testing.assert_close(rebuilt[0], 2 * first[0])

@@ -366,7 +366,8 @@ def _lin_basis_cached(model: torch.nn.Module, lin: list[tuple[str, int, int, str
     per_model = _BASES.setdefault(model, {})
     fixed = per_model.get(key)
     if fixed is None:
-        per_model.clear()  # stale layouts/buffers are not kept
+        if len(per_model) >= 4:  # a tracker alternates a few layouts; stale buffers/layouts age out
+            del per_model[next(iter(per_model))]
         fixed = per_model[key] = _lin_basis(model, lin, dt, dev)
     return fixed
 
