@@ -493,8 +493,8 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     go through the analytic projection Jacobian. The few rotation columns (jaw, eyes, neck) are
     forward differences with a 1e-3 rad step of the projected points themselves.
     At these sizes the cost is the number of torch operations, so the coefficient columns stay
-    coordinate-major (the camera rotation is one product on them) and the column bookkeeping is
-    computed once per solve (:func:`_jac_plan`).
+    coordinate-major (the camera rotation is applied to their small factors) and the column
+    bookkeeping is computed once per solve (:func:`_jac_plan`).
     """
     n = x.shape[0]
     plan = _jac_plan(problem)
