@@ -291,7 +291,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     if not lin or not all(hasattr(model, a) for a in names):
         return None
     from flame_tracker.model.head import _POSE_SLOTS
-    from flame_tracker.model.lbs import axis_angle_to_matrix
+    from flame_tracker.model.lbs import _mm, axis_angle_to_matrix
 
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
     betas, rotvecs = model._inputs({k: params.get(k) for k in keys})
@@ -311,13 +311,26 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     rv = (rotvecs.reshape(n, 1, 3 * nj) + steps).view(n * m, nj, 3)
     rmat = axis_angle_to_matrix(rv)  # [N*M, J, 3, 3] local
     # World rotations W_j = W_parent R_j, one product per tree depth.
-    world_r = rmat.clone()
-    for js, ps in model._levels:
-        world_r[:, js] = world_r[:, ps] @ rmat[:, js]
+    chain = getattr(model, "_chain_plan", None)
+    if chain is not None:  # depth by depth with slices (FLAME, ICT): no index copies
+        level = rmat[:, :1]
+        world = [level]
+        for js, parent in chain:
+            level = _mm(level[:, parent : parent + 1], rmat[:, js])
+            world.append(level)
+        world_r = torch.cat(world, 1)
+    else:
+        world_r = rmat.clone()
+        for js, ps in model._levels:
+            world_r[:, js] = world_r[:, ps] @ rmat[:, js]
     # Translations of the rest-relative transforms, t_j = sum_k C_jk J_k, in closed form: over the
     # joints k on the path root..j, C_jk = W_parent(k) - W_k (W_parent(root) = I). Equals
     # rigid_transforms on the 3J unit joint configurations, without chaining 3J 4x4 transforms.
-    w_par = torch.cat([torch.eye(3, dtype=dt, device=dev).expand(n * m, 1, 3, 3), world_r[:, model._parents[1:]]], 1)
+    par = cache.get("parents")
+    if par is None:
+        par = cache["parents"] = (torch.eye(3, dtype=dt, device=dev)[None, None],
+                                  torch.tensor(model._parents[1:], dtype=torch.long, device=dev))
+    w_par = torch.cat([par[0].expand(n * m, 1, 3, 3), world_r.index_select(1, par[1])], 1)
     c = (path[None, :, None, :, None] * (w_par - world_r).permute(0, 2, 1, 3)[:, None]).reshape(n * m, 3 * nj, 3 * nj)
     if model.has_pose_correctives:
         eye = torch.eye(3, dtype=dt, device=dev)
@@ -328,7 +341,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
         shaped = shaped.repeat_interleave(m, 0)
     p = model.n_sub
     v, joints = shaped[:, : 3 * p].view(n * m, p, 3), shaped[:, 3 * p:, None]
-    trans = (c @ joints).view(n * m, nj, 3, 1)
+    trans = torch.bmm(c, joints).view(n * m, nj, 3, 1)
     tw = (sub_weights @ torch.cat([world_r, trans], -1).view(n * m, nj, 12)).view(n * m, p, 3, 4)
     sub = (tw[..., :3] * v[..., None, :]).sum(-1) + tw[..., 3]
     pts = (sub if mix is None else mix @ sub).view(n, m, 78, 3)
@@ -472,14 +485,14 @@ def _jac_plan(problem: _Problem) -> dict:
 
 def _camera(problem: _Problem) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The fixed stage-2 camera: world-to-view rotation (with the reference's axis flip) as a right
-    factor ``[N, 1, 3, 3]``, its transpose ``[N, 3, 3]``, the centre ``[N, 1, 1, 3]`` and the NDC scale
+    factor ``[N, 3, 3]``, its transpose ``[N, 3, 3]``, the centre ``[N, 1, 1, 3]`` and the NDC scale
     ``[N, 1, 1, 1]`` (``view = (X - t) R flip``, ``ndc = scale * view_xy / (view_z + 1e-8)``)."""
     cam = problem.cache.get("camera")
     if cam is None:
         rmat = rotvec_to_matrix(problem.pose6[:, :3])
         rflip = rmat * rmat.new_tensor((1.0, -1.0, -1.0))
         scale = 1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov))
-        cam = problem.cache["camera"] = (rflip[:, None], rflip.transpose(1, 2).contiguous(),
+        cam = problem.cache["camera"] = (rflip, rflip.transpose(1, 2).contiguous(),
                                          problem.pose6[:, None, None, 3:], scale[:, None, None, None])
     return cam
 
@@ -508,7 +521,8 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
         n_lin = d_lin.shape[-1]
         fast = pts, (rflip_t @ d_lin.transpose(1, 2).reshape(n, 3, -1)).view(n, 3, 78, n_lin)
     pts, dview = fast  # [N, M, 78, 3] world, [N, 3, 78, n_lin] in the camera's frame
-    view = (pts - centre) @ rflip  # [N, M, 78, 3]
+    m = pts.shape[1]
+    view = torch.bmm((pts - centre).view(n, m * 78, 3), rflip).view(n, m, 78, 3)
     inv_z = 1.0 / (view[..., 2:] + 1e-8)
     ndc_all = scale * view[..., :2] * inv_z  # [N, M, 78, 2]
     ndc = ndc_all[:, 0]
