@@ -353,7 +353,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     left = r0.transpose(1, 2).reshape(n, 3, 3 * nj)
     if frame is not None:
         dt_joint = frame[:, None] @ dt_joint
-        left = frame @ left
+        left = torch.bmm(frame, left)
     joint_part = b @ dt_joint.transpose(1, 2)  # [N, 3, 78, k]
     d_lin = torch.baddbmm(joint_part.view(n, 3, -1), left, g.expand(n, -1, -1))
     return pts, d_lin.view(n, 3, 78, k)
