@@ -363,7 +363,8 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
                       rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor, Tensor] | None:
     """:func:`_skinned_configs` as points ``[N, 78, 3]``, exact coefficient columns ``[N, 78, 3, n_lin]``
     and forward-differenced rotation columns ``[N, 78, 3, n_rot]`` (the layout of
-    :func:`_differenced_jacobian`); ``None`` where the model lacks the landmark-path internals."""
+    :func:`_differenced_jacobian`, against which the closed form is tested); ``None`` where the
+    model lacks the landmark-path internals."""
     out = _skinned_configs(model, params, lin, rot, cache)
     if out is None:
         return None
