@@ -13,6 +13,7 @@ stays one GEMM per call (shape, expression and pose correctives together).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -135,7 +136,9 @@ def skin(
     shaped = torch.nn.functional.linear(betas, dirs, template)
     v = shaped[:, : 3 * n_verts].view(N, n_verts, 3)
     joints = shaped[:, 3 * n_verts :].view(N, J, 3)
-    A = rigid_transforms(rot, joints, levels, parents).reshape(N, 1, J, 12)
+    plan = _plan(tuple(parents))
+    A = (rigid_transforms(rot, joints, levels, parents) if plan is None
+         else chain_transforms(rot, joints, plan)).reshape(N, 1, J, 12)
     if N * n_verts <= 8192:  # few vertices: broadcast; a full mesh: one GEMM
         T = (weights[None, :, :, None] * A).sum(2)
     else:
@@ -163,6 +166,12 @@ def chain_plan(parents: list[int]) -> list[tuple[slice, int]] | None:
         plan.append((slice(js[0], js[-1] + 1), prev.index(ps[0])))
         prev = js
     return plan
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(parents: tuple[int, ...]) -> list[tuple[slice, int]] | None:
+    """:func:`chain_plan`, once per skeleton."""
+    return chain_plan(list(parents))
 
 
 def chain_transforms(rot: torch.Tensor, joints: torch.Tensor, plan: list[tuple[slice, int]]) -> torch.Tensor:
