@@ -288,18 +288,19 @@ class HeadModel(torch.nn.Module):
         P, J = self.n_sub, self.n_joints
         rot = axis_angle_to_matrix(torch.cat(parts[2:], 1).view(N, J, 3))  # [N,J,3,3]
         feats = parts[:2] + ([rot[:, 1:].reshape(N, -1)] if self.has_pose_correctives else [])
-        v, joints = torch.addmm(self._lmk_template, torch.cat(feats, 1), self._lmk_dirs_t).split([3 * P, 3 * J], 1)
+        shaped = torch.addmm(self._lmk_template, torch.cat(feats, 1), self._lmk_dirs_t)
+        v, joints = shaped.split_with_sizes([3 * P, 3 * J], 1)  # (the C method: no Python wrapper)
         if self._chain_plan is None:  # a skeleton the fast chain does not cover: the generic one
             A = rigid_transforms(rot, joints.view(N, J, 3), self._levels, self._parents)
         else:
             A = chain_transforms(rot, joints.view(N, J, 3), self._chain_plan)  # [N,J,3,4]
         # every joint's transform applied to every row (rows coordinate-major), then the rows'
         # skinning-weight blend, then the barycentric mix and iris/ear picks as one product
-        rot_part, trans = A.reshape(N, J * 3, 4).split([3, 1], -1)
+        rot_part, trans = A.reshape(N, J * 3, 4).split_with_sizes([3, 1], -1)
         per_joint = torch.baddbmm(trans, rot_part, v.view(N, 3, P)).view(N, J, 3, P)
         sub = (per_joint * self._lmk_weights_t).sum(1)  # [N,3,P]
         pts = torch.mm(sub.view(N * 3, P), self._lmk_mix_t).view(N, 3, -1).transpose(1, 2).contiguous()
-        lmk, iris, ears = pts.split([68, self._n_iris, self._n_ear], 1)  # [N,68+10+40,3]
+        lmk, iris, ears = pts.split_with_sizes([68, self._n_iris, self._n_ear], 1)  # [N,68+10+40,3]
         return HeadOutput(None, lmk, iris if self._n_iris else None, ears if self._n_ear else None)
 
     @staticmethod

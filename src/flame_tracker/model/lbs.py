@@ -52,7 +52,8 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)  # r r^T
     t2 = rr[..., ::4].sum(-1, keepdim=True)  # theta^2 = trace(r r^T)
     t2c = t2.clamp_min(1e-6)
-    a, b2 = torch.addcmul(torch.sinc(t2c.sqrt() * to_sinc).pow(power), t2 - t2c, slope).split(1, -1)
+    ab2 = torch.addcmul(torch.sinc(t2c.sqrt() * to_sinc).pow(power), t2 - t2c, slope)
+    a, b2 = ab2.split_with_sizes([1, 1], -1)
     r = torch.addcmul(eye, b2, torch.addcmul(rr, t2, neg_eye), value=0.5)
     return torch.addcmul(r, a, rotvec @ skew).unflatten(-1, (3, 3))
 
