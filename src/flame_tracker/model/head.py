@@ -9,12 +9,11 @@ import torch
 from scipy import sparse
 
 from .data import JOINT_NAMES, ModelData
-from .lbs import (axis_angle_to_matrix, chain_plan, chain_transforms, depth_levels, interpolate,
-                  rigid_transforms, skin)
+from .lbs import axis_angle_to_matrix, chain_plan, depth_levels, interpolate, joint_transforms, skin
 
 _POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
-# parameter order of the basis product (shape, expr) and the joints (_POSE_SLOTS); 0 = model-sized
-_SIZES = {"shape": 0, "expr": 0, "head_pose": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6}
+# sizes of the pose parameters, in joint order (_POSE_SLOTS)
+_POSE_SIZES = {"head_pose": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6}
 
 
 def _virtual_vertices(
@@ -81,6 +80,8 @@ class HeadModel(torch.nn.Module):
         self.name = data.name
         self.n_shape = int(data.shapedirs.shape[2])
         self.n_expr = int(data.exprdirs.shape[2])
+        # every parameter's width, in the order of the basis product (shape, expr) and the joints
+        self._param_sizes = {"shape": self.n_shape, "expr": self.n_expr, **_POSE_SIZES}
         self.expr_names = None if data.expr_names is None else list(data.expr_names)
         self.expr_bounds = None if data.expr_bounds is None else tuple(data.expr_bounds)
         self.has_jaw_joint = bool(data.has_jaw_joint)
@@ -143,19 +144,14 @@ class HeadModel(torch.nn.Module):
         ids, w = coef
         self.n_sub = P = ids.shape[0]
         mixed = lambda a: np.einsum("pc,pc...->p...", w, a[ids])  # noqa: E731
-        buf("_sub_template", np.concatenate([mixed(data.v_template).reshape(-1), j_template.reshape(-1)]))
-        buf("_sub_dirs", np.concatenate([mixed(dirs).reshape(3 * P, K), j_dirs.reshape(3 * J, K)]))
-        # corners of a mixed row share one weight row; single-vertex rows keep their own
-        buf("_sub_weights", data.weights.astype(f64)[ids[:, 0]])
+        sub_template, sub_dirs = mixed(data.v_template), mixed(dirs).reshape(3 * P, K)  # [P,3], [3P,K]
+        sub_weights = data.weights.astype(f64)[ids[:, 0]]  # a mixed row's corners share one weight row
+        buf("_sub_template", np.concatenate([sub_template.reshape(-1), j_template.reshape(-1)]))
+        buf("_sub_dirs", np.concatenate([sub_dirs, j_dirs.reshape(3 * J, K)]))
+        buf("_sub_weights", sub_weights)
         buf("_sub_lmk", lmk_local[:68])
         buf("_sub_lmk_bary", lmk_w)
-        off = 68
-        if data.iris_idx is not None:
-            buf("_sub_iris", lmk_local[off : off + 10, 0])
-            off += 10
-        else:
-            buf("_sub_iris", None)
-        buf("_sub_ear", None if data.ear_idx is None else lmk_local[off : off + 40, 0])
+        buf("_sub_iris", None if data.iris_idx is None else lmk_local[68:78, 0])
         assert P <= V
         # Fixed structures of the landmark path, built once: the kinematic chain's plan and one
         # [68+10+40, P] matrix that does the barycentric mix and the iris/ear picks in one matmul.
@@ -165,17 +161,17 @@ class HeadModel(torch.nn.Module):
         np.add.at(mix_rows, (np.arange(68)[:, None].repeat(3, 1), lmk_local[:68]), lmk_w)
         mix_rows[np.arange(68, len(lmk_local)), lmk_local[68:, 0]] = 1.0
         # The landmark path's basis rows coordinate-major (x of all P rows, then y, then z), so
-        # skinning and the mix above run on [N,3,P] tensors with plain GEMMs (no batched bmm).
+        # skinning (one baddbmm) and the mix above run on [N,3,P] tensors without transposes.
         # The pose-corrective features here are R itself (not R - I, one op fewer): the template
         # absorbs the basis times the identity's features.
         xyz_major = np.arange(3 * P).reshape(P, 3).T.reshape(-1)
-        lmk_dirs = np.concatenate([mixed(dirs).reshape(3 * P, K)[xyz_major], j_dirs.reshape(3 * J, K)])
-        lmk_template = np.concatenate([mixed(data.v_template).T.reshape(-1), j_template.reshape(-1)])
+        lmk_dirs = np.concatenate([sub_dirs[xyz_major], j_dirs.reshape(3 * J, K)])
+        lmk_template = np.concatenate([sub_template.T.reshape(-1), j_template.reshape(-1)])
         if data.posedirs is not None:
             lmk_template -= lmk_dirs[:, self.n_shape + self.n_expr :] @ np.tile(np.eye(3).reshape(9), J - 1)
         buf("_lmk_dirs_t", lmk_dirs.T)  # [K, 3P+3J]: addmm's preferred layout
         buf("_lmk_template", lmk_template)
-        buf("_lmk_weights_t", data.weights.astype(f64)[ids[:, 0]].T[:, None])  # [J,1,P]
+        buf("_lmk_weights_t", sub_weights.T[:, None])  # [J,1,P]
         buf("_lmk_mix_t", mix_rows.T)  # [P, 68+10+40]
         self._n_iris = 0 if data.iris_idx is None else 10
         self._n_ear = 0 if data.ear_idx is None else 40
@@ -212,7 +208,7 @@ class HeadModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def _parts(self, params: dict[str, torch.Tensor | None]) -> tuple[int, list[torch.Tensor]]:
-        """Validate parameters; return the batch size N and, in ``_SIZES`` order, each one as
+        """Validate parameters; return the batch size N and, in ``_param_sizes`` order, each one as
         ``[N,D]`` in the model's dtype (an omitted one as an expanded zero view, no allocation)."""
         N = 1
         given: dict[str, torch.Tensor] = {}
@@ -223,7 +219,7 @@ class HeadModel(torch.nn.Module):
                 val = torch.as_tensor(val, dtype=self.dtype, device=self.device)
             if val.dim() == 1:
                 val = val[None]
-            size = self.n_shape if key == "shape" else self.n_expr if key == "expr" else _SIZES[key]
+            size = self._param_sizes[key]
             if val.dim() != 2 or val.shape[1] != size:
                 raise ValueError(
                     f"{key} must have shape [N,{size}] for model {self.name!r}, got {tuple(val.shape)}"
@@ -235,10 +231,9 @@ class HeadModel(torch.nn.Module):
             given[key] = val
         dtype = self.dtype
         parts = []
-        for key in _SIZES:
+        for key, size in self._param_sizes.items():
             v = given.get(key)
             if v is None:
-                size = self.n_shape if key == "shape" else self.n_expr if key == "expr" else _SIZES[key]
                 parts.append(self._zero.expand(N, size))
                 continue
             if v.shape[0] != N:
@@ -290,10 +285,7 @@ class HeadModel(torch.nn.Module):
         feats = parts[:2] + ([rot[:, 1:].reshape(N, -1)] if self.has_pose_correctives else [])
         shaped = torch.addmm(self._lmk_template, torch.cat(feats, 1), self._lmk_dirs_t)
         v, joints = shaped.split_with_sizes([3 * P, 3 * J], 1)  # (the C method: no Python wrapper)
-        if self._chain_plan is None:  # a skeleton the fast chain does not cover: the generic one
-            A = rigid_transforms(rot, joints.view(N, J, 3), self._levels, self._parents)
-        else:
-            A = chain_transforms(rot, joints.view(N, J, 3), self._chain_plan)  # [N,J,3,4]
+        A = joint_transforms(rot, joints.view(N, J, 3), self._levels, self._parents)  # [N,J,3,4]
         # every joint's transform applied to every row (rows coordinate-major), then the rows'
         # skinning-weight blend, then the barycentric mix and iris/ear picks as one product
         rot_part, trans = A.reshape(N, J * 3, 4).split_with_sizes([3, 1], -1)

@@ -4,11 +4,10 @@ Both paths call :func:`skin` with different arrays: the full mesh, or only the r
 vertices the landmarks need (with ``J_regressor @ basis`` precomputed), so the landmark path never
 touches full-mesh tensors.
 
-Small products (3x3 rotations, skinning of a few hundred vertices) are written as broadcast
-multiply-sums and gathers use ``index_select``: on a busy CPU every op that starts the BLAS/OpenMP
-thread pool can wait milliseconds for a descheduled worker, which dominated the landmark path
-(measured: 40 ms -> ~1 ms per call at batch 1 on the shared 2-core machine). The basis product
-stays one GEMM per call (shape, expression and pose correctives together).
+At landmark-path sizes the cost is per-op overhead, not arithmetic, so the small work is written
+in as few torch ops as possible: Rodrigues without branches, the kinematic chain as one product per
+tree depth (:func:`joint_transforms`), gathers with ``index_select``, and one basis GEMM per call
+(shape, expression and pose correctives together).
 """
 
 from __future__ import annotations
@@ -22,10 +21,11 @@ import torch
 _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
 
-def _rodrigues_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Cached constants of :func:`axis_angle_to_matrix`: the [3,9] map r -> flattened K(r), the
     flattened identity and its negative, the t^2 Taylor slope of (a, 2b), the factors that turn t
-    into sinc arguments and the exponents that turn the sincs into (a, 2b)."""
+    into sinc arguments and the exponents that turn the sincs into (a, 2b); then the homogeneous row
+    [0, 0, 0, 1] shaped [1,1,1,4] of :func:`chain_transforms`."""
     key = (dtype, device)
     if key not in _CONSTS:
         skew = torch.zeros(3, 9, dtype=dtype)
@@ -33,7 +33,8 @@ def _rodrigues_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.T
             skew[axis, pos], skew[axis, neg] = 1.0, -1.0
         eye = torch.eye(3, dtype=dtype).reshape(9)
         consts = (skew, eye, -eye, torch.tensor([-1 / 6, -1 / 12], dtype=dtype),
-                  torch.tensor([1 / math.pi, 0.5 / math.pi], dtype=dtype), torch.tensor([1.0, 2.0], dtype=dtype))
+                  torch.tensor([1 / math.pi, 0.5 / math.pi], dtype=dtype), torch.tensor([1.0, 2.0], dtype=dtype),
+                  torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=dtype).view(1, 1, 1, 4))
         _CONSTS[key] = tuple(c.to(device) for c in consts)
     return _CONSTS[key]
 
@@ -48,7 +49,7 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     (``(a, b)(t2c) + slope (t2 - t2c)``; the first omitted term is < 1e-14), instead of the usual
     ``norm + eps`` trick, which biases the result and gives wrong gradients near the identity.
     """
-    skew, eye, neg_eye, slope, to_sinc, power = _rodrigues_consts(rotvec.dtype, rotvec.device)
+    skew, eye, neg_eye, slope, to_sinc, power, _ = _consts(rotvec.dtype, rotvec.device)
     rr = (rotvec[..., :, None] * rotvec[..., None, :]).flatten(-2)  # r r^T
     t2 = rr[..., ::4].sum(-1, keepdim=True)  # theta^2 = trace(r r^T)
     t2c = t2.clamp_min(1e-6)
@@ -137,9 +138,7 @@ def skin(
     shaped = torch.nn.functional.linear(betas, dirs, template)
     v = shaped[:, : 3 * n_verts].view(N, n_verts, 3)
     joints = shaped[:, 3 * n_verts :].view(N, J, 3)
-    plan = _plan(tuple(parents))
-    A = (rigid_transforms(rot, joints, levels, parents) if plan is None
-         else chain_transforms(rot, joints, plan)).reshape(N, 1, J, 12)
+    A = joint_transforms(rot, joints, levels, parents).reshape(N, 1, J, 12)
     if N * n_verts <= 8192:  # few vertices: broadcast; a full mesh: one GEMM
         T = (weights[None, :, :, None] * A).sum(2)
     else:
@@ -175,6 +174,18 @@ def _plan(parents: tuple[int, ...]) -> list[tuple[slice, int]] | None:
     return chain_plan(list(parents))
 
 
+def joint_transforms(
+    rot: torch.Tensor, joints: torch.Tensor, levels: list[tuple[list[int], list[int]]], parents: list[int],
+) -> torch.Tensor:
+    """World transforms A [N,J,3,4] of the joints relative to their rest positions: the few-op
+    :func:`chain_transforms` where the skeleton allows it (:func:`chain_plan`), else the generic
+    :func:`rigid_transforms`. rot [N,J,3,3] local rotations, joints [N,J,3] rest positions."""
+    plan = _plan(tuple(parents))
+    if plan is None:
+        return rigid_transforms(rot, joints, levels, parents)
+    return chain_transforms(rot, joints, plan)
+
+
 def chain_transforms(rot: torch.Tensor, joints: torch.Tensor, plan: list[tuple[slice, int]]) -> torch.Tensor:
     """Same transforms as :func:`rigid_transforms` in a few batched ops (landmark path).
 
@@ -186,7 +197,7 @@ def chain_transforms(rot: torch.Tensor, joints: torch.Tensor, plan: list[tuple[s
     N, J = rot.shape[:2]
     j = joints.reshape(N * J, 3, 1)
     t = torch.baddbmm(j, rot.reshape(N * J, 3, 3), j, alpha=-1).view(N, J, 3, 1)  # j - R j
-    bottom = _bottom_row(rot.dtype, rot.device).expand(N, J, 1, 4)
+    bottom = _consts(rot.dtype, rot.device)[-1].expand(N, J, 1, 4)
     local = torch.cat([torch.cat([rot, t], -1), bottom], -2)  # [N,J,4,4]
     level = local[:, :1, :3]  # the root's world transform is its local one
     world = [level]
@@ -194,14 +205,3 @@ def chain_transforms(rot: torch.Tensor, joints: torch.Tensor, plan: list[tuple[s
         level = level[:, parent : parent + 1] @ local[:, js]
         world.append(level)
     return torch.cat(world, 1)
-
-
-_BOTTOM: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _bottom_row(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The homogeneous row [0, 0, 0, 1] shaped [1,1,1,4] (cached per dtype/device)."""
-    key = (dtype, device)
-    if key not in _BOTTOM:
-        _BOTTOM[key] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=dtype, device=device).view(1, 1, 1, 4)
-    return _BOTTOM[key]
