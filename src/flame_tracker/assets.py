@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from flame_tracker.io.results import temporary_sibling
+from flame_tracker.io.results import atomic_path
 from flame_tracker.paths import cache_dir, data_dir
 
 LANDMARKER_ENV = "FLAME_TRACKER_FACE_LANDMARKER"
@@ -103,11 +103,9 @@ def download_asset(
     target = Path(dest) if dest is not None else cached_asset_path(asset)
     if target.is_file() and not force and sha256_file(target) == asset.sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     src = url or asset.url
     h = hashlib.sha256()
-    tmp = temporary_sibling(target, ".part")
-    try:
+    with atomic_path(target) as tmp:  # renamed onto target only if the block completes
         try:
             with open(tmp, "xb") as out, urllib.request.urlopen(src, timeout=timeout) as resp:
                 while block := resp.read(1 << 20):
@@ -122,7 +120,4 @@ def download_asset(
                 "The file was not saved; retry, or download it by hand and point "
                 f"{LANDMARKER_ENV} at it."
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

@@ -168,6 +168,12 @@ class VideoReader:
         self.broken: BrokenStream | None = None
         self.n_decoded = 0
 
+    def reopen(self, **kw) -> "VideoReader":
+        """A fresh reader over the same frame selection (time range, ``every``, ``fps``,
+        ``max_frames``) at full resolution; ``kw`` (e.g. ``skip``, ``max_side``) are passed on."""
+        return VideoReader(self.path, start_s=self.start_s, end_s=self.end_s, every=self.every, fps=self.fps,
+                           max_frames=self.max_frames, **kw)
+
     def __iter__(self) -> Iterator[Frame]:
         info = self.info
         container = _open(self.path)

@@ -39,12 +39,6 @@ from flame_tracker.video.track import SequenceFit, TrackOptions, sequence_fit
 PARAM_KEYS = ("pose6", "expr", "jaw_pose", "eye_pose")
 
 
-def _reader_like(reader: VideoReader, **kw) -> VideoReader:
-    """A fresh reader over the same frame selection as ``reader`` (full resolution)."""
-    return VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s, every=reader.every,
-                       fps=reader.fps, max_frames=reader.max_frames, **kw)
-
-
 def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
                       model: torch.nn.Module, summary_timings: dict[str, float]) -> torch.Tensor | None:
     """The video's canonical appearance (``[V, 3]`` per-vertex albedo), fitted on the identity
@@ -60,7 +54,7 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     t0 = time.perf_counter()
     want = {int(lm["frame"][r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
     frames: dict[int, np.ndarray] = {}
-    with closing(iter(_reader_like(reader))) as it:  # decode up to the last keyframe only
+    with closing(iter(reader.reopen())) as it:  # decode up to the last keyframe only
         for frame in it:
             if frame.index in want:
                 frames[frame.index] = frame.image
@@ -157,7 +151,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
             want = set(todo)
             rows: list[int] = []
             images: list[np.ndarray] = []
-            with cpu_threads(1, model.v_template.device), closing(iter(_reader_like(reader, skip=skip))) as it:
+            with cpu_threads(1, model.v_template.device), closing(iter(reader.reopen(skip=skip))) as it:
                 for frame in it:
                     r = row_of.get(frame.index)
                     if r is None or r not in want:

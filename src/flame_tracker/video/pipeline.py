@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
+from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
@@ -280,7 +281,7 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
     side = float(crop.size)
     res = int(min(512, max(64, round(side))))
     dt = vertices.dtype
-    with torch.no_grad():
+    with torch.no_grad(), cpu_threads(1, vertices.device):  # small per-frame work, as render_overlay
         r = render_head(vertices, faces, pose6, torch.full((1,), float(fov), dtype=dt), res,
                         light=torch.as_tensor(light, dtype=dt)[None], albedo=albedo.to(dt))
     rgb = (r["image"][0].clamp(0, 1) * 255).numpy().astype(np.float32)
@@ -318,12 +319,10 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     if light is not None and (run.root / "work" / "canonical.npz").is_file():
         albedo = torch.as_tensor(load_npz(run.root / "work" / "canonical.npz")["albedo"])
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
-    overlay_reader = VideoReader(reader.path, start_s=reader.start_s, end_s=reader.end_s,
-                                 every=reader.every, fps=reader.fps, max_frames=reader.max_frames)
     bar = tqdm(total=len(lm["frame"]), desc="overlay", unit="frame", disable=not progress,
                dynamic_ncols=True)
     with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
-        for frame in overlay_reader:
+        for frame in reader.reopen():
             r = row_of.get(frame.index)
             img = frame.image
             out = img
