@@ -182,17 +182,15 @@ class Result:
         from flame_tracker.rendering.overlay import render_overlay
 
         focal = float(intrinsics_pixels(torch.as_tensor(self.fov[0], dtype=torch.float64), self.crop_obj)[0, 0])
-        # One thread: measured 3.4x faster than two on the shared CPU (1.3 s vs 4.5 s at 1024²).
-        with cpu_threads(1):
-            return render_overlay(
-                image,
-                self.vertices_px(),
-                self.faces,
-                lmks_detected=self.lmks68_px,
-                lmks_fitted=self.fit_lmks68_px,
-                iris=self.fit_iris_px if np.isfinite(self.iris_px).all() else None,
-                focal=focal,
-            )
+        return render_overlay(
+            image,
+            self.vertices_px(),
+            self.faces,
+            lmks_detected=self.lmks68_px,
+            lmks_fitted=self.fit_lmks68_px,
+            iris=self.fit_iris_px if np.isfinite(self.iris_px).all() else None,
+            focal=focal,
+        )
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly summary (camera, errors, timings)."""
