@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flame_tracker.camera import rotvec_to_euler, world_to_view
+from flame_tracker.camera import fov_to_focal, rotvec_to_euler, world_to_view
 from flame_tracker.fitting.threads import cpu_threads
-from flame_tracker.model.lbs import axis_angle_to_matrix, skin
+from flame_tracker.model import lbs
+from flame_tracker.model.lbs import axis_angle_to_matrix, pose_features, skin
 from flame_tracker.rendering.differentiable import (
     barycentrics,
     interpolate,
@@ -128,16 +129,12 @@ class PhotometricResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _focal_px(fov: Tensor, res: int) -> Tensor:
-    return 0.5 * res / torch.tan(0.5 * torch.deg2rad(fov))
-
-
 def to_render_pixels(view: Tensor, fov: Tensor, res: int) -> Tensor:
     """OpenCV view-space points ``[N, V, 3]`` -> render pixels ``x, y`` + depth (square ``res`` image).
 
     Consistent with the reference NDC: ``px = (ndc + 1) / 2 · res``.
     """
-    f = _focal_px(fov, res)[:, None]
+    f = fov_to_focal(fov, res)[:, None]
     z = view[..., 2]
     return torch.stack([f * view[..., 0] / z + res / 2, f * view[..., 1] / z + res / 2, z], dim=-1)
 
@@ -208,8 +205,7 @@ class _SubMesh:
     crops). Vertices skinned only to joints at rest (``rest_joints``: unrotated, like their
     ancestors, and not optimised) have the identity transform, so they are just the linear blend
     shapes (+ pose correctives): one GEMM, no LBS. In the photometric fit that is every vertex but
-    the eyeballs (and FLAME's jaw region): head pose is 0 and the neck fixed. Falls back to the full
-    forward for models without the ``HeadModel`` buffers.
+    the eyeballs (and FLAME's jaw region): head pose is 0 and the neck fixed.
     """
 
     def __init__(self, model: torch.nn.Module, faces: Tensor, fixed_shape: Tensor | None = None,
@@ -218,29 +214,27 @@ class _SubMesh:
         self.fixed_shape = fixed_shape is not None
         ids = faces.reshape(-1) if extra is None else torch.cat([faces.reshape(-1), extra.reshape(-1)])
         vidx = torch.unique(ids)  # model vertex ids; ``extra`` ones need not be in a face
-        self.fast = all(hasattr(model, a) for a in ("_template", "_dirs", "lbs_weights", "_inputs", "_levels"))
         self.n_static = 0
-        if self.fast:
-            dev = faces.device
-            if rest_joints is not None:  # static vertices first, then the ones needing LBS
-                static = (model.lbs_weights.index_select(0, vidx)[:, ~rest_joints.to(dev)] == 0).all(1)
-                vidx = torch.cat([vidx[static], vidx[~static]])
-                self.n_static = int(static.sum())
-            # rows: xyz of the static vertices, of the others, then the joints (skin() layout)
-            rows = torch.cat([(vidx[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1),
-                              torch.arange(3 * model.n_verts, model._template.numel(), device=dev)])
-            template, dirs = model._template.index_select(0, rows), model._dirs.index_select(0, rows)
-            if self.fixed_shape:
-                # A shape every frame shares and the fit does not change is folded into the
-                # template once: the per-step GEMM then runs over the expression columns only.
-                k = model.n_shape
-                template = template + dirs[:, :k] @ fixed_shape.to(dirs.dtype)
-                dirs = dirs[:, k:]
-            ns = 3 * self.n_static
-            self.s_template, self.s_dirs = template[:ns], dirs[:ns].contiguous()
-            self.template, self.dirs = template[ns:], dirs[ns:].contiguous()
-            self.weights = model.lbs_weights.index_select(0, vidx[self.n_static:])
-            self.n = vidx.numel() - self.n_static
+        dev = faces.device
+        if rest_joints is not None:  # static vertices first, then the ones needing LBS
+            static = (model.lbs_weights.index_select(0, vidx)[:, ~rest_joints.to(dev)] == 0).all(1)
+            vidx = torch.cat([vidx[static], vidx[~static]])
+            self.n_static = int(static.sum())
+        # rows: xyz of the static vertices, of the others, then the joints (skin() layout)
+        rows = torch.cat([(vidx[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1),
+                          torch.arange(3 * model.n_verts, model._template.numel(), device=dev)])
+        template, dirs = model._template.index_select(0, rows), model._dirs.index_select(0, rows)
+        if self.fixed_shape:
+            # A shape every frame shares and the fit does not change is folded into the
+            # template once: the per-step GEMM then runs over the expression columns only.
+            k = model.n_shape
+            template = template + dirs[:, :k] @ fixed_shape.to(dirs.dtype)
+            dirs = dirs[:, k:]
+        ns = 3 * self.n_static
+        self.s_template, self.s_dirs = template[:ns], dirs[:ns].contiguous()
+        self.template, self.dirs = template[ns:], dirs[ns:].contiguous()
+        self.weights = model.lbs_weights.index_select(0, vidx[self.n_static:])
+        self.n = vidx.numel() - self.n_static
         self.vidx = vidx
         self._lut = torch.full((int(vidx.max()) + 1 if vidx.numel() else 1,), -1, dtype=torch.long, device=vidx.device)
         self._lut[vidx] = torch.arange(vidx.numel(), device=vidx.device)
@@ -253,8 +247,6 @@ class _SubMesh:
     def __call__(self, **params: Tensor) -> Tensor:
         """``[N, P, 3]`` posed vertices ``vidx`` of the model for ``params`` (as ``model.forward``)."""
         m = self.model
-        if not self.fast:
-            return m(**params).vertices.index_select(1, self.vidx)
         betas, rotvecs = m._inputs(params)
         if self.fixed_shape:
             betas = betas[:, m.n_shape:]
@@ -262,8 +254,7 @@ class _SubMesh:
         if self.n_static:
             x = betas
             if m.has_pose_correctives:  # the same pose features as skin() appends
-                rot = axis_angle_to_matrix(rotvecs)
-                x = torch.cat([betas, (rot[:, 1:] - torch.eye(3, dtype=rot.dtype, device=rot.device)).flatten(1)], 1)
+                x = torch.cat([betas, pose_features(axis_angle_to_matrix(rotvecs))], 1)
             parts.append(F.linear(x, self.s_dirs, self.s_template).view(betas.shape[0], self.n_static, 3))
         if self.n:
             parts.append(skin(betas, rotvecs, self.template, self.dirs, self.n, self.weights, m._levels, m._parents,
@@ -271,21 +262,17 @@ class _SubMesh:
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
-def _rest_joints(model: torch.nn.Module, params: dict[str, Tensor], free: list[str]) -> Tensor | None:
+def _rest_joints(model: torch.nn.Module, params: dict[str, Tensor], free: list[str]) -> Tensor:
     """``[J]`` bool: joints that stay at rest during a fit (their rotation and all their ancestors'
     are zero in every frame and none of the ``free`` parameters moves them)."""
-    if not all(hasattr(model, a) for a in ("_inputs", "_parents")):
-        return None
     with torch.no_grad():
         _, rv = model._inputs(params)
         rest = (rv == 0).all(-1).all(0)
         if free:
             _, moved = model._inputs({**params, **{k: torch.ones_like(params[k]) for k in free}})
             rest &= ~(moved != rv).any(-1).any(0)
-    for _ in range(len(model._parents)):  # propagate "not at rest" down the kinematic tree
-        for j, p in enumerate(model._parents):
-            if p is not None and p >= 0 and not rest[p]:
-                rest[j] = False
+    for js, ps in model._levels:  # propagate "not at rest" down the kinematic tree, depth by depth
+        rest[js] &= rest[ps]
     return rest
 
 
@@ -581,7 +568,7 @@ def _fit(
     # one camera transform per step.
     same_shape = not opts.fit_shape and bool((shape0 == shape0[:1]).all())
     fixed = shape0[0] if same_shape else None
-    lmk_tri = model.faces.to(dev)[model.lmk_faces_idx.to(dev)]  # [68, 3] vertex ids
+    lmk_tri = model._lmk_vidx.to(dev)  # [68, 3] vertex ids
     lmk_bary = model.lmk_bary.to(dev, dt)
     iris_idx = getattr(model, "iris_idx", None) if gt_iris is not None else None
     ear_idx = getattr(model, "ear_idx", None) if gt_ears is not None else None
@@ -645,7 +632,7 @@ def _fit(
             refresh(params, p6)
         mesh = vis["mesh"]
         view = world_to_view(mesh(**params), p6)
-        lmk_view = (view.index_select(1, vis["lmk_loc"]).view(n, 68, 3, 3) * lmk_bary[..., None]).sum(2)
+        lmk_view = lbs.interpolate(view, vis["lmk_loc"].view(68, 3), lmk_bary)  # (mesh points, not pixels)
         pts = to_render_pixels(torch.cat([view, lmk_view], 1), fov, res)
         vpx = pts[:, : view.shape[1]]
         lmk = pts[:, view.shape[1]:, :2] * (2.0 / res) - 1  # = project_ndc of the model landmarks

@@ -291,7 +291,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     if not lin or not all(hasattr(model, a) for a in names):
         return None
     from flame_tracker.model.head import _POSE_SLOTS
-    from flame_tracker.model.lbs import _mm, axis_angle_to_matrix
+    from flame_tracker.model.lbs import _mm, axis_angle_to_matrix, pose_features
 
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
     betas, rotvecs = model._inputs({k: params.get(k) for k in keys})
@@ -333,8 +333,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     w_par = torch.cat([par[0].expand(n * m, 1, 3, 3), world_r.index_select(1, par[1])], 1)
     c = (path[None, :, None, :, None] * (w_par - world_r).permute(0, 2, 1, 3)[:, None]).reshape(n * m, 3 * nj, 3 * nj)
     if model.has_pose_correctives:
-        eye = torch.eye(3, dtype=dt, device=dev)
-        feats = torch.cat([betas.repeat_interleave(m, 0), (rmat[:, 1:] - eye).reshape(n * m, -1)], 1)
+        feats = torch.cat([betas.repeat_interleave(m, 0), pose_features(rmat)], 1)
         shaped = torch.nn.functional.linear(feats, sub_dirs, sub_template)
     else:  # the shaped rest pose does not depend on the rotations: one product per frame (ICT)
         shaped = torch.nn.functional.linear(betas, sub_dirs, sub_template)

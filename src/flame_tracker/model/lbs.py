@@ -59,6 +59,13 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(r, a, rotvec @ skew).unflatten(-1, (3, 3))
 
 
+def pose_features(rot: torch.Tensor) -> torch.Tensor:
+    """FLAME's pose-corrective features: ``R_j - I`` of the joints after the root, flattened,
+    ``rot [N,J,3,3] -> [N, 9(J-1)]`` (the columns that follow the blend shapes in the basis)."""
+    eye = _consts(rot.dtype, rot.device)[1]
+    return (rot[:, 1:].flatten(-2) - eye).flatten(1)
+
+
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for tiny matrices as a broadcast multiply-sum (no thread-pool start-up)."""
     return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
@@ -133,8 +140,7 @@ def skin(
     J = weights.shape[1]
     rot = axis_angle_to_matrix(rotvecs)  # [N,J,3,3]
     if pose_correctives:
-        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        betas = torch.cat([betas, (rot[:, 1:] - eye).reshape(N, -1)], 1)
+        betas = torch.cat([betas, pose_features(rot)], 1)
     shaped = torch.nn.functional.linear(betas, dirs, template)
     v = shaped[:, : 3 * n_verts].view(N, n_verts, 3)
     joints = shaped[:, 3 * n_verts :].view(N, J, 3)
