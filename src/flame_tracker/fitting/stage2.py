@@ -81,7 +81,6 @@ class Stage2Options:
     delta: float = 1e-5
     solver: Literal["lm", "adam"] = "lm"
     max_iter: int = 20
-    inner_iter: int = 1  # IRLS re-solves per model evaluation (measured: more cost more than they save)
     rtol: float = 1e-2  # coupled solves stop after two iterations each lowering the objective by less than this fraction
     # Independent frames (single images, per-frame video solves: no shared shape or temporal term)
     # stop once an iteration gained less than this fraction AND the robust local model predicts
@@ -287,7 +286,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
     """
     names = ("_inputs", "_sub_dirs", "_sub_template", "_sub_weights", "_levels", "_parents",
-             "_sub_lmk", "_sub_lmk_bary", "n_sub", "has_pose_correctives")
+             "_lmk_mix_t", "_n_iris", "n_sub", "has_pose_correctives")
     if not lin or not all(hasattr(model, a) for a in names):
         return None
     from flame_tracker.model.head import _POSE_SLOTS
@@ -381,7 +380,7 @@ def _lin_basis_cached(model: torch.nn.Module, lin: list[tuple[str, int, int, str
                       dev: torch.device) -> tuple[Tensor, ...]:
     """:func:`_lin_basis`, built once per model and column layout (rebuilt if the model's landmark-path
     buffers are replaced or modified in place)."""
-    bufs = (model._sub_dirs, model._sub_template, model._sub_weights, model._sub_lmk_bary)
+    bufs = (model._sub_dirs, model._sub_template, model._sub_weights, model._lmk_mix_t)
     key = (tuple((name, size) for name, _, size, _ in lin), dt, str(dev),
            tuple((b.data_ptr(), b._version) for b in bufs))
     per_model = _BASES.setdefault(model, {})
@@ -406,12 +405,11 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
                       for name, _, size, _ in lin])
     dirs = model._sub_dirs.index_select(1, cols).to(dt)  # [3P + 3J, n_lin]
     dv = dirs[: 3 * p].view(p, 3, -1)
-    # landmarks: barycentric mixes of landmark-path rows; iris points: single rows (zero if absent)
+    # landmarks: barycentric mixes of landmark-path rows; iris points: single rows (zero if absent);
+    # the model's own mix matrix (columns: 68 landmarks, iris, ears)
     interp = torch.zeros(68 + N_IRIS, p, dtype=dt, device=dev)
-    interp[:68].scatter_add_(1, model._sub_lmk, model._sub_lmk_bary.to(dt))
-    iris = getattr(model, "_sub_iris", None)
-    if iris is not None:
-        interp[68 + torch.arange(N_IRIS, device=dev), iris] = 1.0
+    k = 68 + model._n_iris
+    interp[:k] = model._lmk_mix_t[:, :k].T.to(dt)
     w = model._sub_weights.to(dt)  # [P, J]
     g = torch.einsum("lp,pj,pbk->jblk", interp, w, dv).reshape(3 * nj, -1)
     path = torch.zeros(nj, nj, dtype=dt, device=dev)  # path[j, k] = 1: joint k is j or an ancestor
@@ -637,7 +635,7 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
     """Solve the damped normal equations ``(H + mu diag(H)) step = -g`` (held variables stay put)."""
     n, p = x.shape
     temporal = problem.opts.temporal and n >= 2
-    tdiag = _temporal_diag(problem, n, p, x) * mx if temporal or coupled else None
+    tdiag = _temporal_diag(problem, n, p, x) * mx if coupled else None  # (coupled includes temporal)
     diag_x = torch.diagonal(hx, dim1=1, dim2=2) + tdiag if temporal else torch.diagonal(hx, dim1=1, dim2=2)
     a = hx + torch.diag_embed(mu[:, None] * (diag_x + 1e-9))
     if not coupled:
@@ -664,13 +662,13 @@ def _damped_step(problem: _Problem, x: Tensor, s: Tensor, gx: Tensor, hx: Tensor
     ns = s.shape[0]
     # Block-Jacobi preconditioner: each frame's block (with the temporal diagonal) and the shared
     # block; the operator adds the temporal and frame-shared couplings.
-    a_inv = torch.linalg.inv(a + torch.diag_embed(tdiag))
     a_ss = a_ss_inv = None
     if ns:
         a_ss = hss + torch.diag(mu * (torch.diagonal(hss) + 1e-9))
         if not bool(tdiag.any()):
-            return _schur_step(a, gx, hxs, a_ss, gs)
+            return _schur_step(a, gx, hxs, a_ss, gs)  # exact: no preconditioner needed
         a_ss_inv = torch.linalg.inv(a_ss)
+    a_inv = torch.linalg.inv(a + torch.diag_embed(tdiag))
 
     def matvec(v):
         vx, vs = v
@@ -736,12 +734,12 @@ def _irls_system(problem: _Problem, xc: Tensor, sc: Tensor, r: Tensor, jx: Tenso
 
 
 def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float], Tensor]:
-    """Levenberg-Marquardt whose steps minimise the convexified local model by inner IRLS.
+    """Levenberg-Marquardt on the IRLS-convexified local model (L1/Huber reweighted at the current
+    residuals).
 
     Each trial step is verified with one batched model call that also yields the residuals and
-    the exact Jacobian at the trial point (reused when the step is accepted). The inner loop reweights and re-solves the L1/Huber
-    problem on the linearised residuals ``r + J dx`` with matrix operations only, which removes the
-    slow tail of plain IRLS from the (costly) model evaluations. Damping ``mu`` is the trust region.
+    the exact Jacobian at the trial point (reused when the step is accepted). Damping ``mu`` is the
+    trust region.
     """
     o = problem.opts
     n, p = x.shape
@@ -753,8 +751,8 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     mu = torch.full((1 if coupled else n,), 1e-3, dtype=x.dtype, device=x.device)
     history = [float(f.sum())]
     it = 0
-    slow = converged = False
-    n_small = 0
+    converged = False
+    n_small = 0  # consecutive iterations with a small decrease
     rtol = o.rtol if coupled else o.rtol_frames
     # Fixed across iterations; small solves are dominated by per-op overhead, so skip what is zero.
     prior_h = torch.diag_embed(2 * lam_x.expand(n, p))
@@ -768,19 +766,6 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
             step_x, step_s = _damped_step(problem, x, s, gx, hx, mx, gs, hss, hxs, mu, coupled)
             x_new = _clip(problem, torch.addcmul(x, step_x, mx))
             s_new = s + step_s if ns else s
-            for _inner in range(1, o.inner_iter):  # optional IRLS re-solves on the linearised residuals
-                r = torch.baddbmm(r0[..., None], jx, (x_new - x)[..., None])[..., 0]
-                if ns:
-                    r = r + js @ (s_new - s)
-                sys_in = _irls_system(problem, x_new, s_new, r, jx, js, lam_x, lam_s, prior_h)
-                step_x, step_s = _damped_step(problem, x_new, s_new, *sys_in, mu, coupled)
-                prev, x_new = x_new, _clip(problem, torch.addcmul(x_new, step_x, sys_in[2]))
-                moved = (x_new - prev).abs().amax()
-                if ns:
-                    s_new = s_new + step_s
-                    moved = torch.maximum(moved, step_s.abs().amax())
-                if moved < 1e-5:
-                    break
             if not coupled:
                 # Exact robust local model at the trial (linearised residuals + priors). A step
                 # that does not lower it (clipping onto the ICT bounds can make the projected step
@@ -790,7 +775,7 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
                 # Converged when the last step barely lowered the objective AND the local model
                 # predicts no worthwhile decrease from here: a stationarity test, so a pair of small
                 # (damped) steps before further progress no longer stops the solve early.
-                if slow and bool(((f - f_lin) <= 0.5 * rtol * f.abs()).all()):
+                if n_small and bool(((f - f_lin) <= 0.5 * rtol * f.abs()).all()):
                     converged = True
                     break
                 promising = f_lin < f
@@ -841,7 +826,6 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
         # progress). Independent frames stop on the test above, or after three small decreases.
         if not improved or n_small >= (2 if coupled else 3):
             break
-        slow = small
     return x, s, it, history, r0
 
 
@@ -981,25 +965,26 @@ def fit_stage2(
     problem = _Problem(model, layout, opts, base, pose6, fov, target, coeff, lo, hi)
     x, s = layout.pack(params)
 
-    with cpu_threads(1, dev), torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
-        if opts.solver == "lm":
-            x, s, iters, history, r_lm = _solve_lm(problem, x, s)
-        elif opts.solver == "adam":
-            x, iters, history = _solve_adam(problem, x, s)
-        else:
-            raise ValueError(f"unknown stage-2 solver {opts.solver!r} (use 'lm' or 'adam')")
-    # The final evaluation is as small as the solve's: same single thread (with the default two, a
-    # busy CPU stalled its one matrix product ~14 ms, a third of a whole LM solve, measured).
-    with cpu_threads(1, dev), torch.no_grad():
-        final = layout.split(x, s, base)
-        if opts.solver == "lm":  # the solve's last Jacobian pass was at the final point: no model call
-            r = r_lm
-            pts = r.view(n, 68 + N_IRIS, 2) + problem.target
-            lmk, iris = pts[:, :68], pts[:, 68:]
-        else:  # one model evaluation for both the points and the objective
-            lmk, iris = problem.project(x, s)
-            r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
-        f = objective_from_residuals(problem, r, x, s)
+    # Solve and final evaluation in one single-thread scope: both are small (with the default two
+    # threads a busy CPU stalled the final matrix product ~14 ms, a third of an LM solve, measured).
+    with cpu_threads(1, dev):
+        with torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
+            if opts.solver == "lm":
+                x, s, iters, history, r_lm = _solve_lm(problem, x, s)
+            elif opts.solver == "adam":
+                x, iters, history = _solve_adam(problem, x, s)
+            else:
+                raise ValueError(f"unknown stage-2 solver {opts.solver!r} (use 'lm' or 'adam')")
+        with torch.no_grad():
+            final = layout.split(x, s, base)
+            if opts.solver == "lm":  # the solve's last Jacobian pass was at the final point: no model call
+                r = r_lm
+                pts = r.view(n, 68 + N_IRIS, 2) + problem.target
+                lmk, iris = pts[:, :68], pts[:, 68:]
+            else:  # one model evaluation for both the points and the objective
+                lmk, iris = problem.project(x, s)
+                r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
+            f = objective_from_residuals(problem, r, x, s)
     return Stage2Result(
         shape=final["shape"].detach().clone(),
         expr=final["expr"].detach().clone(),

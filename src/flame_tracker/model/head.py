@@ -149,9 +149,6 @@ class HeadModel(torch.nn.Module):
         buf("_sub_template", np.concatenate([sub_template.reshape(-1), j_template.reshape(-1)]))
         buf("_sub_dirs", np.concatenate([sub_dirs, j_dirs.reshape(3 * J, K)]))
         buf("_sub_weights", sub_weights)
-        buf("_sub_lmk", lmk_local[:68])
-        buf("_sub_lmk_bary", lmk_w)
-        buf("_sub_iris", None if data.iris_idx is None else lmk_local[68:78, 0])
         assert P <= V
         # Fixed structures of the landmark path, built once: the kinematic chain's plan and one
         # [68+10+40, P] matrix that does the barycentric mix and the iris/ear picks in one matmul.
