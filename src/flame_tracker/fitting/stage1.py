@@ -35,7 +35,6 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from scipy.linalg import solveh_banded
 from torch import Tensor
 
 from flame_tracker.camera.reference import (
@@ -620,6 +619,8 @@ def _solve(hess: Tensor, grad: Tensor, pair_w: Tensor | None, shared: bool) -> T
     if pair_w is None:
         sol = torch.linalg.solve(a, rhs)
     else:
+        from scipy.linalg import solveh_banded  # only the temporal solve needs it (~0.1-0.3 s import)
+
         ab = _banded_lower(a, pair_w.numpy(), 6)
         sol_np = solveh_banded(ab, rhs.numpy().reshape(n * kp, -1), lower=True, check_finite=False)
         sol = torch.from_numpy(sol_np).reshape(n, kp, -1)
