@@ -184,12 +184,11 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
         light[rows_done] = rec["light"][keep]
         valid[rows_done] = True
     valid &= fit.valid
+    # the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and jitter stay the baseline
     with cpu_threads(1, model.v_template.device):
         new = sequence_fit(model, fit.identity, raw, lm["lmks68"].astype(np.float64), valid, lm["time_s"],
-                           options, dict(fit.timings))
+                           options, dict(fit.timings), baseline=fit)
     light_s, _ = smooth_sequence(light.reshape(t_len, 27), valid, times=lm["time_s"],
                                  cutoff_hz=options.pose_cutoff_hz, max_gap_s=options.max_gap_s)
-    # keep the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and its jitter baseline
-    new = replace(new, raw=fit.raw, jitter_raw=fit.jitter_raw)
     timings["photometric_s"] = time.perf_counter() - t0
     return new, light_s.reshape(t_len, 9, 3)

@@ -377,10 +377,11 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
 
 def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.ndarray],
                  lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
-                 timings: dict[str, float]) -> SequenceFit:
+                 timings: dict[str, float], baseline: SequenceFit | None = None) -> SequenceFit:
     """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
     sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
-    the landmark track and the photometric refinement (:mod:`.photometric`)."""
+    the landmark track and the photometric refinement (:mod:`.photometric`), which passes the
+    landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s."""
     t_len = len(valid)
     t0 = time.perf_counter()
     smooth, covered = smooth_fits(raw, valid, times, opts)
@@ -393,9 +394,12 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
     reproj = np.full(t_len, np.nan)
     vr = np.flatnonzero(valid & covered)
     reproj[vr] = np.linalg.norm(fit_px[vr] - lmks_px[vr], axis=-1).mean(-1)
-    raw_px = np.full((t_len, 68, 2), np.nan)
-    raw_px[vr] = project_fit(model, identity, raw, vr)[0]
-    jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px)
+    if baseline is None:
+        raw_px = np.full((t_len, 68, 2), np.nan)
+        raw_px[vr] = project_fit(model, identity, raw, vr)[0]
+        jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px)
+    else:
+        raw, jit_raw = baseline.raw, baseline.jitter_raw
     jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px)
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
                        smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
