@@ -170,19 +170,10 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     if frames_done is not None:
         frames_done["photometric"] = n_new
 
-    rec = stage.load()
-    raw = {k: np.full_like(v, np.nan) for k, v in fit.raw.items()}
-    light = np.full((t_len, 9, 3), np.nan)
-    valid = np.zeros(t_len, bool)
-    if rec:
-        rows_done = np.array([row_of.get(int(f), -1) for f in rec["frame"]])
-        keep = rows_done >= 0
-        rows_done = rows_done[keep]
-        for k in PARAM_KEYS:
-            raw[k][rows_done] = rec[k][keep]
-        raw["err_ndc"][rows_done] = fit.raw["err_ndc"][rows_done]
-        light[rows_done] = rec["light"][keep]
-        valid[rows_done] = True
+    valid, rec = stage.load_rows(lm["frame"])
+    raw = {k: rec.get(k, np.full_like(fit.raw[k], np.nan)) for k in PARAM_KEYS}
+    raw["err_ndc"] = np.where(valid, fit.raw["err_ndc"], np.nan)
+    light = rec.get("light", np.full((t_len, 9, 3), np.nan))
     valid &= fit.valid
     # the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and jitter stay the baseline
     with cpu_threads(1, model.v_template.device):

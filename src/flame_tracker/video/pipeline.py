@@ -409,21 +409,9 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     ident_path = run.root / "work" / "identity.npz"
     identity = Identity.from_arrays(load_npz(ident_path)) if ident_path.is_file() else None
     fit_stage = run.stage("fits", chunk=topts.chunk)
-    row_of = {int(f): i for i, f in enumerate(lm["frame"])}
     t_len = len(lm["frame"])
-    done_fits = fit_stage.load()
-    done = None
-    if done_fits:
-        rows = np.array([row_of[int(f)] for f in done_fits["frame"] if int(f) in row_of])
-        keep = np.array([int(f) in row_of for f in done_fits["frame"]])
-        done = {"done": np.zeros(t_len, bool)}
-        done["done"][rows] = True
-        for k, v in done_fits.items():
-            if k == "frame":
-                continue
-            full = np.full((t_len, *v.shape[1:]), np.nan)
-            full[rows] = v[keep]
-            done[k] = full
+    have, done_fits = fit_stage.load_rows(lm["frame"])
+    done = {"done": have, **done_fits} if done_fits else None
     n_todo = int(lm["valid"].sum()) - (int(done["done"].sum()) if done else 0)
     bar = tqdm(total=int(lm["valid"].sum()), initial=int(lm["valid"].sum()) - n_todo,
                desc="fitting", unit="frame", disable=not progress, dynamic_ncols=True)

@@ -99,6 +99,26 @@ class CheckpointStage:
         _, first = np.unique(out["frame"], return_index=True)
         return {k: v[first] for k, v in out.items()}
 
+    def load_rows(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The stored records laid out along the sequence ``frames [T]`` (source frame indices):
+        ``(stored [T] bool, {key: [T, ...]})``, NaN where a frame has no record; the dict is empty
+        when nothing is stored. Records of frames outside ``frames`` are ignored."""
+        rec = self.load()
+        stored = np.zeros(len(frames), bool)
+        if not rec:
+            return stored, {}
+        row_of = {int(f): i for i, f in enumerate(frames)}
+        rows = np.array([row_of.get(int(f), -1) for f in rec["frame"]], dtype=np.int64)
+        keep = rows >= 0
+        rows = rows[keep]
+        stored[rows] = True
+        out = {}
+        for k, v in rec.items():
+            if k != "frame":
+                out[k] = np.full((len(frames), *v.shape[1:]), np.nan)
+                out[k][rows] = v[keep]
+        return stored, out
+
 
 class RunFolder:
     """An output folder with a manifest tying it to one video and one set of settings."""
