@@ -1,4 +1,4 @@
-import torch, numpy as np
+import torch
 from types import SimpleNamespace
 from flame_tracker.camera import rotvec_to_matrix
 
@@ -14,7 +14,6 @@ class Toy(torch.nn.Module):
         self.expr_bounds = (0.0, 1.0) if bounded else None
         self.has_jaw_joint = self.has_jaw = jaw
     def landmarks(self, shape=None, expr=None, head_pose=None, neck_pose=None, jaw_pose=None, eye_pose=None):
-        n = expr.shape[0]
         v = self.v_template + torch.einsum("vck,nk->nvc", self.sd, shape) + torch.einsum("vck,nk->nvc", self.ed, expr)
         if self.has_jaw and jaw_pose is not None:
             R = rotvec_to_matrix(jaw_pose)

@@ -12,7 +12,6 @@ from flame_tracker.camera import (
     euler_to_matrix,
     euler_to_rotvec,
     fov_to_focal,
-    build_intrinsics,
     project_ndc,
     rotvec_to_euler,
 )
@@ -176,7 +175,6 @@ def test_lm_beats_or_matches_adam_reference() -> None:
 
 def test_fov_modes() -> None:
     pts = face_points(5, n_points=68)
-    g = torch.Generator().manual_seed(5)
     n = 12
     yaw = torch.linspace(-1.0, 1.0, n, dtype=D)
     pitch = 0.3 * torch.sin(torch.arange(n, dtype=D))
