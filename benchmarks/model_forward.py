@@ -3,7 +3,8 @@
 Models: a FLAME-sized synthetic FLAME model (5,023 vertices, 300 shape + 100 expression, pose
 correctives; written by ``flame_tracker.model.fixtures``) and the open ICT-FaceKit model
 (14,388 vertices, 100 + 57) from the data folder. Batches 1, 16 and 256; float32; no autograd;
-random parameters; fastest of repeated calls (see `_time`). Also: model load time from the npz cache.
+random parameters; fastest of as many calls as fit in ~1 s per row (``timing.fastest``). Also: model
+load time from the npz cache.
 
 Run: ``python benchmarks/model_forward.py [--repeats N] [--threads T]``. The last line is the summary
 ``landmark_speedup_b16=<x>`` (the smaller speed-up of the two models at batch 16).
@@ -20,6 +21,7 @@ import torch
 
 from flame_tracker.model import HeadModel, load_model
 from flame_tracker.model.fixtures import write_flame_model
+from timing import fastest
 
 
 def _params(m: HeadModel, n: int) -> dict[str, torch.Tensor]:
@@ -27,26 +29,6 @@ def _params(m: HeadModel, n: int) -> dict[str, torch.Tensor]:
     return dict(shape=torch.randn(n, m.n_shape, generator=g), expr=0.5 * torch.rand(n, m.n_expr, generator=g),
                 head_pose=0.2 * torch.randn(n, 3, generator=g), jaw_pose=0.1 * torch.randn(n, 3, generator=g),
                 eye_pose=0.1 * torch.randn(n, 6, generator=g))
-
-
-def _time(fn, repeats: int) -> float:
-    """Fastest of repeated calls, in seconds (after a warm-up): as many calls as fit in about one
-    second (at least 5, at most ``repeats``), so both paths get the same sampling time.
-
-    The minimum, not the median: on a shared, oversubscribed CPU a call that has to wait for a
-    descheduled BLAS/OpenMP worker can take 100x longer, and the median then measures the load.
-    """
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = time.perf_counter() - t0
-    n = max(5, min(repeats, int(1.0 / max(one, 1e-6))))
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return min(samples)
 
 
 def main() -> None:
@@ -81,8 +63,9 @@ def main() -> None:
         for label, m in (("FLAME-sized", flame), ("ICT-FaceKit", ict)):
             for n in (1, 16, 256):
                 p = _params(m, n)
-                full = _time(lambda: m(**p), args.repeats)
-                fast = _time(lambda: m.landmarks(**p), args.repeats)
+                # each row samples for ~1 s, so the sub-ms landmark rows get the same sampling time
+                full = fastest(lambda: m(**p), args.repeats, warmup=True, budget_s=1.0)[0]
+                fast = fastest(lambda: m.landmarks(**p), args.repeats, warmup=True, budget_s=1.0)[0]
                 print(f"{label:<14}{m.n_verts:>7}{m.n_sub:>10}{n:>7}{full * 1e3:>10.3f}"
                       f"{fast * 1e3:>13.3f}{full / fast:>9.1f}x")
                 if n == 16:

@@ -32,9 +32,10 @@ import torch
 
 from flame_tracker.camera import project_ndc
 from flame_tracker.fitting.photometric import fit_photometric, render_head
-from flame_tracker.fitting.stage2 import cpu_threads
+from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.model import load_model
 from flame_tracker.rendering import barycentrics, interpolate, rasterize, sh_shading, to_image, vertex_normals
+from timing import fastest
 
 
 def scene(model, n: int, res: int) -> dict:
@@ -60,17 +61,6 @@ def scene(model, n: int, res: int) -> dict:
         lmk=noise(project_ndc(out.landmarks, pose, fov)), iris=noise(project_ndc(out.iris, pose, fov)),
         pose0=pose + 0.005 * torch.randn(n, 6, generator=g), expr0=(expr + 0.05 * torch.randn(expr.shape, generator=g)).clamp(0, 1),
     )
-
-
-def best(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` calls after a warm-up (the minimum: the machine may be shared)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def render_table(model, repeats: int) -> None:
@@ -100,11 +90,12 @@ def render_table(model, repeats: int) -> None:
         def fwd_bwd():
             forward().sum().backward()
 
-        t_r = best(lambda: rasterize(geometry().detach(), faces, res, res, cull_backfaces=True), repeats)
+        t_r = fastest(lambda: rasterize(geometry().detach(), faces, res, res, cull_backfaces=True), repeats,
+                      warmup=True)[0]
         with torch.no_grad():
-            t_f_nograd = best(forward, repeats)
-        t_f = best(forward, repeats)
-        t_fb = best(fwd_bwd, repeats)
+            t_f_nograd = fastest(forward, repeats, warmup=True)[0]
+        t_f = fastest(forward, repeats, warmup=True)[0]
+        t_fb = fastest(fwd_bwd, repeats, warmup=True)[0]
         print(f"| {res}² | {t_r * 1e3:.1f} | {t_f_nograd * 1e3:.1f} | {(t_fb - t_f) * 1e3:.1f} | "
               f"{(t_r + t_fb) * 1e3:.1f} | {frags.pix.numel()} |")
 
@@ -125,7 +116,7 @@ def overlay_table(model, repeats: int) -> None:
     print("| overlay 1024² | s | covered px |")
     print("|---|---|---|")
     for label, side in (("full-resolution shading", None), ("default (shading at 512², full-res silhouette)", 512)):
-        t = best(lambda: render_overlay(img, vpx, model.faces, shading_max_side=side), repeats)
+        t = fastest(lambda: render_overlay(img, vpx, model.faces, shading_max_side=side), repeats, warmup=True)[0]
         print(f"| {label} | {t:.3f} | {int(r['alpha'].sum())} |")
 
 

@@ -32,6 +32,7 @@ import torch
 from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
 from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
+from timing import fastest
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -49,11 +50,7 @@ def time_stage2(tracker: Tracker, result, det_blend, det_names, solver: str, rep
     if e0 is not None:
         init["expr"] = e0[None].to(model.dtype)
     opts = Stage2Options(solver=solver, fit_shape=False, w_contour=0.0)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fit_stage2(model, lmk, pose6, fov, iris_ndc=iris, init=init, options=opts)
-        best = min(best, time.perf_counter() - t)
+    best, out = fastest(lambda: fit_stage2(model, lmk, pose6, fov, iris_ndc=iris, init=init, options=opts), repeats)
     return best, float(out.objective.sum()), out.iterations
 
 

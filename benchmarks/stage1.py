@@ -25,6 +25,11 @@ import torch
 from flame_tracker.camera import matrix_to_rotvec, rotvec_to_matrix
 from flame_tracker.fitting import fit_camera, make_synthetic, stage1_objective
 from flame_tracker.model import load_model
+from timing import fastest
+
+# The LM takes milliseconds, so on a shared CPU one preemption can double a run: its time is the
+# fastest of this many; Adam's single 1500-iteration run averages such noise out.
+LM_REPEATS = 7
 
 D = torch.float64
 JOINT_FROM = 64  # from this N on, one Adam run covers all three yaw groups (N/3 frames each)
@@ -45,17 +50,6 @@ def reproj_px(batch, pose6: torch.Tensor, fov: torch.Tensor) -> float:  # noqa: 
 
     proj = project_ndc(batch.points3d, pose6.double(), fov.double())
     return float(((proj - batch.targets_ndc).norm(dim=-1) * 128).mean())
-
-
-def best_of(fn, repeats: int = 7) -> tuple[float, object]:  # noqa: ANN001
-    """Minimum wall time of ``repeats`` runs: the LM takes milliseconds, so on a shared CPU a single
-    preemption can double one run; Adam's single 1500-iteration run averages such noise out."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def concat(batches: list) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
@@ -87,7 +81,7 @@ def main() -> None:
             t0 = time.perf_counter()
             adam = fit_camera(pts.float(), tg.float(), solver="adam")  # the seed runs in float32
             t_adam = time.perf_counter() - t0
-            t_lm, _ = best_of(lambda: fit_camera(pts, tg))
+            t_lm, _ = fastest(lambda: fit_camera(pts, tg), LM_REPEATS)
             speed_rows.append((n, "all", n, t_adam, t_lm))
             offsets = [0, sizes[0], sizes[0] + sizes[1], n]
             adams = [(adam.pose6[a:b], adam.fov[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
@@ -96,11 +90,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 adam = fit_camera(b.points3d.float(), b.targets_ndc.float(), solver="adam")
                 t_adam = time.perf_counter() - t0
-                t_lm, _ = best_of(lambda: fit_camera(b.points3d, b.targets_ndc))
+                t_lm, _ = fastest(lambda: fit_camera(b.points3d, b.targets_ndc), LM_REPEATS)
                 speed_rows.append((n, f"{y:.0f}", b.n, t_adam, t_lm))
                 adams.append((adam.pose6, adam.fov))
         for y, b, (a_pose, a_fov) in zip(yaws, batches, adams):
-            t_lm, lm = best_of(lambda: fit_camera(b.points3d, b.targets_ndc))
+            t_lm, lm = fastest(lambda: fit_camera(b.points3d, b.targets_ndc), LM_REPEATS)
             o_lm, o_adam = objective(b, lm.pose6, lm.fov), objective(b, a_pose, a_fov)
             e_lm, e_adam = rot_err_deg(lm.pose6, b.pose6), rot_err_deg(a_pose, b.pose6)
             ratios.append(o_lm / o_adam)
@@ -139,7 +133,7 @@ def main() -> None:
     t0 = time.perf_counter()
     adam = fit_camera(b.points3d.float(), b.targets_ndc.float(), ear_targets=b.ear_targets_ndc.float(), solver="adam")
     t_adam = time.perf_counter() - t0
-    t_lm, lm = best_of(lambda: fit_camera(b.points3d, b.targets_ndc, ear_targets=b.ear_targets_ndc))
+    t_lm, lm = fastest(lambda: fit_camera(b.points3d, b.targets_ndc, ear_targets=b.ear_targets_ndc), LM_REPEATS)
     ears_obj = lambda p, f: float(stage1_objective(b.points3d, b.targets_ndc, p.double(), f.double(),  # noqa: E731
                                                    ear_targets=b.ear_targets_ndc).total)
     o_lm, o_adam = ears_obj(lm.pose6, lm.fov), ears_obj(adam.pose6, adam.fov)
@@ -152,8 +146,8 @@ def main() -> None:
 
     # Temporal smoothing over a smooth 128-frame head turn (frames coupled: banded solve).
     b = make_synthetic(model, 128, seed=7, motion="smooth", noise_px=1.0)
-    t_ind, ind = best_of(lambda: fit_camera(b.points3d, b.targets_ndc))
-    t_tmp, tmp = best_of(lambda: fit_camera(b.points3d, b.targets_ndc, temporal=True))
+    t_ind, ind = fastest(lambda: fit_camera(b.points3d, b.targets_ndc), LM_REPEATS)
+    t_tmp, tmp = fastest(lambda: fit_camera(b.points3d, b.targets_ndc, temporal=True), LM_REPEATS)
     jit = lambda p: float(torch.rad2deg((p[2:, :3] - 2 * p[1:-1, :3] + p[:-2, :3]).norm(dim=1)).mean())  # noqa: E731
     print()
     print(f"temporal (128-frame smooth turn, 1 px noise): independent {t_ind:.3f}s rot-accel {jit(ind.pose6):.3f}°/f² "
