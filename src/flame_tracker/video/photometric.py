@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from contextlib import closing
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,15 +40,25 @@ from flame_tracker.video.track import SequenceFit, TrackOptions, sequence_fit
 PARAM_KEYS = ("pose6", "expr", "jaw_pose", "eye_pose")
 
 
+def _canonical_path(run: RunFolder) -> Path:
+    return run.root / "work" / "canonical.npz"
+
+
+def load_canonical(run: RunFolder) -> torch.Tensor | None:
+    """The canonical albedo a previous step of this run fitted (``work/canonical.npz``), or None."""
+    path = _canonical_path(run)
+    return torch.as_tensor(load_npz(path)["albedo"]) if path.is_file() else None
+
+
 def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
                       model: torch.nn.Module, summary_timings: dict[str, float]) -> torch.Tensor | None:
     """The video's canonical appearance (``[V, 3]`` per-vertex albedo), fitted on the identity
     keyframes and written as ``texture.png``; read back from ``work/canonical.npz`` when a previous
     run already fitted it. ``None`` when no keyframe could be decoded."""
-    path = run.root / "work" / "canonical.npz"
     dt = model.v_template.dtype
-    if path.is_file():
-        albedo = torch.as_tensor(load_npz(path)["albedo"], dtype=dt)
+    albedo = load_canonical(run)
+    if albedo is not None:
+        albedo = albedo.to(dt)
         if not (run.root / "texture.png").exists():
             save_texture_png(run.root / "texture.png", albedo, model)
         return albedo
@@ -67,7 +78,7 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
             "eye_pose": fit.eye_pose[rows]}
     can = canonical_from_frames(model, list(frames.values()), fit.identity.crop, lm["lmks68"][rows],
                                 fit.pose6[rows], fit.identity.fov, init, iris_px=lm["iris"][rows])
-    save_npz(path, {"albedo": can.albedo.cpu().numpy()})
+    save_npz(_canonical_path(run), {"albedo": can.albedo.cpu().numpy()})
     save_texture_png(run.root / "texture.png", can.albedo, model)
     summary_timings["texture_s"] = time.perf_counter() - t0
     return can.albedo

@@ -316,8 +316,10 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                                     crop)[0, 0])
     faces = model.faces
     albedo = None
-    if light is not None and (run.root / "work" / "canonical.npz").is_file():
-        albedo = torch.as_tensor(load_npz(run.root / "work" / "canonical.npz")["albedo"])
+    if light is not None:
+        from flame_tracker.video.photometric import load_canonical
+
+        albedo = load_canonical(run)
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
     bar = tqdm(total=len(lm["frame"]), desc="overlay", unit="frame", disable=not progress,
                dynamic_ncols=True)
