@@ -494,19 +494,19 @@ def _fit(
     eye = eye0.clone().requires_grad_(opts.fit_eyes and has_iris)
     d_shape = torch.zeros(1 if shared_appearance else n, model.n_shape, dtype=dt, device=dev, requires_grad=opts.fit_shape)
 
-    def geometry(with_mesh: bool = True):
+    def params_at() -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Model parameters, (bounded) expression and camera at the current offsets."""
         expr = expr0 + d_expr
         if bounds is not None:
             expr = expr.clamp(float(bounds[0]), float(bounds[1]))
         p6 = pose6 + torch.cat([d_rot, d_trans], dim=1)
-        out = model(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck)
-        view = world_to_view(out.vertices, p6)
-        vpx = to_render_pixels(view, fov, res)
-        return out, expr, p6, view, vpx
+        return dict(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck), expr, p6
 
     # ---- initial light (least squares) and appearance
     with torch.no_grad():
-        out, _, p6, view, vpx = geometry()
+        params, _, p6 = params_at()
+        view = world_to_view(model(**params).vertices, p6)
+        vpx = to_render_pixels(view, fov, res)
         # Only triangles near the face mask can cover a masked pixel: render that sub-mesh (a
         # third of the ICT head at typical crops). The margin covers the motion during the fit.
         all_faces, all_uv_faces = faces, uv_faces
@@ -605,7 +605,7 @@ def _fit(
             face_idx[fr.pix] = local
             fr = Fragments(face_idx=face_idx.view(n, res, res), pix=fr.pix, pix_face=local, shape=fr.shape)
             # Normals of the sub-mesh (indexed by sub.vidx) at the visible triangles' corners.
-            corners = sub.local(faces[used])
+            corners = sub_faces[used]
             bary = barycentrics(vpx, corners, fr)
             nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), corners, fr, bary), dim=-1, eps=1e-12)
             b = fr.pix_batch()
@@ -623,11 +623,7 @@ def _fit(
         set_mesh(_SubMesh(model, faces[:0], fixed_shape=fixed, extra=point_ids, rest_joints=rest))
 
     def loss_fn(it: int = 0) -> tuple[Tensor, dict]:
-        expr = expr0 + d_expr
-        if bounds is not None:
-            expr = expr.clamp(float(bounds[0]), float(bounds[1]))
-        p6 = pose6 + torch.cat([d_rot, d_trans], dim=1)
-        params = dict(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck)
+        params, expr, p6 = params_at()
         if opts.w_pixel > 0 and ("frags" not in vis or it % max(1, opts.raster_every) == 0):
             refresh(params, p6)
         mesh = vis["mesh"]
@@ -826,7 +822,6 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
     refined ones, with ``timings["photometric"]`` added.
     """
     import time
-    from dataclasses import replace as dc_replace
 
     from flame_tracker.camera import Crop, project_pixels
     from flame_tracker.io.images import crop_resize
@@ -851,7 +846,7 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
         fit68 = project_pixels(out.landmarks.cpu(), pose6, fov, crop)[0].numpy()
         fit_iris = project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None else result.fit_iris_px
     timings = dict(result.timings, photometric=time.perf_counter() - t0)
-    new = dc_replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(), eye_pose=ph.eye_pose.cpu().numpy(),
+    new = replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(), eye_pose=ph.eye_pose.cpu().numpy(),
                      pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
                      vertices=out.vertices[0].cpu().numpy().astype(result.vertices.dtype), timings=timings)
     return new, ph

@@ -49,7 +49,7 @@ def _gather_corners(values: torch.Tensor, faces: torch.Tensor, frags: Fragments)
     # (keeping ``faces`` referenced, so its id cannot be reused while the entry lives).
     key = ("corners", id(faces), v, values.device)
     hit = frags.cache.get(key)
-    if hit is None or hit[0] is not faces:
+    if hit is None:
         tri_idx = faces.to(values.device, torch.long)[frags.pix_face]  # [P, 3]
         hit = (faces, (frags.pix_batch()[:, None] * v + tri_idx).reshape(-1))
         frags.cache[key] = hit
