@@ -43,8 +43,8 @@ from flame_tracker.model.lbs import axis_angle_to_matrix, pose_features, skin
 from flame_tracker.rendering.differentiable import (
     barycentrics,
     interpolate,
+    pixel_albedo,
     render,
-    sample_texture,
     sh_basis,
     vertex_normals,
 )
@@ -533,11 +533,8 @@ def _fit(
                 appearance = alb_v
         else:
             appearance = torch.as_tensor(albedo, dtype=dt, device=dev)
-        if use_uv:
-            uv = interpolate(uvs, uv_faces, frags, bary)
-            alb_pix = sample_texture(appearance if appearance.dim() == 4 else appearance[None], uv, frags.pix_batch())
-        else:
-            alb_pix = interpolate(appearance, faces, frags, bary)
+        tex_kw = dict(texture=appearance, uvs=uvs, uv_faces=uv_faces) if use_uv else dict(albedo=appearance)
+        alb_pix = pixel_albedo(frags, bary, faces, **tex_kw)
         light = fit_light(basis, alb_pix, target, wpix, frags, n)
     fit_app = albedo is None
     app = appearance.clone().requires_grad_(fit_app)
@@ -640,12 +637,11 @@ def _fit(
             # rendering.render, without scattering into three full images per step.
             bary = barycentrics(vpx, mesh.faces, frags)
             if use_uv:
-                uv = interpolate(uvs, vis["uv_faces"], frags, bary)
-                alb = sample_texture(app_c if app_c.dim() == 4 else app_c[None], uv, batch)
-            elif fixed_albedo is not None:
+                alb = pixel_albedo(frags, bary, mesh.faces, texture=app_c, uvs=uvs, uv_faces=vis["uv_faces"])
+            elif fixed_albedo is not None:  # gathered per pixel once per visibility pass
                 alb = (bary.unsqueeze(-1) * vis["corner_albedo"]).sum(1)
             else:
-                alb = interpolate(app_c.index_select(-2, mesh.vidx), mesh.faces, frags, bary)
+                alb = pixel_albedo(frags, bary, mesh.faces, albedo=app_c.index_select(-2, mesh.vidx))
             # Covered pixels come sorted by frame: one [P_i, 9] @ [9, 3] product per frame instead
             # of gathering a light matrix per pixel.
             colour = alb * torch.cat([bi @ light[i] for i, bi in enumerate(vis["basis"])])

@@ -173,6 +173,27 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, batch: torch.Tensor)
     return res
 
 
+def pixel_albedo(
+    frags: Fragments,
+    bary: torch.Tensor,
+    faces: torch.Tensor,
+    *,
+    albedo: torch.Tensor | None = None,
+    texture: torch.Tensor | None = None,
+    uvs: torch.Tensor | None = None,
+    uv_faces: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Albedo ``[P, 3]`` at the covered pixels: per-vertex ``albedo`` (``[N, V, 3]`` or ``[V, 3]``)
+    interpolated over ``faces``, or a UV ``texture`` (``[N or 1, 3, T, T]``, or ``[3, T, T]``)
+    sampled at the ``uvs [Vt, 2]`` interpolated over ``uv_faces [F, 3]``."""
+    if albedo is not None:
+        return interpolate(albedo, faces, frags, bary)
+    if uvs is None or uv_faces is None:
+        raise ValueError("a UV texture needs uvs [Vt,2] and uv_faces [F,3]")
+    uv = interpolate(uvs, uv_faces, frags, bary)
+    return sample_texture(texture if texture.dim() == 4 else texture[None], uv, frags.pix_batch())
+
+
 def render(
     vertices_px: torch.Tensor,
     faces: torch.Tensor,
@@ -209,13 +230,7 @@ def render(
     if frags is None:
         frags = rasterize(v, faces, height, width)
     bary = barycentrics(v, faces, frags)
-    if albedo is not None:
-        alb = interpolate(albedo, faces, frags, bary)
-    else:
-        if uvs is None or uv_faces is None:
-            raise ValueError("render: a UV texture needs uvs [Vt,2] and uv_faces [F,3]")
-        uv = interpolate(uvs, uv_faces, frags, bary)
-        alb = sample_texture(texture, uv, frags.pix_batch())
+    alb = pixel_albedo(frags, bary, faces, albedo=albedo, texture=texture, uvs=uvs, uv_faces=uv_faces)
     nrm = F.normalize(interpolate(normals, faces, frags, bary), dim=-1, eps=1e-12)
     lt = light if light.dim() == 2 else light[frags.pix_batch()]
     shade = sh_shading(nrm, lt)
