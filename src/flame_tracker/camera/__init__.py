@@ -30,6 +30,7 @@ from flame_tracker.camera.reference import (
     fov_to_focal,
     matrix_to_euler,
     matrix_to_rotvec,
+    ndc_scale,
     ndc_to_pixels,
     pixels_to_ndc,
     pose6_to_cam,
@@ -46,7 +47,7 @@ __all__ = [
     "opengl_c2w_to_pose6", "pose6_to_opencv", "project_pixels", "to_head_centric", "to_opencv",
     "to_opengl_c2w", "DEFAULT_FOV", "FOV_MAX", "FOV_MIN", "REFERENCE_SIZE", "ZFAR", "ZNEAR",
     "build_intrinsics", "cam_to_pose6", "default_distance", "euler_to_matrix", "euler_to_rotvec",
-    "focal_to_fov", "fov_to_focal", "matrix_to_euler", "matrix_to_rotvec", "ndc_to_pixels",
+    "focal_to_fov", "fov_to_focal", "matrix_to_euler", "ndc_scale", "matrix_to_rotvec", "ndc_to_pixels",
     "pixels_to_ndc", "pose6_to_cam", "project_ndc", "projection_matrix", "rotvec_to_euler",
     "rotvec_to_matrix", "skew", "world_to_view",
 ]

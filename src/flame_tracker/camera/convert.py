@@ -19,6 +19,7 @@ from torch import Tensor
 from flame_tracker.camera.reference import (
     _as_tensor,
     focal_to_fov,
+    fov_to_focal,
     matrix_to_rotvec,
     project_ndc,
     rotvec_to_matrix,
@@ -82,7 +83,7 @@ def intrinsics_pixels(fov: Tensor | float, crop: Crop) -> Tensor:
     """``K [..., 3, 3]`` in original pixels for a reference camera of ``fov`` degrees fitted in ``crop``."""
     fov = _as_tensor(fov)
     x0, y0, size = crop._fields(fov)
-    f = 0.5 * size / torch.tan(0.5 * torch.deg2rad(fov))
+    f = fov_to_focal(fov, size)
     f, cx, cy = torch.broadcast_tensors(f, x0 + size / 2, y0 + size / 2)
     z, o = torch.zeros_like(f), torch.ones_like(f)
     return torch.stack([f, z, cx, z, f, cy, z, z, o], dim=-1).reshape(*f.shape, 3, 3)

@@ -45,6 +45,11 @@ def fov_to_focal(fov: Tensor | float, size: float = REFERENCE_SIZE) -> Tensor:
     return 0.5 * size / torch.tan(0.5 * torch.deg2rad(fov))
 
 
+def ndc_scale(fov: Tensor | float) -> Tensor:
+    """``2f/S = 1/tan(FOV/2)``: the projection's NDC units per unit of ``x/z`` (FOV in degrees)."""
+    return fov_to_focal(fov, 2.0)
+
+
 def focal_to_fov(focal: Tensor | float, size: float = REFERENCE_SIZE) -> Tensor:
     """Inverse of :func:`fov_to_focal` (degrees)."""
     focal = _as_tensor(focal)
@@ -211,7 +216,7 @@ def project_ndc(points: Tensor, pose6: Tensor, fov: Tensor | float, *, with_dept
     """
     view = world_to_view(points, pose6)
     fov = _as_tensor(fov, like=pose6)
-    scale = 1.0 / torch.tan(0.5 * torch.deg2rad(fov))
+    scale = ndc_scale(fov)
     if scale.ndim:
         scale = scale[..., None, None]
     z = view[..., 2:3]
@@ -245,7 +250,7 @@ def projection_matrix(focal: Tensor | float, size: float = REFERENCE_SIZE, near:
 
 
 __all__ = [
-    "DEFAULT_FOV", "REFERENCE_SIZE", "ZNEAR", "ZFAR", "FOV_MIN", "FOV_MAX", "fov_to_focal", "focal_to_fov",
+    "DEFAULT_FOV", "REFERENCE_SIZE", "ZNEAR", "ZFAR", "FOV_MIN", "FOV_MAX", "fov_to_focal", "ndc_scale", "focal_to_fov",
     "default_distance", "build_intrinsics", "small_matmul", "outer_minus_dot", "eye3", "skew", "rotvec_to_matrix", "matrix_to_rotvec", "euler_to_matrix",
     "matrix_to_euler", "rotvec_to_euler", "euler_to_rotvec", "pose6_to_cam", "cam_to_pose6", "world_to_view",
     "project_ndc", "ndc_to_pixels", "pixels_to_ndc", "projection_matrix"

@@ -46,6 +46,7 @@ from flame_tracker.camera.reference import (
     eye3,
     matrix_to_euler,
     matrix_to_rotvec,
+    ndc_scale,
     pose6_to_cam,
     outer_minus_dot,
     rotvec_to_matrix,
@@ -186,7 +187,7 @@ class Stage1Problem:
         rot = rotvec_to_matrix(pose6[:, :3])
         local = small_matmul(self.points - pose6[:, None, 3:], rot)  # R^T (X - t)
         view = local * local.new_tensor(_FLIP)
-        scale = (1.0 / torch.tan(torch.deg2rad(fov) * 0.5))[:, None, None]
+        scale = ndc_scale(fov)[:, None, None]
         proj = scale * view[..., :2] / (view[..., 2:] + 1e-8)
         err = proj - self.targets
         dist = torch.linalg.vector_norm(err, dim=-1)
@@ -392,7 +393,7 @@ def closed_form_init(prob: Stage1Problem, fov: Tensor) -> Tensor:
     us, sv, vh = torch.linalg.svd(m, full_matrices=False)
     rows = small_matmul(us, vh)
     q = torch.cat([rows, torch.linalg.cross(rows[:, 0], rows[:, 1])[:, None]], dim=1)  # model -> OpenCV view
-    a = 1.0 / torch.tan(torch.deg2rad(torch.clamp(fov, FOV_MIN, FOV_MAX)) * 0.5)
+    a = ndc_scale(torch.clamp(fov, FOV_MIN, FOV_MAX))
     depth = a / sv.mean(dim=1)
     centre_view = torch.cat([uc[:, 0] * (depth / a)[:, None], depth[:, None]], dim=1)  # [N, 3]
     s = centre_view - small_matmul(xc, q.transpose(1, 2))[:, 0]
@@ -424,7 +425,7 @@ def _jacobian(fw: Stage1Forward, pose6: Tensor, with_fov: bool) -> tuple[Tensor,
     view, local, proj = fw.view, fw.local, fw.proj
     inv_z = 1.0 / (view[..., 2] + 1e-8)  # [N, P]
     n, p = proj.shape[:2]
-    a = (1.0 / torch.tan(torch.deg2rad(fw.fov) * 0.5))[:, None]
+    a = ndc_scale(fw.fov)[:, None]
     # d proj / d local = d proj / d view · D (OpenGL->OpenCV flip), rows (a/z, 0, u/z), (0, -a/z, v/z).
     # d local / d r = [local]x J_r(r) -> rows g x local; d local / d t = -R^T -> rows -g. Written out.
     az = a * inv_z

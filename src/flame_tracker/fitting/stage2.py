@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flame_tracker.camera import project_ndc, rotvec_to_matrix
+from flame_tracker.camera import ndc_scale, project_ndc, rotvec_to_matrix
 from flame_tracker.fitting.threads import cpu_threads
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
@@ -489,7 +489,7 @@ def _camera(problem: _Problem) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if cam is None:
         rmat = rotvec_to_matrix(problem.pose6[:, :3])
         rflip = rmat * rmat.new_tensor((1.0, -1.0, -1.0))
-        scale = 1.0 / torch.tan(0.5 * torch.deg2rad(problem.fov))
+        scale = ndc_scale(problem.fov)
         cam = problem.cache["camera"] = (rflip, rflip.transpose(1, 2).contiguous(),
                                          problem.pose6[:, None, None, 3:], scale[:, None, None, None])
     return cam
