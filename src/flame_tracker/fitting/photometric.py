@@ -728,6 +728,22 @@ def estimate_canonical(
     return fit_photometric(model, images, lmks_ndc, pose6, fov, shared_appearance=True, **kwargs)
 
 
+def crop_inputs(frames: list[np.ndarray] | np.ndarray, crop: tuple[float, float, float], lmks68_px: np.ndarray,
+                iris_px: np.ndarray | None, res: int, dtype: torch.dtype):
+    """Photometric inputs from original-pixel data: the frames cut to the fitting square ``crop``
+    ``(x0, y0, side)`` at ``res``², the detected landmarks ``[K, 68, 2]`` and iris points
+    ``[K, 10, 2]`` (or None) in that square's NDC, and the :class:`~flame_tracker.camera.Crop`."""
+    from flame_tracker.camera import Crop
+    from flame_tracker.io.images import crop_resize
+
+    x0, y0, side = map(float, crop)
+    crops = np.stack([crop_resize(np.asarray(f), (x0, y0, side, side), (res, res))[0] for f in frames])
+    c = Crop(x0, y0, side)
+    lmk = c.to_ndc(torch.as_tensor(np.asarray(lmks68_px), dtype=dtype))
+    iris = None if iris_px is None else c.to_ndc(torch.as_tensor(np.asarray(iris_px), dtype=dtype))
+    return crops, lmk, iris, c
+
+
 def canonical_from_frames(
     model: torch.nn.Module,
     frames: list[np.ndarray],
@@ -753,21 +769,13 @@ def canonical_from_frames(
     Returns:
         :func:`estimate_canonical`'s result (``albedo`` is the texture: :func:`save_texture_png`).
     """
-    from flame_tracker.camera import Crop
-    from flame_tracker.io.images import crop_resize
-
     if not frames:
         raise ValueError("canonical texture: no frames given")
     opts = replace(PhotometricOptions(), **overrides)
-    x0, y0, side = map(float, crop)
-    crops = np.stack([crop_resize(np.asarray(f), (x0, y0, side, side), (opts.resolution, opts.resolution))[0] for f in frames])
-    c = Crop(x0, y0, side)
     dt = model.v_template.dtype
-    lmk = c.to_ndc(torch.as_tensor(np.asarray(lmks68_px), dtype=dt))
-    iris = None
-    if iris_px is not None:
-        iris = c.to_ndc(torch.as_tensor(np.asarray(iris_px), dtype=dt))
-        iris = iris if bool(torch.isfinite(iris).all()) else None
+    crops, lmk, iris, _ = crop_inputs(frames, crop, lmks68_px, iris_px, opts.resolution, dt)
+    if iris is not None and not bool(torch.isfinite(iris).all()):
+        iris = None
     k = len(frames)
     ini = {key: torch.as_tensor(np.asarray(v), dtype=dt).reshape(k if np.asarray(v).ndim > 1 else 1, -1).expand(k, -1)
            for key, v in init.items() if v is not None}
@@ -819,20 +827,16 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
     """
     import time
 
-    from flame_tracker.camera import Crop, project_pixels
-    from flame_tracker.io.images import crop_resize
+    from flame_tracker.camera import project_pixels
 
     t0 = time.perf_counter()
     opts = replace(PhotometricOptions(), **overrides)
-    x0, y0, side = map(float, result.crop)
-    crop_img, _ = crop_resize(np.asarray(image), (x0, y0, side, side), (opts.resolution, opts.resolution))
-    crop = Crop(x0, y0, side)
     dt = model.v_template.dtype
-    lmk = crop.to_ndc(torch.as_tensor(result.lmks68_px, dtype=dt))[None]
-    iris = crop.to_ndc(torch.as_tensor(result.iris_px, dtype=dt))[None]
+    crops, lmk, iris, crop = crop_inputs([image], result.crop, result.lmks68_px[None], result.iris_px[None],
+                                         opts.resolution, dt)
     init = {k: torch.as_tensor(getattr(result, a), dtype=dt) for k, a in
             [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"), ("neck_pose", "neck_pose")]}
-    ph = fit_photometric(model, crop_img[None], lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
+    ph = fit_photometric(model, crops, lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
                          init=init, iris_ndc=iris if torch.isfinite(iris).all() else None, options=opts)
     with torch.no_grad():
         dev = model.v_template.device

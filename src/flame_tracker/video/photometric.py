@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flame_tracker.camera import Crop
-from flame_tracker.fitting.photometric import (PhotometricOptions, canonical_from_frames, fit_photometric,
-                                               save_texture_png)
-from flame_tracker.io.images import crop_resize
+from flame_tracker.fitting.photometric import (PhotometricOptions, canonical_from_frames, crop_inputs,
+                                               fit_photometric, save_texture_png)
 from flame_tracker.io.results import load_npz, save_npz
 from flame_tracker.video.decode import VideoReader
 from flame_tracker.video.store import RunFolder
@@ -93,13 +91,9 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.nda
     Returns per-frame arrays ``pose6, expr, jaw_pose, eye_pose`` and ``light [n, 9, 3]``.
     """
     opts = replace(PhotometricOptions(), **{"render": False, **overrides})  # no render needed here
-    r = opts.resolution
-    x0, y0, side = fit.identity.crop
-    crops = np.stack([crop_resize(f, (x0, y0, side, side), (r, r))[0] for f in frames])
-    crop = Crop(x0, y0, side)
     dt = model.v_template.dtype
-    lmk = crop.to_ndc(torch.as_tensor(lm["lmks68"][rows], dtype=dt))
-    iris = crop.to_ndc(torch.as_tensor(lm["iris"][rows], dtype=dt))
+    crops, lmk, iris, _ = crop_inputs(frames, fit.identity.crop, lm["lmks68"][rows], lm["iris"][rows],
+                                      opts.resolution, dt)
     n = len(rows)
     init = {"shape": torch.as_tensor(fit.identity.shape, dtype=dt)[None].expand(n, -1),
             **{k: torch.as_tensor(getattr(fit, k)[rows], dtype=dt) for k in ("expr", "jaw_pose", "eye_pose")}}
