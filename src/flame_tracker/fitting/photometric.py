@@ -46,6 +46,8 @@ from flame_tracker.rendering.differentiable import (
     pixel_albedo,
     render,
     sh_basis,
+    sh_shading,
+    to_image,
     vertex_normals,
 )
 from flame_tracker.rendering.mask import face_mask
@@ -293,7 +295,7 @@ def init_vertex_albedo(
     """
     n, v = vpx.shape[:2]
     col = _sample_image(images, vpx[..., :2])  # [N, V, 3]
-    shade = (sh_basis(normals).unsqueeze(-1) * light[:, None]).sum(2).clamp(min=0.05)
+    shade = sh_shading(normals, light[:, None]).clamp(min=0.05)  # light per frame
     alb = (col / shade).clamp(0, 1.5)
     # A vertex counts as seen when one of its triangles is visible in a masked pixel.
     seen = torch.zeros(n * v, dtype=torch.bool, device=vpx.device)
@@ -805,9 +807,8 @@ def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: in
     frags = rasterize(px, model.faces, size, size, cull_backfaces=True)
     bary = barycentrics(px, model.faces, frags)
     col = interpolate(a.to(px.dtype), model.faces, frags, bary)
-    img = torch.zeros(size * size, 3, dtype=px.dtype)
-    img[frags.pix] = col.clamp(0, 1)
-    return (img.view(size, size, 3) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    img = to_image(col.clamp(0, 1), frags)[0]
+    return (img * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
 def save_texture_png(path: str | Path, albedo: Tensor, model: torch.nn.Module | None = None) -> Path:
