@@ -10,6 +10,7 @@ import torch
 
 from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.rendering.differentiable import vertex_normals
+from flame_tracker.rendering.raster import face_orientation
 
 # RGB colours of the landmark sets.
 COLOR_DETECTED = (0, 230, 0)
@@ -144,10 +145,10 @@ def _front_faces(v: torch.Tensor, f: torch.Tensor) -> np.ndarray:
     """Indices of the faces :func:`~flame_tracker.rendering.raster.rasterize` keeps with
     ``cull_backfaces=True``: facing the camera (negative screen area), not degenerate, in front of
     the near plane. The test is invariant to scaling x and y (the low-res shading pass)."""
-    tri = v.numpy().astype(np.float64)[f.numpy()]  # [F, 3, 3]
-    e1, e2 = tri[:, 1, :2] - tri[:, 0, :2], tri[:, 2, :2] - tri[:, 0, :2]
-    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    return np.nonzero((area < -1e-12) & (tri[..., 2] > 1e-4).all(1))[0]
+    v = v.double()
+    area = face_orientation(v, f)[0]
+    in_front = (v[:, 2] > 1e-4)[f.long()].all(1)
+    return torch.nonzero((area < -1e-12) & in_front)[:, 0].numpy()
 
 
 # Edge topology of the overlay meshes by content digest (a tracker draws one topology for every
