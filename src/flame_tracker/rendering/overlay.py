@@ -72,7 +72,7 @@ def shade_mesh(
     """
     v, f = _check_mesh(vertices_px, faces)
     if focal is None:
-        focal = 0.5 * max(height, width) / np.tan(np.deg2rad(30.0))
+        focal = _default_focal(height, width)
     return _shade(v, f, height, width, float(focal), _front_faces(v, f))
 
 
@@ -141,6 +141,12 @@ def _draw_legend(image: np.ndarray, items: list[tuple[str, tuple[int, int, int]]
         cv2.putText(image, text, (16, y + line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
+def _default_focal(height: int, width: int) -> float:
+    """Focal length (pixels) of a 60° field of view over the larger image side: the shading's
+    default when no camera is given (only the shading contrast depends on it)."""
+    return 0.5 * max(height, width) / np.tan(np.deg2rad(30.0))
+
+
 def _front_faces(v: torch.Tensor, f: torch.Tensor) -> np.ndarray:
     """Indices of the faces :func:`~flame_tracker.rendering.raster.rasterize` keeps with
     ``cull_backfaces=True``: facing the camera (negative screen area), not degenerate, in front of
@@ -173,18 +179,17 @@ def _edge_topology(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return hit
 
 
-def _front_spans(v: torch.Tensor, f: torch.Tensor, face: np.ndarray, x0: int, y0: int, x1: int, y1: int
+def _front_spans(v: torch.Tensor, f: torch.Tensor, face: np.ndarray, width: int, height: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Scanline spans of the front faces ``face`` (:func:`_front_faces`) inside the box
-    ``[x0, x1) × [y0, y1)``.
+    """Scanline spans of the front faces ``face`` (:func:`_front_faces`) inside a ``width × height``
+    image.
 
-    Returns ``(tri [K, 3, 3], tid [S], row [S], c0 [S], c1 [S])``: the faces' corners (box pixels x, y
+    Returns ``(tri [K, 3, 3], tid [S], row [S], c0 [S], c1 [S])``: the faces' corners (pixels x, y
     and depth, float64) and per (triangle, row) pair the inclusive columns whose pixel centres lie
-    inside the triangle (box coordinates). Enumerating exactly the covered pixels, rather than every
+    inside the triangle. Enumerating exactly the covered pixels, rather than every
     triangle's bounding box as the general rasteriser does, is ~3x less work on a head mesh.
     """
-    bh, bw = y1 - y0, x1 - x0
-    tri = v.numpy().astype(np.float64)[f.numpy()[face]] - (x0, y0, 0.0)  # [K, 3, 3]
+    tri = v.numpy().astype(np.float64)[f.numpy()[face]]  # [K, 3, 3]
     # Corners sorted top to bottom by a 3-element sorting network (argsort would be 5x slower).
     (xt, xm, xb), (yt, ym, yb) = tri[..., 0].T, tri[..., 1].T
     for i, j in ((0, 1), (1, 2), (0, 1)):
@@ -203,7 +208,7 @@ def _front_spans(v: torch.Tensor, f: torch.Tensor, face: np.ndarray, x0: int, y0
     s_long, s_top, s_bot = slope(xb - xt, yb - yt), slope(xm - xt, ym - yt), slope(xb - xm, yb - ym)
     o_long, o_top, o_bot = xt + (0.5 - yt) * s_long, xt + (0.5 - yt) * s_top, xm + (0.5 - ym) * s_bot
     first = np.maximum(np.ceil(np.stack([yt, ym]) - 0.5), 0)  # first row of each trapezoid [2, K]
-    last = np.minimum(np.stack([np.ceil(ym - 0.5) - 1, np.floor(yb - 0.5)]), bh - 1)
+    last = np.minimum(np.stack([np.ceil(ym - 0.5) - 1, np.floor(yb - 0.5)]), height - 1)
     count = (last - first + 1).clip(0).astype(np.int64).ravel()  # [2K]: upper halves, then lower
     edges = np.stack([np.concatenate([o_long, o_long]), np.concatenate([s_long, s_long]),
                       np.concatenate([o_top, o_bot]), np.concatenate([s_top, s_bot])], 1)  # [2K, 4]
@@ -212,7 +217,7 @@ def _front_spans(v: torch.Tensor, f: torch.Tensor, face: np.ndarray, x0: int, y0
     e = edges.take(half, axis=0)  # one row gather instead of one per edge parameter
     x_long, x_short = e[:, 0] + row * e[:, 1], e[:, 2] + row * e[:, 3]
     c0 = np.maximum(np.ceil(np.minimum(x_long, x_short) - 0.5), 0).astype(np.int64)
-    c1 = np.minimum(np.floor(np.maximum(x_long, x_short) - 0.5), bw - 1).astype(np.int64)
+    c1 = np.minimum(np.floor(np.maximum(x_long, x_short) - 0.5), width - 1).astype(np.int64)
     ok = c0 <= c1
     tid = half % max(len(tri), 1)
     return tri, tid[ok], row[ok], c0[ok], c1[ok]
@@ -268,7 +273,7 @@ def _visible_faces(v: torch.Tensor, f: torch.Tensor, height: int, width: int, fa
     (pixel centres, perspective-correct depth as 1/z, quantised to 30 bits, ties to the lower face
     index), ~3x cheaper because only covered pixels are enumerated.
     """
-    tri, tid, row, c0, c1 = _front_spans(v, f, face, 0, 0, width, height)
+    tri, tid, row, c0, c1 = _front_spans(v, f, face, width, height)
     if not len(tid):
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     # 1/z is affine in screen space: 1/z = a x + b y + c per triangle.
@@ -301,7 +306,7 @@ def _blend_mesh(out: np.ndarray, vertices_px: np.ndarray | torch.Tensor, faces: 
     s = 1.0 if max_side is None or max(h, w) <= max_side else max(0.5, max_side / max(h, w))
     v, f = _check_mesh(vertices_px, faces)
     if focal is None:
-        focal = 0.5 * max(h, w) / np.tan(np.deg2rad(30.0))
+        focal = _default_focal(h, w)
     face = _front_faces(v, f)  # scaling x, y by s keeps every face's orientation
     if s < 1.0:
         # Scaling x, y, the principal point and the focal length together leaves the camera-space
