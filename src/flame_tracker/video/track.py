@@ -355,7 +355,6 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
         for k in raw:
             raw[k][have] = done[k][have]
     todo = np.flatnonzero(valid & ~have)
-    warm = None
     for start in range(0, len(todo), opts.chunk):
         rows = todo[start:start + opts.chunk]
         prev = np.flatnonzero(have[: rows[0]] & valid[: rows[0]])
