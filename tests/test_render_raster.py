@@ -74,6 +74,24 @@ def test_cube_visible_faces_and_batch() -> None:
     assert {8, 9} & set(torch.unique(a[a >= 0]).tolist())  # the x = -1 face is seen from the left
 
 
+def test_chunked_enumeration_matches_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large renders enumerate candidates in chunks; every chunk must give the same pixels as one.
+
+    (Regression: candidates of the second and later chunks were offset, so renders above ~4 M
+    candidates, e.g. a face at 1080p, lost most of their coverage.)
+    """
+    from flame_tracker.rendering import raster
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(300, 3, generator=g) * torch.tensor([120.0, 100.0, 1.0]) + torch.tensor([0.0, 0.0, 1.0])
+    f = torch.randint(0, 300, (400, 3), generator=g)
+    one = rasterize(v, f, 100, 120).face_idx
+    monkeypatch.setattr(raster, "_MAX_FRAGMENTS_PER_CHUNK", 997)
+    many = rasterize(v, f, 100, 120).face_idx
+    assert (one >= 0).float().mean() > 0.5
+    assert torch.equal(one, many)
+
+
 def test_overlay_shape_dtype_and_blend() -> None:
     img = np.full((90, 120, 3), 50, np.uint8)
     v, f = quad(30.0, 20.0, 90.0, 70.0, 1.0)

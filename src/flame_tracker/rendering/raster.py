@@ -200,7 +200,8 @@ def rasterize(
             if hi_t <= lo_t:
                 continue
             tid = torch.repeat_interleave(torch.arange(lo_t, hi_t, device=device), count[lo_t:hi_t])
-            local = torch.arange(tid.numel(), device=device) - first.index_select(0, tid)
+            # candidate index within its triangle (the chunk's candidates start at first[lo_t])
+            local = torch.arange(tid.numel(), device=device) + first[lo_t] - first.index_select(0, tid)
             w = tw.index_select(0, tid)
             dy = torch.div(local, w, rounding_mode="floor")
             dx = local - dy * w
