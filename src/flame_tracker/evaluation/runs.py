@@ -1,0 +1,199 @@
+"""Run the full pipeline on ground-truth cases and measure it (used by ``benchmarks/accuracy.py`` and
+the accuracy regression test).
+
+* :func:`evaluate_scene`: render a synthetic scene, fit it like a user would (MediaPipe included,
+  nothing taken from the truth) and compare camera, shape, posed face, landmarks and expression.
+* :func:`evaluate_annotated`: 68-point NME of the detector and of the fit against hand annotations.
+* :func:`fit_neutral`: the fitted identity (neutral face) of a photo, for identity-consistency checks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flame_tracker.camera.reference import matrix_to_euler
+from flame_tracker.evaluation.metrics import (
+    mesh_distance_mm,
+    nme,
+    nme_by_region,
+    outer_interocular,
+    rotation_error_deg,
+)
+from flame_tracker.evaluation.scenes import SceneSpec, SceneTruth, render_scene
+
+_GL_TO_CV = np.diag([1.0, -1.0, -1.0])
+
+
+def head_euler_deg(r_model_to_cv: np.ndarray) -> np.ndarray:
+    """Head (yaw, pitch, roll) in degrees relative to the camera from a model→OpenCV-camera rotation."""
+    r_head = _GL_TO_CV @ r_model_to_cv
+    return np.degrees(matrix_to_euler(torch.as_tensor(r_head)[None])[0].numpy())
+
+
+def yaw_bucket(yaw_deg: float) -> str:
+    a = abs(yaw_deg)
+    return "0-30" if a < 30 else ("30-60" if a < 60 else "60+")
+
+
+@dataclass
+class SceneEval:
+    """What was measured on one synthetic scene (``detected=False``: the other fields are NaN)."""
+
+    index: int
+    preset: str
+    yaw_true: float
+    fov_true: float
+    face_px: float  # height of the true 68-point box in pixels
+    detected: bool
+    shape_mm: float = math.nan
+    posed_mm: float = math.nan
+    rot_deg: float = math.nan
+    yaw_fit: float = math.nan
+    nme_fit: float = math.nan  # fitted 68 vs true 68
+    nme_det: float = math.nan  # detected 68 vs true 68 (what the detector alone gives)
+    expr_mae: float = math.nan  # mean |w_fit - w_true| over all expression channels (bounded models)
+    expr_max_neutral: float = math.nan  # largest fitted weight on a neutral face
+    seconds: float = math.nan
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bucket(self) -> str:
+        return yaw_bucket(self.yaw_true)
+
+
+def fitted_camera_vertices(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(R, t, vertices_cam)`` of a fitted :class:`~flame_tracker.tracker.Result` (OpenCV camera)."""
+    w2c = result.camera_matrices()["w2c_opencv"][0].astype(np.float64)
+    R, t = w2c[:3, :3], w2c[:3, 3]
+    return R, t, result.vertices.astype(np.float64) @ R.T + t
+
+
+def neutral_vertices(model, shape: np.ndarray) -> np.ndarray:
+    """Vertices ``[V, 3]`` of the identity ``shape`` with no expression or pose."""
+    with torch.no_grad():
+        s = torch.as_tensor(np.asarray(shape).reshape(1, -1), dtype=model.dtype, device=model.device)
+        return model(shape=s).vertices[0].double().cpu().numpy()
+
+
+def compare(model, result, truth: SceneTruth, mask: np.ndarray) -> dict[str, float]:
+    """Metrics of a fitted ``result`` against ``truth`` (see :class:`SceneEval`)."""
+    R, _, vcam = fitted_camera_vertices(result)
+    # frontal-equivalent inter-ocular distance in pixels: stays meaningful on profiles
+    iod3 = np.linalg.norm(truth.lmks68_3d[36] - truth.lmks68_3d[45])
+    z = (truth.lmks68_3d @ truth.R.T + truth.t)[:, 2].mean()
+    iod_px = truth.K[0, 0] * iod3 / z
+    out = {
+        "shape_mm": mesh_distance_mm(neutral_vertices(model, result.shape), truth.neutral, mask),
+        "posed_mm": mesh_distance_mm(vcam, truth.vertices_cam, mask, similarity=True),
+        "rot_deg": rotation_error_deg(R, truth.R),
+        "yaw_fit": float(head_euler_deg(R)[0]),
+        "nme_fit": float(nme(result.fit_lmks68_px, truth.lmks68_px, iod_px).mean()),
+        "nme_det": float(nme(result.lmks68_px, truth.lmks68_px, iod_px).mean()),
+    }
+    if model.expr_bounds is not None:
+        e_fit = np.asarray(result.exp).reshape(-1)
+        e_true = truth.spec.expr
+        out["expr_mae"] = float(np.abs(e_fit - e_true).mean())
+        if not np.any(e_true):
+            out["expr_max_neutral"] = float(e_fit.max())
+    return out
+
+
+def evaluate_scene(tracker, spec: SceneSpec, mask: np.ndarray, *, photometric: bool = False) -> SceneEval:
+    """Render ``spec``, fit it with ``tracker`` (full pipeline) and compare with the truth."""
+    from flame_tracker.detection import NoFaceError
+
+    img, truth = render_scene(tracker.model, spec)
+    ev = SceneEval(spec.index, spec.preset, float(spec.yaw), spec.fov_deg,
+                   float(np.ptp(truth.lmks68_px[:, 1])), detected=False)
+    t0 = time.perf_counter()
+    try:
+        result = tracker.fit_image(img)
+    except NoFaceError:
+        return ev
+    if photometric:
+        from flame_tracker.fitting.photometric import refine_result
+
+        result, _ = refine_result(tracker.model, result, img)
+    ev.seconds = time.perf_counter() - t0
+    ev.detected = True
+    for k, v in compare(tracker.model, result, truth, mask).items():
+        setattr(ev, k, v)
+    return ev
+
+
+def summarise(evals: list[SceneEval]) -> dict[str, dict[str, float]]:
+    """Means over detected scenes: overall (``"all"``) and per yaw bucket, plus detection rate."""
+    keys = ("shape_mm", "posed_mm", "rot_deg", "nme_fit", "nme_det", "expr_mae")
+    groups: dict[str, list[SceneEval]] = {"all": evals}
+    for b in ("0-30", "30-60", "60+"):
+        groups[b] = [e for e in evals if e.bucket == b]
+    out = {}
+    for name, es in groups.items():
+        det = [e for e in es if e.detected]
+        row = {"n": float(len(es)), "detected": float(len(det))}
+        for k in keys:
+            vals = [getattr(e, k) for e in det if np.isfinite(getattr(e, k))]
+            row[k] = float(np.mean(vals)) if vals else math.nan
+        # yaw gain: least-squares slope of fitted on true yaw (1 = unbiased, > 1 overestimates)
+        yt = np.array([e.yaw_true for e in det])
+        yf = np.array([e.yaw_fit for e in det])
+        row["yaw_gain"] = float((yt @ yf) / (yt @ yt)) if len(det) and (yt @ yt) > 0 else math.nan
+        neutral = [e.expr_max_neutral for e in det if np.isfinite(e.expr_max_neutral)]
+        row["neutral_max"] = float(np.max(neutral)) if neutral else math.nan
+        out[name] = row
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Real photos
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AnnotatedEval:
+    name: str
+    det: dict[str, float]  # NME by region, detector vs annotation
+    fit: dict[str, float]  # NME by region, fitted model landmarks vs annotation
+
+
+def annotated_photos(data: Path) -> list[tuple[Path, np.ndarray]]:
+    """The shared photos with hand-annotated 68 points, as (image, 0-based pixel points)."""
+    from flame_tracker.detection.layout import read_pts
+
+    out = []
+    for pts in sorted((data / "images" / "gt68").glob("*.pts")):
+        img = next((p for p in pts.parent.glob(pts.stem + ".*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")),
+                   None)
+        if img is not None:
+            # gt68/ stores 0-based pixel centres; read_pts assumes the source's 1-based ones
+            out.append((img, read_pts(str(pts)) + 1.0))
+    one = data / "images" / "300w_image_0010.pts"
+    if one.exists():
+        out.append((one.with_suffix(".png"), read_pts(str(one))))
+    return out
+
+
+def evaluate_annotated(tracker, image: Path, gt68: np.ndarray) -> AnnotatedEval:
+    """NME (outer inter-ocular) of MediaPipe's 68 points and of the fitted model's, per region."""
+    result = tracker.fit_image(image)
+    norm = outer_interocular(gt68)
+    return AnnotatedEval(image.stem, nme_by_region(result.lmks68_px, gt68, norm),
+                         nme_by_region(result.fit_lmks68_px, gt68, norm))
+
+
+def fit_neutral(tracker, image) -> np.ndarray:
+    """Neutral-face vertices ``[V, 3]`` of the identity fitted to one photo (path or RGB array)."""
+    result = tracker.fit_image(image)
+    return neutral_vertices(tracker.model, result.shape)
+
+
+__all__ = ["SceneEval", "AnnotatedEval", "evaluate_scene", "evaluate_annotated", "summarise", "compare",
+           "fit_neutral", "neutral_vertices", "fitted_camera_vertices", "head_euler_deg", "yaw_bucket",
+           "annotated_photos"]
