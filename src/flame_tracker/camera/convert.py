@@ -35,11 +35,18 @@ class Crop:
     ``x0, y0``: top-left corner; ``size``: side length. Scalars, or tensors ``[N]`` for per-frame crops.
     Mapping: ``ndc = (p - (x0, y0)) / size * 2 - 1`` and back ``p = (ndc + 1) / 2 * size + (x0, y0)``.
     The reference's 256² image is ``Crop(0, 0, 256)``.
+
+    ``cx, cy``: the camera's principal point in original pixels. ``None`` (the reference) puts it at
+    the crop's centre; a real camera has it at the image centre, wherever the face is. The camera
+    then projects to ``ndc = project_ndc(...) + pp_ndc`` (:meth:`pp_ndc`), so the fitting works on
+    targets shifted by ``-pp_ndc`` (:meth:`to_camera_ndc`) with the reference projection unchanged.
     """
 
     x0: float | Tensor
     y0: float | Tensor
     size: float | Tensor
+    cx: float | Tensor | None = None
+    cy: float | Tensor | None = None
 
     def __post_init__(self) -> None:
         if bool(torch.any(torch.as_tensor(self.size) <= 0)):
@@ -70,6 +77,34 @@ class Crop:
             size = size[..., None] if size.ndim else size
         return (ndc + 1.0) * 0.5 * size + origin
 
+    def pp_ndc(self, like: Tensor) -> Tensor:
+        """Principal point in this crop's NDC, ``[2]`` (``[N, 1, 2]`` for per-frame crops); zero when
+        it is the crop centre."""
+        if self.cx is None or self.cy is None:
+            return like.new_zeros(2)
+        x0, y0, size = self._fields(like)
+        cx, cy = _as_tensor(self.cx, like=like), _as_tensor(self.cy, like=like)
+        pp = torch.stack(torch.broadcast_tensors((cx - x0) / size * 2 - 1, (cy - y0) / size * 2 - 1), dim=-1)
+        return pp[:, None, :] if pp.ndim == 2 else pp
+
+    def to_camera_ndc(self, pixels: Tensor) -> Tensor:
+        """Original pixels -> the NDC of the reference camera (principal point at 0): fitting targets."""
+        pixels = _as_tensor(pixels)
+        return self.to_ndc(pixels) - self.pp_ndc(pixels)
+
+    def from_camera_ndc(self, ndc: Tensor) -> Tensor:
+        """Inverse of :meth:`to_camera_ndc`: projected points (``project_ndc``) -> original pixels."""
+        ndc = _as_tensor(ndc)
+        return self.from_ndc(ndc + self.pp_ndc(ndc))
+
+    @property
+    def principal_point(self) -> tuple[Tensor, Tensor]:
+        """``(cx, cy)`` in original pixels (the crop centre when not set)."""
+        x0, y0, size = (torch.as_tensor(v, dtype=torch.float64) for v in (self.x0, self.y0, self.size))
+        cx = x0 + size / 2 if self.cx is None else torch.as_tensor(self.cx, dtype=torch.float64)
+        cy = y0 + size / 2 if self.cy is None else torch.as_tensor(self.cy, dtype=torch.float64)
+        return cx, cy
+
     @classmethod
     def around(cls, points: Tensor, scale: float = 1.3) -> "Crop":
         """Square crop centred on the bounding box of ``points [P, 2]`` (pixels), side ``scale`` × its longer side."""
@@ -84,7 +119,8 @@ def intrinsics_pixels(fov: Tensor | float, crop: Crop) -> Tensor:
     fov = _as_tensor(fov)
     x0, y0, size = crop._fields(fov)
     f = fov_to_focal(fov, size)
-    f, cx, cy = torch.broadcast_tensors(f, x0 + size / 2, y0 + size / 2)
+    cx, cy = (c.to(f) for c in crop.principal_point)
+    f, cx, cy = torch.broadcast_tensors(f, cx, cy)
     z, o = torch.zeros_like(f), torch.ones_like(f)
     return torch.stack([f, z, cx, z, f, cy, z, z, o], dim=-1).reshape(*f.shape, 3, 3)
 
@@ -98,7 +134,7 @@ def fov_from_intrinsics(K: Tensor, crop: Crop) -> Tensor:
 
 def project_pixels(points: Tensor, pose6: Tensor, fov: Tensor | float, crop: Crop) -> Tensor:
     """Project model-space points ``[N, P, 3]`` to original-image pixels ``[N, P, 2]``."""
-    return crop.from_ndc(project_ndc(points, pose6, fov))
+    return crop.from_camera_ndc(project_ndc(points, pose6, fov))
 
 
 def pose6_to_opencv(pose6: Tensor) -> tuple[Tensor, Tensor]:

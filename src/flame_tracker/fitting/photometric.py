@@ -131,14 +131,19 @@ class PhotometricResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def to_render_pixels(view: Tensor, fov: Tensor, res: int) -> Tensor:
+def to_render_pixels(view: Tensor, fov: Tensor, res: int, pp_ndc: Tensor | None = None) -> Tensor:
     """OpenCV view-space points ``[N, V, 3]`` -> render pixels ``x, y`` + depth (square ``res`` image).
 
-    Consistent with the reference NDC: ``px = (ndc + 1) / 2 · res``.
+    Consistent with the reference NDC: ``px = (ndc + 1) / 2 · res``; ``pp_ndc`` (``[N, 2]`` or
+    ``[2]``) is the principal point in the crop's NDC (``Crop.pp_ndc``; ``None``: the crop centre).
     """
     f = fov_to_focal(fov, res)[:, None]
     z = view[..., 2]
-    return torch.stack([f * view[..., 0] / z + res / 2, f * view[..., 1] / z + res / 2, z], dim=-1)
+    cx = cy = res / 2
+    if pp_ndc is not None:
+        c = (pp_ndc.reshape(-1, 2) + 1.0) * (res / 2)
+        cx, cy = c[:, 0:1], c[:, 1:2]
+    return torch.stack([f * view[..., 0] / z + cx, f * view[..., 1] / z + cy, z], dim=-1)
 
 
 def render_head(
@@ -153,12 +158,14 @@ def render_head(
     texture: Tensor | None = None,
     uvs: Tensor | None = None,
     uv_faces: Tensor | None = None,
+    pp: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SH-lit render of model-space meshes ``[N, V, 3]`` seen by the reference camera, in the square
     ``res`` image of the fitting crop: :func:`~flame_tracker.rendering.render`'s dict plus ``view``
-    (OpenCV camera-space vertices) and ``vpx`` (render pixels + depth). Normals are camera-space."""
+    (OpenCV camera-space vertices) and ``vpx`` (render pixels + depth). Normals are camera-space;
+    ``pp``: principal point in the crop's NDC (``None``: its centre)."""
     view = world_to_view(vertices, pose6)
-    vpx = to_render_pixels(view, fov, res)
+    vpx = to_render_pixels(view, fov, res, pp)
     out = render(vpx, faces, res, res, normals=vertex_normals(view, faces), light=light, albedo=albedo,
                  texture=texture, uvs=uvs, uv_faces=uv_faces,
                  frags=rasterize(vpx, faces, res, res, cull_backfaces=True))
@@ -405,6 +412,7 @@ def fit_photometric(
     uv_faces: Tensor | None = None,
     texture_size: int = 256,
     user_mask: np.ndarray | None = None,
+    pp_ndc: Tensor | None = None,
     options: PhotometricOptions | None = None,
     **overrides,
 ) -> PhotometricResult:
@@ -423,16 +431,17 @@ def fit_photometric(
         uvs, uv_faces: ``[Vt, 2]`` / ``[F, 3]`` texture coordinates: use a UV texture instead of
             per-vertex albedo; ``texture_size`` is the side of an estimated texture.
         user_mask: optional ``[N|1, R, R]`` mask ANDed into the landmark face mask.
+        pp_ndc: the camera's principal point in the crop's NDC (``Crop.pp_ndc``; ``None``: centre).
         options: :class:`PhotometricOptions`; keyword ``overrides`` replace single fields.
     """
     opts = replace(options or PhotometricOptions(), **overrides)
     dev = model.v_template.device
     if opts.cpu_threads is None:
         return _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance,
-                    uvs, uv_faces, texture_size, user_mask, opts)
+                    uvs, uv_faces, texture_size, user_mask, opts, pp_ndc)
     with cpu_threads(opts.cpu_threads, dev):
         return _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance,
-                    uvs, uv_faces, texture_size, user_mask, opts)
+                    uvs, uv_faces, texture_size, user_mask, opts, pp_ndc)
 
 
 def _fit(
@@ -451,6 +460,7 @@ def _fit(
     texture_size: int,
     user_mask: np.ndarray | None,
     opts: PhotometricOptions,
+    pp_ndc: Tensor | None = None,
 ) -> PhotometricResult:
     """:func:`fit_photometric`'s body (run inside its CPU-thread scope)."""
     dev, dt = model.v_template.device, model.v_template.dtype
@@ -468,6 +478,7 @@ def _fit(
     fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
     faces = model.faces.to(dev)
     init = init or {}
+    pp = None if pp_ndc is None else torch.as_tensor(pp_ndc, dtype=dt, device=dev).reshape(-1, 2).expand(n, 2)
     shape0 = _as(init.get("shape"), n, model.n_shape, dt, dev, "shape")
     expr0 = _as(init.get("expr"), n, model.n_expr, dt, dev, "expr")
     jaw0 = _as(init.get("jaw_pose"), n, 3, dt, dev, "jaw_pose")
@@ -508,7 +519,7 @@ def _fit(
     with torch.no_grad():
         params, _, p6 = params_at()
         view = world_to_view(model(**params).vertices, p6)
-        vpx = to_render_pixels(view, fov, res)
+        vpx = to_render_pixels(view, fov, res, pp)
         # Only triangles near the face mask can cover a masked pixel: render that sub-mesh (a
         # third of the ICT head at typical crops). The margin covers the motion during the fit.
         all_faces, all_uv_faces = faces, uv_faces
@@ -595,7 +606,7 @@ def _fit(
         """
         with torch.no_grad():
             view = world_to_view(sub(**params), p6)
-            vpx = to_render_pixels(view, fov, res)
+            vpx = to_render_pixels(view, fov, res, pp)
             fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
             used, local = torch.unique(fr.pix_face, return_inverse=True)
             mesh = _SubMesh(model, faces[used], fixed_shape=fixed, extra=point_ids, rest_joints=rest)
@@ -628,7 +639,7 @@ def _fit(
         mesh = vis["mesh"]
         view = world_to_view(mesh(**params), p6)
         lmk_view = lbs.interpolate(view, vis["lmk_loc"].view(68, 3), lmk_bary)  # (mesh points, not pixels)
-        pts = to_render_pixels(torch.cat([view, lmk_view], 1), fov, res)
+        pts = to_render_pixels(torch.cat([view, lmk_view], 1), fov, res, pp)
         vpx = pts[:, : view.shape[1]]
         lmk = pts[:, view.shape[1]:, :2] * (2.0 / res) - 1  # = project_ndc of the model landmarks
         app_c = app.clamp(0, 1)
@@ -679,7 +690,7 @@ def _fit(
         rendered = None
         if opts.render:
             tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
-            r = render_head(model(**st["params"]).vertices, all_faces, st["p6"], fov, res, light=light, **tex_kw)
+            r = render_head(model(**st["params"]).vertices, all_faces, st["p6"], fov, res, light=light, pp=pp, **tex_kw)
             rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         return PhotometricResult(
             pose6=st["p6"].detach().clone(),
@@ -833,12 +844,14 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
     t0 = time.perf_counter()
     opts = replace(PhotometricOptions(), **overrides)
     dt = model.v_template.dtype
-    crops, lmk, iris, crop = crop_inputs([image], result.crop, result.lmks68_px[None], result.iris_px[None],
-                                         opts.resolution, dt)
+    crops, lmk, iris, _ = crop_inputs([image], result.crop, result.lmks68_px[None], result.iris_px[None],
+                                      opts.resolution, dt)
+    crop = result.crop_obj  # with the principal point the landmark fit used
     init = {k: torch.as_tensor(getattr(result, a), dtype=dt) for k, a in
             [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"), ("neck_pose", "neck_pose")]}
     ph = fit_photometric(model, crops, lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
-                         init=init, iris_ndc=iris if torch.isfinite(iris).all() else None, options=opts)
+                         init=init, iris_ndc=iris if torch.isfinite(iris).all() else None,
+                         pp_ndc=crop.pp_ndc(lmk), options=opts)
     with torch.no_grad():
         dev = model.v_template.device
         out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev), eye_pose=ph.eye_pose.to(dev),

@@ -78,6 +78,7 @@ ADAM_WEIGHT_DECAY = 1e-5
 NEWTON_ALPHA = 0.99
 NEWTON_SWITCH = 0.2
 SMOOTH_NDC = 1e-4  # 0.0128 px at 256²
+FIXED_FOV_LIMITS = (0.05, 170.0)  # numerical safety only, for a FOV that is given, not fitted
 
 FovMode = Literal["fixed", "per_frame", "shared"]
 _FLIP = (1.0, -1.0, -1.0)
@@ -137,6 +138,7 @@ class Stage1Problem:
         if not bool(torch.isfinite(points).all()):
             raise ValueError("stage 1: points3d contains NaN/inf; the head model output is invalid")
         self.has_ears = ear_targets is not None
+        self.fov_limits = (FOV_MIN, FOV_MAX)  # the reference's clamp; fit_camera widens it for a fixed FOV
         if self.has_ears:
             if points.shape[1] != N_FACE + 2 * N_EAR:
                 raise ValueError("stage 1: ear targets need 108 model points (68 landmarks + 20 left + 20 right ear)")
@@ -183,7 +185,7 @@ class Stage1Problem:
 
     def forward(self, pose6: Tensor, fov: Tensor) -> Stage1Forward:
         """Project with ``pose6 [N, 6]`` and ``fov [N]`` and evaluate the landmark + ear terms."""
-        fov = torch.clamp(fov, FOV_MIN, FOV_MAX)
+        fov = torch.clamp(fov, *self.fov_limits)
         rot = rotvec_to_matrix(pose6[:, :3])
         local = small_matmul(self.points - pose6[:, None, 3:], rot)  # R^T (X - t)
         view = local * local.new_tensor(_FLIP)
@@ -306,6 +308,10 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
     if solver != "lm":
         raise ValueError(f"unknown stage-1 solver {solver!r}; use 'lm' or 'adam'")
     prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=torch.float64)
+    if fov_mode == "fixed":
+        # A given FOV is used as it is: the reference's [10, 50] clamp bounds a *fitted* FOV, and a
+        # small face in a wide picture has a crop FOV of a few degrees (see Tracker's image_fov).
+        prob.fov_limits = FIXED_FOV_LIMITS
     fov0 = _fov_vector(fov, prob)
     if fov_mode == "shared":
         fov0 = fov0.mean().expand(prob.n).clone()
@@ -393,7 +399,7 @@ def closed_form_init(prob: Stage1Problem, fov: Tensor) -> Tensor:
     us, sv, vh = torch.linalg.svd(m, full_matrices=False)
     rows = small_matmul(us, vh)
     q = torch.cat([rows, torch.linalg.cross(rows[:, 0], rows[:, 1])[:, None]], dim=1)  # model -> OpenCV view
-    a = ndc_scale(torch.clamp(fov, FOV_MIN, FOV_MAX))
+    a = ndc_scale(torch.clamp(fov, *prob.fov_limits))
     depth = a / sv.mean(dim=1)
     centre_view = torch.cat([uc[:, 0] * (depth / a)[:, None], depth[:, None]], dim=1)  # [N, 3]
     s = centre_view - small_matmul(xc, q.transpose(1, 2))[:, 0]
