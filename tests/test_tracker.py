@@ -18,20 +18,25 @@ def tracker(shared_dir):
 
 
 def _synthetic_landmarks(tracker: Tracker, image_size=(640, 480)):
-    """Project the ICT model (known identity/expression/camera) into a 640×480 image."""
+    """Project the ICT model (known identity/expression/camera) into a 640×480 image with a camera
+    of the tracker's default kind: principal point at the image centre, ``image_fov`` over the image."""
     model = tracker.model
     g = torch.Generator().manual_seed(0)
     params = dict(shape=torch.randn(1, model.n_shape, generator=g) * 0.5,
                   expr=torch.rand(1, model.n_expr, generator=g) * 0.2)
     out = model.landmarks(**params)
     pose6 = torch.tensor([[0.1, 0.2, 0.0, 0.15, 0.02, 0.95]])
-    crop = Crop(170.0, 90.0, 300.0)
-    lmk = project_pixels(out.landmarks.double(), pose6.double(), 20.0, crop)[0].numpy()
-    iris = project_pixels(out.iris.double(), pose6.double(), 20.0, crop)[0].numpy()
+    crop = Crop(170.0, 90.0, 300.0, cx=image_size[0] / 2, cy=image_size[1] / 2)
+    focal = 0.5 * max(image_size) / np.tan(np.radians(tracker.image_fov) / 2)
+    fov = float(np.degrees(2 * np.arctan(crop.size / (2 * focal))))
+    lmk = project_pixels(out.landmarks.double(), pose6.double(), fov, crop)[0].numpy()
+    iris = project_pixels(out.iris.double(), pose6.double(), fov, crop)[0].numpy()
     return lmk, iris
 
 
-def test_fit_landmarks_recovers_synthetic_face(tracker, tmp_path):
+def test_fit_landmarks_recovers_synthetic_face(shared_dir, tmp_path):
+    # the landmarks are the model's own 68 points, so fit with the model's own embedding
+    tracker = Tracker(device="cpu", landmark_embedding="model")
     lmk, iris = _synthetic_landmarks(tracker)
     res = tracker.fit_landmarks(lmk, iris, image_size=(640, 480))
     assert res.reprojection_error_px < 1.0  # exact data: the fit must close to (sub)pixel level

@@ -42,6 +42,9 @@ from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save
 
 # Single images: the reference objective + identity shape, with the jawline informing face width.
 DEFAULT_STAGE2 = Stage2Options(w_contour=200.0)
+# Assumed FOV over the image's longer side when none is given (one photo cannot identify it): a
+# normal lens, between a phone's wide camera (~65°) and a portrait lens (~25°).
+DEFAULT_IMAGE_FOV = 40.0
 # Reference framing (upstream-spec §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
@@ -89,12 +92,16 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     iterations: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    # The camera's principal point (original pixels): the image centre; None = the crop centre (the
+    # reference's convention, which puts the optical axis through the face).
+    principal_point: tuple[float, float] | None = None
 
     # -------------------------------------------------------------------------------- derived
     @property
     def crop_obj(self) -> Crop:
-        """The fitting crop as a :class:`~flame_tracker.camera.Crop`."""
-        return Crop(*self.crop)
+        """The fitting crop (with the principal point) as a :class:`~flame_tracker.camera.Crop`."""
+        pp = self.principal_point
+        return Crop(*self.crop) if pp is None else Crop(*self.crop, cx=pp[0], cy=pp[1])
 
     @property
     def residuals_px(self) -> np.ndarray:
@@ -135,6 +142,9 @@ class Result:
         pose6 = torch.as_tensor(self.pose6, dtype=torch.float64)
         focal = fov_to_focal(torch.as_tensor(self.fov, dtype=torch.float64), REFERENCE_SIZE)
         f32 = np.float32
+        k256 = build_intrinsics(focal, REFERENCE_SIZE).reshape(n, 3, 3)
+        # principal point of the 256² crop image (the reference has it at the centre, 128)
+        k256[:, :2, 2] = (crop.pp_ndc(pose6).reshape(-1, 2) + 1.0) * (REFERENCE_SIZE / 2)
         out: dict[str, np.ndarray] = {
             "shape": self.shape.astype(f32),
             "exp": self.exp.astype(f32),
@@ -144,7 +154,7 @@ class Result:
             "eye_pose": self.eye_pose.astype(f32),
             "cam": pose6_to_cam(pose6).numpy().astype(f32),
             "fov": self.fov.astype(f32),
-            "K": build_intrinsics(focal, REFERENCE_SIZE).numpy().astype(f32).reshape(n, 3, 3),
+            "K": k256.numpy().astype(f32),
             "lmks_68": to_ndc(self.lmks68_px).reshape(n, 68, 2).astype(f32),
             "lmks_eyes": to_ndc(self.iris_px).reshape(n, 10, 2).astype(f32),
             "blendshape_scores": self.blendshape_scores.astype(f32).reshape(n, -1),
@@ -153,6 +163,8 @@ class Result:
         out.update(
             pose6=self.pose6.astype(f32),
             crop=np.asarray(self.crop, f32)[None],
+            principal_point_px=np.broadcast_to(torch.stack(crop.principal_point, -1).numpy().astype(f32).reshape(-1, 2),
+                                               (n, 2)).copy(),
             image_size=np.broadcast_to(np.asarray(self.image_size, np.int32).reshape(-1, 2), (n, 2)).copy(),
             lmks_68_px=self.lmks68_px.astype(f32).reshape(n, 68, 2),
             lmks_eyes_px=self.iris_px.astype(f32).reshape(n, 10, 2),
@@ -264,6 +276,16 @@ class Tracker:
         rounds: camera/expression alternations; the second round refits the camera with the fitted
             identity and expression (the reference has a regressed shape for its one round).
         init_from_blendshapes: start ICT expressions from MediaPipe's blendshape scores.
+        principal_point: ``"image"`` (default): the camera's optical axis through the image centre,
+            as in a real camera, wherever the face is; ``"crop"``: through the fitting crop's centre
+            (the reference; an off-centre face then gets a head rotation off by its off-axis angle).
+        image_fov: FOV in degrees over the image's longer side; when given, the crop FOV of each
+            image follows from it (a small face in a wide shot has a crop FOV of a few degrees) and
+            ``fov`` is ignored. ``None``: ``fov`` over the fitting crop (the reference).
+        landmark_embedding: ``"detector"`` (default): fit the model points where the detector puts
+            its 68 landmarks on this model (``flame_tracker.model.embedding``; shipped for the ICT
+            model, ``flame-tracker embed`` derives it for others); ``"model"``: the model's own 68.
+            Outputs (fitted landmarks, overlay) always use the model's own points.
     """
 
     def __init__(
@@ -278,6 +300,9 @@ class Tracker:
         stage2: Stage2Options | None = None,
         rounds: int = 2,
         init_from_blendshapes: bool = True,
+        principal_point: str = "image",
+        image_fov: float | None = DEFAULT_IMAGE_FOV,
+        landmark_embedding: str = "detector",
     ) -> None:
         from flame_tracker.model import HeadModel, load_model
 
@@ -287,6 +312,11 @@ class Tracker:
         else:
             self.model = load_model(model, device=self.device)
         self.model.eval()
+        if landmark_embedding not in ("detector", "model"):
+            raise ValueError(f"landmark_embedding must be 'detector' or 'model', got {landmark_embedding!r}")
+        from flame_tracker.model.embedding import detector_model
+
+        self.fit_model = detector_model(self.model) if landmark_embedding == "detector" else self.model
         self.fov = float(fov)
         self.fov_mode = fov_mode
         self.stage1_solver = stage1_solver
@@ -295,6 +325,12 @@ class Tracker:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
         self.init_from_blendshapes = init_from_blendshapes
+        if principal_point not in ("image", "crop"):
+            raise ValueError(f"principal_point must be 'image' or 'crop', got {principal_point!r}")
+        if image_fov is not None and not 1.0 <= image_fov <= 150.0:
+            raise ValueError(f"image_fov must be in [1, 150] degrees, got {image_fov}")
+        self.principal_point = principal_point
+        self.image_fov = image_fov
         self._landmarker_path = landmarker
         self._landmarker = None
         self.last_image: np.ndarray | None = None
@@ -367,16 +403,17 @@ class Tracker:
             return self._fit_landmarks(lmks68_px, iris_px, image_size, blendshapes, blendshape_names)
 
     def _fit_landmarks(self, lmks68_px, iris_px, image_size, blendshapes, blendshape_names) -> Result:
-        model, dev, dt = self.model, self.device, self.model.dtype
+        # fm: the model with the detector's landmark embedding (fitting); model: its own (outputs)
+        model, fm, dev, dt = self.model, self.fit_model, self.device, self.model.dtype
         lmks68_px = np.asarray(lmks68_px, dtype=np.float64)
         if lmks68_px.shape != (68, 2):
             raise ValueError(f"expected [68, 2] landmarks, got {lmks68_px.shape}")
         iris_px = np.full((10, 2), np.nan) if iris_px is None else np.asarray(iris_px, dtype=np.float64)
         if iris_px.shape != (10, 2):
             raise ValueError(f"expected [10, 2] iris points, got {iris_px.shape}")
-        crop = fitting_crop(lmks68_px)
-        lmk_ndc = crop.to_ndc(torch.as_tensor(lmks68_px))[None].to(dev, dt)
-        iris_ndc = crop.to_ndc(torch.as_tensor(iris_px))[None].to(dev, dt)
+        crop = self.camera_crop(lmks68_px, image_size)
+        lmk_ndc = crop.to_camera_ndc(torch.as_tensor(lmks68_px))[None].to(dev, dt)
+        iris_ndc = crop.to_camera_ndc(torch.as_tensor(iris_px))[None].to(dev, dt)
 
         init: dict[str, torch.Tensor] = {}
         if self.init_from_blendshapes and blendshapes is not None and len(blendshapes):
@@ -386,18 +423,18 @@ class Tracker:
         timings = {"stage1": 0.0, "stage2": 0.0}
         iters = {"stage1": 0, "stage2": 0}
         pose6 = None
-        fov = torch.tensor([self.fov], dtype=dt, device=dev)
+        fov = torch.tensor([self.crop_fov(crop, image_size)], dtype=dt, device=dev)
         for _ in range(self.rounds):
             t = time.perf_counter()
             with torch.no_grad():
-                pts = model.landmarks(**init).landmarks
+                pts = fm.landmarks(**init).landmarks
             cam = fit_camera(pts, lmk_ndc, fov=fov, fov_mode=self.fov_mode, solver=self.stage1_solver, init=pose6)
             pose6 = cam.pose6.to(dev, dt)
             fov = cam.fov.to(dev, dt)
             timings["stage1"] += time.perf_counter() - t
             iters["stage1"] += cam.iterations
             t = time.perf_counter()
-            s2 = fit_stage2(model, lmk_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, options=self.stage2)
+            s2 = fit_stage2(fm, lmk_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, options=self.stage2)
             timings["stage2"] += time.perf_counter() - t
             iters["stage2"] += s2.iterations
             init = dict(shape=s2.shape, expr=s2.expr, jaw_pose=s2.jaw_pose, eye_pose=s2.eye_pose,
@@ -433,4 +470,19 @@ class Tracker:
             expr_names=tuple(model.expr_names or ()),
             timings=timings,
             iterations=iters,
+            principal_point=None if crop.cx is None else (float(crop.cx), float(crop.cy)),
         )
+
+    def camera_crop(self, lmks68_px: np.ndarray, image_size: tuple[int, int]) -> Crop:
+        """The fitting crop of a face, with the principal point this tracker assumes."""
+        crop = fitting_crop(lmks68_px)
+        if self.principal_point == "crop":
+            return crop
+        return Crop(crop.x0, crop.y0, crop.size, cx=image_size[0] / 2.0, cy=image_size[1] / 2.0)
+
+    def crop_fov(self, crop: Crop, image_size: tuple[int, int]) -> float:
+        """FOV (degrees) over the fitting ``crop``: ``fov``, or the one ``image_fov`` implies."""
+        if self.image_fov is None:
+            return self.fov
+        focal = 0.5 * max(image_size) / np.tan(np.radians(self.image_fov) / 2)
+        return float(np.degrees(2 * np.arctan(float(crop.size) / (2 * focal))))

@@ -1,0 +1,141 @@
+"""Accuracy against ground truth: metrics, synthetic scenes, the camera's principal point, the
+detector landmark embedding, and a seeded end-to-end accuracy regression check (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flame_tracker.evaluation.metrics import (
+    align,
+    face_region_mask,
+    mesh_distance_mm,
+    nme_by_region,
+    rotation_error_deg,
+)
+from flame_tracker.evaluation.scenes import render_scene, sample_scenes, scene_truth
+
+
+@pytest.fixture(scope="module")
+def model(shared_dir):
+    from flame_tracker.model import load_model
+
+    return load_model()
+
+
+def _rot(axis, deg):
+    from scipy.spatial.transform import Rotation
+
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    return Rotation.from_rotvec(np.radians(deg) * axis).as_matrix()
+
+
+def test_metrics_alignment_and_rotation() -> None:
+    g = np.random.default_rng(0)
+    pts = g.normal(size=(200, 3))
+    R = _rot([0.3, 1.0, 0.2], 25.0)
+    moved = 1.7 * pts @ R.T + [0.1, -2.0, 0.5]
+    assert mesh_distance_mm(moved, pts, similarity=True) < 1e-9  # similarity removes all of it
+    assert mesh_distance_mm(pts @ R.T + 3.0, pts) < 1e-9  # rigid removes rotation + translation
+    assert mesh_distance_mm(1.1 * pts, pts) > 10.0  # but not a scale
+    assert abs(rotation_error_deg(R, np.eye(3)) - 25.0) < 1e-9
+    assert np.allclose(align(pts, pts), pts)
+    e = nme_by_region(np.zeros((68, 2)) + [3.0, 4.0], np.zeros((68, 2)), 10.0)
+    assert e["all"] == pytest.approx(0.5) and e["jaw"] == pytest.approx(0.5)
+
+
+def test_face_region_and_scenes(model) -> None:
+    mask = face_region_mask(model)
+    eyes = model.lbs_weights.numpy()[:, 3:5].sum(1) > 0.5
+    assert 1000 < mask.sum() < 0.6 * model.n_verts and not (mask & eyes).any()
+    a, b = sample_scenes(model, 6, seed=3), sample_scenes(model, 6, seed=3)
+    assert all(np.array_equal(x.shape, y.shape) and x.euler_deg.tolist() == y.euler_deg.tolist() for x, y in zip(a, b))
+    img, truth = render_scene(model, a[1])
+    assert img.shape == (a[1].height, a[1].width, 3) and img.dtype == np.uint8
+    # the projected truth is consistent with K, R, t, and the face is drawn where the truth says
+    cam = truth.lmks68_3d @ truth.R.T + truth.t
+    assert np.allclose(cam[:, :2] / cam[:, 2:] * truth.K[0, 0] + truth.K[:2, 2], truth.lmks68_px)
+    assert np.ptp(truth.lmks68_px[:, 1]) == pytest.approx(a[1].face_frac * a[1].height, rel=0.05)
+    img2, _ = render_scene(model, a[1])
+    assert np.array_equal(img, img2)  # deterministic
+
+
+def _off_centre_truth(model):
+    spec = sample_scenes(model, 1, seed=11)[0]
+    spec.shape[:] = 0.0
+    spec.expr[:] = 0.0
+    spec.euler_deg = np.array([20.0, 10.0, 5.0])
+    spec.fov_deg, spec.face_frac, spec.centre_frac = 45.0, 0.22, (0.82, 0.25)
+    return spec, scene_truth(model, spec)
+
+
+def test_principal_point_at_image_centre_recovers_rotation_of_off_centre_face(model) -> None:
+    """Exact landmarks of an off-centre face: the camera with its principal point at the image
+    centre recovers the head rotation; the reference's crop-centred camera is off by about the
+    face's off-axis angle (the largest part of the head-rotation error measured on synthetic renders)."""
+    from dataclasses import replace
+
+    from flame_tracker.evaluation.runs import fitted_camera_vertices
+    from flame_tracker.tracker import DEFAULT_STAGE2, Tracker
+
+    spec, truth = _off_centre_truth(model)
+    errs = {}
+    for pp in ("image", "crop"):
+        tr = Tracker(model, "cpu", principal_point=pp, image_fov=spec.fov_deg, landmark_embedding="model",
+                     init_from_blendshapes=False, stage2=replace(DEFAULT_STAGE2, fit_shape=False))
+        res = tr.fit_landmarks(truth.lmks68_px, None, image_size=(spec.width, spec.height))
+        R, _, _ = fitted_camera_vertices(res)
+        errs[pp] = rotation_error_deg(R, truth.R)
+        if pp == "image":
+            assert res.reprojection_error_px < 0.5
+            K = res.camera_matrices()["K_px"][0]
+            assert K[0, 2] == pytest.approx(spec.width / 2) and K[1, 2] == pytest.approx(spec.height / 2)
+            assert K[0, 0] == pytest.approx(truth.K[0, 0], rel=1e-4)
+            arr = res.arrays()
+            assert np.allclose(arr["principal_point_px"][0], [spec.width / 2, spec.height / 2])
+    assert errs["image"] < 0.3, errs
+    assert errs["crop"] > 3.0, errs
+
+
+def test_detector_embedding_is_shipped_for_the_open_model(model) -> None:
+    from flame_tracker.model.embedding import fingerprint, shipped_embedding, with_landmarks
+
+    emb = shipped_embedding(model)
+    assert emb is not None and emb.fingerprint == fingerprint(model)
+    assert emb.faces_idx.shape == (68,) and np.allclose(emb.bary.sum(1), 1.0) and (emb.bary >= 0).all()
+    det = with_landmarks(model, emb)
+    g = torch.Generator().manual_seed(1)
+    p = dict(shape=torch.randn(1, model.n_shape, generator=g), expr=torch.rand(1, model.n_expr, generator=g) * 0.3)
+    a, b = model(**p), det(**p)
+    assert torch.allclose(a.vertices, b.vertices)  # same model, only the 68 points moved
+    assert torch.allclose(det.landmarks(**p).landmarks, b.landmarks, atol=1e-6)
+    moved = (a.landmarks - b.landmarks).norm(dim=-1)[0] * 1000
+    assert float(moved[:17].median()) > 3.0  # MediaPipe's jawline sits elsewhere than ICT's
+    assert float(moved[36:48].median()) < 3.0  # its eye corners nearly where ICT's are
+
+
+# Seeded subset of benchmarks/accuracy.py (full pipeline: render, MediaPipe, stage 1, stage 2).
+# Measured on this machine at the commit that added it; the test fails when any mean gets worse
+# than measured by more than the tolerance (renders and the detector are deterministic here, the
+# margin covers BLAS/platform differences).
+REGRESSION_SCENES = 10
+# (The previous pipeline, crop-centred camera and ICT's own embedding, measured on the same subset:
+# posed 5.01 mm, shape 3.66 mm, rotation 4.55°, NME 0.046.)
+REGRESSION_MEASURED = {"posed_mm": 3.376, "shape_mm": 3.215, "rot_deg": 4.576, "nme_fit": 0.0406}
+REGRESSION_TOLERANCE = 1.25
+
+
+@pytest.mark.slow
+def test_accuracy_regression_on_seeded_synthetic_scenes(shared_dir) -> None:
+    from flame_tracker.evaluation.runs import evaluate_scene, summarise
+    from flame_tracker.tracker import Tracker
+
+    with Tracker(device="cpu") as tracker:
+        mask = face_region_mask(tracker.model)
+        specs = sample_scenes(tracker.model, REGRESSION_SCENES, seed=2024, face_frac=(0.25, 0.6), yaw_max=60.0)
+        evals = [evaluate_scene(tracker, s, mask) for s in specs]
+    summary = summarise(evals)["all"]
+    assert summary["detected"] >= REGRESSION_SCENES - 1
+    for key, measured in REGRESSION_MEASURED.items():
+        assert summary[key] <= measured * REGRESSION_TOLERANCE, (key, summary[key], measured)
