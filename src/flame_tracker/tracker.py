@@ -95,6 +95,9 @@ class Result:
     # The camera's principal point (original pixels): the image centre; None = the crop centre (the
     # reference's convention, which puts the optical axis through the face).
     principal_point: tuple[float, float] | None = None
+    # [68, 2] the fitted model's points in the detector's convention (the points the fit matched to
+    # the detections; ``fit_lmks68_px`` are the model's own, semantic 68). None: the same as those.
+    fit_target68_px: np.ndarray | None = None
 
     # -------------------------------------------------------------------------------- derived
     @property
@@ -107,7 +110,8 @@ class Result:
     def residuals_px(self) -> np.ndarray:
         """Per-point distance detected ↔ fitted in original pixels: ``[78]`` = 68 landmarks + 10 iris
         (``[N, 78]`` for a Result of ``N`` frames)."""
-        d68 = np.linalg.norm(self.fit_lmks68_px - self.lmks68_px, axis=-1)
+        fit = self.fit_lmks68_px if self.fit_target68_px is None else self.fit_target68_px
+        d68 = np.linalg.norm(fit - self.lmks68_px, axis=-1)
         dir_ = np.linalg.norm(self.fit_iris_px - self.iris_px, axis=-1)
         return np.concatenate([d68, dir_], axis=-1).astype(np.float32)
 
@@ -171,6 +175,8 @@ class Result:
             fit_lmks_68_px=self.fit_lmks68_px.astype(f32).reshape(n, 68, 2),
             fit_lmks_eyes_px=self.fit_iris_px.astype(f32).reshape(n, 10, 2),
             fit_lmks_68=to_ndc(self.fit_lmks68_px).reshape(n, 68, 2).astype(f32),
+            fit_lmks_68_detector_px=(self.fit_lmks68_px if self.fit_target68_px is None
+                                     else self.fit_target68_px).astype(f32).reshape(n, 68, 2),
             residuals_px=self.residuals_px.reshape(n, 78),
             objective=np.asarray(self.objective, f32).reshape(n),
             stage1_objective=np.asarray(self.stage1_objective, f32).reshape(n),
@@ -199,7 +205,7 @@ class Result:
             self.vertices_px(),
             self.faces,
             lmks_detected=self.lmks68_px,
-            lmks_fitted=self.fit_lmks68_px,
+            lmks_fitted=self.fit_lmks68_px if self.fit_target68_px is None else self.fit_target68_px,
             iris=self.fit_iris_px if np.isfinite(self.iris_px).all() else None,
             focal=focal,
         )
@@ -444,6 +450,10 @@ class Tracker:
             out = model(**init)
             pts = torch.cat([out.landmarks, out.iris if out.iris is not None else out.landmarks[:, :10] * np.nan], 1)
             px = project_pixels(pts.double().cpu(), pose6.double().cpu(), fov.double().cpu(), crop)[0].numpy()
+            target68 = None
+            if fm is not model:
+                target68 = project_pixels(fm.landmarks(**init).landmarks.double().cpu(), pose6.double().cpu(),
+                                          fov.double().cpu(), crop)[0].numpy()
         np_ = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
         return Result(
             model_name=str(model.name),
@@ -471,6 +481,7 @@ class Tracker:
             timings=timings,
             iterations=iters,
             principal_point=None if crop.cx is None else (float(crop.cx), float(crop.cy)),
+            fit_target68_px=target68,
         )
 
     def camera_crop(self, lmks68_px: np.ndarray, image_size: tuple[int, int]) -> Crop:

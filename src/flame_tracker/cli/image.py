@@ -28,7 +28,8 @@ def run_images(
     model: str | None = None,
     device: str | None = None,
     landmarker: str | None = None,
-    fov: float = 20.0,
+    fov: float | None = None,
+    image_fov: float = 40.0,
     solver: str = "lm",
     loss: str = "l1",
     fit_shape: bool = True,
@@ -48,7 +49,9 @@ def run_images(
     opts = replace(DEFAULT_STAGE2, solver=solver, loss=loss, fit_shape=fit_shape and solver == "lm",
                    fit_neck=fit_neck and solver == "lm")
     try:
-        tracker = Tracker(model, device, landmarker=landmarker, fov=fov, stage2=opts)
+        # --fov (over the fitting crop, the reference) replaces the image-level FOV when given
+        tracker = Tracker(model, device, landmarker=landmarker, fov=20.0 if fov is None else fov,
+                          image_fov=image_fov if fov is None else None, stage2=opts)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load the head model: {exc}") from exc
     failures = 0
@@ -92,8 +95,11 @@ def run_images(
 @click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
               help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
               "or the user cache (see `flame-tracker assets`).")
-@click.option("--fov", default=20.0, show_default=True, type=click.FloatRange(10.0, 50.0),
-              help="Camera field of view in degrees over the fitting crop (one photo cannot identify it).")
+@click.option("--image-fov", default=40.0, show_default=True, type=click.FloatRange(1.0, 150.0),
+              help="Camera field of view in degrees over the image's longer side (one photo cannot identify "
+              "it; the camera's principal point is the image centre).")
+@click.option("--fov", default=None, type=click.FloatRange(10.0, 50.0),
+              help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
 @click.option("--solver", type=click.Choice(["lm", "adam"]), default="lm", show_default=True,
               help="Stage-2 solver: lm (fast Levenberg-Marquardt, fits shape too) or adam (the reference's "
               "200-iteration schedule; expression, jaw and eyes only).")
@@ -111,7 +117,7 @@ def run_images(
               help="Refine camera, expression and eyes against the photo's colours (SH-lit albedo render, "
               "reference loss weights; a few seconds per image) and write <name>_texture.png.")
 def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
-          fov: float, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
+          image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
           photometric: bool) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
@@ -132,7 +138,7 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
             paths.append(p)
     if not paths:
         raise click.ClickException("no images found in the given folder(s)")
-    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, solver=solver,
+    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, image_fov=image_fov, solver=solver,
                           loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay,
                           photometric=photometric)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")

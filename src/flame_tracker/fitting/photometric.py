@@ -861,6 +861,6 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
         fit_iris = project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None else result.fit_iris_px
     timings = dict(result.timings, photometric=time.perf_counter() - t0)
     new = replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(), eye_pose=ph.eye_pose.cpu().numpy(),
-                     pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
+                     pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris, fit_target68_px=None,
                      vertices=out.vertices[0].cpu().numpy().astype(result.vertices.dtype), timings=timings)
     return new, ph
