@@ -139,3 +139,46 @@ def test_accuracy_regression_on_seeded_synthetic_scenes(shared_dir) -> None:
     assert summary["detected"] >= REGRESSION_SCENES - 1
     for key, measured in REGRESSION_MEASURED.items():
         assert summary[key] <= measured * REGRESSION_TOLERANCE, (key, summary[key], measured)
+
+
+def test_fold_rigid_keeps_the_projection(model) -> None:
+    """Stage 2's rigid refinement (head rotation about the root joint + translation) folded into the
+    camera projects every vertex exactly where the posed head did."""
+    from flame_tracker.camera import project_ndc
+    from flame_tracker.fitting.stage2 import fold_rigid
+    from flame_tracker.model import load_model
+
+    m = load_model(dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    p = dict(shape=torch.randn(2, m.n_shape, generator=g, dtype=torch.float64),
+             expr=torch.rand(2, m.n_expr, generator=g, dtype=torch.float64) * 0.3)
+    hp = torch.tensor([[0.1, -0.2, 0.05], [0.0, 0.3, 0.1]], dtype=torch.float64)
+    tr = torch.tensor([[0.01, 0.02, -0.03], [0.0, 0.0, 0.05]], dtype=torch.float64)
+    pose6 = torch.tensor([[0.05, 0.1, 0.0, 0.02, 0.01, 1.0], [0.0, -0.1, 0.02, 0.0, 0.0, 0.8]], dtype=torch.float64)
+    posed = project_ndc(m(**p, head_pose=hp).vertices + tr[:, None], pose6, 20.0)
+    folded = project_ndc(m(**p).vertices, fold_rigid(m, dict(p, head_pose=hp, transl=tr), pose6), 20.0)
+    assert float((posed - folded).abs().max()) < 1e-7
+
+
+@pytest.mark.slow
+def test_same_person_fits_one_identity(shared_dir, tmp_path) -> None:
+    """Several photos of one person: one shape for all, each photo its own camera and expression;
+    the CLI writes one result per photo."""
+    from click.testing import CliRunner
+
+    from flame_tracker.cli.main import main
+    from flame_tracker.tracker import Tracker
+
+    photos = sorted((shared_dir / "images" / "gt68").glob("*.png"))
+    with Tracker(device="cpu") as tr:
+        res = tr.fit_same_person(photos)
+        single = tr.fit_image(photos[0])
+    assert len(res) == len(photos)
+    assert all(np.array_equal(r.shape, res[0].shape) for r in res)
+    assert not np.allclose(res[0].pose6, res[1].pose6) and not np.allclose(res[0].exp, res[1].exp)
+    assert all(r.reprojection_error_px < 0.02 * r.crop[2] for r in res)
+    assert not np.allclose(single.shape, res[0].shape)
+    out = CliRunner().invoke(main, ["image", *map(str, photos), "--same-person", "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    shapes = [np.load(tmp_path / f"{p.stem}.npz")["shape"] for p in photos]
+    assert all(np.array_equal(s, shapes[0]) for s in shapes)

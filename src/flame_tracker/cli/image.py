@@ -37,6 +37,7 @@ def run_images(
     mesh: bool = True,
     overlay: bool = True,
     photometric: bool = False,
+    same_person: bool = False,
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
@@ -44,25 +45,38 @@ def run_images(
     """
     from dataclasses import replace
 
-    from flame_tracker.tracker import DEFAULT_STAGE2, Tracker
+    from flame_tracker.tracker import Tracker
 
-    opts = replace(DEFAULT_STAGE2, solver=solver, loss=loss, fit_shape=fit_shape and solver == "lm",
-                   fit_neck=fit_neck and solver == "lm")
     try:
         # --fov (over the fitting crop, the reference) replaces the image-level FOV when given
         tracker = Tracker(model, device, landmarker=landmarker, fov=20.0 if fov is None else fov,
-                          image_fov=image_fov if fov is None else None, stage2=opts)
+                          image_fov=image_fov if fov is None else None)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load the head model: {exc}") from exc
+    # the model's default stage-2 options (blendshape priors for ICT) with the command's switches
+    tracker.stage2 = replace(tracker.stage2, solver=solver, loss=loss, fit_shape=fit_shape and solver == "lm",
+                             fit_neck=fit_neck and solver == "lm")
     failures = 0
     with tracker:
         try:
             tracker.landmarker  # noqa: B018  (fail once, clearly, when the detector is missing)
         except Exception as exc:  # noqa: BLE001
             raise click.ClickException(f"cannot start the face landmarker: {exc}") from exc
+        joint: dict[Path, object] = {}
+        if same_person:  # one identity from all photos; a photo without a face fails them all
+            try:
+                joint = dict(zip(images, tracker.fit_same_person(images)))
+            except Exception as exc:  # noqa: BLE001
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                click.echo(f"error: --same-person: {msg}", err=True)
+                return len(images)
         for path, stem in zip(images, _stems(images)):
             try:
-                result = tracker.fit_image(path)
+                result = joint[path] if same_person else tracker.fit_image(path)
+                if same_person:
+                    from flame_tracker.io.images import load_image
+
+                    tracker.last_image = load_image(path)
                 if photometric:  # refine against the photo's colours (fitting.photometric)
                     from flame_tracker.fitting.photometric import refine_result, save_texture_png
 
@@ -116,9 +130,12 @@ def run_images(
 @click.option("--photometric/--no-photometric", default=False, show_default=True,
               help="Refine camera, expression and eyes against the photo's colours (SH-lit albedo render, "
               "reference loss weights; a few seconds per image) and write <name>_texture.png.")
+@click.option("--same-person", is_flag=True, default=False,
+              help="The photos show one person: fit one identity shape jointly from all of them (each photo "
+              "keeps its own camera and expression). More photos give a better shape.")
 def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
           image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
-          photometric: bool) -> None:
+          photometric: bool, same_person: bool) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -140,7 +157,7 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
         raise click.ClickException("no images found in the given folder(s)")
     failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, image_fov=image_fov, solver=solver,
                           loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay,
-                          photometric=photometric)
+                          photometric=photometric, same_person=same_person)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
     if failures:
         sys.exit(1)

@@ -67,6 +67,9 @@ class Stage2Options:
     # Jawline 0..16 (not in the reference's stage 2): informs the identity shape's face width.
     w_contour: float = 0.0
     w_exp: float = 0.025
+    # Sparsity of bounded (ICT, [0, 1]) expression weights: + w_exp_l1 * sum(exp). A blendshape
+    # rests at 0 unless the landmarks need it (an L2 prior alone lets many channels share the work).
+    w_exp_l1: float = 0.0
     w_temporal: float = 0.1
     w_shape: float = 0.1  # ~ the reference photometric stage's 0.1·Σd_shape²/2; shape coefficients are N(0,1)
     w_neck: float = 10.0
@@ -76,6 +79,10 @@ class Stage2Options:
     fit_neck: bool = False
     fit_jaw: bool | None = None  # None: fit the jaw joint when the model has one
     fit_eyes: bool = True
+    # Refine the head's rigid pose (rotation + translation) jointly with expression and shape, then
+    # fold it into the camera: with the camera fixed, a pose error left by stage 1 (e.g. an open jaw
+    # it did not know about) is absorbed by the expression and shape instead of being corrected.
+    fit_rigid: bool = False
     loss: Literal["l1", "huber"] = "l1"
     # L1: floor of |d| in the IRLS weights (NDC; ~0.0013 px at 256). Huber: the quadratic zone.
     delta: float = 1e-5
@@ -103,6 +110,7 @@ class Stage2Result:
     iris_ndc: Tensor  # [N, 10, 2]
     iterations: int
     history: list[float] = field(default_factory=list)  # total objective per iteration
+    pose6: Tensor | None = None  # [N, 6] the camera with the refined rigid pose folded in (fit_rigid)
 
 
 def model_has_jaw(model: torch.nn.Module) -> bool:
@@ -153,6 +161,7 @@ class _Layout:
     eyes: bool
     neck: bool
     shape: Literal["fixed", "frame", "shared"]
+    rigid: bool = False  # head rotation (root joint) + translation, folded into the camera afterwards
 
     @property
     def frame_blocks(self) -> list[tuple[str, int]]:
@@ -165,6 +174,8 @@ class _Layout:
             blocks.append(("neck_pose", 3))
         if self.shape == "frame":
             blocks.append(("shape", self.n_shape))
+        if self.rigid:
+            blocks += [("head_pose", 3), ("transl", 3)]
         return blocks
 
     @property
@@ -206,15 +217,21 @@ class _Problem:
     coeff: Tensor  # [N, 61, 2] per-coordinate weight (0 where the target is missing)
     lo: Tensor | None  # [P] bounds of the per-frame vector (None: unbounded)
     hi: Tensor | None
+    # Centre of the quadratic priors [N, P] (None: zero), e.g. MediaPipe's blendshape scores for
+    # the matching expression channels.
+    prior_mean: Tensor | None = None
     # Quantities fixed for the whole solve (basis slices, landmark interpolation, camera
     # projection constants), built on first use by the Jacobian code instead of every iteration.
     cache: dict[str, object] = field(default_factory=dict)
 
     def points3d(self, params: dict[str, Tensor]) -> Tensor:
-        """Model-space 68 landmarks + 10 iris points ``[B, 78, 3]`` (the landmark fast path)."""
-        out = self.model.landmarks(**params)
+        """Model-space 68 landmarks + 10 iris points ``[B, 78, 3]`` (the landmark fast path), moved by
+        the rigid refinement's translation ``transl`` when it is free."""
+        transl = params.get("transl")
+        out = self.model.landmarks(**{k: v for k, v in params.items() if k != "transl"})
         iris = out.iris if out.iris is not None else out.landmarks.new_zeros(out.landmarks.shape[0], N_IRIS, 3)
-        return torch.cat([out.landmarks, iris], dim=1)
+        pts = torch.cat([out.landmarks, iris], dim=1)
+        return pts if transl is None else pts + transl[:, None, :]
 
     def project(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         ndc = project_ndc(self.points3d(self.layout.split(x, s, self.base)), self.pose6, self.fov)
@@ -245,7 +262,11 @@ def objective_from_residuals(problem: _Problem, r: Tensor, x: Tensor, s: Tensor)
     # The quadratic priors w_exp*|expr|^2 (+ w_shape*|shape|^2, w_neck*|neck|^2) as one weighted sum
     # over the free vector (weights from _prior_diag): the LM evaluates this a few times per iteration.
     lam_x, _ = _prior_diag(problem, x, s)
-    per = (problem.coeff.flatten(1) * _rho(r, o.loss, o.delta)).sum(1) + (x * x) @ lam_x
+    d = x if problem.prior_mean is None else x - problem.prior_mean
+    per = (problem.coeff.flatten(1) * _rho(r, o.loss, o.delta)).sum(1) + (d * d) @ lam_x
+    lin = _prior_linear(problem, x)
+    if lin is not None:
+        per = per + x @ lin
     if problem.layout.shape == "shared":
         per = per + o.w_shape * (s**2).sum() / n
     if o.temporal and n >= 2:
@@ -463,9 +484,10 @@ def _jac_plan(problem: _Problem) -> dict:
     if lay.shape == "shared":
         blocks.append(("shape", 0, lay.n_shape, "shared"))
     lin = [b for b in blocks if b[0] in _LINEAR]
-    rot = [b for b in blocks if b[0] not in _LINEAR]
+    rot = [b for b in blocks if b[0] not in _LINEAR and b[0] != "transl"]
+    tra = [b for b in blocks if b[0] == "transl"]  # analytic columns, after the rotations
     col, order, shared = 0, {}, None
-    for name, _, size, kind in lin + rot:
+    for name, _, size, kind in lin + rot + tra:
         if kind == "shared":
             shared = (col, size)
         else:
@@ -475,7 +497,7 @@ def _jac_plan(problem: _Problem) -> dict:
     identity = shared is None and perm == list(range(len(perm)))
     dev = problem.target.device
     plan = problem.cache["plan"] = dict(
-        lin=lin, rot=rot, shared=shared,
+        lin=lin, rot=rot, shared=shared, transl=bool(tra),
         perm=None if identity else torch.tensor(perm, dtype=torch.long, device=dev),
     )
     return plan
@@ -519,6 +541,8 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
         n_lin = d_lin.shape[-1]
         fast = pts, (rflip_t @ d_lin.transpose(1, 2).reshape(n, 3, -1)).view(n, 3, 78, n_lin)
     pts, dview = fast  # [N, M, 78, 3] world, [N, 3, 78, n_lin] in the camera's frame
+    if plan["transl"]:
+        pts = pts + params["transl"][:, None, None, :]
     m = pts.shape[1]
     view = torch.bmm((pts - centre).view(n, m * 78, 3), rflip).view(n, m, 78, 3)
     inv_z = 1.0 / (view[..., 2:] + 1e-8)
@@ -532,6 +556,10 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     cols = [j_lin.transpose(1, 2).reshape(n, -1, n_lin)]
     if rot:
         cols.append(((ndc_all[:, 1:] - ndc[:, None]) * (1.0 / _ROT_STEP)).permute(0, 2, 3, 1).flatten(1, 2))
+    if plan["transl"]:  # a translation moves every point by the same view-space vector rflip_t[:, :, k]
+        dv = rflip_t[:, :, None, :]  # [N, 3, 1, 3]
+        j_tr = dv[:, :2] * (scale * iz) - (ndc.transpose(1, 2)[..., None] * iz) * dv[:, 2:]  # [N, 2, 78, 3]
+        cols.append(j_tr.transpose(1, 2).reshape(n, -1, 3))
     jac = torch.cat(cols, -1) if len(cols) > 1 else cols[0]
     js = x.new_zeros(n, r.shape[1], 0)
     if plan["shared"] is not None:
@@ -556,6 +584,21 @@ def _prior_diag(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor
     lam_s = torch.full((lay.n_shared,), o.w_shape, dtype=x.dtype, device=x.device)
     problem.cache["prior"] = (lam_x, lam_s)
     return lam_x, lam_s
+
+
+def _prior_linear(problem: _Problem, x: Tensor) -> Tensor | None:
+    """The linear (sparsity) prior ``sum lin*x`` over ``x`` (``None`` when zero; cached): the L1 norm
+    of the expression weights of models whose expressions are bounded below by 0."""
+    key = "prior_lin"
+    if key not in problem.cache:
+        o, lay = problem.opts, problem.layout
+        bounds = getattr(problem.model, "expr_bounds", None)
+        lin = None
+        if o.w_exp_l1 > 0 and bounds is not None and float(bounds[0]) >= 0:
+            lin = x.new_zeros(lay.n_frame)
+            lin[: lay.n_expr] = o.w_exp_l1  # expression is the first block
+        problem.cache[key] = lin
+    return problem.cache[key]
 
 
 def _temporal_apply(problem: _Problem, v: Tensor) -> Tensor:
@@ -717,7 +760,11 @@ def _irls_system(problem: _Problem, xc: Tensor, sc: Tensor, r: Tensor, jx: Tenso
     # IRLS weights: rho'(d)/d = 1/max(|d|, delta) for both L1 (delta = floor) and Huber.
     w = problem.coeff.flatten(1) / r.abs().clamp_min(o.delta)
     jw_t = (jx * w[..., None]).transpose(1, 2)
-    gx = torch.addcmul((jw_t @ r[..., None])[..., 0], lam_x, xc, value=2.0)
+    d = xc if problem.prior_mean is None else xc - problem.prior_mean
+    gx = torch.addcmul((jw_t @ r[..., None])[..., 0], lam_x, d, value=2.0)
+    lin = _prior_linear(problem, xc)
+    if lin is not None:
+        gx = gx + lin
     if o.temporal and xc.shape[0] >= 2:
         gx = gx + _temporal_apply(problem, xc)
     hx = torch.baddbmm(prior_h, jw_t, jx)
@@ -884,6 +931,7 @@ def fit_stage2(
     *,
     iris_ndc: Tensor | None = None,
     init: dict[str, Tensor] | None = None,
+    expr_prior_mean: Tensor | None = None,
     options: Stage2Options | None = None,
     **overrides,
 ) -> Stage2Result:
@@ -896,6 +944,8 @@ def fit_stage2(
         iris_ndc: ``[N, 10, 2]`` iris targets (MediaPipe order) or ``None`` (eye pose then stays).
         init: warm start, any of ``shape``, ``expr``, ``jaw_pose``, ``eye_pose``, ``neck_pose`` (``[N, .]``
             or ``[1, .]``); a shared shape starts from the mean of ``init["shape"]``.
+        expr_prior_mean: ``[N, E]`` or ``[E]`` centre of the expression prior ``w_exp·Σ(exp - mean)²``
+            (default zero), e.g. MediaPipe's blendshape scores mapped to the model's channels.
         options: :class:`Stage2Options`; keyword ``overrides`` replace single fields.
 
     Returns:
@@ -935,6 +985,7 @@ def fit_stage2(
         eyes=opts.fit_eyes and has_iris,
         neck=opts.fit_neck,
         shape="fixed" if not opts.fit_shape else ("shared" if opts.shared_shape else "frame"),
+        rigid=opts.fit_rigid,
     )
 
     sizes = {"shape": model.n_shape, "expr": model.n_expr, "jaw_pose": 3, "eye_pose": 6, "neck_pose": 3}
@@ -950,6 +1001,8 @@ def fit_stage2(
     if layout.shape == "shared":
         params["shape"] = params["shape"].mean(0, keepdim=True).expand(n, -1).clone()
     params["head_pose"] = torch.zeros(n, 3, dtype=dt, device=dev)  # the camera carries the rigid motion
+    if layout.rigid:
+        params["transl"] = torch.zeros(n, 3, dtype=dt, device=dev)
 
     lo = hi = None
     bounds = getattr(model, "expr_bounds", None)
@@ -964,6 +1017,10 @@ def fit_stage2(
     base = {k: v for k, v in params.items() if k not in free}
     problem = _Problem(model, layout, opts, base, pose6, fov, target, coeff, lo, hi)
     x, s = layout.pack(params)
+    if expr_prior_mean is not None:
+        mean = torch.zeros_like(x)
+        mean[:, : model.n_expr] = torch.as_tensor(expr_prior_mean, dtype=dt, device=dev).reshape(-1, model.n_expr)
+        problem.prior_mean = mean
 
     # Solve and final evaluation in one single-thread scope: both are small (with the default two
     # threads a busy CPU stalled the final matrix product ~14 ms, a third of an LM solve, measured).
@@ -985,6 +1042,7 @@ def fit_stage2(
                 lmk, iris = problem.project(x, s)
                 r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)
             f = objective_from_residuals(problem, r, x, s)
+            new_pose6 = fold_rigid(model, final, pose6) if layout.rigid else None
     return Stage2Result(
         shape=final["shape"].detach().clone(),
         expr=final["expr"].detach().clone(),
@@ -996,4 +1054,25 @@ def fit_stage2(
         iris_ndc=iris.detach(),
         iterations=iters,
         history=history,
+        pose6=new_pose6,
     )
+
+
+def fold_rigid(model: torch.nn.Module, params: dict[str, Tensor], pose6: Tensor) -> Tensor:
+    """The camera ``pose6 [N, 6]`` that sees the head with ``head_pose`` (about the root joint) and
+    ``transl`` applied as the same head with neither (the reference keeps the head at rest).
+
+    The posed head is ``X' = R_h X + b`` with ``b = J0 - R_h J0 + transl`` (``J0``: the root joint of
+    the shaped head); the camera ``view = D R^T (X' - t)`` then equals ``D (R_h^T R)^T (X - R_h^T (t - b))``.
+    """
+    from flame_tracker.camera import matrix_to_rotvec
+
+    rest = {k: params[k] for k in ("shape", "expr") if k in params}
+    v = model(**rest).vertices  # zero pose: the shaped rest vertices the joints are regressed from
+    j0 = (model.J_regressor[0].to(v.dtype) @ v)  # [N, 3]
+    r_h = rotvec_to_matrix(params["head_pose"])
+    b = j0 - (r_h @ j0[..., None])[..., 0] + params["transl"]
+    r_c = rotvec_to_matrix(pose6[:, :3])
+    r_new = r_h.transpose(1, 2) @ r_c
+    t_new = (r_h.transpose(1, 2) @ (pose6[:, 3:] - b)[..., None])[..., 0]
+    return torch.cat([matrix_to_rotvec(r_new), t_new], dim=1)
