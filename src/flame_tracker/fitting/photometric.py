@@ -741,7 +741,7 @@ def estimate_canonical(
     return fit_photometric(model, images, lmks_ndc, pose6, fov, shared_appearance=True, **kwargs)
 
 
-def crop_inputs(frames: list[np.ndarray] | np.ndarray, crop: tuple[float, float, float], lmks68_px: np.ndarray,
+def crop_inputs(frames: list[np.ndarray] | np.ndarray, crop, lmks68_px: np.ndarray,
                 iris_px: np.ndarray | None, res: int, dtype: torch.dtype):
     """Photometric inputs from original-pixel data: the frames cut to the fitting square ``crop``
     ``(x0, y0, side)`` at ``res``², the detected landmarks ``[K, 68, 2]`` and iris points
@@ -749,9 +749,9 @@ def crop_inputs(frames: list[np.ndarray] | np.ndarray, crop: tuple[float, float,
     from flame_tracker.camera import Crop
     from flame_tracker.io.images import crop_resize
 
-    x0, y0, side = map(float, crop)
+    c = crop if isinstance(crop, Crop) else Crop(*map(float, crop))  # a Crop keeps its principal point
+    x0, y0, side = float(c.x0), float(c.y0), float(c.size)
     crops = np.stack([crop_resize(np.asarray(f), (x0, y0, side, side), (res, res))[0] for f in frames])
-    c = Crop(x0, y0, side)
     lmk = c.to_ndc(torch.as_tensor(np.asarray(lmks68_px), dtype=dtype))
     iris = None if iris_px is None else c.to_ndc(torch.as_tensor(np.asarray(iris_px), dtype=dtype))
     return crops, lmk, iris, c
@@ -760,7 +760,7 @@ def crop_inputs(frames: list[np.ndarray] | np.ndarray, crop: tuple[float, float,
 def canonical_from_frames(
     model: torch.nn.Module,
     frames: list[np.ndarray],
-    crop: tuple[float, float, float],
+    crop,
     lmks68_px: np.ndarray,
     pose6: np.ndarray,
     fov: float | np.ndarray,
@@ -773,7 +773,8 @@ def canonical_from_frames(
 
     Args:
         frames: ``K`` RGB uint8 frames in original pixels.
-        crop: the fitting square ``(x0, y0, side)`` in original pixels that ``pose6``/``fov`` refer to.
+        crop: the fitting square ``(x0, y0, side)`` in original pixels that ``pose6``/``fov`` refer to,
+            or a :class:`~flame_tracker.camera.Crop` (with the camera's principal point).
         lmks68_px, iris_px: ``[K, 68, 2]`` / ``[K, 10, 2]`` detected points in original pixels (NaN = missing).
         pose6: ``[K, 6]`` fitted cameras; fov: degrees.
         init: fitted ``shape`` (``[S]`` or ``[K, S]``), ``expr``, ``jaw_pose``, ``eye_pose`` per frame.
@@ -786,7 +787,7 @@ def canonical_from_frames(
         raise ValueError("canonical texture: no frames given")
     opts = replace(PhotometricOptions(), **overrides)
     dt = model.v_template.dtype
-    crops, lmk, iris, _ = crop_inputs(frames, crop, lmks68_px, iris_px, opts.resolution, dt)
+    crops, lmk, iris, c = crop_inputs(frames, crop, lmks68_px, iris_px, opts.resolution, dt)
     if iris is not None and not bool(torch.isfinite(iris).all()):
         iris = None
     k = len(frames)
@@ -794,7 +795,7 @@ def canonical_from_frames(
            for key, v in init.items() if v is not None}
     fov = float(np.asarray(fov, dtype=np.float64).reshape(-1)[0])  # one FOV (a scalar or a 1-vector)
     return estimate_canonical(model, crops, lmk, torch.as_tensor(np.asarray(pose6), dtype=dt), fov, init=ini,
-                              iris_ndc=iris, options=opts)
+                              iris_ndc=iris, pp_ndc=None if c.cx is None else c.pp_ndc(lmk), options=opts)
 
 
 def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: int = 512) -> np.ndarray:
@@ -844,14 +845,13 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
     t0 = time.perf_counter()
     opts = replace(PhotometricOptions(), **overrides)
     dt = model.v_template.dtype
-    crops, lmk, iris, _ = crop_inputs([image], result.crop, result.lmks68_px[None], result.iris_px[None],
-                                      opts.resolution, dt)
-    crop = result.crop_obj  # with the principal point the landmark fit used
+    crops, lmk, iris, crop = crop_inputs([image], result.crop_obj, result.lmks68_px[None], result.iris_px[None],
+                                         opts.resolution, dt)  # the Crop carries the fit's principal point
     init = {k: torch.as_tensor(getattr(result, a), dtype=dt) for k, a in
             [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"), ("neck_pose", "neck_pose")]}
     ph = fit_photometric(model, crops, lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
                          init=init, iris_ndc=iris if torch.isfinite(iris).all() else None,
-                         pp_ndc=crop.pp_ndc(lmk), options=opts)
+                         pp_ndc=None if crop.cx is None else crop.pp_ndc(lmk), options=opts)
     with torch.no_grad():
         dev = model.v_template.device
         out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev), eye_pose=ph.eye_pose.to(dev),

@@ -74,7 +74,7 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     rows = np.array([want[i] for i in frames])
     init = {"shape": fit.identity.shape, "expr": fit.expr[rows], "jaw_pose": fit.jaw_pose[rows],
             "eye_pose": fit.eye_pose[rows]}
-    can = canonical_from_frames(model, list(frames.values()), fit.identity.crop, lm["lmks68"][rows],
+    can = canonical_from_frames(model, list(frames.values()), fit.identity.camera_crop, lm["lmks68"][rows],
                                 fit.pose6[rows], fit.identity.fov, init, iris_px=lm["iris"][rows])
     save_npz(_canonical_path(run), {"albedo": can.albedo.cpu().numpy()})
     save_texture_png(run.root / "texture.png", can.albedo, model)
@@ -92,14 +92,15 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.nda
     """
     opts = replace(PhotometricOptions(), **{"render": False, **overrides})  # no render needed here
     dt = model.v_template.dtype
-    crops, lmk, iris, _ = crop_inputs(frames, fit.identity.crop, lm["lmks68"][rows], lm["iris"][rows],
-                                      opts.resolution, dt)
+    crops, lmk, iris, crop = crop_inputs(frames, fit.identity.camera_crop, lm["lmks68"][rows], lm["iris"][rows],
+                                         opts.resolution, dt)
     n = len(rows)
     init = {"shape": torch.as_tensor(fit.identity.shape, dtype=dt)[None].expand(n, -1),
             **{k: torch.as_tensor(getattr(fit, k)[rows], dtype=dt) for k in ("expr", "jaw_pose", "eye_pose")}}
     ph = fit_photometric(model, crops, lmk, torch.as_tensor(fit.pose6[rows], dtype=dt), fit.identity.fov,
                          init=init, iris_ndc=iris if bool(torch.isfinite(iris).any()) else None,
-                         albedo=albedo, options=opts, temporal=n > 1)
+                         albedo=albedo, pp_ndc=None if crop.cx is None else crop.pp_ndc(lmk),
+                         options=opts, temporal=n > 1)
     return {"pose6": ph.pose6.double().numpy(), "expr": ph.expr.double().numpy(),
             "jaw_pose": ph.jaw_pose.double().numpy(), "eye_pose": ph.eye_pose.double().numpy(),
             "light": ph.light.double().numpy()}

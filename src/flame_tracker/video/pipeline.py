@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
+from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
 from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.tracker import Result
@@ -187,7 +188,8 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
         fit_iris_px=fit.iris_fit_px[rows].astype(f32),
         vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
         objective=fit.raw["err_ndc"][rows], stage1_objective=np.full(n, np.nan),
-        blendshape_scores=lm["blendshapes"][rows].astype(f32), expr_names=expr_names)
+        blendshape_scores=lm["blendshapes"][rows].astype(f32), blendshape_names=BLENDSHAPE_NAMES,
+        expr_names=expr_names, principal_point=ident.pp)
 
 
 def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
@@ -282,8 +284,9 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
     res = int(min(512, max(64, round(side))))
     dt = vertices.dtype
     with torch.no_grad(), cpu_threads(1, vertices.device):  # small per-frame work, as render_overlay
+        pp = None if crop.cx is None else crop.pp_ndc(vertices)[None]
         r = render_head(vertices, faces, pose6, torch.full((1,), float(fov), dtype=dt), res,
-                        light=torch.as_tensor(light, dtype=dt)[None], albedo=albedo.to(dt))
+                        light=torch.as_tensor(light, dtype=dt)[None], albedo=albedo.to(dt), pp=pp)
     rgb = (r["image"][0].clamp(0, 1) * 255).numpy().astype(np.float32)
     cov = r["alpha"][0].numpy().astype(np.float32)
     sc = side / res  # render pixel index u -> frame index x: x + 0.5 = (u + 0.5) * sc + x0
@@ -311,7 +314,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
 
     t0 = time.perf_counter()
     row_of = {int(f): i for i, f in enumerate(lm["frame"])}
-    crop = Crop(*fit.identity.crop)
+    crop = fit.identity.camera_crop
     focal = float(intrinsics_pixels(torch.tensor(fit.identity.fov, dtype=torch.float64),
                                     crop)[0, 0])
     faces = model.faces
@@ -361,6 +364,15 @@ def _load_landmarks(run: RunFolder) -> dict[str, np.ndarray]:
     return lm
 
 
+def _image_size(lm: dict[str, np.ndarray]) -> tuple[int, int] | None:
+    """``(W, H)`` of the video's frames (one size for the whole video), from the landmark records."""
+    sizes = lm.get("image_size")
+    if sizes is None or not len(sizes):
+        return None
+    w, h = (int(v) for v in np.asarray(sizes)[0])
+    return (w, h) if w > 0 and h > 0 else None
+
+
 def track_video(video: str | Path, out_dir: str | Path, *,
                 model: torch.nn.Module | str | Path | None = None,
                 options: TrackOptions | None = None, video_options: VideoOptions | None = None,
@@ -385,6 +397,11 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                          max_side=vopts.detect_max_side)
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model)
+    # Fit (and draw) the detector's 68 points on this model (flame_tracker.model.embedding), as
+    # single images do; the mesh is the same model's.
+    from flame_tracker.model.embedding import detector_model
+
+    model = detector_model(model)
     settings = {"model": getattr(model, "name", type(model).__name__),
                 "model_size": [model.n_shape, model.n_expr],
                 "track": dataclasses.asdict(topts), "frames": vopts.frame_settings()}
@@ -433,7 +450,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         fit = track_landmarks(model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
                               iris_px=lm["iris"].astype(np.float64), options=topts,
                               identity=identity, done=done, on_chunk=on_chunk,
-                              on_identity=on_identity)
+                              on_identity=on_identity, image_size=_image_size(lm),
+                              blendshapes=lm["blendshapes"], blendshape_names=BLENDSHAPE_NAMES)
     finally:
         bar.close()
         fit_stage.flush()

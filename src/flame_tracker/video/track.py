@@ -42,7 +42,11 @@ class NoFacesError(RuntimeError):
 class TrackOptions:
     """Settings of the sequence fit (everything that changes the result; stored in the manifest)."""
 
-    fov: float = 20.0  # degrees in the fitting crop; the start value when estimated
+    fov: float = 20.0  # degrees in the fitting crop (used when image_fov is None); start value when estimated
+    # FOV over the frame's longer side (the crop FOV follows from it) and the camera's principal
+    # point at the frame centre, as in single images (flame_tracker.tracker.Tracker); None: the
+    # reference's crop-relative `fov` with the principal point at the crop centre.
+    image_fov: float | None = 40.0
     estimate_fov: bool = False  # one FOV for the whole video, fitted on the keyframes
     n_keyframes: int = 6
     chunk: int = 32  # frames per batched per-frame solve (checkpoint granularity too)
@@ -56,6 +60,11 @@ class TrackOptions:
     stage1_iters: int = 20  # per-frame iteration caps: warm starts converge in a few steps
     stage2_iters: int = 6
     identity_iters: int = 10  # stage-2 iterations of the (one-off) shared-shape fit
+    # Expression priors (fitting.stage2): None = the model's defaults, i.e. for blendshape models
+    # (ICT) 4·Σ(exp - MediaPipe's scores)² + 0.5·Σexp (see Tracker), the reference's 0.025·Σexp²
+    # otherwise.
+    w_exp: float | None = None
+    w_exp_l1: float | None = None
 
 
 @dataclass
@@ -66,15 +75,25 @@ class Identity:
     fov: float
     crop: tuple[float, float, float]  # x0, y0, size in original pixels
     keyframes: np.ndarray  # indices (into the sequence) used to fit the identity
+    pp: tuple[float, float] | None = None  # principal point (original pixels); None: the crop centre
+
+    @property
+    def camera_crop(self) -> Crop:
+        """The fitting crop with the camera's principal point."""
+        return Crop(*self.crop) if self.pp is None else Crop(*self.crop, cx=self.pp[0], cy=self.pp[1])
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        return {"shape": self.shape, "fov": np.float64(self.fov), "crop": np.array(self.crop),
-                "keyframes": self.keyframes}
+        out = {"shape": self.shape, "fov": np.float64(self.fov), "crop": np.array(self.crop),
+               "keyframes": self.keyframes}
+        if self.pp is not None:
+            out["pp"] = np.array(self.pp)
+        return out
 
     @classmethod
     def from_arrays(cls, d: dict[str, np.ndarray]) -> "Identity":
+        pp = tuple(float(v) for v in d["pp"]) if "pp" in d else None
         return cls(d["shape"], float(d["fov"]), tuple(float(v) for v in d["crop"]),
-                   d["keyframes"])
+                   d["keyframes"], pp)
 
 
 @dataclass
@@ -168,11 +187,27 @@ def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *,
 
 def _stage2(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
             pose6: torch.Tensor, fov: torch.Tensor, init: dict[str, torch.Tensor], *,
-            fit_shape: bool, iters: int):
+            fit_shape: bool, iters: int, options: TrackOptions | None = None,
+            expr_mean: torch.Tensor | None = None):
     from flame_tracker.fitting.stage2 import fit_stage2
 
-    return fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init,
-                      fit_shape=fit_shape, shared_shape=fit_shape, max_iter=iters)
+    return fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, expr_prior_mean=expr_mean,
+                      fit_shape=fit_shape, shared_shape=fit_shape, max_iter=iters,
+                      **expression_priors(model, options or TrackOptions()))
+
+
+def expression_priors(model: torch.nn.Module, options: TrackOptions) -> dict[str, float]:
+    """Stage-2 expression prior weights for ``model``: the options', else the model's defaults."""
+    bounded = getattr(model, "expr_bounds", None) is not None
+    w_exp = options.w_exp if options.w_exp is not None else (4.0 if bounded else 0.025)
+    w_l1 = options.w_exp_l1 if options.w_exp_l1 is not None else (0.5 if bounded else 0.0)
+    return {"w_exp": w_exp, "w_exp_l1": w_l1}
+
+
+def crop_fov(crop: Crop, image_size: tuple[int, int], image_fov: float) -> float:
+    """FOV (degrees) over a fitting ``crop`` of a camera with ``image_fov`` over the image's longer side."""
+    focal = 0.5 * max(image_size) / np.tan(np.radians(image_fov) / 2)
+    return float(np.degrees(2 * np.arctan(float(crop.size) / (2 * focal))))
 
 
 def _model_points(model: torch.nn.Module, shape: torch.Tensor, expr: torch.Tensor | None = None,
@@ -185,14 +220,18 @@ def _model_points(model: torch.nn.Module, shape: torch.Tensor, expr: torch.Tenso
 # ------------------------------------------------------------------------------------ main entry
 
 def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
-                 valid: np.ndarray, crop: Crop, options: TrackOptions) -> Identity:
-    """Choose keyframes spanning the pose range and fit one shape (and FOV) jointly on them."""
+                 valid: np.ndarray, crop: Crop, options: TrackOptions, *, fov: float | None = None,
+                 expr_mean: torch.Tensor | None = None) -> Identity:
+    """Choose keyframes spanning the pose range and fit one shape (and FOV) jointly on them.
+    ``fov``: the crop FOV to start from (default ``options.fov``); ``expr_mean [T, E]``: the
+    expression prior's centre per frame (MediaPipe's scores)."""
     dt = model.v_template.dtype
+    fov0 = options.fov if fov is None else float(fov)
     idx_valid = np.flatnonzero(valid)
     zero_shape = torch.zeros(1, model.n_shape, dtype=dt)
     pts = _model_points(model, zero_shape)
     tv = lmks_ndc[idx_valid]
-    pose6, _ = _stage1(pts.expand(len(idx_valid), -1, -1), tv, options.fov, init=None,
+    pose6, _ = _stage1(pts.expand(len(idx_valid), -1, -1), tv, fov0, init=None,
                        estimate_fov=False, iters=options.stage1_iters)
     euler = rotvec_to_euler(pose6[:, :3]).numpy()
     # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
@@ -204,7 +243,7 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
     kl = lmks_ndc[keys]
     ki = None if iris_ndc is None else iris_ndc[keys]
     shape = zero_shape
-    fov = torch.full((len(keys),), float(options.fov), dtype=dt)
+    fov = torch.full((len(keys),), fov0, dtype=dt)
     init: dict[str, torch.Tensor] = {}
     kpose = None
     for _ in range(options.identity_rounds):  # alternate rigid (shared FOV) and shape
@@ -212,16 +251,19 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
         kpose, fov = _stage1(pts.expand(len(keys), -1, -1), kl, float(fov.mean()), init=kpose,
                              estimate_fov=options.estimate_fov, iters=options.stage1_iters)
         res = _stage2(model, kl, ki, kpose, fov, {**init, "shape": shape}, fit_shape=True,
-                      iters=options.identity_iters)
+                      iters=options.identity_iters, options=options,
+                      expr_mean=None if expr_mean is None else expr_mean[keys])
         shape = res.shape[:1]
         init = {"expr": res.expr, "jaw_pose": res.jaw_pose, "eye_pose": res.eye_pose}
+    pp = None if crop.cx is None else (float(crop.cx), float(crop.cy))
     return Identity(shape[0].numpy().astype(np.float32), float(fov.mean()),
-                    (float(crop.x0), float(crop.y0), float(crop.size)), keys)
+                    (float(crop.x0), float(crop.y0), float(crop.size)), keys, pp)
 
 
 def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tensor,
                iris_ndc: torch.Tensor | None, frames: np.ndarray, options: TrackOptions,
-               warm: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+               warm: dict[str, np.ndarray] | None = None,
+               expr_mean: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Stage 1 + stage 2 for one chunk of consecutive valid frames (batched), warm-started from
     ``warm`` (the previous chunk's last frame). Returns per-frame arrays ``[n, ...]``."""
     dt = model.v_template.dtype
@@ -241,7 +283,8 @@ def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tenso
     pose6, fov = _stage1(pts, tl, identity.fov, init=pose_init, estimate_fov=False,
                          iters=options.stage1_iters, neighbours=neighbours)
     res = _stage2(model, tl, ti if options.fit_iris else None, pose6, fov,
-                  {**init, "shape": shape}, fit_shape=False, iters=options.stage2_iters)
+                  {**init, "shape": shape}, fit_shape=False, iters=options.stage2_iters, options=options,
+                  expr_mean=None if expr_mean is None else expr_mean[frames])
     err = (res.landmarks_ndc - tl).norm(dim=-1).nanmean(dim=-1)
     return {"pose6": pose6.numpy(), "expr": res.expr.numpy(), "jaw_pose": res.jaw_pose.numpy(),
             "eye_pose": res.eye_pose.numpy(), "err_ndc": err.numpy()}
@@ -272,16 +315,16 @@ def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np
     """Fitted 68 landmarks and 10 iris points in original pixels, ``[len(rows), 68 | 10, 2]``
     (iris NaN when the model has none)."""
     dt = model.v_template.dtype
-    crop = Crop(*identity.crop)
+    crop = identity.camera_crop
     with torch.no_grad():
         out = model.landmarks(shape=torch.as_tensor(identity.shape, dtype=dt)[None],
                               expr=torch.as_tensor(params["expr"][rows], dtype=dt),
                               jaw_pose=torch.as_tensor(params["jaw_pose"][rows], dtype=dt),
                               eye_pose=torch.as_tensor(params["eye_pose"][rows], dtype=dt))
         pose6 = torch.as_tensor(params["pose6"][rows], dtype=dt)
-        lmk = crop.from_ndc(project_ndc(out.landmarks, pose6, identity.fov)).numpy()
+        lmk = crop.from_camera_ndc(project_ndc(out.landmarks, pose6, identity.fov)).numpy()
         iris = (np.full((len(rows), 10, 2), np.nan) if out.iris is None else
-                crop.from_ndc(project_ndc(out.iris, pose6, identity.fov)).numpy())
+                crop.from_camera_ndc(project_ndc(out.iris, pose6, identity.fov)).numpy())
     return lmk, iris
 
 
@@ -292,6 +335,9 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
                     done: dict[str, np.ndarray] | None = None,
                     on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
                     on_identity: Callable[[Identity], None] | None = None,
+                    image_size: tuple[int, int] | None = None,
+                    blendshapes: np.ndarray | None = None,
+                    blendshape_names: tuple[str, ...] = (),
                     ) -> SequenceFit:
     """Track a landmark sequence.
 
@@ -306,6 +352,11 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
         done: per-frame fits already computed (resume): arrays over ``T`` with a ``done [T]`` mask.
         on_chunk: called with ``(rows, fits)`` after each chunk (checkpointing).
         on_identity: called once the identity is fitted.
+        image_size: ``(W, H)`` of the frames: puts the camera's principal point at the frame centre
+            and derives the crop FOV from ``options.image_fov`` (``None``: the reference's crop-centred
+            camera with ``options.fov``).
+        blendshapes: ``[T, 52]`` MediaPipe scores with their ``blendshape_names``: the centre of the
+            expression prior for models with ARKit-named expressions (ICT).
 
     Raises:
         NoFacesError: no frame is valid.
@@ -317,14 +368,17 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
     # Measured (400 frames, load 2-3): 2.8-6.4 s with one thread, 17-35 s with torch's default two.
     with cpu_threads(1, model.v_template.device):
         return _track_landmarks(model, lmks_px, valid, times, iris_px, options or TrackOptions(),
-                                identity, done, on_chunk, on_identity)
+                                identity, done, on_chunk, on_identity, image_size, blendshapes,
+                                blendshape_names)
 
 
 def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
                      times: np.ndarray, iris_px: np.ndarray | None, opts: TrackOptions,
                      identity: Identity | None, done: dict[str, np.ndarray] | None,
                      on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None,
-                     on_identity: Callable[[Identity], None] | None) -> SequenceFit:
+                     on_identity: Callable[[Identity], None] | None,
+                     image_size: tuple[int, int] | None = None, blendshapes: np.ndarray | None = None,
+                     blendshape_names: tuple[str, ...] = ()) -> SequenceFit:
     valid = np.asarray(valid, bool)
     t_len = len(valid)
     if not valid.any():
@@ -332,14 +386,25 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
     dt = model.v_template.dtype
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    crop = Crop(*identity.crop) if identity is not None else video_crop(lmks_px, valid,
-                                                                       opts.crop_scale)
-    lmks_ndc = crop.to_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
+    if identity is not None:
+        crop = identity.camera_crop
+    else:
+        crop = video_crop(lmks_px, valid, opts.crop_scale)
+        if image_size is not None and opts.image_fov is not None:
+            crop = Crop(crop.x0, crop.y0, crop.size, cx=image_size[0] / 2.0, cy=image_size[1] / 2.0)
+    fov0 = (crop_fov(crop, image_size, opts.image_fov) if image_size is not None and opts.image_fov is not None
+            else opts.fov)
+    lmks_ndc = crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
     iris_ndc = None
     if iris_px is not None and opts.fit_iris:
-        iris_ndc = crop.to_ndc(torch.as_tensor(iris_px, dtype=dt))
+        iris_ndc = crop.to_camera_ndc(torch.as_tensor(iris_px, dtype=dt))
+    expr_mean = None
+    if blendshapes is not None and getattr(model, "expr_names", None):
+        from flame_tracker.fitting.stage2 import expr_from_blendshapes
+
+        expr_mean = expr_from_blendshapes(model.expr_names, blendshape_names, np.asarray(blendshapes)).to(dt)
     if identity is None:
-        identity = fit_identity(model, lmks_ndc, iris_ndc, valid, crop, opts)
+        identity = fit_identity(model, lmks_ndc, iris_ndc, valid, crop, opts, fov=fov0, expr_mean=expr_mean)
         if on_identity is not None:
             on_identity(identity)
     timings["identity_s"] = time.perf_counter() - t0
@@ -363,7 +428,7 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             warm = {k: raw[k][prev[-1]] for k in ("pose6", "expr", "jaw_pose", "eye_pose")}
         else:
             warm = None
-        fits = fit_frames(model, identity, lmks_ndc, iris_ndc, rows, opts, warm)
+        fits = fit_frames(model, identity, lmks_ndc, iris_ndc, rows, opts, warm, expr_mean)
         for k in raw:
             raw[k][rows] = fits[k]
         have[rows] = True
