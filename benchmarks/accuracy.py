@@ -51,9 +51,10 @@ from flame_tracker.tracker import Tracker
 
 
 def table(title: str, summary: dict[str, dict[str, float]]) -> str:
-    cols = ("n", "detected", "shape_mm", "posed_mm", "rot_deg", "yaw_gain", "nme_fit", "nme_det", "expr_mae",
-            "neutral_max")
-    lines = [title, f"{'yaw':<8}" + "".join(f"{c:>12}" for c in cols)]
+    cols = ("n", "detected", "shape_mm", "shape_mm_mean_face", "posed_mm", "rot_deg", "yaw_gain", "nme_fit",
+            "nme_det", "expr_mae", "neutral_max")
+    heads = {"shape_mm_mean_face": "mean_face"}
+    lines = [title, f"{'yaw':<8}" + "".join(f"{heads.get(c, c):>12}" for c in cols)]
     for name, row in summary.items():
         lines.append(f"{name:<8}" + "".join(f"{row.get(c, math.nan):>12.3f}" for c in cols))
     return "\n".join(lines)
@@ -154,7 +155,8 @@ def plots(out: Path, evals, multi: dict[int, float] | None, images: list[tuple[s
         while len(tiles) % 4:
             tiles.append(np.zeros_like(tiles[0]))
         rows = [np.concatenate(tiles[i : i + 4], 1) for i in range(0, len(tiles), 4)]
-        cv2.imwrite(str(out / "worst_cases.png"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / "worst_cases.jpg"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 def worst_overlays(tracker: Tracker, evals, seed: int, n: int, k: int = 8) -> list[tuple[str, np.ndarray]]:

@@ -52,6 +52,7 @@ class SceneEval:
     face_px: float  # height of the true 68-point box in pixels
     detected: bool
     shape_mm: float = math.nan
+    shape_mm_mean_face: float = math.nan  # the mean face (shape 0) against the truth: the bar to beat
     posed_mm: float = math.nan
     rot_deg: float = math.nan
     yaw_fit: float = math.nan
@@ -90,6 +91,7 @@ def compare(model, result, truth: SceneTruth, mask: np.ndarray) -> dict[str, flo
     iod_px = truth.K[0, 0] * iod3 / z
     out = {
         "shape_mm": mesh_distance_mm(neutral_vertices(model, result.shape), truth.neutral, mask),
+        "shape_mm_mean_face": mesh_distance_mm(neutral_vertices(model, np.zeros(model.n_shape)), truth.neutral, mask),
         "posed_mm": mesh_distance_mm(vcam, truth.vertices_cam, mask, similarity=True),
         "rot_deg": rotation_error_deg(R, truth.R),
         "yaw_fit": float(head_euler_deg(R)[0]),
@@ -130,7 +132,7 @@ def evaluate_scene(tracker, spec: SceneSpec, mask: np.ndarray, *, photometric: b
 
 def summarise(evals: list[SceneEval]) -> dict[str, dict[str, float]]:
     """Means over detected scenes: overall (``"all"``) and per yaw bucket, plus detection rate."""
-    keys = ("shape_mm", "posed_mm", "rot_deg", "nme_fit", "nme_det", "expr_mae")
+    keys = ("shape_mm", "shape_mm_mean_face", "posed_mm", "rot_deg", "nme_fit", "nme_det", "expr_mae")
     groups: dict[str, list[SceneEval]] = {"all": evals}
     for b in ("0-30", "30-60", "60+"):
         groups[b] = [e for e in evals if e.bucket == b]
@@ -197,3 +199,70 @@ def fit_neutral(tracker, image) -> np.ndarray:
 __all__ = ["SceneEval", "AnnotatedEval", "evaluate_scene", "evaluate_annotated", "summarise", "compare",
            "fit_neutral", "neutral_vertices", "fitted_camera_vertices", "head_euler_deg", "yaw_bucket",
            "annotated_photos"]
+
+
+# -------------------------------------------------------------------------------------------------
+# Expressions on real clips (MediaPipe's ARKit scores as a semantic reference)
+# -------------------------------------------------------------------------------------------------
+
+# ICT channel -> MediaPipe score that MediaPipe gets right on talking heads (issue: expressions)
+RELIABLE_CHANNELS = {
+    "jawOpen": "jawOpen", "eyeBlink_L": "eyeBlinkLeft", "eyeBlink_R": "eyeBlinkRight",
+    "mouthSmile_L": "mouthSmileLeft", "mouthSmile_R": "mouthSmileRight", "mouthPucker": "mouthPucker",
+    "mouthFunnel": "mouthFunnel", "browInnerUp_L": "browInnerUp",
+}
+
+
+@dataclass
+class ClipExpressions:
+    """Per-frame single-image fits of a clip's frames and MediaPipe's scores for them."""
+
+    name: str
+    expr: np.ndarray  # [T, E] fitted weights
+    scores: np.ndarray  # [T, 52] MediaPipe
+    score_names: tuple[str, ...]
+    reproj_px: np.ndarray  # [T]
+    noisy_delta: np.ndarray  # [T] max |w(landmarks + 0.5 px noise) - w(landmarks)| per frame
+
+    def correlations(self, expr_names: list[str]) -> dict[str, float]:
+        """Pearson correlation over time of each reliable channel with MediaPipe's score (0 if flat)."""
+        out = {}
+        for ch, mp in RELIABLE_CHANNELS.items():
+            if ch in expr_names and mp in self.score_names:
+                a, b = self.expr[:, expr_names.index(ch)], self.scores[:, self.score_names.index(mp)]
+                c = np.corrcoef(a, b)[0, 1] if a.std() > 1e-9 and b.std() > 1e-9 else 0.0
+                out[ch] = float(c)
+        return out
+
+    def spurious(self, expr_names: list[str]) -> list[str]:
+        """Channels with a fitted mean above 0.3 where MediaPipe's matching mean is below 0.1."""
+        from flame_tracker.fitting.stage2 import expr_from_blendshapes
+
+        mp = expr_from_blendshapes(expr_names, self.score_names, self.scores).numpy()
+        matched = [i for i in range(len(expr_names)) if np.any(mp[:, i] > 0)]
+        return [expr_names[i] for i in matched if self.expr[:, i].mean() > 0.3 and mp[:, i].mean() < 0.1]
+
+
+def clip_expressions(tracker, video: Path, *, every: int = 3, noise_px: float = 0.5, seed: int = 0
+                     ) -> ClipExpressions:
+    """Fit every ``every``-th frame of ``video`` as a single photo; refit each with ``noise_px``
+    Gaussian noise on its landmarks to measure how well-conditioned the weights are."""
+    from flame_tracker.video.decode import VideoReader
+
+    rng = np.random.default_rng(seed)
+    expr, scores, reproj, delta, names = [], [], [], [], ()
+    for frame in VideoReader(video, every=every):
+        det = tracker.landmarker.detect(frame.image)
+        if det is None:
+            continue
+        size = (frame.image.shape[1], frame.image.shape[0])
+        kw = dict(image_size=size, blendshapes=det.blendshapes, blendshape_names=det.blendshape_names)
+        r = tracker.fit_landmarks(det.lmks68, det.iris, **kw)
+        noisy = tracker.fit_landmarks(det.lmks68 + rng.normal(0, noise_px, det.lmks68.shape), det.iris, **kw)
+        expr.append(r.exp[0])
+        scores.append(det.blendshapes)
+        reproj.append(r.reprojection_error_px)
+        delta.append(float(np.abs(noisy.exp[0] - r.exp[0]).max()))
+        names = det.blendshape_names
+    return ClipExpressions(video.stem, np.array(expr), np.array(scores), tuple(names), np.array(reproj),
+                           np.array(delta))

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flame_tracker.model.data import ModelData
 from flame_tracker.model.head import HeadModel
 
 # Renders per derivation, and the yaw limits (degrees) of the renders each point is learned from.
@@ -66,29 +65,10 @@ def fingerprint(model: HeadModel) -> str:
     return h.hexdigest()[:16]
 
 
-def model_data(model: HeadModel) -> ModelData:
-    """The :class:`ModelData` a :class:`HeadModel` was built from (arrays read back from its buffers)."""
-    np_ = lambda t: None if t is None else t.detach().cpu().double().numpy()  # noqa: E731
-    ip = lambda t: None if t is None else t.detach().cpu().numpy().astype(np.int64)  # noqa: E731
-    return ModelData(
-        name=model.name, v_template=np_(model.v_template), faces=ip(model.faces),
-        shapedirs=np_(model.shapedirs), exprdirs=np_(model.exprdirs), J_regressor=np_(model.J_regressor),
-        parents=np.asarray(model._parents), weights=np_(model.lbs_weights), lmk_faces_idx=ip(model.lmk_faces_idx),
-        lmk_bary=np_(model.lmk_bary), posedirs=np_(model.posedirs), iris_idx=ip(model.iris_idx),
-        ear_idx=ip(model.ear_idx), expr_names=model.expr_names, expr_bounds=model.expr_bounds,
-        has_jaw_joint=model.has_jaw_joint, dyn_lmk_faces_idx=ip(model.dyn_lmk_faces_idx),
-        dyn_lmk_bary=np_(model.dyn_lmk_bary), mp_lmk_faces_idx=ip(model.mp_lmk_faces_idx),
-        mp_lmk_bary=np_(model.mp_lmk_bary), mp_lmk_indices=ip(model.mp_lmk_indices), info=dict(model.info))
-
-
 def with_landmarks(model: HeadModel, emb: LandmarkEmbedding) -> HeadModel:
-    """A copy of ``model`` whose 68 landmarks are ``emb`` (same bases, device and dtype)."""
-    data = model_data(model)
-    data.lmk_faces_idx, data.lmk_bary = emb.faces_idx.astype(np.int64), emb.bary.astype(np.float64)
-    data.info = dict(data.info, landmark_embedding="detector (derived by rendering)")
-    # the dynamic jaw contour is the model's own convention: the derived jawline replaces it
-    data.dyn_lmk_faces_idx = data.dyn_lmk_bary = None
-    out = HeadModel(data, dtype=model.dtype).to(model.device)
+    """``model`` with the 68 landmarks of ``emb`` (mesh, bases and skinning shared, not copied)."""
+    out = model.with_landmarks(emb.faces_idx, emb.bary)
+    out.info["landmark_embedding"] = "detector (derived by rendering)"
     return out.eval()
 
 
@@ -218,5 +198,5 @@ def describe(emb: LandmarkEmbedding) -> str:
                        "min_hits": int(emb.hits.min())})
 
 
-__all__ = ["LandmarkEmbedding", "derive_detector_embedding", "detector_model", "with_landmarks", "model_data",
+__all__ = ["LandmarkEmbedding", "derive_detector_embedding", "detector_model", "with_landmarks",
            "fingerprint", "shipped_embedding", "describe"]

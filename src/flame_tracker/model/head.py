@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from typing import NamedTuple
 
 import numpy as np
@@ -122,9 +124,6 @@ class HeadModel(torch.nn.Module):
         buf("lbs_weights", data.weights.astype(f64))
         buf("_template", np.concatenate([data.v_template.reshape(-1), j_template.reshape(-1)]))
         buf("_dirs", np.concatenate([dirs.reshape(3 * V, K), j_dirs.reshape(3 * J, K)]))
-        buf("lmk_faces_idx", data.lmk_faces_idx)
-        buf("lmk_bary", data.lmk_bary.astype(f64))
-        buf("_lmk_vidx", faces[data.lmk_faces_idx])
         buf("iris_idx", data.iris_idx)
         buf("ear_idx", data.ear_idx)
         # Optional dynamic jaw contour (DECA's 79 x 17 table, indexed by yaw in degrees).
@@ -135,25 +134,51 @@ class HeadModel(torch.nn.Module):
         buf("mp_lmk_bary", None if data.mp_lmk_bary is None else data.mp_lmk_bary.astype(f64))
         buf("mp_lmk_indices", data.mp_lmk_indices)
 
-        # Landmark-only path. Everything before skinning is linear in the vertices, and a landmark
-        # whose triangle corners share one skinning-weight row is skinned by that one transform, so
-        # it is evaluated as a single "virtual vertex" (the barycentric mix of the corners' rows):
-        # exact, and usually 2-3x fewer rows. Other landmarks keep their corner vertices.
-        coef, lmk_local, lmk_w = _virtual_vertices(faces[data.lmk_faces_idx], data.lmk_bary,
-                                                   data.weights, (data.iris_idx, data.ear_idx))
+        # Fixed structures of the landmark path, built once: the kinematic chain's plan, then the
+        # rows, bases and mixing matrix of the 68 landmarks (+ iris, ears).
+        self._chain_plan = chain_plan(self._parents)
+        buf("_zero", np.zeros((1, 1)))  # expanded (a view, no allocation) for omitted parameters
+        self._n_iris = 0 if data.iris_idx is None else 10
+        self._n_ear = 0 if data.ear_idx is None else 40
+        self._build_landmark_path(faces, data.lmk_faces_idx, data.lmk_bary, data.weights.astype(f64),
+                                  data.v_template.astype(f64), lambda ids: dirs[ids], j_dirs, j_template)
+
+    def _build_landmark_path(self, faces: np.ndarray, lmk_faces_idx: np.ndarray, lmk_bary: np.ndarray,
+                             weights: np.ndarray, template: np.ndarray, dirs_rows, j_dirs: np.ndarray,
+                             j_template: np.ndarray) -> None:
+        """(Re)build the landmark-only path's buffers for the 68 landmarks ``(lmk_faces_idx,
+        lmk_bary)`` (+ the model's iris and ear vertices). ``dirs_rows(ids)``: the basis rows
+        ``[..., 3, K]`` of vertices ``ids`` (float64), so the full basis need not be materialised."""
+        dtype, dev = self._template.dtype, self._template.device
+
+        def buf(name: str, arr: np.ndarray) -> None:
+            t = torch.as_tensor(np.ascontiguousarray(arr))
+            self.register_buffer(name, (t.to(dtype) if t.is_floating_point() else t.long()).to(dev),
+                                 persistent=False)
+
+        J = self.n_joints
+        buf("lmk_faces_idx", np.asarray(lmk_faces_idx, dtype=np.int64))
+        buf("lmk_bary", np.asarray(lmk_bary, dtype=np.float64))
+        buf("_lmk_vidx", faces[lmk_faces_idx])
+        iris = None if self.iris_idx is None else self.iris_idx.cpu().numpy()
+        ears = None if self.ear_idx is None else self.ear_idx.cpu().numpy()
+        # Everything before skinning is linear in the vertices, and a landmark whose triangle
+        # corners share one skinning-weight row is skinned by that one transform, so it is evaluated
+        # as a single "virtual vertex" (the barycentric mix of the corners' rows): exact, and
+        # usually 2-3x fewer rows. Other landmarks keep their corner vertices.
+        coef, lmk_local, lmk_w = _virtual_vertices(faces[lmk_faces_idx], lmk_bary, weights, (iris, ears))
         ids, w = coef
         self.n_sub = P = ids.shape[0]
-        mixed = lambda a: np.einsum("pc,pc...->p...", w, a[ids])  # noqa: E731
-        sub_template, sub_dirs = mixed(data.v_template), mixed(dirs).reshape(3 * P, K)  # [P,3], [3P,K]
-        sub_weights = data.weights.astype(f64)[ids[:, 0]]  # a mixed row's corners share one weight row
+        rows = dirs_rows(ids)  # [P, 3 corners, 3, K]
+        K = rows.shape[-1]
+        sub_template = np.einsum("pc,pcd->pd", w, template[ids])  # [P,3]
+        sub_dirs = np.einsum("pc,pcdk->pdk", w, rows).reshape(3 * P, K)  # [3P,K]
+        sub_weights = weights[ids[:, 0]]  # a mixed row's corners share one weight row
         buf("_sub_template", np.concatenate([sub_template.reshape(-1), j_template.reshape(-1)]))
         buf("_sub_dirs", np.concatenate([sub_dirs, j_dirs.reshape(3 * J, K)]))
         buf("_sub_weights", sub_weights)
-        assert P <= V
-        # Fixed structures of the landmark path, built once: the kinematic chain's plan and one
-        # [68+10+40, P] matrix that does the barycentric mix and the iris/ear picks in one matmul.
-        self._chain_plan = chain_plan(self._parents)
-        buf("_zero", np.zeros((1, 1)))  # expanded (a view, no allocation) for omitted parameters
+        assert P <= self.n_verts
+        # One [68+10+40, P] matrix does the barycentric mix and the iris/ear picks in one matmul.
         mix_rows = np.zeros((lmk_local.shape[0], P))
         np.add.at(mix_rows, (np.arange(68)[:, None].repeat(3, 1), lmk_local[:68]), lmk_w)
         mix_rows[np.arange(68, len(lmk_local)), lmk_local[68:, 0]] = 1.0
@@ -164,14 +189,35 @@ class HeadModel(torch.nn.Module):
         xyz_major = np.arange(3 * P).reshape(P, 3).T.reshape(-1)
         lmk_dirs = np.concatenate([sub_dirs[xyz_major], j_dirs.reshape(3 * J, K)])
         lmk_template = np.concatenate([sub_template.T.reshape(-1), j_template.reshape(-1)])
-        if data.posedirs is not None:
+        if self.has_pose_correctives:
             lmk_template -= lmk_dirs[:, self.n_shape + self.n_expr :] @ np.tile(np.eye(3).reshape(9), J - 1)
         buf("_lmk_dirs_t", lmk_dirs.T)  # [K, 3P+3J]: addmm's preferred layout
         buf("_lmk_template", lmk_template)
         buf("_lmk_weights_t", sub_weights.T[:, None])  # [J,1,P]
         buf("_lmk_mix_t", mix_rows.T)  # [P, 68+10+40]
-        self._n_iris = 0 if data.iris_idx is None else 10
-        self._n_ear = 0 if data.ear_idx is None else 40
+
+    def with_landmarks(self, lmk_faces_idx: np.ndarray, lmk_bary: np.ndarray) -> "HeadModel":
+        """A copy of this model whose 68 landmarks are ``(lmk_faces_idx [68], lmk_bary [68, 3])``.
+
+        The mesh, bases and skinning are shared with this model (no second copy); only the
+        landmark path is rebuilt. The dynamic jaw contour (the model's own convention) is dropped.
+        """
+        new = copy.copy(self)
+        new._buffers = dict(self._buffers)
+        new._parameters = dict(self._parameters)
+        new._modules = dict(self._modules)
+        new.info = dict(self.info)
+        V, J = self.n_verts, self.n_joints
+        np64 = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+        dirs = self._dirs[: 3 * V].view(V, 3, -1)
+        rows = lambda ids: np64(dirs[torch.as_tensor(ids, device=dirs.device)])  # noqa: E731
+        new._build_landmark_path(np64(self.faces).astype(np.int64), np.asarray(lmk_faces_idx, dtype=np.int64),
+                                 np.asarray(lmk_bary, dtype=np.float64), np64(self.lbs_weights),
+                                 np64(self.v_template), rows, np64(self._dirs[3 * V :]).reshape(J, 3, -1),
+                                 np64(self._template[3 * V :]).reshape(J, 3))
+        new.register_buffer("dyn_lmk_faces_idx", None, persistent=False)
+        new.register_buffer("dyn_lmk_bary", None, persistent=False)
+        return new
 
     # ------------------------------------------------------------------ bases (views)
     @property
