@@ -139,7 +139,9 @@ def expr_from_blendshapes(
         return name.lower()
 
     index = {_key(n): i for i, n in enumerate(names)}
-    src = [index.get(_key(n), -1) for n in expr_names]
+    # a sided ICT channel without a sided MediaPipe score (browInnerUp, cheekPuff) takes the unsided one
+    src = [index.get(_key(n), index.get(_key(n)[:-2], -1) if _key(n).endswith(("_l", "_r")) else -1)
+           for n in expr_names]
     cols = torch.tensor([max(s, 0) for s in src])
     valid = torch.tensor([s >= 0 for s in src], dtype=scores_t.dtype)
     out = scores_t[:, cols] * valid
