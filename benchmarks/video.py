@@ -92,8 +92,8 @@ def main() -> None:
     head = ("| clip                   | frames | " + " | ".join(f"{k[:-2] + ' fps':>9}" for k in STAGES)
             + " | e2e fps  | err px | jit deg  | peak MB |")
     print("Video tracking, open ICT model, landmark mode, CPU "
-          f"(frames/s per stage = frames / time in that stage; decode = waiting for the "
-          f"decode thread)\nload average at start (1/5/15 min): "
+          "(frames/s per stage = frames / time in that stage; decode = waiting for the "
+          "decode thread)\nload average at start (1/5/15 min): "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()) + f", {os.cpu_count()} CPUs\n")
     print(head)
     print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
