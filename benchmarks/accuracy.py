@@ -17,7 +17,8 @@
 4. **Identity consistency on real people:** neutral faces fitted to single photos; the 4 gt68 photos
    are one person, 4 frames of each shared video one person each, the other photos one person
    each. ``identity_ratio`` = mean distance between fits of the same person / between different
-   people (face region, rigid alignment; lower is better, 1 = the identity says nothing).
+   people (face region, rigid alignment; lower is better, 1 = the identity says nothing). The video
+   tracker's identity fitted from the first half of each clip against the second half (mm).
 
 Last line: ``shape_mm=… shape_mm_multi4=… posed_mm=… rot_deg=… identity_ratio=… nme_fit=… nme_det=…``
 (``nme_*`` from the annotated photos).
@@ -44,11 +45,13 @@ from flame_tracker.evaluation.runs import (
     fit_neutral,
     neutral_vertices,
     summarise,
+    video_identity_halves,
 )
 from flame_tracker.evaluation.scenes import render_scene, sample_scenes
 from flame_tracker.fitting.stage2 import Stage2Options
 from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
+from flame_tracker.video.track import TrackOptions
 
 
 def table(title: str, summary: dict[str, dict[str, float]]) -> str:
@@ -229,6 +232,12 @@ def main() -> None:
             report["identity"] = {"ratio": ratio, "same_mm": same, "different_mm": diff, "fits": count}
             print(f"\nIdentity on real people ({count} single-photo fits): same person {same:.3f} mm, "
                   f"different people {diff:.3f} mm, identity_ratio {ratio:.3f}")
+            vkw = dict(options=TrackOptions(image_fov=None, w_exp=0.025, w_exp_l1=0.0), blendshapes=False) \
+                if args.baseline else {}
+            halves = {v.stem: video_identity_halves(tracker, v, **vkw) for v in sorted((data / "videos").glob("*.mp4"))}
+            report["identity"]["video_halves_mm"] = halves
+            print("Video identity (flame-tracker video's keyframe fit), first half vs second half of each clip: "
+                  + ", ".join(f"{k} {v:.3f} mm" for k, v in halves.items()))
         if args.plots:
             plots(args.plots, evals, multi, worst_overlays(tracker, evals, args.seed, args.n))
             print(f"plots -> {args.plots}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_tracker.camera import Crop, project_pixels
+from flame_tracker.camera import Crop, crop_fov, project_pixels
 from flame_tracker.io.results import REFERENCE_KEYS, load_npz
 from flame_tracker.tracker import Tracker, fitting_crop
 
@@ -27,8 +27,7 @@ def _synthetic_landmarks(tracker: Tracker, image_size=(640, 480)):
     out = model.landmarks(**params)
     pose6 = torch.tensor([[0.1, 0.2, 0.0, 0.15, 0.02, 0.95]])
     crop = Crop(170.0, 90.0, 300.0, cx=image_size[0] / 2, cy=image_size[1] / 2)
-    focal = 0.5 * max(image_size) / np.tan(np.radians(tracker.image_fov) / 2)
-    fov = float(np.degrees(2 * np.arctan(crop.size / (2 * focal))))
+    fov = crop_fov(crop.size, image_size, tracker.image_fov)
     lmk = project_pixels(out.landmarks.double(), pose6.double(), fov, crop)[0].numpy()
     iris = project_pixels(out.iris.double(), pose6.double(), fov, crop)[0].numpy()
     return lmk, iris

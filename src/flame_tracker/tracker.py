@@ -27,6 +27,7 @@ from flame_tracker.camera import (
     REFERENCE_SIZE,
     Crop,
     build_intrinsics,
+    crop_fov,
     fov_to_focal,
     intrinsics_pixels,
     pose6_to_cam,
@@ -575,5 +576,4 @@ class Tracker:
         """FOV (degrees) over the fitting ``crop``: ``fov``, or the one ``image_fov`` implies."""
         if self.image_fov is None:
             return self.fov
-        focal = 0.5 * max(image_size) / np.tan(np.radians(self.image_fov) / 2)
-        return float(np.degrees(2 * np.arctan(float(crop.size) / (2 * focal))))
+        return crop_fov(float(crop.size), image_size, self.image_fov)

@@ -3,6 +3,7 @@ OpenCV / OpenGL / head-centric cameras in original image pixels (through a :clas
 
 from flame_tracker.camera.convert import (
     Crop,
+    crop_fov,
     fov_from_intrinsics,
     from_head_centric,
     intrinsics_pixels,
@@ -43,7 +44,7 @@ from flame_tracker.camera.reference import (
 )
 
 __all__ = [
-    "Crop", "fov_from_intrinsics", "from_head_centric", "intrinsics_pixels", "opencv_to_pose6",
+    "Crop", "crop_fov", "fov_from_intrinsics", "from_head_centric", "intrinsics_pixels", "opencv_to_pose6",
     "opengl_c2w_to_pose6", "pose6_to_opencv", "project_pixels", "to_head_centric", "to_opencv",
     "to_opengl_c2w", "DEFAULT_FOV", "FOV_MAX", "FOV_MIN", "REFERENCE_SIZE", "ZFAR", "ZNEAR",
     "build_intrinsics", "cam_to_pose6", "default_distance", "euler_to_matrix", "euler_to_rotvec",

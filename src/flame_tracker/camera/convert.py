@@ -11,6 +11,7 @@ exports here express the same camera in **original image pixels** (any aspect ra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +126,13 @@ def intrinsics_pixels(fov: Tensor | float, crop: Crop) -> Tensor:
     return torch.stack([f, z, cx, z, f, cy, z, z, o], dim=-1).reshape(*f.shape, 3, 3)
 
 
+def crop_fov(crop_size: float, image_size: tuple[int, int], image_fov: float) -> float:
+    """FOV (degrees) over a fitting crop of side ``crop_size`` of a camera whose FOV over the longer
+    side of an ``image_size`` ``(W, H)`` image is ``image_fov`` (the same focal length in pixels)."""
+    focal = 0.5 * max(image_size) / math.tan(math.radians(image_fov) / 2)
+    return math.degrees(2 * math.atan(float(crop_size) / (2 * focal)))
+
+
 def fov_from_intrinsics(K: Tensor, crop: Crop) -> Tensor:
     """FOV (degrees) of the reference camera whose :func:`intrinsics_pixels` in ``crop`` is ``K``."""
     K = _as_tensor(K)
@@ -196,7 +204,7 @@ def from_head_centric(head_rotvec: Tensor, head_transl: Tensor) -> Tensor:
 
 
 __all__ = [
-    "Crop", "intrinsics_pixels", "fov_from_intrinsics", "project_pixels", "pose6_to_opencv",
+    "Crop", "crop_fov", "intrinsics_pixels", "fov_from_intrinsics", "project_pixels", "pose6_to_opencv",
     "opencv_to_pose6", "to_opencv", "to_opengl_c2w", "opengl_c2w_to_pose6", "to_head_centric",
     "from_head_centric",
 ]

@@ -266,3 +266,34 @@ def clip_expressions(tracker, video: Path, *, every: int = 3, noise_px: float = 
         names = det.blendshape_names
     return ClipExpressions(video.stem, np.array(expr), np.array(scores), tuple(names), np.array(reproj),
                            np.array(delta))
+
+
+def video_identity_halves(tracker, video: Path, *, every: int = 2, options=None, blendshapes: bool = True) -> float:
+    """Identity stability of the video tracker: the neutral face fitted (``video.track.fit_identity``,
+    as ``flame-tracker video`` does) from the first half of a clip against the one from the second
+    half, face region, rigid alignment, mean mm. ``options``: the ``TrackOptions`` (default ones);
+    ``blendshapes``: centre the expression prior on MediaPipe's scores."""
+    from flame_tracker.evaluation.metrics import face_region_mask
+    from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.track import TrackOptions, track_landmarks
+
+    lmks, iris, valid, times, scores, size = [], [], [], [], [], None
+    for frame in VideoReader(video, every=every):
+        det = tracker.landmarker.detect(frame.image)
+        size = (frame.image.shape[1], frame.image.shape[0])
+        valid.append(det is not None)
+        lmks.append(det.lmks68 if det is not None else np.full((68, 2), np.nan))
+        iris.append(det.iris if det is not None else np.full((10, 2), np.nan))
+        scores.append(det.blendshapes if det is not None else np.zeros(52, np.float32))
+        times.append(frame.time_s)
+    names = det.blendshape_names if det is not None else ()
+    half = len(valid) // 2
+    model, mask, shapes = tracker.fit_model, face_region_mask(tracker.model), []
+    for sl in (slice(0, half), slice(half, None)):
+        fit = track_landmarks(model, np.array(lmks[sl]), np.array(valid[sl]), np.array(times[sl]),
+                              iris_px=np.array(iris[sl]), options=options or TrackOptions(), image_size=size,
+                              blendshapes=np.array(scores[sl]) if blendshapes else None,
+                              blendshape_names=tuple(names))
+        shapes.append(fit.identity.shape)
+    a, b = (neutral_vertices(tracker.model, s) for s in shapes)
+    return mesh_distance_mm(a, b, mask)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flame_tracker.camera import (Crop, matrix_to_rotvec, project_ndc, rotvec_to_euler,
+from flame_tracker.camera import (Crop, crop_fov, matrix_to_rotvec, project_ndc, rotvec_to_euler,
                                   rotvec_to_matrix)
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
 
@@ -203,11 +203,6 @@ def expression_priors(model: torch.nn.Module, options: TrackOptions) -> dict[str
     w_l1 = options.w_exp_l1 if options.w_exp_l1 is not None else (0.5 if bounded else 0.0)
     return {"w_exp": w_exp, "w_exp_l1": w_l1}
 
-
-def crop_fov(crop: Crop, image_size: tuple[int, int], image_fov: float) -> float:
-    """FOV (degrees) over a fitting ``crop`` of a camera with ``image_fov`` over the image's longer side."""
-    focal = 0.5 * max(image_size) / np.tan(np.radians(image_fov) / 2)
-    return float(np.degrees(2 * np.arctan(float(crop.size) / (2 * focal))))
 
 
 def _model_points(model: torch.nn.Module, shape: torch.Tensor, expr: torch.Tensor | None = None,
@@ -392,7 +387,7 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
         crop = video_crop(lmks_px, valid, opts.crop_scale)
         if image_size is not None and opts.image_fov is not None:
             crop = Crop(crop.x0, crop.y0, crop.size, cx=image_size[0] / 2.0, cy=image_size[1] / 2.0)
-    fov0 = (crop_fov(crop, image_size, opts.image_fov) if image_size is not None and opts.image_fov is not None
+    fov0 = (crop_fov(float(crop.size), image_size, opts.image_fov) if image_size is not None and opts.image_fov is not None
             else opts.fov)
     lmks_ndc = crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
     iris_ndc = None
