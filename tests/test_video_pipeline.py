@@ -195,3 +195,55 @@ def test_batched_result_arrays_equal_per_frame_arrays() -> None:
                 np.testing.assert_allclose(got, v, rtol=1e-6, atol=1e-6, err_msg=k)
             else:
                 np.testing.assert_array_equal(got, v, err_msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_in", ["landmarks", "fits"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_path: Path, model, monkeypatch,
+                                                          kill_in: str) -> None:
+    """A run killed while detecting (mid-block) or while fitting, then resumed, writes exactly the
+    results of a run that was never interrupted: MediaPipe's tracking restarts at fixed blocks and a
+    resumed run redoes the partly detected block."""
+    from flame_tracker.detection import landmarker as lm_mod
+    from flame_tracker.video import pipeline as pipe
+
+    monkeypatch.setattr(pipe, "DETECT_BLOCK", 8)
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    vopts = VideoOptions(max_frames=20, overlay=False, meshes=None)
+    whole = tmp_path / "whole"
+    track_video(clip, whole, model=model, options=TINY, video_options=vopts, progress=False)
+
+    calls = [0]
+    if kill_in == "landmarks":
+        real = lm_mod.FaceLandmarker.detect
+
+        def flaky(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 13:  # inside the second block of 8
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(lm_mod.FaceLandmarker, "detect", flaky)
+    else:
+        real_fit = track_mod.fit_frames
+
+        def flaky(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise KeyboardInterrupt
+            return real_fit(*args, **kwargs)
+
+        monkeypatch.setattr(track_mod, "fit_frames", flaky)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(pipe, "DETECT_BLOCK", 8)
+    track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
+    a, b = load_npz(whole / "tracking.npz"), load_npz(resumed / "tracking.npz")
+    assert set(a) == set(b)
+    for key in a:
+        if a[key].dtype.kind in "fc":
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert np.array_equal(a[key], b[key]), key

@@ -30,6 +30,7 @@ from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, Trac
                                        track_landmarks)
 
 N_BLENDSHAPES = 52
+DETECT_BLOCK = 64  # frames per landmark checkpoint; MediaPipe's tracking restarts at each block
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,12 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.broken = json.loads(done_marker.read_text()).get("broken")
         summary.frames_done["landmarks"] = 0
         return
-    stage = run.stage("landmarks", chunk=64)
+    stage = run.stage("landmarks", chunk=DETECT_BLOCK)
+    # MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it
+    # started. It restarts at every block of DETECT_BLOCK frames, and a resumed run drops a partly
+    # detected block and starts again at its beginning: the same landmarks wherever a run was killed.
+    n_done = len(stage.done())
+    stage.keep_first(n_done - n_done % DETECT_BLOCK)
     done = stage.done()
     reader.skip = done
     est = reader.info.n_frames
@@ -124,9 +130,12 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     n = 0
     try:
         with ExitStack() as stack:
-            lm = stack.enter_context(FaceLandmarker(
-                landmarker_path, mode="video", transformation_matrix=False,
-                max_side=reader.max_side or 1280))
+            def landmarker() -> FaceLandmarker:
+                return FaceLandmarker(landmarker_path, mode="video", transformation_matrix=False,
+                                      max_side=reader.max_side or 1280)
+
+            lm = landmarker()
+            stack.callback(lambda: lm.close())
             # decode the next frames while this one is detected; closing stops the decode thread
             it = stack.enter_context(closing(prefetch(reader)))
             while True:
@@ -136,6 +145,9 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                 t_decode += t1 - t0
                 if frame is None:
                     break
+                if n and n % DETECT_BLOCK == 0:  # resumed runs start at a block boundary too
+                    lm.close()  # a new block: a fresh tracking state (see above)
+                    lm = landmarker()
                 det = lm.detect(frame.image, timestamp_ms=frame.time_s * 1000.0)
                 t_detect += time.perf_counter() - t1
                 h, w = frame.image.shape[:2]

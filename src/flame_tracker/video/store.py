@@ -88,6 +88,20 @@ class CheckpointStage:
         save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {"frame": frames, **arrays})
         self._buffer.clear()
 
+    def keep_first(self, n: int) -> None:
+        """Keep only the first ``n`` stored frames (by frame index): the rest is deleted, so that
+        a resumed stage starts again at a fixed boundary."""
+        self.flush()
+        rec = self.load()
+        if not rec or len(rec["frame"]) <= n:
+            return
+        for f in sorted(self.dir.glob("*.npz")):
+            f.unlink()
+        self._done = None
+        if n:
+            frames = rec["frame"][:n]
+            save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {k: v[:n] for k, v in rec.items()})
+
     def load(self) -> dict[str, np.ndarray]:
         """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped)."""
         self.flush()
