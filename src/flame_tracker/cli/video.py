@@ -20,8 +20,11 @@ import click
 @click.option("--fps", type=float, default=None,
               help="Subsample to this frame rate (uses the container's timestamps).")
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
-@click.option("--fov", type=float, default=20.0, show_default=True,
-              help="Field of view in degrees of the fitting crop (start value with --estimate-fov).")
+@click.option("--image-fov", type=click.FloatRange(1.0, 150.0), default=40.0, show_default=True,
+              help="Field of view in degrees over the frame's longer side (the camera's principal point is the "
+              "frame centre; start value with --estimate-fov).")
+@click.option("--fov", type=click.FloatRange(10.0, 50.0), default=None,
+              help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
 @click.option("--estimate-fov", is_flag=True, help="Fit one FOV for the whole video.")
 @click.option("--smooth-pose", type=float, default=3.0, show_default=True,
               help="Pose smoothing cutoff in Hz (inf = none).")
@@ -38,7 +41,8 @@ import click
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, end_s: float | None,
-          every: int, fps: float | None, max_frames: int | None, fov: float, estimate_fov: bool,
+          every: int, fps: float | None, max_frames: int | None, image_fov: float, fov: float | None,
+          estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
           meshes: str | None, photometric: bool, force: bool, quiet: bool) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
@@ -52,7 +56,8 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
     from flame_tracker.video.store import OutputMismatchError
     from flame_tracker.video.track import NoFacesError, TrackOptions
 
-    topts = TrackOptions(fov=fov, estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
+    topts = TrackOptions(fov=20.0 if fov is None else fov, image_fov=image_fov if fov is None else None,
+                         estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
                          expr_cutoff_hz=smooth_expr)
     vopts = VideoOptions(start_s=start_s, end_s=end_s, every=every, fps=fps,
                          max_frames=max_frames, overlay=overlay, side_by_side=side_by_side,
