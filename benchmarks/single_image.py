@@ -39,10 +39,10 @@ SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 def time_stage2(tracker: Tracker, result, det_blend, det_names, solver: str, repeats: int) -> tuple[float, float, int]:
     """Best-of-``repeats`` time, objective and iterations of one stage-2 solve on the reference problem."""
-    model = tracker.model
-    crop = result.crop_obj
-    lmk = crop.to_ndc(torch.as_tensor(result.lmks68_px))[None].to(model.dtype)
-    iris = crop.to_ndc(torch.as_tensor(result.iris_px))[None].to(model.dtype)
+    model = tracker.fit_model  # the model the pipeline fits (detector landmark embedding)
+    crop = result.crop_obj  # with the camera's principal point
+    lmk = crop.to_camera_ndc(torch.as_tensor(result.lmks68_px))[None].to(model.dtype)
+    iris = crop.to_camera_ndc(torch.as_tensor(result.iris_px))[None].to(model.dtype)
     pose6 = torch.as_tensor(result.pose6, dtype=model.dtype)
     fov = torch.as_tensor(result.fov, dtype=model.dtype)
     init = {}

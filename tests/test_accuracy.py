@@ -101,8 +101,11 @@ def test_principal_point_at_image_centre_recovers_rotation_of_off_centre_face(mo
 def test_detector_embedding_is_shipped_for_the_open_model(model) -> None:
     from flame_tracker.model.embedding import fingerprint, shipped_embedding, with_landmarks
 
+    from flame_tracker.model import load_model
+
     emb = shipped_embedding(model)
     assert emb is not None and emb.fingerprint == fingerprint(model)
+    assert shipped_embedding(load_model(dtype=torch.float64)) is not None  # the same model in float64
     assert emb.faces_idx.shape == (68,) and np.allclose(emb.bary.sum(1), 1.0) and (emb.bary >= 0).all()
     det = with_landmarks(model, emb)
     g = torch.Generator().manual_seed(1)
@@ -183,3 +186,18 @@ def test_same_person_fits_one_identity(shared_dir, tmp_path) -> None:
     assert out.exit_code == 0, out.output
     shapes = [np.load(tmp_path / f"{p.stem}.npz")["shape"] for p in photos]
     assert all(np.array_equal(s, shapes[0]) for s in shapes)
+
+
+def test_a_given_fov_is_not_clamped_by_either_stage1_solver() -> None:
+    """The reference clamps a *fitted* FOV to [10, 50]; a small face in a wide shot has a crop FOV
+    of a few degrees, which both solvers must use as given."""
+    from flame_tracker.camera import project_ndc
+    from flame_tracker.fitting.stage1 import fit_camera
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(68, 3, generator=g, dtype=torch.float64) * 0.03
+    pose6 = torch.tensor([[0.1, -0.2, 0.05, 0.01, 0.02, 3.0]], dtype=torch.float64)
+    target = project_ndc(pts, pose6, 5.0)
+    for solver, iters in (("lm", 50), ("adam", 30)):
+        fit = fit_camera(pts, target, fov=5.0, solver=solver, max_iter=iters)
+        assert float(fit.fov[0]) == pytest.approx(5.0), solver

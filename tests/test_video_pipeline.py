@@ -63,6 +63,9 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
         assert key in one and one[key].shape[0] == 1, key
     assert one["exp"].shape == (1, model.n_expr) and one["cam"].shape == (1, 6)
     assert np.abs(one["lmks_68"]).max() < 1.5  # normalised to the fitting crop
+    # fit_lmks_68_px: the model's own 68 points (as for photos); the detector-convention points the
+    # fit matched are fit_lmks_68_detector_px
+    assert not np.allclose(one["fit_lmks_68_px"], one["fit_lmks_68_detector_px"])
     # K_px and the OpenCV camera project the fitted model onto the detected landmarks
     assert np.linalg.norm(one["fit_lmks_68_px"] - one["lmks_68_px"], axis=-1).mean() < 10.0
     whole = load_npz(out / "tracking.npz")

@@ -304,7 +304,9 @@ class Tracker:
         landmark_embedding: ``"detector"`` (default): fit the model points where the detector puts
             its 68 landmarks on this model (``flame_tracker.model.embedding``; shipped for the ICT
             model, ``flame-tracker embed`` derives it for others); ``"model"``: the model's own 68.
-            Outputs (fitted landmarks, overlay) always use the model's own points.
+            ``Result.fit_lmks68_px`` (and the meshes) are the model's own points; the residuals and
+            the overlay use the detector-convention points (``fit_target68_px``), comparable with
+            the detections.
         expr_prior: centre of the expression prior: ``"zero"`` (rest) or ``"blendshapes"``
             (MediaPipe's ARKit scores for the model's matching channels); ``None``: blendshapes
             for models with named (ARKit) expressions (ICT), zero otherwise.
@@ -553,7 +555,7 @@ class Tracker:
                 vertices=out.vertices[k].detach().float().cpu().numpy(),
                 faces=self._faces,
                 objective=float(s2.objective[k]),
-                stage1_objective=float(cam.objective) / n,
+                stage1_objective=float(cam.per_frame[k]),
                 blendshape_scores=(np.zeros(0, np.float32) if blendshapes is None
                                    else np.asarray(blendshapes, np.float32)),
                 blendshape_names=tuple(blendshape_names),

@@ -50,7 +50,8 @@ def run_images(
     try:
         # --fov (over the fitting crop, the reference) replaces the image-level FOV when given
         tracker = Tracker(model, device, landmarker=landmarker, fov=20.0 if fov is None else fov,
-                          image_fov=image_fov if fov is None else None)
+                          image_fov=image_fov if fov is None else None,
+                          principal_point="image" if fov is None else "crop")
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load the head model: {exc}") from exc
     # the model's default stage-2 options (blendshape priors for ICT) with the command's switches
@@ -80,7 +81,8 @@ def run_images(
                 if photometric:  # refine against the photo's colours (fitting.photometric)
                     from flame_tracker.fitting.photometric import refine_result, save_texture_png
 
-                    result, ph = refine_result(tracker.model, result, tracker.last_image)
+                    result, ph = refine_result(tracker.fit_model, result, tracker.last_image,
+                                               output_model=tracker.model)
                 result.save(out_dir, stem, image=tracker.last_image, mesh=mesh, overlay=overlay)
                 if photometric:
                     save_texture_png(out_dir / f"{stem}_texture.png", ph.albedo, tracker.model)

@@ -122,7 +122,7 @@ def evaluate_scene(tracker, spec: SceneSpec, mask: np.ndarray, *, photometric: b
     if photometric:
         from flame_tracker.fitting.photometric import refine_result
 
-        result, _ = refine_result(tracker.model, result, img)
+        result, _ = refine_result(tracker.fit_model, result, img, output_model=tracker.model)
     ev.seconds = time.perf_counter() - t0
     ev.detected = True
     for k, v in compare(tracker.model, result, truth, mask).items():
@@ -286,14 +286,16 @@ def video_identity_halves(tracker, video: Path, *, every: int = 2, options=None,
         iris.append(det.iris if det is not None else np.full((10, 2), np.nan))
         scores.append(det.blendshapes if det is not None else np.zeros(52, np.float32))
         times.append(frame.time_s)
-    names = det.blendshape_names if det is not None else ()
+    from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
+
+    names = BLENDSHAPE_NAMES
     half = len(valid) // 2
     model, mask, shapes = tracker.fit_model, face_region_mask(tracker.model), []
     for sl in (slice(0, half), slice(half, None)):
         fit = track_landmarks(model, np.array(lmks[sl]), np.array(valid[sl]), np.array(times[sl]),
                               iris_px=np.array(iris[sl]), options=options or TrackOptions(), image_size=size,
                               blendshapes=np.array(scores[sl]) if blendshapes else None,
-                              blendshape_names=tuple(names))
+                              blendshape_names=names)
         shapes.append(fit.identity.shape)
     a, b = (neutral_vertices(tracker.model, s) for s in shapes)
     return mesh_distance_mm(a, b, mask)

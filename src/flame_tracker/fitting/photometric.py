@@ -830,8 +830,12 @@ def save_texture_png(path: str | Path, albedo: Tensor, model: torch.nn.Module | 
     return save_image(path, texture_image(albedo, model))
 
 
-def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides) -> tuple[object, PhotometricResult]:
+def refine_result(model: torch.nn.Module, result, image: np.ndarray, *, output_model: torch.nn.Module | None = None,
+                  **overrides) -> tuple[object, PhotometricResult]:
     """Photometric refinement of a single-image landmark fit (``flame_tracker.tracker.Result``).
+
+    ``model`` is the model fitted (``Tracker.fit_model``: the detector's landmark embedding);
+    ``output_model`` (``Tracker.model``, default ``model``) gives the Result's own 68 points.
 
     Crops ``image`` (RGB uint8, original size) to the result's fitting square at
     ``options.resolution``, refines camera, expression, jaw and eyes (shape stays), and returns
@@ -857,10 +861,16 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, **overrides
         out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev), eye_pose=ph.eye_pose.to(dev),
                     neck_pose=init["neck_pose"].to(dev))
         pose6, fov = ph.pose6.cpu(), ph.fov.cpu()
-        fit68 = project_pixels(out.landmarks.cpu(), pose6, fov, crop)[0].numpy()
+        target68 = project_pixels(out.landmarks.cpu(), pose6, fov, crop)[0].numpy()
+        fit68 = target68
+        if output_model is not None and output_model is not model:
+            own = output_model.landmarks(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev),
+                                         eye_pose=ph.eye_pose.to(dev), neck_pose=init["neck_pose"].to(dev))
+            fit68 = project_pixels(own.landmarks.cpu(), pose6, fov, crop)[0].numpy()
         fit_iris = project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None else result.fit_iris_px
     timings = dict(result.timings, photometric=time.perf_counter() - t0)
     new = replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(), eye_pose=ph.eye_pose.cpu().numpy(),
-                     pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris, fit_target68_px=None,
+                     pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
+                     fit_target68_px=None if fit68 is target68 else target68,
                      vertices=out.vertices[0].cpu().numpy().astype(result.vertices.dtype), timings=timings)
     return new, ph

@@ -304,6 +304,8 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
         dtype = torch.as_tensor(targets_ndc).dtype
         dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=dtype)
+        if fov_mode == "fixed":
+            prob.fov_limits = FIXED_FOV_LIMITS
         return _fit_adam(prob, _fov_vector(fov, prob), fov_mode, temporal, init, max_iter or ADAM_ITERATIONS)
     if solver != "lm":
         raise ValueError(f"unknown stage-1 solver {solver!r}; use 'lm' or 'adam'")

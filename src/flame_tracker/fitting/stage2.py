@@ -537,13 +537,14 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
     params = problem.layout.split(x, s, problem.base)
     rflip, rflip_t, centre, scale = _camera(problem)
     fast = _skinned_configs(problem.model, params, lin, rot, problem.cache, frame=rflip_t)
+    add_transl = plan["transl"] and fast is not None  # the fallback's points3d already include it
     if fast is None:
         p0, d_lin, d_rot = _differenced_jacobian(problem, params, lin, rot)
         pts = torch.cat([p0[:, None], p0[:, None] + _ROT_STEP * d_rot.permute(0, 3, 1, 2)], 1)
         n_lin = d_lin.shape[-1]
         fast = pts, (rflip_t @ d_lin.transpose(1, 2).reshape(n, 3, -1)).view(n, 3, 78, n_lin)
     pts, dview = fast  # [N, M, 78, 3] world, [N, 3, 78, n_lin] in the camera's frame
-    if plan["transl"]:
+    if add_transl:
         pts = pts + params["transl"][:, None, None, :]
     m = pts.shape[1]
     view = torch.bmm((pts - centre).view(n, m * 78, 3), rflip).view(n, m, 78, 3)

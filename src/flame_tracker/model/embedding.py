@@ -58,10 +58,12 @@ class LandmarkEmbedding:
 
 
 def fingerprint(model: HeadModel) -> str:
-    """A short hash of the model's template, faces and first bases (what the embedding depends on)."""
+    """A short hash of the model's template, faces and first bases (what the embedding depends on),
+    the same for the model in float32 or float64 (values rounded to 0.01 mm / 1e-5)."""
     h = hashlib.sha1()
     for t in (model.v_template, model.faces, model.shapedirs[..., :5], model.exprdirs[..., :5]):
-        h.update(np.ascontiguousarray(t.detach().cpu().double().numpy().round(6)).tobytes())
+        a = t.detach().cpu().float().double().numpy()
+        h.update(np.ascontiguousarray(np.round(a * 1e5).astype(np.int64)).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -26,7 +26,7 @@ from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.store import RunFolder
-from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, TrackOptions,
+from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, TrackOptions, project_fit,
                                        track_landmarks)
 
 N_BLENDSHAPES = 52
@@ -181,7 +181,7 @@ FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
 
 
 def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
-                 expr_names: tuple[str, ...]) -> Result:
+                 expr_names: tuple[str, ...], own_lmks_px: np.ndarray | None = None) -> Result:
     """The tracked frames ``rows`` as one batched :class:`~flame_tracker.tracker.Result` (without
     meshes: they are exported separately), so video frames and photos share one npz format."""
     ident = fit.identity
@@ -196,7 +196,8 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
         neck_pose=np.zeros((n, 3), f32), eye_pose=fit.eye_pose[rows].astype(f32),
         pose6=fit.pose6[rows].astype(np.float64), fov=np.full(n, ident.fov, f32),
         lmks68_px=lm["lmks68"][rows].astype(f32), iris_px=lm["iris"][rows].astype(f32),
-        fit_lmks68_px=fit.lmks_fit_px[rows].astype(f32),
+        fit_lmks68_px=(fit.lmks_fit_px if own_lmks_px is None else own_lmks_px)[rows].astype(f32),
+        fit_target68_px=None if own_lmks_px is None else fit.lmks_fit_px[rows].astype(f32),
         fit_iris_px=fit.iris_fit_px[rows].astype(f32),
         vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
         objective=fit.raw["err_ndc"][rows], stage1_objective=np.full(n, np.nan),
@@ -205,14 +206,16 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
 
 
 def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
-                 expr_names: tuple[str, ...], extra: dict[str, np.ndarray] | None = None
-                 ) -> dict[str, np.ndarray]:
+                 expr_names: tuple[str, ...], extra: dict[str, np.ndarray] | None = None,
+                 own_lmks_px: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The per-frame npz keys of ``rows``, stacked over frames (vectorised): the single-image keys
     (reference keys plus original-pixel extras, see :meth:`Result.arrays`) and each frame's place in
     the video. Row ``i`` of every key not in :data:`FIXED_KEYS` is frame ``rows[i]``. ``extra``:
-    more per-frame arrays over the whole sequence (e.g. ``light [T, 9, 3]``), taken at ``rows``."""
+    more per-frame arrays over the whole sequence (e.g. ``light [T, 9, 3]``), taken at ``rows``.
+    ``own_lmks_px [T, 68, 2]``: the model's own 68 points when the fit matched the detector's
+    (``fit.lmks_fit_px``), as single images write them."""
     rows = np.atleast_1d(np.asarray(rows))
-    arrays = frame_result(fit, rows, lm, model_name, expr_names).arrays()
+    arrays = frame_result(fit, rows, lm, model_name, expr_names, own_lmks_px).arrays()
     arrays.update(frame=lm["frame"][rows].astype(np.int64),
                   time_s=lm["time_s"][rows].astype(np.float64),
                   valid=fit.valid[rows].copy())
@@ -227,7 +230,12 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     t0 = time.perf_counter()
     names = tuple(getattr(model, "expr_names", None) or ())
     extra = {} if light is None else {"light": light}
-    stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names, extra)
+    own = None  # the model's own 68 points when the fit used the detector's (fit.lmks_fit_px)
+    if fit.identity is not None and getattr(model, "info", {}).get("landmark_embedding") is None:
+        own = np.full_like(fit.lmks_fit_px, np.nan)
+        own[rows] = project_fit(model, fit.identity, {"pose6": fit.pose6, "expr": fit.expr,
+                                                      "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, rows)[0]
+    stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names, extra, own)
     for i, r in enumerate(rows):  # per-frame files are tiny; the loop is over frames
         path = run.frame_path(int(lm["frame"][r]))
         if not path.exists():
@@ -409,13 +417,14 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                          max_side=vopts.detect_max_side)
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model)
-    # Fit (and draw) the detector's 68 points on this model (flame_tracker.model.embedding), as
-    # single images do; the mesh is the same model's.
+    # Fit the detector's 68 points on this model (flame_tracker.model.embedding), as single images
+    # do; the outputs' fit_lmks_68 are the model's own points (the mesh is the same model's).
     from flame_tracker.model.embedding import detector_model
 
-    model = detector_model(model)
+    fit_model = detector_model(model)
     settings = {"model": getattr(model, "name", type(model).__name__),
                 "model_size": [model.n_shape, model.n_expr],
+                "landmark_embedding": fit_model.info.get("landmark_embedding", "model"),
                 "track": dataclasses.asdict(topts), "frames": vopts.frame_settings()}
     if vopts.photometric:  # changes every frame's result (absent otherwise: older folders match)
         settings["photometric"] = {"chunk": vopts.photometric_chunk}
@@ -459,7 +468,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         save_npz(ident_path, ident.as_arrays())
 
     try:
-        fit = track_landmarks(model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
+        fit = track_landmarks(fit_model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
                               iris_px=lm["iris"].astype(np.float64), options=topts,
                               identity=identity, done=done, on_chunk=on_chunk,
                               on_identity=on_identity, image_size=_image_size(lm),
@@ -474,7 +483,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     if vopts.photometric:
         from flame_tracker.video.photometric import photometric_track
 
-        refined = photometric_track(run, fit, lm, reader, model, topts, chunk=vopts.photometric_chunk,
+        refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
                                     progress=progress, timings=summary.timings,
                                     frames_done=summary.frames_done)
         if refined is not None:
