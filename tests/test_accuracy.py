@@ -201,3 +201,28 @@ def test_a_given_fov_is_not_clamped_by_either_stage1_solver() -> None:
     for solver, iters in (("lm", 50), ("adam", 30)):
         fit = fit_camera(pts, target, fov=5.0, solver=solver, max_iter=iters)
         assert float(fit.fov[0]) == pytest.approx(5.0), solver
+
+
+@pytest.mark.slow
+def test_embed_command_derives_an_embedding_that_fitting_then_uses(shared_dir, tmp_path, monkeypatch) -> None:
+    """`flame-tracker embed` renders the model, detects, and stores the detector embedding in the user
+    cache, where detector_model finds it; a small run agrees with the shipped (96-render) one."""
+    from click.testing import CliRunner
+
+    from flame_tracker.cli.main import main
+    from flame_tracker.model import load_model
+    from flame_tracker.model.embedding import LandmarkEmbedding, detector_model, fingerprint, shipped_embedding
+
+    monkeypatch.setenv("FLAME_TRACKER_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["embed", "--renders", "12", "--seed", "5", "--out", str(tmp_path / "e.npz")])
+    assert res.exit_code == 0, res.output
+    model = load_model()
+    cached = tmp_path / "cache" / "embeddings" / f"{fingerprint(model)}.npz"
+    assert cached.is_file() and (tmp_path / "e.npz").is_file()
+    emb, ref = LandmarkEmbedding.load(cached), shipped_embedding(model)
+    tpl, faces = model.v_template.double().numpy(), model.faces.numpy()
+    pos = lambda e: np.einsum("pi,pij->pj", e.bary, tpl[faces[e.faces_idx]])  # noqa: E731
+    dist = np.linalg.norm(pos(emb) - pos(ref), axis=1) * 1000
+    assert np.median(dist[17:]) < 3.0, dist  # inner points: the same place within a few mm
+    det = detector_model(model)  # the cached (derived) embedding wins over the shipped one
+    assert torch.equal(det.lmk_faces_idx, torch.as_tensor(emb.faces_idx))

@@ -291,7 +291,9 @@ class Tracker:
         landmarker: path of MediaPipe's ``face_landmarker.task`` (``None``: default resolution).
         fov: camera field of view in degrees (relative to the fitting crop; reference default 20°).
         fov_mode: ``"fixed"`` (default: one image cannot identify the FOV) or ``"per_frame"``.
-        stage2: :class:`~flame_tracker.fitting.stage2.Stage2Options` (solver, loss, weights, shape).
+        stage2: :class:`~flame_tracker.fitting.stage2.Stage2Options` (solver, loss, weights, shape);
+            ``None``: :data:`BLENDSHAPE_STAGE2` for models with bounded expressions (ICT),
+            :data:`DEFAULT_STAGE2` otherwise.
         rounds: camera/expression alternations; the second round refits the camera with the fitted
             identity and expression (the reference has a regressed shape for its one round).
         init_from_blendshapes: start ICT expressions from MediaPipe's blendshape scores.
@@ -310,8 +312,6 @@ class Tracker:
         expr_prior: centre of the expression prior: ``"zero"`` (rest) or ``"blendshapes"``
             (MediaPipe's ARKit scores for the model's matching channels); ``None``: blendshapes
             for models with named (ARKit) expressions (ICT), zero otherwise.
-        stage2: default :data:`BLENDSHAPE_STAGE2` for models with bounded expressions (ICT),
-            :data:`DEFAULT_STAGE2` otherwise.
     """
 
     def __init__(

@@ -26,6 +26,8 @@ from flame_tracker.cli.demo import demo as _demo  # noqa: E402
 main.add_command(_demo)
 from flame_tracker.cli.video import video as _video  # noqa: E402
 main.add_command(_video)
+from flame_tracker.cli.embed import embed as _embed  # noqa: E402
+main.add_command(_embed)
 
 
 if __name__ == "__main__":  # pragma: no cover

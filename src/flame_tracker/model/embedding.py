@@ -176,15 +176,14 @@ def shipped_embedding(model: HeadModel) -> LandmarkEmbedding | None:
 
 
 def detector_model(model: HeadModel, landmarker=None, *, derive: bool = False) -> HeadModel:
-    """``model`` with the detector's 68-point embedding for fitting: the shipped one for this model,
-    else one derived before (user cache), else (``derive=True`` with a ``landmarker``) derived now and
-    cached. Returns ``model`` itself when none is available."""
+    """``model`` with the detector's 68-point embedding for fitting: one derived before for this model
+    (user cache, ``flame-tracker embed``), else the one shipped for it, else (``derive=True`` with a
+    ``landmarker``) derived now and cached. Returns ``model`` itself when none is available."""
     from flame_tracker.paths import cache_dir
 
-    emb = shipped_embedding(model)
     cached = cache_dir() / "embeddings" / f"{fingerprint(model)}.npz"
-    if emb is None and cached.is_file():
-        emb = LandmarkEmbedding.load(cached)
+    # one derived by the user (`flame-tracker embed`) wins over the shipped one
+    emb = LandmarkEmbedding.load(cached) if cached.is_file() else shipped_embedding(model)
     if emb is None and derive and landmarker is not None:
         emb = derive_detector_embedding(model, landmarker, progress=True)
         try:
