@@ -37,7 +37,7 @@ from flame_tracker.camera import (
     world_to_view,
 )
 from flame_tracker.fitting.stage1 import fit_camera
-from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.stage2 import BLENDSHAPE_PRIORS, Stage2Options, expr_from_blendshapes, fit_stage2
 from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 
@@ -54,7 +54,7 @@ DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3)
 # 0.00-0.43). Measured on the shared clips (benchmarks/accuracy.py, docs/accuracy.md): a prior
 # 4·Σ(exp - MediaPipe's score)² plus sparsity 0.5·Σexp gives 0 saturated channels, correlation
 # 0.82-0.95, and a lower landmark error than before (the detector embedding).
-BLENDSHAPE_STAGE2 = replace(DEFAULT_STAGE2, w_exp=4.0, w_exp_l1=0.5)
+BLENDSHAPE_STAGE2 = replace(DEFAULT_STAGE2, **BLENDSHAPE_PRIORS)
 # Assumed FOV over the image's longer side when none is given (one photo cannot identify it): a
 # normal lens, between a phone's wide camera (~65°) and a portrait lens (~25°).
 DEFAULT_IMAGE_FOV = 40.0
@@ -120,11 +120,16 @@ class Result:
         return Crop(*self.crop) if pp is None else Crop(*self.crop, cx=pp[0], cy=pp[1])
 
     @property
+    def matched_lmks68_px(self) -> np.ndarray:
+        """The fitted points the fit matched to the detections (``fit_target68_px``, or the model's
+        own 68 when the fit used them): what residuals and overlays compare with the detections."""
+        return self.fit_lmks68_px if self.fit_target68_px is None else self.fit_target68_px
+
+    @property
     def residuals_px(self) -> np.ndarray:
         """Per-point distance detected ↔ fitted in original pixels: ``[78]`` = 68 landmarks + 10 iris
         (``[N, 78]`` for a Result of ``N`` frames)."""
-        fit = self.fit_lmks68_px if self.fit_target68_px is None else self.fit_target68_px
-        d68 = np.linalg.norm(fit - self.lmks68_px, axis=-1)
+        d68 = np.linalg.norm(self.matched_lmks68_px - self.lmks68_px, axis=-1)
         dir_ = np.linalg.norm(self.fit_iris_px - self.iris_px, axis=-1)
         return np.concatenate([d68, dir_], axis=-1).astype(np.float32)
 
@@ -188,8 +193,7 @@ class Result:
             fit_lmks_68_px=self.fit_lmks68_px.astype(f32).reshape(n, 68, 2),
             fit_lmks_eyes_px=self.fit_iris_px.astype(f32).reshape(n, 10, 2),
             fit_lmks_68=to_ndc(self.fit_lmks68_px).reshape(n, 68, 2).astype(f32),
-            fit_lmks_68_detector_px=(self.fit_lmks68_px if self.fit_target68_px is None
-                                     else self.fit_target68_px).astype(f32).reshape(n, 68, 2),
+            fit_lmks_68_detector_px=self.matched_lmks68_px.astype(f32).reshape(n, 68, 2),
             residuals_px=self.residuals_px.reshape(n, 78),
             objective=np.asarray(self.objective, f32).reshape(n),
             stage1_objective=np.asarray(self.stage1_objective, f32).reshape(n),
@@ -218,7 +222,7 @@ class Result:
             self.vertices_px(),
             self.faces,
             lmks_detected=self.lmks68_px,
-            lmks_fitted=self.fit_lmks68_px if self.fit_target68_px is None else self.fit_target68_px,
+            lmks_fitted=self.matched_lmks68_px,
             iris=self.fit_iris_px if np.isfinite(self.iris_px).all() else None,
             focal=focal,
         )
@@ -399,6 +403,17 @@ class Tracker:
         Raises ``FileNotFoundError``/``ImageError`` for unreadable input and
         :class:`~flame_tracker.detection.NoFaceError` when no face is found.
         """
+        face, timings = self._detect(image, "the image")
+        result = self.fit_landmarks(face[0], face[1], image_size=face[2], blendshapes=face[3],
+                                    blendshape_names=face[4])
+        result.timings = {**timings, **result.timings}
+        result.source = str(image) if isinstance(image, (str, os.PathLike)) else ""
+        return result
+
+    def _detect(self, image, name: str) -> tuple[tuple, dict[str, float]]:
+        """Load ``image`` (kept as ``last_image``) and detect its face: ``((lmks68, iris, (W, H),
+        blendshapes, blendshape_names), {"load": s, "detect": s})``. Raises ``NoFaceError`` naming
+        the file (or ``name`` for an array)."""
         from flame_tracker.detection import NoFaceError
         from flame_tracker.io.images import load_image
 
@@ -408,19 +423,9 @@ class Tracker:
         t1 = time.perf_counter()
         det = self.landmarker.detect(rgb)
         if det is None:
-            name = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
-            raise NoFaceError(f"No face found in {name}.")
-        t2 = time.perf_counter()
-        result = self.fit_landmarks(
-            det.lmks68,
-            det.iris,
-            image_size=(rgb.shape[1], rgb.shape[0]),
-            blendshapes=det.blendshapes,
-            blendshape_names=det.blendshape_names,
-        )
-        result.timings = {"load": t1 - t0, "detect": t2 - t1, **result.timings}
-        result.source = str(image) if isinstance(image, (str, os.PathLike)) else ""
-        return result
+            raise NoFaceError(f"No face found in {str(image) if isinstance(image, (str, os.PathLike)) else name}.")
+        face = (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names)
+        return face, {"load": t1 - t0, "detect": time.perf_counter() - t1}
 
     def fit_landmarks(
         self,
@@ -445,26 +450,14 @@ class Tracker:
 
         Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face.
         """
-        from flame_tracker.detection import NoFaceError
-        from flame_tracker.io.images import load_image
-
         if not images:
             raise ValueError("fit_same_person needs at least one image")
-        faces, sources, t_det = [], [], []
-        for img in images:
-            t0 = time.perf_counter()
-            rgb = load_image(img)
-            det = self.landmarker.detect(rgb)
-            name = str(img) if isinstance(img, (str, os.PathLike)) else f"image {len(faces)}"
-            if det is None:
-                raise NoFaceError(f"No face found in {name}.")
-            faces.append((det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names))
-            sources.append(str(img) if isinstance(img, (str, os.PathLike)) else "")
-            t_det.append(time.perf_counter() - t0)
+        detected = [self._detect(img, f"image {i}") for i, img in enumerate(images)]
         with cpu_threads(1, self.device):
-            results = self._fit_faces(faces, shared_shape=True)
-        for r, src, t in zip(results, sources, t_det):
-            r.source, r.timings = src, {"detect": t, **r.timings}
+            results = self._fit_faces([face for face, _ in detected], shared_shape=True)
+        for r, img, (_, t) in zip(results, images, detected):
+            r.source = str(img) if isinstance(img, (str, os.PathLike)) else ""
+            r.timings = {**t, **r.timings}
         return results
 
     def _fit_faces(self, faces: list[tuple], shared_shape: bool = False) -> list[Result]:
@@ -570,9 +563,7 @@ class Tracker:
     def camera_crop(self, lmks68_px: np.ndarray, image_size: tuple[int, int]) -> Crop:
         """The fitting crop of a face, with the principal point this tracker assumes."""
         crop = fitting_crop(lmks68_px)
-        if self.principal_point == "crop":
-            return crop
-        return Crop(crop.x0, crop.y0, crop.size, cx=image_size[0] / 2.0, cy=image_size[1] / 2.0)
+        return crop if self.principal_point == "crop" else crop.with_image_centre(image_size)
 
     def crop_fov(self, crop: Crop, image_size: tuple[int, int]) -> float:
         """FOV (degrees) over the fitting ``crop``: ``fov``, or the one ``image_fov`` implies."""

@@ -78,6 +78,10 @@ class Crop:
             size = size[..., None] if size.ndim else size
         return (ndc + 1.0) * 0.5 * size + origin
 
+    def with_image_centre(self, image_size: tuple[int, int]) -> "Crop":
+        """This crop with the principal point at the centre of a ``(W, H)`` image (a real camera)."""
+        return Crop(self.x0, self.y0, self.size, cx=image_size[0] / 2.0, cy=image_size[1] / 2.0)
+
     def pp_ndc(self, like: Tensor) -> Tensor:
         """Principal point in this crop's NDC, ``[2]`` (``[N, 1, 2]`` for per-frame crops); zero when
         it is the crop centre."""

@@ -14,6 +14,11 @@ REGIONS68: dict[str, slice] = {
 }
 
 
+def eyeball_mask(model) -> np.ndarray:
+    """Boolean ``[V]``: vertices skinned mostly by the eye joints (3, 4), i.e. the eyeballs."""
+    return model.lbs_weights.detach().cpu().numpy()[:, 3:5].sum(1) > 0.5
+
+
 def face_region_mask(model) -> np.ndarray:
     """Boolean ``[V]`` face-region vertices of a head model: forehead to chin, ear to ear, front.
 
@@ -28,7 +33,7 @@ def face_region_mask(model) -> np.ndarray:
         out = model()
     v = out.vertices[0].double().cpu().numpy()
     lmk = out.landmarks[0].double().cpu().numpy()
-    eyes = model.lbs_weights.detach().cpu().numpy()[:, 3:5].sum(1) > 0.5
+    eyes = eyeball_mask(model)
     x_max = np.abs(lmk[[0, 16], 0]).max()
     y_lo, y_hi = lmk[8, 1] - 0.005, lmk[17:27, 1].max() + 0.04
     z_lo = lmk[[0, 16], 2].mean()
@@ -92,5 +97,5 @@ def identity_ratio(neutrals: list[np.ndarray], person: list[str], mask: np.ndarr
     return s / d, s, d
 
 
-__all__ = ["REGIONS68", "face_region_mask", "align", "mesh_distance_mm", "rotation_error_deg", "nme",
+__all__ = ["REGIONS68", "eyeball_mask", "face_region_mask", "align", "mesh_distance_mm", "rotation_error_deg", "nme",
            "nme_by_region", "outer_interocular", "identity_ratio"]

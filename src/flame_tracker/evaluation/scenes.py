@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from flame_tracker.camera.reference import euler_to_matrix
+from flame_tracker.evaluation.metrics import eyeball_mask
 from flame_tracker.rendering.differentiable import render, vertex_normals
 
 # Model axes (+y up, +z out of the face) -> OpenCV camera axes (y down, z forward, away from the face).
@@ -163,12 +164,6 @@ def sample_scenes(model, n: int, seed: int = 0, *, yaw_max: float = 75.0, pitch_
 # -------------------------------------------------------------------------------------------------
 
 
-def _eye_vertices(model) -> np.ndarray:
-    """Boolean ``[V]``: vertices skinned mostly by the eye joints (3, 4), i.e. the eyeballs."""
-    w = model.lbs_weights.detach().cpu().numpy()
-    return w[:, 3:5].sum(1) > 0.5
-
-
 def _inside(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """Point-in-polygon (even-odd rule), vectorised: ``points [P, 2]``, ``poly [K, 2]`` -> ``[P]`` bool."""
     x, y = points[:, 0:1], points[:, 1:2]
@@ -210,7 +205,7 @@ def vertex_albedo(model, neutral: np.ndarray, lmk3d: np.ndarray, spec: SceneSpec
     hair = (v[:, 1] > top) | (back & (v[:, 1] > lmk3d[2, 1]))
     alb[hair] = hair_col
     # eyes: sclera, iris, pupil by the angle from each eyeball's forward axis
-    eye = _eye_vertices(model)
+    eye = eyeball_mask(model)
     if eye.any():
         iris_col = _IRIS[int(r.integers(len(_IRIS)))]
         for side in (v[:, 0] > 0, v[:, 0] <= 0):

@@ -795,7 +795,7 @@ def canonical_from_frames(
            for key, v in init.items() if v is not None}
     fov = float(np.asarray(fov, dtype=np.float64).reshape(-1)[0])  # one FOV (a scalar or a 1-vector)
     return estimate_canonical(model, crops, lmk, torch.as_tensor(np.asarray(pose6), dtype=dt), fov, init=ini,
-                              iris_ndc=iris, pp_ndc=None if c.cx is None else c.pp_ndc(lmk), options=opts)
+                              iris_ndc=iris, pp_ndc=c.pp_ndc(lmk), options=opts)
 
 
 def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: int = 512) -> np.ndarray:
@@ -855,7 +855,7 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, *, output_m
             [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"), ("neck_pose", "neck_pose")]}
     ph = fit_photometric(model, crops, lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
                          init=init, iris_ndc=iris if torch.isfinite(iris).all() else None,
-                         pp_ndc=None if crop.cx is None else crop.pp_ndc(lmk), options=opts)
+                         pp_ndc=crop.pp_ndc(lmk), options=opts)
     with torch.no_grad():
         dev = model.v_template.device
         out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev), eye_pose=ph.eye_pose.to(dev),

@@ -96,6 +96,19 @@ class Stage2Options:
     rtol_frames: float = 5e-3
 
 
+# Expression priors of blendshape models (bounded [0, 1] weights, ICT) used by single images and
+# video alike (measured in docs/accuracy.md): 4·Σ(exp - centre)² + 0.5·Σexp.
+BLENDSHAPE_PRIORS = {"w_exp": 4.0, "w_exp_l1": 0.5}
+
+
+def expression_priors(model: torch.nn.Module) -> dict[str, float]:
+    """The expression prior weights that suit ``model``: :data:`BLENDSHAPE_PRIORS` for bounded
+    (blendshape) expressions, the reference's (``Stage2Options`` defaults) otherwise."""
+    if getattr(model, "expr_bounds", None) is not None:
+        return dict(BLENDSHAPE_PRIORS)
+    return {"w_exp": Stage2Options.w_exp, "w_exp_l1": Stage2Options.w_exp_l1}
+
+
 @dataclass
 class Stage2Result:
     """Fitted parameters (batched ``[N, ...]``; ``shape`` is ``[N, S]`` even when shared)."""

@@ -99,7 +99,7 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.nda
             **{k: torch.as_tensor(getattr(fit, k)[rows], dtype=dt) for k in ("expr", "jaw_pose", "eye_pose")}}
     ph = fit_photometric(model, crops, lmk, torch.as_tensor(fit.pose6[rows], dtype=dt), fit.identity.fov,
                          init=init, iris_ndc=iris if bool(torch.isfinite(iris).any()) else None,
-                         albedo=albedo, pp_ndc=None if crop.cx is None else crop.pp_ndc(lmk),
+                         albedo=albedo, pp_ndc=crop.pp_ndc(lmk),
                          options=opts, temporal=n > 1)
     return {"pose6": ph.pose6.double().numpy(), "expr": ph.expr.double().numpy(),
             "jaw_pose": ph.jaw_pose.double().numpy(), "eye_pose": ph.eye_pose.double().numpy(),

@@ -225,13 +225,14 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
 
 def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
-                   summary: VideoSummary, progress: bool, light: np.ndarray | None = None) -> None:
+                   summary: VideoSummary, progress: bool, light: np.ndarray | None = None,
+                   fit_model: torch.nn.Module | None = None) -> None:
     rows = np.flatnonzero(fit.covered)
     t0 = time.perf_counter()
     names = tuple(getattr(model, "expr_names", None) or ())
     extra = {} if light is None else {"light": light}
     own = None  # the model's own 68 points when the fit used the detector's (fit.lmks_fit_px)
-    if fit.identity is not None and getattr(model, "info", {}).get("landmark_embedding") is None:
+    if fit_model is not None and fit_model is not model:
         own = np.full_like(fit.lmks_fit_px, np.nan)
         own[rows] = project_fit(model, fit.identity, {"pose6": fit.pose6, "expr": fit.expr,
                                                       "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, rows)[0]
@@ -304,7 +305,7 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
     res = int(min(512, max(64, round(side))))
     dt = vertices.dtype
     with torch.no_grad(), cpu_threads(1, vertices.device):  # small per-frame work, as render_overlay
-        pp = None if crop.cx is None else crop.pp_ndc(vertices)[None]
+        pp = crop.pp_ndc(vertices)[None]  # zero for a crop-centred camera
         r = render_head(vertices, faces, pose6, torch.full((1,), float(fov), dtype=dt), res,
                         light=torch.as_tensor(light, dtype=dt)[None], albedo=albedo.to(dt), pp=pp)
     rgb = (r["image"][0].clamp(0, 1) * 255).numpy().astype(np.float32)
@@ -488,7 +489,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                                     frames_done=summary.frames_done)
         if refined is not None:
             fit, light = refined
-    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light)
+    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model)
     summary.n_frames = t_len
     summary.n_tracked = int(fit.valid.sum())
     summary.n_bridged = int((fit.covered & ~fit.valid).sum())

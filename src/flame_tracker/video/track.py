@@ -197,11 +197,12 @@ def _stage2(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tens
 
 
 def expression_priors(model: torch.nn.Module, options: TrackOptions) -> dict[str, float]:
-    """Stage-2 expression prior weights for ``model``: the options', else the model's defaults."""
-    bounded = getattr(model, "expr_bounds", None) is not None
-    w_exp = options.w_exp if options.w_exp is not None else (4.0 if bounded else 0.025)
-    w_l1 = options.w_exp_l1 if options.w_exp_l1 is not None else (0.5 if bounded else 0.0)
-    return {"w_exp": w_exp, "w_exp_l1": w_l1}
+    """Stage-2 expression prior weights for ``model``: the options', else the model's defaults
+    (:func:`flame_tracker.fitting.stage2.expression_priors`)."""
+    from flame_tracker.fitting.stage2 import expression_priors as defaults
+
+    given = {"w_exp": options.w_exp, "w_exp_l1": options.w_exp_l1}
+    return {k: given[k] if given[k] is not None else v for k, v in defaults(model).items()}
 
 
 
@@ -386,7 +387,7 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
     else:
         crop = video_crop(lmks_px, valid, opts.crop_scale)
         if image_size is not None and opts.image_fov is not None:
-            crop = Crop(crop.x0, crop.y0, crop.size, cx=image_size[0] / 2.0, cy=image_size[1] / 2.0)
+            crop = crop.with_image_centre(image_size)
     fov0 = (crop_fov(float(crop.size), image_size, opts.image_fov) if image_size is not None and opts.image_fov is not None
             else opts.fov)
     lmks_ndc = crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
