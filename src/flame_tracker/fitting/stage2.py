@@ -119,11 +119,16 @@ class Stage2Result:
     eye_pose: Tensor
     neck_pose: Tensor
     objective: Tensor  # [N] per-frame objective (the shared-shape prior and temporal term split evenly)
-    landmarks_ndc: Tensor  # [N, 68, 2] fitted 68 points in the fitting crop's NDC
+    landmarks_ndc: Tensor  # [N, L, 2] fitted landmarks (the model's L = 68, or its dense set) in the crop's NDC
     iris_ndc: Tensor  # [N, 10, 2]
     iterations: int
     history: list[float] = field(default_factory=list)  # total objective per iteration
     pose6: Tensor | None = None  # [N, 6] the camera with the refined rigid pose folded in (fit_rigid)
+
+
+def n_landmarks(model: torch.nn.Module) -> int:
+    """How many landmarks ``model``'s landmark path gives (68, or its dense point set)."""
+    return int(getattr(model, "n_lmk", 68))
 
 
 def model_has_jaw(model: torch.nn.Module) -> bool:
@@ -228,8 +233,8 @@ class _Problem:
     base: dict[str, Tensor]
     pose6: Tensor
     fov: Tensor
-    target: Tensor  # [N, 61, 2]
-    coeff: Tensor  # [N, 61, 2] per-coordinate weight (0 where the target is missing)
+    target: Tensor  # [N, L + 10, 2]
+    coeff: Tensor  # [N, L + 10, 2] per-coordinate weight (0 where the target is missing)
     lo: Tensor | None  # [P] bounds of the per-frame vector (None: unbounded)
     hi: Tensor | None
     # Centre of the quadratic priors [N, P] (None: zero), e.g. MediaPipe's blendshape scores for
@@ -240,7 +245,7 @@ class _Problem:
     cache: dict[str, object] = field(default_factory=dict)
 
     def points3d(self, params: dict[str, Tensor]) -> Tensor:
-        """Model-space 68 landmarks + 10 iris points ``[B, 78, 3]`` (the landmark fast path), moved by
+        """Model-space landmarks + 10 iris points ``[B, L + 10, 3]`` (the landmark fast path), moved by
         the rigid refinement's translation ``transl`` when it is free."""
         transl = params.get("transl")
         out = self.model.landmarks(**{k: v for k, v in params.items() if k != "transl"})
@@ -250,7 +255,7 @@ class _Problem:
 
     def project(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         ndc = project_ndc(self.points3d(self.layout.split(x, s, self.base)), self.pose6, self.fov)
-        return ndc[:, :68], ndc[:, 68:]
+        return ndc[:, :-N_IRIS], ndc[:, -N_IRIS:]
 
     def residuals(self, x: Tensor, s: Tensor) -> Tensor:
         lmk, iris = self.project(x, s)
@@ -304,10 +309,10 @@ _ROT_STEP = 1e-3  # radians, forward-difference step of the rotation columns of 
 def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
                      rot: list[tuple[str, int, int, str]], cache: dict, frame: Tensor | None = None
                      ) -> tuple[Tensor, Tensor] | None:
-    """Points ``[N, M, 78, 3]`` (68 landmarks + 10 iris) at the current rotations (configuration 0)
+    """Points ``[N, M, Q, 3]`` (Q = L landmarks + 10 iris) at the current rotations (configuration 0)
     and at one ``_ROT_STEP`` of each ``rot`` (jaw/eye/neck axis-angle) column (configurations 1..),
     with the exact derivatives w.r.t. the ``lin`` (shape/expression) columns at configuration 0,
-    coordinate-major ``[N, 3, 78, n_lin]``, from ONE rotation + rigid-transform pass. With ``frame``
+    coordinate-major ``[N, 3, Q, n_lin]``, from ONE rotation + rigid-transform pass. With ``frame``
     (``[N, 3, 3]``, e.g. world-to-camera) the derivatives are those of ``frame @ point``: the rotation
     is applied to the small factors, not to the columns.
 
@@ -378,7 +383,8 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     trans = torch.bmm(c, joints).view(n * m, nj, 3, 1)
     tw = (sub_weights @ torch.cat([world_r, trans], -1).view(n * m, nj, 12)).view(n * m, p, 3, 4)
     sub = (tw[..., :3] * v[..., None, :]).sum(-1) + tw[..., 3]
-    pts = (sub if mix is None else mix @ sub).view(n, m, 78, 3)
+    n_pts = n_landmarks(model) + N_IRIS
+    pts = (sub if mix is None else mix @ sub).view(n, m, n_pts, 3)
     k = dirs_j.shape[1]
     # Coefficient columns, coordinate-major: row a of sum_j W_j G_j, plus B (C dJ) per coordinate.
     r0 = world_r.view(n, m, nj, 3, 3)[:, 0]
@@ -388,15 +394,15 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     if frame is not None:
         dt_joint = frame[:, None] @ dt_joint
         left = torch.bmm(frame, left)
-    joint_part = b @ dt_joint.transpose(1, 2)  # [N, 3, 78, k]
+    joint_part = b @ dt_joint.transpose(1, 2)  # [N, 3, Q, k]
     d_lin = torch.baddbmm(joint_part.view(n, 3, -1), left, g.expand(n, -1, -1))
-    return pts, d_lin.view(n, 3, 78, k)
+    return pts, d_lin.view(n, 3, n_pts, k)
 
 
 def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: list[tuple[str, int, int, str]],
                       rot: list[tuple[str, int, int, str]], cache: dict) -> tuple[Tensor, Tensor, Tensor] | None:
-    """:func:`_skinned_configs` as points ``[N, 78, 3]``, exact coefficient columns ``[N, 78, 3, n_lin]``
-    and forward-differenced rotation columns ``[N, 78, 3, n_rot]`` (the layout of
+    """:func:`_skinned_configs` as points ``[N, Q, 3]``, exact coefficient columns ``[N, Q, 3, n_lin]``
+    and forward-differenced rotation columns ``[N, Q, 3, n_rot]`` (the layout of
     :func:`_differenced_jacobian`, against which the closed form is tested); ``None`` where the
     model lacks the landmark-path internals."""
     out = _skinned_configs(model, params, lin, rot, cache)
@@ -430,9 +436,9 @@ def _lin_basis_cached(model: torch.nn.Module, lin: list[tuple[str, int, int, str
 
 def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt: torch.dtype,
                dev: torch.device) -> tuple[Tensor, ...]:
-    """The solve-invariant parts of :func:`_skinned_configs`: ``G [(J, 3), 78 * 3 * n_lin]``, the
-    interpolated skinning weights ``B [78, J]``, the joint basis rows ``[3J, n_lin]``, the path mask
-    ``[J, J]`` (joint k is j or one of its ancestors), the ``[78, P]`` landmark/iris interpolation
+    """The solve-invariant parts of :func:`_skinned_configs`: ``G [(J, 3), Q * 3 * n_lin]``, the
+    interpolated skinning weights ``B [Q, J]``, the joint basis rows ``[3J, n_lin]``, the path mask
+    ``[J, J]`` (joint k is j or one of its ancestors), the ``[Q, P]`` landmark/iris interpolation
     matrix (``None`` where it is the identity), and the landmark-path basis, template and skinning
     weights."""
     p, nj = model.n_sub, model._sub_weights.shape[1]
@@ -443,8 +449,9 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
     dv = dirs[: 3 * p].view(p, 3, -1)
     # landmarks: barycentric mixes of landmark-path rows; iris points: single rows (zero if absent);
     # the model's own mix matrix (columns: 68 landmarks, iris, ears)
-    interp = torch.zeros(68 + N_IRIS, p, dtype=dt, device=dev)
-    k = 68 + model._n_iris
+    n_lmk = n_landmarks(model)
+    interp = torch.zeros(n_lmk + N_IRIS, p, dtype=dt, device=dev)
+    k = n_lmk + model._n_iris
     interp[:k] = model._lmk_mix_t[:, :k].T.to(dt)
     w = model._sub_weights.to(dt)  # [P, J]
     g = torch.einsum("lp,pj,pbk->jblk", interp, w, dv).reshape(3 * nj, -1)
@@ -479,9 +486,9 @@ def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: lis
                 rep[:, col : col + size] += step * torch.eye(size, dtype=val.dtype, device=val.device)
             col += size
         batch[key] = rep.flatten(0, 1)
-    pts = problem.points3d(batch).view(n, cols, 78, 3)
+    pts = problem.points3d(batch).view(n, cols, -1, 3)
     p0 = pts[:, 0]
-    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, 78, 3, columns]
+    diff = (pts[:, 1:] - p0[:, None]).permute(0, 2, 3, 1)  # [N, Q, 3, columns]
     return p0, diff[..., :n_lin], diff[..., n_lin:] / _ROT_STEP
 
 
@@ -555,26 +562,26 @@ def _jacobians(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor,
         p0, d_lin, d_rot = _differenced_jacobian(problem, params, lin, rot)
         pts = torch.cat([p0[:, None], p0[:, None] + _ROT_STEP * d_rot.permute(0, 3, 1, 2)], 1)
         n_lin = d_lin.shape[-1]
-        fast = pts, (rflip_t @ d_lin.transpose(1, 2).reshape(n, 3, -1)).view(n, 3, 78, n_lin)
-    pts, dview = fast  # [N, M, 78, 3] world, [N, 3, 78, n_lin] in the camera's frame
+        fast = pts, (rflip_t @ d_lin.transpose(1, 2).reshape(n, 3, -1)).view(n, 3, -1, n_lin)
+    pts, dview = fast  # [N, M, Q, 3] world, [N, 3, Q, n_lin] in the camera's frame
     if add_transl:
         pts = pts + params["transl"][:, None, None, :]
-    m = pts.shape[1]
-    view = torch.bmm((pts - centre).view(n, m * 78, 3), rflip).view(n, m, 78, 3)
+    m, n_pts = pts.shape[1], pts.shape[2]
+    view = torch.bmm((pts - centre).view(n, m * n_pts, 3), rflip).view(n, m, n_pts, 3)
     inv_z = 1.0 / (view[..., 2:] + 1e-8)
-    ndc_all = scale * view[..., :2] * inv_z  # [N, M, 78, 2]
+    ndc_all = scale * view[..., :2] * inv_z  # [N, M, Q, 2]
     ndc = ndc_all[:, 0]
-    r = (ndc - problem.target).flatten(1)  # residual points: the 68 landmarks + 10 iris
+    r = (ndc - problem.target).flatten(1)  # residual points: the landmarks + 10 iris
     # d ndc = scale/z d view_xy - ndc/z d view_z (coordinate-major columns).
     n_lin = dview.shape[-1]
-    iz = inv_z[:, 0].transpose(1, 2)[..., None]  # [N, 1, 78, 1]
+    iz = inv_z[:, 0].transpose(1, 2)[..., None]  # [N, 1, Q, 1]
     j_lin = (dview[:, :2] * (scale * iz) - (ndc.transpose(1, 2)[..., None] * iz) * dview[:, 2:])
     cols = [j_lin.transpose(1, 2).reshape(n, -1, n_lin)]
     if rot:
         cols.append(((ndc_all[:, 1:] - ndc[:, None]) * (1.0 / _ROT_STEP)).permute(0, 2, 3, 1).flatten(1, 2))
     if plan["transl"]:  # a translation moves every point by the same view-space vector rflip_t[:, :, k]
         dv = rflip_t[:, :, None, :]  # [N, 3, 1, 3]
-        j_tr = dv[:, :2] * (scale * iz) - (ndc.transpose(1, 2)[..., None] * iz) * dv[:, 2:]  # [N, 2, 78, 3]
+        j_tr = dv[:, :2] * (scale * iz) - (ndc.transpose(1, 2)[..., None] * iz) * dv[:, 2:]  # [N, 2, Q, 3]
         cols.append(j_tr.transpose(1, 2).reshape(n, -1, 3))
     jac = torch.cat(cols, -1) if len(cols) > 1 else cols[0]
     js = x.new_zeros(n, r.shape[1], 0)
@@ -948,6 +955,7 @@ def fit_stage2(
     iris_ndc: Tensor | None = None,
     init: dict[str, Tensor] | None = None,
     expr_prior_mean: Tensor | None = None,
+    point_weights: Tensor | None = None,
     options: Stage2Options | None = None,
     **overrides,
 ) -> Stage2Result:
@@ -955,13 +963,16 @@ def fit_stage2(
 
     Args:
         model: a ``HeadModel`` (FLAME-format or ICT).
-        lmks_ndc: ``[N, 68, 2]`` detected landmarks in the fitting crop's NDC (NaN = missing point).
+        lmks_ndc: ``[N, L, 2]`` detected landmarks in the fitting crop's NDC (NaN = missing point); L is
+            the model's landmark count (68; or a dense set, e.g. MediaPipe's 468 points).
         pose6, fov: the stage-1 camera, ``[N, 6]`` and degrees (scalar or ``[N]``).
         iris_ndc: ``[N, 10, 2]`` iris targets (MediaPipe order) or ``None`` (eye pose then stays).
         init: warm start, any of ``shape``, ``expr``, ``jaw_pose``, ``eye_pose``, ``neck_pose`` (``[N, .]``
             or ``[1, .]``); a shared shape starts from the mean of ``init["shape"]``.
         expr_prior_mean: ``[N, E]`` or ``[E]`` centre of the expression prior ``w_exp·Σ(exp - mean)²``
             (default zero), e.g. MediaPipe's blendshape scores mapped to the model's channels.
+        point_weights: ``[L]`` weight of each landmark's L1 distance (replaces ``w_lmk``/``w_contour``:
+            the reference's means over the 51 face and 17 jaw points); needed when L is not 68.
         options: :class:`Stage2Options`; keyword ``overrides`` replace single fields.
 
     Returns:
@@ -970,8 +981,11 @@ def fit_stage2(
     opts = replace(options or Stage2Options(), **overrides)
     dev, dt = model.v_template.device, model.v_template.dtype
     lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
-    if lmks_ndc.ndim != 3 or lmks_ndc.shape[1:] != (68, 2):
-        raise ValueError(f"stage 2 needs [N, 68, 2] landmarks, got {tuple(lmks_ndc.shape)}")
+    n_lmk = n_landmarks(model)
+    if lmks_ndc.ndim != 3 or lmks_ndc.shape[1:] != (n_lmk, 2):
+        raise ValueError(f"stage 2 needs [N, {n_lmk}, 2] landmarks for this model, got {tuple(lmks_ndc.shape)}")
+    if point_weights is None and n_lmk != 68:
+        raise ValueError(f"stage 2: a model with {n_lmk} landmarks needs point_weights [{n_lmk}]")
     n = lmks_ndc.shape[0]
     pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
     fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
@@ -980,18 +994,15 @@ def fit_stage2(
     iris_ndc = torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, N_IRIS, 2)
     target = torch.cat([lmks_ndc, iris_ndc], dim=1)
     valid = torch.isfinite(target)
-    if not valid[:, N_JAW : N_JAW + N_FACE].any(dim=(1, 2)).all():
+    if point_weights is None:  # the reference: means over the 17 jaw and the 51 inner face points
+        point_weights = torch.cat([torch.full((N_JAW,), opts.w_contour / N_JAW), torch.full((N_FACE,), opts.w_lmk / N_FACE)])
+    point_weights = torch.as_tensor(point_weights, dtype=dt, device=dev).reshape(n_lmk)
+    if not (valid[:, :n_lmk].all(-1) & (point_weights > 0)).any(1).all():
         raise ValueError("stage 2: a frame has no finite face landmark")
-    coeff = torch.cat(
-        [
-            torch.full((n, N_JAW, 2), opts.w_contour / N_JAW, dtype=dt, device=dev),
-            torch.full((n, N_FACE, 2), opts.w_lmk / N_FACE, dtype=dt, device=dev),
-            torch.full((n, N_IRIS, 2), opts.w_iris / N_IRIS, dtype=dt, device=dev),
-        ],
-        dim=1,
-    ) * valid.all(-1, keepdim=True)
+    w_iris = torch.full((N_IRIS,), opts.w_iris / N_IRIS, dtype=dt, device=dev)
+    coeff = torch.cat([point_weights, w_iris])[None, :, None].expand(n, -1, 2) * valid.all(-1, keepdim=True)
     target = torch.nan_to_num(target)
-    has_iris = bool(valid[:, N_JAW + N_FACE :].any())
+    has_iris = bool(valid[:, n_lmk:].any())
 
     fit_jaw = model_has_jaw(model) if opts.fit_jaw is None else opts.fit_jaw
     layout = _Layout(
@@ -1052,8 +1063,8 @@ def fit_stage2(
             final = layout.split(x, s, base)
             if opts.solver == "lm":  # the solve's last Jacobian pass was at the final point: no model call
                 r = r_lm
-                pts = r.view(n, 68 + N_IRIS, 2) + problem.target
-                lmk, iris = pts[:, :68], pts[:, 68:]
+                pts = r.view(n, -1, 2) + problem.target
+                lmk, iris = pts[:, :-N_IRIS], pts[:, -N_IRIS:]
             else:  # one model evaluation for both the points and the objective
                 lmk, iris = problem.project(x, s)
                 r = (torch.cat([lmk, iris], dim=1) - problem.target).flatten(1)

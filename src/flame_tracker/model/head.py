@@ -58,7 +58,7 @@ class HeadOutput(NamedTuple):
     """Result of a forward pass (batch N). ``vertices`` is None on the landmark-only path."""
 
     vertices: torch.Tensor | None  # [N,V,3]
-    landmarks: torch.Tensor  # [N,68,3] iBUG order
+    landmarks: torch.Tensor  # [N,L,3]: the 68 iBUG points (or the model's other landmark set, n_lmk)
     iris: torch.Tensor | None  # [N,10,3] MediaPipe order: right eye centre+4, left eye centre+4
     ears: torch.Tensor | None  # [N,40,3] 20 left-ear then 20 right-ear (i-Bug ear order)
 
@@ -146,7 +146,7 @@ class HeadModel(torch.nn.Module):
     def _build_landmark_path(self, faces: np.ndarray, lmk_faces_idx: np.ndarray, lmk_bary: np.ndarray,
                              weights: np.ndarray, template: np.ndarray, dirs_rows, j_dirs: np.ndarray,
                              j_template: np.ndarray) -> None:
-        """(Re)build the landmark-only path's buffers for the 68 landmarks ``(lmk_faces_idx,
+        """(Re)build the landmark-only path's buffers for the landmarks ``(lmk_faces_idx,
         lmk_bary)`` (+ the model's iris and ear vertices). ``dirs_rows(ids)``: the basis rows
         ``[..., 3, K]`` of vertices ``ids`` (float64), so the full basis need not be materialised."""
         dtype, dev = self._template.dtype, self._template.device
@@ -157,6 +157,7 @@ class HeadModel(torch.nn.Module):
                                  persistent=False)
 
         J = self.n_joints
+        self.n_lmk = L = len(lmk_faces_idx)
         buf("lmk_faces_idx", np.asarray(lmk_faces_idx, dtype=np.int64))
         buf("lmk_bary", np.asarray(lmk_bary, dtype=np.float64))
         buf("_lmk_vidx", faces[lmk_faces_idx])
@@ -178,10 +179,10 @@ class HeadModel(torch.nn.Module):
         buf("_sub_dirs", np.concatenate([sub_dirs, j_dirs.reshape(3 * J, K)]))
         buf("_sub_weights", sub_weights)
         assert P <= self.n_verts
-        # One [68+10+40, P] matrix does the barycentric mix and the iris/ear picks in one matmul.
+        # One [L+10+40, P] matrix does the barycentric mix and the iris/ear picks in one matmul.
         mix_rows = np.zeros((lmk_local.shape[0], P))
-        np.add.at(mix_rows, (np.arange(68)[:, None].repeat(3, 1), lmk_local[:68]), lmk_w)
-        mix_rows[np.arange(68, len(lmk_local)), lmk_local[68:, 0]] = 1.0
+        np.add.at(mix_rows, (np.arange(L)[:, None].repeat(3, 1), lmk_local[:L]), lmk_w)
+        mix_rows[np.arange(L, len(lmk_local)), lmk_local[L:, 0]] = 1.0
         # The landmark path's basis rows coordinate-major (x of all P rows, then y, then z), so
         # skinning (one baddbmm) and the mix above run on [N,3,P] tensors without transposes.
         # The pose-corrective features here are R itself (not R - I, one op fewer): the template
@@ -194,10 +195,11 @@ class HeadModel(torch.nn.Module):
         buf("_lmk_dirs_t", lmk_dirs.T)  # [K, 3P+3J]: addmm's preferred layout
         buf("_lmk_template", lmk_template)
         buf("_lmk_weights_t", sub_weights.T[:, None])  # [J,1,P]
-        buf("_lmk_mix_t", mix_rows.T)  # [P, 68+10+40]
+        buf("_lmk_mix_t", mix_rows.T)  # [P, L+10+40]
 
     def with_landmarks(self, lmk_faces_idx: np.ndarray, lmk_bary: np.ndarray) -> "HeadModel":
-        """A copy of this model whose 68 landmarks are ``(lmk_faces_idx [68], lmk_bary [68, 3])``.
+        """A copy of this model whose landmarks are ``(lmk_faces_idx [L], lmk_bary [L, 3])``: the 68
+        iBUG points in another convention, or any other point set (``L`` points; MediaPipe's dense mesh).
 
         The mesh, bases and skinning are shared with this model (no second copy); only the
         landmark path is rebuilt. The dynamic jaw contour (the model's own convention) is dropped.
@@ -335,7 +337,7 @@ class HeadModel(torch.nn.Module):
         per_joint = torch.baddbmm(trans, rot_part, v.view(N, 3, P)).view(N, J, 3, P)
         sub = (per_joint * self._lmk_weights_t).sum(1)  # [N,3,P]
         pts = torch.mm(sub.view(N * 3, P), self._lmk_mix_t).view(N, 3, -1).transpose(1, 2).contiguous()
-        lmk, iris, ears = pts.split_with_sizes([68, self._n_iris, self._n_ear], 1)  # [N,68+10+40,3]
+        lmk, iris, ears = pts.split_with_sizes([self.n_lmk, self._n_iris, self._n_ear], 1)  # [N,L+10+40,3]
         return HeadOutput(None, lmk, iris if self._n_iris else None, ears if self._n_ear else None)
 
     @staticmethod
