@@ -32,7 +32,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ from flame_tracker.evaluation.runs import (
 from flame_tracker.evaluation.scenes import render_scene, sample_scenes
 from flame_tracker.fitting.stage2 import Stage2Options
 from flame_tracker.paths import data_dir
-from flame_tracker.tracker import Tracker
+from flame_tracker.tracker import BLENDSHAPE_STAGE2, Tracker
 from flame_tracker.video.track import TrackOptions
 
 
@@ -191,6 +191,11 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true",
                     help="measure the first version of the pipeline: principal point at the crop centre, 20° "
                     "over the crop, the model's own 68-point embedding, 0.025·Σexp² prior, shape prior 0.1")
+    ap.add_argument("--embedding", choices=("detector", "views", "model"), default="detector",
+                    help="landmark embedding the fit uses (Tracker landmark_embedding)")
+    ap.add_argument("--landmarks", choices=("68", "dense"), default="68",
+                    help="points stage 2 fits: the 68 iBUG points or MediaPipe's dense mesh")
+    ap.add_argument("--fit-rigid", action="store_true", help="stage 2 also refines the head's rigid pose")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -199,7 +204,10 @@ def main() -> None:
     # the first version: crop-centred camera, 20° over the crop, ICT's own 68 points, the reference's
     # expression prior centred at zero, shape prior 0.1
     kw = dict(principal_point="crop", image_fov=None, landmark_embedding="model", expr_prior="zero",
-              stage2=Stage2Options(w_contour=200.0)) if args.baseline else {}
+              stage2=Stage2Options(w_contour=200.0)) if args.baseline else \
+        dict(landmark_embedding=args.embedding, landmarks=args.landmarks)
+    if args.fit_rigid:
+        kw["stage2"] = replace(kw.get("stage2") or BLENDSHAPE_STAGE2, fit_rigid=True)
     with Tracker(**kw) as tracker:
         evals, phot = run_synthetic(tracker, args.n, args.seed, args.photometric)
         syn = summarise(evals)

@@ -106,8 +106,9 @@ def test_detector_embedding_is_shipped_for_the_open_model(model) -> None:
     emb = shipped_embedding(model)
     assert emb is not None and emb.fingerprint == fingerprint(model)
     assert shipped_embedding(load_model(dtype=torch.float64)) is not None  # the same model in float64
-    assert emb.faces_idx.shape == (68,) and np.allclose(emb.bary.sum(1), 1.0) and (emb.bary >= 0).all()
-    det = with_landmarks(model, emb)
+    assert emb.static_faces_idx.shape == (478 + 68,) and np.allclose(emb.static_bary.sum(1), 1.0)
+    assert (emb.static_bary >= 0).all()
+    det = with_landmarks(model, emb)  # its 68 iBUG points
     g = torch.Generator().manual_seed(1)
     p = dict(shape=torch.randn(1, model.n_shape, generator=g), expr=torch.rand(1, model.n_expr, generator=g) * 0.3)
     a, b = model(**p), det(**p)
@@ -206,23 +207,31 @@ def test_a_given_fov_is_not_clamped_by_either_stage1_solver() -> None:
 @pytest.mark.slow
 def test_embed_command_derives_an_embedding_that_fitting_then_uses(shared_dir, tmp_path, monkeypatch) -> None:
     """`flame-tracker embed` renders the model, detects, and stores the detector embedding in the user
-    cache, where detector_model finds it; a small run agrees with the shipped (96-render) one."""
+    cache, where detector_model finds it; a small run agrees with the shipped (240-render) one."""
     from click.testing import CliRunner
 
     from flame_tracker.cli.main import main
     from flame_tracker.model import load_model
-    from flame_tracker.model.embedding import LandmarkEmbedding, detector_model, fingerprint, shipped_embedding
+    from flame_tracker.model.embedding import (
+        IBUG68,
+        ViewEmbedding,
+        cached_path,
+        detector_model,
+        shipped_embedding,
+    )
 
     monkeypatch.setenv("FLAME_TRACKER_CACHE", str(tmp_path / "cache"))
-    res = CliRunner().invoke(main, ["embed", "--renders", "12", "--seed", "5", "--out", str(tmp_path / "e.npz")])
+    res = CliRunner().invoke(main, ["embed", "--renders", "16", "--seed", "5", "--out", str(tmp_path / "e.npz")])
     assert res.exit_code == 0, res.output
     model = load_model()
-    cached = tmp_path / "cache" / "embeddings" / f"{fingerprint(model)}.npz"
+    cached = cached_path(model)
     assert cached.is_file() and (tmp_path / "e.npz").is_file()
-    emb, ref = LandmarkEmbedding.load(cached), shipped_embedding(model)
+    emb, ref = ViewEmbedding.load(cached), shipped_embedding(model)
+    assert emb.renders >= 12 and emb.seed == 5
     tpl, faces = model.v_template.double().numpy(), model.faces.numpy()
-    pos = lambda e: np.einsum("pi,pij->pj", e.bary, tpl[faces[e.faces_idx]])  # noqa: E731
+    pos = lambda e: np.einsum("pi,pij->pj", e.static_bary, tpl[faces[e.static_faces_idx]])  # noqa: E731
     dist = np.linalg.norm(pos(emb) - pos(ref), axis=1) * 1000
-    assert np.median(dist[17:]) < 3.0, dist  # inner points: the same place within a few mm
+    assert np.median(dist[IBUG68][17:]) < 3.0, dist  # inner points: the same place within a few mm
+    assert np.median(dist[:468]) < 3.0  # MediaPipe's mesh points too
     det = detector_model(model)  # the cached (derived) embedding wins over the shipped one
-    assert torch.equal(det.lmk_faces_idx, torch.as_tensor(emb.faces_idx))
+    assert torch.equal(det.lmk_faces_idx, torch.as_tensor(emb.static_faces_idx[IBUG68]))

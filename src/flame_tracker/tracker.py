@@ -308,14 +308,19 @@ class Tracker:
             image follows from it (a small face in a wide shot has a crop FOV of a few degrees) and
             ``fov`` is ignored. ``None``: ``fov`` over the fitting crop (the reference).
         landmark_embedding: ``"detector"`` (default): fit the model points where the detector puts
-            its 68 landmarks on this model (``flame_tracker.model.embedding``; shipped for the ICT
-            model, ``flame-tracker embed`` derives it for others); ``"model"``: the model's own 68.
+            its landmarks on this model (``flame_tracker.model.embedding``, its static embedding;
+            shipped for the ICT model, ``flame-tracker embed`` derives it for others); ``"views"``:
+            the same with the face outline sliding with the head's yaw (the embedding's view table,
+            ``flame_tracker.fitting.views``); ``"model"``: the model's own 68 (the reference).
             ``Result.fit_lmks68_px`` (and the meshes) are the model's own points; the residuals and
             the overlay use the detector-convention points (``fit_target68_px``), comparable with
             the detections.
         expr_prior: centre of the expression prior: ``"zero"`` (rest) or ``"blendshapes"``
             (MediaPipe's ARKit scores for the model's matching channels); ``None``: blendshapes
             for models with named (ARKit) expressions (ICT), zero otherwise.
+        landmarks: ``"68"`` (default): stage 2 fits the 68 iBUG points (+ iris); ``"dense"``: MediaPipe's
+            468 mesh points, weighted by how consistently the detector places each one (needs a
+            detector embedding; stage 1 keeps the 68). Outputs keep the 68 iBUG points either way.
     """
 
     def __init__(
@@ -334,6 +339,7 @@ class Tracker:
         image_fov: float | None = DEFAULT_IMAGE_FOV,
         landmark_embedding: str = "detector",
         expr_prior: str | None = None,
+        landmarks: str = "68",
     ) -> None:
         from flame_tracker.model import HeadModel, load_model
 
@@ -343,11 +349,27 @@ class Tracker:
         else:
             self.model = load_model(model, device=self.device)
         self.model.eval()
-        if landmark_embedding not in ("detector", "model"):
-            raise ValueError(f"landmark_embedding must be 'detector' or 'model', got {landmark_embedding!r}")
-        from flame_tracker.model.embedding import detector_model
+        if landmark_embedding not in ("views", "detector", "model"):
+            raise ValueError(f"landmark_embedding must be 'views', 'detector' or 'model', got {landmark_embedding!r}")
+        if landmarks not in ("68", "dense"):
+            raise ValueError(f"landmarks must be '68' or 'dense', got {landmarks!r}")
+        from flame_tracker.fitting.views import ViewCorrection, dense_weights
+        from flame_tracker.model.embedding import DENSE, detector_embedding, with_landmarks
 
-        self.fit_model = detector_model(self.model) if landmark_embedding == "detector" else self.model
+        emb = None if landmark_embedding == "model" else detector_embedding(self.model)
+        if emb is None and landmarks == "dense":
+            raise ValueError(f"landmarks='dense' needs a detector embedding of model {self.model.name!r}: "
+                             "derive one with `flame-tracker embed --model ...`")
+        self.landmark_embedding = landmark_embedding if emb is not None else "model"
+        self.landmarks = landmarks
+        # fit_model: the model with the detector's 68 (fitting); model: its own 68 (outputs)
+        self.fit_model = self.model if emb is None else with_landmarks(self.model, emb)
+        use_views = emb is not None and landmark_embedding == "views"
+        self.views68 = ViewCorrection(self.model, emb) if use_views else None
+        self.dense_model = self.views_dense = self.dense_weights = None
+        if landmarks == "dense":
+            self.dense_model = with_landmarks(self.model, emb, DENSE)
+            self.views_dense = ViewCorrection(self.model, emb, DENSE) if use_views else None
         if expr_prior is None:  # MediaPipe's ARKit scores name ICT's channels; FLAME's have no names
             expr_prior = "blendshapes" if self.model.expr_names else "zero"
         if expr_prior not in ("zero", "blendshapes"):
@@ -358,6 +380,9 @@ class Tracker:
         self.stage1_solver = stage1_solver
         bounded = self.model.expr_bounds is not None
         self.stage2 = stage2 or (BLENDSHAPE_STAGE2 if bounded else DEFAULT_STAGE2)
+        if landmarks == "dense":
+            self.dense_weights = dense_weights(emb, self.stage2.w_lmk, self.stage2.w_contour).to(self.device,
+                                                                                                 self.model.dtype)
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
@@ -405,14 +430,14 @@ class Tracker:
         """
         face, timings = self._detect(image, "the image")
         result = self.fit_landmarks(face[0], face[1], image_size=face[2], blendshapes=face[3],
-                                    blendshape_names=face[4])
+                                    blendshape_names=face[4], dense_px=face[5])
         result.timings = {**timings, **result.timings}
         result.source = str(image) if isinstance(image, (str, os.PathLike)) else ""
         return result
 
     def _detect(self, image, name: str) -> tuple[tuple, dict[str, float]]:
         """Load ``image`` (kept as ``last_image``) and detect its face: ``((lmks68, iris, (W, H),
-        blendshapes, blendshape_names), {"load": s, "detect": s})``. Raises ``NoFaceError`` naming
+        blendshapes, blendshape_names, points478), {"load": s, "detect": s})``. Raises ``NoFaceError`` naming
         the file (or ``name`` for an array)."""
         from flame_tracker.detection import NoFaceError
         from flame_tracker.io.images import load_image
@@ -424,7 +449,8 @@ class Tracker:
         det = self.landmarker.detect(rgb)
         if det is None:
             raise NoFaceError(f"No face found in {str(image) if isinstance(image, (str, os.PathLike)) else name}.")
-        face = (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names)
+        face = (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names,
+                det.points478[:, :2])
         return face, {"load": t1 - t0, "detect": time.perf_counter() - t1}
 
     def fit_landmarks(
@@ -435,13 +461,12 @@ class Tracker:
         image_size: tuple[int, int],
         blendshapes: np.ndarray | None = None,
         blendshape_names: tuple[str, ...] = (),
+        dense_px: np.ndarray | None = None,
     ) -> Result:
-        """Fit to given landmarks (original pixels): ``[68, 2]`` + optional ``[10, 2]`` iris."""
+        """Fit to given landmarks (original pixels): ``[68, 2]`` + optional ``[10, 2]`` iris (+ MediaPipe's
+        ``[478, 2]`` or ``[468, 2]`` mesh points, needed with ``landmarks="dense"``)."""
         with cpu_threads(1, self.device):
-            return self._fit_landmarks(lmks68_px, iris_px, image_size, blendshapes, blendshape_names)
-
-    def _fit_landmarks(self, lmks68_px, iris_px, image_size, blendshapes, blendshape_names) -> Result:
-        return self._fit_faces([(lmks68_px, iris_px, image_size, blendshapes, blendshape_names)])[0]
+            return self._fit_faces([(lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px)])[0]
 
     def fit_same_person(self, images: list) -> list[Result]:
         """Fit several photos of **one person** with one identity shape (fitted jointly from all
@@ -461,13 +486,13 @@ class Tracker:
         return results
 
     def _fit_faces(self, faces: list[tuple], shared_shape: bool = False) -> list[Result]:
-        """Fit ``N`` faces ``(lmks68_px, iris_px, image_size, blendshapes, blendshape_names)`` as one
-        batch: independent faces, or one identity shared by all (``shared_shape``)."""
+        """Fit ``N`` faces ``(lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px)``
+        as one batch: independent faces, or one identity shared by all (``shared_shape``)."""
         # fm: the model with the detector's landmark embedding (fitting); model: its own (outputs)
         model, fm, dev, dt = self.model, self.fit_model, self.device, self.model.dtype
         n = len(faces)
-        lmks, irises, crops, fovs, e0s = [], [], [], [], []
-        for lmks68_px, iris_px, image_size, blendshapes, blendshape_names in faces:
+        lmks, irises, dense, crops, fovs, e0s = [], [], [], [], [], []
+        for lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px in faces:
             lmks68_px = np.asarray(lmks68_px, dtype=np.float64)
             if lmks68_px.shape != (68, 2):
                 raise ValueError(f"expected [68, 2] landmarks, got {lmks68_px.shape}")
@@ -477,6 +502,10 @@ class Tracker:
             crop = self.camera_crop(lmks68_px, image_size)
             lmks.append(crop.to_camera_ndc(torch.as_tensor(lmks68_px)))
             irises.append(crop.to_camera_ndc(torch.as_tensor(iris_px)))
+            if self.landmarks == "dense":
+                if dense_px is None or np.shape(dense_px)[0] not in (468, 478):
+                    raise ValueError("landmarks='dense' needs MediaPipe's [478, 2] mesh points (dense_px)")
+                dense.append(crop.to_camera_ndc(torch.as_tensor(np.asarray(dense_px, np.float64)[:468, :2])))
             crops.append(crop)
             fovs.append(self.crop_fov(crop, image_size))
             e0 = None
@@ -485,6 +514,7 @@ class Tracker:
             e0s.append(e0)
         lmk_ndc = torch.stack(lmks).to(dev, dt)
         iris_ndc = torch.stack(irises).to(dev, dt)
+        dense_ndc = torch.stack(dense).to(dev, dt) if dense else None
         init: dict[str, torch.Tensor] = {}
         expr_mean = None
         if all(e is not None for e in e0s):
@@ -498,18 +528,33 @@ class Tracker:
         iters = {"stage1": 0, "stage2": 0}
         pose6 = None
         fov = torch.tensor(fovs, dtype=dt, device=dev)
+
+        def corrected(targets: torch.Tensor, views) -> torch.Tensor:
+            """Detections moved into the static embedding's convention at the current view."""
+            if views is None or pose6 is None:
+                return targets
+            return targets - views(init, pose6, fov)[0]
+
         for _ in range(self.rounds):
             t = time.perf_counter()
             with torch.no_grad():
                 pts = fm.landmarks(**init).landmarks.expand(n, -1, -1)
-            cam = fit_camera(pts, lmk_ndc, fov=fov, fov_mode=self.fov_mode, solver=self.stage1_solver, init=pose6)
-            pose6 = cam.pose6.to(dev, dt)
-            fov = cam.fov.to(dev, dt)
+            # with a view table, the first camera (no view known yet) is refitted once at its view
+            for _pass in range(2 if self.views68 is not None and pose6 is None else 1):
+                cam = fit_camera(pts, corrected(lmk_ndc, self.views68), fov=fov, fov_mode=self.fov_mode,
+                                 solver=self.stage1_solver, init=pose6)
+                pose6 = cam.pose6.to(dev, dt)
+                fov = cam.fov.to(dev, dt)
+                iters["stage1"] += cam.iterations
             timings["stage1"] += time.perf_counter() - t
-            iters["stage1"] += cam.iterations
             t = time.perf_counter()
-            s2 = fit_stage2(fm, lmk_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, options=opts,
-                            expr_prior_mean=expr_mean)
+            if dense_ndc is None:
+                s2 = fit_stage2(fm, corrected(lmk_ndc, self.views68), pose6, fov, iris_ndc=iris_ndc, init=init,
+                                options=opts, expr_prior_mean=expr_mean)
+            else:
+                s2 = fit_stage2(self.dense_model, corrected(dense_ndc, self.views_dense), pose6, fov,
+                                iris_ndc=iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean,
+                                point_weights=self.dense_weights)
             if s2.pose6 is not None:  # the rigid pose refined with the expression (fit_rigid)
                 pose6 = s2.pose6
             timings["stage2"] += time.perf_counter() - t
@@ -521,14 +566,20 @@ class Tracker:
             out = model(**init)
             pts = torch.cat([out.landmarks, out.iris if out.iris is not None else out.landmarks[:, :10] * np.nan], 1)
             det_pts = fm.landmarks(**init).landmarks if fm is not model else None
+            # the points the detections were matched to: at each head's view, with a view table
+            viewed = None if self.views68 is None else self.views68(init, pose6, fov)[1]
         np_ = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
         results = []
         for k, (crop, face) in enumerate(zip(crops, faces)):
-            lmks68_px, iris_px, image_size, blendshapes, blendshape_names = face
+            lmks68_px, iris_px, image_size, blendshapes, blendshape_names, _ = face
             p6, fv = pose6[k : k + 1].double().cpu(), fov[k : k + 1].double().cpu()
             px = project_pixels(pts[k : k + 1].double().cpu(), p6, fv, crop)[0].numpy()
-            target68 = None if det_pts is None else project_pixels(det_pts[k : k + 1].double().cpu(), p6, fv,
-                                                                   crop)[0].numpy()
+            if viewed is not None:
+                target68 = crop.from_camera_ndc(viewed[k].double().cpu()).numpy()
+            elif det_pts is not None:
+                target68 = project_pixels(det_pts[k : k + 1].double().cpu(), p6, fv, crop)[0].numpy()
+            else:
+                target68 = None
             results.append(Result(
                 model_name=str(model.name),
                 image_size=(int(image_size[0]), int(image_size[1])),

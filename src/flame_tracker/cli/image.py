@@ -38,6 +38,8 @@ def run_images(
     overlay: bool = True,
     photometric: bool = False,
     same_person: bool = False,
+    landmarks: str = "68",
+    landmark_embedding: str = "detector",
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
@@ -51,7 +53,8 @@ def run_images(
         # --fov (over the fitting crop, the reference) replaces the image-level FOV when given
         tracker = Tracker(model, device, landmarker=landmarker, fov=20.0 if fov is None else fov,
                           image_fov=image_fov if fov is None else None,
-                          principal_point="image" if fov is None else "crop")
+                          principal_point="image" if fov is None else "crop", landmarks=landmarks,
+                          landmark_embedding=landmark_embedding)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load the head model: {exc}") from exc
     # the model's default stage-2 options (blendshape priors for ICT) with the command's switches
@@ -135,9 +138,17 @@ def run_images(
 @click.option("--same-person", is_flag=True, default=False,
               help="The photos show one person: fit one identity shape jointly from all of them (each photo "
               "keeps its own camera and expression). More photos give a better shape.")
+@click.option("--landmarks", type=click.Choice(["68", "dense"]), default="68", show_default=True,
+              help="Points stage 2 fits: the 68 iBUG points, or MediaPipe's dense 468-point mesh weighted by how "
+              "consistently the detector places each point (needs the model's detector embedding).")
+@click.option("--landmark-embedding", type=click.Choice(["detector", "views", "model"]), default="detector",
+              show_default=True,
+              help="Where the fitted points sit on the model: where the detector puts them (derived by rendering, "
+              "`flame-tracker embed`), the same with the face outline sliding with the head's yaw (views), or the "
+              "model's own 68 points (model, the reference).")
 def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
           image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
-          photometric: bool, same_person: bool) -> None:
+          photometric: bool, same_person: bool, landmarks: str, landmark_embedding: str) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -159,7 +170,8 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
         raise click.ClickException("no images found in the given folder(s)")
     failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, image_fov=image_fov, solver=solver,
                           loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay,
-                          photometric=photometric, same_person=same_person)
+                          photometric=photometric, same_person=same_person, landmarks=landmarks,
+                          landmark_embedding=landmark_embedding)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
     if failures:
         sys.exit(1)

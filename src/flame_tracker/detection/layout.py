@@ -52,6 +52,12 @@ MP_TO_DLIB68.flags.writeable = False
 
 TABLES68: dict[str, np.ndarray] = {"improved": MP_TO_DLIB68, "reference": MP_TO_DLIB68_REFERENCE}
 
+# MediaPipe's face outline (its FACEMESH_FACE_OVAL ring, from the forehead centre clockwise in the
+# image): points that lie on the silhouette and slide over the cheek as the head turns.
+FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+                      152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109],
+                     dtype=np.int64)
+
 # MediaPipe iris points: 468..472 subject's right eye (centre + 4), 473..477 left eye (centre + 4).
 IRIS_INDICES = np.arange(468, 478, dtype=np.int64)
 

@@ -1,60 +1,90 @@
-"""Where the landmark *detector* puts its 68 points on a head model, derived by rendering the model.
+"""Where the landmark *detector* puts its points on a head model, as a function of the head's yaw,
+derived by rendering the model.
 
 A model's own 68-point embedding (ICT's vertex list, FLAME's landmark file) says where the iBUG
-points are by hand-made convention; MediaPipe's 478 points mapped to 68 follow MediaPipe's
-convention (its jaw, brows and nose bridge sit several millimetres elsewhere). Fitting model points
-to detector points that mean something else biases the head rotation and makes the expression and
-shape absorb the difference. :func:`derive_detector_embedding` measures the detector's convention
-on the model itself: it renders the model (``flame_tracker.evaluation.scenes``: random identities,
-expressions, views, skin tones, lights), runs the detector on each picture, sends every detected
-point back onto the visible surface under it (triangle + barycentric coordinates from the
-rasteriser), and takes the per-point median of those surface points on the mean head, snapped to the
-surface. :func:`detector_model` returns the model with that embedding, for fitting; outputs keep the
-model's own (semantic) 68 points. The jawline points slide over the cheek as the head turns, so they
-are learned from near-frontal renders only (a yaw-dependent contour is the next step).
+points are by hand-made convention; MediaPipe's 478 points (and the 68 mapped from them) follow
+MediaPipe's convention, and that convention moves with the view: measured on renders of the ICT
+model, turning the head 25-70° moves the far eye's outer corner 13-16 mm over the surface, the face
+outline by centimetres, and the median point by 4-5 mm. Fitting fixed model points to such
+detections biases the head rotation and makes expression and shape absorb the difference.
+
+:func:`derive_detector_embedding` measures the detector's convention on the model itself: it renders
+the model (``flame_tracker.evaluation.scenes``: random identities, expressions, views, skin tones,
+lights), runs the detector on each picture, sends every detected point back onto the visible surface
+under it (triangle + barycentric coordinates from the rasteriser), and takes per-point medians of
+those surface points on the mean head, snapped to the surface:
+
+* a **static** embedding (the outline from near-frontal renders, the rest from |yaw| <= 40°), which
+  the fitting model's landmark path uses (:func:`detector_model`, :func:`dense_model`);
+* a **view table**: one embedding per yaw bin (-70°..70°, 10° apart), blended linearly between bins
+  (:class:`ViewPoints`); the fit corrects each detection by where the point moves at the fitted yaw
+  (``flame_tracker.fitting.views``), which makes the outline slide with the view like FLAME's
+  dynamic contour, and every other point too.
+
+Points: MediaPipe's 478 (``0..477``; the iris points 468..477 are not used, the model's iris
+vertices are) then the 68 iBUG points (``478..545``). Outputs keep the model's own 68 points.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from flame_tracker.model.head import HeadModel
 
-# Renders per derivation, and the yaw limits (degrees) of the renders each point is learned from.
-N_RENDERS = 96
-YAW_JAW = 20.0
+N_RENDERS = 240  # renders per derivation (about 0.8 s each on one core)
+MIN_HITS = 4  # detections a point needs in a yaw bin
+YAW_MAX = 75.0  # render yaws
+VIEW_YAWS = np.arange(-70.0, 70.1, 10.0)  # bin centres, degrees
+BIN_STEP = 10.0  # a bin uses the renders within one step of its centre
+YAW_CONTOUR = 20.0  # the static outline comes from renders this close to frontal
 YAW_FACE = 40.0
+N_MP = 478  # MediaPipe's points, then the 68 iBUG points
+N_DENSE = 468  # MediaPipe's face mesh without the iris points
+DENSE = slice(0, N_DENSE)
+IBUG68 = slice(N_MP, N_MP + 68)
 SHIPPED = Path(__file__).with_name("embeddings")
 
 
 @dataclass
-class LandmarkEmbedding:
-    """68 points as (triangle, barycentric coordinates) on a model's mesh, with their spread."""
+class ViewEmbedding:
+    """Detector points (MediaPipe 478, then iBUG 68) on a model's mesh as (triangle, barycentrics):
+    a static embedding and one per yaw bin."""
 
-    faces_idx: np.ndarray  # [68] int
-    bary: np.ndarray  # [68, 3]
-    spread_mm: np.ndarray  # [68] median distance of the single-render points from the median, mm
-    hits: np.ndarray  # [68] renders that contributed
+    yaw_deg: np.ndarray  # [B] bin centres
+    faces_idx: np.ndarray  # [B, P] int
+    bary: np.ndarray  # [B, P, 3]
+    static_faces_idx: np.ndarray  # [P]
+    static_bary: np.ndarray  # [P, 3]
+    spread_mm: np.ndarray  # [P] median distance of single-render points from their bin's median, mm
+    hits: np.ndarray  # [P] renders behind the static embedding
     fingerprint: str
+    renders: int = 0  # renders with a detection
+    seed: int = 0
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, faces_idx=self.faces_idx, bary=self.bary, spread_mm=self.spread_mm, hits=self.hits,
-                 fingerprint=np.asarray(self.fingerprint))
+        np.savez_compressed(path, yaw_deg=self.yaw_deg, faces_idx=self.faces_idx.astype(np.int32),
+                            bary=self.bary.astype(np.float32), static_faces_idx=self.static_faces_idx,
+                            static_bary=self.static_bary, spread_mm=self.spread_mm, hits=self.hits,
+                            fingerprint=np.asarray(self.fingerprint), renders=self.renders, seed=self.seed)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "LandmarkEmbedding":
+    def load(cls, path: str | Path) -> ViewEmbedding:
         d = np.load(path)
-        return cls(d["faces_idx"].astype(np.int64), d["bary"].astype(np.float64), d["spread_mm"], d["hits"],
-                   str(d["fingerprint"]))
+        bary = d["bary"].astype(np.float64)
+        return cls(d["yaw_deg"], d["faces_idx"].astype(np.int64), bary / bary.sum(-1, keepdims=True),
+                   d["static_faces_idx"].astype(np.int64), d["static_bary"].astype(np.float64), d["spread_mm"],
+                   d["hits"], str(d["fingerprint"]), int(d["renders"]), int(d["seed"]))
 
 
 def fingerprint(model: HeadModel) -> str:
@@ -67,11 +97,63 @@ def fingerprint(model: HeadModel) -> str:
     return h.hexdigest()[:16]
 
 
-def with_landmarks(model: HeadModel, emb: LandmarkEmbedding) -> HeadModel:
-    """``model`` with the 68 landmarks of ``emb`` (mesh, bases and skinning shared, not copied)."""
-    out = model.with_landmarks(emb.faces_idx, emb.bary)
+def with_landmarks(model: HeadModel, emb: ViewEmbedding, points: slice = IBUG68) -> HeadModel:
+    """``model`` whose landmark path gives the static embedding's ``points`` (default: the 68 iBUG
+    points; :data:`DENSE`: MediaPipe's 468) (mesh, bases and skinning shared, not copied)."""
+    out = model.with_landmarks(emb.static_faces_idx[points], emb.static_bary[points])
     out.info["landmark_embedding"] = "detector (derived by rendering)"
+    out.info["landmark_points"] = "ibug68" if points == IBUG68 else "dense"
     return out.eval()
+
+
+class ViewPoints:
+    """Evaluates the view table of ``emb`` (its ``points``) on posed heads of ``model``: the static
+    points and the yaw-blended ones, from one landmark-path pass over the few hundred vertices the
+    triangles use (not the full mesh)."""
+
+    def __init__(self, model: HeadModel, emb: ViewEmbedding, points: slice = IBUG68) -> None:
+        faces = model.faces.cpu().numpy()
+        static = faces[emb.static_faces_idx[points]]  # [P, 3] vertex ids
+        binned = faces[emb.faces_idx[:, points]]  # [B, P, 3]
+        verts, inv = np.unique(np.concatenate([static.ravel(), binned.ravel()]), return_inverse=True)
+        # a landmark path whose "landmarks" are those vertices (each as a corner of one of its faces)
+        owner = np.full(model.n_verts, -1)
+        owner[faces[::-1].ravel()] = np.repeat(np.arange(len(faces))[::-1], 3)
+        corner = (faces[owner[verts]] == verts[:, None]).argmax(1)
+        self.model = model.with_landmarks(owner[verts], np.eye(3)[corner]).eval()
+        n_static = static.size
+        dt = model.dtype
+        self.static_idx = torch.as_tensor(inv[:n_static].reshape(static.shape))
+        self.static_bary = torch.as_tensor(emb.static_bary[points], dtype=dt)
+        self.bin_idx = torch.as_tensor(inv[n_static:].reshape(binned.shape))
+        self.bin_bary = torch.as_tensor(emb.bary[:, points], dtype=dt)
+        self.yaws = torch.as_tensor(emb.yaw_deg, dtype=dt)
+
+    def blend(self, yaw_deg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Bins below/above each yaw ``[N]`` and the weight of the upper one (clamped at the ends)."""
+        y = yaw_deg.to(self.yaws.dtype).clamp(float(self.yaws[0]), float(self.yaws[-1]))
+        hi = torch.searchsorted(self.yaws, y.contiguous()).clamp(1, len(self.yaws) - 1)
+        lo = hi - 1
+        a = (y - self.yaws[lo]) / (self.yaws[hi] - self.yaws[lo])
+        return lo, hi, a
+
+    def __call__(self, params: dict[str, Tensor], yaw_deg: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Static points ``[N, P, 3]`` and (given each head's view yaw ``[N]``) the view-table points
+        ``[N, P, 3]`` of heads with ``params`` (model space)."""
+        v = self.model.landmarks(**params).landmarks  # [N, U, 3]
+        n = v.shape[0]
+
+        def mix(idx: Tensor, bary: Tensor) -> Tensor:  # idx [N, P, 3], bary [N, P, 3]
+            picked = torch.gather(v, 1, idx.reshape(n, -1, 1).expand(-1, -1, 3)).view(*idx.shape, 3)
+            return (picked * bary[..., None].to(v.dtype)).sum(-2)
+
+        static = mix(self.static_idx.expand(n, -1, -1), self.static_bary.expand(n, -1, -1))
+        if yaw_deg is None:
+            return static, None
+        lo, hi, a = self.blend(yaw_deg.reshape(-1).expand(n))
+        a = a.to(v.dtype)[:, None, None]
+        viewed = (1 - a) * mix(self.bin_idx[lo], self.bin_bary[lo]) + a * mix(self.bin_idx[hi], self.bin_bary[hi])
+        return static, viewed
 
 
 def _surface_points(vpx: np.ndarray, faces: np.ndarray, face_idx: np.ndarray, pts: np.ndarray
@@ -123,18 +205,41 @@ def _snap(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, k: int = 12)
     return out_f, out_b
 
 
+def view_yaw_deg(rot_cv: Tensor, centre_cv: Tensor) -> Tensor:
+    """Yaw (degrees) of a head relative to the ray from the camera to it: 0 when the head faces the
+    camera, whatever the head's place in the picture (a frontal face at the image edge is seen from
+    the side by a wide lens). ``rot_cv [N, 3, 3]``: model -> OpenCV camera rotation; ``centre_cv [N, 3]``:
+    the head's centre in OpenCV camera coordinates. The sign is the model's +y rotation's."""
+    fwd = rot_cv[..., :, 2]  # the model's +z (the face's direction) in the camera
+    face = torch.atan2(fwd[..., 0], -fwd[..., 2])
+    ray = torch.atan2(centre_cv[..., 0], centre_cv[..., 2])
+    return torch.rad2deg(face + ray)
+
+
+def _contour(n_points: int) -> np.ndarray:
+    """Mask of the points on the face outline (they slide over the cheek as the head turns)."""
+    from flame_tracker.detection.layout import FACE_OVAL
+
+    mask = np.zeros(n_points, bool)
+    mask[FACE_OVAL] = True  # MediaPipe's face oval
+    mask[N_MP : N_MP + 17] = True  # the iBUG jawline
+    return mask
+
+
 def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = N_RENDERS, seed: int = 7001,
-                              progress: bool = False) -> LandmarkEmbedding:
-    """Measure where ``landmarker`` (a :class:`~flame_tracker.detection.FaceLandmarker`) puts its 68
-    points on ``model``'s surface (see the module docstring). Deterministic for a ``seed``."""
+                              progress: bool = False) -> ViewEmbedding:
+    """Measure where ``landmarker`` (a :class:`~flame_tracker.detection.FaceLandmarker`) puts its 478
+    points (and their 68-point iBUG mapping) on ``model``'s surface, per head yaw (see the module
+    docstring). Deterministic for a ``seed``."""
     from flame_tracker.evaluation.scenes import render_scene, sample_scenes
     from flame_tracker.rendering.raster import rasterize
 
-    specs = sample_scenes(model, n_renders, seed=seed, yaw_max=YAW_FACE, pitch_max=20.0, roll_max=15.0,
+    specs = sample_scenes(model, n_renders, seed=seed, yaw_max=YAW_MAX, pitch_max=25.0, roll_max=15.0,
                           face_frac=(0.35, 0.65), sizes=(512, 768), fov_range=(15.0, 40.0))
     faces = model.faces.cpu().numpy()
     template = model.v_template.detach().cpu().double().numpy()
-    hits: list[list[np.ndarray]] = [[] for _ in range(68)]
+    n_pts = N_MP + 68
+    yaws, pts, oks = [], [], []
     it = specs
     if progress:
         from tqdm import tqdm
@@ -148,26 +253,71 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
         cam = truth.vertices_cam
         vpx = np.concatenate([cam[:, :2] / cam[:, 2:] * truth.K[0, 0] + truth.K[:2, 2], cam[:, 2:]], 1)
         fr = rasterize(torch.as_tensor(vpx)[None], model.faces.cpu(), spec.height, spec.width)
-        tri, bary, ok = _surface_points(vpx, faces, fr.face_idx[0].numpy(), np.asarray(det.lmks68, np.float64))
-        on_mean_head = np.einsum("pi,pij->pj", bary, template[faces[np.maximum(tri, 0)]])
-        for k in range(68):
-            limit = YAW_JAW if k < 17 else YAW_FACE
-            if ok[k] and abs(spec.yaw) <= limit:
-                hits[k].append(on_mean_head[k])
-    if min(len(h) for h in hits) < 3:
+        image_pts = np.concatenate([det.points478[:, :2], det.lmks68]).astype(np.float64)
+        tri, bary, ok = _surface_points(vpx, faces, fr.face_idx[0].numpy(), image_pts)
+        pts.append(np.einsum("pi,pij->pj", bary, template[faces[np.maximum(tri, 0)]]))
+        oks.append(ok)
+        centre = truth.R @ truth.lmks68_3d.mean(0) + truth.t
+        yaws.append(float(view_yaw_deg(torch.as_tensor(truth.R)[None], torch.as_tensor(centre)[None])[0]))
+    if len(yaws) < 8:
         raise RuntimeError("derive_detector_embedding: the detector found too few faces in the renders")
-    med = np.stack([np.median(np.stack(h), 0) for h in hits])
-    spread = np.array([np.median(np.linalg.norm(np.stack(h) - m, axis=1)) * 1000 for h, m in zip(hits, med)])
-    f_idx, b = _snap(med, template, faces)
-    return LandmarkEmbedding(f_idx, b, spread, np.array([len(h) for h in hits]), fingerprint(model))
+    yaw, pts, ok = np.asarray(yaws), np.stack(pts), np.stack(oks)  # [R], [R, P, 3], [R, P]
+    contour = _contour(n_pts)
+
+    def median_of(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per point: median surface point, median spread (mm) and hit count over renders ``sel [R, P]``."""
+        med = np.full((n_pts, 3), np.nan)
+        spread = np.full(n_pts, np.nan)
+        hits = (ok & sel).sum(0)
+        for k in np.flatnonzero(hits >= MIN_HITS):
+            p = pts[ok[:, k] & sel[:, k], k]
+            med[k] = np.median(p, 0)
+            spread[k] = np.median(np.linalg.norm(p - med[k], axis=1)) * 1000
+        return med, spread, hits
+
+    # the static embedding: the outline from near-frontal renders only, the rest from moderate yaws
+    limit = np.where(contour, YAW_CONTOUR, YAW_FACE)
+    static, _, static_hits = median_of(np.abs(yaw)[:, None] <= limit[None])
+    for wider in (YAW_FACE, YAW_MAX):  # few renders: a point seen too rarely widens its yaw range
+        missing = np.isnan(static[:, 0])
+        if not missing.any():
+            break
+        more, _, more_hits = median_of(np.abs(yaw)[:, None] <= np.maximum(limit, wider)[None])
+        static[missing], static_hits[missing] = more[missing], more_hits[missing]
+    if np.isnan(static).any():
+        raise RuntimeError("derive_detector_embedding: too few detections for some points; use more renders")
+    # per yaw bin: renders within one bin step of its centre; a point seen too rarely there keeps the
+    # nearest bin's location (or the static one)
+    bins, spreads = [], []
+    for c in VIEW_YAWS:
+        med, spread, _ = median_of(np.repeat((np.abs(yaw - c) <= BIN_STEP)[:, None], n_pts, 1))
+        bins.append(med)
+        spreads.append(spread)
+    bins_a = np.stack(bins)  # [B, P, 3]
+    for b in range(len(VIEW_YAWS)):
+        missing = np.isnan(bins_a[b, :, 0])
+        for nb in sorted(range(len(VIEW_YAWS)), key=lambda j: abs(VIEW_YAWS[j] - VIEW_YAWS[b])):
+            fill = missing & ~np.isnan(bins_a[nb, :, 0])
+            bins_a[b, fill] = bins_a[nb, fill]
+            missing &= ~fill
+        bins_a[b, missing] = static[missing]
+    with warnings.catch_warnings():  # a point no bin saw: NaN, replaced below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanmedian(np.stack(spreads), 0)
+    spread = np.where(np.isnan(spread), np.nanmax(spread), spread)
+    s_f, s_b = _snap(static, template, faces)
+    bf, bb = _snap(bins_a.reshape(-1, 3), template, faces)
+    B = len(VIEW_YAWS)
+    return ViewEmbedding(VIEW_YAWS.copy(), bf.reshape(B, n_pts), bb.reshape(B, n_pts, 3), s_f, s_b, spread,
+                         static_hits, fingerprint(model), len(yaws), seed)
 
 
-def shipped_embedding(model: HeadModel) -> LandmarkEmbedding | None:
+def shipped_embedding(model: HeadModel) -> ViewEmbedding | None:
     """The detector embedding shipped with the package for this model (matched by fingerprint)."""
     fp = fingerprint(model)
     for path in sorted(SHIPPED.glob("*.npz")):
         try:
-            emb = LandmarkEmbedding.load(path)
+            emb = ViewEmbedding.load(path)
         except (OSError, ValueError, KeyError):
             continue
         if emb.fingerprint == fp:
@@ -175,29 +325,61 @@ def shipped_embedding(model: HeadModel) -> LandmarkEmbedding | None:
     return None
 
 
-def detector_model(model: HeadModel, landmarker=None, *, derive: bool = False) -> HeadModel:
-    """``model`` with the detector's 68-point embedding for fitting: one derived before for this model
-    (user cache, ``flame-tracker embed``), else the one shipped for it, else (``derive=True`` with a
-    ``landmarker``) derived now and cached. Returns ``model`` itself when none is available."""
+def cached_path(model: HeadModel) -> Path:
+    """Where ``flame-tracker embed`` stores the embedding it derives for ``model`` (user cache)."""
     from flame_tracker.paths import cache_dir
 
-    cached = cache_dir() / "embeddings" / f"{fingerprint(model)}.npz"
-    # one derived by the user (`flame-tracker embed`) wins over the shipped one
-    emb = LandmarkEmbedding.load(cached) if cached.is_file() else shipped_embedding(model)
+    return cache_dir() / "embeddings" / f"{fingerprint(model)}-views.npz"
+
+
+def detector_embedding(model: HeadModel, landmarker=None, *, derive: bool = False) -> ViewEmbedding | None:
+    """The detector embedding of ``model``: one derived before (user cache, ``flame-tracker embed``),
+    else the one shipped for it, else (``derive=True`` with a ``landmarker``) derived now and
+    cached; ``None`` when none is available."""
+    cached = cached_path(model)
+    emb = None
+    if cached.is_file():  # one derived by the user wins over the shipped one
+        try:
+            emb = ViewEmbedding.load(cached)
+        except (OSError, ValueError, KeyError):
+            emb = None  # an unreadable or old-format file: as if absent
+    emb = emb or shipped_embedding(model)
     if emb is None and derive and landmarker is not None:
         emb = derive_detector_embedding(model, landmarker, progress=True)
         try:
             emb.save(cached)
         except OSError:
             pass
+    return emb
+
+
+def detector_model(model: HeadModel, landmarker=None, *, derive: bool = False) -> HeadModel:
+    """``model`` with the detector's static 68-point embedding for fitting
+    (:func:`detector_embedding`); ``model`` itself when none is available."""
+    emb = detector_embedding(model, landmarker, derive=derive)
     return model if emb is None else with_landmarks(model, emb)
 
 
-def describe(emb: LandmarkEmbedding) -> str:
-    """One-line JSON summary (spread and hits) for logs and the CLI."""
-    return json.dumps({"fingerprint": emb.fingerprint, "median_spread_mm": float(np.median(emb.spread_mm)),
-                       "min_hits": int(emb.hits.min())})
+def describe(emb: ViewEmbedding) -> str:
+    """One-line JSON summary (renders, spread and hits) for logs and the CLI."""
+    return json.dumps({"fingerprint": emb.fingerprint, "renders": emb.renders,
+                       "median_spread_mm": round(float(np.median(emb.spread_mm)), 2),
+                       "min_hits": int(emb.hits.min()), "yaw_bins": len(emb.yaw_deg)})
 
 
-__all__ = ["LandmarkEmbedding", "derive_detector_embedding", "detector_model", "with_landmarks",
-           "fingerprint", "shipped_embedding", "describe"]
+__all__ = [
+    "DENSE",
+    "IBUG68",
+    "N_DENSE",
+    "ViewEmbedding",
+    "ViewPoints",
+    "cached_path",
+    "derive_detector_embedding",
+    "describe",
+    "detector_embedding",
+    "detector_model",
+    "fingerprint",
+    "shipped_embedding",
+    "view_yaw_deg",
+    "with_landmarks",
+]

@@ -1,0 +1,154 @@
+"""Detector landmark embeddings and dense fitting, measured against ground truth.
+
+1. **Re-projection on held-out renders.** The accuracy benchmark's seeded scenes (seed 0, disjoint
+   from the embedding's renders, seed 7001) are rendered and detected; the embedding's points on the
+   *true* head (true identity, expression and camera) are projected and compared with MediaPipe's
+   detections: median distance in % of the face size (height of the true 68-point box), for the
+   static embedding and the yaw table, for MediaPipe's 468 points and the 68 iBUG points, with the
+   model's own 68 points as the reference's case.
+2. **The 68-point subset against the model's own 68** (ICT's hand-made vertex list): mean distance on
+   the mean head per region, mm (where MediaPipe's convention differs from the model's).
+3. **Dense against 68** on the same synthetic scenes through the full pipeline (``Tracker(landmarks=
+   "68" | "dense")``): ``shape_mm``, ``posed_mm``, ``rot_deg`` per yaw bucket, the 68-point NME
+   against the hand annotations of ``images/gt68`` per region, and the stage-2 time per image.
+
+Last line: ``embed_reproj_pct=… shape_mm_68=… shape_mm_dense=… posed_mm_68=… posed_mm_dense=…
+rot_deg_68=… rot_deg_dense=… stage2_ratio=…`` (``embed_reproj_pct``: the yaw table, 468 points).
+
+Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+from flame_tracker.detection import FaceLandmarker
+from flame_tracker.detection.layout import GROUPS68
+from flame_tracker.evaluation.metrics import face_region_mask
+from flame_tracker.evaluation.runs import (
+    annotated_photos,
+    evaluate_annotated,
+    evaluate_scene,
+    summarise,
+)
+from flame_tracker.evaluation.scenes import render_scene, sample_scenes
+from flame_tracker.model import load_model
+from flame_tracker.model.embedding import (
+    DENSE,
+    IBUG68,
+    ViewPoints,
+    shipped_embedding,
+    view_yaw_deg,
+)
+from flame_tracker.paths import data_dir
+from flame_tracker.tracker import Tracker
+
+
+def reprojection(model, emb, n: int, seed: int) -> dict[str, float]:
+    """Median re-projection error (% of face height) of embedding points on the true heads."""
+    views = {"468": ViewPoints(model, emb, DENSE), "68": ViewPoints(model, emb, IBUG68)}
+    errs: dict[str, list[float]] = {k: [] for k in ("468 static", "468 yaw table", "68 static", "68 yaw table",
+                                                     "68 model's own")}
+    with FaceLandmarker(None, mode="image") as lm:
+        for spec in sample_scenes(model, n, seed=seed):
+            img, truth = render_scene(model, spec)
+            det = lm.detect(img)
+            if det is None:
+                continue
+            params = {k: torch.as_tensor(v, dtype=model.dtype)[None] for k, v in (("shape", spec.shape),
+                                                                                    ("expr", spec.expr))}
+            centre = truth.R @ truth.lmks68_3d.mean(0) + truth.t
+            yaw = view_yaw_deg(torch.as_tensor(truth.R)[None], torch.as_tensor(centre)[None]).to(model.dtype)
+            size = float(np.ptp(truth.lmks68_px[:, 1]))
+
+            def px(points: torch.Tensor, truth=truth) -> np.ndarray:
+                cam = points[0].double().numpy() @ truth.R.T + truth.t
+                return cam[:, :2] / cam[:, 2:] * truth.K[0, 0] + truth.K[:2, 2]
+
+            for name, target in (("468", det.points478[:468, :2]), ("68", det.lmks68)):
+                static, viewed = views[name](params, yaw)
+                for kind, pts in (("static", static), ("yaw table", viewed)):
+                    d = np.linalg.norm(px(pts) - target, axis=1)
+                    errs[f"{name} {kind}"].append(100 * float(np.median(d)) / size)
+            own = np.linalg.norm(truth.lmks68_px - det.lmks68, axis=1)
+            errs["68 model's own"].append(100 * float(np.median(own)) / size)
+    return {k: float(np.median(v)) for k, v in errs.items()}
+
+
+def subset_vs_own(model, emb) -> dict[str, float]:
+    """Mean distance (mm, mean head) between the derived 68 iBUG points and the model's own, per region."""
+    tpl, faces = model.v_template.double().numpy(), model.faces.numpy()
+    derived = np.einsum("pi,pij->pj", emb.static_bary[IBUG68], tpl[faces[emb.static_faces_idx[IBUG68]]])
+    own = np.einsum("pi,pij->pj", model.lmk_bary.double().numpy(), tpl[faces[model.lmk_faces_idx.numpy()]])
+    d = np.linalg.norm(derived - own, axis=1) * 1000
+    return {name: float(d[sl].mean()) for name, sl in GROUPS68.items()} | {"all": float(d.mean())}
+
+
+def fit_compare(n: int, seed: int, **tracker_kw) -> tuple[dict, dict, float]:
+    """Synthetic summary, annotated-photo NME per region and mean stage-2 seconds of one tracker setting."""
+    with Tracker(**tracker_kw) as tracker:
+        mask = face_region_mask(tracker.model)
+        evals, stage2 = [], []
+        for spec in sample_scenes(tracker.model, n, seed=seed):
+            evals.append(evaluate_scene(tracker, spec, mask))
+        rows = [evaluate_annotated(tracker, img, gt) for img, gt in annotated_photos(data_dir())]
+        for img, _ in annotated_photos(data_dir()):
+            stage2.append(tracker.fit_image(img).timings["stage2"])
+    nme = {k: float(np.mean([r.fit[k] for r in rows])) for k in rows[0].fit}
+    return summarise(evals), nme, float(np.median(stage2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=48, help="synthetic scenes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-fit", action="store_true", help="skip the dense-vs-68 fits (part 3)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    model = load_model()
+    emb = shipped_embedding(model)
+    if emb is None:
+        raise SystemExit("no detector embedding for the model (flame-tracker embed)")
+    print(f"embedding: {emb.renders} renders (seed {emb.seed}), {len(emb.yaw_deg)} yaw bins, "
+          f"median spread {np.median(emb.spread_mm):.2f} mm")
+
+    rep = reprojection(model, emb, args.n, args.seed)
+    print("\nRe-projection on held-out renders (true head), median % of face height:")
+    for k, v in rep.items():
+        print(f"  {k:<16} {v:6.2f}")
+    own = subset_vs_own(model, emb)
+    print("\nDerived 68 vs the model's own 68 (mean head), mm: "
+          + "  ".join(f"{k} {v:.1f}" for k, v in own.items()))
+
+    out = {"68": (math.nan,) * 3, "dense": (math.nan,) * 3}
+    ratio = math.nan
+    if not args.no_fit:
+        res = {lm: fit_compare(args.n, args.seed, landmarks=lm) for lm in ("68", "dense")}
+        print(f"\nFull pipeline, {args.n} synthetic scenes (seed {args.seed}):")
+        print(f"{'':<8}{'bucket':<8}{'detected':>9}{'shape_mm':>10}{'posed_mm':>10}{'rot_deg':>9}")
+        for lm, (syn, _, _) in res.items():
+            for bucket, row in syn.items():
+                print(f"{lm:<8}{bucket:<8}{row['detected']:>9.0f}{row['shape_mm']:>10.3f}{row['posed_mm']:>10.3f}"
+                      f"{row['rot_deg']:>9.3f}")
+        print("\nAnnotated photos (gt68), fitted 68-point NME % per region:")
+        regions = list(res["68"][1])
+        print(f"{'':<8}" + "".join(f"{r:>12}" for r in regions))
+        for lm, (_, nme, _) in res.items():
+            print(f"{lm:<8}" + "".join(f"{100 * nme[r]:>12.2f}" for r in regions))
+        print("\nStage 2 per image (median over the annotated photos): "
+              + ", ".join(f"{lm} {1000 * t:.1f} ms" for lm, (_, _, t) in res.items()))
+        ratio = res["dense"][2] / res["68"][2]
+        out = {lm: (r[0]["all"]["shape_mm"], r[0]["all"]["posed_mm"], r[0]["all"]["rot_deg"]) for lm, r in res.items()}
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+    print(f"embed_reproj_pct={rep['468 yaw table']:.3f} shape_mm_68={out['68'][0]:.3f} "
+          f"shape_mm_dense={out['dense'][0]:.3f} posed_mm_68={out['68'][1]:.3f} posed_mm_dense={out['dense'][1]:.3f} "
+          f"rot_deg_68={out['68'][2]:.3f} rot_deg_dense={out['dense'][2]:.3f} stage2_ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
