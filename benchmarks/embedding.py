@@ -8,14 +8,16 @@
    model's own 68 points as the reference's case.
 2. **The 68-point subset against the model's own 68** (ICT's hand-made vertex list): mean distance on
    the mean head per region, mm (where MediaPipe's convention differs from the model's).
-3. **Dense against 68** on the same synthetic scenes through the full pipeline (``Tracker(landmarks=
+3. **FLAME topology** (``models/flame_topology``: FLAME's real mesh, the sample head, no bases): the
+   embedding derived on it against FLAME's own static 68 points and dynamic contour, mm on the head.
+4. **Dense against 68** on the same synthetic scenes through the full pipeline (``Tracker(landmarks=
    "68" | "dense")``): ``shape_mm``, ``posed_mm``, ``rot_deg`` per yaw bucket, the 68-point NME
    against the hand annotations of ``images/gt68`` per region, and the stage-2 time per image.
 
 Last line: ``embed_reproj_pct=… shape_mm_68=… shape_mm_dense=… posed_mm_68=… posed_mm_dense=…
 rot_deg_68=… rot_deg_dense=… stage2_ratio=…`` (``embed_reproj_pct``: the yaw table, 468 points).
 
-Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit]``
+Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit] [--flame-renders 120]``
 """
 
 from __future__ import annotations
@@ -89,6 +91,39 @@ def subset_vs_own(model, emb) -> dict[str, float]:
     return {name: float(d[sl].mean()) for name, sl in GROUPS68.items()} | {"all": float(d.mean())}
 
 
+def flame_topology_check(folder, n_renders: int, seed: int = 7001) -> dict[str, float]:
+    """Derive the embedding on the real FLAME mesh (``flame_topology``: the sample head, no bases) and
+    compare it with FLAME's own static and dynamic embeddings: mean distance on the head, mm."""
+    from flame_tracker.model.embedding import derive_detector_embedding
+    from flame_tracker.model.fixtures import flame_topology_model
+
+    model = flame_topology_model(folder)
+    with FaceLandmarker(None, mode="image") as lm:
+        emb = derive_detector_embedding(model, lm, n_renders=n_renders, seed=seed)
+    tpl, faces = model.v_template.double().numpy(), model.faces.numpy()
+
+    def pos(f_idx, bary):
+        return np.einsum("...i,...ij->...j", bary, tpl[faces[f_idx]])
+
+    d68 = np.linalg.norm(pos(emb.static_faces_idx[IBUG68], emb.static_bary[IBUG68])
+                         - pos(model.lmk_faces_idx.numpy(), model.lmk_bary.double().numpy()), axis=1) * 1000
+    out = {f"static {name}": float(d68[sl].mean()) for name, sl in GROUPS68.items()} | {"static all": float(d68.mean())}
+    # FLAME's dynamic contour (DECA's lookup: row y for yaw y >= 0, row 39 - y for y < 0) against the
+    # yaw table's jaw points, under both sign conventions of yaw (the folder's README says to check)
+    dyn = pos(model.dyn_lmk_faces_idx.numpy(), model.dyn_lmk_bary.double().numpy())  # [79, 17, 3]
+    jaw = pos(emb.faces_idx[:, IBUG68][:, :17], emb.bary[:, IBUG68][:, :17])  # [B, 17, 3]
+    for sign in (1, -1):
+        dist = []
+        for b, yaw in enumerate(emb.yaw_deg):
+            y = int(np.clip(sign * yaw, -39, 39))
+            row = y if y >= 0 else 39 - y
+            if abs(yaw) <= 30:
+                dist.append(np.linalg.norm(jaw[b] - dyn[row], axis=1).mean() * 1000)
+        out[f"contour vs dynamic, sign {sign:+d}"] = float(np.mean(dist))
+    out["renders detected"] = float(emb.renders)
+    return out
+
+
 def fit_compare(n: int, seed: int, **tracker_kw) -> tuple[dict, dict, float]:
     """Synthetic summary, annotated-photo NME per region and mean stage-2 seconds of one tracker setting."""
     with Tracker(**tracker_kw) as tracker:
@@ -108,6 +143,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48, help="synthetic scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-fit", action="store_true", help="skip the dense-vs-68 fits (part 3)")
+    ap.add_argument("--flame-renders", type=int, default=120,
+                    help="renders of the FLAME-topology sample head (part 4; 0 skips it)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     model = load_model()
@@ -124,6 +161,13 @@ def main() -> None:
     own = subset_vs_own(model, emb)
     print("\nDerived 68 vs the model's own 68 (mean head), mm: "
           + "  ".join(f"{k} {v:.1f}" for k, v in own.items()))
+
+    topo = data_dir() / "models" / "flame_topology"
+    if args.flame_renders and topo.is_dir():
+        ft = flame_topology_check(topo, args.flame_renders)
+        print(f"\nFLAME topology ({topo.name}: the sample head, {ft.pop('renders detected'):.0f} detected renders), "
+              "derived vs FLAME's own embedding, mean distance mm:")
+        print("  " + "  ".join(f"{k} {v:.1f}" for k, v in ft.items()))
 
     out = {"68": (math.nan,) * 3, "dense": (math.nan,) * 3}
     ratio = math.nan

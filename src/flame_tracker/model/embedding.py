@@ -14,12 +14,13 @@ lights), runs the detector on each picture, sends every detected point back onto
 under it (triangle + barycentric coordinates from the rasteriser), and takes per-point medians of
 those surface points on the mean head, snapped to the surface:
 
-* a **static** embedding (the outline from near-frontal renders, the rest from |yaw| <= 40°), which
-  the fitting model's landmark path uses (:func:`detector_model`, :func:`dense_model`);
+* a **static** embedding (the outline from near-frontal renders, the rest from |yaw| <= 40°; all from
+  |pitch| <= 20°), which the fitting model's landmark path uses (:func:`detector_model`,
+  :func:`with_landmarks`);
 * a **view table**: one embedding per yaw bin (-70°..70°, 10° apart), blended linearly between bins
-  (:class:`ViewPoints`); the fit corrects each detection by where the point moves at the fitted yaw
-  (``flame_tracker.fitting.views``), which makes the outline slide with the view like FLAME's
-  dynamic contour, and every other point too.
+  (:class:`ViewPoints`); the fit can correct each outline detection by where the point moves at the
+  fitted yaw (``flame_tracker.fitting.views``), which makes the outline slide with the view like
+  FLAME's dynamic contour.
 
 Points: MediaPipe's 478 (``0..477``; the iris points 468..477 are not used, the model's iris
 vertices are) then the 68 iBUG points (``478..545``). Outputs keep the model's own 68 points.
@@ -46,6 +47,7 @@ VIEW_YAWS = np.arange(-70.0, 70.1, 10.0)  # bin centres, degrees
 BIN_STEP = 10.0  # a bin uses the renders within one step of its centre
 YAW_CONTOUR = 20.0  # the static outline comes from renders this close to frontal
 YAW_FACE = 40.0
+PITCH_STATIC = 20.0  # ... and |pitch| up to this
 N_MP = 478  # MediaPipe's points, then the 68 iBUG points
 N_DENSE = 468  # MediaPipe's face mesh without the iris points
 DENSE = slice(0, N_DENSE)
@@ -239,7 +241,7 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
     faces = model.faces.cpu().numpy()
     template = model.v_template.detach().cpu().double().numpy()
     n_pts = N_MP + 68
-    yaws, pts, oks = [], [], []
+    yaws, pitches, pts, oks = [], [], [], []
     it = specs
     if progress:
         from tqdm import tqdm
@@ -259,9 +261,10 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
         oks.append(ok)
         centre = truth.R @ truth.lmks68_3d.mean(0) + truth.t
         yaws.append(float(view_yaw_deg(torch.as_tensor(truth.R)[None], torch.as_tensor(centre)[None])[0]))
+        pitches.append(float(spec.euler_deg[1]))
     if len(yaws) < 8:
         raise RuntimeError("derive_detector_embedding: the detector found too few faces in the renders")
-    yaw, pts, ok = np.asarray(yaws), np.stack(pts), np.stack(oks)  # [R], [R, P, 3], [R, P]
+    yaw, pitch, pts, ok = np.asarray(yaws), np.asarray(pitches), np.stack(pts), np.stack(oks)  # [R], [R], [R, P, 3], [R, P]
     contour = _contour(n_pts)
 
     def median_of(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -275,14 +278,16 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
             spread[k] = np.median(np.linalg.norm(p - med[k], axis=1)) * 1000
         return med, spread, hits
 
-    # the static embedding: the outline from near-frontal renders only, the rest from moderate yaws
+    # the static embedding: the outline from near-frontal renders only, the rest from moderate yaws,
+    # both from moderate pitches
     limit = np.where(contour, YAW_CONTOUR, YAW_FACE)
-    static, _, static_hits = median_of(np.abs(yaw)[:, None] <= limit[None])
+    level = (np.abs(pitch) <= PITCH_STATIC)[:, None]
+    static, _, static_hits = median_of((np.abs(yaw)[:, None] <= limit[None]) & level)
     for wider in (YAW_FACE, YAW_MAX):  # few renders: a point seen too rarely widens its yaw range
         missing = np.isnan(static[:, 0])
         if not missing.any():
             break
-        more, _, more_hits = median_of(np.abs(yaw)[:, None] <= np.maximum(limit, wider)[None])
+        more, _, more_hits = median_of(np.abs(yaw)[:, None] <= np.maximum(limit, wider)[None])  # any pitch
         static[missing], static_hits[missing] = more[missing], more_hits[missing]
     if np.isnan(static).any():
         raise RuntimeError("derive_detector_embedding: too few detections for some points; use more renders")

@@ -383,3 +383,42 @@ def synthetic_flame(size: str = "tiny", *, n_shape: int = 300, n_expr: int = 100
     from .head import HeadModel
 
     return HeadModel(_synthetic_data(size, n_shape, n_expr, seed), dtype=dtype).to(device)
+
+
+def flame_topology_model(folder: str | Path, *, dtype: torch.dtype = torch.float32):
+    """A :class:`HeadModel` on the real FLAME mesh of ``folder`` (``../shared/models/flame_topology``:
+    ``flame_sample.ply`` + ``flame_static_embedding.pkl`` + ``flame_dynamic_embedding.npy``, MIT, no
+    bases): the sample head as template, one all-zero shape and expression component (that folder
+    has no bases), every vertex skinned to the root, eye joints at the eyeball centres, and FLAME's
+    own 68 landmarks (the dynamic contour's frontal row + the 51 static points) and dynamic contour.
+    For checking what is derived on FLAME's topology (landmark embeddings) against FLAME's files."""
+    from .data import JOINT_NAMES, ModelData
+    from .flame import L_EYE_INDICES, R_EYE_INDICES, fixed_ear_indices, read_embeddings
+    from .head import HeadModel
+    from ..io.mesh import load_ply
+
+    folder = Path(folder)
+    v, faces = load_ply(folder / "flame_sample.ply")
+    v = v.astype(np.float64)
+    emb = read_embeddings([folder / "flame_static_embedding.pkl", folder / "flame_dynamic_embedding.npy"])
+    n_v, n_j = v.shape[0], len(JOINT_NAMES)
+    reg = np.zeros((n_j, n_v))
+    head = np.arange(0, FLAME_EYEBALLS[0])
+    reg[:3, head] = 1.0 / head.size  # root, neck, jaw: the head's centroid (no posing here)
+    for j, (lo, hi) in zip((3, 4), (FLAME_EYEBALLS, (FLAME_EYEBALLS[1], n_v))):
+        reg[j, lo:hi] = 1.0 / (hi - lo)
+    weights = np.zeros((n_v, n_j))
+    weights[:, 0] = 1.0
+    data = ModelData(
+        name="flame_topology_sample", v_template=v, faces=faces.astype(np.int64),
+        shapedirs=np.zeros((n_v, 3, 1)), exprdirs=np.zeros((n_v, 3, 1)), J_regressor=reg,
+        parents=np.array([-1, 0, 1, 1, 1]), weights=weights, lmk_faces_idx=emb["lmk_faces_idx"],
+        lmk_bary=emb["lmk_bary"], iris_idx=np.array(R_EYE_INDICES + L_EYE_INDICES),
+        ear_idx=fixed_ear_indices(v), dyn_lmk_faces_idx=emb["dyn_lmk_faces_idx"],
+        dyn_lmk_bary=emb["dyn_lmk_bary"], info={"source": str(folder), "licence": "MIT (RingNet)"},
+    )
+    return HeadModel(data, dtype=dtype)
+
+
+#: FLAME's eyeball vertex ranges: 3931..4476 and 4477..5022 (546 each), after the head.
+FLAME_EYEBALLS = (3931, 4477)
