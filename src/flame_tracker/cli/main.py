@@ -28,6 +28,8 @@ from flame_tracker.cli.video import video as _video  # noqa: E402
 main.add_command(_video)
 from flame_tracker.cli.embed import embed as _embed  # noqa: E402
 main.add_command(_embed)
+from flame_tracker.cli.export import export as _export  # noqa: E402
+main.add_command(_export)
 
 
 if __name__ == "__main__":  # pragma: no cover

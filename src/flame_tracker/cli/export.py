@@ -1,0 +1,52 @@
+"""``flame-tracker export``: a tracked video run in the files an animation tool reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+FORMATS = ("arkit-csv", "gltf")
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "-f", "fmt", required=True, help=f"One of: {', '.join(FORMATS)}.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the export (default: RUN/export-FORMAT).")
+@click.option("--model", "-m", "model_path", default=None,
+              help="The head model the run was tracked with (gltf; default: the open ICT-FaceKit model).")
+def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None) -> None:
+    """Export RUN, the --out folder of a finished `flame-tracker video` run:
+
+    \b
+      arkit-csv  arkit_fitted.csv (the fitted ICT expression as ARKit-52 curves) and
+                 arkit_mediapipe.csv (MediaPipe's raw scores), Live Link Face layout with head
+                 and eye rotations: Unreal's LiveLinkFaceImporter, Blender/Unity importers
+      gltf       run.glb: the fitted head with its blendshapes as morph targets, animated per frame
+                 (weights, head rotation and translation) and the tracking camera (Blender, three.js)
+    """
+    from flame_tracker.export import ExportError, load_run
+
+    if fmt not in FORMATS:
+        raise click.ClickException(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    out_dir = out_dir or run / f"export-{fmt}"
+    try:
+        tracked = load_run(run)
+        if fmt == "arkit-csv":
+            from flame_tracker.export.arkit import export_arkit
+
+            paths = export_arkit(tracked, out_dir)
+        else:
+            from flame_tracker.export.gltf import export_gltf
+            from flame_tracker.model import load_model
+
+            try:
+                model = load_model(model_path)
+            except (OSError, ValueError) as exc:
+                raise ExportError(f"cannot load the head model: {exc}") from exc
+            paths = [export_gltf(tracked, model, out_dir / "run.glb")]
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for p in paths:
+        click.echo(f"{fmt}: {p}")

@@ -1,0 +1,127 @@
+"""ARKit-52 blendshape curves as a Live Link Face CSV (Unreal's LiveLinkFaceImporter, Blender and
+Unity importers): from the fitted ICT expression (its channels are ARKit's shapes with ``_L``/``_R``
+suffixes) and from MediaPipe's raw blendshape scores.
+
+Layout (``../shared/reference/export-formats.md`` §7): ``Timecode,BlendShapeCount,`` the 52 ARKit
+shapes in ARKit's order in PascalCase, then ``HeadYaw,HeadPitch,HeadRoll`` and each eye's
+``Yaw,Pitch,Roll``; one row per frame; ``Timecode`` = ``HH:MM:SS:FF.mmm``; ``BlendShapeCount`` = 61.
+Rotations are in radians, relative to the camera, in ARKit's face frame (y up, z towards the
+camera; the head facing the camera is 0), decomposed as yaw (y), pitch (x), roll (z).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from flame_tracker.export.run import ExportError, TrackedRun
+
+#: The 52 ARKit blendshapes in ARKit's (and Live Link Face's) order.
+ARKIT_52 = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft", "eyeSquintLeft",
+    "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
+    "eyeSquintRight", "eyeWideRight", "jawForward", "jawRight", "jawLeft", "jawOpen", "mouthClose",
+    "mouthFunnel", "mouthPucker", "mouthRight", "mouthLeft", "mouthSmileLeft", "mouthSmileRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft",
+    "mouthStretchRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
+    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft",
+    "mouthUpperUpRight", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "noseSneerLeft", "noseSneerRight", "tongueOut",
+)
+ROTATIONS = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+             "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+
+
+def _key(name: str) -> str:
+    """ARKit / ICT / MediaPipe names to one key: lower case, ``_L``/``Left`` -> ``left``."""
+    low = name.lower()
+    for suffix, side in (("_l", "left"), ("_r", "right")):
+        if low.endswith(suffix):
+            return low[: -len(suffix)] + side
+    return low
+
+
+def arkit_weights(names: Sequence[str], weights: np.ndarray) -> np.ndarray:
+    """``[T, 52]`` ARKit curves from weights ``[T, K]`` named ``names`` (ICT's ``eyeBlink_L`` or
+    MediaPipe's ``eyeBlinkLeft``): matched by name; an unsided ARKit shape (browInnerUp, cheekPuff)
+    takes the mean of both sides; a shape without a channel (ICT has no tongueOut) stays 0."""
+    index = {_key(n): i for i, n in enumerate(names)}
+    out = np.zeros((weights.shape[0], len(ARKIT_52)), np.float64)
+    for j, shape in enumerate(ARKIT_52):
+        k = _key(shape)
+        if k in index:
+            out[:, j] = weights[:, index[k]]
+        elif k + "left" in index and k + "right" in index:
+            out[:, j] = 0.5 * (weights[:, index[k + "left"]] + weights[:, index[k + "right"]])
+    return np.clip(out, 0.0, 1.0)
+
+
+def _yaw_pitch_roll(rotvec: np.ndarray) -> np.ndarray:
+    """Axis-angle ``[T, 3]`` in a y-up, z-towards-the-viewer frame -> (yaw, pitch, roll) radians."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(rotvec).as_euler("YXZ")  # R = Ry(yaw) Rx(pitch) Rz(roll)
+
+
+def rotations(run: TrackedRun) -> np.ndarray:
+    """``[T, 9]`` head (relative to the camera) and eye rotations, radians (:data:`ROTATIONS`)."""
+    import torch
+
+    from flame_tracker.camera import to_head_centric
+
+    head, _ = to_head_centric(torch.as_tensor(run.arrays["pose6"], dtype=torch.float64))  # OpenGL camera frame
+    eyes = run.arrays["eye_pose"].astype(np.float64)  # FLAME joints 3 (subject's left eye), 4 (right)
+    return np.concatenate([_yaw_pitch_roll(head.numpy()), _yaw_pitch_roll(eyes[:, :3]),
+                           _yaw_pitch_roll(eyes[:, 3:])], 1)
+
+
+def timecodes(times: np.ndarray, fps: float) -> list[str]:
+    """``HH:MM:SS:FF.mmm`` of each time (seconds): FF the frame within the second at ``fps``."""
+    out = []
+    for t in times:
+        whole = int(np.floor(t + 1e-9))
+        frac = (t - whole) * fps
+        ff = int(np.floor(frac + 1e-6))
+        out.append(f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}:{ff:02d}.{int(round((frac - ff) * 1000)) % 1000:03d}")
+    return out
+
+
+def write_csv(path: str | Path, curves: np.ndarray, rots: np.ndarray, times: np.ndarray, fps: float) -> Path:
+    """One Live Link Face CSV: curves ``[T, 52]``, rotations ``[T, 9]``."""
+    path = Path(path)
+    header = ["Timecode", "BlendShapeCount"] + [s[0].upper() + s[1:] for s in ARKIT_52] + list(ROTATIONS)
+    tmp = path.with_suffix(path.suffix + ".part")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for tc, c, r in zip(timecodes(times, fps), curves, rots):
+            w.writerow([tc, len(ARKIT_52) + len(ROTATIONS)] + [f"{v:.6f}" for v in c] + [f"{v:.6f}" for v in r])
+    tmp.replace(path)
+    return path
+
+
+def export_arkit(run: TrackedRun, out_dir: str | Path) -> list[Path]:
+    """``arkit_fitted.csv`` (the fitted ICT expression) and ``arkit_mediapipe.csv`` (MediaPipe's raw
+    scores) in ``out_dir``. A run without named expressions (FLAME) gets the MediaPipe file only."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rots, times = rotations(run), run.times
+    written = []
+    names = [str(n) for n in run.arrays.get("expr_names", [])]
+    if names:
+        written.append(write_csv(out_dir / "arkit_fitted.csv", arkit_weights(names, run.arrays["exp"]), rots,
+                                 times, run.fps))
+    mp_names = [str(n) for n in run.arrays.get("blendshape_names", [])]
+    if mp_names and run.arrays["blendshape_scores"].shape[-1] == len(mp_names):
+        written.append(write_csv(out_dir / "arkit_mediapipe.csv",
+                                 arkit_weights(mp_names, run.arrays["blendshape_scores"]), rots, times, run.fps))
+    if not written:
+        raise ExportError(f"{run.folder}: the run has neither named (ARKit) expressions nor MediaPipe scores; "
+                          "track it with the ICT-FaceKit model (the default) to get ARKit curves")
+    return written
+
+
+__all__ = ["ARKIT_52", "ROTATIONS", "arkit_weights", "rotations", "timecodes", "write_csv", "export_arkit"]

@@ -1,0 +1,114 @@
+"""A tracked run as one glTF 2.0 binary (``.glb``) that Blender, three.js and game engines import:
+
+* one mesh: the fitted identity (neutral face) with the model's expression blendshapes as morph
+  targets, named in ``mesh.extras.targetNames`` (what Blender's importer turns into shape keys; ICT:
+  its 57 ARKit-style channels);
+* its node animated per frame: morph ``weights`` (the fitted expression), ``rotation`` and
+  ``translation`` (the head relative to the camera);
+* a camera node at the origin looking down −z (glTF's convention, OpenGL axes) with the run's
+  vertical FOV and aspect ratio: rendering the animation through it reproduces the tracked views.
+
+Needs a model whose expressions are linear blendshapes without a jaw joint or pose correctives
+(ICT-FaceKit, the default); the eyeballs stay at rest (eye rotations are in the ARKit CSV). FLAME runs
+are refused (their jaw is a joint rotation, not a blendshape).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flame_tracker.export.run import ExportError, TrackedRun
+
+
+def _check(run: TrackedRun, model) -> None:
+    if model.name != run.model_name:
+        raise ExportError(f"{run.folder}: the run was tracked with model {run.model_name!r}, not {model.name!r}; "
+                          "pass the same --model")
+    if model.has_jaw_joint or model.has_pose_correctives:
+        raise ExportError(f"glTF export needs a blendshape model without a jaw joint (ICT-FaceKit); "
+                          f"{model.name!r} moves its jaw by a joint rotation (FLAME), which morph targets "
+                          "cannot carry")
+    pp, size = run.arrays["principal_point_px"], run.arrays["image_size"]
+    if np.abs(pp - size / 2.0).max() > 0.5:
+        raise ExportError(f"{run.folder}: the camera's principal point is not the image centre (a run with "
+                          "--fov, the reference crop camera); glTF cameras have a centred one: track with "
+                          "--image-fov (the default)")
+
+
+def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
+    """Write ``path`` (``.glb``) for ``run`` tracked with ``model`` (see the module docstring)."""
+    import pygltflib as g
+    import torch
+
+    from flame_tracker.camera import to_head_centric
+
+    _check(run, model)
+    a = run.arrays
+    with torch.no_grad():
+        shape = torch.as_tensor(a["shape"][:1], dtype=model.dtype)
+        base = model(shape=shape).vertices[0].double().cpu().numpy().astype(np.float32)  # neutral identity
+        targets = model.exprdirs.detach().double().cpu().numpy().astype(np.float32)  # [V, 3, E]
+    faces = model.faces.cpu().numpy().astype(np.uint32)
+    weights = a["exp"].astype(np.float32)  # [T, E]
+    head_rv, head_t = to_head_centric(torch.as_tensor(a["pose6"], dtype=torch.float64))
+    from scipy.spatial.transform import Rotation
+
+    quats = Rotation.from_rotvec(head_rv.numpy()).as_quat().astype(np.float32)  # x, y, z, w
+    trans = head_t.numpy().astype(np.float32)
+    times = run.times.astype(np.float32)
+    fy, (w_img, h_img) = float(a["K_px"][0, 1, 1]), (float(a["image_size"][0, 0]), float(a["image_size"][0, 1]))
+    yfov = 2.0 * np.arctan(0.5 * h_img / fy)
+
+    blob = bytearray()
+    views, accessors = [], []
+
+    def add(arr: np.ndarray, kind: str, comp: int, target: int | None = None, minmax: bool = False) -> int:
+        while len(blob) % 4:
+            blob.append(0)
+        data = np.ascontiguousarray(arr).tobytes()
+        views.append(g.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data), target=target))
+        blob.extend(data)
+        acc = g.Accessor(bufferView=len(views) - 1, componentType=comp, count=int(arr.shape[0]), type=kind)
+        if minmax:
+            acc.min = np.atleast_1d(arr.min(0)).astype(float).tolist()
+            acc.max = np.atleast_1d(arr.max(0)).astype(float).tolist()
+        accessors.append(acc)
+        return len(accessors) - 1
+
+    pos = add(base, "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True)
+    idx = add(faces.reshape(-1), "SCALAR", g.UNSIGNED_INT, g.ELEMENT_ARRAY_BUFFER)
+    tgt = [add(targets[:, :, e], "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True) for e in range(targets.shape[2])]
+    t_in = add(times, "SCALAR", g.FLOAT, minmax=True)
+    w_out = add(weights.reshape(-1), "SCALAR", g.FLOAT)
+    r_out = add(quats, "VEC4", g.FLOAT)
+    tr_out = add(trans, "VEC3", g.FLOAT)
+    names = [str(n) for n in a.get("expr_names", [])] or [f"expr{e}" for e in range(targets.shape[2])]
+    mesh = g.Mesh(name="head", primitives=[g.Primitive(attributes=g.Attributes(POSITION=pos), indices=idx,
+                                                       targets=[{"POSITION": t} for t in tgt])],
+                  weights=[0.0] * len(tgt), extras={"targetNames": names})
+    head = g.Node(name="head", mesh=0, rotation=quats[0].tolist(), translation=trans[0].tolist())
+    cam_node = g.Node(name="camera", camera=0)
+    camera = g.Camera(type="perspective", perspective=g.Perspective(yfov=float(yfov), aspectRatio=w_img / h_img,
+                                                                    znear=0.01, zfar=100.0))
+    anim = g.Animation(name="tracking", samplers=[
+        g.AnimationSampler(input=t_in, output=w_out, interpolation="LINEAR"),
+        g.AnimationSampler(input=t_in, output=r_out, interpolation="LINEAR"),
+        g.AnimationSampler(input=t_in, output=tr_out, interpolation="LINEAR"),
+    ], channels=[g.AnimationChannel(sampler=0, target=g.AnimationChannelTarget(node=0, path="weights")),
+                 g.AnimationChannel(sampler=1, target=g.AnimationChannelTarget(node=0, path="rotation")),
+                 g.AnimationChannel(sampler=2, target=g.AnimationChannelTarget(node=0, path="translation"))])
+    doc = g.GLTF2(asset=g.Asset(generator="flame-tracker"), scene=0, scenes=[g.Scene(nodes=[0, 1])],
+                  nodes=[head, cam_node], meshes=[mesh], cameras=[camera], animations=[anim],
+                  accessors=accessors, bufferViews=views, buffers=[g.Buffer(byteLength=len(blob))])
+    doc.set_binary_blob(bytes(blob))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.glb")
+    doc.save_binary(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["export_gltf"]

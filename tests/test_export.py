@@ -1,0 +1,129 @@
+"""``flame-tracker export``: ARKit / Live Link Face CSV and glTF, read back the way their consumers
+read them, on a tracked clip; bad input."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flame_tracker.cli.main import main
+from flame_tracker.video.pipeline import VideoOptions, track_video
+from flame_tracker.video.track import TrackOptions
+
+
+@pytest.fixture(scope="module")
+def model(shared_dir: Path):
+    from flame_tracker.model import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def run_dir(shared_dir: Path, model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "run"
+    track_video(shared_dir / "videos" / "talking_ex3.mp4", out, model=model,
+                options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8),
+                video_options=VideoOptions(max_frames=16), progress=False)
+    return out
+
+
+def test_arkit_csv_reads_back_as_live_link_face(run_dir: Path) -> None:
+    from scipy.spatial.transform import Rotation
+
+    from flame_tracker.camera import to_head_centric
+    from flame_tracker.export.arkit import ARKIT_52
+
+    res = CliRunner().invoke(main, ["export", str(run_dir), "--format", "arkit-csv", "--out", str(run_dir / "ark")])
+    assert res.exit_code == 0, res.output
+    t = np.load(run_dir / "tracking.npz")
+    names = [str(n) for n in t["expr_names"]]
+    for fname, src_names, src in (("arkit_fitted.csv", names, t["exp"]),
+                                  ("arkit_mediapipe.csv", [str(n) for n in t["blendshape_names"]],
+                                   t["blendshape_scores"])):
+        with open(run_dir / "ark" / fname, newline="") as f:
+            rows = list(csv.DictReader(f))  # an importer reads columns by (case-insensitive) name
+        assert len(rows) == int(t["valid"].sum())
+        header = {k.lower(): k for k in rows[0]}
+        assert all(s.lower() in header for s in ARKIT_52) and rows[0]["BlendShapeCount"] == "61"
+        # the column of each named source channel holds that channel's weight
+        idx = {n.lower(): i for i, n in enumerate(src_names)}
+        for arkit, own in (("eyeBlinkLeft", "eyeBlink_L" if fname == "arkit_fitted.csv" else "eyeBlinkLeft"),
+                           ("jawOpen", "jawOpen")):
+            got = np.array([float(r[header[arkit.lower()]]) for r in rows])
+            assert np.allclose(got, np.clip(src[:, idx[own.lower()]], 0, 1), atol=2e-6)
+        # timecodes HH:MM:SS:FF.mmm increase; the head rotation is the tracked one
+        tc = [r["Timecode"] for r in rows]
+        assert all(len(c.split(":")) == 4 for c in tc) and tc == sorted(tc)
+        euler = np.array([[float(r[k]) for k in ("HeadYaw", "HeadPitch", "HeadRoll")] for r in rows])
+        head, _ = to_head_centric(torch.as_tensor(t["pose6"], dtype=torch.float64))
+        want = Rotation.from_rotvec(head.numpy()).as_matrix()
+        got = Rotation.from_euler("YXZ", euler).as_matrix()
+        assert np.abs(got - want).max() < 1e-5
+
+
+def _accessor(doc, blob: bytes, i: int) -> np.ndarray:
+    """Decode accessor ``i`` as a consumer does (bufferView offset, component type, element type)."""
+    import pygltflib as g
+
+    acc = doc.accessors[i]
+    view = doc.bufferViews[acc.bufferView]
+    dtype = {g.FLOAT: np.float32, g.UNSIGNED_INT: np.uint32}[acc.componentType]
+    width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc.type]
+    start = view.byteOffset + (acc.byteOffset or 0)
+    return np.frombuffer(blob, dtype, acc.count * width, start).reshape(acc.count, width)
+
+
+def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path, model) -> None:
+    import pygltflib as g
+    from scipy.spatial.transform import Rotation
+
+    res = CliRunner().invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(run_dir / "gl")])
+    assert res.exit_code == 0, res.output
+    doc = g.GLTF2().load_binary(str(run_dir / "gl" / "run.glb"))
+    blob = doc.binary_blob()
+    t = np.load(run_dir / "tracking.npz")
+    prim = doc.meshes[0].primitives[0]
+    base = _accessor(doc, blob, prim.attributes.POSITION).astype(np.float64)
+    targets = np.stack([_accessor(doc, blob, tg["POSITION"]) for tg in prim.targets], -1)  # [V, 3, E]
+    assert doc.meshes[0].extras["targetNames"] == [str(n) for n in t["expr_names"]]
+    anim = doc.animations[0]
+    out = {ch.target.path: _accessor(doc, blob, anim.samplers[ch.sampler].output) for ch in anim.channels}
+    n = int(t["valid"].sum())
+    weights = out["weights"].reshape(n, -1)
+    cam = doc.cameras[0].perspective
+    w_img, h_img = (float(v) for v in t["image_size"][0])
+    assert abs(cam.aspectRatio - w_img / h_img) < 1e-6
+    faces = model.faces.numpy()
+    lmk_v, lmk_b = faces[model.lmk_faces_idx.numpy()], model.lmk_bary.double().numpy()
+    worst = 0.0
+    for k in range(0, n, 5):
+        verts = base + targets.astype(np.float64) @ weights[k]
+        lmk = np.einsum("pi,pij->pj", lmk_b, verts[lmk_v])
+        x = lmk @ Rotation.from_quat(out["rotation"][k]).as_matrix().T + out["translation"][k]  # the head node
+        # glTF camera at the origin looking down -z (y up)
+        f = 0.5 * h_img / np.tan(0.5 * cam.yfov)
+        px = np.stack([w_img / 2 + f * x[:, 0] / -x[:, 2], h_img / 2 - f * x[:, 1] / -x[:, 2]], 1)
+        worst = max(worst, float(np.abs(px - t["fit_lmks_68_px"][k]).max()))
+    print(f"glTF round trip: worst landmark {worst:.4f} px")
+    assert worst < 0.5, worst
+
+
+def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, shared_dir: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(tmp_path), "--format", "gltf"])
+    assert res.exit_code == 1 and "not a finished" in res.output
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "vrm"])
+    assert res.exit_code == 1 and "unknown format" in res.output
+    # a FLAME-format model cannot carry its jaw as morph targets: refused, nothing written
+    from flame_tracker.model.fixtures import write_flame_model
+
+    pkl = write_flame_model(tmp_path / "flame", size="tiny", n_shape=10, n_expr=10)
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--model", str(pkl),
+                               "--out", str(tmp_path / "gl")])
+    assert res.exit_code == 1 and "model" in res.output
+    assert not (tmp_path / "gl").exists() or not any((tmp_path / "gl").iterdir())
