@@ -127,3 +127,13 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
                                "--out", str(tmp_path / "gl")])
     assert res.exit_code == 1 and "model" in res.output
     assert not (tmp_path / "gl").exists() or not any((tmp_path / "gl").iterdir())
+
+
+def test_video_command_exports_after_tracking(shared_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["video", str(shared_dir / "videos" / "talking_ex3.mp4"), "--out", str(out),
+                                    "--max-frames", "6", "--quiet", "--export", "arkit-csv", "--export", "gltf"])
+    assert res.exit_code == 0, res.output
+    assert (out / "export-arkit-csv" / "arkit_fitted.csv").is_file() and (out / "export-gltf" / "run.glb").is_file()
+    with open(out / "export-arkit-csv" / "arkit_fitted.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 6

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-FORMATS = ("arkit-csv", "gltf")
+from flame_tracker.export import FORMATS
 
 
 @click.command("export")
@@ -26,26 +26,10 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None) ->
       gltf       run.glb: the fitted head with its blendshapes as morph targets, animated per frame
                  (weights, head rotation and translation) and the tracking camera (Blender, three.js)
     """
-    from flame_tracker.export import ExportError, load_run
+    from flame_tracker.export import ExportError, export_run
 
-    if fmt not in FORMATS:
-        raise click.ClickException(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    out_dir = out_dir or run / f"export-{fmt}"
     try:
-        tracked = load_run(run)
-        if fmt == "arkit-csv":
-            from flame_tracker.export.arkit import export_arkit
-
-            paths = export_arkit(tracked, out_dir)
-        else:
-            from flame_tracker.export.gltf import export_gltf
-            from flame_tracker.model import load_model
-
-            try:
-                model = load_model(model_path)
-            except (OSError, ValueError) as exc:
-                raise ExportError(f"cannot load the head model: {exc}") from exc
-            paths = [export_gltf(tracked, model, out_dir / "run.glb")]
+        paths = export_run(run, fmt, out_dir, model_path)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     for p in paths:

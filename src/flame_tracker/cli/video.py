@@ -38,13 +38,15 @@ import click
 @click.option("--photometric", is_flag=True,
               help="Photometric tracking: fit one texture on the identity keyframes (texture.png), then refine "
                    "every frame against it (per-frame SH light saved as light); ~0.4-1 s per frame.")
+@click.option("--export", "exports", multiple=True, type=click.Choice(["arkit-csv", "gltf"]),
+              help="After tracking, also export the run (as `flame-tracker export`); repeatable.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, end_s: float | None,
           every: int, fps: float | None, max_frames: int | None, image_fov: float, fov: float | None,
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
-          meshes: str | None, photometric: bool, force: bool, quiet: bool) -> None:
+          meshes: str | None, photometric: bool, exports: tuple[str, ...], force: bool, quiet: bool) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
     One identity for the whole video, per-frame fits warm-started from the previous frames, and
@@ -72,3 +74,12 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
             f"interrupted; what was finished is saved in {out_dir}: run the same command again "
             "to resume") from None
     click.echo(summary.text())
+    if exports:
+        from flame_tracker.export import ExportError, export_run
+
+        for fmt in exports:
+            try:
+                for p in export_run(out_dir, fmt, model=model_path):
+                    click.echo(f"{fmt}: {p}")
+            except ExportError as exc:
+                raise click.ClickException(str(exc)) from exc

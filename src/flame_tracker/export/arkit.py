@@ -124,4 +124,4 @@ def export_arkit(run: TrackedRun, out_dir: str | Path) -> list[Path]:
     return written
 
 
-__all__ = ["ARKIT_52", "ROTATIONS", "arkit_weights", "rotations", "timecodes", "write_csv", "export_arkit"]
+__all__ = ["ARKIT_52", "ROTATIONS", "arkit_weights", "export_arkit", "rotations", "timecodes", "write_csv"]
