@@ -137,3 +137,66 @@ def test_video_command_exports_after_tracking(shared_dir: Path, tmp_path: Path) 
     assert (out / "export-arkit-csv" / "arkit_fitted.csv").is_file() and (out / "export-gltf" / "run.glb").is_file()
     with open(out / "export-arkit-csv" / "arkit_fitted.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 6
+
+
+@pytest.fixture(scope="module")
+def flame_run(shared_dir: Path, tmp_path_factory) -> tuple[Path, object, Path]:
+    """A clip tracked with a FLAME-2023-format model of FLAME's size (synthetic bases)."""
+    from flame_tracker.model import load_model
+    from flame_tracker.model.fixtures import write_flame_model
+
+    root = tmp_path_factory.mktemp("flame_export")
+    pkl = write_flame_model(root / "model", size="flame", style="2023_open")
+    model = load_model(pkl)
+    out = root / "run"
+    track_video(shared_dir / "videos" / "talking_ex3.mp4", out, model=model,
+                options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8),
+                video_options=VideoOptions(max_frames=10), progress=False)
+    return out, model, pkl
+
+
+def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) -> None:
+    import json
+
+    run, model, pkl = flame_run
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--out", str(run.parent / "ga")])
+    assert res.exit_code == 0, res.output
+    ga = run.parent / "ga"
+    t = np.load(run / "tracking.npz")
+    tf = json.loads((ga / "transforms.json").read_text())
+    n = len(tf["frames"])
+    assert n == int(t["valid"].sum()) and (ga / "canonical_flame_param.npz").is_file()
+    train = json.loads((ga / "transforms_train.json").read_text())["frames"]
+    test = json.loads((ga / "transforms_test.json").read_text())["frames"]
+    assert len(train) + len(test) == n and json.loads((ga / "transforms_val.json").read_text())["frames"] == []
+    worst = 0.0
+    for fr in tf["frames"]:
+        assert (ga / fr["file_path"]).is_file()
+        # GaussianAvatars: OpenGL camera-to-world -> OpenCV, world-to-camera; FoV from camera_angle_x
+        c2w = np.array(fr["transform_matrix"])
+        c2w[:3, 1:3] *= -1
+        w2c = np.linalg.inv(c2w)
+        w, h = fr["w"], fr["h"]
+        focal = w / (2 * np.tan(fr["camera_angle_x"] / 2))
+        p = np.load(ga / fr["flame_param_path"])
+        assert p["shape"].shape == (300,) and p["expr"].shape == (1, 100) and p["eyes_pose"].shape == (1, 6)
+        with torch.no_grad():
+            lmk = model.landmarks(shape=torch.as_tensor(p["shape"][: model.n_shape])[None],
+                                  expr=torch.as_tensor(p["expr"][:, : model.n_expr]),
+                                  head_pose=torch.as_tensor(p["rotation"]), neck_pose=torch.as_tensor(p["neck_pose"]),
+                                  jaw_pose=torch.as_tensor(p["jaw_pose"]),
+                                  eye_pose=torch.as_tensor(p["eyes_pose"])).landmarks[0].double().numpy()
+        x = (lmk + p["translation"][0]) @ w2c[:3, :3].T + w2c[:3, 3]
+        px = np.stack([w / 2 + focal * x[:, 0] / x[:, 2], h / 2 + focal * x[:, 1] / x[:, 2]], 1)
+        d = px - t["fit_lmks_68_px"][fr["timestep_index"]]
+        worst = max(worst, float(np.abs(d).max()))
+    print(f"GaussianAvatars round trip: worst landmark {worst:.4f} px")
+    assert worst < 0.5, worst
+
+
+def test_gaussian_avatars_refuses_a_model_that_is_not_flame_2023(run_dir: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["export", str(run_dir), "--format", "gaussian-avatars", "--out",
+                                    str(tmp_path / "ga")])
+    assert res.exit_code == 1 and "FLAME 2023" in res.output
+    assert not (tmp_path / "ga").exists()

@@ -15,8 +15,11 @@ from flame_tracker.export import FORMATS
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the export (default: RUN/export-FORMAT).")
 @click.option("--model", "-m", "model_path", default=None,
-              help="The head model the run was tracked with (gltf; default: the open ICT-FaceKit model).")
-def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None) -> None:
+              help="The head model the run was tracked with (gltf, gaussian-avatars; default: the open "
+              "ICT-FaceKit model).")
+@click.option("--video", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The tracked video, when it moved since tracking (gaussian-avatars re-decodes its frames).")
+def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, video: Path | None) -> None:
     """Export RUN, the --out folder of a finished `flame-tracker video` run:
 
     \b
@@ -25,11 +28,13 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None) ->
                  and eye rotations: Unreal's LiveLinkFaceImporter, Blender/Unity importers
       gltf       run.glb: the fitted head with its blendshapes as morph targets, animated per frame
                  (weights, head rotation and translation) and the tracking camera (Blender, three.js)
+      gaussian-avatars  the VHAP folder GaussianAvatars trains on (images/, flame_param/,
+                 canonical_flame_param.npz, transforms*.json); FLAME 2023 runs only
     """
     from flame_tracker.export import ExportError, export_run
 
     try:
-        paths = export_run(run, fmt, out_dir, model_path)
+        paths = export_run(run, fmt, out_dir, model_path, video)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     for p in paths:

@@ -38,7 +38,7 @@ import click
 @click.option("--photometric", is_flag=True,
               help="Photometric tracking: fit one texture on the identity keyframes (texture.png), then refine "
                    "every frame against it (per-frame SH light saved as light); ~0.4-1 s per frame.")
-@click.option("--export", "exports", multiple=True, type=click.Choice(["arkit-csv", "gltf"]),
+@click.option("--export", "exports", multiple=True, type=click.Choice(["arkit-csv", "gltf", "gaussian-avatars"]),
               help="After tracking, also export the run (as `flame-tracker export`); repeatable.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -1,5 +1,6 @@
-"""Exports of tracked runs for animation tools: ARKit / Live Link Face CSV (:mod:`.arkit`) and glTF
-(:mod:`.gltf`), read from a finished ``flame-tracker video`` folder (:mod:`.run`)."""
+"""Exports of tracked runs: ARKit / Live Link Face CSV (:mod:`.arkit`) and glTF (:mod:`.gltf`) for
+animation tools, the VHAP layout GaussianAvatars trains on (:mod:`.gaussian_avatars`), read from a
+finished ``flame-tracker video`` folder (:mod:`.run`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from pathlib import Path
 
 from flame_tracker.export.run import ExportError, TrackedRun, load_run
 
-FORMATS = ("arkit-csv", "gltf")
+FORMATS = ("arkit-csv", "gltf", "gaussian-avatars")
 
 
-def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None, model=None) -> list[Path]:
+def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None, model=None,
+               video: str | Path | None = None) -> list[Path]:
     """Export the finished run in ``run_dir`` as ``fmt`` (:data:`FORMATS`) into ``out_dir`` (default
     ``run_dir/export-<fmt>``); ``model``: the head model (or its path) the run was tracked with
-    (glTF; default: the open ICT model). Returns the files written; :class:`ExportError` says why not."""
+    (glTF, GaussianAvatars; default: the open ICT model); ``video``: the source video (GaussianAvatars;
+    default: the run's). Returns the files written; :class:`ExportError` says why not."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / f"export-{fmt}"
@@ -22,7 +25,6 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
         from flame_tracker.export.arkit import export_arkit
 
         return export_arkit(tracked, out_dir)
-    from flame_tracker.export.gltf import export_gltf
     from flame_tracker.model import HeadModel, load_model
 
     if not isinstance(model, HeadModel):
@@ -30,7 +32,13 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
             model = load_model(model)
         except (OSError, ValueError) as exc:
             raise ExportError(f"cannot load the head model: {exc}") from exc
-    return [export_gltf(tracked, model, out_dir / "run.glb")]
+    if fmt == "gltf":
+        from flame_tracker.export.gltf import export_gltf
+
+        return [export_gltf(tracked, model, out_dir / "run.glb")]
+    from flame_tracker.export.gaussian_avatars import export_gaussian_avatars
+
+    return [export_gaussian_avatars(tracked, model, out_dir, video)]
 
 
 __all__ = ["FORMATS", "ExportError", "TrackedRun", "export_run", "load_run"]
