@@ -181,6 +181,7 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
         focal = w / (2 * np.tan(fr["camera_angle_x"] / 2))
         p = np.load(ga / fr["flame_param_path"])
         assert p["shape"].shape == (300,) and p["expr"].shape == (1, 100) and p["eyes_pose"].shape == (1, 6)
+        assert p["static_offset"].shape == (1, 5023, 3)  # GaussianAvatars reads it from the first frame
         with torch.no_grad():
             lmk = model.landmarks(shape=torch.as_tensor(p["shape"][: model.n_shape])[None],
                                   expr=torch.as_tensor(p["expr"][:, : model.n_expr]),

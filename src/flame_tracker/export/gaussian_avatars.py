@@ -3,7 +3,7 @@
 ```
 images/{t:05d}_00.png          the tracked frames (original pixels)
 flame_param/{t:05d}.npz        translation (1,3), rotation (1,3), neck_pose, jaw_pose (1,3),
-                               eyes_pose (1,6), shape (300,), expr (1,100)
+                               eyes_pose (1,6), shape (300,), expr (1,100), static_offset (1,5023,3)
 canonical_flame_param.npz      zeros, jaw_pose [[0.3, 0, 0]], the shape
 transforms{,_train,_val,_test}.json
 ```
@@ -112,15 +112,19 @@ def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: 
     transl = transl - centre
     shape = _pad(a["shape"][:1], N_SHAPE)[0]
     expr = _pad(a["exp"], N_EXPR)
+    # GaussianAvatars reads static_offset from the first frame's file unless told not to (zero: the
+    # fitted shape is all the identity there is; it pads the 120 teeth vertices itself)
+    offset = np.zeros((1, model.n_verts, 3), np.float32)
     for t in range(len(frames)):
         np.savez(tmp / "flame_param" / f"{t:05d}.npz", translation=transl[t : t + 1].astype(np.float32),
                  rotation=rot[t : t + 1].astype(np.float32), neck_pose=a["neck_pose"][t : t + 1].astype(np.float32),
                  jaw_pose=a["jaw_pose"][t : t + 1].astype(np.float32),
-                 eyes_pose=a["eye_pose"][t : t + 1].astype(np.float32), shape=shape, expr=expr[t : t + 1])
+                 eyes_pose=a["eye_pose"][t : t + 1].astype(np.float32), shape=shape, expr=expr[t : t + 1],
+                 static_offset=offset)
     zeros3 = np.zeros((1, 3), np.float32)
     np.savez(tmp / "canonical_flame_param.npz", translation=zeros3, rotation=zeros3, neck_pose=zeros3,
              jaw_pose=np.array([[0.3, 0.0, 0.0]], np.float32), eyes_pose=np.zeros((1, 6), np.float32),
-             shape=shape, expr=np.zeros((1, N_EXPR), np.float32))
+             shape=shape, expr=np.zeros((1, N_EXPR), np.float32), static_offset=offset)
 
     w, h = (int(v) for v in a["image_size"][0])
     fx, fy = float(a["K_px"][0, 0, 0]), float(a["K_px"][0, 1, 1])
