@@ -319,8 +319,8 @@ class Tracker:
             (MediaPipe's ARKit scores for the model's matching channels); ``None``: blendshapes
             for models with named (ARKit) expressions (ICT), zero otherwise.
         landmarks: ``"68"`` (default): stage 2 fits the 68 iBUG points (+ iris); ``"dense"``: MediaPipe's
-            468 mesh points, weighted by how consistently the detector places each one (needs a
-            detector embedding; stage 1 keeps the 68). Outputs keep the 68 iBUG points either way.
+            468 mesh points in stage 2's last round, weighted by how consistently the detector places
+            each one (needs a detector embedding; stage 1 and the earlier rounds keep the 68). Outputs keep the 68 iBUG points either way.
     """
 
     def __init__(
@@ -535,7 +535,7 @@ class Tracker:
                 return targets
             return targets - views(init, pose6, fov)[0]
 
-        for _ in range(self.rounds):
+        for rnd in range(self.rounds):
             t = time.perf_counter()
             with torch.no_grad():
                 pts = fm.landmarks(**init).landmarks.expand(n, -1, -1)
@@ -548,7 +548,9 @@ class Tracker:
                 iters["stage1"] += cam.iterations
             timings["stage1"] += time.perf_counter() - t
             t = time.perf_counter()
-            if dense_ndc is None:
+            # dense points in the last round only: the rounds before are warm starts, and 68 points
+            # give them at less than half the cost
+            if dense_ndc is None or rnd < self.rounds - 1:
                 s2 = fit_stage2(fm, corrected(lmk_ndc, self.views68), pose6, fov, iris_ndc=iris_ndc, init=init,
                                 options=opts, expr_prior_mean=expr_mean)
             else:
