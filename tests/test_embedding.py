@@ -174,13 +174,25 @@ def test_view_points_blend_bins_and_the_correction_moves_targets(model) -> None:
     shifted = (verts[1, faces[int(model.lmk_faces_idx[30])]] * torch.tensor([0.2, 0.3, 0.5])[:, None]).sum(0)
     assert torch.allclose(viewed[1], 0.5 * static[1] + 0.5 * shifted, atol=1e-5)  # halfway between 0° and 10°
 
-    # the correction: zero offsets where the view table agrees with the static embedding
-    corr = ViewCorrection(model, emb)
-    pose6 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 1.5]] * 2, dtype=model.dtype)
+    # the correction, from two cameras 30° either side of the head: the view table equals the static
+    # embedding on one side (no offset) and moves every point to ``shifted`` on the other
+    one = {k: v[1:] for k, v in params.items()}
+    th = 0.5236
+    pose6 = torch.tensor([[0.0, s * th, 0.0, 1.5 * np.sin(s * th), 0.0, 1.5 * np.cos(s * th)] for s in (1, -1)],
+                         dtype=model.dtype)
     fov = torch.tensor([20.0, 20.0], dtype=model.dtype)
-    off, p_view, yaw = corr({k: v for k, v in params.items()}, pose6, fov)
+    off, p_view, yaw = ViewCorrection(model, emb)(one, pose6, fov)
     assert off.shape == (2, 68, 2) and yaw.shape == (2,)
-    assert torch.allclose(p_view, project_ndc(static, pose6, fov) + off, atol=1e-6)
+    assert (yaw.abs() > 20).all() and (yaw[0] * yaw[1] < 0), yaw  # the cameras see opposite view yaws
+    pos, neg = int(yaw.argmax()), int(yaw.argmin())
+    p_static = project_ndc(static[1:].expand(2, -1, -1), pose6, fov)
+    assert torch.allclose(p_view, p_static + off, atol=1e-6)
+    assert off[neg].abs().max() < 1e-9  # negative yaw: bins = static points
+    want_off = project_ndc(shifted.expand(2, 68, 3), pose6, fov)[pos] - p_static[pos]
+    assert torch.allclose(off[pos, :17], want_off[:17], atol=1e-6) and want_off[:17].abs().max() > 1e-3
+    assert off[pos, 17:].abs().max() < 1e-12  # only the outline slides (contour_only)
+    off_all, _, _ = ViewCorrection(model, emb, contour_only=False)(one, pose6, fov)
+    assert torch.allclose(off_all[pos], want_off, atol=1e-6)
 
 
 def test_stage2_fits_a_dense_landmark_set(model) -> None:

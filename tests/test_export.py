@@ -41,10 +41,11 @@ def test_arkit_csv_reads_back_as_live_link_face(run_dir: Path) -> None:
     res = CliRunner().invoke(main, ["export", str(run_dir), "--format", "arkit-csv", "--out", str(run_dir / "ark")])
     assert res.exit_code == 0, res.output
     t = np.load(run_dir / "tracking.npz")
+    ok = t["valid"]  # export rows are the tracked frames (bridged ones are left out)
     names = [str(n) for n in t["expr_names"]]
-    for fname, src_names, src in (("arkit_fitted.csv", names, t["exp"]),
+    for fname, src_names, src in (("arkit_fitted.csv", names, t["exp"][ok]),
                                   ("arkit_mediapipe.csv", [str(n) for n in t["blendshape_names"]],
-                                   t["blendshape_scores"])):
+                                   t["blendshape_scores"][ok])):
         with open(run_dir / "ark" / fname, newline="") as f:
             rows = list(csv.DictReader(f))  # an importer reads columns by (case-insensitive) name
         assert len(rows) == int(t["valid"].sum())
@@ -60,7 +61,7 @@ def test_arkit_csv_reads_back_as_live_link_face(run_dir: Path) -> None:
         tc = [r["Timecode"] for r in rows]
         assert all(len(c.split(":")) == 4 for c in tc) and tc == sorted(tc)
         euler = np.array([[float(r[k]) for k in ("HeadYaw", "HeadPitch", "HeadRoll")] for r in rows])
-        head, _ = to_head_centric(torch.as_tensor(t["pose6"], dtype=torch.float64))
+        head, _ = to_head_centric(torch.as_tensor(t["pose6"][ok], dtype=torch.float64))
         want = Rotation.from_rotvec(head.numpy()).as_matrix()
         got = Rotation.from_euler("YXZ", euler).as_matrix()
         assert np.abs(got - want).max() < 1e-5
@@ -108,7 +109,7 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
         # glTF camera at the origin looking down -z (y up)
         f = 0.5 * h_img / np.tan(0.5 * cam.yfov)
         px = np.stack([w_img / 2 + f * x[:, 0] / -x[:, 2], h_img / 2 - f * x[:, 1] / -x[:, 2]], 1)
-        worst = max(worst, float(np.abs(px - t["fit_lmks_68_px"][k]).max()))
+        worst = max(worst, float(np.abs(px - t["fit_lmks_68_px"][t["valid"]][k]).max()))
     print(f"glTF round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
 
@@ -125,7 +126,7 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
     pkl = write_flame_model(tmp_path / "flame", size="tiny", n_shape=10, n_expr=10)
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--model", str(pkl),
                                "--out", str(tmp_path / "gl")])
-    assert res.exit_code == 1 and "model" in res.output
+    assert res.exit_code == 1 and "pass the same --model" in res.output  # another model than the run's
     assert not (tmp_path / "gl").exists() or not any((tmp_path / "gl").iterdir())
 
 
@@ -190,7 +191,7 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
                                   eye_pose=torch.as_tensor(p["eyes_pose"])).landmarks[0].double().numpy()
         x = (lmk + p["translation"][0]) @ w2c[:3, :3].T + w2c[:3, 3]
         px = np.stack([w / 2 + focal * x[:, 0] / x[:, 2], h / 2 + focal * x[:, 1] / x[:, 2]], 1)
-        d = px - t["fit_lmks_68_px"][fr["timestep_index"]]
+        d = px - t["fit_lmks_68_px"][t["valid"]][fr["timestep_index"]]
         worst = max(worst, float(np.abs(d).max()))
     print(f"GaussianAvatars round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
@@ -201,3 +202,92 @@ def test_gaussian_avatars_refuses_a_model_that_is_not_flame_2023(run_dir: Path, 
                                     str(tmp_path / "ga")])
     assert res.exit_code == 1 and "FLAME 2023" in res.output
     assert not (tmp_path / "ga").exists()
+
+
+def test_gltf_refuses_a_flame_run_for_its_jaw_joint(flame_run) -> None:
+    run, _, pkl = flame_run
+    out = run.parent / "gl"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gltf", "--model", str(pkl), "--out", str(out)])
+    assert res.exit_code == 1 and "jaw joint" in res.output, res.output
+    assert not (out / "run.glb").exists()
+
+
+def test_gaussian_avatars_never_deletes_a_folder_it_did_not_write(flame_run, tmp_path: Path) -> None:
+    run, _, pkl = flame_run
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--out", str(keep)])
+    assert res.exit_code == 1 and "holds other files" in res.output, res.output
+    assert (keep / "notes.txt").read_text() == "precious" and not (tmp_path / "mine.part").exists()
+    # the current folder as --out: the same refusal, no crash
+    import os
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(keep)
+        res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                        "--out", "."])
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 1 and "holds other files" in res.output, res.output
+    # a previous export is replaced
+    ga = tmp_path / "ga"
+    for _ in range(2):
+        res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                        "--out", str(ga)])
+        assert res.exit_code == 0, res.output
+    assert (ga / "transforms.json").is_file() and not (tmp_path / "ga.old").exists()
+
+
+def test_load_run_keeps_video_metadata_and_drops_untracked_frames(run_dir: Path, tmp_path: Path) -> None:
+    """A run of exactly 52 frames (MediaPipe's blendshape count) with one bridged frame: the name
+    lists stay whole and the bridged frame is left out of every per-frame array."""
+    import json
+
+    from flame_tracker.export import load_run
+    from flame_tracker.export.arkit import export_arkit
+    from flame_tracker.export.run import is_video_metadata
+
+    t = dict(np.load(run_dir / "tracking.npz"))
+    n_names = len(t["blendshape_names"])
+    rows = np.arange(n_names) % len(t["valid"])
+    fake = {k: (v if is_video_metadata(k) else v[rows].copy()) for k, v in t.items()}
+    fake["frame"] = np.arange(n_names)
+    fake["time_s"] = fake["frame"] / 30.0
+    fake["valid"][:] = True
+    fake["valid"][5] = False
+    fake["video_fps"] = np.float64(0.0)  # a container without a frame rate
+    folder = tmp_path / "run52"
+    folder.mkdir()
+    np.savez(folder / "tracking.npz", **fake)
+    (folder / "manifest.json").write_text(json.dumps({"complete": True}))
+    run = load_run(folder)
+    assert run.n_frames == n_names - 1 and 5 not in run.arrays["frame"]
+    assert len(run.arrays["blendshape_names"]) == n_names and run.arrays["shape"].shape == t["shape"].shape
+    assert abs(run.fps - 30.0) < 1e-6  # from the timestamps
+    assert np.array_equal(run.arrays["exp"], fake["exp"][fake["valid"]])
+    (ark,) = [p for p in export_arkit(run, tmp_path / "ark") if p.name == "arkit_mediapipe.csv"]
+    with open(ark, newline="") as f:
+        assert len(list(csv.DictReader(f))) == n_names - 1
+
+
+def test_arkit_rotations_and_timecodes_follow_the_documented_convention() -> None:
+    from flame_tracker.camera import from_head_centric, world_to_view
+    from flame_tracker.export.arkit import rotations, timecodes
+    from flame_tracker.export.run import TrackedRun
+
+    turns = torch.tensor([[0.0, 0.3, 0.0], [0.2, 0.0, 0.0], [0.0, 0.0, 0.25]], dtype=torch.float64)
+    pose6 = from_head_centric(turns, torch.tensor([[0.0, 0.0, -1.0]] * 3, dtype=torch.float64))
+    run = TrackedRun(Path("."), {"pose6": pose6.numpy(), "eye_pose": np.zeros((3, 6))}, 30.0, "m")
+    rot = rotations(run)[:, :3]
+    assert np.allclose(rot, np.diag([0.3, 0.2, 0.25]), atol=1e-9)
+    # what the signs mean in the picture: the nose tip (model +z) of
+    # the yawed head moves right, the pitched one's moves down; the rolled head's top moves left
+    nose = world_to_view(torch.tensor([[0.0, 0.0, 0.1]], dtype=torch.float64).expand(3, 1, 3), pose6)[:, 0]
+    top = world_to_view(torch.tensor([[0.0, 0.1, 0.0]], dtype=torch.float64).expand(3, 1, 3), pose6)[:, 0]
+    assert nose[0, 0] > 0.01 and nose[1, 1] > 0.01 and top[2, 0] < -0.01  # OpenCV view: y down
+    # the thousandths of a frame round up into the next frame and second, never to ".1000"
+    assert timecodes(np.array([0.0, 1 / 30 - 1e-7, 1.0 - 1e-7, 3661.5]), 30.0) == [
+        "00:00:00:00.000", "00:00:00:01.000", "00:00:01:00.000", "01:01:01:15.000"]

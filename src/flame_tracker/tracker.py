@@ -353,7 +353,7 @@ class Tracker:
             raise ValueError(f"landmark_embedding must be 'views', 'detector' or 'model', got {landmark_embedding!r}")
         if landmarks not in ("68", "dense"):
             raise ValueError(f"landmarks must be '68' or 'dense', got {landmarks!r}")
-        from flame_tracker.fitting.views import ViewCorrection, dense_weights
+        from flame_tracker.fitting.views import ViewCorrection
         from flame_tracker.model.embedding import DENSE, detector_embedding, with_landmarks
 
         emb = None if landmark_embedding == "model" else detector_embedding(self.model)
@@ -366,7 +366,9 @@ class Tracker:
         self.fit_model = self.model if emb is None else with_landmarks(self.model, emb)
         use_views = emb is not None and landmark_embedding == "views"
         self.views68 = ViewCorrection(self.model, emb) if use_views else None
-        self.dense_model = self.views_dense = self.dense_weights = None
+        self.dense_model = self.views_dense = None
+        self._embedding = emb
+        self._dense_weights: dict[tuple[float, float], torch.Tensor] = {}  # by (w_lmk, w_contour)
         if landmarks == "dense":
             self.dense_model = with_landmarks(self.model, emb, DENSE)
             self.views_dense = ViewCorrection(self.model, emb, DENSE) if use_views else None
@@ -380,9 +382,6 @@ class Tracker:
         self.stage1_solver = stage1_solver
         bounded = self.model.expr_bounds is not None
         self.stage2 = stage2 or (BLENDSHAPE_STAGE2 if bounded else DEFAULT_STAGE2)
-        if landmarks == "dense":
-            self.dense_weights = dense_weights(emb, self.stage2.w_lmk, self.stage2.w_contour).to(self.device,
-                                                                                                 self.model.dtype)
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
@@ -452,6 +451,16 @@ class Tracker:
         face = (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names,
                 det.points478[:, :2])
         return face, {"load": t1 - t0, "detect": time.perf_counter() - t1}
+
+    def dense_weights(self, opts: Stage2Options) -> torch.Tensor:
+        """Per-point weights ``[468]`` of the dense mesh for stage-2 options ``opts`` (their
+        landmark and contour totals; computed when first asked, so a changed ``stage2`` counts)."""
+        from flame_tracker.fitting.views import dense_weights
+
+        key = (float(opts.w_lmk), float(opts.w_contour))
+        if key not in self._dense_weights:
+            self._dense_weights[key] = dense_weights(self._embedding, *key).to(self.device, self.model.dtype)
+        return self._dense_weights[key]
 
     def fit_landmarks(
         self,
@@ -556,7 +565,7 @@ class Tracker:
             else:
                 s2 = fit_stage2(self.dense_model, corrected(dense_ndc, self.views_dense), pose6, fov,
                                 iris_ndc=iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean,
-                                point_weights=self.dense_weights)
+                                point_weights=self.dense_weights(opts))
             if s2.pose6 is not None:  # the rigid pose refined with the expression (fit_rigid)
                 pose6 = s2.pose6
             timings["stage2"] += time.perf_counter() - t

@@ -56,7 +56,8 @@ def run_images(
                           principal_point="image" if fov is None else "crop", landmarks=landmarks,
                           landmark_embedding=landmark_embedding)
     except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot load the head model: {exc}") from exc
+        # the message names the problem: a model file, an option, or a missing embedding
+        raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
     # the model's default stage-2 options (blendshape priors for ICT) with the command's switches
     tracker.stage2 = replace(tracker.stage2, solver=solver, loss=loss, fit_shape=fit_shape and solver == "lm",
                              fit_neck=fit_neck and solver == "lm")

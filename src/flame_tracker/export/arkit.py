@@ -6,7 +6,9 @@ Layout (``../shared/reference/export-formats.md`` §7): ``Timecode,BlendShapeCou
 shapes in ARKit's order in PascalCase, then ``HeadYaw,HeadPitch,HeadRoll`` and each eye's
 ``Yaw,Pitch,Roll``; one row per frame; ``Timecode`` = ``HH:MM:SS:FF.mmm``; ``BlendShapeCount`` = 61.
 Rotations are in radians, relative to the camera, in ARKit's face frame (y up, z towards the
-camera; the head facing the camera is 0), decomposed as yaw (y), pitch (x), roll (z).
+camera; the head facing the camera is 0), decomposed as yaw (y), pitch (x), roll (z): HeadYaw > 0
+turns the face towards the image's right (the subject's left), HeadPitch > 0 tilts it down, HeadRoll
+> 0 turns its top towards the image's left.
 """
 
 from __future__ import annotations
@@ -79,13 +81,17 @@ def rotations(run: TrackedRun) -> np.ndarray:
 
 
 def timecodes(times: np.ndarray, fps: float) -> list[str]:
-    """``HH:MM:SS:FF.mmm`` of each time (seconds): FF the frame within the second at ``fps``."""
+    """``HH:MM:SS:FF.mmm`` of each time (seconds): FF the frame within the second at ``fps``, mmm
+    the thousandths of a frame (rounded, carried into FF and the seconds)."""
     out = []
+    per_second = int(round(fps * 1000))  # thousandths of a frame in one second
     for t in times:
         whole = int(np.floor(t + 1e-9))
-        frac = (t - whole) * fps
-        ff = int(np.floor(frac + 1e-6))
-        out.append(f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}:{ff:02d}.{int(round((frac - ff) * 1000)) % 1000:03d}")
+        units = int(round((t - whole) * fps * 1000))
+        if units >= per_second:  # rounded up to the next second
+            whole, units = whole + 1, units - per_second
+        ff, ms = divmod(units, 1000)
+        out.append(f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}:{ff:02d}.{ms:03d}")
     return out
 
 

@@ -61,10 +61,9 @@ def head_motion(run: TrackedRun, model) -> tuple[np.ndarray, np.ndarray]:
 
     a = run.arrays
     head_rv, head_t = to_head_centric(torch.as_tensor(a["pose6"], dtype=torch.float64))  # X_cam = R X + t
-    with torch.no_grad():  # the root joint of each frame's head (joints move with shape AND expression)
-        rest = model(shape=torch.as_tensor(a["shape"][:1], dtype=model.dtype),
-                     expr=torch.as_tensor(a["exp"], dtype=model.dtype)).vertices.double()
-        j0 = torch.einsum("v,nvc->nc", model.J_regressor[0].double(), rest).numpy()  # [T, 3]
+    with torch.no_grad():  # each frame's root joint (joints move with shape AND expression)
+        j0 = model.rest_joints(torch.as_tensor(a["shape"][:1], dtype=model.dtype),
+                               torch.as_tensor(a["exp"], dtype=model.dtype))[:, 0].double().cpu().numpy()  # [T, 3]
     from scipy.spatial.transform import Rotation
 
     r = Rotation.from_rotvec(head_rv.numpy()).as_matrix()
@@ -76,22 +75,55 @@ def head_motion(run: TrackedRun, model) -> tuple[np.ndarray, np.ndarray]:
 def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: str | Path | None = None) -> Path:
     """Write the VHAP/GaussianAvatars folder ``out_dir`` for ``run`` (see the module docstring); the
     frames are decoded again from ``video`` (default: the run's source video). Written to
-    ``out_dir.part`` first and renamed when complete."""
-    import cv2
-
-    from flame_tracker.video.decode import VideoReader
-
+    ``out_dir.part`` first and renamed when complete. ``out_dir`` must be new, empty or a previous
+    export (which is replaced); anything else is refused, never deleted."""
     _check(run, model)
     a = run.arrays
     video = Path(video) if video is not None else Path(str(a.get("video_path", "")))
     if not video.is_file():
         raise ExportError(f"the run's source video {str(video)!r} is not there; pass --video PATH")
-    out_dir = Path(out_dir)
+    out_dir = _free_out_dir(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(run, model, video, tmp)
+    except BaseException:  # nothing half-written is left behind (Ctrl-C included)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():  # a previous export of ours (checked above): swapped out, then removed
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _free_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as an absolute path that may be (re)written: missing, empty, or a previous
+    GaussianAvatars export. Anything else is refused rather than deleted."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.parent == out_dir:
+        raise ExportError(f"{out_dir}: give a folder to create for the export, not the file system root")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ExportError(f"{out_dir}: exists and is not a folder; give a new folder for the export")
+        ours = (out_dir / "transforms.json").is_file() and (out_dir / "flame_param").is_dir()
+        if any(out_dir.iterdir()) and not ours:
+            raise ExportError(f"{out_dir}: exists and holds other files; give a new (or empty) folder for the "
+                              "export: a previous gaussian-avatars export there would be replaced")
+    return out_dir
+
+
+def _write(run: TrackedRun, model, video: Path, tmp: Path) -> None:
+    """Everything of the export into the fresh folder ``tmp``."""
+    import cv2
+
+    from flame_tracker.video.decode import VideoReader
+
+    a = run.arrays
     (tmp / "images").mkdir(parents=True)
     (tmp / "flame_param").mkdir()
-
     frames = [int(f) for f in a["frame"]]
     wanted = {f: t for t, f in enumerate(frames)}
     written = 0
@@ -99,12 +131,13 @@ def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: 
         t = wanted.get(fr.index)
         if t is None:
             continue
-        cv2.imwrite(str(tmp / "images" / f"{t:05d}_00.png"), np.ascontiguousarray(fr.image[..., ::-1]))
+        path = tmp / "images" / f"{t:05d}_00.png"
+        if not cv2.imwrite(str(path), np.ascontiguousarray(fr.image[..., ::-1])):
+            raise ExportError(f"{path}: could not write the frame image (disk full or not writable?)")
         written += 1
         if written == len(frames):
             break
     if written != len(frames):
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"{video}: found {written} of the run's {len(frames)} frames; is it the tracked video?")
 
     rot, transl = head_motion(run, model)
@@ -140,9 +173,6 @@ def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: 
     for suffix, frs in splits.items():
         doc = {**intr, "timestep_indices": [e["timestep_index"] for e in frs], "camera_indices": [0], "frames": frs}
         (tmp / f"transforms{suffix}.json").write_text(json.dumps(doc, indent=1))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
 
 
 __all__ = ["export_gaussian_avatars", "head_motion"]

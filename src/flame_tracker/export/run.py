@@ -9,6 +9,13 @@ from pathlib import Path
 import numpy as np
 
 
+def is_video_metadata(key: str) -> bool:
+    """Whether ``tracking.npz``'s ``key`` is one value for the whole video (not one row per frame)."""
+    from flame_tracker.video.pipeline import FIXED_KEYS, VIDEO_KEYS
+
+    return key in FIXED_KEYS or key in VIDEO_KEYS or key.startswith("all_")
+
+
 class ExportError(ValueError):
     """The run cannot be exported in the asked format (the message says why and what to do)."""
 
@@ -50,10 +57,12 @@ def load_run(folder: str | Path) -> TrackedRun:
         arrays = {k: z[k] for k in z.files}
     valid = arrays.get("valid")
     if valid is not None and not valid.all():
-        n = valid.shape[0]
-        per_frame = {k for k, v in arrays.items() if v.ndim and v.shape[0] == n
-                     and k not in ("shape", "crop", "keyframes") and not k.startswith("all_")}
-        arrays = {k: (v[valid] if k in per_frame else v) for k, v in arrays.items()}
+        arrays = {k: (v if is_video_metadata(k) else v[valid]) for k, v in arrays.items()}
     if arrays["exp"].shape[0] == 0:
         raise ExportError(f"{folder}: the run has no tracked frame")
-    return TrackedRun(folder, arrays, float(arrays.get("video_fps", 30.0)), str(arrays.get("model_name", "")))
+    fps = float(arrays.get("video_fps", 0.0))
+    if not np.isfinite(fps) or fps <= 0:  # a container without a frame rate: from the timestamps
+        frames, times = arrays["frame"].astype(np.float64), arrays["time_s"].astype(np.float64)
+        span = times[-1] - times[0]
+        fps = (frames[-1] - frames[0]) / span if span > 0 else 30.0
+    return TrackedRun(folder, arrays, fps, str(arrays.get("model_name", "")))

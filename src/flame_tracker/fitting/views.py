@@ -47,11 +47,12 @@ class ViewCorrection:
             from flame_tracker.detection.layout import FACE_OVAL
 
             n = points.stop - points.start
-            self.moving = torch.zeros(n, dtype=torch.bool)
+            moving = torch.zeros(n, dtype=torch.bool)
             if points == IBUG68:
-                self.moving[:17] = True
+                moving[:17] = True
             else:
-                self.moving[torch.as_tensor(FACE_OVAL)] = True
+                moving[torch.as_tensor(FACE_OVAL)] = True
+            self.moving = moving.to(model.device)
 
     @staticmethod
     def yaw(static: Tensor, pose6: Tensor) -> Tensor:

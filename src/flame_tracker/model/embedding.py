@@ -124,12 +124,12 @@ class ViewPoints:
         corner = (faces[owner[verts]] == verts[:, None]).argmax(1)
         self.model = model.with_landmarks(owner[verts], np.eye(3)[corner]).eval()
         n_static = static.size
-        dt = model.dtype
-        self.static_idx = torch.as_tensor(inv[:n_static].reshape(static.shape))
-        self.static_bary = torch.as_tensor(emb.static_bary[points], dtype=dt)
-        self.bin_idx = torch.as_tensor(inv[n_static:].reshape(binned.shape))
-        self.bin_bary = torch.as_tensor(emb.bary[:, points], dtype=dt)
-        self.yaws = torch.as_tensor(emb.yaw_deg, dtype=dt)
+        dt, dev = model.dtype, model.device  # on the model's device: a CUDA fit indexes with them
+        self.static_idx = torch.as_tensor(inv[:n_static].reshape(static.shape), device=dev)
+        self.static_bary = torch.as_tensor(emb.static_bary[points], dtype=dt, device=dev)
+        self.bin_idx = torch.as_tensor(inv[n_static:].reshape(binned.shape), device=dev)
+        self.bin_bary = torch.as_tensor(emb.bary[:, points], dtype=dt, device=dev)
+        self.yaws = torch.as_tensor(emb.yaw_deg, dtype=dt, device=dev)
 
     def blend(self, yaw_deg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Bins below/above each yaw ``[N]`` and the weight of the upper one (clamped at the ends)."""
@@ -143,6 +143,8 @@ class ViewPoints:
         """Static points ``[N, P, 3]`` and (given each head's view yaw ``[N]``) the view-table points
         ``[N, P, 3]`` of heads with ``params`` (model space)."""
         v = self.model.landmarks(**params).landmarks  # [N, U, 3]
+        if yaw_deg is not None and yaw_deg.numel() > v.shape[0]:  # one head seen by several cameras
+            v = v.expand(yaw_deg.numel(), -1, -1)
         n = v.shape[0]
 
         def mix(idx: Tensor, bary: Tensor) -> Tensor:  # idx [N, P, 3], bary [N, P, 3]

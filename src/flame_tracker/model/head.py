@@ -291,6 +291,16 @@ class HeadModel(torch.nn.Module):
         N, parts = self._parts(params)
         return torch.cat(parts[:2], 1), torch.cat(parts[2:], 1).view(N, self.n_joints, 3)
 
+    def rest_joints(self, shape: torch.Tensor | None = None, expr: torch.Tensor | None = None) -> torch.Tensor:
+        """Joint locations of the unposed head ``[N,J,3]`` for ``shape``/``expr`` (linear in both:
+        ``J_regressor (template + dirs · coeffs)``, no vertices are built, so any N is cheap)."""
+        N, parts = self._parts({"shape": shape, "expr": expr})
+        k = self.n_shape + self.n_expr
+        coeffs = torch.cat(parts[:2], 1)  # [N, S+E]
+        v3 = 3 * self.n_verts
+        joints = self._template[v3:] + coeffs @ self._dirs[v3:, :k].T
+        return joints.view(N, self.n_joints, 3)
+
     # ------------------------------------------------------------------ evaluation
     def forward(
         self,

@@ -178,6 +178,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
 # keys of a per-frame npz that are the same for the whole video (not stacked over frames)
 FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
+# keys tracking.npz adds about the whole video (with the ``all_*`` arrays over every decoded frame)
+VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
 
 def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
