@@ -1,14 +1,28 @@
-"""Landmark detection throughput and 68-point accuracy.
+"""Landmark detection: small faces in wide shots, throughput, and 68-point accuracy.
 
-Prints a table of frames/s for MediaPipe IMAGE and VIDEO mode on 512² frames
+1. **Small faces** (``--faces``; ``--no-small`` skips it): the shared photos, the annotated photos
+   and frames of the shared videos are pasted (soft-edged, at seeded random places) into textured
+   1920×1080 and 3840×2160 canvases at eye-to-chin heights from 30 to 800 px; each canvas is
+   searched as before (MediaPipe on the whole picture, downscaled to 1920) and with the search
+   (``detection.search.FaceFinder``: whole picture, then tiles, each face refined on a crop around
+   it). Per size: the detection rate and the landmark error (NME: mean distance to the face's own
+   landmarks, MediaPipe on the photo where the face fills the picture, in % of the outer-eye-corner
+   distance) with and without the search: at the large sizes this is the precision of the
+   face-centred crop against the whole downscaled frame.
+2. **Video throughput** on a 1080p wide shot (``talking_ex1`` shrunk to a 120-pixel face in a
+   1920×1080 canvas) and on ``talking_ex1`` itself: decoding + detection alone (the follower of
+   ``flame-tracker video``) and the whole ``track_video`` on the same clip, in frames/s, and their ratio.
+3. Raw MediaPipe throughput:  of frames/s for MediaPipe IMAGE and VIDEO mode on 512² frames
 (``talking_wojtek.mp4``) and 1080p frames (``talking_ex1.mp4`` scaled to 1080 px high and padded to
 1920×1080), one detector run per frame (the reference runs it three times: original, 512 and 256
 images; a row reproduces that for comparison), then the inter-ocular NME of the 68 points on the
 hand-annotated 300-W image (and its mirror image) for the reference and the default ("improved")
 68-point tables. Frames are decoded before timing; the first call (graph warm-up) is not timed.
-Last line: ``fps_video_512=<x> nme_300w=<NME>``.
+Last line: ``small_face_rate_1080p=… small_face_rate_4k=… e2e_ratio_wide=… e2e_ratio_ex1=… fps_video_512=…
+nme_300w=…`` (the rates over faces of at least 40 px eye to chin; the ratios: end-to-end fps over
+detection-only fps).
 
-Usage: ``python benchmarks/detection.py [--frames N]``
+Usage: ``python benchmarks/detection.py [--frames N] [--faces N] [--no-small] [--no-e2e]``
 """
 
 from __future__ import annotations
@@ -69,11 +83,152 @@ def run_reference_style(lm: FaceLandmarker, frames: list[np.ndarray]) -> tuple[f
     return (len(frames) - 1) / (time.perf_counter() - t0), found / (len(frames) - 1)
 
 
+HEIGHTS = (30, 40, 60, 100, 150, 250, 400, 800)  # eye-to-chin, pixels
+CANVASES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
+
+
+def face_samples(n_max: int) -> list:
+    """Faces with their reference landmarks: photos, annotated photos, frames of the videos."""
+    from flame_tracker.evaluation.footage import FaceSample, load_faces
+    from flame_tracker.paths import data_dir
+
+    root = data_dir()
+    photos = sorted((root / "images").glob("*.png")) + sorted((root / "images").glob("*.jpg"))
+    photos += sorted((root / "images" / "gt68").glob("*.[jp][pn]g"))
+    with FaceLandmarker(max_side=4096) as lm:
+        faces = load_faces(photos, lm)
+        for name in ("talking_ex1.mp4", "talking_ex3.mp4", "talking_wojtek.mp4"):
+            for k, f in enumerate(read_frames(name, 60)[::30]):
+                det = lm.detect(f)
+                if det is not None:
+                    faces.append(FaceSample(f"{name[:-4]}#{k * 30}", f, det.lmks68.astype(np.float64)))
+    return faces[:n_max]
+
+
+def small_faces(faces: list, seed: int = 0) -> dict[tuple[str, int], dict[str, list[float]]]:
+    """Detection rate and NME per (canvas, eye-chin height), without and with the search."""
+    from flame_tracker.detection.search import FaceFinder, face_centre
+    from flame_tracker.evaluation.footage import paste_face, textured_canvas
+
+    rng = np.random.default_rng(seed)
+    stats: dict[tuple[str, int], dict[str, list[float]]] = {}
+    with FaceFinder() as finder:
+        for cname, (w, h) in CANVASES.items():
+            bg = textured_canvas(w, h, seed=1)
+            for hgt in HEIGHTS:
+                if hgt * 1.7 > h:  # the whole face (forehead to chin) would not fit
+                    continue
+                st = stats.setdefault((cname, hgt), {"found_before": [], "found_after": [], "nme_before": [],
+                                                     "nme_after": [], "extra_after": [], "s_after": []})
+                for face in faces:
+                    half = 0.9 * hgt
+                    c = (rng.uniform(half, w - half), rng.uniform(half, h - half))
+                    canvas = bg.copy()
+                    ref = paste_face(canvas, face, c, hgt)
+                    iod = float(np.linalg.norm(ref[36] - ref[45]))
+                    centre = (ref.min(0) + ref.max(0)) / 2
+                    t0 = time.perf_counter()
+                    before = finder.whole_frame(canvas)
+                    t1 = time.perf_counter()
+                    after = finder.find(canvas)
+                    st["s_after"].append(time.perf_counter() - t1 + (t1 - t0))
+                    for key, dets in (("before", before), ("after", after)):
+                        match = [d for d in dets if np.linalg.norm(face_centre(d.points478) - centre) < 0.5 * hgt]
+                        st[f"found_{key}"].append(float(bool(match)))
+                        if match:
+                            err = np.linalg.norm(match[0].lmks68 - ref, axis=1).mean() / iod * 100
+                            st[f"nme_{key}"].append(float(err))
+                        if key == "after":
+                            st["extra_after"].append(float(len(dets) - bool(match)))
+    return stats
+
+
+def wide_shot_clip(path, n: int) -> None:
+    """``talking_ex1`` shrunk to a 120-pixel (eye to chin) face in a 1920×1080 textured canvas."""
+    from flame_tracker.evaluation.footage import FaceSample, paste_face, textured_canvas
+    from flame_tracker.video.encode import VideoWriter
+
+    frames = read_frames("talking_ex1.mp4", n)
+    with FaceLandmarker() as lm:
+        ref = lm.detect(frames[0]).lmks68.astype(np.float64)
+    bg = textured_canvas(1920, 1080, seed=2)
+    with VideoWriter(path, fps=30.0) as out:
+        for f in frames:
+            canvas = bg.copy()
+            paste_face(canvas, FaceSample("ex1", f, ref), (1250.0, 600.0), 120.0, feather=0.05)
+            out.write(canvas)
+
+
+def throughput(clip, n: int) -> tuple[float, float]:
+    """(detection-only fps, end-to-end fps) of ``clip``'s first ``n`` frames, in this process."""
+    import tempfile
+
+    from flame_tracker.detection.search import FaceFollower
+    from contextlib import closing
+
+    from flame_tracker.video.decode import VideoReader, prefetch
+    from flame_tracker.video.pipeline import VideoOptions, track_video
+
+    t0 = time.perf_counter()
+    with FaceFollower() as fol, closing(prefetch(VideoReader(clip, max_frames=n))) as frames:
+        k = sum(fol(f.image, f.time_s) is not None for f in frames)  # decoded ahead, as the pipeline does
+    det_fps = n / (time.perf_counter() - t0)
+    if k < n // 2:
+        raise SystemExit(f"{clip}: the follower found a face in only {k} of {n} frames")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        track_video(clip, f"{tmp}/run", video_options=VideoOptions(max_frames=n), progress=False)
+        e2e_fps = n / (time.perf_counter() - t0)
+    return det_fps, e2e_fps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100, help="frames per row (default 100)")
+    ap.add_argument("--faces", type=int, default=24, help="faces per size in the small-face table (default 24)")
+    ap.add_argument("--no-small", action="store_true", help="skip the small-face table")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end video throughput")
     args = ap.parse_args()
     n = max(2, args.frames)
+
+    rates = {"1080p": float("nan"), "4k": float("nan")}
+    if not args.no_small:
+        faces = face_samples(args.faces)
+        stats = small_faces(faces)
+        print(f"Small faces: {len(faces)} faces pasted per size (eye-to-chin px) into textured canvases;")
+        print("found = a detection within half a face height of the face; NME in % of the outer-eye distance")
+        print("against the face's own landmarks; before = MediaPipe on the whole picture (downscaled to 1920),")
+        print("after = the search (whole picture, tiles, crop around each face)")
+        print(f"{'canvas':<7} {'eye-chin':>8} {'found before':>13} {'found after':>12} {'NME before':>11} "
+              f"{'NME after':>10} {'extra faces':>12} {'s/picture':>10}")
+        for (cname, hgt), st in stats.items():
+            def m(v):
+                return float(np.mean(v)) if v else float("nan")
+            print(f"{cname:<7} {hgt:8d} {m(st['found_before']):13.0%} {m(st['found_after']):12.0%} "
+                  f"{m(st['nme_before']):11.2f} {m(st['nme_after']):10.2f} {sum(st['extra_after']):12.0f} "
+                  f"{m(st['s_after']):10.2f}")
+        for cname in rates:
+            found = [v for (c, hgt), st in stats.items() if c == cname and hgt >= 40 for v in st["found_after"]]
+            rates[cname] = float(np.mean(found))
+        print()
+
+    ratios = {"wide": float("nan"), "ex1": float("nan")}
+    if not args.no_e2e:
+        import tempfile
+        from pathlib import Path
+
+        print("Video throughput (frames/s; detection alone = decoding + the follower of `flame-tracker video`;")
+        print("end to end = track_video: detection, identity, fits, smoothing, files)")
+        print(f"{'clip':<28} {'frames':>6} {'detection':>10} {'end to end':>11} {'ratio':>6}")
+        with tempfile.TemporaryDirectory() as tmp:
+            wide = Path(tmp) / "wide_1080p.mp4"
+            wide_shot_clip(wide, 128)
+            for key, label, clip in (("wide", "1080p wide shot (120 px)", wide),
+                                     ("ex1", "talking_ex1 (1080x720)", data_file("videos", "talking_ex1.mp4"))):
+                det_fps, e2e_fps = throughput(clip, 128)
+                ratios[key] = e2e_fps / det_fps
+                print(f"{label:<28} {128:6d} {det_fps:10.1f} {e2e_fps:11.1f} {ratios[key]:6.2f}")
+        print()
 
     f512 = read_frames("talking_wojtek.mp4", n)  # 512×512, 25 fps
     f1080 = [to_1080p(f) for f in read_frames("talking_ex1.mp4", n)]
@@ -120,7 +275,9 @@ def main() -> None:
         print(f"{g:<12} {sl.stop - sl.start:6d} " + " ".join(f"{errs[t, n][sl].mean():10.4f}" for t, n, _, _ in cols))
     nme = float(errs["improved", "orig"].mean())  # the default table
     fps_video_512 = next(r[3] for r in rows if r[0] == "512x512" and r[1] == "VIDEO")
-    print(f"fps_video_512={fps_video_512:.1f} nme_300w={nme:.4f}")
+    print(f"small_face_rate_1080p={rates['1080p']:.3f} small_face_rate_4k={rates['4k']:.3f} "
+          f"e2e_ratio_wide={ratios['wide']:.2f} e2e_ratio_ex1={ratios['ex1']:.2f} "
+          f"fps_video_512={fps_video_512:.1f} nme_300w={nme:.4f}")
 
 
 if __name__ == "__main__":

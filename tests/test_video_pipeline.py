@@ -207,7 +207,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
     """A run killed while detecting (mid-block) or while fitting, then resumed, writes exactly the
     results of a run that was never interrupted: MediaPipe's tracking restarts at fixed blocks and a
     resumed run redoes the partly detected block."""
-    from flame_tracker.detection import landmarker as lm_mod
+    from flame_tracker.detection import search as search_mod
     from flame_tracker.video import pipeline as pipe
 
     monkeypatch.setattr(pipe, "DETECT_BLOCK", 8)
@@ -218,7 +218,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
 
     calls = [0]
     if kill_in == "landmarks":
-        real = lm_mod.FaceLandmarker.detect
+        real = search_mod.FaceFollower.__call__
 
         def flaky(self, *args, **kwargs):
             calls[0] += 1
@@ -226,7 +226,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
                 raise KeyboardInterrupt
             return real(self, *args, **kwargs)
 
-        monkeypatch.setattr(lm_mod.FaceLandmarker, "detect", flaky)
+        monkeypatch.setattr(search_mod.FaceFollower, "__call__", flaky)
     else:
         real_fit = track_mod.fit_frames
 

@@ -286,6 +286,12 @@ class Result:
         return paths
 
 
+def _face_tuple(det, rgb: np.ndarray) -> tuple:
+    """A detection as the fitting input ``(lmks68, iris, (W, H), blendshapes, names, points478_xy)``."""
+    return (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names,
+            det.points478[:, :2])
+
+
 class Tracker:
     """Fits a head model to single images. Reuse one tracker for many images (models load once).
 
@@ -321,6 +327,11 @@ class Tracker:
         landmarks: ``"68"`` (default): stage 2 fits the 68 iBUG points (+ iris); ``"dense"``: MediaPipe's
             468 mesh points in stage 2's last round, weighted by how consistently the detector places
             each one (needs a detector embedding; stage 1 and the earlier rounds keep the 68). Outputs keep the 68 iBUG points either way.
+        face: which face of a picture with several to fit: ``largest`` (default), ``center``,
+            ``left``, ``right``, ``index N`` (from the left) or ``near X,Y``
+            (:class:`~flame_tracker.detection.search.FaceChoice`); small faces in wide shots are
+            searched for over tiles (:class:`~flame_tracker.detection.search.FaceFinder`).
+        verbose: let MediaPipe's native log lines through.
     """
 
     def __init__(
@@ -340,6 +351,8 @@ class Tracker:
         landmark_embedding: str = "detector",
         expr_prior: str | None = None,
         landmarks: str = "68",
+        face: Any = "largest",
+        verbose: bool = False,
     ) -> None:
         from flame_tracker.model import HeadModel, load_model
 
@@ -392,8 +405,13 @@ class Tracker:
             raise ValueError(f"image_fov must be in [1, 150] degrees, got {image_fov}")
         self.principal_point = principal_point
         self.image_fov = image_fov
+        from flame_tracker.detection.search import FaceChoice
+
         self._landmarker_path = landmarker
         self._landmarker = None
+        self._finder = None
+        self.face = FaceChoice.parse(face)
+        self.verbose = verbose
         self.last_image: np.ndarray | None = None
         with torch.no_grad():
             self._faces = self.model.faces.cpu().numpy()
@@ -405,14 +423,26 @@ class Tracker:
         if self._landmarker is None:
             from flame_tracker.detection import FaceLandmarker
 
-            self._landmarker = FaceLandmarker(self._landmarker_path, mode="image")
+            self._landmarker = FaceLandmarker(self._landmarker_path, mode="image", max_faces=6,
+                                              verbose=self.verbose)
         return self._landmarker
+
+    @property
+    def finder(self):
+        """The face search (whole frame, then tiles; :class:`~flame_tracker.detection.search.FaceFinder`)
+        on :attr:`landmarker`."""
+        if self._finder is None:
+            from flame_tracker.detection.search import FaceFinder
+
+            self._finder = FaceFinder(landmarker=self.landmarker)
+        return self._finder
 
     def close(self) -> None:
         """Release the landmarker."""
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
+        self._finder = None
 
     def __enter__(self) -> Tracker:
         return self
@@ -434,10 +464,23 @@ class Tracker:
         result.source = str(image) if isinstance(image, (str, os.PathLike)) else ""
         return result
 
-    def _detect(self, image, name: str) -> tuple[tuple, dict[str, float]]:
-        """Load ``image`` (kept as ``last_image``) and detect its face: ``((lmks68, iris, (W, H),
-        blendshapes, blendshape_names, points478), {"load": s, "detect": s})``. Raises ``NoFaceError`` naming
-        the file (or ``name`` for an array)."""
+    def fit_image_faces(self, image: str | os.PathLike[str] | np.ndarray) -> list[Result]:
+        """Fit every face of ``image``, from left to right (one :class:`Result` each, fitted as one
+        batch). Raises :class:`~flame_tracker.detection.NoFaceError` when there is none."""
+        from flame_tracker.detection.search import FaceChoice
+
+        dets, rgb, timings = self._find(image, "the image", exhaustive=True)
+        faces = [_face_tuple(d, rgb) for d in FaceChoice("left").order(dets)]
+        with cpu_threads(1, self.device):
+            results = self._fit_faces(faces)
+        for r in results:
+            r.timings = {**timings, **r.timings}
+            r.source = str(image) if isinstance(image, (str, os.PathLike)) else ""
+        return results
+
+    def _find(self, image, name: str, exhaustive: bool = False) -> tuple[list, np.ndarray, dict[str, float]]:
+        """Load ``image`` (kept as ``last_image``) and find its faces (small ones included;
+        ``exhaustive``: every face, also small ones beside a large one)."""
         from flame_tracker.detection import NoFaceError
         from flame_tracker.io.images import load_image
 
@@ -445,12 +488,27 @@ class Tracker:
         rgb = load_image(image)
         self.last_image = rgb
         t1 = time.perf_counter()
-        det = self.landmarker.detect(rgb)
+        dets = self.finder.find(rgb, exhaustive=exhaustive)
+        if not dets:
+            where = str(image) if isinstance(image, (str, os.PathLike)) else name
+            raise NoFaceError(f"No face found in {where} (searched the whole picture and tiles down to faces of "
+                              f"about {self.finder.min_face_px:.0f} px from eyes to chin).")
+        return dets, rgb, {"load": t1 - t0, "detect": time.perf_counter() - t1}
+
+    def _detect(self, image, name: str) -> tuple[tuple, dict[str, float]]:
+        """Load ``image`` (kept as ``last_image``) and detect the face :attr:`face` chooses:
+        ``((lmks68, iris, (W, H), blendshapes, blendshape_names, points478), {"load": s, "detect": s})``.
+        Raises ``NoFaceError`` naming the file (or ``name`` for an array)."""
+        from flame_tracker.detection import NoFaceError
+
+        # choosing a person (not simply the largest face) needs every face, small ones included
+        dets, rgb, timings = self._find(image, name, exhaustive=self.face.rule != "largest")
+        det = self.face.pick(dets)
         if det is None:
-            raise NoFaceError(f"No face found in {str(image) if isinstance(image, (str, os.PathLike)) else name}.")
-        face = (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names,
-                det.points478[:, :2])
-        return face, {"load": t1 - t0, "detect": time.perf_counter() - t1}
+            where = str(image) if isinstance(image, (str, os.PathLike)) else name
+            raise NoFaceError(f"{where}: found {len(dets)} face(s), so there is no face {self.face} "
+                              f"(faces are counted from 0, left to right)")
+        return _face_tuple(det, rgb), timings
 
     def dense_weights(self, opts: Stage2Options) -> torch.Tensor:
         """Per-point weights ``[468]`` of the dense mesh for stage-2 options ``opts`` (their

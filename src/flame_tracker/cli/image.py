@@ -40,6 +40,9 @@ def run_images(
     same_person: bool = False,
     landmarks: str = "68",
     landmark_embedding: str = "detector",
+    face: str = "largest",
+    all_faces: bool = False,
+    verbose: bool = False,
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
@@ -54,7 +57,7 @@ def run_images(
         tracker = Tracker(model, device, landmarker=landmarker, fov=20.0 if fov is None else fov,
                           image_fov=image_fov if fov is None else None,
                           principal_point="image" if fov is None else "crop", landmarks=landmarks,
-                          landmark_embedding=landmark_embedding)
+                          landmark_embedding=landmark_embedding, face=face, verbose=verbose)
     except (OSError, ValueError) as exc:
         # the message names the problem: a model file, an option, or a missing embedding
         raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
@@ -77,30 +80,34 @@ def run_images(
                 return len(images)
         for path, stem in zip(images, _stems(images)):
             try:
-                result = joint[path] if same_person else tracker.fit_image(path)
                 if same_person:
+                    results = [joint[path]]
                     from flame_tracker.io.images import load_image
 
                     tracker.last_image = load_image(path)
-                if photometric:  # refine against the photo's colours (fitting.photometric)
-                    from flame_tracker.fitting.photometric import refine_result, save_texture_png
+                else:
+                    results = tracker.fit_image_faces(path) if all_faces else [tracker.fit_image(path)]
+                for k, result in enumerate(results):
+                    name = f"{stem}_face{k}" if all_faces else stem
+                    if photometric:  # refine against the photo's colours (fitting.photometric)
+                        from flame_tracker.fitting.photometric import refine_result, save_texture_png
 
-                    result, ph = refine_result(tracker.fit_model, result, tracker.last_image,
-                                               output_model=tracker.model)
-                result.save(out_dir, stem, image=tracker.last_image, mesh=mesh, overlay=overlay)
-                if photometric:
-                    save_texture_png(out_dir / f"{stem}_texture.png", ph.albedo, tracker.model)
+                        result, ph = refine_result(tracker.fit_model, result, tracker.last_image,
+                                                   output_model=tracker.model)
+                    result.save(out_dir, name, image=tracker.last_image, mesh=mesh, overlay=overlay)
+                    if photometric:
+                        save_texture_png(out_dir / f"{name}_texture.png", ph.albedo, tracker.model)
+                    t = result.timings
+                    click.echo(
+                        f"{path} -> {out_dir / name}.npz  reproj {result.reprojection_error_px:.2f} px  "
+                        f"(detect {t.get('detect', 0):.2f}s, stage1 {t['stage1']:.2f}s, "
+                        f"stage2 {t['stage2']:.2f}s, write {t.get('write', 0):.2f}s)"
+                    )
             except Exception as exc:  # noqa: BLE001  (one bad image must not stop the batch)
                 failures += 1
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 click.echo(f"error: {path}: {msg}", err=True)
                 continue
-            t = result.timings
-            click.echo(
-                f"{path} -> {out_dir / stem}.npz  reproj {result.reprojection_error_px:.2f} px  "
-                f"(detect {t.get('detect', 0):.2f}s, stage1 {t['stage1']:.2f}s, "
-                f"stage2 {t['stage2']:.2f}s, write {t.get('write', 0):.2f}s)"
-            )
     return failures
 
 
@@ -147,9 +154,16 @@ def run_images(
               help="Where the fitted points sit on the model: where the detector puts them (derived by rendering, "
               "`flame-tracker embed`), the same with the face outline sliding with the head's yaw (views), or the "
               "model's own 68 points (model, the reference).")
+@click.option("--face", default="largest", show_default=True,
+              help="Which face to fit when a photo has several: largest, center, left, right, 'index N' (counted "
+              "from the left, from 0) or 'near X,Y' (pixels). Small faces in wide shots are searched for too.")
+@click.option("--all-faces", is_flag=True, help="Fit every face of each photo: <name>_face0.*, <name>_face1.*, ... "
+              "(left to right).")
+@click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
           image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
-          photometric: bool, same_person: bool, landmarks: str, landmark_embedding: str) -> None:
+          photometric: bool, same_person: bool, landmarks: str, landmark_embedding: str, face: str, all_faces: bool,
+          verbose: bool) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -157,6 +171,7 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
       <name>.obj / .ply   the fitted mesh (model space, metres)
       <name>_overlay.png  mesh and landmarks over the photo
       <name>.json         summary: camera, reprojection error, timings
+      (with --all-faces: <name>_face0.*, <name>_face1.*, ... from left to right)
 
     A folder argument is expanded to the images it contains. An image that cannot be read or has no
     face prints one error line; the others are still processed and the exit code is 1.
@@ -169,10 +184,19 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
             paths.append(p)
     if not paths:
         raise click.ClickException("no images found in the given folder(s)")
+    if all_faces and same_person:
+        raise click.BadParameter("--all-faces fits every face separately; --same-person fits one person: "
+                                 "use one of them", param_hint="--all-faces")
+    from flame_tracker.detection.search import FaceChoice
+
+    try:
+        FaceChoice.parse(face)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--face") from exc
     failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, image_fov=image_fov, solver=solver,
                           loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay,
                           photometric=photometric, same_person=same_person, landmarks=landmarks,
-                          landmark_embedding=landmark_embedding)
+                          landmark_embedding=landmark_embedding, face=face, all_faces=all_faces, verbose=verbose)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
     if failures:
         sys.exit(1)

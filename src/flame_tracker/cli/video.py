@@ -40,19 +40,29 @@ import click
                    "every frame against it (per-frame SH light saved as light); ~0.4-1 s per frame.")
 @click.option("--export", "exports", multiple=True, type=click.Choice(["arkit-csv", "gltf", "gaussian-avatars"]),
               help="After tracking, also export the run (as `flame-tracker export`); repeatable.")
+@click.option("--face", default="largest", show_default=True,
+              help="Which face to follow when several are in the picture: largest, center, left, right, "
+              "'index N' (counted from the left, from 0) or 'near X,Y' (pixels); the same person is then "
+              "followed, not whichever face is largest later.")
+@click.option("--roi/--no-roi", default=True, show_default=True,
+              help="Find small faces (tiled search) and follow them, or one of several people, with a crop around "
+              "the face; --no-roi: MediaPipe on the whole (downscaled) frame only.")
+@click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, end_s: float | None,
           every: int, fps: float | None, max_frames: int | None, image_fov: float, fov: float | None,
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
-          meshes: str | None, photometric: bool, exports: tuple[str, ...], force: bool, quiet: bool) -> None:
+          meshes: str | None, photometric: bool, exports: tuple[str, ...], face: str, roi: bool, verbose: bool,
+          force: bool, quiet: bool) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
     One identity for the whole video, per-frame fits warm-started from the previous frames, and
     smoothing over the whole sequence. An interrupted run resumes when run again with the same
     arguments; a finished one is left alone unless --force.
     """
+    from flame_tracker.detection.search import FaceChoice
     from flame_tracker.video.decode import VideoError
     from flame_tracker.video.pipeline import VideoOptions, track_video
     from flame_tracker.video.store import OutputMismatchError
@@ -61,12 +71,16 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
     topts = TrackOptions(fov=20.0 if fov is None else fov, image_fov=image_fov if fov is None else None,
                          estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
                          expr_cutoff_hz=smooth_expr)
+    try:
+        face = str(FaceChoice.parse(face))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--face") from exc
     vopts = VideoOptions(start_s=start_s, end_s=end_s, every=every, fps=fps,
                          max_frames=max_frames, overlay=overlay, side_by_side=side_by_side,
-                         meshes=meshes, photometric=photometric)
+                         meshes=meshes, photometric=photometric, face=face, roi=roi)
     try:
         summary = track_video(clip, out_dir, model=model_path, options=topts, video_options=vopts,
-                              force=force, progress=not quiet)
+                              force=force, progress=not quiet, verbose=verbose)
     except (FileNotFoundError, VideoError, NoFacesError, OutputMismatchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:

@@ -12,7 +12,10 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from flame_tracker.assets import face_landmarker_path
 from flame_tracker.detection.layout import IRIS_INDICES, mediapipe_to_dlib68, table68
-from flame_tracker.io.images import ImageTransform, load_image, resize_max_side
+from flame_tracker.io.images import ImageTransform, crop_resize, load_image, resize_max_side
 
 Mode = Literal["image", "video"]
 Select = Literal["largest", "first", "center"]
@@ -39,6 +42,28 @@ BLENDSHAPE_NAMES: tuple[str, ...] = (
     "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
     "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
 )
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to the process's stderr (file descriptor 2) to /dev/null for
+    the duration: MediaPipe's C++ logs (``W0000 ...``, ``INFO: Created TensorFlow Lite ...``)
+    bypass Python and no environment variable turns them off before its logging is initialised.
+    Python exceptions raised inside are reported after the descriptor is restored."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 class NoFaceError(RuntimeError):
@@ -103,6 +128,7 @@ class FaceLandmarker:
         table: 68-point table, ``"improved"`` (default) or ``"reference"`` (upstream-spec §6.2
             exactly); see :mod:`flame_tracker.detection.layout`.
         blendshapes, transformation_matrix: compute these outputs (on by default).
+        verbose: let MediaPipe's native log lines through (they are silenced otherwise).
     """
 
     def __init__(
@@ -119,6 +145,7 @@ class FaceLandmarker:
         min_tracking_confidence: float = 0.5,
         blendshapes: bool = True,
         transformation_matrix: bool = True,
+        verbose: bool = False,
     ) -> None:
         if mode not in ("image", "video"):
             raise ValueError(f"mode must be 'image' or 'video', not {mode!r}")
@@ -138,6 +165,8 @@ class FaceLandmarker:
         self.max_faces = int(max_faces) if max_faces is not None else (4 if mode == "image" else 1)
         self.min_presence_confidence = float(min_presence_confidence)
         self._last_ts: int | None = None
+        self.verbose = bool(verbose)
+        self._warm = False  # the first inference has run (MediaPipe logs its set-up then)
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(self.model_path)),
             running_mode=vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE,
@@ -149,7 +178,8 @@ class FaceLandmarker:
             output_facial_transformation_matrixes=transformation_matrix,
         )
         try:
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            with contextlib.nullcontext() if verbose else native_stderr_silenced():
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as exc:
             raise RuntimeError(
                 f"Cannot load the MediaPipe Face Landmarker from {self.model_path}: {exc}. "
@@ -180,19 +210,48 @@ class FaceLandmarker:
         self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: int | None = None
     ) -> list[FaceDetection]:
         """All faces (up to ``max_faces``) in MediaPipe's order; an empty list when none."""
+        rgb = load_image(image)  # arrays: only dtype/channel conversion, no copy for RGB uint8
+        small, tf = resize_max_side(rgb, self.max_side)
+        return self._infer(small, tf, timestamp_ms)
+
+    def detect_region(
+        self,
+        image: np.ndarray,
+        centre: tuple[float, float],
+        side: float,
+        timestamp_ms: int | None = None,
+        out_side: int = 512,
+    ) -> list[FaceDetection]:
+        """The faces in the square of ``side`` pixels around ``centre`` (it may leave the picture:
+        the outside is black), seen at no more than ``out_side`` pixels: MediaPipe then gets a
+        face that fills a good part of its input, however small or large it is in the frame.
+        Points are in ``image``'s pixels."""
+        rgb = load_image(image)
+        side = max(float(side), 8.0)
+        box = (centre[0] - side / 2, centre[1] - side / 2, side, side)
+        if side <= 1.5 * out_side:
+            n = int(min(round(side), out_side))
+            crop, tf = crop_resize(rgb, box, (n, n))
+        else:  # a large shrink: crop at full resolution, then average pixels (no aliasing)
+            crop, tf = crop_resize(rgb, box, (round(side), round(side)))
+            crop, shrink = resize_max_side(crop, out_side)
+            tf = ImageTransform((tf.scale[0] * shrink.scale[0], tf.scale[1] * shrink.scale[1]), tf.offset,
+                                shrink.size, tf.original_size)
+        return self._infer(crop, tf, timestamp_ms)
+
+    def _infer(self, small: np.ndarray, tf: ImageTransform, timestamp_ms: int | None) -> list[FaceDetection]:
+        """Run MediaPipe on ``small``; the points go back to original pixels through ``tf``."""
         import mediapipe as mp
 
         if self._landmarker is None:
             raise RuntimeError("this FaceLandmarker is closed")
-        rgb = load_image(image)  # arrays: only dtype/channel conversion, no copy for RGB uint8
-        h, w = rgb.shape[:2]
-        small, tf = resize_max_side(rgb, self.max_side)
-        mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=small)
-        if self.mode == "video":
-            ts = self._next_timestamp(timestamp_ms)
-            result = self._landmarker.detect_for_video(mp_image, ts)
-        else:
-            result = self._landmarker.detect(mp_image)
+        w, h = tf.original_size
+        mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small))
+        with self._quiet():  # MediaPipe logs its graph set-up on the first call
+            if self.mode == "video":
+                result = self._landmarker.detect_for_video(mp_image, self._next_timestamp(timestamp_ms))
+            else:
+                result = self._landmarker.detect(mp_image)
         sw, sh = tf.size
         out = []
         for i, lms in enumerate(result.face_landmarks):
@@ -219,6 +278,13 @@ class FaceLandmarker:
                 )
             )
         return out
+
+    def _quiet(self) -> contextlib.AbstractContextManager[None]:
+        """Silences MediaPipe's native set-up log lines during the first inference (unless verbose)."""
+        if self._warm or self.verbose:
+            return contextlib.nullcontext()
+        self._warm = True
+        return native_stderr_silenced()
 
     def detect(
         self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: int | None = None

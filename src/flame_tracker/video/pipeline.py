@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
+from flame_tracker.detection.search import MIN_FACE_PX
 from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.tracker import Result
@@ -42,7 +43,9 @@ class VideoOptions:
     every: int = 1
     fps: float | None = None
     max_frames: int | None = None
-    detect_max_side: int = 1280  # frames are downscaled in the decoder for detection
+    detect_max_side: int = 1280  # the whole-frame detection pass sees frames downscaled to this
+    face: str = "largest"  # which face to follow (detection.search.FaceChoice)
+    roi: bool = True  # follow small faces / one of several with a crop around the face, search tiles
     overlay: bool = False
     side_by_side: bool = False
     meshes: str | None = None  # "ply" or "obj": export the mesh of every tracked frame
@@ -54,7 +57,7 @@ class VideoOptions:
     def frame_settings(self) -> dict[str, Any]:
         """The settings that change which frames are tracked (the rest only adds outputs)."""
         return {k: getattr(self, k) for k in ("start_s", "end_s", "every", "fps", "max_frames",
-                                               "detect_max_side")}
+                                               "detect_max_side", "face", "roi")}
 
 
 @dataclass
@@ -73,6 +76,7 @@ class VideoSummary:
     frames_done: dict[str, int] = field(default_factory=dict)  # work done by *this* run per stage
     broken: str | None = None
     skipped: bool = False  # the folder was already complete
+    faces_seen: int = 0  # most faces seen at once in a frame (several people: the chosen one is followed)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -93,6 +97,8 @@ class VideoSummary:
                          f"{self.jitter_raw.get('lmk_acc_px', np.nan):.2f} -> "
                          f"{self.jitter.get('lmk_acc_px', np.nan):.2f} px/frame^2")
         lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.faces_seen > 1:
+            lines.append(f"{self.faces_seen} faces seen at once: one person was followed (choose with --face)")
         if self.broken:
             lines.append(f"WARNING: {self.broken}; the frames before it were tracked")
         return "\n".join(lines)
@@ -101,19 +107,22 @@ class VideoSummary:
 # --------------------------------------------------------------------------- stage 1: landmarks
 
 def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None,
-                  progress: bool, summary: VideoSummary) -> None:
+                  progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False) -> None:
     """Decode and detect every selected frame not yet checkpointed."""
-    from flame_tracker.detection import FaceLandmarker
+    from flame_tracker.detection.search import FaceFollower
 
     done_marker = run.root / "work" / "landmarks_done.json"
     if done_marker.is_file():
-        summary.broken = json.loads(done_marker.read_text()).get("broken")
+        info = json.loads(done_marker.read_text())
+        summary.broken = info.get("broken")
+        summary.faces_seen = int(info.get("faces_seen", 1))
         summary.frames_done["landmarks"] = 0
         return
     stage = run.stage("landmarks", chunk=DETECT_BLOCK)
     # MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it
-    # started. It restarts at every block of DETECT_BLOCK frames, and a resumed run drops a partly
-    # detected block and starts again at its beginning: the same landmarks wherever a run was killed.
+    # started. It restarts at every block of DETECT_BLOCK frames (following on from the block's
+    # last face), and a resumed run drops a partly detected block and starts again at its
+    # beginning: the same landmarks wherever a run was killed.
     n_done = len(stage.done())
     stage.keep_first(n_done - n_done % DETECT_BLOCK)
     done = stage.done()
@@ -128,14 +137,17 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                disable=not progress, dynamic_ncols=True)
     t_decode = t_detect = 0.0
     n = 0
+    follower = FaceFollower(landmarker_path, choice=vopts.face, roi=vopts.roi, max_side=vopts.detect_max_side,
+                            verbose=verbose)
+    prev = stage.load()  # the last stored face: where a resumed run follows on from
+    seed = None
+    if prev:
+        last = int(np.argmax(prev["frame"]))
+        seed = (prev["lmks68"][last] * reader.scale, float(prev["time_s"][last]),
+                tuple(int(v) for v in prev["image_size"][last]))
     try:
         with ExitStack() as stack:
-            def landmarker() -> FaceLandmarker:
-                return FaceLandmarker(landmarker_path, mode="video", transformation_matrix=False,
-                                      max_side=reader.max_side or 1280)
-
-            lm = landmarker()
-            stack.callback(lambda: lm.close())
+            stack.callback(follower.close)
             # decode the next frames while this one is detected; closing stops the decode thread
             it = stack.enter_context(closing(prefetch(reader)))
             while True:
@@ -145,10 +157,10 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                 t_decode += t1 - t0
                 if frame is None:
                     break
-                if n and n % DETECT_BLOCK == 0:  # resumed runs start at a block boundary too
-                    lm.close()  # a new block: a fresh tracking state (see above)
-                    lm = landmarker()
-                det = lm.detect(frame.image, timestamp_ms=frame.time_s * 1000.0)
+                if seed is not None or (n and n % DETECT_BLOCK == 0):  # a block starts (see above)
+                    follower.reset(*(seed or (None, 0.0, None)))
+                    seed = None
+                det = follower(frame.image, frame.time_s)
                 t_detect += time.perf_counter() - t1
                 h, w = frame.image.shape[:2]
                 rec = {"time_s": np.float64(frame.time_s), "valid": det is not None,
@@ -163,6 +175,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                         rec["blendshapes"] = det.blendshapes
                 stage.add(frame.index, rec)
                 n += 1
+                if (n % DETECT_BLOCK) == 0:  # the next block follows on from this face
+                    seed = (rec["lmks68"] * reader.scale, float(frame.time_s), (w, h))
                 bar.update(1)
     finally:
         stage.flush()
@@ -170,8 +184,10 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.timings["decode_s"] = t_decode
         summary.timings["detect_s"] = t_detect
         summary.frames_done["landmarks"] = n
+        summary.faces_seen = max(summary.faces_seen, follower.faces_seen)
     summary.broken = str(reader.broken) if reader.broken else None
-    save_json(done_marker, {"broken": summary.broken, "n_decoded": reader.n_decoded})
+    save_json(done_marker, {"broken": summary.broken, "n_decoded": reader.n_decoded,
+                            "faces_seen": summary.faces_seen})
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -239,10 +255,15 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
         own[rows] = project_fit(model, fit.identity, {"pose6": fit.pose6, "expr": fit.expr,
                                                       "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, rows)[0]
     stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names, extra, own)
-    for i, r in enumerate(rows):  # per-frame files are tiny; the loop is over frames
+    def write_frame(i: int, r: int) -> None:  # per-frame files are tiny: uncompressed, two at a time
         path = run.frame_path(int(lm["frame"][r]))
         if not path.exists():
-            save_npz(path, {k: v if k in FIXED_KEYS else v[i:i + 1] for k, v in stacked.items()})
+            save_npz(path, {k: v if k in FIXED_KEYS else v[i:i + 1] for k, v in stacked.items()}, compress=False)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # file writes and zip headers release the GIL in part
+        list(pool.map(write_frame, range(len(rows)), rows))
     # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
     stacked.update({
         "keyframes": lm["frame"][fit.identity.keyframes],
@@ -400,7 +421,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                 model: torch.nn.Module | str | Path | None = None,
                 options: TrackOptions | None = None, video_options: VideoOptions | None = None,
                 force: bool = False, progress: bool = True,
-                landmarker_path: str | Path | None = None) -> VideoSummary:
+                landmarker_path: str | Path | None = None, verbose: bool = False) -> VideoSummary:
     """Track a monocular video into ``out_dir`` (see :mod:`flame_tracker.video.store` for the
     files). Resumes an interrupted run; does nothing on a finished folder unless ``force``.
 
@@ -417,7 +438,9 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     t_start = time.perf_counter()
     reader = VideoReader(video, start_s=vopts.start_s, end_s=vopts.end_s, every=vopts.every,
                          fps=vopts.fps, max_frames=vopts.max_frames,
-                         max_side=vopts.detect_max_side)
+                         # the ROI path crops small faces from the full-resolution frame; the
+                         # whole-frame pass downscales by itself
+                         max_side=None if vopts.roi else vopts.detect_max_side)
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model)
     # Fit the detector's 68 points on this model (flame_tracker.model.embedding), as single images
@@ -439,13 +462,16 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         summary.skipped = True
         return summary
 
-    _detect_stage(run, reader, landmarker_path, progress, summary)
+    _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose)
     lm = _load_landmarks(run)
     if not lm or not lm["valid"].any():
         n = len(lm.get("frame", []))
         raise NoFacesError(
             f"no face found in any of the {n} frames read from {video}"
             + (f" ({summary.broken})" if summary.broken else "")
+            + ("; searched every frame's whole picture and, once a second, tiles down to faces of about "
+               f"{MIN_FACE_PX:.0f} px from eyes to chin" if vopts.roi else
+               "; searched the whole (downscaled) picture only: try without --no-roi to find small faces")
             + "; check that the video shows a face, or widen --start/--end")
 
     # identity and per-frame fits, checkpointed
