@@ -47,6 +47,9 @@ import click
 @click.option("--roi/--no-roi", default=True, show_default=True,
               help="Find small faces (tiled search) and follow them, or one of several people, with a crop around "
               "the face; --no-roi: MediaPipe on the whole (downscaled) frame only.")
+@click.option("--flow/--no-flow", default=True, show_default=True,
+              help="Follow the head by optical flow through frames where no face is detected (profiles, a hand "
+              "over the face); --no-flow: interpolate short gaps, drop long ones.")
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -54,8 +57,8 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
           every: int, fps: float | None, max_frames: int | None, image_fov: float, fov: float | None,
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
-          meshes: str | None, photometric: bool, exports: tuple[str, ...], face: str, roi: bool, verbose: bool,
-          force: bool, quiet: bool) -> None:
+          meshes: str | None, photometric: bool, exports: tuple[str, ...], face: str, roi: bool, flow: bool,
+          verbose: bool, force: bool, quiet: bool) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
     One identity for the whole video, per-frame fits warm-started from the previous frames, and
@@ -70,7 +73,7 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
 
     topts = TrackOptions(fov=20.0 if fov is None else fov, image_fov=image_fov if fov is None else None,
                          estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
-                         expr_cutoff_hz=smooth_expr)
+                         expr_cutoff_hz=smooth_expr, flow=flow)
     try:
         face = str(FaceChoice.parse(face))
     except ValueError as exc:

@@ -174,8 +174,10 @@ def _inside(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return ((x < xc) & cond).sum(1) % 2 == 1
 
 
-def vertex_albedo(model, neutral: np.ndarray, lmk3d: np.ndarray, spec: SceneSpec) -> np.ndarray:
-    """Per-vertex albedo ``[V, 3]`` of a subject: skin with variation, lips, brows, hair, eyes."""
+def vertex_albedo(model, neutral: np.ndarray, lmk3d: np.ndarray, spec: SceneSpec, detail: float = 0.0) -> np.ndarray:
+    """Per-vertex albedo ``[V, 3]`` of a subject: skin with variation, lips, brows, hair, eyes;
+    ``detail`` > 0 adds per-vertex speckle of that relative amplitude (pores, freckles: texture
+    that optical flow can follow)."""
     r = np.random.default_rng(spec.seed + 1)
     v = neutral
     # low-frequency skin variation from random Fourier features of the position (blotches, redness)
@@ -218,6 +220,9 @@ def vertex_albedo(model, neutral: np.ndarray, lmk3d: np.ndarray, spec: SceneSpec
             ang = np.arccos(np.clip(d[:, 2] / np.linalg.norm(d, axis=1).clip(1e-9), -1, 1))
             col = np.where(ang[:, None] < 0.22, 0.03, np.where(ang[:, None] < 0.52, iris_col, [0.88, 0.86, 0.82]))
             alb[m] = col
+    if detail > 0:
+        speckle = np.random.default_rng(spec.seed + 3).normal(0.0, detail, len(v))
+        alb = alb * (1.0 + speckle)[:, None]
     return np.clip(alb, 0.0, 1.0)
 
 
@@ -281,8 +286,10 @@ def scene_truth(model, spec: SceneSpec) -> SceneTruth:
     return SceneTruth(spec, K, R, t, verts, neutral, px, lmk)
 
 
-def render_scene(model, spec: SceneSpec, *, supersample: int = 2) -> tuple[np.ndarray, SceneTruth]:
-    """Render ``spec``: returns the RGB uint8 picture ``[H, W, 3]`` and its :class:`SceneTruth`."""
+def render_scene(model, spec: SceneSpec, *, supersample: int = 2, detail: float = 0.0
+                 ) -> tuple[np.ndarray, SceneTruth]:
+    """Render ``spec``: returns the RGB uint8 picture ``[H, W, 3]`` and its :class:`SceneTruth`
+    (``detail``: per-vertex skin speckle, see :func:`vertex_albedo`)."""
     truth = scene_truth(model, spec)
     cam = truth.vertices_cam
     f = truth.K[0, 0]
@@ -299,7 +306,7 @@ def render_scene(model, spec: SceneSpec, *, supersample: int = 2) -> tuple[np.nd
     faces = model.faces.cpu()
     # normals in a camera-aligned GL frame (+y up, +z towards the camera): the light's frame
     normals = vertex_normals(torch.as_tensor(cam * [1, -1, -1])[None], faces)[0]
-    albedo = vertex_albedo(model, truth.neutral, truth.lmks68_3d, spec)
+    albedo = vertex_albedo(model, truth.neutral, truth.lmks68_3d, spec, detail)
     with torch.no_grad():
         out = render(torch.as_tensor(vpx)[None], faces, (y1 - y0) * ss, (x1 - x0) * ss,
                      normals=normals, light=torch.as_tensor(sh_light(spec)), albedo=torch.as_tensor(albedo))
@@ -318,5 +325,28 @@ def render_scene(model, spec: SceneSpec, *, supersample: int = 2) -> tuple[np.nd
     return img, truth
 
 
-__all__ = ["SceneSpec", "SceneTruth", "EXPRESSION_PRESETS", "sample_scenes", "scene_truth", "render_scene",
+def turning_head(model, n_frames: int, *, seed: int = 11, yaw_peak: float = 90.0, size: tuple[int, int] = (640, 480),
+                 face_frac: float = 0.45, fov_deg: float = 30.0, talk: float = 0.3) -> list[SceneSpec]:
+    """A head turning from frontal to ``yaw_peak`` degrees and back over ``n_frames`` (a cosine
+    ramp with a hold at the peak), talking (the jaw opens and closes, amplitude ``talk``), one
+    identity, one light: the frames of a synthetic profile video."""
+    base = sample_scenes(model, 1, seed, yaw_max=1.0, pitch_max=0.0, roll_max=0.0, sizes=(size[0], size[0]))[0]
+    t = np.linspace(0.0, 1.0, n_frames)
+    # 0 -> peak over the first 40 %, hold 20 %, back over the last 40 %
+    ramp = np.clip(np.minimum(t / 0.4, (1.0 - t) / 0.4), 0.0, 1.0)
+    yaw = yaw_peak * 0.5 * (1 - np.cos(np.pi * ramp))
+    names = list(model.expr_names or [])
+    out = []
+    for i in range(n_frames):
+        expr = np.zeros(model.n_expr)
+        if "jawOpen" in names:
+            expr[names.index("jawOpen")] = talk * 0.5 * (1 + np.sin(2 * np.pi * i / 9.0))
+        out.append(SceneSpec(index=i, seed=base.seed, shape=base.shape, expr=expr, preset="talk",
+                             euler_deg=np.array([yaw[i], 4.0, 0.0]), fov_deg=fov_deg, width=size[0], height=size[1],
+                             face_frac=face_frac, centre_frac=(0.5, 0.5), skin=base.skin,
+                             light_dir=np.array([0.3, 0.4, 0.87]), light_strength=0.4))
+    return out
+
+
+__all__ = ["SceneSpec", "SceneTruth", "EXPRESSION_PRESETS", "sample_scenes", "scene_truth", "render_scene", "turning_head",
            "vertex_albedo", "sh_light", "background"]

@@ -22,7 +22,8 @@ class ExportError(ValueError):
 
 @dataclass
 class TrackedRun:
-    """The arrays of ``tracking.npz`` over the tracked (valid) frames, plus the video's metadata."""
+    """The arrays of ``tracking.npz`` over the tracked frames (with landmarks or followed by optical
+    flow; interpolated ones are left out), plus the video's metadata."""
 
     folder: Path
     arrays: dict[str, np.ndarray]  # tracking.npz, frame arrays restricted to the tracked frames
@@ -56,6 +57,8 @@ def load_run(folder: str | Path) -> TrackedRun:
     with np.load(tracking, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     valid = arrays.get("valid")
+    if valid is not None and "source" in arrays:  # frames followed by optical flow are tracked too
+        valid = valid | (arrays["source"] == "flow")
     if valid is not None and not valid.all():
         arrays = {k: (v if is_video_metadata(k) else v[valid]) for k, v in arrays.items()}
     if arrays["exp"].shape[0] == 0:

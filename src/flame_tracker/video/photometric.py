@@ -181,10 +181,13 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     raw["err_ndc"] = np.where(valid, fit.raw["err_ndc"], np.nan)
     light = rec.get("light", np.full((t_len, 9, 3), np.nan))
     valid &= fit.valid
+    if fit.flow is not None and fit.flow.any():  # flow-tracked frames keep their poses (not refined)
+        for k in PARAM_KEYS:
+            raw[k][fit.flow] = fit.raw[k][fit.flow]
     # the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and jitter stay the baseline
     with cpu_threads(1, model.v_template.device):
         new = sequence_fit(model, fit.identity, raw, lm["lmks68"].astype(np.float64), valid, lm["time_s"],
-                           options, dict(fit.timings), baseline=fit)
+                           options, dict(fit.timings), baseline=fit, flow=fit.flow, flow_inliers=fit.flow_inliers)
     light_s, _ = smooth_sequence(light.reshape(t_len, 27), valid, times=lm["time_s"],
                                  cutoff_hz=options.pose_cutoff_hz, max_gap_s=options.max_gap_s)
     timings["photometric_s"] = time.perf_counter() - t0

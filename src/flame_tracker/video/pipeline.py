@@ -67,6 +67,7 @@ class VideoSummary:
     out_dir: Path
     n_frames: int = 0
     n_tracked: int = 0  # frames with a face
+    n_flow: int = 0  # frames without landmarks whose head was followed by optical flow
     n_bridged: int = 0  # frames without a face filled in by the smoother
     n_dropped: int = 0  # frames without any result
     mean_reproj_px: float = float("nan")
@@ -87,8 +88,8 @@ class VideoSummary:
         """Human-readable end-of-run summary."""
         if self.skipped:
             return f"{self.out_dir}: already complete, nothing to do (use --force to redo)"
-        lines = [f"frames: {self.n_frames} | tracked {self.n_tracked} | bridged {self.n_bridged}"
-                 f" | dropped {self.n_dropped}",
+        lines = [f"frames: {self.n_frames} | tracked {self.n_tracked} | optical flow {self.n_flow}"
+                 f" | bridged {self.n_bridged} | dropped {self.n_dropped}",
                  f"mean reprojection error: {self.mean_reproj_px:.2f} px (68 landmarks)"]
         if self.jitter:
             lines.append("jitter (RMS acceleration) raw -> smoothed: pose "
@@ -190,6 +191,57 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                             "faces_seen": summary.faces_seen})
 
 
+# --------------------------------------------------------------------- frames without landmarks
+
+class _ForwardFrames:
+    """The video's frames at given rows, decoded in one forward pass (:data:`video.flow.FrameSource`):
+    each request starts at or after the previous one's first row; frames before it are dropped."""
+
+    def __init__(self, reader: VideoReader, frame_index: np.ndarray, rows: np.ndarray) -> None:
+        self.row_of = {int(frame_index[r]): int(r) for r in rows}
+        wanted = self.row_of
+
+        class _Others:  # the reader's `skip`: every frame but the wanted ones
+            def __contains__(self, idx: object) -> bool:
+                return idx not in wanted
+
+        self._it = iter(reader.reopen(skip=_Others()))
+        self._cache: dict[int, np.ndarray] = {}
+        self._scale: float | None = None
+        self._done = False
+
+    def __call__(self, rows: np.ndarray, scale: float) -> dict[int, np.ndarray]:
+        from flame_tracker.video.flow import grey
+
+        if self._scale is None:
+            self._scale = scale
+        for r in [r for r in self._cache if r < rows[0]]:
+            del self._cache[r]
+        last = int(rows[-1])
+        while not self._done and (not self._cache or max(self._cache) < last):
+            fr = next(self._it, None)
+            if fr is None:
+                self._done = True
+                break
+            row = self.row_of.get(fr.index)
+            if row is not None:
+                self._cache[row] = grey(fr.image, self._scale)
+        return {int(r): self._cache[int(r)] for r in rows if int(r) in self._cache}
+
+
+def _flow_filler(model, reader: VideoReader, lm: dict[str, np.ndarray]):
+    """The gap filler of :func:`track_landmarks`: the head followed by optical flow through the
+    frames without landmarks (:mod:`flame_tracker.video.flow`), frames decoded again as needed."""
+    from flame_tracker.video.flow import flow_through_gaps, needed_rows
+
+    def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray):
+        rows = needed_rows(valid, lm["time_s"])
+        source = _ForwardFrames(reader, lm["frame"], rows)
+        return flow_through_gaps(model, identity, raw, valid, lm["time_s"], source)
+
+    return fill
+
+
 # ------------------------------------------------------------------------------------ outputs
 
 # keys of a per-frame npz that are the same for the whole video (not stacked over frames)
@@ -236,7 +288,11 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
     arrays = frame_result(fit, rows, lm, model_name, expr_names, own_lmks_px).arrays()
     arrays.update(frame=lm["frame"][rows].astype(np.int64),
                   time_s=lm["time_s"][rows].astype(np.float64),
-                  valid=fit.valid[rows].copy())
+                  valid=fit.valid[rows].copy(),
+                  source=fit.source[rows],  # landmarks | flow | bridged (video.flow.SOURCES)
+                  # how many surface points carried a flow frame's pose (its confidence; 0 otherwise)
+                  flow_inliers=(np.zeros(len(rows), np.int32) if fit.flow_inliers is None else
+                                np.where(fit.source[rows] == "flow", fit.flow_inliers[rows], 0).astype(np.int32)))
     arrays.update({k: np.asarray(v)[rows].astype(np.float32) for k, v in (extra or {}).items()})
     return arrays
 
@@ -371,6 +427,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     bar = tqdm(total=len(lm["frame"]), desc="overlay", unit="frame", disable=not progress,
                dynamic_ncols=True)
     with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
+        sources = fit.source
         for frame in reader.reopen():
             r = row_of.get(frame.index)
             img = frame.image
@@ -390,12 +447,25 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                 out = render_overlay(base, vpx, faces, alpha=0.0 if textured else 0.6,
                                      lmks_detected=lm["lmks68"][r] if fit.valid[r] else None,
                                      lmks_fitted=fit.lmks_fit_px[r], focal=focal)
+                if sources[r] != "landmarks":  # say where a frame without landmarks got its head from
+                    _label(out, "optical flow" if sources[r] == "flow" else "interpolated",
+                           (60, 200, 255) if sources[r] == "flow" else (255, 160, 60))
             if vopts.side_by_side:
                 out = side_by_side(img, out)
             writer.write(out, time_s=frame.time_s - (reader.start_s or 0.0))
             bar.update(1)
     bar.close()
     summary.timings["overlay_s"] = time.perf_counter() - t0
+
+
+def _label(image: np.ndarray, text: str, color: tuple[int, int, int]) -> None:
+    """A small caption in the top-left corner of an overlay frame (in place)."""
+    import cv2
+
+    scale = max(0.5, image.shape[0] / 720)
+    org = (int(12 * scale), int(30 * scale))
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (0, 0, 0), int(4 * scale), cv2.LINE_AA)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, color, int(2 * scale), cv2.LINE_AA)
 
 
 # ---------------------------------------------------------------------------------- main entry
@@ -496,12 +566,16 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     def on_identity(ident: Identity) -> None:
         save_npz(ident_path, ident.as_arrays())
 
+    gap_filler = None
+    if topts.flow and not lm["valid"].all():
+        gap_filler = _flow_filler(fit_model, reader, lm)
     try:
         fit = track_landmarks(fit_model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
                               iris_px=lm["iris"].astype(np.float64), options=topts,
                               identity=identity, done=done, on_chunk=on_chunk,
                               on_identity=on_identity, image_size=_image_size(lm),
-                              blendshapes=lm["blendshapes"], blendshape_names=BLENDSHAPE_NAMES)
+                              blendshapes=lm["blendshapes"], blendshape_names=BLENDSHAPE_NAMES,
+                              gap_filler=gap_filler)
     finally:
         bar.close()
         fit_stage.flush()
@@ -520,7 +594,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model)
     summary.n_frames = t_len
     summary.n_tracked = int(fit.valid.sum())
-    summary.n_bridged = int((fit.covered & ~fit.valid).sum())
+    summary.n_flow = int((fit.source == "flow").sum())
+    summary.n_bridged = int((fit.source == "bridged").sum())
     summary.n_dropped = t_len - int(fit.covered.sum())
     summary.mean_reproj_px = float(np.nanmean(fit.reproj_px))
     summary.jitter_raw = fit.jitter_raw.as_dict() if fit.jitter_raw else {}

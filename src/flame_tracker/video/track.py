@@ -34,6 +34,10 @@ from flame_tracker.camera import (Crop, crop_fov, matrix_to_rotvec, project_ndc,
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
 
 
+# fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
+GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray], tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]
+
+
 class NoFacesError(RuntimeError):
     """Not a single frame of the video has a face."""
 
@@ -54,6 +58,7 @@ class TrackOptions:
     pose_cutoff_hz: float = 3.0  # smoothing of the rigid pose
     expr_cutoff_hz: float = 6.0  # smoothing of expression, jaw and eyes (speech is fast)
     max_gap_s: float = 0.5  # longer runs without a face are not bridged
+    flow: bool = True  # follow the head by optical flow through frames without landmarks (video.flow)
     crop_scale: float = 1.6  # fitting crop side / median face-box side
     frame_temporal: bool = True  # reference temporal term between adjacent frames of a chunk
     identity_rounds: int = 2
@@ -114,6 +119,19 @@ class SequenceFit:
     jitter_raw: JitterMetrics | None = None
     jitter: JitterMetrics | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    flow: np.ndarray | None = None  # [T] frames without landmarks tracked by optical flow (.flow)
+    flow_inliers: np.ndarray | None = None  # [T] points that carried each flow frame's pose
+
+    @property
+    def source(self) -> np.ndarray:
+        """``[T]`` where each frame's parameters come from: ``landmarks``, ``flow`` (the head followed
+        by optical flow through a gap), ``bridged`` (interpolated by the smoother) or ``dropped``."""
+        flow = self.flow if self.flow is not None else np.zeros_like(self.valid)
+        out = np.full(len(self.valid), "dropped", dtype="<U9")
+        out[self.covered] = "bridged"
+        out[self.covered & flow] = "flow"
+        out[self.valid] = "landmarks"
+        return out
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -334,6 +352,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
                     image_size: tuple[int, int] | None = None,
                     blendshapes: np.ndarray | None = None,
                     blendshape_names: tuple[str, ...] = (),
+                    gap_filler: GapFiller | None = None,
                     ) -> SequenceFit:
     """Track a landmark sequence.
 
@@ -353,6 +372,9 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
             camera with ``options.fov``).
         blendshapes: ``[T, 52]`` MediaPipe scores with their ``blendshape_names``: the centre of the
             expression prior for models with ARKit-named expressions (ICT).
+        gap_filler: ``(identity, raw, valid) -> (raw', flow [T], inliers [T])`` fills frames without
+            landmarks before smoothing (:func:`flame_tracker.video.flow.flow_through_gaps` with the
+            video's frames); ``None``: gaps are bridged or dropped.
 
     Raises:
         NoFacesError: no frame is valid.
@@ -365,7 +387,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
     with cpu_threads(1, model.v_template.device):
         return _track_landmarks(model, lmks_px, valid, times, iris_px, options or TrackOptions(),
                                 identity, done, on_chunk, on_identity, image_size, blendshapes,
-                                blendshape_names)
+                                blendshape_names, gap_filler)
 
 
 def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
@@ -374,7 +396,7 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
                      on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None,
                      on_identity: Callable[[Identity], None] | None,
                      image_size: tuple[int, int] | None = None, blendshapes: np.ndarray | None = None,
-                     blendshape_names: tuple[str, ...] = ()) -> SequenceFit:
+                     blendshape_names: tuple[str, ...] = (), gap_filler: GapFiller | None = None) -> SequenceFit:
     valid = np.asarray(valid, bool)
     t_len = len(valid)
     if not valid.any():
@@ -432,19 +454,27 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             on_chunk(rows, fits)
     timings["fit_s"] = time.perf_counter() - t0
 
-    return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings)
+    flow = inliers = None
+    if gap_filler is not None and not valid.all():
+        t0 = time.perf_counter()
+        raw, flow, inliers = gap_filler(identity, raw, valid)
+        timings["flow_s"] = time.perf_counter() - t0
+    return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings, flow=flow,
+                        flow_inliers=inliers)
 
 
 def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.ndarray],
                  lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
-                 timings: dict[str, float], baseline: SequenceFit | None = None) -> SequenceFit:
+                 timings: dict[str, float], baseline: SequenceFit | None = None,
+                 flow: np.ndarray | None = None, flow_inliers: np.ndarray | None = None) -> SequenceFit:
     """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
     sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
     the landmark track and the photometric refinement (:mod:`.photometric`), which passes the
     landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s."""
     t_len = len(valid)
     t0 = time.perf_counter()
-    smooth, covered = smooth_fits(raw, valid, times, opts)
+    observed = valid if flow is None else valid | flow  # flow frames are measurements of the pose
+    smooth, covered = smooth_fits(raw, observed, times, opts)
     timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
 
     rows = np.flatnonzero(covered)
@@ -463,4 +493,4 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
     jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px)
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
                        smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
-                       jit_raw, jit, timings)
+                       jit_raw, jit, timings, flow, flow_inliers)

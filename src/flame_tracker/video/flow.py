@@ -1,0 +1,375 @@
+"""Tracking through frames without landmarks (profiles, occlusions, motion blur) with the fitted head.
+
+MediaPipe finds no face past about 75° of yaw, behind a hand, or in heavy blur. Those frames used to
+be interpolated between their tracked neighbours (:mod:`.temporal`), so a half-second turn to full
+profile came out as a head turned 70° while the person looked 90° away. Here the visible, textured
+surface of the fitted head is followed into the gap instead:
+
+1. On the last frame with landmarks before the gap (the *anchor*), corners (``goodFeaturesToTrack``)
+   are picked on the visible skin of the fitted head (rasterised; eyeballs left out) and sent back
+   onto the mesh: each is a point of the head model (triangle + barycentric coordinates).
+2. They are followed frame by frame with pyramidal Lucas-Kanade flow, keeping the points whose
+   backward flow comes back to where they started.
+3. Each gap frame's head pose is solved from those 2-D–3-D pairs with the known identity and camera
+   (PnP with RANSAC, then Levenberg-Marquardt on the inliers; the expression is the anchor's, and
+   moving points, the mouth while talking, are RANSAC's outliers). When too many points are lost
+   (they turn out of view) new ones are picked on the surface now visible, at the solved pose.
+4. The same runs backward from the first frame with landmarks after the gap; where both reach a
+   frame, the two poses are blended by the frame's place in the gap, so that the track meets both
+   ends without a jump. Expression, jaw and eyes are interpolated between the two ends.
+
+A frame where neither direction holds (fewer than ``min_inliers`` inliers, or too small an inlier
+fraction) keeps the previous behaviour: bridged by the smoother (short gaps) or dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+#: Per-frame provenance codes of a tracked video (``source`` in the outputs).
+SOURCES = ("landmarks", "flow", "bridged", "dropped")
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """Settings of the flow tracking through gaps."""
+
+    max_points: int = 300  # corners picked on the head
+    min_inliers: int = 20  # fewer PnP inliers: the frame is not flow-tracked
+    min_inlier_fraction: float = 0.35  # of the points followed into the frame
+    fb_max_px: float = 1.0  # forward-backward flow error allowed (working pixels)
+    ransac_px: float = 2.0  # PnP RANSAC threshold (working pixels)
+    reseed_fraction: float = 0.6  # pick new points when fewer than this fraction is left
+    work_face_px: float = 320.0  # frames are scaled so the face is about this large (pixels)
+    max_gap_s: float = 4.0  # longer gaps are not flow-tracked (their frames are held in memory, grey)
+    lk_window: int = 15
+    lk_levels: int = 3
+    # start this many frames with landmarks before the gap (if there are): the frames at the gap's
+    # edge are where the detector is least reliable (measured on the synthetic turn: 7.3° from the
+    # edge frame, 3.5° from 6 frames back; aligning to the mean offset of all 7 fits: 4.2°)
+    anchor_back: int = 6
+
+
+@dataclass
+class GapTrack:
+    """One direction of the flow through a gap: poses ``[n, 6]`` (NaN where lost) and the inlier
+    count of each frame."""
+
+    pose6: np.ndarray
+    inliers: np.ndarray
+
+
+class HeadSurface:
+    """The fitted head of one anchor frame: its vertices in model space (the points followed), their
+    normals, and which may be followed (eyeballs move on their own: left out)."""
+
+    def __init__(self, model, shape: np.ndarray, params: dict[str, np.ndarray]) -> None:
+        from flame_tracker.evaluation.metrics import eyeball_mask
+        from flame_tracker.rendering.differentiable import vertex_normals
+
+        dt = model.dtype
+        with torch.no_grad():
+            out = model(shape=torch.as_tensor(shape, dtype=dt)[None],
+                        **{k: torch.as_tensor(v, dtype=dt)[None] for k, v in params.items()})
+            verts = out.vertices[0].double().cpu()
+            self.normals = vertex_normals(verts[None], model.faces.cpu())[0].numpy()
+        self.vertices = verts.numpy()
+        self.faces = model.faces.cpu().numpy()
+        # the triangles around each vertex, padded with -1 ([V, k]): a corner found near a vertex
+        # is sent onto one of them
+        order = np.argsort(self.faces.ravel(), kind="stable")
+        owner = np.repeat(np.arange(len(self.faces)), 3)[order]
+        vid = self.faces.ravel()[order]
+        counts = np.bincount(vid, minlength=len(self.vertices))
+        slot = np.arange(len(vid)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.vertex_faces = np.full((len(self.vertices), max(int(counts.max()), 1)), -1)
+        self.vertex_faces[vid, slot] = owner
+        eyes = eyeball_mask(model)
+        self.allowed = ~eyes if eyes is not None else np.ones(len(self.vertices), bool)
+        self.size = float(np.ptp(self.vertices[self.allowed], 0).max())  # head size, model units
+
+    def visible_points(self, gray: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray, n: int,
+                       avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` textured, visible vertices of the head in ``gray`` (camera ``K, R, t``,
+        OpenCV): ``(model-space points [m, 3], their pixels [m, 2])``; ``avoid [k, 2]``: pixels
+        already followed. Visible: facing the camera and in front in a coarse depth buffer (a
+        vectorised splat, no rasterisation); textured: the Shi-Tomasi corner score at the pixel;
+        spread: at most one per cell of a grid about a fortieth of the face wide."""
+        h, w = gray.shape
+        none = (np.zeros((0, 3)), np.zeros((0, 2)))
+        cam = self.vertices @ R.T + t
+        if (cam[:, 2] <= 1e-6).any() or n <= 0:
+            return none
+        px = cam[:, :2] / cam[:, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
+        ncam = self.normals @ R.T
+        facing = (ncam * cam).sum(1) / np.linalg.norm(cam, axis=1) < -0.3  # not grazing the silhouette
+        inside = (px[:, 0] >= 2) & (px[:, 1] >= 2) & (px[:, 0] < w - 3) & (px[:, 1] < h - 3)
+        cand = self.allowed & facing & inside
+        if not cand.any():
+            return none
+        lo, hi = px[cand].min(0), px[cand].max(0)
+        face_px = float(max(hi - lo))
+        cell = max(2.0, face_px / 40.0)
+        # coarse depth buffer: a vertex hidden behind another part of the head (the nose seen from
+        # the side) lies deeper than the nearest vertex of its cell
+        ix = ((px[:, 0] - lo[0]) / cell).astype(int)
+        iy = ((px[:, 1] - lo[1]) / cell).astype(int)
+        nx = int(ix[cand].max()) + 1
+        key = np.where(cand, iy * nx + ix, -1)
+        zmin = np.full(int(key.max()) + 1, np.inf)
+        np.minimum.at(zmin, key[cand], cam[cand, 2])
+        front = cand.copy()
+        front[cand] = cam[cand, 2] <= zmin[key[cand]] + 0.03 * self.size
+        # corners of the image over the visible head, each sent onto the triangle under it (found
+        # among the triangles around the nearest visible vertex; barycentric, perspective-correct)
+        vis = np.flatnonzero(front)
+        mask = np.zeros((h, w), np.uint8)
+        mask[px[vis, 1].astype(int), px[vis, 0].astype(int)] = 255
+        mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
+        mask = cv2.erode(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8)), np.ones((3, 3), np.uint8))
+        if avoid is not None:
+            for x, y in np.asarray(avoid).reshape(-1, 2):
+                cv2.circle(mask, (int(x), int(y)), int(cell), 0, -1)
+        corners = cv2.goodFeaturesToTrack(gray, maxCorners=n, qualityLevel=0.005, minDistance=cell, mask=mask,
+                                          blockSize=5)
+        if corners is None or not len(vis):
+            return none
+        c = corners.reshape(-1, 2).astype(np.float64)
+        from scipy.spatial import cKDTree
+
+        near = vis[cKDTree(px[vis]).query(c)[1]]
+        tris = self.vertex_faces[near]  # [m, k]
+        tri_v = self.faces[np.maximum(tris, 0)]  # [m, k, 3]
+        p2 = px[tri_v]  # [m, k, 3, 2]
+        a, b, cc = p2[..., 0, :], p2[..., 1, :], p2[..., 2, :]
+        v0, v1, v2 = b - a, cc - a, c[:, None] - a
+        den = v0[..., 0] * v1[..., 1] - v1[..., 0] * v0[..., 1]
+        den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+        l1 = (v2[..., 0] * v1[..., 1] - v1[..., 0] * v2[..., 1]) / den
+        l2 = (v0[..., 0] * v2[..., 1] - v2[..., 0] * v0[..., 1]) / den
+        bary = np.stack([1 - l1 - l2, l1, l2], -1)  # [m, k, 3]
+        worst = np.where(tris >= 0, bary.min(-1), -np.inf)
+        pick = worst.argmax(1)
+        rows = np.arange(len(c))
+        ok = worst[rows, pick] > -0.05  # inside a triangle around the vertex (allowing for rounding)
+        bary = np.clip(bary[rows, pick][ok], 0, 1)
+        tv = tri_v[rows, pick][ok]
+        wts = bary / cam[tv, 2]  # perspective-correct: screen barycentrics -> surface ones
+        wts /= wts.sum(1, keepdims=True)
+        return np.einsum("mi,mij->mj", wts, self.vertices[tv]), c[ok]
+
+
+def _solve(obj: np.ndarray, img: np.ndarray, K: np.ndarray, rvec: np.ndarray, tvec: np.ndarray,
+           opts: FlowOptions) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+    """PnP with RANSAC from the previous pose, refined on the inliers: ``(ok, rvec, tvec, inlier mask)``."""
+    if len(obj) < max(opts.min_inliers, 6):
+        return False, rvec, tvec, np.zeros(len(obj), bool)
+    ok, r, t, inl = cv2.solvePnPRansac(obj, img, K, None, rvec.copy(), tvec.copy(), useExtrinsicGuess=True,
+                                       iterationsCount=100, reprojectionError=opts.ransac_px, confidence=0.995,
+                                       flags=cv2.SOLVEPNP_ITERATIVE)
+    mask = np.zeros(len(obj), bool)
+    if not ok or inl is None:
+        return False, rvec, tvec, mask
+    mask[inl.ravel()] = True
+    if mask.sum() < opts.min_inliers or mask.mean() < opts.min_inlier_fraction:
+        return False, rvec, tvec, mask
+    r, t = cv2.solvePnPRefineLM(obj[mask], img[mask], K, None, r, t)
+    return True, r, t, mask
+
+
+def track_direction(surface: HeadSurface, grays: list[np.ndarray], K: np.ndarray, R0: np.ndarray,
+                    t0: np.ndarray, opts: FlowOptions) -> GapTrack:
+    """Follow the head from ``grays[0]`` (the anchor, camera ``R0, t0``) through ``grays[1:]``;
+    returns the OpenCV ``[R|t]`` of each following frame as ``rvec, tvec`` rows ``[n, 6]`` (NaN
+    from the first lost frame on)."""
+    n = len(grays) - 1
+    out = np.full((n, 6), np.nan)
+    inliers = np.zeros(n, int)
+    obj, pts = surface.visible_points(grays[0], K, R0, t0, opts.max_points)
+    if len(obj) < opts.min_inliers:
+        return GapTrack(out, inliers)
+    rvec, tvec = cv2.Rodrigues(R0)[0], t0.reshape(3, 1).copy()
+    pts = pts.astype(np.float32)
+    n_seed = len(obj)
+    lk = dict(winSize=(opts.lk_window, opts.lk_window), maxLevel=opts.lk_levels,
+              criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    for k in range(n):
+        prev, cur = grays[k], grays[k + 1]
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(cur, prev, nxt, None, **lk)
+        good = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - pts, axis=1) < opts.fb_max_px)
+        obj, pts = obj[good], nxt[good]
+        ok, rvec, tvec, mask = _solve(obj.astype(np.float64), pts.astype(np.float64), K, rvec, tvec, opts)
+        if not ok:
+            break
+        out[k] = np.concatenate([rvec.ravel(), tvec.ravel()])
+        inliers[k] = int(mask.sum())
+        obj, pts = obj[mask], pts[mask]
+        if len(obj) < opts.reseed_fraction * n_seed:  # the surface turns: pick points newly in view
+            R = cv2.Rodrigues(rvec)[0]
+            new_obj, new_pts = surface.visible_points(cur, K, R, tvec.ravel(), opts.max_points - len(obj), pts)
+            if len(new_obj):
+                obj = np.concatenate([obj, new_obj])
+                pts = np.concatenate([pts, new_pts.astype(np.float32)])
+            n_seed = max(len(obj), opts.min_inliers)
+    return GapTrack(out, inliers)
+
+
+def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Poses ``pose6 [n, 6]`` from two directions (NaN where lost), blended with weight ``w`` of the
+    backward one (rotation: spherical interpolation; camera centre: linear)."""
+    from scipy.spatial.transform import Rotation, Slerp
+
+    out = np.where(np.isfinite(fwd), fwd, bwd)
+    both = np.isfinite(fwd).all(1) & np.isfinite(bwd).all(1)
+    for i in np.flatnonzero(both):
+        rots = Rotation.from_rotvec(np.stack([fwd[i, :3], bwd[i, :3]]))
+        out[i, :3] = Slerp([0.0, 1.0], rots)(w[i]).as_rotvec()
+        out[i, 3:] = (1 - w[i]) * fwd[i, 3:] + w[i] * bwd[i, 3:]
+    return out
+
+
+def gaps(valid: np.ndarray) -> list[tuple[int, int]]:
+    """Runs ``[start, stop)`` of frames without landmarks."""
+    v = np.asarray(valid, bool)
+    d = np.diff(np.concatenate([[0], (~v).astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+#: ``(rows, scale) -> {row: grey uint8 frame resized by scale}``; called with increasing first rows.
+FrameSource = Callable[[np.ndarray, float], dict[int, np.ndarray]]
+
+
+def grey(image: np.ndarray, scale: float) -> np.ndarray:
+    """An RGB frame as the grey image flow works on, resized by ``scale`` (pixel averaging)."""
+    g = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    return cv2.resize(g, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else g
+
+
+def frames_in_memory(images) -> FrameSource:
+    """A :data:`FrameSource` over a list of RGB frames (tests, benchmarks)."""
+    return lambda rows, scale: {int(r): grey(images[int(r)], scale) for r in rows}
+
+
+def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None = None) -> np.ndarray:
+    """Every row :func:`flow_through_gaps` will ask its frame source for (decode them in one pass)."""
+    opts = opts or FlowOptions()
+    t_len = len(valid)
+    out = []
+    for g0, g1 in gaps(valid):
+        if g0 == 0 and g1 == t_len:
+            continue
+        if times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)] > opts.max_gap_s:
+            continue
+        lo, hi = g0, g1 - 1
+        if g0 > 0:
+            lo = g0 - 1
+            while lo > 0 and valid[lo - 1] and g0 - 1 - lo < opts.anchor_back:
+                lo -= 1
+        if g1 < t_len:
+            hi = g1
+            while hi < t_len - 1 and valid[hi + 1] and hi - g1 < opts.anchor_back:
+                hi += 1
+        out.append(np.arange(lo, hi + 1))
+    return np.unique(np.concatenate(out)) if out else np.zeros(0, int)
+
+
+def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
+                      frames: FrameSource, opts: FlowOptions | None = None
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Fill the gaps of ``raw`` (per-frame fits, NaN where ``valid`` is False) with flow-tracked
+    poses; returns ``(raw', flow [T] bool, inliers [T])``: ``raw'`` has the flow frames' pose (and
+    the expression, jaw and eyes interpolated between the gap's ends)."""
+    from flame_tracker.camera import opencv_to_pose6, to_opencv
+
+    opts = opts or FlowOptions()
+    raw = {k: v.copy() for k, v in raw.items()}
+    t_len = len(valid)
+    flow = np.zeros(t_len, bool)
+    inliers = np.zeros(t_len, int)
+    crop = identity.camera_crop
+    cv2.setRNGSeed(0)  # RANSAC: the same result on every run (and a resumed one)
+    for g0, g1 in gaps(valid):
+        a = g0 - 1 if g0 > 0 else None
+        b = g1 if g1 < t_len else None
+        if a is None and b is None:
+            continue
+        span = times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)]
+        if span > opts.max_gap_s:
+            continue
+        # the anchors: ``anchor_back`` frames inside the runs with landmarks on either side
+        if a is not None:
+            run0 = a
+            while run0 > 0 and valid[run0 - 1] and a - run0 < opts.anchor_back:
+                run0 -= 1
+            a_start = run0
+        if b is not None:
+            run1 = b
+            while run1 < t_len - 1 and valid[run1 + 1] and run1 - b < opts.anchor_back:
+                run1 += 1
+            b_start = run1
+        rows = np.arange(g0 if a is None else a_start, g1 if b is None else b_start + 1)
+        # one working scale for the gap: the face about work_face_px large
+        face_px = identity.crop[2] / 1.6
+        s = min(1.0, opts.work_face_px / max(face_px, 1.0))
+        grays = frames(rows, s)
+        if any(r not in grays for r in rows):
+            continue
+        ends = [r for r in (a, b) if r is not None]
+        starts = {a: a_start if a is not None else None, b: b_start if b is not None else None}
+        K_full, R_end, t_end = {}, {}, {}
+        for r in [starts[e] for e in ends]:
+            K, R, t = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][r]), identity.fov, crop))
+            K_full[r], R_end[r], t_end[r] = K, R, t
+        S = np.diag([s, s, 1.0])
+        gap_rows = np.arange(g0, g1)
+        n = len(gap_rows)
+        dirs = {}
+        for end, order in ((a, gap_rows), (b, gap_rows[::-1])):
+            if end is None:
+                continue
+            s0 = starts[end]
+            lead = list(range(s0 + 1, end + 1)) if end == a else list(range(s0 - 1, end - 1, -1))
+            surface = HeadSurface(model, identity.shape, {k: raw[k][s0] for k in ("expr", "jaw_pose", "eye_pose")})
+            K = S @ K_full[s0]
+            tr = track_direction(surface, [grays[s0]] + [grays[r] for r in lead] + [grays[r] for r in order], K,
+                                 R_end[s0], t_end[s0], opts)
+            tr = GapTrack(tr.pose6[len(lead):], tr.inliers[len(lead):])  # the gap's frames
+            pose = np.full((n, 6), np.nan)
+            ok = np.isfinite(tr.pose6).all(1)
+            if ok.any():
+                R = torch.as_tensor(np.stack([cv2.Rodrigues(v[:3])[0] for v in tr.pose6[ok]]))
+                pose[ok] = opencv_to_pose6(R, torch.as_tensor(tr.pose6[ok, 3:])).numpy()
+            cnt = tr.inliers
+            if end == b:
+                pose, cnt = pose[::-1], cnt[::-1]
+            dirs[end] = (pose, cnt)
+        fwd = dirs.get(a, (np.full((n, 6), np.nan), np.zeros(n, int)))
+        bwd = dirs.get(b, (np.full((n, 6), np.nan), np.zeros(n, int)))
+        ta = times[a] if a is not None else times[g0]
+        tb = times[b] if b is not None else times[g1 - 1]
+        w = np.clip((times[gap_rows] - ta) / max(tb - ta, 1e-9), 0, 1)
+        pose = _blend(fwd[0], bwd[0], w)
+        got = np.isfinite(pose).all(1)
+        raw["pose6"][gap_rows[got]] = pose[got]
+        flow[gap_rows[got]] = True
+        inliers[gap_rows] = np.maximum(fwd[1], bwd[1])
+        # expression, jaw and eyes: from the ends (interpolated between two, held from one)
+        for k in ("expr", "jaw_pose", "eye_pose"):
+            if a is not None and b is not None:
+                vals = (1 - w)[:, None] * raw[k][a] + w[:, None] * raw[k][b]
+            else:
+                vals = np.broadcast_to(raw[k][ends[0]], (n, raw[k].shape[1]))
+            raw[k][gap_rows[got]] = vals[got]
+        raw["err_ndc"][gap_rows[got]] = np.nan
+    return raw, flow, inliers
+
+
+__all__ = ["SOURCES", "FlowOptions", "FrameSource", "GapTrack", "HeadSurface", "flow_through_gaps", "frames_in_memory",
+           "gaps", "grey", "needed_rows", "track_direction"]
