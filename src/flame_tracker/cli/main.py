@@ -30,6 +30,9 @@ from flame_tracker.cli.embed import embed as _embed  # noqa: E402
 main.add_command(_embed)
 from flame_tracker.cli.export import export as _export  # noqa: E402
 main.add_command(_export)
+from flame_tracker.cli.batch import batch as _batch  # noqa: E402
+
+main.add_command(_batch)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,166 @@
+"""What a batch processes: videos and photos from files, folders, globs or a manifest, as items
+with their own options and output folder."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+#: Per-item options a manifest may set (CSV columns / JSON keys besides ``path`` and ``name``).
+ITEM_OPTIONS = {"start": float, "end": float, "fps": float, "every": int, "max_frames": int, "model": str,
+                "face": str}
+
+
+class BatchInputError(ValueError):
+    """An input that cannot be turned into batch items (the message names it and what to do)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One video (``kind="video"``) or one photo (``"image"``) and where its results go."""
+
+    path: str
+    kind: str
+    name: str  # output folder name under the batch's --out
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return "video" if suffix in VIDEO_SUFFIXES else "image" if suffix in IMAGE_SUFFIXES else None
+
+
+def _parse_options(row: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("path", "name") or value in (None, ""):
+            continue
+        if key not in ITEM_OPTIONS:
+            raise BatchInputError(f"{where}: unknown option {key!r}; known: path, name, {', '.join(ITEM_OPTIONS)}")
+        try:
+            out[key] = ITEM_OPTIONS[key](value)
+        except (TypeError, ValueError) as exc:
+            raise BatchInputError(f"{where}: option {key}={value!r} is not a {ITEM_OPTIONS[key].__name__}") from exc
+    return out
+
+
+def read_manifest(path: Path) -> list[tuple[Path, str | None, dict[str, Any]]]:
+    """``(input, name or None, options)`` rows of a CSV (header with ``path``) or JSON-lines
+    manifest; relative paths are relative to the manifest's folder."""
+    rows: list[dict[str, Any]] = []
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BatchInputError(f"{path}: cannot read the manifest ({exc})") from exc
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise BatchInputError(f"{path}:{i}: not a JSON object per line ({exc})") from exc
+            if not isinstance(obj, dict):
+                raise BatchInputError(f"{path}:{i}: expected a JSON object with a 'path'")
+            rows.append({**obj, "_line": i})
+    else:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise BatchInputError(f"{path}: a CSV manifest needs a header with a 'path' column")
+        rows = [{**r, "_line": i} for i, r in enumerate(reader, 2)]
+    out = []
+    for r in rows:
+        where = f"{path}:{r.pop('_line')}"
+        if not r.get("path"):
+            raise BatchInputError(f"{where}: no 'path'")
+        p = Path(str(r["path"])).expanduser()
+        if not p.is_absolute():
+            p = path.parent / p
+        name = str(r["name"]) if r.get("name") else None
+        out.append((p, name, _parse_options(r, where)))
+    return out
+
+
+def collect_items(inputs: list[str | Path]) -> list[Item]:
+    """Items for ``inputs``: video/image files, folders (their videos and images, sorted), globs and
+    manifests (``.csv``, ``.jsonl``). Output names are the file stems, made unique (``_1``, ``_2``).
+    Raises :class:`BatchInputError` for an input that matches nothing."""
+    found: list[tuple[Path, str | None, dict[str, Any]]] = []
+    for raw in inputs:
+        text = str(raw)
+        p = Path(text).expanduser()
+        if p.suffix.lower() in (".csv", ".jsonl", ".ndjson") and p.is_file():
+            found.extend(read_manifest(p))
+        elif p.is_dir():
+            files = sorted(q for q in p.iterdir() if q.is_file() and _kind(q))
+            if not files:
+                raise BatchInputError(f"{p}: no video or image files in this folder")
+            found.extend((q, None, {}) for q in files)
+        elif p.is_file():
+            found.append((p, None, {}))
+        elif any(ch in text for ch in "*?["):
+            files = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file() and _kind(Path(m)))
+            if not files:
+                raise BatchInputError(f"{text}: the pattern matches no video or image file")
+            found.extend((q, None, {}) for q in files)
+        else:
+            raise BatchInputError(f"{text}: no such file, folder or pattern")
+    items, seen = [], {}
+    for path, name, opts in found:
+        kind = _kind(path)
+        if kind is None:
+            # a manifest may name anything: the item fails later with a clear message
+            kind = "video"
+        base = name or path.stem
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        items.append(Item(str(path), kind, base if n == 0 else f"{base}_{n}", opts))
+    return items
+
+
+#: A photo costs about as much as this many video frames (detection, two fitting rounds, files).
+PHOTO_FRAMES = 12
+
+
+def estimated_frames(item: Item) -> float:
+    """Rough cost of an item in video frames (the container's frame count, its options applied)."""
+    if item.kind == "image":
+        return PHOTO_FRAMES
+    from flame_tracker.video.decode import probe
+
+    try:
+        info = probe(item.path)
+    except Exception:  # noqa: BLE001  (a broken file fails fast in its task)
+        return 0.0
+    o = item.options
+    n = float(info.n_frames or 0)
+    if info.fps and ("start" in o or "end" in o):
+        n = min(n, max(0.0, (o.get("end", info.duration_s) - o.get("start", 0.0)) * info.fps))
+    if o.get("fps") and info.fps:
+        n *= min(1.0, o["fps"] / info.fps)
+    n /= max(1, o.get("every", 1))
+    return min(n, o["max_frames"]) if o.get("max_frames") else n
+
+
+def group_images(items: list[Item], size: int) -> list[list[Item]]:
+    """Tasks: one per video, photos in groups of ``size`` (one model load per group), the longest
+    first: a long video started last would keep one worker busy after the others are done."""
+    tasks = [[it] for it in items if it.kind == "video"]
+    photos = [it for it in items if it.kind == "image"]
+    tasks += [photos[i:i + size] for i in range(0, len(photos), size)]
+    cost = [sum(estimated_frames(it) for it in t) for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda i: -cost[i])  # stable: equal costs keep their order
+    return [tasks[i] for i in order]
+
+
+__all__ = ["BatchInputError", "IMAGE_SUFFIXES", "ITEM_OPTIONS", "Item", "PHOTO_FRAMES", "VIDEO_SUFFIXES",
+           "collect_items", "estimated_frames", "group_images", "read_manifest"]

@@ -1,0 +1,256 @@
+"""Run many videos and photos on Ray: a local Ray on this machine by default, a cluster when given.
+
+One Ray task per video, photos in groups (one model load per group). Every item writes its own
+folder under the batch's output (``flame-tracker video``'s resumable run folder, or a photo's
+``<name>.npz/.json/...``), so a re-run skips finished items and resumes unfinished videos. A failing
+item (corrupt file, no face) is recorded with its error and the batch goes on; a worker that dies
+is retried (``retries``); Ctrl-C leaves every finished item in place. At the end ``batch.json`` and
+``batch.csv`` list each item's status, frames, frames/s, mean reprojection error and error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flame_tracker.batch.items import Item, group_images
+
+STATUSES = ("done", "skipped", "failed", "interrupted")
+COLUMNS = ("name", "input", "kind", "status", "frames", "fps", "mean_reproj_px", "seconds", "error")
+
+
+class RayMissingError(RuntimeError):
+    """Ray is not installed (the message says how to install it)."""
+
+
+def require_ray():
+    """The ``ray`` module, or :class:`RayMissingError` saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayMissingError('flame-tracker batch runs on Ray, which is not installed: pip install '
+                              '"flame-tracker[batch]" (or pip install ray)') from exc
+    return ray
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did: one row per item (:data:`COLUMNS`) and the totals."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    workers: int = 0
+    address: str | None = None
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r["status"] == s for r in self.rows) for s in STATUSES}
+
+    @property
+    def ok(self) -> bool:
+        """Every item done (or already done before)."""
+        return bool(self.rows) and all(r["status"] in ("done", "skipped") for r in self.rows)
+
+    def write(self) -> None:
+        """``batch.json`` and ``batch.csv`` in the output folder (atomically)."""
+        from flame_tracker.io.results import atomic_write, save_json
+
+        save_json(self.out_dir / "batch.json", {
+            "counts": self.counts, "workers": self.workers, "address": self.address,
+            "seconds": round(self.seconds, 3), "interrupted": self.interrupted, "items": self.rows})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write(self.out_dir / "batch.csv", lambda p: p.write_text(buf.getvalue()))
+
+    def text(self) -> str:
+        c = self.counts
+        lines = [f"{len(self.rows)} item(s): {c['done']} done, {c['skipped']} already done, {c['failed']} failed"
+                 + (f", {c['interrupted']} not run (interrupted)" if c["interrupted"] else "")
+                 + f" in {self.seconds:.1f} s on {self.workers} worker(s) -> {self.out_dir}"]
+        lines += [f"failed: {r['input']}: {r['error']}" for r in self.rows if r["status"] == "failed"]
+        return "\n".join(lines)
+
+
+def _row(item: dict[str, Any], status: str, **kw: Any) -> dict[str, Any]:
+    row = {"name": item["name"], "input": item["path"], "kind": item["kind"], "status": status, "frames": 0,
+           "fps": float("nan"), "mean_reproj_px": float("nan"), "seconds": 0.0, "error": ""}
+    row.update(kw)
+    return row
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:500]
+
+
+# A Ray worker process runs many tasks: the head models and photo trackers it loaded are kept for
+# the next task (a model load and MediaPipe's graphs cost ~0.5 s per task otherwise).
+_MODELS: dict[str | None, Any] = {}
+_TRACKERS: dict[tuple[str | None, str], Any] = {}
+
+
+def _model(path: str | None):
+    if path not in _MODELS:
+        from flame_tracker.model import load_model
+
+        _MODELS[path] = load_model(path)
+    return _MODELS[path]
+
+
+def _tracker(model: str | None, face: str):
+    if (model, face) not in _TRACKERS:
+        from flame_tracker.tracker import Tracker
+
+        _TRACKERS[(model, face)] = Tracker(_model(model), face=face)
+    return _TRACKERS[(model, face)]
+
+
+def _video(item: dict[str, Any], out_dir: Path, force: bool) -> dict[str, Any]:
+    from flame_tracker.video.pipeline import VideoOptions, track_video
+
+    o = item["options"]
+    vopts = VideoOptions(start_s=o.get("start", 0.0), end_s=o.get("end"), fps=o.get("fps"),
+                         every=o.get("every", 1), max_frames=o.get("max_frames"), face=o.get("face", "largest"))
+    t0 = time.perf_counter()
+    folder = out_dir / item["name"]
+    s = track_video(item["path"], folder, model=_model(o.get("model")), video_options=vopts, force=force,
+                    progress=False)
+    seconds = time.perf_counter() - t0
+    if s.skipped:  # finished by an earlier run: its numbers
+        info = json.loads((folder / "summary.json").read_text())
+        frames, total = int(info.get("n_frames", 0)), float(info.get("timings", {}).get("total_s", 0.0))
+        return _row(item, "skipped", frames=frames, fps=frames / total if total > 0 else float("nan"),
+                    mean_reproj_px=info.get("mean_reproj_px", float("nan")), seconds=seconds)
+    return _row(item, "done", frames=s.n_frames, fps=s.n_frames / max(seconds, 1e-9),
+                mean_reproj_px=s.mean_reproj_px, seconds=seconds)
+
+
+def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: bool = False) -> list[dict[str, Any]]:
+    """Process one task's items (a video, or a group of photos) in this process; each item's
+    failure is caught and returned as its row. What a Ray worker runs."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    out = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        t0 = time.perf_counter()
+        try:
+            if item["kind"] == "video":
+                rows.append(_video(item, out, force))
+                continue
+            tracker = _tracker(item["options"].get("model"), item["options"].get("face", "largest"))
+            result = tracker.fit_image(item["path"])
+            result.save(out / item["name"], item["name"], image=tracker.last_image)
+            seconds = time.perf_counter() - t0
+            rows.append(_row(item, "done", frames=1, fps=1.0 / max(seconds, 1e-9),
+                             mean_reproj_px=float(result.reprojection_error_px), seconds=seconds))
+        except Exception as exc:  # noqa: BLE001  (one bad item must not stop the others)
+            rows.append(_row(item, "failed", error=_message(exc), seconds=time.perf_counter() - t0))
+    return rows
+
+
+def _photo_done(item: Item, out_dir: Path) -> dict[str, Any] | None:
+    """The row of a photo finished by an earlier run (its JSON, written last, exists)."""
+    js = out_dir / item.name / f"{item.name}.json"
+    if not js.is_file():
+        return None
+    try:
+        info = json.loads(js.read_text())
+    except ValueError:
+        return None
+    return _row(item.as_dict(), "skipped", frames=1, mean_reproj_px=info.get("reprojection_error_px", float("nan")))
+
+
+def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = None, address: str | None = None,
+              photos_per_task: int = 16, retries: int = 2, force: bool = False, progress: bool = True,
+              verbose: bool = False) -> BatchSummary:
+    """Process ``items`` on Ray (see the module docstring). ``address``: ``None`` starts a local Ray
+    with ``workers`` CPUs (default: all cores); ``"auto"`` or ``"ray://host:port"`` joins a cluster
+    (``workers`` then limits nothing: the cluster's CPUs are used). Raises :class:`RayMissingError`."""
+    from tqdm import tqdm
+
+    ray = require_ray()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    workers = max(1, int(workers or cores))
+    threads = max(1, cores // workers) if address is None else 1
+    summary = BatchSummary(out, workers=workers, address=address)
+    t_start = time.perf_counter()
+    started = False
+    if not ray.is_initialized():
+        env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose, logging_level="ERROR",
+                                  runtime_env={"env_vars": env})
+        if address is None:
+            kw["num_cpus"] = workers
+        else:
+            kw["address"] = address
+        ray.init(**kw)
+        started = True
+    try:
+        if address is not None:
+            summary.workers = int(ray.cluster_resources().get("CPU", workers))
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        # finished photos are not sent again; videos resume (or skip) inside their task
+        rows: dict[str, dict[str, Any]] = {}
+        todo = []
+        for it in items:
+            done = None if force or it.kind != "image" else _photo_done(it, out)
+            if done is not None:
+                rows[it.name] = done
+            else:
+                todo.append(it)
+        remote = ray.remote(process).options(num_cpus=1, num_gpus=min(1.0, gpus / workers) if gpus else 0,
+                                             max_retries=retries, retry_exceptions=False)
+        pending = {}
+        for task in group_images(todo, photos_per_task):
+            ref = remote.remote([it.as_dict() for it in task], str(out.resolve()), threads, force)
+            pending[ref] = task
+        bar = tqdm(total=len(items), initial=len(rows), desc="batch", unit="item", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    task = pending.pop(ref)
+                    try:
+                        got = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001  (a worker that died after its retries)
+                        got = [_row(it.as_dict(), "failed", error=f"worker failed: {_message(exc)}") for it in task]
+                    for r in got:
+                        rows[r["name"]] = r
+                    bar.update(len(got))
+                    failed = sum(r["status"] == "failed" for r in rows.values())
+                    bar.set_postfix(done=len(rows) - failed, failed=failed, running=min(len(pending), summary.workers))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            for task in pending.values():
+                for it in task:
+                    rows.setdefault(it.name, _row(it.as_dict(), "interrupted", error="interrupted before it ran"))
+        finally:
+            bar.close()
+        summary.rows = [rows[it.name] for it in items if it.name in rows]
+    finally:
+        if started:
+            ray.shutdown()
+        summary.seconds = time.perf_counter() - t_start
+        if summary.rows:
+            summary.write()
+    return summary
+
+
+__all__ = ["COLUMNS", "STATUSES", "BatchSummary", "RayMissingError", "process", "require_ray", "run_batch"]

@@ -1,0 +1,107 @@
+"""``flame-tracker batch`` on a local Ray started by the tests: inputs, a mixed batch with a corrupt
+file, a batch interrupted midway and run again, Ray missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flame_tracker.batch.items import BatchInputError, collect_items, group_images
+from flame_tracker.cli.main import main
+
+
+def test_inputs_from_files_folders_globs_and_manifests(shared_dir: Path, tmp_path: Path) -> None:
+    vids = shared_dir / "videos"
+    items = collect_items([vids / "talking_ex3.mp4", shared_dir / "images" / "gt68", str(vids / "talking_w*.mp4")])
+    assert [(i.name, i.kind) for i in items] == [
+        ("talking_ex3", "video"), ("lfpw_train_0001", "image"), ("lfpw_train_0002", "image"),
+        ("lfpw_train_0004", "image"), ("lfpw_train_0005", "image"), ("talking_wojtek", "video")]
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text(f"path,name,start,end,max_frames,face\n{vids / 'talking_ex1.mp4'},ex1a,0.5,2,,left\n"
+                        f"{vids / 'talking_ex1.mp4'},,,,10,\n")
+    jl = tmp_path / "m.jsonl"
+    jl.write_text(json.dumps({"path": "../" + tmp_path.name + "/x.png", "every": 2}) + "\n")
+    items = collect_items([csv_path, jl])
+    assert items[0].name == "ex1a" and items[0].options == {"start": 0.5, "end": 2.0, "face": "left"}
+    assert items[1].name == "talking_ex1" and items[1].options == {"max_frames": 10}
+    assert items[2].path == str(tmp_path / ".." / tmp_path.name / "x.png") and items[2].kind == "image"
+    # the longest task first: wojtek (400 frames), ex1 (128), ex3 (60), then 3 photos (36), 1 photo (12)
+    tasks = group_images(collect_items([shared_dir / "images" / "gt68", vids]), 3)
+    assert [t[0].name for t in tasks] == ["talking_wojtek", "talking_ex1", "talking_ex3", "lfpw_train_0001",
+                                          "lfpw_train_0005"] and [len(t) for t in tasks] == [1, 1, 1, 3, 1]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,speed\na.mp4,3\n")
+    for inputs, msg in (([bad], "unknown option 'speed'"), ([tmp_path / "nope.mp4"], "no such file"),
+                        ([str(tmp_path / "*.mov")], "matches no video")):
+        with pytest.raises(BatchInputError, match=msg):
+            collect_items(inputs)
+    dup = collect_items([vids / "talking_ex3.mp4", vids / "talking_ex3.mp4"])
+    assert [i.name for i in dup] == ["talking_ex3", "talking_ex3_1"]
+
+
+def test_batch_reports_a_corrupt_file_and_finishes_the_others(shared_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 but then nothing")
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text(json.dumps({"path": str(shared_dir / "videos" / "talking_ex3.mp4"), "max_frames": 12}) + "\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["batch", str(manifest), str(shared_dir / "images" / "ffhq_00001.png"),
+                                    str(shared_dir / "images" / "woman.jpg"), str(broken), "--out", str(out),
+                                    "--workers", "2", "--quiet"])
+    assert res.exit_code == 1, res.output
+    info = json.loads((out / "batch.json").read_text())
+    status = {r["name"]: r for r in info["items"]}
+    assert {k: v["status"] for k, v in status.items()} == {
+        "talking_ex3": "done", "ffhq_00001": "done", "woman": "done", "broken": "failed"}
+    assert "could not be opened as a video" in status["broken"]["error"]
+    assert status["talking_ex3"]["frames"] == 12 and status["talking_ex3"]["mean_reproj_px"] > 0
+    assert (out / "talking_ex3" / "tracking.npz").is_file() and (out / "woman" / "woman.npz").is_file()
+    rows = (out / "batch.csv").read_text().splitlines()
+    assert rows[0].startswith("name,input,kind,status,frames,fps,mean_reproj_px") and len(rows) == 5
+    assert "1 failed" in res.output and "broken.mp4" in res.output
+
+
+def test_an_interrupted_batch_resumes_without_redoing_finished_items(shared_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C after the first photo is done: exit code 130, that photo is kept; the same command
+    again skips it (its files untouched) and does the rest."""
+    imgs = sorted((shared_dir / "images").glob("ffhq_*.png"))[:4]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flame_tracker.cli.main", "batch", *map(str, imgs), "--out", str(out),
+           "--workers", "1", "--photos-per-task", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    first = out / imgs[0].stem / f"{imgs[0].stem}.json"
+    deadline = time.time() + 240
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.is_file(), "the first photo was never finished"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before it could be interrupted")  # a very fast machine
+    assert proc.returncode == 130, output
+    info = json.loads((out / "batch.json").read_text())
+    assert info["interrupted"] and info["counts"]["interrupted"] >= 1
+    done_before = {r["name"] for r in info["items"] if r["status"] == "done"}
+    assert imgs[0].stem in done_before
+    stamps = {n: (out / n / f"{n}.npz").stat().st_mtime_ns for n in done_before}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    info = json.loads((out / "batch.json").read_text())
+    status = {r["name"]: r["status"] for r in info["items"]}
+    assert all(status[n] == "skipped" for n in done_before)
+    assert all(status[p.stem] in ("done", "skipped") for p in imgs) and len(status) == 4
+    assert all((out / n / f"{n}.npz").stat().st_mtime_ns == t for n, t in stamps.items())
+
+
+def test_batch_without_ray_says_how_to_install(monkeypatch, tmp_path: Path, shared_dir: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    res = CliRunner().invoke(main, ["batch", str(shared_dir / "images" / "woman.jpg"), "--out", str(tmp_path)])
+    assert res.exit_code == 1 and 'pip install "flame-tracker[batch]"' in res.output
