@@ -291,3 +291,128 @@ def test_arkit_rotations_and_timecodes_follow_the_documented_convention() -> Non
     # the thousandths of a frame round up into the next frame and second, never to ".1000"
     assert timecodes(np.array([0.0, 1 / 30 - 1e-7, 1.0 - 1e-7, 3661.5]), 30.0) == [
         "00:00:00:00.000", "00:00:00:01.000", "00:00:01:00.000", "01:01:01:15.000"]
+
+
+def _obj_vertices(path: Path) -> np.ndarray:
+    return np.array([[float(x) for x in line.split()[1:4]] for line in path.read_text().splitlines()
+                     if line.startswith("v ")])
+
+
+def _landmarks_from_vertices(model, verts: np.ndarray) -> np.ndarray:
+    faces = model.faces.numpy()
+    return np.einsum("pi,pij->pj", model.lmk_bary.double().numpy(), verts[faces[model.lmk_faces_idx.numpy()]])
+
+
+def test_gaussian_avatars_masks_from_the_fitted_head(flame_run) -> None:
+    import json
+
+    import cv2
+
+    run, model, pkl = flame_run
+    ga = run.parent / "ga_masks"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--out", str(ga), "--masks", "model"])
+    assert res.exit_code == 0, res.output
+    t = np.load(run / "tracking.npz")
+    frames = json.loads((ga / "transforms.json").read_text())["frames"]
+    for fr in frames[::3]:
+        mask = cv2.imread(str(ga / fr["fg_mask_path"]), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (fr["h"], fr["w"]) and set(np.unique(mask)) <= {0, 255}
+        lm = t["fit_lmks_68_px"][t["valid"]][fr["timestep_index"]]
+        inside = mask[np.clip(lm[:, 1].astype(int), 0, fr["h"] - 1), np.clip(lm[:, 0].astype(int), 0, fr["w"] - 1)]
+        assert (inside == 255).mean() > 0.95  # the fitted face lies in its own silhouette
+        assert 0.02 < (mask > 0).mean() < 0.9
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--out", str(run.parent / "ga_bad"), "--masks", str(run.parent / "nope")])
+    assert res.exit_code == 1 and "--masks" in res.output and not (run.parent / "ga_bad").exists()
+
+
+def test_nersemble_tracking_reads_back_as_the_benchmark_does(flame_run) -> None:
+    import json
+
+    import av
+    from scipy.spatial.transform import Rotation
+
+    run, model, pkl = flame_run
+    out = run.parent / "ners"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "nersemble", "--model", str(pkl), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    seq = run.name
+    z = np.load(out / "sequences" / seq / "tracking" / "flame2023_tracking.npz")
+    assert sorted(z.files) == sorted(["shape", "expression", "rotation", "rotation_matrices", "translation", "jaw",
+                                      "frames", "scale", "neck", "eyes"])  # the benchmark's dataclass, exactly
+    cams = json.loads((out / "calibration" / "camera_params.json").read_text())
+    w2c, K = np.array(cams["world_2_cam"]["00"]), np.array(cams["intrinsics"]["00"])
+    t = np.load(run / "tracking.npz")
+    T = int(t["valid"].sum())
+    assert z["expression"].shape == (T, 100) and z["shape"].shape == (1, 300) and z["scale"].shape == (1, 1)
+    with av.open(str(out / "sequences" / seq / "images" / "cam_00.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == T
+    worst = 0.0
+    for i in range(T):
+        with torch.no_grad():  # FlameProvider: FLAME without global rotation or translation ...
+            lmk = model.landmarks(shape=torch.as_tensor(z["shape"][:, : model.n_shape]),
+                                  expr=torch.as_tensor(z["expression"][i: i + 1, : model.n_expr]),
+                                  jaw_pose=torch.as_tensor(z["jaw"][i: i + 1]),
+                                  neck_pose=torch.as_tensor(z["neck"][i: i + 1]),
+                                  eye_pose=torch.as_tensor(z["eyes"][i: i + 1])).landmarks[0].double().numpy()
+        # ... then model-to-world from the intrinsic XYZ Euler angles (dreifus Pose.from_euler)
+        R = Rotation.from_euler("XYZ", z["rotation"][i]).as_matrix()
+        assert np.abs(R - z["rotation_matrices"][i]).max() < 1e-5
+        world = float(z["scale"][0, 0]) * lmk @ R.T + z["translation"][i]
+        cam = world @ w2c[:3, :3].T + w2c[:3, 3]
+        px = (cam / cam[:, 2:]) @ K.T
+        worst = max(worst, float(np.abs(px[:, :2] - t["fit_lmks_68_px"][t["valid"]][i]).max()))
+    print(f"NeRSemble round trip: worst landmark {worst:.4f} px")
+    assert worst < 0.5, worst
+
+
+@pytest.fixture(scope="module")
+def flame2020_run(shared_dir: Path, tmp_path_factory) -> tuple[Path, object, Path]:
+    """A clip tracked with a FLAME-2020-format model of FLAME's size (synthetic bases)."""
+    from flame_tracker.model import load_model
+    from flame_tracker.model.fixtures import write_flame_model
+
+    root = tmp_path_factory.mktemp("flame2020_export")
+    pkl = write_flame_model(root / "model", size="flame", style="2020")
+    model = load_model(pkl)
+    out = root / "run"
+    track_video(shared_dir / "videos" / "talking_ex3.mp4", out, model=model,
+                options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8),
+                video_options=VideoOptions(max_frames=8), progress=False)
+    return out, model, pkl
+
+
+def test_insta_folder_reads_back_as_insta_does(flame2020_run, flame_run) -> None:
+    import json
+
+    run, model, pkl = flame2020_run
+    out = run.parent / "insta"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "insta", "--model", str(pkl), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    tf = json.loads((out / "transforms.json").read_text())
+    t = np.load(run / "tracking.npz")
+    T = int(t["valid"].sum())
+    assert len(tf["frames"]) == T and (out / "canonical.obj").is_file()
+    test = json.loads((out / "transforms_test.json").read_text())["frames"]
+    train = json.loads((out / "transforms_train.json").read_text())["frames"]
+    assert len(train) + len(test) == T and len(json.loads((out / "transforms_val.json").read_text())["frames"]) <= 20
+    K = np.array([[tf["fl_x"], 0, tf["cx"]], [0, tf["fl_y"], tf["cy"]], [0, 0, 1.0]])
+    worst = 0.0
+    for i, fr in enumerate(tf["frames"]):
+        assert (out / fr["file_path"]).is_file()
+        exp = np.loadtxt(out / fr["exp_path"])
+        assert exp.shape == (100,) and np.allclose(exp[: model.n_expr], t["exp"][t["valid"]][i], atol=1e-6)
+        verts = _obj_vertices(out / fr["mesh_path"])
+        w2c = np.linalg.inv(np.array(fr["transform_matrix"]))  # OpenCV camera-to-world, no axis flip
+        cam = _landmarks_from_vertices(model, verts) @ w2c[:3, :3].T + w2c[:3, 3]
+        px = (cam / cam[:, 2:]) @ K.T
+        worst = max(worst, float(np.abs(px[:, :2] - t["fit_lmks_68_px"][t["valid"]][i]).max()))
+    print(f"INSTA round trip: worst landmark {worst:.4f} px")
+    assert worst < 0.5, worst
+    # a FLAME 2023 run is refused by INSTA, a FLAME 2020 one by NeRSemble: one line, nothing written
+    run23, _, pkl23 = flame_run
+    for r, p, fmt, want in ((run23, pkl23, "insta", "FLAME 2020"), (run, pkl, "nersemble", "FLAME 2023")):
+        dest = r.parent / f"refused_{fmt}"
+        res = CliRunner().invoke(main, ["export", str(r), "--format", fmt, "--model", str(p), "--out", str(dest)])
+        assert res.exit_code == 1 and want in res.output and not dest.exists(), res.output

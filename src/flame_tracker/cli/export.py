@@ -18,8 +18,12 @@ from flame_tracker.export import FORMATS
               help="The head model the run was tracked with (gltf, gaussian-avatars; default: the open "
               "ICT-FaceKit model).")
 @click.option("--video", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The tracked video, when it moved since tracking (gaussian-avatars re-decodes its frames).")
-def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, video: Path | None) -> None:
+              help="The tracked video, when it moved since tracking (the folder formats re-decode its frames).")
+@click.option("--masks", default=None,
+              help="gaussian-avatars: also write fg_masks/: 'model' (the fitted head's silhouette) or a folder of "
+              "your mattes named by source frame index (000123.png).")
+def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, video: Path | None,
+           masks: str | None) -> None:
     """Export RUN, the --out folder of a finished `flame-tracker video` run:
 
     \b
@@ -29,12 +33,16 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, vi
       gltf       run.glb: the fitted head with its blendshapes as morph targets, animated per frame
                  (weights, head rotation and translation) and the tracking camera (Blender, three.js)
       gaussian-avatars  the VHAP folder GaussianAvatars trains on (images/, flame_param/,
-                 canonical_flame_param.npz, transforms*.json); FLAME 2023 runs only
+                 canonical_flame_param.npz, transforms*.json, fg_masks/ with --masks); FLAME 2023 runs only
+      insta      INSTA's input (images/, meshes/*.obj, flame/exp/*.txt, canonical.obj, transforms*.json
+                 with OpenCV camera-to-world); FLAME 2020 runs only
+      nersemble  NeRSemble's Mono-FLAME-Avatar layout (calibration/camera_params.json,
+                 sequences/<run>/tracking/flame2023_tracking.npz, images/cam_00.mp4); FLAME 2023 runs only
     """
     from flame_tracker.export import ExportError, export_run
 
     try:
-        paths = export_run(run, fmt, out_dir, model_path, video)
+        paths = export_run(run, fmt, out_dir, model_path, video, masks)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     for p in paths:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from flame_tracker.export import FORMATS
+
 
 @click.command("video")
 @click.argument("clip", type=click.Path(path_type=Path))
@@ -38,7 +40,7 @@ import click
 @click.option("--photometric", is_flag=True,
               help="Photometric tracking: fit one texture on the identity keyframes (texture.png), then refine "
                    "every frame against it (per-frame SH light saved as light); ~0.4-1 s per frame.")
-@click.option("--export", "exports", multiple=True, type=click.Choice(["arkit-csv", "gltf", "gaussian-avatars"]),
+@click.option("--export", "exports", multiple=True, type=click.Choice(list(FORMATS)),
               help="After tracking, also export the run (as `flame-tracker export`); repeatable.")
 @click.option("--face", default="largest", show_default=True,
               help="Which face to follow when several are in the picture: largest, center, left, right, "

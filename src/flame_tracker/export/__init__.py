@@ -1,6 +1,7 @@
 """Exports of tracked runs: ARKit / Live Link Face CSV (:mod:`.arkit`) and glTF (:mod:`.gltf`) for
-animation tools, the VHAP layout GaussianAvatars trains on (:mod:`.gaussian_avatars`), read from a
-finished ``flame-tracker video`` folder (:mod:`.run`)."""
+animation tools; for avatar trainers the VHAP layout GaussianAvatars trains on
+(:mod:`.gaussian_avatars`), INSTA's (:mod:`.insta`) and NeRSemble's benchmark layout
+(:mod:`.nersemble`); all read from a finished ``flame-tracker video`` folder (:mod:`.run`)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from pathlib import Path
 
 from flame_tracker.export.run import ExportError, TrackedRun, load_run
 
-FORMATS = ("arkit-csv", "gltf", "gaussian-avatars")
+FORMATS = ("arkit-csv", "gltf", "gaussian-avatars", "insta", "nersemble")
 
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None, model=None,
-               video: str | Path | None = None) -> list[Path]:
+               video: str | Path | None = None, masks: str | Path | None = None) -> list[Path]:
     """Export the finished run in ``run_dir`` as ``fmt`` (:data:`FORMATS`) into ``out_dir`` (default
     ``run_dir/export-<fmt>``); ``model``: the head model (or its path) the run was tracked with
     (glTF, GaussianAvatars; default: the open ICT model); ``video``: the source video (GaussianAvatars;
-    default: the run's). Returns the files written; :class:`ExportError` says why not."""
+    default: the run's); ``masks`` (GaussianAvatars): ``"model"`` or a folder of mattes. Returns
+    the files written; :class:`ExportError` says why not."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / f"export-{fmt}"
@@ -36,9 +38,17 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
         from flame_tracker.export.gltf import export_gltf
 
         return [export_gltf(tracked, model, out_dir / "run.glb")]
+    if fmt == "insta":
+        from flame_tracker.export.insta import export_insta
+
+        return [export_insta(tracked, model, out_dir, video)]
+    if fmt == "nersemble":
+        from flame_tracker.export.nersemble import export_nersemble
+
+        return [export_nersemble(tracked, model, out_dir, video)]
     from flame_tracker.export.gaussian_avatars import export_gaussian_avatars
 
-    return [export_gaussian_avatars(tracked, model, out_dir, video)]
+    return [export_gaussian_avatars(tracked, model, out_dir, video, masks)]
 
 
 __all__ = ["FORMATS", "ExportError", "TrackedRun", "export_run", "load_run"]

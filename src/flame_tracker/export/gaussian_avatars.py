@@ -13,43 +13,39 @@ the origin, before re-centring), the head moving (``rotation`` about FLAME's roo
 ``translation``); translations re-centred by their mean, the camera shifted by the same. The
 principal point must be the image centre (GaussianAvatars reads only ``camera_angle_x``): runs with
 the default image-centred camera qualify, others are refused. Only FLAME 2023 runs are exported
-(GaussianAvatars' FLAME); nothing is converted between FLAME versions. No ``fg_masks`` are written.
+(GaussianAvatars' FLAME); nothing is converted between FLAME versions. ``fg_masks/`` (with
+``fg_mask_path`` per frame) from the fitted head's silhouette (``masks="model"``) or the user's mattes.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from flame_tracker.export.run import ExportError, TrackedRun
+from flame_tracker.export.run import (
+    ExportError,
+    TrackedRun,
+    check_flame,
+    each_frame,
+    pad,
+    posed_vertices,
+    save_png,
+    source_video,
+    write_folder,
+)
 
 N_SHAPE, N_EXPR = 300, 100  # GaussianAvatars' FLAME
 TRAIN_FRACTION = 0.7
 
 
 def _check(run: TrackedRun, model) -> None:
-    if model.name != run.model_name:
-        raise ExportError(f"{run.folder}: the run was tracked with model {run.model_name!r}, not {model.name!r}; "
-                          "pass the same --model")
-    if "2023" not in model.name or not model.has_jaw_joint or model.n_verts != 5023:
-        raise ExportError(f"GaussianAvatars needs FLAME 2023 (flame2023.pkl or flame2023_Open.pkl); this run was "
-                          f"tracked with {model.name!r}: track the video with --model .../flame2023.pkl")
-    if model.n_shape > N_SHAPE or model.n_expr > N_EXPR:
-        raise ExportError(f"{model.name!r} has {model.n_shape} shape / {model.n_expr} expression components; "
-                          f"GaussianAvatars' FLAME takes at most {N_SHAPE} / {N_EXPR}")
+    check_flame(run, model, "GaussianAvatars", "2023", N_SHAPE, N_EXPR)
     pp, size = run.arrays["principal_point_px"], run.arrays["image_size"]
     if np.abs(pp - size / 2.0).max() > 0.5:
         raise ExportError(f"{run.folder}: the camera's principal point is not the image centre (a run with "
                           "--fov); GaussianAvatars ignores cx, cy: track with --image-fov (the default)")
-
-
-def _pad(a: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((a.shape[0], n), np.float32)
-    out[:, : a.shape[1]] = a
-    return out
 
 
 def head_motion(run: TrackedRun, model) -> tuple[np.ndarray, np.ndarray]:
@@ -72,79 +68,52 @@ def head_motion(run: TrackedRun, model) -> tuple[np.ndarray, np.ndarray]:
     return head_rv.numpy(), transl
 
 
-def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: str | Path | None = None) -> Path:
+def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: str | Path | None = None,
+                            masks: str | Path | None = None) -> Path:
     """Write the VHAP/GaussianAvatars folder ``out_dir`` for ``run`` (see the module docstring); the
-    frames are decoded again from ``video`` (default: the run's source video). Written to
-    ``out_dir.part`` first and renamed when complete. ``out_dir`` must be new, empty or a previous
+    frames are decoded again from ``video`` (default: the run's source video). ``masks``:
+    ``"model"`` writes ``fg_masks/`` from the fitted head's silhouette, a folder copies the user's
+    mattes from it (``<source frame index, 6 digits>.png``, as the run's ``frames/``). Written to
+    ``out_dir.part`` first and renamed when complete; ``out_dir`` must be new, empty or an earlier
     export (which is replaced); anything else is refused, never deleted."""
     _check(run, model)
-    a = run.arrays
-    video = Path(video) if video is not None else Path(str(a.get("video_path", "")))
-    if not video.is_file():
-        raise ExportError(f"the run's source video {str(video)!r} is not there; pass --video PATH")
-    out_dir = _free_out_dir(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write(run, model, video, tmp)
-    except BaseException:  # nothing half-written is left behind (Ctrl-C included)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():  # a previous export of ours (checked above): swapped out, then removed
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    src = source_video(run, video)
+    mask_dir = None
+    if masks is not None and str(masks) != "model":
+        mask_dir = Path(masks)
+        missing = [int(f) for f in run.arrays["frame"] if not (mask_dir / f"{int(f):06d}.png").is_file()]
+        if not mask_dir.is_dir() or missing:
+            raise ExportError(f"--masks {mask_dir}: expected one matte per tracked frame named by its source frame "
+                              f"index ({int(run.arrays['frame'][0]):06d}.png, ...); "
+                              + ("not a folder" if not mask_dir.is_dir() else f"{len(missing)} missing"))
+    return write_folder(out_dir, "gaussian-avatars",
+                        lambda tmp: _write(run, model, src, tmp, masks is not None, mask_dir))
 
 
-def _free_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` as an absolute path that may be (re)written: missing, empty, or a previous
-    GaussianAvatars export. Anything else is refused rather than deleted."""
-    out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir.parent == out_dir:
-        raise ExportError(f"{out_dir}: give a folder to create for the export, not the file system root")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ExportError(f"{out_dir}: exists and is not a folder; give a new folder for the export")
-        ours = (out_dir / "transforms.json").is_file() and (out_dir / "flame_param").is_dir()
-        if any(out_dir.iterdir()) and not ours:
-            raise ExportError(f"{out_dir}: exists and holds other files; give a new (or empty) folder for the "
-                              "export: a previous gaussian-avatars export there would be replaced")
-    return out_dir
-
-
-def _write(run: TrackedRun, model, video: Path, tmp: Path) -> None:
+def _write(run: TrackedRun, model, video: Path, tmp: Path, with_masks: bool = False,
+           mask_dir: Path | None = None) -> None:
     """Everything of the export into the fresh folder ``tmp``."""
-    import cv2
-
-    from flame_tracker.video.decode import VideoReader
+    import shutil
 
     a = run.arrays
-    (tmp / "images").mkdir(parents=True)
+    (tmp / "images").mkdir()
     (tmp / "flame_param").mkdir()
+    if with_masks:
+        (tmp / "fg_masks").mkdir()
     frames = [int(f) for f in a["frame"]]
-    wanted = {f: t for t, f in enumerate(frames)}
-    written = 0
-    for fr in VideoReader(video, max_frames=None):
-        t = wanted.get(fr.index)
-        if t is None:
-            continue
-        path = tmp / "images" / f"{t:05d}_00.png"
-        if not cv2.imwrite(str(path), np.ascontiguousarray(fr.image[..., ::-1])):
-            raise ExportError(f"{path}: could not write the frame image (disk full or not writable?)")
-        written += 1
-        if written == len(frames):
-            break
-    if written != len(frames):
-        raise ExportError(f"{video}: found {written} of the run's {len(frames)} frames; is it the tracked video?")
+    sil = silhouettes(run, model) if with_masks and mask_dir is None else None
+    for t, image in each_frame(run, video):
+        save_png(tmp / "images" / f"{t:05d}_00.png", image)
+        if sil is not None:
+            save_png(tmp / "fg_masks" / f"{t:05d}_00.png", next(sil))
+        elif mask_dir is not None:
+            shutil.copyfile(mask_dir / f"{frames[t]:06d}.png", tmp / "fg_masks" / f"{t:05d}_00.png")
 
     rot, transl = head_motion(run, model)
     centre = transl.mean(0)
     transl = transl - centre
-    shape = _pad(a["shape"][:1], N_SHAPE)[0]
-    expr = _pad(a["exp"], N_EXPR)
+    shape = pad(a["shape"][:1], N_SHAPE)[0]
+    expr = pad(a["exp"], N_EXPR)
     # GaussianAvatars reads static_offset from the first frame's file unless told not to (zero: the
     # fitted shape is all the identity there is; it pads the 120 teeth vertices itself)
     offset = np.zeros((1, model.n_verts, 3), np.float32)
@@ -167,7 +136,9 @@ def _write(run: TrackedRun, model, video: Path, tmp: Path) -> None:
             "camera_angle_x": float(2 * np.arctan(w / (2 * fx))), "camera_angle_y": float(2 * np.arctan(h / (2 * fy)))}
     entries = [{"timestep_index": t, "timestep_index_original": f, "timestep_id": f"{t:05d}", "camera_index": 0,
                 "camera_id": "00", **intr, "transform_matrix": c2w.tolist(), "file_path": f"images/{t:05d}_00.png",
-                "flame_param_path": f"flame_param/{t:05d}.npz"} for t, f in enumerate(frames)]
+                "flame_param_path": f"flame_param/{t:05d}.npz",
+                **({"fg_mask_path": f"fg_masks/{t:05d}_00.png"} if with_masks else {})}
+               for t, f in enumerate(frames)]
     n_train = int(round(TRAIN_FRACTION * len(frames)))
     splits = {"": entries, "_train": entries[:n_train], "_val": [], "_test": entries[n_train:]}
     for suffix, frs in splits.items():
@@ -175,4 +146,24 @@ def _write(run: TrackedRun, model, video: Path, tmp: Path) -> None:
         (tmp / f"transforms{suffix}.json").write_text(json.dumps(doc, indent=1))
 
 
-__all__ = ["export_gaussian_avatars", "head_motion"]
+def silhouettes(run: TrackedRun, model):
+    """Foreground masks (uint8, 255 on the fitted head) of every exported frame, in order: the
+    rasterised head mesh seen by the frame's camera."""
+    import torch
+
+    from flame_tracker.rendering.raster import rasterize
+
+    a = run.arrays
+    w, h = (int(v) for v in a["image_size"][0])
+    faces = model.faces.cpu()
+    for t in range(run.n_frames):
+        verts = posed_vertices(run, model, [t])[0]
+        w2c = a["w2c_opencv"][t].astype(np.float64)
+        cam = verts @ w2c[:3, :3].T + w2c[:3, 3]
+        K = a["K_px"][t].astype(np.float64)
+        px = cam[:, :2] / cam[:, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
+        frags = rasterize(torch.as_tensor(np.concatenate([px, cam[:, 2:]], 1)), faces, h, w)
+        yield (frags.face_idx[0].numpy() >= 0).astype(np.uint8) * 255
+
+
+__all__ = ["export_gaussian_avatars", "head_motion", "silhouettes"]
