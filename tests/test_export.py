@@ -369,12 +369,13 @@ def test_nersemble_tracking_reads_back_as_the_benchmark_does(flame_run) -> None:
 
 @pytest.fixture(scope="module")
 def flame2020_run(shared_dir: Path, tmp_path_factory) -> tuple[Path, object, Path]:
-    """A clip tracked with a FLAME-2020-format model of FLAME's size (synthetic bases)."""
+    """A clip tracked with a FLAME-2020-format model of FLAME's size (synthetic bases) with the
+    IMavatar family's 100 shape / 50 expression components."""
     from flame_tracker.model import load_model
     from flame_tracker.model.fixtures import write_flame_model
 
     root = tmp_path_factory.mktemp("flame2020_export")
-    pkl = write_flame_model(root / "model", size="flame", style="2020")
+    pkl = write_flame_model(root / "model", size="flame", style="2020", n_shape=100, n_expr=50)
     model = load_model(pkl)
     out = root / "run"
     track_video(shared_dir / "videos" / "talking_ex3.mp4", out, model=model,
@@ -416,3 +417,48 @@ def test_insta_folder_reads_back_as_insta_does(flame2020_run, flame_run) -> None
         dest = r.parent / f"refused_{fmt}"
         res = CliRunner().invoke(main, ["export", str(r), "--format", fmt, "--model", str(p), "--out", str(dest)])
         assert res.exit_code == 1 and want in res.output and not dest.exists(), res.output
+
+
+def test_imavatar_json_reads_back_as_imavatar_does(flame2020_run) -> None:
+    import json
+
+    import cv2
+
+    run, model, pkl = flame2020_run
+    out = run.parent / "imavatar"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "imavatar", "--model", str(pkl), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "flame_params.json").read_text())
+    t = np.load(run / "tracking.npz")
+    lm = t["fit_lmks_68_px"][t["valid"]]
+    intr = np.array(doc["intrinsics"])
+    assert intr[0] < 0 and len(doc["shape_params"]) == 100
+    size = cv2.imread(str(out / "image" / "1.png")).shape[0]
+    assert cv2.imread(str(out / "image" / "1.png")).shape[:2] == (size, size)
+    assert cv2.imread(str(out / "mask" / "1.png"), cv2.IMREAD_GRAYSCALE).shape == (size, size)
+    worst, offsets = 0.0, []
+    for i, fr in enumerate(doc["frames"]):
+        assert fr["file_path"] == f"./image/{i + 1}" and (out / "image" / f"{i + 1}.png").is_file()
+        p = np.array(fr["pose"])
+        assert p.shape == (15,) and len(fr["expression"]) == 50
+        with torch.no_grad():  # FLAME with the global pose (about the root joint), then x4
+            lmk = model.landmarks(shape=torch.as_tensor(doc["shape_params"], dtype=torch.float32)[None],
+                                  expr=torch.as_tensor(fr["expression"], dtype=torch.float32)[None],
+                                  head_pose=torch.as_tensor(p[None, :3], dtype=torch.float32),
+                                  neck_pose=torch.as_tensor(p[None, 3:6], dtype=torch.float32),
+                                  jaw_pose=torch.as_tensor(p[None, 6:9], dtype=torch.float32),
+                                  eye_pose=torch.as_tensor(p[None, 9:], dtype=torch.float32)).landmarks[0].double().numpy()
+        wm = np.array(fr["world_mat"])
+        cam = 4.0 * lmk @ wm[:, :3].T + wm[:, 3]
+        # IMavatar's projection: u / size = x / z * intrinsics[0] + intrinsics[2] (its camera looks down -z)
+        uv = np.stack([cam[:, 0] / cam[:, 2] * intr[0] + intr[2], cam[:, 1] / cam[:, 2] * intr[1] + intr[3]], 1) * size
+        kp = (np.array(fr["flame_keypoints"]) + 1) / 2 * size
+        assert np.abs(kp - uv).max() < 0.5  # its keypoints are where the mesh projects
+        offset = lm[i].mean(0) - kp.mean(0)  # the square crop's corner: whole pixels, one for the run
+        offsets.append(offset)
+        worst = max(worst, float(np.abs(uv + offset - lm[i]).max()))
+        assert (cam[:, 2] < 0).all()
+    offsets = np.array(offsets)
+    assert np.abs(offsets - offsets[0]).max() < 1e-3 and np.abs(offsets - np.round(offsets)).max() < 1e-3
+    print(f"IMavatar round trip: worst landmark {worst:.4f} px")
+    assert worst < 0.5, worst

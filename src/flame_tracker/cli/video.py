@@ -15,6 +15,10 @@ from flame_tracker.export import FORMATS
               help="Output folder (per-frame npz, tracking.npz, summary.json, overlay.mp4).")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Head model: FLAME .pkl, ICT .npz / FaceXModel folder (default: open ICT model).")
+@click.option("--shape-components", type=click.IntRange(1, None), default=None,
+              help="Use only the first N identity components of the model (e.g. 100 for the IMavatar export).")
+@click.option("--expr-components", type=click.IntRange(1, None), default=None,
+              help="Use only the first N expression components (e.g. 50 for the IMavatar export).")
 @click.option("--start", "start_s", type=float, default=0.0, show_default=True,
               help="Start time in seconds.")
 @click.option("--end", "end_s", type=float, default=None, help="End time in seconds (exclusive).")
@@ -55,7 +59,8 @@ from flame_tracker.export import FORMATS
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, end_s: float | None,
+def video(clip: Path, out_dir: Path, model_path: Path | None, shape_components: int | None,
+          expr_components: int | None, start_s: float, end_s: float | None,
           every: int, fps: float | None, max_frames: int | None, image_fov: float, fov: float | None,
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
@@ -83,8 +88,16 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, start_s: float, en
     vopts = VideoOptions(start_s=start_s, end_s=end_s, every=every, fps=fps,
                          max_frames=max_frames, overlay=overlay, side_by_side=side_by_side,
                          meshes=meshes, photometric=photometric, face=face, roi=roi)
+    model = model_path
+    if shape_components or expr_components:
+        from flame_tracker.model import load_model
+
+        try:
+            model = load_model(model_path, n_shape=shape_components, n_expr=expr_components)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot load the head model: {exc}") from exc
     try:
-        summary = track_video(clip, out_dir, model=model_path, options=topts, video_options=vopts,
+        summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
                               force=force, progress=not quiet, verbose=verbose)
     except (FileNotFoundError, VideoError, NoFacesError, OutputMismatchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

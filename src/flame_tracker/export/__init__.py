@@ -1,7 +1,7 @@
 """Exports of tracked runs: ARKit / Live Link Face CSV (:mod:`.arkit`) and glTF (:mod:`.gltf`) for
 animation tools; for avatar trainers the VHAP layout GaussianAvatars trains on
-(:mod:`.gaussian_avatars`), INSTA's (:mod:`.insta`) and NeRSemble's benchmark layout
-(:mod:`.nersemble`); all read from a finished ``flame-tracker video`` folder (:mod:`.run`)."""
+(:mod:`.gaussian_avatars`), the IMavatar family's ``flame_params.json`` (:mod:`.imavatar`), INSTA's
+(:mod:`.insta`) and NeRSemble's benchmark layout (:mod:`.nersemble`); all read from a finished ``flame-tracker video`` folder (:mod:`.run`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flame_tracker.export.run import ExportError, TrackedRun, load_run
 
-FORMATS = ("arkit-csv", "gltf", "gaussian-avatars", "insta", "nersemble")
+FORMATS = ("arkit-csv", "gltf", "gaussian-avatars", "imavatar", "insta", "nersemble")
 
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None, model=None,
@@ -30,14 +30,22 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     from flame_tracker.model import HeadModel, load_model
 
     if not isinstance(model, HeadModel):
-        try:
-            model = load_model(model)
+        counts = {"n_shape": int(tracked.arrays["shape"].shape[-1]), "n_expr": int(tracked.arrays["exp"].shape[-1])}
+        try:  # with the run's number of components (it may have used fewer, e.g. 100/50 for IMavatar)
+            try:
+                model = load_model(model, **counts)
+            except ValueError:  # a model with fewer: not the run's, which the format's check says
+                model = load_model(model)
         except (OSError, ValueError) as exc:
             raise ExportError(f"cannot load the head model: {exc}") from exc
     if fmt == "gltf":
         from flame_tracker.export.gltf import export_gltf
 
         return [export_gltf(tracked, model, out_dir / "run.glb")]
+    if fmt == "imavatar":
+        from flame_tracker.export.imavatar import export_imavatar
+
+        return [export_imavatar(tracked, model, out_dir, video)]
     if fmt == "insta":
         from flame_tracker.export.insta import export_insta
 
