@@ -45,6 +45,18 @@ def test_inputs_from_files_folders_globs_and_manifests(shared_dir: Path, tmp_pat
             collect_items(inputs)
     dup = collect_items([vids / "talking_ex3.mp4", vids / "talking_ex3.mp4"])
     assert [i.name for i in dup] == ["talking_ex3", "talking_ex3_1"]
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "a" / "clip.png").touch()
+    (tmp_path / "b" / "clip.png").touch()
+    (tmp_path / "c" / "clip_1.png").touch()
+    names = [i.name for i in collect_items([tmp_path / "a" / "clip.png", tmp_path / "b" / "clip.png",
+                                            tmp_path / "c" / "clip_1.png"])]
+    assert names == ["clip", "clip_1", "clip_1_1"]  # never two items in one folder
+    esc = tmp_path / "esc.jsonl"
+    esc.write_text(json.dumps({"path": "a/clip.png", "name": "../../x"}) + "\n")
+    with pytest.raises(BatchInputError, match="plain folder name"):
+        collect_items([esc])
 
 
 def test_batch_reports_a_corrupt_file_and_finishes_the_others(shared_dir: Path, tmp_path: Path) -> None:

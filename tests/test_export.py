@@ -32,6 +32,11 @@ def run_dir(shared_dir: Path, model, tmp_path_factory) -> Path:
     return out
 
 
+def _exported(t) -> np.ndarray:
+    """The rows of tracking.npz an export holds: frames with landmarks or followed by optical flow."""
+    return t["valid"] | (t["source"] == "flow")
+
+
 def test_arkit_csv_reads_back_as_live_link_face(run_dir: Path) -> None:
     from scipy.spatial.transform import Rotation
 
@@ -41,14 +46,14 @@ def test_arkit_csv_reads_back_as_live_link_face(run_dir: Path) -> None:
     res = CliRunner().invoke(main, ["export", str(run_dir), "--format", "arkit-csv", "--out", str(run_dir / "ark")])
     assert res.exit_code == 0, res.output
     t = np.load(run_dir / "tracking.npz")
-    ok = t["valid"]  # export rows are the tracked frames (bridged ones are left out)
     names = [str(n) for n in t["expr_names"]]
-    for fname, src_names, src in (("arkit_fitted.csv", names, t["exp"][ok]),
-                                  ("arkit_mediapipe.csv", [str(n) for n in t["blendshape_names"]],
-                                   t["blendshape_scores"][ok])):
+    # the fitted curves: every tracked frame (flow ones too); MediaPipe's: the frames it saw
+    for fname, src_names, ok in (("arkit_fitted.csv", names, _exported(t)),
+                                 ("arkit_mediapipe.csv", [str(n) for n in t["blendshape_names"]], t["valid"])):
+        src = t["exp"][ok] if fname == "arkit_fitted.csv" else t["blendshape_scores"][ok]
         with open(run_dir / "ark" / fname, newline="") as f:
             rows = list(csv.DictReader(f))  # an importer reads columns by (case-insensitive) name
-        assert len(rows) == int(t["valid"].sum())
+        assert len(rows) == int(ok.sum())
         header = {k.lower(): k for k in rows[0]}
         assert all(s.lower() in header for s in ARKIT_52) and rows[0]["BlendShapeCount"] == "61"
         # the column of each named source channel holds that channel's weight
@@ -94,7 +99,7 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
     assert doc.meshes[0].extras["targetNames"] == [str(n) for n in t["expr_names"]]
     anim = doc.animations[0]
     out = {ch.target.path: _accessor(doc, blob, anim.samplers[ch.sampler].output) for ch in anim.channels}
-    n = int(t["valid"].sum())
+    n = int(_exported(t).sum())
     weights = out["weights"].reshape(n, -1)
     cam = doc.cameras[0].perspective
     w_img, h_img = (float(v) for v in t["image_size"][0])
@@ -109,7 +114,7 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
         # glTF camera at the origin looking down -z (y up)
         f = 0.5 * h_img / np.tan(0.5 * cam.yfov)
         px = np.stack([w_img / 2 + f * x[:, 0] / -x[:, 2], h_img / 2 - f * x[:, 1] / -x[:, 2]], 1)
-        worst = max(worst, float(np.abs(px - t["fit_lmks_68_px"][t["valid"]][k]).max()))
+        worst = max(worst, float(np.abs(px - t["fit_lmks_68_px"][_exported(t)][k]).max()))
     print(f"glTF round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
 
@@ -167,7 +172,7 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
     t = np.load(run / "tracking.npz")
     tf = json.loads((ga / "transforms.json").read_text())
     n = len(tf["frames"])
-    assert n == int(t["valid"].sum()) and (ga / "canonical_flame_param.npz").is_file()
+    assert n == int(_exported(t).sum()) and (ga / "canonical_flame_param.npz").is_file()
     train = json.loads((ga / "transforms_train.json").read_text())["frames"]
     test = json.loads((ga / "transforms_test.json").read_text())["frames"]
     assert len(train) + len(test) == n and json.loads((ga / "transforms_val.json").read_text())["frames"] == []
@@ -191,7 +196,7 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
                                   eye_pose=torch.as_tensor(p["eyes_pose"])).landmarks[0].double().numpy()
         x = (lmk + p["translation"][0]) @ w2c[:3, :3].T + w2c[:3, 3]
         px = np.stack([w / 2 + focal * x[:, 0] / x[:, 2], h / 2 + focal * x[:, 1] / x[:, 2]], 1)
-        d = px - t["fit_lmks_68_px"][t["valid"]][fr["timestep_index"]]
+        d = px - t["fit_lmks_68_px"][_exported(t)][fr["timestep_index"]]
         worst = max(worst, float(np.abs(d).max()))
     print(f"GaussianAvatars round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
@@ -232,13 +237,23 @@ def test_gaussian_avatars_never_deletes_a_folder_it_did_not_write(flame_run, tmp
     finally:
         os.chdir(cwd)
     assert res.exit_code == 1 and "holds other files" in res.output, res.output
-    # a previous export is replaced
+    # a VHAP dataset (the same layout, not ours) is refused too, and a user's "<out>.part" is left alone
+    vhap = tmp_path / "vhap"
+    (vhap / "flame_param").mkdir(parents=True)
+    (vhap / "transforms.json").write_text("{}")
+    (tmp_path / "ga.part").mkdir()
+    (tmp_path / "ga.part" / "keep.txt").write_text("mine")
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--out", str(vhap)])
+    assert res.exit_code == 1 and (vhap / "transforms.json").read_text() == "{}"
+    # an earlier export of ours is replaced
     ga = tmp_path / "ga"
     for _ in range(2):
         res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
                                         "--out", str(ga)])
         assert res.exit_code == 0, res.output
-    assert (ga / "transforms.json").is_file() and not (tmp_path / "ga.old").exists()
+    assert (ga / "transforms.json").is_file() and not list(tmp_path.glob(".ga.*"))
+    assert (tmp_path / "ga.part" / "keep.txt").read_text() == "mine"
 
 
 def test_load_run_keeps_video_metadata_and_drops_untracked_frames(run_dir: Path, tmp_path: Path) -> None:
@@ -318,7 +333,7 @@ def test_gaussian_avatars_masks_from_the_fitted_head(flame_run) -> None:
     for fr in frames[::3]:
         mask = cv2.imread(str(ga / fr["fg_mask_path"]), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == (fr["h"], fr["w"]) and set(np.unique(mask)) <= {0, 255}
-        lm = t["fit_lmks_68_px"][t["valid"]][fr["timestep_index"]]
+        lm = t["fit_lmks_68_px"][_exported(t)][fr["timestep_index"]]
         inside = mask[np.clip(lm[:, 1].astype(int), 0, fr["h"] - 1), np.clip(lm[:, 0].astype(int), 0, fr["w"] - 1)]
         assert (inside == 255).mean() > 0.95  # the fitted face lies in its own silhouette
         assert 0.02 < (mask > 0).mean() < 0.9
@@ -344,7 +359,7 @@ def test_nersemble_tracking_reads_back_as_the_benchmark_does(flame_run) -> None:
     cams = json.loads((out / "calibration" / "camera_params.json").read_text())
     w2c, K = np.array(cams["world_2_cam"]["00"]), np.array(cams["intrinsics"]["00"])
     t = np.load(run / "tracking.npz")
-    T = int(t["valid"].sum())
+    T = int(_exported(t).sum())
     assert z["expression"].shape == (T, 100) and z["shape"].shape == (1, 300) and z["scale"].shape == (1, 1)
     with av.open(str(out / "sequences" / seq / "images" / "cam_00.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == T
@@ -362,7 +377,7 @@ def test_nersemble_tracking_reads_back_as_the_benchmark_does(flame_run) -> None:
         world = float(z["scale"][0, 0]) * lmk @ R.T + z["translation"][i]
         cam = world @ w2c[:3, :3].T + w2c[:3, 3]
         px = (cam / cam[:, 2:]) @ K.T
-        worst = max(worst, float(np.abs(px[:, :2] - t["fit_lmks_68_px"][t["valid"]][i]).max()))
+        worst = max(worst, float(np.abs(px[:, :2] - t["fit_lmks_68_px"][_exported(t)][i]).max()))
     print(f"NeRSemble round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
 
@@ -393,7 +408,7 @@ def test_insta_folder_reads_back_as_insta_does(flame2020_run, flame_run) -> None
     assert res.exit_code == 0, res.output
     tf = json.loads((out / "transforms.json").read_text())
     t = np.load(run / "tracking.npz")
-    T = int(t["valid"].sum())
+    T = int(_exported(t).sum())
     assert len(tf["frames"]) == T and (out / "canonical.obj").is_file()
     test = json.loads((out / "transforms_test.json").read_text())["frames"]
     train = json.loads((out / "transforms_train.json").read_text())["frames"]
@@ -403,12 +418,12 @@ def test_insta_folder_reads_back_as_insta_does(flame2020_run, flame_run) -> None
     for i, fr in enumerate(tf["frames"]):
         assert (out / fr["file_path"]).is_file()
         exp = np.loadtxt(out / fr["exp_path"])
-        assert exp.shape == (100,) and np.allclose(exp[: model.n_expr], t["exp"][t["valid"]][i], atol=1e-6)
+        assert exp.shape == (100,) and np.allclose(exp[: model.n_expr], t["exp"][_exported(t)][i], atol=1e-6)
         verts = _obj_vertices(out / fr["mesh_path"])
         w2c = np.linalg.inv(np.array(fr["transform_matrix"]))  # OpenCV camera-to-world, no axis flip
         cam = _landmarks_from_vertices(model, verts) @ w2c[:3, :3].T + w2c[:3, 3]
         px = (cam / cam[:, 2:]) @ K.T
-        worst = max(worst, float(np.abs(px[:, :2] - t["fit_lmks_68_px"][t["valid"]][i]).max()))
+        worst = max(worst, float(np.abs(px[:, :2] - t["fit_lmks_68_px"][_exported(t)][i]).max()))
     print(f"INSTA round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
     # a FLAME 2023 run is refused by INSTA, a FLAME 2020 one by NeRSemble: one line, nothing written
@@ -430,7 +445,7 @@ def test_imavatar_json_reads_back_as_imavatar_does(flame2020_run) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "flame_params.json").read_text())
     t = np.load(run / "tracking.npz")
-    lm = t["fit_lmks_68_px"][t["valid"]]
+    lm = t["fit_lmks_68_px"][_exported(t)]
     intr = np.array(doc["intrinsics"])
     assert intr[0] < 0 and len(doc["shape_params"]) == 100
     size = cv2.imread(str(out / "image" / "1.png")).shape[0]

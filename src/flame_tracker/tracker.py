@@ -439,10 +439,12 @@ class Tracker:
 
     def close(self) -> None:
         """Release the landmarker."""
+        if self._finder is not None:  # its tile landmarker (the main one is closed below)
+            self._finder.close()
+            self._finder = None
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
-        self._finder = None
 
     def __enter__(self) -> Tracker:
         return self

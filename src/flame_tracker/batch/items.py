@@ -50,6 +50,13 @@ def _parse_options(row: dict[str, Any], where: str) -> dict[str, Any]:
             out[key] = ITEM_OPTIONS[key](value)
         except (TypeError, ValueError) as exc:
             raise BatchInputError(f"{where}: option {key}={value!r} is not a {ITEM_OPTIONS[key].__name__}") from exc
+        if key == "face":  # one spelling per choice (it is part of a run folder's settings)
+            from flame_tracker.detection.search import FaceChoice
+
+            try:
+                out[key] = str(FaceChoice.parse(out[key]))
+            except ValueError as exc:
+                raise BatchInputError(f"{where}: {exc}") from exc
     return out
 
 
@@ -98,7 +105,7 @@ def collect_items(inputs: list[str | Path]) -> list[Item]:
     for raw in inputs:
         text = str(raw)
         p = Path(text).expanduser()
-        if p.suffix.lower() in (".csv", ".jsonl", ".ndjson") and p.is_file():
+        if p.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json") and p.is_file():
             found.extend(read_manifest(p))
         elif p.is_dir():
             files = sorted(q for q in p.iterdir() if q.is_file() and _kind(q))
@@ -114,16 +121,21 @@ def collect_items(inputs: list[str | Path]) -> list[Item]:
             found.extend((q, None, {}) for q in files)
         else:
             raise BatchInputError(f"{text}: no such file, folder or pattern")
-    items, seen = [], {}
+    items, used = [], set()
     for path, name, opts in found:
         kind = _kind(path)
         if kind is None:
-            # a manifest may name anything: the item fails later with a clear message
+            # other suffixes (.mts, .ts, ...) are tried as videos: the item fails with a clear message if not
             kind = "video"
+        if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
+            raise BatchInputError(f"{path}: name {name!r} must be a plain folder name (no '/', not '.' or '..')")
         base = name or path.stem
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        items.append(Item(str(path), kind, base if n == 0 else f"{base}_{n}", opts))
+        unique, n = base, 0
+        while unique in used:  # clip, clip_1, clip_2 ... never a name already taken
+            n += 1
+            unique = f"{base}_{n}"
+        used.add(unique)
+        items.append(Item(str(path), kind, unique, opts))
     return items
 
 

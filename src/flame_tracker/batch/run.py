@@ -161,13 +161,19 @@ def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: 
 
 
 def _photo_done(item: Item, out_dir: Path) -> dict[str, Any] | None:
-    """The row of a photo finished by an earlier run (its JSON, written last, exists)."""
+    """The row of a photo finished by an earlier run (its JSON, written last, exists and names it)."""
     js = out_dir / item.name / f"{item.name}.json"
     if not js.is_file():
         return None
     try:
         info = json.loads(js.read_text())
     except ValueError:
+        return None
+    try:  # the same photo (names come from stems: another input may now carry this name)
+        same = Path(str(info.get("source", ""))).resolve() == Path(item.path).resolve()
+    except OSError:
+        same = False
+    if not same:
         return None
     return _row(item.as_dict(), "skipped", frames=1, mean_reproj_px=info.get("reprojection_error_px", float("nan")))
 
@@ -224,11 +230,12 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    task = pending.pop(ref)
+                    task = pending[ref]
                     try:
                         got = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001  (a worker that died after its retries)
                         got = [_row(it.as_dict(), "failed", error=f"worker failed: {_message(exc)}") for it in task]
+                    del pending[ref]  # only now: Ctrl-C inside ray.get leaves the task "interrupted"
                     for r in got:
                         rows[r["name"]] = r
                     bar.update(len(got))

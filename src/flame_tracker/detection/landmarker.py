@@ -49,7 +49,8 @@ def native_stderr_silenced() -> Iterator[None]:
     """Send what native code writes to the process's stderr (file descriptor 2) to /dev/null for
     the duration: MediaPipe's C++ logs (``W0000 ...``, ``INFO: Created TensorFlow Lite ...``)
     bypass Python and no environment variable turns them off before its logging is initialised.
-    Python exceptions raised inside are reported after the descriptor is restored."""
+    Python exceptions raised inside are reported after the descriptor is restored. The descriptor is
+    the process's: other threads' native messages (e.g. FFmpeg's) in that short window are lost too."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)

@@ -324,7 +324,7 @@ class FaceFollower:
         self.rescan_s = float(rescan_s)
         self.max_side = int(max_side)
         self.verbose = verbose
-        self.finder = FaceFinder(landmarker_path, verbose=verbose, max_side=max_side)
+        self.finder = FaceFinder(landmarker_path, verbose=verbose, max_side=max_side, refine=roi)
         self._video: FaceLandmarker | None = None
         self.window: tuple[np.ndarray, float] | None = None  # ROI centre, side (pixels); None: whole frame
         self.last: tuple[np.ndarray, float, float] | None = None  # centre, size, time of the last face
@@ -421,7 +421,7 @@ class FaceFollower:
         self.searches += 1
         tiled = self.roi and time_s - self._last_tiled >= self.tile_every_s
         # the first acquisition of a chosen person (not simply the largest) looks at every face
-        exhaustive = self.last is None and self.choice.rule != "largest"
+        exhaustive = self.roi and self.last is None and self.choice.rule != "largest"
         faces = self.finder.find(image, tiled=tiled or exhaustive, first_hit=not exhaustive, exhaustive=exhaustive)
         if self.finder.n_tiles:
             self._last_tiled = time_s

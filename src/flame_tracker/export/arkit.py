@@ -122,8 +122,11 @@ def export_arkit(run: TrackedRun, out_dir: str | Path) -> list[Path]:
                                  times, run.fps))
     mp_names = [str(n) for n in run.arrays.get("blendshape_names", [])]
     if mp_names and run.arrays["blendshape_scores"].shape[-1] == len(mp_names):
+        # MediaPipe's scores exist only where it found the face (not on optical-flow frames)
+        seen = np.asarray(run.arrays.get("valid", np.ones(run.n_frames, bool)), bool)
         written.append(write_csv(out_dir / "arkit_mediapipe.csv",
-                                 arkit_weights(mp_names, run.arrays["blendshape_scores"]), rots, times, run.fps))
+                                 arkit_weights(mp_names, run.arrays["blendshape_scores"][seen]), rots[seen],
+                                 times[seen], run.fps))
     if not written:
         raise ExportError(f"{run.folder}: the run has neither named (ARKit) expressions nor MediaPipe scores; "
                           "track it with the ICT-FaceKit model (the default) to get ARKit curves")

@@ -86,8 +86,7 @@ def free_out_dir(out_dir: str | Path) -> Path:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ExportError(f"{out_dir}: exists and is not a folder; give a new folder for the export")
-        ours = (out_dir / MARKER).is_file() or ((out_dir / "transforms.json").is_file()
-                                               and (out_dir / "flame_param").is_dir())  # exports before the marker
+        ours = (out_dir / MARKER).is_file()  # a VHAP folder looks like our export but is the user's
         if any(out_dir.iterdir()) and not ours:
             raise ExportError(f"{out_dir}: exists and holds other files; give a new (or empty) folder for the "
                               "export: an earlier export there would be replaced")
@@ -96,25 +95,28 @@ def free_out_dir(out_dir: str | Path) -> Path:
 
 def write_folder(out_dir: str | Path, fmt: str, write) -> Path:
     """Run ``write(tmp_folder)`` and put the result at ``out_dir`` (see :func:`free_out_dir`): written
-    to ``out_dir.part`` first, swapped in when complete, removed on any failure (Ctrl-C included)."""
+    to a fresh hidden sibling folder first, swapped in when complete, removed on any failure (Ctrl-C
+    included)."""
     import shutil
+    import tempfile
 
     out_dir = free_out_dir(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # fresh sibling folders of our own (a user's "<out>.part" or "<out>.old" is never touched)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.part-", dir=out_dir.parent))
     try:
         write(tmp)
         (tmp / MARKER).write_text(fmt + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = out_dir.with_name(out_dir.name + ".old")
+    old = None
     if out_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        out_dir.rename(old / "export")
     tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

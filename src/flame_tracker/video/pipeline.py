@@ -56,8 +56,11 @@ class VideoOptions:
 
     def frame_settings(self) -> dict[str, Any]:
         """The settings that change which frames are tracked (the rest only adds outputs)."""
-        return {k: getattr(self, k) for k in ("start_s", "end_s", "every", "fps", "max_frames",
-                                               "detect_max_side", "face", "roi")}
+        out = {k: getattr(self, k) for k in ("start_s", "end_s", "every", "fps", "max_frames", "detect_max_side")}
+        # newer settings only when not their default: folders of earlier versions still match
+        out.update({k: getattr(self, k) for k, default in (("face", "largest"), ("roi", True))
+                    if getattr(self, k) != default})
+        return out
 
 
 @dataclass
@@ -105,12 +108,21 @@ class VideoSummary:
         return "\n".join(lines)
 
 
+def _track_settings(topts: TrackOptions) -> dict[str, Any]:
+    """The track options a run folder records; newer ones only when not their default, so that
+    folders of earlier versions still match (and resume)."""
+    out = dataclasses.asdict(topts)
+    if out.get("flow") is True:
+        del out["flow"]
+    return out
+
+
 # --------------------------------------------------------------------------- stage 1: landmarks
 
 def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None,
                   progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False) -> None:
     """Decode and detect every selected frame not yet checkpointed."""
-    from flame_tracker.detection.search import FaceFollower
+    from flame_tracker.detection.search import FaceChoice, FaceFollower
 
     done_marker = run.root / "work" / "landmarks_done.json"
     if done_marker.is_file():
@@ -138,7 +150,10 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                disable=not progress, dynamic_ncols=True)
     t_decode = t_detect = 0.0
     n = 0
-    follower = FaceFollower(landmarker_path, choice=vopts.face, roi=vopts.roi, max_side=vopts.detect_max_side,
+    choice = FaceChoice.parse(vopts.face)
+    if choice.rule == "near" and reader.scale != 1.0:  # the user's pixels -> the decoded frame's
+        choice = FaceChoice("near", point=(choice.point[0] * reader.scale, choice.point[1] * reader.scale))
+    follower = FaceFollower(landmarker_path, choice=choice, roi=vopts.roi, max_side=vopts.detect_max_side,
                             verbose=verbose)
     prev = stage.load()  # the last stored face: where a resumed run follows on from
     seed = None
@@ -521,7 +536,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     settings = {"model": getattr(model, "name", type(model).__name__),
                 "model_size": [model.n_shape, model.n_expr],
                 "landmark_embedding": fit_model.info.get("landmark_embedding", "model"),
-                "track": dataclasses.asdict(topts), "frames": vopts.frame_settings()}
+                "track": _track_settings(topts), "frames": vopts.frame_settings()}
     if vopts.photometric:  # changes every frame's result (absent otherwise: older folders match)
         settings["photometric"] = {"chunk": vopts.photometric_chunk}
     run = RunFolder(out_dir, video, settings, force=force)
