@@ -148,16 +148,20 @@ def test_video_command_exports_after_tracking(shared_dir: Path, tmp_path: Path) 
 @pytest.fixture(scope="module")
 def flame_run(shared_dir: Path, tmp_path_factory) -> tuple[Path, object, Path]:
     """A clip tracked with a FLAME-2023-format model of FLAME's size (synthetic bases)."""
+    return _tracked_flame_run(shared_dir, tmp_path_factory.mktemp("flame_export"), 10, style="2023_open")
+
+
+def _tracked_flame_run(shared_dir: Path, root: Path, frames: int, **model_kw) -> tuple[Path, object, Path]:
+    """``frames`` of a shared clip tracked with a synthetic FLAME-format model written with ``model_kw``."""
     from flame_tracker.model import load_model
     from flame_tracker.model.fixtures import write_flame_model
 
-    root = tmp_path_factory.mktemp("flame_export")
-    pkl = write_flame_model(root / "model", size="flame", style="2023_open")
+    pkl = write_flame_model(root / "model", size="flame", **model_kw)
     model = load_model(pkl)
     out = root / "run"
     track_video(shared_dir / "videos" / "talking_ex3.mp4", out, model=model,
                 options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8),
-                video_options=VideoOptions(max_frames=10), progress=False)
+                video_options=VideoOptions(max_frames=frames), progress=False)
     return out, model, pkl
 
 
@@ -386,17 +390,8 @@ def test_nersemble_tracking_reads_back_as_the_benchmark_does(flame_run) -> None:
 def flame2020_run(shared_dir: Path, tmp_path_factory) -> tuple[Path, object, Path]:
     """A clip tracked with a FLAME-2020-format model of FLAME's size (synthetic bases) with the
     IMavatar family's 100 shape / 50 expression components."""
-    from flame_tracker.model import load_model
-    from flame_tracker.model.fixtures import write_flame_model
-
-    root = tmp_path_factory.mktemp("flame2020_export")
-    pkl = write_flame_model(root / "model", size="flame", style="2020", n_shape=100, n_expr=50)
-    model = load_model(pkl)
-    out = root / "run"
-    track_video(shared_dir / "videos" / "talking_ex3.mp4", out, model=model,
-                options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8),
-                video_options=VideoOptions(max_frames=8), progress=False)
-    return out, model, pkl
+    return _tracked_flame_run(shared_dir, tmp_path_factory.mktemp("flame2020_export"), 8, style="2020",
+                              n_shape=100, n_expr=50)
 
 
 def test_insta_folder_reads_back_as_insta_does(flame2020_run, flame_run) -> None:
