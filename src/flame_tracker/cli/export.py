@@ -31,7 +31,8 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, vi
                  arkit_mediapipe.csv (MediaPipe's raw scores), Live Link Face layout with head
                  and eye rotations: Unreal's LiveLinkFaceImporter, Blender/Unity importers
       gltf       run.glb: the fitted head with its blendshapes as morph targets, animated per frame
-                 (weights, head rotation and translation) and the tracking camera (Blender, three.js)
+                 (weights, head rotation and translation) and the tracking camera (Blender, three.js);
+                 a FLAME run as a mesh sequence (one morph target per frame)
       gaussian-avatars  the VHAP folder GaussianAvatars trains on (images/, flame_param/,
                  canonical_flame_param.npz, transforms*.json, fg_masks/ with --masks); FLAME 2023 runs only
       insta      INSTA's input (images/, meshes/*.obj, flame/exp/*.txt, canonical.obj, transforms*.json

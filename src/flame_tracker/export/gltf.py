@@ -8,9 +8,11 @@
 * a camera node at the origin looking down −z (glTF's convention, OpenGL axes) with the run's
   vertical FOV and aspect ratio: rendering the animation through it reproduces the tracked views.
 
-Needs a model whose expressions are linear blendshapes without a jaw joint or pose correctives
-(ICT-FaceKit, the default); the eyeballs stay at rest (eye rotations are in the ARKit CSV). FLAME runs
-are refused (their jaw is a joint rotation, not a blendshape).
+For a blendshape model (ICT-FaceKit, the default) the morph targets are its expressions and the
+eyeballs stay at rest (eye rotations are in the ARKit CSV). A FLAME run (its jaw and eyes are joint
+rotations, not blendshapes) is exported as a mesh sequence: one morph target per frame (that frame's
+mesh minus the neutral one), each frame's weight 1 on its own target (Blender imports them as shape
+keys with their animation); at most :data:`MAX_SEQUENCE_FRAMES` frames.
 """
 
 from __future__ import annotations
@@ -22,14 +24,23 @@ import numpy as np
 from flame_tracker.export.run import ExportError, TrackedRun
 
 
+#: A FLAME run's glTF stores every frame's mesh: at most this many frames (about 120 MB for FLAME).
+MAX_SEQUENCE_FRAMES = 2000
+
+
+def _sequence(model) -> bool:
+    """FLAME-like models (jaw joint, pose correctives) are exported as a mesh sequence."""
+    return bool(model.has_jaw_joint or model.has_pose_correctives)
+
+
 def _check(run: TrackedRun, model) -> None:
     if model.name != run.model_name:
         raise ExportError(f"{run.folder}: the run was tracked with model {run.model_name!r}, not {model.name!r}; "
                           "pass the same --model")
-    if model.has_jaw_joint or model.has_pose_correctives:
-        raise ExportError(f"glTF export needs a blendshape model without a jaw joint (ICT-FaceKit); "
-                          f"{model.name!r} moves its jaw by a joint rotation (FLAME), which morph targets "
-                          "cannot carry")
+    if _sequence(model) and run.n_frames > MAX_SEQUENCE_FRAMES:
+        raise ExportError(f"{run.folder}: {run.n_frames} frames; a glTF of a {model.name!r} run holds one mesh per "
+                          f"frame, at most {MAX_SEQUENCE_FRAMES} (~{MAX_SEQUENCE_FRAMES * model.n_verts * 12 >> 20} MB): "
+                          "track or export a shorter range (flame-tracker video --start/--end)")
     pp, size = run.arrays["principal_point_px"], run.arrays["image_size"]
     if np.abs(pp - size / 2.0).max() > 0.5:
         raise ExportError(f"{run.folder}: the camera's principal point is not the image centre (a run with "
@@ -49,9 +60,18 @@ def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
     with torch.no_grad():
         shape = torch.as_tensor(a["shape"][:1], dtype=model.dtype)
         base = model(shape=shape).vertices[0].double().cpu().numpy().astype(np.float32)  # neutral identity
+    if _sequence(model):  # one morph target per frame: that frame's mesh (jaw, eyes, correctives) - base
+        from flame_tracker.export.run import posed_vertices
+
+        targets = np.stack([posed_vertices(run, model, [t])[0] - base for t in range(run.n_frames)], -1)
+        targets = targets.astype(np.float32)  # [V, 3, T]
+        weights = np.eye(run.n_frames, dtype=np.float32)  # frame t: its own target (LINEAR: meshes blend between frames)
+        names = [f"frame_{int(f):06d}" for f in a["frame"]]
+    else:
         targets = model.exprdirs.detach().double().cpu().numpy().astype(np.float32)  # [V, 3, E]
+        weights = a["exp"].astype(np.float32)  # [T, E]
+        names = [str(n) for n in a.get("expr_names", [])] or [f"expr{e}" for e in range(targets.shape[2])]
     faces = model.faces.cpu().numpy().astype(np.uint32)
-    weights = a["exp"].astype(np.float32)  # [T, E]
     head_rv, head_t = to_head_centric(torch.as_tensor(a["pose6"], dtype=torch.float64))
     from scipy.spatial.transform import Rotation
 
@@ -84,7 +104,6 @@ def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
     w_out = add(weights.reshape(-1), "SCALAR", g.FLOAT)
     r_out = add(quats, "VEC4", g.FLOAT)
     tr_out = add(trans, "VEC3", g.FLOAT)
-    names = [str(n) for n in a.get("expr_names", [])] or [f"expr{e}" for e in range(targets.shape[2])]
     mesh = g.Mesh(name="head", primitives=[g.Primitive(attributes=g.Attributes(POSITION=pos), indices=idx,
                                                        targets=[{"POSITION": t} for t in tgt])],
                   weights=[0.0] * len(tgt), extras={"targetNames": names})
