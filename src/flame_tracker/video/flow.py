@@ -128,18 +128,23 @@ class HeadSurface:
         # corners of the image over the visible head, each sent onto the triangle under it (found
         # among the triangles around the nearest visible vertex; barycentric, perspective-correct)
         vis = np.flatnonzero(front)
-        mask = np.zeros((h, w), np.uint8)
-        mask[px[vis, 1].astype(int), px[vis, 0].astype(int)] = 255
+        if not len(vis):
+            return none
+        # everything in the head's box only (the corner detector's cost is per pixel)
+        bx0, by0 = np.maximum(np.floor(px[vis].min(0)).astype(int) - 6, 0)
+        bx1, by1 = np.minimum(np.ceil(px[vis].max(0)).astype(int) + 7, (w, h))
+        mask = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
+        mask[px[vis, 1].astype(int) - by0, px[vis, 0].astype(int) - bx0] = 255
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
         mask = cv2.erode(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8)), np.ones((3, 3), np.uint8))
         if avoid is not None:
             for x, y in np.asarray(avoid).reshape(-1, 2):
-                cv2.circle(mask, (int(x), int(y)), int(cell), 0, -1)
-        corners = cv2.goodFeaturesToTrack(gray, maxCorners=n, qualityLevel=0.005, minDistance=cell, mask=mask,
-                                          blockSize=5)
-        if corners is None or not len(vis):
+                cv2.circle(mask, (int(x) - bx0, int(y) - by0), int(cell), 0, -1)
+        corners = cv2.goodFeaturesToTrack(np.ascontiguousarray(gray[by0:by1, bx0:bx1]), maxCorners=n,
+                                          qualityLevel=0.005, minDistance=cell, mask=mask, blockSize=5)
+        if corners is None:
             return none
-        c = corners.reshape(-1, 2).astype(np.float64)
+        c = corners.reshape(-1, 2).astype(np.float64) + (bx0, by0)
         from scipy.spatial import cKDTree
 
         near = vis[cKDTree(px[vis]).query(c)[1]]
