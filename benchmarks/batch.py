@@ -3,8 +3,8 @@
 The set: the three shared clips (all frames, or ``--frames`` of each through a JSON-lines manifest)
 and the shared photos (12), photos 3 per task, so the batch has 7 tasks. Each configuration runs in
 a fresh output folder with a fresh local Ray of N CPUs (started here, timed apart: Ray's start-up
-is included in the speed-up, as a user sees it, and also shown without). Prints a table (items/min, frames/s, seconds) and
-``batch_speedup_2w=…`` (2-worker over 1-worker throughput; target ≥ 1.6 on this 2-core machine).
+is included in the speed-up, as a user sees it, and also shown without). Prints a table (items/min, frames/s, seconds)
+and ``batch_speedup_2w=…`` (2-worker over 1-worker throughput; target ≥ 1.6 on this 2-core machine).
 
 Usage: ``python benchmarks/batch.py [--frames N] [--photos-per-task 3]``
 """
@@ -57,7 +57,8 @@ def main() -> None:
             rows.append((workers, len(items), frames, dt, startup))
     print(f"Batch of {len(items)} items ({sum(i.kind == 'video' for i in items)} clips, {args.frames or 'all'} frames, "
           f"{sum(i.kind == 'image' for i in items)} photos, {args.photos_per_task} photos per task), local Ray")
-    print(f"{'workers':>7} {'items':>6} {'frames':>7} {'seconds':>8} {'Ray start':>9} {'items/min':>10} {'frames/s':>9}")
+    print(f"{'workers':>7} {'items':>6} {'frames':>7} {'seconds':>8} {'Ray start':>9} "
+          f"{'items/min':>10} {'frames/s':>9}")
     for w, n, f, dt, st in rows:
         print(f"{w:7d} {n:6d} {f:7d} {dt:8.1f} {st:9.1f} {60 * n / dt:10.1f} {f / dt:9.1f}")
     work = [dt - st for *_, dt, st in rows]

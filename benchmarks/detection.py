@@ -162,10 +162,9 @@ def wide_shot_clip(path, n: int) -> None:
 def throughput(clip, n: int) -> tuple[float, float]:
     """(detection-only fps, end-to-end fps) of ``clip``'s first ``n`` frames, in this process."""
     import tempfile
-
-    from flame_tracker.detection.search import FaceFollower
     from contextlib import closing
 
+    from flame_tracker.detection.search import FaceFollower
     from flame_tracker.video.decode import VideoReader, prefetch
     from flame_tracker.video.pipeline import VideoOptions, track_video
 

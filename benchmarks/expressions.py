@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import time
+
 import numpy as np
 
 from flame_tracker.evaluation.metrics import face_region_mask
 from flame_tracker.evaluation.runs import clip_expressions, evaluate_scene, summarise
 from flame_tracker.evaluation.scenes import sample_scenes
-from flame_tracker.paths import data_dir
 from flame_tracker.fitting.stage2 import Stage2Options
+from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
 
 

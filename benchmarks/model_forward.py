@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from timing import fastest
 
 from flame_tracker.model import HeadModel, load_model
 from flame_tracker.model.fixtures import write_flame_model
-from timing import fastest
 
 
 def _params(m: HeadModel, n: int) -> dict[str, torch.Tensor]:

@@ -29,13 +29,13 @@ import os
 import time
 
 import torch
+from timing import fastest
 
 from flame_tracker.camera import project_ndc
 from flame_tracker.fitting.photometric import fit_photometric, render_head
 from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.model import load_model
 from flame_tracker.rendering import barycentrics, interpolate, rasterize, sh_shading, to_image, vertex_normals
-from timing import fastest
 
 
 def scene(model, n: int, res: int) -> dict:
@@ -47,19 +47,22 @@ def scene(model, n: int, res: int) -> dict:
     expr = (0.3 * torch.rand(n, model.n_expr, generator=g)) * (torch.rand(n, model.n_expr, generator=g) < 0.15)
     # Framed like a real fitting crop (the video crop is 1.6x the face box; the masked face covers
     # ~15-17k px of 256², as on shared/videos/talking_wojtek.mp4): centred, 0.75 m away at 20°.
-    pose = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.75]) + torch.randn(n, 6, generator=g) * torch.tensor([0.05, 0.15, 0.03, 0.01, 0.01, 0.02])
+    pose = (torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.75])
+            + torch.randn(n, 6, generator=g) * torch.tensor([0.05, 0.15, 0.03, 0.01, 0.01, 0.02]))
     fov = torch.full((n,), 20.0)
     light = torch.zeros(n, 9, 3)
     light[:, 0], light[:, 1], light[:, 3] = 2.5, 0.3, -0.6
     with torch.no_grad():
         out = model(expr=expr)
         r = render_head(out.vertices, model.faces, pose, fov, res, light=light, albedo=albedo)
-        image = (torch.where(r["alpha"][..., None] > 0, r["image"], torch.full_like(r["image"], 0.4)) * 255).round().byte()
+        image = (torch.where(r["alpha"][..., None] > 0, r["image"],
+                             torch.full_like(r["image"], 0.4)) * 255).round().byte()
     noise = lambda t: t + 0.01 * torch.randn(t.shape, generator=g)  # noqa: E731
     return dict(
         albedo=albedo, fov=fov, image=image.numpy(), view=r["view"], vpx=r["vpx"], light=light,
         lmk=noise(project_ndc(out.landmarks, pose, fov)), iris=noise(project_ndc(out.iris, pose, fov)),
-        pose0=pose + 0.005 * torch.randn(n, 6, generator=g), expr0=(expr + 0.05 * torch.randn(expr.shape, generator=g)).clamp(0, 1),
+        pose0=pose + 0.005 * torch.randn(n, 6, generator=g),
+        expr0=(expr + 0.05 * torch.randn(expr.shape, generator=g)).clamp(0, 1),
     )
 
 
@@ -135,8 +138,8 @@ def fit_table(model, repeats: int) -> dict[int, float]:
                 res = fit_photometric(model, s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
                                       iris_ndc=s["iris"], temporal=n > 1, **kw)
                 dt, dc = min(dt, time.perf_counter() - t0), min(dc, time.process_time() - c0)
-            print(f"| {mode} | {n} | {len(res.history) - 1} | {int(res.mask.sum()) // n} | {dt:.2f} | {dt / n:.2f} | {dc / n:.2f} | "
-                  f"{res.history[-1] / res.history[0]:.2f} |")
+            print(f"| {mode} | {n} | {len(res.history) - 1} | {int(res.mask.sum()) // n} | {dt:.2f} | {dt / n:.2f} | "
+                  f"{dc / n:.2f} | {res.history[-1] / res.history[0]:.2f} |")
             if mode.startswith("tracking"):
                 summary[n] = dt / n
     return summary
@@ -148,8 +151,8 @@ def main() -> None:
     ap.add_argument("--fit-repeats", type=int, default=2)
     args = ap.parse_args()
     model = load_model()
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}, model {model.name} ({model.n_verts} vertices, {model.faces.shape[0]} "
-          f"triangles), CPU, float32")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}, "
+          f"model {model.name} ({model.n_verts} vertices, {model.faces.shape[0]} triangles), CPU, float32")
     print("\nRender, 1 frame, single thread (the fit's default, see PhotometricOptions.cpu_threads):\n")
     with cpu_threads(1):
         render_table(model, args.repeats)

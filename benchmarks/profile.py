@@ -144,7 +144,8 @@ def main() -> None:
     print(f"coverage of the frames without landmarks: bridged {np.isfinite(err['bridged'][gap]).mean():.0%}, "
           f"flow {np.isfinite(err['flow'][gap]).mean():.0%}")
     print(f"rot_deg_gap_bridged={gap_mean(err['bridged']):.2f} rot_deg_gap_flow={gap_mean(err['flow']):.2f} "
-          f"gap_frames={int(gap.sum())} flow_frames={int(runs['flow'].flow.sum()) if runs['flow'].flow is not None else 0} "
+          f"gap_frames={int(gap.sum())} "
+          f"flow_frames={int(runs['flow'].flow.sum()) if runs['flow'].flow is not None else 0} "
           f"rot_deg_landmarks={np.nanmean(err['flow'][valid]):.2f} flow_ms_per_frame={ms:.1f}")
 
 

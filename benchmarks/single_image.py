@@ -28,11 +28,11 @@ import time
 
 import numpy as np
 import torch
+from timing import fastest
 
 from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
 from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
-from timing import fastest
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
 

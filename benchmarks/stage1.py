@@ -21,11 +21,11 @@ import argparse
 import time
 
 import torch
+from timing import fastest
 
 from flame_tracker.camera import matrix_to_rotvec, rotvec_to_matrix
 from flame_tracker.fitting import fit_camera, make_synthetic, stage1_objective
 from flame_tracker.model import load_model
-from timing import fastest
 
 # The LM takes milliseconds, so on a shared CPU one preemption can double a run: its time is the
 # fastest of this many; Adam's single 1500-iteration run averages such noise out.
@@ -65,8 +65,8 @@ def main() -> None:
     print(f"stage 1 on synthetic {model.name} frames, noise 0.5 px at 256², FOV 20° fixed; torch threads "
           f"{torch.get_num_threads()} (LM runs single-threaded)")
     print()
-    header = (f"{'N':>4} {'yaw':>4} {'frm':>4} | {'lm s':>8} {'it':>3} {'lm obj':>10} | {'adam obj':>10} {'ratio':>8} | "
-              f"{'rot° lm':>8} {'rot° adam':>9} {'max° lm':>8} | {'px lm':>6} {'px adam':>7}")
+    header = (f"{'N':>4} {'yaw':>4} {'frm':>4} | {'lm s':>8} {'it':>3} {'lm obj':>10} | {'adam obj':>10} "
+              f"{'ratio':>8} | {'rot° lm':>8} {'rot° adam':>9} {'max° lm':>8} | {'px lm':>6} {'px adam':>7}")
     print(header)
     print("-" * len(header))
     speed_rows, ratios, rot_means = [], [], []
@@ -122,7 +122,8 @@ def main() -> None:
         for mode in ("fixed", "per_frame", "shared"):
             fit = fit_camera(pts, b.targets_ndc, fov=20.0, fov_mode=mode)
             cells.append(f"{float(fit.fov.mean()):5.1f}±{float(fit.fov.std()):4.1f} "
-                         f"{float(rot_err_deg(fit.pose6, b.pose6).mean()):5.2f}° {reproj_px(b, fit.pose6, fit.fov):4.2f}")
+                         f"{float(rot_err_deg(fit.pose6, b.pose6).mean()):5.2f}° "
+                         f"{reproj_px(b, fit.pose6, fit.fov):4.2f}")
         print(f"{true_fov:>5.0f} {which:>10} | " + " | ".join(f"{c:>22}" for c in cells))
 
     # Ears: FLAME-sized synthetic model (flame_tracker.model.fixtures) with 20 + 20 ear points.

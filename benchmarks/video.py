@@ -6,8 +6,8 @@ stage (decode, detect, identity, per-frame fit, smoothing, writing) and end to e
 ``track_video`` does, in a warm process: the model is loaded and mediapipe imported before the clock
 starts; the one-off import, ~1-2 s per process, is printed separately). Decoding runs in a background thread beside
 MediaPipe, so its column is frames / time the detector *waited* for decoded frames. The machine's
-load average is printed with the table (the CPU is shared: timings depend on it). Then ``talking_wojtek.mp4`` (512²) is tracked with
-100 and with 400 frames to show that peak memory does not grow with the video's length (frames
+load average is printed with the table (the CPU is shared: timings depend on it). Then ``talking_wojtek.mp4`` (512²)
+is tracked with 100 and with 400 frames to show that peak memory does not grow with the video's length (frames
 stream through; the reference decodes every frame into RAM first).
 
 ``err px`` is the mean 68-landmark reprojection error (original pixels), ``jit deg`` the RMS pose

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from flame_tracker.camera.convert import Crop, project_pixels
-from flame_tracker.camera.reference import euler_to_rotvec, default_distance, world_to_view
-from flame_tracker.model import load_model
+from flame_tracker.camera.reference import default_distance, euler_to_rotvec, world_to_view
 from flame_tracker.rendering.overlay import shade_mesh
 from flame_tracker.tracker import Tracker
 

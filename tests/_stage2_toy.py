@@ -1,12 +1,16 @@
-import torch
 from types import SimpleNamespace
+
+import torch
+
 from flame_tracker.camera import rotvec_to_matrix
+
 
 class Toy(torch.nn.Module):
     def __init__(self, n_shape=10, n_expr=12, bounded=False, jaw=True, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        t = torch.rand(78, 3, generator=g, dtype=torch.float64) * torch.tensor([0.12, 0.14, 0.04]) - torch.tensor([0.06, 0.08, -0.05])
+        t = (torch.rand(78, 3, generator=g, dtype=torch.float64) * torch.tensor([0.12, 0.14, 0.04])
+             - torch.tensor([0.06, 0.08, -0.05]))
         self.register_buffer("v_template", t)
         self.register_buffer("sd", torch.randn(78, 3, n_shape, generator=g, dtype=torch.float64) * 0.003)
         self.register_buffer("ed", torch.randn(78, 3, n_expr, generator=g, dtype=torch.float64) * 0.004)
@@ -19,7 +23,9 @@ class Toy(torch.nn.Module):
             R = rotvec_to_matrix(jaw_pose)
             piv = torch.tensor([0.0, 0.0, -0.02], dtype=v.dtype)
             low = (v - piv) @ R.transpose(1, 2) + piv
-            mask = torch.zeros(78, 1, dtype=v.dtype); mask[48:68] = 1; mask[5:12] = 1
+            mask = torch.zeros(78, 1, dtype=v.dtype)
+            mask[48:68] = 1
+            mask[5:12] = 1
             v = v * (1 - mask) + low * mask
         if eye_pose is not None:
             iris = v[:, 68:].clone()

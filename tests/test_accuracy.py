@@ -99,9 +99,8 @@ def test_principal_point_at_image_centre_recovers_rotation_of_off_centre_face(mo
 
 
 def test_detector_embedding_is_shipped_for_the_open_model(model) -> None:
-    from flame_tracker.model.embedding import fingerprint, shipped_embedding, with_landmarks
-
     from flame_tracker.model import load_model
+    from flame_tracker.model.embedding import fingerprint, shipped_embedding, with_landmarks
 
     emb = shipped_embedding(model)
     assert emb is not None and emb.fingerprint == fingerprint(model)

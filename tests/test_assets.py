@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
+import http.server
 import os
 import stat
-import http.server
 import threading
 from pathlib import Path
 

@@ -71,7 +71,8 @@ def test_spec_numeric_projection_checks() -> None:
 def test_projection_equals_reference_matrix_pipeline() -> None:
     g = torch.Generator().manual_seed(0)
     pts = (torch.rand(4, 30, 3, generator=g, dtype=D) - 0.5) * 0.2
-    pose = torch.cat([(torch.rand(4, 3, generator=g, dtype=D) - 0.5), torch.tensor([[0.1, -0.05, 0.9]] * 4, dtype=D)], 1)
+    pose = torch.cat([(torch.rand(4, 3, generator=g, dtype=D) - 0.5),
+                      torch.tensor([[0.1, -0.05, 0.9]] * 4, dtype=D)], 1)
     ours = project_ndc(pts, pose, 23.0, with_depth=True)
     ref = reference_clip_pipeline(pts, pose, 23.0)
     assert torch.allclose(ours, ref, atol=1e-9)
@@ -134,7 +135,8 @@ def test_crop_mapping_and_opencv_export_in_original_pixels() -> None:
 
     g = torch.Generator().manual_seed(4)
     pts = (torch.rand(3, 40, 3, generator=g, dtype=D) - 0.5) * 0.2
-    pose = torch.tensor([[0.2, 0.5, 0.1, 0.4, 0.1, 0.9], [0, 0, 0, 0, 0, 1.0], [-0.3, -0.6, 0.2, -0.5, -0.2, 0.8]], dtype=D)
+    pose = torch.tensor([[0.2, 0.5, 0.1, 0.4, 0.1, 0.9], [0, 0, 0, 0, 0, 1.0], [-0.3, -0.6, 0.2, -0.5, -0.2, 0.8]],
+                        dtype=D)
     fov = torch.tensor([20.0, 14.0, 33.0], dtype=D)
     K, R, t = to_opencv(pose, fov, crop)
     assert torch.allclose(K[:, 0, 2], torch.tensor(310.0 + 258.5, dtype=D))

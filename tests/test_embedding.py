@@ -238,7 +238,8 @@ def test_tracker_fits_dense_points_and_sliding_outline_on_a_photo(shared_dir, kw
     """The dense and view-table modes fit a real photo; outputs keep the 68 iBUG points."""
     from flame_tracker.tracker import Tracker
 
-    photo = sorted((shared_dir / "images" / "gt68").glob("*.jpg")) + sorted((shared_dir / "images" / "gt68").glob("*.png"))
+    photo = (sorted((shared_dir / "images" / "gt68").glob("*.jpg"))
+             + sorted((shared_dir / "images" / "gt68").glob("*.png")))
     with Tracker(device="cpu") as ref, Tracker(device="cpu", **kw) as tracker:
         base = ref.fit_image(photo[0])
         r = tracker.fit_image(photo[0])

@@ -383,7 +383,8 @@ def test_nersemble_tracking_reads_back_as_the_benchmark_does(flame_run) -> None:
 
     run, model, pkl = flame_run
     out = run.parent / "ners"
-    res = CliRunner().invoke(main, ["export", str(run), "--format", "nersemble", "--model", str(pkl), "--out", str(out)])
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "nersemble", "--model", str(pkl),
+                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
     seq = run.name
     z = np.load(out / "sequences" / seq / "tracking" / "flame2023_tracking.npz")
@@ -486,7 +487,8 @@ def test_imavatar_json_reads_back_as_imavatar_does(flame2020_run) -> None:
                                   head_pose=torch.as_tensor(p[None, :3], dtype=torch.float32),
                                   neck_pose=torch.as_tensor(p[None, 3:6], dtype=torch.float32),
                                   jaw_pose=torch.as_tensor(p[None, 6:9], dtype=torch.float32),
-                                  eye_pose=torch.as_tensor(p[None, 9:], dtype=torch.float32)).landmarks[0].double().numpy()
+                                  eye_pose=torch.as_tensor(p[None, 9:], dtype=torch.float32)
+                                  ).landmarks[0].double().numpy()
         wm = np.array(fr["world_mat"])
         cam = 4.0 * lmk @ wm[:, :3].T + wm[:, 3]
         # IMavatar's projection: u / size = x / z * intrinsics[0] + intrinsics[2] (its camera looks down -z)

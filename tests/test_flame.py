@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from flame_tracker.model import ModelFormatError, load_model, load_model_data
+from flame_tracker.model import ModelFormatError, lbs, load_model, load_model_data
 from flame_tracker.model.fixtures import dump_legacy_pickle, flame_model_arrays, write_flame_model
 from flame_tracker.model.flame import L_EAR_INDICES_REFERENCE, R_EAR_INDICES, load_flame
-from flame_tracker.model import lbs
-from flame_tracker.model.lbs import (axis_angle_to_matrix, chain_plan, chain_transforms, depth_levels, interpolate,
-                                      rigid_transforms)
+from flame_tracker.model.lbs import (
+    axis_angle_to_matrix,
+    chain_plan,
+    chain_transforms,
+    depth_levels,
+    interpolate,
+    rigid_transforms,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ from flame_tracker.rendering.overlay import _coverage, _front_faces, _visible_fa
 from flame_tracker.rendering.raster import face_orientation
 
 
-def sphere(centre: tuple[float, float, float], radius: float, n: int = 24, bumps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def sphere(centre: tuple[float, float, float], radius: float, n: int = 24,
+           bumps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """A closed UV sphere in camera space (x right, y down, z forward), faces outward counter-clockwise."""
-    th, ph = np.meshgrid(np.linspace(0, np.pi, n + 1)[1:-1], np.linspace(0, 2 * np.pi, 2 * n, endpoint=False), indexing="ij")
+    th, ph = np.meshgrid(np.linspace(0, np.pi, n + 1)[1:-1], np.linspace(0, 2 * np.pi, 2 * n, endpoint=False),
+                         indexing="ij")
     r = radius * (1 + bumps * np.sin(3 * th) * np.cos(5 * ph))
     ring = np.stack([r * np.sin(th) * np.cos(ph), r * np.cos(th), r * np.sin(th) * np.sin(ph)], -1).reshape(-1, 3)
     v = np.concatenate([ring, [[0, radius, 0], [0, -radius, 0]]]) + centre

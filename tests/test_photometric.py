@@ -98,7 +98,8 @@ def test_synthetic_head_recovered_better_than_landmarks_alone(scene, tmp_path) -
     common = dict(iris_ndc=s["iris"], resolution=RES)
     # Landmarks alone (same solver, no pixel term), from the perturbed pose and expression.
     lm = fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
-                         albedo=s["albedo"], w_pixel=0.0, iters=60, lr_rot=0.005, lr_trans=0.003, lr_expr=0.03, **common)
+                         albedo=s["albedo"], w_pixel=0.0, iters=60, lr_rot=0.005, lr_trans=0.003, lr_expr=0.03,
+                         **common)
     err_lm = vertex_error_px(s, lm)
     # Photometric refinement with the known (canonical) texture.
     ph = fit_photometric(s["model"], s["image"], s["lmk"], lm.pose6, s["fov"],
@@ -137,7 +138,8 @@ def test_bad_input(scene) -> None:
     with pytest.raises(ValueError, match="landmarks"):
         fit_photometric(s["model"], s["image"], s["lmk"][:, :10], s["pose0"], s["fov"], resolution=RES, iters=0)
     with pytest.raises(ValueError, match="expr"):
-        fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": torch.zeros(3)}, resolution=RES, iters=0)
+        fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": torch.zeros(3)},
+                        resolution=RES, iters=0)
 
 
 def test_refine_result_updates_a_tracker_result(scene) -> None:

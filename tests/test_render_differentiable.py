@@ -21,7 +21,8 @@ from flame_tracker.rendering import (
 from flame_tracker.rendering.mask import face_mask
 
 
-def grid_mesh(n: int = 4, size: float = 24.0, offset: float = 4.0, depth_tilt: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_mesh(n: int = 4, size: float = 24.0, offset: float = 4.0,
+              depth_tilt: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """A tilted square grid facing the camera, vertices in pixels + depth (float64)."""
     t = torch.linspace(0, 1, n, dtype=torch.float64)
     gy, gx = torch.meshgrid(t, t, indexing="ij")
@@ -57,7 +58,8 @@ def test_barycentric_gradients_match_finite_differences() -> None:
         # Random projections of all pixel values keep gradcheck's analytic pass to a few outputs.
         return (interpolate(aa, f, fr, barycentrics(vv, f, fr)) @ proj).sum(0)
 
-    assert torch.autograd.gradcheck(fn, (v.clone().requires_grad_(True), attr.clone().requires_grad_(True)), eps=1e-6, atol=1e-5, fast_mode=True)
+    assert torch.autograd.gradcheck(fn, (v.clone().requires_grad_(True), attr.clone().requires_grad_(True)), eps=1e-6,
+                                    atol=1e-5, fast_mode=True)
 
 
 def test_sh_constants_and_shading_gradients() -> None:
@@ -94,7 +96,8 @@ def test_render_constant_colour_and_uv_texture() -> None:
     v[:, 2] = 2.0  # fronto-parallel: normal = -z in pixel frame
     light = torch.zeros(9, 3, dtype=torch.float64)
     light[0] = 1 / SH_CONSTANTS[0]  # shading = 1
-    out = render(v, f, 32, 32, normals=vertex_normals(v, f), light=light, albedo=torch.full((v.shape[0], 3), 0.4, dtype=torch.float64))
+    out = render(v, f, 32, 32, normals=vertex_normals(v, f), light=light,
+                 albedo=torch.full((v.shape[0], 3), 0.4, dtype=torch.float64))
     m = out["alpha"][0] > 0
     assert torch.allclose(out["image"][0][m], torch.full((int(m.sum()), 3), 0.4, dtype=torch.float64))
     assert (out["image"][0][~m] == 0).all()
@@ -104,7 +107,8 @@ def test_render_constant_colour_and_uv_texture() -> None:
     uvs[:, 1] = 1 - uvs[:, 1]  # OBJ v points up
     tex_res = 64
     t = (torch.arange(tex_res, dtype=torch.float64) + 0.5) / tex_res
-    tex = torch.stack([t[None, :].expand(tex_res, -1), (1 - t)[:, None].expand(-1, tex_res), torch.zeros(tex_res, tex_res, dtype=torch.float64)])[None]
+    tex = torch.stack([t[None, :].expand(tex_res, -1), (1 - t)[:, None].expand(-1, tex_res),
+                       torch.zeros(tex_res, tex_res, dtype=torch.float64)])[None]
     out = render(v, f, 32, 32, normals=vertex_normals(v, f), light=light, texture=tex, uvs=uvs, uv_faces=f)
     fr = out["frags"]
     c = fr.pix_centres(torch.float64)

@@ -19,10 +19,12 @@ def quad(x0: float, y0: float, x1: float, y1: float, z: float) -> tuple[torch.Te
 
 def cube(center: tuple[float, float, float], half: float, focal: float, c: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A cube in camera space (x right, y down, z forward) projected to pixels; outward CCW faces."""
-    s = torch.tensor([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1], [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=torch.float64)
+    s = torch.tensor([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1],
+                      [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=torch.float64)
     p = torch.tensor(center, dtype=torch.float64) + half * s
     px = torch.stack([focal * p[:, 0] / p[:, 2] + c, focal * p[:, 1] / p[:, 2] + c, p[:, 2]], -1)
-    f = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 6, 5], [4, 7, 6], [0, 4, 5], [0, 5, 1], [3, 2, 6], [3, 6, 7], [0, 3, 7], [0, 7, 4], [1, 5, 6], [1, 6, 2]]).flip(1)
+    f = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 6, 5], [4, 7, 6], [0, 4, 5], [0, 5, 1], [3, 2, 6], [3, 6, 7], [0, 3, 7],
+                      [0, 7, 4], [1, 5, 6], [1, 6, 2]]).flip(1)
     return px.float(), f
 
 

@@ -50,7 +50,8 @@ def test_tiles_cover_the_frame_with_overlap() -> None:
             assert inside.all()
             box = side / 2
             margin = (np.abs(grid[:, None] - cs[None]) <= side / 2 - box / 2 + 1e-6).all(-1).any(1)
-            ok = (grid[:, 0] >= box / 2) & (grid[:, 0] <= w - box / 2) & (grid[:, 1] >= box / 2) & (grid[:, 1] <= h - box / 2)
+            ok = ((grid[:, 0] >= box / 2) & (grid[:, 0] <= w - box / 2)
+                  & (grid[:, 1] >= box / 2) & (grid[:, 1] <= h - box / 2))
             assert margin[ok].all()
     assert tile_sides(512, 512) == [320]  # the whole-frame pass covers faces above ~8 % of 512 px
 

@@ -97,7 +97,8 @@ def test_ear_side_dropped_beyond_gate() -> None:
     proj = project_ndc(pts[None], pose, 20.0)
     near = proj[:, 68:88] + torch.tensor([0.0, 0.2], dtype=D)
     far = proj[:, 68:88] + torch.tensor([0.0, 0.26], dtype=D)
-    assert float(stage1_objective(pts, proj[:, :68], pose, 20.0, ear_targets=near).total) == pytest.approx(150 * 0.4 * 0.2)
+    assert (float(stage1_objective(pts, proj[:, :68], pose, 20.0, ear_targets=near).total)
+            == pytest.approx(150 * 0.4 * 0.2))
     assert float(stage1_objective(pts, proj[:, :68], pose, 20.0, ear_targets=far).total) == pytest.approx(0.0, abs=1e-9)
 
 
@@ -110,7 +111,8 @@ def test_temporal_term_couples_only_neighbours() -> None:
         assert torch.count_nonzero(hess[i, :, j]) == 0
     # Neighbour weights: frames 1 and 2 are not adjacent (e.g. a dropped frame between them).
     w = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=D)
-    hess = torch.autograd.functional.hessian(lambda p: temporal_term(p.reshape(5, 6), w), pose.flatten()).reshape(5, 6, 5, 6)
+    hess = torch.autograd.functional.hessian(lambda p: temporal_term(p.reshape(5, 6), w),
+                                             pose.flatten()).reshape(5, 6, 5, 6)
     assert torch.count_nonzero(hess[1, :, 2]) == 0 and torch.count_nonzero(hess[2, :, 3]) > 0
 
 
@@ -222,14 +224,16 @@ def test_temporal_lm_smooths_and_solves_block_tridiagonal() -> None:
     sh = dense.clone()
     keep = [i * k + j for i in range(n) for j in range(6)] + [k - 1]
     big = torch.zeros(6 * n + 1, 6 * n + 1, dtype=D)
-    big[:6 * n, :6 * n] = dense[[i * k + j for i in range(n) for j in range(6)]][:, [i * k + j for i in range(n) for j in range(6)]]
+    big[:6 * n, :6 * n] = (dense[[i * k + j for i in range(n) for j in range(6)]]
+                           [:, [i * k + j for i in range(n) for j in range(6)]])
     big[:6 * n, -1] = blocks[:, :6, 6].flatten()
     big[-1, :6 * n] = blocks[:, :6, 6].flatten()
     big[-1, -1] = blocks[:, 6, 6].sum()
     rhs = torch.cat([grad[:, :6].flatten(), grad[:, 6].sum().reshape(1)])
     ref = -torch.linalg.solve(big, rhs)
     ours = _solve(blocks_t, grad, w, shared=True)
-    assert torch.allclose(ours[:, :6].flatten(), ref[:-1], atol=1e-9) and torch.allclose(ours[:, 6], ref[-1].expand(n), atol=1e-9)
+    assert (torch.allclose(ours[:, :6].flatten(), ref[:-1], atol=1e-9)
+            and torch.allclose(ours[:, 6], ref[-1].expand(n), atol=1e-9))
     del sh, keep
 
     # Smoothing on a noisy static head: the coupled optimum is smoother and lowers the coupled objective.
@@ -303,7 +307,8 @@ def seed_reference_loop(pts: torch.Tensor, gt_lmk: torch.Tensor, gt_ear: torch.T
         loss_ear = ((l_ear + r_ear) * 150 * aw).sum()
         reg = 0
         if temporal_smoothing and n >= 2 and it > temporal_after:
-            reg = 150 * torch.sum((pose[1:, :3] - pose[:-1, :3]) ** 2) + 150 * torch.sum((pose[1:, 3:] - pose[:-1, 3:]) ** 2)
+            reg = (150 * torch.sum((pose[1:, :3] - pose[:-1, :3]) ** 2)
+                   + 150 * torch.sum((pose[1:, 3:] - pose[:-1, 3:]) ** 2))
         loss = torch.nan_to_num(loss_lmk + loss_ear + reg, nan=0.0, posinf=1e5)
         opt.zero_grad()
         loss.backward()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from flame_tracker.camera import project_ndc
 from flame_tracker.fitting.stage2 import (
@@ -12,8 +13,6 @@ from flame_tracker.fitting.stage2 import (
     expr_from_blendshapes,
     fit_stage2,
 )
-
-from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 DT = torch.float64
 

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from flame_tracker.camera import project_ndc
 from flame_tracker.fitting import stage2 as s2
 from flame_tracker.fitting.stage2 import Stage2Options, fit_stage2
 
-from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
-
 DT = torch.float64
 
 
-def _problem(model, lay: s2._Layout, n: int, seed: int = 1, bounded: bool = False) -> tuple[s2._Problem, torch.Tensor, torch.Tensor]:
+def _problem(model, lay: s2._Layout, n: int, seed: int = 1,
+             bounded: bool = False) -> tuple[s2._Problem, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, lay.n_frame, generator=g, dtype=DT) * 0.2
     s = torch.randn(lay.n_shared, generator=g, dtype=DT) * 0.5
-    base = {"head_pose": torch.zeros(n, 3, dtype=DT), "shape": torch.randn(n, model.n_shape, generator=g, dtype=DT) * 0.3}
+    base = {"head_pose": torch.zeros(n, 3, dtype=DT),
+            "shape": torch.randn(n, model.n_shape, generator=g, dtype=DT) * 0.3}
     if not lay.neck:
         base["neck_pose"] = torch.randn(n, 3, generator=g, dtype=DT) * 0.1
     if lay.shape != "fixed":

@@ -14,8 +14,7 @@ import pytest
 from flame_tracker.video.decode import VideoError, VideoReader, probe
 from flame_tracker.video.encode import VideoWriter, side_by_side
 from flame_tracker.video.store import CheckpointStage, OutputMismatchError, RunFolder
-from flame_tracker.video.temporal import (cutoff_to_lambda, jitter_metrics, segments,
-                                          smooth_sequence)
+from flame_tracker.video.temporal import cutoff_to_lambda, jitter_metrics, segments, smooth_sequence
 
 
 def _pattern(i: int, w: int = 64, h: int = 48) -> np.ndarray:

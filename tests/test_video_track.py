@@ -11,8 +11,14 @@ import torch
 
 from flame_tracker.camera import Crop, from_head_centric, project_ndc, rotvec_to_euler
 from flame_tracker.video import track as track_mod
-from flame_tracker.video.track import (Identity, NoFacesError, TrackOptions, choose_keyframes,
-                                       rotation_error_deg, track_landmarks)
+from flame_tracker.video.track import (
+    Identity,
+    NoFacesError,
+    TrackOptions,
+    choose_keyframes,
+    rotation_error_deg,
+    track_landmarks,
+)
 
 FPS = 25.0
 CROP = Crop(0.0, 0.0, 512.0)

@@ -326,7 +326,8 @@ class Tracker:
             for models with named (ARKit) expressions (ICT), zero otherwise.
         landmarks: ``"68"`` (default): stage 2 fits the 68 iBUG points (+ iris); ``"dense"``: MediaPipe's
             468 mesh points in stage 2's last round, weighted by how consistently the detector places
-            each one (needs a detector embedding; stage 1 and the earlier rounds keep the 68). Outputs keep the 68 iBUG points either way.
+            each one (needs a detector embedding; stage 1 and the earlier rounds keep the 68). Outputs keep the 68
+            iBUG points either way.
         face: which face of a picture with several to fit: ``largest`` (default), ``center``,
             ``left``, ``right``, ``index N`` (from the left) or ``near X,Y``
             (:class:`~flame_tracker.detection.search.FaceChoice`); small faces in wide shots are

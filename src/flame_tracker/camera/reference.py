@@ -251,7 +251,8 @@ def projection_matrix(focal: Tensor | float, size: float = REFERENCE_SIZE, near:
 
 __all__ = [
     "DEFAULT_FOV", "REFERENCE_SIZE", "ZNEAR", "ZFAR", "FOV_MIN", "FOV_MAX", "fov_to_focal", "ndc_scale", "focal_to_fov",
-    "default_distance", "build_intrinsics", "small_matmul", "outer_minus_dot", "eye3", "skew", "rotvec_to_matrix", "matrix_to_rotvec", "euler_to_matrix",
+    "default_distance", "build_intrinsics", "small_matmul", "outer_minus_dot", "eye3", "skew", "rotvec_to_matrix",
+    "matrix_to_rotvec", "euler_to_matrix",
     "matrix_to_euler", "rotvec_to_euler", "euler_to_rotvec", "pose6_to_cam", "cam_to_pose6", "world_to_view",
     "project_ndc", "ndc_to_pixels", "pixels_to_ndc", "projection_matrix"
 ]

@@ -113,8 +113,8 @@ def run_images(
 
 @click.command("image")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("flame_tracker_out"),
-              show_default=True, help="Folder for the outputs; created if missing.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("flame_tracker_out"), show_default=True, help="Folder for the outputs; created if missing.")
 @click.option("--model", "-m", default=None,
               help="Head model: a FLAME .pkl (2020/2023), an ICT-FaceKit .npz or FaceXModel/ folder, or a "
               "cached .npz. Default: the open ICT-FaceKit model from the data folder (FLAME_TRACKER_DATA).")
@@ -161,9 +161,9 @@ def run_images(
               "(left to right).")
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
-          image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool, overlay: bool,
-          photometric: bool, same_person: bool, landmarks: str, landmark_embedding: str, face: str, all_faces: bool,
-          verbose: bool) -> None:
+          image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool,
+          overlay: bool, photometric: bool, same_person: bool, landmarks: str, landmark_embedding: str, face: str,
+          all_faces: bool, verbose: bool) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -193,10 +193,11 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
         FaceChoice.parse(face)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--face") from exc
-    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, image_fov=image_fov, solver=solver,
-                          loss=loss, fit_shape=fit_shape, fit_neck=fit_neck, mesh=mesh, overlay=overlay,
-                          photometric=photometric, same_person=same_person, landmarks=landmarks,
-                          landmark_embedding=landmark_embedding, face=face, all_faces=all_faces, verbose=verbose)
+    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov,
+                          image_fov=image_fov, solver=solver, loss=loss, fit_shape=fit_shape, fit_neck=fit_neck,
+                          mesh=mesh, overlay=overlay, photometric=photometric, same_person=same_person,
+                          landmarks=landmarks, landmark_embedding=landmark_embedding, face=face, all_faces=all_faces,
+                          verbose=verbose)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
     if failures:
         sys.exit(1)

@@ -21,14 +21,19 @@ from flame_tracker.cli.assets import assets as _assets  # noqa: E402
 
 main.add_command(_assets)
 from flame_tracker.cli.image import image as _image  # noqa: E402
+
 main.add_command(_image)
 from flame_tracker.cli.demo import demo as _demo  # noqa: E402
+
 main.add_command(_demo)
 from flame_tracker.cli.video import video as _video  # noqa: E402
+
 main.add_command(_video)
 from flame_tracker.cli.embed import embed as _embed  # noqa: E402
+
 main.add_command(_embed)
 from flame_tracker.cli.export import export as _export  # noqa: E402
+
 main.add_command(_export)
 from flame_tracker.cli.batch import batch as _batch  # noqa: E402
 

@@ -348,5 +348,5 @@ def turning_head(model, n_frames: int, *, seed: int = 11, yaw_peak: float = 90.0
     return out
 
 
-__all__ = ["SceneSpec", "SceneTruth", "EXPRESSION_PRESETS", "sample_scenes", "scene_truth", "render_scene", "turning_head",
-           "vertex_albedo", "sh_light", "background"]
+__all__ = ["SceneSpec", "SceneTruth", "EXPRESSION_PRESETS", "sample_scenes", "scene_truth", "render_scene",
+           "turning_head", "vertex_albedo", "sh_light", "background"]

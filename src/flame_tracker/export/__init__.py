@@ -1,7 +1,8 @@
 """Exports of tracked runs: ARKit / Live Link Face CSV (:mod:`.arkit`) and glTF (:mod:`.gltf`) for
 animation tools; for avatar trainers the VHAP layout GaussianAvatars trains on
 (:mod:`.gaussian_avatars`), the IMavatar family's ``flame_params.json`` (:mod:`.imavatar`), INSTA's
-(:mod:`.insta`) and NeRSemble's benchmark layout (:mod:`.nersemble`); all read from a finished ``flame-tracker video`` folder (:mod:`.run`)."""
+(:mod:`.insta`) and NeRSemble's benchmark layout (:mod:`.nersemble`); all read from a finished
+``flame-tracker video`` folder (:mod:`.run`)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from flame_tracker.export.run import ExportError, TrackedRun
 
-
 #: A FLAME run's glTF stores every frame's mesh: at most this many frames (about 120 MB for FLAME).
 MAX_SEQUENCE_FRAMES = 2000
 
@@ -39,7 +38,8 @@ def _check(run: TrackedRun, model) -> None:
                           "pass the same --model")
     if _sequence(model) and run.n_frames > MAX_SEQUENCE_FRAMES:
         raise ExportError(f"{run.folder}: {run.n_frames} frames; a glTF of a {model.name!r} run holds one mesh per "
-                          f"frame, at most {MAX_SEQUENCE_FRAMES} (~{MAX_SEQUENCE_FRAMES * model.n_verts * 12 >> 20} MB): "
+                          f"frame, at most {MAX_SEQUENCE_FRAMES} "
+                          f"(~{MAX_SEQUENCE_FRAMES * model.n_verts * 12 >> 20} MB): "
                           "track or export a shorter range (flame-tracker video --start/--end)")
     pp, size = run.arrays["principal_point_px"], run.arrays["image_size"]
     if np.abs(pp - size / 2.0).max() > 0.5:
@@ -65,7 +65,8 @@ def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
 
         targets = np.stack([posed_vertices(run, model, [t])[0] - base for t in range(run.n_frames)], -1)
         targets = targets.astype(np.float32)  # [V, 3, T]
-        weights = np.eye(run.n_frames, dtype=np.float32)  # frame t: its own target (LINEAR: meshes blend between frames)
+        # frame t: its own target (LINEAR: meshes blend between frames)
+        weights = np.eye(run.n_frames, dtype=np.float32)
         names = [f"frame_{int(f):06d}" for f in a["frame"]]
     else:
         targets = model.exprdirs.detach().double().cpu().numpy().astype(np.float32)  # [V, 3, E]

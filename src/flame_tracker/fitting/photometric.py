@@ -294,7 +294,8 @@ def _sample_image(images: Tensor, xy: Tensor) -> Tensor:
 
 
 def init_vertex_albedo(
-    images: Tensor, vpx: Tensor, normals: Tensor, light: Tensor, faces: Tensor, frags: Fragments, mask: Tensor, shared: bool
+    images: Tensor, vpx: Tensor, normals: Tensor, light: Tensor, faces: Tensor, frags: Fragments, mask: Tensor,
+    shared: bool
 ) -> Tensor:
     """Per-vertex albedo from the photo: colour at each visible, masked vertex over its shading.
 
@@ -505,7 +506,8 @@ def _fit(
     d_expr = torch.zeros(n, model.n_expr, dtype=dt, device=dev, requires_grad=True)
     d_jaw = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=has_jaw)
     eye = eye0.clone().requires_grad_(opts.fit_eyes and has_iris)
-    d_shape = torch.zeros(1 if shared_appearance else n, model.n_shape, dtype=dt, device=dev, requires_grad=opts.fit_shape)
+    d_shape = torch.zeros(1 if shared_appearance else n, model.n_shape, dtype=dt, device=dev,
+                          requires_grad=opts.fit_shape)
 
     def params_at() -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Model parameters, (bounded) expression and camera at the current offsets."""
@@ -540,7 +542,8 @@ def _fit(
             light = fit_light(basis, grey, target.mean(1, keepdim=True).expand_as(target), wpix, frags, n)
             alb_v = init_vertex_albedo(img, vpx, normals, light, faces, frags, mask, shared_appearance)
             if use_uv:
-                tex = _vertex_to_uv_texture(alb_v if shared_appearance else alb_v.mean(0), uvs, all_uv_faces, all_faces, texture_size)
+                tex = _vertex_to_uv_texture(alb_v if shared_appearance else alb_v.mean(0), uvs, all_uv_faces, all_faces,
+                                            texture_size)
                 appearance = tex if shared_appearance else tex.expand(n, -1, -1, -1).clone()
             else:
                 appearance = alb_v
@@ -584,7 +587,8 @@ def _fit(
     ear_idx = getattr(model, "ear_idx", None) if gt_ears is not None else None
     point_ids = torch.cat([lmk_tri.reshape(-1)] + [i.to(dev) for i in (iris_idx, ear_idx) if i is not None])
     free_joints = [k for k, on in (("jaw_pose", has_jaw), ("eye_pose", eye.requires_grad)) if on]
-    rest = _rest_joints(model, dict(shape=shape0, expr=expr0, jaw_pose=jaw0, eye_pose=eye0, neck_pose=neck), free_joints)
+    rest = _rest_joints(model, dict(shape=shape0, expr=expr0, jaw_pose=jaw0, eye_pose=eye0, neck_pose=neck),
+                        free_joints)
     sub = _SubMesh(model, faces, fixed_shape=fixed, rest_joints=rest)
     sub_faces = sub.faces
     vis: dict = {}
@@ -852,14 +856,16 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, *, output_m
     crops, lmk, iris, crop = crop_inputs([image], result.crop_obj, result.lmks68_px[None], result.iris_px[None],
                                          opts.resolution, dt)  # the Crop carries the fit's principal point
     init = {k: torch.as_tensor(getattr(result, a), dtype=dt) for k, a in
-            [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"), ("neck_pose", "neck_pose")]}
-    ph = fit_photometric(model, crops, lmk, torch.as_tensor(result.pose6, dtype=dt), torch.as_tensor(result.fov, dtype=dt),
+            [("shape", "shape"), ("expr", "exp"), ("jaw_pose", "jaw_pose"), ("eye_pose", "eye_pose"),
+             ("neck_pose", "neck_pose")]}
+    ph = fit_photometric(model, crops, lmk, torch.as_tensor(result.pose6, dtype=dt),
+                         torch.as_tensor(result.fov, dtype=dt),
                          init=init, iris_ndc=iris if torch.isfinite(iris).all() else None,
                          pp_ndc=crop.pp_ndc(lmk), options=opts)
     with torch.no_grad():
         dev = model.v_template.device
-        out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev), eye_pose=ph.eye_pose.to(dev),
-                    neck_pose=init["neck_pose"].to(dev))
+        out = model(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev),
+                    eye_pose=ph.eye_pose.to(dev), neck_pose=init["neck_pose"].to(dev))
         pose6, fov = ph.pose6.cpu(), ph.fov.cpu()
         target68 = project_pixels(out.landmarks.cpu(), pose6, fov, crop)[0].numpy()
         fit68 = target68
@@ -867,10 +873,11 @@ def refine_result(model: torch.nn.Module, result, image: np.ndarray, *, output_m
             own = output_model.landmarks(shape=ph.shape.to(dev), expr=ph.expr.to(dev), jaw_pose=ph.jaw_pose.to(dev),
                                          eye_pose=ph.eye_pose.to(dev), neck_pose=init["neck_pose"].to(dev))
             fit68 = project_pixels(own.landmarks.cpu(), pose6, fov, crop)[0].numpy()
-        fit_iris = project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None else result.fit_iris_px
+        fit_iris = (project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None
+                    else result.fit_iris_px)
     timings = dict(result.timings, photometric=time.perf_counter() - t0)
-    new = replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(), eye_pose=ph.eye_pose.cpu().numpy(),
-                     pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
+    new = replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(),
+                  eye_pose=ph.eye_pose.cpu().numpy(), pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
                      fit_target68_px=None if fit68 is target68 else target68,
                      vertices=out.vertices[0].cpu().numpy().astype(result.vertices.dtype), timings=timings)
     return new, ph

@@ -47,8 +47,8 @@ from flame_tracker.camera.reference import (
     matrix_to_euler,
     matrix_to_rotvec,
     ndc_scale,
-    pose6_to_cam,
     outer_minus_dot,
+    pose6_to_cam,
     rotvec_to_matrix,
     skew,
     small_matmul,
@@ -247,7 +247,8 @@ def stage1_objective(points3d: Tensor, targets_ndc: Tensor, pose6: Tensor, fov: 
                      ear_targets: Tensor | None = None, temporal: Tensor | bool = False) -> Stage1Loss:
     """Evaluate the reference stage-1 objective for given cameras (see the module docstring)."""
     pose6 = torch.as_tensor(pose6)
-    prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=pose6.dtype if pose6.is_floating_point() else torch.float64)
+    prob = Stage1Problem(points3d, targets_ndc, ear_targets,
+                         dtype=pose6.dtype if pose6.is_floating_point() else torch.float64)
     pose6 = pose6.to(prob.dtype).reshape(prob.n, 6)
     fov_t = torch.as_tensor(fov, dtype=prob.dtype).expand(prob.n)
     return prob.objective(pose6, fov_t, temporal)

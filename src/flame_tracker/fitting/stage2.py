@@ -8,9 +8,9 @@ The reference objective (upstream-spec §8.3, stage 2a), per frame ``n``::
     (+ 0.1 * sum_t ||exp_{t+1} - exp_t||^2 / 2 over consecutive frames when ``temporal``)
 
 with distances in the reference's NDC of the fitting crop (an optional jawline term
-``w_contour * mean_{points 0..16}(|dx| + |dy|)``, zero in the reference, helps the shape). On top of it (what the reference delegated
-to a network we do not have) this module optionally fits the identity ``shape`` (one per frame, or one
-shared by all frames) with a ``w_shape * sum(shape**2)`` prior, and the neck pose with a
+``w_contour * mean_{points 0..16}(|dx| + |dy|)``, zero in the reference, helps the shape). On top of it
+(what the reference delegated to a network we do not have) this module optionally fits the identity ``shape``
+(one per frame, or one shared by all frames) with a ``w_shape * sum(shape**2)`` prior, and the neck pose with a
 ``w_neck * sum(neck**2)`` prior. :func:`objective` is the single definition both solvers minimise.
 
 Solvers:
@@ -39,11 +39,10 @@ Solvers:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
-
-import weakref
 
 import numpy as np
 import torch
@@ -88,7 +87,8 @@ class Stage2Options:
     delta: float = 1e-5
     solver: Literal["lm", "adam"] = "lm"
     max_iter: int = 20
-    rtol: float = 1e-2  # coupled solves stop after two iterations each lowering the objective by less than this fraction
+    # coupled solves stop after two iterations each lowering the objective by less than this fraction
+    rtol: float = 1e-2
     # Independent frames (single images, per-frame video solves: no shared shape or temporal term)
     # stop once an iteration gained less than this fraction AND the robust local model predicts
     # less than half of it from there (or after three small gains in a row). Measured on the
@@ -995,7 +995,8 @@ def fit_stage2(
     target = torch.cat([lmks_ndc, iris_ndc], dim=1)
     valid = torch.isfinite(target)
     if point_weights is None:  # the reference: means over the 17 jaw and the 51 inner face points
-        point_weights = torch.cat([torch.full((N_JAW,), opts.w_contour / N_JAW), torch.full((N_FACE,), opts.w_lmk / N_FACE)])
+        point_weights = torch.cat([torch.full((N_JAW,), opts.w_contour / N_JAW),
+                                   torch.full((N_FACE,), opts.w_lmk / N_FACE)])
     point_weights = torch.as_tensor(point_weights, dtype=dt, device=dev).reshape(n_lmk)
     if not (valid[:, :n_lmk].all(-1) & (point_weights > 0)).any(1).all():
         raise ValueError("stage 2: a frame has no finite face landmark")

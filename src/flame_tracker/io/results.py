@@ -48,7 +48,8 @@ def temporary_sibling(path: str | os.PathLike[str], suffix: str | None = None) -
     every output unreadable to other users after the rename).
     """
     path = Path(path)
-    return path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}{path.suffix if suffix is None else suffix}"
+    return path.parent / (f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+                          f"{path.suffix if suffix is None else suffix}")
 
 
 @contextmanager

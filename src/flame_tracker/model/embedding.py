@@ -266,7 +266,8 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
         pitches.append(float(spec.euler_deg[1]))
     if len(yaws) < 8:
         raise RuntimeError("derive_detector_embedding: the detector found too few faces in the renders")
-    yaw, pitch, pts, ok = np.asarray(yaws), np.asarray(pitches), np.stack(pts), np.stack(oks)  # [R], [R], [R, P, 3], [R, P]
+    # [R], [R], [R, P, 3], [R, P]
+    yaw, pitch, pts, ok = np.asarray(yaws), np.asarray(pitches), np.stack(pts), np.stack(oks)
     contour = _contour(n_pts)
 
     def median_of(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

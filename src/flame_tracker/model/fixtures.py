@@ -392,10 +392,10 @@ def flame_topology_model(folder: str | Path, *, dtype: torch.dtype = torch.float
     has no bases), every vertex skinned to the root, eye joints at the eyeball centres, and FLAME's
     own 68 landmarks (the dynamic contour's frontal row + the 51 static points) and dynamic contour.
     For checking what is derived on FLAME's topology (landmark embeddings) against FLAME's files."""
+    from ..io.mesh import load_ply
     from .data import JOINT_NAMES, ModelData
     from .flame import L_EYE_INDICES, R_EYE_INDICES, fixed_ear_indices, read_embeddings
     from .head import HeadModel
-    from ..io.mesh import load_ply
 
     folder = Path(folder)
     v, faces = load_ply(folder / "flame_sample.ply")

@@ -317,7 +317,8 @@ def load_flame(path: str | Path, landmark_embedding: str | Path | None = None) -
     if "lmk_faces_idx" not in emb:
         raise ModelFormatError(
             f"{path}: no 68-point landmark embedding found (looked for landmark_embedding.npy, or "
-            f"flame_static_embedding.pkl + flame_dynamic_embedding.npy, in {files[0].parent if files else path.parent}); "
+            f"flame_static_embedding.pkl + flame_dynamic_embedding.npy, "
+            f"in {files[0].parent if files else path.parent}); "
             "pass landmark_embedding=<file>"
         )
     flame_topology = v.shape[0] == FLAME_N_VERTS

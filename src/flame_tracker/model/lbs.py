@@ -17,7 +17,6 @@ import math
 
 import torch
 
-
 _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
 

@@ -157,7 +157,8 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, batch: torch.Tensor)
     # grid_sample wants [-1, 1] with y down; OBJ v points up.
     grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], dim=-1)
     if n_tex == 1:
-        out = F.grid_sample(texture, grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False)
+        out = F.grid_sample(texture, grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="border",
+                            align_corners=False)
         return out[0, :, 0].T
     # Group pixels per texture by padding to one row per image: a single grid_sample call.
     counts = torch.bincount(batch, minlength=n_tex)

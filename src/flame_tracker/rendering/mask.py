@@ -55,7 +55,8 @@ def face_mask(
         centre = hull.mean(0)
         # Move each hull vertex towards the centre by ``shrink * size`` (an approximate erosion).
         d = hull - centre
-        hull = centre + d * np.clip(1 - shrink * size / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9), 0, 1)
+        hull = centre + d * np.clip(1 - shrink * size / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9),
+                                    0, 1)
         cv2.fillConvexPoly(masks[n], np.round((hull - 0.5) * (1 << shift)).astype(np.int32), 1, cv2.LINE_8, shift)
         for idx in (*_EYES, _MOUTH_INNER):
             q = p[idx]

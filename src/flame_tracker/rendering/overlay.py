@@ -29,7 +29,8 @@ def _to_tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32)
     return x.detach().cpu().to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
-def _check_mesh(vertices_px: np.ndarray | torch.Tensor, faces: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_mesh(vertices_px: np.ndarray | torch.Tensor,
+                faces: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(float32 [V, 3], long [F, 3])`` CPU tensors, or a ``ValueError`` naming the problem."""
     v = _to_tensor(vertices_px)
     f = _to_tensor(faces, torch.long)
@@ -138,7 +139,8 @@ def _draw_legend(image: np.ndarray, items: list[tuple[str, tuple[int, int, int]]
     for k, (text, color) in enumerate(items):
         y = 4 + line * k + line // 2
         cv2.circle(image, (8, y), max(2, line // 5), color, -1)
-        cv2.putText(image, text, (16, y + line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.putText(image, text, (16, y + line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
+                    cv2.LINE_AA)
 
 
 def _default_focal(height: int, width: int) -> float:

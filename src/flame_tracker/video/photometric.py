@@ -27,8 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flame_tracker.fitting.photometric import (PhotometricOptions, canonical_from_frames, crop_inputs,
-                                               fit_photometric, save_texture_png)
+from flame_tracker.fitting.photometric import (
+    PhotometricOptions,
+    canonical_from_frames,
+    crop_inputs,
+    fit_photometric,
+    save_texture_png,
+)
 from flame_tracker.io.results import load_npz, save_npz
 from flame_tracker.video.decode import VideoReader
 from flame_tracker.video.store import RunFolder

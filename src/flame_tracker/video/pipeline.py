@@ -27,8 +27,7 @@ from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.store import RunFolder
-from flame_tracker.video.track import (Identity, NoFacesError, SequenceFit, TrackOptions, project_fit,
-                                       track_landmarks)
+from flame_tracker.video.track import Identity, NoFacesError, SequenceFit, TrackOptions, project_fit, track_landmarks
 
 N_BLENDSHAPES = 52
 DETECT_BLOCK = 64  # frames per landmark checkpoint; MediaPipe's tracking restarts at each block

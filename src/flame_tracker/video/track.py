@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flame_tracker.camera import (Crop, crop_fov, matrix_to_rotvec, project_ndc, rotvec_to_euler,
-                                  rotvec_to_matrix)
+from flame_tracker.camera import Crop, crop_fov, matrix_to_rotvec, project_ndc, rotvec_to_euler, rotvec_to_matrix
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
 
-
 # fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
-GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray], tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]
+GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray],
+                     tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]
 
 
 class NoFacesError(RuntimeError):
@@ -410,8 +409,8 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
         crop = video_crop(lmks_px, valid, opts.crop_scale)
         if image_size is not None and opts.image_fov is not None:
             crop = crop.with_image_centre(image_size)
-    fov0 = (crop_fov(float(crop.size), image_size, opts.image_fov) if image_size is not None and opts.image_fov is not None
-            else opts.fov)
+    fov0 = (crop_fov(float(crop.size), image_size, opts.image_fov)
+            if image_size is not None and opts.image_fov is not None else opts.fov)
     lmks_ndc = crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
     iris_ndc = None
     if iris_px is not None and opts.fit_iris:
