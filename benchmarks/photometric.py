@@ -33,9 +33,9 @@ from timing import fastest
 
 from flame_tracker.camera import project_ndc
 from flame_tracker.fitting.photometric import fit_photometric, render_head
-from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.model import load_model
 from flame_tracker.rendering import barycentrics, interpolate, rasterize, sh_shading, to_image, vertex_normals
+from flame_tracker.threads import cpu_threads
 
 
 def scene(model, n: int, res: int) -> dict:

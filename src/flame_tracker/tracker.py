@@ -38,8 +38,8 @@ from flame_tracker.camera import (
 )
 from flame_tracker.fitting.stage1 import fit_camera
 from flame_tracker.fitting.stage2 import BLENDSHAPE_PRIORS, Stage2Options, expr_from_blendshapes, fit_stage2
-from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
+from flame_tracker.threads import cpu_threads
 
 # Single images: the reference objective + identity shape, with the jawline informing face width.
 # The shape prior is 3x the video default: from one photo's 68 detected points the identity does

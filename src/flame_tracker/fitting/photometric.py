@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flame_tracker.camera import fov_to_focal, rotvec_to_euler, world_to_view
-from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.model import lbs
 from flame_tracker.model.lbs import axis_angle_to_matrix, pose_features, skin
 from flame_tracker.rendering.differentiable import (
@@ -52,6 +51,7 @@ from flame_tracker.rendering.differentiable import (
 )
 from flame_tracker.rendering.mask import face_mask
 from flame_tracker.rendering.raster import Fragments, rasterize
+from flame_tracker.threads import cpu_threads
 
 
 def landmark_weights() -> np.ndarray:

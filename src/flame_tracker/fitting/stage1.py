@@ -53,7 +53,7 @@ from flame_tracker.camera.reference import (
     skew,
     small_matmul,
 )
-from flame_tracker.fitting.threads import cpu_threads
+from flame_tracker.threads import cpu_threads
 
 # Reference weights and thresholds (upstream-spec §8.2).
 W_FACE = 300.0
@@ -461,7 +461,7 @@ def _jacobian(fw: Stage1Forward, pose6: Tensor, with_fov: bool) -> tuple[Tensor,
 
 def _gram(a: Tensor, b: Tensor) -> Tensor:
     """``a^T b`` over the middle axis, ``[N, M, k] x [N, M, k] -> [N, k, k]`` (BLAS; the LM runs
-    single-threaded, see :func:`~flame_tracker.fitting.threads.cpu_threads`)."""
+    single-threaded, see :func:`~flame_tracker.threads.cpu_threads`)."""
     return a.transpose(1, 2) @ b
 
 

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from flame_tracker.camera import ndc_scale, project_ndc, rotvec_to_matrix
-from flame_tracker.fitting.threads import cpu_threads
+from flame_tracker.threads import cpu_threads
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
 N_JAW = 17

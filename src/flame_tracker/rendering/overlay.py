@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import torch
 
-from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.rendering.differentiable import vertex_normals
 from flame_tracker.rendering.raster import face_orientation
+from flame_tracker.threads import cpu_threads
 
 # RGB colours of the landmark sets.
 COLOR_DETECTED = (0, 230, 0)

@@ -130,7 +130,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
         ``(refined and re-smoothed SequenceFit, light [T, 9, 3])`` (NaN where not covered), or
         ``None`` when no keyframe could be decoded.
     """
-    from flame_tracker.fitting.threads import cpu_threads
+    from flame_tracker.threads import cpu_threads
 
     timings = {} if timings is None else timings
     albedo = canonical_texture(run, fit, lm, reader, model, timings)

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
 from flame_tracker.detection.search import MIN_FACE_PX
-from flame_tracker.fitting.threads import cpu_threads
 from flame_tracker.io.results import load_npz, save_json, save_npz
+from flame_tracker.threads import cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.store import RunFolder

@@ -378,7 +378,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
     Raises:
         NoFacesError: no frame is valid.
     """
-    from flame_tracker.fitting.threads import cpu_threads
+    from flame_tracker.threads import cpu_threads
 
     # Everything here works on small tensors (a few hundred numbers per frame): one intra-op
     # thread avoids fork/join waits that a busy 2-core machine turns into stalls (see cpu_threads).
