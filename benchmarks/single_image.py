@@ -8,7 +8,7 @@ PNG, JSON) are timed; "total" is the wall-clock of ``fit_image`` + ``save``. Eac
 mean/median distance between the detected and the fitted 68 landmarks is reported in original pixels
 (and in % of the fitting crop).
 
-Stage-2 solvers are then compared on the reference's own problem (upstream-spec §8.3: expression,
+Stage-2 solvers are then compared on the reference's own problem (docs/reference.md §8.3: expression,
 jaw, eyes against 51 + 10 points, L1 ×500, expression prior 0.025; shape fixed at the mean, camera
 from stage 1, same start): the reference's Adam schedule (200 iterations) versus LM. The speed-up
 is Adam's time over LM's time; LM must reach an objective equal to or lower than Adam's.

@@ -1,4 +1,4 @@
-"""Camera: the reference's exact projection and Euler convention (upstream-spec §3, §14) and the
+"""Camera: the reference's exact projection and Euler convention (docs/reference.md §3, §14) and the
 conversions to OpenCV / OpenGL / head-centric cameras in original pixels."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ D = torch.float64
 
 
 def reference_clip_pipeline(points: torch.Tensor, pose6: torch.Tensor, fov: float) -> torch.Tensor:
-    """The reference's matrix pipeline written out literally (spec §3.4 steps 1-5) -> NDC [N,P,3]."""
+    """The reference's matrix pipeline written out literally (docs/reference.md §3.4 steps 1-5) -> NDC [N,P,3]."""
     n = pose6.shape[0]
     rt = torch.eye(4, dtype=D).repeat(n, 1, 1)
     rt[:, :3, :3] = rotvec_to_matrix(pose6[:, :3])
@@ -100,7 +100,7 @@ def test_euler_convention() -> None:
     scipy_zyx = Rotation.from_euler("ZYX", ypr[:, [2, 0, 1]]).as_matrix()
     scipy_xyz = Rotation.from_euler("xyz", ypr[:, [1, 0, 2]]).as_matrix()
     assert np.allclose(ours, scipy_zyx, atol=1e-12) and np.allclose(ours, scipy_xyz, atol=1e-12)
-    # The fork's from_euler('xyz', [yaw, pitch, roll]) does not match (spec §14.2).
+    # The fork's from_euler('xyz', [yaw, pitch, roll]) does not match (docs/reference.md §14.2).
     assert not np.allclose(ours, Rotation.from_euler("xyz", ypr).as_matrix(), atol=1e-3)
     cam = torch.cat([torch.from_numpy(ypr), torch.from_numpy(rng.normal(size=(50, 3)))], 1)
     assert torch.allclose(pose6_to_cam(cam_to_pose6(cam)), cam, atol=1e-9)

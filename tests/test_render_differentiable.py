@@ -63,7 +63,7 @@ def test_barycentric_gradients_match_finite_differences() -> None:
 
 
 def test_sh_constants_and_shading_gradients() -> None:
-    # Reference factors (upstream-spec §4.6).
+    # Reference factors (docs/reference.md §4.6).
     pi = math.pi
     assert SH_CONSTANTS[0] == pytest.approx(1 / math.sqrt(4 * pi))
     assert SH_CONSTANTS[1] == pytest.approx((2 * pi / 3) * math.sqrt(3 / (4 * pi)))

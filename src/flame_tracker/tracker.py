@@ -8,7 +8,7 @@
 Everything a :class:`Result` exposes to users is in **original image pixels** (landmarks, ``K_px``,
 OpenCV/OpenGL cameras); the reference's own keys keep the reference's meaning (see
 :mod:`flame_tracker.io.results`). The fitting crop is square, unrotated and chosen from the detected
-landmarks with the reference's FFHQ "tracking" framing (upstream-spec §6.5, without the rotation).
+landmarks with the reference's FFHQ "tracking" framing (docs/reference.md §6.5, without the rotation).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ BLENDSHAPE_STAGE2 = replace(DEFAULT_STAGE2, **BLENDSHAPE_PRIORS)
 # Assumed FOV over the image's longer side when none is given (one photo cannot identify it): a
 # normal lens, between a phone's wide camera (~65°) and a portrait lens (~25°).
 DEFAULT_IMAGE_FOV = 40.0
-# Reference framing (upstream-spec §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
+# Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
 

@@ -1,4 +1,4 @@
-"""Camera model: the reference tracker's camera (exact, upstream-spec §3) and conversions to
+"""Camera model: the reference tracker's camera (exact, docs/reference.md §3) and conversions to
 OpenCV / OpenGL / head-centric cameras in original image pixels (through a :class:`Crop`)."""
 
 from flame_tracker.camera.convert import (

@@ -1,4 +1,4 @@
-"""The reference tracker's camera, reproduced exactly (upstream-spec §3).
+"""The reference tracker's camera, reproduced exactly (docs/reference.md §3).
 
 * ``pose6 = (r, t)``: ``r`` an axis-angle rotation, ``t`` the camera centre in model space. ``[R(r) | t]``
   is the camera-to-world matrix in the OpenGL/Blender convention (the camera looks down its local -Z,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Reference constants (upstream-spec §3.2).
+# Reference constants (docs/reference.md §3.2).
 DEFAULT_FOV = 20.0
 REFERENCE_SIZE = 256
 ZNEAR = 0.01

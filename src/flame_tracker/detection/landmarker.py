@@ -126,7 +126,7 @@ class FaceLandmarker:
             (MediaPipe's order) or ``"center"`` (closest to the image centre).
         max_side: frames whose longer side exceeds this are downscaled for detection; the
             landmarks are mapped back to original pixels (MediaPipe works on 128–256 px crops).
-        table: 68-point table, ``"improved"`` (default) or ``"reference"`` (upstream-spec §6.2
+        table: 68-point table, ``"improved"`` (default) or ``"reference"`` (docs/reference.md §6.2
             exactly); see :mod:`flame_tracker.detection.layout`.
         blendshapes, transformation_matrix: compute these outputs (on by default).
         verbose: let MediaPipe's native log lines through (they are silenced otherwise).

@@ -3,7 +3,7 @@
 Each dlib point is one MediaPipe point or the mean of two, stored as index pairs (a single index is
 repeated) so the conversion is one gather and one mean for any batch of frames. Two tables:
 
-* ``"reference"``: the reference tracker's ``utils/mp2dlib.py`` exactly (upstream-spec §6.2).
+* ``"reference"``: the reference tracker's ``utils/mp2dlib.py`` exactly (docs/reference.md §6.2).
 * ``"improved"`` (default): the reference with two principled corrections, measured on the
   hand-annotated 300-W image (``benchmarks/detection.py``; NME 0.0558 → 0.0510, and 0.0588 →
   0.0546 on its mirror image):
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# dlib index -> (mp_a, mp_b); the point is (p[a] + p[b]) / 2. Checked against upstream-spec §6.2.
+# dlib index -> (mp_a, mp_b); the point is (p[a] + p[b]) / 2. Checked against docs/reference.md §6.2.
 MP_TO_DLIB68_REFERENCE = np.array(
     [
         # jaw contour 0..16

@@ -1,4 +1,4 @@
-"""Photometric refinement (reference stage 2b, upstream-spec §8.4) on the CPU.
+"""Photometric refinement (reference stage 2b, docs/reference.md §8.4) on the CPU.
 
 Refines the camera, expression, jaw, eyes (and optionally shape) of a landmark fit so that an SH-lit
 render of the head matches the photo inside a landmark face mask, with the reference's loss terms and

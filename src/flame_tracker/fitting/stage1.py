@@ -1,4 +1,4 @@
-"""Stage 1: rigid camera fit against 2-D landmarks (upstream-spec §8.2, ``stage1-seed.txt``).
+"""Stage 1: rigid camera fit against 2-D landmarks (docs/reference.md §8.2, ``stage1-seed.txt``).
 
 The objective is the reference's, exactly, written once (:class:`Stage1Problem`) and used by both
 solvers:
@@ -55,7 +55,7 @@ from flame_tracker.camera.reference import (
 )
 from flame_tracker.threads import cpu_threads
 
-# Reference weights and thresholds (upstream-spec §8.2).
+# Reference weights and thresholds (docs/reference.md §8.2).
 W_FACE = 300.0
 W_JAW = 200.0
 W_EAR = 150.0

@@ -1,6 +1,6 @@
 """Stage 2: expression, jaw, eyes (and identity shape, neck) from 2-D landmarks with the camera fixed.
 
-The reference objective (upstream-spec §8.3, stage 2a), per frame ``n``::
+The reference objective (docs/reference.md §8.3, stage 2a), per frame ``n``::
 
     E_n = 500 * mean_{51 face points 17..67} (|dx| + |dy|)
         + 500 * mean_{10 iris points} (|dx| + |dy|)
@@ -900,7 +900,7 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
 
 
 # --------------------------------------------------------------------------------------------------
-# Adam reference (upstream-spec §8.3)
+# Adam reference (docs/reference.md §8.3)
 # --------------------------------------------------------------------------------------------------
 
 

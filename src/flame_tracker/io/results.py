@@ -2,7 +2,7 @@
 
 Unit rule for the npz (see README "Outputs"):
 
-* The reference keys keep the reference's meaning (upstream-spec §9) so downstream code keeps working:
+* The reference keys keep the reference's meaning (docs/reference.md §9) so downstream code keeps working:
   ``lmks_68`` / ``lmks_eyes`` are the detected targets in the reference's normalised coordinates
   ([-1, 1], x right, y down) of the square *fitting crop* (``crop`` = x0, y0, side in original pixels),
   ``K`` is the intrinsic matrix of that crop rendered at 256², ``cam`` is (yaw, pitch, roll, camera
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-# Keys every result npz holds, with the leading per-frame dimension 1 (upstream-spec §9).
+# Keys every result npz holds, with the leading per-frame dimension 1 (docs/reference.md §9).
 REFERENCE_KEYS = (
     "shape",
     "exp",

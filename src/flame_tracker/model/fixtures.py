@@ -6,7 +6,7 @@ chumpy pickles them, but written without chumpy; ``J_regressor`` a ``scipy.spars
 plus the landmark embedding files FLAME users have. Two sizes:
 
 * ``"flame"``: FLAME's topology counts (5,023 vertices, 9,976 triangles) with the iris and ear
-  vertex ids of upstream-spec §4.3-4.4 placed on the eyeballs and ears (including the reference's
+  vertex ids of docs/reference.md §4.3-4.4 placed on the eyeballs and ears (including the reference's
   left-ear bug: vertex 641 sits on the right ear), so FLAME-specific code paths run;
 * ``"tiny"``: a few hundred vertices for fast unit tests (no iris/ear ids).
 
@@ -121,7 +121,7 @@ def _geometry(size: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _flame_ids(v: np.ndarray, label: np.ndarray) -> dict[int, np.ndarray]:
-    """Target positions for the FLAME iris / ear vertex ids (upstream-spec §4.3-4.4)."""
+    """Target positions for the FLAME iris / ear vertex ids (docs/reference.md §4.3-4.4)."""
     targets: dict[int, np.ndarray] = {}
     for ids, centre in ((R_EYE_INDICES, _EYE_CENTRES[1]), (L_EYE_INDICES, _EYE_CENTRES[0])):
         pupil = centre + [0, 0, _EYE_R]

@@ -10,7 +10,7 @@ FLAME conventions kept here: ``shapedirs`` holds 300 identity then expression co
 (a separate ``expressiondirs``/``exprdirs`` key is accepted too), 5 joints (global, neck, jaw, left
 eye, right eye) from the sparse ``J_regressor``, ``kintree_table`` row 0 = parents.
 
-Landmarks (upstream-spec §4.2-4.4):
+Landmarks (docs/reference.md §4.2-4.4):
 
 * 68 iBUG points from DECA's ``landmark_embedding.npy`` (``full_lmk_*``; ``dynamic_lmk_*`` kept as
   the optional dynamic jaw contour), or ``flame_static_embedding.pkl`` (51 points) +

@@ -23,7 +23,7 @@ Conversions and choices (documented because ICT has no skeleton):
   identity: min-norm vertex weights that reproduce the pivot/sphere centre on the template.
 * iris: per eye the front-most iris vertex (pupil centre), then the iris vertices nearest to the
   5.85 mm human iris radius (MediaPipe's iris model) towards image-right (+x), up, image-left and
-  down, like FLAME's ring (upstream-spec §4.3). ICT marks no limbus, hence the fixed radius.
+  down, like FLAME's ring (docs/reference.md §4.3). ICT marks no limbus, hence the fixed radius.
 * ears: ICT defines no ear landmarks; ``ear_idx`` is None.
 """
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from flame_tracker.rendering.raster import Fragments, rasterize
 
-# Constant factors of the 9 SH basis functions, exactly as the reference (DECA) renderer (§4.6).
+# Constant factors of the 9 SH basis functions, exactly as the reference (DECA) renderer (docs/reference.md §4.6).
 _PI = math.pi
 SH_CONSTANTS = (
     1 / math.sqrt(4 * _PI),
@@ -209,7 +209,7 @@ def render(
     uv_faces: torch.Tensor | None = None,
     frags: Fragments | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Render SH-lit meshes: ``image = albedo · shading`` on a black background (reference §4.6).
+    """Render SH-lit meshes: ``image = albedo · shading`` on a black background (docs/reference.md §4.6).
 
     Args:
         vertices_px: ``[N, V, 3]`` pixel ``x, y`` and camera depth (carries the geometry gradient).

@@ -1,7 +1,7 @@
 """Photometric face mask from 68 landmarks: the convex face oval minus eyes and mouth interior.
 
 The reference masks single images with a face-parsing network and videos with the whole rendered
-head, which lets hair, neck and background leak into the albedo (upstream-spec W11). The oval of the
+head, which lets hair, neck and background leak into the albedo (docs/reference.md W11). The oval of the
 jawline and brows, shrunk slightly, contains only skin, brows, nose and lips; the eye openings
 (36..41, 42..47) and the inner mouth (60..67), dilated a little, are cut out because the model's
 eyeballs and mouth cavity do not follow the photo there.

@@ -8,7 +8,7 @@ Steps:
 
 1. **Fitting crop.** One square crop for the whole video (around the median face box), so every
    frame's camera lives in the same coordinates (the reference re-crops every frame, which turns crop
-   jitter into camera jitter, upstream-spec W14).
+   jitter into camera jitter, docs/reference.md W14).
 2. **Identity.** A quick rigid fit of all frames with the mean shape gives each frame's head pose;
    keyframes are chosen by farthest-point sampling of (yaw, pitch, mouth opening), so they span the
    pose range; one shape (and one FOV when estimated) is fitted jointly on them, alternating stage 1
