@@ -242,9 +242,9 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
                     failed = sum(r["status"] == "failed" for r in rows.values())
                     bar.set_postfix(done=len(rows) - failed, failed=failed, running=min(len(pending), summary.workers))
         except KeyboardInterrupt:
+            # the unfinished tasks end with Ray's shutdown below (a forced ray.cancel raced with
+            # replies already on their way and crashed Ray's core worker: "task that was not pending")
             summary.interrupted = True
-            for ref in pending:
-                ray.cancel(ref, force=True)
             for task in pending.values():
                 for it in task:
                     rows.setdefault(it.name, _row(it.as_dict(), "interrupted", error="interrupted before it ran"))
