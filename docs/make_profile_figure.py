@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from flame_tracker.camera import Crop, to_opencv
-from flame_tracker.evaluation.scenes import render_scene, turning_head
+from flame_tracker.evaluation.scenes import turning_head, write_scene_video
 from flame_tracker.model import load_model
 from flame_tracker.video.decode import VideoReader
-from flame_tracker.video.encode import VideoWriter
 from flame_tracker.video.pipeline import VideoOptions, track_video
 from flame_tracker.video.track import TrackOptions
 
@@ -29,12 +28,7 @@ def main() -> None:
     specs = turning_head(model, 40)
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "turn.mp4"
-        rots = []
-        with VideoWriter(clip, fps=30.0, crf=12) as out:
-            for spec in specs:
-                img, truth = render_scene(model, spec, detail=0.25)
-                out.write(img)
-                rots.append(truth.R)
+        rots = write_scene_video(model, specs, clip)
         run = Path(tmp) / "run"
         track_video(clip, run, options=TrackOptions(max_gap_s=4.0), video_options=VideoOptions(overlay=True),
                     progress=False)

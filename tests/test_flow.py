@@ -46,22 +46,14 @@ def test_a_turn_to_full_profile_is_followed_by_flow(shared_dir: Path, tmp_path: 
     """MediaPipe loses the face past ~40-70° of yaw; the frames without landmarks come out within a
     few degrees of the true rotation by flow, where interpolation across them is off by tens."""
     from flame_tracker.camera import to_opencv
-    from flame_tracker.evaluation.scenes import render_scene, turning_head
+    from flame_tracker.evaluation.scenes import turning_head, write_scene_video
     from flame_tracker.model import load_model
-    from flame_tracker.video.encode import VideoWriter
     from flame_tracker.video.pipeline import VideoOptions, track_video
     from flame_tracker.video.track import TrackOptions
 
     model = load_model()
-    specs = turning_head(model, 40)
     clip = tmp_path / "turn.mp4"
-    rots = []
-    with VideoWriter(clip, fps=30.0, crf=12) as out:
-        for spec in specs:
-            img, truth = render_scene(model, spec, detail=0.25)
-            out.write(img)
-            rots.append(truth.R)
-    rots = np.array(rots)
+    rots = write_scene_video(model, turning_head(model, 40), clip)
     base = dict(max_gap_s=4.0)  # the default identity fit: the anchors' accuracy bounds the flow's
     errs, runs = {}, {}
     for name, flow in (("flow", True), ("bridged", False)):
