@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from flame_tracker.camera import intrinsics_pixels
+from flame_tracker.detection.layout import eye_chin
 from flame_tracker.detection.search import FaceFinder
 from flame_tracker.evaluation.scenes import render_scene, sample_scenes
 from flame_tracker.model import load_model
@@ -52,10 +53,10 @@ def main() -> None:
     fig[40:, :960] = small
     fig[40:, 970:] = zoom
     font = cv2.FONT_HERSHEY_SIMPLEX
-    eye_chin = float(np.linalg.norm(lm[8] - (lm[36] + lm[45]) / 2))
+    eye_chin_px = eye_chin(lm)
     cv2.putText(fig, f"1920x1080 input: MediaPipe alone finds {len(whole)} face(s)", (8, 28), font, 0.7,
                 (20, 20, 20), 2, cv2.LINE_AA)
-    cv2.putText(fig, f"flame-tracker: found by the tiled search, fitted ({eye_chin:.0f} px eyes-chin)", (978, 28),
+    cv2.putText(fig, f"flame-tracker: found by the tiled search, fitted ({eye_chin_px:.0f} px eyes-chin)", (978, 28),
                 font, 0.55, (20, 20, 20), 2, cv2.LINE_AA)
     cv2.imwrite(str(OUT), fig[..., ::-1])
     print(f"wrote {OUT} (whole-frame faces: {len(whole)}, reprojection {result.reprojection_error_px:.2f} px)")

@@ -109,6 +109,13 @@ def interocular_nme(pred68: np.ndarray, gt68: np.ndarray) -> np.ndarray:
     return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) / iod
 
 
+def eye_chin(lmks68: np.ndarray) -> float:
+    """Eye-line-to-chin height of a face from its 68 points ``[68, 2]``, pixels (chin, point 8, to the
+    middle of the outer eye corners, 36 and 45): the face size the detection search is stated in."""
+    l68 = np.asarray(lmks68, dtype=np.float64)
+    return float(np.linalg.norm(l68[8] - (l68[36] + l68[45]) / 2.0))
+
+
 def read_pts(path: str) -> np.ndarray:
     """Read an iBUG ``.pts`` file (1-based pixel coordinates) as ``[N, 2]`` 0-based pixel-corner
     coordinates (the project convention, x right, y down): the centre of pixel 1 is 0.5.

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flame_tracker.detection.landmarker import FaceDetection, FaceLandmarker
+from flame_tracker.detection.layout import eye_chin
 
 #: The smallest face the tiled search is sized for: eye line to chin, in pixels.
 MIN_FACE_PX = 32.0
@@ -62,12 +63,6 @@ def face_centre(points: np.ndarray) -> np.ndarray:
     """Centre of a face's points' bounding box ``[2]``, pixels."""
     lo, hi = points[:, :2].min(0), points[:, :2].max(0)
     return (lo + hi) / 2.0
-
-
-def eye_chin_px(det: FaceDetection) -> float:
-    """Eye-line-to-chin height of a detection (68-point layout), pixels."""
-    l68 = det.lmks68
-    return float(np.linalg.norm(l68[8] - (l68[36] + l68[45]) / 2.0))
 
 
 def tiles(width: int, height: int, side: int, overlap: float = 0.5) -> list[tuple[float, float]]:
@@ -285,7 +280,7 @@ class FaceFinder:
             # whole-frame face when the frame was downscaled, or when the face is near the
             # detector's limit (its box, hence the landmarks, are then unreliable: measured 9 %
             # NME at 8 % of the frame, 1 % after the crop)
-            small = eye_chin_px(f) < REFINE_BELOW_FRACTION * max(f.image_size)
+            small = eye_chin(f.lmks68) < REFINE_BELOW_FRACTION * max(f.image_size)
             if self.refine and (from_tile or small or max(f.detect_transform.scale) > 1.0 + 1e-6):
                 return self.region(image, f) or f
             return f
@@ -461,5 +456,5 @@ class FaceFollower:
 
 __all__ = ["DETECTABLE_FRACTION", "MIN_FACE_PX", "ROI_DEADBAND", "ROI_PX", "ROI_SCALE", "TILE_DETECTION_CONFIDENCE",
            "REFINE_BELOW_FRACTION", "WHOLE_FRAME_PX",
-           "FaceChoice", "FaceFinder", "FaceFollower", "distinct", "eye_chin_px", "face_centre", "face_size",
+           "FaceChoice", "FaceFinder", "FaceFollower", "distinct", "face_centre", "face_size",
            "tile_sides", "tiles"]

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flame_tracker.detection.layout import eye_chin
+
 
 @dataclass(frozen=True)
 class FaceSample:
@@ -25,7 +27,7 @@ class FaceSample:
 
     @property
     def eye_chin(self) -> float:
-        return float(np.linalg.norm(self.lmks68[8] - (self.lmks68[36] + self.lmks68[45]) / 2.0))
+        return eye_chin(self.lmks68)
 
     @property
     def centre(self) -> np.ndarray:
