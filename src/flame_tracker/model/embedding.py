@@ -163,19 +163,14 @@ class ViewPoints:
 def _surface_points(vpx: np.ndarray, faces: np.ndarray, face_idx: np.ndarray, pts: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Triangle and 2-D barycentrics of the visible surface under each image point ``pts [P, 2]``."""
+    from flame_tracker.rendering.raster import barycentric_2d
+
     h, w = face_idx.shape
     xi = np.clip(np.floor(pts[:, 0]).astype(int), 0, w - 1)
     yi = np.clip(np.floor(pts[:, 1]).astype(int), 0, h - 1)
     tri = face_idx[yi, xi]
     ok = tri >= 0
-    corners = vpx[faces[np.maximum(tri, 0)], :2]  # [P, 3, 2]
-    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
-    v0, v1, v2 = b - a, c - a, pts - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
-    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    bary = np.clip(np.stack([1 - l1 - l2, l1, l2], 1), 0, None)
+    bary = np.clip(barycentric_2d(pts, vpx[faces[np.maximum(tri, 0)], :2]), 0, None)
     bary /= bary.sum(1, keepdims=True).clip(1e-12)
     return tri, bary, ok
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 # Candidate fragments per chunk: bounds peak memory (~6 float tensors of this size) at any resolution.
@@ -81,6 +82,18 @@ class Fragments:
             x = rem % w
             self.cache[key] = torch.stack([x, y], dim=-1).to(dtype) + 0.5
         return self.cache[key]
+
+
+def barycentric_2d(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates ``[..., 3]`` of 2-D ``points [..., 2]`` in the triangles ``corners
+    [..., 3, 2]`` (broadcast); unclipped (negative outside the triangle), degenerate triangles safe."""
+    a, b, c = corners[..., 0, :], corners[..., 1, :], corners[..., 2, :]
+    v0, v1, v2 = b - a, c - a, points - a
+    den = v0[..., 0] * v1[..., 1] - v1[..., 0] * v0[..., 1]
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    l1 = (v2[..., 0] * v1[..., 1] - v1[..., 0] * v2[..., 1]) / den
+    l2 = (v0[..., 0] * v2[..., 1] - v2[..., 0] * v0[..., 1]) / den
+    return np.stack([1 - l1 - l2, l1, l2], -1)
 
 
 def _as_batch(vertices: torch.Tensor) -> torch.Tensor:

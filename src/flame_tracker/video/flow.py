@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 import torch
 
+from flame_tracker.rendering.raster import barycentric_2d
+
 #: Per-frame provenance codes of a tracked video (``source`` in the outputs).
 SOURCES = ("landmarks", "flow", "bridged", "dropped")
 
@@ -150,14 +152,7 @@ class HeadSurface:
         near = vis[cKDTree(px[vis]).query(c)[1]]
         tris = self.vertex_faces[near]  # [m, k]
         tri_v = self.faces[np.maximum(tris, 0)]  # [m, k, 3]
-        p2 = px[tri_v]  # [m, k, 3, 2]
-        a, b, cc = p2[..., 0, :], p2[..., 1, :], p2[..., 2, :]
-        v0, v1, v2 = b - a, cc - a, c[:, None] - a
-        den = v0[..., 0] * v1[..., 1] - v1[..., 0] * v0[..., 1]
-        den = np.where(np.abs(den) < 1e-12, 1e-12, den)
-        l1 = (v2[..., 0] * v1[..., 1] - v1[..., 0] * v2[..., 1]) / den
-        l2 = (v0[..., 0] * v2[..., 1] - v2[..., 0] * v0[..., 1]) / den
-        bary = np.stack([1 - l1 - l2, l1, l2], -1)  # [m, k, 3]
+        bary = barycentric_2d(c[:, None], px[tri_v])  # [m, k, 3]
         worst = np.where(tris >= 0, bary.min(-1), -np.inf)
         pick = worst.argmax(1)
         rows = np.arange(len(c))
