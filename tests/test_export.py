@@ -122,7 +122,7 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
 def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, shared_dir: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["export", str(tmp_path), "--format", "gltf"])
-    assert res.exit_code == 1 and "not a finished" in res.output
+    assert res.exit_code == 1 and "neither a finished" in res.output and "flame-tracker image" in res.output
     res = runner.invoke(main, ["export", str(run_dir), "--format", "vrm"])
     assert res.exit_code == 1 and "unknown format" in res.output
     # a FLAME-format model cannot carry its jaw as morph targets: refused, nothing written
@@ -165,18 +165,14 @@ def _tracked_flame_run(shared_dir: Path, root: Path, frames: int, **model_kw) ->
     return out, model, pkl
 
 
-def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) -> None:
+def _gaussian_avatars_worst_px(ga: Path, model, fit_lmks_px: np.ndarray) -> float:
+    """Read the VHAP folder ``ga`` as GaussianAvatars does and return the worst distance (px) of
+    the exported head's landmarks through the exported camera from ``fit_lmks_px [T, 68, 2]``."""
     import json
 
-    run, model, pkl = flame_run
-    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
-                                    "--out", str(run.parent / "ga")])
-    assert res.exit_code == 0, res.output
-    ga = run.parent / "ga"
-    t = np.load(run / "tracking.npz")
     tf = json.loads((ga / "transforms.json").read_text())
     n = len(tf["frames"])
-    assert n == int(_exported(t).sum()) and (ga / "canonical_flame_param.npz").is_file()
+    assert n == len(fit_lmks_px) and (ga / "canonical_flame_param.npz").is_file()
     train = json.loads((ga / "transforms_train.json").read_text())["frames"]
     test = json.loads((ga / "transforms_test.json").read_text())["frames"]
     assert len(train) + len(test) == n and json.loads((ga / "transforms_val.json").read_text())["frames"] == []
@@ -188,7 +184,7 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
         c2w[:3, 1:3] *= -1
         w2c = np.linalg.inv(c2w)
         w, h = fr["w"], fr["h"]
-        focal = w / (2 * np.tan(fr["camera_angle_x"] / 2))
+        focal = w / (2 * np.tan(tf["camera_angle_x"] / 2))
         p = np.load(ga / fr["flame_param_path"])
         assert p["shape"].shape == (300,) and p["expr"].shape == (1, 100) and p["eyes_pose"].shape == (1, 6)
         assert p["static_offset"].shape == (1, 5023, 3)  # GaussianAvatars reads it from the first frame
@@ -200,8 +196,17 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
                                   eye_pose=torch.as_tensor(p["eyes_pose"])).landmarks[0].double().numpy()
         x = (lmk + p["translation"][0]) @ w2c[:3, :3].T + w2c[:3, 3]
         px = np.stack([w / 2 + focal * x[:, 0] / x[:, 2], h / 2 + focal * x[:, 1] / x[:, 2]], 1)
-        d = px - t["fit_lmks_68_px"][_exported(t)][fr["timestep_index"]]
-        worst = max(worst, float(np.abs(d).max()))
+        worst = max(worst, float(np.abs(px - fit_lmks_px[fr["timestep_index"]]).max()))
+    return worst
+
+
+def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) -> None:
+    run, model, pkl = flame_run
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--out", str(run.parent / "ga")])
+    assert res.exit_code == 0, res.output
+    t = np.load(run / "tracking.npz")
+    worst = _gaussian_avatars_worst_px(run.parent / "ga", model, t["fit_lmks_68_px"][_exported(t)])
     print(f"GaussianAvatars round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
 
@@ -503,3 +508,96 @@ def test_imavatar_json_reads_back_as_imavatar_does(flame2020_run) -> None:
     assert np.abs(offsets - offsets[0]).max() < 1e-3 and np.abs(offsets - np.round(offsets)).max() < 1e-3
     print(f"IMavatar round trip: worst landmark {worst:.4f} px")
     assert worst < 0.5, worst
+
+
+@pytest.fixture(scope="module")
+def photo_results(shared_dir: Path, tmp_path_factory) -> tuple[Path, Path, object, Path]:
+    """The four annotated photos of one person (four sizes: 412x600 ... 686x1024) fitted with a
+    FLAME-2023-format model, one by one (``single/``) and as one person (``joint/``)."""
+    from flame_tracker.cli.image import run_images
+    from flame_tracker.model import load_model
+    from flame_tracker.model.fixtures import write_flame_model
+
+    root = tmp_path_factory.mktemp("photo_export")
+    pkl = write_flame_model(root / "model", size="flame", style="2023_open")
+    photos = sorted((shared_dir / "images" / "gt68").glob("*.png"))
+    for name, joint in (("single", False), ("joint", True)):
+        assert run_images(photos, root / name, model=str(pkl), same_person=joint, mesh=False, overlay=False) == 0
+    return root / "single", root / "joint", load_model(pkl), pkl
+
+
+def test_photo_results_export_onto_one_shared_camera(photo_results, tmp_path: Path) -> None:
+    """Photos of four sizes: every exported frame is one camera, the photos scaled about their
+    principal points onto it; the landmarks land within 0.5 px through GaussianAvatars' reading,
+    and the exported pictures are the photos moved the same way."""
+    import json
+
+    import cv2
+
+    from flame_tracker.export import load_run
+    from flame_tracker.io.images import load_image
+
+    single, joint, model, pkl = photo_results
+    res = CliRunner().invoke(main, ["export", str(joint), "--format", "gaussian-avatars", "--model", str(pkl),
+                                    "--masks", "model", "--out", str(tmp_path / "ga")])
+    assert res.exit_code == 0, res.output
+    run = load_run(joint)
+    assert run.n_frames == 4 and run.warps is not None and len(set(map(tuple, run.photo_sizes))) == 4
+    fits = [np.load(joint / f"{p.stem}.npz") for p in run.images]
+    s, d = run.warps[:, 0], run.warps[:, 1:]
+    # the shared camera: one focal length, principal point at the canvas centre, every photo inside
+    K = run.arrays["K_px"]
+    assert np.allclose(K, K[:1]) and np.allclose(K[0, :2, 2], run.arrays["image_size"][0] / 2)
+    assert np.allclose(s * np.array([f["K_px"][0, 1, 1] for f in fits]), K[0, 1, 1], rtol=1e-5)
+    worst = _gaussian_avatars_worst_px(tmp_path / "ga", model, run.arrays["fit_lmks_68_px"])
+    print(f"GaussianAvatars round trip of 4 photos: worst landmark {worst:.4f} px")
+    assert worst < 0.5, worst
+    tf = json.loads((tmp_path / "ga" / "transforms.json").read_text())
+    for t, fr in enumerate(tf["frames"]):
+        img = load_image(tmp_path / "ga" / fr["file_path"])
+        mask = cv2.imread(str(tmp_path / "ga" / fr["fg_mask_path"]), cv2.IMREAD_GRAYSCALE)
+        assert img.shape[:2] == mask.shape == (fr["h"], fr["w"])
+        # the colours around the detected landmarks are the photo's there (both blurred alike)
+        photo = load_image(run.images[t]).astype(np.float32)
+        a = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 3.0)
+        b = cv2.GaussianBlur(photo, (0, 0), 3.0 / s[t])
+        lm = fits[t]["lmks_68_px"][0]
+        lm_new = s[t] * lm + d[t]
+        assert np.allclose(lm_new, run.arrays["lmks_68_px"][t], atol=1e-3)
+        ca = np.array([a[int(y), int(x)] for x, y in lm_new])
+        cb = np.array([b[int(y), int(x)] for x, y in lm])
+        assert np.abs(ca - cb).mean() < 12, np.abs(ca - cb).mean()
+        assert (mask[lm_new[:, 1].astype(int), lm_new[:, 0].astype(int)] > 0).mean() > 0.9
+
+
+def test_photo_results_of_several_identities(photo_results, shared_dir: Path, tmp_path: Path) -> None:
+    """Photos fitted one by one: ARKit curves per photo (MediaPipe's: a FLAME fit has no ARKit
+    names); a one-subject format is refused with the fix."""
+    import csv
+
+    single, _, _, pkl = photo_results
+    res = CliRunner().invoke(main, ["export", str(single), "--format", "arkit-csv", "--out", str(tmp_path / "ark")])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "ark" / "arkit_mediapipe.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    res = CliRunner().invoke(main, ["export", str(single), "--format", "gltf", "--model", str(pkl),
+                                    "--out", str(tmp_path / "g")])
+    assert res.exit_code == 1 and "--same-person" in res.output and not (tmp_path / "g").exists(), res.output
+    # photos that moved: found again with --images, refused with the fix when not there
+    moved = tmp_path / "photos"
+    moved.mkdir()
+    res = CliRunner().invoke(main, ["export", str(single), "--format", "arkit-csv", "--images", str(moved),
+                                    "--out", str(tmp_path / "ark2")])
+    assert res.exit_code == 0, res.output  # the CSV needs no pictures
+    _, joint, _, _ = photo_results
+    res = CliRunner().invoke(main, ["export", str(joint), "--format", "nersemble", "--model", str(pkl), "--images",
+                                    str(moved), "--out", str(tmp_path / "n")])
+    assert res.exit_code == 1 and "--images" in res.output and not (tmp_path / "n").exists(), res.output
+    import shutil
+
+    for p in (shared_dir / "images" / "gt68").glob("*.png"):
+        shutil.copy(p, moved / p.name)
+    res = CliRunner().invoke(main, ["export", str(joint), "--format", "nersemble", "--model", str(pkl), "--images",
+                                    str(moved), "--out", str(tmp_path / "n")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "n" / "sequences" / "joint" / "images" / "cam_00.mp4").is_file()

@@ -1,4 +1,5 @@
-"""``flame-tracker export``: a tracked video run in the files an animation tool reads."""
+"""``flame-tracker export``: a tracked video run (or a set of photo results) in the files an avatar
+trainer or animation tool reads."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ from flame_tracker.export import FORMATS
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the export (default: RUN/export-FORMAT).")
 @click.option("--model", "-m", "model_path", default=None,
-              help="The head model the run was tracked with (gltf, gaussian-avatars; default: the open "
-              "ICT-FaceKit model).")
-@click.option("--video", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The tracked video, when it moved since tracking (the folder formats re-decode its frames).")
+              help="The head model the run was tracked with (default: the open ICT-FaceKit model).")
+@click.option("--video", "--images", "video", type=click.Path(path_type=Path), default=None,
+              help="The tracked video, when it moved since tracking (the folder formats re-decode its frames); "
+              "for photo results, the folder that holds the photos now.")
 @click.option("--masks", default=None,
               help="gaussian-avatars: also write fg_masks/: 'model' (the fitted head's silhouette) or a folder of "
               "your mattes named by source frame index (000123.png).")
 def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, video: Path | None,
            masks: str | None) -> None:
-    """Export RUN, the --out folder of a finished `flame-tracker video` run:
+    """Export RUN, the --out folder of a finished `flame-tracker video` run, or a folder of
+    `flame-tracker image` results (one frame per photo, in name order; photos of other sizes or
+    focal lengths are scaled about their principal point onto one shared camera; every format
+    but arkit-csv needs one identity: fit the photos with --same-person):
 
     \b
       arkit-csv  arkit_fitted.csv (the fitted ICT expression as ARKit-52 curves) and

@@ -2,13 +2,13 @@
 animation tools; for avatar trainers the VHAP layout GaussianAvatars trains on
 (:mod:`.gaussian_avatars`), the IMavatar family's ``flame_params.json`` (:mod:`.imavatar`), INSTA's
 (:mod:`.insta`) and NeRSemble's benchmark layout (:mod:`.nersemble`); all read from a finished
-``flame-tracker video`` folder (:mod:`.run`)."""
+``flame-tracker video`` folder or a folder of ``flame-tracker image`` results (:mod:`.run`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flame_tracker.export.run import ExportError, TrackedRun, load_run
+from flame_tracker.export.run import ExportError, TrackedRun, load_run, one_identity
 
 FORMATS = ("arkit-csv", "gltf", "gaussian-avatars", "imavatar", "insta", "nersemble")
 
@@ -17,13 +17,18 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
                video: str | Path | None = None, masks: str | Path | None = None) -> list[Path]:
     """Export the finished run in ``run_dir`` as ``fmt`` (:data:`FORMATS`) into ``out_dir`` (default
     ``run_dir/export-<fmt>``); ``model``: the head model (or its path) the run was tracked with
-    (glTF, GaussianAvatars; default: the open ICT model); ``video``: the source video (GaussianAvatars;
-    default: the run's); ``masks`` (GaussianAvatars): ``"model"`` or a folder of mattes. Returns
-    the files written; :class:`ExportError` says why not."""
+    (default: the open ICT model); ``video``: the source video (default: the run's) or, for photo
+    results, the folder holding the photos (default: where they were fitted); ``masks``
+    (GaussianAvatars): ``"model"`` or a folder of mattes. ``run_dir`` may also be a folder of
+    ``flame-tracker image`` results: one frame per photo, brought to one shared camera; formats of
+    one subject need one identity (``--same-person``). Returns the files written;
+    :class:`ExportError` says why not."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / f"export-{fmt}"
     tracked = load_run(run_dir)
+    if fmt != "arkit-csv" and tracked.images:
+        one_identity(tracked, fmt)
     if fmt == "arkit-csv":
         from flame_tracker.export.arkit import export_arkit
 

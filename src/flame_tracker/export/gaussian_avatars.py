@@ -33,6 +33,7 @@ from flame_tracker.export.run import (
     posed_vertices,
     save_png,
     source_video,
+    to_shared_camera,
     write_folder,
 )
 
@@ -81,10 +82,12 @@ def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: 
     mask_dir = None
     if masks is not None and str(masks) != "model":
         mask_dir = Path(masks)
-        missing = [int(f) for f in run.arrays["frame"] if not (mask_dir / f"{int(f):06d}.png").is_file()]
+        names = run.frame_names
+        missing = [n for n in names if not (mask_dir / f"{n}.png").is_file()]
+        what = "the photo's name" if run.images else "its source frame index"
         if not mask_dir.is_dir() or missing:
-            raise ExportError(f"--masks {mask_dir}: expected one matte per tracked frame named by its source frame "
-                              f"index ({int(run.arrays['frame'][0]):06d}.png, ...); "
+            raise ExportError(f"--masks {mask_dir}: expected one matte per tracked frame named by {what} "
+                              f"({names[0]}.png, ...); "
                               + ("not a folder" if not mask_dir.is_dir() else f"{len(missing)} missing"))
     return write_folder(out_dir, "gaussian-avatars",
                         lambda tmp: _write(run, model, src, tmp, masks is not None, mask_dir))
@@ -101,13 +104,22 @@ def _write(run: TrackedRun, model, video: Path, tmp: Path, with_masks: bool = Fa
     if with_masks:
         (tmp / "fg_masks").mkdir()
     frames = [int(f) for f in a["frame"]]
+    names = run.frame_names
     sil = silhouettes(run, model) if with_masks and mask_dir is None else None
     for t, image in each_frame(run, video):
         save_png(tmp / "images" / f"{t:05d}_00.png", image)
         if sil is not None:
             save_png(tmp / "fg_masks" / f"{t:05d}_00.png", next(sil))
+        elif mask_dir is not None and run.warps is not None:  # photos of other cameras: the matte moves too
+            import cv2
+
+            matte = cv2.imread(str(mask_dir / f"{names[t]}.png"), cv2.IMREAD_UNCHANGED)
+            if matte is None:
+                raise ExportError(f"{mask_dir / f'{names[t]}.png'}: not a readable image")
+            if not cv2.imwrite(str(tmp / "fg_masks" / f"{t:05d}_00.png"), to_shared_camera(run, t, matte)):
+                raise ExportError(f"{tmp}: could not write a matte (disk full or not writable?)")
         elif mask_dir is not None:
-            shutil.copyfile(mask_dir / f"{frames[t]:06d}.png", tmp / "fg_masks" / f"{t:05d}_00.png")
+            shutil.copyfile(mask_dir / f"{names[t]}.png", tmp / "fg_masks" / f"{t:05d}_00.png")
 
     rot, transl = head_motion(run, model)
     centre = transl.mean(0)

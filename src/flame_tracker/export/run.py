@@ -1,4 +1,5 @@
-"""A finished ``flame-tracker video`` run folder, as the exporters read it."""
+"""What the exporters read: a finished ``flame-tracker video`` run folder, or a folder of
+``flame-tracker image`` results (one photo = one frame, brought to one shared camera)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,27 @@ class ExportError(ValueError):
 @dataclass
 class TrackedRun:
     """The arrays of ``tracking.npz`` over the tracked frames (with landmarks or followed by optical
-    flow; interpolated ones are left out), plus the video's metadata."""
+    flow; interpolated ones are left out), plus the video's metadata. For photo results
+    (:func:`load_image_results`) the same arrays with one row per photo, ``images`` set."""
 
     folder: Path
     arrays: dict[str, np.ndarray]  # tracking.npz, frame arrays restricted to the tracked frames
     fps: float
     model_name: str
+    images: tuple[Path, ...] = ()  # photo results: each frame's photo, as its result names it
+    # photo results: [T, 3] scale s and shift (dx, dy) taking photo pixels to the shared camera's
+    # (p' = s p + d); None when every photo already has that camera
+    warps: np.ndarray | None = None
+    photo_sizes: np.ndarray | None = None  # photo results: [T, 2] each photo's own width, height
+    photo_folder: Path | None = None  # photo results: where the photos are now (by name), if moved
+
+    @property
+    def frame_names(self) -> list[str]:
+        """Each frame's name for the user's side files (mattes): the source frame index (6 digits)
+        or the photo's file stem."""
+        if self.images:
+            return [p.stem for p in self.images]
+        return [f"{int(f):06d}" for f in self.arrays["frame"]]
 
     @property
     def n_frames(self) -> int:
@@ -42,18 +58,23 @@ class TrackedRun:
 
 
 def load_run(folder: str | Path) -> TrackedRun:
-    """Read a finished run; :class:`ExportError` for a folder that is not one."""
+    """Read a finished video run, or a folder of photo results (:func:`load_image_results`);
+    :class:`ExportError` for a folder that is neither."""
     folder = Path(folder)
     manifest, tracking = folder / "manifest.json", folder / "tracking.npz"
     if not folder.is_dir():
-        raise ExportError(f"{folder}: no such folder (give the --out folder of `flame-tracker video`)")
+        raise ExportError(f"{folder}: no such folder (give the --out folder of `flame-tracker video` or "
+                          "`flame-tracker image`)")
+    if not manifest.exists() and image_results(folder):
+        return load_image_results(folder)
     try:
         complete = json.loads(manifest.read_text()).get("complete", False)
     except (OSError, ValueError):
         complete = False
     if not complete or not tracking.is_file():
-        raise ExportError(f"{folder}: not a finished `flame-tracker video` run (no complete manifest.json and "
-                          "tracking.npz); run or resume the tracking first")
+        raise ExportError(f"{folder}: neither a finished `flame-tracker video` run (no complete manifest.json and "
+                          "tracking.npz: run or resume the tracking first) nor a folder of `flame-tracker image` "
+                          "results")
     with np.load(tracking, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     valid = arrays.get("valid")
@@ -69,6 +90,93 @@ def load_run(folder: str | Path) -> TrackedRun:
         span = times[-1] - times[0]
         fps = (frames[-1] - frames[0]) / span if span > 0 else 30.0
     return TrackedRun(folder, arrays, fps, str(arrays.get("model_name", "")))
+
+
+# ------------------------------------------------------------------ photo results
+
+#: The nominal frame rate of a photo set: photo ``t`` is frame ``t`` (animations step one photo per frame).
+PHOTO_FPS = 30.0
+
+
+def image_results(folder: Path) -> list[Path]:
+    """The ``flame-tracker image`` results in ``folder``: each ``<name>.npz`` with its ``<name>.json``."""
+    return sorted(p for p in folder.glob("*.npz") if p.with_suffix(".json").is_file())
+
+
+def load_image_results(folder: str | Path) -> TrackedRun:
+    """The photo results in ``folder`` as one run, one frame per photo (in name order). Photos of
+    other sizes or focal lengths are brought to one shared camera (:func:`shared_camera`), which
+    every format needs; :class:`ExportError` for a folder without results or with results of
+    several models."""
+    from flame_tracker.io.results import REFERENCE_KEYS
+
+    folder = Path(folder)
+    rows, images = [], []
+    for path in image_results(folder):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            source = json.loads(path.with_suffix(".json").read_text()).get("source", "")
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{path}: not a readable `flame-tracker image` result ({exc})") from exc
+        if "frame" in arrays or not all(k in arrays for k in (*REFERENCE_KEYS, "pose6", "K_px", "w2c_opencv")):
+            continue  # another npz (a video frame, a texture): not a photo result
+        rows.append(arrays)
+        images.append(Path(source) if source else path.with_suffix(".png"))
+    if not rows:
+        raise ExportError(f"{folder}: no `flame-tracker image` results (<name>.npz with <name>.json) in it")
+    models = sorted({str(r["model_name"]) for r in rows})
+    if len(models) > 1:
+        raise ExportError(f"{folder}: the results were fitted with different models ({', '.join(models)}); "
+                          "export the photos of one model at a time")
+    from flame_tracker.video.pipeline import FIXED_KEYS
+
+    arrays = {k: (v if k in FIXED_KEYS else np.concatenate([r[k] for r in rows])) for k, v in rows[0].items()
+              if k == "shape" or k in FIXED_KEYS or all(k in r for r in rows)}
+    arrays["shape"] = np.concatenate([r["shape"].reshape(1, -1) for r in rows])  # one row per photo
+    n = len(rows)
+    arrays.update(frame=np.arange(n, dtype=np.int64), time_s=np.arange(n) / PHOTO_FPS,
+                  valid=np.ones(n, bool), source=np.full(n, "landmarks"))
+    sizes = arrays["image_size"].copy()
+    warps = shared_camera(arrays)
+    return TrackedRun(folder, arrays, PHOTO_FPS, models[0], tuple(images), warps, sizes)
+
+
+def shared_camera(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Bring every photo's camera to one (in place): the median focal length, the principal point
+    at the centre of a canvas that holds every scaled photo. A pinhole camera with another focal
+    length is the same picture scaled about its principal point, so each photo ``t`` maps exactly by
+    ``p' = s_t p + d_t``; every ``*_px`` point array follows. Returns ``[T, 3]`` ``(s, dx, dy)``, or
+    None when all photos already share one camera."""
+    K = arrays["K_px"].astype(np.float64)
+    pp = arrays["principal_point_px"].astype(np.float64)
+    size = arrays["image_size"].astype(np.float64)
+    f = K[:, 1, 1]
+    if np.allclose(f, f[0], rtol=1e-5) and np.allclose(pp, pp[0], atol=1e-3) and (size == size[0]).all():
+        return None
+    s = np.median(f) / f
+    half = np.maximum(s[:, None] * pp, s[:, None] * (size - pp)).max(0)  # widest reach from the centre
+    canvas = 2 * np.ceil(half).astype(np.int64)  # even sides (video codecs need them)
+    centre = canvas / 2.0
+    d = centre - s[:, None] * pp
+    for key, v in list(arrays.items()):
+        if key.endswith("_px") and v.ndim == 3 and v.shape[-1] == 2:
+            arrays[key] = (s[:, None, None] * v + d[:, None, :]).astype(v.dtype)
+    arrays["residuals_px"] = (arrays["residuals_px"] * s[:, None]).astype(np.float32)
+    K_shared = np.array([[np.median(f), 0, centre[0]], [0, np.median(f), centre[1]], [0, 0, 1]])
+    arrays["K_px"] = np.broadcast_to(K_shared, K.shape).astype(np.float32).copy()
+    arrays["principal_point_px"] = np.broadcast_to(centre, pp.shape).astype(np.float32).copy()
+    arrays["image_size"] = np.broadcast_to(canvas, size.shape).astype(arrays["image_size"].dtype).copy()
+    return np.concatenate([s[:, None], d], 1)
+
+
+def one_identity(run: TrackedRun, fmt: str) -> None:
+    """Photo results must share one identity (``--same-person``) for a format that takes one subject."""
+    shapes = run.arrays["shape"]
+    if shapes.shape[0] > 1 and not np.allclose(shapes, shapes[:1], atol=1e-6):
+        raise ExportError(f"{run.folder}: the {shapes.shape[0]} photos were fitted one by one and have different "
+                          f"identities; {fmt} takes one person: fit them together with `flame-tracker image "
+                          "--same-person`")
 
 
 # ------------------------------------------------------------------ shared by the folder formats
@@ -120,8 +228,26 @@ def write_folder(out_dir: str | Path, fmt: str, write) -> Path:
     return out_dir
 
 
+def _photo_path(run: TrackedRun, path: Path) -> Path | None:
+    """Where photo ``path`` is now: in ``run.photo_folder`` (by name) when set, else as recorded
+    (relative to the working folder or to the results)."""
+    folder = run.photo_folder
+    candidates = [folder / path.name] if folder is not None else [path, run.folder / path, run.folder / path.name]
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def source_video(run: TrackedRun, video: str | Path | None) -> Path:
-    """The video to decode the frames from: ``video``, else the one the run recorded."""
+    """The video to decode the frames from: ``video``, else the one the run recorded. For photo
+    results: the folder of the (first) photo, each checked to be there; ``video``, when given, is
+    the folder that holds them now (remembered in ``run.photo_folder``)."""
+    if run.images:
+        if video is not None:
+            run.photo_folder = Path(video)
+        missing = [p.name for p in run.images if _photo_path(run, p) is None]
+        if missing:
+            raise ExportError(f"{len(missing)} of the {len(run.images)} photos are not there (e.g. {missing[0]}); "
+                              "pass --images FOLDER, the folder that holds them")
+        return _photo_path(run, run.images[0]).parent
     path = Path(video) if video is not None else Path(str(run.arrays.get("video_path", "")))
     if not path.is_file():
         raise ExportError(f"the run's source video {str(path)!r} is not there; pass --video PATH")
@@ -130,7 +256,11 @@ def source_video(run: TrackedRun, video: str | Path | None) -> Path:
 
 def each_frame(run: TrackedRun, video: Path):
     """``(t, frame RGB)`` for every exported frame ``t`` of the run, decoded again from ``video``;
-    :class:`ExportError` when frames are missing (not the tracked video)."""
+    :class:`ExportError` when frames are missing (not the tracked video). Photo results: each photo
+    from the folder ``video`` (see :func:`source_video`), brought to the shared camera."""
+    if run.images:
+        yield from _each_photo(run)
+        return
     from flame_tracker.video.decode import VideoReader
 
     frames = [int(f) for f in run.arrays["frame"]]
@@ -145,6 +275,35 @@ def each_frame(run: TrackedRun, video: Path):
         if seen == len(frames):
             return
     raise ExportError(f"{video}: found {seen} of the run's {len(frames)} frames; is it the tracked video?")
+
+
+def _each_photo(run: TrackedRun):
+    from flame_tracker.io.images import load_image
+
+    for t, path in enumerate(run.images):
+        found = _photo_path(run, path)
+        if found is None:
+            raise ExportError(f"{path}: the photo is not there; pass --images FOLDER, the folder that holds it")
+        image = load_image(found)
+        if (image.shape[1], image.shape[0]) != tuple(int(v) for v in run.photo_sizes[t]):
+            raise ExportError(f"{path.name}: {image.shape[1]}x{image.shape[0]} pixels, but it was fitted at "
+                              f"{int(run.photo_sizes[t][0])}x{int(run.photo_sizes[t][1])}: not the fitted photo")
+        yield t, to_shared_camera(run, t, image)
+
+
+def to_shared_camera(run: TrackedRun, t: int, image: np.ndarray) -> np.ndarray:
+    """Photo ``t`` (or a matte of it) as the shared camera sees it (:func:`shared_camera`): scaled
+    about its principal point onto the common canvas, black outside the photo."""
+    import cv2
+
+    if run.warps is None:
+        return image
+    s, dx, dy = run.warps[t]
+    # p' = s p + d in pixel-edge coordinates; OpenCV's are pixel centres (+0.5)
+    m = np.array([[s, 0, dx + 0.5 * (s - 1)], [0, s, dy + 0.5 * (s - 1)]])
+    canvas = tuple(int(v) for v in run.arrays["image_size"][0])
+    return cv2.warpAffine(image, m, canvas, flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
