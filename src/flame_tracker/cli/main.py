@@ -38,6 +38,9 @@ main.add_command(_export)
 from flame_tracker.cli.batch import batch as _batch  # noqa: E402
 
 main.add_command(_batch)
+from flame_tracker.cli.multiview import multiview as _multiview  # noqa: E402
+
+main.add_command(_multiview)
 
 
 if __name__ == "__main__":  # pragma: no cover

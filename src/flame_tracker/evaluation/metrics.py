@@ -43,14 +43,10 @@ def face_region_mask(model) -> np.ndarray:
 def align(src: np.ndarray, dst: np.ndarray, *, scale: bool = False) -> np.ndarray:
     """``src [P, 3]`` moved onto ``dst [P, 3]`` by the least-squares rotation + translation
     (+ uniform scale when ``scale``; Umeyama's method)."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    u, sig, vt = np.linalg.svd(b.T @ a)
-    d = np.sign(np.linalg.det(u @ vt))
-    corr = np.diag([1.0, 1.0, d])
-    rot = u @ corr @ vt
-    s = (sig * np.diag(corr)).sum() / (a * a).sum() if scale else 1.0
-    return s * a @ rot.T + md
+    from flame_tracker.multiview.geometry import similarity_transform
+
+    s, rot, t = similarity_transform(src, dst, scale=scale)
+    return s * src @ rot.T + t
 
 
 def mesh_distance_mm(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,

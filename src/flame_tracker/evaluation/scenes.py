@@ -291,6 +291,14 @@ def render_scene(model, spec: SceneSpec, *, supersample: int = 2, detail: float 
     """Render ``spec``: returns the RGB uint8 picture ``[H, W, 3]`` and its :class:`SceneTruth`
     (``detail``: per-vertex skin speckle, see :func:`vertex_albedo`)."""
     truth = scene_truth(model, spec)
+    return draw_scene(model, spec, truth, supersample=supersample, detail=detail), truth
+
+
+def draw_scene(model, spec: SceneSpec, truth: SceneTruth, *, supersample: int = 2, detail: float = 0.0
+               ) -> np.ndarray:
+    """The picture of ``spec``'s subject as ``truth``'s camera sees it (RGB uint8 ``[H, W, 3]``): its
+    albedo, light and background from ``spec``, its pose, mesh and camera from ``truth`` (which may
+    be any camera, e.g. one of a multi-view rig)."""
     cam = truth.vertices_cam
     f = truth.K[0, 0]
     px = cam[:, :2] / cam[:, 2:] * f + truth.K[:2, 2]
@@ -300,7 +308,7 @@ def render_scene(model, spec: SceneSpec, *, supersample: int = 2, detail: float 
     x1, y1 = np.ceil(px.max(0)).astype(int) + 2
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, spec.width), min(y1, spec.height)
     if x1 <= x0 or y1 <= y0:
-        return img, truth
+        return img
     ss = supersample if max(x1 - x0, y1 - y0) * supersample <= 2400 else 1
     vpx = np.concatenate([(px - [x0, y0]) * ss, cam[:, 2:]], 1)
     faces = model.faces.cpu()
@@ -322,7 +330,7 @@ def render_scene(model, spec: SceneSpec, *, supersample: int = 2, detail: float 
     patch = img[y0:y1, x0:x1].astype(np.float32)
     # rgb is premultiplied by coverage (black background in the render)
     img[y0:y1, x0:x1] = np.clip(rgb + patch * (1 - alpha), 0, 255).astype(np.uint8)
-    return img, truth
+    return img
 
 
 def turning_head(model, n_frames: int, *, seed: int = 11, yaw_peak: float = 90.0, size: tuple[int, int] = (640, 480),
@@ -363,5 +371,4 @@ def write_scene_video(model, specs: list[SceneSpec], path, *, fps: float = 30.0,
 
 
 __all__ = ["SceneSpec", "SceneTruth", "EXPRESSION_PRESETS", "sample_scenes", "scene_truth", "render_scene",
-           "write_scene_video",
-           "turning_head", "vertex_albedo", "sh_light", "background"]
+           "draw_scene", "write_scene_video", "turning_head", "vertex_albedo", "sh_light", "background"]

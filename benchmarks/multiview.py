@@ -1,0 +1,114 @@
+"""Multi-view accuracy on synthetic captures with known truth (issue: calibrated multi-view capture).
+
+Each subject (random identity, expressions cycling through the presets, the head turning and
+nodding) is rendered by a ring of calibrated cameras (``evaluation.multiview.synthetic_capture``),
+detected with MediaPipe in every view (nothing taken from the truth), then fitted
+
+* by ``flame-tracker multiview`` (every view, one identity, the cameras known), and
+* view by view as a monocular video (``video.track.track_landmarks``, told the true field of view):
+  the best single view (the camera whose identity came out closest to the truth) and the mean over
+  all views fitted independently.
+
+Errors: the neutral face (identity) against the truth over the face region after rigid alignment
+(mm), the head's rotation in the world (degrees), the expression (mean |w - w_true|, ICT).
+
+    python benchmarks/multiview.py [--subjects 4] [--cameras 6] [--steps 6]
+
+The last line: ``shape_mm_1view=… shape_mm_indep=… shape_mm_multiview=… rot_deg_1view=…
+rot_deg_multiview=… ratio=…`` (ratio = multi-view / best single view; target <= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def monocular(fit_model, model, lmks, iris, seen, times, cam, blendshapes, names):
+    """One camera's frames tracked as a monocular video (true FOV): (neutral shape, world rotations)."""
+    from flame_tracker.camera import to_opencv
+    from flame_tracker.video.track import TrackOptions, track_landmarks
+
+    fov = float(np.degrees(2 * np.arctan(0.5 * max(cam.width, cam.height) / cam.K[0, 0])))
+    opts = TrackOptions(image_fov=fov, n_keyframes=min(6, int(seen.sum())), flow=False)
+    fit = track_landmarks(fit_model, np.nan_to_num(lmks), seen, times, iris_px=np.nan_to_num(iris), options=opts,
+                          image_size=(cam.width, cam.height), blendshapes=blendshapes, blendshape_names=names)
+    ident = fit.identity
+    _, R, _ = to_opencv(torch.as_tensor(fit.raw["pose6"]), torch.full((len(times),), float(ident.fov),
+                                                                      dtype=torch.float64), ident.camera_crop)
+    R_world = np.einsum("ij,tjk->tik", cam.R.T, R.numpy())
+    return ident.shape, R_world, fit.expr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--subjects", type=int, default=4)
+    ap.add_argument("--cameras", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from scipy.spatial.transform import Rotation
+
+    from flame_tracker.evaluation.metrics import face_region_mask, mesh_distance_mm, rotation_error_deg
+    from flame_tracker.evaluation.multiview import synthetic_capture
+    from flame_tracker.evaluation.runs import neutral_vertices
+    from flame_tracker.model.embedding import ViewPoints
+    from flame_tracker.multiview.fit import MultiviewOptions, fit_multiview
+    from flame_tracker.multiview.pipeline import detect_views
+    from flame_tracker.tracker import Tracker
+
+    rows = []
+    with Tracker() as tracker:
+        model, fm = tracker.model, tracker.fit_model
+        views = ViewPoints(model, tracker._embedding)
+        mask = face_region_mask(model)
+        print(f"{'subject':>7} {'views seen':>10} {'mean face':>9} {'best 1 view':>11} {'all views indep.':>16} "
+              f"{'multi-view':>10} | {'rot 1 view':>10} {'rot multi':>9} | {'expr 1v':>7} {'expr mv':>7} {'fit s':>6}")
+        for k in range(args.subjects):
+            seed = args.seed + k
+            cap = synthetic_capture(model, args.cameras, args.steps, seed=seed)
+            T, C = args.steps, args.cameras
+            det = detect_views(tracker, ((t, t / 30.0, cap.images[t]) for t in range(T)), T, C)
+            truth = cap.neutral
+            t0 = time.perf_counter()
+            fit = fit_multiview(fm, cap.rig, det.lmks, det.seen, iris=det.iris, blendshapes=det.blendshapes,
+                                blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views)
+            fit_s = time.perf_counter() - t0
+            mv_shape = mesh_distance_mm(neutral_vertices(model, fit.shape), truth, mask)
+            mv_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(fit.rotvec[t]).as_matrix(), cap.rotation[t])
+                              for t in range(T) if fit.valid[t]])
+            mv_expr = float(np.abs(fit.expr - cap.expr)[fit.valid].mean())
+            singles = []
+            for c, cam in enumerate(cap.rig.cameras):
+                if det.seen[:, c].sum() < 2:
+                    continue
+                shape, R, expr = monocular(fm, model, det.lmks[:, c], det.iris[:, c], det.seen[:, c], det.times,
+                                           cam, det.blendshapes[:, c], det.names)
+                ok = det.seen[:, c]
+                singles.append((mesh_distance_mm(neutral_vertices(model, shape), truth, mask),
+                                np.mean([rotation_error_deg(R[t], cap.rotation[t]) for t in np.flatnonzero(ok)]),
+                                float(np.abs(expr - cap.expr)[ok].mean())))
+            singles = np.array(singles)
+            best = singles[np.argmin(singles[:, 0])]
+            row = dict(mean_face=mesh_distance_mm(neutral_vertices(model, np.zeros(model.n_shape)), truth, mask),
+                       shape_1view=best[0], shape_indep=singles[:, 0].mean(), shape_mv=mv_shape,
+                       rot_1view=best[1], rot_mv=mv_rot, expr_1view=best[2], expr_mv=mv_expr, fit_s=fit_s)
+            rows.append(row)
+            print(f"{seed:>7} {int(det.seen.sum()):>5}/{T * C:<4} {row['mean_face']:>9.2f} {row['shape_1view']:>11.2f} "
+                  f"{row['shape_indep']:>16.2f} {row['shape_mv']:>10.2f} | {row['rot_1view']:>10.2f} "
+                  f"{row['rot_mv']:>9.2f} | {row['expr_1view']:>7.3f} {row['expr_mv']:>7.3f} {fit_s:>6.2f}", flush=True)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    print(f"{'mean':>7} {'':>10} {mean['mean_face']:>9.2f} {mean['shape_1view']:>11.2f} {mean['shape_indep']:>16.2f} "
+          f"{mean['shape_mv']:>10.2f} | {mean['rot_1view']:>10.2f} {mean['rot_mv']:>9.2f} | "
+          f"{mean['expr_1view']:>7.3f} {mean['expr_mv']:>7.3f} {mean['fit_s']:>6.2f}")
+    print(f"shape_mm_1view={mean['shape_1view']:.3f} shape_mm_indep={mean['shape_indep']:.3f} "
+          f"shape_mm_multiview={mean['shape_mv']:.3f} rot_deg_1view={mean['rot_1view']:.3f} "
+          f"rot_deg_multiview={mean['rot_mv']:.3f} ratio={mean['shape_mv'] / mean['shape_1view']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

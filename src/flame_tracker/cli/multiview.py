@@ -1,0 +1,69 @@
+"""``flame-tracker multiview``: one head seen by several synchronised, calibrated cameras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("multiview")
+@click.argument("capture", type=click.Path(path_type=Path))
+@click.option("--cameras", "-c", required=True, type=click.Path(path_type=Path),
+              help="Calibration: cameras.json (OpenCV K, world-to-camera R, t, width, height, optional dist per "
+              "camera) or a NeRF/VHAP transforms.json (OpenGL camera-to-world).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the results (created if missing).")
+@click.option("--unit", type=click.Choice(["m", "cm", "mm"]), default="m", show_default=True,
+              help="Unit of the calibration's translations (the model is in metres).")
+@click.option("--model", "-m", default=None,
+              help="Head model: a FLAME .pkl, the ICT-FaceKit model (default), or a cached .npz.")
+@click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
+              help="MediaPipe face_landmarker.task (default: found as for `flame-tracker image`).")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Use every N-th timestep.")
+@click.option("--max-frames", default=None, type=click.IntRange(1), help="Stop after this many timesteps.")
+@click.option("--fps", default=None, type=click.FloatRange(0.001),
+              help="Frame rate of image folders: they are then smoothed over time like videos (default: "
+              "timesteps fitted each on its own).")
+@click.option("--smooth/--no-smooth", default=None,
+              help="Smooth the head pose and expression over time as for monocular video (default: for videos, "
+              "and image folders given --fps).")
+@click.option("--overlay/--no-overlay", default=True, show_default=True,
+              help="Write overlay/<t>.png: every view with the fitted mesh and landmarks.")
+@click.option("--meshes/--no-meshes", default=True, show_default=True,
+              help="Write meshes/<t>.obj: the fitted head in world coordinates.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def multiview(capture: Path, cameras: Path, out_dir: Path, unit: str, model: str | None, landmarker: str | None,
+              every: int, max_frames: int | None, fps: float | None, smooth: bool | None, overlay: bool, meshes: bool,
+              quiet: bool) -> None:
+    """Fit one head per timestep and one identity to CAPTURE, a folder with one sub-folder of images
+    (CAPTURE/cam_00/000000.png ...) or one video (CAPTURE/cam_00.mp4) per camera of the calibration,
+    synchronised by frame index. The cameras are fixed and known; every view that sees the face
+    contributes the landmarks it sees. Writes into --out: frames/<t>.npz and tracking.npz (head pose
+    in world coordinates, per-camera K and model-to-camera matrices, landmarks), meshes/, overlay/,
+    cameras.json, summary.json.
+    """
+    import warnings
+
+    from flame_tracker.multiview.cameras import MultiviewError
+    from flame_tracker.multiview.fit import MultiviewOptions
+    from flame_tracker.multiview.pipeline import track_multiview
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            summary = track_multiview(capture, cameras, out_dir, model=model, unit=unit, every=every,
+                                      max_frames=max_frames, fps=fps, smooth=smooth,
+                                      options=MultiviewOptions(smooth=bool(smooth)), overlay=overlay, meshes=meshes,
+                                      progress=not quiet, landmarker=landmarker)
+        except MultiviewError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    for w in caught:
+        if w.category is UserWarning:
+            click.echo(f"warning: {w.message}", err=True)
+    click.echo(f"calibration: {summary['calibration']}")
+    errs = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in summary["reproj_px_per_camera"].items())
+    click.echo(f"{summary['timesteps_with_face']}/{summary['n_timesteps']} timesteps fitted from "
+               f"{summary['n_cameras']} cameras (mean 68-point error px: {errs}) -> {out_dir}")
