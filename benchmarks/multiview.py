@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--cameras", type=int, default=6)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--points", choices=["68", "dense"], default="68",
+                    help="the detector points the multi-view fit uses (68 iBUG, or MediaPipe's 468-point mesh)")
     args = ap.parse_args()
 
     from scipy.spatial.transform import Rotation
@@ -57,14 +59,21 @@ def main() -> None:
     from flame_tracker.evaluation.multiview import synthetic_capture
     from flame_tracker.evaluation.runs import neutral_vertices
     from flame_tracker.model.embedding import ViewPoints
-    from flame_tracker.multiview.fit import MultiviewOptions, fit_multiview
+    from flame_tracker.multiview.fit import MultiviewOptions, PointSet, fit_multiview
     from flame_tracker.multiview.pipeline import detect_views
     from flame_tracker.tracker import Tracker
 
     rows = []
     with Tracker() as tracker:
         model, fm = tracker.model, tracker.fit_model
-        views = ViewPoints(model, tracker._embedding)
+        emb = tracker._embedding
+        if args.points == "dense":
+            from flame_tracker.model.embedding import DENSE, with_landmarks
+
+            mv_model, views, pset = with_landmarks(model, emb, DENSE), ViewPoints(model, emb, DENSE), None
+            pset = PointSet.dense(emb, MultiviewOptions())
+        else:
+            mv_model, views, pset = fm, ViewPoints(model, emb), None
         mask = face_region_mask(model)
         print(f"{'subject':>7} {'views seen':>10} {'mean face':>9} {'best 1 view':>11} {'all views indep.':>16} "
               f"{'multi-view':>10} | {'rot 1 view':>10} {'rot multi':>9} | {'expr 1v':>7} {'expr mv':>7} {'fit s':>6}")
@@ -75,8 +84,10 @@ def main() -> None:
             det = detect_views(tracker, ((t, t / 30.0, cap.images[t]) for t in range(T)), T, C)
             truth = cap.neutral
             t0 = time.perf_counter()
-            fit = fit_multiview(fm, cap.rig, det.lmks, det.seen, iris=det.iris, blendshapes=det.blendshapes,
-                                blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views)
+            pts = det.dense if args.points == "dense" else det.lmks
+            fit = fit_multiview(mv_model, cap.rig, pts, det.seen, iris=det.iris, blendshapes=det.blendshapes,
+                                blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views,
+                                points=pset)
             fit_s = time.perf_counter() - t0
             mv_shape = mesh_distance_mm(neutral_vertices(model, fit.shape), truth, mask)
             mv_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(fit.rotvec[t]).as_matrix(), cap.rotation[t])

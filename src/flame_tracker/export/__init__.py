@@ -26,6 +26,10 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / f"export-{fmt}"
+    from flame_tracker.export.multiview import is_multiview_run
+
+    if is_multiview_run(run_dir):
+        return [_export_multiview(run_dir, fmt, out_dir, model, video, masks)]
     tracked = load_run(run_dir)
     if fmt != "arkit-csv" and tracked.images:
         one_identity(tracked, fmt)
@@ -63,6 +67,23 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     from flame_tracker.export.gaussian_avatars import export_gaussian_avatars
 
     return [export_gaussian_avatars(tracked, model, out_dir, video, masks)]
+
+
+def _export_multiview(run_dir, fmt: str, out_dir: Path, model, capture, masks) -> Path:
+    """A ``flame-tracker multiview`` run: GaussianAvatars' multi-camera layout."""
+    from flame_tracker.export.multiview import export_multiview_gaussian_avatars, load_multiview_run
+    from flame_tracker.model import HeadModel, load_model
+
+    if fmt != "gaussian-avatars":
+        raise ExportError(f"a multi-view run exports as gaussian-avatars (every camera); {fmt} takes one camera")
+    run = load_multiview_run(run_dir)
+    if not isinstance(model, HeadModel):
+        try:
+            counts = {"n_shape": int(run.arrays["shape"].shape[-1]), "n_expr": int(run.arrays["exp"].shape[-1])}
+            model = load_model(model, **counts)
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"cannot load the head model: {exc}") from exc
+    return export_multiview_gaussian_avatars(run, model, out_dir, capture, masks)
 
 
 __all__ = ["FORMATS", "ExportError", "TrackedRun", "export_run", "load_run"]

@@ -142,30 +142,51 @@ def load_image_results(folder: str | Path) -> TrackedRun:
     return TrackedRun(folder, arrays, PHOTO_FPS, models[0], tuple(images), warps, sizes)
 
 
+def common_camera(K: np.ndarray, pp: np.ndarray, size: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One pinhole camera for pictures of cameras ``K [N, 3, 3]`` with principal points ``pp [N, 2]``
+    and sizes ``size [N, 2]``: the median focal length, the principal point at the centre of a
+    canvas that holds every scaled picture. A camera with another focal length sees the same
+    picture scaled about its principal point, so picture ``n`` maps exactly by ``p' = s_n p + d_n``.
+    Returns ``(s [N], d [N, 2], canvas (W, H) [2], K_shared [3, 3])``."""
+    f = K[:, 1, 1].astype(np.float64)
+    fs = float(np.median(f))
+    s = fs / f
+    pp, size = pp.astype(np.float64), size.astype(np.float64)
+    half = np.maximum(s[:, None] * pp, s[:, None] * (size - pp)).max(0)  # widest reach from the centre
+    canvas = 2 * np.ceil(half - 1e-6).astype(np.int64)  # even sides (video codecs need them)
+    centre = canvas / 2.0
+    return s, centre - s[:, None] * pp, canvas, np.array([[fs, 0, centre[0]], [0, fs, centre[1]], [0, 0, 1.0]])
+
+
+def warp_picture(image: np.ndarray, s: float, d: np.ndarray, canvas) -> np.ndarray:
+    """``image`` moved by ``p' = s p + d`` onto a ``canvas (W, H)`` picture, black outside it."""
+    import cv2
+
+    # p' = s p + d in pixel-edge coordinates; OpenCV's are pixel centres (+0.5)
+    m = np.array([[s, 0, d[0] + 0.5 * (s - 1)], [0, s, d[1] + 0.5 * (s - 1)]])
+    return cv2.warpAffine(image, m, (int(canvas[0]), int(canvas[1])),
+                          flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+
+
 def shared_camera(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Bring every photo's camera to one (in place): the median focal length, the principal point
-    at the centre of a canvas that holds every scaled photo. A pinhole camera with another focal
-    length is the same picture scaled about its principal point, so each photo ``t`` maps exactly by
-    ``p' = s_t p + d_t``; every ``*_px`` point array follows. Returns ``[T, 3]`` ``(s, dx, dy)``, or
-    None when all photos already share one camera."""
+    """Bring every photo's camera to one, in place (:func:`common_camera`); every ``*_px`` point
+    array follows. Returns ``[T, 3]`` ``(s, dx, dy)``, or None when all photos already share one
+    camera."""
     K = arrays["K_px"].astype(np.float64)
     pp = arrays["principal_point_px"].astype(np.float64)
     size = arrays["image_size"].astype(np.float64)
     f = K[:, 1, 1]
     if np.allclose(f, f[0], rtol=1e-5) and np.allclose(pp, pp[0], atol=1e-3) and (size == size[0]).all():
         return None
-    s = np.median(f) / f
-    half = np.maximum(s[:, None] * pp, s[:, None] * (size - pp)).max(0)  # widest reach from the centre
-    canvas = 2 * np.ceil(half).astype(np.int64)  # even sides (video codecs need them)
-    centre = canvas / 2.0
-    d = centre - s[:, None] * pp
+    s, d, canvas, K_shared = common_camera(K, pp, size)
     for key, v in list(arrays.items()):
         if key.endswith("_px") and v.ndim == 3 and v.shape[-1] == 2:
             arrays[key] = (s[:, None, None] * v + d[:, None, :]).astype(v.dtype)
     arrays["residuals_px"] = (arrays["residuals_px"] * s[:, None]).astype(np.float32)
-    K_shared = np.array([[np.median(f), 0, centre[0]], [0, np.median(f), centre[1]], [0, 0, 1]])
     arrays["K_px"] = np.broadcast_to(K_shared, K.shape).astype(np.float32).copy()
-    arrays["principal_point_px"] = np.broadcast_to(centre, pp.shape).astype(np.float32).copy()
+    arrays["principal_point_px"] = np.broadcast_to(K_shared[:2, 2], pp.shape).astype(np.float32).copy()
     arrays["image_size"] = np.broadcast_to(canvas, size.shape).astype(arrays["image_size"].dtype).copy()
     return np.concatenate([s[:, None], d], 1)
 
@@ -294,16 +315,9 @@ def _each_photo(run: TrackedRun):
 def to_shared_camera(run: TrackedRun, t: int, image: np.ndarray) -> np.ndarray:
     """Photo ``t`` (or a matte of it) as the shared camera sees it (:func:`shared_camera`): scaled
     about its principal point onto the common canvas, black outside the photo."""
-    import cv2
-
     if run.warps is None:
         return image
-    s, dx, dy = run.warps[t]
-    # p' = s p + d in pixel-edge coordinates; OpenCV's are pixel centres (+0.5)
-    m = np.array([[s, 0, dx + 0.5 * (s - 1)], [0, s, dy + 0.5 * (s - 1)]])
-    canvas = tuple(int(v) for v in run.arrays["image_size"][0])
-    return cv2.warpAffine(image, m, canvas, flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warp_picture(image, float(run.warps[t, 0]), run.warps[t, 1:], run.arrays["image_size"][0])
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

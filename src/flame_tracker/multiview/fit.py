@@ -46,19 +46,57 @@ class MultiviewOptions:
     w_lmk: float = 500.0
     w_iris: float = 500.0
     w_contour: float = 100.0  # the visible jawline (the identity's face width)
-    w_shape: float = 0.1
+    # identity prior: stronger than one photo's 0.1 (measured on synthetic captures: the views' detector
+    # biases, not a lack of data, limit the shape; 0.5 gave 1.5/2.4 mm where 0.1 gave 1.9/2.8)
+    w_shape: float = 0.5
     w_exp: float | None = None  # None: the model's stage-2 prior (fitting.stage2.expression_priors)
     w_exp_l1: float | None = None
     w_eyes: float = 1.0
     w_jaw: float = 1.0
     fit_shape: bool = True
-    blendshape_prior: bool = True  # centre bounded expressions on MediaPipe's scores
+    # centre bounded expressions on MediaPipe's scores: off, as several views pin the expression
+    # down better than the scores do (mean |w - w_true| 0.04 without, 0.07 with, synthetic captures)
+    blendshape_prior: bool = False
     iters: int = 40
     delta: float = 2e-3  # smoothing of the L1 loss (units of half a face box)
     facing_min: float = 0.2  # cosine: a point counts in a view when its surface faces the camera this much
     view_power: float = 2.0  # a view's weight: (cosine of the face's angle to it) ** view_power
     view_points: str = "all"  # with a view table: move "all" 68 points or the "contour" only
     smooth: bool = True  # whole-sequence smoothing (as monocular video)
+
+
+@dataclass
+class PointSet:
+    """The detector points a fit uses (before the iris): per-point data weights, which ones are the
+    face outline (the detector slides them), the nose tip (a view's angle) and the points that place
+    the head at first (triangulation / PnP)."""
+
+    weights: np.ndarray  # [P]
+    contour: np.ndarray  # [P] bool
+    nose: int
+    anchors: np.ndarray  # indices
+
+    @classmethod
+    def ibug68(cls, opts: MultiviewOptions) -> PointSet:
+        """The 68 iBUG points: the reference's ``w_lmk`` mean over the inner 51, ``w_contour`` over the jawline."""
+        w = np.zeros(68)
+        w[INNER] = opts.w_lmk / 51
+        w[CONTOUR] = opts.w_contour / 17
+        contour = np.zeros(68, bool)
+        contour[CONTOUR] = True
+        return cls(w, contour, 30, np.arange(17, 68))
+
+    @classmethod
+    def dense(cls, emb, opts: MultiviewOptions) -> PointSet:
+        """MediaPipe's 468-point mesh, weighted by how consistently the detector places each point
+        (:func:`flame_tracker.fitting.views.dense_weights`: the same totals as the 68 points)."""
+        from flame_tracker.detection.layout import FACE_OVAL
+        from flame_tracker.fitting.views import dense_weights
+
+        w = dense_weights(emb, opts.w_lmk, opts.w_contour).double().numpy()
+        contour = np.zeros(len(w), bool)
+        contour[np.asarray(FACE_OVAL)] = True
+        return cls(w, contour, 1, np.flatnonzero(~contour))
 
 
 @dataclass
@@ -293,7 +331,8 @@ def _facing(model, x: np.ndarray, shape: np.ndarray, rig: Rig, n_pts: int) -> np
         out = model.landmarks(shape=torch.as_tensor(shape, dtype=model.dtype)[None])
         pts = out.landmarks[0] if n_pts == out.landmarks.shape[1] else torch.cat([out.landmarks, out.iris], 1)[0]
     pts = pts.double().cpu().numpy()
-    centre = pts[:68].mean(0) - np.array([0.0, 0.0, 0.07])
+    n_lmk = out.landmarks.shape[1]
+    centre = pts[:n_lmk].mean(0) - np.array([0.0, 0.0, 0.07])
     normal = pts - centre
     normal /= np.linalg.norm(normal, axis=1, keepdims=True)
     from scipy.spatial.transform import Rotation
@@ -308,9 +347,10 @@ def _facing(model, x: np.ndarray, shape: np.ndarray, rig: Rig, n_pts: int) -> np
 
 
 def view_offsets(views, model, x: np.ndarray, shape: np.ndarray, lay: _Layout, rig: Rig, n_pts: int,
-                 contour_only: bool = False) -> np.ndarray:
-    """``[T, C, K, 3]``: per timestep and view, the model-space move from the static 68 points to
-    the view table's points at that view's yaw (the detector's convention there; iris: none)."""
+                 contour: np.ndarray | None = None) -> np.ndarray:
+    """``[T, C, K, 3]``: per timestep and view, the model-space move from the static points to the
+    view table's points at that view's yaw (the detector's convention there; iris: none); with
+    ``contour`` (a mask) only those points move."""
     from flame_tracker.model.embedding import view_yaw_deg
 
     T, C = len(x), len(rig)
@@ -320,7 +360,7 @@ def view_offsets(views, model, x: np.ndarray, shape: np.ndarray, lay: _Layout, r
     if lay.jaw:
         params["jaw_pose"] = torch.as_tensor(x[:, lay.j], dtype=dt)
     with torch.no_grad():
-        static, _ = views(params, None)  # [T, 68, 3]
+        static, _ = views(params, None)  # [T, P, 3]
         from scipy.spatial.transform import Rotation
 
         R_h = Rotation.from_rotvec(x[:, :3]).as_matrix()
@@ -331,10 +371,11 @@ def view_offsets(views, model, x: np.ndarray, shape: np.ndarray, lay: _Layout, r
         yaw = view_yaw_deg(torch.as_tensor(rot_cv), torch.as_tensor(centre_cv))  # [T, C]
         rep = {k: v.repeat_interleave(C, 0) for k, v in params.items()}
         st, viewed = views(rep, yaw.reshape(-1).to(dt))
+    n = st.shape[1]
     off = np.zeros((T, C, n_pts, 3))
-    off[:, :, :68] = (viewed - st).double().numpy().reshape(T, C, 68, 3)
-    if contour_only:
-        off[:, :, 17:] = 0.0
+    off[:, :, :n] = (viewed - st).double().numpy().reshape(T, C, n, 3)
+    if contour is not None:
+        off[:, :, :n][:, :, ~contour] = 0.0
     return off
 
 
@@ -345,33 +386,36 @@ def _mean_points(model, n_pts: int) -> np.ndarray:
     return pts.double().cpu().numpy()
 
 
-def initial_poses(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per timestep ``[T, 6]`` (rotvec, translation) from the triangulated landmarks (PnP with one
-    view), whether it could be placed ``[T]``, and the median triangulated-to-model scale."""
+def initial_poses(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, anchors: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per timestep ``[T, 6]`` (rotvec, translation) from the triangulated ``anchors`` points of
+    ``lmks [T, C, P, 2]`` (PnP with one view), whether it could be placed ``[T]``, and the median
+    triangulated-to-model scale."""
     import cv2
     from scipy.spatial.transform import Rotation
 
     T, C = seen.shape
-    mean68 = _mean_points(model, 68)[:68]
+    anchors = np.arange(17, 68) if anchors is None else anchors
+    mean_pts = _mean_points(model, lmks.shape[2])[anchors]
     P = np.stack([c.P for c in rig.cameras])
     out, ok, scales = np.zeros((T, 6)), np.zeros(T, bool), []
     for t in range(T):
         views = np.flatnonzero(seen[t])
         if len(views) >= 2:
-            X = triangulate(lmks[t, views][:, INNER], P[views])
+            X = triangulate(lmks[t, views][:, anchors], P[views])
             good = np.isfinite(X).all(1)
             if good.sum() >= 6:
-                s, R, u = similarity_transform(mean68[INNER][good], X[good])
+                s, R, u = similarity_transform(mean_pts[good], X[good])
                 scales.append(s)
                 # the rigid part with the model's own size: centroids matched
-                u = X[good].mean(0) - R @ mean68[INNER][good].mean(0)
+                u = X[good].mean(0) - R @ mean_pts[good].mean(0)
                 out[t] = np.concatenate([Rotation.from_matrix(R).as_rotvec(), u])
                 ok[t] = True
                 continue
         if len(views) >= 1:
             c = views[0]
             cam = rig.cameras[c]
-            good, rvec, tvec = cv2.solvePnP(mean68[INNER], np.ascontiguousarray(lmks[t, c, INNER] - 0.5), cam.K, None,
+            good, rvec, tvec = cv2.solvePnP(mean_pts, np.ascontiguousarray(lmks[t, c, anchors] - 0.5), cam.K, None,
                                             flags=cv2.SOLVEPNP_ITERATIVE)
             if good:
                 Rm = cv2.Rodrigues(rvec)[0]
@@ -398,9 +442,11 @@ def scale_note(ratio: float, unit: str) -> str | None:
 def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: np.ndarray | None = None,
                   times: np.ndarray | None = None, blendshapes: np.ndarray | None = None,
                   blendshape_names: tuple[str, ...] = (), options: MultiviewOptions | None = None,
-                  views=None) -> MultiviewFit:
-    """Fit one head per timestep and one identity to ``lmks [T, C, 68, 2]`` (pixels as each camera
-    recorded them; undistorted here) seen in ``seen [T, C]``; ``iris [T, C, 10, 2]`` optional;
+                  views=None, points: PointSet | None = None) -> MultiviewFit:
+    """Fit one head per timestep and one identity to ``lmks [T, C, P, 2]`` (pixels as each camera
+    recorded them; undistorted here) seen in ``seen [T, C]``: the 68 iBUG points, or with ``points``
+    (:meth:`PointSet.dense`) and a model whose landmarks are that set, MediaPipe's dense mesh;
+    ``iris [T, C, 10, 2]`` optional;
     ``blendshapes [T, C, 52]`` MediaPipe's scores (a prior for bounded models); ``views``: a
     :class:`~flame_tracker.model.embedding.ViewPoints` of the detector's view table, to fit each
     view's points where the detector puts them at that view's angle."""
@@ -422,7 +468,8 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     else:
         targets = und
     K = targets.shape[2]
-    init, placed, ratio = initial_poses(model, rig, und, seen)
+    pset = points or PointSet.ibug68(opts)
+    init, placed, ratio = initial_poses(model, rig, und, seen, pset.anchors)
     notes = [n for n in [scale_note(ratio, rig.unit)] if n]
     valid = placed
     rows = np.flatnonzero(valid)
@@ -432,11 +479,11 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     filled = np.where(seen[..., None, None], und, 0.0)
     half = np.where(seen, 0.5 * np.ptp(filled, axis=2).max(-1), 1.0)
     # data weights: inner points, iris, contour; gated by detection and by facing the camera
+    n_pts = und.shape[2]
     base = np.zeros(K)
-    base[INNER] = opts.w_lmk / 51
-    base[CONTOUR] = opts.w_contour / 17
+    base[:n_pts] = pset.weights
     if use_iris:
-        base[68:] = opts.w_iris / 10
+        base[n_pts:] = opts.w_iris / 10
     finite = np.isfinite(targets).all(-1)
     lay = _Layout(model)
     priors = expression_priors(model)
@@ -465,17 +512,17 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     for _round in range(2):  # visibility from the current pose, then the fit; twice (poses move)
         facing = _facing(m64, x.numpy() if _round else x0[rows], s_t.numpy(), rig, K)
         thr = np.full(K, opts.facing_min)
-        thr[CONTOUR] = max(opts.facing_min, 0.35)  # the far jawline goes first (the detector slides it)
+        thr[:n_pts][pset.contour] = max(opts.facing_min, 0.35)  # the far outline goes first (the detector slides it)
         used = seen[rows][..., None] & finite[rows] & (facing > thr)
         # the detector is most reliable seen from the front: a view's weight follows how squarely
         # the face (nose tip) faces it
-        view = np.clip(facing[..., 30:31], 0.0, 1.0) ** opts.view_power
+        view = np.clip(facing[..., pset.nose:pset.nose + 1], 0.0, 1.0) ** opts.view_power
         weights = base[None, None] * used * view
         prob = _Problem(m64, rig, targets[rows], weights, half[rows], expr_mean[rows], opts, priors)
         if views is not None:
             xr = x.numpy() if _round else x0[rows]
             prob.off = torch.as_tensor(view_offsets(views, m64, xr, s_t.numpy(), lay, rig, K,
-                                                    opts.view_points == "contour"))
+                                                    pset.contour if opts.view_points == "contour" else None))
         x, s_t, it, hist = _solve(prob, x, s_t, torch.arange(len(rows)), opts)
         history += hist
         iterations += it
@@ -506,4 +553,4 @@ def smooth(fit: MultiviewFit, times: np.ndarray) -> MultiviewFit:
                    jaw_pose=sm["jaw_pose"], eye_pose=sm["eye_pose"])
 
 
-__all__ = ["MultiviewOptions", "MultiviewFit", "fit_multiview", "initial_poses", "scale_note", "smooth"]
+__all__ = ["MultiviewOptions", "MultiviewFit", "PointSet", "fit_multiview", "initial_poses", "scale_note", "smooth"]

@@ -46,6 +46,7 @@ class Detections:
     blendshapes: np.ndarray  # [T, C, 52]
     names: tuple[str, ...]
     times: np.ndarray  # [T]
+    dense: np.ndarray  # [T, C, 468, 2] MediaPipe's mesh points (NaN: no face)
 
     def save(self, path: Path, key: str) -> None:
         from flame_tracker.io.results import save_npz
@@ -63,7 +64,7 @@ class Detections:
                 if str(z["key"]) != key:
                     return None
                 return cls(z["lmks"], z["iris"], z["seen"], z["blendshapes"], tuple(str(n) for n in z["names"]),
-                           z["times"])
+                           z["times"], z["dense"])
         except (OSError, ValueError, KeyError):
             return None
 
@@ -80,6 +81,7 @@ def detect_views(tracker, frames, T: int, C: int, *, progress: bool = False) -> 
 
     lmks, iris = np.full((T, C, 68, 2), np.nan), np.full((T, C, 10, 2), np.nan)
     seen, scores, times = np.zeros((T, C), bool), np.zeros((T, C, 52), np.float32), np.zeros(T)
+    dense = np.full((T, C, 468, 2), np.nan, np.float32)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -92,13 +94,14 @@ def detect_views(tracker, frames, T: int, C: int, *, progress: bool = False) -> 
             det = tracker.face.pick(found) if found else None
             if det is not None:
                 lmks[t, c], iris[t, c], seen[t, c] = det.lmks68, det.iris, True
+                dense[t, c] = det.points478[:468, :2]
                 if len(det.blendshapes) == 52:
                     scores[t, c] = det.blendshapes
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return Detections(lmks, iris, seen, scores, tuple(BLENDSHAPE_NAMES), times)
+    return Detections(lmks, iris, seen, scores, tuple(BLENDSHAPE_NAMES), times, dense)
 
 
 def _flame_transl(model, shape: np.ndarray, expr: np.ndarray, R: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -263,7 +266,8 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     reproj = arrays["reproj_px"]
     summary = {
         "capture": str(capture_dir), "cameras": str(cameras), "calibration": rig.convention, "unit": unit,
-        "kind": capture.kind, "n_timesteps": capture.n_frames, "n_cameras": len(rig),
+        "kind": capture.kind, "n_timesteps": capture.n_frames, "n_cameras": len(rig), "every": every,
+        "max_frames": max_frames, "fps": fps,
         "model": str(getattr(tracker.model, "name", "")), "options": asdict(opts),
         "timesteps_with_face": int(fit.valid.sum()),
         "views_seen": {c.name: int(det.seen[:, i].sum()) for i, c in enumerate(rig.cameras)},
