@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _readers import gaussian_avatars_landmarks
 from click.testing import CliRunner
 
 from flame_tracker.cli.main import main
@@ -179,23 +180,7 @@ def _gaussian_avatars_worst_px(ga: Path, model, fit_lmks_px: np.ndarray) -> floa
     worst = 0.0
     for fr in tf["frames"]:
         assert (ga / fr["file_path"]).is_file()
-        # GaussianAvatars: OpenGL camera-to-world -> OpenCV, world-to-camera; FoV from camera_angle_x
-        c2w = np.array(fr["transform_matrix"])
-        c2w[:3, 1:3] *= -1
-        w2c = np.linalg.inv(c2w)
-        w, h = fr["w"], fr["h"]
-        focal = w / (2 * np.tan(tf["camera_angle_x"] / 2))
-        p = np.load(ga / fr["flame_param_path"])
-        assert p["shape"].shape == (300,) and p["expr"].shape == (1, 100) and p["eyes_pose"].shape == (1, 6)
-        assert p["static_offset"].shape == (1, 5023, 3)  # GaussianAvatars reads it from the first frame
-        with torch.no_grad():
-            lmk = model.landmarks(shape=torch.as_tensor(p["shape"][: model.n_shape])[None],
-                                  expr=torch.as_tensor(p["expr"][:, : model.n_expr]),
-                                  head_pose=torch.as_tensor(p["rotation"]), neck_pose=torch.as_tensor(p["neck_pose"]),
-                                  jaw_pose=torch.as_tensor(p["jaw_pose"]),
-                                  eye_pose=torch.as_tensor(p["eyes_pose"])).landmarks[0].double().numpy()
-        x = (lmk + p["translation"][0]) @ w2c[:3, :3].T + w2c[:3, 3]
-        px = np.stack([w / 2 + focal * x[:, 0] / x[:, 2], h / 2 + focal * x[:, 1] / x[:, 2]], 1)
+        px = gaussian_avatars_landmarks(ga, fr, tf["camera_angle_x"], model)
         worst = max(worst, float(np.abs(px - fit_lmks_px[fr["timestep_index"]]).max()))
     return worst
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _readers import gaussian_avatars_landmarks
 from click.testing import CliRunner
 
 from flame_tracker.cli.main import main
@@ -251,23 +252,11 @@ def test_multiview_run_exports_every_camera_for_gaussian_avatars(capture, tmp_pa
     val = json.loads((ga / "transforms_val.json").read_text())["frames"]
     test = json.loads((ga / "transforms_test.json").read_text())["frames"]
     assert len(train) + len(val) + len(test) == 15 and {e["camera_index"] for e in val} == {2}
-    focal = tf["w"] / (2 * np.tan(tf["camera_angle_x"] / 2))  # GaussianAvatars: one FoV for all cameras
     worst = 0.0
     for fr in tf["frames"]:
         img = (ga / fr["file_path"]).read_bytes()
         assert len(img) > 0 and (ga / fr["fg_mask_path"]).is_file()
-        c2w = np.array(fr["transform_matrix"])
-        c2w[:3, 1:3] *= -1
-        w2c = np.linalg.inv(c2w)
-        p = np.load(ga / fr["flame_param_path"])
-        with torch.no_grad():
-            lmk = model.landmarks(shape=torch.as_tensor(p["shape"][: model.n_shape])[None],
-                                  expr=torch.as_tensor(p["expr"][:, : model.n_expr]),
-                                  head_pose=torch.as_tensor(p["rotation"]), neck_pose=torch.as_tensor(p["neck_pose"]),
-                                  jaw_pose=torch.as_tensor(p["jaw_pose"]),
-                                  eye_pose=torch.as_tensor(p["eyes_pose"])).landmarks[0].double().numpy()
-        x = (lmk + p["translation"][0]) @ w2c[:3, :3].T + w2c[:3, 3]
-        px = np.stack([fr["w"] / 2 + focal * x[:, 0] / x[:, 2], fr["h"] / 2 + focal * x[:, 1] / x[:, 2]], 1)
+        px = gaussian_avatars_landmarks(ga, fr, tf["camera_angle_x"], model)
         ti, c = fr["timestep_index_original"], fr["camera_index"]
         want = s[c] * t["fit_lmks_68_px"][ti, c] + d[c]
         worst = max(worst, float(np.abs(px - want).max()))

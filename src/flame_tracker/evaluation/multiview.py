@@ -67,13 +67,13 @@ def look_at(position: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def camera_ring(n: int, *, arc_deg: float = 150.0, distance: float = 0.9, size: tuple[int, int] = (640, 640),
-                fov_deg: float = 30.0, seed: int = 0) -> Rig:
+                fov_deg: float = 30.0, pitch_deg: float = 12.0, seed: int = 0) -> Rig:
     """``n`` cameras spread over ``arc_deg`` of yaw in front of the origin at ``distance`` metres,
-    at slightly different heights, focal lengths and distances."""
+    at different heights (up to ``pitch_deg`` above or below), focal lengths and distances."""
     r = np.random.default_rng(seed)
     cams = []
     for i, yaw in enumerate(np.linspace(-arc_deg / 2, arc_deg / 2, n)):
-        pitch = r.uniform(-12, 12)
+        pitch = r.uniform(-pitch_deg, pitch_deg)
         d = distance * r.uniform(0.9, 1.1)
         y, p = np.radians(yaw), np.radians(pitch)
         pos = d * np.array([np.sin(y) * np.cos(p), np.sin(p), np.cos(y) * np.cos(p)])
@@ -85,14 +85,15 @@ def camera_ring(n: int, *, arc_deg: float = 150.0, distance: float = 0.9, size: 
 
 
 def synthetic_capture(model, n_cams: int = 6, n_steps: int = 6, *, seed: int = 0, arc_deg: float = 150.0,
-                      size: tuple[int, int] = (640, 640), fov_deg: float = 30.0, head_yaw_deg: float = 20.0
-                      ) -> SyntheticCapture:
+                      size: tuple[int, int] = (640, 640), fov_deg: float = 30.0, head_yaw_deg: float = 20.0,
+                      head_pitch_deg: float = 8.0, camera_pitch_deg: float = 12.0) -> SyntheticCapture:
     """Render a seeded capture: a random identity (shape ~ N(0, 1)), expressions cycling through the
-    presets, the head turning up to ``head_yaw_deg`` and nodding, seen by :func:`camera_ring`."""
+    presets, the head turning up to ``head_yaw_deg`` and nodding up to ``head_pitch_deg``, seen by
+    :func:`camera_ring` (``camera_pitch_deg``)."""
     from flame_tracker.camera.reference import euler_to_matrix
     from flame_tracker.evaluation.scenes import SceneTruth, draw_scene, sample_scenes
 
-    rig = camera_ring(n_cams, arc_deg=arc_deg, size=size, fov_deg=fov_deg, seed=seed)
+    rig = camera_ring(n_cams, arc_deg=arc_deg, size=size, fov_deg=fov_deg, pitch_deg=camera_pitch_deg, seed=seed)
     specs = sample_scenes(model, n_steps, seed, yaw_max=1.0, pitch_max=0.0, roll_max=0.0, sizes=(size[0], size[0]))
     base = specs[0]
     dt = model.dtype
@@ -105,7 +106,7 @@ def synthetic_capture(model, n_cams: int = 6, n_steps: int = 6, *, seed: int = 0
     phase = np.linspace(0, 2 * np.pi, n_steps, endpoint=False)
     light_world = np.array([0.3, 0.5, 0.8]) / np.linalg.norm([0.3, 0.5, 0.8])
     for t in range(n_steps):
-        euler = np.array([head_yaw_deg * np.sin(phase[t]), 8.0 * np.sin(2 * phase[t]), r.uniform(-5, 5)])
+        euler = np.array([head_yaw_deg * np.sin(phase[t]), head_pitch_deg * np.sin(2 * phase[t]), r.uniform(-5, 5)])
         R_h = euler_to_matrix(torch.as_tensor(np.radians(euler))[None])[0].numpy()
         u = -R_h @ centre + r.normal(0, 0.01, 3)
         expr = specs[t].expr  # the presets cycle over the timesteps

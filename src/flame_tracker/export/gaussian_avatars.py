@@ -124,21 +124,7 @@ def _write(run: TrackedRun, model, video: Path, tmp: Path, with_masks: bool = Fa
     rot, transl = head_motion(run, model)
     centre = transl.mean(0)
     transl = transl - centre
-    shape = pad(a["shape"][:1], N_SHAPE)[0]
-    expr = pad(a["exp"], N_EXPR)
-    # GaussianAvatars reads static_offset from the first frame's file unless told not to (zero: the
-    # fitted shape is all the identity there is; it pads the 120 teeth vertices itself)
-    offset = np.zeros((1, model.n_verts, 3), np.float32)
-    for t in range(len(frames)):
-        np.savez(tmp / "flame_param" / f"{t:05d}.npz", translation=transl[t : t + 1].astype(np.float32),
-                 rotation=rot[t : t + 1].astype(np.float32), neck_pose=a["neck_pose"][t : t + 1].astype(np.float32),
-                 jaw_pose=a["jaw_pose"][t : t + 1].astype(np.float32),
-                 eyes_pose=a["eye_pose"][t : t + 1].astype(np.float32), shape=shape, expr=expr[t : t + 1],
-                 static_offset=offset)
-    zeros3 = np.zeros((1, 3), np.float32)
-    np.savez(tmp / "canonical_flame_param.npz", translation=zeros3, rotation=zeros3, neck_pose=zeros3,
-             jaw_pose=np.array([[0.3, 0.0, 0.0]], np.float32), eyes_pose=np.zeros((1, 6), np.float32),
-             shape=shape, expr=np.zeros((1, N_EXPR), np.float32), static_offset=offset)
+    write_flame_params(tmp, model, a["shape"][:1], a["exp"], rot, transl, a["neck_pose"], a["jaw_pose"], a["eye_pose"])
 
     w, h = (int(v) for v in a["image_size"][0])
     fx, fy = float(a["K_px"][0, 0, 0]), float(a["K_px"][0, 1, 1])
@@ -156,6 +142,25 @@ def _write(run: TrackedRun, model, video: Path, tmp: Path, with_masks: bool = Fa
     for suffix, frs in splits.items():
         doc = {**intr, "timestep_indices": [e["timestep_index"] for e in frs], "camera_indices": [0], "frames": frs}
         (tmp / f"transforms{suffix}.json").write_text(json.dumps(doc, indent=1))
+
+
+def write_flame_params(tmp: Path, model, shape, expr, rotation, translation, neck, jaw, eyes) -> None:
+    """``flame_param/{t:05d}.npz`` for every row ``t`` of the per-timestep arrays and the canonical
+    parameters, with GaussianAvatars' 300 shape / 100 expression components (zero-padded)."""
+    shape = pad(np.asarray(shape).reshape(1, -1), N_SHAPE)[0]
+    expr = pad(expr, N_EXPR)
+    f32 = lambda x, t: np.asarray(x[t : t + 1], np.float32)  # noqa: E731
+    # GaussianAvatars reads static_offset from the first frame's file unless told not to (zero: the
+    # fitted shape is all the identity there is; it pads the 120 teeth vertices itself)
+    offset = np.zeros((1, model.n_verts, 3), np.float32)
+    for t in range(len(expr)):
+        np.savez(tmp / "flame_param" / f"{t:05d}.npz", translation=f32(translation, t), rotation=f32(rotation, t),
+                 neck_pose=f32(neck, t), jaw_pose=f32(jaw, t), eyes_pose=f32(eyes, t), shape=shape,
+                 expr=expr[t : t + 1], static_offset=offset)
+    zeros3 = np.zeros((1, 3), np.float32)
+    np.savez(tmp / "canonical_flame_param.npz", translation=zeros3, rotation=zeros3, neck_pose=zeros3,
+             jaw_pose=np.array([[0.3, 0.0, 0.0]], np.float32), eyes_pose=np.zeros((1, 6), np.float32),
+             shape=shape, expr=np.zeros((1, N_EXPR), np.float32), static_offset=offset)
 
 
 def silhouettes(run: TrackedRun, model):
@@ -178,4 +183,4 @@ def silhouettes(run: TrackedRun, model):
         yield (frags.face_idx[0].numpy() >= 0).astype(np.uint8) * 255
 
 
-__all__ = ["export_gaussian_avatars", "head_motion", "silhouettes"]
+__all__ = ["export_gaussian_avatars", "head_motion", "silhouettes", "write_flame_params"]

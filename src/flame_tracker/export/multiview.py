@@ -24,19 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_tracker.export.gaussian_avatars import N_EXPR, N_SHAPE, TRAIN_FRACTION, write_flame_params
 from flame_tracker.export.run import (
     ExportError,
     TrackedRun,
     check_flame,
     common_camera,
-    pad,
     save_png,
     warp_picture,
     write_folder,
 )
 
-N_SHAPE, N_EXPR = 300, 100  # GaussianAvatars' FLAME
-TRAIN_FRACTION = 0.7
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
@@ -123,20 +121,8 @@ def _write(run: MultiviewRun, model, cap, tmp: Path, shared, with_masks: bool) -
             save_png(tmp / "images" / f"{i:05d}_{c:02d}.png", warp_picture(image, float(s[c]), d[c], canvas))
             if sil is not None:
                 save_png(tmp / "fg_masks" / f"{i:05d}_{c:02d}.png", next(sil))
-    shape = pad(a["shape"][:1], N_SHAPE)[0]
-    expr = pad(a["exp"][steps], N_EXPR)
-    offset = np.zeros((1, model.n_verts, 3), np.float32)
-    for i, t in enumerate(steps):
-        np.savez(tmp / "flame_param" / f"{i:05d}.npz", translation=a["transl"][t:t + 1].astype(np.float32),
-                 rotation=a["head_pose"][t:t + 1].astype(np.float32),
-                 neck_pose=a["neck_pose"][t:t + 1].astype(np.float32),
-                 jaw_pose=a["jaw_pose"][t:t + 1].astype(np.float32),
-                 eyes_pose=a["eye_pose"][t:t + 1].astype(np.float32), shape=shape, expr=expr[i:i + 1],
-                 static_offset=offset)
-    zeros3 = np.zeros((1, 3), np.float32)
-    np.savez(tmp / "canonical_flame_param.npz", translation=zeros3, rotation=zeros3, neck_pose=zeros3,
-             jaw_pose=np.array([[0.3, 0.0, 0.0]], np.float32), eyes_pose=np.zeros((1, 6), np.float32),
-             shape=shape, expr=np.zeros((1, N_EXPR), np.float32), static_offset=offset)
+    write_flame_params(tmp, model, a["shape"][:1], a["exp"][steps], a["head_pose"][steps], a["transl"][steps],
+                       a["neck_pose"][steps], a["jaw_pose"][steps], a["eye_pose"][steps])
     w, h = (int(v) for v in canvas)
     f = float(K_shared[0, 0])
     intr = {"cx": w / 2, "cy": h / 2, "fl_x": f, "fl_y": f, "w": w, "h": h,

@@ -46,9 +46,9 @@ class MultiviewOptions:
     w_lmk: float = 500.0
     w_iris: float = 500.0
     w_contour: float = 100.0  # the visible jawline (the identity's face width)
-    # identity prior: stronger than one photo's 0.1 (measured on synthetic captures: the views' detector
-    # biases, not a lack of data, limit the shape; 0.5 gave 1.5/2.4 mm where 0.1 gave 1.9/2.8)
-    w_shape: float = 0.5
+    # identity prior: stronger than one photo's 0.1 (the views' detector biases, not a lack of data,
+    # limit the shape; on synthetic captures of seeds 10-15: 1.75 mm with 1.0, 1.84 with 0.5, 2.2 with 0.1)
+    w_shape: float = 1.0
     w_exp: float | None = None  # None: the model's stage-2 prior (fitting.stage2.expression_priors)
     w_exp_l1: float | None = None
     w_eyes: float = 1.0
@@ -60,7 +60,9 @@ class MultiviewOptions:
     iters: int = 40
     delta: float = 2e-3  # smoothing of the L1 loss (units of half a face box)
     facing_min: float = 0.2  # cosine: a point counts in a view when its surface faces the camera this much
-    view_power: float = 2.0  # a view's weight: (cosine of the face's angle to it) ** view_power
+    # a view's weight: (cosine of the face's angle to it) ** view_power; the detector is most
+    # accurate from the front (seeds 10-15: 1.75 mm with 4, 1.77 with 2, 1.87 with 1)
+    view_power: float = 4.0
     view_points: str = "all"  # with a view table: move "all" 68 points or the "contour" only
     smooth: bool = True  # whole-sequence smoothing (as monocular video)
 
