@@ -265,3 +265,30 @@ def test_multiview_run_exports_every_camera_for_gaussian_avatars(capture, tmp_pa
     # a one-camera format is refused for a multi-view run, with the reason
     res = CliRunner().invoke(main, ["export", str(run), "--format", "insta", "--out", str(tmp_path / "i")])
     assert res.exit_code == 1 and "takes one camera" in res.output and not (tmp_path / "i").exists()
+
+
+@pytest.mark.slow
+def test_videos_at_other_frame_rates_are_paired_by_timestamps(capture, tmp_path: Path) -> None:
+    """One camera filmed at 60 fps beside 30 fps ones: by frame index the counts differ (refused, the
+    message names --sync timestamps); by timestamps every 30 fps frame meets the 60 fps frame of
+    its time, and the capture fits as from image folders."""
+    from flame_tracker.video.encode import VideoWriter
+
+    root, cap = capture
+    vids = tmp_path / "videos"
+    cap.write(vids, videos=True)
+    with VideoWriter(vids / "cam_01.mp4", fps=60.0, crf=12) as out:
+        for frame in cap.images:
+            out.write(frame[1])
+            out.write(frame[1])
+    runner = CliRunner()
+    args = ["multiview", str(vids), "--cameras", str(vids / "cameras.json"), "--quiet", "--no-overlay", "--no-meshes"]
+    res = runner.invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 1 and "cam_01 8" in res.output and "--sync timestamps" in res.output, res.output
+    res = runner.invoke(main, [*args, "--out", str(tmp_path / "b"), "--sync", "timestamps"])
+    assert res.exit_code == 0 and "4/4 timesteps" in res.output, res.output
+    t = np.load(tmp_path / "b" / "tracking.npz")
+    assert t["seen"][:, 1].all()
+    # the 60 fps camera's landmarks agree with the others' fit as well as the 30 fps cameras' do
+    err = t["reproj_px"]
+    assert err[:, 1].mean() < 1.5 * np.nanmean(err[:, [0, 2, 3, 4]]) + 1.0, err

@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from flame_tracker.errors import FlameTrackerError
 from flame_tracker.io.results import atomic_path
 from flame_tracker.paths import cache_dir, data_dir
 
@@ -44,7 +45,7 @@ FACE_LANDMARKER = Asset(
 ASSETS: dict[str, Asset] = {"face_landmarker": FACE_LANDMARKER}
 
 
-class AssetError(RuntimeError):
+class AssetError(FlameTrackerError, RuntimeError):
     """An asset is missing, or a download failed or did not match its checksum."""
 
 

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flame_tracker.errors import FlameTrackerError
+
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Per-item options a manifest may set (CSV columns / JSON keys besides ``path`` and ``name``).
@@ -17,7 +19,7 @@ ITEM_OPTIONS = {"start": float, "end": float, "fps": float, "every": int, "max_f
                 "face": str}
 
 
-class BatchInputError(ValueError):
+class BatchInputError(FlameTrackerError, ValueError):
     """An input that cannot be turned into batch items (the message names it and what to do)."""
 
 

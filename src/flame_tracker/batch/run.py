@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from flame_tracker.batch.items import Item, group_images
+from flame_tracker.errors import FlameTrackerError
 
 STATUSES = ("done", "skipped", "failed", "interrupted")
 COLUMNS = ("name", "input", "kind", "status", "frames", "fps", "mean_reproj_px", "seconds", "error")
 
 
-class RayMissingError(RuntimeError):
+class RayMissingError(FlameTrackerError, RuntimeError):
     """Ray is not installed (the message says how to install it)."""
 
 

@@ -20,6 +20,9 @@ import click
               help="Head model: a FLAME .pkl, the ICT-FaceKit model (default), or a cached .npz.")
 @click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
               help="MediaPipe face_landmarker.task (default: found as for `flame-tracker image`).")
+@click.option("--sync", type=click.Choice(["index", "timestamps"]), default="index", show_default=True,
+              help="Pair the cameras' videos by frame index (triggered rigs) or by timestamps (the first camera's "
+              "frames; each other camera's nearest frame within half a frame, else none).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Use every N-th timestep.")
 @click.option("--max-frames", default=None, type=click.IntRange(1), help="Stop after this many timesteps.")
 @click.option("--fps", default=None, type=click.FloatRange(0.001),
@@ -34,11 +37,11 @@ import click
               help="Write meshes/<t>.obj: the fitted head in world coordinates.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def multiview(capture: Path, cameras: Path, out_dir: Path, unit: str, model: str | None, landmarker: str | None,
-              every: int, max_frames: int | None, fps: float | None, smooth: bool | None, overlay: bool, meshes: bool,
-              quiet: bool) -> None:
+              sync: str, every: int, max_frames: int | None, fps: float | None, smooth: bool | None, overlay: bool,
+              meshes: bool, quiet: bool) -> None:
     """Fit one head per timestep and one identity to CAPTURE, a folder with one sub-folder of images
     (CAPTURE/cam_00/000000.png ...) or one video (CAPTURE/cam_00.mp4) per camera of the calibration,
-    synchronised by frame index. The cameras are fixed and known; every view that sees the face
+    synchronised by frame index (or --sync timestamps). The cameras are fixed and known; every view that sees the face
     contributes the landmarks it sees. Writes into --out: frames/<t>.npz and tracking.npz (head pose
     in world coordinates, per-camera K and model-to-camera matrices, landmarks), meshes/, overlay/,
     cameras.json, summary.json.
@@ -53,7 +56,7 @@ def multiview(capture: Path, cameras: Path, out_dir: Path, unit: str, model: str
         warnings.simplefilter("always")
         try:
             summary = track_multiview(capture, cameras, out_dir, model=model, unit=unit, every=every,
-                                      max_frames=max_frames, fps=fps, smooth=smooth,
+                                      max_frames=max_frames, fps=fps, smooth=smooth, sync=sync,
                                       options=MultiviewOptions(smooth=bool(smooth)), overlay=overlay, meshes=meshes,
                                       progress=not quiet, landmarker=landmarker)
         except MultiviewError as exc:

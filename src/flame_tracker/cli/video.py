@@ -73,10 +73,11 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, shape_components: 
     arguments; a finished one is left alone unless --force.
     """
     from flame_tracker.detection.search import FaceChoice
+    from flame_tracker.errors import NoFaceError
     from flame_tracker.video.decode import VideoError
     from flame_tracker.video.pipeline import VideoOptions, track_video
     from flame_tracker.video.store import OutputMismatchError
-    from flame_tracker.video.track import NoFacesError, TrackOptions
+    from flame_tracker.video.track import TrackOptions
 
     topts = TrackOptions(fov=20.0 if fov is None else fov, image_fov=image_fov if fov is None else None,
                          estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
@@ -99,7 +100,7 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, shape_components: 
     try:
         summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
                               force=force, progress=not quiet, verbose=verbose)
-    except (FileNotFoundError, VideoError, NoFacesError, OutputMismatchError, ValueError) as exc:
+    except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         raise click.ClickException(

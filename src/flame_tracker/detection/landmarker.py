@@ -23,6 +23,7 @@ import numpy as np
 
 from flame_tracker.assets import face_landmarker_path
 from flame_tracker.detection.layout import IRIS_INDICES, mediapipe_to_dlib68, table68
+from flame_tracker.errors import NoFaceError
 from flame_tracker.io.images import ImageTransform, crop_resize, load_image, resize_max_side
 
 Mode = Literal["image", "video"]
@@ -65,10 +66,6 @@ def native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
-
-
-class NoFaceError(RuntimeError):
-    """No face was found in an image (raised only by :meth:`FaceLandmarker.detect_or_raise`)."""
 
 
 @dataclass(frozen=True)

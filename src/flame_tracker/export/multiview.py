@@ -88,7 +88,7 @@ def export_multiview_gaussian_avatars(run: MultiviewRun, model, out_dir: str | P
     root = Path(capture) if capture is not None else Path(run.summary["capture"])
     try:
         cap = open_capture(root, run.rig, every=int(run.summary.get("every", 1)),
-                           max_frames=run.summary.get("max_frames"))
+                           max_frames=run.summary.get("max_frames"), sync=run.summary.get("sync", "index"))
     except ValueError as exc:  # MultiviewError: the capture moved or changed
         raise ExportError(f"cannot read the capture's frames again ({exc}); pass --images CAPTURE_FOLDER") from exc
     valid = a["valid"].astype(bool)
@@ -118,6 +118,8 @@ def _write(run: MultiviewRun, model, cap, tmp: Path, shared, with_masks: bool) -
             continue
         i = index[t]
         for c, image in enumerate(images):
+            if image is None:  # no frame of this camera at this time (--sync timestamps): black
+                image = np.zeros((cams[c].height, cams[c].width, 3), np.uint8)
             save_png(tmp / "images" / f"{i:05d}_{c:02d}.png", warp_picture(image, float(s[c]), d[c], canvas))
             if sil is not None:
                 save_png(tmp / "fg_masks" / f"{i:05d}_{c:02d}.png", next(sil))

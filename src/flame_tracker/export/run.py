@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_tracker.errors import FlameTrackerError
+
 
 def is_video_metadata(key: str) -> bool:
     """Whether ``tracking.npz``'s ``key`` is one value for the whole video (not one row per frame)."""
@@ -17,7 +19,7 @@ def is_video_metadata(key: str) -> bool:
     return key in FIXED_KEYS or key in VIDEO_KEYS or key.startswith("all_")
 
 
-class ExportError(ValueError):
+class ExportError(FlameTrackerError, ValueError):
     """The run cannot be exported in the asked format (the message says why and what to do)."""
 
 

@@ -19,12 +19,14 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from flame_tracker.errors import FlameTrackerError
+
 # Refuse decoding beyond this many pixels (a 16k × 16k image is 768 MiB as RGB); PIL's own
 # decompression-bomb guard is replaced by this explicit, documented limit.
 MAX_PIXELS = 268_435_456
 
 
-class ImageError(ValueError):
+class ImageError(FlameTrackerError, ValueError):
     """An image file or array cannot be used; the message names the file and the problem."""
 
 

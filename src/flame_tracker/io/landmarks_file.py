@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flame_tracker.errors import FlameTrackerError
+
 if TYPE_CHECKING:
     from flame_tracker.detection import FaceDetection
 
 _SIZES = {"lmks68": 68, "iris": 10, "ears": 20}
 
 
-class LandmarksFileError(ValueError):
+class LandmarksFileError(FlameTrackerError, ValueError):
     """A landmarks file is malformed; the message names the file, the entry and the problem."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_tracker.errors import FlameTrackerError
+
 #: Bump when the cached layout or a conversion changes, so stale caches are rebuilt.
 CACHE_VERSION = 3
 
@@ -21,7 +23,7 @@ CACHE_VERSION = 3
 JOINT_NAMES = ("global", "neck", "jaw", "left_eye", "right_eye")
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(FlameTrackerError, ValueError):
     """A model or landmark file is unreadable or does not hold what a head model needs."""
 
 

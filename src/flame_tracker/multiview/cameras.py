@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_tracker.errors import FlameTrackerError
+
 UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0])
 
 
-class MultiviewError(ValueError):
+class MultiviewError(FlameTrackerError, ValueError):
     """Bad multi-view input (calibration, frames); the message says what is wrong and what to do."""
 
 

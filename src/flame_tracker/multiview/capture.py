@@ -5,7 +5,10 @@ Layouts (camera names as in the calibration):
 * ``CAPTURE/<camera>/000000.png ...``: images in name order, frame ``i`` of every folder is one
   timestep (times from ``fps``);
 * ``CAPTURE/<camera>.mp4`` (any video suffix): frame ``i`` of every video is one timestep (the
-  synchronisation by frame index of hardware-triggered rigs; times from the first camera's stream).
+  synchronisation by frame index of hardware-triggered rigs; times from the first camera's stream),
+  or with ``sync="timestamps"`` the first camera's frames are the timesteps and every other camera
+  gives its frame nearest in time (none when the nearest is more than half a frame away: free-running
+  cameras, other frame rates, streams that start later).
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ class Capture:
     n_frames: int  # timesteps (after every / max_frames)
     every: int = 1
     fps: float = 30.0
+    sync: str = "index"  # videos: "index" or "timestamps"
 
-    def frames(self) -> Iterator[tuple[int, float, list[np.ndarray]]]:
-        """``(t, time_s, [image of each camera])`` for every timestep, RGB uint8."""
+    def frames(self) -> Iterator[tuple[int, float, list[np.ndarray | None]]]:
+        """``(t, time_s, [image of each camera])`` for every timestep, RGB uint8 (None: that camera
+        has no frame at that time, with ``sync="timestamps"``)."""
         from flame_tracker.io.images import load_image
 
         if self.kind == "folders":
@@ -46,6 +51,9 @@ class Capture:
             return
         from flame_tracker.video.decode import VideoReader
 
+        if self.sync == "timestamps":
+            yield from self._frames_by_time()
+            return
         readers = [iter(VideoReader(p, every=self.every, max_frames=self.n_frames)) for p in self.sources]
         for t in range(self.n_frames):
             got = [next(r, None) for r in readers]
@@ -56,6 +64,26 @@ class Capture:
             yield t, got[0].time_s, [g.image for g in got]
 
 
+    def _frames_by_time(self) -> Iterator[tuple[int, float, list[np.ndarray | None]]]:
+        from flame_tracker.video.decode import VideoReader, probe
+
+        ref = VideoReader(self.sources[0], every=self.every, max_frames=self.n_frames)
+        others = [iter(VideoReader(p)) for p in self.sources[1:]]
+        tol = [0.5 / max(probe(p).fps, 1e-6) for p in self.sources[1:]]
+        ahead: list = [next(it, None) for it in others]  # each camera's next undelivered frame
+        for t, frame in enumerate(ref):
+            row: list[np.ndarray | None] = [frame.image]
+            for k, it in enumerate(others):
+                best = None
+                # move on while the next frame is no later than the reference time (keep the nearest)
+                while ahead[k] is not None and ahead[k].time_s <= frame.time_s:
+                    best, ahead[k] = ahead[k], next(it, None)
+                cands = [f for f in (best, ahead[k]) if f is not None]
+                near = min(cands, key=lambda f: abs(f.time_s - frame.time_s)) if cands else None
+                row.append(near.image if near is not None and abs(near.time_s - frame.time_s) <= tol[k] else None)
+            yield t, frame.time_s, row
+
+
 def _frame_count(path: Path) -> int:
     from flame_tracker.video.decode import probe
 
@@ -63,9 +91,12 @@ def _frame_count(path: Path) -> int:
 
 
 def open_capture(root: str | Path, rig: Rig, *, every: int = 1, max_frames: int | None = None,
-                 fps: float = 30.0) -> Capture:
+                 fps: float = 30.0, sync: str = "index") -> Capture:
     """Find every camera's frames under ``root`` and check them against the calibration (names,
-    counts, image sizes); :class:`MultiviewError` says what does not match."""
+    counts, image sizes); ``sync``: ``"index"`` or (videos) ``"timestamps"``. :class:`MultiviewError`
+    says what does not match."""
+    if sync not in ("index", "timestamps"):
+        raise MultiviewError(f"unknown synchronisation {sync!r}; use index or timestamps")
     root = Path(root)
     if not root.is_dir():
         raise MultiviewError(f"{root}: no such folder (give the capture folder: one sub-folder or video per camera)")
@@ -89,14 +120,17 @@ def open_capture(root: str | Path, rig: Rig, *, every: int = 1, max_frames: int 
     if min(counts) == 0:
         empty = [c.name for c, n in zip(rig.cameras, counts) if n == 0]
         raise MultiviewError(f"camera(s) {', '.join(empty)} have no frames")
-    if len(set(counts)) > 1:
+    if sync == "timestamps" and kind != "videos":
+        raise MultiviewError("--sync timestamps needs one video per camera (image folders have no timestamps)")
+    if len(set(counts)) > 1 and sync == "index":
         detail = ", ".join(f"{c.name} {n}" for c, n in zip(rig.cameras, counts))
         raise MultiviewError(f"the cameras have different frame counts ({detail}); synchronised cameras give one "
-                             "frame per camera per timestep: trim them to the same frames")
+                             "frame per camera per timestep: trim them to the same frames, or pair frames by "
+                             "time with --sync timestamps (videos)")
     n = (counts[0] + every - 1) // every
     if max_frames is not None:
         n = min(n, max_frames)
-    cap = Capture(root, rig, kind, sources, images, n, every, fps)
+    cap = Capture(root, rig, kind, sources, images, n, every, fps, sync)
     # the frames must be the calibration's size (a resized picture needs a scaled K)
     for cam, src, files in zip(rig.cameras, sources, images or [None] * len(sources)):
         if files is not None:

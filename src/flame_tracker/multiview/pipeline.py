@@ -90,7 +90,7 @@ def detect_views(tracker, frames, T: int, C: int, *, progress: bool = False) -> 
     for t, time_s, images in frames:
         times[t] = time_s
         for c, image in enumerate(images):
-            found = tracker.finder.find(image)
+            found = tracker.finder.find(image) if image is not None else []
             det = tracker.face.pick(found) if found else None
             if det is not None:
                 lmks[t, c], iris[t, c], seen[t, c] = det.lmks68, det.iris, True
@@ -177,6 +177,8 @@ def overlay_grid(images: list[np.ndarray], model, verts_world: np.ndarray, rig: 
     faces = model.faces.cpu().numpy()
     tiles = []
     for c, (img, cam) in enumerate(zip(images, rig.cameras)):
+        if img is None:  # no frame of this camera at this time (--sync timestamps)
+            img = np.zeros((cam.height, cam.width, 3), np.uint8)
         cam_pts = verts_world @ cam.R.T + cam.t
         vpx = np.concatenate([cam.project(verts_world), cam_pts[:, 2:]], 1)
         ov = render_overlay(img, vpx, faces, lmks_detected=lmks[c] if seen[c] else None, lmks_fitted=fit_px[c],
@@ -196,11 +198,13 @@ def overlay_grid(images: list[np.ndarray], model, verts_world: np.ndarray, rig: 
 
 def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str | Path, *, model=None,
                     unit: str = "m", every: int = 1, max_frames: int | None = None, fps: float | None = None,
+                    sync: str = "index",
                     options: MultiviewOptions | None = None, smooth: bool | None = None, overlay: bool = True,
                     meshes: bool = True, progress: bool = False, landmarker: str | None = None) -> dict:
     """Track a calibrated capture (see the module docstring); returns the summary. ``fps``: the
-    rate of image folders (default 30); ``smooth``: over time (None: for videos, and for image
-    folders given their ``fps``). Raises
+    rate of image folders (default 30); ``sync``: pair the videos' frames by ``"index"`` or
+    ``"timestamps"``; ``smooth``: over time (None: for videos, and for image folders given their
+    ``fps``). Raises
     :class:`~flame_tracker.multiview.cameras.MultiviewError` for bad input."""
     from flame_tracker.io.mesh import save_obj
     from flame_tracker.io.results import save_image, save_json, save_npz
@@ -210,7 +214,7 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     t_start = time.perf_counter()
     out = Path(out_dir)
     rig = load_cameras(cameras, unit)
-    capture = open_capture(capture_dir, rig, every=every, max_frames=max_frames, fps=fps or 30.0)
+    capture = open_capture(capture_dir, rig, every=every, max_frames=max_frames, fps=fps or 30.0, sync=sync)
     opts = options or MultiviewOptions()
     from dataclasses import replace
 
@@ -225,7 +229,7 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     timings: dict[str, float] = {}
     with Tracker(model, landmarker=landmarker) as tracker:
         key = json.dumps({"capture": str(Path(capture_dir).resolve()), "cameras": rig.names, "every": every,
-                          "n": capture.n_frames, "kind": capture.kind})
+                          "n": capture.n_frames, "kind": capture.kind, "sync": sync})
         t0 = time.perf_counter()
         det = Detections.load(out / "detections.npz", key)
         if det is None:
@@ -267,7 +271,7 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     summary = {
         "capture": str(capture_dir), "cameras": str(cameras), "calibration": rig.convention, "unit": unit,
         "kind": capture.kind, "n_timesteps": capture.n_frames, "n_cameras": len(rig), "every": every,
-        "max_frames": max_frames, "fps": fps,
+        "max_frames": max_frames, "fps": fps, "sync": sync,
         "model": str(getattr(tracker.model, "name", "")), "options": asdict(opts),
         "timesteps_with_face": int(fit.valid.sum()),
         "views_seen": {c.name: int(det.seen[:, i].sum()) for i, c in enumerate(rig.cameras)},

@@ -20,8 +20,10 @@ from typing import Container, Iterable, Iterator, TypeVar
 import av
 import numpy as np
 
+from flame_tracker.errors import FlameTrackerError
 
-class VideoError(RuntimeError):
+
+class VideoError(FlameTrackerError, RuntimeError):
     """A video file cannot be used (not a video, no video stream, unreadable)."""
 
 

@@ -27,7 +27,7 @@ from flame_tracker.threads import cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.store import RunFolder
-from flame_tracker.video.track import Identity, NoFacesError, SequenceFit, TrackOptions, project_fit, track_landmarks
+from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
 
 N_BLENDSHAPES = 52
 DETECT_BLOCK = 64  # frames per landmark checkpoint; MediaPipe's tracking restarts at each block
@@ -512,7 +512,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     Raises:
         FileNotFoundError: the video does not exist.
         VideoError: it is not a readable video.
-        NoFacesError: no frame has a face.
+        NoFaceError: no frame has a face.
         OutputMismatchError: ``out_dir`` holds a different run (pass ``force``).
     """
     from flame_tracker.model import load_model
@@ -550,7 +550,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     lm = _load_landmarks(run)
     if not lm or not lm["valid"].any():
         n = len(lm.get("frame", []))
-        raise NoFacesError(
+        raise NoFaceError(
             f"no face found in any of the {n} frames read from {video}"
             + (f" ({summary.broken})" if summary.broken else "")
             + ("; searched every frame's whole picture and, once a second, tiles down to faces of about "

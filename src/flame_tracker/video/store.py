@@ -25,12 +25,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from flame_tracker.errors import FlameTrackerError
 from flame_tracker.io.results import load_npz, save_json, save_npz
 
 MANIFEST = "manifest.json"
 
 
-class OutputMismatchError(RuntimeError):
+class OutputMismatchError(FlameTrackerError, RuntimeError):
     """The output folder holds a run of a different video or with different settings."""
 
 

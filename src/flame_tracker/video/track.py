@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from flame_tracker.camera import Crop, crop_fov, matrix_to_rotvec, project_ndc, rotvec_to_euler, rotvec_to_matrix
+from flame_tracker.errors import NoFaceError
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
 
 # fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
@@ -37,8 +38,8 @@ GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray],
                      tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]
 
 
-class NoFacesError(RuntimeError):
-    """Not a single frame of the video has a face."""
+# the video's "no face in any frame": the package's one no-face error (this name is kept for callers)
+NoFacesError = NoFaceError
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
             video's frames); ``None``: gaps are bridged or dropped.
 
     Raises:
-        NoFacesError: no frame is valid.
+        NoFaceError: no frame is valid.
     """
     from flame_tracker.threads import cpu_threads
 
@@ -399,7 +400,7 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
     valid = np.asarray(valid, bool)
     t_len = len(valid)
     if not valid.any():
-        raise NoFacesError(f"no face in any of the {t_len} frames")
+        raise NoFaceError(f"no face in any of the {t_len} frames")
     dt = model.v_template.dtype
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
