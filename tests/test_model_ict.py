@@ -158,3 +158,30 @@ def test_missing_and_bad_files(tmp_path):
     junk.write_bytes(b"not a zip")
     with pytest.raises(ModelFormatError, match="junk.npz"):
         load_model(junk, use_cache=False)
+
+
+def test_models_offer_the_public_fitting_interface(shared_dir) -> None:
+    """``HeadModel`` implements :class:`FittableModel` (what fitting uses; nothing private), also as
+    a copy with other landmarks; the landmark path and sub-mesh rows reproduce the model."""
+    import torch
+
+    from flame_tracker.model import FittableModel, load_model
+    from flame_tracker.model.lbs import skin
+
+    model = load_model()
+    other = model.with_landmarks(model.lmk_faces_idx.numpy()[:10], model.lmk_bary.numpy()[:10])
+    assert isinstance(model, FittableModel) and isinstance(other, FittableModel)
+    lp = model.landmark_path()
+    assert lp.n_rows == model.n_sub and lp.mix_t.shape == (model.n_sub, model.n_lmk + lp.n_iris)
+    assert other.landmark_path().mix_t.shape[1] == 10 + lp.n_iris and other.landmark_triangles.shape == (10, 3)
+    # skinning 5 vertices from their basis rows equals the full mesh there
+    params = {"shape": torch.randn(2, model.n_shape) * 0.5, "expr": torch.rand(2, model.n_expr) * 0.5,
+              "head_pose": torch.randn(2, 3) * 0.2, "eye_pose": torch.randn(2, 6) * 0.1}
+    vids = torch.tensor([0, 17, 1234, 5000, model.n_verts - 1])
+    rows = torch.cat([(vids[:, None] * 3 + torch.arange(3)).reshape(-1),
+                      torch.arange(3 * model.n_verts, model.n_basis_rows)])
+    template, dirs = model.basis_rows(rows)
+    betas, rotvecs = model.blend_inputs(params)
+    sub = skin(betas, rotvecs, template, dirs, len(vids), model.lbs_weights[vids], model.joint_levels,
+               model.joint_parents, model.has_pose_correctives)
+    assert torch.allclose(sub, model(**params).vertices[:, vids], atol=1e-5)

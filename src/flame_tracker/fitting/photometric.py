@@ -231,8 +231,8 @@ class _SubMesh:
             self.n_static = int(static.sum())
         # rows: xyz of the static vertices, of the others, then the joints (skin() layout)
         rows = torch.cat([(vidx[:, None] * 3 + torch.arange(3, device=dev)).reshape(-1),
-                          torch.arange(3 * model.n_verts, model._template.numel(), device=dev)])
-        template, dirs = model._template.index_select(0, rows), model._dirs.index_select(0, rows)
+                          torch.arange(3 * model.n_verts, model.n_basis_rows, device=dev)])
+        template, dirs = model.basis_rows(rows)
         if self.fixed_shape:
             # A shape every frame shares and the fit does not change is folded into the
             # template once: the per-step GEMM then runs over the expression columns only.
@@ -256,7 +256,7 @@ class _SubMesh:
     def __call__(self, **params: Tensor) -> Tensor:
         """``[N, P, 3]`` posed vertices ``vidx`` of the model for ``params`` (as ``model.forward``)."""
         m = self.model
-        betas, rotvecs = m._inputs(params)
+        betas, rotvecs = m.blend_inputs(params)
         if self.fixed_shape:
             betas = betas[:, m.n_shape:]
         parts = []
@@ -266,8 +266,8 @@ class _SubMesh:
                 x = torch.cat([betas, pose_features(axis_angle_to_matrix(rotvecs))], 1)
             parts.append(F.linear(x, self.s_dirs, self.s_template).view(betas.shape[0], self.n_static, 3))
         if self.n:
-            parts.append(skin(betas, rotvecs, self.template, self.dirs, self.n, self.weights, m._levels, m._parents,
-                              m.has_pose_correctives))
+            parts.append(skin(betas, rotvecs, self.template, self.dirs, self.n, self.weights, m.joint_levels,
+                              m.joint_parents, m.has_pose_correctives))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
@@ -275,12 +275,12 @@ def _rest_joints(model: torch.nn.Module, params: dict[str, Tensor], free: list[s
     """``[J]`` bool: joints that stay at rest during a fit (their rotation and all their ancestors'
     are zero in every frame and none of the ``free`` parameters moves them)."""
     with torch.no_grad():
-        _, rv = model._inputs(params)
+        _, rv = model.blend_inputs(params)
         rest = (rv == 0).all(-1).all(0)
         if free:
-            _, moved = model._inputs({**params, **{k: torch.ones_like(params[k]) for k in free}})
+            _, moved = model.blend_inputs({**params, **{k: torch.ones_like(params[k]) for k in free}})
             rest &= ~(moved != rv).any(-1).any(0)
-    for js, ps in model._levels:  # propagate "not at rest" down the kinematic tree, depth by depth
+    for js, ps in model.joint_levels:  # propagate "not at rest" down the kinematic tree, depth by depth
         rest[js] &= rest[ps]
     return rest
 
@@ -581,7 +581,7 @@ def _fit(
     # one camera transform per step.
     same_shape = not opts.fit_shape and bool((shape0 == shape0[:1]).all())
     fixed = shape0[0] if same_shape else None
-    lmk_tri = model._lmk_vidx.to(dev)  # [68, 3] vertex ids
+    lmk_tri = model.landmark_triangles.to(dev)  # [68, 3] vertex ids
     lmk_bary = model.lmk_bary.to(dev, dt)
     iris_idx = getattr(model, "iris_idx", None) if gt_iris is not None else None
     ear_idx = getattr(model, "ear_idx", None) if gt_ears is not None else None

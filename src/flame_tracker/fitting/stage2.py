@@ -326,15 +326,13 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     Returns ``None`` for models without the landmark-path internals of
     :class:`~flame_tracker.model.HeadModel` (the caller then differences the model).
     """
-    names = ("_inputs", "_sub_dirs", "_sub_template", "_sub_weights", "_levels", "_parents",
-             "_lmk_mix_t", "_n_iris", "n_sub", "has_pose_correctives")
-    if not lin or not all(hasattr(model, a) for a in names):
+    if not lin or not hasattr(model, "landmark_path"):
         return None
-    from flame_tracker.model.head import _POSE_SLOTS
-    from flame_tracker.model.lbs import _mm, axis_angle_to_matrix, pose_features
+    from flame_tracker.model.head import POSE_SLOTS
+    from flame_tracker.model.lbs import axis_angle_to_matrix, pose_features, small_matmul
 
     keys = ("shape", "expr", "head_pose", "neck_pose", "jaw_pose", "eye_pose")
-    betas, rotvecs = model._inputs({k: params.get(k) for k in keys})
+    betas, rotvecs = model.blend_inputs({k: params.get(k) for k in keys})
     n, nj = rotvecs.shape[:2]
     dt, dev = rotvecs.dtype, rotvecs.device
     fixed = cache.get("lin_basis")
@@ -343,7 +341,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     g, b, dirs_j, path, mix, sub_dirs, sub_template, sub_weights = fixed
     steps = cache.get("rot_steps")
     if steps is None:  # configuration 0 = current rotations, then one step per rotation column
-        slot = {name: 3 * j0 for name, j0, _ in _POSE_SLOTS}
+        slot = {name: 3 * j0 for name, j0, _ in POSE_SLOTS}
         idx = [slot[name] + i for name, _, size, _ in rot for i in range(size)]
         steps = cache["rot_steps"] = torch.zeros(1 + len(idx), 3 * nj, dtype=dt, device=dev)
         steps[1 + torch.arange(len(idx), device=dev), torch.tensor(idx, dtype=torch.long, device=dev)] = _ROT_STEP
@@ -351,17 +349,17 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     rv = (rotvecs.reshape(n, 1, 3 * nj) + steps).view(n * m, nj, 3)
     rmat = axis_angle_to_matrix(rv)  # [N*M, J, 3, 3] local
     # World rotations W_j = W_parent R_j, one product per tree depth.
-    chain = getattr(model, "_chain_plan", None)
+    chain = model.joint_chain
     if chain is not None:  # depth by depth with slices (FLAME, ICT): no index copies
         level = rmat[:, :1]
         world = [level]
         for js, parent in chain:
-            level = _mm(level[:, parent : parent + 1], rmat[:, js])
+            level = small_matmul(level[:, parent : parent + 1], rmat[:, js])
             world.append(level)
         world_r = torch.cat(world, 1)
     else:
         world_r = rmat.clone()
-        for js, ps in model._levels:
+        for js, ps in model.joint_levels:
             world_r[:, js] = world_r[:, ps] @ rmat[:, js]
     # Translations of the rest-relative transforms, t_j = sum_k C_jk J_k, in closed form: over the
     # joints k on the path root..j, C_jk = W_parent(k) - W_k (W_parent(root) = I). Equals
@@ -369,7 +367,7 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     par = cache.get("parents")
     if par is None:
         par = cache["parents"] = (torch.eye(3, dtype=dt, device=dev)[None, None],
-                                  torch.tensor(model._parents[1:], dtype=torch.long, device=dev))
+                                  torch.tensor(model.joint_parents[1:], dtype=torch.long, device=dev))
     w_par = torch.cat([par[0].expand(n * m, 1, 3, 3), world_r.index_select(1, par[1])], 1)
     c = (path[None, :, None, :, None] * (w_par - world_r).permute(0, 2, 1, 3)[:, None]).reshape(n * m, 3 * nj, 3 * nj)
     if model.has_pose_correctives:
@@ -422,7 +420,7 @@ def _lin_basis_cached(model: torch.nn.Module, lin: list[tuple[str, int, int, str
                       dev: torch.device) -> tuple[Tensor, ...]:
     """:func:`_lin_basis`, built once per model and column layout (rebuilt if the model's landmark-path
     buffers are replaced or modified in place)."""
-    bufs = (model._sub_dirs, model._sub_template, model._sub_weights, model._lmk_mix_t)
+    bufs = model.landmark_path()[:4]
     key = (tuple((name, size) for name, _, size, _ in lin), dt, str(dev),
            tuple((b.data_ptr(), b._version) for b in bufs))
     per_model = _BASES.setdefault(model, {})
@@ -441,30 +439,31 @@ def _lin_basis(model: torch.nn.Module, lin: list[tuple[str, int, int, str]], dt:
     ``[J, J]`` (joint k is j or one of its ancestors), the ``[Q, P]`` landmark/iris interpolation
     matrix (``None`` where it is the identity), and the landmark-path basis, template and skinning
     weights."""
-    p, nj = model.n_sub, model._sub_weights.shape[1]
+    lp = model.landmark_path()
+    p, nj = lp.n_rows, lp.weights.shape[1]
     offset = {"shape": 0, "expr": model.n_shape}
     cols = torch.cat([torch.arange(offset[name], offset[name] + size, device=dev)
                       for name, _, size, _ in lin])
-    dirs = model._sub_dirs.index_select(1, cols).to(dt)  # [3P + 3J, n_lin]
+    dirs = lp.dirs.index_select(1, cols).to(dt)  # [3P + 3J, n_lin]
     dv = dirs[: 3 * p].view(p, 3, -1)
     # landmarks: barycentric mixes of landmark-path rows; iris points: single rows (zero if absent);
     # the model's own mix matrix (columns: 68 landmarks, iris, ears)
     n_lmk = n_landmarks(model)
     interp = torch.zeros(n_lmk + N_IRIS, p, dtype=dt, device=dev)
-    k = n_lmk + model._n_iris
-    interp[:k] = model._lmk_mix_t[:, :k].T.to(dt)
-    w = model._sub_weights.to(dt)  # [P, J]
+    k = n_lmk + lp.n_iris
+    interp[:k] = lp.mix_t[:, :k].T.to(dt)
+    w = lp.weights.to(dt)  # [P, J]
     g = torch.einsum("lp,pj,pbk->jblk", interp, w, dv).reshape(3 * nj, -1)
     path = torch.zeros(nj, nj, dtype=dt, device=dev)  # path[j, k] = 1: joint k is j or an ancestor
     for j in range(nj):
         k = j
         while k >= 0:
             path[j, k] = 1.0
-            k = model._parents[k] if k > 0 else -1
+            k = model.joint_parents[k] if k > 0 else -1
     # The interpolation is skipped where it is the identity (ICT: every point is one landmark-path
     # row); the landmark-path buffers in the solve's dtype, converted once instead of every call.
     mix = None if interp.shape[0] == p and torch.equal(interp, torch.eye(p, dtype=dt, device=dev)) else interp
-    return (g, interp @ w, dirs[3 * p:], path, mix, model._sub_dirs.to(dt), model._sub_template.to(dt), w)
+    return (g, interp @ w, dirs[3 * p:], path, mix, lp.dirs.to(dt), lp.template.to(dt), w)
 
 
 def _differenced_jacobian(problem: _Problem, params: dict[str, Tensor], lin: list, rot: list

@@ -12,7 +12,8 @@ from scipy import sparse
 from .data import JOINT_NAMES, ModelData
 from .lbs import axis_angle_to_matrix, chain_plan, depth_levels, interpolate, joint_transforms, skin
 
-_POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
+POSE_SLOTS = (("head_pose", 0, 1), ("neck_pose", 1, 1), ("jaw_pose", 2, 1), ("eye_pose", 3, 2))
+_POSE_SLOTS = POSE_SLOTS  # (the earlier private name)
 # sizes of the pose parameters, in joint order (_POSE_SLOTS)
 _POSE_SIZES = {"head_pose": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6}
 
@@ -60,6 +61,19 @@ class HeadOutput(NamedTuple):
     landmarks: torch.Tensor  # [N,L,3]: the 68 iBUG points (or the model's other landmark set, n_lmk)
     iris: torch.Tensor | None  # [N,10,3] MediaPipe order: right eye centre+4, left eye centre+4
     ears: torch.Tensor | None  # [N,40,3] 20 left-ear then 20 right-ear (i-Bug ear order)
+
+
+class LandmarkPath(NamedTuple):
+    """The landmark function's fixed structure (:meth:`HeadModel.landmark_path`), what a solver
+    needs to linearise it: the ``P`` landmark-path rows (vertices, or barycentric mixes of vertices
+    sharing a skinning row) and the ``J`` joints, stacked like the full model's basis."""
+
+    template: torch.Tensor  # [3P + 3J] rest positions of the rows (x, y, z of row 0, ...) then the joints
+    dirs: torch.Tensor  # [3P + 3J, K] their basis (shape S, expression E, pose correctives)
+    weights: torch.Tensor  # [P, J] skinning weights of the rows
+    mix_t: torch.Tensor  # [P, L + 10 + 40]: rows -> landmarks, iris, ear points
+    n_rows: int  # P
+    n_iris: int  # 10 or 0
 
 
 class HeadModel(torch.nn.Module):
@@ -289,6 +303,48 @@ class HeadModel(torch.nn.Module):
         """Validate parameters; return betas [N,S+E] and joint rotations [N,J,3]."""
         N, parts = self._parts(params)
         return torch.cat(parts[:2], 1), torch.cat(parts[2:], 1).view(N, self.n_joints, 3)
+
+    # ------------------------------------------------------------------ what fitting code needs
+    def blend_inputs(self, params: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated parameters (the keywords of :meth:`forward`) as the blend-shape coefficients
+        ``[N, S+E]`` and the joint rotations ``[N, J, 3]`` (axis-angle, joint order)."""
+        return self._inputs(params)
+
+    @property
+    def joint_parents(self) -> list[int]:
+        """Parent of each joint (``-1`` for the root)."""
+        return self._parents
+
+    @property
+    def joint_levels(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The kinematic tree depth by depth: ``(joint ids, their parents' ids)`` per depth below the root."""
+        return self._levels
+
+    @property
+    def joint_chain(self):
+        """The same tree as contiguous slices per depth (``model.lbs.chain_plan``), or None."""
+        return self._chain_plan
+
+    @property
+    def n_basis_rows(self) -> int:
+        """Rows of the stacked rest positions / basis: ``3V`` vertex coordinates, then ``3J`` joint ones."""
+        return int(self._template.numel())
+
+    def basis_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rest positions ``[R]`` and basis ``[R, K]`` of the stacked rows ``rows`` (vertex ``v``'s
+        coordinate ``c`` is row ``3v + c``; joint ``j``'s is ``3V + 3j + c``): what skinning a
+        sub-mesh needs (``model.lbs.skin`` with these, ``lbs_weights`` rows and the joint tree)."""
+        return self._template.index_select(0, rows), self._dirs.index_select(0, rows)
+
+    def landmark_path(self) -> LandmarkPath:
+        """The landmark function's fixed structure (see :class:`LandmarkPath`)."""
+        return LandmarkPath(self._sub_template, self._sub_dirs, self._sub_weights, self._lmk_mix_t, self.n_sub,
+                            self._n_iris)
+
+    @property
+    def landmark_triangles(self) -> torch.Tensor:
+        """``[L, 3]`` vertex ids of each landmark's triangle (its barycentrics: ``lmk_bary``)."""
+        return self._lmk_vidx
 
     def rest_joints(self, shape: torch.Tensor | None = None, expr: torch.Tensor | None = None) -> torch.Tensor:
         """Joint locations of the unposed head ``[N,J,3]`` for ``shape``/``expr`` (linear in both:

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from flame_tracker.camera.reference import small_matmul
+
 _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
 
@@ -65,11 +67,6 @@ def pose_features(rot: torch.Tensor) -> torch.Tensor:
     return (rot[:, 1:].flatten(-2) - eye).flatten(1)
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for tiny matrices as a broadcast multiply-sum (no thread-pool start-up)."""
-    return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
-
-
 def depth_levels(parents: list[int]) -> list[tuple[list[int], list[int]]]:
     """Group joints by tree depth: ``[(joints, their parents), ...]`` for depth 1, 2, ...
 
@@ -105,7 +102,7 @@ def rigid_transforms(
         pr = torch.stack([world_r[p] for p in ps], 1)  # [N,k,3,3]
         pt = torch.stack([world_t[p] for p in ps], 1)  # [N,k,3]
         lr, lt = local[:, js, :, :3], local[:, js, :, 3]
-        r = _mm(pr, lr)
+        r = small_matmul(pr, lr)
         t = (pr * lt[..., None, :]).sum(-1) + pt
         for i, j in enumerate(js):
             world_r[j], world_t[j] = r[:, i], t[:, i]
