@@ -7,8 +7,24 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from flame_tracker.paths import data_dir
+
+#: Devices the device-parametrised tests run on: the CPU, and CUDA where this machine has it.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """A test that takes ``device`` runs once per available device (CPU; CUDA on a GPU machine)."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request) -> torch.dtype:
+    """A test that takes ``dtype`` runs in single and double precision."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,9 @@ def _synthetic_landmarks(tracker: Tracker, image_size=(640, 480)):
     return lmk, iris
 
 
-def test_fit_landmarks_recovers_synthetic_face(shared_dir, tmp_path):
+def test_fit_landmarks_recovers_synthetic_face(shared_dir, tmp_path, device):
     # the landmarks are the model's own 68 points, so fit with the model's own embedding
-    tracker = Tracker(device="cpu", landmark_embedding="model")
+    tracker = Tracker(device=device, landmark_embedding="model")
     lmk, iris = _synthetic_landmarks(tracker)
     res = tracker.fit_landmarks(lmk, iris, image_size=(640, 480))
     assert res.reprojection_error_px < 1.0  # exact data: the fit must close to (sub)pixel level
@@ -44,9 +44,10 @@ def test_fit_landmarks_recovers_synthetic_face(shared_dir, tmp_path):
     cams = res.camera_matrices()
     model = tracker.model
     with torch.no_grad():
-        pts = model(shape=torch.as_tensor(res.shape, dtype=torch.float32),
-                    expr=torch.as_tensor(res.exp, dtype=torch.float32),
-                    eye_pose=torch.as_tensor(res.eye_pose, dtype=torch.float32)).landmarks[0].double().numpy()
+        pts = model(shape=torch.as_tensor(res.shape, dtype=torch.float32, device=device),
+                    expr=torch.as_tensor(res.exp, dtype=torch.float32, device=device),
+                    eye_pose=torch.as_tensor(res.eye_pose, dtype=torch.float32, device=device)
+                    ).landmarks[0].double().cpu().numpy()
     cam_pts = pts @ cams["w2c_opencv"][0, :3, :3].T + cams["w2c_opencv"][0, :3, 3]
     uv = cam_pts @ cams["K_px"][0].T
     np.testing.assert_allclose(uv[:, :2] / uv[:, 2:], res.fit_lmks68_px, atol=0.05)

@@ -28,15 +28,15 @@ def cube(center: tuple[float, float, float], half: float, focal: float, c: float
     return px.float(), f
 
 
-def test_rectangle_coverage_exact() -> None:
+def test_rectangle_coverage_exact(device) -> None:
     v, f = quad(10.0, 20.0, 50.0, 40.0, 2.0)
-    fr = rasterize(v, f, 64, 64)
-    mask = fr.mask[0]
+    fr = rasterize(v.to(device), f.to(device), 64, 64)
+    mask = fr.mask[0].cpu()
     # Pixel centres j+0.5 in [10, 50] -> columns 10..49, rows 20..39: exactly 40x20 pixels.
     expected = torch.zeros(64, 64, dtype=torch.bool)
     expected[20:40, 10:50] = True
     assert torch.equal(mask, expected)
-    assert set(fr.pix_face.tolist()) == {0, 1}
+    assert set(fr.pix_face.cpu().tolist()) == {0, 1}
 
 
 def test_depth_ordering_and_culling() -> None:

@@ -185,3 +185,17 @@ def test_models_offer_the_public_fitting_interface(shared_dir) -> None:
     sub = skin(betas, rotvecs, template, dirs, len(vids), model.lbs_weights[vids], model.joint_levels,
                model.joint_parents, model.has_pose_correctives)
     assert torch.allclose(sub, model(**params).vertices[:, vids], atol=1e-5)
+
+
+def test_model_evaluates_alike_on_every_device_and_dtype(ict, device, dtype):
+    """The full mesh and the landmark path on ``device`` in ``dtype`` equal the CPU float64 ones."""
+    p = _params(ict, 3)
+    ref, ref_lmk = ict(**p), ict.landmarks(**p)
+    m = load_model(dtype=dtype, device=device)
+    q = {k: v.to(device, dtype) for k, v in p.items()}
+    out, lmk = m(**q), m.landmarks(**q)
+    assert out.vertices.device.type == device.type and out.vertices.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-9
+    assert torch.allclose(out.vertices.cpu().double(), ref.vertices, atol=tol)
+    assert torch.allclose(lmk.landmarks.cpu().double(), ref_lmk.landmarks, atol=tol)
+    assert torch.allclose(lmk.iris.cpu().double(), ref_lmk.iris, atol=tol)
