@@ -40,10 +40,10 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     from flame_tracker.model import HeadModel, load_model
 
     if not isinstance(model, HeadModel):
-        counts = {"n_shape": int(tracked.arrays["shape"].shape[-1]), "n_expr": int(tracked.arrays["exp"].shape[-1])}
+        n_shape, n_expr = int(tracked.arrays["shape"].shape[-1]), int(tracked.arrays["exp"].shape[-1])
         try:  # with the run's number of components (it may have used fewer, e.g. 100/50 for IMavatar)
             try:
-                model = load_model(model, **counts)
+                model = load_model(model, n_shape=n_shape, n_expr=n_expr)
             except ValueError:  # a model with fewer: not the run's, which the format's check says
                 model = load_model(model)
         except (OSError, ValueError) as exc:
@@ -79,8 +79,8 @@ def _export_multiview(run_dir, fmt: str, out_dir: Path, model, capture, masks) -
     run = load_multiview_run(run_dir)
     if not isinstance(model, HeadModel):
         try:
-            counts = {"n_shape": int(run.arrays["shape"].shape[-1]), "n_expr": int(run.arrays["exp"].shape[-1])}
-            model = load_model(model, **counts)
+            model = load_model(model, n_shape=int(run.arrays["shape"].shape[-1]),
+                               n_expr=int(run.arrays["exp"].shape[-1]))
         except (OSError, ValueError) as exc:
             raise ExportError(f"cannot load the head model: {exc}") from exc
     return export_multiview_gaussian_avatars(run, model, out_dir, capture, masks)

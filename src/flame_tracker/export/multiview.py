@@ -34,6 +34,7 @@ from flame_tracker.export.run import (
     warp_picture,
     write_folder,
 )
+from flame_tracker.multiview.cameras import Rig
 
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -44,7 +45,7 @@ class MultiviewRun:
 
     folder: Path
     arrays: dict[str, np.ndarray]
-    rig: object  # flame_tracker.multiview.Rig
+    rig: Rig
     summary: dict
 
     @property

@@ -266,11 +266,12 @@ def source_video(run: TrackedRun, video: str | Path | None) -> Path:
     if run.images:
         if video is not None:
             run.photo_folder = Path(video)
-        missing = [p.name for p in run.images if _photo_path(run, p) is None]
-        if missing:
+        found = [_photo_path(run, p) for p in run.images]
+        missing = [p.name for p, f in zip(run.images, found) if f is None]
+        if missing or found[0] is None:
             raise ExportError(f"{len(missing)} of the {len(run.images)} photos are not there (e.g. {missing[0]}); "
                               "pass --images FOLDER, the folder that holds them")
-        return _photo_path(run, run.images[0]).parent
+        return found[0].parent
     path = Path(video) if video is not None else Path(str(run.arrays.get("video_path", "")))
     if not path.is_file():
         raise ExportError(f"the run's source video {str(path)!r} is not there; pass --video PATH")
@@ -303,6 +304,7 @@ def each_frame(run: TrackedRun, video: Path):
 def _each_photo(run: TrackedRun):
     from flame_tracker.io.images import load_image
 
+    assert run.photo_sizes is not None  # set with the photos (load_image_results)
     for t, path in enumerate(run.images):
         found = _photo_path(run, path)
         if found is None:

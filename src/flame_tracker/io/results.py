@@ -88,7 +88,11 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], compress: 
 
     def _write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **clean)
+            # (numpy's stubs type the arrays passed as keywords as bool)
+            if compress:
+                np.savez_compressed(fh, **clean)  # type: ignore[arg-type]
+            else:
+                np.savez(fh, **clean)  # type: ignore[arg-type]
 
     return atomic_write(path, _write)
 

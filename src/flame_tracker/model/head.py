@@ -89,6 +89,16 @@ class HeadModel(torch.nn.Module):
     ``jaw_pose`` has no effect), ``has_pose_correctives``, ``info`` (provenance dict).
     """
 
+    # buffers (registered in __init__), declared for type checkers
+    v_template: torch.Tensor
+    faces: torch.Tensor
+    J_regressor: torch.Tensor
+    lbs_weights: torch.Tensor
+    lmk_faces_idx: torch.Tensor
+    lmk_bary: torch.Tensor
+    iris_idx: torch.Tensor | None
+    ear_idx: torch.Tensor | None
+
     def __init__(self, data: ModelData, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         data.validate(data.name)

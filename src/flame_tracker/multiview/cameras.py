@@ -65,7 +65,7 @@ class Camera:
         import cv2
 
         flat = np.ascontiguousarray(px.reshape(-1, 1, 2), np.float64)
-        ok = np.isfinite(flat).all(-1)[:, 0]
+        ok = np.asarray(np.isfinite(flat).all(-1))[:, 0]
         out = np.full_like(flat, np.nan)
         if ok.any():
             # OpenCV's pixel centres are at integers; ours at +0.5

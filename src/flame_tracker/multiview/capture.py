@@ -45,6 +45,7 @@ class Capture:
         from flame_tracker.io.images import load_image
 
         if self.kind == "folders":
+            assert self.images is not None  # found by open_capture
             for t in range(self.n_frames):
                 k = t * self.every
                 yield t, k / self.fps, [load_image(files[k]) for files in self.images]
@@ -57,11 +58,12 @@ class Capture:
         readers = [iter(VideoReader(p, every=self.every, max_frames=self.n_frames)) for p in self.sources]
         for t in range(self.n_frames):
             got = [next(r, None) for r in readers]
-            missing = [self.rig.cameras[c].name for c, g in enumerate(got) if g is None]
-            if missing:
+            frames = [g for g in got if g is not None]
+            if len(frames) < len(got):
+                missing = [self.rig.cameras[c].name for c, g in enumerate(got) if g is None]
                 raise MultiviewError(f"{', '.join(missing)}: the video ended at frame {t * self.every} while the "
                                      f"capture has {self.n_frames * self.every}; give videos of one length")
-            yield t, got[0].time_s, [g.image for g in got]
+            yield t, frames[0].time_s, [g.image for g in frames]
 
 
     def _frames_by_time(self) -> Iterator[tuple[int, float, list[np.ndarray | None]]]:
@@ -105,13 +107,15 @@ def open_capture(root: str | Path, rig: Rig, *, every: int = 1, max_frames: int 
     folders = [root / c.name for c in rig.cameras]
     videos = [next((p for p in sorted(root.glob(f"{c.name}.*")) if p.suffix.lower() in VIDEO_SUFFIXES), None)
               for c in rig.cameras]
+    found_videos = [v for v in videos if v is not None]
+    images: list[list[Path]] | None
     if all(f.is_dir() for f in folders):
         images = [sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for f in folders]
         counts = [len(x) for x in images]
         kind, sources = "folders", folders
-    elif all(v is not None for v in videos):
-        images, kind, sources = None, "videos", videos
-        counts = [_frame_count(v) for v in videos]
+    elif len(found_videos) == len(videos):
+        images, kind, sources = None, "videos", found_videos
+        counts = [_frame_count(v) for v in found_videos]
     else:
         missing = [c.name for c, f, v in zip(rig.cameras, folders, videos) if not f.is_dir() and v is None]
         raise MultiviewError(f"{root}: no frames for camera(s) {', '.join(missing)}: expected {root}/<camera>/ "
@@ -132,7 +136,8 @@ def open_capture(root: str | Path, rig: Rig, *, every: int = 1, max_frames: int 
         n = min(n, max_frames)
     cap = Capture(root, rig, kind, sources, images, n, every, fps, sync)
     # the frames must be the calibration's size (a resized picture needs a scaled K)
-    for cam, src, files in zip(rig.cameras, sources, images or [None] * len(sources)):
+    for c, (cam, src) in enumerate(zip(rig.cameras, sources)):
+        files = images[c] if images is not None else None
         if files is not None:
             from PIL import Image
 

@@ -254,10 +254,9 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
     eye_p = torch.eye(P, dtype=x.dtype)
     for it in range(1, opts.iters + 1):
         # chunks of timesteps keep the Jacobian batch small on long captures
-        gx, Hx, Hxs = torch.zeros(T, P, dtype=x.dtype), torch.zeros(T, P, P, dtype=x.dtype), None
+        gx, Hx = torch.zeros(T, P, dtype=x.dtype), torch.zeros(T, P, P, dtype=x.dtype)
         gs, Hs = torch.zeros(S, dtype=x.dtype), torch.zeros(S, S, dtype=x.dtype)
-        if fit_s:
-            Hxs = torch.zeros(T, P, S, dtype=x.dtype)
+        Hxs = torch.zeros(T, P, S if fit_s else 0, dtype=x.dtype)
         chunk = max(1, 4096 // (1 + P + S))
         for a in range(0, T, chunk):
             sl = slice(a, min(T, a + chunk))
@@ -266,7 +265,7 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
             W = w / torch.sqrt(r * r + opts.delta ** 2)  # IRLS weights of the smoothed L1
             gx[sl] = torch.einsum("tmp,tm->tp", Jx, W * r)
             Hx[sl] = torch.einsum("tmp,tmq->tpq", Jx * W[..., None], Jx)
-            if fit_s:
+            if Js is not None:
                 gs += torch.einsum("tms,tm->s", Js, W * r)
                 Hs += torch.einsum("tms,tmq->sq", Js * W[..., None], Js)
                 Hxs[sl] = torch.einsum("tmp,tms->tps", Jx * W[..., None], Js)
@@ -495,10 +494,10 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
         priors["w_exp_l1"] = opts.w_exp_l1
     expr_mean = np.zeros((T, lay.E))
     if opts.blendshape_prior and blendshapes is not None and getattr(model, "expr_bounds", None) is not None:
-        mp = expr_from_blendshapes(getattr(model, "expr_names", None), blendshape_names,
-                                   np.nan_to_num(np.asarray(blendshapes).reshape(T * C, -1)))
-        if mp is not None:
-            mp = mp.double().numpy().reshape(T, C, -1)
+        scores = expr_from_blendshapes(getattr(model, "expr_names", None), blendshape_names,
+                                       np.nan_to_num(np.asarray(blendshapes).reshape(T * C, -1)))
+        if scores is not None:
+            mp = scores.double().numpy().reshape(T, C, -1)
             cnt = seen.sum(1, keepdims=True).clip(1)
             expr_mean = (mp * seen[..., None]).sum(1) / cnt
     x0 = np.zeros((T, lay.P))

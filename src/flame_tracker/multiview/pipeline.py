@@ -112,7 +112,8 @@ def _flame_transl(model, shape: np.ndarray, expr: np.ndarray, R: np.ndarray, u: 
     return u + np.einsum("tij,tj->ti", R, j0) - j0
 
 
-def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detections) -> dict[str, np.ndarray]:
+def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detections
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The per-timestep keys (module docstring) stacked over timesteps ``[T, ...]``, and the
     posed meshes in the world ``vertices [T, V, 3]``."""
     T, C = det.seen.shape
@@ -166,7 +167,7 @@ def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detectio
 FIXED_KEYS = ("shape", "camera_names", "expr_names", "model_name")
 
 
-def overlay_grid(images: list[np.ndarray], model, verts_world: np.ndarray, rig: Rig, lmks: np.ndarray,
+def overlay_grid(images: list[np.ndarray | None], model, verts_world: np.ndarray, rig: Rig, lmks: np.ndarray,
                  fit_px: np.ndarray, seen: np.ndarray, tile: int = 480) -> np.ndarray:
     """Every view of one timestep with the fitted mesh and landmarks (detected green, fitted red),
     tiled in a grid, each view ``tile`` pixels wide, its camera name on it."""
@@ -257,7 +258,7 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
             save_npz(out / "frames" / f"{t:06d}.npz",
                      {k: (v if k in FIXED_KEYS else v[t:t + 1]) for k, v in arrays.items()}, compress=False)
         save_npz(out / "tracking.npz", arrays)
-        faces = tracker.model.faces.cpu().numpy()
+        faces = np.asarray(tracker.model.faces.detach().cpu())
         if meshes:
             for t in range(capture.n_frames):
                 save_obj(out / "meshes" / f"{t:06d}.obj", verts[t], faces)
