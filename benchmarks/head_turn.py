@@ -12,7 +12,7 @@ on the frames with landmarks (which must not change).
 Last line: ``rot_deg_gap_bridged=… rot_deg_gap_flow=… gap_frames=… flow_frames=… rot_deg_landmarks=…
 flow_ms_per_frame=…`` (target: flow ≤ 3° where bridging is far worse).
 
-Usage: ``python benchmarks/profile.py [--frames 90] [--fps 30] [--save DIR]``
+Usage: ``python benchmarks/head_turn.py [--frames 90] [--fps 30] [--save DIR]``
 """
 
 from __future__ import annotations
