@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
+from flame_tracker.cli.options import config_option, load_config, with_given
+
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+#: Every setting a `flame-tracker image` run used, in its output folder (beside the photos' files).
+CONFIG_NAME = "flame_tracker_config.json"
 
 
 def _stems(paths: list[Path]) -> list[str]:
@@ -30,10 +34,10 @@ def run_images(
     landmarker: str | None = None,
     fov: float | None = None,
     image_fov: float = 40.0,
-    solver: str = "lm",
-    loss: str = "l1",
-    fit_shape: bool = True,
-    fit_neck: bool = False,
+    solver: str | None = None,
+    loss: str | None = None,
+    fit_shape: bool | None = None,
+    fit_neck: bool | None = None,
     mesh: bool = True,
     overlay: bool = True,
     photometric: bool = False,
@@ -43,14 +47,24 @@ def run_images(
     face: str = "largest",
     all_faces: bool = False,
     verbose: bool = False,
+    config=None,
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
+    ``config``: a :class:`flame_tracker.config.Config` (its ``stage2`` and ``photometric`` settings
+    that were set explicitly apply); ``solver``, ``loss``, ``fit_shape``, ``fit_neck`` (None: from the
+    config, else the model's defaults) override it. The settings used go to ``out_dir/config.json``.
     Each failure prints one line ``error: <image>: <reason>`` and the others are still processed.
     """
     from dataclasses import replace
 
+    from flame_tracker.config import Config
     from flame_tracker.tracker import Tracker
+
+    config = config or Config()
+    given = {k: v for k, v in (("solver", solver), ("loss", loss), ("fit_shape", fit_shape), ("fit_neck", fit_neck))
+             if v is not None}
+    config = config.with_values("stage2", given, "command line")
 
     try:
         # --fov (over the fitting crop, the reference) replaces the image-level FOV when given
@@ -61,9 +75,17 @@ def run_images(
     except (OSError, ValueError) as exc:
         # the message names the problem: a model file, an option, or a missing embedding
         raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
-    # the model's default stage-2 options (blendshape priors for ICT) with the command's switches
-    tracker.stage2 = replace(tracker.stage2, solver=solver, loss=loss, fit_shape=fit_shape and solver == "lm",
-                             fit_neck=fit_neck and solver == "lm")
+    # the model's default stage-2 options (blendshape priors for ICT) with what the config and the
+    # command set; shape and neck are fitted by the LM solver only
+    stage2 = replace(tracker.stage2, **config.set_in("stage2"))
+    if stage2.solver != "lm":
+        stage2 = replace(stage2, fit_shape=False, fit_neck=False)
+    tracker.stage2 = stage2
+    photometric_set = config.set_in("photometric")
+    try:
+        replace(config, stage2=stage2).save(Path(out_dir) / CONFIG_NAME, ("stage2", "photometric"))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {out_dir}: {exc}") from exc
     failures = 0
     with tracker:
         try:
@@ -93,7 +115,7 @@ def run_images(
                         from flame_tracker.fitting.photometric import refine_result, save_texture_png
 
                         result, ph = refine_result(tracker.fit_model, result, tracker.last_image,
-                                                   output_model=tracker.model)
+                                                   output_model=tracker.model, **photometric_set)
                     result.save(out_dir, name, image=tracker.last_image, mesh=mesh, overlay=overlay)
                     if photometric:
                         save_texture_png(out_dir / f"{name}_texture.png", ph.albedo, tracker.model)
@@ -160,10 +182,12 @@ def run_images(
 @click.option("--all-faces", is_flag=True, help="Fit every face of each photo: <name>_face0.*, <name>_face1.*, ... "
               "(left to right).")
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
-def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None, landmarker: str | None,
-          image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool, fit_neck: bool, mesh: bool,
-          overlay: bool, photometric: bool, same_person: bool, landmarks: str, landmark_embedding: str, face: str,
-          all_faces: bool, verbose: bool) -> None:
+@config_option
+@click.pass_context
+def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None,
+          landmarker: str | None, image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool,
+          fit_neck: bool, mesh: bool, overlay: bool, photometric: bool, same_person: bool, landmarks: str,
+          landmark_embedding: str, face: str, all_faces: bool, verbose: bool, config_path: Path | None) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -193,8 +217,11 @@ def image(images: tuple[Path, ...], out_dir: Path, model: str | None, device: st
         FaceChoice.parse(face)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--face") from exc
+    config = with_given(ctx, load_config(config_path), "stage2",
+                        {"solver": "solver", "loss": "loss", "fit_shape": "fit_shape", "fit_neck": "fit_neck"},
+                        {"solver": solver, "loss": loss, "fit_shape": fit_shape, "fit_neck": fit_neck})
     failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov,
-                          image_fov=image_fov, solver=solver, loss=loss, fit_shape=fit_shape, fit_neck=fit_neck,
+                          image_fov=image_fov, config=config,
                           mesh=mesh, overlay=overlay, photometric=photometric, same_person=same_person,
                           landmarks=landmarks, landmark_embedding=landmark_embedding, face=face, all_faces=all_faces,
                           verbose=verbose)

@@ -41,6 +41,9 @@ main.add_command(_batch)
 from flame_tracker.cli.multiview import multiview as _multiview  # noqa: E402
 
 main.add_command(_multiview)
+from flame_tracker.cli.config import config as _config  # noqa: E402
+
+main.add_command(_config)
 
 
 if __name__ == "__main__":  # pragma: no cover

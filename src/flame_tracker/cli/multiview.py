@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from flame_tracker.cli.options import config_option, given, load_config
+
 
 @click.command("multiview")
 @click.argument("capture", type=click.Path(path_type=Path))
@@ -36,9 +38,11 @@ import click
 @click.option("--meshes/--no-meshes", default=True, show_default=True,
               help="Write meshes/<t>.obj: the fitted head in world coordinates.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def multiview(capture: Path, cameras: Path, out_dir: Path, unit: str, model: str | None, landmarker: str | None,
-              sync: str, every: int, max_frames: int | None, fps: float | None, smooth: bool | None, overlay: bool,
-              meshes: bool, quiet: bool) -> None:
+@config_option
+@click.pass_context
+def multiview(ctx: click.Context, capture: Path, cameras: Path, out_dir: Path, unit: str, model: str | None,
+              landmarker: str | None, sync: str, every: int, max_frames: int | None, fps: float | None,
+              smooth: bool | None, overlay: bool, meshes: bool, quiet: bool, config_path: Path | None) -> None:
     """Fit one head per timestep and one identity to CAPTURE, a folder with one sub-folder of images
     (CAPTURE/cam_00/000000.png ...) or one video (CAPTURE/cam_00.mp4) per camera of the calibration,
     synchronised by frame index (or --sync timestamps). The cameras are fixed and known; every view that sees the face
@@ -49,15 +53,17 @@ def multiview(capture: Path, cameras: Path, out_dir: Path, unit: str, model: str
     import warnings
 
     from flame_tracker.multiview.cameras import MultiviewError
-    from flame_tracker.multiview.fit import MultiviewOptions
     from flame_tracker.multiview.pipeline import track_multiview
 
+    config = load_config(config_path)
+    if not given(ctx, "smooth") and "multiview.smooth" in config.explicit:
+        smooth = config.multiview.smooth  # the file decides; otherwise the capture kind does (videos)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             summary = track_multiview(capture, cameras, out_dir, model=model, unit=unit, every=every,
                                       max_frames=max_frames, fps=fps, smooth=smooth, sync=sync,
-                                      options=MultiviewOptions(smooth=bool(smooth)), overlay=overlay, meshes=meshes,
+                                      options=config.multiview, overlay=overlay, meshes=meshes,
                                       progress=not quiet, landmarker=landmarker)
         except MultiviewError as exc:
             raise click.ClickException(str(exc)) from exc

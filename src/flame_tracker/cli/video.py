@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from flame_tracker.cli.options import config_option, given, load_config, with_given
 from flame_tracker.export import FORMATS
 
 
@@ -59,13 +60,15 @@ from flame_tracker.export import FORMATS
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def video(clip: Path, out_dir: Path, model_path: Path | None, shape_components: int | None,
+@config_option
+@click.pass_context
+def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None, shape_components: int | None,
           expr_components: int | None, start_s: float, end_s: float | None,
           every: int, fps: float | None, max_frames: int | None, image_fov: float, fov: float | None,
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
           meshes: str | None, photometric: bool, exports: tuple[str, ...], face: str, roi: bool, flow: bool,
-          verbose: bool, force: bool, quiet: bool) -> None:
+          verbose: bool, force: bool, quiet: bool, config_path: Path | None) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
     One identity for the whole video, per-frame fits warm-started from the previous frames, and
@@ -75,20 +78,28 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, shape_components: 
     from flame_tracker.detection.search import FaceChoice
     from flame_tracker.errors import NoFaceError
     from flame_tracker.video.decode import VideoError
-    from flame_tracker.video.pipeline import VideoOptions, track_video
+    from flame_tracker.video.pipeline import track_video
     from flame_tracker.video.store import OutputMismatchError
-    from flame_tracker.video.track import TrackOptions
 
-    topts = TrackOptions(fov=20.0 if fov is None else fov, image_fov=image_fov if fov is None else None,
-                         estimate_fov=estimate_fov, pose_cutoff_hz=smooth_pose,
-                         expr_cutoff_hz=smooth_expr, flow=flow)
     try:
         face = str(FaceChoice.parse(face))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--face") from exc
-    vopts = VideoOptions(start_s=start_s, end_s=end_s, every=every, fps=fps,
-                         max_frames=max_frames, overlay=overlay, side_by_side=side_by_side,
-                         meshes=meshes, photometric=photometric, face=face, roi=roi)
+    # the config file's settings, then the options given on the command line
+    config = load_config(config_path)
+    values = dict(image_fov=image_fov, estimate_fov=estimate_fov, smooth_pose=smooth_pose, smooth_expr=smooth_expr,
+                  flow=flow, start_s=start_s, end_s=end_s, every=every, fps=fps, max_frames=max_frames,
+                  overlay=overlay, side_by_side=side_by_side, meshes=meshes, photometric=photometric, face=face,
+                  roi=roi, fov=fov)
+    config = with_given(ctx, config, "track", {"image_fov": "image_fov", "estimate_fov": "estimate_fov",
+                                               "smooth_pose": "pose_cutoff_hz", "smooth_expr": "expr_cutoff_hz",
+                                               "flow": "flow", "fov": "fov"}, values)
+    if given(ctx, "fov"):  # the reference's crop FOV replaces the image-level one
+        config = config.with_values("track", {"image_fov": "none"}, "command line")
+    config = with_given(ctx, config, "video", {k: k for k in ("start_s", "end_s", "every", "fps", "max_frames",
+                                                              "overlay", "side_by_side", "meshes", "photometric",
+                                                              "face", "roi")}, values)
+    topts, vopts = config.track, config.video
     model = model_path
     if shape_components or expr_components:
         from flame_tracker.model import load_model
@@ -99,6 +110,7 @@ def video(clip: Path, out_dir: Path, model_path: Path | None, shape_components: 
             raise click.ClickException(f"cannot load the head model: {exc}") from exc
     try:
         summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
+                              flow_options=config.flow, photometric_options=config.photometric,
                               force=force, progress=not quiet, verbose=verbose)
     except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

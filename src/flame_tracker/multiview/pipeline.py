@@ -227,6 +227,9 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     if manifest.exists():
         manifest.unlink()  # incomplete until this run finishes
     rig.save(out / "cameras.json")
+    from flame_tracker.config import Config
+
+    Config(multiview=opts).save(out / "config.json", ("multiview",))
     timings: dict[str, float] = {}
     with Tracker(model, landmarker=landmarker) as tracker:
         key = json.dumps({"capture": str(Path(capture_dir).resolve()), "cameras": rig.names, "every": every,

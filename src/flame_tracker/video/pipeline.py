@@ -26,6 +26,7 @@ from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.threads import cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
+from flame_tracker.video.flow import FlowOptions
 from flame_tracker.video.store import RunFolder
 from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
 
@@ -105,6 +106,12 @@ class VideoSummary:
         if self.broken:
             lines.append(f"WARNING: {self.broken}; the frames before it were tracked")
         return "\n".join(lines)
+
+
+def _changed(opts, default) -> dict[str, Any]:
+    """The fields of the dataclass ``opts`` that differ from ``default``'s."""
+    a, b = dataclasses.asdict(opts), dataclasses.asdict(default)
+    return {k: v for k, v in a.items() if v != b[k]}
 
 
 def _track_settings(topts: TrackOptions) -> dict[str, Any]:
@@ -243,15 +250,15 @@ class _ForwardFrames:
         return {int(r): self._cache[int(r)] for r in rows if int(r) in self._cache}
 
 
-def _flow_filler(model, reader: VideoReader, lm: dict[str, np.ndarray]):
+def _flow_filler(model, reader: VideoReader, lm: dict[str, np.ndarray], opts=None):
     """The gap filler of :func:`track_landmarks`: the head followed by optical flow through the
     frames without landmarks (:mod:`flame_tracker.video.flow`), frames decoded again as needed."""
     from flame_tracker.video.flow import flow_through_gaps, needed_rows
 
     def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray):
-        rows = needed_rows(valid, lm["time_s"])
+        rows = needed_rows(valid, lm["time_s"], opts)
         source = _ForwardFrames(reader, lm["frame"], rows)
-        return flow_through_gaps(model, identity, raw, valid, lm["time_s"], source)
+        return flow_through_gaps(model, identity, raw, valid, lm["time_s"], source, opts)
 
     return fill
 
@@ -504,10 +511,14 @@ def _image_size(lm: dict[str, np.ndarray]) -> tuple[int, int] | None:
 def track_video(video: str | Path, out_dir: str | Path, *,
                 model: torch.nn.Module | str | Path | None = None,
                 options: TrackOptions | None = None, video_options: VideoOptions | None = None,
+                flow_options: FlowOptions | None = None, photometric_options=None,
                 force: bool = False, progress: bool = True,
                 landmarker_path: str | Path | None = None, verbose: bool = False) -> VideoSummary:
     """Track a monocular video into ``out_dir`` (see :mod:`flame_tracker.video.store` for the
     files). Resumes an interrupted run; does nothing on a finished folder unless ``force``.
+    ``flow_options`` / ``photometric_options``: :class:`~flame_tracker.video.flow.FlowOptions` /
+    :class:`~flame_tracker.fitting.photometric.PhotometricOptions` (defaults when None). Every
+    setting is written to ``config.json`` (:class:`flame_tracker.config.Config`).
 
     Raises:
         FileNotFoundError: the video does not exist.
@@ -536,9 +547,18 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                 "model_size": [model.n_shape, model.n_expr],
                 "landmark_embedding": fit_model.info.get("landmark_embedding", "model"),
                 "track": _track_settings(topts), "frames": vopts.frame_settings()}
+    from flame_tracker.config import Config
+    from flame_tracker.fitting.photometric import PhotometricOptions
+
+    fopts = flow_options or FlowOptions()
+    popts = photometric_options or PhotometricOptions()
     if vopts.photometric:  # changes every frame's result (absent otherwise: older folders match)
-        settings["photometric"] = {"chunk": vopts.photometric_chunk}
+        settings["photometric"] = {"chunk": vopts.photometric_chunk, **_changed(popts, PhotometricOptions())}
+    if topts.flow and fopts != FlowOptions():  # (only when set: older folders match)
+        settings["flow_options"] = _changed(fopts, FlowOptions())
     run = RunFolder(out_dir, video, settings, force=force)
+    Config(track=topts, video=vopts, flow=fopts, photometric=popts).save(
+        run.root / "config.json", ("track", "video", "flow", "photometric"))
     summary = VideoSummary(out_dir=run.root)
     if run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
             not vopts.meshes or (run.root / "meshes").is_dir()) and (
@@ -582,7 +602,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
 
     gap_filler = None
     if topts.flow and not lm["valid"].all():
-        gap_filler = _flow_filler(fit_model, reader, lm)
+        gap_filler = _flow_filler(fit_model, reader, lm, fopts)
     try:
         fit = track_landmarks(fit_model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
                               iris_px=lm["iris"].astype(np.float64), options=topts,
@@ -602,7 +622,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
 
         refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
                                     progress=progress, timings=summary.timings,
-                                    frames_done=summary.frames_done)
+                                    frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
         if refined is not None:
             fit, light = refined
     _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model)

@@ -1,0 +1,42 @@
+"""Command-line pieces shared by the commands: ``--config`` and which options were given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def config_option(f):
+    """``--config FILE``: a TOML file of settings (see ``flame-tracker config``)."""
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="TOML file with any setting of the run (`flame-tracker config` prints them all with "
+                        "their defaults); options given on the command line win over it.")(f)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not left at its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def load_config(config_path: Path | None):
+    """The file's :class:`~flame_tracker.config.Config` (defaults without one); a bad file is a
+    click error naming the setting."""
+    from flame_tracker.config import Config, ConfigError
+
+    try:
+        return Config.load(config_path) if config_path is not None else Config()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def with_given(ctx: click.Context, config, section: str, mapping: dict[str, str], values: dict):
+    """``config`` with the options of ``mapping`` (option name -> setting of ``section``) that were
+    given on the command line."""
+    from flame_tracker.config import ConfigError
+
+    try:
+        return config.with_values(section, {key: values[opt] for opt, key in mapping.items() if given(ctx, opt)},
+                                  "command line")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc

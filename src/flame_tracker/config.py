@@ -1,0 +1,200 @@
+"""One configuration tree: every setting of a run, with its default, in one place.
+
+The tree's sections are the option classes the code already takes (each keeps its defaults, the
+reference's values where the reference has one):
+
+=============  ==============================================  =================================
+section        class                                           used by
+=============  ==============================================  =================================
+``stage2``     :class:`~flame_tracker.fitting.stage2.Stage2Options` (single photos: the
+               jawline at 200 and the identity prior 0.3, ``tracker.DEFAULT_STAGE2``)
+                                                                ``flame-tracker image``
+``track``      :class:`~flame_tracker.video.track.TrackOptions`   ``flame-tracker video``
+``video``      :class:`~flame_tracker.video.pipeline.VideoOptions` ``flame-tracker video``
+``flow``       :class:`~flame_tracker.video.flow.FlowOptions`     ``flame-tracker video``
+``photometric`` :class:`~flame_tracker.fitting.photometric.PhotometricOptions`
+                                                                ``image`` / ``video --photometric``
+``multiview``  :class:`~flame_tracker.multiview.fit.MultiviewOptions` ``flame-tracker multiview``
+=============  ==============================================  =================================
+
+A TOML file sets any of them (``--config run.toml``; ``flame-tracker config`` prints the defaults);
+a command-line option given explicitly wins over the file. Every run writes the sections its command
+uses to its output folder (``config.json``; ``flame_tracker_config.json`` beside photo results).
+Not in the tree yet: stage 1's weights (the reference's 300 / 200 / ear gating, constants of
+:mod:`flame_tracker.fitting.stage1`) and the video path's stage-2 weights beyond the expression
+priors (``track.w_exp``, ``track.w_exp_l1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from flame_tracker.errors import FlameTrackerError
+
+
+class ConfigError(FlameTrackerError, ValueError):
+    """A configuration file or value that cannot be used (the message names the key and the fix)."""
+
+
+def _sections() -> dict[str, type]:
+    from flame_tracker.fitting.photometric import PhotometricOptions
+    from flame_tracker.fitting.stage2 import Stage2Options
+    from flame_tracker.multiview.fit import MultiviewOptions
+    from flame_tracker.video.flow import FlowOptions
+    from flame_tracker.video.pipeline import VideoOptions
+    from flame_tracker.video.track import TrackOptions
+
+    return {"stage2": Stage2Options, "track": TrackOptions, "video": VideoOptions, "flow": FlowOptions,
+            "photometric": PhotometricOptions, "multiview": MultiviewOptions}
+
+
+def _default(section: str):
+    if section == "stage2":
+        from flame_tracker.tracker import DEFAULT_STAGE2
+
+        return DEFAULT_STAGE2
+    return _sections()[section]()
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every section of the tree (see the module docstring); ``Config()`` is all defaults."""
+
+    stage2: Any = field(default_factory=lambda: _default("stage2"))
+    track: Any = field(default_factory=lambda: _default("track"))
+    video: Any = field(default_factory=lambda: _default("video"))
+    flow: Any = field(default_factory=lambda: _default("flow"))
+    photometric: Any = field(default_factory=lambda: _default("photometric"))
+    multiview: Any = field(default_factory=lambda: _default("multiview"))
+    # "section.key" of every setting a file or the command line set (the rest are defaults; a
+    # model-dependent default, such as the blendshape priors of stage 2, is kept unless set)
+    explicit: frozenset = field(default=frozenset(), compare=False)
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """A TOML file's settings over the defaults (:class:`ConfigError` for unknown keys or bad values)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable TOML file ({exc})") from exc
+        return cls().updated(doc, where=str(path))
+
+    def updated(self, doc: dict[str, Any], where: str = "config") -> Config:
+        """A copy with ``doc`` (``{section: {key: value}}``, as read from TOML or JSON) applied."""
+        sections = _sections()
+        out = self
+        for name, values in doc.items():
+            if name not in sections:
+                raise ConfigError(f"{where}: unknown section [{name}]; sections: {', '.join(sections)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table of settings")
+            out = out.with_values(name, values, where)
+        return out
+
+    def with_values(self, section: str, values: dict[str, Any], where: str = "config") -> Config:
+        """A copy with ``values`` set in ``section`` (each checked against the field's type)."""
+        current = getattr(self, section)
+        hints = typing.get_type_hints(type(current))
+        known = {f.name for f in fields(current)}
+        checked = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown setting {section}.{key}; settings of [{section}]: "
+                                  f"{', '.join(sorted(known))}")
+            checked[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
+        return replace(self, **{section: replace(current, **checked)},
+                       explicit=self.explicit | {f"{section}.{k}" for k in checked})
+
+    def set_in(self, section: str) -> dict[str, Any]:
+        """The settings of ``section`` a file or the command line set explicitly."""
+        current = getattr(self, section)
+        return {k.split(".", 1)[1]: getattr(current, k.split(".", 1)[1]) for k in self.explicit
+                if k.startswith(section + ".")}
+
+    # ------------------------------------------------------------------ writing
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{section: {key: value}}`` of every setting (None where a setting is unset)."""
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "explicit"}
+
+    def to_toml(self) -> str:
+        """The tree as TOML (an unset setting, ``None``, is written commented out; ``"none"`` unsets one)."""
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path, sections: tuple[str, ...] | None = None) -> Path:
+        """``config.json``: every setting a run used (of ``sections``, the ones its command uses;
+        default all)."""
+        from flame_tracker.io.results import save_json
+
+        tree = self.to_dict()
+        return save_json(path, tree if sections is None else {k: tree[k] for k in sections})
+
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), -float("inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the field's type ``hint`` (int -> float where a float is wanted), or ConfigError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and value == "none":  # TOML has no null: "none" unsets an optional setting
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} is not one of {hint}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r}; use one of {', '.join(map(repr, args))}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is Any:
+        return value
+    raise ConfigError(f"{where}: {value!r} is not a {getattr(hint, '__name__', hint)}")
+
+
+__all__ = ["Config", "ConfigError"]

@@ -1,0 +1,72 @@
+"""One configuration tree: TOML in and out, checked keys and types, ``--config`` on the commands
+with the command line winning, and every run recording what it used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flame_tracker.cli.main import main
+from flame_tracker.config import Config, ConfigError
+
+
+def test_the_printed_defaults_read_back_as_the_defaults(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 0 and "[stage2]" in res.output and "[multiview]" in res.output
+    (tmp_path / "run.toml").write_text(res.output)
+    assert Config.load(tmp_path / "run.toml") == Config()
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    cases = {"[stage2]\nw_shpe = 1.0\n": "unknown setting stage2.w_shpe",
+             "[nope]\nx = 1\n": "unknown section [nope]",
+             "[track]\npose_cutoff_hz = \"fast\"\n": "track.pose_cutoff_hz",
+             "[stage2]\nsolver = \"gd\"\n": "'lm', 'adam'",
+             "[video\n": "not a readable TOML"}
+    for text, message in cases.items():
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+            Config.load(tmp_path / "bad.toml")
+        res = CliRunner().invoke(main, ["config", str(tmp_path / "bad.toml")])
+        assert res.exit_code == 1 and message in res.output
+    # "none" unsets an optional setting; integers are taken where a float is wanted
+    (tmp_path / "ok.toml").write_text("[track]\nimage_fov = \"none\"\nfov = 25\n")
+    c = Config.load(tmp_path / "ok.toml")
+    assert c.track.image_fov is None and c.track.fov == 25.0 and isinstance(c.track.fov, float)
+    assert c.explicit == {"track.image_fov", "track.fov"}
+
+
+def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: Path, tmp_path: Path) -> None:
+    """The file's stage-2 weight applies (the model's blendshape priors stay), an option given on
+    the command line wins over the file, and the folder records every setting used."""
+    (tmp_path / "run.toml").write_text("[stage2]\nw_shape = 2.0\nloss = \"huber\"\nmax_iter = 12\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "ffhq_00000.png"), "--out", str(out),
+                                    "--config", str(tmp_path / "run.toml"), "--loss", "l1", "--no-mesh",
+                                    "--no-overlay"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((out / "flame_tracker_config.json").read_text())
+    assert used["stage2"]["w_shape"] == 2.0 and used["stage2"]["max_iter"] == 12
+    assert used["stage2"]["loss"] == "l1"  # the command line wins
+    assert used["stage2"]["w_exp"] == 4.0  # the ICT model's own expression prior is kept
+    assert set(used) == {"stage2", "photometric"}  # the sections this command uses
+
+
+@pytest.mark.slow
+def test_video_command_takes_a_config_file_and_records_the_settings(shared_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("[track]\npose_cutoff_hz = 1.0\nexpr_cutoff_hz = 4.0\n"
+                                       "[flow]\nmax_points = 120\n")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["video", str(shared_dir / "videos" / "talking_ex3.mp4"), "--out", str(out),
+                                    "--max-frames", "6", "--quiet", "--config", str(tmp_path / "run.toml"),
+                                    "--smooth-pose", "2.0"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((out / "config.json").read_text())
+    assert used["track"]["pose_cutoff_hz"] == 2.0 and used["track"]["expr_cutoff_hz"] == 4.0
+    assert used["flow"]["max_points"] == 120 and used["video"]["max_frames"] == 6
+    assert set(used) == {"track", "video", "flow", "photometric"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["track"]["expr_cutoff_hz"] == 4.0  # the run folder keys on them (resume)
