@@ -22,6 +22,7 @@ import time
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from flame_tracker.video.store import RunFolder
 from flame_tracker.video.temporal import smooth_sequence
 from flame_tracker.video.track import SequenceFit, TrackOptions, sequence_fit
 
+if TYPE_CHECKING:  # (the pipeline imports this module)
+    from flame_tracker.video.pipeline import DetectedFrames
+
 PARAM_KEYS = ("pose6", "expr", "jaw_pose", "eye_pose")
 
 
@@ -53,7 +57,7 @@ def load_canonical(run: RunFolder) -> torch.Tensor | None:
     return torch.as_tensor(load_npz(path)["albedo"]) if path.is_file() else None
 
 
-def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
+def canonical_texture(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, reader: VideoReader,
                       model: torch.nn.Module, summary_timings: dict[str, float]) -> torch.Tensor | None:
     """The video's canonical appearance (``[V, 3]`` per-vertex albedo), fitted on the identity
     keyframes and written as ``texture.png``; read back from ``work/canonical.npz`` when a previous
@@ -66,7 +70,7 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
             save_texture_png(run.root / "texture.png", albedo, model)
         return albedo
     t0 = time.perf_counter()
-    want = {int(lm["frame"][r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
+    want = {int(lm.frame[r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
     frames: dict[int, np.ndarray] = {}
     with closing(iter(reader.reopen())) as it:  # decode up to the last keyframe only
         for frame in it:
@@ -79,15 +83,15 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     rows = np.array([want[i] for i in frames])
     init = {"shape": fit.identity.shape, "expr": fit.expr[rows], "jaw_pose": fit.jaw_pose[rows],
             "eye_pose": fit.eye_pose[rows]}
-    can = canonical_from_frames(model, list(frames.values()), fit.identity.camera_crop, lm["lmks68"][rows],
-                                fit.pose6[rows], fit.identity.fov, init, iris_px=lm["iris"][rows])
+    can = canonical_from_frames(model, list(frames.values()), fit.identity.camera_crop, lm.lmks68[rows],
+                                fit.pose6[rows], fit.identity.fov, init, iris_px=lm.iris[rows])
     save_npz(_canonical_path(run), {"albedo": can.albedo.cpu().numpy()})
     save_texture_png(run.root / "texture.png", can.albedo, model)
     summary_timings["texture_s"] = time.perf_counter() - t0
     return can.albedo
 
 
-def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.ndarray],
+def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: DetectedFrames,
                   frames: list[np.ndarray], rows: np.ndarray, albedo: torch.Tensor,
                   **overrides) -> dict[str, np.ndarray]:
     """Photometric refinement of the tracked frames ``rows`` (one batched fit) against the fixed
@@ -97,7 +101,7 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.nda
     """
     opts = replace(PhotometricOptions(), **{"render": False, **overrides})  # no render needed here
     dt = model.v_template.dtype
-    crops, lmk, iris, crop = crop_inputs(frames, fit.identity.camera_crop, lm["lmks68"][rows], lm["iris"][rows],
+    crops, lmk, iris, crop = crop_inputs(frames, fit.identity.camera_crop, lm.lmks68[rows], lm.iris[rows],
                                          opts.resolution, dt)
     n = len(rows)
     init = {"shape": torch.as_tensor(fit.identity.shape, dtype=dt)[None].expand(n, -1),
@@ -111,7 +115,7 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: dict[str, np.nda
             "light": ph.light.double().numpy()}
 
 
-def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], reader: VideoReader,
+def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, reader: VideoReader,
                       model: torch.nn.Module, options: TrackOptions, *, chunk: int = 8,
                       progress: bool = True, timings: dict[str, float] | None = None,
                       frames_done: dict[str, int] | None = None,
@@ -137,13 +141,13 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     if albedo is None:
         return None
     t0 = time.perf_counter()
-    t_len = len(lm["frame"])
-    row_of = {int(f): i for i, f in enumerate(lm["frame"])}
+    t_len = len(lm.frame)
+    row_of = {int(f): i for i, f in enumerate(lm.frame)}
     stage = run.stage("photometric", chunk=chunk)
     done = stage.done()
-    todo = [int(r) for r in np.flatnonzero(fit.valid) if int(lm["frame"][r]) not in done]
+    todo = [int(r) for r in np.flatnonzero(fit.valid) if int(lm.frame[r]) not in done]
     # frames already refined or without a face are passed over without converting them
-    skip = set(done) | {int(f) for f, v in zip(lm["frame"], fit.valid) if not v}
+    skip = set(done) | {int(f) for f, v in zip(lm.frame, fit.valid) if not v}
     bar = tqdm(total=int(fit.valid.sum()), initial=int(fit.valid.sum()) - len(todo), desc="photometric",
                unit="frame", disable=not progress, dynamic_ncols=True)
     n_new = 0
@@ -152,7 +156,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
         nonlocal n_new
         out = refine_frames(model, fit, lm, images, np.array(rows), albedo, **overrides)
         for i, r in enumerate(rows):
-            stage.add(int(lm["frame"][r]), {k: v[i] for k, v in out.items()})
+            stage.add(int(lm.frame[r]), {k: v[i] for k, v in out.items()})
         stage.flush()  # a finished chunk survives a kill
         n_new += len(rows)
         bar.update(len(rows))
@@ -181,7 +185,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
     if frames_done is not None:
         frames_done["photometric"] = n_new
 
-    valid, rec = stage.load_rows(lm["frame"])
+    valid, rec = stage.load_rows(lm.frame)
     raw = {k: rec.get(k, np.full_like(fit.raw[k], np.nan)) for k in PARAM_KEYS}
     raw["err_ndc"] = np.where(valid, fit.raw["err_ndc"], np.nan)
     light = rec.get("light", np.full((t_len, 9, 3), np.nan))
@@ -191,9 +195,9 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray
             raw[k][fit.flow] = fit.raw[k][fit.flow]
     # the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and jitter stay the baseline
     with cpu_threads(1, model.v_template.device):
-        new = sequence_fit(model, fit.identity, raw, lm["lmks68"].astype(np.float64), valid, lm["time_s"],
+        new = sequence_fit(model, fit.identity, raw, lm.lmks68.astype(np.float64), valid, lm.time_s,
                            options, dict(fit.timings), baseline=fit, flow=fit.flow, flow_inliers=fit.flow_inliers)
-    light_s, _ = smooth_sequence(light.reshape(t_len, 27), valid, times=lm["time_s"],
+    light_s, _ = smooth_sequence(light.reshape(t_len, 27), valid, times=lm.time_s,
                                  cutoff_hz=options.pose_cutoff_hz, max_gap_s=options.max_gap_s)
     timings["photometric_s"] = time.perf_counter() - t0
     return new, light_s.reshape(t_len, 9, 3)

@@ -250,15 +250,15 @@ class _ForwardFrames:
         return {int(r): self._cache[int(r)] for r in rows if int(r) in self._cache}
 
 
-def _flow_filler(model, reader: VideoReader, lm: dict[str, np.ndarray], opts=None):
+def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
     """The gap filler of :func:`track_landmarks`: the head followed by optical flow through the
     frames without landmarks (:mod:`flame_tracker.video.flow`), frames decoded again as needed."""
     from flame_tracker.video.flow import flow_through_gaps, needed_rows
 
     def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray):
-        rows = needed_rows(valid, lm["time_s"], opts)
-        source = _ForwardFrames(reader, lm["frame"], rows)
-        return flow_through_gaps(model, identity, raw, valid, lm["time_s"], source, opts)
+        rows = needed_rows(valid, lm.time_s, opts)
+        source = _ForwardFrames(reader, lm.frame, rows)
+        return flow_through_gaps(model, identity, raw, valid, lm.time_s, source, opts)
 
     return fill
 
@@ -271,13 +271,13 @@ FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
 VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
 
-def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
+def frame_result(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_name: str,
                  expr_names: tuple[str, ...], own_lmks_px: np.ndarray | None = None) -> Result:
     """The tracked frames ``rows`` as one batched :class:`~flame_tracker.tracker.Result` (without
     meshes: they are exported separately), so video frames and photos share one npz format."""
     ident = fit.identity
     rows = np.atleast_1d(np.asarray(rows))
-    w, h = (int(v) for v in lm["image_size"][rows[0]])  # one size for the whole video
+    w, h = (int(v) for v in lm.image_size[rows[0]])  # one size for the whole video
     f32 = np.float32
     n = len(rows)
     return Result(
@@ -286,17 +286,17 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
         head_pose=np.zeros((n, 3), f32), jaw_pose=fit.jaw_pose[rows].astype(f32),
         neck_pose=np.zeros((n, 3), f32), eye_pose=fit.eye_pose[rows].astype(f32),
         pose6=fit.pose6[rows].astype(np.float64), fov=np.full(n, ident.fov, f32),
-        lmks68_px=lm["lmks68"][rows].astype(f32), iris_px=lm["iris"][rows].astype(f32),
+        lmks68_px=lm.lmks68[rows].astype(f32), iris_px=lm.iris[rows].astype(f32),
         fit_lmks68_px=(fit.lmks_fit_px if own_lmks_px is None else own_lmks_px)[rows].astype(f32),
         fit_target68_px=None if own_lmks_px is None else fit.lmks_fit_px[rows].astype(f32),
         fit_iris_px=fit.iris_fit_px[rows].astype(f32),
         vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
         objective=fit.raw["err_ndc"][rows], stage1_objective=np.full(n, np.nan),
-        blendshape_scores=lm["blendshapes"][rows].astype(f32), blendshape_names=BLENDSHAPE_NAMES,
+        blendshape_scores=lm.blendshapes[rows].astype(f32), blendshape_names=BLENDSHAPE_NAMES,
         expr_names=expr_names, principal_point=ident.pp)
 
 
-def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], model_name: str,
+def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_name: str,
                  expr_names: tuple[str, ...], extra: dict[str, np.ndarray] | None = None,
                  own_lmks_px: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The per-frame npz keys of ``rows``, stacked over frames (vectorised): the single-image keys
@@ -307,8 +307,8 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
     (``fit.lmks_fit_px``), as single images write them."""
     rows = np.atleast_1d(np.asarray(rows))
     arrays = frame_result(fit, rows, lm, model_name, expr_names, own_lmks_px).arrays()
-    arrays.update(frame=lm["frame"][rows].astype(np.int64),
-                  time_s=lm["time_s"][rows].astype(np.float64),
+    arrays.update(frame=lm.frame[rows].astype(np.int64),
+                  time_s=lm.time_s[rows].astype(np.float64),
                   valid=fit.valid[rows].copy(),
                   source=fit.source[rows],  # landmarks | flow | bridged (video.flow.SOURCES)
                   # how many surface points carried a flow frame's pose (its confidence; 0 otherwise)
@@ -318,7 +318,7 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: dict[str, np.ndarray], 
     return arrays
 
 
-def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
+def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
                    summary: VideoSummary, progress: bool, light: np.ndarray | None = None,
                    fit_model: torch.nn.Module | None = None) -> None:
@@ -333,7 +333,7 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                                                       "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, rows)[0]
     stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names, extra, own)
     def write_frame(i: int, r: int) -> None:  # per-frame files are tiny: uncompressed, two at a time
-        path = run.frame_path(int(lm["frame"][r]))
+        path = run.frame_path(int(lm.frame[r]))
         if not path.exists():
             save_npz(path, {k: v if k in FIXED_KEYS else v[i:i + 1] for k, v in stacked.items()}, compress=False)
 
@@ -343,8 +343,8 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
         list(pool.map(write_frame, range(len(rows)), rows))
     # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
     stacked.update({
-        "keyframes": lm["frame"][fit.identity.keyframes],
-        "all_frames": lm["frame"], "all_times_s": lm["time_s"], "all_valid": fit.valid,
+        "keyframes": lm.frame[fit.identity.keyframes],
+        "all_frames": lm.frame, "all_times_s": lm.time_s, "all_valid": fit.valid,
         "all_covered": fit.covered, "reproj_px": fit.reproj_px[rows],
         "raw_cam": pose6_to_cam(torch.as_tensor(fit.raw["pose6"][rows])).numpy(),
         "raw_exp": fit.raw["expr"][rows],
@@ -370,7 +370,7 @@ def _vertices(model: torch.nn.Module, fit: SequenceFit, rows: np.ndarray) -> tor
                      eye_pose=torch.as_tensor(fit.eye_pose[rows], dtype=dt)).vertices
 
 
-def _write_meshes(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], rows: np.ndarray,
+def _write_meshes(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, rows: np.ndarray,
                   model: torch.nn.Module, fmt: str, summary: VideoSummary) -> None:
     from flame_tracker.io.mesh import save_obj, save_ply
 
@@ -383,7 +383,7 @@ def _write_meshes(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray], r
         chunk = rows[start:start + 32]
         verts = _vertices(model, fit, chunk).numpy()
         for r, v in zip(chunk, verts):
-            path = run.root / "meshes" / f"{int(lm['frame'][r]):06d}.{fmt}"
+            path = run.root / "meshes" / f"{int(lm.frame[r]):06d}.{fmt}"
             if not path.exists():
                 save(path, v, faces)
     summary.timings["meshes_s"] = time.perf_counter() - t0
@@ -422,7 +422,7 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
+def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
                    summary: VideoSummary, progress: bool, light: np.ndarray | None = None) -> None:
     """``overlay.mp4``: the grey mesh and landmarks over every frame; with ``light`` (photometric
@@ -434,7 +434,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
     from flame_tracker.video.encode import VideoWriter, side_by_side
 
     t0 = time.perf_counter()
-    row_of = {int(f): i for i, f in enumerate(lm["frame"])}
+    row_of = {int(f): i for i, f in enumerate(lm.frame)}
     crop = fit.identity.camera_crop
     focal = float(intrinsics_pixels(torch.tensor(fit.identity.fov, dtype=torch.float64),
                                     crop)[0, 0])
@@ -445,7 +445,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
 
         albedo = load_canonical(run)
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
-    bar = tqdm(total=len(lm["frame"]), desc="overlay", unit="frame", disable=not progress,
+    bar = tqdm(total=len(lm.frame), desc="overlay", unit="frame", disable=not progress,
                dynamic_ncols=True)
     with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
         sources = fit.source
@@ -466,7 +466,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: dict[str, np.ndarray],
                                  region=face_mask(fit.lmks_fit_px[r], *img.shape[:2], shrink=0.0)
                                  ) if textured else img
                 out = render_overlay(base, vpx, faces, alpha=0.0 if textured else 0.6,
-                                     lmks_detected=lm["lmks68"][r] if fit.valid[r] else None,
+                                     lmks_detected=lm.lmks68[r] if fit.valid[r] else None,
                                      lmks_fitted=fit.lmks_fit_px[r], focal=focal)
                 if sources[r] != "landmarks":  # say where a frame without landmarks got its head from
                     _label(out, "optical flow" if sources[r] == "flow" else "interpolated",
@@ -491,21 +491,41 @@ def _label(image: np.ndarray, text: str, color: tuple[int, int, int]) -> None:
 
 # ---------------------------------------------------------------------------------- main entry
 
-def _load_landmarks(run: RunFolder) -> dict[str, np.ndarray]:
-    lm = run.stage("landmarks").load()
-    if not lm:
-        return lm
-    lm["valid"] = lm["valid"].astype(bool)
-    return lm
+@dataclass
+class DetectedFrames:
+    """What the landmark stage stored for every selected frame (in frame order): the typed track the
+    later stages (identity, per-frame fits, flow, photometric, outputs) read."""
+
+    frame: np.ndarray  # [T] source frame index
+    time_s: np.ndarray  # [T] seconds
+    valid: np.ndarray  # [T] bool: a face was detected
+    lmks68: np.ndarray  # [T, 68, 2] original pixels (NaN where not valid)
+    iris: np.ndarray  # [T, 10, 2]
+    blendshapes: np.ndarray  # [T, 52] MediaPipe's scores (zeros where not valid)
+    image_size: np.ndarray | None = None  # [T, 2] (W, H) of each frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @classmethod
+    def from_records(cls, d: dict[str, np.ndarray]) -> DetectedFrames:
+        size = d.get("image_size")
+        return cls(np.asarray(d["frame"]), np.asarray(d["time_s"]), np.asarray(d["valid"]).astype(bool),
+                   np.asarray(d["lmks68"]), np.asarray(d["iris"]), np.asarray(d["blendshapes"]),
+                   None if size is None else np.asarray(size))
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """``(W, H)`` of the video's frames (one size for the whole video)."""
+        if self.image_size is None or not len(self.image_size):
+            return None
+        w, h = (int(v) for v in self.image_size[0])
+        return (w, h) if w > 0 and h > 0 else None
 
 
-def _image_size(lm: dict[str, np.ndarray]) -> tuple[int, int] | None:
-    """``(W, H)`` of the video's frames (one size for the whole video), from the landmark records."""
-    sizes = lm.get("image_size")
-    if sizes is None or not len(sizes):
-        return None
-    w, h = (int(v) for v in np.asarray(sizes)[0])
-    return (w, h) if w > 0 and h > 0 else None
+def _load_landmarks(run: RunFolder) -> DetectedFrames | None:
+    records = run.stage("landmarks").load()
+    return DetectedFrames.from_records(records) if records else None
 
 
 def track_video(video: str | Path, out_dir: str | Path, *,
@@ -568,8 +588,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
 
     _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose)
     lm = _load_landmarks(run)
-    if not lm or not lm["valid"].any():
-        n = len(lm.get("frame", []))
+    if lm is None or not lm.valid.any():
+        n = 0 if lm is None else len(lm)
         raise NoFaceError(
             f"no face found in any of the {n} frames read from {video}"
             + (f" ({summary.broken})" if summary.broken else "")
@@ -582,17 +602,17 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     ident_path = run.root / "work" / "identity.npz"
     identity = Identity.from_arrays(load_npz(ident_path)) if ident_path.is_file() else None
     fit_stage = run.stage("fits", chunk=topts.chunk)
-    t_len = len(lm["frame"])
-    have, done_fits = fit_stage.load_rows(lm["frame"])
+    t_len = len(lm.frame)
+    have, done_fits = fit_stage.load_rows(lm.frame)
     done = {"done": have, **done_fits} if done_fits else None
-    n_todo = int(lm["valid"].sum()) - (int(done["done"].sum()) if done else 0)
-    bar = tqdm(total=int(lm["valid"].sum()), initial=int(lm["valid"].sum()) - n_todo,
+    n_todo = int(lm.valid.sum()) - (int(done["done"].sum()) if done else 0)
+    bar = tqdm(total=int(lm.valid.sum()), initial=int(lm.valid.sum()) - n_todo,
                desc="fitting", unit="frame", disable=not progress, dynamic_ncols=True)
     fitted = [0]
 
     def on_chunk(rows: np.ndarray, fits: dict[str, np.ndarray]) -> None:
         for i, r in enumerate(rows):
-            fit_stage.add(int(lm["frame"][r]), {k: v[i] for k, v in fits.items()})
+            fit_stage.add(int(lm.frame[r]), {k: v[i] for k, v in fits.items()})
         fit_stage.flush()
         fitted[0] += len(rows)
         bar.update(len(rows))
@@ -601,14 +621,14 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         save_npz(ident_path, ident.as_arrays())
 
     gap_filler = None
-    if topts.flow and not lm["valid"].all():
+    if topts.flow and not lm.valid.all():
         gap_filler = _flow_filler(fit_model, reader, lm, fopts)
     try:
-        fit = track_landmarks(fit_model, lm["lmks68"].astype(np.float64), lm["valid"], lm["time_s"],
-                              iris_px=lm["iris"].astype(np.float64), options=topts,
+        fit = track_landmarks(fit_model, lm.lmks68.astype(np.float64), lm.valid, lm.time_s,
+                              iris_px=lm.iris.astype(np.float64), options=topts,
                               identity=identity, done=done, on_chunk=on_chunk,
-                              on_identity=on_identity, image_size=_image_size(lm),
-                              blendshapes=lm["blendshapes"], blendshape_names=BLENDSHAPE_NAMES,
+                              on_identity=on_identity, image_size=lm.size,
+                              blendshapes=lm.blendshapes, blendshape_names=BLENDSHAPE_NAMES,
                               gap_filler=gap_filler)
     finally:
         bar.close()
