@@ -113,6 +113,16 @@ class Config:
                 raise ConfigError(f"{where}: unknown setting {section}.{key}; settings of [{section}]: "
                                   f"{', '.join(sorted(known))}")
             checked[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
+            if (section, key) == ("video", "face"):  # one spelling per choice (the run folder keys on it)
+                from flame_tracker.detection.search import FaceChoice
+
+                try:
+                    checked[key] = str(FaceChoice.parse(value))
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: video.face: {exc}") from exc
+            if isinstance(checked[key], int) and not isinstance(checked[key], bool) and key in (
+                    "every", "max_frames", "chunk", "iters", "max_iter", "n_keyframes") and checked[key] < 1:
+                raise ConfigError(f"{where}: {section}.{key} must be at least 1, got {checked[key]}")
         return replace(self, **{section: replace(current, **checked)},
                        explicit=self.explicit | {f"{section}.{k}" for k in checked})
 
@@ -128,12 +138,15 @@ class Config:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "explicit"}
 
     def to_toml(self) -> str:
-        """The tree as TOML (an unset setting, ``None``, is written commented out; ``"none"`` unsets one)."""
+        """The tree as TOML: the settings set explicitly as values, every other one commented out
+        with its default (uncomment what you change: a default left as it is stays the model's or
+        the input's own choice, e.g. the ICT blendshape priors); ``"none"`` unsets an optional one."""
         lines = []
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
             for key, value in values.items():
-                lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+                text = '"none"' if value is None else _toml_value(value)
+                lines.append(f"{key} = {text}" if f"{section}.{key}" in self.explicit else f"# {key} = {text}")
             lines.append("")
         return "\n".join(lines)
 
@@ -170,7 +183,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if type(None) in args and value == "none":  # TOML has no null: "none" unsets an optional setting
+        if type(None) in args and (value is None or value == "none"):  # TOML has no null: "none" unsets
             return None
         for a in args:
             if a is type(None):

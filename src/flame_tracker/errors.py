@@ -1,7 +1,7 @@
-"""The package's errors. Every error flame-tracker raises on purpose derives from
-:class:`FlameTrackerError` (and, for code written before it, from the built-in class it always was:
-``ValueError`` for bad input, ``RuntimeError`` for a failed step), and its message names what is
-wrong and what to do, so ``except FlameTrackerError`` catches them all and nothing else."""
+"""The package's errors. Every error class of the package derives from :class:`FlameTrackerError`
+(and from the built-in class it always was: ``ValueError`` for bad input, ``RuntimeError`` for a
+failed step), and its message names what is wrong and what to do. Some checks deep in the code
+still raise plain ``ValueError`` / ``RuntimeError`` (not yet converted)."""
 
 from __future__ import annotations
 

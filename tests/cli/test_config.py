@@ -17,7 +17,18 @@ def test_the_printed_defaults_read_back_as_the_defaults(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["config"])
     assert res.exit_code == 0 and "[stage2]" in res.output and "[multiview]" in res.output
     (tmp_path / "run.toml").write_text(res.output)
-    assert Config.load(tmp_path / "run.toml") == Config()
+    loaded = Config.load(tmp_path / "run.toml")
+    # nothing is set by the printed defaults: the model's own choices (ICT's priors) stay
+    assert loaded == Config() and loaded.explicit == frozenset()
+    # a file's settings print back as set (an unset optional one as "none") and read back the same
+    (tmp_path / "set.toml").write_text("[track]\nimage_fov = \"none\"\nfov = 25\n[video]\nface = \"Index 1\"\n")
+    res = CliRunner().invoke(main, ["config", str(tmp_path / "set.toml")])
+    assert res.exit_code == 0 and 'image_fov = "none"' in res.output and 'face = "index 1"' in res.output
+    (tmp_path / "again.toml").write_text(res.output)
+    again = Config.load(tmp_path / "again.toml")
+    assert again == Config.load(tmp_path / "set.toml") and again.track.image_fov is None
+    # a run's recorded settings (JSON, None for unset) read back too
+    assert Config().updated(json.loads(json.dumps(Config().to_dict()))) == Config()
 
 
 def test_bad_settings_are_named(tmp_path: Path) -> None:
@@ -25,7 +36,10 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
              "[nope]\nx = 1\n": "unknown section [nope]",
              "[track]\npose_cutoff_hz = \"fast\"\n": "track.pose_cutoff_hz",
              "[stage2]\nsolver = \"gd\"\n": "'lm', 'adam'",
-             "[video\n": "not a readable TOML"}
+             "[video\n": "not a readable TOML",
+             "[video]\nmeshes = \"stl\"\n": "video.meshes",
+             "[video]\nevery = 0\n": "at least 1",
+             "[video]\nface = \"bogus\"\n": "video.face"}
     for text, message in cases.items():
         (tmp_path / "bad.toml").write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

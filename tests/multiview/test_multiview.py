@@ -292,3 +292,32 @@ def test_videos_at_other_frame_rates_are_paired_by_timestamps(capture, tmp_path:
     # the 60 fps camera's landmarks agree with the others' fit as well as the 30 fps cameras' do
     err = t["reproj_px"]
     assert err[:, 1].mean() < 1.5 * np.nanmean(err[:, [0, 2, 3, 4]]) + 1.0, err
+
+
+def test_timesteps_without_a_face_or_with_one_profile_view() -> None:
+    """A first timestep no camera sees (smoothing on: it stays invalid, nothing NaN) and a timestep
+    only the outermost camera (75 degrees) sees: placed by PnP in front of that camera, fitted."""
+    from scipy.spatial.transform import Rotation
+
+    from flame_tracker.evaluation.metrics import rotation_error_deg
+    from flame_tracker.model import load_model
+    from flame_tracker.multiview.fit import MultiviewOptions, fit_multiview
+
+    model = load_model()
+    rig = camera_ring(5, seed=4)
+    T = 5
+    R_h = Rotation.from_euler("y", np.linspace(-10, 10, T)[:, None], degrees=True).as_matrix()
+    with torch.no_grad():
+        pts = model.landmarks().landmarks[0].double().numpy()
+    u = -np.einsum("tij,j->ti", R_h, pts.mean(0))
+    world = np.einsum("tij,kj->tki", R_h, pts) + u[:, None]
+    px = np.stack([np.stack([c.project(world[t]) for c in rig.cameras]) for t in range(T)])
+    seen = np.ones((T, 5), bool)
+    seen[0] = False
+    seen[2, 1:] = False  # only cam_00, at -75 degrees
+    px[~seen] = np.nan
+    fit = fit_multiview(model, rig, px, seen, times=np.arange(T) / 30.0, options=MultiviewOptions(smooth=True))
+    assert not fit.valid[0] and fit.valid[1:].all()
+    assert np.isfinite(fit.rotvec).all() and np.isfinite(fit.transl).all()
+    err = rotation_error_deg(Rotation.from_rotvec(fit.rotvec[2]).as_matrix(), R_h[2])
+    assert err < 5.0, err

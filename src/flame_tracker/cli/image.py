@@ -53,7 +53,8 @@ def run_images(
 
     ``config``: a :class:`flame_tracker.config.Config` (its ``stage2`` and ``photometric`` settings
     that were set explicitly apply); ``solver``, ``loss``, ``fit_shape``, ``fit_neck`` (None: from the
-    config, else the model's defaults) override it. The settings used go to ``out_dir/config.json``.
+    config, else the model's defaults) override it. The settings used go to
+    ``out_dir/flame_tracker_config.json``.
     Each failure prints one line ``error: <image>: <reason>`` and the others are still processed.
     """
     from dataclasses import replace

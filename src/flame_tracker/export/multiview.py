@@ -65,13 +65,18 @@ def load_multiview_run(folder: str | Path) -> MultiviewRun:
     from flame_tracker.multiview import load_cameras
 
     folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if not manifest.get("complete") or not (folder / "tracking.npz").is_file():
-        raise ExportError(f"{folder}: not a finished `flame-tracker multiview` run; run it again")
-    with np.load(folder / "tracking.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return MultiviewRun(folder, arrays, load_cameras(folder / "cameras.json"),
-                        json.loads((folder / "summary.json").read_text()))
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if not manifest.get("complete") or not (folder / "tracking.npz").is_file():
+            raise ExportError(f"{folder}: not a finished `flame-tracker multiview` run; run it again")
+        with np.load(folder / "tracking.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        summary = json.loads((folder / "summary.json").read_text())
+        rig = load_cameras(folder / "cameras.json")
+        summary["capture"]  # noqa: B018  (recorded by every run)
+    except (OSError, ValueError, KeyError) as exc:  # MultiviewError is a ValueError
+        raise ExportError(f"{folder}: an incomplete `flame-tracker multiview` run ({exc}); run it again") from exc
+    return MultiviewRun(folder, arrays, rig, summary)
 
 
 def export_multiview_gaussian_avatars(run: MultiviewRun, model, out_dir: str | Path, capture: str | Path | None = None,
@@ -82,6 +87,10 @@ def export_multiview_gaussian_avatars(run: MultiviewRun, model, out_dir: str | P
     a = run.arrays
     tracked = TrackedRun(run.folder, a, 30.0, run.model_name)
     check_flame(tracked, model, "GaussianAvatars", "2023", N_SHAPE, N_EXPR)
+    distorted = [c.name for c in run.rig.cameras if c.dist is not None and np.any(c.dist)]
+    if distorted:
+        raise ExportError(f"camera(s) {', '.join(distorted)} have lens distortion, which GaussianAvatars' pinhole "
+                          "cameras cannot hold; undistort the frames first (calibration without dist)")
     if masks not in (None, "model"):
         raise ExportError("--masks for a multi-view run: 'model' (the fitted head's silhouettes) only")
     from flame_tracker.multiview.capture import open_capture
@@ -98,8 +107,15 @@ def export_multiview_gaussian_avatars(run: MultiviewRun, model, out_dir: str | P
     cams = run.rig.cameras
     K = np.stack([c.K for c in cams])
     s, d, canvas, K_shared = common_camera(K, K[:, :2, 2], np.array([[c.width, c.height] for c in cams]))
-    return write_folder(out_dir, "gaussian-avatars",
-                        lambda tmp: _write(run, model, cap, tmp, (s, d, canvas, K_shared), masks == "model"))
+    def write(tmp: Path) -> None:
+        try:
+            _write(run, model, cap, tmp, (s, d, canvas, K_shared), masks == "model")
+        except ValueError as exc:  # the capture's frames changed since tracking (MultiviewError)
+            if isinstance(exc, ExportError):
+                raise
+            raise ExportError(f"cannot read the capture's frames again ({exc}); pass --images CAPTURE_FOLDER") from exc
+
+    return write_folder(out_dir, "gaussian-avatars", write)
 
 
 def _write(run: MultiviewRun, model, cap, tmp: Path, shared, with_masks: bool) -> None:

@@ -58,6 +58,13 @@ class Camera:
         m[:3, :3], m[:3, 3] = self.R, self.t
         return m
 
+    @property
+    def K_cv(self) -> np.ndarray:
+        """``K`` in OpenCV's convention (pixel centres at integers: the principal point 0.5 less)."""
+        k = self.K.copy()
+        k[:2, 2] -= 0.5
+        return k
+
     def undistort(self, px: np.ndarray) -> np.ndarray:
         """Pixel points ``[..., 2]`` as an ideal pinhole camera with ``K`` would see them."""
         if self.dist is None or not np.any(self.dist):
@@ -69,7 +76,7 @@ class Camera:
         out = np.full_like(flat, np.nan)
         if ok.any():
             # OpenCV's pixel centres are at integers; ours at +0.5
-            out[ok] = cv2.undistortPoints(flat[ok] - 0.5, self.K, self.dist, P=self.K) + 0.5
+            out[ok] = cv2.undistortPoints(flat[ok] - 0.5, self.K_cv, self.dist, P=self.K_cv) + 0.5
         return out.reshape(px.shape)
 
     def project(self, x_world: np.ndarray) -> np.ndarray:
@@ -79,7 +86,7 @@ class Camera:
             return cam[:, :2] / cam[:, 2:] * self.K[[0, 1], [0, 1]] + self.K[:2, 2]
         import cv2
 
-        px, _ = cv2.projectPoints(np.ascontiguousarray(cam), np.zeros(3), np.zeros(3), self.K, self.dist)
+        px, _ = cv2.projectPoints(np.ascontiguousarray(cam), np.zeros(3), np.zeros(3), self.K_cv, self.dist)
         return px[:, 0] + 0.5
 
     def as_dict(self) -> dict:
@@ -149,6 +156,12 @@ def _from_opencv(entries: list[tuple[str, dict]], path: Path) -> list[Camera]:
                                  "width, height)")
         size = c.get("image_size") or c.get("size") or [c.get("width", 0), c.get("height", 0)]
         dist = c.get("dist", c.get("distortion"))
+        if dist is not None:
+            d = _matrix(dist, (len(np.ravel(dist)),), f"{where} dist") if np.size(dist) else None
+            if d is not None and len(d) not in (4, 5, 8, 12, 14):
+                raise MultiviewError(f"{where}: dist has {len(d)} values; OpenCV takes 4, 5, 8, 12 or 14 "
+                                     "(k1, k2, p1, p2[, k3, ...])")
+            dist = d
         cams.append(Camera(str(name), _matrix(c["K"], (3, 3), f"{where} K"), _matrix(c["R"], (3, 3), f"{where} R"),
                            _matrix(c["t"], (3,), f"{where} t"), int(size[0]), int(size[1]),
                            None if dist is None else np.asarray(dist, np.float64).reshape(-1)))
@@ -179,7 +192,7 @@ def _from_transforms(doc: dict, path: Path) -> list[Camera]:
         c2w_cv[:3, :3] = c2w[:3, :3] @ _GL_TO_CV  # OpenGL camera axes -> OpenCV
         w2c = np.linalg.inv(c2w_cv)
         K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]], np.float64)
-        dist = [get(k) or 0.0 for k in ("k1", "k2", "p1", "p2")]
+        dist = [float(get(k) or 0.0) for k in ("k1", "k2", "p1", "p2", "k3")]
         cams[name] = Camera(name, K, w2c[:3, :3], w2c[:3, 3], int(w), int(h),
                             np.asarray(dist, np.float64) if any(dist) else None)
     return list(cams.values())

@@ -7,8 +7,9 @@ Layouts (camera names as in the calibration):
 * ``CAPTURE/<camera>.mp4`` (any video suffix): frame ``i`` of every video is one timestep (the
   synchronisation by frame index of hardware-triggered rigs; times from the first camera's stream),
   or with ``sync="timestamps"`` the first camera's frames are the timesteps and every other camera
-  gives its frame nearest in time (none when the nearest is more than half a frame away: free-running
-  cameras, other frame rates, streams that start later).
+  gives its frame nearest in time (none when the nearest is more than half a frame away): cameras at
+  other frame rates, timing jitter. Each stream's times start at its own first frame, so streams
+  that started at different moments must be trimmed to a common start first.
 """
 
 from __future__ import annotations
@@ -71,16 +72,19 @@ class Capture:
 
         ref = VideoReader(self.sources[0], every=self.every, max_frames=self.n_frames)
         others = [iter(VideoReader(p)) for p in self.sources[1:]]
-        tol = [0.5 / max(probe(p).fps, 1e-6) for p in self.sources[1:]]
-        ahead: list = [next(it, None) for it in others]  # each camera's next undelivered frame
+        rates = [probe(p).fps for p in self.sources[1:]]
+        if not all(r > 0 for r in rates):
+            raise MultiviewError("--sync timestamps needs each video's frame rate; a video without one cannot be "
+                                 "paired by time")
+        tol = [0.5 / r for r in rates]
+        ahead: list = [next(it, None) for it in others]  # each camera's next frame after the reference time
+        behind: list = [None] * len(others)  # and its last frame at or before it (may pair again)
         for t, frame in enumerate(ref):
             row: list[np.ndarray | None] = [frame.image]
             for k, it in enumerate(others):
-                best = None
-                # move on while the next frame is no later than the reference time (keep the nearest)
                 while ahead[k] is not None and ahead[k].time_s <= frame.time_s:
-                    best, ahead[k] = ahead[k], next(it, None)
-                cands = [f for f in (best, ahead[k]) if f is not None]
+                    behind[k], ahead[k] = ahead[k], next(it, None)
+                cands = [f for f in (behind[k], ahead[k]) if f is not None]
                 near = min(cands, key=lambda f: abs(f.time_s - frame.time_s)) if cands else None
                 row.append(near.image if near is not None and abs(near.time_s - frame.time_s) <= tol[k] else None)
             yield t, frame.time_s, row

@@ -413,17 +413,25 @@ def initial_poses(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, anchors: 
                 out[t] = np.concatenate([Rotation.from_matrix(R).as_rotvec(), u])
                 ok[t] = True
                 continue
-        if len(views) >= 1:
-            c = views[0]
+        best = None  # one view: PnP (SQPnP, global), in every view that sees the face; the head must be
+        for c in views:  # in front of the camera and face it; the lowest reprojection error wins
             cam = rig.cameras[c]
-            good, rvec, tvec = cv2.solvePnP(mean_pts, np.ascontiguousarray(lmks[t, c, anchors] - 0.5), cam.K, None,
-                                            flags=cv2.SOLVEPNP_ITERATIVE)
-            if good:
-                Rm = cv2.Rodrigues(rvec)[0]
-                R = cam.R.T @ Rm  # model -> world
-                u = cam.R.T @ (tvec[:, 0] - cam.t)
-                out[t] = np.concatenate([Rotation.from_matrix(R).as_rotvec(), u])
-                ok[t] = True
+            img = np.ascontiguousarray(lmks[t, c, anchors] - 0.5)
+            good, rvec, tvec = cv2.solvePnP(mean_pts, img, cam.K_cv, None, flags=cv2.SOLVEPNP_SQPNP)
+            if not good:
+                continue
+            Rm = cv2.Rodrigues(rvec)[0]
+            x_cam = mean_pts @ Rm.T + tvec[:, 0]
+            # behind the camera, or turned away from it (the model's +z comes out of the face)
+            if (x_cam[:, 2] <= 0).any() or Rm[2, 2] > 0.3:
+                continue
+            err = float(np.linalg.norm(cv2.projectPoints(mean_pts, rvec, tvec, cam.K_cv, None)[0][:, 0] - img,
+                                       axis=1).mean())
+            if best is None or err < best[0]:
+                best = (err, cam.R.T @ Rm, cam.R.T @ (tvec[:, 0] - cam.t))  # model -> world
+        if best is not None:
+            out[t] = np.concatenate([Rotation.from_matrix(best[1]).as_rotvec(), best[2]])
+            ok[t] = True
     scale = float(np.median(scales)) if scales else 1.0
     return out, ok, scale
 
@@ -549,9 +557,14 @@ def smooth(fit: MultiviewFit, times: np.ndarray) -> MultiviewFit:
 
     raw = {"pose6": np.concatenate([fit.rotvec, fit.transl], 1), "expr": fit.expr, "jaw_pose": fit.jaw_pose,
            "eye_pose": fit.eye_pose}
-    sm, _ = smooth_fits(raw, fit.valid, np.asarray(times, np.float64), TrackOptions())
+    sm, covered = smooth_fits(raw, fit.valid, np.asarray(times, np.float64), TrackOptions())
+    # timesteps the smoother did not reach (before the first face, after the last, long gaps) keep
+    # their unsmoothed values and stay invalid
+    keep = ~np.asarray(covered, bool)
+    for k in sm:
+        sm[k] = np.where(keep[:, None], raw[k], sm[k])
     return replace(fit, rotvec=sm["pose6"][:, :3], transl=sm["pose6"][:, 3:], expr=sm["expr"],
-                   jaw_pose=sm["jaw_pose"], eye_pose=sm["eye_pose"])
+                   jaw_pose=sm["jaw_pose"], eye_pose=sm["eye_pose"], valid=fit.valid & np.asarray(covered, bool))
 
 
 __all__ = ["MultiviewOptions", "MultiviewFit", "PointSet", "fit_multiview", "initial_poses", "scale_note", "smooth"]

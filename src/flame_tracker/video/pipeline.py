@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class VideoOptions:
     roi: bool = True  # follow small faces / one of several with a crop around the face, search tiles
     overlay: bool = False
     side_by_side: bool = False
-    meshes: str | None = None  # "ply" or "obj": export the mesh of every tracked frame
+    meshes: Literal["ply", "obj"] | None = None  # export the mesh of every tracked frame
     # canonical texture (texture.png) fitted on the identity keyframes, then every tracked frame
     # refined photometrically against it (per-frame SH light saved as ``light``)
     photometric: bool = False
