@@ -32,17 +32,17 @@ from flame_tracker.export import FORMATS
               "frame centre; start value with --estimate-fov).")
 @click.option("--fov", type=click.FloatRange(10.0, 50.0), default=None,
               help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
-@click.option("--estimate-fov", is_flag=True, help="Fit one FOV for the whole video.")
+@click.option("--estimate-fov/--no-estimate-fov", default=False, help="Fit one FOV for the whole video.")
 @click.option("--smooth-pose", type=float, default=3.0, show_default=True,
               help="Pose smoothing cutoff in Hz (inf = none).")
 @click.option("--smooth-expr", type=float, default=6.0, show_default=True,
               help="Expression smoothing cutoff in Hz (inf = none).")
-@click.option("--overlay", is_flag=True,
+@click.option("--overlay/--no-overlay", default=False,
               help="Write overlay.mp4 (mesh + landmarks over the frames; costs a render per frame).")
-@click.option("--side-by-side", is_flag=True, help="Overlay video shows the input next to it.")
+@click.option("--side-by-side/--no-side-by-side", default=False, help="Overlay video shows the input next to it.")
 @click.option("--meshes", type=click.Choice(["ply", "obj"]), default=None,
               help="Also export the mesh of every tracked frame.")
-@click.option("--photometric", is_flag=True,
+@click.option("--photometric/--no-photometric", default=False,
               help="Photometric tracking: fit one texture on the identity keyframes (texture.png), then refine "
                    "every frame against it (per-frame SH light saved as light); ~0.4-1 s per frame.")
 @click.option("--export", "exports", multiple=True, type=click.Choice(list(FORMATS)),
