@@ -70,7 +70,7 @@ def main() -> None:
         if args.points == "dense":
             from flame_tracker.model.embedding import DENSE, with_landmarks
 
-            mv_model, views, pset = with_landmarks(model, emb, DENSE), ViewPoints(model, emb, DENSE), None
+            mv_model, views = with_landmarks(model, emb, DENSE), ViewPoints(model, emb, DENSE)
             pset = PointSet.dense(emb, MultiviewOptions())
         else:
             mv_model, views, pset = fm, ViewPoints(model, emb), None

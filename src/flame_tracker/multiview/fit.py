@@ -178,8 +178,7 @@ class _Problem:
         when the fit uses them)."""
         lay = self.lay
         jaw = x[:, lay.j] if lay.jaw else None
-        out = self.model.landmarks(shape=s, expr=x[:, lay.e], jaw_pose=jaw, eye_pose=x[:, lay.y])
-        pts = out.landmarks if self.n_pts == out.landmarks.shape[1] else torch.cat([out.landmarks, out.iris], 1)
+        pts = model_points(self.model, self.n_pts, shape=s, expr=x[:, lay.e], jaw_pose=jaw, eye_pose=x[:, lay.y])
         pts = pts[:, None] + self.off[rows]
         return torch.einsum("nij,nckj->ncki", _rotvec_to_matrix(x[:, :3]), pts) + x[:, None, None, 3:6]
 
@@ -229,7 +228,7 @@ def _jacobians(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Ten
     xs = x[None].repeat(1 + P + S, 1, 1)  # [1+P+S, T, P]
     idx = torch.arange(P)
     xs[1 + idx, :, idx] += eps
-    ss = s.expand(1 + P + S, T, -1).clone() if s.ndim == 1 else s[None].repeat(1 + P + S, 1, 1)
+    ss = s.expand(1 + P + S, T, -1).clone()  # the shared shape [S], one copy per row
     if S:
         sidx = torch.arange(S)
         ss[1 + P + sidx, :, sidx] += eps
@@ -327,13 +326,11 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
 
 def _facing(model, x: np.ndarray, shape: np.ndarray, rig: Rig, n_pts: int) -> np.ndarray:
     """``[T, C, K]`` cosine between each point's outward direction (from a point 7 cm behind the
-    face centre, on the mean face) and the direction to each camera."""
+    face centre, on the neutral face of identity ``shape``) and the direction to each camera."""
     with torch.no_grad():
-        out = model.landmarks(shape=torch.as_tensor(shape, dtype=model.dtype)[None])
-        pts = out.landmarks[0] if n_pts == out.landmarks.shape[1] else torch.cat([out.landmarks, out.iris], 1)[0]
-    pts = pts.double().cpu().numpy()
-    n_lmk = out.landmarks.shape[1]
-    centre = pts[:n_lmk].mean(0) - np.array([0.0, 0.0, 0.07])
+        neutral = model_points(model, n_pts, shape=torch.as_tensor(shape, dtype=model.dtype)[None])
+    pts = neutral[0].double().cpu().numpy()
+    centre = pts[: model.n_lmk].mean(0) - np.array([0.0, 0.0, 0.07])
     normal = pts - centre
     normal /= np.linalg.norm(normal, axis=1, keepdims=True)
     from scipy.spatial.transform import Rotation
@@ -380,11 +377,16 @@ def view_offsets(views, model, x: np.ndarray, shape: np.ndarray, lay: _Layout, r
     return off
 
 
+def model_points(model, n_pts: int, **params) -> torch.Tensor:
+    """``[N, n_pts, 3]``: the model's landmarks for ``params``, then its iris points when ``n_pts``
+    counts them too (the fitted point set)."""
+    out = model.landmarks(**params)
+    return out.landmarks if n_pts == out.landmarks.shape[1] else torch.cat([out.landmarks, out.iris], 1)
+
+
 def _mean_points(model, n_pts: int) -> np.ndarray:
     with torch.no_grad():
-        out = model.landmarks()
-        pts = out.landmarks[0] if n_pts == out.landmarks.shape[1] else torch.cat([out.landmarks, out.iris], 1)[0]
-    return pts.double().cpu().numpy()
+        return model_points(model, n_pts)[0].double().cpu().numpy()
 
 
 def initial_poses(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, anchors: np.ndarray | None = None
