@@ -48,10 +48,10 @@ from flame_tracker.evaluation.runs import (
     video_identity_halves,
 )
 from flame_tracker.evaluation.scenes import render_scene, sample_scenes
-from flame_tracker.fitting.stage2 import Stage2Options
+from flame_tracker.fitting.stage2 import REFERENCE_PRIORS, Stage2Options
 from flame_tracker.paths import data_dir
-from flame_tracker.tracker import BLENDSHAPE_STAGE2, Tracker
-from flame_tracker.video.track import TrackOptions
+from flame_tracker.tracker import DEFAULT_STAGE2, Tracker
+from flame_tracker.video.track import VIDEO_STAGE2, TrackOptions
 
 
 def table(title: str, summary: dict[str, dict[str, float]]) -> str:
@@ -204,10 +204,10 @@ def main() -> None:
     # the first version: crop-centred camera, 20° over the crop, ICT's own 68 points, the reference's
     # expression prior centred at zero, shape prior 0.1
     kw = dict(principal_point="crop", image_fov=None, landmark_embedding="model", expr_prior="zero",
-              stage2=Stage2Options(w_contour=200.0)) if args.baseline else \
+              stage2=Stage2Options(w_contour=200.0, **REFERENCE_PRIORS)) if args.baseline else \
         dict(landmark_embedding=args.embedding, landmarks=args.landmarks)
     if args.fit_rigid:
-        kw["stage2"] = replace(kw.get("stage2") or BLENDSHAPE_STAGE2, fit_rigid=True)
+        kw["stage2"] = replace(kw.get("stage2") or DEFAULT_STAGE2, fit_rigid=True)
     with Tracker(**kw) as tracker:
         evals, phot = run_synthetic(tracker, args.n, args.seed, args.photometric)
         syn = summarise(evals)
@@ -240,8 +240,8 @@ def main() -> None:
             report["identity"] = {"ratio": ratio, "same_mm": same, "different_mm": diff, "fits": count}
             print(f"\nIdentity on real people ({count} single-photo fits): same person {same:.3f} mm, "
                   f"different people {diff:.3f} mm, identity_ratio {ratio:.3f}")
-            vkw = dict(options=TrackOptions(image_fov=None, w_exp=0.025, w_exp_l1=0.0), blendshapes=False) \
-                if args.baseline else {}
+            ref = TrackOptions(image_fov=None, stage2=replace(VIDEO_STAGE2, **REFERENCE_PRIORS))
+            vkw = dict(options=ref, blendshapes=False) if args.baseline else {}
             halves = {v.stem: video_identity_halves(tracker, v, **vkw) for v in sorted((data / "videos").glob("*.mp4"))}
             report["identity"]["video_halves_mm"] = halves
             print("Video identity (flame-tracker video's keyframe fit), first half vs second half of each clip: "

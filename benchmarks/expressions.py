@@ -29,7 +29,7 @@ import numpy as np
 from flame_tracker.evaluation.metrics import face_region_mask
 from flame_tracker.evaluation.runs import clip_expressions, evaluate_scene, summarise
 from flame_tracker.evaluation.scenes import sample_scenes
-from flame_tracker.fitting.stage2 import Stage2Options
+from flame_tracker.fitting.stage2 import REFERENCE_PRIORS, Stage2Options
 from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
 
@@ -44,7 +44,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     kw = dict(principal_point="crop", image_fov=None, landmark_embedding="model", expr_prior="zero",
-              stage2=Stage2Options(w_contour=200.0)) if args.baseline else {}
+              stage2=Stage2Options(w_contour=200.0, **REFERENCE_PRIORS)) if args.baseline else {}
     with Tracker(**kw) as tracker:
         names = list(tracker.model.expr_names or [])
         if not names:

@@ -160,7 +160,7 @@ def main() -> None:
         overlay_table(model, args.repeats)
     # Warm first-use costs (Adam imports torch._dynamo, allocator warm-up) out of the timings.
     w = scene(model, 1, 256)
-    fit_photometric(model, w["image"], w["lmk"], w["pose0"], w["fov"], iris_ndc=w["iris"], iters=2)
+    fit_photometric(model, w["image"], w["lmk"], w["pose0"], w["fov"], iris_ndc=w["iris"], max_iter=2)
     print("\nPhotometric fit (defaults: 256², 40 iterations):")
     s = fit_table(model, args.fit_repeats)
     print(f"\ns_per_frame={s[1]:.3f} s_per_frame_batch4={s[4]:.3f}")

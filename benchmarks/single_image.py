@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from timing import fastest
 
-from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.stage2 import REFERENCE_PRIORS, Stage2Options, expr_from_blendshapes, fit_stage2
 from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
 
@@ -49,7 +49,7 @@ def time_stage2(tracker: Tracker, result, det_blend, det_names, solver: str, rep
     e0 = expr_from_blendshapes(model.expr_names, det_names, det_blend)
     if e0 is not None:
         init["expr"] = e0[None].to(model.dtype)
-    opts = Stage2Options(solver=solver, fit_shape=False, w_contour=0.0)
+    opts = Stage2Options(solver=solver, fit_shape=False, w_contour=0.0, **REFERENCE_PRIORS)
     best, out = fastest(lambda: fit_stage2(model, lmk, pose6, fov, iris_ndc=iris, init=init, options=opts), repeats)
     return best, float(out.objective.sum()), out.iterations
 

@@ -3,26 +3,32 @@
 The tree's sections are the option classes the code already takes (each keeps its defaults, the
 reference's values where the reference has one):
 
-=============  ==============================================  =================================
-section        class                                           used by
-=============  ==============================================  =================================
-``stage2``     :class:`~flame_tracker.fitting.stage2.Stage2Options` (single photos: the
-               jawline at 200 and the identity prior 0.3, ``tracker.DEFAULT_STAGE2``)
-                                                                ``flame-tracker image``
-``track``      :class:`~flame_tracker.video.track.TrackOptions`   ``flame-tracker video``
-``video``      :class:`~flame_tracker.video.pipeline.VideoOptions` ``flame-tracker video``
-``flow``       :class:`~flame_tracker.video.flow.FlowOptions`     ``flame-tracker video``
-``photometric`` :class:`~flame_tracker.fitting.photometric.PhotometricOptions`
-                                                                ``image`` / ``video --photometric``
-``multiview``  :class:`~flame_tracker.multiview.fit.MultiviewOptions` ``flame-tracker multiview``
-=============  ==============================================  =================================
+================  ==================================================  ==========================
+section           class                                               used by
+================  ==================================================  ==========================
+``stage1``        :class:`~flame_tracker.fitting.stage1.Stage1Options`  ``image``
+                  (the reference's weights 300 / 200, ear gating, solver)
+``stage2``        :class:`~flame_tracker.fitting.stage2.Stage2Options`  ``image``
+                  (single photos: the jawline at 200 and the identity prior 0.3,
+                  ``tracker.DEFAULT_STAGE2``)
+``track``         :class:`~flame_tracker.video.track.TrackOptions`       ``video``
+``track.stage1``  the video's stage 1 (:data:`~flame_tracker.video.track.VIDEO_STAGE1`:
+                  the reference's weights, 20 iterations per frame)      ``video``
+``track.stage2``  the video's stage 2 (:data:`~flame_tracker.video.track.VIDEO_STAGE2`:
+                  no jawline term, shape prior 0.1, 6 iterations)        ``video``
+``video``         :class:`~flame_tracker.video.pipeline.VideoOptions`    ``video``
+``flow``          :class:`~flame_tracker.video.flow.FlowOptions`         ``video``
+``photometric``   :class:`~flame_tracker.fitting.photometric.PhotometricOptions`
+                                                                      ``image`` / ``video``
+``multiview``     :class:`~flame_tracker.multiview.fit.MultiviewOptions`  ``multiview``
+================  ==================================================  ==========================
 
 A TOML file sets any of them (``--config run.toml``; ``flame-tracker config`` prints the defaults);
 a command-line option given explicitly wins over the file. Every run writes the sections its command
-uses to its output folder (``config.json``; ``flame_tracker_config.json`` beside photo results).
-Not in the tree yet: stage 1's weights (the reference's 300 / 200 / ear gating, constants of
-:mod:`flame_tracker.fitting.stage1`) and the video path's stage-2 weights beyond the expression
-priors (``track.w_exp``, ``track.w_exp_l1``).
+uses to its output folder (``config.json``; ``flame_tracker_config.json`` beside photo results), with
+the values it used (a setting left to the model, such as ``stage2.w_exp``, recorded as resolved).
+One name per idea across sections: ``w_lmk`` (face landmarks), ``w_contour`` (jawline), ``w_exp``
+(expression prior), ``w_shape``, ``w_temporal``, ``max_iter``.
 """
 
 from __future__ import annotations
@@ -45,14 +51,15 @@ class ConfigError(FlameTrackerError, ValueError):
 
 def _sections() -> dict[str, type]:
     from flame_tracker.fitting.photometric import PhotometricOptions
+    from flame_tracker.fitting.stage1 import Stage1Options
     from flame_tracker.fitting.stage2 import Stage2Options
     from flame_tracker.multiview.fit import MultiviewOptions
     from flame_tracker.video.flow import FlowOptions
     from flame_tracker.video.pipeline import VideoOptions
     from flame_tracker.video.track import TrackOptions
 
-    return {"stage2": Stage2Options, "track": TrackOptions, "video": VideoOptions, "flow": FlowOptions,
-            "photometric": PhotometricOptions, "multiview": MultiviewOptions}
+    return {"stage1": Stage1Options, "stage2": Stage2Options, "track": TrackOptions, "video": VideoOptions,
+            "flow": FlowOptions, "photometric": PhotometricOptions, "multiview": MultiviewOptions}
 
 
 def _default(section: str):
@@ -67,6 +74,7 @@ def _default(section: str):
 class Config:
     """Every section of the tree (see the module docstring); ``Config()`` is all defaults."""
 
+    stage1: Any = field(default_factory=lambda: _default("stage1"))
     stage2: Any = field(default_factory=lambda: _default("stage2"))
     track: Any = field(default_factory=lambda: _default("track"))
     video: Any = field(default_factory=lambda: _default("video"))
@@ -103,34 +111,16 @@ class Config:
         return out
 
     def with_values(self, section: str, values: dict[str, Any], where: str = "config") -> Config:
-        """A copy with ``values`` set in ``section`` (each checked against the field's type)."""
-        current = getattr(self, section)
-        hints = typing.get_type_hints(type(current))
-        known = {f.name for f in fields(current)}
-        checked = {}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{where}: unknown setting {section}.{key}; settings of [{section}]: "
-                                  f"{', '.join(sorted(known))}")
-            checked[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
-            if (section, key) == ("video", "face"):  # one spelling per choice (the run folder keys on it)
-                from flame_tracker.detection.search import FaceChoice
-
-                try:
-                    checked[key] = str(FaceChoice.parse(value))
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: video.face: {exc}") from exc
-            if isinstance(checked[key], int) and not isinstance(checked[key], bool) and key in (
-                    "every", "max_frames", "chunk", "iters", "max_iter", "n_keyframes") and checked[key] < 1:
-                raise ConfigError(f"{where}: {section}.{key} must be at least 1, got {checked[key]}")
-        return replace(self, **{section: replace(current, **checked)},
-                       explicit=self.explicit | {f"{section}.{k}" for k in checked})
+        """A copy with ``values`` set in ``section`` (each checked against the field's type; a nested
+        section such as ``track.stage2`` takes a table)."""
+        updated, keys = _apply(getattr(self, section), values, where, section)
+        return replace(self, **{section: updated}, explicit=self.explicit | keys)
 
     def set_in(self, section: str) -> dict[str, Any]:
         """The settings of ``section`` a file or the command line set explicitly."""
         current = getattr(self, section)
-        return {k.split(".", 1)[1]: getattr(current, k.split(".", 1)[1]) for k in self.explicit
-                if k.startswith(section + ".")}
+        keys = [k.split(".")[1] for k in self.explicit if k.startswith(section + ".") and k.count(".") == 1]
+        return {k: getattr(current, k) for k in keys}
 
     # ------------------------------------------------------------------ writing
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -141,13 +131,22 @@ class Config:
         """The tree as TOML: the settings set explicitly as values, every other one commented out
         with its default (uncomment what you change: a default left as it is stays the model's or
         the input's own choice, e.g. the ICT blendshape priors); ``"none"`` unsets an optional one."""
-        lines = []
-        for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
+        lines: list[str] = []
+
+        def table(name: str, values: dict[str, Any]) -> None:
+            lines.append(f"[{name}]")
+            nested = {k: v for k, v in values.items() if isinstance(v, dict)}
             for key, value in values.items():
+                if key in nested:
+                    continue
                 text = '"none"' if value is None else _toml_value(value)
-                lines.append(f"{key} = {text}" if f"{section}.{key}" in self.explicit else f"# {key} = {text}")
+                lines.append(f"{key} = {text}" if f"{name}.{key}" in self.explicit else f"# {key} = {text}")
             lines.append("")
+            for key, value in nested.items():
+                table(f"{name}.{key}", value)
+
+        for section, values in self.to_dict().items():
+            table(section, values)
         return "\n".join(lines)
 
     def save(self, path: str | Path, sections: tuple[str, ...] | None = None) -> Path:
@@ -158,6 +157,38 @@ class Config:
         tree = self.to_dict()
         return save_json(path, tree if sections is None else {k: tree[k] for k in sections})
 
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> tuple[Any, frozenset[str]]:
+    """``obj`` (an options dataclass) with ``values`` checked and set; returns it with the
+    ``prefix.key`` names set (a nested options dataclass takes a table of its own settings)."""
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    checked: dict[str, Any] = {}
+    keys: set[str] = set()
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {name}; settings of [{prefix}]: {', '.join(sorted(known))}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table of settings")
+            checked[key], sub = _apply(getattr(obj, key), value, where, name)
+            keys |= sub
+            continue
+        checked[key] = _coerce(value, hints[key], f"{where}: {name}")
+        keys.add(name)
+        if name == "video.face":  # one spelling per choice (the run folder keys on it)
+            from flame_tracker.detection.search import FaceChoice
+
+            try:
+                checked[key] = str(FaceChoice.parse(value))
+            except ValueError as exc:
+                raise ConfigError(f"{where}: video.face: {exc}") from exc
+        if isinstance(checked[key], int) and not isinstance(checked[key], bool) and key in (
+                "every", "max_frames", "chunk", "max_iter", "n_keyframes") and checked[key] < 1:
+            raise ConfigError(f"{where}: {name} must be at least 1, got {checked[key]}")
+    return replace(obj, **checked), frozenset(keys)
 
 
 def _toml_value(value: Any) -> str:

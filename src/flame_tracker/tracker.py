@@ -36,8 +36,8 @@ from flame_tracker.camera import (
     to_opengl_c2w,
     world_to_view,
 )
-from flame_tracker.fitting.stage1 import fit_camera
-from flame_tracker.fitting.stage2 import BLENDSHAPE_PRIORS, Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.stage1 import Stage1Options, fit_camera
+from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 from flame_tracker.threads import cpu_threads
 
@@ -48,13 +48,6 @@ from flame_tracker.threads import cpu_threads
 # prior holds the brows of real faces away from their annotations (68-point NME on the annotated
 # photos 4.11 / 4.17 / 4.32 %, brows 4.7 / 5.6 / 6.9 %). 0.3 is the compromise.
 DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3)
-# Blendshape models (ICT, weights in [0, 1]): the reference's expression prior (0.025·Σexp², made for
-# FLAME's N(0, 1) coefficients) lets the weights contort to every landmark error (measured: 2-8
-# channels saturated at 1.0 per frame of real clips, median correlation with MediaPipe's own scores
-# 0.00-0.43). Measured on the shared clips (benchmarks/accuracy.py, docs/accuracy.md): a prior
-# 4·Σ(exp - MediaPipe's score)² plus sparsity 0.5·Σexp gives 0 saturated channels, correlation
-# 0.82-0.95, and a lower landmark error than before (the detector embedding).
-BLENDSHAPE_STAGE2 = replace(DEFAULT_STAGE2, **BLENDSHAPE_PRIORS)
 # Assumed FOV over the image's longer side when none is given (one photo cannot identify it): a
 # normal lens, between a phone's wide camera (~65°) and a portrait lens (~25°).
 DEFAULT_IMAGE_FOV = 40.0
@@ -292,6 +285,31 @@ def _face_tuple(det, rgb: np.ndarray) -> tuple:
             det.points478[:, :2])
 
 
+@dataclass
+class _FaceBatch:
+    """The faces of one fit in their fitting crops (NDC) and the crops' FOVs."""
+
+    lmk_ndc: torch.Tensor  # [N, 68, 2]
+    iris_ndc: torch.Tensor  # [N, 10, 2] (NaN: none)
+    dense_ndc: torch.Tensor | None  # [N, 468, 2] with landmarks="dense"
+    crops: list[Crop]
+    fov: torch.Tensor  # [N] degrees over each crop
+    expr0: torch.Tensor | None  # [N, E] MediaPipe's scores on the model's channels (every face has them)
+
+
+@dataclass
+class _RoundsFit:
+    """The last round's camera and stage-2 fit of a batch of faces."""
+
+    pose6: torch.Tensor
+    fov: torch.Tensor
+    camera: Any  # the last stage-1 CameraFit
+    stage2: Any  # the last Stage2Result
+    params: dict[str, torch.Tensor]  # shape, expr, jaw_pose, eye_pose, neck_pose
+    timings: dict[str, float]
+    iterations: dict[str, int]
+
+
 class Tracker:
     """Fits a head model to single images. Reuse one tracker for many images (models load once).
 
@@ -301,9 +319,11 @@ class Tracker:
         landmarker: path of MediaPipe's ``face_landmarker.task`` (``None``: default resolution).
         fov: camera field of view in degrees (relative to the fitting crop; reference default 20°).
         fov_mode: ``"fixed"`` (default: one image cannot identify the FOV) or ``"per_frame"``.
+        stage1: :class:`~flame_tracker.fitting.stage1.Stage1Options` (weights, ear gating, solver;
+            the reference's by default).
         stage2: :class:`~flame_tracker.fitting.stage2.Stage2Options` (solver, loss, weights, shape);
-            ``None``: :data:`BLENDSHAPE_STAGE2` for models with bounded expressions (ICT),
-            :data:`DEFAULT_STAGE2` otherwise.
+            ``None``: :data:`DEFAULT_STAGE2` (its expression priors left at ``None`` are the
+            model's: :func:`~flame_tracker.fitting.stage2.expression_priors`).
         rounds: camera/expression alternations; the second round refits the camera with the fitted
             identity and expression (the reference has a regressed shape for its one round).
         init_from_blendshapes: start ICT expressions from MediaPipe's blendshape scores.
@@ -343,7 +363,7 @@ class Tracker:
         landmarker: str | os.PathLike[str] | None = None,
         fov: float = DEFAULT_FOV,
         fov_mode: str = "fixed",
-        stage1_solver: str = "lm",
+        stage1: Stage1Options | None = None,
         stage2: Stage2Options | None = None,
         rounds: int = 2,
         init_from_blendshapes: bool = True,
@@ -393,9 +413,8 @@ class Tracker:
         self.expr_prior = expr_prior
         self.fov = float(fov)
         self.fov_mode = fov_mode
-        self.stage1_solver = stage1_solver
-        bounded = self.model.expr_bounds is not None
-        self.stage2 = stage2 or (BLENDSHAPE_STAGE2 if bounded else DEFAULT_STAGE2)
+        self.stage1 = stage1 or Stage1Options()
+        self.stage2 = stage2 or DEFAULT_STAGE2
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
@@ -558,9 +577,14 @@ class Tracker:
     def _fit_faces(self, faces: list[tuple], shared_shape: bool = False) -> list[Result]:
         """Fit ``N`` faces ``(lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px)``
         as one batch: independent faces, or one identity shared by all (``shared_shape``)."""
-        # fm: the model with the detector's landmark embedding (fitting); model: its own (outputs)
-        model, fm, dev, dt = self.model, self.fit_model, self.device, self.model.dtype
-        n = len(faces)
+        batch = self._face_batch(faces)
+        fit = self._fit_rounds(batch, shared_shape)
+        return self._results(faces, batch, fit)
+
+    def _face_batch(self, faces: list[tuple]) -> _FaceBatch:
+        """The faces' detections checked and moved into their fitting crops' NDC, with each crop's
+        FOV and the blendshape-mapped expressions (when every face has scores)."""
+        model, dev, dt = self.model, self.device, self.model.dtype
         lmks, irises, dense, crops, fovs, e0s = [], [], [], [], [], []
         for lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px in faces:
             lmks68_px = np.asarray(lmks68_px, dtype=np.float64)
@@ -582,22 +606,30 @@ class Tracker:
             if blendshapes is not None and len(blendshapes):
                 e0 = expr_from_blendshapes(model.expr_names, blendshape_names, blendshapes)
             e0s.append(e0)
-        lmk_ndc = torch.stack(lmks).to(dev, dt)
-        iris_ndc = torch.stack(irises).to(dev, dt)
-        dense_ndc = torch.stack(dense).to(dev, dt) if dense else None
+        expr0 = torch.stack(e0s).to(dev, dt) if all(e is not None for e in e0s) else None
+        return _FaceBatch(torch.stack(lmks).to(dev, dt), torch.stack(irises).to(dev, dt),
+                          torch.stack(dense).to(dev, dt) if dense else None, crops,
+                          torch.tensor(fovs, dtype=dt, device=dev), expr0)
+
+    def _fit_rounds(self, batch: _FaceBatch, shared_shape: bool) -> _RoundsFit:
+        """Alternate stage 1 (camera) and stage 2 (shape, expression, jaw, eyes) ``rounds`` times,
+        each starting from the last; with a view table the detections are moved into the static
+        embedding's convention at the current view."""
+        # fm: the model with the detector's landmark embedding (fitting); model: its own (outputs)
+        fm, n = self.fit_model, len(batch.crops)
+        lmk_ndc, iris_ndc, dense_ndc = batch.lmk_ndc, batch.iris_ndc, batch.dense_ndc
         init: dict[str, torch.Tensor] = {}
         expr_mean = None
-        if all(e is not None for e in e0s):
-            e0 = torch.stack(e0s).to(dev, dt)
+        if batch.expr0 is not None:
             if self.init_from_blendshapes:
-                init["expr"] = e0
+                init["expr"] = batch.expr0
             if self.expr_prior == "blendshapes":
-                expr_mean = e0
+                expr_mean = batch.expr0
         opts = replace(self.stage2, shared_shape=True) if shared_shape else self.stage2
         timings = {"stage1": 0.0, "stage2": 0.0}
         iters = {"stage1": 0, "stage2": 0}
         pose6 = None
-        fov = torch.tensor(fovs, dtype=dt, device=dev)
+        fov = batch.fov
 
         def corrected(targets: torch.Tensor, views) -> torch.Tensor:
             """Detections moved into the static embedding's convention at the current view."""
@@ -612,9 +644,9 @@ class Tracker:
             # with a view table, the first camera (no view known yet) is refitted once at its view
             for _pass in range(2 if self.views68 is not None and pose6 is None else 1):
                 cam = fit_camera(pts, corrected(lmk_ndc, self.views68), fov=fov, fov_mode=self.fov_mode,
-                                 solver=self.stage1_solver, init=pose6)
-                pose6 = cam.pose6.to(dev, dt)
-                fov = cam.fov.to(dev, dt)
+                                 options=self.stage1, init=pose6)
+                pose6 = cam.pose6.to(self.device, self.model.dtype)
+                fov = cam.fov.to(self.device, self.model.dtype)
                 iters["stage1"] += cam.iterations
             timings["stage1"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -633,7 +665,14 @@ class Tracker:
             iters["stage2"] += s2.iterations
             init = dict(shape=s2.shape, expr=s2.expr, jaw_pose=s2.jaw_pose, eye_pose=s2.eye_pose,
                         neck_pose=s2.neck_pose)
+        assert pose6 is not None  # rounds >= 1
+        return _RoundsFit(pose6, fov, cam, s2, init, timings, iters)
 
+    def _results(self, faces: list[tuple], batch: _FaceBatch, fit: _RoundsFit) -> list[Result]:
+        """One :class:`Result` per face: parameters, the mesh, and the fitted points in pixels."""
+        model, fm = self.model, self.fit_model
+        init, pose6, fov, s2, cam = fit.params, fit.pose6, fit.fov, fit.stage2, fit.camera
+        timings, iters, crops = fit.timings, fit.iterations, batch.crops
         with torch.no_grad():
             out = model(**init)
             pts = torch.cat([out.landmarks, out.iris if out.iris is not None else out.landmarks[:, :10] * np.nan], 1)

@@ -16,6 +16,7 @@ from flame_tracker.config import Config, ConfigError
 def test_the_printed_defaults_read_back_as_the_defaults(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["config"])
     assert res.exit_code == 0 and "[stage2]" in res.output and "[multiview]" in res.output
+    assert "[stage1]" in res.output and "[track.stage2]" in res.output  # the video's own fits, nested
     (tmp_path / "run.toml").write_text(res.output)
     loaded = Config.load(tmp_path / "run.toml")
     # nothing is set by the printed defaults: the model's own choices (ICT's priors) stay
@@ -39,7 +40,10 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
              "[video\n": "not a readable TOML",
              "[video]\nmeshes = \"stl\"\n": "video.meshes",
              "[video]\nevery = 0\n": "at least 1",
-             "[video]\nface = \"bogus\"\n": "video.face"}
+             "[video]\nface = \"bogus\"\n": "video.face",
+             "[track.stage2]\nw_shpe = 1.0\n": "unknown setting track.stage2.w_shpe",
+             "[track]\nstage1 = 3\n": "[track.stage1] must be a table",
+             "[stage1]\nsolver = \"gd\"\n": "stage1.solver"}
     for text, message in cases.items():
         (tmp_path / "bad.toml").write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -56,7 +60,8 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
 def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: Path, tmp_path: Path) -> None:
     """The file's stage-2 weight applies (the model's blendshape priors stay), an option given on
     the command line wins over the file, and the folder records every setting used."""
-    (tmp_path / "run.toml").write_text("[stage2]\nw_shape = 2.0\nloss = \"huber\"\nmax_iter = 12\n")
+    (tmp_path / "run.toml").write_text("[stage1]\nw_contour = 150\n"
+                                       "[stage2]\nw_shape = 2.0\nloss = \"huber\"\nmax_iter = 12\n")
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "ffhq_00000.png"), "--out", str(out),
                                     "--config", str(tmp_path / "run.toml"), "--loss", "l1", "--no-mesh",
@@ -65,14 +70,16 @@ def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: 
     used = json.loads((out / "flame_tracker_config.json").read_text())
     assert used["stage2"]["w_shape"] == 2.0 and used["stage2"]["max_iter"] == 12
     assert used["stage2"]["loss"] == "l1"  # the command line wins
-    assert used["stage2"]["w_exp"] == 4.0  # the ICT model's own expression prior is kept
-    assert set(used) == {"stage2", "photometric"}  # the sections this command uses
+    assert used["stage2"]["w_exp"] == 4.0  # the ICT model's own expression prior, recorded as used
+    assert used["stage1"]["w_contour"] == 150.0 and used["stage1"]["w_lmk"] == 300.0
+    assert set(used) == {"stage1", "stage2", "photometric"}  # the sections this command uses
 
 
 @pytest.mark.slow
 def test_video_command_takes_a_config_file_and_records_the_settings(shared_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text("[track]\npose_cutoff_hz = 1.0\nexpr_cutoff_hz = 4.0\n"
-                                       "[flow]\nmax_points = 120\n")
+                                       "[flow]\nmax_points = 120\n[track.stage2]\nw_contour = 50.0\n"
+                                       "[track.stage1]\nw_lmk = 250\n")
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["video", str(shared_dir / "videos" / "talking_ex3.mp4"), "--out", str(out),
                                     "--max-frames", "6", "--quiet", "--config", str(tmp_path / "run.toml"),
@@ -81,6 +88,8 @@ def test_video_command_takes_a_config_file_and_records_the_settings(shared_dir: 
     used = json.loads((out / "config.json").read_text())
     assert used["track"]["pose_cutoff_hz"] == 2.0 and used["track"]["expr_cutoff_hz"] == 4.0
     assert used["flow"]["max_points"] == 120 and used["video"]["max_frames"] == 6
+    assert used["track"]["stage2"]["w_contour"] == 50.0 and used["track"]["stage1"]["w_lmk"] == 250.0
+    assert used["track"]["stage2"]["w_exp"] == 4.0 and used["track"]["stage2"]["max_iter"] == 6  # as used
     assert set(used) == {"track", "video", "flow", "photometric"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["track"]["expr_cutoff_hz"] == 4.0  # the run folder keys on them (resume)

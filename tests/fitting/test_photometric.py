@@ -98,7 +98,7 @@ def test_synthetic_head_recovered_better_than_landmarks_alone(scene, tmp_path) -
     common = dict(iris_ndc=s["iris"], resolution=RES)
     # Landmarks alone (same solver, no pixel term), from the perturbed pose and expression.
     lm = fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
-                         albedo=s["albedo"], w_pixel=0.0, iters=60, lr_rot=0.005, lr_trans=0.003, lr_expr=0.03,
+                         albedo=s["albedo"], w_pixel=0.0, max_iter=60, lr_rot=0.005, lr_trans=0.003, lr_expr=0.03,
                          **common)
     err_lm = vertex_error_px(s, lm)
     # Photometric refinement with the known (canonical) texture.
@@ -116,7 +116,7 @@ def test_synthetic_head_recovered_better_than_landmarks_alone(scene, tmp_path) -
     # Estimated texture (video canonical mode): a shared per-vertex albedo close to the truth on
     # the visible face, written as a PNG.
     can = estimate_canonical(s["model"], s["image"], s["lmk"], lm.pose6, s["fov"],
-                             init={"expr": lm.expr, "eye_pose": lm.eye_pose}, iters=20, **common)
+                             init={"expr": lm.expr, "eye_pose": lm.eye_pose}, max_iter=20, **common)
     assert can.albedo.shape == (s["model"].n_verts, 3)
     with torch.no_grad():
         front = vertex_normals(s["view"], s["model"].faces)[0, :, 2] < -0.5  # faces the camera
@@ -134,12 +134,12 @@ def test_synthetic_head_recovered_better_than_landmarks_alone(scene, tmp_path) -
 def test_bad_input(scene) -> None:
     s = scene
     with pytest.raises(ValueError, match="images must be"):
-        fit_photometric(s["model"], s["image"][:, :64], s["lmk"], s["pose0"], s["fov"], resolution=RES, iters=0)
+        fit_photometric(s["model"], s["image"][:, :64], s["lmk"], s["pose0"], s["fov"], resolution=RES, max_iter=0)
     with pytest.raises(ValueError, match="landmarks"):
-        fit_photometric(s["model"], s["image"], s["lmk"][:, :10], s["pose0"], s["fov"], resolution=RES, iters=0)
+        fit_photometric(s["model"], s["image"], s["lmk"][:, :10], s["pose0"], s["fov"], resolution=RES, max_iter=0)
     with pytest.raises(ValueError, match="expr"):
         fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": torch.zeros(3)},
-                        resolution=RES, iters=0)
+                        resolution=RES, max_iter=0)
 
 
 def test_refine_result_updates_a_tracker_result(scene) -> None:
@@ -151,7 +151,7 @@ def test_refine_result_updates_a_tracker_result(scene) -> None:
         res = tracker.fit_landmarks(to_px(s["lmk"]), to_px(s["iris"]), image_size=(RES, RES))
     from flame_tracker.fitting.photometric import refine_result
 
-    new, ph = refine_result(s["model"], res, s["image"][0], iters=4, resolution=96)
+    new, ph = refine_result(s["model"], res, s["image"][0], max_iter=4, resolution=96)
     assert new.vertices.shape == res.vertices.shape and not np.allclose(new.vertices, res.vertices)
     assert new.pose6.shape == res.pose6.shape and new.exp.shape == res.exp.shape
     assert np.isfinite(new.fit_lmks68_px).all() and "photometric" in new.timings
@@ -168,7 +168,7 @@ def test_canonical_from_frames_matches_the_crop_level_call(scene) -> None:
     big = np.zeros((2 * RES, 2 * RES, 3), np.uint8)
     big[RES // 2:RES // 2 + RES, RES // 2:RES // 2 + RES] = s["image"][0]
     to_px = lambda ndc: ((ndc + 1) / 2 * RES + RES // 2).numpy()  # noqa: E731
-    kw = dict(iters=3, resolution=RES)
+    kw = dict(max_iter=3, resolution=RES)
     ref = estimate_canonical(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
                              iris_ndc=s["iris"], **kw)
     got = canonical_from_frames(s["model"], [big], (RES // 2, RES // 2, RES), to_px(s["lmk"]), s["pose0"].numpy(),
@@ -187,7 +187,7 @@ def test_uv_texture_path_fits(scene) -> None:
     def fit(iters: int) -> tuple[PhotometricResult, float]:
         ph = fit_photometric(s["model"], s["image"], s["lmk"], s["pose0"], s["fov"], init={"expr": s["expr0"]},
                              iris_ndc=s["iris"], uvs=uvs, uv_faces=s["model"].faces, texture_size=64, resolution=RES,
-                             iters=iters)
+                             max_iter=iters)
         m = ph.mask[0] & (ph.render[0].sum(-1) > 0)
         return ph, float(np.abs(ph.render[0][m].astype(float) - s["image"][0][m]).mean())
 

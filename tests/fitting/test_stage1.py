@@ -16,6 +16,7 @@ from flame_tracker.camera import (
     rotvec_to_euler,
 )
 from flame_tracker.fitting.stage1 import (
+    Stage1Options,
     Stage1Problem,
     _solve,
     fit_camera,
@@ -64,6 +65,27 @@ def test_objective_hand_computed() -> None:
     a = stage1_objective(pts, tg, pose, 80.0).total
     b = stage1_objective(pts, tg, pose, 50.0).total
     assert float(a) == pytest.approx(float(b))
+
+
+def test_weights_come_from_the_options() -> None:
+    """The same hand-computed objective with other weights, and a fit that ignores the jawline when
+    its weight is zero (its targets may then be anything)."""
+    pts = face_points(n_points=68)
+    pose = torch.tensor([[0, 0, 0, 0, 0, 1.0]], dtype=D)
+    tg = project_ndc(pts[None], pose, 20.0)
+    tg[:, 17:] += torch.tensor([0.003, 0.004], dtype=D)
+    tg[:, :17] += torch.tensor([0.0, -0.01], dtype=D)
+    opts = Stage1Options(w_lmk=30.0, w_contour=7.0)
+    assert float(stage1_objective(pts, tg, pose, 20.0, options=opts).total) == pytest.approx(0.005 * 30 + 0.01 * 7)
+    clean = project_ndc(pts[None], pose, 20.0)
+    wrong_jaw = clean.clone()
+    wrong_jaw[:, :17] += 0.05
+    no_jaw = fit_camera(pts, wrong_jaw, options=Stage1Options(w_contour=0.0))
+    assert torch.allclose(no_jaw.pose6, pose, atol=1e-6) and no_jaw.objective < 1e-6
+    assert fit_camera(pts, wrong_jaw).objective > 10.0  # the default counts it (200 × its 0.07 error)
+    # the solver and its cap are options too (keywords override them)
+    assert fit_camera(pts, clean, options=Stage1Options(solver="adam", max_iter=3)).solver == "adam"
+    assert fit_camera(pts, clean, options=Stage1Options(solver="adam"), solver="lm").solver == "lm"
 
 
 @pytest.mark.parametrize("yaw,pitch,side,weight", [
@@ -217,7 +239,7 @@ def test_temporal_lm_smooths_and_solves_block_tridiagonal() -> None:
     diag_t[:-1] += 300 * w
     blocks_t = blocks.clone()
     blocks_t[:, range(6), range(6)] += diag_t[:, None]
-    ours = _solve(blocks_t, grad, w, shared=False)
+    ours = _solve(blocks_t, grad, w, shared=False, w_temporal=150.0)
     ref = -torch.linalg.solve(dense, grad.flatten()).reshape(n, k)
     assert torch.allclose(ours, ref, atol=1e-9)
     # Shared FOV: the 7th unknown is one scalar for all frames (bordered system).
@@ -231,7 +253,7 @@ def test_temporal_lm_smooths_and_solves_block_tridiagonal() -> None:
     big[-1, -1] = blocks[:, 6, 6].sum()
     rhs = torch.cat([grad[:, :6].flatten(), grad[:, 6].sum().reshape(1)])
     ref = -torch.linalg.solve(big, rhs)
-    ours = _solve(blocks_t, grad, w, shared=True)
+    ours = _solve(blocks_t, grad, w, shared=True, w_temporal=150.0)
     assert (torch.allclose(ours[:, :6].flatten(), ref[:-1], atol=1e-9)
             and torch.allclose(ours[:, 6], ref[-1].expand(n), atol=1e-9))
     del sh, keep

@@ -9,6 +9,7 @@ from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from flame_tracker.camera import project_ndc
 from flame_tracker.fitting.stage2 import (
+    REFERENCE_PRIORS,
     Stage2Options,
     expr_from_blendshapes,
     fit_stage2,
@@ -79,8 +80,9 @@ def test_bounds_hold_for_blendshape_models():
     gt["expr"][:, 0] = 0.0  # an expression exactly at its bound
     out = model.landmarks(**gt)
     lmk, iris = project_ndc(out.landmarks, pose6, 20.0), project_ndc(out.iris, pose6, 20.0)
+    # (the reference's weak expression prior: the blendshape models' default pulls towards rest)
     res = fit_stage2(model, lmk, pose6, 20.0, iris_ndc=iris, init=dict(shape=gt["shape"], expr=torch.ones(1, 12)),
-                     fit_shape=False)
+                     fit_shape=False, **REFERENCE_PRIORS)
     assert float(res.expr.min()) >= 0.0 and float(res.expr.max()) <= 1.0
     torch.testing.assert_close(res.expr, gt["expr"], atol=2e-3, rtol=0)
     assert torch.all(res.jaw_pose == 0)  # no jaw joint: the jaw moves through blendshapes

@@ -51,15 +51,16 @@ def run_images(
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
-    ``config``: a :class:`flame_tracker.config.Config` (its ``stage2`` and ``photometric`` settings
-    that were set explicitly apply); ``solver``, ``loss``, ``fit_shape``, ``fit_neck`` (None: from the
-    config, else the model's defaults) override it. The settings used go to
+    ``config``: a :class:`flame_tracker.config.Config` (its ``stage1`` settings, and the ``stage2``
+    and ``photometric`` settings that were set explicitly, apply); ``solver``, ``loss``,
+    ``fit_shape``, ``fit_neck`` (None: from the config, else the model's defaults) override it. The settings used go to
     ``out_dir/flame_tracker_config.json``.
     Each failure prints one line ``error: <image>: <reason>`` and the others are still processed.
     """
     from dataclasses import replace
 
     from flame_tracker.config import Config
+    from flame_tracker.fitting.stage2 import with_model_priors
     from flame_tracker.tracker import Tracker
 
     config = config or Config()
@@ -78,13 +79,13 @@ def run_images(
         raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
     # the model's default stage-2 options (blendshape priors for ICT) with what the config and the
     # command set; shape and neck are fitted by the LM solver only
-    stage2 = replace(tracker.stage2, **config.set_in("stage2"))
+    stage2 = with_model_priors(replace(tracker.stage2, **config.set_in("stage2")), tracker.model)
     if stage2.solver != "lm":
         stage2 = replace(stage2, fit_shape=False, fit_neck=False)
-    tracker.stage2 = stage2
+    tracker.stage1, tracker.stage2 = config.stage1, stage2
     photometric_set = config.set_in("photometric")
     try:
-        replace(config, stage2=stage2).save(Path(out_dir) / CONFIG_NAME, ("stage2", "photometric"))
+        replace(config, stage2=stage2).save(Path(out_dir) / CONFIG_NAME, ("stage1", "stage2", "photometric"))
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out_dir}: {exc}") from exc
     failures = 0

@@ -28,6 +28,7 @@ Modes:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -75,11 +76,11 @@ class PhotometricOptions:
     w_ear: float = 1.5
     ear_threshold: float = 0.3
     w_shape: float = 0.1
-    w_expr: float = 1e-4
+    w_exp: float = 1e-4
     w_temporal: float = 1e-5
     temporal: bool = False
     resolution: int = 256
-    iters: int = 40
+    max_iter: int = 40
     fit_camera: bool = True
     fit_shape: bool = False
     fit_eyes: bool = True
@@ -437,169 +438,181 @@ def fit_photometric(
     """
     opts = replace(options or PhotometricOptions(), **overrides)
     dev = model.v_template.device
-    if opts.cpu_threads is None:
-        return _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance,
-                    uvs, uv_faces, texture_size, user_mask, opts, pp_ndc)
-    with cpu_threads(opts.cpu_threads, dev):
-        return _fit(model, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, albedo, shared_appearance,
-                    uvs, uv_faces, texture_size, user_mask, opts, pp_ndc)
+    threads = nullcontext() if opts.cpu_threads is None else cpu_threads(opts.cpu_threads, dev)
+    with threads:
+        problem = PhotometricProblem(model, images, lmks_ndc, pose6, fov, opts, init=init, iris_ndc=iris_ndc,
+                                     ears_ndc=ears_ndc, albedo=albedo, shared_appearance=shared_appearance,
+                                     uvs=uvs, uv_faces=uv_faces, texture_size=texture_size, user_mask=user_mask,
+                                     pp_ndc=pp_ndc)
+        return problem.solve()
 
 
-def _fit(
-    model: torch.nn.Module,
-    images: np.ndarray | Tensor,
-    lmks_ndc: Tensor,
-    pose6: Tensor,
-    fov: Tensor | float,
-    init: dict[str, Tensor] | None,
-    iris_ndc: Tensor | None,
-    ears_ndc: Tensor | None,
-    albedo: Tensor | None,
-    shared_appearance: bool,
-    uvs: Tensor | None,
-    uv_faces: Tensor | None,
-    texture_size: int,
-    user_mask: np.ndarray | None,
-    opts: PhotometricOptions,
-    pp_ndc: Tensor | None = None,
-) -> PhotometricResult:
-    """:func:`fit_photometric`'s body (run inside its CPU-thread scope)."""
-    dev, dt = model.v_template.device, model.v_template.dtype
-    res = opts.resolution
-    lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
-    if lmks_ndc.ndim == 2:
-        lmks_ndc = lmks_ndc[None]
-    if lmks_ndc.shape[1:] != (68, 2):
-        raise ValueError(f"photometric: landmarks must be [N,68,2] NDC, got {tuple(lmks_ndc.shape)}")
-    n = lmks_ndc.shape[0]
-    img = _images_tensor(images, res, dt, dev)
-    if img.shape[0] != n:
-        raise ValueError(f"photometric: {img.shape[0]} images for {n} landmark sets")
-    pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
-    fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
-    faces = model.faces.to(dev)
-    init = init or {}
-    pp = None if pp_ndc is None else torch.as_tensor(pp_ndc, dtype=dt, device=dev).reshape(-1, 2).expand(n, 2)
-    shape0 = _as(init.get("shape"), n, model.n_shape, dt, dev, "shape")
-    expr0 = _as(init.get("expr"), n, model.n_expr, dt, dev, "expr")
-    jaw0 = _as(init.get("jaw_pose"), n, 3, dt, dev, "jaw_pose")
-    eye0 = _as(init.get("eye_pose"), n, 6, dt, dev, "eye_pose")
-    neck = _as(init.get("neck_pose"), n, 3, dt, dev, "neck_pose")
-    use_uv = uvs is not None
-    if use_uv:
-        if uv_faces is None or uv_faces.shape != faces.shape:
-            raise ValueError("photometric: uvs need uv_faces [F,3] with one row per model face")
-        uvs = torch.as_tensor(uvs, dtype=dt, device=dev)
-        uv_faces = torch.as_tensor(uv_faces, device=dev).long()
+class PhotometricProblem:
+    """One photometric fit of ``N`` frames: the checked inputs, the free variables (offsets from the
+    initial values, as the reference), the visible sub-mesh and the named loss terms.
 
-    lw = torch.as_tensor(landmark_weights(), dtype=dt, device=dev)
-    lmk_px = ((lmks_ndc + 1) * 0.5 * res).cpu().numpy()
-    mask_np = face_mask(lmk_px, res, res, shrink=opts.mask_shrink, user_mask=user_mask)
-    mask = torch.as_tensor(mask_np, device=dev)
-    has_iris = iris_ndc is not None and bool(torch.isfinite(torch.as_tensor(iris_ndc)).any())
-    bounds = getattr(model, "expr_bounds", None)
-    has_jaw = bool(getattr(model, "has_jaw_joint", True))
+    Steps: :meth:`__init__` checks the inputs and sets the initial light and appearance (linear
+    least squares); :meth:`solve` runs Adam with a cosine schedule on :meth:`loss` (the sum of
+    :meth:`terms`) and returns the :class:`PhotometricResult`. See :func:`fit_photometric` for the
+    arguments.
+    """
 
-    # Free variables (offsets from the initial values, like the reference).
-    d_rot = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=opts.fit_camera)
-    d_trans = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=opts.fit_camera)
-    d_expr = torch.zeros(n, model.n_expr, dtype=dt, device=dev, requires_grad=True)
-    d_jaw = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=has_jaw)
-    eye = eye0.clone().requires_grad_(opts.fit_eyes and has_iris)
-    d_shape = torch.zeros(1 if shared_appearance else n, model.n_shape, dtype=dt, device=dev,
-                          requires_grad=opts.fit_shape)
+    def __init__(self, model: torch.nn.Module, images: np.ndarray | Tensor, lmks_ndc: Tensor, pose6: Tensor,
+                 fov: Tensor | float, opts: PhotometricOptions, *, init: dict[str, Tensor] | None = None,
+                 iris_ndc: Tensor | None = None, ears_ndc: Tensor | None = None, albedo: Tensor | None = None,
+                 shared_appearance: bool = False, uvs: Tensor | None = None, uv_faces: Tensor | None = None,
+                 texture_size: int = 256, user_mask: np.ndarray | None = None, pp_ndc: Tensor | None = None) -> None:
+        self.model, self.opts = model, opts
+        self.dev, self.dt = model.v_template.device, model.v_template.dtype
+        self.res = opts.resolution
+        self._check_inputs(images, lmks_ndc, pose6, fov, init or {}, iris_ndc, ears_ndc, uvs, uv_faces, user_mask,
+                           pp_ndc)
+        self._make_variables(shared_appearance)
+        self._initial_appearance(albedo, shared_appearance, texture_size)
+        self._prepare_landmarks()
 
-    def params_at() -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """Model parameters, (bounded) expression and camera at the current offsets."""
-        expr = expr0 + d_expr
-        if bounds is not None:
-            expr = expr.clamp(float(bounds[0]), float(bounds[1]))
-        p6 = pose6 + torch.cat([d_rot, d_trans], dim=1)
-        return dict(shape=shape0 + d_shape, expr=expr, jaw_pose=jaw0 + d_jaw, eye_pose=eye, neck_pose=neck), expr, p6
+    # ------------------------------------------------------------------ set-up
+    def _check_inputs(self, images, lmks_ndc, pose6, fov, init, iris_ndc, ears_ndc, uvs, uv_faces, user_mask,
+                      pp_ndc) -> None:
+        """Inputs as tensors on the model's device (clear errors for wrong shapes) and the face mask."""
+        model, dt, dev, res = self.model, self.dt, self.dev, self.res
+        lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
+        if lmks_ndc.ndim == 2:
+            lmks_ndc = lmks_ndc[None]
+        if lmks_ndc.shape[1:] != (68, 2):
+            raise ValueError(f"photometric: landmarks must be [N,68,2] NDC, got {tuple(lmks_ndc.shape)}")
+        n = self.n = lmks_ndc.shape[0]
+        self.lmks_ndc = lmks_ndc
+        self.img = _images_tensor(images, res, dt, dev)
+        if self.img.shape[0] != n:
+            raise ValueError(f"photometric: {self.img.shape[0]} images for {n} landmark sets")
+        self.pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
+        self.fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
+        self.all_faces = model.faces.to(dev)
+        self.pp = None if pp_ndc is None else torch.as_tensor(pp_ndc, dtype=dt, device=dev).reshape(-1, 2).expand(n, 2)
+        self.shape0 = _as(init.get("shape"), n, model.n_shape, dt, dev, "shape")
+        self.expr0 = _as(init.get("expr"), n, model.n_expr, dt, dev, "expr")
+        self.jaw0 = _as(init.get("jaw_pose"), n, 3, dt, dev, "jaw_pose")
+        self.eye0 = _as(init.get("eye_pose"), n, 6, dt, dev, "eye_pose")
+        self.neck = _as(init.get("neck_pose"), n, 3, dt, dev, "neck_pose")
+        self.use_uv = uvs is not None
+        self.uvs = self.all_uv_faces = None
+        if self.use_uv:
+            if uv_faces is None or uv_faces.shape != self.all_faces.shape:
+                raise ValueError("photometric: uvs need uv_faces [F,3] with one row per model face")
+            self.uvs = torch.as_tensor(uvs, dtype=dt, device=dev)
+            self.all_uv_faces = torch.as_tensor(uv_faces, device=dev).long()
+        self.lw = torch.as_tensor(landmark_weights(), dtype=dt, device=dev)
+        lmk_px = ((lmks_ndc + 1) * 0.5 * res).cpu().numpy()
+        self.mask_np = face_mask(lmk_px, res, res, shrink=self.opts.mask_shrink, user_mask=user_mask)
+        self.mask = torch.as_tensor(self.mask_np, device=dev)
+        self.has_iris = iris_ndc is not None and bool(torch.isfinite(torch.as_tensor(iris_ndc)).any())
+        self.gt_iris = None if iris_ndc is None else torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, 10, 2)
+        self.gt_ears = None if ears_ndc is None else torch.as_tensor(ears_ndc, dtype=dt, device=dev).reshape(n, 20, 2)
 
-    # ---- initial light (least squares) and appearance
-    with torch.no_grad():
-        params, _, p6 = params_at()
+    def _make_variables(self, shared_appearance: bool) -> None:
+        """The free variables: offsets of camera, expression, jaw and shape; the eye pose itself."""
+        n, dt, dev, opts, model = self.n, self.dt, self.dev, self.opts, self.model
+        self.bounds = getattr(model, "expr_bounds", None)
+        self.has_jaw = bool(getattr(model, "has_jaw_joint", True))
+        self.d_rot = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=opts.fit_camera)
+        self.d_trans = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=opts.fit_camera)
+        self.d_expr = torch.zeros(n, model.n_expr, dtype=dt, device=dev, requires_grad=True)
+        self.d_jaw = torch.zeros(n, 3, dtype=dt, device=dev, requires_grad=self.has_jaw)
+        self.eye = self.eye0.clone().requires_grad_(opts.fit_eyes and self.has_iris)
+        self.d_shape = torch.zeros(1 if shared_appearance else n, model.n_shape, dtype=dt, device=dev,
+                                   requires_grad=opts.fit_shape)
+
+    def params(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Model parameters, (bounded) expression and camera ``pose6`` at the current offsets."""
+        expr = self.expr0 + self.d_expr
+        if self.bounds is not None:
+            expr = expr.clamp(float(self.bounds[0]), float(self.bounds[1]))
+        p6 = self.pose6 + torch.cat([self.d_rot, self.d_trans], dim=1)
+        return dict(shape=self.shape0 + self.d_shape, expr=expr, jaw_pose=self.jaw0 + self.d_jaw, eye_pose=self.eye,
+                    neck_pose=self.neck), expr, p6
+
+    @torch.no_grad()
+    def _initial_appearance(self, albedo: Tensor | None, shared_appearance: bool, texture_size: int) -> None:
+        """The sub-mesh near the face mask, the initial light (least squares) and the appearance
+        (estimated from the photo, or the given one)."""
+        n, res, dt, model = self.n, self.res, self.dt, self.model
+        params, _, p6 = self.params()
         view = world_to_view(model(**params).vertices, p6)
-        vpx = to_render_pixels(view, fov, res, pp)
+        vpx = to_render_pixels(view, self.fov, res, self.pp)
         # Only triangles near the face mask can cover a masked pixel: render that sub-mesh (a
         # third of the ICT head at typical crops). The margin covers the motion during the fit.
-        all_faces, all_uv_faces = faces, uv_faces
-        near = _faces_near_mask(vpx, all_faces, mask, margin=max(4, res // 16))
-        faces = all_faces[near]
-        uv_faces = None if uv_faces is None else uv_faces[near]
-        frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(mask)
+        near = _faces_near_mask(vpx, self.all_faces, self.mask, margin=max(4, res // 16))
+        faces = self.faces = self.all_faces[near]
+        self.uv_faces = None if self.all_uv_faces is None else self.all_uv_faces[near]
+        frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(self.mask)
         normals = vertex_normals(view, faces)
         bary = barycentrics(vpx, faces, frags)
         nrm = F.normalize(interpolate(normals, faces, frags, bary), dim=-1)
-        target = img.reshape(-1, 3)[frags.pix]
-        wpix = mask.reshape(-1)[frags.pix].to(dt)
+        target = self.img.reshape(-1, 3)[frags.pix]
+        wpix = self.mask.reshape(-1)[frags.pix].to(dt)
         basis = sh_basis(nrm)
         if albedo is None:
             # Albedo and light colour are ambiguous: start from a white light (fitted to the
             # luminance) so that the skin colour goes into the albedo, not the light.
             grey = torch.full_like(target, 0.6)
             light = fit_light(basis, grey, target.mean(1, keepdim=True).expand_as(target), wpix, frags, n)
-            alb_v = init_vertex_albedo(img, vpx, normals, light, faces, frags, mask, shared_appearance)
-            if use_uv:
-                tex = _vertex_to_uv_texture(alb_v if shared_appearance else alb_v.mean(0), uvs, all_uv_faces, all_faces,
-                                            texture_size)
+            alb_v = init_vertex_albedo(self.img, vpx, normals, light, faces, frags, self.mask, shared_appearance)
+            if self.use_uv:
+                tex = _vertex_to_uv_texture(alb_v if shared_appearance else alb_v.mean(0), self.uvs,
+                                            self.all_uv_faces, self.all_faces, texture_size)
                 appearance = tex if shared_appearance else tex.expand(n, -1, -1, -1).clone()
             else:
                 appearance = alb_v
         else:
-            appearance = torch.as_tensor(albedo, dtype=dt, device=dev)
-        tex_kw = dict(texture=appearance, uvs=uvs, uv_faces=uv_faces) if use_uv else dict(albedo=appearance)
+            appearance = torch.as_tensor(albedo, dtype=dt, device=self.dev)
+        tex_kw = dict(texture=appearance, uvs=self.uvs, uv_faces=self.uv_faces) if self.use_uv else \
+            dict(albedo=appearance)
         alb_pix = pixel_albedo(frags, bary, faces, **tex_kw)
         light = fit_light(basis, alb_pix, target, wpix, frags, n)
-    fit_app = albedo is None
-    app = appearance.clone().requires_grad_(fit_app)
-    light = light.clone().requires_grad_(True)
+        self.fit_appearance = albedo is None
+        with torch.enable_grad():
+            self.app = appearance.clone().requires_grad_(self.fit_appearance)
+            self.light = light.clone().requires_grad_(True)
+        # A fixed (canonical) albedo shared by all frames: gathered per pixel at each visibility pass.
+        self.fixed_albedo = appearance.clamp(0, 1) if albedo is not None and not self.use_uv and \
+            appearance.dim() == 2 else None
 
-    groups = [
-        {"params": [d_expr], "lr": opts.lr_expr},
-        {"params": [light], "lr": opts.lr_light},
-    ]
-    if has_jaw:
-        groups.append({"params": [d_jaw], "lr": opts.lr_jaw})
-    if eye.requires_grad:
-        groups.append({"params": [eye], "lr": opts.lr_eyes})
-    if opts.fit_camera:
-        groups += [{"params": [d_rot], "lr": opts.lr_rot}, {"params": [d_trans], "lr": opts.lr_trans}]
-    if opts.fit_shape:
-        groups.append({"params": [d_shape], "lr": opts.lr_shape})
-    if fit_app:
-        groups.append({"params": [app], "lr": opts.lr_albedo})
-    optim = _Adam(groups)
+    def _prepare_landmarks(self) -> None:
+        """The sub-mesh skinning of the steps, with the landmark, iris and ear vertices in it.
 
-    gt_iris = None if iris_ndc is None else torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, 10, 2)
-    gt_ears = None if ears_ndc is None else torch.as_tensor(ears_ndc, dtype=dt, device=dev).reshape(n, 20, 2)
+        The loop evaluates only the vertices of the triangles near the mask; visibility is
+        re-rasterised every ``raster_every`` iterations. Landmarks (68 on triangles, iris and ear
+        vertices) come from the same skinning pass as the rendered vertices: one model evaluation and
+        one camera transform per step.
+        """
+        model, dev, opts = self.model, self.dev, self.opts
+        same_shape = not opts.fit_shape and bool((self.shape0 == self.shape0[:1]).all())
+        self.fixed_shape = self.shape0[0] if same_shape else None
+        self.lmk_tri = model.landmark_triangles.to(dev)  # [68, 3] vertex ids
+        self.lmk_bary = model.lmk_bary.to(dev, self.dt)
+        self.iris_idx = getattr(model, "iris_idx", None) if self.gt_iris is not None else None
+        self.ear_idx = getattr(model, "ear_idx", None) if self.gt_ears is not None else None
+        self.point_ids = torch.cat([self.lmk_tri.reshape(-1)] + [i.to(dev) for i in (self.iris_idx, self.ear_idx)
+                                                                 if i is not None])
+        free_joints = [k for k, on in (("jaw_pose", self.has_jaw), ("eye_pose", self.eye.requires_grad)) if on]
+        self.rest = _rest_joints(model, dict(shape=self.shape0, expr=self.expr0, jaw_pose=self.jaw0,
+                                             eye_pose=self.eye0, neck_pose=self.neck), free_joints)
+        self.sub = _SubMesh(model, self.faces, fixed_shape=self.fixed_shape, rest_joints=self.rest)
+        self.vis: dict = {}
+        if opts.w_pixel <= 0:  # landmarks only: skin just the landmark vertices
+            self._set_mesh(_SubMesh(model, self.faces[:0], fixed_shape=self.fixed_shape, extra=self.point_ids,
+                                    rest_joints=self.rest))
 
-    # The loop evaluates only the vertices of the triangles near the mask; visibility is
-    # re-rasterised every opts.raster_every iterations. Landmarks (68 on triangles, iris and ear
-    # vertices) come from the same skinning pass as the rendered vertices: one model evaluation and
-    # one camera transform per step.
-    same_shape = not opts.fit_shape and bool((shape0 == shape0[:1]).all())
-    fixed = shape0[0] if same_shape else None
-    lmk_tri = model.landmark_triangles.to(dev)  # [68, 3] vertex ids
-    lmk_bary = model.lmk_bary.to(dev, dt)
-    iris_idx = getattr(model, "iris_idx", None) if gt_iris is not None else None
-    ear_idx = getattr(model, "ear_idx", None) if gt_ears is not None else None
-    point_ids = torch.cat([lmk_tri.reshape(-1)] + [i.to(dev) for i in (iris_idx, ear_idx) if i is not None])
-    free_joints = [k for k, on in (("jaw_pose", has_jaw), ("eye_pose", eye.requires_grad)) if on]
-    rest = _rest_joints(model, dict(shape=shape0, expr=expr0, jaw_pose=jaw0, eye_pose=eye0, neck_pose=neck),
-                        free_joints)
-    sub = _SubMesh(model, faces, fixed_shape=fixed, rest_joints=rest)
-    sub_faces = sub.faces
-    vis: dict = {}
-
-    def set_mesh(mesh: _SubMesh) -> None:
+    def _set_mesh(self, mesh: _SubMesh) -> None:
         """Use ``mesh`` (which holds ``point_ids``) for the steps: where its landmark vertices are."""
-        vis.update(mesh=mesh, lmk_loc=mesh.local(lmk_tri.reshape(-1)),
-                   iris_loc=None if iris_idx is None else mesh.local(iris_idx.to(dev)),
-                   ear_loc=None if ear_idx is None else mesh.local(ear_idx.to(dev)))
+        dev = self.dev
+        self.vis.update(mesh=mesh, lmk_loc=mesh.local(self.lmk_tri.reshape(-1)),
+                        iris_loc=None if self.iris_idx is None else mesh.local(self.iris_idx.to(dev)),
+                        ear_loc=None if self.ear_idx is None else mesh.local(self.ear_idx.to(dev)))
 
-    def refresh(params: dict[str, Tensor], p6: Tensor) -> None:
+    @torch.no_grad()
+    def refresh(self, params: dict[str, Tensor], p6: Tensor) -> None:
         """Visibility pass (no gradient) at the current geometry and what depends only on it.
 
         Between passes a step skins only the corners of the triangles visible in masked pixels
@@ -608,105 +621,144 @@ def _fit(
         geometry is driven through the barycentrics (albedo/texture lookup); the light keeps its
         exact gradient.
         """
-        with torch.no_grad():
-            view = world_to_view(sub(**params), p6)
-            vpx = to_render_pixels(view, fov, res, pp)
-            fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(mask)
-            used, local = torch.unique(fr.pix_face, return_inverse=True)
-            mesh = _SubMesh(model, faces[used], fixed_shape=fixed, extra=point_ids, rest_joints=rest)
-            set_mesh(mesh)
-            face_idx = torch.full((n * res * res,), -1, dtype=torch.long, device=dev)
-            face_idx[fr.pix] = local
-            fr = Fragments(face_idx=face_idx.view(n, res, res), pix=fr.pix, pix_face=local, shape=fr.shape)
-            # Normals of the sub-mesh (indexed by sub.vidx) at the visible triangles' corners.
-            corners = sub_faces[used]
-            bary = barycentrics(vpx, corners, fr)
-            nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), corners, fr, bary), dim=-1, eps=1e-12)
-            b = fr.pix_batch()
-            counts = torch.bincount(b, minlength=n)
-            if fixed_albedo is not None:  # a fixed per-vertex albedo: each pixel's corner colours, once
-                vis["corner_albedo"] = fixed_albedo[faces[used][local]]  # [P, 3 corners, 3]
-            vis.update(frags=fr, batch=b, target=img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
-                       norm=1.0 / (3 * counts.to(dt) + 1e-8), basis=sh_basis(nrm).split(counts.tolist()),
-                       uv_faces=None if uv_faces is None else uv_faces[used])
+        n, res, dev, sub_faces = self.n, self.res, self.dev, self.sub.faces
+        view = world_to_view(self.sub(**params), p6)
+        vpx = to_render_pixels(view, self.fov, res, self.pp)
+        fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(self.mask)
+        used, local = torch.unique(fr.pix_face, return_inverse=True)
+        self._set_mesh(_SubMesh(self.model, self.faces[used], fixed_shape=self.fixed_shape, extra=self.point_ids,
+                                rest_joints=self.rest))
+        face_idx = torch.full((n * res * res,), -1, dtype=torch.long, device=dev)
+        face_idx[fr.pix] = local
+        fr = Fragments(face_idx=face_idx.view(n, res, res), pix=fr.pix, pix_face=local, shape=fr.shape)
+        # Normals of the sub-mesh (indexed by sub.vidx) at the visible triangles' corners.
+        corners = sub_faces[used]
+        bary = barycentrics(vpx, corners, fr)
+        nrm = F.normalize(interpolate(vertex_normals(view, sub_faces), corners, fr, bary), dim=-1, eps=1e-12)
+        b = fr.pix_batch()
+        counts = torch.bincount(b, minlength=n)
+        if self.fixed_albedo is not None:  # a fixed per-vertex albedo: each pixel's corner colours, once
+            self.vis["corner_albedo"] = self.fixed_albedo[self.faces[used][local]]  # [P, 3 corners, 3]
+        self.vis.update(frags=fr, batch=b, target=self.img.reshape(-1, 3)[fr.pix], counts=counts.tolist(),
+                        norm=1.0 / (3 * counts.to(self.dt) + 1e-8), basis=sh_basis(nrm).split(counts.tolist()),
+                        uv_faces=None if self.uv_faces is None else self.uv_faces[used])
 
-    # A fixed (canonical) albedo shared by all frames: gathered per pixel at each visibility pass.
-    fixed_albedo = appearance.clamp(0, 1) if albedo is not None and not use_uv and appearance.dim() == 2 else None
-
-    if opts.w_pixel <= 0:  # landmarks only: skin just the landmark vertices
-        set_mesh(_SubMesh(model, faces[:0], fixed_shape=fixed, extra=point_ids, rest_joints=rest))
-
-    def loss_fn(it: int = 0) -> tuple[Tensor, dict]:
-        params, expr, p6 = params_at()
-        if opts.w_pixel > 0 and ("frags" not in vis or it % max(1, opts.raster_every) == 0):
-            refresh(params, p6)
-        mesh = vis["mesh"]
-        view = world_to_view(mesh(**params), p6)
-        lmk_view = lbs.interpolate(view, vis["lmk_loc"].view(68, 3), lmk_bary)  # (mesh points, not pixels)
-        pts = to_render_pixels(torch.cat([view, lmk_view], 1), fov, res, pp)
+    # ------------------------------------------------------------------ objective
+    def state(self, it: int = 0) -> dict[str, Tensor]:
+        """The current parameters and what the loss terms read: the steps' mesh in pixels and the
+        68 model landmarks in NDC (a visibility pass first, every ``raster_every`` iterations)."""
+        params, expr, p6 = self.params()
+        if self.opts.w_pixel > 0 and ("frags" not in self.vis or it % max(1, self.opts.raster_every) == 0):
+            self.refresh(params, p6)
+        view = world_to_view(self.vis["mesh"](**params), p6)
+        lmk_view = lbs.interpolate(view, self.vis["lmk_loc"].view(68, 3), self.lmk_bary)  # (mesh points)
+        pts = to_render_pixels(torch.cat([view, lmk_view], 1), self.fov, self.res, self.pp)
         vpx = pts[:, : view.shape[1]]
-        lmk = pts[:, view.shape[1]:, :2] * (2.0 / res) - 1  # = project_ndc of the model landmarks
-        app_c = app.clamp(0, 1)
-        loss = opts.w_lmk * l2ps(lmk, lmks_ndc, lw).sum()
+        lmk = pts[:, view.shape[1]:, :2] * (2.0 / self.res) - 1  # = project_ndc of the model landmarks
+        return {"params": params, "expr": expr, "p6": p6, "vpx": vpx, "lmk": lmk, "app": self.app.clamp(0, 1)}
+
+    def terms(self, st: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The weighted loss terms at state ``st`` (:meth:`state`), by name; the ones switched off
+        (zero weight, no targets, not fitted) are absent."""
+        opts = self.opts
+        out = {"landmarks": opts.w_lmk * l2ps(st["lmk"], self.lmks_ndc, self.lw).sum()}
         if opts.w_pixel > 0:
-            frags, batch = vis["frags"], vis["batch"]
-            # The render's colours at the covered masked pixels only ([P, 3], no images): as
-            # rendering.render, without scattering into three full images per step.
-            bary = barycentrics(vpx, mesh.faces, frags)
-            if use_uv:
-                alb = pixel_albedo(frags, bary, mesh.faces, texture=app_c, uvs=uvs, uv_faces=vis["uv_faces"])
-            elif fixed_albedo is not None:  # gathered per pixel once per visibility pass
-                alb = (bary.unsqueeze(-1) * vis["corner_albedo"]).sum(1)
-            else:
-                alb = pixel_albedo(frags, bary, mesh.faces, albedo=app_c.index_select(-2, mesh.vidx))
-            # Covered pixels come sorted by frame: one [P_i, 9] @ [9, 3] product per frame instead
-            # of gathering a light matrix per pixel.
-            colour = alb * torch.cat([bi @ light[i] for i, bi in enumerate(vis["basis"])])
-            # Reference pix_L1: sum |gt - render| over masked pixels / (3 * masked pixels), per frame.
-            err = (vis["target"] - colour).abs().sum(1)
-            pix = torch.zeros(n, dtype=dt, device=dev).index_add(0, batch, err) * vis["norm"]
-            loss = loss + opts.w_pixel * pix.sum()
-        if vis["iris_loc"] is not None:
-            iris = vpx.index_select(1, vis["iris_loc"])[..., :2] * (2.0 / res) - 1
-            loss = loss + opts.w_iris * l2ps(iris, gt_iris).sum()
-        if vis["ear_loc"] is not None:
-            ears = vpx.index_select(1, vis["ear_loc"])[..., :2] * (2.0 / res) - 1
-            loss = loss + opts.w_ear * ear_loss(ears, gt_ears, p6[:, :3], opts.ear_threshold).sum()
+            out["pixels"] = opts.w_pixel * self.pixel_l1(st).sum()
+        if self.vis["iris_loc"] is not None:
+            iris = st["vpx"].index_select(1, self.vis["iris_loc"])[..., :2] * (2.0 / self.res) - 1
+            out["iris"] = opts.w_iris * l2ps(iris, self.gt_iris).sum()
+        if self.vis["ear_loc"] is not None:
+            ears = st["vpx"].index_select(1, self.vis["ear_loc"])[..., :2] * (2.0 / self.res) - 1
+            out["ears"] = opts.w_ear * ear_loss(ears, self.gt_ears, st["p6"][:, :3], opts.ear_threshold).sum()
         if opts.fit_shape:
-            loss = loss + opts.w_shape * (d_shape**2).sum() / 2
-        loss = loss + opts.w_expr * (expr**2).sum() / 2
-        if opts.temporal and n >= 2:
-            loss = loss + opts.w_temporal * ((expr[1:] - expr[:-1]) ** 2).sum() / 2
-        return loss, {"lmk": lmk, "expr": expr, "p6": p6, "params": params, "app": app_c}
+            out["shape_prior"] = opts.w_shape * (self.d_shape**2).sum() / 2
+        expr = st["expr"]
+        out["expression_prior"] = opts.w_exp * (expr**2).sum() / 2
+        if opts.temporal and self.n >= 2:
+            out["temporal"] = opts.w_temporal * ((expr[1:] - expr[:-1]) ** 2).sum() / 2
+        return out
 
-    history: list[float] = []
-    for it in range(opts.iters):
-        loss, _ = loss_fn(it)
-        grads = torch.autograd.grad(loss, optim.params, allow_unused=True, materialize_grads=True)
-        # Cosine decay to 5 % of each group's learning rate.
-        optim.step(grads, 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * it / max(opts.iters, 1))))
-        history.append(float(loss.detach()))
+    def pixel_l1(self, st: dict[str, Tensor]) -> Tensor:
+        """The reference's ``pix_L1`` per frame ``[N]``: Σ|photo − render| over the masked pixels /
+        (3 × masked pixels), rendering only the covered masked pixels (no full images per step)."""
+        vis, mesh = self.vis, self.vis["mesh"]
+        frags = vis["frags"]
+        bary = barycentrics(st["vpx"], mesh.faces, frags)
+        if self.use_uv:
+            alb = pixel_albedo(frags, bary, mesh.faces, texture=st["app"], uvs=self.uvs, uv_faces=vis["uv_faces"])
+        elif self.fixed_albedo is not None:  # gathered per pixel once per visibility pass
+            alb = (bary.unsqueeze(-1) * vis["corner_albedo"]).sum(1)
+        else:
+            alb = pixel_albedo(frags, bary, mesh.faces, albedo=st["app"].index_select(-2, mesh.vidx))
+        # Covered pixels come sorted by frame: one [P_i, 9] @ [9, 3] product per frame instead of
+        # gathering a light matrix per pixel.
+        colour = alb * torch.cat([bi @ self.light[i] for i, bi in enumerate(vis["basis"])])
+        err = (vis["target"] - colour).abs().sum(1)
+        return torch.zeros(self.n, dtype=self.dt, device=self.dev).index_add(0, vis["batch"], err) * vis["norm"]
 
-    with torch.no_grad():
-        vis.pop("frags", None)  # the final loss at exact visibility
-        loss, st = loss_fn()
-        history.append(float(loss))
+    def loss(self, it: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The total loss (the sum of :meth:`terms`, in their order) and the state it was taken at."""
+        st = self.state(it)
+        total: Tensor | None = None
+        for value in self.terms(st).values():
+            total = value if total is None else total + value
+        assert total is not None  # the landmark term is always there
+        return total, st
+
+    # ------------------------------------------------------------------ solver
+    def optimiser(self) -> _Adam:
+        """Adam over the free variables, with the per-group learning rates of the options."""
+        opts = self.opts
+        groups = [{"params": [self.d_expr], "lr": opts.lr_expr}, {"params": [self.light], "lr": opts.lr_light}]
+        if self.has_jaw:
+            groups.append({"params": [self.d_jaw], "lr": opts.lr_jaw})
+        if self.eye.requires_grad:
+            groups.append({"params": [self.eye], "lr": opts.lr_eyes})
+        if opts.fit_camera:
+            groups += [{"params": [self.d_rot], "lr": opts.lr_rot}, {"params": [self.d_trans], "lr": opts.lr_trans}]
+        if opts.fit_shape:
+            groups.append({"params": [self.d_shape], "lr": opts.lr_shape})
+        if self.fit_appearance:
+            groups.append({"params": [self.app], "lr": opts.lr_albedo})
+        return _Adam(groups)
+
+    def solve(self) -> PhotometricResult:
+        """``max_iter`` Adam steps (learning rates cosine-decayed to 5 %), then the result at exact
+        visibility."""
+        optim = self.optimiser()
+        iters = self.opts.max_iter
+        history: list[float] = []
+        for it in range(iters):
+            loss, _ = self.loss(it)
+            grads = torch.autograd.grad(loss, optim.params, allow_unused=True, materialize_grads=True)
+            optim.step(grads, 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * it / max(iters, 1))))
+            history.append(float(loss.detach()))
+        with torch.no_grad():
+            self.vis.pop("frags", None)  # the final loss at exact visibility
+            loss, st = self.loss()
+            history.append(float(loss))
+            return self._result(st, history)
+
+    def _result(self, st: dict[str, Tensor], history: list[float]) -> PhotometricResult:
         rendered = None
-        if opts.render:
-            tex_kw = dict(texture=st["app"], uvs=uvs, uv_faces=all_uv_faces) if use_uv else dict(albedo=st["app"])
-            r = render_head(model(**st["params"]).vertices, all_faces, st["p6"], fov, res, light=light, pp=pp, **tex_kw)
+        if self.opts.render:
+            tex_kw = dict(texture=st["app"], uvs=self.uvs, uv_faces=self.all_uv_faces) if self.use_uv else \
+                dict(albedo=st["app"])
+            r = render_head(self.model(**st["params"]).vertices, self.all_faces, st["p6"], self.fov, self.res,
+                            light=self.light, pp=self.pp, **tex_kw)
             rendered = (r["image"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        n = self.n
         return PhotometricResult(
             pose6=st["p6"].detach().clone(),
-            fov=fov,
-            shape=(shape0 + d_shape).detach().expand(n, -1).clone(),
+            fov=self.fov,
+            shape=(self.shape0 + self.d_shape).detach().expand(n, -1).clone(),
             expr=st["expr"].detach().clone(),
-            jaw_pose=(jaw0 + d_jaw).detach().clone(),
-            eye_pose=eye.detach().clone(),
-            light=light.detach().clone(),
+            jaw_pose=(self.jaw0 + self.d_jaw).detach().clone(),
+            eye_pose=self.eye.detach().clone(),
+            light=self.light.detach().clone(),
             albedo=st["app"].detach().clone(),
             render=rendered,
-            mask=mask_np if mask_np.ndim == 3 else mask_np[None],
+            mask=self.mask_np if self.mask_np.ndim == 3 else self.mask_np[None],
             landmarks_ndc=st["lmk"].detach().clone(),
             history=history,
         )

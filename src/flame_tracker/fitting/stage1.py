@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -55,14 +55,6 @@ from flame_tracker.camera.reference import (
 )
 from flame_tracker.threads import cpu_threads
 
-# Reference weights and thresholds (docs/reference.md §8.2).
-W_FACE = 300.0
-W_JAW = 200.0
-W_EAR = 150.0
-W_TEMPORAL = 150.0
-EAR_GATE = 0.25
-YAW_DEADZONE = 0.1
-PITCH_DEADZONE = 0.15
 N_FACE = 68
 N_EAR = 20
 MIN_VALID_POINTS = 6
@@ -82,6 +74,23 @@ FIXED_FOV_LIMITS = (0.05, 170.0)  # numerical safety only, for a FOV that is giv
 
 FovMode = Literal["fixed", "per_frame", "shared"]
 _FLIP = (1.0, -1.0, -1.0)
+
+
+@dataclass(frozen=True)
+class Stage1Options:
+    """Weights, ear gating and solver of the stage-1 camera fit. The defaults are the reference's
+    (docs/reference.md §8.2); the names match :class:`~flame_tracker.fitting.stage2.Stage2Options`."""
+
+    w_lmk: float = 300.0  # face landmarks 17..67 (mean Euclidean NDC distance)
+    w_contour: float = 200.0  # jawline 0..16
+    w_ear: float = 150.0  # ear weight per radian of |yaw| + |pitch| beyond the dead zones
+    w_temporal: float = 150.0  # squared pose change between neighbouring frames
+    ear_gate: float = 0.25  # an ear side is off while its mean NDC distance is at least this
+    yaw_deadzone: float = 0.1  # radians of |yaw| (and |pitch| below) that count as frontal for the ears
+    pitch_deadzone: float = 0.15
+    solver: Literal["lm", "adam"] = "lm"  # "adam": the reference loop, exactly
+    max_iter: int | None = None  # None: 100 (lm) or the reference's 1500 (adam)
+    tol: float = 1e-7  # relative objective decrease below which "lm" stops
 
 
 class Stage1Forward(NamedTuple):
@@ -121,7 +130,9 @@ class Stage1Problem:
     """
 
     def __init__(self, points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray,
-                 ear_targets: Tensor | np.ndarray | None = None, *, dtype: torch.dtype = torch.float64) -> None:
+                 ear_targets: Tensor | np.ndarray | None = None, *, dtype: torch.dtype = torch.float64,
+                 options: Stage1Options | None = None) -> None:
+        self.options = options or Stage1Options()
         targets = _cpu(targets_ndc, dtype)
         if targets.ndim == 2:
             targets = targets[None]
@@ -163,7 +174,8 @@ class Stage1Problem:
         # Constant part of the per-point weights: each region's mean over its valid points.
         v = valid.to(dtype)
         base = torch.zeros_like(v)
-        for sl, w in ((slice(17, N_FACE), W_FACE), (slice(0, 17), W_JAW),
+        o = self.options
+        for sl, w in ((slice(17, N_FACE), o.w_lmk), (slice(0, 17), o.w_contour),
                       (slice(N_FACE, N_FACE + N_EAR), 1.0), (slice(N_FACE + N_EAR, None), 1.0)):
             part = v[:, sl]
             base[:, sl] = w * part / part.sum(dim=1, keepdim=True).clamp_min(1.0)
@@ -201,17 +213,18 @@ class Stage1Problem:
     def _weights(self, rot: Tensor, dist: Tensor) -> Tensor:
         if not self.has_ears:
             return self.base_weights
+        o = self.options
         euler = matrix_to_euler(rot)
         yaw, pitch = euler[:, 0], euler[:, 1]
-        ayaw = torch.where(yaw.abs() < YAW_DEADZONE, torch.zeros_like(yaw), yaw.abs())
-        apitch = torch.where(pitch.abs() < PITCH_DEADZONE, torch.zeros_like(pitch), pitch.abs())
-        angle_w = W_EAR * (ayaw + apitch)
+        ayaw = torch.where(yaw.abs() < o.yaw_deadzone, torch.zeros_like(yaw), yaw.abs())
+        apitch = torch.where(pitch.abs() < o.pitch_deadzone, torch.zeros_like(pitch), pitch.abs())
+        angle_w = o.w_ear * (ayaw + apitch)
         base = self.base_weights
         left, right = slice(N_FACE, N_FACE + N_EAR), slice(N_FACE + N_EAR, None)
         mean_l = (base[:, left] * dist[:, left]).sum(dim=1)  # base = 1/n_valid on ear points
         mean_r = (base[:, right] * dist[:, right]).sum(dim=1)
-        gate_l = angle_w * ((yaw > 0) & (mean_l < EAR_GATE))
-        gate_r = angle_w * ((yaw < 0) & (mean_r < EAR_GATE))
+        gate_l = angle_w * ((yaw > 0) & (mean_l < o.ear_gate))
+        gate_r = angle_w * ((yaw < 0) & (mean_r < o.ear_gate))
         gates = torch.cat([torch.ones_like(base[:, :N_FACE]), gate_l[:, None].expand(-1, N_EAR),
                            gate_r[:, None].expand(-1, N_EAR)], dim=1)
         return base * gates
@@ -219,7 +232,7 @@ class Stage1Problem:
     def objective(self, pose6: Tensor, fov: Tensor, temporal: Tensor | bool = False) -> Stage1Loss:
         """The stage-1 objective (differentiable in ``pose6`` and ``fov``)."""
         fw = self.forward(pose6, fov)
-        temp = temporal_term(pose6, _pair_weights(temporal, self.n, pose6))
+        temp = temporal_term(pose6, _pair_weights(temporal, self.n, pose6), self.options.w_temporal)
         total = torch.nan_to_num(fw.per_frame.sum() + temp, nan=0.0, posinf=1e5)
         return Stage1Loss(total, fw.per_frame, temp)
 
@@ -235,20 +248,22 @@ def _pair_weights(temporal: Tensor | bool, n: int, like: Tensor) -> Tensor | Non
     return w if n >= 2 else None
 
 
-def temporal_term(pose6: Tensor, pair_w: Tensor | None) -> Tensor:
-    """``150·Σ_k w_k (‖r_{k+1}-r_k‖² + ‖t_{k+1}-t_k‖²)`` (zero when ``pair_w`` is None)."""
+def temporal_term(pose6: Tensor, pair_w: Tensor | None, weight: float = Stage1Options.w_temporal) -> Tensor:
+    """``weight·Σ_k w_k (‖r_{k+1}-r_k‖² + ‖t_{k+1}-t_k‖²)`` (zero when ``pair_w`` is None; the
+    reference's weight is 150)."""
     if pair_w is None:
         return pose6.new_zeros(())
     diff = pose6[1:] - pose6[:-1]
-    return W_TEMPORAL * (pair_w * (diff * diff).sum(dim=1)).sum()
+    return weight * (pair_w * (diff * diff).sum(dim=1)).sum()
 
 
 def stage1_objective(points3d: Tensor, targets_ndc: Tensor, pose6: Tensor, fov: Tensor | float, *,
-                     ear_targets: Tensor | None = None, temporal: Tensor | bool = False) -> Stage1Loss:
-    """Evaluate the reference stage-1 objective for given cameras (see the module docstring)."""
+                     ear_targets: Tensor | None = None, temporal: Tensor | bool = False,
+                     options: Stage1Options | None = None) -> Stage1Loss:
+    """Evaluate the stage-1 objective (the reference's with default ``options``) for given cameras."""
     pose6 = torch.as_tensor(pose6)
     prob = Stage1Problem(points3d, targets_ndc, ear_targets,
-                         dtype=pose6.dtype if pose6.is_floating_point() else torch.float64)
+                         dtype=pose6.dtype if pose6.is_floating_point() else torch.float64, options=options)
     pose6 = pose6.to(prob.dtype).reshape(prob.n, 6)
     fov_t = torch.as_tensor(fov, dtype=prob.dtype).expand(prob.n)
     return prob.objective(pose6, fov_t, temporal)
@@ -280,8 +295,10 @@ class CameraFit:
 
 def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, *,
                ear_targets: Tensor | np.ndarray | None = None, fov: float | Tensor = DEFAULT_FOV,
-               fov_mode: FovMode = "fixed", temporal: bool | Tensor = False, solver: str = "lm",
-               init: Tensor | None = None, max_iter: int | None = None, tol: float = 1e-7) -> CameraFit:
+               fov_mode: FovMode = "fixed", temporal: bool | Tensor = False,
+               init: Tensor | None = None, options: Stage1Options | None = None,
+               solver: Literal["lm", "adam"] | None = None, max_iter: int | None = None,
+               tol: float | None = None) -> CameraFit:
     """Fit the reference camera (pose6 + FOV) of N frames to 2-D landmarks.
 
     Args:
@@ -293,24 +310,26 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
             ``"shared"`` (one FOV for all frames, e.g. a video).
         temporal: smooth consecutive frames (reference temporal term); a ``[N-1]`` tensor of
             neighbour weights marks which consecutive frames are adjacent.
-        solver: ``"lm"`` (fast, default) or ``"adam"`` (the reference loop).
         init: optional ``[N, 6]`` warm-start poses (e.g. the previous frame's); ``None`` uses the
             closed-form initialisation (``lm``) or the reference base pose (``adam``).
-        max_iter: iteration cap (default 100 for ``lm``, 1500 for ``adam``).
-        tol: relative objective decrease below which ``lm`` stops.
+        options: :class:`Stage1Options` (weights, gating, solver; the reference's by default).
+        solver, max_iter, tol: override the fields of ``options`` of the same names.
     """
+    opts = options or Stage1Options()
+    opts = replace(opts, **{k: v for k, v in (("solver", solver), ("max_iter", max_iter), ("tol", tol))
+                            if v is not None})
     if fov_mode not in ("fixed", "per_frame", "shared"):
         raise ValueError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
-    if solver == "adam":
+    if opts.solver == "adam":
         dtype = torch.as_tensor(targets_ndc).dtype
         dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=dtype)
+        prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=dtype, options=opts)
         if fov_mode == "fixed":
             prob.fov_limits = FIXED_FOV_LIMITS
-        return _fit_adam(prob, _fov_vector(fov, prob), fov_mode, temporal, init, max_iter or ADAM_ITERATIONS)
-    if solver != "lm":
-        raise ValueError(f"unknown stage-1 solver {solver!r}; use 'lm' or 'adam'")
-    prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=torch.float64)
+        return _fit_adam(prob, _fov_vector(fov, prob), fov_mode, temporal, init, opts.max_iter or ADAM_ITERATIONS)
+    if opts.solver != "lm":
+        raise ValueError(f"unknown stage-1 solver {opts.solver!r}; use 'lm' or 'adam'")
+    prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=torch.float64, options=opts)
     if fov_mode == "fixed":
         # A given FOV is used as it is: the reference's [10, 50] clamp bounds a *fitted* FOV, and a
         # small face in a wide picture has a crop FOV of a few degrees (see Tracker's image_fov).
@@ -321,7 +340,7 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
     # Tiny tensors (~100 points x 6 parameters per frame): threads only add fork/join latency.
     with cpu_threads(1):
         pose0 = closed_form_init(prob, fov0) if init is None else _cpu(init, prob.dtype).reshape(prob.n, 6)
-        return _fit_lm(prob, pose0, fov0, fov_mode, temporal, max_iter or 100, tol)
+        return _fit_lm(prob, pose0, fov0, fov_mode, temporal, opts.max_iter or 100, opts.tol)
 
 
 def _fov_vector(fov: float | Tensor, prob: Stage1Problem) -> Tensor:
@@ -335,7 +354,7 @@ def _result(prob: Stage1Problem, pose6: Tensor, fov: Tensor, temporal: Tensor | 
             solver: str, converged: bool, history: list[float]) -> CameraFit:
     with torch.no_grad():
         fw = prob.forward(pose6, fov)
-        temp = temporal_term(pose6, _pair_weights(temporal, prob.n, pose6))
+        temp = temporal_term(pose6, _pair_weights(temporal, prob.n, pose6), prob.options.w_temporal)
         total = float(torch.nan_to_num(fw.per_frame.sum() + temp, nan=0.0, posinf=1e5))
         residuals = torch.where(prob.valid, fw.dist, torch.full_like(fw.dist, float("nan")))
     return CameraFit(pose6.detach(), fw.fov.detach(), total, fw.per_frame.detach(), residuals, iterations, solver,
@@ -465,9 +484,9 @@ def _gram(a: Tensor, b: Tensor) -> Tensor:
     return a.transpose(1, 2) @ b
 
 
-def _banded_lower(blocks: Tensor, pair_w: np.ndarray, nb: int) -> np.ndarray:
+def _banded_lower(blocks: Tensor, pair_w: np.ndarray, nb: int, w_temporal: float) -> np.ndarray:
     """Lower banded storage of a block-tridiagonal SPD matrix: diagonal blocks ``[N, b, b]`` and
-    off-diagonal blocks ``-300·w_k·I`` on the first 6 entries (the temporal term's Hessian)."""
+    off-diagonal blocks ``-2·w_temporal·w_k·I`` on the first 6 entries (the temporal term's Hessian)."""
     n, b, _ = blocks.shape
     ab = np.zeros((b + 1, n * b))
     blk = blocks.numpy()
@@ -475,7 +494,7 @@ def _banded_lower(blocks: Tensor, pair_w: np.ndarray, nb: int) -> np.ndarray:
         m = np.arange(b - i)
         ab[i].reshape(n, b)[:, m] = blk[:, m + i, m]
     off = np.zeros((n, b))
-    off[:-1, :nb] = -2.0 * W_TEMPORAL * pair_w[:, None]
+    off[:-1, :nb] = -2.0 * w_temporal * pair_w[:, None]
     ab[b] = off.reshape(-1)
     return ab
 
@@ -485,6 +504,7 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
     """Batched IRLS Levenberg–Marquardt on the stage-1 objective."""
     n, dtype = prob.n, prob.dtype
     pair_w = _pair_weights(temporal, n, pose)
+    w_temp = prob.options.w_temporal
     with_fov = fov_mode != "fixed"
     shared = fov_mode == "shared"
     coupled = pair_w is not None or shared
@@ -496,7 +516,8 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
         # has residuals exactly at zero (a kink where Newton steps fail); δ = SMOOTH_NDC costs < 1e-4
         # of the true objective (measured) and saves most iterations. The reported objective is exact.
         fw = cur.forward(p, f)
-        return fw, (fw.weights * torch.sqrt(fw.dist.square() + SMOOTH_NDC**2)).sum(dim=1) + _temporal_split(p, pair_w)
+        smoothed = (fw.weights * torch.sqrt(fw.dist.square() + SMOOTH_NDC**2)).sum(dim=1)
+        return fw, smoothed + _temporal_split(p, pair_w, w_temp)
 
     fw, f_frames = evaluate(pose, fov)
     # LM state per independent group: one group per frame, or a single one when frames are coupled.
@@ -518,30 +539,10 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
     out_pose, out_fov, active, f_out = pose.clone(), fov.clone(), torch.arange(n), 0.0
     it = 0
     for it in range(1, max_iter + 1):
-        jac_err, tmat = _jacobian(fw, pose, with_fov)  # J = jac @ tmat: [N, M, k+1], [N, k, k]
-        k = jac_err.shape[-1] - 1
-        jac = jac_err[..., :k]
-        rad = torch.sqrt(fw.dist.square() + SMOOTH_NDC**2)
-        inv_d = fw.weights / rad  # [N, P]
-        jc = jac * inv_d.repeat_interleave(2, dim=1)[..., None]
-        # Hessian and gradient in one batched product: jc^T [jac | err] -> [N, k, k+1].
-        hg = _gram(jc, jac_err)
-        hess = hg[..., :k]
-        if bool((alpha > 0).any()):
-            # The Hessian of |e| is (I - u u^T)/|e|: remove (part of) the radial curvature.
-            unit = fw.err / rad[..., None]
-            q = (jac.reshape(jac.shape[0], -1, 2, k) * unit[..., None]).sum(dim=2)  # [N, P, k]
-            hess = hess - per_frame(alpha)[:, None, None] * _gram(q * inv_d[..., None], q)
-        # Back to the pose6 parameters: H = T^T H0 T, g = T^T g0 (T is k×k per frame).
-        grad = (hg[..., k:].transpose(1, 2) @ tmat)[:, 0]
-        hess = tmat.transpose(1, 2) @ hess @ tmat
-        if pair_w is not None:
-            tgrad, tdiag = _temporal_grad(pose, pair_w)
-            grad[:, :6] += tgrad
-            hess[:, range(6), range(6)] += tdiag[:, None]
+        grad, hess = _normal_equations(fw, pose, with_fov, per_frame(alpha), pair_w, w_temp)
         diag = torch.diagonal(hess, dim1=1, dim2=2)
         damp = hess + torch.diag_embed(per_frame(lam)[:, None] * diag + 1e-12)
-        step = _solve(damp, grad, pair_w, shared)
+        step = _solve(damp, grad, pair_w, shared, w_temp)
         new_pose = pose + step[:, :6]
         new_fov = torch.clamp(fov + step[:, 6], FOV_MIN, FOV_MAX) if with_fov else fov
         new_fw, new_f = evaluate(new_pose, new_fov)
@@ -583,38 +584,67 @@ def _fit_lm(prob: Stage1Problem, pose: Tensor, fov: Tensor, fov_mode: FovMode, t
     return _result(prob, out_pose, out_fov, temporal, it, "lm", bool(done.all()), history)
 
 
+def _normal_equations(fw: Stage1Forward, pose: Tensor, with_fov: bool, alpha: Tensor, pair_w: Tensor | None,
+                      w_temporal: float) -> tuple[Tensor, Tensor]:
+    """Gradient ``[N, k]`` and Gauss-Newton Hessian ``[N, k, k]`` of the smoothed objective in the
+    ``pose6[, fov]`` parameters: IRLS weights ``w/|e|``, minus the share ``alpha [N]`` of the norms'
+    radial curvature, plus the temporal term's diagonal blocks."""
+    jac_err, tmat = _jacobian(fw, pose, with_fov)  # J = jac @ tmat: [N, M, k+1], [N, k, k]
+    k = jac_err.shape[-1] - 1
+    jac = jac_err[..., :k]
+    rad = torch.sqrt(fw.dist.square() + SMOOTH_NDC**2)
+    inv_d = fw.weights / rad  # [N, P]
+    jc = jac * inv_d.repeat_interleave(2, dim=1)[..., None]
+    # Hessian and gradient in one batched product: jc^T [jac | err] -> [N, k, k+1].
+    hg = _gram(jc, jac_err)
+    hess = hg[..., :k]
+    if bool((alpha > 0).any()):
+        # The Hessian of |e| is (I - u u^T)/|e|: remove (part of) the radial curvature.
+        unit = fw.err / rad[..., None]
+        q = (jac.reshape(jac.shape[0], -1, 2, k) * unit[..., None]).sum(dim=2)  # [N, P, k]
+        hess = hess - alpha[:, None, None] * _gram(q * inv_d[..., None], q)
+    # Back to the pose6 parameters: H = T^T H0 T, g = T^T g0 (T is k×k per frame).
+    grad = (hg[..., k:].transpose(1, 2) @ tmat)[:, 0]
+    hess = tmat.transpose(1, 2) @ hess @ tmat
+    if pair_w is not None:
+        tgrad, tdiag = _temporal_grad(pose, pair_w, w_temporal)
+        grad[:, :6] += tgrad
+        hess[:, range(6), range(6)] += tdiag[:, None]
+    return grad, hess
+
+
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:
     return mask.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _temporal_grad(pose: Tensor, pair_w: Tensor) -> tuple[Tensor, Tensor]:
+def _temporal_grad(pose: Tensor, pair_w: Tensor, w_temporal: float) -> tuple[Tensor, Tensor]:
     """Gradient ``[N, 6]`` and (diagonal-block) Hessian diagonal ``[N]`` of :func:`temporal_term`;
-    its off-diagonal blocks are ``-300·w_k·I`` (see :func:`_banded_lower`)."""
+    its off-diagonal blocks are ``-2·w_temporal·w_k·I`` (see :func:`_banded_lower`)."""
     n = pose.shape[0]
-    diff = 2 * W_TEMPORAL * pair_w[:, None] * (pose[1:] - pose[:-1])
+    diff = 2 * w_temporal * pair_w[:, None] * (pose[1:] - pose[:-1])
     grad = torch.zeros(n, 6, dtype=pose.dtype)
     grad[1:] += diff
     grad[:-1] -= diff
     deg = torch.zeros(n, dtype=pose.dtype)
     deg[1:] += pair_w
     deg[:-1] += pair_w
-    return grad, 2 * W_TEMPORAL * deg
+    return grad, 2 * w_temporal * deg
 
 
-def _temporal_split(pose: Tensor, pair_w: Tensor | None) -> Tensor:
+def _temporal_split(pose: Tensor, pair_w: Tensor | None, w_temporal: float) -> Tensor:
     """Temporal term attributed to frames (half of each pair to each side), for acceptance tests;
     a scalar zero when there is no temporal term."""
     if pair_w is None:
         return pose.new_zeros(())
     out = torch.zeros(pose.shape[0], dtype=pose.dtype)
     diff = pose[1:] - pose[:-1]
-    pair = W_TEMPORAL * pair_w * (diff * diff).sum(dim=1)
+    pair = w_temporal * pair_w * (diff * diff).sum(dim=1)
     out[1:] += 0.5 * pair
     out[:-1] += 0.5 * pair
     return out
 
 
-def _solve(hess: Tensor, grad: Tensor, pair_w: Tensor | None, shared: bool) -> Tensor:
+def _solve(hess: Tensor, grad: Tensor, pair_w: Tensor | None, shared: bool, w_temporal: float) -> Tensor:
     """Solve ``H δ = -g`` for all frames: block diagonal, block tridiagonal (temporal) and/or
     bordered by one shared FOV column (Schur complement)."""
     n, k = grad.shape
@@ -631,7 +661,7 @@ def _solve(hess: Tensor, grad: Tensor, pair_w: Tensor | None, shared: bool) -> T
     else:
         from scipy.linalg import solveh_banded  # only the temporal solve needs it (~0.1-0.3 s import)
 
-        ab = _banded_lower(a, pair_w.numpy(), 6)
+        ab = _banded_lower(a, pair_w.numpy(), 6, w_temporal)
         sol_np = solveh_banded(ab, rhs.numpy().reshape(n * kp, -1), lower=True, check_finite=False)
         sol = torch.from_numpy(sol_np).reshape(n, kp, -1)
     if not shared:
@@ -645,7 +675,6 @@ def _solve(hess: Tensor, grad: Tensor, pair_w: Tensor | None, shared: bool) -> T
 
 
 __all__ = [
-    "Stage1Problem", "Stage1Loss", "Stage1Forward", "CameraFit", "fit_camera", "stage1_objective",
-    "closed_form_init", "temporal_term", "W_FACE", "W_JAW", "W_EAR", "W_TEMPORAL", "EAR_GATE",
-    "YAW_DEADZONE", "PITCH_DEADZONE",
+    "Stage1Options", "Stage1Problem", "Stage1Loss", "Stage1Forward", "CameraFit", "fit_camera",
+    "stage1_objective", "closed_form_init", "temporal_term",
 ]

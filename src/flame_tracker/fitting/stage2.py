@@ -42,7 +42,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,10 +65,13 @@ class Stage2Options:
     w_iris: float = 500.0
     # Jawline 0..16 (not in the reference's stage 2): informs the identity shape's face width.
     w_contour: float = 0.0
-    w_exp: float = 0.025
+    # Expression prior w_exp·Σ(exp - centre)²; None: the model's (:func:`expression_priors`: the
+    # reference's 0.025 for FLAME-like coefficients, 4.0 for blendshape models such as ICT).
+    w_exp: float | None = None
     # Sparsity of bounded (ICT, [0, 1]) expression weights: + w_exp_l1 * sum(exp). A blendshape
     # rests at 0 unless the landmarks need it (an L2 prior alone lets many channels share the work).
-    w_exp_l1: float = 0.0
+    # None: the model's (0 for FLAME-like models, 0.5 for blendshape models).
+    w_exp_l1: float | None = None
     w_temporal: float = 0.1
     w_shape: float = 0.1  # ~ the reference photometric stage's 0.1·Σd_shape²/2; shape coefficients are N(0,1)
     w_neck: float = 10.0
@@ -96,17 +99,29 @@ class Stage2Options:
     rtol_frames: float = 5e-3
 
 
-# Expression priors of blendshape models (bounded [0, 1] weights, ICT) used by single images and
-# video alike (measured in docs/accuracy.md): 4·Σ(exp - centre)² + 0.5·Σexp.
+# Blendshape models (ICT, weights in [0, 1]): the reference's expression prior (0.025·Σexp², made for
+# FLAME's N(0, 1) coefficients) lets the weights contort to every landmark error (measured: 2-8
+# channels saturated at 1.0 per frame of real clips, median correlation with MediaPipe's own scores
+# 0.00-0.43). Measured on the shared clips (benchmarks/accuracy.py, docs/accuracy.md): a prior
+# 4·Σ(exp - MediaPipe's score)² plus sparsity 0.5·Σexp gives 0 saturated channels, correlation
+# 0.82-0.95, and a lower landmark error than before (the detector embedding).
 BLENDSHAPE_PRIORS = {"w_exp": 4.0, "w_exp_l1": 0.5}
+REFERENCE_PRIORS = {"w_exp": 0.025, "w_exp_l1": 0.0}  # the reference's, for N(0, 1) coefficients (FLAME)
 
 
-def expression_priors(model: torch.nn.Module) -> dict[str, float]:
+def expression_priors(model: Any) -> dict[str, float]:
     """The expression prior weights that suit ``model``: :data:`BLENDSHAPE_PRIORS` for bounded
-    (blendshape) expressions, the reference's (``Stage2Options`` defaults) otherwise."""
+    (blendshape) expressions, :data:`REFERENCE_PRIORS` otherwise."""
     if getattr(model, "expr_bounds", None) is not None:
         return dict(BLENDSHAPE_PRIORS)
-    return {"w_exp": Stage2Options.w_exp, "w_exp_l1": Stage2Options.w_exp_l1}
+    return dict(REFERENCE_PRIORS)
+
+
+def with_model_priors(options: Stage2Options, model: Any) -> Stage2Options:
+    """``options`` with the expression priors left at None set to ``model``'s."""
+    priors = expression_priors(model)
+    unset = {k: v for k, v in priors.items() if getattr(options, k) is None}
+    return replace(options, **unset) if unset else options
 
 
 @dataclass
@@ -243,6 +258,9 @@ class _Problem:
     # Quantities fixed for the whole solve (basis slices, landmark interpolation, camera
     # projection constants), built on first use by the Jacobian code instead of every iteration.
     cache: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.opts = with_model_priors(self.opts, self.model)  # the expression priors left to the model
 
     def points3d(self, params: dict[str, Tensor]) -> Tensor:
         """Model-space landmarks + 10 iris points ``[B, L + 10, 3]`` (the landmark fast path), moved by
@@ -977,69 +995,23 @@ def fit_stage2(
     Returns:
         :class:`Stage2Result` with every parameter as ``[N, ...]`` tensors (detached).
     """
-    opts = replace(options or Stage2Options(), **overrides)
+    opts = with_model_priors(replace(options or Stage2Options(), **overrides), model)
     dev, dt = model.v_template.device, model.v_template.dtype
-    lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
-    n_lmk = n_landmarks(model)
-    if lmks_ndc.ndim != 3 or lmks_ndc.shape[1:] != (n_lmk, 2):
-        raise ValueError(f"stage 2 needs [N, {n_lmk}, 2] landmarks for this model, got {tuple(lmks_ndc.shape)}")
-    if point_weights is None and n_lmk != 68:
-        raise ValueError(f"stage 2: a model with {n_lmk} landmarks needs point_weights [{n_lmk}]")
-    n = lmks_ndc.shape[0]
+    target, coeff, has_iris = _targets(model, lmks_ndc, iris_ndc, point_weights, opts)
+    n = target.shape[0]
     pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
     fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
-    if iris_ndc is None:
-        iris_ndc = torch.full((n, N_IRIS, 2), float("nan"), dtype=dt, device=dev)
-    iris_ndc = torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, N_IRIS, 2)
-    target = torch.cat([lmks_ndc, iris_ndc], dim=1)
-    valid = torch.isfinite(target)
-    if point_weights is None:  # the reference: means over the 17 jaw and the 51 inner face points
-        point_weights = torch.cat([torch.full((N_JAW,), opts.w_contour / N_JAW),
-                                   torch.full((N_FACE,), opts.w_lmk / N_FACE)])
-    point_weights = torch.as_tensor(point_weights, dtype=dt, device=dev).reshape(n_lmk)
-    if not (valid[:, :n_lmk].all(-1) & (point_weights > 0)).any(1).all():
-        raise ValueError("stage 2: a frame has no finite face landmark")
-    w_iris = torch.full((N_IRIS,), opts.w_iris / N_IRIS, dtype=dt, device=dev)
-    coeff = torch.cat([point_weights, w_iris])[None, :, None].expand(n, -1, 2) * valid.all(-1, keepdim=True)
-    target = torch.nan_to_num(target)
-    has_iris = bool(valid[:, n_lmk:].any())
-
-    fit_jaw = model_has_jaw(model) if opts.fit_jaw is None else opts.fit_jaw
     layout = _Layout(
         n_expr=model.n_expr,
         n_shape=model.n_shape,
-        jaw=fit_jaw,
+        jaw=model_has_jaw(model) if opts.fit_jaw is None else opts.fit_jaw,
         eyes=opts.fit_eyes and has_iris,
         neck=opts.fit_neck,
         shape="fixed" if not opts.fit_shape else ("shared" if opts.shared_shape else "frame"),
         rigid=opts.fit_rigid,
     )
-
-    sizes = {"shape": model.n_shape, "expr": model.n_expr, "jaw_pose": 3, "eye_pose": 6, "neck_pose": 3}
-    params: dict[str, Tensor] = {}
-    for key, size in sizes.items():
-        v = (init or {}).get(key)
-        v = torch.zeros(n, size, dtype=dt, device=dev) if v is None else torch.as_tensor(v, dtype=dt, device=dev)
-        if v.ndim == 1:
-            v = v[None]
-        if v.shape[-1] != size:
-            raise ValueError(f"stage 2: init[{key!r}] has {v.shape[-1]} values, the model needs {size}")
-        params[key] = v.expand(n, size).clone() if v.shape[0] == 1 else v.clone()
-    if layout.shape == "shared":
-        params["shape"] = params["shape"].mean(0, keepdim=True).expand(n, -1).clone()
-    params["head_pose"] = torch.zeros(n, 3, dtype=dt, device=dev)  # the camera carries the rigid motion
-    if layout.rigid:
-        params["transl"] = torch.zeros(n, 3, dtype=dt, device=dev)
-
-    lo = hi = None
-    bounds = getattr(model, "expr_bounds", None)
-    if bounds is not None:
-        p = layout.n_frame
-        lo = torch.full((p,), -float("inf"), dtype=dt, device=dev)
-        hi = torch.full((p,), float("inf"), dtype=dt, device=dev)
-        lo[: model.n_expr], hi[: model.n_expr] = float(bounds[0]), float(bounds[1])
-        params["expr"] = params["expr"].clamp(float(bounds[0]), float(bounds[1]))
-
+    params = _initial_params(model, init or {}, layout, n)
+    lo, hi = _bounds(model, layout, params)
     free = {name for name, _ in layout.frame_blocks} | ({"shape"} if layout.shape == "shared" else set())
     base = {k: v for k, v in params.items() if k not in free}
     problem = _Problem(model, layout, opts, base, pose6, fov, target, coeff, lo, hi)
@@ -1052,17 +1024,10 @@ def fit_stage2(
     # Solve and final evaluation in one single-thread scope: both are small (with the default two
     # threads a busy CPU stalled the final matrix product ~14 ms, a third of an LM solve, measured).
     with cpu_threads(1, dev):
-        with torch.no_grad() if opts.solver == "lm" else torch.enable_grad():
-            if opts.solver == "lm":
-                x, s, iters, history, r_lm = _solve_lm(problem, x, s)
-            elif opts.solver == "adam":
-                x, iters, history = _solve_adam(problem, x, s)
-            else:
-                raise ValueError(f"unknown stage-2 solver {opts.solver!r} (use 'lm' or 'adam')")
+        x, s, iters, history, r = _run_solver(problem, x, s)
         with torch.no_grad():
             final = layout.split(x, s, base)
-            if opts.solver == "lm":  # the solve's last Jacobian pass was at the final point: no model call
-                r = r_lm
+            if r is not None:  # LM: its last Jacobian pass was at the final point, no model call
                 pts = r.view(n, -1, 2) + problem.target
                 lmk, iris = pts[:, :-N_IRIS], pts[:, -N_IRIS:]
             else:  # one model evaluation for both the points and the objective
@@ -1083,6 +1048,85 @@ def fit_stage2(
         history=history,
         pose6=new_pose6,
     )
+
+
+def _targets(model: Any, lmks_ndc: Tensor, iris_ndc: Tensor | None, point_weights: Tensor | None,
+             opts: Stage2Options) -> tuple[Tensor, Tensor, bool]:
+    """Landmark + iris targets ``[N, L + 10, 2]`` (missing ones zeroed), their per-coordinate weights
+    (0 where missing) and whether any iris is there; clear errors for unusable input."""
+    dev, dt = model.v_template.device, model.v_template.dtype
+    lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
+    n_lmk = n_landmarks(model)
+    if lmks_ndc.ndim != 3 or lmks_ndc.shape[1:] != (n_lmk, 2):
+        raise ValueError(f"stage 2 needs [N, {n_lmk}, 2] landmarks for this model, got {tuple(lmks_ndc.shape)}")
+    if point_weights is None and n_lmk != 68:
+        raise ValueError(f"stage 2: a model with {n_lmk} landmarks needs point_weights [{n_lmk}]")
+    n = lmks_ndc.shape[0]
+    if iris_ndc is None:
+        iris_ndc = torch.full((n, N_IRIS, 2), float("nan"), dtype=dt, device=dev)
+    iris_ndc = torch.as_tensor(iris_ndc, dtype=dt, device=dev).reshape(n, N_IRIS, 2)
+    target = torch.cat([lmks_ndc, iris_ndc], dim=1)
+    valid = torch.isfinite(target)
+    if point_weights is None:  # the reference: means over the 17 jaw and the 51 inner face points
+        point_weights = torch.cat([torch.full((N_JAW,), opts.w_contour / N_JAW),
+                                   torch.full((N_FACE,), opts.w_lmk / N_FACE)])
+    point_weights = torch.as_tensor(point_weights, dtype=dt, device=dev).reshape(n_lmk)
+    if not (valid[:, :n_lmk].all(-1) & (point_weights > 0)).any(1).all():
+        raise ValueError("stage 2: a frame has no finite face landmark")
+    w_iris = torch.full((N_IRIS,), opts.w_iris / N_IRIS, dtype=dt, device=dev)
+    coeff = torch.cat([point_weights, w_iris])[None, :, None].expand(n, -1, 2) * valid.all(-1, keepdim=True)
+    return torch.nan_to_num(target), coeff, bool(valid[:, n_lmk:].any())
+
+
+def _initial_params(model: Any, init: dict[str, Tensor], layout: _Layout, n: int) -> dict[str, Tensor]:
+    """Every model parameter ``[N, .]`` at its start (``init`` or zero; a shared shape at the mean)."""
+    dev, dt = model.v_template.device, model.v_template.dtype
+    sizes = {"shape": model.n_shape, "expr": model.n_expr, "jaw_pose": 3, "eye_pose": 6, "neck_pose": 3}
+    params: dict[str, Tensor] = {}
+    for key, size in sizes.items():
+        v = init.get(key)
+        v = torch.zeros(n, size, dtype=dt, device=dev) if v is None else torch.as_tensor(v, dtype=dt, device=dev)
+        if v.ndim == 1:
+            v = v[None]
+        if v.shape[-1] != size:
+            raise ValueError(f"stage 2: init[{key!r}] has {v.shape[-1]} values, the model needs {size}")
+        params[key] = v.expand(n, size).clone() if v.shape[0] == 1 else v.clone()
+    if layout.shape == "shared":
+        params["shape"] = params["shape"].mean(0, keepdim=True).expand(n, -1).clone()
+    params["head_pose"] = torch.zeros(n, 3, dtype=dt, device=dev)  # the camera carries the rigid motion
+    if layout.rigid:
+        params["transl"] = torch.zeros(n, 3, dtype=dt, device=dev)
+    return params
+
+
+def _bounds(model: Any, layout: _Layout, params: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+    """Box bounds ``[P]`` of the per-frame vector (bounded blendshape weights; None: unbounded);
+    clamps the start expression into them."""
+    bounds = getattr(model, "expr_bounds", None)
+    if bounds is None:
+        return None, None
+    dev, dt = model.v_template.device, model.v_template.dtype
+    p = layout.n_frame
+    lo = torch.full((p,), -float("inf"), dtype=dt, device=dev)
+    hi = torch.full((p,), float("inf"), dtype=dt, device=dev)
+    lo[: model.n_expr], hi[: model.n_expr] = float(bounds[0]), float(bounds[1])
+    params["expr"] = params["expr"].clamp(float(bounds[0]), float(bounds[1]))
+    return lo, hi
+
+
+def _run_solver(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, int, list[float], Tensor | None]:
+    """The options' solver from ``(x, s)``: ``(x, s, iterations, history, residuals)``, the residuals
+    at the final point when the solver has them (LM), else None."""
+    solver = problem.opts.solver
+    if solver == "lm":
+        with torch.no_grad():
+            x, s, iters, history, r_lm = _solve_lm(problem, x, s)
+        return x, s, iters, history, r_lm
+    if solver == "adam":
+        with torch.enable_grad():
+            x, iters, history = _solve_adam(problem, x, s)
+        return x, s, iters, history, None
+    raise ValueError(f"unknown stage-2 solver {solver!r} (use 'lm' or 'adam')")
 
 
 def fold_rigid(model: torch.nn.Module, params: dict[str, Tensor], pose6: Tensor) -> Tensor:

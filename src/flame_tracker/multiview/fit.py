@@ -57,7 +57,7 @@ class MultiviewOptions:
     # centre bounded expressions on MediaPipe's scores: off, as several views pin the expression
     # down better than the scores do (mean |w - w_true| 0.04 without, 0.07 with, synthetic captures)
     blendshape_prior: bool = False
-    iters: int = 40
+    max_iter: int = 40
     delta: float = 2e-3  # smoothing of the L1 loss (units of half a face box)
     facing_min: float = 0.2  # cosine: a point counts in a view when its surface faces the camera this much
     # a view's weight: (cosine of the face's angle to it) ** view_power; the detector is most
@@ -251,7 +251,7 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
     cost = prob.objective(x, s, rows).item()
     history, lam, it = [cost], 1e-3, 0
     eye_p = torch.eye(P, dtype=x.dtype)
-    for it in range(1, opts.iters + 1):
+    for it in range(1, opts.max_iter + 1):
         # chunks of timesteps keep the Jacobian batch small on long captures
         gx, Hx = torch.zeros(T, P, dtype=x.dtype), torch.zeros(T, P, P, dtype=x.dtype)
         gs, Hs = torch.zeros(S, dtype=x.dtype), torch.zeros(S, S, dtype=x.dtype)

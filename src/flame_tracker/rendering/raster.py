@@ -144,13 +144,34 @@ def rasterize(
     n_batch = v.shape[0]
     device = v.device
     faces = faces.to(device=device, dtype=torch.long)
-    n_faces = faces.shape[0]
     hw = height * width
-    # float64 per-triangle set-up avoids cracks between neighbouring triangles at 1080p.
+    tri, boxes, keep = _triangles(v, faces, height, width, cull_backfaces, near)
+    kept = torch.nonzero(keep, as_tuple=True)[0]
+    zbuf = torch.full((n_batch * hw,), _NO_HIT, dtype=torch.int64, device=device)
+    if kept.numel():
+        coef_t, f_idx, base, tw, th = _pixel_equations(tri, boxes, kept, faces.shape[0], height, width)
+        _fill_zbuffer(zbuf, coef_t, f_idx, base, tw, th, width)
+    hit = zbuf != _NO_HIT
+    face_idx = torch.where(hit, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
+    pix = torch.nonzero(hit, as_tuple=True)[0]
+    return Fragments(
+        face_idx=face_idx.view(n_batch, height, width),
+        pix=pix,
+        pix_face=face_idx[pix],
+        shape=(n_batch, height, width),
+    )
+
+
+def _triangles(v: torch.Tensor, faces: torch.Tensor, height: int, width: int, cull_backfaces: bool,
+               near: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-triangle set-up of the batch (``N*F`` rows): corners ``[N*F, 3, 3]`` (float64: no cracks
+    between neighbouring triangles at 1080p), ``(area, x0, y0, box width, box height)`` ``[N*F, 5]``
+    of the pixel boxes, and which triangles can cover a pixel (not degenerate, in front of ``near``,
+    facing the camera when culling, box inside the image)."""
+    n_batch, n_faces = v.shape[0], faces.shape[0]
     tri = v.index_select(1, faces.reshape(-1)).to(torch.float64).view(n_batch * n_faces, 3, 3)
     xy = tri[..., :2]
     z = tri[..., 2]
-
     e1, e2 = xy[:, 1] - xy[:, 0], xy[:, 2] - xy[:, 0]
     area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # [N*F], as face_orientation
     keep = (area.abs() > 1e-12) & (z > near).all(-1)
@@ -166,75 +187,75 @@ def rasterize(
     bw = (x1 - x0 + 1).clamp(min=0)
     bh = (y1 - y0 + 1).clamp(min=0)
     keep &= (bw > 0) & (bh > 0)
+    return tri, torch.stack([area, x0, y0, bw, bh], 1), keep
 
-    kept = torch.nonzero(keep, as_tuple=True)[0]
-    zbuf = torch.full((n_batch * hw,), _NO_HIT, dtype=torch.int64, device=device)
-    if kept.numel():
-        # One gather of everything the kept triangles need (flat index_select, no 2-D indexing).
-        packed = torch.cat([tri.reshape(-1, 9), torch.stack([area, x0, y0, bw, bh], 1)], 1).index_select(0, kept)
-        t = packed[:, :9].view(-1, 3, 3)[..., :2]  # [K, 3, 2]
-        zt = packed[:, :9].view(-1, 3, 3)[..., 2]
-        a = packed[:, 9]
-        tx0, ty0, kbw, kbh = packed[:, 10], packed[:, 11], packed[:, 12], packed[:, 13]
-        b_idx = torch.div(kept, n_faces, rounding_mode="floor")
-        f_idx = kept - b_idx * n_faces
-        # Barycentric k is linear in the pixel centre: b_k = A_k x + B_k y + C_k (edge function
-        # opposite vertex k over the signed area); 1/z is then linear too. Precomputing these
-        # 12 coefficients per triangle leaves a few multiply-adds per candidate pixel.
-        i1, i2 = [1, 2, 0], [2, 0, 1]
-        p1, p2 = t[:, i1], t[:, i2]  # [K, 3, 2]
-        ca = -(p2[..., 1] - p1[..., 1]) / a[:, None]
-        cb = (p2[..., 0] - p1[..., 0]) / a[:, None]
-        cc = -(ca * p1[..., 0] + cb * p1[..., 1])
-        iz = 1.0 / zt
-        inv_lo, inv_hi = iz.min(), iz.max()  # quantise 1/z: exact ordering, no division per pixel
-        scale = ((1 << _DEPTH_BITS) - 1) / torch.clamp(inv_hi - inv_lo, min=1e-30)
-        # Rows A, B, C of (b0, b1, b2, 1/z) = A x + B y + C, re-centred on each box's first pixel
-        # centre (in float64) so that the per-candidate evaluation runs in float32 on small offsets
-        # without losing precision; 1/z is mapped to the quantisation scale up front.
-        ra = torch.cat([ca, (ca * iz).sum(1, keepdim=True)], 1)
-        rb = torch.cat([cb, (cb * iz).sum(1, keepdim=True)], 1)
-        rc = torch.cat([cc, (cc * iz).sum(1, keepdim=True)], 1)
-        rc = rc + ra * (tx0 + 0.5)[:, None] + rb * (ty0 + 0.5)[:, None]
-        ra[:, 3] *= scale
-        rb[:, 3] *= scale
-        rc[:, 3] = (rc[:, 3] - inv_lo) * scale
-        coef_t = torch.cat([ra, rb, rc], 1).to(torch.float32).T.contiguous()  # [12, K]
-        tw = kbw.long()
-        base = b_idx * hw + ty0.long() * width + tx0.long()
-        # Enumerate exactly the bounding-box pixels of every kept triangle (no padding), in chunks
-        # of about _MAX_FRAGMENTS_PER_CHUNK candidates.
-        count = tw * kbh.long()
-        ends = torch.cumsum(count, 0)
-        bounds = torch.arange(0, int(ends[-1]) + _MAX_FRAGMENTS_PER_CHUNK, _MAX_FRAGMENTS_PER_CHUNK, device=device)
-        cuts = [0] + torch.unique(torch.searchsorted(ends, bounds, right=True).clamp(max=ends.numel())).tolist()
-        first = ends - count  # first candidate of each triangle
-        for lo_t, hi_t in zip(cuts[:-1], cuts[1:]):
-            if hi_t <= lo_t:
-                continue
-            tid = torch.repeat_interleave(torch.arange(lo_t, hi_t, device=device), count[lo_t:hi_t])
-            # candidate index within its triangle (the chunk's candidates start at first[lo_t])
-            local = torch.arange(tid.numel(), device=device) + first[lo_t] - first.index_select(0, tid)
-            w = tw.index_select(0, tid)
-            dy = torch.div(local, w, rounding_mode="floor")
-            dx = local - dy * w
-            k = coef_t.index_select(1, tid)  # [12, C]: rows A, B, C' of (b0, b1, b2, scaled 1/z)
-            # (b0, b1, b2, (1/z - 1/z_min) * scale) of every candidate as one [4, C] evaluation
-            # (candidate-major rows: contiguous, vectorised element-wise kernels).
-            e = k[0:4] * dx.to(torch.float32) + k[4:8] * dy.to(torch.float32) + k[8:12]
-            sel = torch.nonzero((e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0), as_tuple=True)[0]  # inside
-            # Larger 1/z is nearer: key = (quantised "farness") << 32 | face index.
-            q = ((((1 << _DEPTH_BITS) - 1) - e[3].index_select(0, sel)).clamp(0, (1 << _DEPTH_BITS) - 1)).long()
-            ti = tid.index_select(0, sel)
-            key = (q << 32) | f_idx.index_select(0, ti)
-            pix = base.index_select(0, ti) + dy.index_select(0, sel) * width + dx.index_select(0, sel)
-            zbuf.scatter_reduce_(0, pix, key, reduce="amin")
-    hit = zbuf != _NO_HIT
-    face_idx = torch.where(hit, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
-    pix = torch.nonzero(hit, as_tuple=True)[0]
-    return Fragments(
-        face_idx=face_idx.view(n_batch, height, width),
-        pix=pix,
-        pix_face=face_idx[pix],
-        shape=(n_batch, height, width),
-    )
+
+def _pixel_equations(tri: torch.Tensor, boxes: torch.Tensor, kept: torch.Tensor, n_faces: int, height: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the ``kept`` triangles: the 12 coefficients ``[12, K]`` of (b0, b1, b2, scaled 1/z) as
+    linear functions of the pixel offset in the box, the face index, the flat index of each box's
+    first pixel, and the box widths and heights."""
+    # One gather of everything the kept triangles need (flat index_select, no 2-D indexing).
+    packed = torch.cat([tri.reshape(-1, 9), boxes], 1).index_select(0, kept)
+    t = packed[:, :9].view(-1, 3, 3)[..., :2]  # [K, 3, 2]
+    zt = packed[:, :9].view(-1, 3, 3)[..., 2]
+    a = packed[:, 9]
+    tx0, ty0, kbw, kbh = packed[:, 10], packed[:, 11], packed[:, 12], packed[:, 13]
+    b_idx = torch.div(kept, n_faces, rounding_mode="floor")
+    f_idx = kept - b_idx * n_faces
+    # Barycentric k is linear in the pixel centre: b_k = A_k x + B_k y + C_k (edge function
+    # opposite vertex k over the signed area); 1/z is then linear too. Precomputing these
+    # 12 coefficients per triangle leaves a few multiply-adds per candidate pixel.
+    i1, i2 = [1, 2, 0], [2, 0, 1]
+    p1, p2 = t[:, i1], t[:, i2]  # [K, 3, 2]
+    ca = -(p2[..., 1] - p1[..., 1]) / a[:, None]
+    cb = (p2[..., 0] - p1[..., 0]) / a[:, None]
+    cc = -(ca * p1[..., 0] + cb * p1[..., 1])
+    iz = 1.0 / zt
+    inv_lo, inv_hi = iz.min(), iz.max()  # quantise 1/z: exact ordering, no division per pixel
+    scale = ((1 << _DEPTH_BITS) - 1) / torch.clamp(inv_hi - inv_lo, min=1e-30)
+    # Rows A, B, C of (b0, b1, b2, 1/z) = A x + B y + C, re-centred on each box's first pixel
+    # centre (in float64) so that the per-candidate evaluation runs in float32 on small offsets
+    # without losing precision; 1/z is mapped to the quantisation scale up front.
+    ra = torch.cat([ca, (ca * iz).sum(1, keepdim=True)], 1)
+    rb = torch.cat([cb, (cb * iz).sum(1, keepdim=True)], 1)
+    rc = torch.cat([cc, (cc * iz).sum(1, keepdim=True)], 1)
+    rc = rc + ra * (tx0 + 0.5)[:, None] + rb * (ty0 + 0.5)[:, None]
+    ra[:, 3] *= scale
+    rb[:, 3] *= scale
+    rc[:, 3] = (rc[:, 3] - inv_lo) * scale
+    coef_t = torch.cat([ra, rb, rc], 1).to(torch.float32).T.contiguous()  # [12, K]
+    base = b_idx * (height * width) + ty0.long() * width + tx0.long()
+    return coef_t, f_idx, base, kbw.long(), kbh.long()
+
+
+def _fill_zbuffer(zbuf: torch.Tensor, coef_t: torch.Tensor, f_idx: torch.Tensor, base: torch.Tensor,
+                  tw: torch.Tensor, th: torch.Tensor, width: int) -> None:
+    """Scan exactly the box pixels of every kept triangle (no padding), in chunks of about
+    ``_MAX_FRAGMENTS_PER_CHUNK`` candidates, keeping the nearest face per pixel in ``zbuf``."""
+    device = zbuf.device
+    count = tw * th
+    ends = torch.cumsum(count, 0)
+    bounds = torch.arange(0, int(ends[-1]) + _MAX_FRAGMENTS_PER_CHUNK, _MAX_FRAGMENTS_PER_CHUNK, device=device)
+    cuts = [0] + torch.unique(torch.searchsorted(ends, bounds, right=True).clamp(max=ends.numel())).tolist()
+    first = ends - count  # first candidate of each triangle
+    for lo_t, hi_t in zip(cuts[:-1], cuts[1:]):
+        if hi_t <= lo_t:
+            continue
+        tid = torch.repeat_interleave(torch.arange(lo_t, hi_t, device=device), count[lo_t:hi_t])
+        # candidate index within its triangle (the chunk's candidates start at first[lo_t])
+        local = torch.arange(tid.numel(), device=device) + first[lo_t] - first.index_select(0, tid)
+        w = tw.index_select(0, tid)
+        dy = torch.div(local, w, rounding_mode="floor")
+        dx = local - dy * w
+        k = coef_t.index_select(1, tid)  # [12, C]: rows A, B, C' of (b0, b1, b2, scaled 1/z)
+        # (b0, b1, b2, (1/z - 1/z_min) * scale) of every candidate as one [4, C] evaluation
+        # (candidate-major rows: contiguous, vectorised element-wise kernels).
+        e = k[0:4] * dx.to(torch.float32) + k[4:8] * dy.to(torch.float32) + k[8:12]
+        sel = torch.nonzero((e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0), as_tuple=True)[0]  # inside
+        # Larger 1/z is nearer: key = (quantised "farness") << 32 | face index.
+        q = ((((1 << _DEPTH_BITS) - 1) - e[3].index_select(0, sel)).clamp(0, (1 << _DEPTH_BITS) - 1)).long()
+        ti = tid.index_select(0, sel)
+        key = (q << 32) | f_idx.index_select(0, ti)
+        pix = base.index_select(0, ti) + dy.index_select(0, sel) * width + dx.index_select(0, sel)
+        zbuf.scatter_reduce_(0, pix, key, reduce="amin")

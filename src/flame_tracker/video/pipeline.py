@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -546,10 +546,13 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         NoFaceError: no frame has a face.
         OutputMismatchError: ``out_dir`` holds a different run (pass ``force``).
     """
+    from flame_tracker.fitting.photometric import PhotometricOptions
     from flame_tracker.model import load_model
 
     topts = options or TrackOptions()
     vopts = video_options or VideoOptions()
+    fopts = flow_options or FlowOptions()
+    popts = photometric_options or PhotometricOptions()
     t_start = time.perf_counter()
     reader = VideoReader(video, start_s=vopts.start_s, end_s=vopts.end_s, every=vopts.every,
                          fps=vopts.fps, max_frames=vopts.max_frames,
@@ -563,15 +566,47 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     from flame_tracker.model.embedding import detector_model
 
     fit_model = detector_model(model)
+    # the expression priors left to the model, resolved: the run records the values it used
+    from flame_tracker.fitting.stage2 import with_model_priors
+
+    topts = replace(topts, stage2=with_model_priors(topts.stage2, model))
+    run = _open_run(video, out_dir, model, fit_model, topts, vopts, fopts, popts, force)
+    summary = VideoSummary(out_dir=run.root)
+    if _finished(run, vopts):
+        summary.skipped = True
+        return summary
+
+    _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose)
+    lm = _landmarks_with_faces(run, video, summary, vopts)
+    fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary)
+    light = None
+    if vopts.photometric:
+        from flame_tracker.video.photometric import photometric_track
+
+        refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
+                                    progress=progress, timings=summary.timings,
+                                    frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
+        if refined is not None:
+            fit, light = refined
+    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model)
+    _summarise(summary, fit, len(lm.frame))
+    summary.timings["total_s"] = time.perf_counter() - t_start
+    save_json(run.root / "summary.json", summary.as_dict())
+    run.mark_complete()
+    return summary
+
+
+def _open_run(video: str | Path, out_dir: str | Path, model: Any, fit_model: Any, topts: TrackOptions,
+              vopts: VideoOptions, fopts: FlowOptions, popts: Any, force: bool) -> RunFolder:
+    """The run folder keyed on every setting that changes the result (a different run there is an
+    error unless ``force``), with ``config.json``."""
+    from flame_tracker.config import Config
+    from flame_tracker.fitting.photometric import PhotometricOptions
+
     settings = {"model": getattr(model, "name", type(model).__name__),
                 "model_size": [model.n_shape, model.n_expr],
                 "landmark_embedding": fit_model.info.get("landmark_embedding", "model"),
                 "track": _track_settings(topts), "frames": vopts.frame_settings()}
-    from flame_tracker.config import Config
-    from flame_tracker.fitting.photometric import PhotometricOptions
-
-    fopts = flow_options or FlowOptions()
-    popts = photometric_options or PhotometricOptions()
     if vopts.photometric:  # changes every frame's result (absent otherwise: older folders match)
         settings["photometric"] = {"chunk": vopts.photometric_chunk, **_changed(popts, PhotometricOptions())}
     if topts.flow and fopts != FlowOptions():  # (only when set: older folders match)
@@ -579,14 +614,19 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     run = RunFolder(out_dir, video, settings, force=force)
     Config(track=topts, video=vopts, flow=fopts, photometric=popts).save(
         run.root / "config.json", ("track", "video", "flow", "photometric"))
-    summary = VideoSummary(out_dir=run.root)
-    if run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
-            not vopts.meshes or (run.root / "meshes").is_dir()) and (
-            not vopts.photometric or (run.root / "texture.png").exists()):
-        summary.skipped = True
-        return summary
+    return run
 
-    _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose)
+
+def _finished(run: RunFolder, vopts: VideoOptions) -> bool:
+    """A complete run with every output these options ask for (nothing to do)."""
+    return run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
+        not vopts.meshes or (run.root / "meshes").is_dir()) and (
+        not vopts.photometric or (run.root / "texture.png").exists())
+
+
+def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSummary,
+                          vopts: VideoOptions) -> DetectedFrames:
+    """The detected landmark track; :class:`NoFaceError` (naming where it searched) without a face."""
     lm = _load_landmarks(run)
     if lm is None or not lm.valid.any():
         n = 0 if lm is None else len(lm)
@@ -597,12 +637,16 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                f"{MIN_FACE_PX:.0f} px from eyes to chin" if vopts.roi else
                "; searched the whole (downscaled) picture only: try without --no-roi to find small faces")
             + "; check that the video shows a face, or widen --start/--end")
+    return lm
 
-    # identity and per-frame fits, checkpointed
+
+def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_model: Any, topts: TrackOptions,
+               fopts: FlowOptions, progress: bool, summary: VideoSummary) -> SequenceFit:
+    """Identity and per-frame fits (checkpointed per chunk, resumed from the checkpoints), with the
+    optical-flow gap filler when frames lack landmarks."""
     ident_path = run.root / "work" / "identity.npz"
     identity = Identity.from_arrays(load_npz(ident_path)) if ident_path.is_file() else None
     fit_stage = run.stage("fits", chunk=topts.chunk)
-    t_len = len(lm.frame)
     have, done_fits = fit_stage.load_rows(lm.frame)
     done = {"done": have, **done_fits} if done_fits else None
     n_todo = int(lm.valid.sum()) - (int(done["done"].sum()) if done else 0)
@@ -635,17 +679,11 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         fit_stage.flush()
         summary.frames_done["fits"] = fitted[0]
     summary.timings.update(fit.timings)
+    return fit
 
-    light = None
-    if vopts.photometric:
-        from flame_tracker.video.photometric import photometric_track
 
-        refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
-                                    progress=progress, timings=summary.timings,
-                                    frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
-        if refined is not None:
-            fit, light = refined
-    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model)
+def _summarise(summary: VideoSummary, fit: SequenceFit, t_len: int) -> None:
+    """The run's counts and quality figures into ``summary``."""
     summary.n_frames = t_len
     summary.n_tracked = int(fit.valid.sum())
     summary.n_flow = int((fit.source == "flow").sum())
@@ -654,7 +692,3 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     summary.mean_reproj_px = float(np.nanmean(fit.reproj_px))
     summary.jitter_raw = fit.jitter_raw.as_dict() if fit.jitter_raw else {}
     summary.jitter = fit.jitter.as_dict() if fit.jitter else {}
-    summary.timings["total_s"] = time.perf_counter() - t_start
-    save_json(run.root / "summary.json", summary.as_dict())
-    run.mark_complete()
-    return summary

@@ -25,12 +25,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from flame_tracker.camera import Crop, crop_fov, matrix_to_rotvec, project_ndc, rotvec_to_euler, rotvec_to_matrix
 from flame_tracker.errors import NoFaceError
+from flame_tracker.fitting.stage1 import Stage1Options
+from flame_tracker.fitting.stage2 import Stage2Options
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
 
 # fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
@@ -40,6 +43,10 @@ GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray],
 
 # the video's "no face in any frame": the package's one no-face error (this name is kept for callers)
 NoFacesError = NoFaceError
+
+
+VIDEO_STAGE1 = Stage1Options(max_iter=20)
+VIDEO_STAGE2 = Stage2Options(max_iter=6)
 
 
 @dataclass(frozen=True)
@@ -62,14 +69,12 @@ class TrackOptions:
     crop_scale: float = 1.6  # fitting crop side / median face-box side
     frame_temporal: bool = True  # reference temporal term between adjacent frames of a chunk
     identity_rounds: int = 2
-    stage1_iters: int = 20  # per-frame iteration caps: warm starts converge in a few steps
-    stage2_iters: int = 6
     identity_iters: int = 10  # stage-2 iterations of the (one-off) shared-shape fit
-    # Expression priors (fitting.stage2): None = the model's defaults, i.e. for blendshape models
-    # (ICT) 4·Σ(exp - MediaPipe's scores)² + 0.5·Σexp (see Tracker), the reference's 0.025·Σexp²
-    # otherwise.
-    w_exp: float | None = None
-    w_exp_l1: float | None = None
+    # The fits of every frame (and of the identity's keyframes): the reference's stage 1 and the
+    # stage-2 objective without the jawline term, with per-frame iteration caps (warm starts converge
+    # in a few steps). Expression priors left at None are the model's (fitting.stage2.expression_priors).
+    stage1: Stage1Options = VIDEO_STAGE1
+    stage2: Stage2Options = VIDEO_STAGE2
 
 
 @dataclass
@@ -186,8 +191,8 @@ def _unwrap_rotvec(rotvec: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ fitting adapters
 
-def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *,
-            init: torch.Tensor | None, estimate_fov: bool, iters: int,
+def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *, options: TrackOptions,
+            init: torch.Tensor | None, estimate_fov: bool,
             neighbours: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rigid camera fit (stage 1) of ``N`` frames; returns ``(pose6 [N,6], fov [N])`` in the
     targets' dtype. ``neighbours [N-1]`` marks consecutive rows that are adjacent frames (temporal
@@ -197,31 +202,22 @@ def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *,
     temporal: bool | torch.Tensor = False
     if neighbours is not None and len(neighbours) and neighbours.any():
         temporal = torch.as_tensor(neighbours, dtype=torch.float64)
-    res = fit_camera(points3d, targets, fov=fov, init=init,
-                     fov_mode="shared" if estimate_fov else "fixed", temporal=temporal,
-                     max_iter=iters)
+    res = fit_camera(points3d, targets, fov=fov, init=init, options=options.stage1,
+                     fov_mode="shared" if estimate_fov else "fixed", temporal=temporal)
     return res.pose6.to(targets.dtype), res.fov.to(targets.dtype)
 
 
-def _stage2(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
+def _stage2(model: Any, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
             pose6: torch.Tensor, fov: torch.Tensor, init: dict[str, torch.Tensor], *,
-            fit_shape: bool, iters: int, options: TrackOptions | None = None,
-            expr_mean: torch.Tensor | None = None):
+            options: TrackOptions, identity: bool = False, expr_mean: torch.Tensor | None = None):
+    """Stage 2 of ``N`` frames with ``options.stage2``; ``identity``: one shared shape over them
+    (``identity_iters`` iterations)."""
     from flame_tracker.fitting.stage2 import fit_stage2
 
+    extra = dict(fit_shape=True, shared_shape=True, max_iter=options.identity_iters) if identity else \
+        dict(fit_shape=False)
     return fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, expr_prior_mean=expr_mean,
-                      fit_shape=fit_shape, shared_shape=fit_shape, max_iter=iters,
-                      **expression_priors(model, options or TrackOptions()))
-
-
-def expression_priors(model: torch.nn.Module, options: TrackOptions) -> dict[str, float]:
-    """Stage-2 expression prior weights for ``model``: the options', else the model's defaults
-    (:func:`flame_tracker.fitting.stage2.expression_priors`)."""
-    from flame_tracker.fitting.stage2 import expression_priors as defaults
-
-    given = {"w_exp": options.w_exp, "w_exp_l1": options.w_exp_l1}
-    return {k: given[k] if given[k] is not None else v for k, v in defaults(model).items()}
-
+                      options=options.stage2, **extra)
 
 
 def _model_points(model: torch.nn.Module, shape: torch.Tensor, expr: torch.Tensor | None = None,
@@ -245,8 +241,8 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
     zero_shape = torch.zeros(1, model.n_shape, dtype=dt)
     pts = _model_points(model, zero_shape)
     tv = lmks_ndc[idx_valid]
-    pose6, _ = _stage1(pts.expand(len(idx_valid), -1, -1), tv, fov0, init=None,
-                       estimate_fov=False, iters=options.stage1_iters)
+    pose6, _ = _stage1(pts.expand(len(idx_valid), -1, -1), tv, fov0, options=options, init=None,
+                       estimate_fov=False)
     euler = rotvec_to_euler(pose6[:, :3]).numpy()
     # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
     face = (tv[:, 16] - tv[:, 0]).norm(dim=-1)
@@ -262,10 +258,9 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
     kpose = None
     for _ in range(options.identity_rounds):  # alternate rigid (shared FOV) and shape
         pts = _model_points(model, shape, init.get("expr"), init.get("jaw_pose"))
-        kpose, fov = _stage1(pts.expand(len(keys), -1, -1), kl, float(fov.mean()), init=kpose,
-                             estimate_fov=options.estimate_fov, iters=options.stage1_iters)
-        res = _stage2(model, kl, ki, kpose, fov, {**init, "shape": shape}, fit_shape=True,
-                      iters=options.identity_iters, options=options,
+        kpose, fov = _stage1(pts.expand(len(keys), -1, -1), kl, float(fov.mean()), options=options, init=kpose,
+                             estimate_fov=options.estimate_fov)
+        res = _stage2(model, kl, ki, kpose, fov, {**init, "shape": shape}, options=options, identity=True,
                       expr_mean=None if expr_mean is None else expr_mean[keys])
         shape = res.shape[:1]
         init = {"expr": res.expr, "jaw_pose": res.jaw_pose, "eye_pose": res.eye_pose}
@@ -294,11 +289,10 @@ def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tenso
     # the rigid fit sees the warm-start expression (mouth, jaw contour) of the previous frame
     pts = _model_points(model, shape, init.get("expr"), init.get("jaw_pose")).expand(n, -1, -1)
     neighbours = np.diff(frames) == 1 if options.frame_temporal else None
-    pose6, fov = _stage1(pts, tl, identity.fov, init=pose_init, estimate_fov=False,
-                         iters=options.stage1_iters, neighbours=neighbours)
-    res = _stage2(model, tl, ti if options.fit_iris else None, pose6, fov,
-                  {**init, "shape": shape}, fit_shape=False, iters=options.stage2_iters, options=options,
-                  expr_mean=None if expr_mean is None else expr_mean[frames])
+    pose6, fov = _stage1(pts, tl, identity.fov, options=options, init=pose_init, estimate_fov=False,
+                         neighbours=neighbours)
+    res = _stage2(model, tl, ti if options.fit_iris else None, pose6, fov, {**init, "shape": shape},
+                  options=options, expr_mean=None if expr_mean is None else expr_mean[frames])
     err = (res.landmarks_ndc - tl).norm(dim=-1).nanmean(dim=-1)
     return {"pose6": pose6.numpy(), "expr": res.expr.numpy(), "jaw_pose": res.jaw_pose.numpy(),
             "eye_pose": res.eye_pose.numpy(), "err_ndc": err.numpy()}
