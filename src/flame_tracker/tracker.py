@@ -36,7 +36,8 @@ from flame_tracker.camera import (
     to_opengl_c2w,
     world_to_view,
 )
-from flame_tracker.fitting.stage1 import Stage1Options, fit_camera
+from flame_tracker.errors import InputError
+from flame_tracker.fitting.stage1 import FovMode, Stage1Options, fit_camera
 from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 from flame_tracker.threads import cpu_threads
@@ -65,7 +66,7 @@ def fitting_crop(lmks68: np.ndarray, scale: float = CROP_SCALE) -> Crop:
     half = max(2.0 * np.hypot(*eye_to_eye), 1.8 * np.hypot(*eye_to_mouth)) * scale
     centre = eye_avg + 0.1 * eye_to_mouth
     if not np.isfinite(half) or half <= 0:
-        raise ValueError("cannot frame a fitting crop: the eye/mouth landmarks are degenerate")
+        raise InputError("cannot frame a fitting crop: the eye/mouth landmarks are degenerate")
     return Crop(float(centre[0] - half), float(centre[1] - half), float(2 * half))
 
 
@@ -362,7 +363,7 @@ class Tracker:
         *,
         landmarker: str | os.PathLike[str] | None = None,
         fov: float = DEFAULT_FOV,
-        fov_mode: str = "fixed",
+        fov_mode: FovMode = "fixed",
         stage1: Stage1Options | None = None,
         stage2: Stage2Options | None = None,
         rounds: int = 2,
@@ -384,45 +385,48 @@ class Tracker:
             self.model = load_model(model, device=self.device)
         self.model.eval()
         if landmark_embedding not in ("views", "detector", "model"):
-            raise ValueError(f"landmark_embedding must be 'views', 'detector' or 'model', got {landmark_embedding!r}")
+            raise InputError(f"landmark_embedding must be 'views', 'detector' or 'model', got {landmark_embedding!r}")
         if landmarks not in ("68", "dense"):
-            raise ValueError(f"landmarks must be '68' or 'dense', got {landmarks!r}")
+            raise InputError(f"landmarks must be '68' or 'dense', got {landmarks!r}")
         from flame_tracker.fitting.views import ViewCorrection
         from flame_tracker.model.embedding import DENSE, detector_embedding, with_landmarks
 
         emb = None if landmark_embedding == "model" else detector_embedding(self.model)
         if emb is None and landmarks == "dense":
-            raise ValueError(f"landmarks='dense' needs a detector embedding of model {self.model.name!r}: "
+            raise InputError(f"landmarks='dense' needs a detector embedding of model {self.model.name!r}: "
                              "derive one with `flame-tracker embed --model ...`")
         self.landmark_embedding = landmark_embedding if emb is not None else "model"
         self.landmarks = landmarks
         # fit_model: the model with the detector's 68 (fitting); model: its own 68 (outputs)
         self.fit_model = self.model if emb is None else with_landmarks(self.model, emb)
         use_views = emb is not None and landmark_embedding == "views"
-        self.views68 = ViewCorrection(self.model, emb) if use_views else None
-        self.dense_model = self.views_dense = None
+        self.views68 = ViewCorrection(self.model, emb) if emb is not None and use_views else None
+        self.dense_model: HeadModel | None = None
+        self.views_dense: ViewCorrection | None = None
         self._embedding = emb
         self._dense_weights: dict[tuple[float, float], torch.Tensor] = {}  # by (w_lmk, w_contour)
-        if landmarks == "dense":
+        if landmarks == "dense" and emb is not None:
             self.dense_model = with_landmarks(self.model, emb, DENSE)
             self.views_dense = ViewCorrection(self.model, emb, DENSE) if use_views else None
         if expr_prior is None:  # MediaPipe's ARKit scores name ICT's channels; FLAME's have no names
             expr_prior = "blendshapes" if self.model.expr_names else "zero"
         if expr_prior not in ("zero", "blendshapes"):
-            raise ValueError(f"expr_prior must be 'zero' or 'blendshapes', got {expr_prior!r}")
+            raise InputError(f"expr_prior must be 'zero' or 'blendshapes', got {expr_prior!r}")
         self.expr_prior = expr_prior
         self.fov = float(fov)
-        self.fov_mode = fov_mode
+        if fov_mode not in ("fixed", "per_frame", "shared"):
+            raise InputError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
+        self.fov_mode: FovMode = fov_mode
         self.stage1 = stage1 or Stage1Options()
         self.stage2 = stage2 or DEFAULT_STAGE2
         if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}")
+            raise InputError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
         self.init_from_blendshapes = init_from_blendshapes
         if principal_point not in ("image", "crop"):
-            raise ValueError(f"principal_point must be 'image' or 'crop', got {principal_point!r}")
+            raise InputError(f"principal_point must be 'image' or 'crop', got {principal_point!r}")
         if image_fov is not None and not 1.0 <= image_fov <= 150.0:
-            raise ValueError(f"image_fov must be in [1, 150] degrees, got {image_fov}")
+            raise InputError(f"image_fov must be in [1, 150] degrees, got {image_fov}")
         self.principal_point = principal_point
         self.image_fov = image_fov
         from flame_tracker.detection.search import FaceChoice
@@ -538,6 +542,8 @@ class Tracker:
         from flame_tracker.fitting.views import dense_weights
 
         key = (float(opts.w_lmk), float(opts.w_contour))
+        if self._embedding is None:
+            raise InputError("dense weights need a detector embedding (landmark_embedding='detector' or 'views')")
         if key not in self._dense_weights:
             self._dense_weights[key] = dense_weights(self._embedding, *key).to(self.device, self.model.dtype)
         return self._dense_weights[key]
@@ -565,7 +571,7 @@ class Tracker:
         Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face.
         """
         if not images:
-            raise ValueError("fit_same_person needs at least one image")
+            raise InputError("fit_same_person needs at least one image")
         detected = [self._detect(img, f"image {i}") for i, img in enumerate(images)]
         with cpu_threads(1, self.device):
             results = self._fit_faces([face for face, _ in detected], shared_shape=True)
@@ -589,16 +595,16 @@ class Tracker:
         for lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px in faces:
             lmks68_px = np.asarray(lmks68_px, dtype=np.float64)
             if lmks68_px.shape != (68, 2):
-                raise ValueError(f"expected [68, 2] landmarks, got {lmks68_px.shape}")
+                raise InputError(f"expected [68, 2] landmarks, got {lmks68_px.shape}")
             iris_px = np.full((10, 2), np.nan) if iris_px is None else np.asarray(iris_px, dtype=np.float64)
             if iris_px.shape != (10, 2):
-                raise ValueError(f"expected [10, 2] iris points, got {iris_px.shape}")
+                raise InputError(f"expected [10, 2] iris points, got {iris_px.shape}")
             crop = self.camera_crop(lmks68_px, image_size)
             lmks.append(crop.to_camera_ndc(torch.as_tensor(lmks68_px)))
             irises.append(crop.to_camera_ndc(torch.as_tensor(iris_px)))
             if self.landmarks == "dense":
                 if dense_px is None or np.shape(dense_px)[0] not in (468, 478):
-                    raise ValueError("landmarks='dense' needs MediaPipe's [478, 2] mesh points (dense_px)")
+                    raise InputError("landmarks='dense' needs MediaPipe's [478, 2] mesh points (dense_px)")
                 dense.append(crop.to_camera_ndc(torch.as_tensor(np.asarray(dense_px, np.float64)[:468, :2])))
             crops.append(crop)
             fovs.append(self.crop_fov(crop, image_size))
@@ -606,7 +612,8 @@ class Tracker:
             if blendshapes is not None and len(blendshapes):
                 e0 = expr_from_blendshapes(model.expr_names, blendshape_names, blendshapes)
             e0s.append(e0)
-        expr0 = torch.stack(e0s).to(dev, dt) if all(e is not None for e in e0s) else None
+        given = [e for e in e0s if e is not None]
+        expr0 = torch.stack(given).to(dev, dt) if len(given) == len(e0s) else None
         return _FaceBatch(torch.stack(lmks).to(dev, dt), torch.stack(irises).to(dev, dt),
                           torch.stack(dense).to(dev, dt) if dense else None, crops,
                           torch.tensor(fovs, dtype=dt, device=dev), expr0)
@@ -648,11 +655,12 @@ class Tracker:
                 pose6 = cam.pose6.to(self.device, self.model.dtype)
                 fov = cam.fov.to(self.device, self.model.dtype)
                 iters["stage1"] += cam.iterations
+            assert pose6 is not None  # the camera was fitted
             timings["stage1"] += time.perf_counter() - t
             t = time.perf_counter()
             # dense points in the last round only: the rounds before are warm starts, and 68 points
             # give them at less than half the cost
-            if dense_ndc is None or rnd < self.rounds - 1:
+            if dense_ndc is None or self.dense_model is None or rnd < self.rounds - 1:
                 s2 = fit_stage2(fm, corrected(lmk_ndc, self.views68), pose6, fov, iris_ndc=iris_ndc, init=init,
                                 options=opts, expr_prior_mean=expr_mean)
             else:
@@ -717,7 +725,7 @@ class Tracker:
                 expr_names=tuple(model.expr_names or ()),
                 timings=dict(timings),
                 iterations=dict(iters),
-                principal_point=None if crop.cx is None else (float(crop.cx), float(crop.cy)),
+                principal_point=None if crop.cx is None or crop.cy is None else (float(crop.cx), float(crop.cy)),
                 fit_target68_px=target68,
             ))
         return results

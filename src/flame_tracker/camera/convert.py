@@ -25,6 +25,7 @@ from flame_tracker.camera.reference import (
     project_ndc,
     rotvec_to_matrix,
 )
+from flame_tracker.errors import InputError
 
 _FLIP = (1.0, -1.0, -1.0)  # OpenGL <-> OpenCV camera axes
 
@@ -51,7 +52,7 @@ class Crop:
 
     def __post_init__(self) -> None:
         if bool(torch.any(torch.as_tensor(self.size) <= 0)):
-            raise ValueError(f"Crop size must be positive, got {self.size!r}")
+            raise InputError(f"Crop size must be positive, got {self.size!r}")
 
     def _fields(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return tuple(_as_tensor(v, like=like) for v in (self.x0, self.y0, self.size))  # type: ignore[return-value]

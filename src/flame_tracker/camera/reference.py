@@ -39,7 +39,7 @@ def _as_tensor(x: Tensor | float, like: Tensor | None = None) -> Tensor:
     return t if t.is_floating_point() else t.to(torch.float64)
 
 
-def fov_to_focal(fov: Tensor | float, size: float = REFERENCE_SIZE) -> Tensor:
+def fov_to_focal(fov: Tensor | float, size: float | Tensor = REFERENCE_SIZE) -> Tensor:
     """Focal length in pixels for a square image of side ``size`` and a FOV in degrees."""
     fov = _as_tensor(fov)
     return 0.5 * size / torch.tan(0.5 * torch.deg2rad(fov))
@@ -50,7 +50,7 @@ def ndc_scale(fov: Tensor | float) -> Tensor:
     return fov_to_focal(fov, 2.0)
 
 
-def focal_to_fov(focal: Tensor | float, size: float = REFERENCE_SIZE) -> Tensor:
+def focal_to_fov(focal: Tensor | float, size: float | Tensor = REFERENCE_SIZE) -> Tensor:
     """Inverse of :func:`fov_to_focal` (degrees)."""
     focal = _as_tensor(focal)
     return torch.rad2deg(2.0 * torch.atan(0.5 * size / focal))

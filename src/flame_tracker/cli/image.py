@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from flame_tracker.cli.options import config_option, load_config, with_given
+
+if TYPE_CHECKING:
+    from flame_tracker.tracker import Result
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Every setting a `flame-tracker image` run used, in its output folder (beside the photos' files).
@@ -94,7 +98,7 @@ def run_images(
             tracker.landmarker  # noqa: B018  (fail once, clearly, when the detector is missing)
         except Exception as exc:  # noqa: BLE001
             raise click.ClickException(f"cannot start the face landmarker: {exc}") from exc
-        joint: dict[Path, object] = {}
+        joint: dict[Path, Result] = {}
         if same_person:  # one identity from all photos; a photo without a face fails them all
             try:
                 joint = dict(zip(images, tracker.fit_same_person(images)))
@@ -111,12 +115,14 @@ def run_images(
                     tracker.last_image = load_image(path)
                 else:
                     results = tracker.fit_image_faces(path) if all_faces else [tracker.fit_image(path)]
+                image = tracker.last_image
+                assert image is not None  # the photo just fitted
                 for k, result in enumerate(results):
                     name = f"{stem}_face{k}" if all_faces else stem
                     if photometric:  # refine against the photo's colours (fitting.photometric)
                         from flame_tracker.fitting.photometric import refine_result, save_texture_png
 
-                        result, ph = refine_result(tracker.fit_model, result, tracker.last_image,
+                        result, ph = refine_result(tracker.fit_model, result, image,
                                                    output_model=tracker.model, **photometric_set)
                     result.save(out_dir, name, image=tracker.last_image, mesh=mesh, overlay=overlay)
                     if photometric:

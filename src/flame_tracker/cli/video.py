@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -100,7 +101,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
                                                               "overlay", "side_by_side", "meshes", "photometric",
                                                               "face", "roi")}, values)
     topts, vopts = config.track, config.video
-    model = model_path
+    model: Any = model_path  # a path, or the model loaded with other component counts
     if shape_components or expr_components:
         from flame_tracker.model import load_model
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from flame_tracker.assets import face_landmarker_path
 from flame_tracker.detection.layout import IRIS_INDICES, mediapipe_to_dlib68, table68
-from flame_tracker.errors import NoFaceError
+from flame_tracker.errors import InputError, NoFaceError, StepError
 from flame_tracker.io.images import ImageTransform, crop_resize, load_image, resize_max_side
 
 Mode = Literal["image", "video"]
@@ -146,11 +146,11 @@ class FaceLandmarker:
         verbose: bool = False,
     ) -> None:
         if mode not in ("image", "video"):
-            raise ValueError(f"mode must be 'image' or 'video', not {mode!r}")
+            raise InputError(f"mode must be 'image' or 'video', not {mode!r}")
         if select not in ("largest", "first", "center"):
-            raise ValueError(f"select must be 'largest', 'first' or 'center', not {select!r}")
+            raise InputError(f"select must be 'largest', 'first' or 'center', not {select!r}")
         if max_side < 64:
-            raise ValueError(f"max_side={max_side} is too small for face detection (use >= 64)")
+            raise InputError(f"max_side={max_side} is too small for face detection (use >= 64)")
         # Imported here: mediapipe takes ~1 s to import and most of the package does not need it.
         from mediapipe.tasks.python import BaseOptions, vision
 
@@ -179,7 +179,7 @@ class FaceLandmarker:
             with contextlib.nullcontext() if verbose else native_stderr_silenced():
                 self._landmarker = vision.FaceLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as exc:
-            raise RuntimeError(
+            raise StepError(
                 f"Cannot load the MediaPipe Face Landmarker from {self.model_path}: {exc}. "
                 "Re-download it with `flame-tracker assets download --force`."
             ) from exc
@@ -205,7 +205,7 @@ class FaceLandmarker:
 
     # -- detection ------------------------------------------------------------------------------
     def detect_all(
-        self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: int | None = None
+        self, image: np.ndarray | str | os.PathLike[str], timestamp_ms: float | None = None
     ) -> list[FaceDetection]:
         """All faces (up to ``max_faces``) in MediaPipe's order; an empty list when none."""
         rgb = load_image(image)  # arrays: only dtype/channel conversion, no copy for RGB uint8
@@ -217,7 +217,7 @@ class FaceLandmarker:
         image: np.ndarray,
         centre: tuple[float, float],
         side: float,
-        timestamp_ms: int | None = None,
+        timestamp_ms: float | None = None,
         out_side: int = 512,
     ) -> list[FaceDetection]:
         """The faces in the square of ``side`` pixels around ``centre`` (it may leave the picture:
@@ -237,12 +237,12 @@ class FaceLandmarker:
                                 shrink.size, tf.original_size)
         return self._infer(crop, tf, timestamp_ms)
 
-    def _infer(self, small: np.ndarray, tf: ImageTransform, timestamp_ms: int | None) -> list[FaceDetection]:
+    def _infer(self, small: np.ndarray, tf: ImageTransform, timestamp_ms: float | None) -> list[FaceDetection]:
         """Run MediaPipe on ``small``; the points go back to original pixels through ``tf``."""
         import mediapipe as mp
 
         if self._landmarker is None:
-            raise RuntimeError("this FaceLandmarker is closed")
+            raise StepError("this FaceLandmarker is closed")
         w, h = tf.original_size
         mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small))
         with self._quiet():  # MediaPipe logs its graph set-up on the first call
@@ -313,13 +313,13 @@ class FaceLandmarker:
             raise NoFaceError(f"No face found in {name}.")
         return det
 
-    def _next_timestamp(self, timestamp_ms: int | None) -> int:
+    def _next_timestamp(self, timestamp_ms: float | None) -> int:
         if timestamp_ms is None:
             ts = 0 if self._last_ts is None else self._last_ts + 33
         else:
             ts = int(round(timestamp_ms))
             if self._last_ts is not None and ts <= self._last_ts:
-                raise ValueError(
+                raise InputError(
                     f"video timestamps must increase: got {ts} ms after {self._last_ts} ms "
                     "(use a new FaceLandmarker for a new video)"
                 )

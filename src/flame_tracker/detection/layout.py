@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flame_tracker.errors import InputError
+
 # dlib index -> (mp_a, mp_b); the point is (p[a] + p[b]) / 2. Checked against docs/reference.md §6.2.
 MP_TO_DLIB68_REFERENCE = np.array(
     [
@@ -79,14 +81,14 @@ def table68(name: str) -> np.ndarray:
     try:
         return TABLES68[name]
     except KeyError:
-        raise ValueError(f"unknown 68-point table {name!r}; use one of {sorted(TABLES68)}") from None
+        raise InputError(f"unknown 68-point table {name!r}; use one of {sorted(TABLES68)}") from None
 
 
 def mediapipe_to_dlib68(points: np.ndarray, table: str = "improved") -> np.ndarray:
     """Convert ``[..., 478, D]`` MediaPipe points to ``[..., 68, D]`` dlib-layout points."""
     p = np.asarray(points)
     if p.shape[-2] < 468:
-        raise ValueError(f"expected MediaPipe points [..., 468 or 478, D], got shape {p.shape}")
+        raise InputError(f"expected MediaPipe points [..., 468 or 478, D], got shape {p.shape}")
     t = table68(table)
     return 0.5 * (p[..., t[:, 0], :] + p[..., t[:, 1], :])
 
@@ -95,7 +97,7 @@ def iris_points(points: np.ndarray) -> np.ndarray:
     """The 10 iris points ``[..., 10, D]`` (right eye centre + 4, left eye centre + 4)."""
     p = np.asarray(points)
     if p.shape[-2] != 478:
-        raise ValueError(f"iris points need the 478-point mesh with iris, got shape {p.shape}")
+        raise InputError(f"iris points need the 478-point mesh with iris, got shape {p.shape}")
     return p[..., IRIS_INDICES, :]
 
 
@@ -126,5 +128,5 @@ def read_pts(path: str) -> np.ndarray:
         body = text[text.index("{") + 1 : text.index("}")]
         pts = np.array(body.split(), dtype=np.float64).reshape(-1, 2)
     except ValueError as exc:
-        raise ValueError(f"{path} is not an iBUG .pts file ('{{ x y ... }}' block): {exc}") from exc
+        raise InputError(f"{path} is not an iBUG .pts file ('{{ x y ... }}' block): {exc}") from exc
     return pts - 0.5

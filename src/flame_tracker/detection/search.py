@@ -29,6 +29,7 @@ import numpy as np
 
 from flame_tracker.detection.landmarker import FaceDetection, FaceLandmarker
 from flame_tracker.detection.layout import eye_chin
+from flame_tracker.errors import InputError
 
 #: The smallest face the tiled search is sized for: eye line to chin, in pixels.
 MIN_FACE_PX = 32.0
@@ -123,10 +124,10 @@ class FaceChoice:
 
     def __post_init__(self) -> None:
         if self.rule not in self.RULES:
-            raise ValueError(f"unknown face choice {self.rule!r}; use one of: largest, center, left, right, "
+            raise InputError(f"unknown face choice {self.rule!r}; use one of: largest, center, left, right, "
                              "'index N', 'near X,Y'")
         if self.index < 0:
-            raise ValueError(f"face index must be >= 0, got {self.index}")
+            raise InputError(f"face index must be >= 0, got {self.index}")
 
     @classmethod
     def parse(cls, text: str | FaceChoice | None) -> FaceChoice:
@@ -145,7 +146,7 @@ class FaceChoice:
         if t in ("centre", "middle"):
             t = "center"
         if t in ("index", "near"):
-            raise ValueError(f"face choice {text!r} needs a value: 'index N' or 'near X,Y'")
+            raise InputError(f"face choice {text!r} needs a value: 'index N' or 'near X,Y'")
         return cls(t)
 
     def order(self, faces: list[FaceDetection]) -> list[FaceDetection]:
@@ -200,7 +201,7 @@ class FaceFinder:
                                                        transformation_matrix=False, verbose=verbose,
                                                        max_side=max_side)
         if self.landmarker.mode != "image":
-            raise ValueError("FaceFinder needs an IMAGE-mode FaceLandmarker")
+            raise InputError("FaceFinder needs an IMAGE-mode FaceLandmarker")
         self._path, self._verbose, self._max_faces = landmarker_path, verbose, max_faces
         self._tile_landmarker: FaceLandmarker | None = None  # created on the first tiled search
         self.min_face_px = float(min_face_px)
@@ -378,7 +379,7 @@ class FaceFollower:
     def __call__(self, image: np.ndarray, time_s: float) -> FaceDetection | None:
         ts = time_s * 1000.0
         det = None
-        if self.following:
+        if self.following and self._video is not None:
             if self.window is not None:
                 self.roi_frames += 1
                 det = self._nearest(self._video.detect_region(image, tuple(self.window[0]), self.window[1], ts,

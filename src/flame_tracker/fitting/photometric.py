@@ -31,6 +31,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flame_tracker.camera import fov_to_focal, rotvec_to_euler, world_to_view
+from flame_tracker.errors import InputError
 from flame_tracker.model import lbs
 from flame_tracker.model.lbs import axis_angle_to_matrix, pose_features, skin
 from flame_tracker.rendering.differentiable import (
@@ -53,6 +55,9 @@ from flame_tracker.rendering.differentiable import (
 from flame_tracker.rendering.mask import face_mask
 from flame_tracker.rendering.raster import Fragments, rasterize
 from flame_tracker.threads import cpu_threads
+
+if TYPE_CHECKING:
+    from flame_tracker.tracker import Result
 
 
 def landmark_weights() -> np.ndarray:
@@ -381,7 +386,7 @@ def _as(x, n: int, size: int, dt, dev, name: str) -> Tensor:
     if t.ndim == 1:
         t = t[None]
     if t.shape[-1] != size:
-        raise ValueError(f"photometric: {name} has {t.shape[-1]} values, the model needs {size}")
+        raise InputError(f"photometric: {name} has {t.shape[-1]} values, the model needs {size}")
     return t.expand(n, size).clone()
 
 
@@ -390,7 +395,7 @@ def _images_tensor(images: np.ndarray | Tensor, res: int, dt, dev) -> Tensor:
     if im.ndim == 3:
         im = im[None]
     if im.ndim != 4 or im.shape[1:] != (res, res, 3):
-        raise ValueError(
+        raise InputError(
             f"photometric: images must be [N,{res},{res},3] crops of the fitting square (see "
             f"flame_tracker.io.images.crop_resize), got {tuple(im.shape)}"
         )
@@ -480,12 +485,12 @@ class PhotometricProblem:
         if lmks_ndc.ndim == 2:
             lmks_ndc = lmks_ndc[None]
         if lmks_ndc.shape[1:] != (68, 2):
-            raise ValueError(f"photometric: landmarks must be [N,68,2] NDC, got {tuple(lmks_ndc.shape)}")
+            raise InputError(f"photometric: landmarks must be [N,68,2] NDC, got {tuple(lmks_ndc.shape)}")
         n = self.n = lmks_ndc.shape[0]
         self.lmks_ndc = lmks_ndc
         self.img = _images_tensor(images, res, dt, dev)
         if self.img.shape[0] != n:
-            raise ValueError(f"photometric: {self.img.shape[0]} images for {n} landmark sets")
+            raise InputError(f"photometric: {self.img.shape[0]} images for {n} landmark sets")
         self.pose6 = torch.as_tensor(pose6, dtype=dt, device=dev).reshape(n, 6)
         self.fov = torch.as_tensor(fov, dtype=dt, device=dev).expand(n).clone()
         self.all_faces = model.faces.to(dev)
@@ -499,7 +504,7 @@ class PhotometricProblem:
         self.uvs = self.all_uv_faces = None
         if self.use_uv:
             if uv_faces is None or uv_faces.shape != self.all_faces.shape:
-                raise ValueError("photometric: uvs need uv_faces [F,3] with one row per model face")
+                raise InputError("photometric: uvs need uv_faces [F,3] with one row per model face")
             self.uvs = torch.as_tensor(uvs, dtype=dt, device=dev)
             self.all_uv_faces = torch.as_tensor(uv_faces, device=dev).long()
         self.lw = torch.as_tensor(landmark_weights(), dtype=dt, device=dev)
@@ -840,7 +845,7 @@ def canonical_from_frames(
         :func:`estimate_canonical`'s result (``albedo`` is the texture: :func:`save_texture_png`).
     """
     if not frames:
-        raise ValueError("canonical texture: no frames given")
+        raise InputError("canonical texture: no frames given")
     opts = replace(PhotometricOptions(), **overrides)
     dt = model.v_template.dtype
     crops, lmk, iris, c = crop_inputs(frames, crop, lmks68_px, iris_px, opts.resolution, dt)
@@ -864,7 +869,7 @@ def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: in
     if a.dim() == 4:
         return (a[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     if model is None:
-        raise ValueError("texture_image: per-vertex albedo needs the model to draw it")
+        raise InputError("texture_image: per-vertex albedo needs the model to draw it")
     if a.dim() == 3:
         a = a[0]
     v = model.v_template.detach()
@@ -886,8 +891,8 @@ def save_texture_png(path: str | Path, albedo: Tensor, model: torch.nn.Module | 
     return save_image(path, texture_image(albedo, model))
 
 
-def refine_result(model: torch.nn.Module, result, image: np.ndarray, *, output_model: torch.nn.Module | None = None,
-                  **overrides) -> tuple[object, PhotometricResult]:
+def refine_result(model: torch.nn.Module, result: Result, image: np.ndarray, *,
+                  output_model: torch.nn.Module | None = None, **overrides) -> tuple[Result, PhotometricResult]:
     """Photometric refinement of a single-image landmark fit (``flame_tracker.tracker.Result``).
 
     ``model`` is the model fitted (``Tracker.fit_model``: the detector's landmark embedding);

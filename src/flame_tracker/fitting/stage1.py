@@ -53,6 +53,7 @@ from flame_tracker.camera.reference import (
     skew,
     small_matmul,
 )
+from flame_tracker.errors import InputError
 from flame_tracker.threads import cpu_threads
 
 N_FACE = 68
@@ -116,7 +117,7 @@ class Stage1Loss:
     temporal: Tensor  # scalar
 
 
-def _cpu(x: Tensor | np.ndarray, dtype: torch.dtype) -> Tensor:
+def _cpu(x: Tensor | np.ndarray | float, dtype: torch.dtype) -> Tensor:
     """Detached CPU copy: stage 1 is ~100 points per frame, so it runs on the CPU whatever the device."""
     return torch.as_tensor(x).detach().to(device="cpu", dtype=dtype)
 
@@ -137,27 +138,27 @@ class Stage1Problem:
         if targets.ndim == 2:
             targets = targets[None]
         if targets.ndim != 3 or targets.shape[1:] != (N_FACE, 2):
-            raise ValueError(f"stage 1: targets_ndc must be [N, 68, 2] NDC landmarks, got {tuple(targets.shape)}")
+            raise InputError(f"stage 1: targets_ndc must be [N, 68, 2] NDC landmarks, got {tuple(targets.shape)}")
         n = targets.shape[0]
         points = _cpu(points3d, dtype)
         if points.ndim == 2:
             points = points[None]
         if points.ndim != 3 or points.shape[-1] != 3 or points.shape[1] not in (N_FACE, N_FACE + 2 * N_EAR):
-            raise ValueError(f"stage 1: points3d must be [N, 68|108, 3] model points, got {tuple(points.shape)}")
+            raise InputError(f"stage 1: points3d must be [N, 68|108, 3] model points, got {tuple(points.shape)}")
         if points.shape[0] not in (1, n):
-            raise ValueError(f"stage 1: {points.shape[0]} point sets for {n} frames of targets")
+            raise InputError(f"stage 1: {points.shape[0]} point sets for {n} frames of targets")
         if not bool(torch.isfinite(points).all()):
-            raise ValueError("stage 1: points3d contains NaN/inf; the head model output is invalid")
+            raise InputError("stage 1: points3d contains NaN/inf; the head model output is invalid")
         self.has_ears = ear_targets is not None
         self.fov_limits = (FOV_MIN, FOV_MAX)  # the reference's clamp; fit_camera widens it for a fixed FOV
-        if self.has_ears:
+        if ear_targets is not None:
             if points.shape[1] != N_FACE + 2 * N_EAR:
-                raise ValueError("stage 1: ear targets need 108 model points (68 landmarks + 20 left + 20 right ear)")
+                raise InputError("stage 1: ear targets need 108 model points (68 landmarks + 20 left + 20 right ear)")
             ears = _cpu(ear_targets, dtype)
             if ears.ndim == 2:
                 ears = ears[None]
             if ears.shape != (n, N_EAR, 2):
-                raise ValueError(f"stage 1: ear_targets must be [N, 20, 2], got {tuple(ears.shape)} for N={n}")
+                raise InputError(f"stage 1: ear_targets must be [N, 20, 2], got {tuple(ears.shape)} for N={n}")
             targets = torch.cat([targets, ears, ears], dim=1)  # one target set for both model ears
         else:
             points = points[:, :N_FACE]
@@ -166,7 +167,7 @@ class Stage1Problem:
         n_valid = valid[:, :N_FACE].sum(dim=1)
         bad = torch.nonzero(n_valid < MIN_VALID_POINTS).flatten().tolist()
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"stage 1: frame(s) {bad[:10]} have fewer than {MIN_VALID_POINTS} finite landmark targets; "
                 "drop those frames (no face detected) or fill their landmarks before fitting")
         self.targets = torch.where(valid[..., None], targets, torch.zeros((), dtype=dtype))
@@ -244,7 +245,7 @@ def _pair_weights(temporal: Tensor | bool, n: int, like: Tensor) -> Tensor | Non
         return like.new_ones(n - 1) if (temporal and n >= 2) else None
     w = torch.as_tensor(temporal, dtype=like.dtype, device=like.device)
     if w.shape != (n - 1,):
-        raise ValueError(f"stage 1: temporal neighbour weights must have shape [{n - 1}], got {tuple(w.shape)}")
+        raise InputError(f"stage 1: temporal neighbour weights must have shape [{n - 1}], got {tuple(w.shape)}")
     return w if n >= 2 else None
 
 
@@ -316,10 +317,14 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
         solver, max_iter, tol: override the fields of ``options`` of the same names.
     """
     opts = options or Stage1Options()
-    opts = replace(opts, **{k: v for k, v in (("solver", solver), ("max_iter", max_iter), ("tol", tol))
-                            if v is not None})
+    if solver is not None:
+        opts = replace(opts, solver=solver)
+    if max_iter is not None:
+        opts = replace(opts, max_iter=max_iter)
+    if tol is not None:
+        opts = replace(opts, tol=tol)
     if fov_mode not in ("fixed", "per_frame", "shared"):
-        raise ValueError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
+        raise InputError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
     if opts.solver == "adam":
         dtype = torch.as_tensor(targets_ndc).dtype
         dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -328,7 +333,7 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
             prob.fov_limits = FIXED_FOV_LIMITS
         return _fit_adam(prob, _fov_vector(fov, prob), fov_mode, temporal, init, opts.max_iter or ADAM_ITERATIONS)
     if opts.solver != "lm":
-        raise ValueError(f"unknown stage-1 solver {opts.solver!r}; use 'lm' or 'adam'")
+        raise InputError(f"unknown stage-1 solver {opts.solver!r}; use 'lm' or 'adam'")
     prob = Stage1Problem(points3d, targets_ndc, ear_targets, dtype=torch.float64, options=opts)
     if fov_mode == "fixed":
         # A given FOV is used as it is: the reference's [10, 50] clamp bounds a *fitted* FOV, and a
@@ -346,7 +351,7 @@ def fit_camera(points3d: Tensor | np.ndarray, targets_ndc: Tensor | np.ndarray, 
 def _fov_vector(fov: float | Tensor, prob: Stage1Problem) -> Tensor:
     fov_t = _cpu(fov, prob.dtype).flatten()
     if fov_t.numel() not in (1, prob.n) or not bool(torch.isfinite(fov_t).all()):
-        raise ValueError(f"stage 1: fov must be a finite scalar or [N={prob.n}] degrees, got {fov}")
+        raise InputError(f"stage 1: fov must be a finite scalar or [N={prob.n}] degrees, got {fov}")
     return fov_t.expand(prob.n).clone()
 
 

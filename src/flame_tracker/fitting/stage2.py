@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from flame_tracker.camera import ndc_scale, project_ndc, rotvec_to_matrix
+from flame_tracker.errors import InputError
 from flame_tracker.threads import cpu_threads
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
@@ -924,7 +925,7 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
 def _solve_adam(problem: _Problem, x0: Tensor, s: Tensor, iters: int = 200) -> tuple[Tensor, int, list[float]]:
     lay = problem.layout
     if lay.shape != "fixed" or lay.neck:
-        raise ValueError("the adam reference fits expression, jaw and eyes only: use fit_shape=False, fit_neck=False")
+        raise InputError("the adam reference fits expression, jaw and eyes only: use fit_shape=False, fit_neck=False")
     offsets: dict[str, Tensor] = {}
     start = 0
     blocks = {}
@@ -1058,9 +1059,9 @@ def _targets(model: Any, lmks_ndc: Tensor, iris_ndc: Tensor | None, point_weight
     lmks_ndc = torch.as_tensor(lmks_ndc, dtype=dt, device=dev)
     n_lmk = n_landmarks(model)
     if lmks_ndc.ndim != 3 or lmks_ndc.shape[1:] != (n_lmk, 2):
-        raise ValueError(f"stage 2 needs [N, {n_lmk}, 2] landmarks for this model, got {tuple(lmks_ndc.shape)}")
+        raise InputError(f"stage 2 needs [N, {n_lmk}, 2] landmarks for this model, got {tuple(lmks_ndc.shape)}")
     if point_weights is None and n_lmk != 68:
-        raise ValueError(f"stage 2: a model with {n_lmk} landmarks needs point_weights [{n_lmk}]")
+        raise InputError(f"stage 2: a model with {n_lmk} landmarks needs point_weights [{n_lmk}]")
     n = lmks_ndc.shape[0]
     if iris_ndc is None:
         iris_ndc = torch.full((n, N_IRIS, 2), float("nan"), dtype=dt, device=dev)
@@ -1072,7 +1073,7 @@ def _targets(model: Any, lmks_ndc: Tensor, iris_ndc: Tensor | None, point_weight
                                    torch.full((N_FACE,), opts.w_lmk / N_FACE)])
     point_weights = torch.as_tensor(point_weights, dtype=dt, device=dev).reshape(n_lmk)
     if not (valid[:, :n_lmk].all(-1) & (point_weights > 0)).any(1).all():
-        raise ValueError("stage 2: a frame has no finite face landmark")
+        raise InputError("stage 2: a frame has no finite face landmark")
     w_iris = torch.full((N_IRIS,), opts.w_iris / N_IRIS, dtype=dt, device=dev)
     coeff = torch.cat([point_weights, w_iris])[None, :, None].expand(n, -1, 2) * valid.all(-1, keepdim=True)
     return torch.nan_to_num(target), coeff, bool(valid[:, n_lmk:].any())
@@ -1089,7 +1090,7 @@ def _initial_params(model: Any, init: dict[str, Tensor], layout: _Layout, n: int
         if v.ndim == 1:
             v = v[None]
         if v.shape[-1] != size:
-            raise ValueError(f"stage 2: init[{key!r}] has {v.shape[-1]} values, the model needs {size}")
+            raise InputError(f"stage 2: init[{key!r}] has {v.shape[-1]} values, the model needs {size}")
         params[key] = v.expand(n, size).clone() if v.shape[0] == 1 else v.clone()
     if layout.shape == "shared":
         params["shape"] = params["shape"].mean(0, keepdim=True).expand(n, -1).clone()
@@ -1126,7 +1127,7 @@ def _run_solver(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor
         with torch.enable_grad():
             x, iters, history = _solve_adam(problem, x, s)
         return x, s, iters, history, None
-    raise ValueError(f"unknown stage-2 solver {solver!r} (use 'lm' or 'adam')")
+    raise InputError(f"unknown stage-2 solver {solver!r} (use 'lm' or 'adam')")
 
 
 def fold_rigid(model: torch.nn.Module, params: dict[str, Tensor], pose6: Tensor) -> Tensor:

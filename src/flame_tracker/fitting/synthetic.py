@@ -26,6 +26,7 @@ from flame_tracker.camera.reference import (
     pose6_to_cam,
     project_ndc,
 )
+from flame_tracker.errors import InputError
 
 Motion = Literal["random", "smooth", "static"]
 
@@ -112,7 +113,7 @@ def sample_euler(n: int, g: torch.Generator, *, yaw_deg: float | tuple[float, fl
             cycles = 1.0 + k * 0.37  # incommensurate frequencies per angle
             cols.append(lo + (hi - lo) * 0.5 * (1 + torch.sin(2 * math.pi * cycles * t + phase)))
     else:
-        raise ValueError(f"motion must be 'random', 'smooth' or 'static', got {motion!r}")
+        raise InputError(f"motion must be 'random', 'smooth' or 'static', got {motion!r}")
     return torch.deg2rad(torch.stack(cols, dim=1))
 
 
@@ -136,7 +137,7 @@ def make_synthetic(model: LandmarkModel, n_frames: int, *, seed: int = 0,
     ``outlier_px`` pixels in a random direction. ``ears=True`` needs a model with ear points.
     """
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise InputError(f"n_frames must be >= 1, got {n_frames}")
     g = torch.Generator().manual_seed(seed)
     n = n_frames
     shape = torch.randn(1 if shared_shape else n, model.n_shape, generator=g, dtype=dtype) * shape_std
@@ -155,7 +156,7 @@ def make_synthetic(model: LandmarkModel, n_frames: int, *, seed: int = 0,
     iris = None if getattr(out, "iris", None) is None else out.iris.to(dtype)
     ear_pts = None if getattr(out, "ears", None) is None else out.ears.to(dtype)
     if ears and ear_pts is None:
-        raise ValueError(f"make_synthetic(ears=True): model {getattr(model, 'name', model)!r} has no ear points")
+        raise InputError(f"make_synthetic(ears=True): model {getattr(model, 'name', model)!r} has no ear points")
 
     fovs = (torch.full((n,), float(fov), dtype=dtype) if not isinstance(fov, tuple)
             else _uniform(g, n, fov[0], fov[1], dtype))

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from flame_tracker.errors import FlameTrackerError
+from flame_tracker.errors import FlameTrackerError, InputError
 
 # Refuse decoding beyond this many pixels (a 16k × 16k image is 768 MiB as RGB); PIL's own
 # decompression-bomb guard is replaced by this explicit, documented limit.
@@ -264,7 +264,7 @@ def crop_resize(
     """
     x0, y0, bw, bh = map(float, box)
     if bw <= 0 or bh <= 0:
-        raise ValueError(f"crop box {box} must have a positive width and height")
+        raise InputError(f"crop box {box} must have a positive width and height")
     ow, oh = int(out_size[0]), int(out_size[1])
     sx, sy = bw / ow, bh / oh
     # Pixel-corner convention: original (x, y) = (u*sx + x0, v*sy + y0). warpAffine works on pixel

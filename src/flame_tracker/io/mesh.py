@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_tracker.errors import InputError
 from flame_tracker.io.results import atomic_write
 
 
@@ -18,13 +19,13 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces)
     if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"vertices must be V×3, got {v.shape}")
+        raise InputError(f"vertices must be V×3, got {v.shape}")
     if f.ndim != 2 or f.shape[1] != 3:
-        raise ValueError(f"faces must be F×3, got {f.shape}")
+        raise InputError(f"faces must be F×3, got {f.shape}")
     if f.size and (f.min() < 0 or f.max() >= len(v)):
-        raise ValueError(f"face indices out of range [0, {len(v)})")
+        raise InputError(f"face indices out of range [0, {len(v)})")
     if not np.isfinite(v).all():
-        raise ValueError("vertices contain NaN or inf")
+        raise InputError("vertices contain NaN or inf")
     return v, f.astype(np.int64)
 
 
@@ -97,7 +98,7 @@ def load_obj(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
                 idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
                 faces.extend([idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1))
         except ValueError as exc:
-            raise ValueError(f"{path}:{lineno}: malformed OBJ line {line!r}") from exc
+            raise InputError(f"{path}:{lineno}: malformed OBJ line {line!r}") from exc
     return np.asarray(verts, dtype=np.float32).reshape(-1, 3), np.asarray(faces, np.int64).reshape(-1, 3)
 
 
@@ -109,17 +110,17 @@ def load_ply(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     data = path.read_bytes()
     end = data.find(b"end_header\n")
     if not data.startswith(b"ply\n") or end < 0:
-        raise ValueError(f"{path}: not a PLY file")
+        raise InputError(f"{path}: not a PLY file")
     header = data[:end].decode("ascii").splitlines()
     if "format binary_little_endian 1.0" not in header:
-        raise ValueError(f"{path}: only binary little-endian PLY is supported")
+        raise InputError(f"{path}: only binary little-endian PLY is supported")
     counts = {ln.split()[1]: int(ln.split()[2]) for ln in header if ln.startswith("element")}
     nv, nf = counts.get("vertex", 0), counts.get("face", 0)
     body = memoryview(data)[end + len(b"end_header\n") :]
     if len(body) < nv * 12 + nf * 13:
-        raise ValueError(f"{path}: truncated PLY ({len(body)} bytes of data, expected {nv * 12 + nf * 13})")
+        raise InputError(f"{path}: truncated PLY ({len(body)} bytes of data, expected {nv * 12 + nf * 13})")
     v = np.frombuffer(body[: nv * 12], dtype="<f4").reshape(nv, 3)
     rec = np.frombuffer(body[nv * 12 : nv * 12 + nf * 13], dtype=[("n", "u1"), ("idx", "<i4", (3,))])
     if len(rec) != nf or (nf and (rec["n"] != 3).any()):
-        raise ValueError(f"{path}: truncated PLY or non-triangle faces")
+        raise InputError(f"{path}: truncated PLY or non-triangle faces")
     return v.copy(), rec["idx"].astype(np.int64)

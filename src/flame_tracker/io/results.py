@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from flame_tracker.errors import InputError
+
 # Keys every result npz holds, with the leading per-frame dimension 1 (docs/reference.md §9).
 REFERENCE_KEYS = (
     "shape",
@@ -106,7 +108,7 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (ValueError, OSError, EOFError) as exc:  # zipfile.BadZipFile is an OSError subclass
-        raise ValueError(f"{path}: not a readable npz result file ({exc})") from exc
+        raise InputError(f"{path}: not a readable npz result file ({exc})") from exc
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -155,7 +157,7 @@ def save_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"{path}: expected an RGB uint8 H×W×3 image, got {rgb.dtype} {rgb.shape}")
+        raise InputError(f"{path}: expected an RGB uint8 H×W×3 image, got {rgb.dtype} {rgb.shape}")
     params = png_params() if Path(path).suffix.lower() == ".png" else []
 
     def _write(tmp: Path) -> None:

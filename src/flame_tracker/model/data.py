@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_tracker.errors import FlameTrackerError
+from flame_tracker.errors import FlameTrackerError, InputError
 
 #: Bump when the cached layout or a conversion changes, so stale caches are rebuilt.
 CACHE_VERSION = 3
@@ -113,7 +113,7 @@ class ModelData:
         S, E = self.shapedirs.shape[2], self.exprdirs.shape[2]
         for label, n, avail in (("n_shape", n_shape, S), ("n_expr", n_expr, E)):
             if n is not None and not 0 <= n <= avail:
-                raise ValueError(f"{label}={n} but the model {self.name!r} has {avail} components")
+                raise InputError(f"{label}={n} but the model {self.name!r} has {avail} components")
         out = ModelData(**{f.name: getattr(self, f.name) for f in fields(self)})
         out.shapedirs = self.shapedirs[:, :, : S if n_shape is None else n_shape]
         out.exprdirs = self.exprdirs[:, :, : E if n_expr is None else n_expr]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flame_tracker.errors import StepError
 from flame_tracker.model.head import HeadModel
 
 N_RENDERS = 240  # renders per derivation (about 0.8 s each on one core)
@@ -260,7 +261,7 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
         yaws.append(float(view_yaw_deg(torch.as_tensor(truth.R)[None], torch.as_tensor(centre)[None])[0]))
         pitches.append(float(spec.euler_deg[1]))
     if len(yaws) < 8:
-        raise RuntimeError("derive_detector_embedding: the detector found too few faces in the renders")
+        raise StepError("derive_detector_embedding: the detector found too few faces in the renders")
     # [R], [R], [R, P, 3], [R, P]
     yaw, pitch, pts, ok = np.asarray(yaws), np.asarray(pitches), np.stack(pts), np.stack(oks)
     contour = _contour(n_pts)
@@ -288,7 +289,7 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
         more, _, more_hits = median_of(np.abs(yaw)[:, None] <= np.maximum(limit, wider)[None])  # any pitch
         static[missing], static_hits[missing] = more[missing], more_hits[missing]
     if np.isnan(static).any():
-        raise RuntimeError("derive_detector_embedding: too few detections for some points; use more renders")
+        raise StepError("derive_detector_embedding: too few detections for some points; use more renders")
     # per yaw bin: renders within one bin step of its centre; a point seen too rarely there keeps the
     # nearest bin's location (or the static one)
     bins, spreads = [], []

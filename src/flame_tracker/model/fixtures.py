@@ -36,6 +36,8 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 
+from flame_tracker.errors import InputError
+
 from .flame import L_EAR_INDICES_REFERENCE, L_EYE_INDICES, R_EAR_INDICES, R_EYE_INDICES
 
 #: A typical face's 68 iBUG landmarks in millimetres (FLAME axes), from the ICT-FaceKit (MIT)
@@ -172,7 +174,7 @@ def flame_model_arrays(size: str = "flame", n_shape: int = 300, n_expr: int = 10
                        seed: int = 0) -> dict[str, np.ndarray]:
     """The arrays of a synthetic FLAME model (keys as in the official ``.pkl``)."""
     if size not in _SIZES:
-        raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
+        raise InputError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
     rng = np.random.default_rng(seed)
     v, faces, label = _geometry(size)
     if size == "flame":
@@ -323,7 +325,7 @@ def write_flame_model(
     arrays = flame_model_arrays(size, n_shape=n_shape, n_expr=n_expr, seed=seed)
     wrap = _Ch if style == "2020" else (lambda x: x)
     if style not in ("2020", "2023_open"):
-        raise ValueError(f"style must be '2020' or '2023_open', got {style!r}")
+        raise InputError(f"style must be '2020' or '2023_open', got {style!r}")
     if n_shape != 300:  # FLAME's layout splits shapedirs at 300; otherwise store expressions apart
         arrays["expressiondirs"] = arrays["shapedirs"][:, :, n_shape:]
         arrays["shapedirs"] = arrays["shapedirs"][:, :, :n_shape]
@@ -356,7 +358,7 @@ def write_flame_model(
         np.save(folder / "flame_dynamic_embedding.npy", {"lmk_face_idx": dyn_f, "lmk_b_coords": dyn_b},
                 allow_pickle=True)
     elif embedding != "none":
-        raise ValueError(f"embedding must be 'deca', 'static_dynamic' or 'none', got {embedding!r}")
+        raise InputError(f"embedding must be 'deca', 'static_dynamic' or 'none', got {embedding!r}")
     if mediapipe:
         rng = np.random.default_rng(seed + 1)
         front = np.flatnonzero(v[faces].mean(1)[:, 2] > 0.08)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -332,6 +332,6 @@ def load_flame(path: str | Path, landmark_embedding: str | Path | None = None) -
         info={"source": str(path), "embeddings": [str(f) for f in files],
               "default_components": {"n_shape": min(DEFAULT_N_SHAPE, shapedirs.shape[2]),
                                      "n_expr": min(DEFAULT_N_EXPR, exprdirs.shape[2])}},
-        **emb,
+        **cast(dict[str, Any], emb),
     )
     return data.validate(path)

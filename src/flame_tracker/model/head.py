@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from flame_tracker.errors import InputError
+
 from .data import JOINT_NAMES, ModelData
 from .lbs import axis_angle_to_matrix, chain_plan, depth_levels, interpolate, joint_transforms, skin
 
@@ -289,12 +291,12 @@ class HeadModel(torch.nn.Module):
                 val = val[None]
             size = self._param_sizes[key]
             if val.dim() != 2 or val.shape[1] != size:
-                raise ValueError(
+                raise InputError(
                     f"{key} must have shape [N,{size}] for model {self.name!r}, got {tuple(val.shape)}"
                 )
             if val.shape[0] != 1:
                 if N != 1 and val.shape[0] != N:
-                    raise ValueError(f"inconsistent batch sizes: {key} has {val.shape[0]}, others {N}")
+                    raise InputError(f"inconsistent batch sizes: {key} has {val.shape[0]}, others {N}")
                 N = val.shape[0]
             given[key] = val
         dtype = self.dtype
@@ -433,7 +435,7 @@ class HeadModel(torch.nn.Module):
         on the landmark path).
         """
         if self.dyn_lmk_faces_idx is None:
-            raise ValueError(f"model {self.name!r} has no dynamic contour embedding "
+            raise InputError(f"model {self.name!r} has no dynamic contour embedding "
                              "(dynamic_lmk_* in landmark_embedding.npy or flame_dynamic_embedding.npy)")
         deg = torch.round(torch.clamp(torch.rad2deg(yaw.detach()), -40, 39)).long()
         idx = torch.where(deg < 0, torch.where(deg < -39, 78, 39 - deg), deg)
@@ -448,7 +450,7 @@ class HeadModel(torch.nn.Module):
         ``mp_lmk_indices [K]`` says which of MediaPipe's 478 points each one is.
         """
         if self.mp_lmk_faces_idx is None:
-            raise ValueError(f"model {self.name!r} has no MediaPipe landmark embedding "
+            raise InputError(f"model {self.name!r} has no MediaPipe landmark embedding "
                              "(mediapipe_landmark_embedding.npz next to the FLAME .pkl)")
         return interpolate(vertices, self.faces[self.mp_lmk_faces_idx], self.mp_lmk_bary)
 

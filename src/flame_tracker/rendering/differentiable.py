@@ -12,10 +12,12 @@ gradients: geometry is driven by the colour change across each visible triangle.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from flame_tracker.errors import InputError
 from flame_tracker.rendering.raster import Fragments, rasterize
 
 # Constant factors of the 9 SH basis functions, exactly as the reference (DECA) renderer (docs/reference.md §4.6).
@@ -189,8 +191,8 @@ def pixel_albedo(
     sampled at the ``uvs [Vt, 2]`` interpolated over ``uv_faces [F, 3]``."""
     if albedo is not None:
         return interpolate(albedo, faces, frags, bary)
-    if uvs is None or uv_faces is None:
-        raise ValueError("a UV texture needs uvs [Vt,2] and uv_faces [F,3]")
+    if texture is None or uvs is None or uv_faces is None:
+        raise InputError("pixel_albedo needs a per-vertex albedo, or a UV texture with uvs [Vt,2] and uv_faces [F,3]")
     uv = interpolate(uvs, uv_faces, frags, bary)
     return sample_texture(texture if texture.dim() == 4 else texture[None], uv, frags.pix_batch())
 
@@ -208,7 +210,7 @@ def render(
     uvs: torch.Tensor | None = None,
     uv_faces: torch.Tensor | None = None,
     frags: Fragments | None = None,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Any]:
     """Render SH-lit meshes: ``image = albedo · shading`` on a black background (docs/reference.md §4.6).
 
     Args:
@@ -226,7 +228,7 @@ def render(
         ``albedo`` and ``shading`` images, and ``frags``.
     """
     if (albedo is None) == (texture is None):
-        raise ValueError("render: give exactly one of albedo (per-vertex) or texture (with uvs, uv_faces)")
+        raise InputError("render: give exactly one of albedo (per-vertex) or texture (with uvs, uv_faces)")
     v = vertices_px if vertices_px.dim() == 3 else vertices_px[None]
     if frags is None:
         frags = rasterize(v, faces, height, width)

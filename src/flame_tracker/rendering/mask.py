@@ -12,6 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from flame_tracker.errors import InputError
+
 _OVAL = np.r_[0:27]  # jawline 0..16 and brows 17..26 -> their convex hull is the face oval
 _EYES = (np.r_[36:42], np.r_[42:48])
 _MOUTH_INNER = np.r_[60:68]
@@ -43,7 +45,7 @@ def face_mask(
     single = pts.ndim == 2
     pts = pts.reshape(-1, *pts.shape[-2:])
     if pts.shape[1:] != (68, 2):
-        raise ValueError(f"face_mask needs [N,68,2] or [68,2] landmarks in pixels, got {np.asarray(lmks68).shape}")
+        raise InputError(f"face_mask needs [N,68,2] or [68,2] landmarks in pixels, got {np.asarray(lmks68).shape}")
     masks = np.zeros((len(pts), height, width), np.uint8)
     # cv2 polygon fill works in fixed point: 4 fractional bits for sub-pixel accuracy.
     shift = 4
@@ -68,6 +70,6 @@ def face_mask(
     if user_mask is not None:
         um = np.asarray(user_mask)
         if um.shape[-2:] != (height, width):
-            raise ValueError(f"user mask has shape {um.shape}, expected [..., {height}, {width}] like the image")
+            raise InputError(f"user mask has shape {um.shape}, expected [..., {height}, {width}] like the image")
         out &= um.astype(bool)
     return out[0] if single else out

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from flame_tracker.errors import InputError
 from flame_tracker.rendering.differentiable import vertex_normals
 from flame_tracker.rendering.raster import face_orientation
 from flame_tracker.threads import cpu_threads
@@ -35,9 +36,9 @@ def _check_mesh(vertices_px: np.ndarray | torch.Tensor,
     v = _to_tensor(vertices_px)
     f = _to_tensor(faces, torch.long)
     if v.dim() != 2 or v.shape[1] != 3:
-        raise ValueError(f"vertices_px must be [V,3] (x px, y px, depth), got {tuple(v.shape)}")
+        raise InputError(f"vertices_px must be [V,3] (x px, y px, depth), got {tuple(v.shape)}")
     if f.dim() != 2 or f.shape[1] != 3 or (f.numel() and (f.min() < 0 or f.max() >= v.shape[0])):
-        raise ValueError(f"faces must be [F,3] indices into the {v.shape[0]} vertices")
+        raise InputError(f"faces must be [F,3] indices into the {v.shape[0]} vertices")
     return v, f
 
 
@@ -168,7 +169,7 @@ def _edge_topology(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     """``(edge [F*3], sign [F*3], lo [E], hi [E])``: face corner ``3 k + i`` runs along the edge
     ``f[k, i] -> f[k, (i + 1) % 3]``, which is undirected edge ``edge`` from ``lo`` to ``hi`` (``sign``
     +1) or from ``hi`` to ``lo`` (-1)."""
-    key = (f.shape, hashlib.blake2b(np.ascontiguousarray(f).view(np.uint8), digest_size=16).digest())
+    key = (f.shape, hashlib.blake2b(np.ascontiguousarray(f).data, digest_size=16).digest())
     hit = _EDGES.get(key)
     if hit is None:
         a, b = f.ravel(), f[:, [1, 2, 0]].ravel()
@@ -394,9 +395,9 @@ def render_overlay(
     """
     img = np.asarray(image_rgb_uint8)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"render_overlay needs an RGB uint8 H×W×3 image, got {img.dtype} {img.shape}")
+        raise InputError(f"render_overlay needs an RGB uint8 H×W×3 image, got {img.dtype} {img.shape}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
     h, w = img.shape[:2]
     out = img.copy()
     if alpha > 0:

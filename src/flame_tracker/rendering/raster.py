@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flame_tracker.errors import InputError
+
 # Candidate fragments per chunk: bounds peak memory (~6 float tensors of this size) at any resolution.
 _MAX_FRAGMENTS_PER_CHUNK = 1 << 22
 _DEPTH_BITS = 30
@@ -100,7 +102,7 @@ def _as_batch(vertices: torch.Tensor) -> torch.Tensor:
     if vertices.dim() == 2:
         vertices = vertices[None]
     if vertices.dim() != 3 or vertices.shape[-1] != 3:
-        raise ValueError(f"vertices must be [V,3] or [N,V,3] (x px, y px, depth), got {tuple(vertices.shape)}")
+        raise InputError(f"vertices must be [V,3] or [N,V,3] (x px, y px, depth), got {tuple(vertices.shape)}")
     return vertices
 
 

@@ -20,7 +20,7 @@ from typing import Container, Iterable, Iterator, TypeVar
 import av
 import numpy as np
 
-from flame_tracker.errors import FlameTrackerError
+from flame_tracker.errors import FlameTrackerError, InputError
 
 
 class VideoError(FlameTrackerError, RuntimeError):
@@ -154,11 +154,11 @@ class VideoReader:
                  every: int = 1, fps: float | None = None, max_frames: int | None = None,
                  max_side: int | None = None, skip: Container[int] = ()) -> None:
         if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+            raise InputError(f"every must be >= 1, got {every}")
         if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+            raise InputError(f"fps must be > 0, got {fps}")
         if end_s is not None and end_s <= start_s:
-            raise ValueError(f"empty time range: start {start_s}s >= end {end_s}s")
+            raise InputError(f"empty time range: start {start_s}s >= end {end_s}s")
         self.info = probe(path)
         self.path = Path(path)
         self.start_s, self.end_s, self.every, self.fps = start_s, end_s, every, fps

@@ -10,6 +10,7 @@ from types import TracebackType
 import av
 import numpy as np
 
+from flame_tracker.errors import InputError
 from flame_tracker.io.results import temporary_sibling
 
 
@@ -24,7 +25,7 @@ class VideoWriter:
     def __init__(self, path: str | Path, fps: float, crf: int = 23, preset: str = "veryfast"
                  ) -> None:
         if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+            raise InputError(f"fps must be > 0, got {fps}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temporary_sibling(self.path, ".mp4")  # renamed onto path by close()
@@ -48,13 +49,13 @@ class VideoWriter:
         """Append one RGB uint8 ``H×W×3`` frame (all frames must have the first frame's size)."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 H×W×3 frame, got {rgb.dtype} {rgb.shape}")
+            raise InputError(f"expected an RGB uint8 H×W×3 frame, got {rgb.dtype} {rgb.shape}")
         h, w = rgb.shape[:2]
         if self._stream is None:
             self._open_stream(w, h)
         assert self._stream is not None
         if (h + h % 2, w + w % 2) != (self._stream.height, self._stream.width):
-            raise ValueError(f"frame size {w}x{h} differs from the video's "
+            raise InputError(f"frame size {w}x{h} differs from the video's "
                              f"{self._stream.width}x{self._stream.height}")
         if h % 2 or w % 2:
             rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -105,5 +106,5 @@ class VideoWriter:
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Two RGB images of the same height next to each other."""
     if left.shape[0] != right.shape[0]:
-        raise ValueError(f"side-by-side needs equal heights, got {left.shape} and {right.shape}")
+        raise InputError(f"side-by-side needs equal heights, got {left.shape} and {right.shape}")
     return np.concatenate([left, right], axis=1)

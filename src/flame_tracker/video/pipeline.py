@@ -22,6 +22,7 @@ from tqdm import tqdm
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
 from flame_tracker.detection.search import MIN_FACE_PX
+from flame_tracker.errors import InputError
 from flame_tracker.io.results import load_npz, save_json, save_npz
 from flame_tracker.threads import cpu_threads
 from flame_tracker.tracker import Result
@@ -375,7 +376,7 @@ def _write_meshes(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, rows: np
     from flame_tracker.io.mesh import save_obj, save_ply
 
     if fmt not in ("ply", "obj"):
-        raise ValueError(f"mesh format must be 'ply' or 'obj', not {fmt!r}")
+        raise InputError(f"mesh format must be 'ply' or 'obj', not {fmt!r}")
     save = save_ply if fmt == "ply" else save_obj
     faces = model.faces.numpy()
     t0 = time.perf_counter()

@@ -23,6 +23,8 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import solveh_banded
 
+from flame_tracker.errors import InputError
+
 
 def segments(valid: np.ndarray, times: np.ndarray | None = None,
              max_gap_s: float = float("inf")) -> list[tuple[int, int]]:
@@ -117,12 +119,12 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
     """
     x = np.asarray(x, dtype=float)
     if x.ndim != 2:
-        raise ValueError(f"x must be [T, D], got shape {x.shape}")
+        raise InputError(f"x must be [T, D], got shape {x.shape}")
     t_len = x.shape[0]
     valid = np.asarray(valid, bool) & np.isfinite(x).all(axis=1)
     if times is None:
         if fps is None:
-            raise ValueError("give times or fps")
+            raise InputError("give times or fps")
         times = np.arange(t_len) / fps
     times = np.asarray(times, dtype=float)
     step = float(np.median(np.diff(times))) if t_len > 1 else 1.0 / (fps or 1.0)
