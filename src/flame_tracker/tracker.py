@@ -36,6 +36,7 @@ from flame_tracker.camera import (
     to_opengl_c2w,
     world_to_view,
 )
+from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import InputError
 from flame_tracker.fitting.stage1 import FovMode, Stage1Options, fit_camera
 from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
@@ -49,9 +50,7 @@ from flame_tracker.threads import cpu_threads
 # prior holds the brows of real faces away from their annotations (68-point NME on the annotated
 # photos 4.11 / 4.17 / 4.32 %, brows 4.7 / 5.6 / 6.9 %). 0.3 is the compromise.
 DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3)
-# Assumed FOV over the image's longer side when none is given (one photo cannot identify it): a
-# normal lens, between a phone's wide camera (~65°) and a portrait lens (~25°).
-DEFAULT_IMAGE_FOV = 40.0
+DEFAULT_IMAGE_FOV = IMAGE_FOV  # flame_tracker.defaults
 # Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 

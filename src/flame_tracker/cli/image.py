@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from flame_tracker.cli.options import config_option, load_config, with_given
+from flame_tracker.defaults import IMAGE_FOV
 
 if TYPE_CHECKING:
     from flame_tracker.tracker import Result
@@ -37,7 +38,7 @@ def run_images(
     device: str | None = None,
     landmarker: str | None = None,
     fov: float | None = None,
-    image_fov: float = 40.0,
+    image_fov: float = IMAGE_FOV,
     solver: str | None = None,
     loss: str | None = None,
     fit_shape: bool | None = None,
@@ -152,7 +153,7 @@ def run_images(
 @click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
               help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
               "or the user cache (see `flame-tracker assets`).")
-@click.option("--image-fov", default=40.0, show_default=True, type=click.FloatRange(1.0, 150.0),
+@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=click.FloatRange(1.0, 150.0),
               help="Camera field of view in degrees over the image's longer side (one photo cannot identify "
               "it; the camera's principal point is the image centre).")
 @click.option("--fov", default=None, type=click.FloatRange(10.0, 50.0),

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from flame_tracker.cli.options import config_option, given, load_config, with_given
+from flame_tracker.defaults import EXPR_CUTOFF_HZ, IMAGE_FOV, POSE_CUTOFF_HZ
 from flame_tracker.export import FORMATS
 
 
@@ -28,15 +29,15 @@ from flame_tracker.export import FORMATS
 @click.option("--fps", type=float, default=None,
               help="Subsample to this frame rate (uses the container's timestamps).")
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
-@click.option("--image-fov", type=click.FloatRange(1.0, 150.0), default=40.0, show_default=True,
+@click.option("--image-fov", type=click.FloatRange(1.0, 150.0), default=IMAGE_FOV, show_default=True,
               help="Field of view in degrees over the frame's longer side (the camera's principal point is the "
               "frame centre; start value with --estimate-fov).")
 @click.option("--fov", type=click.FloatRange(10.0, 50.0), default=None,
               help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
 @click.option("--estimate-fov/--no-estimate-fov", default=False, help="Fit one FOV for the whole video.")
-@click.option("--smooth-pose", type=float, default=3.0, show_default=True,
+@click.option("--smooth-pose", type=float, default=POSE_CUTOFF_HZ, show_default=True,
               help="Pose smoothing cutoff in Hz (inf = none).")
-@click.option("--smooth-expr", type=float, default=6.0, show_default=True,
+@click.option("--smooth-expr", type=float, default=EXPR_CUTOFF_HZ, show_default=True,
               help="Expression smoothing cutoff in Hz (inf = none).")
 @click.option("--overlay/--no-overlay", default=False,
               help="Write overlay.mp4 (mesh + landmarks over the frames; costs a render per frame).")

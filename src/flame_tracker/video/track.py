@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from flame_tracker.camera import Crop, crop_fov, matrix_to_rotvec, project_ndc, rotvec_to_euler, rotvec_to_matrix
+from flame_tracker.defaults import EXPR_CUTOFF_HZ, IMAGE_FOV, POSE_CUTOFF_HZ
 from flame_tracker.errors import NoFaceError
 from flame_tracker.fitting.stage1 import Stage1Options
 from flame_tracker.fitting.stage2 import Stage2Options
@@ -57,13 +58,13 @@ class TrackOptions:
     # FOV over the frame's longer side (the crop FOV follows from it) and the camera's principal
     # point at the frame centre, as in single images (flame_tracker.tracker.Tracker); None: the
     # reference's crop-relative `fov` with the principal point at the crop centre.
-    image_fov: float | None = 40.0
+    image_fov: float | None = IMAGE_FOV
     estimate_fov: bool = False  # one FOV for the whole video, fitted on the keyframes
     n_keyframes: int = 6
     chunk: int = 32  # frames per batched per-frame solve (checkpoint granularity too)
     fit_iris: bool = True
-    pose_cutoff_hz: float = 3.0  # smoothing of the rigid pose
-    expr_cutoff_hz: float = 6.0  # smoothing of expression, jaw and eyes (speech is fast)
+    pose_cutoff_hz: float = POSE_CUTOFF_HZ  # smoothing of the rigid pose
+    expr_cutoff_hz: float = EXPR_CUTOFF_HZ  # smoothing of expression, jaw and eyes (speech is fast)
     max_gap_s: float = 0.5  # longer runs without a face are not bridged
     flow: bool = True  # follow the head by optical flow through frames without landmarks (video.flow)
     crop_scale: float = 1.6  # fitting crop side / median face-box side
