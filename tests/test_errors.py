@@ -34,3 +34,20 @@ def test_images_and_videos_share_one_no_face_error() -> None:
     from flame_tracker.video.track import NoFacesError
 
     assert from_detection is NoFaceError and NoFacesError is NoFaceError and issubclass(NoFaceError, RuntimeError)
+
+
+def test_bad_arguments_raise_the_package_input_error() -> None:
+    """Checks deep in the code raise errors.InputError: the package's base and still a ValueError,
+    with the message naming what is wrong."""
+    import numpy as np
+    import pytest
+
+    from flame_tracker.errors import InputError
+    from flame_tracker.fitting.stage1 import fit_camera
+    from flame_tracker.tracker import Tracker
+
+    assert issubclass(InputError, FlameTrackerError) and issubclass(InputError, ValueError)
+    with pytest.raises(InputError, match=r"targets_ndc must be \[N, 68, 2\]"):
+        fit_camera(np.zeros((68, 3)), np.zeros((51, 2)))
+    with pytest.raises(InputError, match="unknown setting.*roundz"):
+        Tracker(roundz=3)

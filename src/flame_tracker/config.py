@@ -6,6 +6,8 @@ reference's values where the reference has one):
 ================  ==================================================  ==========================
 section           class                                               used by
 ================  ==================================================  ==========================
+``image``         :class:`~flame_tracker.tracker.ImageOptions` (camera: FOV over the  ``image``
+                  picture, principal point; points fitted; rounds; which face)
 ``stage1``        :class:`~flame_tracker.fitting.stage1.Stage1Options`  ``image``
                   (the reference's weights 300 / 200, ear gating, solver)
 ``stage2``        :class:`~flame_tracker.fitting.stage2.Stage2Options`  ``image``
@@ -54,12 +56,14 @@ def _sections() -> dict[str, type]:
     from flame_tracker.fitting.stage1 import Stage1Options
     from flame_tracker.fitting.stage2 import Stage2Options
     from flame_tracker.multiview.fit import MultiviewOptions
+    from flame_tracker.tracker import ImageOptions
     from flame_tracker.video.flow import FlowOptions
     from flame_tracker.video.pipeline import VideoOptions
     from flame_tracker.video.track import TrackOptions
 
-    return {"stage1": Stage1Options, "stage2": Stage2Options, "track": TrackOptions, "video": VideoOptions,
-            "flow": FlowOptions, "photometric": PhotometricOptions, "multiview": MultiviewOptions}
+    return {"image": ImageOptions, "stage1": Stage1Options, "stage2": Stage2Options, "track": TrackOptions,
+            "video": VideoOptions, "flow": FlowOptions, "photometric": PhotometricOptions,
+            "multiview": MultiviewOptions}
 
 
 def _default(section: str):
@@ -74,6 +78,7 @@ def _default(section: str):
 class Config:
     """Every section of the tree (see the module docstring); ``Config()`` is all defaults."""
 
+    image: Any = field(default_factory=lambda: _default("image"))
     stage1: Any = field(default_factory=lambda: _default("stage1"))
     stage2: Any = field(default_factory=lambda: _default("stage2"))
     track: Any = field(default_factory=lambda: _default("track"))
@@ -178,15 +183,15 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> tuple[A
             continue
         checked[key] = _coerce(value, hints[key], f"{where}: {name}")
         keys.add(name)
-        if name == "video.face":  # one spelling per choice (the run folder keys on it)
+        if name in ("video.face", "image.face"):  # one spelling per choice (the run folder keys on it)
             from flame_tracker.detection.search import FaceChoice
 
             try:
                 checked[key] = str(FaceChoice.parse(value))
             except ValueError as exc:
-                raise ConfigError(f"{where}: video.face: {exc}") from exc
+                raise ConfigError(f"{where}: {name}: {exc}") from exc
         if isinstance(checked[key], int) and not isinstance(checked[key], bool) and key in (
-                "every", "max_frames", "chunk", "max_iter", "n_keyframes") and checked[key] < 1:
+                "every", "max_frames", "chunk", "max_iter", "n_keyframes", "rounds") and checked[key] < 1:
             raise ConfigError(f"{where}: {name} must be at least 1, got {checked[key]}")
     return replace(obj, **checked), frozenset(keys)
 

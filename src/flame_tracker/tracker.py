@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -310,6 +310,23 @@ class _RoundsFit:
     iterations: dict[str, int]
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """How a photo is fitted (the ``[image]`` section of the configuration tree): its camera, the
+    points fitted, the rounds and which face. See :class:`Tracker` for each setting."""
+
+    image_fov: float | None = DEFAULT_IMAGE_FOV
+    fov: float = DEFAULT_FOV
+    principal_point: Literal["image", "crop"] = "image"
+    fov_mode: Literal["fixed", "per_frame"] = "fixed"
+    rounds: int = 2
+    init_from_blendshapes: bool = True
+    expr_prior: Literal["zero", "blendshapes"] | None = None
+    landmarks: Literal["68", "dense"] = "68"
+    landmark_embedding: Literal["detector", "views", "model"] = "detector"
+    face: str = "largest"
+
+
 class Tracker:
     """Fits a head model to single images. Reuse one tracker for many images (models load once).
 
@@ -317,6 +334,8 @@ class Tracker:
         model: a ``HeadModel``, a model file/folder path, or ``None`` for the open ICT model.
         device: torch device; ``None`` picks CUDA when available, else CPU.
         landmarker: path of MediaPipe's ``face_landmarker.task`` (``None``: default resolution).
+        options: :class:`ImageOptions` (all of the settings below from ``fov`` to ``face``); keyword
+            ``overrides`` of the same names replace single fields.
         fov: camera field of view in degrees (relative to the fitting crop; reference default 20°).
         fov_mode: ``"fixed"`` (default: one image cannot identify the FOV) or ``"per_frame"``.
         stage1: :class:`~flame_tracker.fitting.stage1.Stage1Options` (weights, ear gating, solver;
@@ -361,21 +380,23 @@ class Tracker:
         device: str | torch.device | None = None,
         *,
         landmarker: str | os.PathLike[str] | None = None,
-        fov: float = DEFAULT_FOV,
-        fov_mode: FovMode = "fixed",
+        options: ImageOptions | None = None,
         stage1: Stage1Options | None = None,
         stage2: Stage2Options | None = None,
-        rounds: int = 2,
-        init_from_blendshapes: bool = True,
-        principal_point: str = "image",
-        image_fov: float | None = DEFAULT_IMAGE_FOV,
-        landmark_embedding: str = "detector",
-        expr_prior: str | None = None,
-        landmarks: str = "68",
-        face: Any = "largest",
         verbose: bool = False,
+        **overrides: Any,
     ) -> None:
         from flame_tracker.model import HeadModel, load_model
+
+        known = {f.name for f in fields(ImageOptions)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InputError(f"Tracker: unknown setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}")
+        opts = replace(options or ImageOptions(), **overrides)
+        self.options = opts
+        fov, fov_mode, rounds, principal_point = opts.fov, opts.fov_mode, opts.rounds, opts.principal_point
+        image_fov, landmark_embedding, landmarks = opts.image_fov, opts.landmark_embedding, opts.landmarks
+        init_from_blendshapes, expr_prior, face = opts.init_from_blendshapes, opts.expr_prior, opts.face
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, HeadModel):

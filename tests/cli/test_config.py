@@ -43,7 +43,9 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
              "[video]\nface = \"bogus\"\n": "video.face",
              "[track.stage2]\nw_shpe = 1.0\n": "unknown setting track.stage2.w_shpe",
              "[track]\nstage1 = 3\n": "[track.stage1] must be a table",
-             "[stage1]\nsolver = \"gd\"\n": "stage1.solver"}
+             "[stage1]\nsolver = \"gd\"\n": "stage1.solver",
+             "[image]\nlandmarks = \"100\"\n": "image.landmarks",
+             "[image]\nrounds = 0\n": "at least 1"}
     for text, message in cases.items():
         (tmp_path / "bad.toml").write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -60,7 +62,7 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
 def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: Path, tmp_path: Path) -> None:
     """The file's stage-2 weight applies (the model's blendshape priors stay), an option given on
     the command line wins over the file, and the folder records every setting used."""
-    (tmp_path / "run.toml").write_text("[stage1]\nw_contour = 150\n"
+    (tmp_path / "run.toml").write_text("[image]\nimage_fov = 55\nface = \"Center\"\n[stage1]\nw_contour = 150\n"
                                        "[stage2]\nw_shape = 2.0\nloss = \"huber\"\nmax_iter = 12\n")
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "ffhq_00000.png"), "--out", str(out),
@@ -72,7 +74,17 @@ def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: 
     assert used["stage2"]["loss"] == "l1"  # the command line wins
     assert used["stage2"]["w_exp"] == 4.0  # the ICT model's own expression prior, recorded as used
     assert used["stage1"]["w_contour"] == 150.0 and used["stage1"]["w_lmk"] == 300.0
-    assert set(used) == {"stage1", "stage2", "photometric"}  # the sections this command uses
+    assert used["image"]["image_fov"] == 55.0 and used["image"]["face"] == "center"  # from the file
+    assert used["image"]["landmark_embedding"] == "detector" and used["image"]["rounds"] == 2  # defaults, recorded
+    assert set(used) == {"image", "stage1", "stage2", "photometric"}  # the sections this command uses
+    # --fov (the reference's crop FOV) replaces the picture's FOV and moves the principal point
+    res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "ffhq_00000.png"), "--out", str(out),
+                                    "--config", str(tmp_path / "run.toml"), "--fov", "20", "--no-mesh",
+                                    "--no-overlay"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((out / "flame_tracker_config.json").read_text())
+    assert used["image"]["image_fov"] is None and used["image"]["fov"] == 20.0
+    assert used["image"]["principal_point"] == "crop"
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def run_images(
     device: str | None = None,
     landmarker: str | None = None,
     fov: float | None = None,
-    image_fov: float = IMAGE_FOV,
+    image_fov: float | None = None,
     solver: str | None = None,
     loss: str | None = None,
     fit_shape: bool | None = None,
@@ -47,18 +47,20 @@ def run_images(
     overlay: bool = True,
     photometric: bool = False,
     same_person: bool = False,
-    landmarks: str = "68",
-    landmark_embedding: str = "detector",
-    face: str = "largest",
+    landmarks: str | None = None,
+    landmark_embedding: str | None = None,
+    face: str | None = None,
     all_faces: bool = False,
     verbose: bool = False,
     config=None,
 ) -> int:
     """Fit every image, write its outputs into ``out_dir``; return the number of failures.
 
-    ``config``: a :class:`flame_tracker.config.Config` (its ``stage1`` settings, and the ``stage2``
-    and ``photometric`` settings that were set explicitly, apply); ``solver``, ``loss``,
-    ``fit_shape``, ``fit_neck`` (None: from the config, else the model's defaults) override it. The settings used go to
+    ``config``: a :class:`flame_tracker.config.Config` (its ``image`` and ``stage1`` settings, and the
+    ``stage2`` and ``photometric`` settings that were set explicitly, apply); ``image_fov``,
+    ``landmarks``, ``landmark_embedding``, ``face`` (``[image]``), ``fov`` (the reference's FOV over
+    the fitting crop, which replaces ``image_fov``), ``solver``, ``loss``, ``fit_shape``,
+    ``fit_neck`` (``[stage2]``) override it when given. The settings used go to
     ``out_dir/flame_tracker_config.json``.
     Each failure prints one line ``error: <image>: <reason>`` and the others are still processed.
     """
@@ -72,13 +74,14 @@ def run_images(
     given = {k: v for k, v in (("solver", solver), ("loss", loss), ("fit_shape", fit_shape), ("fit_neck", fit_neck))
              if v is not None}
     config = config.with_values("stage2", given, "command line")
+    image_set = {k: v for k, v in (("image_fov", image_fov), ("landmarks", landmarks),
+                                   ("landmark_embedding", landmark_embedding), ("face", face)) if v is not None}
+    if fov is not None:  # over the fitting crop, the reference: replaces the image-level FOV
+        image_set.update(fov=fov, image_fov="none", principal_point="crop")
+    config = config.with_values("image", image_set, "command line")
 
     try:
-        # --fov (over the fitting crop, the reference) replaces the image-level FOV when given
-        tracker = Tracker(model, device, landmarker=landmarker, fov=20.0 if fov is None else fov,
-                          image_fov=image_fov if fov is None else None,
-                          principal_point="image" if fov is None else "crop", landmarks=landmarks,
-                          landmark_embedding=landmark_embedding, face=face, verbose=verbose)
+        tracker = Tracker(model, device, landmarker=landmarker, options=config.image, verbose=verbose)
     except (OSError, ValueError) as exc:
         # the message names the problem: a model file, an option, or a missing embedding
         raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
@@ -90,7 +93,7 @@ def run_images(
     tracker.stage1, tracker.stage2 = config.stage1, stage2
     photometric_set = config.set_in("photometric")
     try:
-        replace(config, stage2=stage2).save(Path(out_dir) / CONFIG_NAME, ("stage1", "stage2", "photometric"))
+        replace(config, stage2=stage2).save(Path(out_dir) / CONFIG_NAME, ("image", "stage1", "stage2", "photometric"))
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out_dir}: {exc}") from exc
     failures = 0
@@ -229,11 +232,12 @@ def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: st
     config = with_given(ctx, load_config(config_path), "stage2",
                         {"solver": "solver", "loss": "loss", "fit_shape": "fit_shape", "fit_neck": "fit_neck"},
                         {"solver": solver, "loss": loss, "fit_shape": fit_shape, "fit_neck": fit_neck})
-    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov,
-                          image_fov=image_fov, config=config,
+    config = with_given(ctx, config, "image", {k: k for k in ("image_fov", "landmarks", "landmark_embedding", "face")},
+                        {"image_fov": image_fov, "landmarks": landmarks, "landmark_embedding": landmark_embedding,
+                         "face": face})
+    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, config=config,
                           mesh=mesh, overlay=overlay, photometric=photometric, same_person=same_person,
-                          landmarks=landmarks, landmark_embedding=landmark_embedding, face=face, all_faces=all_faces,
-                          verbose=verbose)
+                          all_faces=all_faces, verbose=verbose)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")
     if failures:
         sys.exit(1)
