@@ -50,7 +50,6 @@ from flame_tracker.threads import cpu_threads
 # prior holds the brows of real faces away from their annotations (68-point NME on the annotated
 # photos 4.11 / 4.17 / 4.32 %, brows 4.7 / 5.6 / 6.9 %). 0.3 is the compromise.
 DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3)
-DEFAULT_IMAGE_FOV = IMAGE_FOV  # flame_tracker.defaults
 # Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
@@ -315,10 +314,10 @@ class ImageOptions:
     """How a photo is fitted (the ``[image]`` section of the configuration tree): its camera, the
     points fitted, the rounds and which face. See :class:`Tracker` for each setting."""
 
-    image_fov: float | None = DEFAULT_IMAGE_FOV
+    image_fov: float | None = IMAGE_FOV
     fov: float = DEFAULT_FOV
     principal_point: Literal["image", "crop"] = "image"
-    fov_mode: Literal["fixed", "per_frame"] = "fixed"
+    fov_mode: FovMode = "fixed"
     rounds: int = 2
     init_from_blendshapes: bool = True
     expr_prior: Literal["zero", "blendshapes"] | None = None

@@ -42,7 +42,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -118,8 +118,12 @@ def expression_priors(model: Any) -> dict[str, float]:
     return dict(REFERENCE_PRIORS)
 
 
-def with_model_priors(options: Stage2Options, model: Any) -> Stage2Options:
-    """``options`` with the expression priors left at None set to ``model``'s."""
+_Opts = TypeVar("_Opts")
+
+
+def with_model_priors(options: _Opts, model: Any) -> _Opts:
+    """``options`` (any options dataclass with ``w_exp`` and ``w_exp_l1``: stage 2, multi-view) with
+    the expression priors left at None set to ``model``'s."""
     priors = expression_priors(model)
     unset = {k: v for k, v in priors.items() if getattr(options, k) is None}
     return replace(options, **unset) if unset else options
@@ -996,7 +1000,7 @@ def fit_stage2(
     Returns:
         :class:`Stage2Result` with every parameter as ``[N, ...]`` tensors (detached).
     """
-    opts = with_model_priors(replace(options or Stage2Options(), **overrides), model)
+    opts = replace(options or Stage2Options(), **overrides)  # expression priors: resolved by _Problem
     dev, dt = model.v_template.device, model.v_template.dtype
     target, coeff, has_iris = _targets(model, lmks_ndc, iris_ndc, point_weights, opts)
     n = target.shape[0]

@@ -156,7 +156,7 @@ class _Problem:
     """Residuals of every timestep in every view, as a batched function of the parameters."""
 
     def __init__(self, model, rig: Rig, targets: np.ndarray, weights: np.ndarray, half: np.ndarray,
-                 expr_mean: np.ndarray, opts: MultiviewOptions, priors: dict[str, float]) -> None:
+                 expr_mean: np.ndarray, opts: MultiviewOptions) -> None:
         dt = torch.float64
         self.model, self.lay, self.opts = model, _Layout(model), opts
         self.K = torch.as_tensor(np.stack([c.K for c in rig.cameras]), dtype=dt)  # [C, 3, 3]
@@ -166,7 +166,8 @@ class _Problem:
         self.w = torch.as_tensor(weights, dtype=dt)  # [T, C, K] data weights (0: not used)
         self.half = torch.as_tensor(half, dtype=dt)  # [T, C]
         self.m = torch.as_tensor(expr_mean, dtype=dt)  # [T, E]
-        self.w_exp, self.w_l1 = priors["w_exp"], priors["w_exp_l1"]
+        assert opts.w_exp is not None and opts.w_exp_l1 is not None  # resolved: fitting.stage2.with_model_priors
+        self.w_exp, self.w_l1 = opts.w_exp, opts.w_exp_l1
         self.bounds = getattr(model, "expr_bounds", None)
         self.n_pts = targets.shape[2]
         # [T, C, K, 3] model-space offsets from the static points to where the detector puts them in
@@ -461,7 +462,7 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     ``blendshapes [T, C, 52]`` MediaPipe's scores (a prior for bounded models); ``views``: a
     :class:`~flame_tracker.model.embedding.ViewPoints` of the detector's view table, to fit each
     view's points where the detector puts them at that view's angle."""
-    from flame_tracker.fitting.stage2 import expr_from_blendshapes, expression_priors
+    from flame_tracker.fitting.stage2 import expr_from_blendshapes, with_model_priors
 
     opts = options or MultiviewOptions()
     lmks = np.asarray(lmks, np.float64)
@@ -497,11 +498,7 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
         base[n_pts:] = opts.w_iris / 10
     finite = np.isfinite(targets).all(-1)
     lay = _Layout(model)
-    priors = expression_priors(model)
-    if opts.w_exp is not None:
-        priors["w_exp"] = opts.w_exp
-    if opts.w_exp_l1 is not None:
-        priors["w_exp_l1"] = opts.w_exp_l1
+    opts = with_model_priors(opts, model)
     expr_mean = np.zeros((T, lay.E))
     if opts.blendshape_prior and blendshapes is not None and getattr(model, "expr_bounds", None) is not None:
         scores = expr_from_blendshapes(getattr(model, "expr_names", None), blendshape_names,
@@ -529,7 +526,7 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
         # the face (nose tip) faces it
         view = np.clip(facing[..., pset.nose:pset.nose + 1], 0.0, 1.0) ** opts.view_power
         weights = base[None, None] * used * view
-        prob = _Problem(m64, rig, targets[rows], weights, half[rows], expr_mean[rows], opts, priors)
+        prob = _Problem(m64, rig, targets[rows], weights, half[rows], expr_mean[rows], opts)
         if views is not None:
             xr = x.numpy() if _round else x0[rows]
             prob.off = torch.as_tensor(view_offsets(views, m64, xr, s_t.numpy(), lay, rig, K,
