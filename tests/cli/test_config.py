@@ -76,6 +76,7 @@ def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: 
     assert used["stage1"]["w_contour"] == 150.0 and used["stage1"]["w_lmk"] == 300.0
     assert used["image"]["image_fov"] == 55.0 and used["image"]["face"] == "center"  # from the file
     assert used["image"]["landmark_embedding"] == "detector" and used["image"]["rounds"] == 2  # defaults, recorded
+    assert used["image"]["expr_prior"] == "blendshapes"  # ICT's choice, recorded as used
     assert set(used) == {"image", "stage1", "stage2", "photometric"}  # the sections this command uses
     # --fov (the reference's crop FOV) replaces the picture's FOV and moves the principal point
     res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "ffhq_00000.png"), "--out", str(out),

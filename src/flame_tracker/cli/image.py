@@ -93,7 +93,9 @@ def run_images(
     tracker.stage1, tracker.stage2 = config.stage1, stage2
     photometric_set = config.set_in("photometric")
     try:
-        replace(config, stage2=stage2).save(Path(out_dir) / CONFIG_NAME, ("image", "stage1", "stage2", "photometric"))
+        # as used: the expression prior's centre the tracker chose for this model (None = model's)
+        used = replace(config, image=replace(config.image, expr_prior=tracker.expr_prior), stage2=stage2)
+        used.save(Path(out_dir) / CONFIG_NAME, ("image", "stage1", "stage2", "photometric"))
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out_dir}: {exc}") from exc
     failures = 0
