@@ -223,7 +223,7 @@ def test_multiview_bad_input_and_warnings(capture, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multiview_run_exports_every_camera_for_gaussian_avatars(capture, tmp_path: Path) -> None:
+def test_multiview_run_exports_every_camera_for_gaussian_avatars(capture, tmp_path: Path, monkeypatch) -> None:
     """A capture tracked with a FLAME-2023-format model (FLAME's topology, synthetic bases), exported
     in GaussianAvatars' multi-camera layout and read back as GaussianAvatars does (one field of view,
     OpenGL camera-to-world, the head's FLAME rotation and translation): the fitted landmarks of every
@@ -265,6 +265,26 @@ def test_multiview_run_exports_every_camera_for_gaussian_avatars(capture, tmp_pa
     # a one-camera format is refused for a multi-view run, with the reason
     res = CliRunner().invoke(main, ["export", str(run), "--format", "insta", "--out", str(tmp_path / "i")])
     assert res.exit_code == 1 and "takes one camera" in res.output and not (tmp_path / "i").exists()
+    # a camera without a frame at a timestep (as --sync timestamps gives): no picture, no mask and no
+    # entry there, and nothing else moves
+    import flame_tracker.multiview.capture as capture_module
+    from flame_tracker.export.multiview import export_multiview_gaussian_avatars, load_multiview_run
+
+    frames = capture_module.Capture.frames
+
+    def frames_without_one(self):
+        for ti, ts, images in frames(self):
+            yield ti, ts, [None if (ti, c) == (1, 3) else im for c, im in enumerate(images)]
+
+    monkeypatch.setattr(capture_module.Capture, "frames", frames_without_one)
+    ga2 = export_multiview_gaussian_avatars(load_multiview_run(run), model, tmp_path / "ga2", masks="model")
+    tf2 = json.loads((ga2 / "transforms.json").read_text())
+    assert len(tf2["frames"]) == 14
+    assert (1, 3) not in {(e["timestep_index"], e["camera_index"]) for e in tf2["frames"]}
+    assert not (ga2 / "images" / "00001_03.png").exists() and not (ga2 / "fg_masks" / "00001_03.png").exists()
+    assert (ga2 / "fg_masks" / "00001_04.png").read_bytes() == (ga / "fg_masks" / "00001_04.png").read_bytes()
+    assert sum(len(json.loads((ga2 / f"transforms_{k}.json").read_text())["frames"])
+               for k in ("train", "val", "test")) == 14
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ The cameras stay where the calibration puts them (camera-to-world in OpenGL axes
 GaussianAvatars reads one field of view (``camera_angle_x``) for all cameras and ignores ``cx``,
 ``cy``: every camera's frames are scaled about its principal point onto one shared camera (the
 median focal length, the principal point at the centre; black borders), exactly, as a pinhole camera
-with another focal length sees the same picture scaled. Splits: the first 70 % of the timesteps train
+with another focal length sees the same picture scaled. A camera without a frame at a timestep
+(``--sync timestamps``) has no picture and no entry there. Splits: the first 70 % of the timesteps train
 on every camera but one held out (the one nearest the rig's middle, when there are 3 or more), which
 is ``val`` over those timesteps; the rest ``test`` on every camera.
 """
@@ -130,16 +131,19 @@ def _write(run: MultiviewRun, model, cap, tmp: Path, shared, with_masks: bool) -
     if with_masks:
         (tmp / "fg_masks").mkdir()
     sil = _silhouettes(run, model, steps, shared) if with_masks else None
+    absent: set[tuple[int, int]] = set()  # (timestep, camera) without a frame
     for t, _, images in cap.frames():
         if t not in index:
             continue
         i = index[t]
         for c, image in enumerate(images):
-            if image is None:  # no frame of this camera at this time (--sync timestamps): black
-                image = np.zeros((cams[c].height, cams[c].width, 3), np.uint8)
+            mask = next(sil) if sil is not None else None
+            if image is None:  # no frame of this camera at this time (--sync timestamps): left out, as
+                absent.add((i, c))  # a black picture would teach the avatar a black head
+                continue
             save_png(tmp / "images" / f"{i:05d}_{c:02d}.png", warp_picture(image, float(s[c]), d[c], canvas))
-            if sil is not None:
-                save_png(tmp / "fg_masks" / f"{i:05d}_{c:02d}.png", next(sil))
+            if mask is not None:
+                save_png(tmp / "fg_masks" / f"{i:05d}_{c:02d}.png", mask)
     write_flame_params(tmp, model, a["shape"][:1], a["exp"][steps], a["head_pose"][steps], a["transl"][steps],
                        a["neck_pose"][steps], a["jaw_pose"][steps], a["eye_pose"][steps])
     w, h = (int(v) for v in canvas)
@@ -151,7 +155,7 @@ def _write(run: MultiviewRun, model, cap, tmp: Path, shared, with_masks: bool) -
                  "camera_id": cams[c].name, **intr, "transform_matrix": c2w[c].tolist(),
                  "file_path": f"images/{i:05d}_{c:02d}.png", "flame_param_path": f"flame_param/{i:05d}.npz",
                  **({"fg_mask_path": f"fg_masks/{i:05d}_{c:02d}.png"} if with_masks else {})}
-                for c in range(C)] for i, t in enumerate(steps)]
+                for c in range(C) if (i, c) not in absent] for i, t in enumerate(steps)]
     n_train = int(round(TRAIN_FRACTION * len(steps)))
     held = _held_out_camera(cams) if C >= 3 else None
     splits = {
