@@ -58,15 +58,11 @@ def head_motion(run: TrackedRun, model) -> tuple[np.ndarray, np.ndarray]:
 
     a = run.arrays
     head_rv, head_t = to_head_centric(torch.as_tensor(a["pose6"], dtype=torch.float64))  # X_cam = R X + t
-    with torch.no_grad():  # each frame's root joint (joints move with shape AND expression)
-        j0 = model.rest_joints(torch.as_tensor(a["shape"][:1], dtype=model.dtype),
-                               torch.as_tensor(a["exp"], dtype=model.dtype))[:, 0].double().cpu().numpy()  # [T, 3]
     from scipy.spatial.transform import Rotation
 
     r = Rotation.from_rotvec(head_rv.numpy()).as_matrix()
-    # FLAME: X_world = R (X - J0) + J0 + translation; the camera at (0, 0, 1): X_world = X_cam + e_z
-    transl = head_t.numpy() + np.array([0.0, 0.0, 1.0]) + np.einsum("nij,nj->ni", r, j0) - j0
-    return head_rv.numpy(), transl
+    # the camera at (0, 0, 1): X_world = X_cam + e_z
+    return head_rv.numpy(), model.root_translation(a["shape"][:1], a["exp"], r, head_t.numpy() + [0.0, 0.0, 1.0])
 
 
 def export_gaussian_avatars(run: TrackedRun, model, out_dir: str | Path, video: str | Path | None = None,

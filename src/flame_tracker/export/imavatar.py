@@ -49,7 +49,6 @@ def square_crop(run: TrackedRun) -> tuple[int, int, int]:
 
 def imavatar_frames(run: TrackedRun, model) -> tuple[dict, tuple[int, int, int]]:
     """The ``flame_params.json`` content and the square crop ``(x0, y0, side)``."""
-    import torch
     from scipy.spatial.transform import Rotation
 
     a = run.arrays
@@ -58,11 +57,8 @@ def imavatar_frames(run: TrackedRun, model) -> tuple[dict, tuple[int, int, int]]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2] - x0, K[1, 2] - y0
     w2c = a["w2c_opencv"].astype(np.float64)
     R_g = np.einsum("ij,njk->nik", _CV_TO_GL, w2c[:, :3, :3])  # the head's rotation in their camera
-    with torch.no_grad():
-        j0 = model.rest_joints(torch.as_tensor(a["shape"][:1], dtype=model.dtype),
-                               torch.as_tensor(a["exp"], dtype=model.dtype))[:, 0].double().cpu().numpy()
-    # 4 (R_g (X - J0) + J0) + T = 4 D (R X + t)  ->  T = 4 (D t - J0 + R_g J0)
-    T = SCALE * (w2c[:, :3, 3] @ _CV_TO_GL.T - j0 + np.einsum("nij,nj->ni", R_g, j0))
+    # 4 (R_g (X - J0) + J0) + T = 4 D (R X + t): T / 4 is FLAME's translation of X -> R_g X + D t
+    T = SCALE * model.root_translation(a["shape"][:1], a["exp"], R_g, w2c[:, :3, 3] @ _CV_TO_GL.T)
     glob = Rotation.from_matrix(R_g).as_rotvec()
     pose = np.concatenate([glob, a["neck_pose"], a["jaw_pose"], a["eye_pose"]], 1)
     expr = pad(a["exp"], N_EXPR)

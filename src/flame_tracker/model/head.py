@@ -368,6 +368,16 @@ class HeadModel(torch.nn.Module):
         joints = self._template[v3:] + coeffs @ self._dirs[v3:, :k].T
         return joints.view(N, self.n_joints, 3)
 
+    def root_translation(self, shape: np.ndarray, expr: np.ndarray, R: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """FLAME's global ``transl`` ``[T, 3]`` for the rigid motions ``x -> R x + u`` of the head
+        (``R [T, 3, 3]``, ``u [T, 3]``; ``shape [S]`` or ``[1, S]``, ``expr [T, E]``): FLAME rotates
+        about the root joint, ``x -> R (x - J0) + J0 + transl``, and J0 moves with shape and
+        expression, so ``transl = u + R J0 - J0``."""
+        with torch.no_grad():
+            j0 = self.rest_joints(torch.as_tensor(np.asarray(shape).reshape(1, -1), dtype=self.dtype),
+                                  torch.as_tensor(np.asarray(expr), dtype=self.dtype))[:, 0].double().cpu().numpy()
+        return np.asarray(u, np.float64) + np.einsum("tij,tj->ti", np.asarray(R, np.float64), j0) - j0
+
     # ------------------------------------------------------------------ evaluation
     def forward(
         self,

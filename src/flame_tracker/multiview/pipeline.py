@@ -104,14 +104,6 @@ def detect_views(tracker, frames, T: int, C: int, *, progress: bool = False) -> 
     return Detections(lmks, iris, seen, scores, tuple(BLENDSHAPE_NAMES), times, dense)
 
 
-def _flame_transl(model, shape: np.ndarray, expr: np.ndarray, R: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """FLAME's ``transl`` (rotation about the root joint) of the pose ``x_world = R x + u``."""
-    with torch.no_grad():
-        j0 = model.rest_joints(torch.as_tensor(shape[None], dtype=model.dtype),
-                               torch.as_tensor(expr, dtype=model.dtype))[:, 0].double().cpu().numpy()
-    return u + np.einsum("tij,tj->ti", R, j0) - j0
-
-
 def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detections
                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The per-timestep keys (module docstring) stacked over timesteps ``[T, ...]``, and the
@@ -140,7 +132,7 @@ def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detectio
         "shape": fit.shape[None].astype(np.float32),
         "exp": fit.expr.astype(np.float32),
         "head_pose": Rotation.from_matrix(R).as_rotvec().astype(np.float32),
-        "transl": _flame_transl(model, fit.shape, fit.expr, R, M[:, :3, 3]).astype(np.float32),
+        "transl": model.root_translation(fit.shape, fit.expr, R, M[:, :3, 3]).astype(np.float32),
         "jaw_pose": fit.jaw_pose.astype(np.float32),
         "neck_pose": np.zeros((T, 3), np.float32),
         "eye_pose": fit.eye_pose.astype(np.float32),
