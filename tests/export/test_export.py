@@ -586,3 +586,21 @@ def test_photo_results_of_several_identities(photo_results, shared_dir: Path, tm
                                     str(moved), "--out", str(tmp_path / "n")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "n" / "sequences" / "joint" / "images" / "cam_00.mp4").is_file()
+
+
+def test_warp_picture_downscales_without_aliasing_and_keeps_geometry() -> None:
+    """A picture scaled down onto the shared camera: a 1-pixel checkerboard becomes flat grey (not a
+    moire of aliased stripes), and a blob's centre lands at ``s p + d``."""
+    from flame_tracker.export.run import warp_picture
+
+    board = np.dstack([((np.indices((400, 400)).sum(0) % 2) * 255).astype(np.uint8)] * 3)
+    out = warp_picture(board, 0.3, np.array([0.0, 0.0]), (120, 120))[5:-5, 5:-5].astype(np.float64)
+    assert out.std() < 5.0 and abs(out.mean() - 127.5) < 3.0, (out.std(), out.mean())
+    blob = np.zeros((400, 400, 3), np.uint8)
+    yy, xx = np.indices((400, 400))
+    blob[(xx - 150.5) ** 2 + (yy - 220.5) ** 2 < 30 ** 2] = 255  # centre (151, 221) in pixel-edge units
+    d = np.array([7.0, 3.0])
+    out = warp_picture(blob, 0.4, d, (200, 200))[..., 0].astype(np.float64)
+    ys, xs = np.indices(out.shape)
+    centre = np.array([(out * (xs + 0.5)).sum(), (out * (ys + 0.5)).sum()]) / out.sum()
+    np.testing.assert_allclose(centre, 0.4 * np.array([151.0, 221.0]) + d, atol=0.05)

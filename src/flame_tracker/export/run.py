@@ -167,9 +167,10 @@ def warp_picture(image: np.ndarray, s: float, d: np.ndarray, canvas) -> np.ndarr
 
     # p' = s p + d in pixel-edge coordinates; OpenCV's are pixel centres (+0.5)
     m = np.array([[s, 0, d[0] + 0.5 * (s - 1)], [0, s, d[1] + 0.5 * (s - 1)]])
-    return cv2.warpAffine(image, m, (int(canvas[0]), int(canvas[1])),
-                          flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=0)
+    if s < 0.99:  # warpAffine samples (it has no area filter): low-pass first, or fine detail aliases
+        image = cv2.GaussianBlur(image, (0, 0), sigmaX=0.5 * (1.0 / s - 1.0))
+    return cv2.warpAffine(image, m, (int(canvas[0]), int(canvas[1])), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def shared_camera(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
