@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -159,7 +160,12 @@ class Config:
         default all)."""
         from flame_tracker.io.results import save_json
 
-        tree = self.to_dict()
+        def finite(v: Any) -> Any:  # JSON has no infinity: "inf" / "-inf" / "nan", read back by updated()
+            if isinstance(v, dict):
+                return {k: finite(x) for k, x in v.items()}
+            return _toml_value(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+        tree = finite(self.to_dict())
         return save_json(path, tree if sections is None else {k: tree[k] for k in sections})
 
 
@@ -234,6 +240,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r}; use one of {', '.join(map(repr, args))}")
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and value in ("inf", "-inf", "nan"):  # as config.json writes them
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -32,6 +32,20 @@ def test_the_printed_defaults_read_back_as_the_defaults(tmp_path: Path) -> None:
     assert Config().updated(json.loads(json.dumps(Config().to_dict()))) == Config()
 
 
+def test_an_infinite_setting_is_recorded_and_read_back(tmp_path: Path) -> None:
+    """``max_gap_s = inf`` (bridge every gap) survives config.json, which JSON alone would turn into
+    null, and the recorded file sets the same value again."""
+    (tmp_path / "run.toml").write_text("[track]\nmax_gap_s = inf\n[flow]\nmax_gap_s = -inf\n")
+    config = Config.load(tmp_path / "run.toml")
+    assert config.track.max_gap_s == float("inf") and config.flow.max_gap_s == -float("inf")
+    config.save(tmp_path / "config.json")
+    doc = json.loads((tmp_path / "config.json").read_text())
+    assert doc["track"]["max_gap_s"] == "inf" and doc["flow"]["max_gap_s"] == "-inf"
+    again = Config().updated(doc)
+    assert again.track.max_gap_s == float("inf") and again.flow.max_gap_s == -float("inf")
+    assert again.to_dict() == config.to_dict()
+
+
 def test_bad_settings_are_named(tmp_path: Path) -> None:
     cases = {"[stage2]\nw_shpe = 1.0\n": "unknown setting stage2.w_shpe",
              "[nope]\nx = 1\n": "unknown section [nope]",
