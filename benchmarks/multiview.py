@@ -7,7 +7,9 @@ detected with MediaPipe in every view (nothing taken from the truth), then fitte
 * by ``flame-tracker multiview`` (every view, one identity, the cameras known), and
 * view by view as a monocular video (``video.track.track_landmarks``, told the true field of view):
   the best single view (the camera whose identity came out closest to the truth) and the mean over
-  all views fitted independently.
+  all views fitted independently;
+* by the multi-view fit with the cameras estimated from the face (``multiview.estimate``: the field
+  of view given, the cameras' positions not).
 
 Errors: the neutral face (identity) against the truth over the face region after rigid alignment
 (mm), the head's rotation in the world (degrees), the expression (mean |w - w_true|, ICT).
@@ -15,7 +17,9 @@ Errors: the neutral face (identity) against the truth over the face region after
     python benchmarks/multiview.py [--subjects 4] [--cameras 6] [--steps 6]
 
 The last line: ``shape_mm_1view=… shape_mm_indep=… shape_mm_multiview=… rot_deg_1view=…
-rot_deg_multiview=… ratio=…`` (ratio = multi-view / best single view; target <= 0.5).
+rot_deg_multiview=… ratio=… shape_mm_estimated_cameras=…`` (ratio = multi-view / best single view;
+target <= 0.5). Before it, the real check: one person's photos fitted by ``--same-person`` and as a
+multi-view capture with estimated cameras (:func:`real_check`).
 """
 
 from __future__ import annotations
@@ -43,12 +47,50 @@ def monocular(fit_model, model, lmks, iris, seen, times, cam, blendshapes, names
     return ident.shape, R_world, fit.expr
 
 
+def real_check(tracker) -> dict[str, float]:
+    """The four annotated photos of one person (``images/gt68``, taken at different times) as a
+    one-timestep capture with the cameras estimated from the face, against ``--same-person`` on the
+    same photos: the two identities' distance (face region, mm) beside the distance to other people
+    (the other shared photos fitted alone)."""
+    import itertools
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from flame_tracker.evaluation.metrics import face_region_mask, mesh_distance_mm
+    from flame_tracker.evaluation.runs import neutral_vertices
+    from flame_tracker.multiview.pipeline import track_multiview
+    from flame_tracker.paths import data_dir
+
+    root = data_dir() / "images"
+    photos = sorted((root / "gt68").glob("*.png"))
+    others = sorted(root.glob("ffhq_*.png")) + [root / "woman.jpg", root / "300w_image_0010.png"]
+    model, mask = tracker.model, face_region_mask(tracker.model)
+
+    def dist(a, b) -> float:
+        return mesh_distance_mm(neutral_vertices(model, np.ravel(a)), neutral_vertices(model, np.ravel(b)), mask)
+
+    same = np.ravel(tracker.fit_same_person([str(p) for p in photos])[0].shape)
+    other = [np.ravel(tracker.fit_image(str(p)).shape) for p in others]
+    with tempfile.TemporaryDirectory() as tmp:
+        cap = Path(tmp) / "capture"
+        for i, p in enumerate(photos):
+            (cap / f"view_{i}").mkdir(parents=True)
+            shutil.copy(p, cap / f"view_{i}" / f"000000{p.suffix}")
+        track_multiview(cap, "estimate", Path(tmp) / "out", overlay=False, meshes=False)
+        mv = np.load(Path(tmp) / "out" / "tracking.npz")["shape"][0]
+    return {"same_vs_multiview": dist(same, mv), "same_vs_others": float(np.mean([dist(same, o) for o in other])),
+            "multiview_vs_others": float(np.mean([dist(mv, o) for o in other])),
+            "others_pairwise": float(np.mean([dist(a, b) for a, b in itertools.combinations(other, 2)]))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subjects", type=int, default=4)
     ap.add_argument("--cameras", type=int, default=6)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fov", type=float, default=30.0, help="the rig's field of view, for the estimated cameras")
     ap.add_argument("--points", choices=["68", "dense"], default="68",
                     help="the detector points the multi-view fit uses (68 iBUG, or MediaPipe's 468-point mesh)")
     args = ap.parse_args()
@@ -59,12 +101,13 @@ def main() -> None:
     from flame_tracker.evaluation.multiview import synthetic_capture
     from flame_tracker.evaluation.runs import neutral_vertices
     from flame_tracker.model.embedding import ViewPoints
+    from flame_tracker.multiview.estimate import fit_with_estimated_cameras, unplaced_rig
     from flame_tracker.multiview.fit import MultiviewOptions, PointSet, fit_multiview
     from flame_tracker.multiview.pipeline import detect_views
     from flame_tracker.tracker import Tracker
 
     rows = []
-    with Tracker() as tracker:
+    with Tracker() as tracker, Tracker(image_fov=args.fov) as est_tracker:
         model, fm = tracker.model, tracker.fit_model
         emb = tracker._embedding
         if args.points == "dense":
@@ -76,7 +119,8 @@ def main() -> None:
             mv_model, views, pset = fm, ViewPoints(model, emb), None
         mask = face_region_mask(model)
         print(f"{'subject':>7} {'views seen':>10} {'mean face':>9} {'best 1 view':>11} {'all views indep.':>16} "
-              f"{'multi-view':>10} | {'rot 1 view':>10} {'rot multi':>9} | {'expr 1v':>7} {'expr mv':>7} {'fit s':>6}")
+              f"{'multi-view':>10} | {'rot 1 view':>10} {'rot multi':>9} | {'expr 1v':>7} {'expr mv':>7} "
+              f"{'fit s':>6} | {'est. cams':>9} {'est s':>6}")
         for k in range(args.subjects):
             seed = args.seed + k
             cap = synthetic_capture(model, args.cameras, args.steps, seed=seed)
@@ -93,6 +137,17 @@ def main() -> None:
             mv_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(fit.rotvec[t]).as_matrix(), cap.rotation[t])
                               for t in range(T) if fit.valid[t]])
             mv_expr = float(np.abs(fit.expr - cap.expr)[fit.valid].mean())
+            # the same views with the cameras estimated from the face (intrinsics from the rig's field of
+            # view; the extrinsics not given)
+            t0 = time.perf_counter()
+            rig0 = unplaced_rig([(c.name, c.width, c.height) for c in cap.rig.cameras], args.fov)
+            _, est_fit = fit_with_estimated_cameras(
+                est_tracker, rig0, det, lambda rig: fit_multiview(
+                    mv_model, rig, pts, det.seen, iris=det.iris, blendshapes=det.blendshapes,
+                    blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views, points=pset),
+                rounds=MultiviewOptions().camera_rounds)
+            est_s = time.perf_counter() - t0
+            est_shape = mesh_distance_mm(neutral_vertices(model, est_fit.shape), truth, mask)
             singles = []
             for c, cam in enumerate(cap.rig.cameras):
                 if det.seen[:, c].sum() < 2:
@@ -107,18 +162,28 @@ def main() -> None:
             best = singles[np.argmin(singles[:, 0])]
             row = dict(mean_face=mesh_distance_mm(neutral_vertices(model, np.zeros(model.n_shape)), truth, mask),
                        shape_1view=best[0], shape_indep=singles[:, 0].mean(), shape_mv=mv_shape,
-                       rot_1view=best[1], rot_mv=mv_rot, expr_1view=best[2], expr_mv=mv_expr, fit_s=fit_s)
+                       rot_1view=best[1], rot_mv=mv_rot, expr_1view=best[2], expr_mv=mv_expr, fit_s=fit_s,
+                       shape_est=est_shape, est_s=est_s)
             rows.append(row)
             print(f"{seed:>7} {int(det.seen.sum()):>5}/{T * C:<4} {row['mean_face']:>9.2f} {row['shape_1view']:>11.2f} "
                   f"{row['shape_indep']:>16.2f} {row['shape_mv']:>10.2f} | {row['rot_1view']:>10.2f} "
-                  f"{row['rot_mv']:>9.2f} | {row['expr_1view']:>7.3f} {row['expr_mv']:>7.3f} {fit_s:>6.2f}", flush=True)
+                  f"{row['rot_mv']:>9.2f} | {row['expr_1view']:>7.3f} {row['expr_mv']:>7.3f} {fit_s:>6.2f} | "
+                  f"{est_shape:>9.2f} {est_s:>6.1f}", flush=True)
+        real = real_check(tracker)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     print(f"{'mean':>7} {'':>10} {mean['mean_face']:>9.2f} {mean['shape_1view']:>11.2f} {mean['shape_indep']:>16.2f} "
           f"{mean['shape_mv']:>10.2f} | {mean['rot_1view']:>10.2f} {mean['rot_mv']:>9.2f} | "
-          f"{mean['expr_1view']:>7.3f} {mean['expr_mv']:>7.3f} {mean['fit_s']:>6.2f}")
+          f"{mean['expr_1view']:>7.3f} {mean['expr_mv']:>7.3f} {mean['fit_s']:>6.2f} | {mean['shape_est']:>9.2f} "
+          f"{mean['est_s']:>6.1f}")
+    print("\nReal photos: the four gt68 photos of one person (taken at different times), identity from "
+          "--same-person and from a one-timestep multi-view fit with the cameras estimated from the face (mm, "
+          f"face region): {real['same_vs_multiview']:.2f} apart; to the other people's single-photo identities: "
+          f"{real['same_vs_others']:.2f} (same-person) / {real['multiview_vs_others']:.2f} (multi-view); other "
+          f"people among themselves: {real['others_pairwise']:.2f}")
     print(f"shape_mm_1view={mean['shape_1view']:.3f} shape_mm_indep={mean['shape_indep']:.3f} "
           f"shape_mm_multiview={mean['shape_mv']:.3f} rot_deg_1view={mean['rot_1view']:.3f} "
-          f"rot_deg_multiview={mean['rot_mv']:.3f} ratio={mean['shape_mv'] / mean['shape_1view']:.3f}")
+          f"rot_deg_multiview={mean['rot_mv']:.3f} ratio={mean['shape_mv'] / mean['shape_1view']:.3f} "
+          f"shape_mm_estimated_cameras={mean['shape_est']:.3f}")
 
 
 if __name__ == "__main__":

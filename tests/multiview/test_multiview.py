@@ -223,6 +223,52 @@ def test_multiview_bad_input_and_warnings(capture, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_cameras_estimated_from_the_face(capture, tmp_path: Path) -> None:
+    """``--cameras estimate`` on the rendered capture (its calibration ignored): every camera placed
+    relative to the reference within 8 degrees and 15 % of the true baseline, the landmarks fitted
+    about as well as with the calibration, and the identity closer to the truth than the mean face."""
+    from flame_tracker.evaluation.metrics import face_region_mask, mesh_distance_mm, rotation_error_deg
+    from flame_tracker.evaluation.runs import neutral_vertices
+    from flame_tracker.model import load_model
+
+    root, cap = capture
+    out = tmp_path / "est"
+    res = CliRunner().invoke(main, ["multiview", str(root), "--cameras", "estimate", "--image-fov", "30",
+                                    "--out", str(out), "--quiet", "--no-overlay", "--no-meshes"])
+    assert res.exit_code == 0, res.output
+    assert "estimated from the face" in res.output and "placed relative to" in res.output, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    ref = summary["camera_estimate"]["reference"]
+    truth, est = load_cameras(root / "cameras.json"), load_cameras(out / "cameras.json")
+    assert est.names == truth.names
+    r = truth.names.index(ref)
+    for c in range(len(truth)):
+        if c == r:
+            continue
+        a_true = truth.cameras[c].w2c() @ np.linalg.inv(truth.cameras[r].w2c())
+        a_est = est.cameras[c].w2c() @ np.linalg.inv(est.cameras[r].w2c())
+        assert rotation_error_deg(a_est[:3, :3], a_true[:3, :3]) < 8.0, c
+        base = np.linalg.norm(a_true[:3, 3])
+        assert abs(np.linalg.norm(a_est[:3, 3]) - base) < 0.15 * base, c
+    reproj = [v for v in summary["reproj_px_per_camera"].values() if v is not None]
+    assert max(reproj) < 15.0, reproj
+    model = load_model()
+    mask = face_region_mask(model)
+    shape = np.load(out / "tracking.npz")["shape"][0]
+    true_neutral = neutral_vertices(model, cap.shape)
+    assert (mesh_distance_mm(neutral_vertices(model, shape), true_neutral, mask)
+            < mesh_distance_mm(neutral_vertices(model, np.zeros_like(shape)), true_neutral, mask))
+    # a folder with one camera cannot place cameras
+    one = tmp_path / "one"
+    (one / "cam_00").mkdir(parents=True)
+    first = sorted((root / "cam_00").iterdir())[0]
+    (one / "cam_00" / "000000.png").write_bytes(first.read_bytes())
+    res = CliRunner().invoke(main, ["multiview", str(one), "--cameras", "estimate", "--out", str(tmp_path / "o1"),
+                                    "--quiet"])
+    assert res.exit_code == 1 and "at least 2" in res.output, res.output
+
+
+@pytest.mark.slow
 def test_multiview_run_exports_every_camera_for_gaussian_avatars(capture, tmp_path: Path, monkeypatch) -> None:
     """A capture tracked with a FLAME-2023-format model (FLAME's topology, synthetic bases), exported
     in GaussianAvatars' multi-camera layout and read back as GaussianAvatars does (one field of view,

@@ -7,13 +7,17 @@ from pathlib import Path
 import click
 
 from flame_tracker.cli.options import config_option, given, load_config
+from flame_tracker.defaults import IMAGE_FOV
 
 
 @click.command("multiview")
 @click.argument("capture", type=click.Path(path_type=Path))
-@click.option("--cameras", "-c", required=True, type=click.Path(path_type=Path),
+@click.option("--cameras", "-c", required=True,
               help="Calibration: cameras.json (OpenCV K, world-to-camera R, t, width, height, optional dist per "
-              "camera) or a NeRF/VHAP transforms.json (OpenGL camera-to-world).")
+              "camera) or a NeRF/VHAP transforms.json (OpenGL camera-to-world); or 'estimate' to place the "
+              "cameras from the face in every view (uncalibrated rigs, photos of one pose from several sides).")
+@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=click.FloatRange(1.0, 170.0),
+              help="With --cameras estimate: each picture's field of view over its longer side (degrees).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results (created if missing).")
 @click.option("--unit", type=click.Choice(["m", "cm", "mm"]), default="m", show_default=True,
@@ -40,13 +44,15 @@ from flame_tracker.cli.options import config_option, given, load_config
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 @click.pass_context
-def multiview(ctx: click.Context, capture: Path, cameras: Path, out_dir: Path, unit: str, model: str | None,
-              landmarker: str | None, sync: str, every: int, max_frames: int | None, fps: float | None,
-              smooth: bool | None, overlay: bool, meshes: bool, quiet: bool, config_path: Path | None) -> None:
+def multiview(ctx: click.Context, capture: Path, cameras: str, image_fov: float, out_dir: Path, unit: str,
+              model: str | None, landmarker: str | None, sync: str, every: int, max_frames: int | None,
+              fps: float | None, smooth: bool | None, overlay: bool, meshes: bool, quiet: bool,
+              config_path: Path | None) -> None:
     """Fit one head per timestep and one identity to CAPTURE, a folder with one sub-folder of images
     (CAPTURE/cam_00/000000.png ...) or one video (CAPTURE/cam_00.mp4) per camera of the calibration,
-    synchronised by frame index (or --sync timestamps). The cameras are fixed and known; every view that sees the face
-    contributes the landmarks it sees. Writes into --out: frames/<t>.npz and tracking.npz (head pose
+    synchronised by frame index (or --sync timestamps). The cameras are fixed and known (or, with --cameras
+    estimate, placed from the face in every view first); every view that sees the face contributes the
+    landmarks it sees. Writes into --out: frames/<t>.npz and tracking.npz (head pose
     in world coordinates, per-camera K and model-to-camera matrices, landmarks), meshes/, overlay/,
     cameras.json, summary.json.
     """
@@ -64,7 +70,7 @@ def multiview(ctx: click.Context, capture: Path, cameras: Path, out_dir: Path, u
             summary = track_multiview(capture, cameras, out_dir, model=model, unit=unit, every=every,
                                       max_frames=max_frames, fps=fps, smooth=smooth, sync=sync,
                                       options=config.multiview, overlay=overlay, meshes=meshes,
-                                      progress=not quiet, landmarker=landmarker)
+                                      progress=not quiet, landmarker=landmarker, image_fov=image_fov)
         except MultiviewError as exc:
             raise click.ClickException(str(exc)) from exc
         except (OSError, ValueError) as exc:
@@ -73,6 +79,11 @@ def multiview(ctx: click.Context, capture: Path, cameras: Path, out_dir: Path, u
         if w.category is UserWarning:
             click.echo(f"warning: {w.message}", err=True)
     click.echo(f"calibration: {summary['calibration']}")
+    if summary.get("camera_estimate"):
+        spread = ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} -"
+                           for k, v in summary["camera_estimate"]["spread_deg"].items())
+        click.echo(f"cameras placed relative to {summary['camera_estimate']['reference']}; disagreement between "
+                   f"timesteps (degrees): {spread}")
     errs = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in summary["reproj_px_per_camera"].items())
     click.echo(f"{summary['timesteps_with_face']}/{summary['n_timesteps']} timesteps fitted from "
                f"{summary['n_cameras']} cameras (mean 68-point error px: {errs}) -> {out_dir}")

@@ -3,7 +3,7 @@ identity for the capture, write the results.
 
 Output folder::
 
-    cameras.json            the calibration as read (OpenCV world-to-camera, metres)
+    cameras.json            the calibration as read, or as estimated (OpenCV world-to-camera, metres)
     detections.npz          every view's landmarks (kept: a rerun with the same capture skips detection)
     frames/{t:06d}.npz      per timestep (keys below)
     tracking.npz            the same keys stacked over timesteps
@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.multiview.cameras import MultiviewError, Rig, load_cameras
 from flame_tracker.multiview.capture import Capture, open_capture
+from flame_tracker.multiview.estimate import capture_cameras, fit_with_estimated_cameras
 from flame_tracker.multiview.fit import MultiviewFit, MultiviewOptions, fit_multiview
 
 
@@ -67,7 +69,6 @@ class Detections:
                            z["times"], z["dense"])
         except (OSError, ValueError, KeyError):
             return None
-
 
 def detect_capture(tracker, capture: Capture, *, progress: bool = False) -> Detections:
     """Detect the face in every view of every timestep of ``capture``."""
@@ -193,11 +194,14 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
                     unit: str = "m", every: int = 1, max_frames: int | None = None, fps: float | None = None,
                     sync: str = "index",
                     options: MultiviewOptions | None = None, smooth: bool | None = None, overlay: bool = True,
-                    meshes: bool = True, progress: bool = False, landmarker: str | None = None) -> dict:
-    """Track a calibrated capture (see the module docstring); returns the summary. ``fps``: the
-    rate of image folders (default 30); ``sync``: pair the videos' frames by ``"index"`` or
-    ``"timestamps"``; ``smooth``: over time (None: for videos, and for image folders given their
-    ``fps``). Raises
+                    meshes: bool = True, progress: bool = False, landmarker: str | None = None,
+                    image_fov: float = IMAGE_FOV) -> dict:
+    """Track a calibrated capture (see the module docstring); returns the summary. ``cameras``: the
+    calibration file, or ``"estimate"`` to place the cameras from the face in every view
+    (:mod:`flame_tracker.multiview.estimate`, each picture seen at ``image_fov`` degrees over its
+    longer side). ``fps``: the rate of image folders (default 30); ``sync``: pair the videos'
+    frames by ``"index"`` or ``"timestamps"``; ``smooth``: over time (None: for videos, and for
+    image folders given their ``fps``). Raises
     :class:`~flame_tracker.multiview.cameras.MultiviewError` for bad input."""
     from flame_tracker.io.mesh import save_obj
     from flame_tracker.io.results import save_image, save_json, save_npz
@@ -206,11 +210,10 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
 
     t_start = time.perf_counter()
     out = Path(out_dir)
-    rig = load_cameras(cameras, unit)
+    estimate = str(cameras) == "estimate"
+    rig = capture_cameras(capture_dir, image_fov) if estimate else load_cameras(cameras, unit)
     capture = open_capture(capture_dir, rig, every=every, max_frames=max_frames, fps=fps or 30.0, sync=sync)
     opts = options or MultiviewOptions()
-    from dataclasses import replace
-
     # videos are sequences; image folders only when their rate is given
     auto = capture.kind == "videos" or fps is not None
     opts = replace(opts, smooth=auto if smooth is None else smooth)
@@ -218,12 +221,14 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     manifest = out / "manifest.json"
     if manifest.exists():
         manifest.unlink()  # incomplete until this run finishes
-    rig.save(out / "cameras.json")
+    if not estimate:
+        rig.save(out / "cameras.json")
     from flame_tracker.config import Config
 
     Config(multiview=opts).save(out / "config.json", ("multiview",))
     timings: dict[str, float] = {}
-    with Tracker(model, landmarker=landmarker) as tracker:
+    camera_estimate = None
+    with Tracker(model, landmarker=landmarker, image_fov=image_fov) as tracker:
         key = json.dumps({"capture": str(Path(capture_dir).resolve()), "cameras": rig.names, "every": every,
                           "n": capture.n_frames, "kind": capture.kind, "sync": sync})
         t0 = time.perf_counter()
@@ -238,8 +243,20 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
         emb = getattr(tracker, "_embedding", None)
         views = ViewPoints(tracker.model, emb) if emb is not None else None
         t0 = time.perf_counter()
-        fit = fit_multiview(tracker.fit_model, rig, det.lmks, det.seen, iris=det.iris, times=det.times,
-                            blendshapes=det.blendshapes, blendshape_names=det.names, options=opts, views=views)
+
+        def fit_all(rig: Rig) -> MultiviewFit:
+            return fit_multiview(tracker.fit_model, rig, det.lmks, det.seen, iris=det.iris, times=det.times,
+                                 blendshapes=det.blendshapes, blendshape_names=det.names, options=opts, views=views)
+
+        if estimate:  # cameras placed from the face, then heads and cameras in turn
+            est, fit = fit_with_estimated_cameras(tracker, rig, det, fit_all, rounds=opts.camera_rounds)
+            rig = est.rig
+            capture = replace(capture, rig=rig)
+            rig.save(out / "cameras.json")
+            camera_estimate = {"reference": est.reference, "world_timestep": est.world_timestep,
+                               "spread_deg": est.spread_deg, "views_used": est.views_used}
+        else:
+            fit = fit_all(rig)
         timings["fit_s"] = time.perf_counter() - t0
         notes += fit.notes
         for n in notes:
@@ -273,7 +290,8 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
         "views_seen": {c.name: int(det.seen[:, i].sum()) for i, c in enumerate(rig.cameras)},
         "reproj_px_per_camera": {c.name: (float(np.nanmean(reproj[:, i])) if det.seen[:, i].any() else None)
                                  for i, c in enumerate(rig.cameras)},
-        "head_scale_vs_model": fit.scale_ratio, "warnings": notes, "iterations": fit.iterations,
+        "head_scale_vs_model": fit.scale_ratio, "camera_estimate": camera_estimate, "warnings": notes,
+        "iterations": fit.iterations,
         "timings_s": {**{k: round(v, 3) for k, v in timings.items()},
                       "total_s": round(time.perf_counter() - t_start, 3)},
     }
