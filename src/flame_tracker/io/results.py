@@ -14,6 +14,7 @@ Unit rule for the npz (see README "Outputs"):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -89,12 +90,16 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], compress: 
             raise TypeError(f"npz key {key!r} holds Python objects; store plain arrays only")
 
     def _write(tmp: Path) -> None:
+        save = np.savez_compressed if compress else np.savez
+        if sum(v.nbytes for v in clean.values()) < 8 << 20:
+            # small files (a video's per-frame results): zipfile's many small writes to a file cost
+            # more than the archive itself (2.3 ms against 0.9 ms for 36 keys); build it in memory
+            buf = io.BytesIO()
+            save(buf, **clean)  # type: ignore[arg-type]  (numpy's stubs type the keyword arrays as bool)
+            tmp.write_bytes(buf.getbuffer())
+            return
         with open(tmp, "wb") as fh:
-            # (numpy's stubs type the arrays passed as keywords as bool)
-            if compress:
-                np.savez_compressed(fh, **clean)  # type: ignore[arg-type]
-            else:
-                np.savez(fh, **clean)  # type: ignore[arg-type]
+            save(fh, **clean)  # type: ignore[arg-type]
 
     return atomic_write(path, _write)
 
