@@ -40,7 +40,7 @@ def textured_canvas(width: int, height: int, seed: int = 0) -> np.ndarray:
     out = np.zeros((height, width, 3), np.float32)
     for cells in (4, 16, 64):
         noise = rng.uniform(0, 255, (cells * height // width + 1, cells, 3)).astype(np.float32)
-        out += cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC) / 3.0
+        out += np.asarray(cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC), np.float32) / 3.0
     return np.clip(out, 0, 255).astype(np.uint8)
 
 

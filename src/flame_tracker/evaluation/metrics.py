@@ -84,7 +84,8 @@ def outer_interocular(lmks68: np.ndarray) -> float:
 def identity_ratio(neutrals: list[np.ndarray], person: list[str], mask: np.ndarray) -> tuple[float, float, float]:
     """(ratio, same, different): mean rigid-aligned face distance (mm) between fits of the same
     person, between different people, and their ratio (lower is better; 1 = no identity at all)."""
-    same, diff = [], []
+    same: list[float] = []
+    diff: list[float] = []
     for i in range(len(neutrals)):
         for j in range(i + 1, len(neutrals)):
             d = mesh_distance_mm(neutrals[i], neutrals[j], mask)

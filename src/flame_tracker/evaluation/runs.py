@@ -238,7 +238,10 @@ class ClipExpressions:
         """Channels with a fitted mean above 0.3 where MediaPipe's matching mean is below 0.1."""
         from flame_tracker.fitting.stage2 import expr_from_blendshapes
 
-        mp = expr_from_blendshapes(expr_names, self.score_names, self.scores).numpy()
+        scores = expr_from_blendshapes(expr_names, self.score_names, self.scores)
+        if scores is None:  # a model without named expressions: nothing to compare
+            return []
+        mp = scores.numpy()
         matched = [i for i in range(len(expr_names)) if np.any(mp[:, i] > 0)]
         return [expr_names[i] for i in matched if self.expr[:, i].mean() > 0.3 and mp[:, i].mean() < 0.1]
 

@@ -27,6 +27,7 @@ from flame_tracker.model.embedding import (
     ViewPoints,
     view_yaw_deg,
 )
+from flame_tracker.model.head import HeadModel
 
 # Dense point weights: 1 / (spread² + SPREAD_FLOOR_MM²), so the steadiest points do not take over.
 SPREAD_FLOOR_MM = 1.5
@@ -36,7 +37,7 @@ class ViewCorrection:
     """Offsets (crop NDC) that move detections of ``points`` (:data:`~flame_tracker.model.embedding.IBUG68`
     or :data:`~flame_tracker.model.embedding.DENSE`) into the static embedding's convention."""
 
-    def __init__(self, model: torch.nn.Module, emb: ViewEmbedding, points: slice = IBUG68, *,
+    def __init__(self, model: HeadModel, emb: ViewEmbedding, points: slice = IBUG68, *,
                  contour_only: bool = True) -> None:
         self.points = ViewPoints(model, emb, points)
         # Which points move with the view: the face outline only (a sliding contour, like FLAME's
@@ -52,7 +53,7 @@ class ViewCorrection:
                 moving[:17] = True
             else:
                 moving[torch.as_tensor(FACE_OVAL)] = True
-            self.moving = moving.to(model.device)
+            self.moving = moving.to(model.v_template.device)
 
     @staticmethod
     def yaw(static: Tensor, pose6: Tensor) -> Tensor:
@@ -72,6 +73,7 @@ class ViewCorrection:
             static = static.expand(n, -1, -1)
             yaw = self.yaw(static, pose6)
             _, viewed = self.points(params, yaw)
+            assert viewed is not None  # given a yaw, the view-table points come back
             viewed = viewed.expand(n, -1, -1)
             p_static = project_ndc(static, pose6, fov)
             p_view = project_ndc(viewed, pose6, fov)

@@ -67,8 +67,10 @@ class LandmarkTrack:
 
     def row_of(self, frame: int) -> int | None:
         """Row holding video frame ``frame``, or None when the file has no entry for it."""
-        i = int(np.searchsorted(self.frame_index, frame))
-        return i if i < len(self) and self.frame_index[i] == frame else None
+        index = self.frame_index
+        assert index is not None  # set by __post_init__
+        i = int(np.searchsorted(index, frame))
+        return i if i < len(self) and index[i] == frame else None
 
     @classmethod
     def from_detections(
@@ -89,7 +91,7 @@ class LandmarkTrack:
 
 def _array(name: str, value: Any, n: int | None, src: str, dtype: type = np.float32) -> np.ndarray:
     try:
-        a = np.asarray(value, dtype=dtype)
+        a: np.ndarray = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise LandmarksFileError(f"{src}: '{name}' is not numeric ({exc}).") from exc
     if n is not None and len(a) != n:
@@ -241,14 +243,17 @@ def save_landmarks(path: str | os.PathLike[str], track: LandmarkTrack) -> Path:
         return [None if not np.isfinite(q).all() else [float(q[0]), float(q[1])] for q in a]
 
     frames = []
+    index, valid, ears_conf = track.frame_index, track.valid, track.ears_conf
+    assert index is not None and valid is not None  # set by __post_init__
     for i in range(len(track)):
-        fr: dict[str, Any] = {"frame": int(track.frame_index[i])}
-        fr["lmks68"] = pts(track.lmks68[i]) if track.valid[i] else None
+        fr: dict[str, Any] = {"frame": int(index[i])}
+        fr["lmks68"] = pts(track.lmks68[i]) if valid[i] else None
         if track.iris is not None and np.isfinite(track.iris[i]).any():
             fr["iris"] = pts(track.iris[i])
         if track.ears is not None and np.isfinite(track.ears[i]).any():
             fr["ears"] = pts(track.ears[i])
-            fr["ears_conf"] = [float(c) for c in track.ears_conf[i]]
+            assert ears_conf is not None  # set with the ears by __post_init__
+            fr["ears_conf"] = [float(c) for c in ears_conf[i]]
         frames.append(fr)
     doc = {"image_size": list(track.image_size) if track.image_size else None, "frames": frames}
     p.write_text(json.dumps(doc), encoding="utf-8")

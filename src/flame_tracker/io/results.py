@@ -95,7 +95,7 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], compress: 
             # small files (a video's per-frame results): zipfile's many small writes to a file cost
             # more than the archive itself (2.3 ms against 0.9 ms for 36 keys); build it in memory
             buf = io.BytesIO()
-            save(buf, **clean)  # type: ignore[arg-type]  (numpy's stubs type the keyword arrays as bool)
+            save(buf, **clean)  # type: ignore[arg-type]  # numpy's stubs type the keyword arrays as bool
             tmp.write_bytes(buf.getbuffer())
             return
         with open(tmp, "wb") as fh:

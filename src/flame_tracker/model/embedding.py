@@ -239,7 +239,10 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
     faces = model.faces.cpu().numpy()
     template = model.v_template.detach().cpu().double().numpy()
     n_pts = N_MP + 68
-    yaws, pitches, pts, oks = [], [], [], []
+    yaws: list[float] = []
+    pitches: list[float] = []
+    hits: list[np.ndarray] = []  # per render: each point's surface place [P, 3]
+    oks: list[np.ndarray] = []
     it = specs
     if progress:
         from tqdm import tqdm
@@ -255,7 +258,7 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
         fr = rasterize(torch.as_tensor(vpx)[None], model.faces.cpu(), spec.height, spec.width)
         image_pts = np.concatenate([det.points478[:, :2], det.lmks68]).astype(np.float64)
         tri, bary, ok = _surface_points(vpx, faces, fr.face_idx[0].numpy(), image_pts)
-        pts.append(np.einsum("pi,pij->pj", bary, template[faces[np.maximum(tri, 0)]]))
+        hits.append(np.einsum("pi,pij->pj", bary, template[faces[np.maximum(tri, 0)]]))
         oks.append(ok)
         centre = truth.R @ truth.lmks68_3d.mean(0) + truth.t
         yaws.append(float(view_yaw_deg(torch.as_tensor(truth.R)[None], torch.as_tensor(centre)[None])[0]))
@@ -263,7 +266,7 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
     if len(yaws) < 8:
         raise StepError("derive_detector_embedding: the detector found too few faces in the renders")
     # [R], [R], [R, P, 3], [R, P]
-    yaw, pitch, pts, ok = np.asarray(yaws), np.asarray(pitches), np.stack(pts), np.stack(oks)
+    yaw, pitch, pts, ok = np.asarray(yaws), np.asarray(pitches), np.stack(hits), np.stack(oks)
     contour = _contour(n_pts)
 
     def median_of(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

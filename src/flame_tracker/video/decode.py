@@ -220,6 +220,7 @@ class VideoReader:
                     rot_k = _rotation_of(frame) // 90
                     size = (max(1, round(frame.width * self.scale)),
                             max(1, round(frame.height * self.scale)))
+                img: np.ndarray
                 if self.scale != 1.0:
                     img = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
                 else:

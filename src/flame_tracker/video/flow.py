@@ -217,11 +217,11 @@ def track_direction(surface: HeadSurface, grays: list[np.ndarray], K: np.ndarray
     rvec, tvec = cv2.Rodrigues(R0)[0], t0.reshape(3, 1).copy()
     pts = pts.astype(np.float32)
     n_seed = len(obj)
-    lk = dict(winSize=(opts.lk_window, opts.lk_window), maxLevel=opts.lk_levels,
-              criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
     for k in range(n):
         prev, cur = grays[k], grays[k + 1]
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, **lk)
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, winSize=(opts.lk_window, opts.lk_window),
+                                              maxLevel=opts.lk_levels, criteria=criteria)
         # no forward-backward check: it doubled the cost, and the robust pose solve drops what it
         # would have (4 synthetic turns: 6.9° with it, 4.7° without, both with RANSAC then)
         good = st.ravel() == 1
@@ -280,9 +280,29 @@ def frames_in_memory(images) -> FrameSource:
     return lambda rows, scale: {int(r): grey(images[int(r)], scale) for r in rows}
 
 
-def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None = None) -> np.ndarray:
-    """Every row :func:`flow_through_gaps` will ask its frame source for (decode them in one pass)."""
-    opts = opts or FlowOptions()
+@dataclass(frozen=True)
+class _Gap:
+    """A run ``[g0, g1)`` of frames without landmarks and where flow starts on either side: ``a`` /
+    ``b`` the frames with landmarks just before / after it (None at the video's ends) and
+    ``a_start`` / ``b_start`` the anchors, up to ``anchor_back`` frames further into those runs."""
+
+    g0: int
+    g1: int
+    a: int | None
+    a_start: int | None
+    b: int | None
+    b_start: int | None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every frame the flow reads: anchor to anchor."""
+        lo = self.g0 if self.a_start is None else self.a_start
+        hi = self.g1 - 1 if self.b_start is None else self.b_start
+        return np.arange(lo, hi + 1)
+
+
+def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions) -> list[_Gap]:
+    """The gaps flow tracks: with landmarks on at least one side, no longer than ``max_gap_s``."""
     t_len = len(valid)
     out = []
     for g0, g1 in gaps(valid):
@@ -290,17 +310,23 @@ def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None =
             continue
         if times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)] > opts.max_gap_s:
             continue
-        lo, hi = g0, g1 - 1
+        a = a_start = b = b_start = None
         if g0 > 0:
-            lo = g0 - 1
-            while lo > 0 and valid[lo - 1] and g0 - 1 - lo < opts.anchor_back:
-                lo -= 1
+            a = a_start = g0 - 1
+            while a_start > 0 and valid[a_start - 1] and a - a_start < opts.anchor_back:
+                a_start -= 1
         if g1 < t_len:
-            hi = g1
-            while hi < t_len - 1 and valid[hi + 1] and hi - g1 < opts.anchor_back:
-                hi += 1
-        out.append(np.arange(lo, hi + 1))
-    return np.unique(np.concatenate(out)) if out else np.zeros(0, int)
+            b = b_start = g1
+            while b_start < t_len - 1 and valid[b_start + 1] and b_start - b < opts.anchor_back:
+                b_start += 1
+        out.append(_Gap(g0, g1, a, a_start, b, b_start))
+    return out
+
+
+def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None = None) -> np.ndarray:
+    """Every row :func:`flow_through_gaps` will ask its frame source for (decode them in one pass)."""
+    rows = [g.rows for g in _flow_gaps(valid, times, opts or FlowOptions())]
+    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, int)
 
 
 def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
@@ -317,65 +343,36 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
     flow = np.zeros(t_len, bool)
     inliers = np.zeros(t_len, int)
     crop = identity.camera_crop
-    for g0, g1 in gaps(valid):
-        a = g0 - 1 if g0 > 0 else None
-        b = g1 if g1 < t_len else None
-        if a is None and b is None:
+    # one working scale for every gap: the face about work_face_px large
+    s = min(1.0, opts.work_face_px / max(identity.crop[2] / 1.6, 1.0))
+    S = np.diag([s, s, 1.0])
+    for gap in _flow_gaps(valid, times, opts):
+        grays = frames(gap.rows, s)
+        if any(int(r) not in grays for r in gap.rows):
             continue
-        span = times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)]
-        if span > opts.max_gap_s:
-            continue
-        # the anchors: ``anchor_back`` frames inside the runs with landmarks on either side
-        if a is not None:
-            run0 = a
-            while run0 > 0 and valid[run0 - 1] and a - run0 < opts.anchor_back:
-                run0 -= 1
-            a_start = run0
-        if b is not None:
-            run1 = b
-            while run1 < t_len - 1 and valid[run1 + 1] and run1 - b < opts.anchor_back:
-                run1 += 1
-            b_start = run1
-        rows = np.arange(g0 if a is None else a_start, g1 if b is None else b_start + 1)
-        # one working scale for the gap: the face about work_face_px large
-        face_px = identity.crop[2] / 1.6
-        s = min(1.0, opts.work_face_px / max(face_px, 1.0))
-        grays = frames(rows, s)
-        if any(r not in grays for r in rows):
-            continue
-        ends = [r for r in (a, b) if r is not None]
-        starts = {a: a_start if a is not None else None, b: b_start if b is not None else None}
-        K_full, R_end, t_end = {}, {}, {}
-        for r in [starts[e] for e in ends]:
-            K, R, t = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][r]), identity.fov, crop))
-            K_full[r], R_end[r], t_end[r] = K, R, t
-        S = np.diag([s, s, 1.0])
-        gap_rows = np.arange(g0, g1)
+        gap_rows = np.arange(gap.g0, gap.g1)
         n = len(gap_rows)
-        dirs = {}
-        for end, order in ((a, gap_rows), (b, gap_rows[::-1])):
-            if end is None:
+        none = (np.full((n, 6), np.nan), np.zeros(n, int))
+        dirs = {"fwd": none, "bwd": none}
+        # forward from the anchor before the gap, backward from the one after it
+        for key, end, s0, order in (("fwd", gap.a, gap.a_start, gap_rows), ("bwd", gap.b, gap.b_start, gap_rows[::-1])):
+            if end is None or s0 is None:
                 continue
-            s0 = starts[end]
-            lead = list(range(s0 + 1, end + 1)) if end == a else list(range(s0 - 1, end - 1, -1))
+            lead = list(range(s0 + 1, end + 1)) if key == "fwd" else list(range(s0 - 1, end - 1, -1))
             surface = HeadSurface(model, identity.shape, {k: raw[k][s0] for k in ("expr", "jaw_pose", "eye_pose")})
-            K = S @ K_full[s0]
-            tr = track_direction(surface, [grays[s0]] + [grays[r] for r in lead] + [grays[r] for r in order], K,
-                                 R_end[s0], t_end[s0], opts)
-            tr = GapTrack(tr.pose6[len(lead):], tr.inliers[len(lead):])  # the gap's frames
+            K, R0, t0 = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][s0]), identity.fov, crop))
+            tr = track_direction(surface, [grays[s0]] + [grays[r] for r in lead] + [grays[int(r)] for r in order],
+                                 S @ K, R0, t0, opts)
+            found, cnt = tr.pose6[len(lead):], tr.inliers[len(lead):]  # the gap's frames
             pose = np.full((n, 6), np.nan)
-            ok = np.isfinite(tr.pose6).all(1)
+            ok = np.isfinite(found).all(1)
             if ok.any():
-                R = torch.as_tensor(np.stack([cv2.Rodrigues(v[:3])[0] for v in tr.pose6[ok]]))
-                pose[ok] = opencv_to_pose6(R, torch.as_tensor(tr.pose6[ok, 3:])).numpy()
-            cnt = tr.inliers
-            if end == b:
-                pose, cnt = pose[::-1], cnt[::-1]
-            dirs[end] = (pose, cnt)
-        fwd = dirs.get(a, (np.full((n, 6), np.nan), np.zeros(n, int)))
-        bwd = dirs.get(b, (np.full((n, 6), np.nan), np.zeros(n, int)))
-        ta = times[a] if a is not None else times[g0]
-        tb = times[b] if b is not None else times[g1 - 1]
+                R = torch.as_tensor(np.stack([cv2.Rodrigues(v[:3])[0] for v in found[ok]]))
+                pose[ok] = opencv_to_pose6(R, torch.as_tensor(found[ok, 3:])).numpy()
+            dirs[key] = (pose, cnt) if key == "fwd" else (pose[::-1], cnt[::-1])
+        fwd, bwd = dirs["fwd"], dirs["bwd"]
+        ta = times[gap.a] if gap.a is not None else times[gap.g0]
+        tb = times[gap.b] if gap.b is not None else times[gap.g1 - 1]
         w = np.clip((times[gap_rows] - ta) / max(tb - ta, 1e-9), 0, 1)
         pose = _blend(fwd[0], bwd[0], w)
         got = np.isfinite(pose).all(1)
@@ -384,10 +381,11 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
         inliers[gap_rows] = np.maximum(fwd[1], bwd[1])
         # expression, jaw and eyes: from the ends (interpolated between two, held from one)
         for k in ("expr", "jaw_pose", "eye_pose"):
-            if a is not None and b is not None:
-                vals = (1 - w)[:, None] * raw[k][a] + w[:, None] * raw[k][b]
+            if gap.a is not None and gap.b is not None:
+                vals = (1 - w)[:, None] * raw[k][gap.a] + w[:, None] * raw[k][gap.b]
             else:
-                vals = np.broadcast_to(raw[k][ends[0]], (n, raw[k].shape[1]))
+                one = gap.a if gap.a is not None else gap.b
+                vals = np.broadcast_to(raw[k][one], (n, raw[k].shape[1]))
             raw[k][gap_rows[got]] = vals[got]
         raw["err_ndc"][gap_rows[got]] = np.nan
     return raw, flow, inliers
