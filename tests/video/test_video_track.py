@@ -190,6 +190,21 @@ def test_identity_fit_on_keyframes(model, true_shape) -> None:
     assert motion_err.mean() <= 1.0, motion_err
 
 
+def test_identity_scan_in_blocks_gives_the_same_fit(model, true_shape, monkeypatch) -> None:
+    """The identity's first rigid pass over every frame runs in blocks (flat memory on long videos):
+    blocks of 7 frames give exactly the keyframes, identity and poses of one batch."""
+    import flame_tracker.video.track as track
+
+    t, _, lmk, iris = synthetic_sequence(model, true_shape, 30, moving=True)
+    opts = TrackOptions(n_keyframes=4, identity_rounds=1, identity_iters=6, chunk=30)
+    whole = track_landmarks(model, lmk, np.ones(30, bool), t, iris_px=iris, options=opts)
+    monkeypatch.setattr(track, "SCAN_BLOCK", 7)
+    blocks = track_landmarks(model, lmk, np.ones(30, bool), t, iris_px=iris, options=opts)
+    assert np.array_equal(whole.identity.keyframes, blocks.identity.keyframes)
+    assert np.array_equal(whole.identity.shape, blocks.identity.shape)
+    assert np.array_equal(whole.pose6, blocks.pose6)
+
+
 def test_stage2_lm_recovers_expression_with_rotated_eyes_and_head(model) -> None:
     """The per-frame stage-2 solve (closed-form shape/expression Jacobian columns, differenced
     rotation columns) recovers a known expression and eye pose from exact landmarks of a turned head:

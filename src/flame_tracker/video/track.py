@@ -192,6 +192,10 @@ def _unwrap_rotvec(rotvec: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ fitting adapters
 
+#: Frames per batch of the identity's first rigid pass over the whole video (memory stays flat).
+SCAN_BLOCK = 1024
+
+
 def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *, options: TrackOptions,
             init: torch.Tensor | None, estimate_fov: bool,
             neighbours: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,8 +246,12 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
     zero_shape = torch.zeros(1, model.n_shape, dtype=dt)
     pts = _model_points(model, zero_shape)
     tv = lmks_ndc[idx_valid]
-    pose6, _ = _stage1(pts.expand(len(idx_valid), -1, -1), tv, fov0, options=options, init=None,
-                       estimate_fov=False)
+    # a rigid fit of every frame (independent frames: the same result in any batch) in blocks, so that
+    # memory does not grow with the video (the solver's working arrays are ~65 KB per frame: 7 GB for
+    # an hour at 30 fps in one batch)
+    pose6 = torch.cat([_stage1(pts.expand(len(block), -1, -1), tv[block], fov0, options=options, init=None,
+                               estimate_fov=False)[0]
+                       for block in torch.arange(len(idx_valid)).split(SCAN_BLOCK)])
     euler = rotvec_to_euler(pose6[:, :3]).numpy()
     # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
     face = (tv[:, 16] - tv[:, 0]).norm(dim=-1)
