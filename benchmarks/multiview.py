@@ -142,8 +142,8 @@ def main() -> None:
             t0 = time.perf_counter()
             rig0 = unplaced_rig([(c.name, c.width, c.height) for c in cap.rig.cameras], args.fov)
             _, est_fit = fit_with_estimated_cameras(
-                est_tracker, rig0, det, lambda rig: fit_multiview(
-                    mv_model, rig, pts, det.seen, iris=det.iris, blendshapes=det.blendshapes,
+                est_tracker, rig0, det, lambda rig, seen: fit_multiview(
+                    mv_model, rig, pts, seen, iris=det.iris, blendshapes=det.blendshapes,
                     blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views, points=pset),
                 rounds=MultiviewOptions().camera_rounds)
             est_s = time.perf_counter() - t0

@@ -168,3 +168,18 @@ def test_crop_resize_content_and_transform() -> None:
     # A box leaving the image is padded, not an error.
     pad, _ = crop_resize(img, (-50, -50, 100, 100), (10, 10))
     assert pad[0, 0].sum() == 0
+
+
+def test_picture_size_is_the_upright_size(tmp_path: Path) -> None:
+    """A portrait phone photo stored landscape with an EXIF rotation: its size is read upright, as
+    ``load_image`` returns the picture (the multi-view camera sizes and checks rely on it)."""
+    from flame_tracker.io.images import load_image, picture_size
+
+    img = Image.fromarray(np.zeros((30, 40, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    img.save(tmp_path / "portrait.jpg", exif=exif)
+    img.save(tmp_path / "plain.jpg")
+    assert picture_size(tmp_path / "portrait.jpg") == (30, 40)
+    assert load_image(tmp_path / "portrait.jpg").shape[:2] == (40, 30)
+    assert picture_size(tmp_path / "plain.jpg") == (40, 30)

@@ -387,3 +387,70 @@ def test_timesteps_without_a_face_or_with_one_profile_view() -> None:
     assert np.isfinite(fit.rotvec).all() and np.isfinite(fit.transl).all()
     err = rotation_error_deg(Rotation.from_rotvec(fit.rotvec[2]).as_matrix(), R_h[2])
     assert err < 5.0, err
+
+
+def test_estimated_cameras_are_placed_through_shared_timesteps() -> None:
+    """Camera placement from single-photo fits (a stub tracker returns each view's exact
+    model-to-camera transform): a camera that sees the face at only 3 of 100 timesteps is placed, one
+    that never sees it with the reference is placed through a camera it shares timesteps with, one
+    that never sees the face is left out, and the placed cameras are exact (relative to the reference)."""
+    from types import SimpleNamespace
+
+    from scipy.spatial.transform import Rotation
+
+    from flame_tracker.evaluation.metrics import rotation_error_deg
+    from flame_tracker.multiview.estimate import estimate_cameras, unplaced_rig
+    from flame_tracker.multiview.pipeline import Detections
+
+    truth = camera_ring(5, seed=5)
+    T, C = 100, 5
+    heads = np.tile(np.eye(4), (T, 1, 1))  # the head moves: model -> world per timestep
+    heads[:, :3, :3] = Rotation.from_euler("yx", np.column_stack([np.linspace(-20, 20, T), np.zeros(T)]),
+                                           degrees=True).as_matrix()
+    heads[:, :3, 3] = np.column_stack([np.linspace(-0.02, 0.02, T), np.zeros(T), np.zeros(T)])
+    seen = np.zeros((T, C), bool)
+    seen[:, 0] = True  # the reference (most views) ...
+    seen[50:60, 0] = False  # ... except where only cameras 1 and 2 see the face
+    seen[5:8, 1] = True  # camera 1 meets the reference at three timesteps only
+    seen[50:60, 1] = True
+    seen[50:60, 2] = True  # camera 2 never meets the reference: placed through camera 1
+    seen[20:41, 4] = True
+    # camera 3 never sees the face
+    lmks = np.where(seen[..., None, None], 100.0, np.nan) * np.ones((T, C, 68, 2))
+    det = Detections(lmks, np.full((T, C, 10, 2), np.nan), seen, np.zeros((T, C, 52), np.float32),
+                     (), np.arange(T) / 30.0, np.full((T, C, 468, 2), np.nan, np.float32))
+    calls = []
+
+    class Stub:
+        def fit_landmarks(self, lmks, iris, *, image_size, blendshapes, blendshape_names):
+            t, c = calls_index[len(calls)]
+            calls.append((t, c))
+            w2c = truth.cameras[c].w2c() @ heads[t]
+            return SimpleNamespace(camera_matrices=lambda: {"w2c_opencv": w2c[None], "K_px": truth.cameras[c].K[None]})
+
+    from flame_tracker.multiview.estimate import _timesteps_to_fit
+
+    steps = _timesteps_to_fit(seen, 12)
+    calls_index = [(int(t), int(c)) for t in steps for c in np.flatnonzero(seen[t])]
+    rig0 = unplaced_rig([(c.name, c.width, c.height) for c in truth.cameras], 30.0)
+    est = estimate_cameras(Stub(), rig0, det)
+    assert est.reference == truth.cameras[0].name and est.unplaced == [truth.cameras[3].name]
+    used = [est.views_used.get(n) for n in truth.names]
+    assert used[1] == 3 and used[2] == 10 and used[4] >= 12, used
+    r = 0
+    for c in (1, 2, 4):
+        if c == r:
+            continue
+        a_true = truth.cameras[c].w2c() @ np.linalg.inv(truth.cameras[r].w2c())
+        a_est = est.rig.cameras[c].w2c() @ np.linalg.inv(est.rig.cameras[r].w2c())
+        assert rotation_error_deg(a_est[:3, :3], a_true[:3, :3]) < 1e-6
+        assert np.abs(a_est[:3, 3] - a_true[:3, 3]).max() < 1e-9
+    assert not est.seen(seen)[:, 3].any() and (est.seen(seen)[:, [0, 1, 2, 4]] == seen[:, [0, 1, 2, 4]]).all()
+
+
+def test_estimating_cameras_refuses_a_unit(tmp_path: Path) -> None:
+    """``--unit`` belongs to a calibration file: with ``--cameras estimate`` anything but metres is
+    refused, with the reason, before any work."""
+    res = CliRunner().invoke(main, ["multiview", str(tmp_path), "--cameras", "estimate", "--unit", "mm",
+                                    "--out", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 1 and "--unit mm applies to a calibration file" in res.output, res.output

@@ -16,7 +16,7 @@ from flame_tracker.defaults import IMAGE_FOV
               help="Calibration: cameras.json (OpenCV K, world-to-camera R, t, width, height, optional dist per "
               "camera) or a NeRF/VHAP transforms.json (OpenGL camera-to-world); or 'estimate' to place the "
               "cameras from the face in every view (uncalibrated rigs, photos of one pose from several sides).")
-@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=click.FloatRange(1.0, 170.0),
+@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=click.FloatRange(1.0, 150.0),
               help="With --cameras estimate: each picture's field of view over its longer side (degrees).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results (created if missing).")

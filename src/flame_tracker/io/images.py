@@ -148,6 +148,15 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))  # P, CMYK, YCbCr, 1, ...
 
 
+def picture_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of the picture at ``path`` as :func:`load_image` returns it (upright: an
+    EXIF rotation by 90° swaps the stored sides), read from the header without decoding."""
+    with Image.open(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def load_image(
     source: str | os.PathLike[str] | np.ndarray,
     *,

@@ -143,10 +143,9 @@ def open_capture(root: str | Path, rig: Rig, *, every: int = 1, max_frames: int 
     for c, (cam, src) in enumerate(zip(rig.cameras, sources)):
         files = images[c] if images is not None else None
         if files is not None:
-            from PIL import Image
+            from flame_tracker.io.images import picture_size
 
-            with Image.open(files[0]) as im:
-                size = im.size
+            size = picture_size(files[0])  # upright, as the frames are read
         else:
             from flame_tracker.video.decode import probe
 

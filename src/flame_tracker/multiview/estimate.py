@@ -6,14 +6,16 @@ as large as an adult's), so every view that sees it says where that camera is re
 
 1. Every camera gets a pinhole camera over its picture: the assumed field of view over the longer
    side (``image_fov``, as single photos), the principal point at the centre.
-2. Each view that sees the face is fitted as a single photo (stage 1 and 2 with that camera): its
-   model-to-camera transform ``M[t, c]``.
-3. The camera that sees the face most often is the reference ``r``. Every other camera's pose
-   relative to it, ``A_c = M[t, c] M[t, r]^-1``, is the same at every timestep (the cameras do not
-   move), so it is averaged over the timesteps both see (rotations: the chordal mean; translations:
-   the median). How much the timesteps disagree is reported (``spread_deg``): the single-photo
-   fits' own error, a few degrees.
-4. The world is the head at the first timestep the reference camera sees it.
+2. Views are fitted as single photos (stage 1 and 2 with that camera): each one's model-to-camera
+   transform ``M[t, c]``, at up to ``max_views`` timesteps per camera where another camera sees the
+   face too.
+3. The camera with the most fitted views is the reference ``r``. The others are placed outwards from
+   it, each from the placed camera ``p`` it shares the most fitted timesteps with: its pose relative
+   to that one, ``A = M[t, c] M[t, p]^-1``, is the same at every timestep (the cameras do not move),
+   so it is averaged over those timesteps (rotations: the chordal mean; translations: the median).
+   How much the timesteps disagree is reported (``spread_deg``): the single-photo fits' own error, a
+   few degrees. A camera never seen together with a placed one stays unplaced and out of the fit.
+4. The world is the head at the reference camera's first fitted timestep.
 5. The multi-view fit (heads and one identity with these cameras) and a new placement of every camera
    but the reference against it (PnP of the fitted head's points, :func:`refine_cameras`) alternate
    (``MultiviewOptions.camera_rounds``, 2): the shared shape and the other views correct each
@@ -44,9 +46,19 @@ class CameraEstimate:
     rig: Rig
     reference: str  # the camera the others were placed relative to
     world_timestep: int  # the world is the head at this timestep
-    # per camera: mean angle between its per-timestep relative rotations and their mean (NaN: one timestep)
-    spread_deg: dict[str, float]
-    views_used: dict[str, int]  # per camera: timesteps it was placed from
+    # per placed camera: mean angle between its per-timestep relative rotations and their mean (None:
+    # placed from one timestep, or the reference)
+    spread_deg: dict[str, float | None]
+    views_used: dict[str, int]  # per placed camera: timesteps it was placed from
+    unplaced: list[str]  # cameras never seen at a timestep with a placed one: left out of the fit
+
+    def seen(self, seen: np.ndarray) -> np.ndarray:
+        """The detections' ``seen [T, C]`` without the cameras that could not be placed."""
+        out = np.asarray(seen, bool).copy()
+        for c, cam in enumerate(self.rig.cameras):
+            if cam.name in self.unplaced:
+                out[:, c] = False
+        return out
 
 
 def capture_cameras(root: str | Path, image_fov: float) -> Rig:
@@ -64,18 +76,22 @@ def capture_cameras(root: str | Path, image_fov: float) -> Rig:
     videos = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     sizes: list[tuple[str, int, int]] = []
     if folders:
-        from PIL import Image
+        from flame_tracker.io.images import picture_size
 
         for f in folders:
             first = next(p for p in sorted(f.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
-            with Image.open(first) as im:
-                sizes.append((f.name, *im.size))
+            sizes.append((f.name, *picture_size(first)))  # upright, as the frames are read
     elif videos:
         from flame_tracker.video.decode import probe
 
         for v in videos:
             info = probe(v)
             sizes.append((v.stem, info.width, info.height))
+    names = [n for n, _, _ in sizes]
+    twice = sorted(n for n in set(names) if names.count(n) > 1)
+    if twice:
+        raise MultiviewError(f"{root}: several videos named {', '.join(twice)} (other suffixes); each camera "
+                             "needs its own name")
     if len(sizes) < 2:
         raise MultiviewError(f"{root}: found {len(sizes)} camera(s) (sub-folders of images or videos); estimating "
                              "cameras needs at least 2 views of the head")
@@ -101,63 +117,86 @@ def _mean_rotation(Rs: np.ndarray) -> np.ndarray:
     return U @ D @ Vt
 
 
+def _timesteps_to_fit(seen: np.ndarray, max_views: int) -> np.ndarray:
+    """Timesteps whose views are fitted: for every camera, up to ``max_views`` spread over the
+    timesteps where it and at least one other camera see the face (a camera is placed only from
+    timesteps it shares with a placed one); all of the chosen timesteps' views are fitted."""
+    shared = seen & (seen.sum(1, keepdims=True) >= 2)
+    chosen: set[int] = set()
+    for c in range(seen.shape[1]):
+        ts = np.flatnonzero(shared[:, c])
+        if len(ts) > max_views:
+            ts = ts[np.linspace(0, len(ts) - 1, max_views).round().astype(int)]
+        chosen.update(int(t) for t in ts)
+    return np.array(sorted(chosen), dtype=int)
+
+
 def estimate_cameras(tracker, rig: Rig, det, *, max_views: int = 12) -> CameraEstimate:
     """Place the cameras of ``rig`` (from :func:`capture_cameras`) from the detections ``det``
     (:class:`~flame_tracker.multiview.pipeline.Detections`), fitting each view as a single photo with
-    ``tracker`` (at most ``max_views`` timesteps per camera, spread over the capture). Raises
-    :class:`MultiviewError` when a camera never sees the face at a timestep the reference camera
-    sees it."""
+    ``tracker``. Cameras are placed outwards from the reference, each from the placed camera it shares
+    the most fitted timesteps with; a camera never seen together with a placed one is left unplaced
+    (:attr:`CameraEstimate.unplaced`). Raises :class:`MultiviewError` when no two cameras see the face
+    at the same timestep."""
     seen = det.seen.astype(bool)
     T, C = seen.shape
-    if not seen.any():
-        raise MultiviewError("no camera saw a face, so the cameras cannot be estimated from it")
-    ref = int(np.argmax(seen.sum(0)))
+    steps = _timesteps_to_fit(seen, max_views)
+    if not len(steps):
+        raise MultiviewError("no two cameras see the face at the same timestep, so the cameras cannot be placed "
+                             "from it: give a calibration (--cameras cameras.json)")
     M = np.full((T, C, 4, 4), np.nan)
     Ks: list[list[np.ndarray]] = [[] for _ in range(C)]
-    for c in range(C):
-        ts = np.flatnonzero(seen[:, c])
-        both = ts[seen[ts, ref]] if c != ref else ts
-        pick = both if len(both) else ts
-        if len(pick) > max_views:
-            pick = pick[np.linspace(0, len(pick) - 1, max_views).round().astype(int)]
-        cam = rig.cameras[c]
-        for t in pick:
+    for t in steps:
+        for c in np.flatnonzero(seen[t]).tolist():
+            cam = rig.cameras[c]
             res = tracker.fit_landmarks(det.lmks[t, c], det.iris[t, c], image_size=(cam.width, cam.height),
                                         blendshapes=det.blendshapes[t, c], blendshape_names=det.names)
             mats = res.camera_matrices()
             M[t, c] = mats["w2c_opencv"][0].astype(np.float64)
             Ks[c].append(mats["K_px"][0].astype(np.float64))
-    # the reference camera's own timesteps (all of them are fitted when it is the reference)
-    t0 = int(np.flatnonzero(np.isfinite(M[:, ref, 0, 0]))[0])
-    cams, spread, used = [], {}, {}
+    fitted = np.isfinite(M[:, :, 0, 0])
+    ref = int(np.argmax(fitted.sum(0)))
+    t0 = int(np.flatnonzero(fitted[:, ref])[0])
+    w2c: dict[int, np.ndarray] = {ref: M[t0, ref]}
+    spread: dict[str, float | None] = {rig.cameras[ref].name: None}
+    used = {rig.cameras[ref].name: int(fitted[:, ref].sum())}
+    while True:  # place the camera sharing the most timesteps with a placed one, then the next
+        best: tuple[int, int, int] | None = None
+        for c in range(C):
+            if c in w2c:
+                continue
+            for p in w2c:
+                n = int((fitted[:, c] & fitted[:, p]).sum())
+                if n and (best is None or n > best[0]):
+                    best = (n, c, p)
+        if best is None:
+            break
+        _, c, p = best
+        ts = np.flatnonzero(fitted[:, c] & fitted[:, p])
+        A = np.einsum("tij,tjk->tik", M[ts, c], np.linalg.inv(M[ts, p]))  # camera p -> camera c
+        R = _mean_rotation(A[:, :3, :3])
+        cos = (np.einsum("tij,ij->t", A[:, :3, :3], R) - 1) / 2
+        A_mean = np.eye(4)
+        A_mean[:3, :3], A_mean[:3, 3] = R, np.median(A[:, :3, 3], 0)
+        w2c[c] = A_mean @ w2c[p]
+        name = rig.cameras[c].name
+        # (one shared timestep says nothing about the disagreement: None)
+        spread[name] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean()) if len(ts) > 1 else None
+        used[name] = len(ts)
+    cams, unplaced = [], []
     for c, cam in enumerate(rig.cameras):
+        if c not in w2c:
+            unplaced.append(cam.name)
+            cams.append(cam)
+            continue
         K = np.median(np.stack(Ks[c]), 0) if Ks[c] else cam.K
-        if c == ref:
-            w2c = M[t0, ref]
-            spread[cam.name], used[cam.name] = 0.0, int(np.isfinite(M[:, ref, 0, 0]).sum())
-        else:
-            ts = np.flatnonzero(np.isfinite(M[:, c, 0, 0]) & np.isfinite(M[:, ref, 0, 0]))
-            if not len(ts):
-                raise MultiviewError(f"camera {cam.name} never sees the face at a timestep camera "
-                                     f"{rig.cameras[ref].name} sees it, so it cannot be placed relative to the "
-                                     "others: give a calibration (--cameras cameras.json) or frames where both see it")
-            A = np.einsum("tij,tjk->tik", M[ts, c], np.linalg.inv(M[ts, ref]))  # reference -> camera c
-            R = _mean_rotation(A[:, :3, :3])
-            t = np.median(A[:, :3, 3], 0)
-            cos = (np.einsum("tij,ij->t", A[:, :3, :3], R) - 1) / 2
-            # (one shared timestep says nothing about the disagreement: NaN)
-            spread[cam.name] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean()) if len(ts) > 1 else np.nan
-            used[cam.name] = len(ts)
-            Ac = np.eye(4)
-            Ac[:3, :3], Ac[:3, 3] = R, t
-            w2c = Ac @ M[t0, ref]
-        cams.append(Camera(cam.name, K, w2c[:3, :3], w2c[:3, 3], cam.width, cam.height))
+        cams.append(Camera(cam.name, K, w2c[c][:3, :3], w2c[c][:3, 3], cam.width, cam.height))
     rig_est = Rig(cams, rig.convention + f"; the world is the head at timestep {t0} "
                   f"(camera {rig.cameras[ref].name} placed first)", "m")
-    return CameraEstimate(rig_est, rig.cameras[ref].name, t0, spread, used)
+    return CameraEstimate(rig_est, rig.cameras[ref].name, t0, spread, used, unplaced)
 
 
-def refine_cameras(fit_model, rig: Rig, fit, det, reference: str) -> Rig:
+def refine_cameras(fit_model, rig: Rig, fit, det, reference: str, seen: np.ndarray | None = None) -> Rig:
     """Every camera but ``reference`` placed again against the multi-view fit ``fit``
     (:class:`~flame_tracker.multiview.fit.MultiviewFit`): the fitted head's detector points in the
     world at every timestep the camera saw the face, against its detections (PnP, Levenberg-Marquardt
@@ -179,7 +218,7 @@ def refine_cameras(fit_model, rig: Rig, fit, det, reference: str) -> Rig:
     inner = slice(17, 68)
     cams = []
     for c, cam in enumerate(rig.cameras):
-        ts = np.flatnonzero(det.seen[:, c] & fit.valid)
+        ts = np.flatnonzero((det.seen if seen is None else seen)[:, c] & fit.valid)
         if cam.name == reference or not len(ts):
             cams.append(cam)
             continue
@@ -187,25 +226,30 @@ def refine_cameras(fit_model, rig: Rig, fit, det, reference: str) -> Rig:
         img = det.lmks[ts, c, inner].reshape(-1, 2).astype(np.float64)
         ok, r, t = cv2.solvePnP(obj, img, cam.K, None, cv2.Rodrigues(cam.R)[0], cam.t.reshape(3, 1).copy(),
                                 useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
-        if not ok or not np.isfinite(r).all() or not np.isfinite(t).all():
-            cams.append(cam)
-            continue
-        cams.append(Camera(cam.name, cam.K, cv2.Rodrigues(r)[0], t.ravel(), cam.width, cam.height))
+        new = Camera(cam.name, cam.K, cv2.Rodrigues(r)[0], t.ravel(), cam.width, cam.height) if ok else cam
+        # kept only when it agrees better with the detections and the head stays in front of it
+        if (not np.isfinite(new.R).all() or not np.isfinite(new.t).all()
+                or ((obj @ new.R.T + new.t)[:, 2] <= 0).any()
+                or np.linalg.norm(new.project(obj) - img, axis=1).mean()
+                >= np.linalg.norm(cam.project(obj) - img, axis=1).mean()):
+            new = cam
+        cams.append(new)
     return Rig(cams, rig.convention, rig.unit, list(rig.notes))
 
 
-def fit_with_estimated_cameras(tracker, rig: Rig, det, fit: Callable[[Rig], Any], *,
+def fit_with_estimated_cameras(tracker, rig: Rig, det, fit: Callable[[Rig, np.ndarray], Any], *,
                                rounds: int) -> tuple[CameraEstimate, Any]:
     """The cameras of ``rig`` (:func:`unplaced_rig`) estimated from ``det`` (:func:`estimate_cameras`),
-    then ``rounds`` times placed again against the multi-view fit ``fit(rig)`` (:func:`refine_cameras`):
-    ``(the estimate with the final rig, the final fit)``. The estimate's ``spread_deg`` describes the
-    first placement, from the single-photo fits."""
+    then ``rounds`` times placed again against the multi-view fit ``fit(rig, seen)``
+    (:func:`refine_cameras`; ``seen [T, C]``: the views to fit, without cameras that could not be
+    placed): ``(the estimate with the final rig, the final fit)``. The estimate's ``spread_deg``
+    describes the first placement, from the single-photo fits."""
     est = estimate_cameras(tracker, rig, det)
-    rig = est.rig
-    result = fit(rig)
+    rig, seen = est.rig, est.seen(det.seen)
+    result = fit(rig, seen)
     for _ in range(rounds):
-        rig = refine_cameras(tracker.fit_model, rig, result, det, est.reference)
-        result = fit(rig)
+        rig = refine_cameras(tracker.fit_model, rig, result, det, est.reference, seen)
+        result = fit(rig, seen)
     return replace(est, rig=rig), result
 
 

@@ -27,6 +27,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,6 +212,9 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     t_start = time.perf_counter()
     out = Path(out_dir)
     estimate = str(cameras) == "estimate"
+    if estimate and unit != "m":
+        raise MultiviewError(f"--unit {unit} applies to a calibration file; cameras estimated from the face are "
+                             "in metres (the model's)")
     rig = capture_cameras(capture_dir, image_fov) if estimate else load_cameras(cameras, unit)
     capture = open_capture(capture_dir, rig, every=every, max_frames=max_frames, fps=fps or 30.0, sync=sync)
     opts = options or MultiviewOptions()
@@ -228,7 +232,9 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     Config(multiview=opts).save(out / "config.json", ("multiview",))
     timings: dict[str, float] = {}
     camera_estimate = None
-    with Tracker(model, landmarker=landmarker, image_fov=image_fov) as tracker:
+    # (the photo FOV matters only where each view is fitted as a photo: estimating the cameras)
+    photo: dict[str, Any] = {"image_fov": image_fov} if estimate else {}
+    with Tracker(model, landmarker=landmarker, **photo) as tracker:
         key = json.dumps({"capture": str(Path(capture_dir).resolve()), "cameras": rig.names, "every": every,
                           "n": capture.n_frames, "kind": capture.kind, "sync": sync})
         t0 = time.perf_counter()
@@ -244,9 +250,10 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
         views = ViewPoints(tracker.model, emb) if emb is not None else None
         t0 = time.perf_counter()
 
-        def fit_all(rig: Rig) -> MultiviewFit:
-            return fit_multiview(tracker.fit_model, rig, det.lmks, det.seen, iris=det.iris, times=det.times,
-                                 blendshapes=det.blendshapes, blendshape_names=det.names, options=opts, views=views)
+        def fit_all(rig: Rig, seen: np.ndarray | None = None) -> MultiviewFit:
+            return fit_multiview(tracker.fit_model, rig, det.lmks, det.seen if seen is None else seen, iris=det.iris,
+                                 times=det.times, blendshapes=det.blendshapes, blendshape_names=det.names,
+                                 options=opts, views=views)
 
         if estimate:  # cameras placed from the face, then heads and cameras in turn
             est, fit = fit_with_estimated_cameras(tracker, rig, det, fit_all, rounds=opts.camera_rounds)
@@ -254,7 +261,12 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
             capture = replace(capture, rig=rig)
             rig.save(out / "cameras.json")
             camera_estimate = {"reference": est.reference, "world_timestep": est.world_timestep,
-                               "spread_deg": est.spread_deg, "views_used": est.views_used}
+                               "spread_deg": est.spread_deg, "views_used": est.views_used,
+                               "unplaced": est.unplaced}
+            apart = [n for n in est.unplaced if n not in never]  # (the ones without a face are noted above)
+            if apart:
+                notes.append(f"camera(s) {', '.join(apart)} never saw the face together with a placed camera, so "
+                             "they could not be placed; fitted without them")
         else:
             fit = fit_all(rig)
         timings["fit_s"] = time.perf_counter() - t0
