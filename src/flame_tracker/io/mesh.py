@@ -35,7 +35,7 @@ _FACE_TEXT: dict[tuple[tuple[int, ...], bytes], bytes] = {}
 
 
 def _obj_faces(f: np.ndarray) -> bytes:
-    key = (f.shape, hashlib.blake2b(f.tobytes(), digest_size=16).digest())
+    key = (f.shape, hashlib.blake2b(np.ascontiguousarray(f).view(np.uint8).data, digest_size=16).digest())
     text = _FACE_TEXT.get(key)
     if text is None:
         text = (("f %d %d %d\n" * len(f)) % tuple((f + 1).ravel().tolist())).encode("ascii")

@@ -101,9 +101,13 @@ def capture_cameras(root: str | Path, image_fov: float) -> Rig:
 def unplaced_rig(sizes: list[tuple[str, int, int]], image_fov: float) -> Rig:
     """Cameras ``(name, width, height)`` seeing ``image_fov`` degrees over their longer side, the
     principal point at the centre, not yet placed (identity poses)."""
+    import torch
+
+    from flame_tracker.camera import fov_to_focal
+
     cams = []
     for name, w, h in sizes:
-        f = 0.5 * max(w, h) / np.tan(np.radians(image_fov) / 2)
+        f = float(fov_to_focal(torch.tensor(image_fov, dtype=torch.float64), max(w, h)))
         K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
         cams.append(Camera(name, K, np.eye(3), np.zeros(3), int(w), int(h)))
     return Rig(cams, f"estimated from the face in every view ({image_fov:g}° over each picture's longer side "

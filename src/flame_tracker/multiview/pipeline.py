@@ -71,6 +71,7 @@ class Detections:
         except (OSError, ValueError, KeyError):
             return None
 
+
 def detect_capture(tracker, capture: Capture, *, progress: bool = False) -> Detections:
     """Detect the face in every view of every timestep of ``capture``."""
     return detect_views(tracker, capture.frames(), capture.n_frames, len(capture.rig), progress=progress)
