@@ -9,7 +9,9 @@ detected with MediaPipe in every view (nothing taken from the truth), then fitte
   the best single view (the camera whose identity came out closest to the truth) and the mean over
   all views fitted independently;
 * by the multi-view fit with the cameras estimated from the face (``multiview.estimate``: the field
-  of view given, the cameras' positions not).
+  of view given, the cameras' positions not);
+* both refined against the pictures (``multiview.photometric``, ``--photometric``: photo-consistency
+  between the views).
 
 Errors: the neutral face (identity) against the truth over the face region after rigid alignment
 (mm), the head's rotation in the world (degrees), the expression (mean |w - w_true|, ICT).
@@ -17,9 +19,10 @@ Errors: the neutral face (identity) against the truth over the face region after
     python benchmarks/multiview.py [--subjects 4] [--cameras 6] [--steps 6]
 
 The last line: ``shape_mm_1view=… shape_mm_indep=… shape_mm_multiview=… rot_deg_1view=…
-rot_deg_multiview=… ratio=… shape_mm_estimated_cameras=…`` (ratio = multi-view / best single view;
-target <= 0.5). Before it, the real check: one person's photos fitted by ``--same-person`` and as a
-multi-view capture with estimated cameras (:func:`real_check`).
+rot_deg_multiview=… ratio=… shape_mm_estimated_cameras=… shape_mm_photometric=… rot_deg_photometric=…
+ratio_photometric=… shape_mm_estimated_photometric=…`` (ratio = multi-view / best single view, without
+and with the photometric refinement; target <= 0.5). Before it, the real check: one person's photos
+fitted by ``--same-person`` and as a multi-view capture with estimated cameras (:func:`real_check`).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def main() -> None:
     from flame_tracker.model.embedding import ViewPoints
     from flame_tracker.multiview.estimate import fit_with_estimated_cameras, unplaced_rig
     from flame_tracker.multiview.fit import MultiviewOptions, PointSet, fit_multiview
+    from flame_tracker.multiview.photometric import refine_multiview
     from flame_tracker.multiview.pipeline import detect_views
     from flame_tracker.tracker import Tracker
 
@@ -120,7 +124,8 @@ def main() -> None:
         mask = face_region_mask(model)
         print(f"{'subject':>7} {'views seen':>10} {'mean face':>9} {'best 1 view':>11} {'all views indep.':>16} "
               f"{'multi-view':>10} | {'rot 1 view':>10} {'rot multi':>9} | {'expr 1v':>7} {'expr mv':>7} "
-              f"{'fit s':>6} | {'est. cams':>9} {'est s':>6}")
+              f"{'fit s':>6} | {'est. cams':>9} {'est s':>6} | {'+photo':>8} {'rot ph':>8} {'expr ph':>8} "
+              f"{'ph s':>6} {'est.+photo':>10}")
         for k in range(args.subjects):
             seed = args.seed + k
             cap = synthetic_capture(model, args.cameras, args.steps, seed=seed)
@@ -137,17 +142,29 @@ def main() -> None:
             mv_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(fit.rotvec[t]).as_matrix(), cap.rotation[t])
                               for t in range(T) if fit.valid[t]])
             mv_expr = float(np.abs(fit.expr - cap.expr)[fit.valid].mean())
+            # refined against the pictures (flame-tracker multiview --photometric)
+            t0 = time.perf_counter()
+            ph = refine_multiview(model, mv_model, fit, cap.rig, lambda steps: [cap.images[t] for t in steps],
+                                  det.lmks).fit
+            ph_s = time.perf_counter() - t0
+            ph_shape = mesh_distance_mm(neutral_vertices(model, ph.shape), truth, mask)
+            ph_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(ph.rotvec[t]).as_matrix(), cap.rotation[t])
+                              for t in range(T) if ph.valid[t]])
+            ph_expr = float(np.abs(ph.expr - cap.expr)[ph.valid].mean())
             # the same views with the cameras estimated from the face (intrinsics from the rig's field of
             # view; the extrinsics not given)
             t0 = time.perf_counter()
             rig0 = unplaced_rig([(c.name, c.width, c.height) for c in cap.rig.cameras], args.fov)
-            _, est_fit = fit_with_estimated_cameras(
+            est, est_fit = fit_with_estimated_cameras(
                 est_tracker, rig0, det, lambda rig, seen: fit_multiview(
                     mv_model, rig, pts, seen, iris=det.iris, blendshapes=det.blendshapes,
                     blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views, points=pset),
                 rounds=MultiviewOptions().camera_rounds)
             est_s = time.perf_counter() - t0
             est_shape = mesh_distance_mm(neutral_vertices(model, est_fit.shape), truth, mask)
+            est_ph = refine_multiview(model, mv_model, est_fit, est.rig, lambda steps: [cap.images[t] for t in steps],
+                                      det.lmks).fit
+            est_ph_shape = mesh_distance_mm(neutral_vertices(model, est_ph.shape), truth, mask)
             singles = []
             for c, cam in enumerate(cap.rig.cameras):
                 if det.seen[:, c].sum() < 2:
@@ -163,18 +180,21 @@ def main() -> None:
             row = dict(mean_face=mesh_distance_mm(neutral_vertices(model, np.zeros(model.n_shape)), truth, mask),
                        shape_1view=best[0], shape_indep=singles[:, 0].mean(), shape_mv=mv_shape,
                        rot_1view=best[1], rot_mv=mv_rot, expr_1view=best[2], expr_mv=mv_expr, fit_s=fit_s,
-                       shape_est=est_shape, est_s=est_s)
+                       shape_est=est_shape, est_s=est_s, shape_ph=ph_shape, rot_ph=ph_rot, expr_ph=ph_expr,
+                       ph_s=ph_s, shape_est_ph=est_ph_shape)
             rows.append(row)
             print(f"{seed:>7} {int(det.seen.sum()):>5}/{T * C:<4} {row['mean_face']:>9.2f} {row['shape_1view']:>11.2f} "
                   f"{row['shape_indep']:>16.2f} {row['shape_mv']:>10.2f} | {row['rot_1view']:>10.2f} "
                   f"{row['rot_mv']:>9.2f} | {row['expr_1view']:>7.3f} {row['expr_mv']:>7.3f} {fit_s:>6.2f} | "
-                  f"{est_shape:>9.2f} {est_s:>6.1f}", flush=True)
+                  f"{est_shape:>9.2f} {est_s:>6.1f} | {ph_shape:>8.2f} {ph_rot:>8.2f} {ph_expr:>8.3f} {ph_s:>6.1f} "
+                  f"{est_ph_shape:>10.2f}", flush=True)
         real = real_check(tracker)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     print(f"{'mean':>7} {'':>10} {mean['mean_face']:>9.2f} {mean['shape_1view']:>11.2f} {mean['shape_indep']:>16.2f} "
           f"{mean['shape_mv']:>10.2f} | {mean['rot_1view']:>10.2f} {mean['rot_mv']:>9.2f} | "
           f"{mean['expr_1view']:>7.3f} {mean['expr_mv']:>7.3f} {mean['fit_s']:>6.2f} | {mean['shape_est']:>9.2f} "
-          f"{mean['est_s']:>6.1f}")
+          f"{mean['est_s']:>6.1f} | {mean['shape_ph']:>8.2f} {mean['rot_ph']:>8.2f} {mean['expr_ph']:>8.3f} "
+          f"{mean['ph_s']:>6.1f} {mean['shape_est_ph']:>10.2f}")
     print("\nReal photos: the four gt68 photos of one person (taken at different times), identity from "
           "--same-person and from a one-timestep multi-view fit with the cameras estimated from the face (mm, "
           f"face region): {real['same_vs_multiview']:.2f} apart; to the other people's single-photo identities: "
@@ -183,7 +203,9 @@ def main() -> None:
     print(f"shape_mm_1view={mean['shape_1view']:.3f} shape_mm_indep={mean['shape_indep']:.3f} "
           f"shape_mm_multiview={mean['shape_mv']:.3f} rot_deg_1view={mean['rot_1view']:.3f} "
           f"rot_deg_multiview={mean['rot_mv']:.3f} ratio={mean['shape_mv'] / mean['shape_1view']:.3f} "
-          f"shape_mm_estimated_cameras={mean['shape_est']:.3f}")
+          f"shape_mm_estimated_cameras={mean['shape_est']:.3f} shape_mm_photometric={mean['shape_ph']:.3f} "
+          f"rot_deg_photometric={mean['rot_ph']:.3f} ratio_photometric={mean['shape_ph'] / mean['shape_1view']:.3f} "
+          f"shape_mm_estimated_photometric={mean['shape_est_ph']:.3f}")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def test_submesh_static_vertices_equal_the_full_model(neck: float) -> None:
     # The fit skins only a sub-mesh, and vertices tied to joints at rest skip LBS (linear blend
     # shapes + pose correctives only): positions must equal the full model's, with jaw and eye
     # rotations free (FLAME-sized fixture: pose correctives on).
-    from flame_tracker.fitting.photometric import _rest_joints, _SubMesh
+    from flame_tracker.fitting.photometric import SubMesh, _rest_joints
     from flame_tracker.model.fixtures import synthetic_flame
 
     m = synthetic_flame("flame")
@@ -213,7 +213,7 @@ def test_submesh_static_vertices_equal_the_full_model(neck: float) -> None:
                   eye_pose=torch.randn(n, 6, generator=g) * 0.1, neck_pose=torch.full((n, 3), neck))
     rest = _rest_joints(m, params, ["jaw_pose", "eye_pose"])
     assert rest.tolist() == [True, neck == 0.0, False, False, False]
-    sub = _SubMesh(m, m.faces[::3], fixed_shape=params["shape"][0], extra=torch.tensor([7, 11]), rest_joints=rest)
+    sub = SubMesh(m, m.faces[::3], fixed_shape=params["shape"][0], extra=torch.tensor([7, 11]), rest_joints=rest)
     assert (sub.n_static > 0) == (neck == 0.0) and sub.n > 0
     full = m(**params).vertices
     assert torch.allclose(sub(**params), full.index_select(1, sub.vidx), atol=1e-6)

@@ -86,10 +86,12 @@ def camera_ring(n: int, *, arc_deg: float = 150.0, distance: float = 0.9, size: 
 
 def synthetic_capture(model, n_cams: int = 6, n_steps: int = 6, *, seed: int = 0, arc_deg: float = 150.0,
                       size: tuple[int, int] = (640, 640), fov_deg: float = 30.0, head_yaw_deg: float = 20.0,
-                      head_pitch_deg: float = 8.0, camera_pitch_deg: float = 12.0) -> SyntheticCapture:
+                      head_pitch_deg: float = 8.0, camera_pitch_deg: float = 12.0,
+                      detail: float = 0.0) -> SyntheticCapture:
     """Render a seeded capture: a random identity (shape ~ N(0, 1)), expressions cycling through the
     presets, the head turning up to ``head_yaw_deg`` and nodding up to ``head_pitch_deg``, seen by
-    :func:`camera_ring` (``camera_pitch_deg``)."""
+    :func:`camera_ring` (``camera_pitch_deg``); ``detail``: the skin's speckle
+    (:func:`~flame_tracker.evaluation.scenes.vertex_albedo`; 0: smooth skin)."""
     from flame_tracker.camera.reference import euler_to_matrix
     from flame_tracker.evaluation.scenes import SceneTruth, draw_scene, sample_scenes
 
@@ -123,7 +125,7 @@ def synthetic_capture(model, n_cams: int = 6, n_steps: int = 6, *, seed: int = 0
             spec = type(base)(**{**base.__dict__, "expr": expr, "width": cam.width, "height": cam.height,
                                  "light_dir": light, "light_strength": 0.35})
             truth = SceneTruth(spec, cam.K, R, tc, verts, neutral, px, lmk)
-            row.append(draw_scene(model, spec, truth))
+            row.append(draw_scene(model, spec, truth, detail=detail))
         images.append(row)
         exprs.append(expr)
         rots.append(R_h)

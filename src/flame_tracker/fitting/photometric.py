@@ -212,7 +212,7 @@ def _faces_near_mask(vpx: Tensor, faces: Tensor, mask: Tensor, margin: int) -> T
     return hit.any(0)
 
 
-class _SubMesh:
+class SubMesh:
     """Skinning of only the vertices some triangles use (the sub-mesh near the face mask).
 
     The bases are linear and skinning is per vertex, so slicing the rows of the model's
@@ -603,13 +603,13 @@ class PhotometricProblem:
         free_joints = [k for k, on in (("jaw_pose", self.has_jaw), ("eye_pose", self.eye.requires_grad)) if on]
         self.rest = _rest_joints(model, dict(shape=self.shape0, expr=self.expr0, jaw_pose=self.jaw0,
                                              eye_pose=self.eye0, neck_pose=self.neck), free_joints)
-        self.sub = _SubMesh(model, self.faces, fixed_shape=self.fixed_shape, rest_joints=self.rest)
+        self.sub = SubMesh(model, self.faces, fixed_shape=self.fixed_shape, rest_joints=self.rest)
         self.vis: dict = {}
         if opts.w_pixel <= 0:  # landmarks only: skin just the landmark vertices
-            self._set_mesh(_SubMesh(model, self.faces[:0], fixed_shape=self.fixed_shape, extra=self.point_ids,
+            self._set_mesh(SubMesh(model, self.faces[:0], fixed_shape=self.fixed_shape, extra=self.point_ids,
                                     rest_joints=self.rest))
 
-    def _set_mesh(self, mesh: _SubMesh) -> None:
+    def _set_mesh(self, mesh: SubMesh) -> None:
         """Use ``mesh`` (which holds ``point_ids``) for the steps: where its landmark vertices are."""
         dev = self.dev
         self.vis.update(mesh=mesh, lmk_loc=mesh.local(self.lmk_tri.reshape(-1)),
@@ -631,7 +631,7 @@ class PhotometricProblem:
         vpx = to_render_pixels(view, self.fov, res, self.pp)
         fr = rasterize(vpx, sub_faces, res, res, cull_backfaces=True).select(self.mask)
         used, local = torch.unique(fr.pix_face, return_inverse=True)
-        self._set_mesh(_SubMesh(self.model, self.faces[used], fixed_shape=self.fixed_shape, extra=self.point_ids,
+        self._set_mesh(SubMesh(self.model, self.faces[used], fixed_shape=self.fixed_shape, extra=self.point_ids,
                                 rest_joints=self.rest))
         face_idx = torch.full((n * res * res,), -1, dtype=torch.long, device=dev)
         face_idx[fr.pix] = local

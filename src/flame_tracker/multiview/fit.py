@@ -70,6 +70,10 @@ class MultiviewOptions:
     # 8 px; 6 synthetic subjects: identity 3.04 mm with none, 3.22 with 2 (within their scatter).
     # Cameras that agree with the pictures matter to avatar training
     camera_rounds: int = 2
+    # refine against the pictures afterwards (multiview.photometric: photo-consistency between the
+    # views); keyframes: the timesteps of its identity solve
+    photometric: bool = False
+    photometric_keyframes: int = 8
 
 
 @dataclass

@@ -192,6 +192,48 @@ def overlay_grid(images: list[np.ndarray | None], model, verts_world: np.ndarray
     return np.concatenate([np.concatenate(r, 1) for r in rows], 0)
 
 
+def _refine_photometric(model, fit_model, fit: MultiviewFit, rig: Rig, capture: Capture, det: Detections,
+                        opts: MultiviewOptions, progress: bool) -> tuple[MultiviewFit, dict]:
+    """The landmark fit refined against the pictures (:mod:`flame_tracker.multiview.photometric`),
+    smoothed again over time when the fit was; and what the refinement did (for the summary)."""
+    from flame_tracker.multiview.fit import smooth as smooth_fit
+    from flame_tracker.multiview.photometric import refine_multiview
+
+    reading: dict[str, Any] = {"frames": None, "next": 0}
+
+    def pictures(steps):
+        """The pictures of ``steps`` (increasing): read on from the last call, from the start again
+        when asked for an earlier timestep (the keyframes first, then the chunks in order); image
+        folders are read directly."""
+        if capture.kind == "folders" and capture.images is not None:
+            from flame_tracker.io.images import load_image
+
+            return [[load_image(files[int(t) * capture.every]) for files in capture.images] for t in steps]
+        if reading["frames"] is None or steps[0] < reading["next"]:
+            if reading["frames"] is not None:
+                reading["frames"].close()
+            reading["frames"], reading["next"] = capture.frames(), 0
+        want, got = {int(t) for t in steps}, {}
+        for t, _, images in reading["frames"]:
+            reading["next"] = t + 1
+            if t in want:
+                got[t] = images
+                if len(got) == len(want):
+                    break
+        return [got.get(int(t), [None] * len(rig)) for t in steps]
+
+    try:
+        ref = refine_multiview(model, fit_model, fit, rig, pictures, det.lmks, keyframes=opts.photometric_keyframes,
+                               progress=progress)
+    finally:
+        if reading["frames"] is not None:
+            reading["frames"].close()
+    out = ref.fit
+    if opts.smooth and len(out.valid) > 2:
+        out = smooth_fit(out, det.times)
+    return out, {"keyframes": [int(t) for t in ref.keyframes], "solves": ref.solves}
+
+
 def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str | Path, *, model=None,
                     unit: str = "m", every: int = 1, max_frames: int | None = None, fps: float | None = None,
                     sync: str = "index",
@@ -271,6 +313,12 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
         else:
             fit = fit_all(rig)
         timings["fit_s"] = time.perf_counter() - t0
+        photometric = None
+        if opts.photometric:
+            t0 = time.perf_counter()
+            fit, photometric = _refine_photometric(tracker.model, tracker.fit_model, fit, rig, capture, det, opts,
+                                                   progress)
+            timings["photometric_s"] = time.perf_counter() - t0
         notes += fit.notes
         for n in notes:
             import warnings
@@ -303,7 +351,8 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
         "views_seen": {c.name: int(det.seen[:, i].sum()) for i, c in enumerate(rig.cameras)},
         "reproj_px_per_camera": {c.name: (float(np.nanmean(reproj[:, i])) if det.seen[:, i].any() else None)
                                  for i, c in enumerate(rig.cameras)},
-        "head_scale_vs_model": fit.scale_ratio, "camera_estimate": camera_estimate, "warnings": notes,
+        "head_scale_vs_model": fit.scale_ratio, "camera_estimate": camera_estimate, "photometric": photometric,
+        "warnings": notes,
         "iterations": fit.iterations,
         "timings_s": {**{k: round(v, 3) for k, v in timings.items()},
                       "total_s": round(time.perf_counter() - t_start, 3)},
