@@ -225,7 +225,9 @@ def test_multiview_bad_input_and_warnings(capture, tmp_path: Path) -> None:
 def test_photometric_refinement_pulls_a_displaced_head_back() -> None:
     """Photo-consistency alone (no landmark term): a head rendered by 3 cameras at 2 timesteps, started
     about 3 degrees and 5 mm away from where it is (identity and expression true), comes back to
-    within a degree and 1.5 mm, at least halving both errors, with smooth skin."""
+    within a degree and 1.5 mm (the rotation error down 40 %, the translation's halved at least), with
+    smooth skin; and within a degree and 1.5 mm when one camera's colours are off by 10-20 %
+    (exposure, white balance: the per-view gains; without them the head runs away)."""
     from scipy.spatial.transform import Rotation
 
     from flame_tracker.evaluation.metrics import rotation_error_deg
@@ -249,16 +251,21 @@ def test_photometric_refinement_pulls_a_displaced_head_back() -> None:
                          jaw_pose=np.zeros((T, 3)), eye_pose=np.zeros((T, 6)), valid=np.ones(T, bool),
                          seen=np.ones((T, C), bool), used=np.ones((T, C, 68), bool), scale_ratio=1.0, objective=0.0,
                          iterations=0)
-    ref = refine_multiview(model, model, start, cap.rig, lambda steps: [cap.images[t] for t in steps], px,
-                           options=PhotoconsistencyOptions(fit_shape=False, w_lmk=0.0))
-
     def errors(f: MultiviewFit) -> tuple[float, float]:
         rot = max(rotation_error_deg(Rotation.from_rotvec(f.rotvec[t]).as_matrix(), cap.rotation[t]) for t in range(T))
         return rot, float(np.abs(f.transl - cap.transl).max() * 1000)
 
-    (rot0, mm0), (rot1, mm1) = errors(start), errors(ref.fit)
-    print(f"displaced head: rotation {rot0:.2f} -> {rot1:.2f} deg, translation {mm0:.2f} -> {mm1:.2f} mm")
-    assert rot1 < min(1.0, 0.6 * rot0) and mm1 < min(1.5, 0.5 * mm0)
+    tint = np.array([0.8, 0.85, 0.9])
+    tinted = [[(im * tint).astype(np.uint8) if c == 1 else im for c, im in enumerate(row)] for row in cap.images]
+    (rot0, mm0) = errors(start)
+    for name, pictures in (("same cameras", cap.images), ("one camera tinted", tinted)):
+        ref = refine_multiview(model, model, start, cap.rig, lambda steps, p=pictures: [p[t] for t in steps], px,
+                               options=PhotoconsistencyOptions(fit_shape=False, w_lmk=0.0))
+        rot1, mm1 = errors(ref.fit)
+        print(f"displaced head, {name}: rotation {rot0:.2f} -> {rot1:.2f} deg, translation {mm0:.2f} -> {mm1:.2f} mm")
+        assert rot1 < 1.0 and mm1 < 1.5
+        if name == "same cameras":
+            assert rot1 < 0.6 * rot0 and mm1 < 0.5 * mm0
     solve = ref.solves[0]
     assert solve["views"] == 6 and solve["photo_end"] < 0.5 * solve["photo_start"]
     assert np.array_equal(ref.fit.shape, cap.shape)  # fit_shape=False leaves the identity alone

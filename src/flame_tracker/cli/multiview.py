@@ -40,7 +40,7 @@ from flame_tracker.defaults import IMAGE_FOV
               "and image folders given --fps).")
 @click.option("--photometric", is_flag=True,
               help="Refine the landmark fit against the pictures: the identity, head poses and expressions that make "
-              "every view agree on the face's colours (about 0.7 s per view on a laptop CPU; identity error about "
+              "every view agree on the face's colours (about 0.4 s per view on a laptop CPU; identity error about "
               "a third lower on synthetic captures).")
 @click.option("--overlay/--no-overlay", default=True, show_default=True,
               help="Write overlay/<t>.png: every view with the fitted mesh and landmarks.")

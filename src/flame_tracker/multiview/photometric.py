@@ -58,6 +58,7 @@ class PhotoconsistencyOptions:
     w_shape: float = 0.0
     w_expr: float = 1e-3  # distance of the expression from the landmark fit's
     charbonnier: float = 0.02  # of the colour distance (0..1 colours)
+    view_gains: bool = True  # per-view colour gains (cameras' exposure and white balance differ)
     facing_min: float = 0.3  # cosine between a vertex normal and the ray to the camera
     visibility_every: int = 10
     lr_shape: float = 0.01  # seeds 10-12: 1.41 mm with 0.005, 1.36 with 0.01, 1.73 with 0.05
@@ -159,6 +160,7 @@ class Photoconsistency:
         keep = torch.as_tensor(region | eyeball_mask(model))
         self.faces = faces[keep[faces].all(1)]
         self.weights: Tensor | None = None  # [N, Vr] visibility x facing
+        self.gains: Tensor | None = None  # [N, 3] per-view colour gains (view_gains)
 
     # ------------------------------------------------------------------ geometry
     def params(self) -> dict[str, Tensor]:
@@ -222,12 +224,27 @@ class Photoconsistency:
         w = self.weights
         S = len(self.T0)
         st = views.step
-        # the mean colour of each vertex over the views of its timestep
-        num = col.new_zeros(S, w.shape[1], 3).index_add(0, st, col * w[..., None])
         den = w.new_zeros(S, w.shape[1]).index_add(0, st, w)
         count = w.new_zeros(S, w.shape[1]).index_add(0, st, (w > 0).to(w.dtype))
-        mean = num / den.clamp_min(1e-6)[..., None]
         both = (count[st] >= 2).to(w.dtype) * w  # only vertices two views of the timestep see
+
+        def view_mean(c: Tensor) -> Tensor:
+            """The mean colour ``[S, Vr, 3]`` of each vertex over the views of its timestep."""
+            return c.new_zeros(S, w.shape[1], 3).index_add(0, st, c * w[..., None]) / den.clamp_min(1e-6)[..., None]
+
+        if o.view_gains:
+            # cameras differ in exposure and white balance: each view's colours scaled per channel by
+            # the least-squares gain onto the other views' mean (held fixed within the step), the
+            # gains of a timestep's views normalised to a geometric mean of 1
+            with torch.no_grad():
+                m0 = view_mean(col)[st]
+                wb = both[..., None]
+                g = (wb * m0 * col).sum(1) / (wb * col * col).sum(1).clamp_min(1e-9)  # [N, 3]
+                g = g.clamp(0.25, 4.0).log()
+                g_mean = g.new_zeros(S, 3).index_add(0, st, g) / torch.bincount(st, minlength=S).clamp_min(1)[:, None]
+                self.gains = (g - g_mean[st]).exp()
+            col = col * self.gains[:, None]
+        mean = view_mean(col)
         d = col - mean[st]
         rho = torch.sqrt((d * d).sum(-1) + o.charbonnier**2) - o.charbonnier
         photo = (both * rho).sum() / both.sum().clamp_min(1e-6)
