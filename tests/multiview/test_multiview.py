@@ -271,6 +271,35 @@ def test_photometric_refinement_pulls_a_displaced_head_back() -> None:
     assert np.array_equal(ref.fit.shape, cap.shape)  # fit_shape=False leaves the identity alone
 
 
+def test_a_photometric_refinement_that_does_not_help_is_not_kept(monkeypatch) -> None:
+    """When the views' colours end no closer than they started (cameras off), the landmark fit is
+    kept and a note says why; when they barely improve, the refinement is kept with a note."""
+    from types import SimpleNamespace
+
+    import flame_tracker.multiview.photometric as ph
+    from flame_tracker.multiview.fit import MultiviewFit, MultiviewOptions
+    from flame_tracker.multiview.pipeline import _refine_photometric
+
+    T, C = 3, 2
+    fit = MultiviewFit(shape=np.zeros(4), rotvec=np.zeros((T, 3)), transl=np.zeros((T, 3)), expr=np.zeros((T, 5)),
+                       jaw_pose=np.zeros((T, 3)), eye_pose=np.zeros((T, 6)), valid=np.ones(T, bool),
+                       seen=np.ones((T, C), bool), used=np.ones((T, C, 68), bool), scale_ratio=1.0, objective=0.0,
+                       iterations=0)
+    moved = MultiviewFit(**{**fit.__dict__, "transl": np.ones((T, 3))})
+    det = SimpleNamespace(lmks=np.zeros((T, C, 68, 2)), times=np.arange(T) / 30.0)
+    capture = SimpleNamespace(kind="folders", images=None, frames=lambda: iter(()))
+    opts = MultiviewOptions(photometric=True, smooth=False)
+    for start, end, kept, note in ((0.010, 0.011, False, "kept the landmark fit"),
+                                   (0.010, 0.0095, True, "barely made the views' colours agree"),
+                                   (0.010, 0.004, True, None)):
+        monkeypatch.setattr(ph, "refine_multiview", lambda *a, s=start, e=end, **k: ph.MultiviewRefinement(
+            moved, np.arange(T), [{"timesteps": [0, 1, 2], "views": 6, "photo_start": s, "photo_end": e}]))
+        out, info = _refine_photometric(None, None, fit, None, capture, det, opts, False)
+        assert info["kept"] is kept
+        assert np.array_equal(out.transl, moved.transl if kept else fit.transl)
+        assert (note is None and out.notes == []) or (note is not None and note in out.notes[-1])
+
+
 @pytest.mark.slow
 def test_multiview_photometric_refinement_improves_the_identity(capture, tmp_path: Path) -> None:
     """``--photometric`` on the rendered capture: the colours of the views agree better, and the

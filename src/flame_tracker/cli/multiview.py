@@ -94,7 +94,7 @@ def multiview(ctx: click.Context, capture: Path, cameras: str, image_fov: float,
         solves = summary["photometric"]["solves"]
         click.echo(f"photometric refinement: {sum(s['views'] for s in solves)} views in {len(solves)} solve(s); "
                    f"colour disagreement between views {solves[0]['photo_start']:.4f} -> {solves[0]['photo_end']:.4f} "
-                   "on the keyframes")
+                   "on the keyframes" + ("" if summary["photometric"].get("kept", True) else " (not kept)"))
     errs = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in summary["reproj_px_per_camera"].items())
     click.echo(f"{summary['timesteps_with_face']}/{summary['n_timesteps']} timesteps fitted from "
                f"{summary['n_cameras']} cameras (mean 68-point error px: {errs}) -> {out_dir}")

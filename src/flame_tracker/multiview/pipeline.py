@@ -228,10 +228,23 @@ def _refine_photometric(model, fit_model, fit: MultiviewFit, rig: Rig, capture: 
     finally:
         if reading["frames"] is not None:
             reading["frames"].close()
+    info: dict[str, Any] = {"keyframes": [int(t) for t in ref.keyframes], "solves": ref.solves, "kept": True}
+    first = ref.solves[0]
+    if first["photo_end"] >= first["photo_start"]:
+        # the views' colours could not be brought to agree: keep the landmark fit
+        info["kept"] = False
+        return replace(fit, notes=[*fit.notes, (
+            f"the photometric refinement could not make the views' colours agree (disagreement "
+            f"{first['photo_start']:.4f} -> {first['photo_end']:.4f}); kept the landmark fit. The cameras may be off "
+            "(estimated cameras with a wrong --image-fov, an old calibration) or the frames not synchronised")]), info
     out = ref.fit
+    if first["photo_end"] > 0.9 * first["photo_start"]:
+        out = replace(out, notes=[*out.notes, (
+            f"the photometric refinement barely made the views' colours agree (disagreement {first['photo_start']:.4f} "
+            f"-> {first['photo_end']:.4f}): check the cameras (calibration, --image-fov) and the synchronisation")])
     if opts.smooth and len(out.valid) > 2:
         out = smooth_fit(out, det.times)
-    return out, {"keyframes": [int(t) for t in ref.keyframes], "solves": ref.solves}
+    return out, info
 
 
 def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str | Path, *, model=None,
