@@ -17,7 +17,9 @@ with the landmark fit's terms keeping it in place:
   blurred copies of the pictures, so that edges (eyes, brows, lips, nostrils, the hairline) pull from
   a few pixels away;
 * visibility (a vertex counts in a view when a triangle of it is visible there and it faces the
-  camera) is recomputed at each level and every few steps.
+  camera) is recomputed at each level and every few steps;
+* each view's colours are scaled per channel by the gain that best matches them to the other views
+  (cameras differ in exposure and white balance).
 
 Each view is cut to a square around its face (:func:`view_crops`); the cameras stay fixed.
 """
@@ -129,10 +131,11 @@ class Photoconsistency:
     def __init__(self, model: HeadModel, fit_model: HeadModel, rig: Rig, views: ViewCrops, heads: dict[str, np.ndarray],
                  opts: PhotoconsistencyOptions, region: np.ndarray) -> None:
         self.model, self.fit_model, self.opts = model, fit_model, opts
-        dt = self.dt = model.v_template.dtype
-        self.views = views = replace(views, images=[im.to(dt) for im in views.images], K=views.K.to(dt),
-                                     lmks=views.lmks.to(dt), half=views.half.to(dt))
-        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
+        dt, dev = self.dt, self.dev = model.v_template.dtype, model.v_template.device
+        self.views = views = replace(views, step=views.step.to(dev), camera=views.camera.to(dev),
+                                     images=[im.to(dev, dt) for im in views.images], K=views.K.to(dev, dt),
+                                     lmks=views.lmks.to(dev, dt), half=views.half.to(dev, dt))
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
         self.R0 = f32(Rotation.from_rotvec(heads["rotvec"]).as_matrix())  # [S, 3, 3] model -> world
         self.T0 = f32(heads["transl"])
         self.shape0 = f32(heads["shape"]).reshape(1, -1)
@@ -142,22 +145,22 @@ class Photoconsistency:
         self.tc = f32(np.stack([c.t for c in rig.cameras]))[views.camera]
         from flame_tracker.fitting.photometric import SubMesh
 
-        self.region = torch.as_tensor(np.flatnonzero(region))
+        self.region = torch.as_tensor(np.flatnonzero(region), device=dev)
         # the steps skin only the face-region vertices (a half of the ICT head)
-        self.sub = SubMesh(model, model.faces[:0], extra=self.region.to(model.v_template.device))
+        self.sub = SubMesh(model, model.faces[:0], extra=self.region)
         self.d_shape = torch.zeros_like(self.shape0, requires_grad=opts.fit_shape)
-        self.d_rot = torch.zeros(S, 3, dtype=dt, requires_grad=True)
-        self.d_trans = torch.zeros(S, 3, dtype=dt, requires_grad=True)
+        self.d_rot = torch.zeros(S, 3, dtype=dt, device=dev, requires_grad=True)
+        self.d_trans = torch.zeros(S, 3, dtype=dt, device=dev, requires_grad=True)
         self.d_expr = torch.zeros_like(self.expr0, requires_grad=True)
         self.has_jaw = bool(getattr(model, "has_jaw_joint", True))
-        self.d_jaw = torch.zeros(S, 3, dtype=dt, requires_grad=self.has_jaw)
+        self.d_jaw = torch.zeros(S, 3, dtype=dt, device=dev, requires_grad=self.has_jaw)
         self.bounds = getattr(model, "expr_bounds", None)
         # visibility rasterises the face region's triangles (and the eyeballs', which hide the
         # sockets behind them): what can hide a face-region vertex from a camera in front of it
         from flame_tracker.evaluation.metrics import eyeball_mask
 
-        faces = model.faces.cpu()
-        keep = torch.as_tensor(region | eyeball_mask(model))
+        faces = model.faces.to(dev)
+        keep = torch.as_tensor(region | eyeball_mask(model), device=dev)
         self.faces = faces[keep[faces].all(1)]
         self.weights: Tensor | None = None  # [N, Vr] visibility x facing
         self.gains: Tensor | None = None  # [N, 3] per-view colour gains (view_gains)
@@ -201,7 +204,7 @@ class Photoconsistency:
         px = torch.cat([self.to_pixels(cam), cam[..., 2:]], -1)
         frags = rasterize(px, self.faces, res, res, cull_backfaces=True)
         n, v = cam.shape[:2]
-        seen = torch.zeros(n * v, dtype=torch.bool)
+        seen = torch.zeros(n * v, dtype=torch.bool, device=cam.device)
         tri = self.faces[frags.pix_face]  # [P, 3]
         seen[(frags.pix_batch()[:, None] * v + tri).reshape(-1)] = True
         normals = vertex_normals(cam, self.faces)
@@ -342,18 +345,19 @@ def refine_multiview(model: HeadModel, fit_model: HeadModel, fit: MultiviewFit, 
         heads = {"shape": out.shape, "rotvec": out.rotvec[steps], "transl": out.transl[steps], "expr": out.expr[steps],
                  "jaw_pose": out.jaw_pose[steps], "eye_pose": out.eye_pose[steps]}
         o = opts if g == 0 else replace(opts, fit_shape=False)
-        with nullcontext() if o.cpu_threads is None else cpu_threads(o.cpu_threads):
+        with nullcontext() if o.cpu_threads is None else cpu_threads(o.cpu_threads, model.v_template.device):
             prob = Photoconsistency(model, fit_model, rig, views, heads, o, region)
             history = prob.solve()
         with torch.no_grad():
             rot, transl = prob.head()
             p = prob.params()
-        out.rotvec[steps] = Rotation.from_matrix(rot.double().numpy()).as_rotvec()
-        out.transl[steps] = transl.double().numpy()
-        out.expr[steps] = p["expr"].double().numpy()
-        out.jaw_pose[steps] = p["jaw_pose"].double().numpy()
+        cpu = lambda x: x.detach().double().cpu().numpy()  # noqa: E731
+        out.rotvec[steps] = Rotation.from_matrix(cpu(rot)).as_rotvec()
+        out.transl[steps] = cpu(transl)
+        out.expr[steps] = cpu(p["expr"])
+        out.jaw_pose[steps] = cpu(p["jaw_pose"])
         if o.fit_shape:
-            out.shape = p["shape"][0].double().numpy()
+            out.shape = cpu(p["shape"][0])
         solves.append({"timesteps": [int(t) for t in steps], "views": int(len(views.step)),
                        "photo_start": history[0]["photo"], "photo_end": history[-1]["photo"]})
     return MultiviewRefinement(out, keys, solves)
