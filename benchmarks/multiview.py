@@ -138,19 +138,21 @@ def main() -> None:
                                 blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views,
                                 points=pset)
             fit_s = time.perf_counter() - t0
-            mv_shape = mesh_distance_mm(neutral_vertices(model, fit.shape), truth, mask)
-            mv_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(fit.rotvec[t]).as_matrix(), cap.rotation[t])
-                              for t in range(T) if fit.valid[t]])
-            mv_expr = float(np.abs(fit.expr - cap.expr)[fit.valid].mean())
+
+            def errors(f, cap=cap, truth=truth) -> tuple[float, float, float]:
+                """A multi-view fit against the truth: identity (mm), rotation (degrees), expression."""
+                rot = np.mean([rotation_error_deg(Rotation.from_rotvec(f.rotvec[t]).as_matrix(), cap.rotation[t])
+                               for t in range(len(f.valid)) if f.valid[t]])
+                return (mesh_distance_mm(neutral_vertices(model, f.shape), truth, mask), float(rot),
+                        float(np.abs(f.expr - cap.expr)[f.valid].mean()))
+
+            mv_shape, mv_rot, mv_expr = errors(fit)
             # refined against the pictures (flame-tracker multiview --photometric)
             t0 = time.perf_counter()
             ph = refine_multiview(model, mv_model, fit, cap.rig, lambda steps: [cap.images[t] for t in steps],
                                   det.lmks).fit
             ph_s = time.perf_counter() - t0
-            ph_shape = mesh_distance_mm(neutral_vertices(model, ph.shape), truth, mask)
-            ph_rot = np.mean([rotation_error_deg(Rotation.from_rotvec(ph.rotvec[t]).as_matrix(), cap.rotation[t])
-                              for t in range(T) if ph.valid[t]])
-            ph_expr = float(np.abs(ph.expr - cap.expr)[ph.valid].mean())
+            ph_shape, ph_rot, ph_expr = errors(ph)
             # the same views with the cameras estimated from the face (intrinsics from the rig's field of
             # view; the extrinsics not given)
             t0 = time.perf_counter()
@@ -161,10 +163,10 @@ def main() -> None:
                     blendshape_names=det.names, options=MultiviewOptions(smooth=False), views=views, points=pset),
                 rounds=MultiviewOptions().camera_rounds)
             est_s = time.perf_counter() - t0
-            est_shape = mesh_distance_mm(neutral_vertices(model, est_fit.shape), truth, mask)
+            est_shape = errors(est_fit)[0]
             est_ph = refine_multiview(model, mv_model, est_fit, est.rig, lambda steps: [cap.images[t] for t in steps],
                                       det.lmks).fit
-            est_ph_shape = mesh_distance_mm(neutral_vertices(model, est_ph.shape), truth, mask)
+            est_ph_shape = errors(est_ph)[0]
             singles = []
             for c, cam in enumerate(cap.rig.cameras):
                 if det.seen[:, c].sum() < 2:

@@ -40,16 +40,19 @@ class Capture:
     fps: float = 30.0
     sync: str = "index"  # videos: "index" or "timestamps"
 
+    def folder_images(self, t: int) -> list[np.ndarray | None]:
+        """Image folders: every camera's picture of timestep ``t`` (read directly, RGB uint8)."""
+        from flame_tracker.io.images import load_image
+
+        assert self.images is not None  # image folders, found by open_capture
+        return [load_image(files[t * self.every]) for files in self.images]
+
     def frames(self) -> Iterator[tuple[int, float, list[np.ndarray | None]]]:
         """``(t, time_s, [image of each camera])`` for every timestep, RGB uint8 (None: that camera
         has no frame at that time, with ``sync="timestamps"``)."""
-        from flame_tracker.io.images import load_image
-
         if self.kind == "folders":
-            assert self.images is not None  # found by open_capture
             for t in range(self.n_frames):
-                k = t * self.every
-                yield t, k / self.fps, [load_image(files[k]) for files in self.images]
+                yield t, t * self.every / self.fps, self.folder_images(t)
             return
         from flame_tracker.video.decode import VideoReader
 

@@ -163,6 +163,8 @@ class Photoconsistency:
         keep = torch.as_tensor(region | eyeball_mask(model), device=dev)
         self.faces = faces[keep[faces].all(1)]
         self.weights: Tensor | None = None  # [N, Vr] visibility x facing
+        self.den = self.both = torch.zeros(0)  # set with the weights (visibility)
+        self.views_per_step = torch.bincount(views.step, minlength=S).clamp_min(1).to(dt)
         self.gains: Tensor | None = None  # [N, 3] per-view colour gains (view_gains)
 
     # ------------------------------------------------------------------ geometry
@@ -210,8 +212,14 @@ class Photoconsistency:
         normals = vertex_normals(cam, self.faces)
         ray = F.normalize(cam, dim=-1)
         facing = -(normals * ray).sum(-1)  # [N, V]
-        w = facing.clamp_min(0) * seen.view(n, v) * (facing > self.opts.facing_min)
-        self.weights = w[:, self.region]
+        w = (facing.clamp_min(0) * seen.view(n, v) * (facing > self.opts.facing_min))[:, self.region]
+        self.weights = w
+        # what the loss needs of the weights, fixed until the next pass: per timestep and vertex the
+        # weight sum over its views, and the weights of the vertices two views of the timestep see
+        S, st = len(self.T0), self.views.step
+        self.den = w.new_zeros(S, w.shape[1]).index_add(0, st, w)
+        count = w.new_zeros(S, w.shape[1]).index_add(0, st, (w > 0).to(w.dtype))
+        self.both = (count[st] >= 2).to(w.dtype) * w
 
     # ------------------------------------------------------------------ objective
     def loss(self, level: int) -> tuple[Tensor, dict[str, float]]:
@@ -224,12 +232,9 @@ class Photoconsistency:
         col = F.grid_sample(views.images[level], grid, mode="bilinear", padding_mode="border",
                             align_corners=False)[:, :, 0].transpose(1, 2)  # [N, Vr, 3]
         assert self.weights is not None  # visibility() ran
-        w = self.weights
+        w, den, both = self.weights, self.den, self.both
         S = len(self.T0)
         st = views.step
-        den = w.new_zeros(S, w.shape[1]).index_add(0, st, w)
-        count = w.new_zeros(S, w.shape[1]).index_add(0, st, (w > 0).to(w.dtype))
-        both = (count[st] >= 2).to(w.dtype) * w  # only vertices two views of the timestep see
 
         def view_mean(c: Tensor) -> Tensor:
             """The mean colour ``[S, Vr, 3]`` of each vertex over the views of its timestep."""
@@ -244,7 +249,7 @@ class Photoconsistency:
                 wb = both[..., None]
                 g = (wb * m0 * col).sum(1) / (wb * col * col).sum(1).clamp_min(1e-9)  # [N, 3]
                 g = g.clamp(0.25, 4.0).log()
-                g_mean = g.new_zeros(S, 3).index_add(0, st, g) / torch.bincount(st, minlength=S).clamp_min(1)[:, None]
+                g_mean = g.new_zeros(S, 3).index_add(0, st, g) / self.views_per_step[:, None]
                 self.gains = (g - g_mean[st]).exp()
             col = col * self.gains[:, None]
         mean = view_mean(col)

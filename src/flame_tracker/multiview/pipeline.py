@@ -205,10 +205,8 @@ def _refine_photometric(model, fit_model, fit: MultiviewFit, rig: Rig, capture: 
         """The pictures of ``steps`` (increasing): read on from the last call, from the start again
         when asked for an earlier timestep (the keyframes first, then the chunks in order); image
         folders are read directly."""
-        if capture.kind == "folders" and capture.images is not None:
-            from flame_tracker.io.images import load_image
-
-            return [[load_image(files[int(t) * capture.every]) for files in capture.images] for t in steps]
+        if capture.kind == "folders":
+            return [capture.folder_images(int(t)) for t in steps]
         if reading["frames"] is None or steps[0] < reading["next"]:
             if reading["frames"] is not None:
                 reading["frames"].close()
