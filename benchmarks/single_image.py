@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from timing import fastest
 
-from flame_tracker.fitting.stage2 import REFERENCE_PRIORS, Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.expressions import expr_from_blendshapes
+from flame_tracker.fitting.stage2 import REFERENCE_PRIORS, Stage2Options, fit_stage2
 from flame_tracker.paths import data_dir
 from flame_tracker.tracker import Tracker
 

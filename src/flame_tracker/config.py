@@ -239,6 +239,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {value!r}; use one of {', '.join(map(repr, args))}")
         return value
+    if origin is tuple and isinstance(value, (list, tuple)):  # TOML arrays: tuple[X, Y] or tuple[X, ...]
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise ConfigError(f"{where}: {value!r} needs {len(items)} values")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, items))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and value in ("inf", "-inf", "nan"):  # as config.json writes them

@@ -38,8 +38,9 @@ from flame_tracker.camera import (
 )
 from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import InputError
+from flame_tracker.fitting.expressions import mediapipe_prior
 from flame_tracker.fitting.stage1 import FovMode, Stage1Options, fit_camera
-from flame_tracker.fitting.stage2 import Stage2Options, expr_from_blendshapes, fit_stage2
+from flame_tracker.fitting.stage2 import Stage2Options, fit_stage2
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 from flame_tracker.threads import cpu_threads
 
@@ -629,7 +630,7 @@ class Tracker:
             fovs.append(self.crop_fov(crop, image_size))
             e0 = None
             if blendshapes is not None and len(blendshapes):
-                e0 = expr_from_blendshapes(model.expr_names, blendshape_names, blendshapes)
+                e0 = mediapipe_prior(model.expr_names, blendshape_names, blendshapes)
             e0s.append(e0)
         given = [e for e in e0s if e is not None]
         expr0 = torch.stack(given).to(dev, dt) if len(given) == len(e0s) else None

@@ -59,7 +59,8 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
              "[track]\nstage1 = 3\n": "[track.stage1] must be a table",
              "[stage1]\nsolver = \"gd\"\n": "stage1.solver",
              "[image]\nlandmarks = \"100\"\n": "image.landmarks",
-             "[image]\nrounds = 0\n": "at least 1"}
+             "[image]\nrounds = 0\n": "at least 1",
+             "[stage2]\nprior_view_fade = [20.0]\n": "stage2.prior_view_fade"}
     for text, message in cases.items():
         (tmp_path / "bad.toml").write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -71,6 +72,11 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
     c = Config.load(tmp_path / "ok.toml")
     assert c.track.image_fov is None and c.track.fov == 25.0 and isinstance(c.track.fov, float)
     assert c.explicit == {"track.image_fov", "track.fov"}
+    # a pair is a TOML array (integers taken as floats), recorded and read back as the same tuple
+    (tmp_path / "pair.toml").write_text("[stage2]\nprior_view_fade = [20, 60.5]\n")
+    c = Config.load(tmp_path / "pair.toml")
+    assert c.stage2.prior_view_fade == (20.0, 60.5)
+    assert Config().updated(json.loads(json.dumps(c.to_dict()))).stage2.prior_view_fade == (20.0, 60.5)
 
 
 def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: Path, tmp_path: Path) -> None:

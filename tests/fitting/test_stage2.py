@@ -8,12 +8,8 @@ import torch
 from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from flame_tracker.camera import project_ndc
-from flame_tracker.fitting.stage2 import (
-    REFERENCE_PRIORS,
-    Stage2Options,
-    expr_from_blendshapes,
-    fit_stage2,
-)
+from flame_tracker.fitting.expressions import expr_from_blendshapes
+from flame_tracker.fitting.stage2 import REFERENCE_PRIORS, Stage2Options, fit_stage2
 
 DT = torch.float64
 

@@ -201,6 +201,16 @@ def to_head_centric(pose6: Tensor) -> tuple[Tensor, Tensor]:
     return matrix_to_rotvec(rt), -(rt @ pose6[..., 3:, None])[..., 0]
 
 
+def view_angle_deg(pose6: Tensor) -> Tensor:
+    """``[N]`` angle in degrees between where the head faces (its model +z axis) and the direction from
+    the head to the camera: 0 for a face looking into the lens, 90 for a profile (yaw and pitch
+    together, off-centre faces included)."""
+    r_head, t_head = to_head_centric(pose6)
+    forward = rotvec_to_matrix(r_head)[..., :, 2]
+    to_cam = -t_head / t_head.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return torch.rad2deg(torch.arccos((forward * to_cam).sum(-1).clamp(-1.0, 1.0)))
+
+
 def from_head_centric(head_rotvec: Tensor, head_transl: Tensor) -> Tensor:
     """Inverse of :func:`to_head_centric`."""
     head_rotvec, head_transl = _as_tensor(head_rotvec), _as_tensor(head_transl)
@@ -211,5 +221,5 @@ def from_head_centric(head_rotvec: Tensor, head_transl: Tensor) -> Tensor:
 __all__ = [
     "Crop", "crop_fov", "intrinsics_pixels", "fov_from_intrinsics", "project_pixels", "pose6_to_opencv",
     "opencv_to_pose6", "to_opencv", "to_opengl_c2w", "opengl_c2w_to_pose6", "to_head_centric",
-    "from_head_centric",
+    "from_head_centric", "view_angle_deg",
 ]

@@ -236,7 +236,7 @@ class ClipExpressions:
 
     def spurious(self, expr_names: list[str]) -> list[str]:
         """Channels with a fitted mean above 0.3 where MediaPipe's matching mean is below 0.1."""
-        from flame_tracker.fitting.stage2 import expr_from_blendshapes
+        from flame_tracker.fitting.expressions import expr_from_blendshapes
 
         scores = expr_from_blendshapes(expr_names, self.score_names, self.scores)
         if scores is None:  # a model without named expressions: nothing to compare

@@ -40,16 +40,15 @@ Solvers:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from flame_tracker.camera import ndc_scale, project_ndc, rotvec_to_matrix
+from flame_tracker.camera import ndc_scale, project_ndc, rotvec_to_matrix, view_angle_deg
 from flame_tracker.errors import InputError
+from flame_tracker.fitting.expressions import coupling_matrix, held_channels
 from flame_tracker.threads import cpu_threads
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
@@ -73,6 +72,17 @@ class Stage2Options:
     # rests at 0 unless the landmarks need it (an L2 prior alone lets many channels share the work).
     # None: the model's (0 for FLAME-like models, 0.5 for blendshape models).
     w_exp_l1: float | None = None
+    # Couplings of named blendshape channels (fitting.expressions.coupling_matrix): w_exp_sym·Σ(e_L - e_R)²
+    # over left/right pairs, w_exp_exclusive·Σ e_a·e_b over antagonists. None: the model's.
+    w_exp_sym: float | None = None
+    w_exp_exclusive: float | None = None
+    # Hold the channels fitting.expressions.held_channels names at 0 (pupils, cheekRaiser, gaze shapes
+    # of a model with eye joints). None: the model's (True for named blendshape models).
+    hold_expr: bool | None = None
+    # MediaPipe's blendshape network sees near-frontal faces: the expression prior's centre
+    # (``expr_prior_mean``) counts fully up to the first angle (degrees) between the head's facing
+    # direction and the camera, fades linearly to 0 at the second (camera.view_angle_deg). None: always full.
+    prior_view_fade: tuple[float, float] | None = (30.0, 70.0)
     w_temporal: float = 0.1
     w_shape: float = 0.1  # ~ the reference photometric stage's 0.1·Σd_shape²/2; shape coefficients are N(0,1)
     w_neck: float = 10.0
@@ -103,11 +113,15 @@ class Stage2Options:
 # Blendshape models (ICT, weights in [0, 1]): the reference's expression prior (0.025·Σexp², made for
 # FLAME's N(0, 1) coefficients) lets the weights contort to every landmark error (measured: 2-8
 # channels saturated at 1.0 per frame of real clips, median correlation with MediaPipe's own scores
-# 0.00-0.43). Measured on the shared clips (benchmarks/accuracy.py, docs/accuracy.md): a prior
-# 4·Σ(exp - MediaPipe's score)² plus sparsity 0.5·Σexp gives 0 saturated channels, correlation
-# 0.82-0.95, and a lower landmark error than before (the detector embedding).
-BLENDSHAPE_PRIORS = {"w_exp": 4.0, "w_exp_l1": 0.5}
-REFERENCE_PRIORS = {"w_exp": 0.025, "w_exp_l1": 0.0}  # the reference's, for N(0, 1) coefficients (FLAME)
+# 0.00-0.43). Measured on benchmarks/expressions.py (docs/accuracy.md): a prior 4·Σ(exp - centre)²
+# (centre: MediaPipe's scores on the channels they describe, fitting.expressions.mediapipe_prior),
+# sparsity 0.5·Σexp, left/right coupling 4·Σ(e_L - e_R)² and the unidentifiable channels held at 0
+# give synthetic weight errors 0.045 (0.078 with MediaPipe's every score as the centre), correlation
+# with MediaPipe on real clips 0.91, no saturated channel. Sparsity 1.0 gave 0.039, but one person's
+# photos then fit less alike identities (identity_ratio 0.515 -> 0.535); antagonist coupling no gain.
+BLENDSHAPE_PRIORS = {"w_exp": 4.0, "w_exp_l1": 0.5, "w_exp_sym": 4.0, "w_exp_exclusive": 0.0, "hold_expr": True}
+# the reference's, for N(0, 1) coefficients (FLAME)
+REFERENCE_PRIORS = {"w_exp": 0.025, "w_exp_l1": 0.0, "w_exp_sym": 0.0, "w_exp_exclusive": 0.0, "hold_expr": False}
 
 
 def expression_priors(model: Any) -> dict[str, float]:
@@ -125,7 +139,7 @@ def with_model_priors(options: _Opts, model: Any) -> _Opts:
     """``options`` (any options dataclass with ``w_exp`` and ``w_exp_l1``: stage 2, multi-view) with
     the expression priors left at None set to ``model``'s."""
     priors = expression_priors(model)
-    unset = {k: v for k, v in priors.items() if getattr(options, k) is None}
+    unset = {k: v for k, v in priors.items() if hasattr(options, k) and getattr(options, k) is None}
     return replace(options, **unset) if unset else options
 
 
@@ -154,36 +168,6 @@ def n_landmarks(model: torch.nn.Module) -> int:
 def model_has_jaw(model: torch.nn.Module) -> bool:
     """Whether ``model`` has a jaw joint (FLAME); the ICT model moves its jaw with blendshapes."""
     return bool(getattr(model, "has_jaw_joint", getattr(model, "has_jaw", True)))
-
-
-def expr_from_blendshapes(
-    expr_names: Sequence[str] | None, names: Sequence[str], scores: np.ndarray | Tensor
-) -> Tensor | None:
-    """Initial ICT expression weights from MediaPipe's ARKit blendshape scores (matched by name).
-
-    MediaPipe writes ``eyeBlinkLeft``, ICT ``eyeBlink_L``; both are ARKit names for the subject's side.
-    Returns ``None`` when the model has no named expressions. Unmatched expressions start at zero.
-    """
-    if not expr_names:
-        return None
-    scores_t = torch.as_tensor(np.asarray(scores, dtype=np.float32))
-    squeeze = scores_t.ndim == 1
-    scores_t = scores_t.reshape(-1, len(names))
-
-    def _key(name: str) -> str:
-        for long, short in (("Left", "_L"), ("Right", "_R")):
-            if name.endswith(long):
-                name = name[: -len(long)] + short
-        return name.lower()
-
-    index = {_key(n): i for i, n in enumerate(names)}
-    # a sided ICT channel without a sided MediaPipe score (browInnerUp, cheekPuff) takes the unsided one
-    src = [index.get(_key(n), index.get(_key(n)[:-2], -1) if _key(n).endswith(("_l", "_r")) else -1)
-           for n in expr_names]
-    cols = torch.tensor([max(s, 0) for s in src])
-    valid = torch.tensor([s >= 0 for s in src], dtype=scores_t.dtype)
-    out = scores_t[:, cols] * valid
-    return out[0] if squeeze else out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,6 +294,10 @@ def objective_from_residuals(problem: _Problem, r: Tensor, x: Tensor, s: Tensor)
     lin = _prior_linear(problem, x)
     if lin is not None:
         per = per + x @ lin
+    q = _prior_coupling(problem, x)
+    if q is not None:
+        xe = x[:, : q.shape[0]]
+        per = per + ((xe @ q) * xe).sum(1)
     if problem.layout.shape == "shared":
         per = per + o.w_shape * (s**2).sum() / n
     if o.temporal and n >= 2:
@@ -646,6 +634,18 @@ def _prior_linear(problem: _Problem, x: Tensor) -> Tensor | None:
     return problem.cache[key]
 
 
+def _prior_coupling(problem: _Problem, x: Tensor) -> Tensor | None:
+    """``Q [E, E]`` of the expression coupling prior ``e^T Q e`` (symmetric and antagonist pairs of
+    named channels, :func:`~flame_tracker.fitting.expressions.coupling_matrix`; ``None`` when zero; cached)."""
+    key = "prior_coupling"
+    if key not in problem.cache:
+        o = problem.opts
+        q = coupling_matrix(getattr(problem.model, "expr_names", None), float(o.w_exp_sym or 0.0),
+                            float(o.w_exp_exclusive or 0.0))
+        problem.cache[key] = None if q is None else torch.as_tensor(q, dtype=x.dtype, device=x.device)
+    return problem.cache[key]
+
+
 def _temporal_apply(problem: _Problem, v: Tensor) -> Tensor:
     """``L v`` for the temporal term's Hessian (path-graph Laplacian times w_temporal on expr)."""
     out = torch.zeros_like(v)
@@ -707,8 +707,11 @@ def _free_mask(problem: _Problem, x: Tensor, g: Tensor) -> Tensor:
     """Active set of the box constraints: variables at a bound whose gradient pushes outwards are held."""
     if problem.lo is None:
         return torch.ones_like(x)
-    # held: on a bound, with the descent direction -g leaving the box (side * g < 0)
-    return (_bound_side(problem, x) * g >= 0).to(x.dtype)
+    # held: on a bound, with the descent direction -g leaving the box (side * g < 0), or fixed (lo = hi)
+    movable = problem.cache.get("bounds_movable")
+    if movable is None:
+        movable = problem.cache["bounds_movable"] = problem.hi > problem.lo
+    return ((_bound_side(problem, x) * g >= 0) & movable).to(x.dtype)
 
 
 def _clip(problem: _Problem, x: Tensor) -> Tensor:
@@ -810,6 +813,9 @@ def _irls_system(problem: _Problem, xc: Tensor, sc: Tensor, r: Tensor, jx: Tenso
     lin = _prior_linear(problem, xc)
     if lin is not None:
         gx = gx + lin
+    q = _prior_coupling(problem, xc)
+    if q is not None:
+        gx = gx + torch.nn.functional.pad(2 * xc[:, : q.shape[0]] @ q, (0, gx.shape[1] - q.shape[0]))
     if o.temporal and xc.shape[0] >= 2:
         gx = gx + _temporal_apply(problem, xc)
     hx = torch.baddbmm(prior_h, jw_t, jx)
@@ -848,6 +854,9 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
     rtol = o.rtol if coupled else o.rtol_frames
     # Fixed across iterations; small solves are dominated by per-op overhead, so skip what is zero.
     prior_h = torch.diag_embed(2 * lam_x.expand(n, p))
+    q = _prior_coupling(problem, x)
+    if q is not None:
+        prior_h[:, : q.shape[0], : q.shape[0]] += 2 * q
     for it in range(1, o.max_iter + 1):
         improved = False
         at_x = None  # the IRLS system at (x, s): a rejected trial only changes mu, so it is reused
@@ -1000,7 +1009,7 @@ def fit_stage2(
     Returns:
         :class:`Stage2Result` with every parameter as ``[N, ...]`` tensors (detached).
     """
-    opts = replace(options or Stage2Options(), **overrides)  # expression priors: resolved by _Problem
+    opts = with_model_priors(replace(options or Stage2Options(), **overrides), model)
     dev, dt = model.v_template.device, model.v_template.dtype
     target, coeff, has_iris = _targets(model, lmks_ndc, iris_ndc, point_weights, opts)
     n = target.shape[0]
@@ -1016,7 +1025,7 @@ def fit_stage2(
         rigid=opts.fit_rigid,
     )
     params = _initial_params(model, init or {}, layout, n)
-    lo, hi = _bounds(model, layout, params)
+    lo, hi = _bounds(model, layout, params, hold=bool(opts.hold_expr))
     free = {name for name, _ in layout.frame_blocks} | ({"shape"} if layout.shape == "shared" else set())
     base = {k: v for k, v in params.items() if k not in free}
     problem = _Problem(model, layout, opts, base, pose6, fov, target, coeff, lo, hi)
@@ -1024,6 +1033,9 @@ def fit_stage2(
     if expr_prior_mean is not None:
         mean = torch.zeros_like(x)
         mean[:, : model.n_expr] = torch.as_tensor(expr_prior_mean, dtype=dt, device=dev).reshape(-1, model.n_expr)
+        if opts.prior_view_fade is not None:
+            a0, a1 = opts.prior_view_fade
+            mean = mean * ((a1 - view_angle_deg(pose6)) / max(a1 - a0, 1e-6)).clamp(0.0, 1.0)[:, None]
         problem.prior_mean = mean
 
     # Solve and final evaluation in one single-thread scope: both are small (with the default two
@@ -1104,8 +1116,10 @@ def _initial_params(model: Any, init: dict[str, Tensor], layout: _Layout, n: int
     return params
 
 
-def _bounds(model: Any, layout: _Layout, params: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
-    """Box bounds ``[P]`` of the per-frame vector (bounded blendshape weights; None: unbounded);
+def _bounds(model: Any, layout: _Layout, params: dict[str, Tensor], hold: bool = False
+            ) -> tuple[Tensor | None, Tensor | None]:
+    """Box bounds ``[P]`` of the per-frame vector (bounded blendshape weights; None: unbounded;
+    ``hold``: the model's :func:`~flame_tracker.fitting.expressions.held_channels` bounded to 0);
     clamps the start expression into them."""
     bounds = getattr(model, "expr_bounds", None)
     if bounds is None:
@@ -1115,7 +1129,10 @@ def _bounds(model: Any, layout: _Layout, params: dict[str, Tensor]) -> tuple[Ten
     lo = torch.full((p,), -float("inf"), dtype=dt, device=dev)
     hi = torch.full((p,), float("inf"), dtype=dt, device=dev)
     lo[: model.n_expr], hi[: model.n_expr] = float(bounds[0]), float(bounds[1])
-    params["expr"] = params["expr"].clamp(float(bounds[0]), float(bounds[1]))
+    if hold:
+        held = torch.as_tensor(held_channels(model), device=dev)
+        hi[: model.n_expr] = torch.where(held, lo[: model.n_expr], hi[: model.n_expr])
+    params["expr"] = torch.minimum(params["expr"].clamp(float(bounds[0]), float(bounds[1])), hi[: model.n_expr])
     return lo, hi
 
 

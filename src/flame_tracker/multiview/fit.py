@@ -471,7 +471,8 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     ``blendshapes [T, C, 52]`` MediaPipe's scores (a prior for bounded models); ``views``: a
     :class:`~flame_tracker.model.embedding.ViewPoints` of the detector's view table, to fit each
     view's points where the detector puts them at that view's angle."""
-    from flame_tracker.fitting.stage2 import expr_from_blendshapes, with_model_priors
+    from flame_tracker.fitting.expressions import mediapipe_prior
+    from flame_tracker.fitting.stage2 import with_model_priors
 
     opts = options or MultiviewOptions()
     lmks = np.asarray(lmks, np.float64)
@@ -510,7 +511,7 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     opts = with_model_priors(opts, model)
     expr_mean = np.zeros((T, lay.E))
     if opts.blendshape_prior and blendshapes is not None and getattr(model, "expr_bounds", None) is not None:
-        scores = expr_from_blendshapes(getattr(model, "expr_names", None), blendshape_names,
+        scores = mediapipe_prior(getattr(model, "expr_names", None), blendshape_names,
                                        np.nan_to_num(np.asarray(blendshapes).reshape(T * C, -1)))
         if scores is not None:
             mp = scores.double().numpy().reshape(T, C, -1)

@@ -421,9 +421,9 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
         iris_ndc = crop.to_camera_ndc(torch.as_tensor(iris_px, dtype=dt))
     expr_mean = None
     if blendshapes is not None and getattr(model, "expr_names", None):
-        from flame_tracker.fitting.stage2 import expr_from_blendshapes
+        from flame_tracker.fitting.expressions import mediapipe_prior
 
-        expr_mean = expr_from_blendshapes(model.expr_names, blendshape_names, np.asarray(blendshapes)).to(dt)
+        expr_mean = mediapipe_prior(model.expr_names, blendshape_names, np.asarray(blendshapes)).to(dt)
     if identity is None:
         identity = fit_identity(model, lmks_ndc, iris_ndc, valid, crop, opts, fov=fov0, expr_mean=expr_mean)
         if on_identity is not None:
