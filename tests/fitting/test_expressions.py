@@ -25,10 +25,9 @@ NAMES = ["browInnerUp_L", "browInnerUp_R", "mouthSmile_L", "mouthSmile_R", "mout
          "mouthLeft", "mouthRight", "PupilDilate_L", "cheekRaiser_L", "eyeLookUp_L", "jawOpen"]
 
 
-def _named_toy(iris: bool = True) -> Toy:
+def _named_toy() -> Toy:
     model = Toy(bounded=True, jaw=False)
     model.expr_names = list(NAMES)
-    model.iris_idx = torch.arange(10) if iris else None  # eyes turned by joints: gaze shapes are held
     return model
 
 
@@ -61,11 +60,8 @@ def test_mediapipe_prior_keeps_only_the_scores_that_mean_the_channel():
     assert mediapipe_prior(None, mp_names, scores) is None
 
 
-def test_held_channels_need_names_and_gaze_needs_eyes():
-    assert [NAMES[i] for i in np.flatnonzero(held_channels(_named_toy()))] == ["PupilDilate_L", "cheekRaiser_L",
-                                                                               "eyeLookUp_L"]
-    assert [NAMES[i] for i in np.flatnonzero(held_channels(_named_toy(iris=False)))] == ["PupilDilate_L",
-                                                                                         "cheekRaiser_L"]
+def test_held_channels_need_names():
+    assert [NAMES[i] for i in np.flatnonzero(held_channels(_named_toy()))] == ["PupilDilate_L", "cheekRaiser_L"]
     assert not held_channels(Toy(bounded=True)).any()  # unnamed (FLAME-like) coefficients
 
 
@@ -83,7 +79,7 @@ def test_held_channels_stay_at_rest_and_the_rest_is_fitted():
     model = _named_toy()
     expr = torch.zeros(3, len(NAMES), dtype=DT)
     expr[:, NAMES.index("jawOpen")] = 0.6
-    expr[:, NAMES.index("eyeLookUp_L")] = 0.7  # the landmarks need it, but gaze is the eye joints'
+    expr[:, NAMES.index("cheekRaiser_L")] = 0.7  # the landmarks need it, but it is held
     pose6, shape, lmk, iris = _scene(model, expr)
     kw = dict(iris_ndc=iris, init=dict(shape=shape, expr=torch.full((1, len(NAMES)), 0.5)), fit_shape=False,
               w_exp=0.01, w_exp_l1=0.0, w_exp_sym=0.0)

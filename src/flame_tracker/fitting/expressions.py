@@ -11,8 +11,9 @@ use what is known about the channels (measured on ``benchmarks/expressions.py``,
   the landmarks need them. (Its ``eyeSquint`` is as wrong on renders, 0.2-0.4, but on real clips
   the eyelid points agree with it: without it the landmark error rose 2.4 %.)
 * **Held channels** stay at 0 (:func:`held_channels`): the pupil shapes and ``cheekRaiser`` barely
-  move a landmark, and gaze is the eye joints' (``eye_pose``) when the model has them, so its
-  ``eyeLook*`` shapes would only duplicate it.
+  move a landmark. (ICT's ``eyeLook*`` shapes move only the eyelids, the eyeballs turn with
+  ``eye_pose``; holding them too measured worse: head rotation through a turn to profile 3.34° →
+  3.69°, neutral maximum 0.203 → 0.222.)
 * **Couplings** (:func:`coupling_matrix`): left and right halves of a symmetric pair move together
   unless the landmarks say otherwise, and antagonists (a blink and a wide eye, a smile and a frown,
   mouth left and right) are not on at once.
@@ -30,9 +31,8 @@ from torch import Tensor
 
 # Channels (name prefixes) whose MediaPipe score is not used as the prior's centre (see above).
 MEDIAPIPE_UNRELIABLE = ("brow", "eyeWide", "cheek", "mouthFrown", "eyeLook")
-# Channels held at 0 on every model with named expressions; eyeLook* also when the model has eyes.
+# Channels held at 0 on every model with named expressions.
 HELD = ("Pupil", "cheekRaiser")
-GAZE = ("eyeLook",)
 # Antagonists: never both on. Per side where the channels are sided (``{s}``: _L / _R).
 EXCLUSIVE = (
     ("mouthLeft", "mouthRight"), ("jawLeft", "jawRight"), ("eyeBlink{s}", "eyeWide{s}"),
@@ -90,13 +90,12 @@ def mediapipe_prior(
 
 
 def held_channels(model) -> np.ndarray:
-    """``[E]`` bool: the channels the fit holds at 0 (:data:`HELD`, and :data:`GAZE` when the model
-    turns its eyes with joints). All False for models without named expressions."""
+    """``[E]`` bool: the channels the fit holds at 0 (:data:`HELD`). All False for models without
+    named expressions."""
     names = list(getattr(model, "expr_names", None) or [])
     if not names:
         return np.zeros(int(model.n_expr), bool)
-    has_eyes = getattr(model, "iris_idx", None) is not None
-    return _prefixed(names, HELD + (GAZE if has_eyes else ()))
+    return _prefixed(names, HELD)
 
 
 def channel_pairs(expr_names: Sequence[str]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -133,4 +132,4 @@ def coupling_matrix(expr_names: Sequence[str] | None, w_sym: float, w_exclusive:
 
 
 __all__ = ["expr_from_blendshapes", "mediapipe_prior", "held_channels", "channel_pairs", "coupling_matrix",
-           "MEDIAPIPE_UNRELIABLE", "HELD", "GAZE", "EXCLUSIVE"]
+           "MEDIAPIPE_UNRELIABLE", "HELD", "EXCLUSIVE"]

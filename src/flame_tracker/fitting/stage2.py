@@ -76,8 +76,8 @@ class Stage2Options:
     # over left/right pairs, w_exp_exclusive·Σ e_a·e_b over antagonists. None: the model's.
     w_exp_sym: float | None = None
     w_exp_exclusive: float | None = None
-    # Hold the channels fitting.expressions.held_channels names at 0 (pupils, cheekRaiser, gaze shapes
-    # of a model with eye joints). None: the model's (True for named blendshape models).
+    # Hold the channels fitting.expressions.held_channels names at 0 (pupils, cheekRaiser: they barely
+    # move a landmark). None: the model's (True for named blendshape models).
     hold_expr: bool | None = None
     # MediaPipe's blendshape network sees near-frontal faces: the expression prior's centre
     # (``expr_prior_mean``) counts fully up to the first angle (degrees) between the head's facing
@@ -115,8 +115,8 @@ class Stage2Options:
 # channels saturated at 1.0 per frame of real clips, median correlation with MediaPipe's own scores
 # 0.00-0.43). Measured on benchmarks/expressions.py (docs/accuracy.md): a prior 4·Σ(exp - centre)²
 # (centre: MediaPipe's scores on the channels they describe, fitting.expressions.mediapipe_prior),
-# sparsity 0.5·Σexp, left/right coupling 4·Σ(e_L - e_R)² and the unidentifiable channels held at 0
-# give synthetic weight errors 0.045 (0.078 with MediaPipe's every score as the centre), correlation
+# sparsity 0.5·Σexp, left/right coupling 4·Σ(e_L - e_R)² and pupils/cheekRaiser held at 0
+# give synthetic weight errors 0.046 (0.078 with MediaPipe's every score as the centre), correlation
 # with MediaPipe on real clips 0.91, no saturated channel. Sparsity 1.0 gave 0.039, but one person's
 # photos then fit less alike identities (identity_ratio 0.515 -> 0.535); antagonist coupling no gain.
 BLENDSHAPE_PRIORS = {"w_exp": 4.0, "w_exp_l1": 0.5, "w_exp_sym": 4.0, "w_exp_exclusive": 0.0, "hold_expr": True}
