@@ -104,3 +104,27 @@ def test_fit_real_photo(tracker, shared_dir, tmp_path):
     assert set(res.timings) >= {"detect", "stage1", "stage2"}
     ov = res.overlay(tracker.last_image)
     assert ov.shape == (h, w, 3) and not np.array_equal(ov, tracker.last_image)
+
+
+def test_rigid_refinement_runs_in_the_last_round_of_single_photos_only(tracker, monkeypatch):
+    """Stage 2 refines the head's rigid pose for independent photos, in the last round only, and
+    not when several photos share one identity (it made that identity worse, docs/accuracy.md)."""
+    import flame_tracker.tracker as tracker_module
+
+    seen: list[tuple[bool, bool]] = []
+    real = tracker_module.fit_stage2
+
+    def spy(*args, options=None, **kw):
+        seen.append((bool(options.fit_rigid), bool(options.shared_shape)))
+        return real(*args, options=options, **kw)
+
+    monkeypatch.setattr(tracker_module, "fit_stage2", spy)
+    lmk, iris = _synthetic_landmarks(tracker)
+    assert tracker.stage2.fit_rigid and tracker.rounds == 2
+    tracker.fit_landmarks(lmk, iris, image_size=(640, 480))
+    assert seen == [(False, False), (True, False)]
+    seen.clear()
+    face = (lmk, iris, (640, 480), None, (), None)
+    results = tracker._fit_faces([face, face], shared_shape=True)
+    assert seen == [(False, True), (False, True)]
+    assert np.array_equal(results[0].shape, results[1].shape)

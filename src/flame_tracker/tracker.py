@@ -50,7 +50,13 @@ from flame_tracker.threads import cpu_threads
 # w_shape 0.1 / 0.3 / 1.0: 3.82 / 3.60 / 3.47 mm, posed face 3.16 / 2.92 / 2.83 mm), but a strong
 # prior holds the brows of real faces away from their annotations (68-point NME on the annotated
 # photos 4.11 / 4.17 / 4.32 %, brows 4.7 / 5.6 / 6.9 %). 0.3 is the compromise.
-DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3)
+# Stage 2 refines the head's rigid pose with the expression and shape (fit_rigid): on the accuracy
+# benchmark (2026-12-04) single-photo identity 3.81 -> 3.57 mm (the mean face: 3.68), posed face
+# 3.12 -> 3.04 mm, rotation 6.81 -> 6.50 deg, one person's photos fit more alike identities
+# (identity_ratio 0.516 -> 0.443), landmark error on the clips 2.90 -> 2.76 px, in the last round
+# only (all rounds: the same numbers at twice the extra time). Not for several photos of one person
+# (fit_same_person): with one shared identity it made it worse (4 photos 2.60 -> 2.89 mm).
+DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3, fit_rigid=True)
 # Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
@@ -586,7 +592,8 @@ class Tracker:
     def fit_same_person(self, images: list) -> list[Result]:
         """Fit several photos of **one person** with one identity shape (fitted jointly from all
         of them); each photo keeps its own camera, expression, jaw and eyes. ``images``: paths or
-        RGB arrays. Returns one :class:`Result` per image (all with the same ``shape``).
+        RGB arrays. Returns one :class:`Result` per image (all with the same ``shape``). Stage 2 runs
+        without its rigid refinement here (``Stage2Options.fit_rigid`` is for independent photos).
 
         Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face.
         """
@@ -652,7 +659,8 @@ class Tracker:
                 init["expr"] = batch.expr0
             if self.expr_prior == "blendshapes":
                 expr_mean = batch.expr0
-        opts = replace(self.stage2, shared_shape=True) if shared_shape else self.stage2
+        # one identity for several photos: without the rigid refinement (see DEFAULT_STAGE2)
+        opts = replace(self.stage2, shared_shape=True, fit_rigid=False) if shared_shape else self.stage2
         timings = {"stage1": 0.0, "stage2": 0.0}
         iters = {"stage1": 0, "stage2": 0}
         pose6 = None
@@ -680,13 +688,16 @@ class Tracker:
             t = time.perf_counter()
             # dense points in the last round only: the rounds before are warm starts, and 68 points
             # give them at less than half the cost
+            # the rigid refinement in the last round only: the first round's camera is refitted by
+            # stage 1 anyway (measured: the same accuracy at ~half the extra cost)
+            ropts = opts if rnd == self.rounds - 1 or not opts.fit_rigid else replace(opts, fit_rigid=False)
             if dense_ndc is None or self.dense_model is None or rnd < self.rounds - 1:
                 s2 = fit_stage2(fm, corrected(lmk_ndc, self.views68), pose6, fov, iris_ndc=iris_ndc, init=init,
-                                options=opts, expr_prior_mean=expr_mean)
+                                options=ropts, expr_prior_mean=expr_mean)
             else:
                 s2 = fit_stage2(self.dense_model, corrected(dense_ndc, self.views_dense), pose6, fov,
-                                iris_ndc=iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean,
-                                point_weights=self.dense_weights(opts))
+                                iris_ndc=iris_ndc, init=init, options=ropts, expr_prior_mean=expr_mean,
+                                point_weights=self.dense_weights(ropts))
             if s2.pose6 is not None:  # the rigid pose refined with the expression (fit_rigid)
                 pose6 = s2.pose6
             timings["stage2"] += time.perf_counter() - t
