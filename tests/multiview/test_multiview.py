@@ -115,6 +115,11 @@ def test_joint_fit_recovers_the_truth_from_exact_landmarks() -> None:
     assert fit.valid.all() and err < 0.35 * mean_face and max(rot) < 0.5
     assert np.abs(fit.transl - u).max() < 0.003 and np.abs(fit.expr - expr).mean() < 0.08
     assert abs(fit.scale_ratio - 1) < 0.2 and fit.notes == []
+    # the channels stage 2 holds (pupils, cheekRaiser) stay at rest here too, whatever the truth
+    from flame_tracker.fitting.expressions import held_channels
+
+    held = held_channels(model)
+    assert held.any() and np.all(fit.expr[:, held] == 0) and np.any(expr[:, held] > 0.1)
 
 
 @pytest.fixture(scope="module")

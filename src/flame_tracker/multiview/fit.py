@@ -8,7 +8,8 @@ Objective (the reference's stage-2 terms, summed over the views that see the fac
 
     E = sum_t sum_c [ w_lmk/51 sum_{k in 17..67} rho(d_tck) + w_iris/10 sum_iris rho(d)
                       + w_contour/17 sum_{k in 0..16, visible} rho(d) ]
-        + sum_t [ w_exp |e_t - m_t|^2 + w_exp_l1 sum e_t (bounded models) + w_eyes |eyes_t|^2 + w_jaw |jaw_t|^2 ]
+        + sum_t [ w_exp |e_t - m_t|^2 + w_exp_l1 sum e_t + e_t^T Q e_t (bounded models) + w_eyes |eyes_t|^2
+                  + w_jaw |jaw_t|^2 ]
         + w_shape |shape|^2
 
 with ``d`` the pixel residual divided by half the size of that view's detected face box (the
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flame_tracker.fitting.expressions import coupling_matrix, held_channels
 from flame_tracker.multiview.cameras import MultiviewError, Rig
 from flame_tracker.multiview.geometry import similarity_transform, triangulate
 
@@ -51,6 +53,11 @@ class MultiviewOptions:
     w_shape: float = 1.0
     w_exp: float | None = None  # None: the model's stage-2 prior (fitting.stage2.expression_priors)
     w_exp_l1: float | None = None
+    # named channels (fitting.expressions): left/right and antagonist couplings, held channels;
+    # None: the model's stage-2 priors
+    w_exp_sym: float | None = None
+    w_exp_exclusive: float | None = None
+    hold_expr: bool | None = None
     w_eyes: float = 1.0
     w_jaw: float = 1.0
     fit_shape: bool = True
@@ -178,6 +185,11 @@ class _Problem:
         assert opts.w_exp is not None and opts.w_exp_l1 is not None  # resolved: fitting.stage2.with_model_priors
         self.w_exp, self.w_l1 = opts.w_exp, opts.w_exp_l1
         self.bounds = getattr(model, "expr_bounds", None)
+        # e^T Q e over the named channels' pairs, and the channels held at 0 (as stage 2)
+        q = coupling_matrix(getattr(model, "expr_names", None), float(opts.w_exp_sym or 0.0),
+                            float(opts.w_exp_exclusive or 0.0)) if self.bounds is not None else None
+        self.q = None if q is None else torch.as_tensor(q, dtype=dt)
+        self.held = torch.as_tensor(held_channels(model) & bool(opts.hold_expr) & (self.bounds is not None))
         self.n_pts = targets.shape[2]
         # [T, C, K, 3] model-space offsets from the static points to where the detector puts them in
         # each view (the view table, fitting.views); zero without one
@@ -216,6 +228,8 @@ class _Problem:
         p = self.w_exp * ((e - self.m[rows]) ** 2).sum(1) + o.w_eyes * (x[:, lay.y] ** 2).sum(1)
         if self.bounds is not None:
             p = p + self.w_l1 * e.sum(1)
+        if self.q is not None:
+            p = p + ((e @ self.q) * e).sum(1)
         if lay.jaw:
             p = p + o.w_jaw * (x[:, lay.j] ** 2).sum(1)
         return p
@@ -258,6 +272,9 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
     bounded = torch.zeros(P, dtype=torch.bool)
     if prob.bounds is not None:
         bounded[lay.e] = True
+    if bool(prob.held.any()):  # the held channels start (and stay) at 0
+        x = x.clone()
+        x[:, lay.e] = x[:, lay.e].masked_fill(prob.held, 0.0)
     cost = prob.objective(x, s, rows).item()
     history, lam, it = [cost], 1e-3, 0
     eye_p = torch.eye(P, dtype=x.dtype)
@@ -282,6 +299,9 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
         e = x[:, lay.e]
         gx[:, lay.e] += 2 * prob.w_exp * (e - prob.m[rows]) + (prob.w_l1 if prob.bounds is not None else 0.0)
         Hx[:, lay.e, lay.e] += 2 * prob.w_exp * torch.eye(lay.E, dtype=x.dtype)
+        if prob.q is not None:
+            gx[:, lay.e] += 2 * e @ prob.q
+            Hx[:, lay.e, lay.e] += 2 * prob.q
         gx[:, lay.y] += 2 * opts.w_eyes * x[:, lay.y]
         Hx[:, lay.y, lay.y] += 2 * opts.w_eyes * torch.eye(6, dtype=x.dtype)
         if lay.jaw:
@@ -292,6 +312,7 @@ def _solve(prob: _Problem, x: torch.Tensor, s: torch.Tensor, rows: torch.Tensor,
             Hs += 2 * opts.w_shape * torch.eye(S, dtype=x.dtype)
         # active set: a bounded variable on its bound whose gradient pushes outwards is held
         held = bounded & (((x <= lo + 1e-9) & (gx > 0)) | ((x >= hi - 1e-9) & (gx < 0)))
+        held[:, lay.e] |= prob.held  # the held channels (at 0 from the start) never move
         free = (~held).to(x.dtype)
         gx = gx * free
         mask2 = free[:, :, None] * free[:, None, :]
