@@ -131,5 +131,12 @@ def coupling_matrix(expr_names: Sequence[str] | None, w_sym: float, w_exclusive:
     return q if np.any(q) else None
 
 
+def model_coupling(model, options) -> np.ndarray | None:
+    """:func:`coupling_matrix` of ``model``'s channels with the weights of ``options`` (any options
+    dataclass with ``w_exp_sym`` and ``w_exp_exclusive``, None counting as 0: stage 2, multi-view)."""
+    return coupling_matrix(getattr(model, "expr_names", None), float(options.w_exp_sym or 0.0),
+                           float(options.w_exp_exclusive or 0.0))
+
+
 __all__ = ["expr_from_blendshapes", "mediapipe_prior", "held_channels", "channel_pairs", "coupling_matrix",
-           "MEDIAPIPE_UNRELIABLE", "HELD", "EXCLUSIVE"]
+           "model_coupling", "MEDIAPIPE_UNRELIABLE", "HELD", "EXCLUSIVE"]

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from flame_tracker.camera import ndc_scale, project_ndc, rotvec_to_matrix, view_angle_deg
 from flame_tracker.errors import InputError
-from flame_tracker.fitting.expressions import coupling_matrix, held_channels
+from flame_tracker.fitting.expressions import held_channels, model_coupling
 from flame_tracker.threads import cpu_threads
 
 # Residual points: jawline 0..16 (weight 0 in the reference), the 51 inner face points, 10 iris.
@@ -639,9 +639,7 @@ def _prior_coupling(problem: _Problem, x: Tensor) -> Tensor | None:
     named channels, :func:`~flame_tracker.fitting.expressions.coupling_matrix`; ``None`` when zero; cached)."""
     key = "prior_coupling"
     if key not in problem.cache:
-        o = problem.opts
-        q = coupling_matrix(getattr(problem.model, "expr_names", None), float(o.w_exp_sym or 0.0),
-                            float(o.w_exp_exclusive or 0.0))
+        q = model_coupling(problem.model, problem.opts)
         problem.cache[key] = None if q is None else torch.as_tensor(q, dtype=x.dtype, device=x.device)
     return problem.cache[key]
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flame_tracker.fitting.expressions import coupling_matrix, held_channels
+from flame_tracker.fitting.expressions import held_channels, model_coupling
 from flame_tracker.multiview.cameras import MultiviewError, Rig
 from flame_tracker.multiview.geometry import similarity_transform, triangulate
 
@@ -186,8 +186,7 @@ class _Problem:
         self.w_exp, self.w_l1 = opts.w_exp, opts.w_exp_l1
         self.bounds = getattr(model, "expr_bounds", None)
         # e^T Q e over the named channels' pairs, and the channels held at 0 (as stage 2)
-        q = coupling_matrix(getattr(model, "expr_names", None), float(opts.w_exp_sym or 0.0),
-                            float(opts.w_exp_exclusive or 0.0)) if self.bounds is not None else None
+        q = model_coupling(model, opts) if self.bounds is not None else None
         self.q = None if q is None else torch.as_tensor(q, dtype=dt)
         self.held = torch.as_tensor(held_channels(model) & bool(opts.hold_expr) & (self.bounds is not None))
         self.n_pts = targets.shape[2]
