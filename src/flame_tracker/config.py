@@ -227,13 +227,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (value is None or value == "none"):  # TOML has no null: "none" unsets
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        for a in options:
             try:
                 return _coerce(value, a, where)
             except ConfigError:
-                pass
+                if len(options) == 1:  # X | None: X's own message says what is wrong
+                    raise
         raise ConfigError(f"{where}: {value!r} is not one of {hint}")
     if origin is typing.Literal:
         if value not in args:

@@ -60,7 +60,7 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
              "[stage1]\nsolver = \"gd\"\n": "stage1.solver",
              "[image]\nlandmarks = \"100\"\n": "image.landmarks",
              "[image]\nrounds = 0\n": "at least 1",
-             "[stage2]\nprior_view_fade = [20.0]\n": "stage2.prior_view_fade"}
+             "[stage2]\nprior_view_fade = [20.0]\n": "stage2.prior_view_fade: [20.0] needs 2 values"}
     for text, message in cases.items():
         (tmp_path / "bad.toml").write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
