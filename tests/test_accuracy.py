@@ -145,6 +145,28 @@ def test_accuracy_regression_on_seeded_synthetic_scenes(shared_dir) -> None:
         assert summary[key] <= measured * REGRESSION_TOLERANCE, (key, summary[key], measured)
 
 
+# The first three neutral faces of benchmarks/expressions.py's scenes (seed 0): their largest fitted
+# weights measured 0.068 / 0.139 / 0.066 with photo sparsity (w_exp_l1 2.0), 0.135 / 0.209 / 0.093 at
+# the blendshape default 0.5 (jawRight on the second).
+NEUTRAL_MAX_MEASURED = 0.139
+
+
+@pytest.mark.slow
+def test_a_neutral_photo_gets_no_expression(shared_dir) -> None:
+    from flame_tracker.evaluation.runs import evaluate_scene
+    from flame_tracker.tracker import DEFAULT_STAGE2, Tracker
+    from flame_tracker.video.track import TrackOptions
+
+    assert DEFAULT_STAGE2.w_exp_l1 == 2.0 and TrackOptions().stage2.w_exp_l1 is None  # photos only
+    with Tracker(device="cpu") as tracker:
+        mask = face_region_mask(tracker.model)
+        specs = [s for s in sample_scenes(tracker.model, 21, seed=0) if not np.any(s.expr)]
+        assert len(specs) == 3
+        evals = [evaluate_scene(tracker, s, mask) for s in specs]
+    worst = max(e.expr_max_neutral for e in evals)
+    assert worst <= NEUTRAL_MAX_MEASURED * REGRESSION_TOLERANCE, [e.expr_max_neutral for e in evals]
+
+
 def test_fold_rigid_keeps_the_projection(model) -> None:
     """Stage 2's rigid refinement (head rotation about the root joint + translation) folded into the
     camera projects every vertex exactly where the posed head did."""

@@ -56,7 +56,15 @@ from flame_tracker.threads import cpu_threads
 # (identity_ratio 0.516 -> 0.443), landmark error on the clips 2.90 -> 2.76 px, in the last round
 # only (all rounds: the same numbers at twice the extra time). Not for several photos of one person
 # (fit_same_person): with one shared identity it made it worse (4 photos 2.60 -> 2.89 mm).
-DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3, fit_rigid=True)
+# Blendshape sparsity 4x the model's default (w_exp_l1 2.0, ignored by unbounded FLAME-like
+# expressions): in one photo the expression competes with identity and pose for the same points,
+# and small weights absorb what neither explains. Synthetic truth (2026-12-04; tuning seed / held-out
+# seed): largest weight on a neutral face 0.209 / 0.292 -> 0.139 / 0.145, weight error 0.046 / 0.045
+# -> 0.034 / 0.034, posed face 3.04 / 2.97 -> 3.00 / 2.94 mm, identity 3.57 / 3.42 -> 3.61 / 3.49 mm;
+# real clips: correlation with MediaPipe's scores 0.917 -> 0.876, landmark error 2.76 -> 2.95 px,
+# one person's photos identity_ratio 0.443 -> 0.497. Not in videos: there (shared identity,
+# smoothing) it moved the flow-tracked profiles of four synthetic turns from 4.3 to 5.2 deg.
+DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3, fit_rigid=True, w_exp_l1=2.0)
 # Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
