@@ -50,17 +50,18 @@ def main() -> None:
             try:
                 s = run_batch(items, Path(tmp) / f"out{workers}", workers=workers,
                               photos_per_task=args.photos_per_task, progress=False)
-                dt = time.perf_counter() - t0
+                dt = time.perf_counter() - t0  # Ray's start and the batch (Ray's shutdown is not counted)
+                if not s.ok:
+                    raise SystemExit(f"batch with {workers} worker(s) failed:\n{s.text()}")
                 t2 = time.perf_counter()
                 s_warm = run_batch(items, Path(tmp) / f"warm{workers}", workers=workers,
                                    photos_per_task=args.photos_per_task, progress=False)
                 warm = time.perf_counter() - t2
+                if not s_warm.ok:
+                    raise SystemExit(f"batch with {workers} worker(s) failed on the warm run:\n{s_warm.text()}")
             finally:
                 ray.shutdown()
             startup = t1 - t0
-            for got in (s, s_warm):
-                if not got.ok:
-                    raise SystemExit(f"batch with {workers} worker(s) failed:\n{got.text()}")
             frames = sum(r["frames"] for r in s.rows)
             rows.append((workers, len(items), frames, dt, startup, warm))
     print(f"Batch of {len(items)} items ({sum(i.kind == 'video' for i in items)} clips, {args.frames or 'all'} frames, "

@@ -11,8 +11,8 @@ section           class                                               used by
 ``stage1``        :class:`~flame_tracker.fitting.stage1.Stage1Options`  ``image``
                   (the reference's weights 300 / 200, ear gating, solver)
 ``stage2``        :class:`~flame_tracker.fitting.stage2.Stage2Options`  ``image``
-                  (single photos: the jawline at 200 and the identity prior 0.3,
-                  ``tracker.DEFAULT_STAGE2``)
+                  (single photos: the jawline at 200, the identity prior 0.3, blendshape
+                  sparsity 2.0, ``tracker.DEFAULT_STAGE2``, ``tracker.PHOTO_EXPR_SPARSITY``)
 ``track``         :class:`~flame_tracker.video.track.TrackOptions`       ``video``
 ``track.stage1``  the video's stage 1 (:data:`~flame_tracker.video.track.VIDEO_STAGE1`:
                   the reference's weights, 20 iterations per frame)      ``video``

@@ -56,15 +56,17 @@ from flame_tracker.threads import cpu_threads
 # (identity_ratio 0.516 -> 0.443), landmark error on the clips 2.90 -> 2.76 px, in the last round
 # only (all rounds: the same numbers at twice the extra time). Not for several photos of one person
 # (fit_same_person): with one shared identity it made it worse (4 photos 2.60 -> 2.89 mm).
-# Blendshape sparsity 4x the model's default (w_exp_l1 2.0, ignored by unbounded FLAME-like
-# expressions): in one photo the expression competes with identity and pose for the same points,
-# and small weights absorb what neither explains. Synthetic truth (2026-12-04; tuning seed / held-out
-# seed): largest weight on a neutral face 0.209 / 0.292 -> 0.139 / 0.145, weight error 0.046 / 0.045
-# -> 0.034 / 0.034, posed face 3.04 / 2.97 -> 3.00 / 2.94 mm, identity 3.57 / 3.42 -> 3.61 / 3.49 mm;
-# real clips: correlation with MediaPipe's scores 0.917 -> 0.876, landmark error 2.76 -> 2.95 px,
-# one person's photos identity_ratio 0.443 -> 0.497. Not in videos: there (shared identity,
-# smoothing) it moved the flow-tracked profiles of four synthetic turns from 4.3 to 5.2 deg.
-DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3, fit_rigid=True, w_exp_l1=2.0)
+# Blendshape sparsity 4x the model's default (PHOTO_EXPR_SPARSITY, set by the Tracker when w_exp_l1 is
+# left to the model and its expressions are bounded blendshapes): in one photo the expression
+# competes with identity and pose for the same points, and small weights absorb what neither
+# explains. Synthetic truth (2026-12-04; tuning seed / held-out seed): largest weight on a neutral
+# face 0.209 / 0.292 -> 0.139 / 0.145, weight error 0.046 / 0.045 -> 0.034 / 0.034, posed face
+# 3.04 / 2.97 -> 3.00 / 2.94 mm, identity 3.57 / 3.42 -> 3.61 / 3.49 mm; real clips: correlation
+# with MediaPipe's scores 0.917 -> 0.876, landmark error 2.76 -> 2.95 px; one person's photos:
+# identity_ratio 0.443 -> 0.497. Not in videos: there (shared identity, smoothing) it moved the
+# flow-tracked profiles of four synthetic turns from 4.3 to 5.2 deg.
+DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3, fit_rigid=True)
+PHOTO_EXPR_SPARSITY = 2.0
 # Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
@@ -356,7 +358,8 @@ class Tracker:
             the reference's by default).
         stage2: :class:`~flame_tracker.fitting.stage2.Stage2Options` (solver, loss, weights, shape);
             ``None``: :data:`DEFAULT_STAGE2` (its expression priors left at ``None`` are the
-            model's: :func:`~flame_tracker.fitting.stage2.expression_priors`).
+            model's: :func:`~flame_tracker.fitting.stage2.expression_priors`, except the
+            sparsity of bounded blendshapes, :data:`PHOTO_EXPR_SPARSITY`).
         rounds: camera/expression alternations; the second round refits the camera with the fitted
             identity and expression (the reference has a regressed shape for its one round).
         init_from_blendshapes: start ICT expressions from MediaPipe's blendshape scores.
@@ -452,7 +455,10 @@ class Tracker:
             raise InputError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
         self.fov_mode: FovMode = fov_mode
         self.stage1 = stage1 or Stage1Options()
-        self.stage2 = stage2 or DEFAULT_STAGE2
+        stage2 = stage2 or DEFAULT_STAGE2
+        if stage2.w_exp_l1 is None and self.model.expr_bounds is not None:  # photos: sparser (see above)
+            stage2 = replace(stage2, w_exp_l1=PHOTO_EXPR_SPARSITY)
+        self.stage2 = stage2
         if rounds < 1:
             raise InputError(f"rounds must be >= 1, got {rounds}")
         self.rounds = rounds
