@@ -119,7 +119,8 @@ class Stage2Options:
 # give synthetic weight errors 0.046 (0.078 with MediaPipe's every score as the centre), correlation
 # with MediaPipe on real clips 0.91, no saturated channel. Sparsity 1.0 gave 0.039, but one person's
 # photos then fit less alike identities (identity_ratio 0.515 -> 0.535); antagonist coupling no gain.
-# Single photos use 2.0 (tracker.DEFAULT_STAGE2); videos and multi-view this default.
+# Single photos of bounded models use 2.0 (tracker.PHOTO_EXPR_SPARSITY, set by the Tracker); videos and
+# multi-view this default.
 BLENDSHAPE_PRIORS = {"w_exp": 4.0, "w_exp_l1": 0.5, "w_exp_sym": 4.0, "w_exp_exclusive": 0.0, "hold_expr": True}
 # the reference's, for N(0, 1) coefficients (FLAME)
 REFERENCE_PRIORS = {"w_exp": 0.025, "w_exp_l1": 0.0, "w_exp_sym": 0.0, "w_exp_exclusive": 0.0, "hold_expr": False}
