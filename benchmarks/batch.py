@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flame_tracker.batch import collect_items, run_batch
+from flame_tracker.batch import collect_items, run_batch, start_local_ray
 from flame_tracker.paths import data_dir
 
 
@@ -43,9 +43,7 @@ def main() -> None:
             import ray
 
             t0 = time.perf_counter()
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": {k: str(max(1, 2 // workers)) for k in ("OMP_NUM_THREADS",
-                                                                                         "MKL_NUM_THREADS")}})
+            start_local_ray(workers, max(1, 2 // workers))  # as run_batch starts it
             t1 = time.perf_counter()
             try:
                 s = run_batch(items, Path(tmp) / f"out{workers}", workers=workers,

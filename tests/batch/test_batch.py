@@ -117,3 +117,22 @@ def test_batch_without_ray_says_how_to_install(monkeypatch, tmp_path: Path, shar
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     res = CliRunner().invoke(main, ["batch", str(shared_dir / "images" / "woman.jpg"), "--out", str(tmp_path)])
     assert res.exit_code == 1 and 'pip install "flame-tracker[batch]"' in res.output
+
+
+def test_local_ray_workers_get_the_thread_limit_and_the_caller_keeps_its_environment(monkeypatch) -> None:
+    import ray
+
+    from flame_tracker.batch import start_local_ray
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    start_local_ray(1, 1)
+    try:
+        @ray.remote(num_cpus=1)
+        def env() -> tuple[str | None, str | None]:
+            return os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS")
+
+        assert ray.get(env.remote()) == ("1", "1")
+    finally:
+        ray.shutdown()
+    assert os.environ.get("OMP_NUM_THREADS") == "7" and "MKL_NUM_THREADS" not in os.environ

@@ -179,6 +179,31 @@ def _photo_done(item: Item, out_dir: Path) -> dict[str, Any] | None:
     return _row(item.as_dict(), "skipped", frames=1, mean_reproj_px=info.get("reprojection_error_px", float("nan")))
 
 
+def _thread_env(threads: int) -> dict[str, str]:
+    return {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def start_local_ray(workers: int, threads: int, *, verbose: bool = False) -> None:
+    """Start a local Ray with ``workers`` CPUs whose worker processes use ``threads`` math threads each.
+
+    The thread limit is put in this process's environment while Ray starts (its raylet and workers
+    inherit it) rather than in a ``runtime_env``: workers with a runtime environment cannot be the
+    ones Ray pre-starts, and starting them afterwards cost ~0.8 s per batch (measured on 2 cores).
+    """
+    ray = require_ray()
+    env = _thread_env(threads)
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=verbose, logging_level="ERROR")
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = None, address: str | None = None,
               photos_per_task: int = 16, retries: int = 2, force: bool = False, progress: bool = True,
               verbose: bool = False) -> BatchSummary:
@@ -197,14 +222,11 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
     t_start = time.perf_counter()
     started = False
     if not ray.is_initialized():
-        env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose, logging_level="ERROR",
-                                  runtime_env={"env_vars": env})
         if address is None:
-            kw["num_cpus"] = workers
-        else:
-            kw["address"] = address
-        ray.init(**kw)
+            start_local_ray(workers, threads, verbose=verbose)
+        else:  # the cluster's workers get the thread limit through Ray's runtime environment
+            ray.init(address=address, include_dashboard=False, log_to_driver=verbose, logging_level="ERROR",
+                     runtime_env={"env_vars": _thread_env(threads)})
         started = True
     try:
         if address is not None:
@@ -261,4 +283,5 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
     return summary
 
 
-__all__ = ["COLUMNS", "STATUSES", "BatchSummary", "RayMissingError", "process", "require_ray", "run_batch"]
+__all__ = ["COLUMNS", "STATUSES", "BatchSummary", "RayMissingError", "process", "require_ray", "run_batch",
+           "start_local_ray"]
