@@ -70,3 +70,44 @@ def test_outputs_get_the_users_umask_permissions(tmp_path):
                  save_image(tmp_path / "o.png", np.zeros((4, 4, 3), np.uint8))):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "o.png", "s.json"]
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_stacked_npz_written_in_blocks_equals_the_whole_arrays(tmp_path, compress):
+    from flame_tracker.io.results import StackedNpzWriter
+
+    rng = np.random.default_rng(0)
+    n = 10
+    rows = {"a": rng.normal(size=(n, 3, 2)).astype(np.float32), "i": np.arange(n, dtype=np.int64),
+            "s": np.array(["landmarks", "flow"] * 5)}
+    fixed = {"shape": rng.normal(size=(1, 4)), "name": np.str_("ict")}
+    whole = {"all_frames": np.arange(25), "fps": np.float64(30.0)}
+    path = tmp_path / "t.npz"
+    with StackedNpzWriter(path, n, fixed=("shape", "name"), compress=compress) as w:
+        for start in (0, 4, 8):  # uneven blocks
+            w.add(start, {**{k: v[start:start + 4] for k, v in rows.items()}, **fixed})
+        w.add_whole(whole)
+    got = load_npz(path)
+    assert set(got) == {*rows, *fixed, *whole}
+    for k, v in {**rows, **fixed, **whole}.items():
+        assert got[k].dtype == np.asarray(v).dtype and np.array_equal(got[k], v), k
+    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]  # no parts left behind
+
+
+def test_stacked_npz_failure_leaves_no_file_and_no_parts(tmp_path):
+    from flame_tracker.io.results import StackedNpzWriter
+
+    path = tmp_path / "t.npz"
+    with pytest.raises(RuntimeError, match="killed"):
+        with StackedNpzWriter(path, 4) as w:
+            w.add(0, {"a": np.zeros((2, 3))})
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TypeError, match="Python objects"), StackedNpzWriter(path, 1) as w:
+        w.add(0, {"o": np.array([None], dtype=object)})
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="fewer than 4 rows"), StackedNpzWriter(path, 4) as w:
+        w.add(0, {"a": np.zeros((2, 3))})  # rows 2..3 never came
+    with pytest.raises(ValueError, match="after 0 rows"), StackedNpzWriter(path, 4) as w:
+        w.add(2, {"a": np.zeros((2, 3))})  # out of order
+    assert list(tmp_path.iterdir()) == []

@@ -104,6 +104,101 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], compress: 
     return atomic_write(path, _write)
 
 
+class StackedNpzWriter:
+    """An npz of arrays stacked over ``n_rows`` rows, filled block by block, so that writing a long
+    video's consolidated file holds one block in memory instead of every frame's keys at once.
+
+    Each per-row key becomes a ``.npy`` file on disk, appended to block by block (rows arrive in
+    order); :meth:`close` zips them (compressed unless ``compress=False``) into ``path`` atomically.
+    Keys named in ``fixed`` are the same for every row and stored from the first block as they are;
+    :meth:`add_whole` stores other arrays as they are. Use as a context manager: an exception leaves
+    ``path`` untouched and removes the parts.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], n_rows: int, fixed: tuple[str, ...] = (),
+                 compress: bool = True) -> None:
+        self.path = Path(path)
+        self.n_rows = int(n_rows)
+        self.fixed = set(fixed)
+        self.compress = compress
+        self.parts = temporary_sibling(self.path, suffix=".parts")
+        self.parts.mkdir(parents=True)
+        self._rows: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}  # rows written, dtype, row shape
+        self._whole: set[str] = set()
+
+    def _check(self, key: str, value: np.ndarray) -> None:
+        if value.dtype == object:
+            raise TypeError(f"npz key {key!r} holds Python objects; store plain arrays only")
+
+    def add(self, start: int, arrays: Mapping[str, Any]) -> None:
+        """Rows ``start : start + len(block)`` of every per-row key (fixed keys: stored once); blocks
+        come in order."""
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            self._check(key, value)
+            if key in self.fixed or key in self._whole:
+                if key not in self._whole:
+                    self.add_whole({key: value})
+                continue
+            part = self.parts / f"{key}.npy"
+            if key not in self._rows:
+                header = {"descr": np.lib.format.dtype_to_descr(value.dtype), "fortran_order": False,
+                          "shape": (self.n_rows, *value.shape[1:])}
+                with open(part, "wb") as fh:
+                    np.lib.format.write_array_header_2_0(fh, header)
+                self._rows[key] = (0, value.dtype, value.shape[1:])
+            done, dtype, row_shape = self._rows[key]
+            if start != done or value.shape[1:] != row_shape or done + len(value) > self.n_rows:
+                raise ValueError(f"npz key {key!r}: rows {start}..{start + len(value)} of shape {value.shape[1:]} "
+                                 f"after {done} rows of shape {row_shape} (of {self.n_rows})")
+            with open(part, "ab") as fh:
+                fh.write(np.ascontiguousarray(value, dtype=dtype).tobytes())
+            self._rows[key] = (done + len(value), dtype, row_shape)
+
+    def add_whole(self, arrays: Mapping[str, Any]) -> None:
+        """Arrays stored as they are (not per row)."""
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            self._check(key, value)
+            np.save(self.parts / f"{key}.npy", value, allow_pickle=False)
+            self._whole.add(key)
+
+    def close(self) -> Path:
+        """Zip the parts into ``path`` (atomically) and remove them."""
+        import zipfile
+
+        short = [k for k, (done, _, _) in self._rows.items() if done != self.n_rows]
+        if short:
+            self.discard()
+            raise ValueError(f"npz keys {short} hold fewer than {self.n_rows} rows")
+        mode = zipfile.ZIP_DEFLATED if self.compress else zipfile.ZIP_STORED
+
+        def _write(tmp: Path) -> None:
+            with zipfile.ZipFile(tmp, "w", compression=mode, allowZip64=True) as zf:
+                for part in sorted(self.parts.iterdir()):
+                    zf.write(part, arcname=part.name)  # streamed from disk in chunks
+
+        try:
+            return atomic_write(self.path, _write)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the parts without writing ``path``."""
+        import shutil
+
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+    def __enter__(self) -> StackedNpzWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a result npz into a dict (without allowing pickled objects)."""
     path = Path(path)

@@ -23,7 +23,7 @@ from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
 from flame_tracker.detection.search import MIN_FACE_PX
 from flame_tracker.errors import InputError
-from flame_tracker.io.results import load_npz, save_json, save_npz
+from flame_tracker.io.results import StackedNpzWriter, load_npz, save_json, save_npz
 from flame_tracker.threads import cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
@@ -268,6 +268,8 @@ def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
 
 # keys of a per-frame npz that are the same for the whole video (not stacked over frames)
 FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
+#: Frames per block when writing the outputs (memory stays flat over long videos).
+WRITE_BLOCK = 1024
 # keys tracking.npz adds about the whole video (with the ``all_*`` arrays over every decoded frame)
 VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
@@ -288,7 +290,7 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_n
         neck_pose=np.zeros((n, 3), f32), eye_pose=fit.eye_pose[rows].astype(f32),
         pose6=fit.pose6[rows].astype(np.float64), fov=np.full(n, ident.fov, f32),
         lmks68_px=lm.lmks68[rows].astype(f32), iris_px=lm.iris[rows].astype(f32),
-        fit_lmks68_px=(fit.lmks_fit_px if own_lmks_px is None else own_lmks_px)[rows].astype(f32),
+        fit_lmks68_px=(fit.lmks_fit_px[rows] if own_lmks_px is None else own_lmks_px).astype(f32),
         fit_target68_px=None if own_lmks_px is None else fit.lmks_fit_px[rows].astype(f32),
         fit_iris_px=fit.iris_fit_px[rows].astype(f32),
         vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
@@ -304,8 +306,8 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_n
     (reference keys plus original-pixel extras, see :meth:`Result.arrays`) and each frame's place in
     the video. Row ``i`` of every key not in :data:`FIXED_KEYS` is frame ``rows[i]``. ``extra``:
     more per-frame arrays over the whole sequence (e.g. ``light [T, 9, 3]``), taken at ``rows``.
-    ``own_lmks_px [T, 68, 2]``: the model's own 68 points when the fit matched the detector's
-    (``fit.lmks_fit_px``), as single images write them."""
+    ``own_lmks_px [len(rows), 68, 2]``: the model's own 68 points at ``rows`` when the fit matched
+    the detector's (``fit.lmks_fit_px``), as single images write them."""
     rows = np.atleast_1d(np.asarray(rows))
     arrays = frame_result(fit, rows, lm, model_name, expr_names, own_lmks_px).arrays()
     arrays.update(frame=lm.frame[rows].astype(np.int64),
@@ -326,34 +328,42 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     rows = np.flatnonzero(fit.covered)
     t0 = time.perf_counter()
     names = tuple(getattr(model, "expr_names", None) or ())
+    model_name = str(getattr(model, "name", ""))
     extra = {} if light is None else {"light": light}
-    own = None  # the model's own 68 points when the fit used the detector's (fit.lmks_fit_px)
-    if fit_model is not None and fit_model is not model:
-        own = np.full_like(fit.lmks_fit_px, np.nan)
-        own[rows] = project_fit(model, fit.identity, {"pose6": fit.pose6, "expr": fit.expr,
-                                                      "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, rows)[0]
-    stacked = frame_arrays(fit, rows, lm, str(getattr(model, "name", "")), names, extra, own)
-    def write_frame(i: int, r: int) -> None:  # per-frame files are tiny: uncompressed, two at a time
-        path = run.frame_path(int(lm.frame[r]))
-        if not path.exists():
-            save_npz(path, {k: v if k in FIXED_KEYS else v[i:i + 1] for k, v in stacked.items()}, compress=False)
-
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(2) as pool:  # file writes and zip headers release the GIL in part
-        list(pool.map(write_frame, range(len(rows)), rows))
-    # the consolidated file: the same keys stacked over frames, plus the whole-video metadata
-    stacked.update({
-        "keyframes": lm.frame[fit.identity.keyframes],
-        "all_frames": lm.frame, "all_times_s": lm.time_s, "all_valid": fit.valid,
-        "all_covered": fit.covered, "reproj_px": fit.reproj_px[rows],
-        "raw_cam": pose6_to_cam(torch.as_tensor(fit.raw["pose6"][rows])).numpy(),
-        "raw_exp": fit.raw["expr"][rows],
-        "video_fps": np.float64(reader.info.fps),
-        "video_size": np.array([reader.info.width, reader.info.height]),
-        "video_path": np.str_(str(reader.path)),
-    })
-    save_npz(run.root / "tracking.npz", stacked)
+    # Block by block (memory: one block of frames, whatever the video's length): the per-frame
+    # files, and the rows of the consolidated file, which is assembled from parts on disk.
+    with ThreadPoolExecutor(2) as pool, StackedNpzWriter(run.root / "tracking.npz", len(rows), FIXED_KEYS) as out:
+        for start in range(0, len(rows), WRITE_BLOCK):
+            blk = rows[start:start + WRITE_BLOCK]
+            own = None  # the model's own 68 points when the fit used the detector's (fit.lmks_fit_px)
+            if fit_model is not None and fit_model is not model:
+                own = project_fit(model, fit.identity, {"pose6": fit.pose6, "expr": fit.expr,
+                                                        "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, blk)[0]
+            stacked = frame_arrays(fit, blk, lm, model_name, names, extra, own)
+
+            def write_frame(i: int, r: int, stacked: dict[str, np.ndarray] = stacked) -> None:
+                path = run.frame_path(int(lm.frame[r]))  # tiny files: uncompressed, two at a time
+                if not path.exists():
+                    save_npz(path, {k: v if k in FIXED_KEYS else v[i:i + 1] for k, v in stacked.items()},
+                             compress=False)
+
+            # file writes and zip headers release the GIL in part
+            list(pool.map(write_frame, range(len(blk)), blk))
+            stacked.update(reproj_px=fit.reproj_px[blk],
+                           raw_cam=pose6_to_cam(torch.as_tensor(fit.raw["pose6"][blk])).numpy(),
+                           raw_exp=fit.raw["expr"][blk])
+            out.add(start, stacked)
+        # the whole-video metadata
+        out.add_whole({
+            "keyframes": lm.frame[fit.identity.keyframes],
+            "all_frames": lm.frame, "all_times_s": lm.time_s, "all_valid": fit.valid,
+            "all_covered": fit.covered,
+            "video_fps": np.float64(reader.info.fps),
+            "video_size": np.array([reader.info.width, reader.info.height]),
+            "video_path": np.str_(str(reader.path)),
+        })
     summary.timings["write_s"] = time.perf_counter() - t0
 
     if vopts.meshes:
