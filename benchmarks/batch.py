@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def main() -> None:
             import ray
 
             t0 = time.perf_counter()
-            start_local_ray(workers, max(1, 2 // workers))  # as run_batch starts it
+            start_local_ray(workers, max(1, (os.cpu_count() or 1) // workers))  # as run_batch starts it
             t1 = time.perf_counter()
             try:
                 s = run_batch(items, Path(tmp) / f"out{workers}", workers=workers,

@@ -92,6 +92,10 @@ def test_stacked_npz_written_in_blocks_equals_the_whole_arrays(tmp_path, compres
     for k, v in {**rows, **fixed, **whole}.items():
         assert got[k].dtype == np.asarray(v).dtype and np.array_equal(got[k], v), k
     assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]  # no parts left behind
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:  # .npy format 1.0, as np.savez writes: readers outside numpy
+        assert all(zf.read(name)[:8] == b"\x93NUMPY\x01\x00" for name in zf.namelist())
 
 
 def test_stacked_npz_failure_leaves_no_file_and_no_parts(tmp_path):
@@ -106,6 +110,9 @@ def test_stacked_npz_failure_leaves_no_file_and_no_parts(tmp_path):
     with pytest.raises(TypeError, match="Python objects"), StackedNpzWriter(path, 1) as w:
         w.add(0, {"o": np.array([None], dtype=object)})
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="<U9 after blocks of <U4"), StackedNpzWriter(path, 4) as w:
+        w.add(0, {"s": np.array(["flow", "flow"])})
+        w.add(2, {"s": np.array(["landmarks", "bridged"])})  # would be cut to 'land'
     with pytest.raises(ValueError, match="fewer than 4 rows"), StackedNpzWriter(path, 4) as w:
         w.add(0, {"a": np.zeros((2, 3))})  # rows 2..3 never came
     with pytest.raises(ValueError, match="after 0 rows"), StackedNpzWriter(path, 4) as w:

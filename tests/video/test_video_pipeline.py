@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from flame_tracker.io.results import REFERENCE_KEYS, load_npz
+from flame_tracker.video import pipeline as pipeline_mod
 from flame_tracker.video import track as track_mod
 from flame_tracker.video.decode import VideoError
 from flame_tracker.video.pipeline import VideoOptions, track_video
@@ -45,6 +46,10 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
     with pytest.raises(KeyboardInterrupt):
         track_video(clip, out, model=model, options=TINY, video_options=vopts, progress=False)
     assert not (out / "tracking.npz").exists()
+    stale = out / ".tracking.999.0123456789ab.parts"  # what a hard kill while writing leaves
+    stale.mkdir()
+    (stale / "exp.npy").write_bytes(b"partial")
+    monkeypatch.setattr(pipeline_mod, "WRITE_BLOCK", 5)  # blocks of 5, 5, 2 frames
 
     calls.clear()
     kill[0] = False
@@ -72,6 +77,11 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
     assert whole["exp"].shape == (12, model.n_expr) and whole["shape"].shape == (1, model.n_shape)
     np.testing.assert_array_equal(whole["frame"], np.arange(50, 74, 2))
     assert float(whole["video_fps"]) == pytest.approx(25.0)
+    for i, f in enumerate(frames):  # the consolidated file, written in blocks, holds each frame's file
+        per = load_npz(f)
+        for key in ("exp", "pose6", "fit_lmks_68_px", "source"):
+            np.testing.assert_array_equal(whole[key][i:i + 1], per[key], err_msg=key)
+    assert not stale.exists()
 
     from flame_tracker.io.mesh import load_ply
 

@@ -136,6 +136,8 @@ class StackedNpzWriter:
         for key, value in arrays.items():
             value = np.asarray(value)
             self._check(key, value)
+            if value.ndim == 0 and key not in self.fixed:
+                raise ValueError(f"npz key {key!r}: a per-row key needs a row axis (got a scalar)")
             if key in self.fixed or key in self._whole:
                 if key not in self._whole:
                     self.add_whole({key: value})
@@ -144,10 +146,12 @@ class StackedNpzWriter:
             if key not in self._rows:
                 header = {"descr": np.lib.format.dtype_to_descr(value.dtype), "fortran_order": False,
                           "shape": (self.n_rows, *value.shape[1:])}
-                with open(part, "wb") as fh:
-                    np.lib.format.write_array_header_2_0(fh, header)
+                with open(part, "wb") as fh:  # version 1.0, as np.savez writes (readers outside numpy)
+                    np.lib.format.write_array_header_1_0(fh, header)
                 self._rows[key] = (0, value.dtype, value.shape[1:])
             done, dtype, row_shape = self._rows[key]
+            if not np.can_cast(value.dtype, dtype, "safe"):  # e.g. longer strings than the first block's
+                raise ValueError(f"npz key {key!r}: a block of {value.dtype} after blocks of {dtype}")
             if start != done or value.shape[1:] != row_shape or done + len(value) > self.n_rows:
                 raise ValueError(f"npz key {key!r}: rows {start}..{start + len(value)} of shape {value.shape[1:]} "
                                  f"after {done} rows of shape {row_shape} (of {self.n_rows})")
@@ -160,6 +164,8 @@ class StackedNpzWriter:
         for key, value in arrays.items():
             value = np.asarray(value)
             self._check(key, value)
+            if key in self._rows:
+                raise ValueError(f"npz key {key!r} is already stored per row")
             np.save(self.parts / f"{key}.npy", value, allow_pickle=False)
             self._whole.add(key)
 

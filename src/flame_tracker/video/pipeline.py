@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
@@ -334,6 +335,8 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
     # Block by block (memory: one block of frames, whatever the video's length): the per-frame
     # files, and the rows of the consolidated file, which is assembled from parts on disk.
+    for stale in run.root.glob(".tracking.*.parts"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     with ThreadPoolExecutor(2) as pool, StackedNpzWriter(run.root / "tracking.npz", len(rows), FIXED_KEYS) as out:
         for start in range(0, len(rows), WRITE_BLOCK):
             blk = rows[start:start + WRITE_BLOCK]
