@@ -311,7 +311,10 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
     with warnings.catch_warnings():  # a point no bin saw: NaN, replaced below
         warnings.simplefilter("ignore", RuntimeWarning)
         spread = np.nanmedian(np.stack(spreads), 0)
-    spread = np.where(np.isnan(spread), np.nanmax(spread), spread)
+    known = ~np.isnan(spread)
+    # a point no bin saw counts as the least consistent one; if none was seen twice (a derivation from
+    # a handful of renders), every point gets MediaPipe's typical spread (3 mm on ICT renders): equal weights
+    spread = np.where(known, spread, np.max(spread[known]) if known.any() else 3.0)
     s_f, s_b = _snap(static, template, faces)
     bf, bb = _snap(bins_a.reshape(-1, 3), template, faces)
     B = len(VIEW_YAWS)
