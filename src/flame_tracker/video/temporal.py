@@ -179,7 +179,11 @@ def jitter_metrics(rotvec: np.ndarray, trans: np.ndarray, valid: np.ndarray,
     pose = np.degrees(np.linalg.norm(acc(rotvec), axis=-1))
     tr = 1e3 * np.linalg.norm(acc(trans), axis=-1)
     lmk = float("nan")
-    if landmarks_px is not None:
-        lmk = float(np.linalg.norm(acc(landmarks_px), axis=-1).mean())
+    if landmarks_px is not None:  # in blocks of frames: [T, K, 2] temporaries are ~5 KB per frame
+        total, block = 0.0, 4096
+        for s in range(0, len(ok), block):
+            a = np.asarray(landmarks_px[s:s + block + 2], float)
+            total += float(np.linalg.norm((a[2:] - 2.0 * a[1:-1] + a[:-2])[ok[s:s + block]], axis=-1).sum())
+        lmk = total / (n * np.shape(landmarks_px)[1])
     return JitterMetrics(float(np.sqrt((pose ** 2).mean())), float(np.sqrt((tr ** 2).mean())),
                          lmk, n)

@@ -145,7 +145,7 @@ class SequenceFit:
 def video_crop(lmks_px: np.ndarray, valid: np.ndarray, scale: float) -> Crop:
     """One square crop for the whole video: centred on the median face centre, ``scale`` × the
     median face-box side (robust to a few bad detections)."""
-    pts = lmks_px[valid]
+    pts = lmks_px[valid].astype(np.float64)  # (float32 detections: the same crop as from float64)
     lo, hi = np.nanmin(pts, axis=1), np.nanmax(pts, axis=1)
     centre = np.median((lo + hi) / 2, axis=0)
     side = float(np.median((hi - lo).max(axis=1))) * scale
@@ -368,7 +368,8 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
 
     Args:
         model: a ``HeadModel``.
-        lmks_px: ``[T, 68, 2]`` detected landmarks in original pixels (anything where not valid).
+        lmks_px: ``[T, 68, 2]`` detected landmarks in original pixels (anything where not valid),
+            float32 or float64 (the same result: they are converted where used).
         valid: ``[T]`` frames with a face.
         times: ``[T]`` timestamps in seconds.
         iris_px: ``[T, 10, 2]`` iris points (MediaPipe order) or ``None``.
