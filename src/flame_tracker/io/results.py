@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -112,7 +113,8 @@ class StackedNpzWriter:
     order); :meth:`close` zips them (compressed unless ``compress=False``) into ``path`` atomically.
     Keys named in ``fixed`` are the same for every row and stored from the first block as they are;
     :meth:`add_whole` stores other arrays as they are. Use as a context manager: an exception leaves
-    ``path`` untouched and removes the parts.
+    ``path`` untouched and removes the parts; parts a killed writer of the same file left are removed
+    when the next one starts.
     """
 
     def __init__(self, path: str | os.PathLike[str], n_rows: int, fixed: tuple[str, ...] = (),
@@ -121,6 +123,9 @@ class StackedNpzWriter:
         self.n_rows = int(n_rows)
         self.fixed = set(fixed)
         self.compress = compress
+        # parts of an earlier writer of this file that was killed outright (no exception to clean up on)
+        for stale in self.path.parent.glob(f".{self.path.stem}.*.parts"):
+            shutil.rmtree(stale, ignore_errors=True)
         self.parts = temporary_sibling(self.path, suffix=".parts")
         self.parts.mkdir(parents=True)
         self._rows: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}  # rows written, dtype, row shape
@@ -191,8 +196,6 @@ class StackedNpzWriter:
 
     def discard(self) -> None:
         """Remove the parts without writing ``path``."""
-        import shutil
-
         shutil.rmtree(self.parts, ignore_errors=True)
 
     def __enter__(self) -> StackedNpzWriter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
@@ -335,8 +334,6 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
     # Block by block (memory: one block of frames, whatever the video's length): the per-frame
     # files, and the rows of the consolidated file, which is assembled from parts on disk.
-    for stale in run.root.glob(".tracking.*.parts"):  # left by a run killed while writing
-        shutil.rmtree(stale, ignore_errors=True)
     bar = tqdm(total=len(rows), desc="writing", unit="frame", disable=not progress or len(rows) < 2 * WRITE_BLOCK,
                dynamic_ncols=True)  # (long videos only: ~1.5 ms per frame, minutes for an hour)
     with bar, ThreadPoolExecutor(2) as pool, \

@@ -172,9 +172,10 @@ def jitter_metrics(rotvec: np.ndarray, trans: np.ndarray, valid: np.ndarray,
     if n == 0:
         return JitterMetrics(float("nan"), float("nan"), float("nan"), 0)
 
-    def acc(a: np.ndarray) -> np.ndarray:
+    def acc(a: np.ndarray, keep: np.ndarray = ok) -> np.ndarray:
+        """Second differences of ``a`` over the triplets ``keep`` (one per triplet start)."""
         a = np.asarray(a, float)
-        return (a[2:] - 2.0 * a[1:-1] + a[:-2])[ok]
+        return (a[2:] - 2.0 * a[1:-1] + a[:-2])[keep]
 
     pose = np.degrees(np.linalg.norm(acc(rotvec), axis=-1))
     tr = 1e3 * np.linalg.norm(acc(trans), axis=-1)
@@ -182,8 +183,7 @@ def jitter_metrics(rotvec: np.ndarray, trans: np.ndarray, valid: np.ndarray,
     if landmarks_px is not None:  # in blocks of frames: [T, K, 2] temporaries are ~5 KB per frame
         total, block = 0.0, 4096
         for s in range(0, len(ok), block):
-            a = np.asarray(landmarks_px[s:s + block + 2], float)
-            total += float(np.linalg.norm((a[2:] - 2.0 * a[1:-1] + a[:-2])[ok[s:s + block]], axis=-1).sum())
+            total += float(np.linalg.norm(acc(landmarks_px[s:s + block + 2], ok[s:s + block]), axis=-1).sum())
         lmk = total / (n * np.shape(landmarks_px)[1])
     return JitterMetrics(float(np.sqrt((pose ** 2).mean())), float(np.sqrt((tr ** 2).mean())),
                          lmk, n)
