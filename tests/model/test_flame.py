@@ -84,6 +84,25 @@ def test_component_counts(tiny_pkl, flame_pkl):
         load_model(tiny_pkl, n_expr=30, use_cache=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bases_are_the_files_in_the_model_dtype(flame_pkl, dtype):
+    """The basis matrix is written straight in the model's dtype (no float64 copy of the whole
+    basis): the same numbers as the file's, cast once; the joint rows J_regressor times them."""
+    d = load_model_data(flame_pkl)
+    m = load_model(flame_pkl, dtype=dtype, use_cache=False)
+    np_dt = np.float32 if dtype == torch.float32 else np.float64
+    assert m.shapedirs.dtype == dtype
+    assert np.array_equal(m.shapedirs.numpy(), d.shapedirs.astype(np_dt))
+    assert np.array_equal(m.exprdirs.numpy(), d.exprdirs.astype(np_dt))
+    assert np.array_equal(m.posedirs.numpy(), d.posedirs.astype(np_dt))
+    V, J = m.n_verts, m.n_joints
+    k = m.n_shape + m.n_expr
+    joints = m._dirs[3 * V:].double().numpy().reshape(J, 3, -1)
+    ref = np.einsum("jv,vdk->jdk", d.J_regressor, np.concatenate([d.shapedirs, d.exprdirs], 2))
+    assert np.allclose(joints[:, :, :k], ref, rtol=1e-6, atol=1e-9)
+    assert not joints[:, :, k:].any()  # pose correctives do not move the joints
+
+
 def test_zero_params_give_template(flame64):
     out = flame64()
     assert torch.allclose(out.vertices[0], flame64.v_template, atol=1e-12)
