@@ -120,6 +120,15 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
     assert worst < 0.5, worst
 
 
+def test_export_help_describes_every_format() -> None:
+    from flame_tracker.export import FORMATS
+
+    res = CliRunner().invoke(main, ["export", "--help"])
+    assert res.exit_code == 0
+    described = {line.split()[0] for line in res.output.splitlines() if line.startswith("  ") and line.split()}
+    assert set(FORMATS) <= described, set(FORMATS) - described
+
+
 def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, shared_dir: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["export", str(tmp_path), "--format", "gltf"])

@@ -39,6 +39,8 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, vi
                  a FLAME run as a mesh sequence (one morph target per frame)
       gaussian-avatars  the VHAP folder GaussianAvatars trains on (images/, flame_param/,
                  canonical_flame_param.npz, transforms*.json, fg_masks/ with --masks); FLAME 2023 runs only
+      imavatar   flame_params.json with image/ and mask/ (IMavatar, PointAvatar, SplattingAvatar,
+                 MonoGaussianAvatar, BakedAvatar); FLAME 2020 runs only
       insta      INSTA's input (images/, meshes/*.obj, flame/exp/*.txt, canonical.obj, transforms*.json
                  with OpenCV camera-to-world); FLAME 2020 runs only
       nersemble  NeRSemble's Mono-FLAME-Avatar layout (calibration/camera_params.json,
