@@ -159,6 +159,28 @@ def test_refine_result_updates_a_tracker_result(scene) -> None:
     assert new.reprojection_error_px < res.reprojection_error_px + 1.0
 
 
+def test_refine_result_with_a_free_shape_keeps_the_result_consistent(scene) -> None:
+    # PhotometricOptions.fit_shape frees the identity: the Result's shape must be the refined one,
+    # the one its vertices were made with.
+    from flame_tracker.fitting.photometric import refine_result
+    from flame_tracker.tracker import Tracker
+
+    s = scene
+    to_px = lambda ndc: ((ndc[0] + 1) * 0.5 * RES).numpy()  # noqa: E731
+    with Tracker(s["model"]) as tracker:
+        res = tracker.fit_landmarks(to_px(s["lmk"]), to_px(s["iris"]), image_size=(RES, RES))
+    new, ph = refine_result(s["model"], res, s["image"][0], max_iter=4, resolution=96, fit_shape=True)
+    assert new.shape.shape == res.shape.shape and new.shape.dtype == res.shape.dtype
+    assert not np.allclose(new.shape, res.shape)
+    np.testing.assert_array_equal(new.shape.ravel(), ph.shape[0].numpy().astype(new.shape.dtype))
+    m = s["model"]
+    row = lambda a: torch.as_tensor(a, dtype=m.dtype).reshape(1, -1)  # noqa: E731
+    with torch.no_grad():
+        verts = m(shape=row(new.shape), expr=row(new.exp), jaw_pose=row(new.jaw_pose), eye_pose=row(new.eye_pose),
+                  neck_pose=row(new.neck_pose)).vertices[0].numpy()
+    np.testing.assert_allclose(new.vertices, verts, atol=1e-5)
+
+
 def test_canonical_from_frames_matches_the_crop_level_call(scene) -> None:
     # Original-pixel inputs (a 2x larger frame with the fitting square in its middle) give the same
     # texture as estimate_canonical on the crop itself.

@@ -899,7 +899,8 @@ def refine_result(model: torch.nn.Module, result: Result, image: np.ndarray, *,
     ``output_model`` (``Tracker.model``, default ``model``) gives the Result's own 68 points.
 
     Crops ``image`` (RGB uint8, original size) to the result's fitting square at
-    ``options.resolution``, refines camera, expression, jaw and eyes (shape stays), and returns
+    ``options.resolution``, refines camera, expression, jaw and eyes (and the shape with
+    ``fit_shape=True``; by default it stays), and returns
     ``(updated Result, PhotometricResult)``; the Result's mesh, fitted landmarks and camera are the
     refined ones, with ``timings["photometric"]`` added.
     """
@@ -933,7 +934,9 @@ def refine_result(model: torch.nn.Module, result: Result, image: np.ndarray, *,
         fit_iris = (project_pixels(out.iris.cpu(), pose6, fov, crop)[0].numpy() if out.iris is not None
                     else result.fit_iris_px)
     timings = dict(result.timings, photometric=time.perf_counter() - t0)
-    new = replace(result, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(),
+    # the shape too (it moves with options.fit_shape): the Result's vertices are made with it
+    shape = ph.shape[0].cpu().numpy().astype(result.shape.dtype).reshape(result.shape.shape)
+    new = replace(result, shape=shape, exp=ph.expr.cpu().numpy(), jaw_pose=ph.jaw_pose.cpu().numpy(),
                   eye_pose=ph.eye_pose.cpu().numpy(), pose6=pose6.numpy(), fit_lmks68_px=fit68, fit_iris_px=fit_iris,
                      fit_target68_px=None if fit68 is target68 else target68,
                      vertices=out.vertices[0].cpu().numpy().astype(result.vertices.dtype), timings=timings)
