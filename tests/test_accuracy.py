@@ -125,7 +125,9 @@ def test_detector_embedding_is_shipped_for_the_open_model(model) -> None:
 REGRESSION_SCENES = 10
 # (The previous pipeline, crop-centred camera and ICT's own embedding, measured on the same subset:
 # posed 5.01 mm, shape 3.66 mm, rotation 4.55°, NME 0.046.)
-REGRESSION_MEASURED = {"posed_mm": 2.733, "shape_mm": 3.026, "rot_deg": 4.597, "nme_fit": 0.0399,
+# rot_deg re-measured with the head turned towards MediaPipe's 3-D mesh (Tracker mesh_depth 0.5):
+# 4.283 (5.116 without it, at that commit).
+REGRESSION_MEASURED = {"posed_mm": 2.733, "shape_mm": 3.026, "rot_deg": 4.283, "nme_fit": 0.0399,
                        "expr_mae": 0.0759}
 REGRESSION_TOLERANCE = 1.25
 

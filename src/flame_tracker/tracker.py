@@ -296,9 +296,10 @@ class Result:
 
 
 def _face_tuple(det, rgb: np.ndarray) -> tuple:
-    """A detection as the fitting input ``(lmks68, iris, (W, H), blendshapes, names, points478_xy)``."""
+    """A detection as the fitting input ``(lmks68, iris, (W, H), blendshapes, names, points478)``
+    (MediaPipe's mesh with its relative depth: :mod:`flame_tracker.fitting.mesh_depth`)."""
     return (det.lmks68, det.iris, (rgb.shape[1], rgb.shape[0]), det.blendshapes, det.blendshape_names,
-            det.points478[:, :2])
+            det.points478)
 
 
 @dataclass
@@ -341,6 +342,7 @@ class ImageOptions:
     landmarks: Literal["68", "dense"] = "68"
     landmark_embedding: Literal["detector", "views", "model"] = "detector"
     face: str = "largest"
+    mesh_depth: float = 0.5
 
 
 class Tracker:
@@ -388,6 +390,12 @@ class Tracker:
             ``left``, ``right``, ``index N`` (from the left) or ``near X,Y``
             (:class:`~flame_tracker.detection.search.FaceChoice`); small faces in wide shots are
             searched for over tiles (:class:`~flame_tracker.detection.search.FaceFinder`).
+        mesh_depth: how far (0-1) each photo's head rotation is turned from the landmark fit's
+            towards the rotation of MediaPipe's 3-D mesh (its relative depth; aligned to the fitted
+            head's detector embedding), full up to 45° of yaw and fading out at 60°; then stage 2 is
+            refitted with that camera (:mod:`flame_tracker.fitting.mesh_depth`). 0: off; it also
+            needs a detector embedding and the mesh's depth (``dense_px`` with 3 columns:
+            ``fit_image`` passes it). Not used for several photos of one person.
         verbose: let MediaPipe's native log lines through.
     """
 
@@ -414,6 +422,9 @@ class Tracker:
         fov, fov_mode, rounds, principal_point = opts.fov, opts.fov_mode, opts.rounds, opts.principal_point
         image_fov, landmark_embedding, landmarks = opts.image_fov, opts.landmark_embedding, opts.landmarks
         init_from_blendshapes, expr_prior, face = opts.init_from_blendshapes, opts.expr_prior, opts.face
+        if not 0.0 <= opts.mesh_depth <= 1.0:
+            raise InputError(f"mesh_depth must be between 0 and 1, got {opts.mesh_depth}")
+        self.mesh_depth = float(opts.mesh_depth)
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, HeadModel):
@@ -599,7 +610,8 @@ class Tracker:
         dense_px: np.ndarray | None = None,
     ) -> Result:
         """Fit to given landmarks (original pixels): ``[68, 2]`` + optional ``[10, 2]`` iris (+ MediaPipe's
-        ``[478, 2]`` or ``[468, 2]`` mesh points, needed with ``landmarks="dense"``)."""
+        ``[478, 2|3]`` or ``[468, 2|3]`` mesh points, needed with ``landmarks="dense"``; with its depth
+        as a third column they also steer the head rotation, see ``mesh_depth``)."""
         with cpu_threads(1, self.device):
             return self._fit_faces([(lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px)])[0]
 
@@ -626,7 +638,56 @@ class Tracker:
         as one batch: independent faces, or one identity shared by all (``shared_shape``)."""
         batch = self._face_batch(faces)
         fit = self._fit_rounds(batch, shared_shape)
+        if not shared_shape and self.mesh_depth > 0 and self._embedding is not None:
+            fit = self._turn_to_mesh(faces, batch, fit)
         return self._results(faces, batch, fit)
+
+    def _turn_to_mesh(self, faces: list[tuple], batch: _FaceBatch, fit: _RoundsFit) -> _RoundsFit:
+        """Each camera turned part of the way to the rotation of MediaPipe's 3-D mesh about the head's
+        centre, then stage 2 refitted with the cameras fixed (:mod:`~flame_tracker.fitting.mesh_depth`)."""
+        from flame_tracker.fitting.mesh_depth import blend_with_mesh
+        from flame_tracker.model.embedding import DENSE, with_landmarks
+
+        meshes = [None if f[5] is None or np.ndim(f[5]) != 2 or np.shape(f[5])[1] < 3 else np.asarray(f[5])[:468]
+                  for f in faces]
+        if all(m is None for m in meshes):
+            return fit
+        t = time.perf_counter()
+        if self.dense_model is None:  # where MediaPipe puts its 468 points on this model
+            assert self._embedding is not None
+            self.dense_model = with_landmarks(self.model, self._embedding, DENSE)
+        with torch.no_grad():
+            dense = self.dense_model.landmarks(**fit.params).landmarks.double().cpu().numpy()
+            centres = self.fit_model.landmarks(**fit.params).landmarks.double().mean(1).cpu().numpy()
+        pose6, used = blend_with_mesh(fit.pose6, dense, meshes, centres, weight=self.mesh_depth)
+        if not used.any():
+            return fit
+        # the last round's stage 2 again, with the turned cameras fixed (no rigid refinement: it
+        # would turn them back to the landmarks)
+        s2 = self._stage2(batch, pose6, fit.fov, fit.params, replace(self.stage2, fit_rigid=False, fit_shape=False))
+        params = dict(shape=s2.shape, expr=s2.expr, jaw_pose=s2.jaw_pose, eye_pose=s2.eye_pose,
+                      neck_pose=s2.neck_pose)
+        timings = dict(fit.timings, stage2=fit.timings["stage2"] + time.perf_counter() - t)
+        iters = dict(fit.iterations, stage2=fit.iterations["stage2"] + s2.iterations)
+        return replace(fit, pose6=pose6, stage2=s2, params=params, timings=timings, iterations=iters)
+
+    def _stage2(self, batch: _FaceBatch, pose6: torch.Tensor, fov: torch.Tensor, init: dict[str, torch.Tensor],
+                opts: Stage2Options, last: bool = True) -> Any:
+        """One stage-2 solve of the batch with the cameras fixed: on the 68 points (and iris), or on
+        the dense points in the last round with ``landmarks="dense"``; with a view table the
+        detections are moved into the static embedding's convention at the current view."""
+        expr_mean = batch.expr0 if self.expr_prior == "blendshapes" else None
+
+        def corrected(targets: torch.Tensor, views) -> torch.Tensor:
+            return targets if views is None else targets - views(init, pose6, fov)[0]
+
+        if batch.dense_ndc is None or self.landmarks != "dense" or not last:
+            return fit_stage2(self.fit_model, corrected(batch.lmk_ndc, self.views68), pose6, fov,
+                              iris_ndc=batch.iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean)
+        assert self.dense_model is not None
+        return fit_stage2(self.dense_model, corrected(batch.dense_ndc, self.views_dense), pose6, fov,
+                          iris_ndc=batch.iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean,
+                          point_weights=self.dense_weights(opts))
 
     def _face_batch(self, faces: list[tuple]) -> _FaceBatch:
         """The faces' detections checked and moved into their fitting crops' NDC, with each crop's
@@ -665,14 +726,10 @@ class Tracker:
         embedding's convention at the current view."""
         # fm: the model with the detector's landmark embedding (fitting); model: its own (outputs)
         fm, n = self.fit_model, len(batch.crops)
-        lmk_ndc, iris_ndc, dense_ndc = batch.lmk_ndc, batch.iris_ndc, batch.dense_ndc
+        lmk_ndc = batch.lmk_ndc
         init: dict[str, torch.Tensor] = {}
-        expr_mean = None
-        if batch.expr0 is not None:
-            if self.init_from_blendshapes:
-                init["expr"] = batch.expr0
-            if self.expr_prior == "blendshapes":
-                expr_mean = batch.expr0
+        if batch.expr0 is not None and self.init_from_blendshapes:
+            init["expr"] = batch.expr0
         # one identity for several photos: without the rigid refinement (see DEFAULT_STAGE2)
         opts = replace(self.stage2, shared_shape=True, fit_rigid=False) if shared_shape else self.stage2
         timings = {"stage1": 0.0, "stage2": 0.0}
@@ -705,13 +762,7 @@ class Tracker:
             # the rigid refinement in the last round only: the first round's camera is refitted by
             # stage 1 anyway (measured: the same accuracy at ~half the extra cost)
             ropts = opts if rnd == self.rounds - 1 or not opts.fit_rigid else replace(opts, fit_rigid=False)
-            if dense_ndc is None or self.dense_model is None or rnd < self.rounds - 1:
-                s2 = fit_stage2(fm, corrected(lmk_ndc, self.views68), pose6, fov, iris_ndc=iris_ndc, init=init,
-                                options=ropts, expr_prior_mean=expr_mean)
-            else:
-                s2 = fit_stage2(self.dense_model, corrected(dense_ndc, self.views_dense), pose6, fov,
-                                iris_ndc=iris_ndc, init=init, options=ropts, expr_prior_mean=expr_mean,
-                                point_weights=self.dense_weights(ropts))
+            s2 = self._stage2(batch, pose6, fov, init, ropts, last=rnd == self.rounds - 1)
             if s2.pose6 is not None:  # the rigid pose refined with the expression (fit_rigid)
                 pose6 = s2.pose6
             timings["stage2"] += time.perf_counter() - t

@@ -190,6 +190,10 @@ def run_images(
               help="Where the fitted points sit on the model: where the detector puts them (derived by rendering, "
               "`flame-tracker embed`), the same with the face outline sliding with the head's yaw (views), or the "
               "model's own 68 points (model, the reference).")
+@click.option("--mesh-depth", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="How far each head's rotation is turned from the landmark fit's towards the rotation of "
+              "MediaPipe's 3-D face mesh (its depth tells the head's pitch better than its 2-D points; full up "
+              "to 45° of yaw, none from 60°). 0: the landmark fit alone (the reference).")
 @click.option("--face", default="largest", show_default=True,
               help="Which face to fit when a photo has several: largest, center, left, right, 'index N' (counted "
               "from the left, from 0) or 'near X,Y' (pixels). Small faces in wide shots are searched for too.")
@@ -201,7 +205,8 @@ def run_images(
 def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None,
           landmarker: str | None, image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool,
           fit_neck: bool, mesh: bool, overlay: bool, photometric: bool, same_person: bool, landmarks: str,
-          landmark_embedding: str, face: str, all_faces: bool, verbose: bool, config_path: Path | None) -> None:
+          landmark_embedding: str, mesh_depth: float, face: str, all_faces: bool, verbose: bool,
+          config_path: Path | None) -> None:
     """Fit the head model to each IMAGE and write, per image, into --out:
 
     \b
@@ -234,9 +239,10 @@ def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: st
     config = with_given(ctx, load_config(config_path), "stage2",
                         {"solver": "solver", "loss": "loss", "fit_shape": "fit_shape", "fit_neck": "fit_neck"},
                         {"solver": solver, "loss": loss, "fit_shape": fit_shape, "fit_neck": fit_neck})
-    config = with_given(ctx, config, "image", {k: k for k in ("image_fov", "landmarks", "landmark_embedding", "face")},
+    config = with_given(ctx, config, "image",
+                        {k: k for k in ("image_fov", "landmarks", "landmark_embedding", "mesh_depth", "face")},
                         {"image_fov": image_fov, "landmarks": landmarks, "landmark_embedding": landmark_embedding,
-                         "face": face})
+                         "mesh_depth": mesh_depth, "face": face})
     failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, config=config,
                           mesh=mesh, overlay=overlay, photometric=photometric, same_person=same_person,
                           all_faces=all_faces, verbose=verbose)
