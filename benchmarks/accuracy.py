@@ -188,6 +188,8 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true", help="skip the annotated-photo and identity checks")
     ap.add_argument("--plots", type=Path, default=None, help="write error plots and a worst-case sheet here")
     ap.add_argument("--json", type=Path, default=None, help="write every measurement as JSON")
+    ap.add_argument("--mesh-depth", type=float, default=None,
+                    help="Tracker mesh_depth (default: the Tracker's; 0 = the landmark fit's rotation)")
     ap.add_argument("--baseline", action="store_true",
                     help="measure the first version of the pipeline: principal point at the crop centre, 20° "
                     "over the crop, the model's own 68-point embedding, 0.025·Σexp² prior, shape prior 0.1")
@@ -204,10 +206,12 @@ def main() -> None:
     # the first version: crop-centred camera, 20° over the crop, ICT's own 68 points, the reference's
     # expression prior centred at zero, shape prior 0.1
     kw = dict(principal_point="crop", image_fov=None, landmark_embedding="model", expr_prior="zero",
-              stage2=Stage2Options(w_contour=200.0, **REFERENCE_PRIORS)) if args.baseline else \
+              mesh_depth=0.0, stage2=Stage2Options(w_contour=200.0, **REFERENCE_PRIORS)) if args.baseline else \
         dict(landmark_embedding=args.embedding, landmarks=args.landmarks)
     if args.fit_rigid:
         kw["stage2"] = replace(kw.get("stage2") or DEFAULT_STAGE2, fit_rigid=True)
+    if args.mesh_depth is not None and not args.baseline:
+        kw["mesh_depth"] = args.mesh_depth
     with Tracker(**kw) as tracker:
         evals, phot = run_synthetic(tracker, args.n, args.seed, args.photometric)
         syn = summarise(evals)

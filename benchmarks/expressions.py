@@ -39,12 +39,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48, help="synthetic scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=3, help="fit every N-th frame of each clip")
+    ap.add_argument("--mesh-depth", type=float, default=None,
+                    help="Tracker mesh_depth (default: the Tracker's; 0 = the landmark fit's rotation)")
     ap.add_argument("--baseline", action="store_true", help="measure the previous pipeline")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     kw = dict(principal_point="crop", image_fov=None, landmark_embedding="model", expr_prior="zero",
-              stage2=Stage2Options(w_contour=200.0, **REFERENCE_PRIORS)) if args.baseline else {}
+              mesh_depth=0.0, stage2=Stage2Options(w_contour=200.0, **REFERENCE_PRIORS)) if args.baseline else {}
+    if args.mesh_depth is not None and not args.baseline:
+        kw["mesh_depth"] = args.mesh_depth
     with Tracker(**kw) as tracker:
         names = list(tracker.model.expr_names or [])
         if not names:

@@ -260,10 +260,12 @@ def clip_expressions(tracker, video: Path, *, every: int = 3, noise_px: float = 
             continue
         size = (frame.image.shape[1], frame.image.shape[0])
         kw = dict(image_size=size, blendshapes=det.blendshapes, blendshape_names=det.blendshape_names)
-        dense = det.points478[:, :2]
+        dense = det.points478.astype(np.float64)  # with MediaPipe's depth, as fit_image passes it
         r = tracker.fit_landmarks(det.lmks68, det.iris, dense_px=dense, **kw)
+        moved = dense.copy()
+        moved[:, :2] += rng.normal(0, noise_px, (len(dense), 2))
         noisy = tracker.fit_landmarks(det.lmks68 + rng.normal(0, noise_px, det.lmks68.shape), det.iris,
-                                      dense_px=dense + rng.normal(0, noise_px, dense.shape), **kw)
+                                      dense_px=moved, **kw)
         expr.append(r.exp[0])
         scores.append(det.blendshapes)
         reproj.append(r.reprojection_error_px)
