@@ -395,7 +395,7 @@ class Tracker:
             the fitted head's detector embedding), about the head's centre, full up to 45° of yaw and
             fading out at 60° (:mod:`flame_tracker.fitting.mesh_depth`). 0: off (the landmark fit, the
             reference); it also needs a detector embedding and the mesh's depth (``dense_px`` with 3
-            columns: ``fit_image`` passes it). Not used for several photos of one person.
+            columns: ``fit_image`` and ``fit_same_person`` pass it).
         verbose: let MediaPipe's native log lines through.
     """
 
@@ -638,7 +638,7 @@ class Tracker:
         as one batch: independent faces, or one identity shared by all (``shared_shape``)."""
         batch = self._face_batch(faces)
         fit = self._fit_rounds(batch, shared_shape)
-        if not shared_shape and self.mesh_depth > 0 and self._embedding is not None:
+        if self.mesh_depth > 0 and self._embedding is not None:  # each photo's camera; the shape stays
             fit = self._turn_to_mesh(faces, batch, fit)
         return self._results(faces, batch, fit)
 

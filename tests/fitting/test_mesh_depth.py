@@ -106,9 +106,17 @@ def test_tracker_turns_the_head_towards_the_mesh(shared_dir) -> None:
         mesh[:468] = 1500.0 * dense @ R_mesh.T + np.array([256.0, 256.0, 0.0])
         turned = tracker.fit_landmarks(px68, pxi, dense_px=mesh, **kw)
         R1 = turned.camera_matrices()["w2c_opencv"][0, :3, :3].astype(np.float64)
+        # several photos of one person: each camera turned, the one shape kept
+        pair = tracker._fit_faces([(px68, pxi, (512, 512), None, (), mesh)] * 2, shared_shape=True)
+        pair_flat = tracker._fit_faces([(px68, pxi, (512, 512), None, (), mesh[:, :2])] * 2, shared_shape=True)
     with Tracker(device="cpu", mesh_depth=0.0) as off:
         same = off.fit_landmarks(px68, pxi, dense_px=mesh, **kw)
     np.testing.assert_allclose(same.pose6, flat.pose6, atol=1e-6)
+    for r, r0 in zip(pair, pair_flat):
+        Rp = r.camera_matrices()["w2c_opencv"][0, :3, :3].astype(np.float64)
+        R0p = r0.camera_matrices()["w2c_opencv"][0, :3, :3].astype(np.float64)
+        assert angle(Rp, R0p) == pytest.approx(5.0, abs=0.5)
+        np.testing.assert_array_equal(r.shape, r0.shape)
     assert angle(R1, R0) == pytest.approx(5.0, abs=0.5)  # half-way (the mesh is the mean head, not the fitted one)
     assert angle(R1, R_mesh) < angle(R0, R_mesh) - 4.0
     # the turned head (expression kept) still lies within a few pixels of its landmarks
