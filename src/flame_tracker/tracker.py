@@ -639,19 +639,18 @@ class Tracker:
         batch = self._face_batch(faces)
         fit = self._fit_rounds(batch, shared_shape)
         if self.mesh_depth > 0 and self._embedding is not None:  # each photo's camera; the shape stays
-            fit = self._turn_to_mesh(faces, batch, fit)
+            fit = self._turn_to_mesh(faces, fit)
         return self._results(faces, batch, fit)
 
-    def _turn_to_mesh(self, faces: list[tuple], batch: _FaceBatch, fit: _RoundsFit) -> _RoundsFit:
+    def _turn_to_mesh(self, faces: list[tuple], fit: _RoundsFit) -> _RoundsFit:
         """Each camera turned part of the way to the rotation of MediaPipe's 3-D mesh, about the
         head's centre (:mod:`~flame_tracker.fitting.mesh_depth`). The expression, jaw and eyes stay
         the landmark fit's: refitting them to the turned camera made them follow MediaPipe's 2-D
         errors (median correlation with its scores on the shared clips 0.88 -> 0.84)."""
-        from flame_tracker.fitting.mesh_depth import blend_with_mesh
+        from flame_tracker.fitting.mesh_depth import blend_with_mesh, mesh_with_depth
         from flame_tracker.model.embedding import DENSE, with_landmarks
 
-        meshes = [None if f[5] is None or np.ndim(f[5]) != 2 or np.shape(f[5])[1] < 3 else np.asarray(f[5])[:468]
-                  for f in faces]
+        meshes = [mesh_with_depth(f[5]) for f in faces]
         if all(m is None for m in meshes):
             return fit
         t = time.perf_counter()
@@ -663,24 +662,6 @@ class Tracker:
             centres = self.fit_model.landmarks(**fit.params).landmarks.double().mean(1).cpu().numpy()
         pose6, _ = blend_with_mesh(fit.pose6, dense, meshes, centres, weight=self.mesh_depth)
         return replace(fit, pose6=pose6, timings=dict(fit.timings, mesh_depth=time.perf_counter() - t))
-
-    def _stage2(self, batch: _FaceBatch, pose6: torch.Tensor, fov: torch.Tensor, init: dict[str, torch.Tensor],
-                opts: Stage2Options, last: bool = True) -> Any:
-        """One stage-2 solve of the batch with the cameras fixed: on the 68 points (and iris), or on
-        the dense points in the last round with ``landmarks="dense"``; with a view table the
-        detections are moved into the static embedding's convention at the current view."""
-        expr_mean = batch.expr0 if self.expr_prior == "blendshapes" else None
-
-        def corrected(targets: torch.Tensor, views) -> torch.Tensor:
-            return targets if views is None else targets - views(init, pose6, fov)[0]
-
-        if batch.dense_ndc is None or self.landmarks != "dense" or not last:
-            return fit_stage2(self.fit_model, corrected(batch.lmk_ndc, self.views68), pose6, fov,
-                              iris_ndc=batch.iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean)
-        assert self.dense_model is not None
-        return fit_stage2(self.dense_model, corrected(batch.dense_ndc, self.views_dense), pose6, fov,
-                          iris_ndc=batch.iris_ndc, init=init, options=opts, expr_prior_mean=expr_mean,
-                          point_weights=self.dense_weights(opts))
 
     def _face_batch(self, faces: list[tuple]) -> _FaceBatch:
         """The faces' detections checked and moved into their fitting crops' NDC, with each crop's
@@ -719,10 +700,14 @@ class Tracker:
         embedding's convention at the current view."""
         # fm: the model with the detector's landmark embedding (fitting); model: its own (outputs)
         fm, n = self.fit_model, len(batch.crops)
-        lmk_ndc = batch.lmk_ndc
+        lmk_ndc, iris_ndc, dense_ndc = batch.lmk_ndc, batch.iris_ndc, batch.dense_ndc
         init: dict[str, torch.Tensor] = {}
-        if batch.expr0 is not None and self.init_from_blendshapes:
-            init["expr"] = batch.expr0
+        expr_mean = None
+        if batch.expr0 is not None:
+            if self.init_from_blendshapes:
+                init["expr"] = batch.expr0
+            if self.expr_prior == "blendshapes":
+                expr_mean = batch.expr0
         # one identity for several photos: without the rigid refinement (see DEFAULT_STAGE2)
         opts = replace(self.stage2, shared_shape=True, fit_rigid=False) if shared_shape else self.stage2
         timings = {"stage1": 0.0, "stage2": 0.0}
@@ -755,7 +740,13 @@ class Tracker:
             # the rigid refinement in the last round only: the first round's camera is refitted by
             # stage 1 anyway (measured: the same accuracy at ~half the extra cost)
             ropts = opts if rnd == self.rounds - 1 or not opts.fit_rigid else replace(opts, fit_rigid=False)
-            s2 = self._stage2(batch, pose6, fov, init, ropts, last=rnd == self.rounds - 1)
+            if dense_ndc is None or self.dense_model is None or rnd < self.rounds - 1:
+                s2 = fit_stage2(fm, corrected(lmk_ndc, self.views68), pose6, fov, iris_ndc=iris_ndc, init=init,
+                                options=ropts, expr_prior_mean=expr_mean)
+            else:
+                s2 = fit_stage2(self.dense_model, corrected(dense_ndc, self.views_dense), pose6, fov,
+                                iris_ndc=iris_ndc, init=init, options=ropts, expr_prior_mean=expr_mean,
+                                point_weights=self.dense_weights(ropts))
             if s2.pose6 is not None:  # the rigid pose refined with the expression (fit_rigid)
                 pose6 = s2.pose6
             timings["stage2"] += time.perf_counter() - t

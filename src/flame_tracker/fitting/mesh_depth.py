@@ -12,8 +12,8 @@ correlate 0.3 with the fit's), so the geodesic half-way rotation between the two
 between 45° and 60° of fitted yaw.
 
 :func:`blend_with_mesh` does it for a batch of fitted photos: it turns each camera about the head's
-centre (the head stays where it is in the picture) to the blended rotation; the caller then refits
-stage 2 with the cameras fixed.
+centre (the head stays where it is in the picture) to the blended rotation; the expression stays the
+landmark fit's (refitted to the turned camera, it followed MediaPipe's 2-D errors on real clips).
 """
 
 from __future__ import annotations
@@ -35,6 +35,15 @@ def mesh_rotation(model_points: np.ndarray, mesh_points: np.ndarray) -> np.ndarr
     from flame_tracker.multiview.geometry import similarity_transform
 
     return similarity_transform(np.asarray(model_points, np.float64), np.asarray(mesh_points, np.float64))[1]
+
+
+def mesh_with_depth(points: np.ndarray | None) -> np.ndarray | None:
+    """MediaPipe's 468 mesh points ``[468, 3]`` (float64) from ``[468|478, 3]`` mesh points with their
+    depth, or ``None`` when there is no depth (2 columns, missing, or not finite)."""
+    if points is None or np.ndim(points) != 2 or np.shape(points)[1] < 3:
+        return None
+    q = np.asarray(points, np.float64)[:468, :3]
+    return q if np.isfinite(q).all() else None
 
 
 def head_yaw_deg(R: np.ndarray) -> float:
@@ -72,7 +81,8 @@ def blend_with_mesh(pose6: torch.Tensor, model_points: np.ndarray, mesh_points: 
     Args:
         pose6: the fitted cameras.
         model_points: ``[N, P, 3]`` the fitted heads' dense embedding points (model space).
-        mesh_points: per face MediaPipe's ``[P, 3]`` mesh points, or ``None`` (that face is kept).
+        mesh_points: per face MediaPipe's mesh points with their depth (:func:`mesh_with_depth`); a face
+            without (``None``, 2 columns) is kept.
         centres: ``[N, 3]`` the point each camera turns about (model space; the head's centre).
         weight: the fraction of the way to the mesh's rotation (0: unchanged, 1: the mesh's).
         full_deg, zero_deg: the weight is full up to ``full_deg`` of fitted yaw and 0 from ``zero_deg``.
@@ -82,20 +92,19 @@ def blend_with_mesh(pose6: torch.Tensor, model_points: np.ndarray, mesh_points: 
     """
     out = pose6.clone()
     used = np.zeros(len(pose6))
-    for k, q in enumerate(mesh_points):
+    for k, points in enumerate(mesh_points):
+        q = mesh_with_depth(points)
         if q is None:
-            continue
-        q = np.asarray(q, np.float64)
-        if q.ndim != 2 or q.shape[1] < 3 or not np.isfinite(q).all():
             continue
         R = pose6_to_opencv(pose6[k : k + 1].double())[0][0].cpu().numpy()
         w = view_weight(R, weight, full_deg, zero_deg)
         if w <= 0:
             continue
-        Rm = mesh_rotation(model_points[k], q[: len(model_points[k]), :3])
+        Rm = mesh_rotation(model_points[k], q[: len(model_points[k])])
         out[k] = turn_camera(pose6[k], slerp(R, Rm, w), centres[k])
         used[k] = w
     return out, used
 
 
-__all__ = ["blend_with_mesh", "head_yaw_deg", "mesh_rotation", "slerp", "turn_camera", "view_weight"]
+__all__ = ["blend_with_mesh", "head_yaw_deg", "mesh_rotation", "mesh_with_depth", "slerp", "turn_camera",
+           "view_weight"]
