@@ -172,3 +172,19 @@ def test_opengl_and_head_centric_round_trips() -> None:
     x_cam = pts @ rotvec_to_matrix(rot_h).transpose(1, 2) + t_h[:, None]
     homo = torch.cat([pts, torch.ones_like(pts[..., :1])], -1)
     assert torch.allclose(x_cam, (homo @ torch.inverse(c2w).transpose(1, 2))[..., :3], atol=1e-10)
+
+
+def test_slerp_goes_the_fraction_of_the_way() -> None:
+    from scipy.spatial.transform import Rotation
+
+    from flame_tracker.camera import slerp
+
+    a = Rotation.from_euler("xyz", [[10, 20, 0], [0, 0, 0]], degrees=True)
+    b = Rotation.from_euler("xyz", [[10, 20, 30], [0, 90, 0]], degrees=True)
+    full = (a.inv() * b).magnitude()
+    for w in (0.0, 0.25, 1.0):
+        got = slerp(a, b, np.full(2, w))
+        np.testing.assert_allclose((a.inv() * got).magnitude(), w * full, atol=1e-12)
+        np.testing.assert_allclose((got.inv() * b).magnitude(), (1 - w) * full, atol=1e-12)
+    one = slerp(a[0], b[0], 0.5)  # a single rotation and a scalar weight
+    assert one.single and np.isclose((a[0].inv() * one).magnitude(), full[0] / 2)

@@ -11,6 +11,7 @@ from flame_tracker.camera.convert import (
     opengl_c2w_to_pose6,
     pose6_to_opencv,
     project_pixels,
+    slerp,
     to_head_centric,
     to_opencv,
     to_opengl_c2w,
@@ -46,8 +47,8 @@ from flame_tracker.camera.reference import (
 
 __all__ = [
     "Crop", "crop_fov", "fov_from_intrinsics", "from_head_centric", "intrinsics_pixels", "opencv_to_pose6",
-    "opengl_c2w_to_pose6", "pose6_to_opencv", "project_pixels", "to_head_centric", "to_opencv", "view_angle_deg",
-    "to_opengl_c2w", "DEFAULT_FOV", "FOV_MAX", "FOV_MIN", "REFERENCE_SIZE", "ZFAR", "ZNEAR",
+    "opengl_c2w_to_pose6", "pose6_to_opencv", "project_pixels", "slerp", "to_head_centric", "to_opencv",
+    "view_angle_deg", "to_opengl_c2w", "DEFAULT_FOV", "FOV_MAX", "FOV_MIN", "REFERENCE_SIZE", "ZFAR", "ZNEAR",
     "build_intrinsics", "cam_to_pose6", "default_distance", "euler_to_matrix", "euler_to_rotvec",
     "focal_to_fov", "fov_to_focal", "matrix_to_euler", "ndc_scale", "matrix_to_rotvec", "ndc_to_pixels",
     "pixels_to_ndc", "pose6_to_cam", "project_ndc", "projection_matrix", "rotvec_to_euler",

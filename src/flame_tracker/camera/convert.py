@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +28,9 @@ from flame_tracker.camera.reference import (
     rotvec_to_matrix,
 )
 from flame_tracker.errors import InputError
+
+if TYPE_CHECKING:
+    from scipy.spatial.transform import Rotation
 
 _FLIP = (1.0, -1.0, -1.0)  # OpenGL <-> OpenCV camera axes
 
@@ -201,6 +206,12 @@ def to_head_centric(pose6: Tensor) -> tuple[Tensor, Tensor]:
     return matrix_to_rotvec(rt), -(rt @ pose6[..., 3:, None])[..., 0]
 
 
+def slerp(a: Rotation, b: Rotation, w: float | np.ndarray) -> Rotation:
+    """Spherical interpolation: ``a`` turned by the fraction ``w`` of its rotation to ``b`` (scipy
+    ``Rotation``; ``w`` scalar, or ``[n]`` for ``n`` rotations)."""
+    return a * type(a).from_rotvec((a.inv() * b).as_rotvec() * np.asarray(w, float)[..., None])
+
+
 def view_angle_deg(pose6: Tensor) -> Tensor:
     """``[N]`` angle in degrees between where the head faces (its model +z axis) and the direction from
     the head to the camera: 0 for a face looking into the lens, 90 for a profile (yaw and pitch
@@ -221,5 +232,5 @@ def from_head_centric(head_rotvec: Tensor, head_transl: Tensor) -> Tensor:
 __all__ = [
     "Crop", "crop_fov", "intrinsics_pixels", "fov_from_intrinsics", "project_pixels", "pose6_to_opencv",
     "opencv_to_pose6", "to_opencv", "to_opengl_c2w", "opengl_c2w_to_pose6", "to_head_centric",
-    "from_head_centric", "view_angle_deg",
+    "from_head_centric", "slerp", "view_angle_deg",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from flame_tracker.camera import opencv_to_pose6, pose6_to_opencv
+from flame_tracker.camera import opencv_to_pose6, pose6_to_opencv, slerp
 
 #: OpenCV camera (x right, y down, z forward) -> a frame where a frontal head has no rotation.
 _FLIP = np.diag([1.0, -1.0, -1.0])
@@ -55,12 +55,6 @@ def view_weight(R: np.ndarray, weight: float, full_deg: float, zero_deg: float) 
     """``weight`` up to ``full_deg`` of yaw, falling linearly to 0 at ``zero_deg``."""
     yaw = head_yaw_deg(R)
     return weight * float(np.clip((zero_deg - yaw) / max(zero_deg - full_deg, 1e-9), 0.0, 1.0))
-
-
-def slerp(Ra: np.ndarray, Rb: np.ndarray, w: float) -> np.ndarray:
-    """The rotation a fraction ``w`` of the geodesic from ``Ra`` to ``Rb``."""
-    a = Rotation.from_matrix(Ra)
-    return (a * Rotation.from_rotvec(w * (a.inv() * Rotation.from_matrix(Rb)).as_rotvec())).as_matrix()
 
 
 def turn_camera(pose6: torch.Tensor, R_new: np.ndarray, centre: np.ndarray) -> torch.Tensor:
@@ -101,10 +95,10 @@ def blend_with_mesh(pose6: torch.Tensor, model_points: np.ndarray, mesh_points: 
         if w <= 0:
             continue
         Rm = mesh_rotation(model_points[k], q[: len(model_points[k])])
-        out[k] = turn_camera(pose6[k], slerp(R, Rm, w), centres[k])
+        out[k] = turn_camera(pose6[k], slerp(Rotation.from_matrix(R), Rotation.from_matrix(Rm), w).as_matrix(),
+                             centres[k])
         used[k] = w
     return out, used
 
 
-__all__ = ["blend_with_mesh", "head_yaw_deg", "mesh_rotation", "mesh_with_depth", "slerp", "turn_camera",
-           "view_weight"]
+__all__ = ["blend_with_mesh", "head_yaw_deg", "mesh_rotation", "mesh_with_depth", "turn_camera", "view_weight"]

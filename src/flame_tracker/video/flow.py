@@ -247,12 +247,13 @@ def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
     backward one (rotation: spherical interpolation; camera centre: linear)."""
     from scipy.spatial.transform import Rotation
 
+    from flame_tracker.camera import slerp
+
     out = np.where(np.isfinite(fwd), fwd, bwd)
     both = np.isfinite(fwd).all(1) & np.isfinite(bwd).all(1)
     if both.any():
         f, b, wb = Rotation.from_rotvec(fwd[both, :3]), Rotation.from_rotvec(bwd[both, :3]), w[both]
-        # slerp: the forward rotation turned by the fraction w of its rotation to the backward one
-        out[both, :3] = (f * Rotation.from_rotvec((f.inv() * b).as_rotvec() * wb[:, None])).as_rotvec()
+        out[both, :3] = slerp(f, b, wb).as_rotvec()
         out[both, 3:] = (1 - wb[:, None]) * fwd[both, 3:] + wb[:, None] * bwd[both, 3:]
     return out
 
