@@ -1,18 +1,32 @@
 """MediaPipe 478-point mesh → iBUG/dlib 68-point layout, iris points and their index tables.
 
-Each dlib point is one MediaPipe point or the mean of two, stored as index pairs (a single index is
-repeated) so the conversion is one gather and one mean for any batch of frames. Two tables:
+Each dlib point is one MediaPipe point or a weighted mean of two, stored as index pairs (a single
+index is repeated) and the weight of the second index, so the conversion is one gather and one
+weighted sum for any batch of frames. Two tables:
 
-* ``"reference"``: the reference tracker's ``utils/mp2dlib.py`` exactly (docs/reference.md §6.2).
-* ``"improved"`` (default): the reference with two principled corrections, measured on the
-  hand-annotated 300-W image (``benchmarks/detection.py``; NME 0.0558 → 0.0510, and 0.0588 →
-  0.0546 on its mirror image):
-  - brows 17–26 use MediaPipe's 5-point upper eyebrow contour one-to-one (70, 63, 105, 66, 107 and
-    336, 296, 334, 293, 300), as 300-W annotates the brow's upper edge; the reference puts the
-    outer ends on 156/383 (below the brow, near the eye) and averages neighbours or the lower
-    edge for 18, 21, 22, 25 (brow NME 0.081 → 0.060);
+* ``"reference"``: the reference tracker's ``utils/mp2dlib.py`` exactly (docs/reference.md §6.2;
+  every weight 0.5).
+* ``"improved"`` (default): the reference with principled corrections. The first two were measured
+  on the hand-annotated 300-W image (``benchmarks/detection.py``; NME 0.0558 → 0.0510, and 0.0588
+  → 0.0546 on its mirror image), the rest on the five hand-annotated photos of ``images/`` (two
+  people; ``evaluation.runs.annotated_photos``), each better on every one of the five:
   - jaw point 13 = mean(361, 288), the mirror image of point 3 = mean(132, 58); the reference
-    uses 361 alone, which breaks the left/right symmetry of the contour.
+    uses 361 alone, which breaks the left/right symmetry of the contour;
+  - brows 17–26: 300-W annotates five points spread evenly along the brow's upper edge from its
+    outer end to its inner end, the head of the brow above the nose. The points are placed at 0,
+    1/4, 1/2, 3/4 and 1 of MediaPipe's upper brow contour (70, 63, 105, 66, 107) continued to its
+    inner end (55; mirrored: 300, 293, 334, 296, 336, 285), by arc length: the weights follow
+    from where those points lie along it (0, 0.13, 0.31, 0.56, 0.84, 1; the same within 0.03 on
+    every photo). The reference averages upper and lower edge points and puts the outer ends on
+    156/383, below the brow; the first version here used the upper contour one to one, whose
+    points crowd the outer end. Brow NME 7.6 % → 3.5 % of the outer inter-ocular distance;
+  - nose bridge 27–29: 300-W puts 27 at the root of the nose (MediaPipe's 168, where the reference
+    averages 168 and 6, lower) and 28, 29 evenly between it and the tip (30 = 4): at 1/3 and 2/3
+    of the midline 168, 6, 197, 195, 5, 4 by arc length. Nose NME 3.2 % → 1.9 %;
+  - lower-lip points 55 and 59 are 405 and 181: 300-W's annotators put them about halfway along
+    the lower lip from the corner to its centre (0.43-0.54 of the arc on the annotated photos),
+    where MediaPipe's 405 and 181 lie (0.51-0.56); the reference's 321 and 91 lie a third of the
+    way (0.30-0.35). Their error falls from 7.2 % to 2.5 %.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import numpy as np
 
 from flame_tracker.errors import InputError
 
-# dlib index -> (mp_a, mp_b); the point is (p[a] + p[b]) / 2. Checked against docs/reference.md §6.2.
+# dlib index -> (mp_a, mp_b); the reference's point is (p[a] + p[b]) / 2. Checked against docs/reference.md §6.2.
 MP_TO_DLIB68_REFERENCE = np.array(
     [
         # jaw contour 0..16
@@ -48,11 +62,28 @@ MP_TO_DLIB68_REFERENCE = np.array(
 MP_TO_DLIB68_REFERENCE.flags.writeable = False
 
 MP_TO_DLIB68 = MP_TO_DLIB68_REFERENCE.copy()
+#: weight of the second index of each pair: the point is (1 - w) * p[a] + w * p[b]
+MP_TO_DLIB68_WEIGHTS = np.full(68, 0.5)
 MP_TO_DLIB68[13] = (361, 288)
-MP_TO_DLIB68[17:27] = np.repeat(np.array([[70], [63], [105], [66], [107], [336], [296], [334], [293], [300]]), 2, 1)
+# brows at 0, 1/4, 1/2, 3/4, 1 of the upper edge from the outer to the inner end (the left brow,
+# 26..22, mirrors the right, 17..21)
+_BROW = {17: (70, 70, 0.5), 18: (63, 105, 0.65), 19: (105, 66, 0.76), 20: (66, 107, 0.67), 21: (55, 55, 0.5),
+         26: (300, 300, 0.5), 25: (293, 334, 0.65), 24: (334, 296, 0.76), 23: (296, 336, 0.67),
+         22: (285, 285, 0.5)}
+# nose root, then 1/3 and 2/3 of the midline to the tip
+_NOSE = {27: (168, 168, 0.5), 28: (6, 197, 0.61), 29: (195, 5, 0.40)}
+for _k, (_a, _b, _w) in (_BROW | _NOSE).items():
+    MP_TO_DLIB68[_k] = (_a, _b)
+    MP_TO_DLIB68_WEIGHTS[_k] = _w
+MP_TO_DLIB68[55] = (405, 405)
+MP_TO_DLIB68[59] = (181, 181)
 MP_TO_DLIB68.flags.writeable = False
+MP_TO_DLIB68_WEIGHTS.flags.writeable = False
+_REFERENCE_WEIGHTS = np.full(68, 0.5)
+_REFERENCE_WEIGHTS.flags.writeable = False
 
 TABLES68: dict[str, np.ndarray] = {"improved": MP_TO_DLIB68, "reference": MP_TO_DLIB68_REFERENCE}
+WEIGHTS68: dict[str, np.ndarray] = {"improved": MP_TO_DLIB68_WEIGHTS, "reference": _REFERENCE_WEIGHTS}
 
 # MediaPipe's face outline (its FACEMESH_FACE_OVAL ring, from the forehead centre clockwise in the
 # image): points that lie on the silhouette and slide over the cheek as the head turns.
@@ -77,7 +108,8 @@ GROUPS68: dict[str, slice] = {
 
 
 def table68(name: str) -> np.ndarray:
-    """The ``[68, 2]`` index-pair table called ``name`` (``"improved"`` or ``"reference"``)."""
+    """The ``[68, 2]`` index-pair table called ``name`` (``"improved"`` or ``"reference"``); the
+    weights of the pairs' second points are ``WEIGHTS68[name]``."""
     try:
         return TABLES68[name]
     except KeyError:
@@ -90,7 +122,8 @@ def mediapipe_to_dlib68(points: np.ndarray, table: str = "improved") -> np.ndarr
     if p.shape[-2] < 468:
         raise InputError(f"expected MediaPipe points [..., 468 or 478, D], got shape {p.shape}")
     t = table68(table)
-    return 0.5 * (p[..., t[:, 0], :] + p[..., t[:, 1], :])
+    w = WEIGHTS68[table][:, None]
+    return (1.0 - w) * p[..., t[:, 0], :] + w * p[..., t[:, 1], :]
 
 
 def iris_points(points: np.ndarray) -> np.ndarray:

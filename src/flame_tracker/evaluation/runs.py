@@ -162,7 +162,8 @@ def summarise(evals: list[SceneEval]) -> dict[str, dict[str, float]]:
 class AnnotatedEval:
     name: str
     det: dict[str, float]  # NME by region, detector vs annotation
-    fit: dict[str, float]  # NME by region, fitted model landmarks vs annotation
+    fit: dict[str, float]  # NME by region, fitted model landmarks (the model's own 68) vs annotation
+    fit_det: dict[str, float]  # NME by region, the fitted head's points in the detector's convention
 
 
 def annotated_photos(data: Path) -> list[tuple[Path, np.ndarray]]:
@@ -183,11 +184,13 @@ def annotated_photos(data: Path) -> list[tuple[Path, np.ndarray]]:
 
 
 def evaluate_annotated(tracker, image: Path, gt68: np.ndarray) -> AnnotatedEval:
-    """NME (outer inter-ocular) of MediaPipe's 68 points and of the fitted model's, per region."""
+    """NME (outer inter-ocular) of MediaPipe's 68 points, of the fitted model's own and of the fitted
+    head's points in the detector's convention (``fit_lmks_68_detector_px``), per region."""
     result = tracker.fit_image(image)
     norm = outer_interocular(gt68)
     return AnnotatedEval(image.stem, nme_by_region(result.lmks68_px, gt68, norm),
-                         nme_by_region(result.fit_lmks68_px, gt68, norm))
+                         nme_by_region(result.fit_lmks68_px, gt68, norm),
+                         nme_by_region(result.matched_lmks68_px, gt68, norm))
 
 
 def fit_neutral(tracker, image) -> np.ndarray:
