@@ -136,9 +136,12 @@ class HeadModel(torch.nn.Module):
         Jreg = data.J_regressor.astype(f64)
         j_template = Jreg @ data.v_template.astype(f64)  # [J,3]
         # Joints move with shape and expression. J_regressor is sparse (FLAME: a few vertices per
-        # joint); a sparse product also avoids a multi-threaded BLAS call that stalls on busy CPUs.
-        j_sparse = sparse.csr_matrix(Jreg)
-        j_dirs = np.concatenate([np.asarray(j_sparse @ p.reshape(V, -1).astype(f64)).reshape(J, 3, -1)
+        # joint): only the basis rows of the vertices it uses are read (a float64 copy of the whole
+        # basis was most of a model's load time), and a sparse product avoids a multi-threaded BLAS
+        # call that stalls on busy CPUs.
+        used = np.flatnonzero(np.abs(Jreg).sum(0))
+        j_sparse = sparse.csr_matrix(Jreg[:, used])
+        j_dirs = np.concatenate([np.asarray(j_sparse @ p[used].reshape(len(used), -1).astype(f64)).reshape(J, 3, -1)
                                  for p in parts[:2]], 2)
         # Pose correctives become extra basis columns (FLAME's [V,3,9(J-1)] -> [3V, 9(J-1)]; feature
         # (R_j - I) of joints 1.. flattened) with zero rows for the joints: one GEMM per call.
