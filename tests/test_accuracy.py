@@ -3,6 +3,7 @@ detector landmark embedding, and a seeded end-to-end accuracy regression check (
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -213,6 +214,20 @@ def test_same_person_fits_one_identity(shared_dir, tmp_path) -> None:
     assert out.exit_code == 0, out.output
     shapes = [np.load(tmp_path / f"{p.stem}.npz")["shape"] for p in photos]
     assert all(np.array_equal(s, shapes[0]) for s in shapes)
+
+    # a photo without a face and a missing one are reported, once each; the others are fitted together
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
+    out2 = tmp_path / "with_bad"
+    out = CliRunner().invoke(main, ["image", str(photos[0]), str(blank), str(photos[1]), str(tmp_path / "nope.png"),
+                                    "--same-person", "--out", str(out2), "--no-mesh", "--no-overlay"])
+    assert out.exit_code == 1, out.output
+    errors = [line for line in out.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "No face found" in errors[0] and "nope.png" in errors[1], errors
+    assert all(line.count(str(blank)) <= 1 for line in errors)  # the path is named once
+    assert "2/4 image(s) fitted" in out.output
+    pair = [np.load(out2 / f"{p.stem}.npz")["shape"] for p in photos[:2]]
+    assert np.array_equal(pair[0], pair[1]) and not (out2 / "blank.npz").exists()
 
 
 def test_a_given_fov_is_not_clamped_by_either_stage1_solver() -> None:

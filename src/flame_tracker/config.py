@@ -123,10 +123,13 @@ class Config:
         return replace(self, **{section: updated}, explicit=self.explicit | keys)
 
     def set_in(self, section: str) -> dict[str, Any]:
-        """The settings of ``section`` a file or the command line set explicitly."""
-        current = getattr(self, section)
+        """The settings of ``section`` a file or the command line set explicitly. One set to
+        ``"none"`` where the default is none too is left out: the printed default, uncommented,
+        keeps the choice the model or the command makes (e.g. photos' expression sparsity)."""
+        current, default = getattr(self, section), _default(section)
         keys = [k.split(".")[1] for k in self.explicit if k.startswith(section + ".") and k.count(".") == 1]
-        return {k: getattr(current, k) for k in keys}
+        return {k: getattr(current, k) for k in keys
+                if not (getattr(current, k) is None and getattr(default, k, 0) is None)}
 
     # ------------------------------------------------------------------ writing
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -37,7 +37,7 @@ from flame_tracker.camera import (
     world_to_view,
 )
 from flame_tracker.defaults import IMAGE_FOV
-from flame_tracker.errors import InputError
+from flame_tracker.errors import FlameTrackerError, InputError, NoFaceError
 from flame_tracker.fitting.expressions import mediapipe_prior
 from flame_tracker.fitting.stage1 import FovMode, Stage1Options, fit_camera
 from flame_tracker.fitting.stage2 import Stage2Options, fit_stage2
@@ -558,7 +558,6 @@ class Tracker:
     def _find(self, image, name: str, exhaustive: bool = False) -> tuple[list, np.ndarray, dict[str, float]]:
         """Load ``image`` (kept as ``last_image``) and find its faces (small ones included;
         ``exhaustive``: every face, also small ones beside a large one)."""
-        from flame_tracker.detection import NoFaceError
         from flame_tracker.io.images import load_image
 
         t0 = time.perf_counter()
@@ -576,8 +575,6 @@ class Tracker:
         """Load ``image`` (kept as ``last_image``) and detect the face :attr:`face` chooses:
         ``((lmks68, iris, (W, H), blendshapes, blendshape_names, points478), {"load": s, "detect": s})``.
         Raises ``NoFaceError`` naming the file (or ``name`` for an array)."""
-        from flame_tracker.detection import NoFaceError
-
         # choosing a person (not simply the largest face) needs every face, small ones included
         dets, rgb, timings = self._find(image, name, exhaustive=self.face.rule != "largest")
         det = self.face.pick(dets)
@@ -615,17 +612,34 @@ class Tracker:
         with cpu_threads(1, self.device):
             return self._fit_faces([(lmks68_px, iris_px, image_size, blendshapes, blendshape_names, dense_px)])[0]
 
-    def fit_same_person(self, images: list) -> list[Result]:
+    def fit_same_person(self, images: list, errors: dict[int, Exception] | None = None) -> list[Result]:
         """Fit several photos of **one person** with one identity shape (fitted jointly from all
         of them); each photo keeps its own camera, expression, jaw and eyes. ``images``: paths or
         RGB arrays. Returns one :class:`Result` per image (all with the same ``shape``). Stage 2 runs
         without its rigid refinement here (``Stage2Options.fit_rigid`` is for independent photos).
 
-        Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face.
+        ``errors``: when given, a photo that cannot be read or has no face is left out (its index
+        and exception are stored there) and the others are fitted; the result list then has one
+        entry per photo fitted, in order.
+
+        Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face (with
+        ``errors``: only when no photo is usable).
         """
         if not images:
             raise InputError("fit_same_person needs at least one image")
-        detected = [self._detect(img, f"image {i}") for i, img in enumerate(images)]
+        detected, kept = [], []
+        for i, img in enumerate(images):
+            try:
+                detected.append(self._detect(img, f"image {i}"))
+                kept.append(img)
+            except (FlameTrackerError, OSError) as exc:
+                if errors is None:
+                    raise
+                errors[i] = exc
+        if not detected:
+            raise NoFaceError(f"none of the {len(images)} photos could be fitted: "
+                              + "; ".join(str(e).splitlines()[0] for e in (errors or {}).values()))
+        images = kept
         with cpu_threads(1, self.device):
             results = self._fit_faces([face for face, _ in detected], shared_shape=True)
         for r, img, (_, t) in zip(results, images, detected):

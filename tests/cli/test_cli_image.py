@@ -54,3 +54,9 @@ def test_demo_missing_sample_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAME_TRACKER_DATA", str(tmp_path))
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "FLAME_TRACKER_DATA" in res.output
+
+
+def test_demo_wrong_image_name_names_the_samples(shared_dir, tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--image", "nope.png", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "no image 'nope.png'" in res.output and "ffhq_00000.png" in res.output, res.output
+    assert "FLAME_TRACKER_DATA" not in res.output  # the data folder is fine

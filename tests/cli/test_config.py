@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from flame_tracker.cli.main import main
 from flame_tracker.config import Config, ConfigError
+from flame_tracker.tracker import PHOTO_EXPR_SPARSITY
 
 
 def test_the_printed_defaults_read_back_as_the_defaults(tmp_path: Path) -> None:
@@ -106,6 +107,13 @@ def test_image_command_takes_a_config_file_and_records_the_settings(shared_dir: 
     used = json.loads((out / "flame_tracker_config.json").read_text())
     assert used["image"]["image_fov"] is None and used["image"]["fov"] == 20.0
     assert used["image"]["principal_point"] == "crop"
+    # a printed default uncommented as it is ("none": the model's or the command's choice) changes nothing
+    (tmp_path / "default.toml").write_text('[stage2]\nw_exp_l1 = "none"\nw_exp = "none"\n')
+    res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "ffhq_00000.png"), "--out", str(out),
+                                    "--config", str(tmp_path / "default.toml"), "--no-mesh", "--no-overlay"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((out / "flame_tracker_config.json").read_text())
+    assert used["stage2"]["w_exp_l1"] == PHOTO_EXPR_SPARSITY and used["stage2"]["w_exp"] == 4.0
 
 
 @pytest.mark.slow

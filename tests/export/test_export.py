@@ -143,6 +143,22 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
                                "--out", str(tmp_path / "gl")])
     assert res.exit_code == 1 and "pass the same --model" in res.output  # another model than the run's
     assert not (tmp_path / "gl").exists() or not any((tmp_path / "gl").iterdir())
+    # the single-file formats take a folder like the others: one holding a user's files is refused,
+    # their files untouched; an earlier export of ours is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "arkit_fitted.csv").write_text("mine")
+    (mine / "run.glb").write_text("mine too")
+    for fmt in ("arkit-csv", "gltf"):
+        res = runner.invoke(main, ["export", str(run_dir), "--format", fmt, "--out", str(mine)])
+        assert res.exit_code == 1 and "holds other files" in res.output, (fmt, res.output)
+        res = runner.invoke(main, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(main, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert res.exit_code == 0, res.output
+    assert (mine / "arkit_fitted.csv").read_text() == "mine" and (mine / "run.glb").read_text() == "mine too"
+    assert (tmp_path / "gltf" / "run.glb").stat().st_size > 1000
+    assert (tmp_path / "arkit-csv" / "arkit_fitted.csv").is_file()
 
 
 def test_video_command_exports_after_tracking(shared_dir: Path, tmp_path: Path) -> None:
@@ -153,6 +169,12 @@ def test_video_command_exports_after_tracking(shared_dir: Path, tmp_path: Path) 
     assert (out / "export-arkit-csv" / "arkit_fitted.csv").is_file() and (out / "export-gltf" / "run.glb").is_file()
     with open(out / "export-arkit-csv" / "arkit_fitted.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 6
+    # a format the model cannot take is refused before anything is tracked
+    out2 = tmp_path / "not_flame"
+    res = CliRunner().invoke(main, ["video", str(shared_dir / "videos" / "talking_ex3.mp4"), "--out", str(out2),
+                                    "--max-frames", "6", "--export", "imavatar"])
+    assert res.exit_code == 1 and "--export imavatar" in res.output and "FLAME 2020" in res.output, res.output
+    assert not out2.exists()
 
 
 @pytest.fixture(scope="module")

@@ -251,6 +251,12 @@ def test_missing_truncated_wrong_keys_wrong_shapes(tmp_path, tiny_pkl):
     cut.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ModelFormatError, match=r"cut\.pkl.*(truncated|damaged)"):
         load_model(cut, use_cache=False)
+    # a text file named .npz: said to be no npz archive (not numpy's hint to unpickle it)
+    text = tmp_path / "model.npz"
+    text.write_text("not a model\n")
+    with pytest.raises(ModelFormatError, match=r"model\.npz: not an \.npz archive") as err:
+        load_model(text, use_cache=False)
+    assert "pickle" not in str(err.value)
     arrays = flame_model_arrays("tiny", n_expr=10)
     keys = tmp_path / "keys" / "model.pkl"
     keys.parent.mkdir()

@@ -8,9 +8,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
+from flame_tracker.errors import InputError
 from flame_tracker.video.decode import VideoError, VideoReader, probe
 from flame_tracker.video.encode import VideoWriter, side_by_side
 from flame_tracker.video.store import CheckpointStage, OutputMismatchError, RunFolder
@@ -114,6 +116,17 @@ def test_bad_inputs(tmp_path: Path) -> None:
         VideoReader(text)
     with pytest.raises(VideoError, match="folder"):
         VideoReader(tmp_path)
+    # a photo, which FFmpeg would read as a one-frame video, is named as such
+    still = tmp_path / "photo.png"
+    cv2.imwrite(str(still), np.full((64, 64, 3), 90, np.uint8))
+    with pytest.raises(VideoError, match="still image.*flame-tracker image"):
+        VideoReader(still)
+
+
+def test_start_past_the_end_is_named(shared_dir: Path) -> None:
+    clip = shared_dir / "videos" / "talking_ex3.mp4"
+    with pytest.raises(InputError, match=r"start 100s is past the end .* \(2\.\d\ds long\)"):
+        VideoReader(clip, start_s=100.0)
 
 
 def test_truncated_stream_keeps_decoded_frames(truncated_mkv: Path, shared_dir: Path, tmp_path: Path) -> None:

@@ -165,6 +165,16 @@ def test_cli_reports_bad_input(tmp_path: Path) -> None:
     assert "does not exist" in result.output
 
 
+def test_cli_names_a_start_past_the_end_and_leaves_no_folder(tmp_path: Path, shared_dir: Path) -> None:
+    from flame_tracker.cli.main import main
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["video", str(shared_dir / "videos" / "talking_ex3.mp4"), "--out", str(out),
+                                       "--start", "100"])
+    assert result.exit_code == 1 and "past the end" in result.output, result.output
+    assert not out.exists()
+
+
 def test_batched_result_arrays_equal_per_frame_arrays() -> None:
     """The video writer converts all frames in one batched ``Result.arrays()`` call: each row must
     equal what a single-frame Result (the photo path) writes."""

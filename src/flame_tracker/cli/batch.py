@@ -10,7 +10,7 @@ import click
 
 @click.command("batch")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: one folder per item, plus batch.json and batch.csv.")
 @click.option("--workers", type=click.IntRange(1, None), default=None,
               help="Parallel workers of the local Ray (default: the number of cores).")

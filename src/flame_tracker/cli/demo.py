@@ -19,11 +19,16 @@ DEMO_IMAGE = "ffhq_00000.png"
 def demo(out_dir: Path, image_name: str) -> None:
     """Fit the open ICT-FaceKit head model to a sample photo and write npz, OBJ, PLY, overlay PNG and JSON."""
     from flame_tracker.cli.image import run_images
-    from flame_tracker.paths import data_file
+    from flame_tracker.paths import data_dir, data_file
 
     try:
         path = data_file("images", image_name)
     except FileNotFoundError as exc:
+        folder = data_dir() / "images"
+        if folder.is_dir():  # the data folder is there: only the name is wrong
+            names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            raise click.ClickException(f"no image {image_name!r} in {folder}; sample images there: "
+                                       f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}") from exc
         raise click.ClickException(str(exc)) from exc
     failures = run_images([Path(path)], out_dir)
     if failures:

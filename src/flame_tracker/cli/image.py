@@ -105,14 +105,20 @@ def run_images(
         except Exception as exc:  # noqa: BLE001
             raise click.ClickException(f"cannot start the face landmarker: {exc}") from exc
         joint: dict[Path, Result] = {}
-        if same_person:  # one identity from all photos; a photo without a face fails them all
+        if same_person:  # one identity from every usable photo; the others are reported and left out
+            errors: dict[int, Exception] = {}
             try:
-                joint = dict(zip(images, tracker.fit_same_person(images)))
+                fitted = tracker.fit_same_person(images, errors=errors)
             except Exception as exc:  # noqa: BLE001
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                click.echo(f"error: --same-person: {msg}", err=True)
+                click.echo(f"error: --same-person: {_message(exc)}", err=True)
                 return len(images)
+            joint = dict(zip([p for i, p in enumerate(images) if i not in errors], fitted))
+            for i, err in errors.items():
+                click.echo(f"error: {_located(images[i], err)}", err=True)
+            failures = len(errors)
         for path, stem in zip(images, _stems(images)):
+            if same_person and path not in joint:
+                continue  # reported above
             try:
                 if same_person:
                     results = [joint[path]]
@@ -141,10 +147,20 @@ def run_images(
                     )
             except Exception as exc:  # noqa: BLE001  (one bad image must not stop the batch)
                 failures += 1
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                click.echo(f"error: {path}: {msg}", err=True)
+                click.echo(f"error: {_located(path, exc)}", err=True)
                 continue
     return failures
+
+
+def _message(exc: Exception) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _located(path: Path, exc: Exception) -> str:
+    """``<path>: <message>``, without repeating the path when the message already names it."""
+    msg = _message(exc)
+    return msg if str(path) in msg else f"{path}: {msg}"
 
 
 @click.command("image")

@@ -14,9 +14,9 @@ from flame_tracker.export import FORMATS
 
 @click.command("video")
 @click.argument("clip", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder (per-frame npz, tracking.npz, summary.json, overlay.mp4).")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+@click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), default=None,
               help="Head model: FLAME .pkl, ICT .npz / FaceXModel folder (default: open ICT model).")
 @click.option("--shape-components", type=click.IntRange(1, None), default=None,
               help="Use only the first N identity components of the model (e.g. 100 for the IMavatar export).")
@@ -110,6 +110,20 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
             model = load_model(model_path, n_shape=shape_components, n_expr=expr_components)
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot load the head model: {exc}") from exc
+    if exports:  # a format the model cannot take is said before tracking, not after
+        from flame_tracker.export import ExportError, check_export_model
+        from flame_tracker.model import HeadModel, load_model
+
+        try:
+            loaded = model if isinstance(model, HeadModel) else load_model(model)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot load the head model: {exc}") from exc
+        try:
+            for fmt in exports:
+                check_export_model(fmt, loaded)
+        except ExportError as exc:
+            raise click.ClickException(f"--export {fmt}: {exc}") from exc
+        model = loaded
     try:
         summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
                               flow_options=config.flow, photometric_options=config.photometric,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flame_tracker.export.run import ExportError, TrackedRun, load_run, one_identity
+from flame_tracker.export.run import FLAME_FORMATS, ExportError, TrackedRun, load_run, one_identity
 
 FORMATS = ("arkit-csv", "gltf", "gaussian-avatars", "imavatar", "insta", "nersemble")
 
@@ -36,7 +36,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     if fmt == "arkit-csv":
         from flame_tracker.export.arkit import export_arkit
 
-        return export_arkit(tracked, out_dir)
+        return _in_folder(out_dir, fmt, lambda tmp: export_arkit(tracked, tmp))
     from flame_tracker.model import HeadModel, load_model
 
     if not isinstance(model, HeadModel):
@@ -51,7 +51,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     if fmt == "gltf":
         from flame_tracker.export.gltf import export_gltf
 
-        return [export_gltf(tracked, model, out_dir / "run.glb")]
+        return _in_folder(out_dir, fmt, lambda tmp: [export_gltf(tracked, model, tmp / "run.glb")])
     if fmt == "imavatar":
         from flame_tracker.export.imavatar import export_imavatar
 
@@ -67,6 +67,26 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     from flame_tracker.export.gaussian_avatars import export_gaussian_avatars
 
     return [export_gaussian_avatars(tracked, model, out_dir, video, masks)]
+
+
+def check_export_model(fmt: str, model) -> None:
+    """Raise :class:`ExportError` when a run tracked with ``model`` (a ``HeadModel``) could not be
+    exported as ``fmt``: lets ``flame-tracker video --export`` say so before tracking."""
+    from flame_tracker.export.run import check_flame_model
+
+    if fmt in FLAME_FORMATS:
+        check_flame_model(model, *FLAME_FORMATS[fmt])
+
+
+def _in_folder(out_dir: Path, fmt: str, write) -> list[Path]:
+    """The files ``write(folder) -> [paths]`` writes, put at ``out_dir`` like every folder format
+    (:func:`~flame_tracker.export.run.write_folder`: a folder holding other files is refused, an
+    earlier export of ours replaced)."""
+    from flame_tracker.export.run import write_folder
+
+    names: list[str] = []
+    folder = write_folder(out_dir, fmt, lambda tmp: names.extend(p.name for p in write(tmp)))
+    return [folder / n for n in names]
 
 
 def _export_multiview(run_dir, fmt: str, out_dir: Path, model, capture, masks) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_tracker.export.run import (
+    FLAME_FORMATS,
     ExportError,
     TrackedRun,
     check_flame,
@@ -37,12 +38,12 @@ from flame_tracker.export.run import (
     write_folder,
 )
 
-N_SHAPE, N_EXPR = 300, 100  # GaussianAvatars' FLAME
+N_SHAPE, N_EXPR = FLAME_FORMATS["gaussian-avatars"][2:]
 TRAIN_FRACTION = 0.7
 
 
 def _check(run: TrackedRun, model) -> None:
-    check_flame(run, model, "GaussianAvatars", "2023", N_SHAPE, N_EXPR)
+    check_flame(run, model, *FLAME_FORMATS["gaussian-avatars"])
     pp, size = run.arrays["principal_point_px"], run.arrays["image_size"]
     if np.abs(pp - size / 2.0).max() > 0.5:
         raise ExportError(f"{run.folder}: the camera's principal point is not the image centre (a run with "

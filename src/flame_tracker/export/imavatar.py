@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_tracker.export.run import (
+    FLAME_FORMATS,
     TrackedRun,
     check_flame,
     each_frame,
@@ -30,7 +31,7 @@ from flame_tracker.export.run import (
     write_folder,
 )
 
-N_SHAPE, N_EXPR = 100, 50
+N_SHAPE, N_EXPR = FLAME_FORMATS["imavatar"][2:]
 SCALE = 4.0  # IMavatar scales FLAME by 4 "to fit the unit sphere tightly"
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0])
 
@@ -81,7 +82,7 @@ def export_imavatar(run: TrackedRun, model, out_dir: str | Path, video: str | Pa
     """Write ``flame_params.json``, ``image/`` and ``mask/`` for ``run`` into ``out_dir``."""
     from flame_tracker.export.gaussian_avatars import silhouettes
 
-    check_flame(run, model, "IMavatar", "2020", N_SHAPE, N_EXPR)
+    check_flame(run, model, *FLAME_FORMATS["imavatar"])
     src = source_video(run, video)
     doc, (x0, y0, side) = imavatar_frames(run, model)
 

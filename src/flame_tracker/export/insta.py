@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_tracker.export.run import (
+    FLAME_FORMATS,
     TrackedRun,
     check_flame,
     each_frame,
@@ -33,7 +34,7 @@ from flame_tracker.export.run import (
     write_folder,
 )
 
-N_SHAPE, N_EXPR = 300, 100
+N_SHAPE, N_EXPR = FLAME_FORMATS["insta"][2:]
 TEST_FRAMES, VAL_FRAMES = 350, 20
 CANONICAL_JAW_DEG = 12.0
 
@@ -44,7 +45,7 @@ def export_insta(run: TrackedRun, model, out_dir: str | Path, video: str | Path 
 
     from flame_tracker.io.mesh import save_obj
 
-    check_flame(run, model, "INSTA", "2020", N_SHAPE, N_EXPR)
+    check_flame(run, model, *FLAME_FORMATS["insta"])
     src = source_video(run, video)
     a = run.arrays
     n = run.n_frames

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_tracker.export.gaussian_avatars import N_EXPR, N_SHAPE, TRAIN_FRACTION, write_flame_params
+from flame_tracker.export.gaussian_avatars import TRAIN_FRACTION, write_flame_params
 from flame_tracker.export.run import (
+    FLAME_FORMATS,
     ExportError,
     TrackedRun,
     check_flame,
@@ -87,7 +88,7 @@ def export_multiview_gaussian_avatars(run: MultiviewRun, model, out_dir: str | P
     silhouettes. FLAME 2023 runs only (nothing is converted)."""
     a = run.arrays
     tracked = TrackedRun(run.folder, a, 30.0, run.model_name)
-    check_flame(tracked, model, "GaussianAvatars", "2023", N_SHAPE, N_EXPR)
+    check_flame(tracked, model, *FLAME_FORMATS["gaussian-avatars"])
     distorted = [c.name for c in run.rig.cameras if c.dist is not None and np.any(c.dist)]
     if distorted:
         raise ExportError(f"camera(s) {', '.join(distorted)} have lens distortion, which GaussianAvatars' pinhole "

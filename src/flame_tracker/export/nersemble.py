@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_tracker.export.run import TrackedRun, check_flame, each_frame, pad, source_video, write_folder
+from flame_tracker.export.run import FLAME_FORMATS, TrackedRun, check_flame, each_frame, pad, source_video, write_folder
 
-N_SHAPE, N_EXPR = 300, 100
+N_SHAPE, N_EXPR = FLAME_FORMATS["nersemble"][2:]
 
 
 def export_nersemble(run: TrackedRun, model, out_dir: str | Path, video: str | Path | None = None,
@@ -38,7 +38,7 @@ def export_nersemble(run: TrackedRun, model, out_dir: str | Path, video: str | P
 
     from flame_tracker.video.encode import VideoWriter
 
-    check_flame(run, model, "The NeRSemble benchmark", "2023", N_SHAPE, N_EXPR)
+    check_flame(run, model, *FLAME_FORMATS["nersemble"])
     src = source_video(run, video)
     a = run.arrays
     seq = name or run.folder.resolve().name

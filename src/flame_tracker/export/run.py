@@ -334,12 +334,23 @@ def save_png(path: Path, image: np.ndarray) -> None:
         raise ExportError(f"{path}: could not write the image (disk full or not writable?)")
 
 
+#: the FLAME formats: (name in messages, FLAME version, most shape / expression components)
+FLAME_FORMATS = {"gaussian-avatars": ("GaussianAvatars", "2023", 300, 100), "imavatar": ("IMavatar", "2020", 100, 50),
+                 "insta": ("INSTA", "2020", 300, 100), "nersemble": ("The NeRSemble benchmark", "2023", 300, 100)}
+
+
 def check_flame(run: TrackedRun, model, fmt: str, version: str | None, n_shape: int, n_expr: int) -> None:
     """The run must have been tracked with ``model``, a FLAME model (``version``: ``"2020"`` or
     ``"2023"``, told by the file name) of at most ``n_shape``/``n_expr`` components."""
     if model.name != run.model_name:
         raise ExportError(f"{run.folder}: the run was tracked with model {run.model_name!r}, not {model.name!r}; "
                           "pass the same --model")
+    check_flame_model(model, fmt, version, n_shape, n_expr)
+
+
+def check_flame_model(model, fmt: str, version: str | None, n_shape: int, n_expr: int) -> None:
+    """``model`` must be FLAME (``version``: ``"2020"`` or ``"2023"``, told by the file name) with
+    at most ``n_shape``/``n_expr`` components: what ``fmt`` takes (checkable before tracking)."""
     pkl = {"2023": "flame2023.pkl", "2020": "generic_model.pkl"}.get(version or "", "generic_model.pkl")
     if not model.has_jaw_joint or model.n_verts != 5023:
         raise ExportError(f"{fmt} needs FLAME{' ' + version if version else ''}; this run was tracked with "

@@ -208,11 +208,25 @@ class StackedNpzWriter:
             self.discard()
 
 
+def not_an_npz(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not an npz archive (a zip of arrays), or None when it is one. numpy would try
+    to read any other file as a pickle and say so, which misleads for a text or an image file."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return f"not an .npz archive (a zip of arrays; the file starts with {head!r})"
+
+
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a result npz into a dict (without allowing pickled objects)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: result file not found")
+    if (why := not_an_npz(path)) is not None:
+        raise InputError(f"{path}: {why}")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

@@ -184,6 +184,10 @@ def load_ict_npz(path: str | Path) -> ModelData:
     path = Path(path)
     need = ("neutral", "faces", "identity_deltas", "expression_deltas", "expression_names",
             "landmarks_68", "regions")
+    from flame_tracker.io.results import not_an_npz
+
+    if path.is_file() and (why := not_an_npz(path)) is not None:
+        raise ModelFormatError(f"{path}: {why}; give a FLAME .pkl, the ICT-FaceKit .npz or a FaceXModel/ folder")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as exc:

@@ -71,6 +71,10 @@ def _open(path: str | Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path} has no video stream (audio only or not a video file)")
+    fmt = container.format.name
+    if (fmt == "image2" or fmt.endswith("_pipe")) and "%" not in path.name:  # FFmpeg reads a photo as 1 frame
+        container.close()
+        raise VideoError(f"{path} is a still image, not a video: fit it with `flame-tracker image {path}`")
     return container
 
 
@@ -160,6 +164,8 @@ class VideoReader:
         if end_s is not None and end_s <= start_s:
             raise InputError(f"empty time range: start {start_s}s >= end {end_s}s")
         self.info = probe(path)
+        if self.info.duration_s > 0 and start_s >= self.info.duration_s:
+            raise InputError(f"start {start_s:g}s is past the end of {path} ({self.info.duration_s:.2f}s long)")
         self.path = Path(path)
         self.start_s, self.end_s, self.every, self.fps = start_s, end_s, every, fps
         self.max_frames = max_frames

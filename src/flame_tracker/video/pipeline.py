@@ -95,7 +95,7 @@ class VideoSummary:
         lines = [f"frames: {self.n_frames} | tracked {self.n_tracked} | optical flow {self.n_flow}"
                  f" | bridged {self.n_bridged} | dropped {self.n_dropped}",
                  f"mean reprojection error: {self.mean_reproj_px:.2f} px (68 landmarks)"]
-        if self.jitter:
+        if self.jitter and np.isfinite(self.jitter.get("pose_acc_deg", np.nan)):  # needs 3+ tracked frames
             lines.append("jitter (RMS acceleration) raw -> smoothed: pose "
                          f"{self.jitter_raw.get('pose_acc_deg', np.nan):.3f} -> "
                          f"{self.jitter.get('pose_acc_deg', np.nan):.3f} deg/frame^2, landmarks "
