@@ -198,6 +198,8 @@ def main() -> None:
     ap.add_argument("--landmarks", choices=("68", "dense"), default="68",
                     help="points stage 2 fits: the 68 iBUG points or MediaPipe's dense mesh")
     ap.add_argument("--fit-rigid", action="store_true", help="stage 2 also refines the head's rigid pose")
+    ap.add_argument("--stage2", action="append", default=[], metavar="KEY=VALUE",
+                    help="a single-photo Stage2Options setting to try, e.g. w_shape=0.1 (repeatable)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -210,6 +212,9 @@ def main() -> None:
         dict(landmark_embedding=args.embedding, landmarks=args.landmarks)
     if args.fit_rigid:
         kw["stage2"] = replace(kw.get("stage2") or DEFAULT_STAGE2, fit_rigid=True)
+    if args.stage2:
+        values = dict(item.split("=", 1) for item in args.stage2)
+        kw["stage2"] = replace(kw.get("stage2") or DEFAULT_STAGE2, **{k: float(v) for k, v in values.items()})
     if args.mesh_depth is not None and not args.baseline:
         kw["mesh_depth"] = args.mesh_depth
     with Tracker(**kw) as tracker:
