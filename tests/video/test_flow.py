@@ -9,20 +9,34 @@ import numpy as np
 import pytest
 import torch
 
-from flame_tracker.video.flow import FlowOptions, _blend, gaps, needed_rows
+from flame_tracker.video.flow import FlowOptions, _blend, _mean_pose, gaps, needed_rows
 
 
 def test_gaps_and_the_rows_flow_needs() -> None:
     valid = np.array([1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0], bool)
     assert gaps(valid) == [(3, 5), (9, 10), (11, 13)]
     times = np.arange(len(valid)) / 10.0
-    rows = needed_rows(valid, times, FlowOptions(anchor_back=2))
+    rows = needed_rows(valid, times, FlowOptions(anchor_back=2, anchors=1))
     # gap 3-4: anchors 2 (and 2 frames before it: 0, 1) and 5 (and 6, 7); gap 9: 8,7,6 / 10;
     # gap 11-12 at the end: anchor 10 only (9 is not valid, so no frames before it)
     assert rows.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    rows = needed_rows(valid, times, FlowOptions(anchor_back=0, max_gap_s=0.25))
+    rows = needed_rows(valid, times, FlowOptions(anchor_back=0, anchors=1, max_gap_s=0.25))
     assert rows.tolist() == [8, 9, 10, 11, 12]  # 3-4 spans 0.3 s (frames 2 to 5): too long at 0.25 s
+    # three starts, 1 and 3 and 5 frames back: the frames up to 5 back are needed (as many as there are)
+    long = np.array([1] * 8 + [0, 0] + [1] * 8, bool)
+    rows = needed_rows(long, np.arange(len(long)) / 10.0, FlowOptions(anchor_back=1, anchors=3, anchor_step=2))
+    assert rows.tolist() == list(range(2, 16))
     assert needed_rows(np.zeros(5, bool), np.arange(5.0)).size == 0  # nothing to anchor on
+
+
+def test_mean_pose_over_starts() -> None:
+    """The poses of several starts: per frame the mean rotation and translation of those holding it."""
+    a = np.array([[0.0, 0.2, 0.0, 0, 0, 1.0], [0.0, 0.4, 0.0, 0, 0, 1.0]])
+    b = np.array([[0.0, 0.4, 0.0, 0, 0, 3.0], [np.nan] * 6])
+    out = _mean_pose([a, b])
+    assert np.allclose(out[0], [0, 0.3, 0, 0, 0, 2.0], atol=1e-9)  # same axis: the mean angle
+    assert np.allclose(out[1], a[1])  # one start lost the frame: the other's pose
+    assert _mean_pose([a]) is a
 
 
 def test_blend_meets_both_ends() -> None:
