@@ -383,8 +383,8 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
             if end is None or s0 is None:
                 continue
             sign = 1 if key == "fwd" else -1
-            starts = [end - sign * k for k in opts.anchor_back + opts.anchor_step * np.arange(opts.anchors)
-                      if sign * (end - sign * k) >= sign * s0] or [s0]
+            backs = [opts.anchor_back + opts.anchor_step * i for i in range(opts.anchors)]
+            starts = [end - sign * k for k in backs if sign * (end - sign * k) >= sign * s0] or [s0]
             runs = []
             for st in starts:
                 lead = list(range(st + 1, end + 1)) if key == "fwd" else list(range(st - 1, end - 1, -1))
