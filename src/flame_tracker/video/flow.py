@@ -266,7 +266,7 @@ def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def _mean_pose(poses: list[np.ndarray]) -> np.ndarray:
     """Per frame, the mean of several ``pose6 [n, 6]`` (NaN where lost) over those that hold it:
-    rotation by the normalised mean quaternion (signs aligned), camera centre linearly."""
+    rotation by the mean quaternion (scipy's Rotation.mean), translation linearly."""
     from scipy.spatial.transform import Rotation
 
     if len(poses) == 1:
