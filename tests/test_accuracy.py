@@ -100,11 +100,13 @@ def test_principal_point_at_image_centre_recovers_rotation_of_off_centre_face(mo
 
 
 def test_detector_embedding_is_shipped_for_the_open_model(model) -> None:
+    from flame_tracker.detection.layout import table68_id
     from flame_tracker.model import load_model
     from flame_tracker.model.embedding import fingerprint, shipped_embedding, with_landmarks
 
     emb = shipped_embedding(model)
     assert emb is not None and emb.fingerprint == fingerprint(model)
+    assert emb.table68 == table68_id()  # derived with the 68-point table detection uses
     assert shipped_embedding(load_model(dtype=torch.float64)) is not None  # the same model in float64
     assert emb.static_faces_idx.shape == (478 + 68,) and np.allclose(emb.static_bary.sum(1), 1.0)
     assert (emb.static_bary >= 0).all()
@@ -276,3 +278,8 @@ def test_embed_command_derives_an_embedding_that_fitting_then_uses(shared_dir, t
     assert np.median(dist[:468]) < 3.0  # MediaPipe's mesh points too
     det = detector_model(model)  # the cached (derived) embedding wins over the shipped one
     assert torch.equal(det.lmk_faces_idx, torch.as_tensor(emb.static_faces_idx[IBUG68]))
+    # ... unless it was derived with another 68-point table (an older version's): the shipped one then
+    stale = ViewEmbedding(**{**emb.__dict__, "table68": "another-table"})
+    stale.save(cached)
+    det = detector_model(model)
+    assert torch.equal(det.lmk_faces_idx, torch.as_tensor(ref.static_faces_idx[IBUG68]))

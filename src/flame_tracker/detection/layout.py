@@ -116,6 +116,15 @@ def table68(name: str) -> np.ndarray:
         raise InputError(f"unknown 68-point table {name!r}; use one of {sorted(TABLES68)}") from None
 
 
+def table68_id(name: str = "improved") -> str:
+    """A short hash of the 68-point table ``name`` (indices and weights): a detector embedding records
+    the table its 68 points were derived with, so that one made with another table is not used."""
+    import hashlib
+
+    t = table68(name)
+    return hashlib.sha1(t.astype(np.int64).tobytes() + WEIGHTS68[name].astype(np.float64).tobytes()).hexdigest()[:12]
+
+
 def mediapipe_to_dlib68(points: np.ndarray, table: str = "improved") -> np.ndarray:
     """Convert ``[..., 478, D]`` MediaPipe points to ``[..., 68, D]`` dlib-layout points."""
     p = np.asarray(points)

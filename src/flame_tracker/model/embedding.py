@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flame_tracker.detection.layout import table68_id
 from flame_tracker.errors import StepError
 from flame_tracker.model.head import HeadModel
 
@@ -71,6 +72,7 @@ class ViewEmbedding:
     fingerprint: str
     renders: int = 0  # renders with a detection
     seed: int = 0
+    table68: str = ""  # detection.layout.table68_id of the 68-point table it was derived with ("": unknown)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -78,7 +80,8 @@ class ViewEmbedding:
         np.savez_compressed(path, yaw_deg=self.yaw_deg, faces_idx=self.faces_idx.astype(np.int32),
                             bary=self.bary.astype(np.float32), static_faces_idx=self.static_faces_idx,
                             static_bary=self.static_bary, spread_mm=self.spread_mm, hits=self.hits,
-                            fingerprint=np.asarray(self.fingerprint), renders=self.renders, seed=self.seed)
+                            fingerprint=np.asarray(self.fingerprint), renders=self.renders, seed=self.seed,
+                            table68=np.asarray(self.table68))
         return path
 
     @classmethod
@@ -87,7 +90,8 @@ class ViewEmbedding:
         bary = d["bary"].astype(np.float64)
         return cls(d["yaw_deg"], d["faces_idx"].astype(np.int64), bary / bary.sum(-1, keepdims=True),
                    d["static_faces_idx"].astype(np.int64), d["static_bary"].astype(np.float64), d["spread_mm"],
-                   d["hits"], str(d["fingerprint"]), int(d["renders"]), int(d["seed"]))
+                   d["hits"], str(d["fingerprint"]), int(d["renders"]), int(d["seed"]),
+                   str(d["table68"]) if "table68" in d.files else "")
 
 
 def fingerprint(model: HeadModel) -> str:
@@ -319,7 +323,8 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
     bf, bb = _snap(bins_a.reshape(-1, 3), template, faces)
     B = len(VIEW_YAWS)
     return ViewEmbedding(VIEW_YAWS.copy(), bf.reshape(B, n_pts), bb.reshape(B, n_pts, 3), s_f, s_b, spread,
-                         static_hits, fingerprint(model), len(yaws), seed)
+                         static_hits, fingerprint(model), len(yaws), seed,
+                         table68_id(getattr(landmarker, "table", "improved")))
 
 
 def shipped_embedding(model: HeadModel) -> ViewEmbedding | None:
@@ -353,6 +358,8 @@ def detector_embedding(model: HeadModel, landmarker=None, *, derive: bool = Fals
             emb = ViewEmbedding.load(cached)
         except (OSError, ValueError, KeyError):
             emb = None  # an unreadable or old-format file: as if absent
+        if emb is not None and emb.table68 != table68_id():
+            emb = None  # derived with another 68-point table: its 68 points are elsewhere (derive again)
     emb = emb or shipped_embedding(model)
     if emb is None and derive and landmarker is not None:
         emb = derive_detector_embedding(model, landmarker, progress=True)
