@@ -197,7 +197,8 @@ def _located(path: Path, exc: Exception) -> str:
               "reference loss weights; a few seconds per image) and write <name>_texture.png.")
 @click.option("--same-person", is_flag=True, default=False,
               help="The photos show one person: fit one identity shape jointly from all of them (each photo "
-              "keeps its own camera and expression). More photos give a better shape.")
+              "keeps its own camera and expression). More photos give a better shape. A photo that cannot be "
+              "read or has no face is reported and left out.")
 @click.option("--landmarks", type=click.Choice(["68", "dense"]), default="68", show_default=True,
               help="Points stage 2 fits: the 68 iBUG points, or MediaPipe's dense 468-point mesh weighted by how "
               "consistently the detector places each point (needs the model's detector embedding).")
