@@ -279,7 +279,9 @@ def test_embed_command_derives_an_embedding_that_fitting_then_uses(shared_dir, t
     det = detector_model(model)  # the cached (derived) embedding wins over the shipped one
     assert torch.equal(det.lmk_faces_idx, torch.as_tensor(emb.static_faces_idx[IBUG68]))
     # ... unless it was derived with another 68-point table (an older version's): the shipped one then
+    assert not np.array_equal(emb.static_faces_idx[IBUG68], ref.static_faces_idx[IBUG68])  # told apart below
     stale = ViewEmbedding(**{**emb.__dict__, "table68": "another-table"})
     stale.save(cached)
-    det = detector_model(model)
+    with pytest.warns(UserWarning, match="another 68-point table"):
+        det = detector_model(model)
     assert torch.equal(det.lmk_faces_idx, torch.as_tensor(ref.static_faces_idx[IBUG68]))

@@ -157,6 +157,17 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
         res = runner.invoke(main, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)])
         assert res.exit_code == 0, res.output
     assert (mine / "arkit_fitted.csv").read_text() == "mine" and (mine / "run.glb").read_text() == "mine too"
+    # another format's export in the folder is not replaced (it would be lost)
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(tmp_path / "arkit-csv")])
+    assert res.exit_code == 1 and "holds a arkit-csv export" in res.output, res.output
+    assert (tmp_path / "arkit-csv" / "arkit_fitted.csv").is_file()
+    # a folder an earlier version wrote (its files, no marker) is taken as ours
+    old = tmp_path / "old_gltf"
+    old.mkdir()
+    (old / "run.glb").write_bytes(b"an older export")
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(old)])
+    assert res.exit_code == 0, res.output
+    assert (old / "run.glb").stat().st_size > 1000
     assert (tmp_path / "gltf" / "run.glb").stat().st_size > 1000
     assert (tmp_path / "arkit-csv" / "arkit_fitted.csv").is_file()
 

@@ -35,7 +35,8 @@ def test_mean_pose_over_starts() -> None:
     b = np.array([[0.0, 0.4, 0.0, 0, 0, 3.0], [np.nan] * 6])
     out = _mean_pose([a, b])
     assert np.allclose(out[0], [0, 0.3, 0, 0, 0, 2.0], atol=1e-9)  # same axis: the mean angle
-    assert np.allclose(out[1], a[1])  # one start lost the frame: the other's pose
+    # one start lost the track: the mean moves on with the other's motion (+0.2 rad), no jump to it
+    assert np.allclose(out[1], [0, 0.5, 0, 0, 0, 2.0], atol=1e-9)
     assert _mean_pose([a]) is a
 
 

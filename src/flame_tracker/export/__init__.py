@@ -36,7 +36,8 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     if fmt == "arkit-csv":
         from flame_tracker.export.arkit import export_arkit
 
-        return _in_folder(out_dir, fmt, lambda tmp: export_arkit(tracked, tmp))
+        return _in_folder(out_dir, fmt, lambda tmp: export_arkit(tracked, tmp),
+                          legacy=("arkit_fitted.csv", "arkit_mediapipe.csv"))
     from flame_tracker.model import HeadModel, load_model
 
     if not isinstance(model, HeadModel):
@@ -51,7 +52,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     if fmt == "gltf":
         from flame_tracker.export.gltf import export_gltf
 
-        return _in_folder(out_dir, fmt, lambda tmp: [export_gltf(tracked, model, tmp / "run.glb")])
+        return _in_folder(out_dir, fmt, lambda tmp: [export_gltf(tracked, model, tmp / "run.glb")], legacy=("run.glb",))
     if fmt == "imavatar":
         from flame_tracker.export.imavatar import export_imavatar
 
@@ -78,14 +79,15 @@ def check_export_model(fmt: str, model) -> None:
         check_flame_model(model, *FLAME_FORMATS[fmt])
 
 
-def _in_folder(out_dir: Path, fmt: str, write) -> list[Path]:
+def _in_folder(out_dir: Path, fmt: str, write, legacy: tuple[str, ...] = ()) -> list[Path]:
     """The files ``write(folder) -> [paths]`` writes, put at ``out_dir`` like every folder format
     (:func:`~flame_tracker.export.run.write_folder`: a folder holding other files is refused, an
-    earlier export of ours replaced)."""
+    earlier export of ours in this format replaced; ``legacy``: the names an earlier version wrote
+    there without marking the folder)."""
     from flame_tracker.export.run import write_folder
 
     names: list[str] = []
-    folder = write_folder(out_dir, fmt, lambda tmp: names.extend(p.name for p in write(tmp)))
+    folder = write_folder(out_dir, fmt, lambda tmp: names.extend(p.name for p in write(tmp)), legacy)
     return [folder / n for n in names]
 
 

@@ -209,30 +209,39 @@ def one_identity(run: TrackedRun, fmt: str) -> None:
 MARKER = ".flame-tracker-export"
 
 
-def free_out_dir(out_dir: str | Path) -> Path:
+def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str, ...] = ()) -> Path:
     """``out_dir`` as an absolute path that may be (re)written: missing, empty, or an earlier export
-    of ours (:data:`MARKER`). Anything else is refused, never deleted."""
+    of ours (:data:`MARKER`) in the same format ``fmt`` (another format's export is not replaced:
+    two exports into one folder would otherwise lose the first). ``legacy``: the file names this
+    format wrote before folders were marked (a folder holding only those counts as ours). Anything
+    else is refused, never deleted."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.parent == out_dir:
         raise ExportError(f"{out_dir}: give a folder to create for the export, not the file system root")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ExportError(f"{out_dir}: exists and is not a folder; give a new folder for the export")
-        ours = (out_dir / MARKER).is_file()  # a VHAP folder looks like our export but is the user's
-        if any(out_dir.iterdir()) and not ours:
+        entries = list(out_dir.iterdir())
+        marker = out_dir / MARKER
+        if marker.is_file():  # a VHAP folder looks like our export but is the user's: only the marker counts
+            other = marker.read_text().strip()
+            if fmt is not None and other and other != fmt:
+                raise ExportError(f"{out_dir}: holds a {other} export; give another folder for the {fmt} "
+                                  "export (the earlier one would be replaced)")
+        elif entries and not (legacy and all(e.is_file() and e.name in legacy for e in entries)):
             raise ExportError(f"{out_dir}: exists and holds other files; give a new (or empty) folder for the "
                               "export: an earlier export there would be replaced")
     return out_dir
 
 
-def write_folder(out_dir: str | Path, fmt: str, write) -> Path:
+def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] = ()) -> Path:
     """Run ``write(tmp_folder)`` and put the result at ``out_dir`` (see :func:`free_out_dir`): written
     to a fresh hidden sibling folder first, swapped in when complete, removed on any failure (Ctrl-C
     included)."""
     import shutil
     import tempfile
 
-    out_dir = free_out_dir(out_dir)
+    out_dir = free_out_dir(out_dir, fmt, legacy)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # fresh sibling folders of our own (a user's "<out>.part" or "<out>.old" is never touched)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.part-", dir=out_dir.parent))

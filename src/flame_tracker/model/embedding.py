@@ -358,8 +358,12 @@ def detector_embedding(model: HeadModel, landmarker=None, *, derive: bool = Fals
             emb = ViewEmbedding.load(cached)
         except (OSError, ValueError, KeyError):
             emb = None  # an unreadable or old-format file: as if absent
-        if emb is not None and emb.table68 != table68_id():
-            emb = None  # derived with another 68-point table: its 68 points are elsewhere (derive again)
+        want = table68_id(getattr(landmarker, "table", "improved"))
+        if emb is not None and emb.table68 != want:  # its 68 points are elsewhere: not used
+            warnings.warn(f"the detector embedding cached at {cached} was derived with another 68-point table "
+                          "(an earlier flame-tracker): not used; run `flame-tracker embed` for this model again",
+                          stacklevel=2)
+            emb = None
     emb = emb or shipped_embedding(model)
     if emb is None and derive and landmarker is not None:
         emb = derive_detector_embedding(model, landmarker, progress=True)

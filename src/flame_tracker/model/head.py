@@ -142,7 +142,7 @@ class HeadModel(torch.nn.Module):
         used = np.flatnonzero(np.abs(Jreg).sum(0))
         j_sparse = sparse.csr_matrix(Jreg[:, used])
         j_dirs = np.concatenate([np.asarray(j_sparse @ p[used].reshape(len(used), -1).astype(f64)).reshape(J, 3, -1)
-                                 for p in parts[:2]], 2)
+                                 if len(used) else np.zeros((J, 3, p.shape[2])) for p in parts[:2]], 2)
         # Pose correctives become extra basis columns (FLAME's [V,3,9(J-1)] -> [3V, 9(J-1)]; feature
         # (R_j - I) of joints 1.. flattened) with zero rows for the joints: one GEMM per call.
         if data.posedirs is not None:

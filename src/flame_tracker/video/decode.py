@@ -72,10 +72,26 @@ def _open(path: str | Path) -> av.container.InputContainer:
         container.close()
         raise VideoError(f"{path} has no video stream (audio only or not a video file)")
     fmt = container.format.name
-    if (fmt == "image2" or fmt.endswith("_pipe")) and "%" not in path.name:  # FFmpeg reads a photo as 1 frame
+    if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg reads a photo as a one-frame video
+        still = _frames_at_most(container, 1)
         container.close()
-        raise VideoError(f"{path} is a still image, not a video: fit it with `flame-tracker image {path}`")
+        if still:
+            raise VideoError(f"{path} is a still image, not a video: fit it with `flame-tracker image {path}`")
+        container = av.open(str(path))  # afresh: the check opened the decoder (its threading is set later)
     return container
+
+
+def _frames_at_most(container: av.container.InputContainer, n: int) -> bool:
+    """Whether the container's video stream decodes to at most ``n`` frames (reads ``n + 1`` at most)."""
+    count = 0
+    try:
+        for _ in container.decode(video=0):
+            count += 1
+            if count > n:
+                return False
+    except av.FFmpegError:
+        pass
+    return True
 
 
 def _rate(stream: av.video.stream.VideoStream) -> float:
