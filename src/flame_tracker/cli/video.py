@@ -102,8 +102,8 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
                                                               "overlay", "side_by_side", "meshes", "photometric",
                                                               "face", "roi")}, values)
     topts, vopts = config.track, config.video
-    model: Any = model_path  # a path, or the model loaded with other component counts
-    if shape_components or expr_components:
+    model: Any = model_path  # a path, or the model loaded here (other component counts, or checked for --export)
+    if shape_components or expr_components or exports:
         from flame_tracker.model import load_model
 
         try:
@@ -112,18 +112,12 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
             raise click.ClickException(f"cannot load the head model: {exc}") from exc
     if exports:  # a format the model cannot take is said before tracking, not after
         from flame_tracker.export import ExportError, check_export_model
-        from flame_tracker.model import HeadModel, load_model
 
-        try:
-            loaded = model if isinstance(model, HeadModel) else load_model(model)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot load the head model: {exc}") from exc
-        try:
-            for fmt in exports:
-                check_export_model(fmt, loaded)
-        except ExportError as exc:
-            raise click.ClickException(f"--export {fmt}: {exc}") from exc
-        model = loaded
+        for fmt in exports:
+            try:
+                check_export_model(fmt, model)
+            except ExportError as exc:
+                raise click.ClickException(f"--export {fmt}: {exc}") from exc
     try:
         summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
                               flow_options=config.flow, photometric_options=config.photometric,
