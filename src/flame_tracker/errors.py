@@ -24,4 +24,10 @@ class StepError(FlameTrackerError, RuntimeError):
     """A step that could not be carried out with what it was given (the message says what to change)."""
 
 
-__all__ = ["FlameTrackerError", "InputError", "NoFaceError", "StepError"]
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what one-line
+    error reports (the image command, the batch summary) show."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+__all__ = ["FlameTrackerError", "InputError", "NoFaceError", "StepError", "first_line"]

@@ -37,7 +37,7 @@ from flame_tracker.camera import (
     world_to_view,
 )
 from flame_tracker.defaults import IMAGE_FOV
-from flame_tracker.errors import FlameTrackerError, InputError, NoFaceError
+from flame_tracker.errors import FlameTrackerError, InputError, NoFaceError, first_line
 from flame_tracker.fitting.expressions import mediapipe_prior
 from flame_tracker.fitting.stage1 import FovMode, Stage1Options, fit_camera
 from flame_tracker.fitting.stage2 import Stage2Options, fit_stage2
@@ -638,7 +638,7 @@ class Tracker:
                 errors[i] = exc
         if not detected:
             raise NoFaceError(f"none of the {len(images)} photos could be fitted: "
-                              + "; ".join(str(e).splitlines()[0] for e in (errors or {}).values()))
+                              + "; ".join(first_line(e) for e in (errors or {}).values()))
         images = kept
         with cpu_threads(1, self.device):
             results = self._fit_faces([face for face, _ in detected], shared_shape=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flame_tracker.batch.items import Item, group_images
-from flame_tracker.errors import FlameTrackerError
+from flame_tracker.errors import FlameTrackerError, first_line
 
 STATUSES = ("done", "skipped", "failed", "interrupted")
 COLUMNS = ("name", "input", "kind", "status", "frames", "fps", "mean_reproj_px", "seconds", "error")
@@ -90,8 +90,7 @@ def _row(item: dict[str, Any], status: str, **kw: Any) -> dict[str, Any]:
 
 
 def _message(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:500]
+    return first_line(exc)[:500]
 
 
 # A Ray worker process runs many tasks: the head models and photo trackers it loaded are kept for

@@ -10,6 +10,7 @@ import click
 
 from flame_tracker.cli.options import config_option, load_config, with_given
 from flame_tracker.defaults import IMAGE_FOV
+from flame_tracker.errors import first_line
 
 if TYPE_CHECKING:
     from flame_tracker.tracker import Result
@@ -110,7 +111,7 @@ def run_images(
             try:
                 fitted = tracker.fit_same_person(images, errors=errors)
             except Exception as exc:  # noqa: BLE001
-                click.echo(f"error: --same-person: {_message(exc)}", err=True)
+                click.echo(f"error: --same-person: {first_line(exc)}", err=True)
                 return len(images)
             joint = dict(zip([p for i, p in enumerate(images) if i not in errors], fitted))
             for i, err in errors.items():
@@ -152,14 +153,9 @@ def run_images(
     return failures
 
 
-def _message(exc: Exception) -> str:
-    """The first line of an exception's message (its type when it has none)."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _located(path: Path, exc: Exception) -> str:
     """``<path>: <message>``, without repeating the path when the message already names it."""
-    msg = _message(exc)
+    msg = first_line(exc)
     return msg if str(path) in msg else f"{path}: {msg}"
 
 
