@@ -28,8 +28,8 @@ def _synthetic_landmarks(tracker: Tracker, image_size=(640, 480)):
     pose6 = torch.tensor([[0.1, 0.2, 0.0, 0.15, 0.02, 0.95]])
     crop = Crop(170.0, 90.0, 300.0, cx=image_size[0] / 2, cy=image_size[1] / 2)
     fov = crop_fov(crop.size, image_size, tracker.image_fov)
-    lmk = project_pixels(out.landmarks.double(), pose6.double(), fov, crop)[0].numpy()
-    iris = project_pixels(out.iris.double(), pose6.double(), fov, crop)[0].numpy()
+    lmk = project_pixels(out.landmarks.double().cpu(), pose6.double(), fov, crop)[0].numpy()
+    iris = project_pixels(out.iris.double().cpu(), pose6.double(), fov, crop)[0].numpy()
     return lmk, iris
 
 
@@ -67,6 +67,17 @@ def test_fit_landmarks_recovers_synthetic_face(shared_dir, tmp_path, device):
     np.testing.assert_allclose(crop.from_ndc(torch.as_tensor(arrays["lmks_68"][0])).numpy(), lmk, atol=1e-3)
     np.testing.assert_allclose(arrays["lmks_68_px"][0], lmk, atol=1e-3)
     assert float(np.abs(arrays["lmks_68"]).max()) < 1.0
+
+
+def test_a_given_model_is_never_moved(shared_dir, device):
+    # Module.to works in place: a tracker on another device works on a copy, the caller's model stays
+    from flame_tracker.model import load_model
+
+    model = load_model()
+    tr = Tracker(model, device=device)
+    assert model.device.type == "cpu" and tr.model.device.type == device.type
+    assert (tr.model is model) == (device.type == "cpu")
+    assert Tracker(model).model is model  # no device given: the model's own
 
 
 def test_fitting_crop_frames_the_face_like_the_reference():

@@ -13,6 +13,7 @@ landmarks with the reference's FFHQ "tracking" framing (docs/reference.md §6.5,
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -350,7 +351,8 @@ class Tracker:
 
     Args:
         model: a ``HeadModel``, a model file/folder path, or ``None`` for the open ICT model.
-        device: torch device; ``None`` picks CUDA when available, else CPU.
+        device: torch device; ``None`` picks a given ``HeadModel``'s own device, else CUDA when
+            available, else CPU. A ``HeadModel`` on another device is copied there, never moved.
         landmarker: path of MediaPipe's ``face_landmarker.task`` (``None``: default resolution).
         options: :class:`ImageOptions` (all of the settings below from ``fov`` to ``face``); keyword
             ``overrides`` of the same names replace single fields.
@@ -426,10 +428,13 @@ class Tracker:
             raise InputError(f"mesh_depth must be between 0 and 1, got {opts.mesh_depth}")
         self.mesh_depth = float(opts.mesh_depth)
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, HeadModel):
-            self.model = model.to(self.device)
+            # a given model keeps its device unless told otherwise, and is never moved under the
+            # caller's feet (``Module.to`` works in place): another device gets a copy
+            self.device = torch.device(device) if device is not None else model.device
+            self.model = model if model.device == self.device else copy.deepcopy(model).to(self.device)
         else:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = load_model(model, device=self.device)
         self.model.eval()
         if landmark_embedding not in ("views", "detector", "model"):

@@ -222,6 +222,21 @@ def test_closed_landmarker_refuses(shared_dir: Path) -> None:
         lm.detect(np.zeros((64, 64, 3), np.uint8))
 
 
+def test_missing_system_library_names_what_to_install(shared_dir: Path, monkeypatch) -> None:
+    # MediaPipe's native library links libEGL/libGLESv2 even for CPU inference; a server image
+    # without them (as the lent GPU machine had) must get an actionable message, not a ctypes trace
+    from mediapipe.tasks.python import vision
+
+    from flame_tracker.errors import StepError
+
+    def no_egl(_options):
+        raise OSError("libEGL.so.1: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(vision.FaceLandmarker, "create_from_options", no_egl)
+    with pytest.raises(StepError, match=r"libEGL\.so\.1.*apt install libegl1 libgles2"):
+        FaceLandmarker()
+
+
 def test_invalid_options() -> None:
     with pytest.raises(ValueError, match="mode"):
         FaceLandmarker(mode="webcam")  # type: ignore[arg-type]

@@ -178,6 +178,12 @@ class FaceLandmarker:
         try:
             with contextlib.nullcontext() if verbose else native_stderr_silenced():
                 self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except OSError as exc:  # MediaPipe's native library did not load (a system library missing)
+            raise StepError(
+                f"Cannot load MediaPipe's native library: {exc}. It needs the system's EGL and OpenGL ES "
+                "libraries (libEGL.so.1, libGLESv2.so.2), even on the CPU: on Debian/Ubuntu "
+                "`apt install libegl1 libgles2`."
+            ) from exc
         except (RuntimeError, ValueError) as exc:
             raise StepError(
                 f"Cannot load the MediaPipe Face Landmarker from {self.model_path}: {exc}. "

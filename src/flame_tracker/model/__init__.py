@@ -9,10 +9,11 @@ from .data import JOINT_NAMES, ModelData, ModelFormatError
 from .head import HeadModel, HeadOutput, LandmarkPath
 from .lbs import axis_angle_to_matrix
 from .loader import clear_cache, load_model, load_model_data
-from .protocol import FittableModel
+from .protocol import FittableModel, missing_members
 
 __all__ = [
     "FittableModel",
+    "missing_members",
     "HeadModel",
     "LandmarkPath",
     "HeadOutput",

@@ -326,7 +326,9 @@ class HeadModel(torch.nn.Module):
                 continue
             if v.shape[0] != N:
                 v = v.expand(N, -1)
-            parts.append(v if v.dtype == dtype else v.to(dtype))
+            # parameters may come from anywhere (numpy-side CPU tensors with a CUDA model): the model's
+            # device and dtype decide
+            parts.append(v.to(self.device, dtype))
         return N, parts
 
     def _inputs(self, params: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,14 +4,13 @@ implementing these members (the landmark path and sub-mesh skinning included), n
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 
 from .head import HeadOutput, LandmarkPath
 
 
-@runtime_checkable
 class FittableModel(Protocol):
     """The public interface fitting uses (see :class:`~flame_tracker.model.HeadModel` for meanings)."""
 
@@ -66,4 +65,14 @@ class FittableModel(Protocol):
     def landmark_triangles(self) -> torch.Tensor: ...
 
 
-__all__ = ["FittableModel"]
+
+def missing_members(model: Any) -> list[str]:
+    """The :class:`FittableModel` members ``model`` lacks (empty: it offers the interface).
+
+    Not ``isinstance`` with a runtime-checkable protocol: from Python 3.12 that looks attributes up
+    statically and misses what ``torch.nn.Module`` keeps in its buffers (``v_template``, ``faces``)."""
+    names = [n for n in vars(FittableModel) if not n.startswith("_")] + list(FittableModel.__annotations__)
+    return sorted(n for n in set(names) if not hasattr(model, n))
+
+
+__all__ = ["FittableModel", "missing_members"]

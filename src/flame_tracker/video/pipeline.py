@@ -392,11 +392,11 @@ def _write_meshes(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, rows: np
     if fmt not in ("ply", "obj"):
         raise InputError(f"mesh format must be 'ply' or 'obj', not {fmt!r}")
     save = save_ply if fmt == "ply" else save_obj
-    faces = model.faces.numpy()
+    faces = model.faces.cpu().numpy()
     t0 = time.perf_counter()
     for start in range(0, len(rows), 32):  # batched forward, bounded memory
         chunk = rows[start:start + 32]
-        verts = _vertices(model, fit, chunk).numpy()
+        verts = _vertices(model, fit, chunk).cpu().numpy()
         for r, v in zip(chunk, verts):
             path = run.root / "meshes" / f"{int(lm.frame[r]):06d}.{fmt}"
             if not path.exists():

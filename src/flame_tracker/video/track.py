@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -221,15 +221,25 @@ def _stage2(model: Any, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
 
     extra = dict(fit_shape=True, shared_shape=True, max_iter=options.identity_iters) if identity else \
         dict(fit_shape=False)
-    return fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, expr_prior_mean=expr_mean,
-                      options=options.stage2, **extra)
+    res = fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, expr_prior_mean=expr_mean,
+                     options=options.stage2, **extra)
+    # the solver runs on the model's device; the tracker's bookkeeping (stage 1, numpy) on the CPU
+    return replace(res, **{f.name: getattr(res, f.name).cpu() for f in fields(res)
+                           if isinstance(getattr(res, f.name), torch.Tensor)})
 
 
 def _model_points(model: torch.nn.Module, shape: torch.Tensor, expr: torch.Tensor | None = None,
                   jaw: torch.Tensor | None = None) -> torch.Tensor:
-    """The 68 model landmarks stage 1 aligns (landmark fast path)."""
+    """The 68 model landmarks stage 1 aligns (landmark fast path), on the CPU."""
+    return _landmarks(model, shape=shape, expr=expr, jaw_pose=jaw).landmarks
+
+
+def _landmarks(model: Any, **params: torch.Tensor | None) -> Any:
+    """``model.landmarks`` of CPU parameters, evaluated on the model's device, returned on the CPU
+    (stage 1 and the tracker's bookkeeping run there whatever the model's device)."""
     with torch.no_grad():
-        return model.landmarks(shape=shape, expr=expr, jaw_pose=jaw).landmarks
+        out = model.landmarks(**params)
+    return type(out)(*(None if t is None else t.cpu() for t in out))
 
 
 # ------------------------------------------------------------------------------------ main entry
@@ -341,9 +351,9 @@ def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np
     with torch.no_grad():
         for start in range(0, len(rows), SCAN_BLOCK):
             blk = rows[start:start + SCAN_BLOCK]
-            out = model.landmarks(shape=shape, expr=torch.as_tensor(params["expr"][blk], dtype=dt),
-                                  jaw_pose=torch.as_tensor(params["jaw_pose"][blk], dtype=dt),
-                                  eye_pose=torch.as_tensor(params["eye_pose"][blk], dtype=dt))
+            out = _landmarks(model, shape=shape, expr=torch.as_tensor(params["expr"][blk], dtype=dt),
+                             jaw_pose=torch.as_tensor(params["jaw_pose"][blk], dtype=dt),
+                             eye_pose=torch.as_tensor(params["eye_pose"][blk], dtype=dt))
             pose6 = torch.as_tensor(params["pose6"][blk], dtype=dt)
             sl = slice(start, start + len(blk))
             lmk[sl] = crop.from_camera_ndc(project_ndc(out.landmarks, pose6, identity.fov)).numpy()
