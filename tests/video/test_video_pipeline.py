@@ -270,3 +270,23 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
         else:
             assert np.array_equal(a[key], b[key]), key
+
+
+def test_tracking_restarts_do_not_jump_the_landmarks(shared_dir: Path, tmp_path: Path, model, monkeypatch) -> None:
+    # MediaPipe's tracking restarts at every detection block; the restarted tracker first sees the
+    # frames before the block again, so the landmarks at a restart move like those between frames
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    vopts = VideoOptions(max_frames=97, overlay=False, meshes=None)
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 16)
+    jump = {}
+    for warm in (0, pipeline_mod.DETECT_WARMUP):
+        monkeypatch.setattr(pipeline_mod, "DETECT_WARMUP", warm)
+        track_video(clip, tmp_path / f"w{warm}", model=model, options=TINY, video_options=vopts, progress=False)
+        pts = load_npz(tmp_path / f"w{warm}" / "tracking.npz")["lmks_68_px"].astype(float)
+        iod = np.linalg.norm(pts[:, 36] - pts[:, 45], axis=-1)
+        second = np.linalg.norm(pts[1:-1] - 0.5 * (pts[:-2] + pts[2:]), axis=-1).mean(-1) / iod[1:-1]
+        at_restart = np.arange(1, len(pts) - 1) % 16 == 0
+        jump[warm] = (second[at_restart].mean(), np.median(second[~at_restart]))
+    (cold, typical), (warm, _) = jump[0], jump[pipeline_mod.DETECT_WARMUP]
+    assert cold > 2 * typical  # the jump this guards against
+    assert warm < 0.6 * cold, jump
