@@ -200,3 +200,17 @@ def test_model_evaluates_alike_on_every_device_and_dtype(ict, device, dtype):
     assert torch.allclose(out.vertices.cpu().double(), ref.vertices, atol=tol)
     assert torch.allclose(lmk.landmarks.cpu().double(), ref_lmk.landmarks, atol=tol)
     assert torch.allclose(lmk.iris.cpu().double(), ref_lmk.iris, atol=tol)
+
+
+def test_parameters_from_another_device_go_to_the_model_device(shared_dir) -> None:
+    # the trackers hand numpy-side CPU tensors to a model that may live on CUDA (found on a GPU
+    # machine); "meta" stands in for the other device on a machine without one
+    import torch
+
+    from flame_tracker.model import load_model
+
+    model = load_model().to("meta")
+    out = model(shape=torch.zeros(1, model.n_shape), expr=torch.zeros(2, model.n_expr))
+    assert out.vertices.device.type == "meta" and out.vertices.shape == (2, model.n_verts, 3)
+    lm = model.landmarks(shape=torch.zeros(1, model.n_shape), jaw_pose=torch.zeros(1, 3))
+    assert lm.landmarks.device.type == "meta" and lm.landmarks.shape == (1, 68, 3)

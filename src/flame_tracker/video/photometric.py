@@ -110,9 +110,7 @@ def refine_frames(model: torch.nn.Module, fit: SequenceFit, lm: DetectedFrames,
                          init=init, iris_ndc=iris if bool(torch.isfinite(iris).any()) else None,
                          albedo=albedo, pp_ndc=crop.pp_ndc(lmk),
                          options=opts, temporal=n > 1)
-    return {"pose6": ph.pose6.double().numpy(), "expr": ph.expr.double().numpy(),
-            "jaw_pose": ph.jaw_pose.double().numpy(), "eye_pose": ph.eye_pose.double().numpy(),
-            "light": ph.light.double().numpy()}
+    return {k: getattr(ph, k).double().cpu().numpy() for k in ("pose6", "expr", "jaw_pose", "eye_pose", "light")}
 
 
 def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, reader: VideoReader,

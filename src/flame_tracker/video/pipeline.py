@@ -391,12 +391,13 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
 
 def _vertices(model: torch.nn.Module, fit: SequenceFit, rows: np.ndarray) -> torch.Tensor:
+    """The fitted meshes of ``rows`` ``[n, V, 3]``, on the CPU (where the writers and the overlay work)."""
     dt = model.v_template.dtype
     with torch.no_grad():
         return model(shape=torch.as_tensor(fit.identity.shape, dtype=dt)[None],
                      expr=torch.as_tensor(fit.expr[rows], dtype=dt),
                      jaw_pose=torch.as_tensor(fit.jaw_pose[rows], dtype=dt),
-                     eye_pose=torch.as_tensor(fit.eye_pose[rows], dtype=dt)).vertices
+                     eye_pose=torch.as_tensor(fit.eye_pose[rows], dtype=dt)).vertices.cpu()
 
 
 def _write_meshes(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, rows: np.ndarray,
@@ -410,7 +411,7 @@ def _write_meshes(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, rows: np
     t0 = time.perf_counter()
     for start in range(0, len(rows), 32):  # batched forward, bounded memory
         chunk = rows[start:start + 32]
-        verts = _vertices(model, fit, chunk).cpu().numpy()
+        verts = _vertices(model, fit, chunk).numpy()
         for r, v in zip(chunk, verts):
             path = run.root / "meshes" / f"{int(lm.frame[r]):06d}.{fmt}"
             if not path.exists():
@@ -437,8 +438,8 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
         pp = crop.pp_ndc(vertices)[None]  # zero for a crop-centred camera
         r = render_head(vertices, faces, pose6, torch.full((1,), float(fov), dtype=dt), res,
                         light=torch.as_tensor(light, dtype=dt)[None], albedo=albedo.to(dt), pp=pp)
-    rgb = (r["image"][0].clamp(0, 1) * 255).numpy().astype(np.float32)
-    cov = r["alpha"][0].numpy().astype(np.float32)
+    rgb = (r["image"][0].clamp(0, 1) * 255).cpu().numpy().astype(np.float32)
+    cov = r["alpha"][0].cpu().numpy().astype(np.float32)
     sc = side / res  # render pixel index u -> frame index x: x + 0.5 = (u + 0.5) * sc + x0
     m = np.array([[sc, 0, float(crop.x0) + 0.5 * sc - 0.5], [0, sc, float(crop.y0) + 0.5 * sc - 0.5]])
     h, w = image.shape[:2]
@@ -467,7 +468,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     crop = fit.identity.camera_crop
     focal = float(intrinsics_pixels(torch.tensor(fit.identity.fov, dtype=torch.float64),
                                     crop)[0, 0])
-    faces = model.faces
+    faces = model.faces.cpu()  # the overlay is drawn on the CPU whatever the model's device
     albedo = None
     if light is not None:
         from flame_tracker.video.photometric import load_canonical
