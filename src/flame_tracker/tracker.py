@@ -432,7 +432,9 @@ class Tracker:
             # a given model keeps its device unless told otherwise, and is never moved under the
             # caller's feet (``Module.to`` works in place): another device gets a copy
             self.device = torch.device(device) if device is not None else model.device
-            self.model = model if model.device == self.device else copy.deepcopy(model).to(self.device)
+            # compare resolved devices: "cuda" and "cuda:0" are the same card
+            same = torch.empty(0, device=self.device).device == model.device
+            self.model = model if same else copy.deepcopy(model).to(self.device)
         else:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = load_model(model, device=self.device)

@@ -879,7 +879,7 @@ def texture_image(albedo: Tensor, model: torch.nn.Module | None = None, size: in
     px = torch.stack([(v[:, 0] - mid[0]) * scale + size / 2, (mid[1] - v[:, 1]) * scale + size / 2, 10.0 - v[:, 2]], -1)
     frags = rasterize(px, model.faces, size, size, cull_backfaces=True)
     bary = barycentrics(px, model.faces, frags)
-    col = interpolate(a.to(px.dtype), model.faces, frags, bary)
+    col = interpolate(a.to(px.device, px.dtype), model.faces, frags, bary)  # (an albedo read from disk: CPU)
     img = to_image(col.clamp(0, 1), frags)[0]
     return (img * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
