@@ -65,7 +65,6 @@ class FittableModel(Protocol):
     def landmark_triangles(self) -> torch.Tensor: ...
 
 
-
 def missing_members(model: Any) -> list[str]:
     """The :class:`FittableModel` members ``model`` lacks (empty: it offers the interface).
 

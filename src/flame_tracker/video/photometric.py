@@ -65,7 +65,7 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     dt = model.v_template.dtype
     albedo = load_canonical(run)
     if albedo is not None:
-        albedo = albedo.to(model.v_template.device, dt)  # read from disk onto the model's device
+        albedo = albedo.to(dt)
         if not (run.root / "texture.png").exists():
             save_texture_png(run.root / "texture.png", albedo, model)
         return albedo

@@ -153,8 +153,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     stage.keep_first(n_done - n_done % DETECT_BLOCK)
     done = stage.done()
     warm_again = set(sorted(done)[-DETECT_WARMUP:]) if DETECT_WARMUP else set()
-    reader.skip = done - warm_again if warm_again else done
-    recent: deque = deque(maxlen=DETECT_WARMUP)  # (image, time) of the last frames, for a restart
+    reader.skip = done - warm_again
+    recent: deque[tuple[np.ndarray, float]] = deque(maxlen=DETECT_WARMUP)  # the last frames, for a restart
     est = reader.info.n_frames
     if reader.fps and reader.info.fps:
         est = int(est * min(1.0, reader.fps / reader.info.fps))
