@@ -13,11 +13,16 @@
 4. **Dense against 68** on the same synthetic scenes through the full pipeline (``Tracker(landmarks=
    "68" | "dense")``): ``shape_mm``, ``posed_mm``, ``rot_deg`` per yaw bucket, the 68-point NME
    against the hand annotations of ``images/gt68`` per region, and the stage-2 time per image.
+5. **Dense against 68 in the video tracker** (``TrackOptions(landmarks="68" | "dense")``, the same
+   detections): the synthetic head turn of ``benchmarks/head_turn.py`` (rotation error on its frames
+   with landmarks, against the truth) and the shared clips (jitter: RMS acceleration of the raw
+   per-frame pose and of the fitted 68 points), with the reprojection error and the fitting time.
 
 Last line: ``embed_reproj_pct=… shape_mm_68=… shape_mm_dense=… posed_mm_68=… posed_mm_dense=…
-rot_deg_68=… rot_deg_dense=… stage2_ratio=…`` (``embed_reproj_pct``: the yaw table, 468 points).
+rot_deg_68=… rot_deg_dense=… stage2_ratio=… rot_deg_video_68=… rot_deg_video_dense=…
+video_fit_ratio=…`` (``embed_reproj_pct``: the yaw table, 468 points).
 
-Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit] [--flame-renders 120]``
+Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit] [--no-video] [--flame-renders 120]``
 """
 
 from __future__ import annotations
@@ -138,11 +143,58 @@ def fit_compare(n: int, seed: int, **tracker_kw) -> tuple[dict, dict, float]:
     return summarise(evals), nme, float(np.median(stage2))
 
 
+def video_compare(model) -> dict[str, dict[str, float]]:
+    """Part 5: per clip and setting, rotation error (synthetic turn) or raw jitter (shared clips),
+    reprojection error and fitting seconds of ``track_landmarks`` on the same detections."""
+    from head_turn import make_video, rotation_error
+
+    from flame_tracker.detection import BLENDSHAPE_NAMES
+    from flame_tracker.detection.search import FaceFollower
+    from flame_tracker.model.embedding import detector_model
+    from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.track import TrackOptions, track_landmarks
+
+    fm = detector_model(model)
+    frames, R_true, _, _ = make_video(model, 90, 30.0)
+    clips = {"synthetic turn": (frames, np.arange(len(frames)) / 30.0, R_true)}
+    for name in ("talking_ex1", "talking_ex3", "talking_wojtek"):
+        read = list(VideoReader(data_dir() / "videos" / f"{name}.mp4", max_frames=240))
+        clips[name] = ([f.image for f in read], np.array([f.time_s for f in read]), None)
+    out = {}
+    for name, (images, times, truth) in clips.items():
+        n = len(images)
+        lm, iris, dense = np.full((n, 68, 2), np.nan), np.full((n, 10, 2), np.nan), np.full((n, 478, 2), np.nan)
+        scores = np.zeros((n, len(BLENDSHAPE_NAMES)))
+        with FaceFollower() as follower:  # as the video pipeline detects
+            for k, image in enumerate(images):
+                det = follower(image, times[k])
+                if det is not None:
+                    lm[k], iris[k], dense[k, :len(det.points478)] = det.lmks68, det.iris, det.points478[:, :2]
+                    scores[k] = det.blendshapes
+        valid = np.isfinite(lm).all((1, 2))
+        h, w = images[0].shape[:2]
+        for mode in ("68", "dense"):
+            t0 = time.perf_counter()
+            fit = track_landmarks(fm, lm, valid, times, iris_px=iris, options=TrackOptions(landmarks=mode, flow=False),
+                                  image_size=(w, h), blendshapes=scores, blendshape_names=BLENDSHAPE_NAMES,
+                                  dense_px=dense)
+            row = {"frames": float(valid.sum()), "seconds": time.perf_counter() - t0,
+                   "reproj_px": float(np.nanmean(fit.reproj_px))}
+            if truth is not None:
+                row["rot_deg"] = float(rotation_error(fit.pose6[valid], fit.identity, truth[valid]).mean())
+            else:
+                assert fit.jitter_raw is not None
+                row.update(pose_jitter=fit.jitter_raw.pose_acc_deg, lmk_jitter=fit.jitter_raw.lmk_acc_px)
+            out[f"{name} / {mode}"] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48, help="synthetic scenes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-fit", action="store_true", help="skip the dense-vs-68 fits (part 3)")
+    ap.add_argument("--no-fit", action="store_true", help="skip the dense-vs-68 fits (part 4)")
+    ap.add_argument("--no-video", action="store_true", help="skip the dense-vs-68 video tracking (part 5)")
     ap.add_argument("--flame-renders", type=int, default=120,
                     help="renders of the FLAME-topology sample head (part 4; 0 skips it)")
     args = ap.parse_args()
@@ -188,10 +240,25 @@ def main() -> None:
               + ", ".join(f"{lm} {1000 * t:.1f} ms" for lm, (_, _, t) in res.items()))
         ratio = res["dense"][2] / res["68"][2]
         out = {lm: (r[0]["all"]["shape_mm"], r[0]["all"]["posed_mm"], r[0]["all"]["rot_deg"]) for lm, r in res.items()}
+    video = {}
+    if not args.no_video:
+        video = video_compare(model)
+        print("\nVideo tracker, dense against 68 on the same detections (raw per-frame fits; jitter: RMS "
+              "acceleration, deg/frame² and px/frame²):")
+        print(f"{'clip / points':<30}{'frames':>7}{'rot_deg':>9}{'pose jitter':>12}{'lmk jitter':>11}"
+              f"{'reproj px':>10}{'fit s':>7}")
+        for key, r in video.items():
+            nan = math.nan
+            print(f"{key:<30}{r['frames']:>7.0f}{r.get('rot_deg', nan):>9.2f}{r.get('pose_jitter', nan):>12.3f}"
+                  f"{r.get('lmk_jitter', nan):>11.2f}{r['reproj_px']:>10.2f}{r['seconds']:>7.2f}")
+    vrot = {m: video.get(f"synthetic turn / {m}", {}).get("rot_deg", math.nan) for m in ("68", "dense")}
+    vtime = {m: sum(r["seconds"] for k, r in video.items() if k.endswith(f"/ {m}")) for m in ("68", "dense")}
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     print(f"embed_reproj_pct={rep['468 yaw table']:.3f} shape_mm_68={out['68'][0]:.3f} "
           f"shape_mm_dense={out['dense'][0]:.3f} posed_mm_68={out['68'][1]:.3f} posed_mm_dense={out['dense'][1]:.3f} "
-          f"rot_deg_68={out['68'][2]:.3f} rot_deg_dense={out['dense'][2]:.3f} stage2_ratio={ratio:.2f}")
+          f"rot_deg_68={out['68'][2]:.3f} rot_deg_dense={out['dense'][2]:.3f} stage2_ratio={ratio:.2f} "
+          f"rot_deg_video_68={vrot['68']:.3f} rot_deg_video_dense={vrot['dense']:.3f} "
+          f"video_fit_ratio={vtime['dense'] / vtime['68'] if vtime['68'] else math.nan:.2f}")
 
 
 if __name__ == "__main__":

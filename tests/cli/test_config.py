@@ -124,10 +124,11 @@ def test_video_command_takes_a_config_file_and_records_the_settings(shared_dir: 
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["video", str(shared_dir / "videos" / "talking_ex3.mp4"), "--out", str(out),
                                     "--max-frames", "6", "--quiet", "--config", str(tmp_path / "run.toml"),
-                                    "--smooth-pose", "2.0"])
+                                    "--smooth-pose", "2.0", "--landmarks", "dense"])
     assert res.exit_code == 0, res.output
     used = json.loads((out / "config.json").read_text())
     assert used["track"]["pose_cutoff_hz"] == 2.0 and used["track"]["expr_cutoff_hz"] == 4.0
+    assert used["track"]["landmarks"] == "dense"
     assert used["flow"]["max_points"] == 120 and used["video"]["max_frames"] == 6
     assert used["track"]["stage2"]["w_contour"] == 50.0 and used["track"]["stage1"]["w_lmk"] == 250.0
     assert used["track"]["stage2"]["w_exp"] == 4.0 and used["track"]["stage2"]["max_iter"] == 6  # as used

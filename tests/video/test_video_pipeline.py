@@ -290,3 +290,28 @@ def test_tracking_restarts_do_not_jump_the_landmarks(shared_dir: Path, tmp_path:
     (cold, typical), (warm, _) = jump[0], jump[pipeline_mod.DETECT_WARMUP]
     assert cold > 2 * typical  # the jump this guards against
     assert warm < 0.6 * cold, jump
+
+
+def test_dense_landmarks_run(shared_dir: Path, tmp_path: Path, model) -> None:
+    """``landmarks="dense"`` stores MediaPipe's 478 points with the detections (original pixels,
+    around the 68 of the same frame), fits them, and keys the run folder: a folder tracked with the
+    68 points is not resumed as a dense run."""
+    from dataclasses import replace
+
+    from flame_tracker.video.store import CheckpointStage, OutputMismatchError
+
+    clip = shared_dir / "videos" / "talking_ex3.mp4"
+    vopts = VideoOptions(max_frames=6)
+    dense_opts = replace(TINY, landmarks="dense")
+    track_video(clip, tmp_path / "dense", model=model, options=dense_opts, video_options=vopts, progress=False)
+    track_video(clip, tmp_path / "68", model=model, options=TINY, video_options=vopts, progress=False)
+    rec = CheckpointStage(tmp_path / "dense", "landmarks").load()
+    assert rec["dense"].shape == (6, 478, 2) and np.isfinite(rec["dense"]).all()
+    lo, hi = rec["lmks68"].min(1), rec["lmks68"].max(1)  # the face outline holds the 68 points
+    assert (rec["dense"][:, :468].min(1) <= lo + 1).all() and (rec["dense"][:, :468].max(1) >= hi - 1).all()
+    assert "dense" not in CheckpointStage(tmp_path / "68", "landmarks").load()
+    a, b = load_npz(tmp_path / "dense" / "tracking.npz"), load_npz(tmp_path / "68" / "tracking.npz")
+    np.testing.assert_array_equal(a["lmks_68_px"], b["lmks_68_px"])  # the same detections
+    assert np.abs(a["exp"] - b["exp"]).max() > 1e-3  # another objective, other expressions
+    with pytest.raises(OutputMismatchError):
+        track_video(clip, tmp_path / "68", model=model, options=dense_opts, video_options=vopts, progress=False)

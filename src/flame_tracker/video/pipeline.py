@@ -126,14 +126,18 @@ def _track_settings(topts: TrackOptions) -> dict[str, Any]:
     out = dataclasses.asdict(topts)
     if out.get("flow") is True:
         del out["flow"]
+    if out.get("landmarks") == "68":
+        del out["landmarks"]
     return out
 
 
 # --------------------------------------------------------------------------- stage 1: landmarks
 
 def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None,
-                  progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False) -> None:
-    """Decode and detect every selected frame not yet checkpointed."""
+                  progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False,
+                  dense: bool = False) -> None:
+    """Decode and detect every selected frame not yet checkpointed (``dense``: MediaPipe's 478 mesh
+    points are stored too, ~3.8 KB per frame)."""
     from flame_tracker.detection.search import FaceChoice, FaceFollower
 
     done_marker = run.root / "work" / "landmarks_done.json"
@@ -205,8 +209,12 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                        "lmks68": np.full((68, 2), np.nan, np.float32),
                        "iris": np.full((10, 2), np.nan, np.float32),
                        "blendshapes": np.zeros(N_BLENDSHAPES, np.float32)}
+                if dense:
+                    rec["dense"] = np.full((478, 2), np.nan, np.float32)
                 if det is not None:
                     rec["lmks68"] = det.lmks68 / reader.scale
+                    if dense and len(det.points478) == 478:
+                        rec["dense"] = det.points478[:, :2] / reader.scale
                     rec["iris"] = det.iris / reader.scale
                     if det.blendshapes.size == N_BLENDSHAPES:
                         rec["blendshapes"] = det.blendshapes
@@ -533,16 +541,17 @@ class DetectedFrames:
     iris: np.ndarray  # [T, 10, 2]
     blendshapes: np.ndarray  # [T, 52] MediaPipe's scores (zeros where not valid)
     image_size: np.ndarray | None = None  # [T, 2] (W, H) of each frame
+    dense: np.ndarray | None = None  # [T, 478, 2] MediaPipe's mesh points (runs with dense landmarks only)
 
     def __len__(self) -> int:
         return len(self.frame)
 
     @classmethod
     def from_records(cls, d: dict[str, np.ndarray]) -> DetectedFrames:
-        size = d.get("image_size")
+        size, dense = d.get("image_size"), d.get("dense")
         return cls(np.asarray(d["frame"]), np.asarray(d["time_s"]), np.asarray(d["valid"]).astype(bool),
                    np.asarray(d["lmks68"]), np.asarray(d["iris"]), np.asarray(d["blendshapes"]),
-                   None if size is None else np.asarray(size))
+                   None if size is None else np.asarray(size), None if dense is None else np.asarray(dense))
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -606,7 +615,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         summary.skipped = True
         return summary
 
-    _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose)
+    _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose,
+                  dense=topts.landmarks == "dense")
     lm = _landmarks_with_faces(run, video, summary, vopts)
     fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary)
     light = None
@@ -704,7 +714,7 @@ def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_mode
                               identity=identity, done=done, on_chunk=on_chunk,
                               on_identity=on_identity, image_size=lm.size,
                               blendshapes=lm.blendshapes, blendshape_names=BLENDSHAPE_NAMES,
-                              gap_filler=gap_filler)
+                              gap_filler=gap_filler, dense_px=lm.dense)
     finally:
         bar.close()
         fit_stage.flush()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -71,11 +71,45 @@ class TrackOptions:
     frame_temporal: bool = True  # reference temporal term between adjacent frames of a chunk
     identity_rounds: int = 2
     identity_iters: int = 10  # stage-2 iterations of the (one-off) shared-shape fit
+    # "68": stage 2 fits the 68 iBUG points (+ iris), the reference's objective; "dense": the per-frame
+    # stage 2 fits MediaPipe's 468 mesh points where the model's detector embedding puts them, weighted
+    # by their spread. Stage 1, the identity and the reprojection error keep the 68: the identity's
+    # last round on the dense points turned 4 synthetic head turns' landmark frames 0.04-1.4° further
+    # from the truth (docs/accuracy.md).
+    landmarks: Literal["68", "dense"] = "68"
     # The fits of every frame (and of the identity's keyframes): the reference's stage 1 and the
     # stage-2 objective without the jawline term, with per-frame iteration caps (warm starts converge
     # in a few steps). Expression priors left at None are the model's (fitting.stage2.expression_priors).
     stage1: Stage1Options = VIDEO_STAGE1
     stage2: Stage2Options = VIDEO_STAGE2
+
+
+@dataclass(frozen=True)
+class DenseTargets:
+    """MediaPipe's 468 mesh points as stage-2 targets (``TrackOptions.landmarks="dense"``): the model
+    whose landmark path gives them (the detector embedding), their weights and the detections."""
+
+    model: Any  # HeadModel with the 468 embedded points as its landmarks
+    weights: torch.Tensor  # [468]
+    ndc: torch.Tensor  # [T, 468, 2] in the video crop's camera NDC (NaN where not detected)
+
+    @classmethod
+    def build(cls, model: Any, dense_px: np.ndarray, crop: Crop, stage2: Stage2Options) -> DenseTargets:
+        """From the detections ``dense_px [T, 468|478, 2]`` (original pixels) and ``model``'s
+        detector embedding; :class:`InputError` when the model has none."""
+        from flame_tracker.errors import InputError
+        from flame_tracker.fitting.views import dense_weights
+        from flame_tracker.model.embedding import DENSE, detector_embedding, with_landmarks
+
+        emb = detector_embedding(model)
+        if emb is None:
+            raise InputError(f"landmarks='dense' needs a detector embedding of model {getattr(model, 'name', '')!r}: "
+                             "run `flame-tracker embed --model ...` once, or use landmarks='68'")
+        dt = model.v_template.dtype
+        pts = np.asarray(dense_px)[:, :468, :2]
+        return cls(with_landmarks(model, emb, DENSE),
+                   dense_weights(emb, stage2.w_lmk, stage2.w_contour).to(model.v_template.device, dt),
+                   crop.to_camera_ndc(torch.as_tensor(pts, dtype=dt)))
 
 
 @dataclass
@@ -214,13 +248,19 @@ def _stage1(points3d: torch.Tensor, targets: torch.Tensor, fov: float, *, option
 
 def _stage2(model: Any, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
             pose6: torch.Tensor, fov: torch.Tensor, init: dict[str, torch.Tensor], *,
-            options: TrackOptions, identity: bool = False, expr_mean: torch.Tensor | None = None):
+            options: TrackOptions, identity: bool = False, expr_mean: torch.Tensor | None = None,
+            dense: tuple[DenseTargets, np.ndarray] | None = None):
     """Stage 2 of ``N`` frames with ``options.stage2``; ``identity``: one shared shape over them
-    (``identity_iters`` iterations)."""
+    (``identity_iters`` iterations); ``dense``: the dense targets and the frames' rows in them (fitted
+    instead of the 68 points)."""
     from flame_tracker.fitting.stage2 import fit_stage2
 
-    extra = dict(fit_shape=True, shared_shape=True, max_iter=options.identity_iters) if identity else \
-        dict(fit_shape=False)
+    extra: dict[str, Any] = dict(fit_shape=True, shared_shape=True, max_iter=options.identity_iters) if identity \
+        else dict(fit_shape=False)
+    if dense is not None:
+        targets, rows = dense
+        model, lmks_ndc = targets.model, targets.ndc[rows]
+        extra["point_weights"] = targets.weights
     res = fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, expr_prior_mean=expr_mean,
                      options=options.stage2, **extra)
     # the solver runs on the model's device; the tracker's bookkeeping (stage 1, numpy) on the CPU
@@ -291,9 +331,10 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
 def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tensor,
                iris_ndc: torch.Tensor | None, frames: np.ndarray, options: TrackOptions,
                warm: dict[str, np.ndarray] | None = None,
-               expr_mean: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+               expr_mean: torch.Tensor | None = None, dense: DenseTargets | None = None) -> dict[str, np.ndarray]:
     """Stage 1 + stage 2 for one chunk of consecutive valid frames (batched), warm-started from
-    ``warm`` (the previous chunk's last frame). Returns per-frame arrays ``[n, ...]``."""
+    ``warm`` (the previous chunk's last frame); ``dense``: stage 2 fits those points. Returns
+    per-frame arrays ``[n, ...]``."""
     dt = model.v_template.dtype
     n = len(frames)
     shape = torch.as_tensor(identity.shape, dtype=dt)[None]
@@ -311,8 +352,13 @@ def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tenso
     pose6, fov = _stage1(pts, tl, identity.fov, options=options, init=pose_init, estimate_fov=False,
                          neighbours=neighbours)
     res = _stage2(model, tl, ti if options.fit_iris else None, pose6, fov, {**init, "shape": shape},
-                  options=options, expr_mean=None if expr_mean is None else expr_mean[frames])
-    err = (res.landmarks_ndc - tl).norm(dim=-1).nanmean(dim=-1)
+                  options=options, expr_mean=None if expr_mean is None else expr_mean[frames],
+                  dense=None if dense is None else (dense, frames))
+    if dense is not None:  # the reprojection error stays the 68 points'
+        lm68 = _landmarks(model, shape=shape, expr=res.expr, jaw_pose=res.jaw_pose).landmarks
+        err = (project_ndc(lm68, pose6, fov) - tl).norm(dim=-1).nanmean(dim=-1)
+    else:
+        err = (res.landmarks_ndc - tl).norm(dim=-1).nanmean(dim=-1)
     return {"pose6": pose6.numpy(), "expr": res.expr.numpy(), "jaw_pose": res.jaw_pose.numpy(),
             "eye_pose": res.eye_pose.numpy(), "err_ndc": err.numpy()}
 
@@ -373,6 +419,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
                     blendshapes: np.ndarray | None = None,
                     blendshape_names: tuple[str, ...] = (),
                     gap_filler: GapFiller | None = None,
+                    dense_px: np.ndarray | None = None,
                     ) -> SequenceFit:
     """Track a landmark sequence.
 
@@ -396,9 +443,12 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
         gap_filler: ``(identity, raw, valid) -> (raw', flow [T], inliers [T])`` fills frames without
             landmarks before smoothing (:func:`flame_tracker.video.flow.flow_through_gaps` with the
             video's frames); ``None``: gaps are bridged or dropped.
+        dense_px: ``[T, 478, 2]`` MediaPipe's mesh points (original pixels), needed with
+            ``options.landmarks="dense"``.
 
     Raises:
         NoFaceError: no frame is valid.
+        InputError: dense landmarks without ``dense_px`` or without the model's detector embedding.
     """
     from flame_tracker.threads import cpu_threads
 
@@ -408,7 +458,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
     with cpu_threads(1, model.v_template.device):
         return _track_landmarks(model, lmks_px, valid, times, iris_px, options or TrackOptions(),
                                 identity, done, on_chunk, on_identity, image_size, blendshapes,
-                                blendshape_names, gap_filler)
+                                blendshape_names, gap_filler, dense_px)
 
 
 def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
@@ -417,7 +467,8 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
                      on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None,
                      on_identity: Callable[[Identity], None] | None,
                      image_size: tuple[int, int] | None = None, blendshapes: np.ndarray | None = None,
-                     blendshape_names: tuple[str, ...] = (), gap_filler: GapFiller | None = None) -> SequenceFit:
+                     blendshape_names: tuple[str, ...] = (), gap_filler: GapFiller | None = None,
+                     dense_px: np.ndarray | None = None) -> SequenceFit:
     valid = np.asarray(valid, bool)
     t_len = len(valid)
     if not valid.any():
@@ -437,6 +488,17 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
     iris_ndc = None
     if iris_px is not None and opts.fit_iris:
         iris_ndc = crop.to_camera_ndc(torch.as_tensor(iris_px, dtype=dt))
+    dense = None
+    if opts.landmarks == "dense":
+        if dense_px is None or np.shape(dense_px)[:2] not in ((t_len, 468), (t_len, 478)):
+            from flame_tracker.errors import InputError
+
+            raise InputError(f"landmarks='dense' needs MediaPipe's mesh points of every frame ([{t_len}, 478, 2])")
+        dense = DenseTargets.build(model, np.nan_to_num(dense_px), crop, opts.stage2)
+    elif opts.landmarks != "68":
+        from flame_tracker.errors import InputError
+
+        raise InputError(f"landmarks must be '68' or 'dense', got {opts.landmarks!r}")
     expr_mean = None
     if blendshapes is not None and getattr(model, "expr_names", None):
         from flame_tracker.fitting.expressions import mediapipe_prior
@@ -467,14 +529,14 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             warm = {k: raw[k][prev[-1]] for k in ("pose6", "expr", "jaw_pose", "eye_pose")}
         else:
             warm = None
-        fits = fit_frames(model, identity, lmks_ndc, iris_ndc, rows, opts, warm, expr_mean)
+        fits = fit_frames(model, identity, lmks_ndc, iris_ndc, rows, opts, warm, expr_mean, dense)
         for k in raw:
             raw[k][rows] = fits[k]
         have[rows] = True
         if on_chunk is not None:
             on_chunk(rows, fits)
     timings["fit_s"] = time.perf_counter() - t0
-    del lmks_ndc, iris_ndc, expr_mean  # ~2 KB per frame not needed by the smoothing below
+    del lmks_ndc, iris_ndc, expr_mean, dense  # ~2 KB per frame (dense: ~7 KB) not needed by the smoothing below
 
     flow = inliers = None
     if gap_filler is not None and not valid.all():
