@@ -262,6 +262,13 @@ def test_run_folder_manifest(tmp_path: Path) -> None:
     assert RunFolder(out, video, {"every": 1}).complete
     with pytest.raises(OutputMismatchError, match="--force"):
         RunFolder(out, video, {"every": 2})
+    # the message names what differs
+    with pytest.raises(OutputMismatchError, match=r"every: 1 -> 2; track\.fov: '\(default\)' -> 30"):
+        RunFolder(out, video, {"every": 2, "track": {"fov": 30}})
+    other = tmp_path / "w.mp4"
+    _write_video(other, 4)
+    with pytest.raises(OutputMismatchError, match="another video"):
+        RunFolder(out, other, {"every": 1})
     forced = RunFolder(out, video, {"every": 2}, force=True)
     assert not forced.complete and not (out / "work").exists()
 

@@ -313,5 +313,5 @@ def test_dense_landmarks_run(shared_dir: Path, tmp_path: Path, model) -> None:
     a, b = load_npz(tmp_path / "dense" / "tracking.npz"), load_npz(tmp_path / "68" / "tracking.npz")
     np.testing.assert_array_equal(a["lmks_68_px"], b["lmks_68_px"])  # the same detections
     assert np.abs(a["exp"] - b["exp"]).max() > 1e-3  # another objective, other expressions
-    with pytest.raises(OutputMismatchError):
+    with pytest.raises(OutputMismatchError, match=r"track\.landmarks: '\(default\)' -> 'dense'"):
         track_video(clip, tmp_path / "68", model=model, options=dense_opts, video_options=vopts, progress=False)

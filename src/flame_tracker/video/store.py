@@ -135,6 +135,21 @@ class CheckpointStage:
         return stored, out
 
 
+def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"name: old -> new"`` for every setting (nested keys dotted) that differs between two
+    manifests' settings; a setting one of them lacks shows as ``(default)``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(default)"), new.get(key, "(default)")
+        name = f"{prefix}{key}"
+        if isinstance(a, Mapping) or isinstance(b, Mapping):  # (a table one side lacks: its keys)
+            out += settings_diff(a if isinstance(a, Mapping) else {}, b if isinstance(b, Mapping) else {},
+                                 name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
 class RunFolder:
     """An output folder with a manifest tying it to one video and one set of settings."""
 
@@ -152,9 +167,14 @@ class RunFolder:
             old = None
         elif old is not None and (old.get("video") != self.fingerprint
                                   or old.get("settings") != self.settings):
+            if old.get("video") != self.fingerprint:
+                what = f"another video ({old.get('video', {}).get('path')}, or the same file changed)"
+            else:
+                changed = settings_diff(old.get("settings") or {}, self.settings)
+                what = (f"a run of {old.get('video', {}).get('path')} with other settings ("
+                        + "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "") + ")")
             raise OutputMismatchError(
-                f"{self.root} holds a run of {old.get('video', {}).get('path')} with other "
-                "settings; choose another --out folder or pass --force to overwrite it")
+                f"{self.root} holds {what}; choose another --out folder or pass --force to overwrite it")
         self.complete = bool(old and old.get("complete"))
         if old is None:
             self._write_manifest(complete=False)
