@@ -25,3 +25,16 @@ def cpu_threads(n: int = 1, device: torch.device | str = "cpu") -> Iterator[None
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set (a
+    batch worker's share, :mod:`flame_tracker.batch`)."""
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(n, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, n)

@@ -167,3 +167,32 @@ def test_mediapipe_logs_are_silenced_unless_verbose(shared_dir: Path, tmp_path: 
     assert not any(n in quiet.stderr for n in noise), quiet.stderr
     loud = subprocess.run(cmd + ["--verbose"], capture_output=True, text=True, timeout=300)
     assert loud.returncode == 0 and any(n in loud.stderr for n in noise)
+
+
+def test_video_blocks_detected_apart_follow_the_same_person(faces, tmp_path: Path, monkeypatch) -> None:
+    """The detection blocks start afresh, several at once: after the crossing, ``--face left`` would
+    choose the other person at a block start, so such a block is detected again from the face the
+    block before it ended on (without that, the track jumps to the other person)."""
+    from flame_tracker.evaluation.footage import two_person_video
+    from flame_tracker.video import pipeline as pipeline_mod
+    from flame_tracker.video.pipeline import VideoOptions, track_video
+    from flame_tracker.video.track import TrackOptions
+
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    clip = tmp_path / "two.mp4"
+    centres = two_person_video(clip, faces[0], faces[1], n_frames=40, eye_chin_px=60)
+    tiny = TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8)
+    vopts = VideoOptions(face="left", detect_threads=2)
+
+    def distances(out: Path) -> tuple[np.ndarray, np.ndarray]:
+        t = np.load(out / "tracking.npz")
+        got = (t["lmks_68_px"].min(1) + t["lmks_68_px"].max(1)) / 2
+        return np.linalg.norm(got - centres[:, 0], axis=1), np.linalg.norm(got - centres[:, 1], axis=1)
+
+    summary = track_video(clip, tmp_path / "kept", options=tiny, video_options=vopts, progress=False)
+    chosen, other = distances(tmp_path / "kept")
+    assert summary.n_tracked == 40 and chosen.max() < 25 and other.min() > 100, (chosen.max(), other.min())
+    monkeypatch.setattr(pipeline_mod._DetectJob, "follow_one_person", lambda self: None)
+    track_video(clip, tmp_path / "jumps", options=tiny, video_options=vopts, progress=False)
+    chosen, other = distances(tmp_path / "jumps")
+    assert other.min() < 25  # the premise: a block started afresh takes the person then on the left

@@ -315,3 +315,33 @@ def test_dense_landmarks_run(shared_dir: Path, tmp_path: Path, model) -> None:
     assert np.abs(a["exp"] - b["exp"]).max() > 1e-3  # another objective, other expressions
     with pytest.raises(OutputMismatchError, match=r"track\.landmarks: '\(default\)' -> 'dense'"):
         track_video(clip, tmp_path / "68", model=model, options=dense_opts, video_options=vopts, progress=False)
+
+
+def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: Path, model, monkeypatch) -> None:
+    """Detection blocks start afresh, so one thread or several (each with its own decoder and
+    landmarker, the blocks split between them) detect the same landmarks."""
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    out = {}
+    for threads in (1, 3):
+        track_video(clip, tmp_path / f"t{threads}", model=model, options=TINY, progress=False,
+                    video_options=VideoOptions(max_frames=30, detect_threads=threads))
+        out[threads] = load_npz(tmp_path / f"t{threads}" / "tracking.npz")
+    assert out[1]["valid"].all() and len(out[1]["frame"]) == 30
+    for key in ("lmks_68_px", "lmks_eyes_px", "blendshape_scores", "exp", "pose6"):
+        np.testing.assert_array_equal(out[1][key], out[3][key], err_msg=key)
+
+
+def test_landmarks_of_an_earlier_version_resume_by_whole_blocks(tmp_path: Path, monkeypatch) -> None:
+    """Landmark records without their position (stored by an earlier version, always a prefix of the
+    selection) get it; a partly stored block is deleted, to be detected again."""
+    from flame_tracker.video.store import CheckpointStage
+
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    stage = CheckpointStage(tmp_path, "landmarks", chunk=8)
+    for k in range(19):  # two whole blocks and 3 frames of the third
+        stage.add(2 * k, {"time_s": np.float64(k / 15), "lmks68": np.zeros((68, 2), np.float32)})
+    stage.flush()
+    assert pipeline_mod._complete_blocks(stage) == {0, 1}
+    rec = CheckpointStage(tmp_path, "landmarks").load()
+    assert rec["frame"].tolist() == [2 * k for k in range(16)] and rec["position"].tolist() == list(range(16))

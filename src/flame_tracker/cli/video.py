@@ -63,6 +63,9 @@ from flame_tracker.export import FORMATS
               help="Points the per-frame fits match: the 68 iBUG points (the reference's objective), or MediaPipe's "
               "468 mesh points where the model's detector embedding puts them (2-3x the fitting time; no more "
               "accurate on our measurements, docs/accuracy.md).")
+@click.option("--detect-threads", type=click.IntRange(1, None), default=None,
+              help="Threads detecting landmarks at once, each on its own blocks of 128 frames (default: the cores "
+              "this process may use); the landmarks are the same for any number.")
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -74,7 +77,8 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
           meshes: str | None, photometric: bool, exports: tuple[str, ...], face: str, roi: bool, flow: bool,
-          landmarks: str, verbose: bool, force: bool, quiet: bool, config_path: Path | None) -> None:
+          landmarks: str, detect_threads: int | None, verbose: bool, force: bool, quiet: bool,
+          config_path: Path | None) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
     One identity for the whole video, per-frame fits warm-started from the previous frames, and
@@ -96,7 +100,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
     values = dict(image_fov=image_fov, estimate_fov=estimate_fov, smooth_pose=smooth_pose, smooth_expr=smooth_expr,
                   flow=flow, start_s=start_s, end_s=end_s, every=every, fps=fps, max_frames=max_frames,
                   overlay=overlay, side_by_side=side_by_side, meshes=meshes, photometric=photometric, face=face,
-                  roi=roi, fov=fov, landmarks=landmarks)
+                  roi=roi, fov=fov, landmarks=landmarks, detect_threads=detect_threads)
     config = with_given(ctx, config, "track", {"image_fov": "image_fov", "estimate_fov": "estimate_fov",
                                                "smooth_pose": "pose_cutoff_hz", "smooth_expr": "expr_cutoff_hz",
                                                "flow": "flow", "fov": "fov", "landmarks": "landmarks"}, values)
@@ -104,7 +108,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
         config = config.with_values("track", {"image_fov": "none"}, "command line")
     config = with_given(ctx, config, "video", {k: k for k in ("start_s", "end_s", "every", "fps", "max_frames",
                                                               "overlay", "side_by_side", "meshes", "photometric",
-                                                              "face", "roi")}, values)
+                                                              "face", "roi", "detect_threads")}, values)
     topts, vopts = config.track, config.video
     model: Any = model_path  # a path, or the model loaded here (other component counts, or checked for --export)
     if shape_components or expr_components or exports:

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Container, Iterable, Iterator, TypeVar
+from typing import Callable, Container, Iterable, Iterator, TypeVar
 
 import av
 import numpy as np
@@ -48,11 +48,13 @@ class VideoInfo:
 @dataclass
 class Frame:
     """One decoded frame: ``index`` counts source frames from 0, ``time_s`` is its presentation
-    time in seconds (from the container), ``image`` is RGB uint8 H×W×3, upright."""
+    time in seconds (from the container), ``image`` is RGB uint8 H×W×3, upright; ``position``
+    counts the selected frames (time range, ``every``, ``fps``) from 0."""
 
     index: int
     time_s: float
     image: np.ndarray
+    position: int = -1
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
@@ -165,6 +167,9 @@ class VideoReader:
             :attr:`scale` gives the factor back to original pixels.
         skip: source frame indices to pass over without converting or yielding them (frames a
             resumed run already has); they still count for ``every``/``fps``/``max_frames``.
+        keep: ``position -> bool``: selected frames to yield (the others are passed over as with
+            ``skip``); ``None``: all.
+        stop_at: stop before this position (a reader for part of the selection).
 
     After iterating, :attr:`broken` is ``None`` when the stream ended normally, or a
     :class:`BrokenStream` saying where it broke; :attr:`n_decoded` counts decoded source frames.
@@ -172,7 +177,8 @@ class VideoReader:
 
     def __init__(self, path: str | Path, *, start_s: float = 0.0, end_s: float | None = None,
                  every: int = 1, fps: float | None = None, max_frames: int | None = None,
-                 max_side: int | None = None, skip: Container[int] = ()) -> None:
+                 max_side: int | None = None, skip: Container[int] = (),
+                 keep: Callable[[int], bool] | None = None, stop_at: int | None = None) -> None:
         if every < 1:
             raise InputError(f"every must be >= 1, got {every}")
         if fps is not None and fps <= 0:
@@ -187,6 +193,7 @@ class VideoReader:
         self.max_frames = max_frames
         self.max_side = max_side
         self.skip = skip
+        self.keep, self.stop_at = keep, stop_at
         longest = max(self.info.width, self.info.height)
         self.scale = 1.0 if not max_side or longest <= max_side else max_side / longest
         self.broken: BrokenStream | None = None
@@ -234,7 +241,9 @@ class VideoReader:
                     step = 1.0 / self.fps
                     next_t = t + step if next_t == -math.inf or next_t + step <= t else next_t + step
                 kept += 1
-                if index in self.skip:
+                if self.stop_at is not None and kept > self.stop_at:
+                    break
+                if index in self.skip or (self.keep is not None and not self.keep(kept - 1)):
                     if self.max_frames is not None and kept >= self.max_frames:
                         break
                     continue
@@ -249,7 +258,7 @@ class VideoReader:
                     img = frame.to_ndarray(format="rgb24")
                 if rot_k:
                     img = np.ascontiguousarray(np.rot90(img, rot_k))
-                yield Frame(index, t, img)
+                yield Frame(index, t, img, kept - 1)
                 if self.max_frames is not None and kept >= self.max_frames:
                     break
             else:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from collections import deque
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +25,11 @@ from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
 from flame_tracker.detection.search import MIN_FACE_PX
 from flame_tracker.errors import InputError
 from flame_tracker.io.results import StackedNpzWriter, load_npz, save_json, save_npz
-from flame_tracker.threads import cpu_threads
+from flame_tracker.threads import available_cpus, cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.flow import FlowOptions
-from flame_tracker.video.store import RunFolder
+from flame_tracker.video.store import CheckpointStage, RunFolder
 from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
 
 N_BLENDSHAPES = 52
@@ -38,6 +38,8 @@ DETECT_BLOCK = 128  # frames per landmark checkpoint; MediaPipe's tracking resta
 #: frames after a restart come out of a fresh state, which jumped the landmarks at every block
 #: (talking_wojtek: 0.94 % of the eye distance against 0.19 % between other frames; 0.38 % with 5)
 DETECT_WARMUP = 5
+#: Detection threads by default at most (each holds its own decoder and MediaPipe graphs, ~180 MB).
+DETECT_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class VideoOptions:
     detect_max_side: int = 1280  # the whole-frame detection pass sees frames downscaled to this
     face: str = "largest"  # which face to follow (detection.search.FaceChoice)
     roi: bool = True  # follow small faces / one of several with a crop around the face, search tiles
+    # threads detecting blocks of frames at once (None: the cores this process may use, at most
+    # DETECT_THREADS); the landmarks do not depend on it (not part of the run's settings)
+    detect_threads: int | None = None
     overlay: bool = False
     side_by_side: bool = False
     meshes: Literal["ply", "obj"] | None = None  # export the mesh of every tracked frame
@@ -137,8 +142,18 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                   progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False,
                   dense: bool = False) -> None:
     """Decode and detect every selected frame not yet checkpointed (``dense``: MediaPipe's 478 mesh
-    points are stored too, ~3.8 KB per frame)."""
-    from flame_tracker.detection.search import FaceChoice, FaceFollower
+    points are stored too, ~3.8 KB per frame).
+
+    MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it started.
+    It starts afresh at every block of :data:`DETECT_BLOCK` selected frames, after seeing the
+    :data:`DETECT_WARMUP` frames before the block: each block depends on the video alone, so blocks
+    are detected in parallel (one landmarker and one decoder per thread, ``vopts.detect_threads``;
+    MediaPipe runs without Python's lock) and a run killed anywhere resumes with the same landmarks
+    (a partly detected block is detected again). A block whose first face is not the one the
+    previous block ended on (another person, chosen afresh by ``vopts.face``) is detected again,
+    following on from that face.
+    """
+    from flame_tracker.detection.search import FaceChoice
 
     done_marker = run.root / "work" / "landmarks_done.json"
     if done_marker.is_file():
@@ -148,91 +163,227 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.frames_done["landmarks"] = 0
         return
     stage = run.stage("landmarks", chunk=DETECT_BLOCK)
-    # MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it
-    # started. It restarts at every block of DETECT_BLOCK frames (following on from the block's
-    # last face, after seeing the DETECT_WARMUP frames before the block again), and a resumed run
-    # drops a partly detected block and starts again at its beginning, decoding those frames
-    # again: the same landmarks wherever a run was killed.
-    n_done = len(stage.done())
-    stage.keep_first(n_done - n_done % DETECT_BLOCK)
-    done = stage.done()
-    warm_again = set(sorted(done)[-DETECT_WARMUP:]) if DETECT_WARMUP else set()
-    reader.skip = done - warm_again
-    recent: deque[tuple[np.ndarray, float]] = deque(maxlen=DETECT_WARMUP)  # the last frames, for a restart
+    complete = _complete_blocks(stage)
     est = reader.info.n_frames
     if reader.fps and reader.info.fps:
         est = int(est * min(1.0, reader.fps / reader.info.fps))
     est = -(-est // reader.every)
     if reader.max_frames:
         est = min(est, reader.max_frames)
-    bar = tqdm(total=est or None, initial=len(done), desc="landmarks", unit="frame",
-               disable=not progress, dynamic_ncols=True)
-    t_decode = t_detect = 0.0
-    n = 0
     choice = FaceChoice.parse(vopts.face)
     if choice.rule == "near" and reader.scale != 1.0:  # the user's pixels -> the decoded frame's
         choice = FaceChoice("near", point=(choice.point[0] * reader.scale, choice.point[1] * reader.scale))
-    follower = FaceFollower(landmarker_path, choice=choice, roi=vopts.roi, max_side=vopts.detect_max_side,
-                            verbose=verbose)
-    prev = stage.load()  # the last stored face: where a resumed run follows on from
-    seed = None
-    if prev:
-        last = int(np.argmax(prev["frame"]))
-        seed = (prev["lmks68"][last] * reader.scale, float(prev["time_s"][last]),
-                tuple(int(v) for v in prev["image_size"][last]))
+    # the blocks still to detect (as far as the container's frame count tells), in contiguous runs
+    # of about equal length, one per thread; the last run is open-ended (the count may be short)
+    todo = [b for b in range(max(1, -(-est // DETECT_BLOCK))) if b not in complete]
+    n_threads = max(1, min(vopts.detect_threads or min(available_cpus(), DETECT_THREADS), len(todo)))
+    cuts = [todo[round(i * len(todo) / n_threads)] for i in range(n_threads)] if todo else [0]
+    ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None) for i, lo in enumerate(cuts)]
+    bar = tqdm(total=est or None, initial=len(complete) * DETECT_BLOCK, desc="landmarks", unit="frame",
+               disable=not progress, dynamic_ncols=True)
+    job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar)
+    t0 = time.perf_counter()
     try:
-        with ExitStack() as stack:
-            stack.callback(follower.close)
-            # decode the next frames while this one is detected; closing stops the decode thread
-            it = stack.enter_context(closing(prefetch(reader)))
-            while True:
-                t0 = time.perf_counter()
-                frame = next(it, None)
-                t1 = time.perf_counter()
-                t_decode += t1 - t0
-                if frame is None:
-                    break
-                if frame.index in warm_again:  # stored already: seen again before the block
-                    recent.append((frame.image, frame.time_s))
-                    continue
-                if seed is not None or (n and n % DETECT_BLOCK == 0):  # a block starts (see above)
-                    follower.reset(*(seed or (None, 0.0, None)))
-                    seed = None
-                    for image, time_s in recent:
-                        follower(image, time_s)
-                det = follower(frame.image, frame.time_s)
-                recent.append((frame.image, frame.time_s))
-                t_detect += time.perf_counter() - t1
-                h, w = frame.image.shape[:2]
-                rec = {"time_s": np.float64(frame.time_s), "valid": det is not None,
-                       "image_size": np.array([w, h], np.int32),
-                       "lmks68": np.full((68, 2), np.nan, np.float32),
-                       "iris": np.full((10, 2), np.nan, np.float32),
-                       "blendshapes": np.zeros(N_BLENDSHAPES, np.float32)}
-                if dense:
-                    rec["dense"] = np.full((478, 2), np.nan, np.float32)
-                if det is not None:
-                    rec["lmks68"] = det.lmks68 / reader.scale
-                    if dense and len(det.points478) == 478:
-                        rec["dense"] = det.points478[:, :2] / reader.scale
-                    rec["iris"] = det.iris / reader.scale
-                    if det.blendshapes.size == N_BLENDSHAPES:
-                        rec["blendshapes"] = det.blendshapes
-                stage.add(frame.index, rec)
-                n += 1
-                if (n % DETECT_BLOCK) == 0:  # the next block follows on from this face
-                    seed = (rec["lmks68"] * reader.scale, float(frame.time_s), (w, h))
-                bar.update(1)
+        job.run(ranges)
+        job.follow_one_person()
     finally:
-        stage.flush()
         bar.close()
-        summary.timings["decode_s"] = t_decode
-        summary.timings["detect_s"] = t_detect
-        summary.frames_done["landmarks"] = n
-        summary.faces_seen = max(summary.faces_seen, follower.faces_seen)
-    summary.broken = str(reader.broken) if reader.broken else None
-    save_json(done_marker, {"broken": summary.broken, "n_decoded": reader.n_decoded,
+        summary.timings["decode_s"] = job.t_decode / max(len(ranges), 1)  # waits, per thread
+        summary.timings["detect_s"] = time.perf_counter() - t0
+        summary.frames_done["landmarks"] = job.n_detected
+        summary.faces_seen = max(summary.faces_seen, job.faces_seen)
+    summary.broken = str(job.broken) if job.broken else None
+    save_json(done_marker, {"broken": summary.broken, "n_decoded": job.n_decoded,
                             "faces_seen": summary.faces_seen})
+
+
+def _complete_blocks(stage: CheckpointStage) -> set[int]:
+    """The blocks (numbers) whose records are all stored; records of other blocks are deleted."""
+    rec = stage.load()
+    if not rec:
+        return set()
+    if "position" not in rec:  # stored by an earlier version: a prefix of the selection, in order
+        rec["position"] = np.arange(len(rec["frame"]), dtype=np.int64)
+        stage.replace(rec)
+    pos = np.asarray(rec["position"])
+    blocks, counts = np.unique(pos // DETECT_BLOCK, return_counts=True)
+    full = {int(b) for b, c in zip(blocks, counts) if c == DETECT_BLOCK}
+    stage.keep_frames({int(f) for f, p in zip(rec["frame"], pos) if int(p) // DETECT_BLOCK in full})
+    return full
+
+
+class _DetectJob:
+    """The landmark stage's threads (see :func:`_detect_stage`)."""
+
+    def __init__(self, run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None, choice: Any,
+                 vopts: VideoOptions, verbose: bool, dense: bool, complete: set[int], bar: Any) -> None:
+        import threading
+
+        self.run_folder, self.reader, self.landmarker_path = run, reader, landmarker_path
+        self.choice, self.vopts, self.verbose, self.dense = choice, vopts, verbose, dense
+        self.complete = set(complete)
+        self.bar = bar
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.t_decode = 0.0
+        self.n_detected = self.n_decoded = self.faces_seen = 0
+        self.broken: Any = None
+
+    def run(self, ranges: list[tuple[int, int | None]], seeds: dict[int, tuple] | None = None) -> None:
+        """Detect the blocks ``[lo, hi)`` of each range (``hi`` None: to the end), one thread each;
+        ``seeds``: blocks that follow on from a given face instead of starting afresh."""
+        import threading
+
+        errors: list[BaseException] = []
+
+        def work(lo: int, hi: int | None) -> None:
+            try:
+                self._detect_range(lo, hi, seeds or {})
+            except BaseException as exc:  # noqa: BLE001  (raised in the calling thread below)
+                errors.append(exc)
+                self.stop.set()
+
+        if len(ranges) == 1:  # no thread of its own: Ctrl-C reaches the detection directly
+            self._detect_range(*ranges[0], seeds or {})
+            return
+        threads = [threading.Thread(target=work, args=r, daemon=True) for r in ranges]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException:  # Ctrl-C: the threads stop after their frame, their blocks are flushed
+            self.stop.set()
+            for t in threads:
+                t.join()
+            raise
+        if errors:
+            raise errors[0]
+
+    def _detect_range(self, lo: int, hi: int | None, seeds: dict[int, tuple]) -> None:
+        from flame_tracker.detection.search import FaceFollower
+
+        size = DETECT_BLOCK
+        complete = self.complete
+        start, stop = lo * size, None if hi is None else hi * size
+
+        def wanted(p: int) -> bool:  # frames to detect, and the warm-up frames before their blocks
+            if p < start - DETECT_WARMUP or (stop is not None and p >= stop):
+                return False
+            if p >= start and p // size not in complete:
+                return True
+            nxt = p // size + 1
+            return (p + DETECT_WARMUP) // size == nxt and nxt not in complete and nxt * size >= start and (
+                stop is None or nxt * size < stop)
+
+        reader = self.reader.reopen(max_side=self.reader.max_side, keep=wanted, stop_at=stop)
+        stage = self.run_folder.stage("landmarks", chunk=size)  # this thread's buffer: one file per block
+        recent: deque[tuple[int, np.ndarray, float]] = deque(maxlen=max(DETECT_WARMUP, 1))
+        follower = FaceFollower(self.landmarker_path, choice=self.choice, roi=self.vopts.roi,
+                                max_side=self.vopts.detect_max_side, verbose=self.verbose)
+        block = None
+        t_wait = 0.0
+        try:
+            with closing(prefetch(reader)) as frames:  # decoded ahead in a thread of its own
+                while not self.stop.is_set():
+                    t1 = time.perf_counter()
+                    frame = next(frames, None)
+                    t_wait += time.perf_counter() - t1
+                    if frame is None:
+                        break
+                    p = frame.position
+                    if p < start or p // size in complete:  # a warm-up frame for the next block
+                        recent.append((p, frame.image, frame.time_s))
+                        continue
+                    if p // size != block:  # a block starts: afresh (or from its seed), warmed up
+                        block = p // size
+                        warm = [r for r in recent if DETECT_WARMUP and r[0] >= block * size - DETECT_WARMUP]
+                        follower.reset(*seeds.get(block, (None, warm[0][2] if warm else frame.time_s, None)))
+                        for _, image, time_s in warm:
+                            follower(image, time_s)
+                    det = follower(frame.image, frame.time_s)
+                    recent.append((p, frame.image, frame.time_s))
+                    stage.add(frame.index, self._record(frame, det))
+                    with self.lock:
+                        self.n_detected += 1
+                        if self.bar is not None:
+                            self.bar.update(1)
+        finally:
+            stage.flush()
+            follower.close()
+            with self.lock:
+                self.t_decode += t_wait
+                self.faces_seen = max(self.faces_seen, follower.faces_seen)
+                if stop is None or reader.broken:  # the thread that read to the end (or the break)
+                    self.broken = self.broken or reader.broken
+                    self.n_decoded = max(self.n_decoded, reader.n_decoded)
+
+    def _record(self, frame: Any, det: Any) -> dict[str, Any]:
+        """One frame's checkpoint record (original pixels; NaN / zeros without a face)."""
+        scale = self.reader.scale
+        h, w = frame.image.shape[:2]
+        rec = {"time_s": np.float64(frame.time_s), "valid": det is not None, "position": np.int64(frame.position),
+               "image_size": np.array([w, h], np.int32),
+               "lmks68": np.full((68, 2), np.nan, np.float32),
+               "iris": np.full((10, 2), np.nan, np.float32),
+               "blendshapes": np.zeros(N_BLENDSHAPES, np.float32)}
+        if self.dense:
+            rec["dense"] = np.full((478, 2), np.nan, np.float32)
+        if det is not None:
+            rec["lmks68"] = det.lmks68 / scale
+            rec["iris"] = det.iris / scale
+            if self.dense and len(det.points478) == 478:
+                rec["dense"] = det.points478[:, :2] / scale
+            if det.blendshapes.size == N_BLENDSHAPES:
+                rec["blendshapes"] = det.blendshapes
+        return rec
+
+    def follow_one_person(self) -> None:
+        """Blocks start afresh, so a block may begin on another face than the one the previous block
+        ended on (``--face`` chooses again): such a block is detected again from that face, in order."""
+        stage = self.run_folder.stage("landmarks", chunk=DETECT_BLOCK)
+        checked = 0
+        while True:
+            rec = stage.load()
+            if not rec:
+                return
+            pos = np.asarray(rec["position"])
+            order = np.argsort(pos)
+            pos = pos[order]
+            lm = np.asarray(rec["lmks68"])[order]
+            jump = _other_face(lm[:-1], lm[1:]) & (pos[1:] % DETECT_BLOCK == 0) & (np.diff(pos) == 1)
+            jump[:checked] = False
+            hits = np.flatnonzero(jump)
+            if not len(hits):
+                return
+            i = int(hits[0])  # the last frame of one block, the first of the next
+            block = int(pos[i + 1]) // DETECT_BLOCK
+            # the face where the block's warm-up starts (the replay follows it from there on)
+            j = max(i + 1 - DETECT_WARMUP, 0) if DETECT_WARMUP else i
+            j = j if np.isfinite(lm[j]).all() else i
+            first = order[j]
+            seed = (np.asarray(rec["lmks68"][first]) * self.reader.scale, float(rec["time_s"][first]),
+                    tuple(int(v) for v in rec["image_size"][first]))
+            drop = {int(f) for f, p in zip(rec["frame"], rec["position"]) if int(p) // DETECT_BLOCK == block}
+            stage.keep_frames({int(f) for f in rec["frame"]} - drop)
+            self.complete.discard(block)
+            bar, self.bar = self.bar, None  # (the bar counted the block already)
+            try:
+                self.run([(block, block + 1)], seeds={block: seed})
+            finally:
+                self.bar = bar
+            self.complete.add(block)
+            checked = i + 1
+
+
+def _other_face(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: the 68 points ``b`` are another face than ``a`` (the frame before): their
+    centres are more than half a face apart (NaN rows, no face on either side: False)."""
+    ca, cb = a.mean(axis=1), b.mean(axis=1)  # (NaN rows stay NaN: compared False)
+    size = np.ptp(a, axis=1).max(axis=-1)
+    with np.errstate(invalid="ignore"):
+        return np.linalg.norm(cb - ca, axis=-1) > 0.5 * size
 
 
 # --------------------------------------------------------------------- frames without landmarks

@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Container, Mapping
 
 import numpy as np
 
@@ -89,19 +89,25 @@ class CheckpointStage:
         save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {"frame": frames, **arrays})
         self._buffer.clear()
 
-    def keep_first(self, n: int) -> None:
-        """Keep only the first ``n`` stored frames (by frame index): the rest is deleted, so that
-        a resumed stage starts again at a fixed boundary."""
-        self.flush()
+    def keep_frames(self, frames: Container[int]) -> None:
+        """Keep only the stored records of ``frames`` (source indices); the others are deleted (a
+        resumed stage redoes them)."""
         rec = self.load()
-        if not rec or len(rec["frame"]) <= n:
+        if not rec:
             return
+        keep = np.array([int(f) in frames for f in rec["frame"]], bool)
+        if not keep.all():
+            self.replace({k: v[keep] for k, v in rec.items()})
+
+    def replace(self, records: Mapping[str, np.ndarray]) -> None:
+        """Store ``records`` (stacked, with ``frame``) instead of everything stored before."""
+        self.flush()
         for f in sorted(self.dir.glob("*.npz")):
             f.unlink()
         self._done = None
-        if n:
-            frames = rec["frame"][:n]
-            save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {k: v[:n] for k, v in rec.items()})
+        if len(records.get("frame", ())):
+            frames = np.asarray(records["frame"])
+            save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", dict(records))
 
     def load(self) -> dict[str, np.ndarray]:
         """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped)."""
