@@ -345,3 +345,32 @@ def test_landmarks_of_an_earlier_version_resume_by_whole_blocks(tmp_path: Path, 
     assert pipeline_mod._complete_blocks(stage) == {0, 1}
     rec = CheckpointStage(tmp_path, "landmarks").load()
     assert rec["frame"].tolist() == [2 * k for k in range(16)] and rec["position"].tolist() == list(range(16))
+
+
+def test_a_write_cut_short_by_a_kill_does_not_stop_a_resume(tmp_path: Path, monkeypatch) -> None:
+    """A kill during a block's atomic write leaves a hidden, truncated temporary file: it is neither
+    loaded nor counted, and the stored blocks resume."""
+    from flame_tracker.video.store import CheckpointStage
+
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 4)
+    stage = CheckpointStage(tmp_path, "landmarks", chunk=4)
+    for k in range(6):
+        stage.add(k, {"position": np.int64(k), "lmks68": np.zeros((68, 2), np.float32)})
+    stage.flush()
+    (stage.dir / ".000004_000007.123.abcdef.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert pipeline_mod._complete_blocks(stage) == {0}
+    assert CheckpointStage(tmp_path, "landmarks").load()["frame"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_person_switch_is_seen_across_a_missed_face() -> None:
+    """A block whose first frame has no face is judged by its first face against the last face
+    before it: the other person there is a switch; the same person moved a little is not."""
+    pts = np.random.default_rng(0).normal(0, 20, (68, 2)) + 100.0
+    lm = np.repeat(pts[None], 40, 0)
+    at = 16
+    lm[at - 1] = lm[at] = np.nan  # no face on either side of the boundary
+    assert not pipeline_mod._switched(lm, at)
+    lm[at + 1:] += 400.0  # another person from the block on
+    assert pipeline_mod._switched(lm, at)
+    lm[at + 1:] -= 395.0  # the same face, moved 5 px
+    assert not pipeline_mod._switched(lm, at)

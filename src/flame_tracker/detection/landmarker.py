@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,21 +52,37 @@ def native_stderr_silenced() -> Iterator[None]:
     the duration: MediaPipe's C++ logs (``W0000 ...``, ``INFO: Created TensorFlow Lite ...``)
     bypass Python and no environment variable turns them off before its logging is initialised.
     Python exceptions raised inside are reported after the descriptor is restored. The descriptor is
-    the process's: other threads' native messages (e.g. FFmpeg's) in that short window are lost too."""
+    the process's: other threads' native messages (e.g. FFmpeg's) in that short window are lost too.
+    Threads (the video pipeline detects in several) share one redirection: the first to enter makes
+    it, the last to leave restores the descriptor."""
+    global _silenced, _saved_fd
+    with _silence_lock:
+        if _silenced == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError):  # no real descriptor 2 (embedded interpreters): nothing to silence
+                saved = None
+            if saved is not None:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+            _saved_fd = saved
+        _silenced += 1
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real descriptor 2 (embedded interpreters): nothing to silence
-        yield
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+        with _silence_lock:
+            _silenced -= 1
+            if _silenced == 0 and _saved_fd is not None:
+                os.dup2(_saved_fd, 2)
+                os.close(_saved_fd)
+                _saved_fd = None
+
+
+_silence_lock = threading.Lock()
+_silenced = 0  # threads inside native_stderr_silenced
+_saved_fd: int | None = None  # the real stderr while silenced
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections import deque
 from contextlib import closing
@@ -165,6 +166,10 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     stage = run.stage("landmarks", chunk=DETECT_BLOCK)
     complete = _complete_blocks(stage)
     est = reader.info.n_frames
+    info = reader.info
+    if info.fps and info.duration_s and (reader.start_s or reader.end_s is not None):  # the time range only
+        end = info.duration_s if reader.end_s is None else min(reader.end_s, info.duration_s)
+        est = min(est, math.ceil(max(end - reader.start_s, 0.0) * info.fps))
     if reader.fps and reader.info.fps:
         est = int(est * min(1.0, reader.fps / reader.info.fps))
     est = -(-est // reader.every)
@@ -199,6 +204,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
 def _complete_blocks(stage: CheckpointStage) -> set[int]:
     """The blocks (numbers) whose records are all stored; records of other blocks are deleted."""
+    stage.done()  # (unreadable files are deleted: their frames are detected again)
     rec = stage.load()
     if not rec:
         return set()
@@ -229,22 +235,21 @@ class _DetectJob:
         self.n_detected = self.n_decoded = self.faces_seen = 0
         self.broken: Any = None
 
-    def run(self, ranges: list[tuple[int, int | None]], seeds: dict[int, tuple] | None = None) -> None:
-        """Detect the blocks ``[lo, hi)`` of each range (``hi`` None: to the end), one thread each;
-        ``seeds``: blocks that follow on from a given face instead of starting afresh."""
+    def run(self, ranges: list[tuple[int, int | None]]) -> None:
+        """Detect the blocks ``[lo, hi)`` of each range (``hi`` None: to the end), one thread each."""
         import threading
 
         errors: list[BaseException] = []
 
         def work(lo: int, hi: int | None) -> None:
             try:
-                self._detect_range(lo, hi, seeds or {})
+                self._detect_range(lo, hi)
             except BaseException as exc:  # noqa: BLE001  (raised in the calling thread below)
                 errors.append(exc)
                 self.stop.set()
 
         if len(ranges) == 1:  # no thread of its own: Ctrl-C reaches the detection directly
-            self._detect_range(*ranges[0], seeds or {})
+            self._detect_range(*ranges[0])
             return
         threads = [threading.Thread(target=work, args=r, daemon=True) for r in ranges]
         for t in threads:
@@ -261,7 +266,7 @@ class _DetectJob:
         if errors:
             raise errors[0]
 
-    def _detect_range(self, lo: int, hi: int | None, seeds: dict[int, tuple]) -> None:
+    def _detect_range(self, lo: int, hi: int | None) -> None:
         from flame_tracker.detection.search import FaceFollower
 
         size = DETECT_BLOCK
@@ -299,7 +304,7 @@ class _DetectJob:
                     if p // size != block:  # a block starts: afresh (or from its seed), warmed up
                         block = p // size
                         warm = [r for r in recent if DETECT_WARMUP and r[0] >= block * size - DETECT_WARMUP]
-                        follower.reset(*seeds.get(block, (None, warm[0][2] if warm else frame.time_s, None)))
+                        follower.reset(None, warm[0][2] if warm else frame.time_s)
                         for _, image, time_s in warm:
                             follower(image, time_s)
                     det = follower(frame.image, frame.time_s)
@@ -341,40 +346,76 @@ class _DetectJob:
 
     def follow_one_person(self) -> None:
         """Blocks start afresh, so a block may begin on another face than the one the previous block
-        ended on (``--face`` chooses again): such a block is detected again from that face, in order."""
-        stage = self.run_folder.stage("landmarks", chunk=DETECT_BLOCK)
-        checked = 0
-        while True:
-            rec = stage.load()
-            if not rec:
-                return
-            pos = np.asarray(rec["position"])
-            order = np.argsort(pos)
-            pos = pos[order]
-            lm = np.asarray(rec["lmks68"])[order]
-            jump = _other_face(lm[:-1], lm[1:]) & (pos[1:] % DETECT_BLOCK == 0) & (np.diff(pos) == 1)
-            jump[:checked] = False
-            hits = np.flatnonzero(jump)
-            if not len(hits):
-                return
-            i = int(hits[0])  # the last frame of one block, the first of the next
-            block = int(pos[i + 1]) // DETECT_BLOCK
-            # the face where the block's warm-up starts (the replay follows it from there on)
-            j = max(i + 1 - DETECT_WARMUP, 0) if DETECT_WARMUP else i
-            j = j if np.isfinite(lm[j]).all() else i
-            first = order[j]
-            seed = (np.asarray(rec["lmks68"][first]) * self.reader.scale, float(rec["time_s"][first]),
-                    tuple(int(v) for v in rec["image_size"][first]))
-            drop = {int(f) for f, p in zip(rec["frame"], rec["position"]) if int(p) // DETECT_BLOCK == block}
-            stage.keep_frames({int(f) for f in rec["frame"]} - drop)
-            self.complete.discard(block)
-            bar, self.bar = self.bar, None  # (the bar counted the block already)
-            try:
-                self.run([(block, block + 1)], seeds={block: seed})
-            finally:
-                self.bar = bar
-            self.complete.add(block)
-            checked = i + 1
+        ended on (``--face`` chooses again, e.g. ``left`` after two people crossed). From the first such
+        block on, one pass in order (one reader) detects each such block again, following on from the
+        face where its warm-up starts; a block is judged against the previous block as it stands
+        after this pass, so the outcome is that of detecting the blocks one after another."""
+        from flame_tracker.detection.search import FaceFollower
+
+        size, warm_n = DETECT_BLOCK, DETECT_WARMUP
+        stage = self.run_folder.stage("landmarks", chunk=size)
+        rec = stage.load()
+        if not rec:
+            return
+        order = np.argsort(rec["position"])
+        pos = np.asarray(rec["position"])[order]
+        if not np.array_equal(pos, np.arange(len(pos))):  # (every selected frame has its record)
+            return
+        lm = np.asarray(rec["lmks68"], np.float64)[order]  # updated as blocks are detected again
+        n_blocks = -(-len(pos) // size)
+        first = next((k for k in range(1, n_blocks) if _switched(lm, k * size)), None)
+        if first is None:
+            return
+        start = first * size
+        reader = self.reader.reopen(max_side=self.reader.max_side, keep=lambda p: p >= start - warm_n)
+        follower = FaceFollower(self.landmarker_path, choice=self.choice, roi=self.vopts.roi,
+                                max_side=self.vopts.detect_max_side, verbose=self.verbose)
+        recent: deque[tuple[int, np.ndarray, float]] = deque(maxlen=max(warm_n, 1))
+        redo = False
+        try:
+            with closing(prefetch(reader)) as frames:
+                for frame in frames:
+                    p = frame.position
+                    if p >= start and p % size == 0:  # a block starts: detect it again or keep it
+                        stage.flush()
+                        redo = p == start or _switched(lm, p)
+                        if redo:
+                            warm = [r for r in recent if warm_n and r[0] >= p - warm_n]
+                            follower.reset(*_seed_at(lm, rec["image_size"][order], rec["time_s"][order], p,
+                                                     self.reader.scale))
+                            for _, image, time_s in warm:
+                                follower(image, time_s)
+                    if p >= start and redo:
+                        det = follower(frame.image, frame.time_s)
+                        stage.add(frame.index, self._record(frame, det))  # (its block's file is rewritten)
+                        lm[p] = np.nan if det is None else det.lmks68 / self.reader.scale
+                        with self.lock:
+                            self.n_detected += 1
+                    recent.append((p, frame.image, frame.time_s))
+        finally:
+            stage.flush()
+            follower.close()
+
+
+def _switched(lm: np.ndarray, at: int) -> bool:
+    """The face at the block start ``at`` is another than where the previous block ended: the first
+    face found in the block's first frames against the last one in the frames before (a few frames
+    each way, as a face may be missed at the boundary); ``lm [T, 68, 2]`` by position, NaN without a face."""
+    span = 2 * max(DETECT_WARMUP, 1)
+    before = [p for p in range(max(at - span, 0), at) if np.isfinite(lm[p]).all()]
+    after = [p for p in range(at, min(at + span, len(lm))) if np.isfinite(lm[p]).all()]
+    return bool(before and after and _other_face(lm[before[-1]][None], lm[after[0]][None])[0])
+
+
+def _seed_at(lm: np.ndarray, image_size: np.ndarray, times: np.ndarray, at: int, scale: float) -> tuple:
+    """``FaceFollower.reset`` arguments to detect the block starting at ``at`` again: the face where its
+    warm-up starts (or the nearest one before the block), in the decoded frame's pixels."""
+    warm_start = max(at - DETECT_WARMUP, 0)
+    earlier = range(warm_start - 1, max(at - 4 * max(DETECT_WARMUP, 1), 0) - 1, -1)
+    for p in [*range(warm_start, at), *earlier]:
+        if np.isfinite(lm[p]).all():
+            return lm[p] * scale, float(times[p]), tuple(int(v) for v in image_size[p])
+    return None, float(times[max(at - DETECT_WARMUP, 0)]), None
 
 
 def _other_face(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -61,15 +61,22 @@ class CheckpointStage:
         self._buffer: list[tuple[int, dict[str, np.ndarray]]] = []
         self._done: set[int] | None = None
 
+    def _files(self) -> list[Path]:
+        """The stored checkpoint files (not the hidden ones an atomic write is still filling, or that a
+        kill left behind)."""
+        return sorted(f for f in self.dir.glob("*.npz") if not f.name.startswith("."))
+
     def done(self) -> set[int]:
         """Frame indices already on disk (or buffered)."""
         if self._done is None:
             self._done = set()
-            for f in sorted(self.dir.glob("*.npz")):
+            for f in self._files():
                 try:
                     self._done.update(load_npz(f)["frame"].tolist())
+                except FileNotFoundError:  # replaced meanwhile (another writer of the stage)
+                    continue
                 except (ValueError, KeyError):
-                    f.unlink()  # an unreadable checkpoint is redone, not trusted
+                    f.unlink(missing_ok=True)  # an unreadable checkpoint is redone, not trusted
         return self._done
 
     def add(self, frame: int, record: Mapping[str, Any]) -> None:
@@ -100,19 +107,26 @@ class CheckpointStage:
             self.replace({k: v[keep] for k, v in rec.items()})
 
     def replace(self, records: Mapping[str, np.ndarray]) -> None:
-        """Store ``records`` (stacked, with ``frame``) instead of everything stored before."""
+        """Store ``records`` (stacked, sorted by ``frame``) instead of everything stored before, one
+        file per ``chunk`` records (the video's detection blocks); the new files are written before
+        the old ones go, so a kill in between loses nothing."""
         self.flush()
-        for f in sorted(self.dir.glob("*.npz")):
-            f.unlink()
+        old = self._files()
+        frames = np.asarray(records.get("frame", ()))
+        written = set()
+        for a in range(0, len(frames), self.chunk):
+            part = {k: np.asarray(v)[a:a + self.chunk] for k, v in records.items()}
+            first, last = part["frame"][0], part["frame"][-1]
+            written.add(save_npz(self.dir / f"{first:06d}_{last:06d}.npz", part).name)
+        for path in old:
+            if path.name not in written:
+                path.unlink(missing_ok=True)
         self._done = None
-        if len(records.get("frame", ())):
-            frames = np.asarray(records["frame"])
-            save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", dict(records))
 
     def load(self) -> dict[str, np.ndarray]:
         """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped)."""
         self.flush()
-        parts = [load_npz(f) for f in sorted(self.dir.glob("*.npz"))]
+        parts = [load_npz(f) for f in self._files()]
         if not parts:
             return {}
         keys = set(parts[0])

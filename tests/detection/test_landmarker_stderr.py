@@ -1,0 +1,39 @@
+"""MediaPipe's native log silencing when several threads detect at once."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flame_tracker.detection.landmarker import native_stderr_silenced
+
+
+def test_interleaved_threads_restore_stderr() -> None:
+    """Thread A enters, B enters, A leaves, B leaves: descriptor 2 is the real stderr again (before,
+    B restored A's /dev/null and stderr stayed silent)."""
+    before = os.fstat(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a() -> None:
+        with native_stderr_silenced():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(5)
+        with native_stderr_silenced():
+            b_in.set()
+            a_out.wait(5)
+            seen["inside"] = os.fstat(2)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    null = os.stat(os.devnull)
+    assert (seen["inside"].st_dev, seen["inside"].st_ino) == (null.st_dev, null.st_ino)  # still silent while B is in
