@@ -374,3 +374,21 @@ def test_a_person_switch_is_seen_across_a_missed_face() -> None:
     assert pipeline_mod._switched(lm, at)
     lm[at + 1:] -= 395.0  # the same face, moved 5 px
     assert not pipeline_mod._switched(lm, at)
+
+
+def test_a_block_stored_twice_is_detected_again(tmp_path: Path, monkeypatch) -> None:
+    """Two versions of a block's frames on disk (a block redone and cut short, before it stopped
+    being written): the block is not trusted, it is detected again; the other blocks stay."""
+    from flame_tracker.video.store import CheckpointStage
+
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 4)
+    stage = CheckpointStage(tmp_path, "landmarks", chunk=4)
+    for k in range(8):
+        stage.add(k, {"position": np.int64(k), "lmks68": np.zeros((68, 2), np.float32)})
+    stage.flush()
+    part = CheckpointStage(tmp_path, "landmarks", chunk=4)
+    for k in (4, 5):  # the start of block 1 again, another face
+        part.add(k, {"position": np.int64(k), "lmks68": np.ones((68, 2), np.float32)})
+    part.flush()
+    assert pipeline_mod._complete_blocks(stage) == {0}
+    assert CheckpointStage(tmp_path, "landmarks").load()["frame"].tolist() == [0, 1, 2, 3]

@@ -61,12 +61,16 @@ def native_stderr_silenced() -> Iterator[None]:
             try:
                 sys.stderr.flush()
                 saved = os.dup(2)
-            except (OSError, ValueError):  # no real descriptor 2 (embedded interpreters): nothing to silence
+            except (OSError, ValueError, AttributeError):  # no real descriptor 2 (embedded, pythonw)
                 saved = None
             if saved is not None:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, 2)
-                os.close(null)
+                try:
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(null, 2)
+                    os.close(null)
+                except OSError:  # cannot silence: leave stderr as it is
+                    os.close(saved)
+                    saved = None
             _saved_fd = saved
         _silenced += 1
     try:

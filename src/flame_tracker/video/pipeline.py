@@ -214,6 +214,12 @@ def _complete_blocks(stage: CheckpointStage) -> set[int]:
     pos = np.asarray(rec["position"])
     blocks, counts = np.unique(pos // DETECT_BLOCK, return_counts=True)
     full = {int(b) for b, c in zip(blocks, counts) if c == DETECT_BLOCK}
+    # a frame stored twice (two versions of a block: should not happen, but a block is only kept
+    # when its version is certain): its block is detected again
+    stored = np.concatenate([load_npz(f)["frame"] for f in stage.files()])
+    frames, times = np.unique(stored, return_counts=True)
+    twice = set(frames[times > 1].tolist())
+    full -= {int(p) // DETECT_BLOCK for f, p in zip(rec["frame"], pos) if int(f) in twice}
     stage.keep_frames({int(f) for f, p in zip(rec["frame"], pos) if int(p) // DETECT_BLOCK in full})
     return full
 
@@ -392,16 +398,21 @@ class _DetectJob:
                         with self.lock:
                             self.n_detected += 1
                     recent.append((p, frame.image, frame.time_s))
+            stage.flush()  # the last (short) block
         finally:
-            stage.flush()
+            # a block cut short (Ctrl-C, an error) is not written: its file would mix the two
+            # versions of the block; a resume judges it again
+            stage.discard()
             follower.close()
+            with self.lock:
+                self.faces_seen = max(self.faces_seen, follower.faces_seen)
 
 
 def _switched(lm: np.ndarray, at: int) -> bool:
     """The face at the block start ``at`` is another than where the previous block ended: the first
     face found in the block's first frames against the last one in the frames before (a few frames
     each way, as a face may be missed at the boundary); ``lm [T, 68, 2]`` by position, NaN without a face."""
-    span = 2 * max(DETECT_WARMUP, 1)
+    span = min(2 * max(DETECT_WARMUP, 1), DETECT_BLOCK)  # (within the two blocks)
     before = [p for p in range(max(at - span, 0), at) if np.isfinite(lm[p]).all()]
     after = [p for p in range(at, min(at + span, len(lm))) if np.isfinite(lm[p]).all()]
     return bool(before and after and _other_face(lm[before[-1]][None], lm[after[0]][None])[0])

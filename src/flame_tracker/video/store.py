@@ -61,7 +61,7 @@ class CheckpointStage:
         self._buffer: list[tuple[int, dict[str, np.ndarray]]] = []
         self._done: set[int] | None = None
 
-    def _files(self) -> list[Path]:
+    def files(self) -> list[Path]:
         """The stored checkpoint files (not the hidden ones an atomic write is still filling, or that a
         kill left behind)."""
         return sorted(f for f in self.dir.glob("*.npz") if not f.name.startswith("."))
@@ -70,7 +70,7 @@ class CheckpointStage:
         """Frame indices already on disk (or buffered)."""
         if self._done is None:
             self._done = set()
-            for f in self._files():
+            for f in self.files():
                 try:
                     self._done.update(load_npz(f)["frame"].tolist())
                 except FileNotFoundError:  # replaced meanwhile (another writer of the stage)
@@ -85,6 +85,10 @@ class CheckpointStage:
         self._buffer.append((int(frame), {k: np.asarray(v) for k, v in record.items()}))
         if len(self._buffer) >= self.chunk:
             self.flush()
+
+    def discard(self) -> None:
+        """Drop the buffered frames without writing them."""
+        self._buffer.clear()
 
     def flush(self) -> None:
         """Write the buffered frames (atomically) and clear the buffer."""
@@ -111,7 +115,7 @@ class CheckpointStage:
         file per ``chunk`` records (the video's detection blocks); the new files are written before
         the old ones go, so a kill in between loses nothing."""
         self.flush()
-        old = self._files()
+        old = self.files()
         frames = np.asarray(records.get("frame", ()))
         written = set()
         for a in range(0, len(frames), self.chunk):
@@ -126,7 +130,7 @@ class CheckpointStage:
     def load(self) -> dict[str, np.ndarray]:
         """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped)."""
         self.flush()
-        parts = [load_npz(f) for f in self._files()]
+        parts = [load_npz(f) for f in self.files()]
         if not parts:
             return {}
         keys = set(parts[0])
