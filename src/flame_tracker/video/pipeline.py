@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
-from flame_tracker.detection.search import MIN_FACE_PX
+from flame_tracker.detection.search import MIN_FACE_PX, face_centre, face_size
 from flame_tracker.errors import InputError
 from flame_tracker.io.results import StackedNpzWriter, load_npz, save_json, save_npz
 from flame_tracker.threads import available_cpus, cpu_threads
@@ -165,13 +165,13 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         return
     stage = run.stage("landmarks", chunk=DETECT_BLOCK)
     complete = _complete_blocks(stage)
-    est = reader.info.n_frames
     info = reader.info
+    est = info.n_frames
     if info.fps and info.duration_s and (reader.start_s or reader.end_s is not None):  # the time range only
         end = info.duration_s if reader.end_s is None else min(reader.end_s, info.duration_s)
         est = min(est, math.ceil(max(end - reader.start_s, 0.0) * info.fps))
-    if reader.fps and reader.info.fps:
-        est = int(est * min(1.0, reader.fps / reader.info.fps))
+    if reader.fps and info.fps:
+        est = int(est * min(1.0, reader.fps / info.fps))
     est = -(-est // reader.every)
     if reader.max_frames:
         est = min(est, reader.max_frames)
@@ -203,24 +203,23 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
 
 def _complete_blocks(stage: CheckpointStage) -> set[int]:
-    """The blocks (numbers) whose records are all stored; records of other blocks are deleted."""
-    stage.done()  # (unreadable files are deleted: their frames are detected again)
-    rec = stage.load()
+    """The blocks (numbers) whose records are all stored; records of other blocks are deleted (one
+    read of the stored files, one rewrite when something goes)."""
+    rec = stage.load()  # (unreadable files are deleted: their frames are detected again)
     if not rec:
         return set()
-    if "position" not in rec:  # stored by an earlier version: a prefix of the selection, in order
+    legacy = "position" not in rec
+    if legacy:  # stored by an earlier version: a prefix of the selection, in order
         rec["position"] = np.arange(len(rec["frame"]), dtype=np.int64)
-        stage.replace(rec)
-    pos = np.asarray(rec["position"])
-    blocks, counts = np.unique(pos // DETECT_BLOCK, return_counts=True)
+    block = np.asarray(rec["position"]) // DETECT_BLOCK
+    blocks, counts = np.unique(block, return_counts=True)
     full = {int(b) for b, c in zip(blocks, counts) if c == DETECT_BLOCK}
     # a frame stored twice (two versions of a block: should not happen, but a block is only kept
     # when its version is certain): its block is detected again
-    stored = np.concatenate([load_npz(f)["frame"] for f in stage.files()])
-    frames, times = np.unique(stored, return_counts=True)
-    twice = set(frames[times > 1].tolist())
-    full -= {int(p) // DETECT_BLOCK for f, p in zip(rec["frame"], pos) if int(f) in twice}
-    stage.keep_frames({int(f) for f, p in zip(rec["frame"], pos) if int(p) // DETECT_BLOCK in full})
+    full -= {int(b) for f, b in zip(rec["frame"], block) if int(f) in stage.duplicates}
+    keep = np.isin(block, list(full))
+    if legacy or stage.duplicates or not keep.all():
+        stage.replace({k: v[keep] for k, v in rec.items()})
     return full
 
 
@@ -272,9 +271,24 @@ class _DetectJob:
         if errors:
             raise errors[0]
 
-    def _detect_range(self, lo: int, hi: int | None) -> None:
+    def _follower(self) -> Any:
+        """A landmarker following faces the way this stage was asked to (one per thread and pass)."""
         from flame_tracker.detection.search import FaceFollower
 
+        return FaceFollower(self.landmarker_path, choice=self.choice, roi=self.vopts.roi,
+                            max_side=self.vopts.detect_max_side, verbose=self.verbose)
+
+    @staticmethod
+    def _start_block(follower: Any, recent: deque, at: int, time_s: float, seed: tuple | None = None) -> None:
+        """Restart ``follower`` for the block starting at position ``at`` (afresh, or following on from
+        ``seed``, :meth:`FaceFollower.reset`'s arguments) and show it the warm-up frames before it
+        (``recent``: ``(position, image, time)`` of the latest frames)."""
+        warm = [r for r in recent if DETECT_WARMUP and r[0] >= at - DETECT_WARMUP]
+        follower.reset(*(seed or (None, warm[0][2] if warm else time_s)))
+        for _, image, warm_time in warm:
+            follower(image, warm_time)
+
+    def _detect_range(self, lo: int, hi: int | None) -> None:
         size = DETECT_BLOCK
         complete = self.complete
         start, stop = lo * size, None if hi is None else hi * size
@@ -291,8 +305,7 @@ class _DetectJob:
         reader = self.reader.reopen(max_side=self.reader.max_side, keep=wanted, stop_at=stop)
         stage = self.run_folder.stage("landmarks", chunk=size)  # this thread's buffer: one file per block
         recent: deque[tuple[int, np.ndarray, float]] = deque(maxlen=max(DETECT_WARMUP, 1))
-        follower = FaceFollower(self.landmarker_path, choice=self.choice, roi=self.vopts.roi,
-                                max_side=self.vopts.detect_max_side, verbose=self.verbose)
+        follower = self._follower()
         block = None
         t_wait = 0.0
         try:
@@ -307,12 +320,9 @@ class _DetectJob:
                     if p < start or p // size in complete:  # a warm-up frame for the next block
                         recent.append((p, frame.image, frame.time_s))
                         continue
-                    if p // size != block:  # a block starts: afresh (or from its seed), warmed up
+                    if p // size != block:  # a block starts: afresh, warmed up
                         block = p // size
-                        warm = [r for r in recent if DETECT_WARMUP and r[0] >= block * size - DETECT_WARMUP]
-                        follower.reset(None, warm[0][2] if warm else frame.time_s)
-                        for _, image, time_s in warm:
-                            follower(image, time_s)
+                        self._start_block(follower, recent, block * size, frame.time_s)
                     det = follower(frame.image, frame.time_s)
                     recent.append((p, frame.image, frame.time_s))
                     stage.add(frame.index, self._record(frame, det))
@@ -356,8 +366,6 @@ class _DetectJob:
         block on, one pass in order (one reader) detects each such block again, following on from the
         face where its warm-up starts; a block is judged against the previous block as it stands
         after this pass, so the outcome is that of detecting the blocks one after another."""
-        from flame_tracker.detection.search import FaceFollower
-
         size, warm_n = DETECT_BLOCK, DETECT_WARMUP
         stage = self.run_folder.stage("landmarks", chunk=size)
         rec = stage.load()
@@ -374,8 +382,7 @@ class _DetectJob:
             return
         start = first * size
         reader = self.reader.reopen(max_side=self.reader.max_side, keep=lambda p: p >= start - warm_n)
-        follower = FaceFollower(self.landmarker_path, choice=self.choice, roi=self.vopts.roi,
-                                max_side=self.vopts.detect_max_side, verbose=self.verbose)
+        follower = self._follower()
         recent: deque[tuple[int, np.ndarray, float]] = deque(maxlen=max(warm_n, 1))
         redo = False
         try:
@@ -386,11 +393,8 @@ class _DetectJob:
                         stage.flush()
                         redo = p == start or _switched(lm, p)
                         if redo:
-                            warm = [r for r in recent if warm_n and r[0] >= p - warm_n]
-                            follower.reset(*_seed_at(lm, rec["image_size"][order], rec["time_s"][order], p,
-                                                     self.reader.scale))
-                            for _, image, time_s in warm:
-                                follower(image, time_s)
+                            self._start_block(follower, recent, p, frame.time_s, _seed_at(
+                                lm, rec["image_size"][order], rec["time_s"][order], p, self.reader.scale))
                     if p >= start and redo:
                         det = follower(frame.image, frame.time_s)
                         stage.add(frame.index, self._record(frame, det))  # (its block's file is rewritten)
@@ -415,7 +419,11 @@ def _switched(lm: np.ndarray, at: int) -> bool:
     span = min(2 * max(DETECT_WARMUP, 1), DETECT_BLOCK)  # (within the two blocks)
     before = [p for p in range(max(at - span, 0), at) if np.isfinite(lm[p]).all()]
     after = [p for p in range(at, min(at + span, len(lm))) if np.isfinite(lm[p]).all()]
-    return bool(before and after and _other_face(lm[before[-1]][None], lm[after[0]][None])[0])
+    if not (before and after):
+        return False
+    a, b = lm[before[-1]], lm[after[0]]
+    # more than half a face between the two faces' centres
+    return bool(np.linalg.norm(face_centre(b) - face_centre(a)) > 0.5 * face_size(a))
 
 
 def _seed_at(lm: np.ndarray, image_size: np.ndarray, times: np.ndarray, at: int, scale: float) -> tuple:
@@ -427,15 +435,6 @@ def _seed_at(lm: np.ndarray, image_size: np.ndarray, times: np.ndarray, at: int,
         if np.isfinite(lm[p]).all():
             return lm[p] * scale, float(times[p]), tuple(int(v) for v in image_size[p])
     return None, float(times[max(at - DETECT_WARMUP, 0)]), None
-
-
-def _other_face(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[N]`` bool: the 68 points ``b`` are another face than ``a`` (the frame before): their
-    centres are more than half a face apart (NaN rows, no face on either side: False)."""
-    ca, cb = a.mean(axis=1), b.mean(axis=1)  # (NaN rows stay NaN: compared False)
-    size = np.ptp(a, axis=1).max(axis=-1)
-    with np.errstate(invalid="ignore"):
-        return np.linalg.norm(cb - ca, axis=-1) > 0.5 * size
 
 
 # --------------------------------------------------------------------- frames without landmarks

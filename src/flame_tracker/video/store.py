@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Container, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -60,23 +60,34 @@ class CheckpointStage:
         self.chunk = chunk
         self._buffer: list[tuple[int, dict[str, np.ndarray]]] = []
         self._done: set[int] | None = None
+        self.duplicates: set[int] = set()  # frames the last load found in more than one file
 
     def files(self) -> list[Path]:
         """The stored checkpoint files (not the hidden ones an atomic write is still filling, or that a
         kill left behind)."""
         return sorted(f for f in self.dir.glob("*.npz") if not f.name.startswith("."))
 
+    def _parts(self) -> list[dict[str, np.ndarray]]:
+        """The stored files' records, in file order; an unreadable file is deleted (its frames are
+        redone, not trusted), one replaced meanwhile (another writer of the stage) passed over."""
+        parts = []
+        for f in self.files():
+            try:
+                part = load_npz(f)
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                part = {}
+            if "frame" not in part:
+                f.unlink(missing_ok=True)
+                continue
+            parts.append(part)
+        return parts
+
     def done(self) -> set[int]:
         """Frame indices already on disk (or buffered)."""
         if self._done is None:
-            self._done = set()
-            for f in self.files():
-                try:
-                    self._done.update(load_npz(f)["frame"].tolist())
-                except FileNotFoundError:  # replaced meanwhile (another writer of the stage)
-                    continue
-                except (ValueError, KeyError):
-                    f.unlink(missing_ok=True)  # an unreadable checkpoint is redone, not trusted
+            self._done = {int(f) for part in self._parts() for f in part["frame"]}
         return self._done
 
     def add(self, frame: int, record: Mapping[str, Any]) -> None:
@@ -100,16 +111,6 @@ class CheckpointStage:
         save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {"frame": frames, **arrays})
         self._buffer.clear()
 
-    def keep_frames(self, frames: Container[int]) -> None:
-        """Keep only the stored records of ``frames`` (source indices); the others are deleted (a
-        resumed stage redoes them)."""
-        rec = self.load()
-        if not rec:
-            return
-        keep = np.array([int(f) in frames for f in rec["frame"]], bool)
-        if not keep.all():
-            self.replace({k: v[keep] for k, v in rec.items()})
-
     def replace(self, records: Mapping[str, np.ndarray]) -> None:
         """Store ``records`` (stacked, sorted by ``frame``) instead of everything stored before, one
         file per ``chunk`` records (the video's detection blocks); the new files are written before
@@ -128,14 +129,17 @@ class CheckpointStage:
         self._done = None
 
     def load(self) -> dict[str, np.ndarray]:
-        """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped)."""
+        """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped, and
+        listed in :attr:`duplicates`)."""
         self.flush()
-        parts = [load_npz(f) for f in self.files()]
+        parts = self._parts()
+        self.duplicates = set()
         if not parts:
             return {}
         keys = set(parts[0])
         out = {k: np.concatenate([p[k] for p in parts if k in p]) for k in keys}
-        _, first = np.unique(out["frame"], return_index=True)
+        frames, first, count = np.unique(out["frame"], return_index=True, return_counts=True)
+        self.duplicates = set(frames[count > 1].tolist())
         return {k: v[first] for k, v in out.items()}
 
     def load_rows(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
