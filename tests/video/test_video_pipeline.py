@@ -319,8 +319,10 @@ def test_dense_landmarks_run(shared_dir: Path, tmp_path: Path, model) -> None:
 
 def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: Path, model, monkeypatch) -> None:
     """Detection blocks start afresh, so one thread or several (each with its own decoder and
-    landmarker, the blocks split between them) detect the same landmarks."""
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    landmarker, the blocks split between them) detect the same landmarks. The clip is short, so its
+    blocks are shorter than ``DETECT_BLOCK`` (here 8 frames: 30 frames over 4 blocks)."""
+    monkeypatch.setattr(pipeline_mod, "DETECT_MIN_BLOCK", 8)
+    assert pipeline_mod.detect_block(30) == 8
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     out = {}
     for threads in (1, 3):
@@ -332,33 +334,42 @@ def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: P
         np.testing.assert_array_equal(out[1][key], out[3][key], err_msg=key)
 
 
-def test_landmarks_of_an_earlier_version_resume_by_whole_blocks(tmp_path: Path, monkeypatch) -> None:
+def test_a_short_clip_is_cut_into_blocks_for_every_thread() -> None:
+    """Blocks of ``DETECT_BLOCK`` frames, or ``DETECT_THREADS`` shorter ones (not under
+    ``DETECT_MIN_BLOCK``) in a short clip; an unknown length keeps ``DETECT_BLOCK``."""
+    full, least = pipeline_mod.DETECT_BLOCK, pipeline_mod.DETECT_MIN_BLOCK
+    n = pipeline_mod.DETECT_THREADS
+    assert pipeline_mod.detect_block(0) == full and pipeline_mod.detect_block(100 * full) == full
+    assert pipeline_mod.detect_block(n * full) == full and pipeline_mod.detect_block(1) == least
+    mid = n * (least + full) // 2
+    assert pipeline_mod.detect_block(mid) == -(-mid // n) and least < -(-mid // n) < full
+
+
+def test_landmarks_of_an_earlier_version_resume_by_whole_blocks(tmp_path: Path) -> None:
     """Landmark records without their position (stored by an earlier version, always a prefix of the
     selection) get it; a partly stored block is deleted, to be detected again."""
     from flame_tracker.video.store import CheckpointStage
 
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
     stage = CheckpointStage(tmp_path, "landmarks", chunk=8)
     for k in range(19):  # two whole blocks and 3 frames of the third
         stage.add(2 * k, {"time_s": np.float64(k / 15), "lmks68": np.zeros((68, 2), np.float32)})
     stage.flush()
-    assert pipeline_mod._complete_blocks(stage) == {0, 1}
+    assert pipeline_mod._complete_blocks(stage, 8) == {0, 1}
     rec = CheckpointStage(tmp_path, "landmarks").load()
     assert rec["frame"].tolist() == [2 * k for k in range(16)] and rec["position"].tolist() == list(range(16))
 
 
-def test_a_write_cut_short_by_a_kill_does_not_stop_a_resume(tmp_path: Path, monkeypatch) -> None:
+def test_a_write_cut_short_by_a_kill_does_not_stop_a_resume(tmp_path: Path) -> None:
     """A kill during a block's atomic write leaves a hidden, truncated temporary file: it is neither
     loaded nor counted, and the stored blocks resume."""
     from flame_tracker.video.store import CheckpointStage
 
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 4)
     stage = CheckpointStage(tmp_path, "landmarks", chunk=4)
     for k in range(6):
         stage.add(k, {"position": np.int64(k), "lmks68": np.zeros((68, 2), np.float32)})
     stage.flush()
     (stage.dir / ".000004_000007.123.abcdef.npz").write_bytes(b"PK\x03\x04 cut short")
-    assert pipeline_mod._complete_blocks(stage) == {0}
+    assert pipeline_mod._complete_blocks(stage, 4) == {0}
     assert CheckpointStage(tmp_path, "landmarks").load()["frame"].tolist() == [0, 1, 2, 3]
 
 
@@ -369,19 +380,18 @@ def test_a_person_switch_is_seen_across_a_missed_face() -> None:
     lm = np.repeat(pts[None], 40, 0)
     at = 16
     lm[at - 1] = lm[at] = np.nan  # no face on either side of the boundary
-    assert not pipeline_mod._switched(lm, at)
+    assert not pipeline_mod._switched(lm, at, 16)
     lm[at + 1:] += 400.0  # another person from the block on
-    assert pipeline_mod._switched(lm, at)
+    assert pipeline_mod._switched(lm, at, 16)
     lm[at + 1:] -= 395.0  # the same face, moved 5 px
-    assert not pipeline_mod._switched(lm, at)
+    assert not pipeline_mod._switched(lm, at, 16)
 
 
-def test_a_block_stored_twice_is_detected_again(tmp_path: Path, monkeypatch) -> None:
+def test_a_block_stored_twice_is_detected_again(tmp_path: Path) -> None:
     """Two versions of a block's frames on disk (a block redone and cut short, before it stopped
     being written): the block is not trusted, it is detected again; the other blocks stay."""
     from flame_tracker.video.store import CheckpointStage
 
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 4)
     stage = CheckpointStage(tmp_path, "landmarks", chunk=4)
     for k in range(8):
         stage.add(k, {"position": np.int64(k), "lmks68": np.zeros((68, 2), np.float32)})
@@ -390,5 +400,5 @@ def test_a_block_stored_twice_is_detected_again(tmp_path: Path, monkeypatch) -> 
     for k in (4, 5):  # the start of block 1 again, another face
         part.add(k, {"position": np.int64(k), "lmks68": np.ones((68, 2), np.float32)})
     part.flush()
-    assert pipeline_mod._complete_blocks(stage) == {0}
+    assert pipeline_mod._complete_blocks(stage, 4) == {0}
     assert CheckpointStage(tmp_path, "landmarks").load()["frame"].tolist() == [0, 1, 2, 3]

@@ -41,6 +41,20 @@ DETECT_BLOCK = 128  # frames per landmark checkpoint; MediaPipe's tracking resta
 DETECT_WARMUP = 5
 #: Detection threads by default at most (each holds its own decoder and MediaPipe graphs, ~180 MB).
 DETECT_THREADS = 4
+#: Shortest block of a short clip (see :func:`detect_block`): each block costs a fresh start and
+#: its warm-up frames
+DETECT_MIN_BLOCK = 64
+
+
+def detect_block(n_frames: int) -> int:
+    """Frames per landmark block for a video of about ``n_frames`` selected frames (0: unknown):
+    :data:`DETECT_BLOCK`, or fewer in a clip of under ``DETECT_THREADS`` blocks, so that a short clip
+    is detected in parallel too (``DETECT_THREADS`` blocks of at least :data:`DETECT_MIN_BLOCK`
+    frames). It depends on the video and the frame selection alone, not on the threads, so the
+    landmarks do not either."""
+    if n_frames <= 0:
+        return DETECT_BLOCK
+    return int(min(DETECT_BLOCK, max(DETECT_MIN_BLOCK, -(-n_frames // DETECT_THREADS))))
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     points are stored too, ~3.8 KB per frame).
 
     MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it started.
-    It starts afresh at every block of :data:`DETECT_BLOCK` selected frames, after seeing the
+    It starts afresh at every block of :func:`detect_block` selected frames, after seeing the
     :data:`DETECT_WARMUP` frames before the block: each block depends on the video alone, so blocks
     are detected in parallel (one landmarker and one decoder per thread, ``vopts.detect_threads``;
     MediaPipe runs without Python's lock) and a run killed anywhere resumes with the same landmarks
@@ -163,8 +177,6 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.faces_seen = int(info.get("faces_seen", 1))
         summary.frames_done["landmarks"] = 0
         return
-    stage = run.stage("landmarks", chunk=DETECT_BLOCK)
-    complete = _complete_blocks(stage)
     info = reader.info
     est = info.n_frames
     if info.fps and info.duration_s and (reader.start_s or reader.end_s is not None):  # the time range only
@@ -175,18 +187,21 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     est = -(-est // reader.every)
     if reader.max_frames:
         est = min(est, reader.max_frames)
+    size = detect_block(est)
+    stage = run.stage("landmarks", chunk=size)
+    complete = _complete_blocks(stage, size)
     choice = FaceChoice.parse(vopts.face)
     if choice.rule == "near" and reader.scale != 1.0:  # the user's pixels -> the decoded frame's
         choice = FaceChoice("near", point=(choice.point[0] * reader.scale, choice.point[1] * reader.scale))
     # the blocks still to detect (as far as the container's frame count tells), in contiguous runs
     # of about equal length, one per thread; the last run is open-ended (the count may be short)
-    todo = [b for b in range(max(1, -(-est // DETECT_BLOCK))) if b not in complete]
+    todo = [b for b in range(max(1, -(-est // size))) if b not in complete]
     n_threads = max(1, min(vopts.detect_threads or min(available_cpus(), DETECT_THREADS), len(todo)))
     cuts = [todo[round(i * len(todo) / n_threads)] for i in range(n_threads)] if todo else [0]
     ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None) for i, lo in enumerate(cuts)]
-    bar = tqdm(total=est or None, initial=len(complete) * DETECT_BLOCK, desc="landmarks", unit="frame",
+    bar = tqdm(total=est or None, initial=len(complete) * size, desc="landmarks", unit="frame",
                disable=not progress, dynamic_ncols=True)
-    job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar)
+    job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar, size)
     t0 = time.perf_counter()
     try:
         job.run(ranges)
@@ -202,18 +217,18 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
                             "faces_seen": summary.faces_seen})
 
 
-def _complete_blocks(stage: CheckpointStage) -> set[int]:
-    """The blocks (numbers) whose records are all stored; records of other blocks are deleted (one
-    read of the stored files, one rewrite when something goes)."""
+def _complete_blocks(stage: CheckpointStage, size: int) -> set[int]:
+    """The blocks (numbers, ``size`` frames each) whose records are all stored; records of other
+    blocks are deleted (one read of the stored files, one rewrite when something goes)."""
     rec = stage.load()  # (unreadable files are deleted: their frames are detected again)
     if not rec:
         return set()
     legacy = "position" not in rec
     if legacy:  # stored by an earlier version: a prefix of the selection, in order
         rec["position"] = np.arange(len(rec["frame"]), dtype=np.int64)
-    block = np.asarray(rec["position"]) // DETECT_BLOCK
+    block = np.asarray(rec["position"]) // size
     blocks, counts = np.unique(block, return_counts=True)
-    full = {int(b) for b, c in zip(blocks, counts) if c == DETECT_BLOCK}
+    full = {int(b) for b, c in zip(blocks, counts) if c == size}
     # a frame stored twice (two versions of a block: should not happen, but a block is only kept
     # when its version is certain): its block is detected again
     full -= {int(b) for f, b in zip(rec["frame"], block) if int(f) in stage.duplicates}
@@ -227,13 +242,15 @@ class _DetectJob:
     """The landmark stage's threads (see :func:`_detect_stage`)."""
 
     def __init__(self, run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None, choice: Any,
-                 vopts: VideoOptions, verbose: bool, dense: bool, complete: set[int], bar: Any) -> None:
+                 vopts: VideoOptions, verbose: bool, dense: bool, complete: set[int], bar: Any,
+                 size: int) -> None:
         import threading
 
         self.run_folder, self.reader, self.landmarker_path = run, reader, landmarker_path
         self.choice, self.vopts, self.verbose, self.dense = choice, vopts, verbose, dense
         self.complete = set(complete)
         self.bar = bar
+        self.size = size  # frames per block
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.t_decode = 0.0
@@ -289,7 +306,7 @@ class _DetectJob:
             follower(image, warm_time)
 
     def _detect_range(self, lo: int, hi: int | None) -> None:
-        size = DETECT_BLOCK
+        size = self.size
         complete = self.complete
         start, stop = lo * size, None if hi is None else hi * size
 
@@ -366,7 +383,7 @@ class _DetectJob:
         block on, one pass in order (one reader) detects each such block again, following on from the
         face where its warm-up starts; a block is judged against the previous block as it stands
         after this pass, so the outcome is that of detecting the blocks one after another."""
-        size, warm_n = DETECT_BLOCK, DETECT_WARMUP
+        size, warm_n = self.size, DETECT_WARMUP
         stage = self.run_folder.stage("landmarks", chunk=size)
         rec = stage.load()
         if not rec:
@@ -377,7 +394,7 @@ class _DetectJob:
             return
         lm = np.asarray(rec["lmks68"], np.float64)[order]  # updated as blocks are detected again
         n_blocks = -(-len(pos) // size)
-        first = next((k for k in range(1, n_blocks) if _switched(lm, k * size)), None)
+        first = next((k for k in range(1, n_blocks) if _switched(lm, k * size, size)), None)
         if first is None:
             return
         start = first * size
@@ -391,7 +408,7 @@ class _DetectJob:
                     p = frame.position
                     if p >= start and p % size == 0:  # a block starts: detect it again or keep it
                         stage.flush()
-                        redo = p == start or _switched(lm, p)
+                        redo = p == start or _switched(lm, p, size)
                         if redo:
                             self._start_block(follower, recent, p, frame.time_s, _seed_at(
                                 lm, rec["image_size"][order], rec["time_s"][order], p, self.reader.scale))
@@ -412,11 +429,12 @@ class _DetectJob:
                 self.faces_seen = max(self.faces_seen, follower.faces_seen)
 
 
-def _switched(lm: np.ndarray, at: int) -> bool:
+def _switched(lm: np.ndarray, at: int, size: int) -> bool:
     """The face at the block start ``at`` is another than where the previous block ended: the first
     face found in the block's first frames against the last one in the frames before (a few frames
-    each way, as a face may be missed at the boundary); ``lm [T, 68, 2]`` by position, NaN without a face."""
-    span = min(2 * max(DETECT_WARMUP, 1), DETECT_BLOCK)  # (within the two blocks)
+    each way, as a face may be missed at the boundary); ``lm [T, 68, 2]`` by position, NaN without a
+    face; ``size``: frames per block."""
+    span = min(2 * max(DETECT_WARMUP, 1), size)  # (within the two blocks)
     before = [p for p in range(max(at - span, 0), at) if np.isfinite(lm[p]).all()]
     after = [p for p in range(at, min(at + span, len(lm))) if np.isfinite(lm[p]).all()]
     if not (before and after):
