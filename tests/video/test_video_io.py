@@ -169,6 +169,20 @@ def test_writer_roundtrip(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.mp4").exists()
 
 
+def test_writer_keeps_the_colours(tmp_path: Path) -> None:
+    """Frames come back with their colours (the RGB -> YUV conversion matches what decoders assume):
+    flat patches of saturated and grey colours, a few levels of compression error at most."""
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128], [230, 180, 140], [20, 40, 60]])
+    frame = np.repeat(np.repeat(colours[None], 64, 0), 32, 1).astype(np.uint8)  # 64 x 192
+    with VideoWriter(tmp_path / "c.mp4", fps=25, crf=12) as writer:
+        for _ in range(3):
+            writer.write(frame)
+    back = [f.image for f in VideoReader(tmp_path / "c.mp4")]
+    assert len(back) == 3
+    centres = back[1][32, 16::32].astype(int)  # the middle of each patch
+    assert np.abs(centres - colours).max() <= 6, centres
+
+
 # ---------------------------------------------------------------- smoothing
 
 def test_segments_split_on_long_gaps() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+import cv2
 import numpy as np
 
 from flame_tracker.errors import InputError
@@ -59,7 +60,10 @@ class VideoWriter:
                              f"{self._stream.width}x{self._stream.height}")
         if h % 2 or w % 2:
             rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # OpenCV's RGB -> YUV 4:2:0 (BT.601, what the encoder takes) is ~20x faster than
+        # libswscale's conversion from rgb24, which took a third of the overlay's time per frame
+        yuv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         if time_s is None:
             pts = int(round(self.n_frames / self._rate / self._time_base))
         else:

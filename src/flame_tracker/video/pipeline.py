@@ -512,6 +512,7 @@ def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
 FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
 #: Frames per block when writing the outputs (memory stays flat over long videos).
 WRITE_BLOCK = 1024
+OVERLAY_BATCH = 32  # frames whose meshes the overlay computes in one pass
 # keys tracking.npz adds about the whole video (with the ``all_*`` arrays over every decoded frame)
 VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
@@ -705,6 +706,8 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
     bar = tqdm(total=len(lm.frame), desc="overlay", unit="frame", disable=not progress,
                dynamic_ncols=True)
+    covered = np.flatnonzero(fit.covered)
+    block: dict[int, torch.Tensor] = {}  # the meshes of the next covered rows, one batched pass each
     with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
         sources = fit.source
         for frame in reader.reopen():
@@ -713,7 +716,10 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
             out = img
             if r is not None and fit.covered[r]:
                 dt = model.v_template.dtype
-                verts = _vertices(model, fit, np.array([r]))
+                if r not in block:  # (a batch reads the model's bases once: ~20x less per frame)
+                    rows = covered[np.searchsorted(covered, r):][:OVERLAY_BATCH]
+                    block = dict(zip(rows.tolist(), _vertices(model, fit, rows)[:, None]))
+                verts = block.pop(r)
                 pose6 = torch.as_tensor(fit.pose6[r:r + 1], dtype=dt)
                 depth = world_to_view(verts, pose6)[0, :, 2:3]
                 px = project_pixels(verts, pose6, fit.identity.fov, crop)[0]
