@@ -345,6 +345,27 @@ def test_a_short_clip_is_cut_into_blocks_for_every_thread() -> None:
     assert pipeline_mod.detect_block(mid) == -(-mid // n) and least < -(-mid // n) < full
 
 
+def test_the_block_size_is_kept_for_a_resume(tmp_path: Path) -> None:
+    """A run's block size is fixed when it starts: a resume reuses it whatever the clip's estimated
+    length says now, and landmarks stored by a version without it (always ``DETECT_BLOCK``) are
+    resumed in ``DETECT_BLOCK`` blocks."""
+    from flame_tracker.video.store import CheckpointStage, RunFolder
+
+    short = 100  # frames: a short clip's blocks are shorter than DETECT_BLOCK
+    assert pipeline_mod.detect_block(short) < pipeline_mod.DETECT_BLOCK
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded here")
+    fresh = RunFolder(tmp_path / "fresh", clip, {})
+    assert pipeline_mod._block_size(fresh, short) == pipeline_mod.detect_block(short)
+    assert pipeline_mod._block_size(fresh, 10 * short) == pipeline_mod.detect_block(short)  # kept
+    old = RunFolder(tmp_path / "old", clip, {})
+    stage = CheckpointStage(old.root, "landmarks", chunk=4)
+    for k in range(4):
+        stage.add(k, {"position": np.int64(k), "lmks68": np.zeros((68, 2), np.float32)})
+    stage.flush()
+    assert pipeline_mod._block_size(old, short) == pipeline_mod.DETECT_BLOCK
+
+
 def test_landmarks_of_an_earlier_version_resume_by_whole_blocks(tmp_path: Path) -> None:
     """Landmark records without their position (stored by an earlier version, always a prefix of the
     selection) get it; a partly stored block is deleted, to be detected again."""

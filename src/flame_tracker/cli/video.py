@@ -64,7 +64,8 @@ from flame_tracker.export import FORMATS
               "468 mesh points where the model's detector embedding puts them (2-3x the fitting time; no more "
               "accurate on our measurements, docs/accuracy.md).")
 @click.option("--detect-threads", type=click.IntRange(1, None), default=None,
-              help="Threads detecting landmarks at once, each on its own blocks of 128 frames (default: the cores "
+              help="Threads detecting landmarks at once, each on its own blocks of frames (128, fewer in a short clip; "
+              "default: the cores "
               "this process may use); the landmarks are the same for any number.")
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")

@@ -187,7 +187,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     est = -(-est // reader.every)
     if reader.max_frames:
         est = min(est, reader.max_frames)
-    size = detect_block(est)
+    size = _block_size(run, est)
     stage = run.stage("landmarks", chunk=size)
     complete = _complete_blocks(stage, size)
     choice = FaceChoice.parse(vopts.face)
@@ -215,6 +215,19 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     summary.broken = str(job.broken) if job.broken else None
     save_json(done_marker, {"broken": summary.broken, "n_decoded": job.n_decoded,
                             "faces_seen": summary.faces_seen})
+
+
+def _block_size(run: RunFolder, est: int) -> int:
+    """Frames per detection block of this run (:func:`detect_block` of the estimated frame count),
+    fixed when the run starts (``work/landmarks_block.json``), so that a resume cuts the video as
+    the first run did whatever it estimates now; a folder with landmarks but no stored size was
+    detected by a version that always used :data:`DETECT_BLOCK`."""
+    path = run.root / "work" / "landmarks_block.json"
+    if path.is_file():
+        return int(json.loads(path.read_text())["size"])
+    size = DETECT_BLOCK if run.stage("landmarks").files() else detect_block(est)
+    save_json(path, {"size": size})
+    return size
 
 
 def _complete_blocks(stage: CheckpointStage, size: int) -> set[int]:
