@@ -11,11 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flame_tracker.batch.items import BatchInputError, collect_items, group_images
+from flame_tracker.batch.items import PHOTO_FRAMES, BatchInputError, collect_items, group_images
+from flame_tracker.batch.run import detection_parts
 from flame_tracker.cli.main import main
+from flame_tracker.io.results import load_npz
+from flame_tracker.video.pipeline import VideoOptions, track_video
 
 
 def test_inputs_from_files_folders_globs_and_manifests(shared_dir: Path, tmp_path: Path) -> None:
@@ -59,11 +63,24 @@ def test_inputs_from_files_folders_globs_and_manifests(shared_dir: Path, tmp_pat
         collect_items([esc])
 
 
+def test_a_video_longer_than_a_workers_share_is_detected_in_parts() -> None:
+    """One part per worker (at most one per detection block) for a video that is more than a
+    worker's share of the batch; one part otherwise, and with one worker."""
+    assert detection_parts(100, 1000, 4) == 1 and detection_parts(900, 1000, 1) == 1
+    assert detection_parts(300, 1000, 4) == 1  # more than a share, less than 1.5
+    assert detection_parts(900, 1000, 4) == 4
+    assert detection_parts(150, 180, 8) == 3  # 150 frames: three blocks of 64 at most
+
+
 def test_batch_reports_a_corrupt_file_and_finishes_the_others(shared_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 but then nothing")
     manifest = tmp_path / "clips.jsonl"
-    manifest.write_text(json.dumps({"path": str(shared_dir / "videos" / "talking_ex3.mp4"), "max_frames": 12}) + "\n")
+    # the long video is most of the batch's work: its detection is cut into parts, one per worker
+    long = {"path": str(shared_dir / "videos" / "talking_wojtek.mp4"), "max_frames": 150}
+    manifest.write_text(json.dumps({"path": str(shared_dir / "videos" / "talking_ex3.mp4"), "max_frames": 12}) + "\n"
+                        + json.dumps(long) + "\n")
+    assert detection_parts(150, 150 + 12 + 2 * PHOTO_FRAMES, 2) == 2  # (1.6 shares)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["batch", str(manifest), str(shared_dir / "images" / "ffhq_00001.png"),
                                     str(shared_dir / "images" / "woman.jpg"), str(broken), "--out", str(out),
@@ -72,12 +89,19 @@ def test_batch_reports_a_corrupt_file_and_finishes_the_others(shared_dir: Path, 
     info = json.loads((out / "batch.json").read_text())
     status = {r["name"]: r for r in info["items"]}
     assert {k: v["status"] for k, v in status.items()} == {
-        "talking_ex3": "done", "ffhq_00001": "done", "woman": "done", "broken": "failed"}
+        "talking_ex3": "done", "talking_wojtek": "done", "ffhq_00001": "done", "woman": "done", "broken": "failed"}
+    # detected in two parts by two workers, fitted by a third task: the results of one run
+    assert json.loads((out / "talking_wojtek" / "summary.json").read_text())["frames_done"]["landmarks"] == 0
+    alone = tmp_path / "alone"
+    track_video(long["path"], alone, video_options=VideoOptions(max_frames=150), progress=False)
+    for key in ("lmks_68_px", "exp", "pose6"):
+        np.testing.assert_array_equal(load_npz(out / "talking_wojtek" / "tracking.npz")[key],
+                                      load_npz(alone / "tracking.npz")[key], err_msg=key)
     assert "could not be opened as a video" in status["broken"]["error"]
     assert status["talking_ex3"]["frames"] == 12 and status["talking_ex3"]["mean_reproj_px"] > 0
     assert (out / "talking_ex3" / "tracking.npz").is_file() and (out / "woman" / "woman.npz").is_file()
     rows = (out / "batch.csv").read_text().splitlines()
-    assert rows[0].startswith("name,input,kind,status,frames,fps,mean_reproj_px") and len(rows) == 5
+    assert rows[0].startswith("name,input,kind,status,frames,fps,mean_reproj_px") and len(rows) == 6
     assert "1 failed" in res.output and "broken.mp4" in res.output
 
 

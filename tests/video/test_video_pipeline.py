@@ -345,6 +345,37 @@ def test_a_short_clip_is_cut_into_blocks_for_every_thread() -> None:
     assert pipeline_mod.detect_block(mid) == -(-mid // n) and least < -(-mid // n) < full
 
 
+def test_a_video_detected_in_parts_gives_the_results_of_one_run(shared_dir: Path, tmp_path: Path, model,
+                                                                 monkeypatch) -> None:
+    """Several processes (here threads) may each detect one part of a video's blocks into the same
+    folder at the same time (the batch on Ray does, for long videos); a call without a part then goes
+    on from the stored blocks, and the results are those of one uninterrupted run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flame_tracker.errors import InputError
+
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    vopts = VideoOptions(max_frames=30, overlay=False, meshes=None, detect_threads=1)
+    track_video(clip, tmp_path / "one", model=model, options=TINY, video_options=vopts, progress=False)
+    folder = tmp_path / "parts"
+
+    def part(i: int):
+        return track_video(clip, folder, model=model, options=TINY, video_options=vopts, progress=False,
+                           detect_part=(i, 3))
+
+    with ThreadPoolExecutor(3) as pool:
+        detected = sum(s.frames_done["landmarks"] for s in pool.map(part, range(3)))
+    assert detected >= 30 and not (folder / "tracking.npz").exists()  # the parts only detect
+    summary = track_video(clip, folder, model=model, options=TINY, video_options=vopts, progress=False)
+    assert summary.frames_done["landmarks"] == 0  # every block stored, the last (short) one too
+    one, parts = load_npz(tmp_path / "one" / "tracking.npz"), load_npz(folder / "tracking.npz")
+    for key in ("lmks_68_px", "lmks_eyes_px", "exp", "pose6", "fit_lmks_68_px"):
+        np.testing.assert_array_equal(one[key], parts[key], err_msg=key)
+    with pytest.raises(InputError, match="force"):
+        track_video(clip, folder, model=model, options=TINY, video_options=vopts, detect_part=(0, 2), force=True)
+
+
 def test_the_block_size_is_kept_for_a_resume(tmp_path: Path) -> None:
     """A run's block size is fixed when it starts: a resume reuses it whatever the clip's estimated
     length says now, and landmarks stored by a version without it (always ``DETECT_BLOCK``) are

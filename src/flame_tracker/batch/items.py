@@ -165,13 +165,14 @@ def estimated_frames(item: Item) -> float:
     return min(n, o["max_frames"]) if o.get("max_frames") else n
 
 
-def group_images(items: list[Item], size: int) -> list[list[Item]]:
+def group_images(items: list[Item], size: int, frames: dict[str, float] | None = None) -> list[list[Item]]:
     """Tasks: one per video, photos in groups of ``size`` (one model load per group), the longest
-    first: a long video started last would keep one worker busy after the others are done."""
+    first: a long video started last would keep one worker busy after the others are done.
+    ``frames``: each item's :func:`estimated_frames` by name, when already known."""
     tasks = [[it] for it in items if it.kind == "video"]
     photos = [it for it in items if it.kind == "image"]
     tasks += [photos[i:i + size] for i in range(0, len(photos), size)]
-    cost = [sum(estimated_frames(it) for it in t) for t in tasks]
+    cost = [sum(frames[it.name] if frames is not None else estimated_frames(it) for it in t) for t in tasks]
     order = sorted(range(len(tasks)), key=lambda i: -cost[i])  # stable: equal costs keep their order
     return [tasks[i] for i in order]
 

@@ -198,6 +198,8 @@ class VideoReader:
         self.scale = 1.0 if not max_side or longest <= max_side else max_side / longest
         self.broken: BrokenStream | None = None
         self.n_decoded = 0
+        # frames the selection holds, once an iteration has seen its end (None: not seen, or broken)
+        self.n_selected: int | None = None
 
     def reopen(self, **kw) -> "VideoReader":
         """A fresh reader over the same frame selection (time range, ``every``, ``fps``,
@@ -208,7 +210,7 @@ class VideoReader:
     def __iter__(self) -> Iterator[Frame]:
         info = self.info
         container = _open(self.path)
-        self.broken, self.n_decoded = None, 0
+        self.broken, self.n_decoded, self.n_selected = None, 0, None
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threading: decode runs beside the fitting
         tb = stream.time_base or Fraction(1, 1)
@@ -230,6 +232,7 @@ class VideoReader:
                 if t < self.start_s - 1e-6:
                     continue
                 if self.end_s is not None and t >= self.end_s - 1e-6:
+                    self.n_selected = kept
                     break
                 k += 1
                 if (k - 1) % self.every:
@@ -245,6 +248,7 @@ class VideoReader:
                     break
                 if index in self.skip or (self.keep is not None and not self.keep(kept - 1)):
                     if self.max_frames is not None and kept >= self.max_frames:
+                        self.n_selected = kept
                         break
                     continue
                 if size is None:
@@ -260,9 +264,11 @@ class VideoReader:
                     img = np.ascontiguousarray(np.rot90(img, rot_k))
                 yield Frame(index, t, img, kept - 1)
                 if self.max_frames is not None and kept >= self.max_frames:
+                    self.n_selected = kept
                     break
             else:
                 self._check_complete(last_index, last_time)
+                self.n_selected = None if self.broken else kept
         except av.FFmpegError as exc:
             self.broken = BrokenStream(last_index, last_time, f"{type(exc).__name__}: {exc}")
         finally:

@@ -153,11 +153,28 @@ def _track_settings(topts: TrackOptions) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- stage 1: landmarks
 
+def expected_frames(reader: VideoReader) -> int:
+    """The number of frames ``reader`` will select, as far as the container tells (0: unknown)."""
+    info = reader.info
+    est = info.n_frames
+    if info.fps and info.duration_s and (reader.start_s or reader.end_s is not None):  # the time range only
+        end = info.duration_s if reader.end_s is None else min(reader.end_s, info.duration_s)
+        est = min(est, math.ceil(max(end - reader.start_s, 0.0) * info.fps))
+    if reader.fps and info.fps:
+        est = int(est * min(1.0, reader.fps / info.fps))
+    est = -(-est // reader.every)
+    if reader.max_frames:
+        est = min(est, reader.max_frames)
+    return est
+
+
 def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None,
                   progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False,
-                  dense: bool = False) -> None:
+                  dense: bool = False, part: tuple[int, int] | None = None) -> None:
     """Decode and detect every selected frame not yet checkpointed (``dense``: MediaPipe's 478 mesh
-    points are stored too, ~3.8 KB per frame).
+    points are stored too, ~3.8 KB per frame). ``part = (i, k)``: only the ``i``-th of ``k``
+    contiguous runs of blocks (another process detects the others; the stage is finished by a call
+    without ``part``, which detects what is still missing).
 
     MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it started.
     It starts afresh at every block of :func:`detect_block` selected frames, after seeing the
@@ -177,35 +194,37 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.faces_seen = int(info.get("faces_seen", 1))
         summary.frames_done["landmarks"] = 0
         return
-    info = reader.info
-    est = info.n_frames
-    if info.fps and info.duration_s and (reader.start_s or reader.end_s is not None):  # the time range only
-        end = info.duration_s if reader.end_s is None else min(reader.end_s, info.duration_s)
-        est = min(est, math.ceil(max(end - reader.start_s, 0.0) * info.fps))
-    if reader.fps and info.fps:
-        est = int(est * min(1.0, reader.fps / info.fps))
-    est = -(-est // reader.every)
-    if reader.max_frames:
-        est = min(est, reader.max_frames)
+    est = expected_frames(reader)
     size = _block_size(run, est)
     stage = run.stage("landmarks", chunk=size)
-    complete = _complete_blocks(stage, size)
+    end_path = run.root / "work" / "landmarks_end.json"
+    end = int(json.loads(end_path.read_text())["frames"]) if end_path.is_file() else None
+    complete = _complete_blocks(stage, size, end)
     choice = FaceChoice.parse(vopts.face)
     if choice.rule == "near" and reader.scale != 1.0:  # the user's pixels -> the decoded frame's
         choice = FaceChoice("near", point=(choice.point[0] * reader.scale, choice.point[1] * reader.scale))
     # the blocks still to detect (as far as the container's frame count tells), in contiguous runs
     # of about equal length, one per thread; the last run is open-ended (the count may be short)
-    todo = [b for b in range(max(1, -(-est // size))) if b not in complete]
+    blocks = range(max(1, -(-est // size)))
+    if part is not None:  # this part's run of blocks (the last part open-ended)
+        i, k = part
+        blocks = range(round(i * len(blocks) / k), round((i + 1) * len(blocks) / k) if i + 1 < k else len(blocks))
+    todo = [b for b in blocks if b not in complete]
+    if part is not None and not todo:
+        return
     n_threads = max(1, min(vopts.detect_threads or min(available_cpus(), DETECT_THREADS), len(todo)))
     cuts = [todo[round(i * len(todo) / n_threads)] for i in range(n_threads)] if todo else [0]
-    ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None) for i, lo in enumerate(cuts)]
+    end = None if part is None or part[0] + 1 == part[1] else blocks.stop  # (the last run open-ended)
+    ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else end) for i, lo in enumerate(cuts)]
     bar = tqdm(total=est or None, initial=len(complete) * size, desc="landmarks", unit="frame",
                disable=not progress, dynamic_ncols=True)
     job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar, size)
     t0 = time.perf_counter()
     try:
-        job.run(ranges)
-        job.follow_one_person()
+        if todo or end is None:  # (without a known end, the last range reads on to find it)
+            job.run(ranges)
+        if part is None:
+            job.follow_one_person()
     finally:
         bar.close()
         summary.timings["decode_s"] = job.t_decode / max(len(ranges), 1)  # waits, per thread
@@ -213,6 +232,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.frames_done["landmarks"] = job.n_detected
         summary.faces_seen = max(summary.faces_seen, job.faces_seen)
     summary.broken = str(job.broken) if job.broken else None
+    if part is not None:  # (the call without a part finishes the stage)
+        return
     save_json(done_marker, {"broken": summary.broken, "n_decoded": job.n_decoded,
                             "faces_seen": summary.faces_seen})
 
@@ -230,9 +251,11 @@ def _block_size(run: RunFolder, est: int) -> int:
     return size
 
 
-def _complete_blocks(stage: CheckpointStage, size: int) -> set[int]:
-    """The blocks (numbers, ``size`` frames each) whose records are all stored; records of other
-    blocks are deleted (one read of the stored files, one rewrite when something goes)."""
+def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) -> set[int]:
+    """The blocks (numbers, ``size`` frames each; the last one shorter when the selection is known
+    to hold ``end`` frames) whose records are all stored; records of other blocks are deleted (one
+    read of the stored files, one rewrite when something goes)."""
+    read = stage.files()  # (another process may be storing blocks of its part meanwhile: only these go)
     rec = stage.load()  # (unreadable files are deleted: their frames are detected again)
     if not rec:
         return set()
@@ -241,13 +264,14 @@ def _complete_blocks(stage: CheckpointStage, size: int) -> set[int]:
         rec["position"] = np.arange(len(rec["frame"]), dtype=np.int64)
     block = np.asarray(rec["position"]) // size
     blocks, counts = np.unique(block, return_counts=True)
-    full = {int(b) for b, c in zip(blocks, counts) if c == size}
+    last = None if not end else (end - 1) // size
+    full = {int(b) for b, c in zip(blocks, counts) if c == size or (b == last and c == end - b * size)}
     # a frame stored twice (two versions of a block: should not happen, but a block is only kept
     # when its version is certain): its block is detected again
     full -= {int(b) for f, b in zip(rec["frame"], block) if int(f) in stage.duplicates}
     keep = np.isin(block, list(full))
     if legacy or stage.duplicates or not keep.all():
-        stage.replace({k: v[keep] for k, v in rec.items()})
+        stage.replace({k: v[keep] for k, v in rec.items()}, old=read)
     return full
 
 
@@ -369,6 +393,9 @@ class _DetectJob:
                 if stop is None or reader.broken:  # the thread that read to the end (or the break)
                     self.broken = self.broken or reader.broken
                     self.n_decoded = max(self.n_decoded, reader.n_decoded)
+                if stop is None and reader.n_selected is not None:  # where the selection ends: its
+                    # last, short block is complete when stored (a resume keeps it)
+                    save_json(self.run_folder.root / "work" / "landmarks_end.json", {"frames": reader.n_selected})
 
     def _record(self, frame: Any, det: Any) -> dict[str, Any]:
         """One frame's checkpoint record (original pixels; NaN / zeros without a face)."""
@@ -811,9 +838,14 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                 options: TrackOptions | None = None, video_options: VideoOptions | None = None,
                 flow_options: FlowOptions | None = None, photometric_options=None,
                 force: bool = False, progress: bool = True,
-                landmarker_path: str | Path | None = None, verbose: bool = False) -> VideoSummary:
+                landmarker_path: str | Path | None = None, verbose: bool = False,
+                detect_part: tuple[int, int] | None = None) -> VideoSummary:
     """Track a monocular video into ``out_dir`` (see :mod:`flame_tracker.video.store` for the
     files). Resumes an interrupted run; does nothing on a finished folder unless ``force``.
+    ``detect_part = (i, k)``: only detect the landmarks of the ``i``-th of ``k`` equal runs of the
+    video's detection blocks and return (so that several processes or machines detect one video,
+    each its part, with the same ``out_dir``; a call without it then finds those blocks stored, as
+    a resumed run does, and goes on; the landmarks are those of one process, as blocks start afresh).
     ``flow_options`` / ``photometric_options``: :class:`~flame_tracker.video.flow.FlowOptions` /
     :class:`~flame_tracker.fitting.photometric.PhotometricOptions` (defaults when None). Every
     setting is written to ``config.json`` (:class:`flame_tracker.config.Config`).
@@ -848,6 +880,9 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     from flame_tracker.fitting.stage2 import with_model_priors
 
     topts = replace(topts, stage2=with_model_priors(topts.stage2, model))
+    if detect_part is not None and (force or not 0 <= detect_part[0] < detect_part[1]):
+        raise InputError(f"detect_part must be (i, k) with 0 <= i < k, without force (got {detect_part}, "
+                         f"force={force}): the parts share one folder, which force would empty")
     run = _open_run(video, out_dir, model, fit_model, topts, vopts, fopts, popts, force)
     summary = VideoSummary(out_dir=run.root)
     if _finished(run, vopts):
@@ -855,7 +890,9 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         return summary
 
     _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose,
-                  dense=topts.landmarks == "dense")
+                  dense=topts.landmarks == "dense", part=detect_part)
+    if detect_part is not None:
+        return summary
     lm = _landmarks_with_faces(run, video, summary, vopts)
     fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary)
     light = None

@@ -111,12 +111,13 @@ class CheckpointStage:
         save_npz(self.dir / f"{frames[0]:06d}_{frames[-1]:06d}.npz", {"frame": frames, **arrays})
         self._buffer.clear()
 
-    def replace(self, records: Mapping[str, np.ndarray]) -> None:
-        """Store ``records`` (stacked, sorted by ``frame``) instead of everything stored before, one
-        file per ``chunk`` records (the video's detection blocks); the new files are written before
-        the old ones go, so a kill in between loses nothing."""
+    def replace(self, records: Mapping[str, np.ndarray], old: list[Path] | None = None) -> None:
+        """Store ``records`` (stacked, sorted by ``frame``) instead of everything stored before (or
+        of the files ``old`` only: those the records were read from, when another process may be
+        adding files meanwhile), one file per ``chunk`` records (the video's detection blocks); the
+        new files are written before the old ones go, so a kill in between loses nothing."""
         self.flush()
-        old = self.files()
+        old = self.files() if old is None else old
         frames = np.asarray(records.get("frame", ()))
         written = set()
         for a in range(0, len(frames), self.chunk):
