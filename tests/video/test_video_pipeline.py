@@ -376,6 +376,45 @@ def test_a_video_detected_in_parts_gives_the_results_of_one_run(shared_dir: Path
         track_video(clip, folder, model=model, options=TINY, video_options=vopts, detect_part=(0, 2), force=True)
 
 
+def test_a_resume_detects_the_blocks_past_a_short_frame_count(shared_dir: Path, tmp_path: Path, model,
+                                                              monkeypatch) -> None:
+    """A container that counts fewer frames than it holds: the reader that reaches the end stores
+    where the selection ends, and a resume detects every missing block up to there (not only up to
+    the container's count), then nothing once all are stored."""
+    from flame_tracker.video.store import CheckpointStage
+
+    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    monkeypatch.setattr(pipeline_mod, "expected_frames", lambda reader: 12)  # the container says 12
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    vopts = VideoOptions(max_frames=30, overlay=False, meshes=None, detect_threads=1)
+    out = tmp_path / "run"
+    track_video(clip, out, model=model, options=TINY, video_options=vopts, progress=False)
+    first = load_npz(out / "tracking.npz")
+    assert len(first["frame"]) == 30
+    stage = CheckpointStage(out, "landmarks")
+    last = stage.files()[-1]
+    assert last.name.endswith("_000029.npz")
+    def unfinish() -> None:  # as a run killed after its detection threads
+        (out / "work" / "landmarks_done.json").unlink()
+        manifest = (out / "manifest.json").read_text()
+        (out / "manifest.json").write_text(manifest.replace('"complete": true', '"complete": false'))
+        (out / "tracking.npz").unlink()
+
+    last.unlink()  # a block lost past the container's count
+    unfinish()
+    summary = track_video(clip, out, model=model, options=TINY, video_options=vopts, progress=False)
+    assert summary.frames_done["landmarks"] == 6  # frames 24..29, again
+    np.testing.assert_array_equal(load_npz(out / "tracking.npz")["lmks_68_px"], first["lmks_68_px"])
+    unfinish()  # every block stored: nothing is decoded again
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the detection threads ran")
+
+    monkeypatch.setattr(pipeline_mod._DetectJob, "run", no_decoding)
+    track_video(clip, out, model=model, options=TINY, video_options=vopts, progress=False)
+    np.testing.assert_array_equal(load_npz(out / "tracking.npz")["lmks_68_px"], first["lmks_68_px"])
+
+
 def test_the_block_size_is_kept_for_a_resume(tmp_path: Path) -> None:
     """A run's block size is fixed when it starts: a resume reuses it whatever the clip's estimated
     length says now, and landmarks stored by a version without it (always ``DETECT_BLOCK``) are

@@ -205,7 +205,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         choice = FaceChoice("near", point=(choice.point[0] * reader.scale, choice.point[1] * reader.scale))
     # the blocks still to detect (as far as the container's frame count tells), in contiguous runs
     # of about equal length, one per thread; the last run is open-ended (the count may be short)
-    blocks = range(max(1, -(-est // size)))
+    # (where a reader found the selection's end, that counts: the container's frame count may be off)
+    blocks = range(max(1, -(-(end or est) // size)))
     if part is not None:  # this part's run of blocks (the last part open-ended)
         i, k = part
         blocks = range(round(i * len(blocks) / k), round((i + 1) * len(blocks) / k) if i + 1 < k else len(blocks))
@@ -214,8 +215,9 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         return
     n_threads = max(1, min(vopts.detect_threads or min(available_cpus(), DETECT_THREADS), len(todo)))
     cuts = [todo[round(i * len(todo) / n_threads)] for i in range(n_threads)] if todo else [0]
-    end = None if part is None or part[0] + 1 == part[1] else blocks.stop  # (the last run open-ended)
-    ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else end) for i, lo in enumerate(cuts)]
+    open_end = part is None or part[0] + 1 == part[1]  # (the video's last run reads on to its end)
+    ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None if open_end else blocks.stop)
+              for i, lo in enumerate(cuts)]
     bar = tqdm(total=est or None, initial=len(complete) * size, desc="landmarks", unit="frame",
                disable=not progress, dynamic_ncols=True)
     job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar, size)
