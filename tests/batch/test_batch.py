@@ -165,3 +165,26 @@ def test_local_ray_workers_get_the_thread_limit_and_the_caller_keeps_its_environ
     finally:
         ray.shutdown()
     assert os.environ.get("OMP_NUM_THREADS") == "7" and "MKL_NUM_THREADS" not in os.environ
+
+
+def test_a_video_whose_detection_part_died_is_still_tracked(shared_dir: Path, tmp_path: Path) -> None:
+    """A detection part whose worker dies (out of memory, a crash) leaves its blocks to the video's
+    own task, which waits for the parts without failing on them and detects what is missing."""
+    import ray
+
+    from flame_tracker.batch import start_local_ray
+    from flame_tracker.batch.run import process
+
+    start_local_ray(1, 1)
+    try:
+        @ray.remote(num_cpus=1, max_retries=0)
+        def dies() -> dict:
+            os._exit(1)
+
+        item = {"path": str(shared_dir / "videos" / "talking_ex3.mp4"), "kind": "video", "name": "clip",
+                "options": {"max_frames": 10}}
+        rows = process([item], str(tmp_path), 1, False, [dies.remote()])
+    finally:
+        ray.shutdown()
+    assert rows[0]["status"] == "done" and rows[0]["frames"] == 10, rows
+    assert (tmp_path / "clip" / "tracking.npz").is_file()

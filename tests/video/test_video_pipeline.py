@@ -357,7 +357,7 @@ def test_a_video_detected_in_parts_gives_the_results_of_one_run(shared_dir: Path
     monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     vopts = VideoOptions(max_frames=30, overlay=False, meshes=None, detect_threads=1)
-    track_video(clip, tmp_path / "one", model=model, options=TINY, video_options=vopts, progress=False)
+    alone = track_video(clip, tmp_path / "one", model=model, options=TINY, video_options=vopts, progress=False)
     folder = tmp_path / "parts"
 
     def part(i: int):
@@ -369,6 +369,7 @@ def test_a_video_detected_in_parts_gives_the_results_of_one_run(shared_dir: Path
     assert detected >= 30 and not (folder / "tracking.npz").exists()  # the parts only detect
     summary = track_video(clip, folder, model=model, options=TINY, video_options=vopts, progress=False)
     assert summary.frames_done["landmarks"] == 0  # every block stored, the last (short) one too
+    assert summary.faces_seen == alone.faces_seen == 1  # what the parts' followers saw is kept
     one, parts = load_npz(tmp_path / "one" / "tracking.npz"), load_npz(folder / "tracking.npz")
     for key in ("lmks_68_px", "lmks_eyes_px", "exp", "pose6", "fit_lmks_68_px"):
         np.testing.assert_array_equal(one[key], parts[key], err_msg=key)

@@ -125,7 +125,7 @@ def _video_options(o: dict[str, Any]):
                         every=o.get("every", 1), max_frames=o.get("max_frames"), face=o.get("face", "largest"))
 
 
-def _video(item: dict[str, Any], out_dir: Path, force: bool) -> dict[str, Any]:
+def _video(item: dict[str, Any], out_dir: Path, force: bool, part_seconds: float = 0.0) -> dict[str, Any]:
     from flame_tracker.video.pipeline import track_video
 
     o = item["options"]
@@ -133,7 +133,7 @@ def _video(item: dict[str, Any], out_dir: Path, force: bool) -> dict[str, Any]:
     folder = out_dir / item["name"]
     s = track_video(item["path"], folder, model=_model(o.get("model")), video_options=_video_options(o), force=force,
                     progress=False)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + part_seconds  # (the parts of its detection included)
     if s.skipped:  # finished by an earlier run: its numbers
         info = json.loads((folder / "summary.json").read_text())
         frames, total = int(info.get("n_frames", 0)), float(info.get("timings", {}).get("total_s", 0.0))
@@ -144,20 +144,30 @@ def _video(item: dict[str, Any], out_dir: Path, force: bool) -> dict[str, Any]:
 
 
 def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: bool = False,
-            *after: Any) -> list[dict[str, Any]]:
+            parts: list[Any] | None = None) -> list[dict[str, Any]]:
     """Process one task's items (a video, or a group of photos) in this process; each item's
-    failure is caught and returned as its row. What a Ray worker runs (``after``: the results of
-    the tasks it waited for, the parts of its video's detection)."""
+    failure is caught and returned as its row. What a Ray worker runs. ``parts``: the Ray tasks
+    detecting parts of the video first (:func:`detect_part`), waited for here (a task waiting gives
+    its CPU back); one that failed, or whose worker died, leaves its blocks to this task."""
     import torch
 
     torch.set_num_threads(max(1, threads))
     out = Path(out_dir)
+    part_seconds = 0.0
+    if parts:
+        ray = require_ray()
+        ray.wait(parts, num_returns=len(parts))
+        for ref in parts:
+            try:
+                part_seconds += float(ray.get(ref).get("seconds", 0.0))
+            except Exception:  # noqa: BLE001  (its worker died: its blocks are detected below)
+                pass
     rows: list[dict[str, Any]] = []
     for item in items:
         t0 = time.perf_counter()
         try:
             if item["kind"] == "video":
-                rows.append(_video(item, out, force))
+                rows.append(_video(item, out, force, part_seconds))
                 continue
             tracker = _tracker(item["options"].get("model"), item["options"].get("face", "largest"))
             result = tracker.fit_image(item["path"])
@@ -170,23 +180,32 @@ def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: 
     return rows
 
 
-def detect_part(item: dict[str, Any], out_dir: str, part: int, parts: int, threads: int = 1) -> str | None:
+def detect_part(item: dict[str, Any], out_dir: str, part: int, parts: int, threads: int = 1) -> dict[str, Any]:
     """Detect the landmarks of one part of a video's blocks into its run folder (what a Ray worker
-    runs before the video's own task, which goes on from the stored blocks). Returns None, or the
-    error message: it never raises, as the video's task then detects what is missing and reports
-    the error itself."""
+    runs before the video's own task, which goes on from the stored blocks). Returns ``{"seconds":
+    ..., "error": message or None}``: it never raises, as the video's task then detects what is
+    missing and reports the error itself."""
     import torch
 
     from flame_tracker.video.pipeline import track_video
 
     torch.set_num_threads(max(1, threads))
     o = item["options"]
+    t0 = time.perf_counter()
     try:
         track_video(item["path"], Path(out_dir) / item["name"], model=_model(o.get("model")),
                     video_options=_video_options(o), progress=False, detect_part=(part, parts))
     except Exception as exc:  # noqa: BLE001
-        return _message(exc)
-    return None
+        return {"seconds": time.perf_counter() - t0, "error": _message(exc)}
+    return {"seconds": time.perf_counter() - t0, "error": None}
+
+
+def _video_finished(item: Item, out_dir: Path) -> bool:
+    """A video whose run folder says it is complete (a re-run skips it: no parts for it)."""
+    try:
+        return bool(json.loads((out_dir / item.name / "manifest.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
 
 
 def detection_parts(frames: float, total: float, workers: int) -> int:
@@ -286,15 +305,19 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
                                              max_retries=retries, retry_exceptions=False)
         part_remote = ray.remote(detect_part).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
         frames = {it.name: estimated_frames(it) for it in todo}
-        total = sum(frames.values())
+        finished = {it.name for it in todo if it.kind == "video" and not force and _video_finished(it, out)}
+        total = sum(v for k, v in frames.items() if k not in finished)
         pending = {}
         for task in group_images(todo, photos_per_task, frames):
             it = task[0]
             # a long video: its detection parts first, on any worker; its own task waits for them
-            k = detection_parts(frames[it.name], total, summary.workers) if it.kind == "video" and not force else 1
-            after = [part_remote.remote(it.as_dict(), str(out.resolve()), i, k, threads) for i in range(k)] \
-                if k > 1 else []
-            ref = remote.remote([it.as_dict() for it in task], str(out.resolve()), threads, force, *after)
+            k = detection_parts(frames[it.name], total, summary.workers) \
+                if it.kind == "video" and not force and it.name not in finished else 1
+            # (in a list, so that Ray does not wait for them itself: a part whose worker died
+            # would then fail the video instead of leaving its blocks to the video's task)
+            parts = [part_remote.remote(it.as_dict(), str(out.resolve()), i, k, threads) for i in range(k)] \
+                if k > 1 else None
+            ref = remote.remote([it.as_dict() for it in task], str(out.resolve()), threads, force, parts)
             pending[ref] = task
         bar = tqdm(total=len(items), initial=len(rows), desc="batch", unit="item", disable=not progress,
                    dynamic_ncols=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import threading
 import time
 from collections import deque
 from contextlib import closing
@@ -234,8 +236,12 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.frames_done["landmarks"] = job.n_detected
         summary.faces_seen = max(summary.faces_seen, job.faces_seen)
     summary.broken = str(job.broken) if job.broken else None
+    faces = run.root / "work" / "landmarks_faces"  # what each part's followers saw
     if part is not None:  # (the call without a part finishes the stage)
+        save_json(faces / f"part_{part[0]}_of_{part[1]}.json", {"faces_seen": job.faces_seen})
         return
+    for f in sorted(faces.glob("part_*.json")) if faces.is_dir() else []:
+        summary.faces_seen = max(summary.faces_seen, int(json.loads(f.read_text()).get("faces_seen", 0)))
     save_json(done_marker, {"broken": summary.broken, "n_decoded": job.n_decoded,
                             "faces_seen": summary.faces_seen})
 
@@ -246,11 +252,18 @@ def _block_size(run: RunFolder, est: int) -> int:
     the first run did whatever it estimates now; a folder with landmarks but no stored size was
     detected by a version that always used :data:`DETECT_BLOCK`."""
     path = run.root / "work" / "landmarks_block.json"
-    if path.is_file():
-        return int(json.loads(path.read_text())["size"])
-    size = DETECT_BLOCK if run.stage("landmarks").files() else detect_block(est)
-    save_json(path, {"size": size})
-    return size
+    if not path.is_file():
+        size = DETECT_BLOCK if run.stage("landmarks").files() else detect_block(est)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"size": size}))
+        try:  # created only if absent: processes detecting parts at once agree on the first one's
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return int(json.loads(path.read_text())["size"])
 
 
 def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) -> set[int]:
@@ -283,7 +296,6 @@ class _DetectJob:
     def __init__(self, run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None, choice: Any,
                  vopts: VideoOptions, verbose: bool, dense: bool, complete: set[int], bar: Any,
                  size: int) -> None:
-        import threading
 
         self.run_folder, self.reader, self.landmarker_path = run, reader, landmarker_path
         self.choice, self.vopts, self.verbose, self.dense = choice, vopts, verbose, dense
@@ -298,7 +310,6 @@ class _DetectJob:
 
     def run(self, ranges: list[tuple[int, int | None]]) -> None:
         """Detect the blocks ``[lo, hi)`` of each range (``hi`` None: to the end), one thread each."""
-        import threading
 
         errors: list[BaseException] = []
 
@@ -371,6 +382,10 @@ class _DetectJob:
                     frame = next(frames, None)
                     t_wait += time.perf_counter() - t1
                     if frame is None:
+                        if stop is None and reader.n_selected is not None:  # where the selection
+                            # ends (stored before the last block: its short block is then complete)
+                            save_json(self.run_folder.root / "work" / "landmarks_end.json",
+                                      {"frames": reader.n_selected})
                         break
                     p = frame.position
                     if p < start or p // size in complete:  # a warm-up frame for the next block
@@ -395,9 +410,6 @@ class _DetectJob:
                 if stop is None or reader.broken:  # the thread that read to the end (or the break)
                     self.broken = self.broken or reader.broken
                     self.n_decoded = max(self.n_decoded, reader.n_decoded)
-                if stop is None and reader.n_selected is not None:  # where the selection ends: its
-                    # last, short block is complete when stored (a resume keeps it)
-                    save_json(self.run_folder.root / "work" / "landmarks_end.json", {"frames": reader.n_selected})
 
     def _record(self, frame: Any, det: Any) -> dict[str, Any]:
         """One frame's checkpoint record (original pixels; NaN / zeros without a face)."""
