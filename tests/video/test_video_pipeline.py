@@ -385,7 +385,7 @@ def test_a_resume_detects_the_blocks_past_a_short_frame_count(shared_dir: Path, 
     from flame_tracker.video.store import CheckpointStage
 
     monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
-    monkeypatch.setattr(pipeline_mod, "expected_frames", lambda reader: 12)  # the container says 12
+    monkeypatch.setattr(pipeline_mod.VideoReader, "expected_frames", lambda reader: 12)  # the container says 12
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     vopts = VideoOptions(max_frames=30, overlay=False, meshes=None, detect_threads=1)
     out = tmp_path / "run"

@@ -146,23 +146,19 @@ PHOTO_FRAMES = 12
 
 
 def estimated_frames(item: Item) -> float:
-    """Rough cost of an item in video frames (the container's frame count, its options applied)."""
+    """Rough cost of an item in video frames (the frames its video's reader will select, as far as
+    the container tells: :meth:`~flame_tracker.video.decode.VideoReader.expected_frames`)."""
     if item.kind == "image":
         return PHOTO_FRAMES
-    from flame_tracker.video.decode import probe
+    from flame_tracker.video.decode import VideoReader
 
-    try:
-        info = probe(item.path)
-    except Exception:  # noqa: BLE001  (a broken file fails fast in its task)
-        return 0.0
     o = item.options
-    n = float(info.n_frames or 0)
-    if info.fps and ("start" in o or "end" in o):
-        n = min(n, max(0.0, (o.get("end", info.duration_s) - o.get("start", 0.0)) * info.fps))
-    if o.get("fps") and info.fps:
-        n *= min(1.0, o["fps"] / info.fps)
-    n /= max(1, o.get("every", 1))
-    return min(n, o["max_frames"]) if o.get("max_frames") else n
+    try:
+        reader = VideoReader(item.path, start_s=o.get("start", 0.0), end_s=o.get("end"), every=o.get("every", 1),
+                             fps=o.get("fps"), max_frames=o.get("max_frames"))
+    except Exception:  # noqa: BLE001  (a broken file or bad option fails fast in its task)
+        return 0.0
+    return float(reader.expected_frames())
 
 
 def group_images(items: list[Item], size: int, frames: dict[str, float] | None = None) -> list[list[Item]]:

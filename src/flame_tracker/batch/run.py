@@ -147,8 +147,8 @@ def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: 
             parts: list[Any] | None = None) -> list[dict[str, Any]]:
     """Process one task's items (a video, or a group of photos) in this process; each item's
     failure is caught and returned as its row. What a Ray worker runs. ``parts``: the Ray tasks
-    detecting parts of the video first (:func:`detect_part`), waited for here (a task waiting gives
-    its CPU back); one that failed, or whose worker died, leaves its blocks to this task."""
+    detecting parts of the video first (:func:`detect_part`), waited for here; one that failed, or
+    whose worker died, leaves its blocks to this task."""
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -156,8 +156,7 @@ def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: 
     part_seconds = 0.0
     if parts:
         ray = require_ray()
-        ray.wait(parts, num_returns=len(parts))
-        for ref in parts:
+        for ref in parts:  # (a task waiting in ray.get gives its CPU back)
             try:
                 part_seconds += float(ray.get(ref).get("seconds", 0.0))
             except Exception:  # noqa: BLE001  (its worker died: its blocks are detected below)
@@ -203,7 +202,9 @@ def detect_part(item: dict[str, Any], out_dir: str, part: int, parts: int, threa
 def _video_finished(item: Item, out_dir: Path) -> bool:
     """A video whose run folder says it is complete (a re-run skips it: no parts for it)."""
     try:
-        return bool(json.loads((out_dir / item.name / "manifest.json").read_text()).get("complete"))
+        from flame_tracker.video.store import MANIFEST
+
+        return bool(json.loads((out_dir / item.name / MANIFEST).read_text()).get("complete"))
     except (OSError, ValueError):
         return False
 

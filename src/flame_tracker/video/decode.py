@@ -201,6 +201,20 @@ class VideoReader:
         # frames the selection holds, once an iteration has seen its end (None: not seen, or broken)
         self.n_selected: int | None = None
 
+    def expected_frames(self) -> int:
+        """The number of frames this reader will select, as far as the container tells (0: unknown)."""
+        info = self.info
+        est = info.n_frames
+        if info.fps and info.duration_s and (self.start_s or self.end_s is not None):  # the time range only
+            end = info.duration_s if self.end_s is None else min(self.end_s, info.duration_s)
+            est = min(est, math.ceil(max(end - self.start_s, 0.0) * info.fps))
+        if self.fps and info.fps:
+            est = int(est * min(1.0, self.fps / info.fps))
+        est = -(-est // self.every)
+        if self.max_frames:
+            est = min(est, self.max_frames)
+        return est
+
     def reopen(self, **kw) -> "VideoReader":
         """A fresh reader over the same frame selection (time range, ``every``, ``fps``,
         ``max_frames``) at full resolution; ``kw`` (e.g. ``skip``, ``max_side``) are passed on."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import threading
 import time
@@ -155,21 +154,6 @@ def _track_settings(topts: TrackOptions) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- stage 1: landmarks
 
-def expected_frames(reader: VideoReader) -> int:
-    """The number of frames ``reader`` will select, as far as the container tells (0: unknown)."""
-    info = reader.info
-    est = info.n_frames
-    if info.fps and info.duration_s and (reader.start_s or reader.end_s is not None):  # the time range only
-        end = info.duration_s if reader.end_s is None else min(reader.end_s, info.duration_s)
-        est = min(est, math.ceil(max(end - reader.start_s, 0.0) * info.fps))
-    if reader.fps and info.fps:
-        est = int(est * min(1.0, reader.fps / info.fps))
-    est = -(-est // reader.every)
-    if reader.max_frames:
-        est = min(est, reader.max_frames)
-    return est
-
-
 def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Path | None,
                   progress: bool, summary: VideoSummary, vopts: VideoOptions, verbose: bool = False,
                   dense: bool = False, part: tuple[int, int] | None = None) -> None:
@@ -196,7 +180,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.faces_seen = int(info.get("faces_seen", 1))
         summary.frames_done["landmarks"] = 0
         return
-    est = expected_frames(reader)
+    est = reader.expected_frames()
     size = _block_size(run, est)
     stage = run.stage("landmarks", chunk=size)
     end_path = run.root / "work" / "landmarks_end.json"
