@@ -231,6 +231,34 @@ def test_smoother_uses_real_time_spacing() -> None:
     np.testing.assert_allclose(y, x, atol=1e-8)
 
 
+def test_a_long_segment_is_smoothed_in_windows_to_the_same_result(monkeypatch) -> None:
+    """Segments longer than a window are solved window by window (bounded memory over an hour-long
+    take) with the same result as one solve, through irregular spacing, bridged gaps and a
+    cutoff so low that the padding is wider than the window; into a caller's array too."""
+    from flame_tracker.video import temporal
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    times = np.cumsum(np.r_[0, rng.uniform(0.03, 0.05, n - 1)])
+    x = np.cumsum(rng.normal(0, 0.1, (n, 4)), axis=0)
+    valid = rng.random(n) > 0.1
+    valid[1200:1208] = False  # a bridged gap inside a window
+    x[~valid] = np.nan
+    cut = np.array([2.0, 6.0, 0.3, np.inf])
+    whole, cov = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=0.5)
+    monkeypatch.setattr(temporal, "SMOOTH_WINDOW", 100)
+    assert n > 100 + 2 * temporal._window_pad(temporal.cutoff_to_lambda(cut, 25.0))  # (windows are used)
+    out = np.zeros((n, 4))
+    windowed, cov2 = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=0.5, out=out)
+    assert windowed is out
+    np.testing.assert_array_equal(cov, cov2)
+    np.testing.assert_allclose(windowed, whole, rtol=0, atol=1e-9 * np.nanmax(np.abs(whole)))
+    # a window's edge would show without its padding: the check above can fail
+    monkeypatch.setattr(temporal, "_window_pad", lambda lam: 2)
+    cut_short, _ = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=0.5)
+    assert np.nanmax(np.abs(cut_short - whole)) > 1e-6
+
+
 def test_jitter_metrics_counts_only_valid_triplets() -> None:
     rot = np.zeros((6, 3))
     rot[3, 0] = np.radians(1.0)
@@ -262,6 +290,41 @@ def test_checkpoints_resume(tmp_path: Path) -> None:
     (tmp_path / "work" / "fits" / "broken.npz").write_bytes(b"garbage")
     assert CheckpointStage(tmp_path, "fits").done() == set(range(7))
     assert not (tmp_path / "work" / "fits" / "broken.npz").exists()
+
+
+def test_checkpoints_load_into_memory_mapped_arrays(tmp_path: Path) -> None:
+    """A long video's checkpoints load into memory-mapped files one stored file at a time, with the
+    records load() gives (sorted by frame, a frame stored twice taken from its first file), and lay
+    out along a sequence as load_rows() does in memory."""
+    from flame_tracker.video.store import FrameArrays
+
+    stage = CheckpointStage(tmp_path, "fits", chunk=3)
+    for f in (5, 6, 7, 0, 1, 2, 9):
+        stage.add(f, {"x": np.full(2, f, np.float32), "n": np.int64(f)})
+    stage.flush()
+    stage.add(6, {"x": np.full(2, -1, np.float32), "n": np.int64(-1)})  # 6 again, in a later file
+    stage.flush()
+    ref = CheckpointStage(tmp_path, "fits").load()
+    arrays = FrameArrays(tmp_path / "arrays", min_frames=1)
+    got = CheckpointStage(tmp_path, "fits").load_into(arrays, prefix="lm_")
+    assert set(got) == set(ref) and all(isinstance(v, np.memmap) for v in got.values())
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+        assert got[k].dtype == ref[k].dtype
+    assert (tmp_path / "arrays" / "lm_x.npy").is_file()
+    only = CheckpointStage(tmp_path, "fits").load_into(arrays, keys=("n",))
+    assert set(only) == {"frame", "n"}
+    seq = np.array([0, 1, 2, 3, 5, 6])
+    stored, rows = CheckpointStage(tmp_path, "fits").load_rows(seq)
+    stored_m, rows_m = CheckpointStage(tmp_path, "fits").load_rows(seq, arrays)
+    np.testing.assert_array_equal(stored, [True, True, True, False, True, True])
+    np.testing.assert_array_equal(stored, stored_m)
+    for k in rows:
+        np.testing.assert_array_equal(rows[k], rows_m[k])
+    assert rows["x"][5, 0] == 6  # the first file's record of frame 6
+    arrays.close()
+    assert not (tmp_path / "arrays").exists()
+    assert FrameArrays(tmp_path / "arrays").full("a", (10, 2), np.nan).__class__ is np.ndarray  # short: in memory
 
 
 def test_run_folder_manifest(tmp_path: Path) -> None:

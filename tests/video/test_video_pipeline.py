@@ -37,7 +37,7 @@ def test_track_resume_and_outputs(shared_dir: Path, tmp_path: Path, model, monke
     real = track_mod.fit_frames
 
     def flaky(*args, **kwargs):
-        calls.append(len(args[4]))
+        calls.append(len(args[3]))  # (model, identity, targets, frames, ...)
         if kill[0] and len(calls) == 2:  # killed while fitting the second chunk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
@@ -268,6 +268,58 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
     for key in a:
         if a[key].dtype.kind in "fc":
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_a_long_video_keeps_its_arrays_on_disk_with_the_same_results(shared_dir: Path, tmp_path: Path, model,
+                                                                      monkeypatch) -> None:
+    """With every per-frame array in memory-mapped work files (what a long video gets, forced here
+    from one frame on) and the smoother working in windows, a run killed while fitting and resumed
+    writes the results of an in-memory run, and leaves no work arrays behind."""
+    from flame_tracker.video import store as store_mod
+    from flame_tracker.video import temporal as temporal_mod
+
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    vopts = VideoOptions(max_frames=200, overlay=False, meshes=None)
+    whole = tmp_path / "whole"
+    track_video(clip, whole, model=model, options=TINY, video_options=vopts, progress=False)
+
+    monkeypatch.setattr(store_mod, "DISK_FRAMES", 1)
+    monkeypatch.setattr(temporal_mod, "SMOOTH_WINDOW", 16)  # 200 frames: windows of 16 (+ 64 each side)
+    mapped: list[str] = []
+    real_full = store_mod.FrameArrays.full
+
+    def full(self, name, shape, fill, dtype=np.float64):
+        arr = real_full(self, name, shape, fill, dtype)
+        if isinstance(arr, np.memmap):
+            mapped.append(name)
+        return arr
+
+    monkeypatch.setattr(store_mod.FrameArrays, "full", full)
+    calls = [0]
+    real_fit = track_mod.fit_frames
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 20:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(track_mod, "fit_frames", flaky)
+    on_disk = tmp_path / "on_disk"
+    with pytest.raises(KeyboardInterrupt):
+        track_video(clip, on_disk, model=model, options=TINY, video_options=vopts, progress=False)
+    monkeypatch.setattr(track_mod, "fit_frames", real_fit)
+    track_video(clip, on_disk, model=model, options=TINY, video_options=vopts, progress=False)
+    assert {"landmarks_lmks68", "raw_expr", "stored_fits_expr", "smooth_out", "fit_lmks68"} <= set(mapped)
+    assert not (on_disk / "work" / "arrays").exists()
+    a, b = load_npz(whole / "tracking.npz"), load_npz(on_disk / "tracking.npz")
+    assert set(a) == set(b)
+    for key in a:
+        if a[key].dtype.kind in "fc":
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=key)
         else:
             assert np.array_equal(a[key], b[key]), key
 

@@ -114,7 +114,7 @@ def test_resume_does_not_refit(model, true_shape, monkeypatch) -> None:
     real = track_mod.fit_frames
 
     def counting(*args, **kwargs):
-        fitted.extend(args[4].tolist())
+        fitted.extend(args[3].tolist())  # (model, identity, targets, frames, ...)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(track_mod, "fit_frames", counting)

@@ -369,15 +369,17 @@ def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None =
 
 
 def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
-                      frames: FrameSource, opts: FlowOptions | None = None
+                      frames: FrameSource, opts: FlowOptions | None = None, copy: bool = True
                       ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Fill the gaps of ``raw`` (per-frame fits, NaN where ``valid`` is False) with flow-tracked
     poses; returns ``(raw', flow [T] bool, inliers [T])``: ``raw'`` has the flow frames' pose (and
-    the expression, jaw and eyes interpolated between the gap's ends)."""
+    the expression, jaw and eyes interpolated between the gap's ends); ``copy=False``: ``raw``
+    itself, filled in place."""
     from flame_tracker.camera import opencv_to_pose6, to_opencv
 
     opts = opts or FlowOptions()
-    raw = {k: v.copy() for k, v in raw.items()}
+    if copy:
+        raw = {k: v.copy() for k, v in raw.items()}
     t_len = len(valid)
     flow = np.zeros(t_len, bool)
     inliers = np.zeros(t_len, int)

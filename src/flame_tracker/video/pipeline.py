@@ -31,7 +31,7 @@ from flame_tracker.threads import available_cpus, cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.flow import FlowOptions
-from flame_tracker.video.store import CheckpointStage, RunFolder
+from flame_tracker.video.store import CheckpointStage, FrameArrays, RunFolder
 from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
 
 N_BLENDSHAPES = 52
@@ -255,7 +255,9 @@ def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) 
     to hold ``end`` frames) whose records are all stored; records of other blocks are deleted (one
     read of the stored files, one rewrite when something goes)."""
     read = stage.files()  # (another process may be storing blocks of its part meanwhile: only these go)
-    rec = stage.load()  # (unreadable files are deleted: their frames are detected again)
+    # (unreadable files are deleted: their frames are detected again); where each record lies first,
+    # every key only when records must go (a long video's detections are not all loaded at each resume)
+    rec = stage.load(keys=("position",))
     if not rec:
         return set()
     legacy = "position" not in rec
@@ -270,6 +272,9 @@ def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) 
     full -= {int(b) for f, b in zip(rec["frame"], block) if int(f) in stage.duplicates}
     keep = np.isin(block, list(full))
     if legacy or stage.duplicates or not keep.all():
+        position = rec["position"]
+        rec = stage.load(files=[f for f in read if f.exists()])  # (the same records, every key)
+        rec["position"] = position  # (a legacy folder's, worked out above)
         stage.replace({k: v[keep] for k, v in rec.items()}, old=read)
     return full
 
@@ -421,16 +426,28 @@ class _DetectJob:
         block on, one pass in order (one reader) detects each such block again, following on from the
         face where its warm-up starts; a block is judged against the previous block as it stands
         after this pass, so the outcome is that of detecting the blocks one after another."""
+        stage = self.run_folder.stage("landmarks", chunk=self.size)
+        # (a long video's in memory-mapped files: this runs at the end of every detection)
+        arrays = FrameArrays(self.run_folder.root / "work" / "arrays" / "follow")
+        try:
+            rec = stage.load_into(arrays, keys=("position", "lmks68", "image_size", "time_s"))
+            if rec:
+                self._follow(stage, rec, arrays)
+        finally:
+            arrays.close()
+
+    def _follow(self, stage: CheckpointStage, rec: dict[str, np.ndarray], arrays: FrameArrays) -> None:
+        """:meth:`follow_one_person` on the stored records ``rec`` (sorted by frame)."""
         size, warm_n = self.size, DETECT_WARMUP
-        stage = self.run_folder.stage("landmarks", chunk=size)
-        rec = stage.load()
-        if not rec:
-            return
         order = np.argsort(rec["position"])
         pos = np.asarray(rec["position"])[order]
         if not np.array_equal(pos, np.arange(len(pos))):  # (every selected frame has its record)
             return
-        lm = np.asarray(rec["lmks68"], np.float64)[order]  # updated as blocks are detected again
+        lm = arrays.full("lmks68", (len(pos), 68, 2), np.nan)  # updated as blocks are detected again
+        for s in range(0, len(pos), WRITE_BLOCK):
+            lm[s:s + WRITE_BLOCK] = rec["lmks68"][order[s:s + WRITE_BLOCK]]
+            arrays.release()
+        sizes, times = np.asarray(rec["image_size"])[order], np.asarray(rec["time_s"])[order]
         n_blocks = -(-len(pos) // size)
         first = next((k for k in range(1, n_blocks) if _switched(lm, k * size, size)), None)
         if first is None:
@@ -449,7 +466,7 @@ class _DetectJob:
                         redo = p == start or _switched(lm, p, size)
                         if redo:
                             self._start_block(follower, recent, p, frame.time_s, _seed_at(
-                                lm, rec["image_size"][order], rec["time_s"][order], p, self.reader.scale))
+                                lm, sizes, times, p, self.reader.scale))
                     if p >= start and redo:
                         det = follower(frame.image, frame.time_s)
                         stage.add(frame.index, self._record(frame, det))  # (its block's file is rewritten)
@@ -539,7 +556,8 @@ def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
     def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray):
         rows = needed_rows(valid, lm.time_s, opts)
         source = _ForwardFrames(reader, lm.frame, rows)
-        return flow_through_gaps(model, identity, raw, valid, lm.time_s, source, opts)
+        # (raw is the tracker's own scratch: filled in place, no copy of a long video's fits)
+        return flow_through_gaps(model, identity, raw, valid, lm.time_s, source, opts, copy=False)
 
     return fill
 
@@ -605,7 +623,10 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_n
 def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
                    summary: VideoSummary, progress: bool, light: np.ndarray | None = None,
-                   fit_model: torch.nn.Module | None = None) -> None:
+                   fit_model: torch.nn.Module | None = None, arrays: FrameArrays | None = None) -> None:
+    """The per-frame files, ``tracking.npz`` and the optional meshes and overlay, block by block
+    (``arrays``: where the per-frame arrays live; a long video's pages are handed back per block)."""
+    arrays = arrays or FrameArrays()
     rows = np.flatnonzero(fit.covered)
     t0 = time.perf_counter()
     names = tuple(getattr(model, "expr_names", None) or ())
@@ -640,6 +661,7 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                            raw_exp=fit.raw["expr"][blk])
             out.add(start, stacked)
             bar.update(len(blk))
+            arrays.release()
         # the whole-video metadata
         out.add_whole({
             "keyframes": lm.frame[fit.identity.keyframes],
@@ -654,7 +676,7 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     if vopts.meshes:
         _write_meshes(run, fit, lm, rows, model, vopts.meshes, summary)
     if vopts.overlay and not (run.root / "overlay.mp4").exists():
-        _write_overlay(run, fit, lm, reader, model, vopts, summary, progress, light)
+        _write_overlay(run, fit, lm, reader, model, vopts, summary, progress, light, arrays)
 
 
 def _vertices(model: torch.nn.Module, fit: SequenceFit, rows: np.ndarray) -> torch.Tensor:
@@ -721,7 +743,8 @@ def _textured(image: np.ndarray, vertices: torch.Tensor, pose6: torch.Tensor, fo
 
 def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                    reader: VideoReader, model: torch.nn.Module, vopts: VideoOptions,
-                   summary: VideoSummary, progress: bool, light: np.ndarray | None = None) -> None:
+                   summary: VideoSummary, progress: bool, light: np.ndarray | None = None,
+                   arrays: FrameArrays | None = None) -> None:
     """``overlay.mp4``: the grey mesh and landmarks over every frame; with ``light`` (photometric
     run) the textured, SH-lit face (canonical texture, inside the fitted face oval) instead of the
     grey mesh."""
@@ -746,6 +769,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                dynamic_ncols=True)
     covered = np.flatnonzero(fit.covered)
     block: dict[int, torch.Tensor] = {}  # the meshes of the next covered rows, one batched pass each
+    n_done = 0
     with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
         sources = fit.source
         for frame in reader.reopen():
@@ -777,6 +801,9 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                 out = side_by_side(img, out)
             writer.write(out, time_s=frame.time_s - (reader.start_s or 0.0))
             bar.update(1)
+            n_done += 1
+            if arrays is not None and n_done % WRITE_BLOCK == 0:
+                arrays.release()
     bar.close()
     summary.timings["overlay_s"] = time.perf_counter() - t0
 
@@ -826,8 +853,10 @@ class DetectedFrames:
         return (w, h) if w > 0 and h > 0 else None
 
 
-def _load_landmarks(run: RunFolder) -> DetectedFrames | None:
-    records = run.stage("landmarks").load()
+def _load_landmarks(run: RunFolder, arrays: FrameArrays | None = None) -> DetectedFrames | None:
+    """The stored detections, in ``arrays`` (a long video's in memory-mapped files) or in memory."""
+    stage = run.stage("landmarks")
+    records = stage.load() if arrays is None else stage.load_into(arrays, prefix="landmarks_")
     return DetectedFrames.from_records(records) if records else None
 
 
@@ -891,8 +920,10 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                   dense=topts.landmarks == "dense", part=detect_part)
     if detect_part is not None:
         return summary
-    lm = _landmarks_with_faces(run, video, summary, vopts)
-    fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary)
+    # a long video's per-frame arrays are files in the work folder (memory stays flat); removed at the end
+    arrays = FrameArrays(run.root / "work" / "arrays")
+    lm = _landmarks_with_faces(run, video, summary, vopts, arrays)
+    fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary, arrays)
     light = None
     if vopts.photometric:
         from flame_tracker.video.photometric import photometric_track
@@ -902,11 +933,12 @@ def track_video(video: str | Path, out_dir: str | Path, *,
                                     frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
         if refined is not None:
             fit, light = refined
-    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model)
+    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model, arrays)
     _summarise(summary, fit, len(lm.frame))
     summary.timings["total_s"] = time.perf_counter() - t_start
     save_json(run.root / "summary.json", summary.as_dict())
     run.mark_complete()
+    arrays.close()
     return summary
 
 
@@ -939,9 +971,9 @@ def _finished(run: RunFolder, vopts: VideoOptions) -> bool:
 
 
 def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSummary,
-                          vopts: VideoOptions) -> DetectedFrames:
+                          vopts: VideoOptions, arrays: FrameArrays | None = None) -> DetectedFrames:
     """The detected landmark track; :class:`NoFaceError` (naming where it searched) without a face."""
-    lm = _load_landmarks(run)
+    lm = _load_landmarks(run, arrays)
     if lm is None or not lm.valid.any():
         n = 0 if lm is None else len(lm)
         raise NoFaceError(
@@ -955,13 +987,14 @@ def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSumma
 
 
 def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_model: Any, topts: TrackOptions,
-               fopts: FlowOptions, progress: bool, summary: VideoSummary) -> SequenceFit:
+               fopts: FlowOptions, progress: bool, summary: VideoSummary,
+               arrays: FrameArrays | None = None) -> SequenceFit:
     """Identity and per-frame fits (checkpointed per chunk, resumed from the checkpoints), with the
-    optical-flow gap filler when frames lack landmarks."""
+    optical-flow gap filler when frames lack landmarks; the per-frame arrays are ``arrays``'."""
     ident_path = run.root / "work" / "identity.npz"
     identity = Identity.from_arrays(load_npz(ident_path)) if ident_path.is_file() else None
     fit_stage = run.stage("fits", chunk=topts.chunk)
-    have, done_fits = fit_stage.load_rows(lm.frame)
+    have, done_fits = fit_stage.load_rows(lm.frame, arrays)
     done = {"done": have, **done_fits} if done_fits else None
     n_todo = int(lm.valid.sum()) - (int(done["done"].sum()) if done else 0)
     bar = tqdm(total=int(lm.valid.sum()), initial=int(lm.valid.sum()) - n_todo,
@@ -988,7 +1021,7 @@ def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_mode
                               identity=identity, done=done, on_chunk=on_chunk,
                               on_identity=on_identity, image_size=lm.size,
                               blendshapes=lm.blendshapes, blendshape_names=BLENDSHAPE_NAMES,
-                              gap_filler=gap_filler, dense_px=lm.dense)
+                              gap_filler=gap_filler, dense_px=lm.dense, arrays=arrays)
     finally:
         bar.close()
         fit_stage.flush()

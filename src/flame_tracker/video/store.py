@@ -4,6 +4,7 @@ Layout of ``DIR``::
 
     manifest.json            what was run (video fingerprint + settings) and whether it finished
     work/<stage>/NNNNNN.npz  checkpoints: per-frame records of a stage, a few frames per file
+    work/arrays/*.npy        a long video's per-frame arrays while it is processed (FrameArrays)
     frames/NNNNNN.npz        final per-frame results (reference keys), NNNNNN = source frame index
     tracking.npz             everything over the whole video (arrays over frames + metadata)
     overlay.mp4, meshes/     optional outputs
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -48,6 +50,65 @@ def video_fingerprint(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "size": size, "sha256_head_tail": digest.hexdigest()}
 
 
+#: Sequences of at least this many frames keep their per-frame arrays in memory-mapped files
+#: (:class:`FrameArrays`): ~9 minutes at 30 fps, where in-memory arrays would pass ~50 MB.
+DISK_FRAMES = 16384
+
+
+def unmap_pages(*arrays: Any) -> None:
+    """Unmap the pages of memory-mapped arrays (``np.memmap`` and their views; others are ignored)
+    from this process: their contents stay in the file and the page cache (a shared mapping's
+    written pages too) and the next access maps them again, so a pass over a long video's files
+    does not leave them all in the process's resident memory."""
+    for arr in arrays:
+        mm = getattr(arr, "_mmap", None)
+        if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
+class FrameArrays:
+    """Allocates a sequence's per-frame arrays ``[T, ...]``: in memory, or, for ``T`` of at least
+    ``min_frames`` (a long video), as ``.npy`` files in ``folder`` mapped into memory, so that the
+    process's own memory does not grow with the video's length (the kernel pages the files in and
+    out as the stages stream over them; :meth:`release` hands the pages a pass is done with back).
+    Without ``folder`` every array is in memory."""
+
+    def __init__(self, folder: Path | None = None, min_frames: int | None = None) -> None:
+        self.folder = folder
+        self.min_frames = DISK_FRAMES if min_frames is None else int(min_frames)
+        self._mapped: list[np.memmap] = []
+
+    def on_disk(self, n_frames: int) -> bool:
+        """Whether arrays over ``n_frames`` frames are memory-mapped files."""
+        return self.folder is not None and n_frames >= self.min_frames
+
+    def full(self, name: str, shape: tuple[int, ...], fill: Any, dtype: Any = np.float64) -> np.ndarray:
+        """An array of ``shape`` (frames first) filled with ``fill``; ``name`` names its file (a
+        file of that name is replaced)."""
+        if not self.on_disk(shape[0]):
+            return np.full(shape, fill, dtype)
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        arr = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        per = max(1, (1 << 22) // max(1, arr[:1].nbytes))  # filled 4 MB at a time
+        for s in range(0, shape[0], per):
+            arr[s:s + per] = fill
+        self._mapped.append(arr)
+        self.release()
+        return arr
+
+    def release(self) -> None:
+        """Unmap the pages of every file-backed array from this process (their contents stay in the
+        files and the page cache; the next access maps them again)."""
+        unmap_pages(*self._mapped)
+
+    def close(self) -> None:
+        """Delete the files (arrays still referenced stay readable until dropped)."""
+        self._mapped.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class CheckpointStage:
     """Per-frame records of one stage, buffered and flushed to ``work/<name>/`` in chunks.
 
@@ -68,10 +129,14 @@ class CheckpointStage:
         return sorted(f for f in self.dir.glob("*.npz") if not f.name.startswith("."))
 
     def _parts(self) -> list[dict[str, np.ndarray]]:
-        """The stored files' records, in file order; an unreadable file is deleted (its frames are
-        redone, not trusted), one replaced meanwhile (another writer of the stage) passed over."""
-        parts = []
-        for f in self.files():
+        """The stored files' records, in file order (:meth:`_iter_parts`)."""
+        return [part for _, part in self._iter_parts()]
+
+    def _iter_parts(self, files: list[Path] | None = None) -> Iterator[tuple[Path, dict[str, np.ndarray]]]:
+        """The stored files (or those of ``files``) and their records, one file at a time, in file
+        order; an unreadable file is deleted (its frames are redone, not trusted), one replaced
+        meanwhile (another writer of the stage) passed over."""
+        for f in self.files() if files is None else files:
             try:
                 part = load_npz(f)
             except FileNotFoundError:
@@ -81,8 +146,7 @@ class CheckpointStage:
             if "frame" not in part:
                 f.unlink(missing_ok=True)
                 continue
-            parts.append(part)
-        return parts
+            yield f, part
 
     def done(self) -> set[int]:
         """Frame indices already on disk (or buffered)."""
@@ -129,38 +193,84 @@ class CheckpointStage:
                 path.unlink(missing_ok=True)
         self._done = None
 
-    def load(self) -> dict[str, np.ndarray]:
-        """All records on disk, stacked over frames and sorted by ``frame`` (duplicates dropped, and
-        listed in :attr:`duplicates`)."""
+    def load(self, keys: tuple[str, ...] | None = None, files: list[Path] | None = None) -> dict[str, np.ndarray]:
+        """All records on disk (or in ``files``), stacked over frames and sorted by ``frame``
+        (duplicates dropped, and listed in :attr:`duplicates`); ``keys``: only these (and ``frame``)."""
         self.flush()
-        parts = self._parts()
+        wanted = None if keys is None else {"frame", *keys}
+        parts = [{k: v for k, v in part.items() if wanted is None or k in wanted}
+                 for _, part in self._iter_parts(files)]
         self.duplicates = set()
         if not parts:
             return {}
-        keys = set(parts[0])
-        out = {k: np.concatenate([p[k] for p in parts if k in p]) for k in keys}
+        out = {k: np.concatenate([p[k] for p in parts if k in p]) for k in parts[0]}
         frames, first, count = np.unique(out["frame"], return_index=True, return_counts=True)
         self.duplicates = set(frames[count > 1].tolist())
         return {k: v[first] for k, v in out.items()}
 
-    def load_rows(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def load_into(self, arrays: FrameArrays, prefix: str = "", keys: tuple[str, ...] | None = None
+                  ) -> dict[str, np.ndarray]:
+        """:meth:`load`, with the stacked arrays allocated by ``arrays`` (named ``prefix + key``) and
+        filled one stored file at a time: a long video's records never stand in memory at once;
+        ``keys``: only these (and ``frame``)."""
+        self.flush()
+        files, frames = [], []
+        for f, part in self._iter_parts():  # first pass: the frames of every readable file
+            files.append(f)
+            frames.append(part["frame"])
+        self.duplicates = set()
+        if not files:
+            return {}
+        allf = np.concatenate(frames)
+        uniq, first, count = np.unique(allf, return_index=True, return_counts=True)
+        self.duplicates = set(uniq[count > 1].tolist())
+        dest = np.full(len(allf), -1, np.int64)  # where each stored record goes (-1: a duplicate)
+        dest[first] = np.arange(len(uniq))
+        out: dict[str, np.ndarray] = {}
+        offset = 0
+        for i, (f, fr) in enumerate(zip(files, frames)):
+            if i % 64 == 63:
+                arrays.release()
+            part = load_npz(f)
+            d = dest[offset:offset + len(fr)]
+            offset += len(fr)
+            keep = d >= 0
+            for k, v in part.items():
+                if keys is not None and k != "frame" and k not in keys:
+                    continue
+                if k not in out:
+                    out[k] = arrays.full(prefix + k, (len(uniq), *v.shape[1:]), 0, v.dtype)
+                out[k][d[keep]] = v[keep]
+        arrays.release()
+        return out
+
+    def load_rows(self, frames: np.ndarray, arrays: FrameArrays | None = None
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The stored records laid out along the sequence ``frames [T]`` (source frame indices):
         ``(stored [T] bool, {key: [T, ...]})``, NaN where a frame has no record; the dict is empty
-        when nothing is stored. Records of frames outside ``frames`` are ignored."""
-        rec = self.load()
+        when nothing is stored. Records of frames outside ``frames`` are ignored. ``arrays``: where
+        the ``[T, ...]`` arrays live (a long video's are files, filled one stored file at a time)."""
+        self.flush()
+        arrays = arrays or FrameArrays()
         stored = np.zeros(len(frames), bool)
-        if not rec:
-            return stored, {}
         row_of = {int(f): i for i, f in enumerate(frames)}
-        rows = np.array([row_of.get(int(f), -1) for f in rec["frame"]], dtype=np.int64)
-        keep = rows >= 0
-        rows = rows[keep]
-        stored[rows] = True
-        out = {}
-        for k, v in rec.items():
-            if k != "frame":
-                out[k] = np.full((len(frames), *v.shape[1:]), np.nan)
-                out[k][rows] = v[keep]
+        out: dict[str, np.ndarray] = {}
+        seen: set[int] = set()
+        for i, (_, part) in enumerate(self._iter_parts()):
+            if i % 64 == 63:
+                arrays.release()
+            rows = np.array([row_of.get(int(f), -1) for f in part["frame"]], dtype=np.int64)
+            # a frame stored twice: the first file's record (as load() keeps)
+            new = np.array([r >= 0 and int(f) not in seen for f, r in zip(part["frame"], rows)], bool)
+            seen.update(int(f) for f in part["frame"])
+            stored[rows[new]] = True
+            for k, v in part.items():
+                if k == "frame":
+                    continue
+                if k not in out:
+                    out[k] = arrays.full(f"stored_{self.dir.name}_{k}", (len(frames), *v.shape[1:]), np.nan)
+                out[k][rows[new]] = v[new]
+        arrays.release()
         return stored, out
 
 

@@ -24,6 +24,7 @@ from scipy import sparse
 from scipy.linalg import solveh_banded
 
 from flame_tracker.errors import InputError
+from flame_tracker.video.store import unmap_pages
 
 
 def segments(valid: np.ndarray, times: np.ndarray | None = None,
@@ -98,10 +99,43 @@ def smooth_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray 
     return out
 
 
+#: Segments longer than this (frames) are smoothed in overlapping windows (:func:`smooth_long_segment`).
+SMOOTH_WINDOW = 4096
+
+
+def _window_pad(lam: np.ndarray) -> int:
+    """Frames of overlap on each side of a window: the smoother's impulse response decays like
+    ``exp(-k / (sqrt(2) lam^(1/4)))`` over ``k`` frames, so 40 lam^(1/4) leaves ~1e-12 of an edge's
+    effect (at least 64 frames)."""
+    top = float(np.max(lam)) if np.size(lam) else 0.0
+    return max(64, int(np.ceil(40.0 * top ** 0.25)))
+
+
+def smooth_long_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray | None,
+                        out: np.ndarray, window: int | None = None) -> None:
+    """:func:`smooth_segment` of one segment into ``out [n, D]``, in windows of ``window`` frames
+    (default :data:`SMOOTH_WINDOW`), each solved with :func:`_window_pad` frames of its neighbours on
+    either side and kept in its middle: the same result to ~1e-12 of the values' scale, with
+    memory bounded by the window whatever the segment's length (a one-hour take is one segment).
+    A segment up to one window (plus the padding) is solved at once, exactly."""
+    n = len(x)
+    window = SMOOTH_WINDOW if window is None else int(window)
+    pad = _window_pad(np.asarray(lam, float))
+    h = np.ones(max(n - 1, 0)) if h is None else np.asarray(h, float)
+    if n <= window + 2 * pad:
+        out[:] = smooth_segment(np.asarray(x, float), np.asarray(w, float), lam, h)
+        return
+    for s in range(0, n, window):
+        e = min(s + window, n)
+        a, b = max(0, s - pad), min(n, e + pad)
+        out[s:e] = smooth_segment(np.asarray(x[a:b], float), np.asarray(w[a:b], float), lam, h[a:b - 1])[s - a:e - a]
+        unmap_pages(x, out)  # (files: the windows done leave the process's memory)
+
+
 def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | None = None,
                     fps: float | None = None, cutoff_hz: float | np.ndarray = 4.0,
-                    max_gap_s: float = 0.5, weights: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    max_gap_s: float = 0.5, weights: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Smooth per-frame parameters over the whole sequence.
 
     Args:
@@ -112,16 +146,21 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
         cutoff_hz: scalar or ``[D]`` cutoff per column (``inf`` = no smoothing).
         max_gap_s: longer runs of invalid frames split the sequence (nothing is bridged there).
         weights: optional ``[T]`` confidence per frame (e.g. from the fit residual).
+        out: ``[T, D]`` float array to write the result into (e.g. a memory-mapped file; it is
+            returned); default: a new one. Segments longer than :data:`SMOOTH_WINDOW` frames are
+            solved in overlapping windows (:func:`smooth_long_segment`), so memory stays bounded.
 
     Returns:
         ``(y [T, D], covered [T])``: smoothed values, and which frames lie in a segment (valid or
         bridged); ``y`` is NaN elsewhere.
     """
-    x = np.asarray(x, dtype=float)
-    if x.ndim != 2:
-        raise InputError(f"x must be [T, D], got shape {x.shape}")
+    if np.ndim(x) != 2:
+        raise InputError(f"x must be [T, D], got shape {np.shape(x)}")
     t_len = x.shape[0]
-    valid = np.asarray(valid, bool) & np.isfinite(x).all(axis=1)
+    finite = np.ones(t_len, bool)
+    for s in range(0, t_len, SMOOTH_WINDOW):  # (x may be a file: read a window at a time)
+        finite[s:s + SMOOTH_WINDOW] = np.isfinite(np.asarray(x[s:s + SMOOTH_WINDOW], float)).all(axis=1)
+    valid = np.asarray(valid, bool) & finite
     if times is None:
         if fps is None:
             raise InputError("give times or fps")
@@ -133,12 +172,14 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
     lam = cutoff_to_lambda(cutoff_hz, fps_eff)
     lam = np.broadcast_to(lam, (x.shape[1],))
     w_all = valid.astype(float) if weights is None else np.where(valid, weights, 0.0)
-    y = np.full_like(x, np.nan)
+    y = np.full(x.shape, np.nan) if out is None else out
     covered = np.zeros(t_len, bool)
     for a, b in segments(valid, times, max_gap_s):
         h = np.diff(times[a:b]) / step
-        y[a:b] = smooth_segment(x[a:b], w_all[a:b], lam, h)
+        smooth_long_segment(x[a:b], w_all[a:b], lam, h, y[a:b])
         covered[a:b] = True
+    if out is not None:
+        y[np.flatnonzero(~covered)] = np.nan
     return y, covered
 
 
@@ -184,6 +225,7 @@ def jitter_metrics(rotvec: np.ndarray, trans: np.ndarray, valid: np.ndarray,
         total, block = 0.0, 4096
         for s in range(0, len(ok), block):
             total += float(np.linalg.norm(acc(landmarks_px[s:s + block + 2], ok[s:s + block]), axis=-1).sum())
+            unmap_pages(landmarks_px)
         lmk = total / (n * np.shape(landmarks_px)[1])
     return JitterMetrics(float(np.sqrt((pose ** 2).mean())), float(np.sqrt((tr ** 2).mean())),
                          lmk, n)

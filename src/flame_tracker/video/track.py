@@ -35,6 +35,7 @@ from flame_tracker.defaults import EXPR_CUTOFF_HZ, IMAGE_FOV, POSE_CUTOFF_HZ
 from flame_tracker.errors import NoFaceError
 from flame_tracker.fitting.stage1 import Stage1Options
 from flame_tracker.fitting.stage2 import Stage2Options
+from flame_tracker.video.store import FrameArrays
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, smooth_sequence
 
 # fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
@@ -91,7 +92,8 @@ class DenseTargets:
 
     model: Any  # HeadModel with the 468 embedded points as its landmarks
     weights: torch.Tensor  # [468]
-    ndc: torch.Tensor  # [T, 468, 2] in the video crop's camera NDC (NaN where not detected)
+    px: np.ndarray  # [T, 468|478, 2] original pixels (NaN where not detected)
+    crop: Crop
 
     @classmethod
     def build(cls, model: Any, dense_px: np.ndarray, crop: Crop, stage2: Stage2Options) -> DenseTargets:
@@ -105,11 +107,48 @@ class DenseTargets:
         if emb is None:
             raise InputError(f"landmarks='dense' needs a detector embedding of model {getattr(model, 'name', '')!r}: "
                              "run `flame-tracker embed --model ...` once, or use landmarks='68'")
-        dt = model.v_template.dtype
-        pts = np.asarray(dense_px)[:, :468, :2]
         return cls(with_landmarks(model, emb, DENSE),
-                   dense_weights(emb, stage2.w_lmk, stage2.w_contour).to(model.v_template.device, dt),
-                   crop.to_camera_ndc(torch.as_tensor(pts, dtype=dt)))
+                   dense_weights(emb, stage2.w_lmk, stage2.w_contour).to(model.v_template.device,
+                                                                         model.v_template.dtype),
+                   dense_px, crop)
+
+    def ndc(self, rows: np.ndarray) -> torch.Tensor:
+        """``[n, 468, 2]`` targets of ``rows`` in the video crop's camera NDC (0 where not detected)."""
+        pts = np.nan_to_num(np.asarray(self.px[rows])[:, :468, :2])
+        return self.crop.to_camera_ndc(torch.as_tensor(pts, dtype=self.weights.dtype))
+
+
+class FrameTargets:
+    """A sequence's detections as fitting targets in the video crop's camera NDC, converted for the
+    rows asked (whole-video tensors would be ~1.5 KB per frame, 160 MB for an hour at 30 fps)."""
+
+    def __init__(self, model: Any, lmks_px: np.ndarray, iris_px: np.ndarray | None, crop: Crop,
+                 blendshapes: np.ndarray | None = None, blendshape_names: tuple[str, ...] = ()) -> None:
+        self.lmks_px, self.iris_px, self.crop = lmks_px, iris_px, crop
+        self.dtype = model.v_template.dtype
+        self.expr_names = getattr(model, "expr_names", None) or None
+        self.blendshapes = blendshapes if self.expr_names else None
+        self.blendshape_names = blendshape_names
+
+    def lmks(self, rows: np.ndarray) -> torch.Tensor:
+        """``[n, 68, 2]`` landmarks of ``rows`` (0 where not detected)."""
+        return self.crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(self.lmks_px[rows]), dtype=self.dtype))
+
+    def iris(self, rows: np.ndarray) -> torch.Tensor | None:
+        """``[n, 10, 2]`` iris points of ``rows`` (NaN where not detected), ``None`` without them."""
+        if self.iris_px is None:
+            return None
+        return self.crop.to_camera_ndc(torch.as_tensor(self.iris_px[rows], dtype=self.dtype))
+
+    def expr_mean(self, rows: np.ndarray) -> torch.Tensor | None:
+        """``[n, E]`` centre of the expression prior (MediaPipe's scores, :func:`mediapipe_prior`) at
+        ``rows``; ``None`` without scores or named expressions."""
+        if self.blendshapes is None:
+            return None
+        from flame_tracker.fitting.expressions import mediapipe_prior
+
+        out = mediapipe_prior(self.expr_names, self.blendshape_names, np.asarray(self.blendshapes[rows]))
+        return None if out is None else out.to(self.dtype)
 
 
 @dataclass
@@ -179,10 +218,16 @@ class SequenceFit:
 def video_crop(lmks_px: np.ndarray, valid: np.ndarray, scale: float) -> Crop:
     """One square crop for the whole video: centred on the median face centre, ``scale`` × the
     median face-box side (robust to a few bad detections)."""
-    pts = lmks_px[valid].astype(np.float64)  # (float32 detections: the same crop as from float64)
-    lo, hi = np.nanmin(pts, axis=1), np.nanmax(pts, axis=1)
-    centre = np.median((lo + hi) / 2, axis=0)
-    side = float(np.median((hi - lo).max(axis=1))) * scale
+    rows = np.flatnonzero(valid)
+    centres, sides = [], []
+    for start in range(0, len(rows), SCAN_BLOCK):  # in blocks: a long video's detections may be a file
+        # (float32 detections: the same crop as from float64)
+        pts = np.asarray(lmks_px[rows[start:start + SCAN_BLOCK]], dtype=np.float64)
+        lo, hi = np.nanmin(pts, axis=1), np.nanmax(pts, axis=1)
+        centres.append((lo + hi) / 2)
+        sides.append((hi - lo).max(axis=1))
+    centre = np.median(np.concatenate(centres), axis=0)
+    side = float(np.median(np.concatenate(sides))) * scale
     return Crop(float(centre[0] - side / 2), float(centre[1] - side / 2), side)
 
 
@@ -259,7 +304,7 @@ def _stage2(model: Any, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
         else dict(fit_shape=False)
     if dense is not None:
         targets, rows = dense
-        model, lmks_ndc = targets.model, targets.ndc[rows]
+        model, lmks_ndc = targets.model, targets.ndc(rows)
         extra["point_weights"] = targets.weights
     res = fit_stage2(model, lmks_ndc, pose6, fov, iris_ndc=iris_ndc, init=init, expr_prior_mean=expr_mean,
                      options=options.stage2, **extra)
@@ -284,33 +329,33 @@ def _landmarks(model: Any, **params: torch.Tensor | None) -> Any:
 
 # ------------------------------------------------------------------------------------ main entry
 
-def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch.Tensor | None,
-                 valid: np.ndarray, crop: Crop, options: TrackOptions, *, fov: float | None = None,
-                 expr_mean: torch.Tensor | None = None) -> Identity:
+def fit_identity(model: torch.nn.Module, targets: FrameTargets, valid: np.ndarray, crop: Crop,
+                 options: TrackOptions, *, fov: float | None = None) -> Identity:
     """Choose keyframes spanning the pose range and fit one shape (and FOV) jointly on them.
-    ``fov``: the crop FOV to start from (default ``options.fov``); ``expr_mean [T, E]``: the
-    expression prior's centre per frame (MediaPipe's scores)."""
+    ``targets``: the detections (and the expression prior's centre, MediaPipe's scores);
+    ``fov``: the crop FOV to start from (default ``options.fov``)."""
     dt = model.v_template.dtype
     fov0 = options.fov if fov is None else float(fov)
     idx_valid = np.flatnonzero(valid)
     zero_shape = torch.zeros(1, model.n_shape, dtype=dt)
     pts = _model_points(model, zero_shape)
-    tv = lmks_ndc[idx_valid]
     # a rigid fit of every frame (independent frames: the same result in any batch) in blocks, so that
     # memory does not grow with the video (the solver's working arrays are ~65 KB per frame: 7 GB for
     # an hour at 30 fps in one batch)
-    pose6 = torch.cat([_stage1(pts.expand(len(block), -1, -1), tv[block], fov0, options=options, init=None,
-                               estimate_fov=False)[0]
-                       for block in torch.arange(len(idx_valid)).split(SCAN_BLOCK)])
-    euler = rotvec_to_euler(pose6[:, :3]).numpy()
-    # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
-    face = (tv[:, 16] - tv[:, 0]).norm(dim=-1)
-    mouth = ((tv[:, 66] - tv[:, 62]).norm(dim=-1) / face).numpy()
-    feats = np.column_stack([euler[:, 0], euler[:, 1], 0.5 * mouth])
+    poses, mouths = [], []
+    for start in range(0, len(idx_valid), SCAN_BLOCK):
+        tv = targets.lmks(idx_valid[start:start + SCAN_BLOCK])
+        poses.append(_stage1(pts.expand(len(tv), -1, -1), tv, fov0, options=options, init=None,
+                             estimate_fov=False)[0])
+        # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
+        face = (tv[:, 16] - tv[:, 0]).norm(dim=-1)
+        mouths.append(((tv[:, 66] - tv[:, 62]).norm(dim=-1) / face).numpy())
+    euler = rotvec_to_euler(torch.cat(poses)[:, :3]).numpy()
+    feats = np.column_stack([euler[:, 0], euler[:, 1], 0.5 * np.concatenate(mouths)])
     keys = idx_valid[choose_keyframes(feats, options.n_keyframes)]
 
-    kl = lmks_ndc[keys]
-    ki = None if iris_ndc is None else iris_ndc[keys]
+    kl, ki = targets.lmks(keys), targets.iris(keys) if options.fit_iris else None
+    expr_mean = targets.expr_mean(keys)
     shape = zero_shape
     fov = torch.full((len(keys),), fov0, dtype=dt)
     init: dict[str, torch.Tensor] = {}
@@ -320,7 +365,7 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
         kpose, fov = _stage1(pts.expand(len(keys), -1, -1), kl, float(fov.mean()), options=options, init=kpose,
                              estimate_fov=options.estimate_fov)
         res = _stage2(model, kl, ki, kpose, fov, {**init, "shape": shape}, options=options, identity=True,
-                      expr_mean=None if expr_mean is None else expr_mean[keys])
+                      expr_mean=expr_mean)
         shape = res.shape[:1]
         init = {"expr": res.expr, "jaw_pose": res.jaw_pose, "eye_pose": res.eye_pose}
     pp = None if crop.cx is None else (float(crop.cx), float(crop.cy))
@@ -328,18 +373,17 @@ def fit_identity(model: torch.nn.Module, lmks_ndc: torch.Tensor, iris_ndc: torch
                     (float(crop.x0), float(crop.y0), float(crop.size)), keys, pp)
 
 
-def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tensor,
-               iris_ndc: torch.Tensor | None, frames: np.ndarray, options: TrackOptions,
-               warm: dict[str, np.ndarray] | None = None,
-               expr_mean: torch.Tensor | None = None, dense: DenseTargets | None = None) -> dict[str, np.ndarray]:
+def fit_frames(model: torch.nn.Module, identity: Identity, targets: FrameTargets, frames: np.ndarray,
+               options: TrackOptions, warm: dict[str, np.ndarray] | None = None,
+               dense: DenseTargets | None = None) -> dict[str, np.ndarray]:
     """Stage 1 + stage 2 for one chunk of consecutive valid frames (batched), warm-started from
     ``warm`` (the previous chunk's last frame); ``dense``: stage 2 fits those points. Returns
     per-frame arrays ``[n, ...]``."""
     dt = model.v_template.dtype
     n = len(frames)
     shape = torch.as_tensor(identity.shape, dtype=dt)[None]
-    tl = lmks_ndc[frames]
-    ti = None if iris_ndc is None else iris_ndc[frames]
+    tl = targets.lmks(frames)
+    ti = targets.iris(frames) if options.fit_iris else None
     init: dict[str, torch.Tensor] = {}
     pose_init = None
     if warm is not None:
@@ -351,8 +395,8 @@ def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tenso
     neighbours = np.diff(frames) == 1 if options.frame_temporal else None
     pose6, fov = _stage1(pts, tl, identity.fov, options=options, init=pose_init, estimate_fov=False,
                          neighbours=neighbours)
-    res = _stage2(model, tl, ti if options.fit_iris else None, pose6, fov, {**init, "shape": shape},
-                  options=options, expr_mean=None if expr_mean is None else expr_mean[frames],
+    res = _stage2(model, tl, ti, pose6, fov, {**init, "shape": shape},
+                  options=options, expr_mean=targets.expr_mean(frames),
                   dense=None if dense is None else (dense, frames))
     if dense is not None:  # the reprojection error stays the 68 points'
         lm68 = _landmarks(model, shape=shape, expr=res.expr, jaw_pose=res.jaw_pose).landmarks
@@ -364,23 +408,39 @@ def fit_frames(model: torch.nn.Module, identity: Identity, lmks_ndc: torch.Tenso
 
 
 def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
-                options: TrackOptions) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Smooth the per-frame fits over the whole sequence; returns (smoothed dict, covered)."""
+                options: TrackOptions, arrays: FrameArrays | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Smooth the per-frame fits over the whole sequence; returns (smoothed dict, covered). The
+    arrays are ``arrays``' (default: in memory)."""
+    arrays = arrays or FrameArrays()
+    t_len = len(valid)
     rot = raw["pose6"][:, :3].copy()
     rot[valid] = _unwrap_rotvec(rot[valid])
     blocks = [("rot", rot, options.pose_cutoff_hz), ("trans", raw["pose6"][:, 3:], options.pose_cutoff_hz),
               ("expr", raw["expr"], options.expr_cutoff_hz),
               ("jaw_pose", raw["jaw_pose"], options.expr_cutoff_hz),
               ("eye_pose", raw["eye_pose"], options.expr_cutoff_hz)]
-    x = np.concatenate([b[1] for b in blocks], axis=1)
-    cut = np.concatenate([np.full(b[1].shape[1], b[2]) for b in blocks])
-    y, covered = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=options.max_gap_s)
+    widths = [b[1].shape[1] for b in blocks]
+    x = arrays.full("smooth_in", (t_len, sum(widths)), np.nan)
+    for start in range(0, t_len, SCAN_BLOCK):  # (in blocks: raw and x may be files)
+        sl = slice(start, start + SCAN_BLOCK)
+        x[sl] = np.concatenate([np.asarray(b[1][sl]) for b in blocks], axis=1)
+        arrays.release()
+    del rot
+    cut = np.concatenate([np.full(w, b[2]) for w, b in zip(widths, blocks)])
+    y, covered = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=options.max_gap_s,
+                                 out=arrays.full("smooth_out", x.shape, np.nan))
     out, c = {}, 0
-    for name, arr, _ in blocks:
-        out[name] = y[:, c:c + arr.shape[1]]
-        c += arr.shape[1]
-    return {"pose6": np.concatenate([out["rot"], out["trans"]], 1), "expr": out["expr"],
-            "jaw_pose": out["jaw_pose"], "eye_pose": out["eye_pose"]}, covered
+    for (name, _, _), w in zip(blocks, widths):
+        out[name] = y[:, c:c + w]
+        c += w
+    arrays.release()
+    pose6 = arrays.full("pose6", (t_len, 6), np.nan)
+    for start in range(0, t_len, SCAN_BLOCK):
+        sl = slice(start, start + SCAN_BLOCK)
+        pose6[sl] = np.concatenate([out["rot"][sl], out["trans"][sl]], 1)
+        arrays.release()
+    return {"pose6": pose6, "expr": out["expr"], "jaw_pose": out["jaw_pose"], "eye_pose": out["eye_pose"]}, covered
 
 
 def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np.ndarray],
@@ -420,6 +480,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
                     blendshape_names: tuple[str, ...] = (),
                     gap_filler: GapFiller | None = None,
                     dense_px: np.ndarray | None = None,
+                    arrays: FrameArrays | None = None,
                     ) -> SequenceFit:
     """Track a landmark sequence.
 
@@ -445,6 +506,8 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
             video's frames); ``None``: gaps are bridged or dropped.
         dense_px: ``[T, 478, 2]`` MediaPipe's mesh points (original pixels), needed with
             ``options.landmarks="dense"``.
+        arrays: where the per-frame arrays of the result live (:class:`~.store.FrameArrays`: a long
+            video's in memory-mapped files); default: in memory.
 
     Raises:
         NoFaceError: no frame is valid.
@@ -458,7 +521,7 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
     with cpu_threads(1, model.v_template.device):
         return _track_landmarks(model, lmks_px, valid, times, iris_px, options or TrackOptions(),
                                 identity, done, on_chunk, on_identity, image_size, blendshapes,
-                                blendshape_names, gap_filler, dense_px)
+                                blendshape_names, gap_filler, dense_px, arrays or FrameArrays())
 
 
 def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarray,
@@ -466,14 +529,15 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
                      identity: Identity | None, done: dict[str, np.ndarray] | None,
                      on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None,
                      on_identity: Callable[[Identity], None] | None,
-                     image_size: tuple[int, int] | None = None, blendshapes: np.ndarray | None = None,
-                     blendshape_names: tuple[str, ...] = (), gap_filler: GapFiller | None = None,
-                     dense_px: np.ndarray | None = None) -> SequenceFit:
+                     image_size: tuple[int, int] | None, blendshapes: np.ndarray | None,
+                     blendshape_names: tuple[str, ...], gap_filler: GapFiller | None,
+                     dense_px: np.ndarray | None, arrays: FrameArrays) -> SequenceFit:
+    from flame_tracker.errors import InputError
+
     valid = np.asarray(valid, bool)
     t_len = len(valid)
     if not valid.any():
         raise NoFaceError(f"no face in any of the {t_len} frames")
-    dt = model.v_template.dtype
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if identity is not None:
@@ -484,42 +548,33 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             crop = crop.with_image_centre(image_size)
     fov0 = (crop_fov(float(crop.size), image_size, opts.image_fov)
             if image_size is not None and opts.image_fov is not None else opts.fov)
-    lmks_ndc = crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(lmks_px), dtype=dt))
-    iris_ndc = None
-    if iris_px is not None and opts.fit_iris:
-        iris_ndc = crop.to_camera_ndc(torch.as_tensor(iris_px, dtype=dt))
+    # the detections are converted chunk by chunk, as the fits need them
+    targets = FrameTargets(model, lmks_px, iris_px if opts.fit_iris else None, crop, blendshapes,
+                           blendshape_names)
     dense = None
     if opts.landmarks == "dense":
         if dense_px is None or np.shape(dense_px)[:2] not in ((t_len, 468), (t_len, 478)):
-            from flame_tracker.errors import InputError
-
             raise InputError(f"landmarks='dense' needs MediaPipe's mesh points of every frame ([{t_len}, 478, 2])")
-        dense = DenseTargets.build(model, np.nan_to_num(dense_px), crop, opts.stage2)
+        dense = DenseTargets.build(model, dense_px, crop, opts.stage2)
     elif opts.landmarks != "68":
-        from flame_tracker.errors import InputError
-
         raise InputError(f"landmarks must be '68' or 'dense', got {opts.landmarks!r}")
-    expr_mean = None
-    if blendshapes is not None and getattr(model, "expr_names", None):
-        from flame_tracker.fitting.expressions import mediapipe_prior
-
-        expr_mean = mediapipe_prior(model.expr_names, blendshape_names, np.asarray(blendshapes)).to(dt)
     if identity is None:
-        identity = fit_identity(model, lmks_ndc, iris_ndc, valid, crop, opts, fov=fov0, expr_mean=expr_mean)
+        identity = fit_identity(model, targets, valid, crop, opts, fov=fov0)
         if on_identity is not None:
             on_identity(identity)
     timings["identity_s"] = time.perf_counter() - t0
 
     # per-frame fits, chunk by chunk, in order
     t0 = time.perf_counter()
-    raw = {"pose6": np.full((t_len, 6), np.nan), "expr": np.full((t_len, model.n_expr), np.nan),
-           "jaw_pose": np.full((t_len, 3), np.nan), "eye_pose": np.full((t_len, 6), np.nan),
-           "err_ndc": np.full(t_len, np.nan)}
+    raw = {k: arrays.full(f"raw_{k}", (t_len, *size), np.nan) for k, size in
+           (("pose6", (6,)), ("expr", (model.n_expr,)), ("jaw_pose", (3,)), ("eye_pose", (6,)), ("err_ndc", ()))}
     have = np.zeros(t_len, bool)
     if done is not None:
         have = np.asarray(done["done"], bool)
-        for k in raw:
-            raw[k][have] = done[k][have]
+        for start in range(0, t_len, SCAN_BLOCK):  # in blocks: both may be files
+            sl = slice(start, start + SCAN_BLOCK)
+            for k in raw:
+                raw[k][sl] = np.where(have[sl].reshape(-1, *[1] * (raw[k].ndim - 1)), done[k][sl], raw[k][sl])
     todo = np.flatnonzero(valid & ~have)
     for start in range(0, len(todo), opts.chunk):
         rows = todo[start:start + opts.chunk]
@@ -529,14 +584,16 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             warm = {k: raw[k][prev[-1]] for k in ("pose6", "expr", "jaw_pose", "eye_pose")}
         else:
             warm = None
-        fits = fit_frames(model, identity, lmks_ndc, iris_ndc, rows, opts, warm, expr_mean, dense)
+        fits = fit_frames(model, identity, targets, rows, opts, warm, dense)
         for k in raw:
             raw[k][rows] = fits[k]
         have[rows] = True
         if on_chunk is not None:
             on_chunk(rows, fits)
+        if start % SCAN_BLOCK + opts.chunk >= SCAN_BLOCK:  # (about every SCAN_BLOCK frames)
+            arrays.release()
     timings["fit_s"] = time.perf_counter() - t0
-    del lmks_ndc, iris_ndc, expr_mean, dense  # ~2 KB per frame (dense: ~7 KB) not needed by the smoothing below
+    arrays.release()
 
     flow = inliers = None
     if gap_filler is not None and not valid.all():
@@ -544,37 +601,47 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
         raw, flow, inliers = gap_filler(identity, raw, valid)
         timings["flow_s"] = time.perf_counter() - t0
     return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings, flow=flow,
-                        flow_inliers=inliers)
+                        flow_inliers=inliers, arrays=arrays)
 
 
 def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.ndarray],
                  lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
                  timings: dict[str, float], baseline: SequenceFit | None = None,
-                 flow: np.ndarray | None = None, flow_inliers: np.ndarray | None = None) -> SequenceFit:
+                 flow: np.ndarray | None = None, flow_inliers: np.ndarray | None = None,
+                 arrays: FrameArrays | None = None) -> SequenceFit:
     """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
     sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
     the landmark track and the photometric refinement (:mod:`.photometric`), which passes the
-    landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s."""
+    landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s.
+    ``arrays``: where the per-frame arrays live (default: in memory); everything over the frames is
+    done in blocks, so a long video's memory stays flat."""
+    arrays = arrays or FrameArrays()
     t_len = len(valid)
     t0 = time.perf_counter()
     observed = valid if flow is None else valid | flow  # flow frames are measurements of the pose
-    smooth, covered = smooth_fits(raw, observed, times, opts)
+    smooth, covered = smooth_fits(raw, observed, times, opts, arrays)
     timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
 
-    rows = np.flatnonzero(covered)
-    fit_px = np.full((t_len, 68, 2), np.nan)
-    fit_iris = np.full((t_len, 10, 2), np.nan)
-    fit_px[rows], fit_iris[rows] = project_fit(model, identity, smooth, rows)
+    fit_px = arrays.full("fit_lmks68", (t_len, 68, 2), np.nan)
+    fit_iris = arrays.full("fit_iris", (t_len, 10, 2), np.nan)
     reproj = np.full(t_len, np.nan)
-    vr = np.flatnonzero(valid & covered)
-    reproj[vr] = np.linalg.norm(fit_px[vr] - lmks_px[vr], axis=-1).mean(-1)
-    if baseline is None:
-        raw_px = np.full((t_len, 68, 2), np.nan)
-        raw_px[vr] = project_fit(model, identity, raw, vr)[0]
+    raw_px = arrays.full("raw_lmks68", (t_len, 68, 2), np.nan) if baseline is None else None
+    for start in range(0, t_len, SCAN_BLOCK):
+        sl = slice(start, start + SCAN_BLOCK)
+        rows = start + np.flatnonzero(covered[sl])
+        fit_px[rows], fit_iris[rows] = project_fit(model, identity, smooth, rows)
+        vr = start + np.flatnonzero((valid & covered)[sl])
+        reproj[vr] = np.linalg.norm(fit_px[vr] - np.asarray(lmks_px[vr]), axis=-1).mean(-1)
+        if raw_px is not None:
+            raw_px[vr] = project_fit(model, identity, raw, vr)[0]
+        arrays.release()
+    if raw_px is not None:
         jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px)
     else:
+        assert baseline is not None
         raw, jit_raw = baseline.raw, baseline.jitter_raw
     jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px)
+    arrays.release()
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
                        smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
                        jit_raw, jit, timings, flow, flow_inliers)
