@@ -646,3 +646,35 @@ def test_warp_picture_downscales_without_aliasing_and_keeps_geometry() -> None:
     ys, xs = np.indices(out.shape)
     centre = np.array([(out * (xs + 0.5)).sum(), (out * (ys + 0.5)).sum()]) / out.sum()
     np.testing.assert_allclose(centre, 0.4 * np.array([151.0, 221.0]) + d, atol=0.05)
+
+
+def test_arkit_eye_angles_are_the_gaze_from_straight_ahead(model) -> None:
+    """ICT's eyeballs converge at rest (``eye_pose`` = 0 turns each pupil ~7° towards the nose), so
+    the CSV's eye angles are the gaze ``R(eye_pose) @ R(eye_rest)``: eyes turned back by their rest
+    rotation look straight ahead (0), eyes at rest show the convergence, inwards on each side."""
+    from flame_tracker.export.arkit import rotations
+    from flame_tracker.export.run import TrackedRun
+
+    rest = model.eye_rest_rotvec()
+    # the rest rotation turns +z onto each pupil's direction from its eye joint (the model's geometry)
+    with torch.no_grad():
+        verts = model().vertices[0].double().numpy()
+    joints = model.rest_joints()[0].double().numpy()
+    iris = model.iris_idx.numpy()
+    for joint, centre, slot in ((3, iris[5], 0), (4, iris[0], 3)):  # left eye = MediaPipe's second
+        d = verts[centre] - joints[joint]
+        turned = torch.as_tensor(rest[slot:slot + 3])[None]
+        from flame_tracker.camera import rotvec_to_matrix
+
+        z = rotvec_to_matrix(turned)[0].numpy() @ np.array([0.0, 0.0, 1.0])
+        assert np.allclose(z, d / np.linalg.norm(d), atol=1e-9)
+    assert 3.0 < np.degrees(abs(rest[1])) < 15.0 and np.sign(rest[1]) == -np.sign(rest[4])
+    pose6 = np.zeros((2, 6))
+    pose6[:, 5] = 1.0
+    run = TrackedRun(Path("."), {"pose6": pose6, "eye_pose": np.stack([-rest, np.zeros(6)])}, 30.0, "m")
+    eyes = rotations(run, rest)[:, 3:]
+    assert np.allclose(eyes[0], 0.0, atol=1e-9)  # turned back: straight ahead
+    left_yaw, right_yaw = eyes[1, 0], eyes[1, 3]
+    # at rest: converged; the subject's left eye (image right) turns towards image left (yaw < 0)
+    assert left_yaw < -np.radians(3) and right_yaw > np.radians(3)
+    assert np.allclose(rotations(run)[1, 3:], 0.0)  # without the rest: eye_pose's own angles

@@ -46,11 +46,18 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, vi
       nersemble  NeRSemble's Mono-FLAME-Avatar layout (calibration/camera_params.json,
                  sequences/<run>/tracking/flame2023_tracking.npz, images/cam_00.mp4); FLAME 2023 runs only
     """
+    import warnings
+
     from flame_tracker.export import ExportError, export_run
 
-    try:
-        paths = export_run(run, fmt, out_dir, model_path, video, masks)
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            paths = export_run(run, fmt, out_dir, model_path, video, masks)
+        except ExportError as exc:
+            raise click.ClickException(str(exc)) from exc
+    for w in caught:
+        if w.category is UserWarning:
+            click.echo(f"warning: {w.message}", err=True)
     for p in paths:
         click.echo(f"{fmt}: {p}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from flame_tracker.export.run import FLAME_FORMATS, ExportError, TrackedRun, load_run, one_identity
 
 FORMATS = ("arkit-csv", "gltf", "gaussian-avatars", "imavatar", "insta", "nersemble")
@@ -36,7 +38,8 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     if fmt == "arkit-csv":
         from flame_tracker.export.arkit import export_arkit
 
-        return _in_folder(out_dir, fmt, lambda tmp: export_arkit(tracked, tmp),
+        rest = _eye_rest(tracked, model)
+        return _in_folder(out_dir, fmt, lambda tmp: export_arkit(tracked, tmp, rest),
                           legacy=("arkit_fitted.csv", "arkit_mediapipe.csv"))
     from flame_tracker.model import HeadModel, load_model
 
@@ -68,6 +71,25 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     from flame_tracker.export.gaussian_avatars import export_gaussian_avatars
 
     return [export_gaussian_avatars(tracked, model, out_dir, video, masks)]
+
+
+def _eye_rest(tracked: TrackedRun, model) -> np.ndarray | None:
+    """The rest gaze of the model ``tracked`` was fitted with (``model``, its path, or the default
+    model when that is the run's), for eye angles relative to straight ahead; None (with a warning)
+    when that model is not at hand: the CSV then has ``eye_pose``'s own angles."""
+    import warnings
+
+    from flame_tracker.model import HeadModel, load_model
+
+    try:
+        loaded = model if isinstance(model, HeadModel) else load_model(model)
+    except (OSError, ValueError):
+        loaded = None
+    if loaded is None or loaded.name != tracked.model_name:
+        warnings.warn(f"{tracked.folder}: the run's model {tracked.model_name!r} is not at hand (pass --model): "
+                      "the eye angles in the CSV are its eye_pose, relative to that model's rest gaze", stacklevel=3)
+        return None
+    return loaded.eye_rest_rotvec()
 
 
 def check_export_model(fmt: str, model) -> None:

@@ -68,14 +68,21 @@ def _yaw_pitch_roll(rotvec: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(rotvec).as_euler("YXZ")  # R = Ry(yaw) Rx(pitch) Rz(roll)
 
 
-def rotations(run: TrackedRun) -> np.ndarray:
-    """``[T, 9]`` head (relative to the camera) and eye rotations, radians (:data:`ROTATIONS`)."""
+def rotations(run: TrackedRun, eye_rest: np.ndarray | None = None) -> np.ndarray:
+    """``[T, 9]`` head (relative to the camera) and eye rotations, radians (:data:`ROTATIONS`).
+    ``eye_rest [6]``: the model's rest gaze (``HeadModel.eye_rest_rotvec``); the eye angles are then
+    the gaze relative to straight ahead, ``R(eye_pose) @ R(eye_rest)`` (ICT's eyes converge at rest:
+    its ``eye_pose`` of a person looking ahead turns each eye ~7° outwards), as ARKit means them."""
     import torch
+    from scipy.spatial.transform import Rotation
 
     from flame_tracker.camera import to_head_centric
 
     head, _ = to_head_centric(torch.as_tensor(run.arrays["pose6"], dtype=torch.float64))  # OpenGL camera frame
-    eyes = run.arrays["eye_pose"].astype(np.float64)  # FLAME joints 3 (subject's left eye), 4 (right)
+    eyes = run.arrays["eye_pose"].astype(np.float64).reshape(-1, 6)  # FLAME joints 3 (subject's left eye), 4 (right)
+    if eye_rest is not None:
+        eyes = np.concatenate([(Rotation.from_rotvec(eyes[:, s:s + 3]) * Rotation.from_rotvec(eye_rest[s:s + 3]))
+                               .as_rotvec() for s in (0, 3)], 1)
     return np.concatenate([_yaw_pitch_roll(head.numpy()), _yaw_pitch_roll(eyes[:, :3]),
                            _yaw_pitch_roll(eyes[:, 3:])], 1)
 
@@ -109,12 +116,14 @@ def write_csv(path: str | Path, curves: np.ndarray, rots: np.ndarray, times: np.
     return path
 
 
-def export_arkit(run: TrackedRun, out_dir: str | Path) -> list[Path]:
+def export_arkit(run: TrackedRun, out_dir: str | Path, eye_rest: np.ndarray | None = None) -> list[Path]:
     """``arkit_fitted.csv`` (the fitted ICT expression) and ``arkit_mediapipe.csv`` (MediaPipe's raw
-    scores) in ``out_dir``. A run without named expressions (FLAME) gets the MediaPipe file only."""
+    scores) in ``out_dir``. A run without named expressions (FLAME) gets the MediaPipe file only.
+    ``eye_rest``: the run's model's rest gaze (:func:`rotations`); None: the eye angles are
+    ``eye_pose``'s own."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rots, times = rotations(run), run.times
+    rots, times = rotations(run, eye_rest), run.times
     written = []
     names = [str(n) for n in run.arrays.get("expr_names", [])]
     if names:

@@ -388,6 +388,33 @@ class HeadModel(torch.nn.Module):
         joints = self._template[v3:] + coeffs @ self._dirs[v3:, :k].T
         return joints.view(N, self.n_joints, 3)
 
+    def eye_rest_rotvec(self) -> np.ndarray:
+        """``[6]`` (``eye_pose``'s layout: left eye, then right) the rotation, axis-angle, that turns
+        the model's forward direction (+z) onto each eye's pupil direction at rest (the mean head,
+        ``eye_pose`` = 0): the shortest one, so it has no roll. Zero where the model says nothing
+        (no iris points). ``eye_pose`` is relative to this rest gaze: ICT's eyes at rest converge
+        (each turned ~9.5° inwards), FLAME's look ahead; a gaze relative to straight ahead is
+        ``R(eye_pose) @ R(eye_rest)`` (the ARKit export writes that)."""
+        out = np.zeros(6)
+        if self.iris_idx is None:
+            return out
+        with torch.no_grad():
+            verts = self().vertices[0].double().cpu().numpy()
+        joints = self.rest_joints().double().cpu().numpy().reshape(-1, 3)
+        weights = self.lbs_weights.detach().cpu().numpy()
+        iris = self.iris_idx.cpu().numpy()
+        for centre in (iris[0], iris[5]):  # MediaPipe order: the subject's right eye's centre, the left's
+            joint = int(np.argmax(weights[centre]))
+            if joint not in (3, 4):  # (not skinned to an eye joint)
+                continue
+            d = verts[centre] - joints[joint]
+            d = d / np.linalg.norm(d)
+            axis = np.cross([0.0, 0.0, 1.0], d)
+            s, c = np.linalg.norm(axis), d[2]
+            slot = 3 * (joint - 3)
+            out[slot:slot + 3] = 0.0 if s < 1e-12 else axis / s * np.arctan2(s, c)
+        return out
+
     def root_translation(self, shape: np.ndarray, expr: np.ndarray, R: np.ndarray, u: np.ndarray) -> np.ndarray:
         """FLAME's global ``transl`` ``[T, 3]`` for the rigid motions ``x -> R x + u`` of the head
         (``R [T, 3, 3]``, ``u [T, 3]``; ``shape [S]`` or ``[1, S]``, ``expr [T, E]``): FLAME rotates
