@@ -149,6 +149,8 @@ def _track_settings(topts: TrackOptions) -> dict[str, Any]:
         del out["flow"]
     if out.get("landmarks") == "68":
         del out["landmarks"]
+    if out.get("pose_follow_deg_s2") == TrackOptions.pose_follow_deg_s2:
+        del out["pose_follow_deg_s2"]
     return out
 
 

@@ -71,10 +71,12 @@ def _second_difference(h: np.ndarray) -> sparse.csr_matrix:
     return sparse.csr_matrix((vals, (rows, cols)), shape=(n - 2, n))
 
 
-def smooth_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray | None = None
-                   ) -> np.ndarray:
+def smooth_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray | None = None,
+                   scale: np.ndarray | None = None) -> np.ndarray:
     """Smooth one segment. ``x [n, D]`` (rows with ``w == 0`` are ignored), ``w [n]`` data weights,
-    ``lam [D]`` penalty per column, ``h [n-1]`` spacings in nominal frames (default 1)."""
+    ``lam [D]`` penalty per column, ``h [n-1]`` spacings in nominal frames (default 1), ``scale
+    [n]``: the penalty on the second difference centred on each frame is ``lam * scale`` (the
+    first and last entries are unused; default 1: :func:`motion_scale`)."""
     n, d = x.shape
     x = np.where(w[:, None] > 0, x, 0.0)
     lam = np.broadcast_to(np.asarray(lam, float), (d,))
@@ -82,6 +84,8 @@ def smooth_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray 
         return x.copy()
     h = np.ones(n - 1) if h is None else np.maximum(np.asarray(h, float), 1e-6)
     d2 = _second_difference(h)
+    if scale is not None:
+        d2 = sparse.diags(np.sqrt(np.asarray(scale, float)[1:-1])) @ d2
     p = (d2.T @ d2).tocsr()
     diags = [p.diagonal(k) for k in range(3)]
     out = np.empty_like(x)
@@ -112,7 +116,7 @@ def _window_pad(lam: np.ndarray) -> int:
 
 
 def smooth_long_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.ndarray | None,
-                        out: np.ndarray, window: int | None = None) -> None:
+                        out: np.ndarray, window: int | None = None, scale: np.ndarray | None = None) -> None:
     """:func:`smooth_segment` of one segment into ``out [n, D]``, in windows of ``window`` frames
     (default :data:`SMOOTH_WINDOW`), each solved with :func:`_window_pad` frames of its neighbours on
     either side and kept in its middle: the same result to ~1e-12 of the values' scale, with
@@ -123,19 +127,21 @@ def smooth_long_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.nda
     pad = _window_pad(np.asarray(lam, float))
     h = np.ones(max(n - 1, 0)) if h is None else np.asarray(h, float)
     if n <= window + 2 * pad:
-        out[:] = smooth_segment(np.asarray(x, float), np.asarray(w, float), lam, h)
+        out[:] = smooth_segment(np.asarray(x, float), np.asarray(w, float), lam, h, scale)
         return
     for s in range(0, n, window):
         e = min(s + window, n)
         a, b = max(0, s - pad), min(n, e + pad)
-        out[s:e] = smooth_segment(np.asarray(x[a:b], float), np.asarray(w[a:b], float), lam, h[a:b - 1])[s - a:e - a]
+        out[s:e] = smooth_segment(np.asarray(x[a:b], float), np.asarray(w[a:b], float), lam, h[a:b - 1],
+                                  None if scale is None else scale[a:b])[s - a:e - a]
         unmap_pages(x, out)  # (files: the windows done leave the process's memory)
 
 
 def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | None = None,
                     fps: float | None = None, cutoff_hz: float | np.ndarray = 4.0,
                     max_gap_s: float = 0.5, weights: np.ndarray | None = None,
-                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    out: np.ndarray | None = None, scale: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth per-frame parameters over the whole sequence.
 
     Args:
@@ -149,6 +155,7 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
         out: ``[T, D]`` float array to write the result into (e.g. a memory-mapped file; it is
             returned); default: a new one. Segments longer than :data:`SMOOTH_WINDOW` frames are
             solved in overlapping windows (:func:`smooth_long_segment`), so memory stays bounded.
+        scale: ``[T]`` factor of the penalty centred on each frame (:func:`motion_scale`; default 1).
 
     Returns:
         ``(y [T, D], covered [T])``: smoothed values, and which frames lie in a segment (valid or
@@ -176,11 +183,33 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
     covered = np.zeros(t_len, bool)
     for a, b in segments(valid, times, max_gap_s):
         h = np.diff(times[a:b]) / step
-        smooth_long_segment(x[a:b], w_all[a:b], lam, h, y[a:b])
+        smooth_long_segment(x[a:b], w_all[a:b], lam, h, y[a:b], scale=None if scale is None else scale[a:b])
         covered[a:b] = True
     if out is not None:
         y[np.flatnonzero(~covered)] = np.nan
     return y, covered
+
+
+def motion_scale(rot_deg: np.ndarray, times: np.ndarray, covered: np.ndarray, accel_deg_s2: float) -> np.ndarray:
+    """``[T]`` penalty factors that let the smoother follow fast head motion: ``1 / (1 + (a /
+    accel_deg_s2)^2)`` with ``a`` the angular acceleration (degrees/s², from second divided
+    differences of ``rot_deg [T, 3]``, a smoothed rotation vector in degrees, on the real
+    timestamps), 1 where it cannot be measured (outside ``covered`` runs, at their ends). Noise
+    smoothed away has a small acceleration and keeps the full penalty; a real turn keeps its speed
+    instead of being cut short (a fixed low-pass lags it: ~20 px on a quick turn of a talking head)."""
+    t_len = len(times)
+    out = np.ones(t_len)
+    if t_len < 3 or not np.isfinite(accel_deg_s2) or accel_deg_s2 <= 0:
+        return out
+    t = np.asarray(times, float)
+    h0, h1 = t[1:-1] - t[:-2], t[2:] - t[1:-1]
+    ok = covered[:-2] & covered[1:-1] & covered[2:] & (h0 > 0) & (h1 > 0)
+    h0, h1 = np.where(ok, h0, 1.0), np.where(ok, h1, 1.0)
+    r = np.nan_to_num(np.asarray(rot_deg, float))
+    acc = 2.0 * ((r[2:] - r[1:-1]) / h1[:, None] - (r[1:-1] - r[:-2]) / h0[:, None]) / (h0 + h1)[:, None]
+    a = np.linalg.norm(acc, axis=1)
+    out[1:-1] = np.where(ok, 1.0 / (1.0 + (a / accel_deg_s2) ** 2), 1.0)
+    return out
 
 
 @dataclass
