@@ -238,13 +238,13 @@ def test_a_long_segment_is_smoothed_in_windows_to_the_same_result(monkeypatch) -
     from flame_tracker.video import temporal
 
     rng = np.random.default_rng(3)
-    n = 3000
+    n = 6000
     times = np.cumsum(np.r_[0, rng.uniform(0.03, 0.05, n - 1)])
     x = np.cumsum(rng.normal(0, 0.1, (n, 4)), axis=0)
     valid = rng.random(n) > 0.1
     valid[1200:1208] = False  # a bridged gap inside a window
     x[~valid] = np.nan
-    cut = np.array([2.0, 6.0, 0.3, np.inf])
+    cut = np.array([2.0, 6.0, 0.5, np.inf])
     whole, cov = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=0.5)
     monkeypatch.setattr(temporal, "SMOOTH_WINDOW", 100)
     assert n > 100 + 2 * temporal._window_pad(temporal.cutoff_to_lambda(cut, 25.0))  # (windows are used)
@@ -253,6 +253,18 @@ def test_a_long_segment_is_smoothed_in_windows_to_the_same_result(monkeypatch) -
     assert windowed is out
     np.testing.assert_array_equal(cov, cov2)
     np.testing.assert_allclose(windowed, whole, rtol=0, atol=1e-9 * np.nanmax(np.abs(whole)))
+    # sparse measurements (1 frame in 12 measured: the padding holds enough measured rows) and dense
+    # timestamps (10 per nominal frame: the padding spans enough time)
+    steps = np.full(n - 1, 0.04)
+    steps[1000:1600] = 0.004  # a stretch sampled 10 times as densely as the rest
+    for t2, v2 in ((np.arange(n) / 25.0, np.arange(n) % 12 == 0), (np.r_[0, np.cumsum(steps)], np.ones(n, bool))):
+        x_filled = np.cumsum(rng.normal(0, 0.1, (n, 4)), axis=0)
+        x2 = np.where(v2[:, None], x_filled, np.nan)
+        monkeypatch.setattr(temporal, "SMOOTH_WINDOW", 10**9)
+        one, _ = smooth_sequence(x2, v2, times=t2, cutoff_hz=cut, max_gap_s=1.0)
+        monkeypatch.setattr(temporal, "SMOOTH_WINDOW", 100)
+        win, _ = smooth_sequence(x2, v2, times=t2, cutoff_hz=cut, max_gap_s=1.0)
+        np.testing.assert_allclose(win, one, rtol=0, atol=1e-9 * np.abs(x_filled).max())
     # a window's edge would show without its padding: the check above can fail
     monkeypatch.setattr(temporal, "_window_pad", lambda lam: 2)
     cut_short, _ = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=0.5)
@@ -325,6 +337,22 @@ def test_checkpoints_load_into_memory_mapped_arrays(tmp_path: Path) -> None:
     arrays.close()
     assert not (tmp_path / "arrays").exists()
     assert FrameArrays(tmp_path / "arrays").full("a", (10, 2), np.nan).__class__ is np.ndarray  # short: in memory
+    # a name used again makes a new file: the first array keeps its contents
+    again = FrameArrays(tmp_path / "arrays", min_frames=1)
+    first = again.full("x", (4, 2), 1.0)
+    second = again.full("x", (4, 2), np.nan)
+    again.release()
+    assert (first == 1.0).all() and np.isnan(second).all()
+    # a key stored with different dtypes in different files loads in the dtype load() gives
+    mixed = CheckpointStage(tmp_path / "mixed", "landmarks", chunk=2)
+    mixed.add(0, {"p": np.full(2, np.nan, np.float32)})
+    mixed.add(1, {"p": np.full(2, np.nan, np.float32)})
+    mixed.add(2, {"p": np.full(2, 1 / 3, np.float64)})
+    mixed.flush()
+    ref = mixed.load()["p"]
+    got = mixed.load_into(FrameArrays(tmp_path / "mixed_arrays", min_frames=1))["p"]
+    assert got.dtype == ref.dtype == np.float64
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_run_folder_manifest(tmp_path: Path) -> None:

@@ -259,7 +259,7 @@ def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) 
     read = stage.files()  # (another process may be storing blocks of its part meanwhile: only these go)
     # (unreadable files are deleted: their frames are detected again); where each record lies first,
     # every key only when records must go (a long video's detections are not all loaded at each resume)
-    rec = stage.load(keys=("position",))
+    rec = stage.load(keys=("position",), files=read)
     if not rec:
         return set()
     legacy = "position" not in rec
@@ -274,9 +274,13 @@ def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) 
     full -= {int(b) for f, b in zip(rec["frame"], block) if int(f) in stage.duplicates}
     keep = np.isin(block, list(full))
     if legacy or stage.duplicates or not keep.all():
-        position = rec["position"]
-        rec = stage.load(files=[f for f in read if f.exists()])  # (the same records, every key)
-        rec["position"] = position  # (a legacy folder's, worked out above)
+        # every key of the same files' records (another part's run may have changed a file meanwhile:
+        # what to keep is worked out again on what is read now)
+        rec = stage.load(files=[f for f in read if f.exists()])
+        if legacy or "position" not in rec:
+            rec["position"] = np.arange(len(rec.get("frame", ())), dtype=np.int64)
+        keep = np.isin(np.asarray(rec["position"]) // size, list(full))
+        keep &= ~np.isin(rec["frame"], list(stage.duplicates))
         stage.replace({k: v[keep] for k, v in rec.items()}, old=read)
     return full
 
@@ -445,7 +449,7 @@ class _DetectJob:
         pos = np.asarray(rec["position"])[order]
         if not np.array_equal(pos, np.arange(len(pos))):  # (every selected frame has its record)
             return
-        lm = arrays.full("lmks68", (len(pos), 68, 2), np.nan)  # updated as blocks are detected again
+        lm = arrays.full("follow_lmks68", (len(pos), 68, 2), np.nan)  # updated as blocks are detected again
         for s in range(0, len(pos), WRITE_BLOCK):
             lm[s:s + WRITE_BLOCK] = rec["lmks68"][order[s:s + WRITE_BLOCK]]
             arrays.release()
@@ -924,23 +928,25 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         return summary
     # a long video's per-frame arrays are files in the work folder (memory stays flat); removed at the end
     arrays = FrameArrays(run.root / "work" / "arrays")
-    lm = _landmarks_with_faces(run, video, summary, vopts, arrays)
-    fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary, arrays)
-    light = None
-    if vopts.photometric:
-        from flame_tracker.video.photometric import photometric_track
+    try:
+        lm = _landmarks_with_faces(run, video, summary, vopts, arrays)
+        fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary, arrays)
+        light = None
+        if vopts.photometric:
+            from flame_tracker.video.photometric import photometric_track
 
-        refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
-                                    progress=progress, timings=summary.timings,
-                                    frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
-        if refined is not None:
-            fit, light = refined
-    _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model, arrays)
+            refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
+                                        progress=progress, timings=summary.timings,
+                                        frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
+            if refined is not None:
+                fit, light = refined
+        _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model, arrays)
+    finally:  # (the work arrays are rebuilt from the checkpoints by a resume)
+        arrays.close()
     _summarise(summary, fit, len(lm.frame))
     summary.timings["total_s"] = time.perf_counter() - t_start
     save_json(run.root / "summary.json", summary.as_dict())
     run.mark_complete()
-    arrays.close()
     return summary
 
 

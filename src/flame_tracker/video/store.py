@@ -62,7 +62,8 @@ def unmap_pages(*arrays: Any) -> None:
     does not leave them all in the process's resident memory."""
     for arr in arrays:
         mm = getattr(arr, "_mmap", None)
-        if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        # (a copy-on-write map's written pages exist nowhere else: they are kept)
+        if mm is not None and hasattr(mmap, "MADV_DONTNEED") and getattr(arr, "mode", None) != "c":
             mm.madvise(mmap.MADV_DONTNEED)
 
 
@@ -89,7 +90,9 @@ class FrameArrays:
             return np.full(shape, fill, dtype)
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
-        arr = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        path = self.folder / f"{name}.npy"
+        path.unlink(missing_ok=True)  # (a new file: an array still mapping the old one keeps its data)
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         per = max(1, (1 << 22) // max(1, arr[:1].nbytes))  # filled 4 MB at a time
         for s in range(0, shape[0], per):
             arr[s:s + per] = fill
@@ -215,9 +218,13 @@ class CheckpointStage:
         ``keys``: only these (and ``frame``)."""
         self.flush()
         files, frames = [], []
+        kinds: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # each key's dtype over all files, as load()'s
         for f, part in self._iter_parts():  # first pass: the frames of every readable file
             files.append(f)
             frames.append(part["frame"])
+            for k, v in part.items():
+                if keys is None or k == "frame" or k in keys:
+                    kinds[k] = (np.result_type(kinds[k][0], v.dtype) if k in kinds else v.dtype, v.shape[1:])
         self.duplicates = set()
         if not files:
             return {}
@@ -236,10 +243,10 @@ class CheckpointStage:
             offset += len(fr)
             keep = d >= 0
             for k, v in part.items():
-                if keys is not None and k != "frame" and k not in keys:
+                if k not in kinds:
                     continue
                 if k not in out:
-                    out[k] = arrays.full(prefix + k, (len(uniq), *v.shape[1:]), 0, v.dtype)
+                    out[k] = arrays.full(prefix + k, (len(uniq), *kinds[k][1]), 0, kinds[k][0])
                 out[k][d[keep]] = v[keep]
         arrays.release()
         return out
