@@ -36,7 +36,7 @@ from flame_tracker.export import FORMATS
               help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
 @click.option("--estimate-fov/--no-estimate-fov", default=False, help="Fit one FOV for the whole video.")
 @click.option("--smooth-pose", type=float, default=POSE_CUTOFF_HZ, show_default=True,
-              help="Pose smoothing cutoff in Hz (inf = none).")
+              help="Pose smoothing cutoff in Hz (inf = none); relaxed where the head turns fast.")
 @click.option("--smooth-expr", type=float, default=EXPR_CUTOFF_HZ, show_default=True,
               help="Expression smoothing cutoff in Hz (inf = none).")
 @click.option("--overlay/--no-overlay", default=False,
