@@ -60,3 +60,14 @@ def test_demo_wrong_image_name_names_the_samples(shared_dir, tmp_path):
     res = CliRunner().invoke(main, ["demo", "--image", "nope.png", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "no image 'nope.png'" in res.output and "ffhq_00000.png" in res.output, res.output
     assert "FLAME_TRACKER_DATA" not in res.output  # the data folder is fine
+
+
+@pytest.mark.parametrize("command", ["image", "video"])
+def test_fov_and_image_fov_together_are_a_usage_error(tmp_path, command):
+    """--fov replaces --image-fov: both given is refused before anything runs, not one ignored."""
+    target = tmp_path / ("a.jpg" if command == "image" else "a.mp4")
+    target.write_bytes(b"not read")
+    res = CliRunner().invoke(main, [command, str(target), "--fov", "20", "--image-fov", "30",
+                                    "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--fov" in res.output and "--image-fov" in res.output
+    assert not (tmp_path / "o").exists()

@@ -678,3 +678,16 @@ def test_arkit_eye_angles_are_the_gaze_from_straight_ahead(model) -> None:
     # at rest: converged; the subject's left eye (image right) turns towards image left (yaw < 0)
     assert left_yaw < -np.radians(3) and right_yaw > np.radians(3)
     assert np.allclose(rotations(run)[1, 3:], 0.0)  # without the rest: eye_pose's own angles
+
+
+def test_an_export_folder_gets_a_normal_folders_mode(tmp_path: Path) -> None:
+    """Exports are assembled in a private temporary folder; the finished one has the mode a folder
+    made with the process's umask has (others on shared cluster storage can read it)."""
+    import os
+
+    from flame_tracker.export.run import write_folder
+
+    out = write_folder(tmp_path / "exp", "arkit-csv", lambda tmp: (tmp / "a.csv").write_text("x"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert os.stat(out).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flame_tracker.cli.options import config_option, load_config, with_given
+from flame_tracker.cli.options import check_one_fov, config_option, load_config, with_given
 from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import first_line
 
@@ -63,7 +63,7 @@ def run_images(
     the fitting crop, which replaces ``image_fov``), ``solver``, ``loss``, ``fit_shape``,
     ``fit_neck`` (``[stage2]``) override it when given. The settings used go to
     ``out_dir/flame_tracker_config.json``.
-    Each failure prints one line ``error: <image>: <reason>`` and the others are still processed.
+    Each failure prints one ``error:`` line naming the image and the reason; the others are still processed.
     """
     from dataclasses import replace
 
@@ -240,6 +240,7 @@ def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: st
             paths.append(p)
     if not paths:
         raise click.ClickException("no images found in the given folder(s)")
+    check_one_fov(ctx)
     if all_faces and same_person:
         raise click.BadParameter("--all-faces fits every face separately; --same-person fits one person: "
                                  "use one of them", param_hint="--all-faces")

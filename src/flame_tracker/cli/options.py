@@ -19,6 +19,14 @@ def given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
+def check_one_fov(ctx: click.Context) -> None:
+    """``--fov`` (the reference's FOV over the fitting crop) replaces ``--image-fov`` (over the
+    image): both on one command line is a usage error, not one silently ignored."""
+    if given(ctx, "fov") and given(ctx, "image_fov"):
+        raise click.BadParameter("--fov (over the fitting crop, the reference's camera) replaces --image-fov "
+                                 "(over the image's longer side): give one of them", param_hint="--fov")
+
+
 def load_config(config_path: Path | None):
     """The file's :class:`~flame_tracker.config.Config` (defaults without one); a bad file is a
     click error naming the setting."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from flame_tracker.cli.options import config_option, given, load_config, with_given
+from flame_tracker.cli.options import check_one_fov, config_option, given, load_config, with_given
 from flame_tracker.defaults import EXPR_CUTOFF_HZ, IMAGE_FOV, POSE_CUTOFF_HZ
 from flame_tracker.export import FORMATS
 
@@ -96,6 +96,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
         face = str(FaceChoice.parse(face))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--face") from exc
+    check_one_fov(ctx)
     # the config file's settings, then the options given on the command line
     config = load_config(config_path)
     values = dict(image_fov=image_fov, estimate_fov=estimate_fov, smooth_pose=smooth_pose, smooth_expr=smooth_expr,

@@ -245,6 +245,7 @@ def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] =
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # fresh sibling folders of our own (a user's "<out>.part" or "<out>.old" is never touched)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.part-", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~_umask())  # (mkdtemp makes it private: the export gets a normal folder's mode)
     try:
         write(tmp)
         (tmp / MARKER).write_text(fmt + "\n")
@@ -259,6 +260,15 @@ def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] =
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and back)."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _photo_path(run: TrackedRun, path: Path) -> Path | None:
