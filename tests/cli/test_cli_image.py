@@ -47,7 +47,7 @@ def test_demo_writes_outputs(shared_dir, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["demo"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "flame_tracker_demo"
-    assert (out / "ffhq_00000_overlay.png").is_file() and (out / "ffhq_00000.npz").is_file()
+    assert (out / "woman_overlay.png").is_file() and (out / "woman.npz").is_file()
 
 
 def test_demo_missing_sample_is_a_clear_error(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-DEMO_IMAGE = "ffhq_00000.png"
+DEMO_IMAGE = "woman.jpg"  # a frontal adult face the model fits well (3.2 px); the other samples: --image
 
 
 @click.command("demo")
