@@ -797,9 +797,11 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                 base = _textured(img, verts, pose6, fit.identity.fov, crop, faces, albedo, light[r],
                                  region=face_mask(fit.lmks_fit_px[r], *img.shape[:2], shrink=0.0)
                                  ) if textured else img
+                iris = np.asarray(fit.iris_fit_px[r])  # the fitted irises, as photo overlays draw them
                 out = render_overlay(base, vpx, faces, alpha=0.0 if textured else 0.6,
                                      lmks_detected=lm.lmks68[r] if fit.valid[r] else None,
-                                     lmks_fitted=fit.lmks_fit_px[r], focal=focal)
+                                     lmks_fitted=fit.lmks_fit_px[r], iris=iris if np.isfinite(iris).all() else None,
+                                     focal=focal)
                 if sources[r] != "landmarks":  # say where a frame without landmarks got its head from
                     _label(out, "optical flow" if sources[r] == "flow" else "interpolated",
                            (60, 200, 255) if sources[r] == "flow" else (255, 160, 60))
