@@ -691,3 +691,19 @@ def test_an_export_folder_gets_a_normal_folders_mode(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     assert os.stat(out).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_arkit_eye_look_curves_follow_the_gaze() -> None:
+    """Both eyes turned towards the subject's left by half the full angle: the left eye looks out
+    and the right one in, each at 0.5; a downward gaze drives the down curves; the opposite
+    directions stay at 0."""
+    from flame_tracker.export.arkit import GAZE_FULL_DEG, gaze_curves
+
+    rots = np.zeros((2, 9))
+    rots[0, [3, 6]] = np.radians(GAZE_FULL_DEG["Out"] / 2)  # yaw of both eyes
+    rots[1, [4, 7]] = np.radians(GAZE_FULL_DEG["Down"] / 2)  # pitch of both eyes (down)
+    c = gaze_curves(rots)
+    assert np.allclose(c["eyeLookOutLeft"], [0.5, 0]) and np.allclose(c["eyeLookInRight"], [0.5, 0])
+    assert np.allclose(c["eyeLookInLeft"], 0) and np.allclose(c["eyeLookOutRight"], 0)
+    assert np.allclose(c["eyeLookDownLeft"], [0, 0.5]) and np.allclose(c["eyeLookDownRight"], [0, 0.5])
+    assert np.allclose(c["eyeLookUpLeft"], 0) and len(c) == 8
