@@ -98,6 +98,10 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
     base = _accessor(doc, blob, prim.attributes.POSITION).astype(np.float64)
     targets = np.stack([_accessor(doc, blob, tg["POSITION"]) for tg in prim.targets], -1)  # [V, 3, E]
     assert doc.meshes[0].extras["targetNames"] == [str(n) for n in t["expr_names"]]
+    # smooth-shading normals: unit length, outward (the nose tip's faces the viewer, +z)
+    normals = _accessor(doc, blob, prim.attributes.NORMAL).astype(np.float64)
+    assert normals.shape == base.shape and np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+    assert normals[int(np.argmax(base[:, 2]))][2] > 0.7
     anim = doc.animations[0]
     out = {ch.target.path: _accessor(doc, blob, anim.samplers[ch.sampler].output) for ch in anim.channels}
     n = int(_exported(t).sum())

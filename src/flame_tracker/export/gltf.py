@@ -99,13 +99,21 @@ def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
         return len(accessors) - 1
 
     pos = add(base, "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True)
+    # smooth shading: without normals a viewer must shade flat (glTF 2.0, 3.7.2.1); the neutral mesh's
+    # (the morph targets move positions only, as the expressions barely turn the surface)
+    from flame_tracker.rendering.differentiable import vertex_normals
+
+    normals = vertex_normals(torch.as_tensor(base, dtype=torch.float64)[None],
+                             torch.as_tensor(faces.astype(np.int64)))[0].numpy().astype(np.float32)
+    normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 0.0, 1.0)  # (a vertex in no triangle: any unit vector)
+    nrm = add(normals, "VEC3", g.FLOAT, g.ARRAY_BUFFER)
     idx = add(faces.reshape(-1), "SCALAR", g.UNSIGNED_INT, g.ELEMENT_ARRAY_BUFFER)
     tgt = [add(targets[:, :, e], "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True) for e in range(targets.shape[2])]
     t_in = add(times, "SCALAR", g.FLOAT, minmax=True)
     w_out = add(weights.reshape(-1), "SCALAR", g.FLOAT)
     r_out = add(quats, "VEC4", g.FLOAT)
     tr_out = add(trans, "VEC3", g.FLOAT)
-    mesh = g.Mesh(name="head", primitives=[g.Primitive(attributes=g.Attributes(POSITION=pos), indices=idx,
+    mesh = g.Mesh(name="head", primitives=[g.Primitive(attributes=g.Attributes(POSITION=pos, NORMAL=nrm), indices=idx,
                                                        targets=[{"POSITION": t} for t in tgt])],
                   weights=[0.0] * len(tgt), extras={"targetNames": names})
     head = g.Node(name="head", mesh=0, rotation=quats[0].tolist(), translation=trans[0].tolist())
