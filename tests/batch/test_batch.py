@@ -138,6 +138,9 @@ def test_an_interrupted_batch_resumes_without_redoing_finished_items(shared_dir:
     info = json.loads((out / "batch.json").read_text())
     status = {r["name"]: r["status"] for r in info["items"]}
     assert all(status[n] == "skipped" for n in finished)
+    # a skipped photo still reports its numbers (from its own summary)
+    skipped = [r for r in info["items"] if r["status"] == "skipped"]
+    assert all(r["mean_reproj_px"] is not None and 0 < r["mean_reproj_px"] < 20 and r["fps"] > 0 for r in skipped)
     assert all(status[p.stem] in ("done", "skipped") for p in imgs) and len(status) == 4
     assert all((out / n / f"{n}.npz").stat().st_mtime_ns == t for n, t in stamps.items())
 

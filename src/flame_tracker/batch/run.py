@@ -237,7 +237,11 @@ def _photo_done(item: Item, out_dir: Path) -> dict[str, Any] | None:
         same = False
     if not same:
         return None
-    return _row(item.as_dict(), "skipped", frames=1, mean_reproj_px=info.get("reprojection_error_px", float("nan")))
+    # its numbers from its summary (Result.summary): the error, and the fit's own time
+    err = (info.get("reprojection_px") or {}).get("mean_68")
+    total = sum(float(v) for v in (info.get("timings_s") or {}).values())
+    return _row(item.as_dict(), "skipped", frames=1, fps=1.0 / total if total > 0 else float("nan"),
+                mean_reproj_px=float("nan") if err is None else float(err))
 
 
 def _thread_env(threads: int) -> dict[str, str]:
