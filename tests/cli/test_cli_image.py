@@ -71,3 +71,22 @@ def test_fov_and_image_fov_together_are_a_usage_error(tmp_path, command):
                                     "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--fov" in res.output and "--image-fov" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_photo_results_and_a_video_run_never_share_a_folder(shared_dir, tmp_path):
+    """An export of a folder reads either a video run or photo results: photos into a video run's
+    folder, or a video into a folder of photo results, are refused with the reason."""
+    from flame_tracker.video.pipeline import VideoOptions, track_video
+    from flame_tracker.video.store import OutputMismatchError
+
+    photos = tmp_path / "photos"
+    res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "woman.jpg"), "--out", str(photos)])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(OutputMismatchError, match="photo results"):
+        track_video(shared_dir / "videos" / "talking_ex3.mp4", photos, video_options=VideoOptions(max_frames=2),
+                    progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "woman.jpg"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "holds a video run" in res.output
+    assert not (tmp_path / "run" / "woman.npz").exists()

@@ -11,13 +11,14 @@ import click
 from flame_tracker.cli.options import check_one_fov, config_option, load_config, with_given
 from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import first_line
+from flame_tracker.video.store import PHOTO_CONFIG
 
 if TYPE_CHECKING:
     from flame_tracker.tracker import Result
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Every setting a `flame-tracker image` run used, in its output folder (beside the photos' files).
-CONFIG_NAME = "flame_tracker_config.json"
+CONFIG_NAME = PHOTO_CONFIG
 
 
 def _stems(paths: list[Path]) -> list[str]:
@@ -70,7 +71,11 @@ def run_images(
     from flame_tracker.config import Config
     from flame_tracker.fitting.stage2 import with_model_priors
     from flame_tracker.tracker import Tracker
+    from flame_tracker.video.store import MANIFEST
 
+    if (Path(out_dir) / MANIFEST).is_file():  # (an export would then see the run and ignore the photos)
+        raise click.ClickException(f"{out_dir} holds a video run ({MANIFEST}); write photo results to another "
+                                   "--out folder")
     config = config or Config()
     given = {k: v for k, v in (("solver", solver), ("loss", loss), ("fit_shape", fit_shape), ("fit_neck", fit_neck))
              if v is not None}

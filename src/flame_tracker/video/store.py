@@ -31,6 +31,7 @@ from flame_tracker.errors import FlameTrackerError
 from flame_tracker.io.results import load_npz, save_json, save_npz
 
 MANIFEST = "manifest.json"
+PHOTO_CONFIG = "flame_tracker_config.json"  # what `flame-tracker image` writes beside photo results
 
 
 class OutputMismatchError(FlameTrackerError, RuntimeError):
@@ -307,6 +308,9 @@ class RunFolder:
         self.fingerprint = video_fingerprint(video)
         self.settings = json.loads(json.dumps(dict(settings), default=str))
         manifest = self.root / MANIFEST
+        if not manifest.is_file() and (self.root / PHOTO_CONFIG).is_file():
+            raise OutputMismatchError(f"{self.root} holds photo results ({PHOTO_CONFIG}); choose another --out "
+                                      "folder for the video (--force would not remove them)")
         old = json.loads(manifest.read_text()) if manifest.is_file() else None
         if force:
             self.clear()
