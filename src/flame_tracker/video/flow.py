@@ -24,6 +24,7 @@ fraction) keeps the previous behaviour: bridged by the smoother (short gaps) or 
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -375,7 +376,6 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
     poses; returns ``(raw', flow [T] bool, inliers [T])``: ``raw'`` has the flow frames' pose (and
     the expression, jaw and eyes interpolated between the gap's ends); ``copy=False``: ``raw``
     itself, filled in place."""
-    from flame_tracker.camera import opencv_to_pose6, to_opencv
 
     opts = opts or FlowOptions()
     if copy:
@@ -387,6 +387,21 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
     # one working scale for every gap: the face about work_face_px large
     s = min(1.0, opts.work_face_px / max(identity.crop[2] / 1.6, 1.0))
     S = np.diag([s, s, 1.0])
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flame_tracker.threads import available_cpus
+
+    workers = min(available_cpus(), 2 * opts.anchors)
+    with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        _fill_gaps(model, identity, raw, valid, times, frames, opts, flow, inliers, crop, s, S, pool)
+    return raw, flow, inliers
+
+
+def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray, frames: FrameSource,
+               opts: FlowOptions, flow: np.ndarray, inliers: np.ndarray, crop, s: float, S: np.ndarray, pool) -> None:
+    """:func:`flow_through_gaps`' work, gap by gap (``pool``: threads for the tracks, or None)."""
+    from flame_tracker.camera import opencv_to_pose6, to_opencv
+
     for gap in _flow_gaps(valid, times, opts):
         grays = frames(gap.rows, s)
         if any(int(r) not in grays for r in gap.rows):
@@ -395,27 +410,40 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
         n = len(gap_rows)
         none = (np.full((n, 6), np.nan), np.zeros(n, int))
         dirs = {"fwd": none, "bwd": none}
-        # forward from the anchor before the gap, backward from the one after it
-        for key, end, s0, order in (("fwd", gap.a, gap.a_start, gap_rows), ("bwd", gap.b, gap.b_start, gap_rows[::-1])):
+        # forward from the anchor before the gap, backward from the one after it; every start's track
+        # is independent (its own points): they run side by side (OpenCV and torch release Python's
+        # lock), and are put together in order, so the result is that of one thread
+        jobs: list[tuple[str, int, list[int]]] = []
+        for key, end, s0 in (("fwd", gap.a, gap.a_start), ("bwd", gap.b, gap.b_start)):
             if end is None or s0 is None:
                 continue
             sign = 1 if key == "fwd" else -1
             backs = [opts.anchor_back + opts.anchor_step * i for i in range(opts.anchors)]
             starts = [end - sign * k for k in backs if sign * (end - sign * k) >= sign * s0] or [s0]
-            runs = []
             for st in starts:
                 lead = list(range(st + 1, end + 1)) if key == "fwd" else list(range(st - 1, end - 1, -1))
-                surface = HeadSurface(model, identity.shape, {k: raw[k][st] for k in ("expr", "jaw_pose", "eye_pose")})
-                K, R0, t0 = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][st]), identity.fov, crop))
-                tr = track_direction(surface, [grays[st]] + [grays[r] for r in lead] + [grays[int(r)] for r in order],
-                                     S @ K, R0, t0, opts)
-                found, cnt = tr.pose6[len(lead):], tr.inliers[len(lead):]  # the gap's frames
-                pose = np.full((n, 6), np.nan)
-                ok = np.isfinite(found).all(1)
-                if ok.any():
-                    R = torch.as_tensor(np.stack([cv2.Rodrigues(v[:3])[0] for v in found[ok]]))
-                    pose[ok] = opencv_to_pose6(R, torch.as_tensor(found[ok, 3:])).numpy()
-                runs.append((pose, cnt))
+                jobs.append((key, st, lead))
+
+        def run(job: tuple[str, int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+            key, st, lead = job
+            order = gap_rows if key == "fwd" else gap_rows[::-1]
+            surface = HeadSurface(model, identity.shape, {k: raw[k][st] for k in ("expr", "jaw_pose", "eye_pose")})
+            K, R0, t0 = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][st]), identity.fov, crop))
+            tr = track_direction(surface, [grays[st]] + [grays[r] for r in lead] + [grays[int(r)] for r in order],
+                                 S @ K, R0, t0, opts)
+            found, cnt = tr.pose6[len(lead):], tr.inliers[len(lead):]  # the gap's frames
+            pose = np.full((n, 6), np.nan)
+            ok = np.isfinite(found).all(1)
+            if ok.any():
+                R = torch.as_tensor(np.stack([cv2.Rodrigues(v[:3])[0] for v in found[ok]]))
+                pose[ok] = opencv_to_pose6(R, torch.as_tensor(found[ok, 3:])).numpy()
+            return pose, cnt
+
+        results = list(pool.map(run, jobs)) if pool is not None and len(jobs) > 1 else [run(j) for j in jobs]
+        for key in ("fwd", "bwd"):
+            runs = [r for j, r in zip(jobs, results) if j[0] == key]
+            if not runs:
+                continue
             pose, cnt = _mean_pose([r[0] for r in runs]), np.max([r[1] for r in runs], 0)
             dirs[key] = (pose, cnt) if key == "fwd" else (pose[::-1], cnt[::-1])
         fwd, bwd = dirs["fwd"], dirs["bwd"]
@@ -436,7 +464,6 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
                 vals = np.broadcast_to(raw[k][one], (n, raw[k].shape[1]))
             raw[k][gap_rows[got]] = vals[got]
         raw["err_ndc"][gap_rows[got]] = np.nan
-    return raw, flow, inliers
 
 
 __all__ = ["SOURCES", "FlowOptions", "FrameSource", "GapTrack", "HeadSurface", "flow_through_gaps", "frames_in_memory",
