@@ -20,6 +20,21 @@ from flame_tracker.video.track import NoFacesError, TrackOptions
 TINY = TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=4)
 
 
+def kill_fits_at(monkeypatch, n: int) -> None:
+    """Make the ``n``-th chunk fit (``video.track.fit_frames``) raise KeyboardInterrupt: a run
+    killed while fitting."""
+    calls = [0]
+    real_fit = track_mod.fit_frames
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(track_mod, "fit_frames", flaky)
+
+
 @pytest.fixture(scope="module")
 def model(shared_dir: Path):
     from flame_tracker.model import load_model
@@ -248,15 +263,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
 
         monkeypatch.setattr(search_mod.FaceFollower, "__call__", flaky)
     else:
-        real_fit = track_mod.fit_frames
-
-        def flaky(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == 3:
-                raise KeyboardInterrupt
-            return real_fit(*args, **kwargs)
-
-        monkeypatch.setattr(track_mod, "fit_frames", flaky)
+        kill_fits_at(monkeypatch, 3)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
@@ -298,16 +305,8 @@ def test_a_long_video_keeps_its_arrays_on_disk_with_the_same_results(shared_dir:
         return arr
 
     monkeypatch.setattr(store_mod.FrameArrays, "full", full)
-    calls = [0]
     real_fit = track_mod.fit_frames
-
-    def flaky(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 20:
-            raise KeyboardInterrupt
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(track_mod, "fit_frames", flaky)
+    kill_fits_at(monkeypatch, 20)
     on_disk = tmp_path / "on_disk"
     with pytest.raises(KeyboardInterrupt):
         track_video(clip, on_disk, model=model, options=TINY, video_options=vopts, progress=False)
