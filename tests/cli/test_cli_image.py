@@ -90,3 +90,17 @@ def test_photo_results_and_a_video_run_never_share_a_folder(shared_dir, tmp_path
     res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "woman.jpg"), "--out", str(tmp_path / "run")])
     assert res.exit_code == 1 and "holds a video run" in res.output
     assert not (tmp_path / "run" / "woman.npz").exists()
+
+
+def test_video_takes_a_landmarker_path_and_names_a_wrong_one(shared_dir, tmp_path):
+    """`flame-tracker video --landmarker` as `image` has it: a given model is used, a missing one is
+    named before any run folder is made (not a traceback)."""
+    clip = str(shared_dir / "videos" / "talking_ex3.mp4")
+    res = CliRunner().invoke(main, ["video", clip, "--out", str(tmp_path / "bad"), "--max-frames", "3",
+                                    "--landmarker", str(tmp_path / "nope.task")])
+    assert res.exit_code == 2 and "nope.task" in res.output and "does not exist" in res.output
+    assert not (tmp_path / "bad").exists()
+    res = CliRunner().invoke(main, ["video", clip, "--out", str(tmp_path / "ok"), "--max-frames", "3", "--quiet",
+                                    "--landmarker", str(shared_dir / "models" / "face_landmarker.task")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ok" / "tracking.npz").is_file()

@@ -67,6 +67,9 @@ from flame_tracker.export import FORMATS
               help="Threads detecting landmarks at once, each on its own blocks of frames (128, fewer in a short clip; "
               "default: the cores "
               "this process may use); the landmarks are the same for any number.")
+@click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
+              help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
+              "or the user cache (see `flame-tracker assets`).")
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @click.option("--force", is_flag=True, help="Redo a finished (or different) run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -78,7 +81,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
           estimate_fov: bool,
           smooth_pose: float, smooth_expr: float, overlay: bool, side_by_side: bool,
           meshes: str | None, photometric: bool, exports: tuple[str, ...], face: str, roi: bool, flow: bool,
-          landmarks: str, detect_threads: int | None, verbose: bool, force: bool, quiet: bool,
+          landmarks: str, detect_threads: int | None, landmarker: str | None, verbose: bool, force: bool, quiet: bool,
           config_path: Path | None) -> None:
     """Track every frame of a talking-head video CLIP into --out DIR.
 
@@ -87,7 +90,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
     arguments; a finished one is left alone unless --force.
     """
     from flame_tracker.detection.search import FaceChoice
-    from flame_tracker.errors import NoFaceError
+    from flame_tracker.errors import FlameTrackerError, NoFaceError
     from flame_tracker.video.decode import VideoError
     from flame_tracker.video.pipeline import track_video
     from flame_tracker.video.store import OutputMismatchError
@@ -128,11 +131,18 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
                 check_export_model(fmt, model)
             except ExportError as exc:
                 raise click.ClickException(f"--export {fmt}: {exc}") from exc
+    if landmarker is not None:  # a wrong path is said before a run folder is made
+        from flame_tracker.assets import AssetError, face_landmarker_path
+
+        try:
+            face_landmarker_path(landmarker)
+        except AssetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--landmarker") from exc
     try:
         summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
                               flow_options=config.flow, photometric_options=config.photometric,
-                              force=force, progress=not quiet, verbose=verbose)
-    except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError) as exc:
+                              force=force, progress=not quiet, verbose=verbose, landmarker_path=landmarker)
+    except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError, FlameTrackerError) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         raise click.ClickException(
