@@ -180,6 +180,7 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
     finite = np.ones(t_len, bool)
     for s in range(0, t_len, SMOOTH_WINDOW):  # (x may be a file: read a window at a time)
         finite[s:s + SMOOTH_WINDOW] = np.isfinite(np.asarray(x[s:s + SMOOTH_WINDOW], float)).all(axis=1)
+        unmap_pages(x)
     valid = np.asarray(valid, bool) & finite
     if times is None:
         if fps is None:

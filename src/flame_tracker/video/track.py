@@ -437,13 +437,23 @@ def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray
                                  out=arrays.full("smooth_out", x.shape, np.nan))
     if np.isfinite(options.pose_follow_deg_s2):
         # the pose again, its penalty relaxed where the smoothed head turns fast (two passes: the
-        # acceleration of each pass sets the next one's penalty)
-        pose_x = np.asarray(x[:, :6])
+        # acceleration of each pass sets the next one's penalty); its 6 columns in memory, read
+        # and written in blocks (x and y may be files)
+        def columns(arr: np.ndarray) -> np.ndarray:
+            out = np.empty((t_len, 6))
+            for start in range(0, t_len, SCAN_BLOCK):
+                out[start:start + SCAN_BLOCK] = arr[start:start + SCAN_BLOCK, :6]
+                arrays.release()
+            return out
+
+        pose_x, pose_y = columns(x), columns(y)
         for _ in range(2):
-            scale = motion_scale(np.degrees(np.asarray(y[:, :3])), times, covered, options.pose_follow_deg_s2)
+            scale = motion_scale(np.degrees(pose_y[:, :3]), times, covered, options.pose_follow_deg_s2)
             pose_y, _ = smooth_sequence(pose_x, valid, times=times, cutoff_hz=cut[:6],
                                         max_gap_s=options.max_gap_s, scale=scale)
-            y[:, :6] = pose_y
+        for start in range(0, t_len, SCAN_BLOCK):
+            y[start:start + SCAN_BLOCK, :6] = pose_y[start:start + SCAN_BLOCK]
+            arrays.release()
         del pose_x, pose_y
     out, c = {}, 0
     for (name, _, _), w in zip(blocks, widths):
