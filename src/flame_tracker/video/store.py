@@ -62,6 +62,8 @@ def unmap_pages(*arrays: Any) -> None:
     written pages too) and the next access maps them again, so a pass over a long video's files
     does not leave them all in the process's resident memory."""
     for arr in arrays:
+        while arr is not None and getattr(arr, "_mmap", None) is None:  # (a plain view: its base's map)
+            arr = getattr(arr, "base", None)
         mm = getattr(arr, "_mmap", None)
         # (a copy-on-write map's written pages exist nowhere else: they are kept)
         if mm is not None and hasattr(mmap, "MADV_DONTNEED") and getattr(arr, "mode", None) != "c":

@@ -35,7 +35,7 @@ from flame_tracker.defaults import EXPR_CUTOFF_HZ, IMAGE_FOV, POSE_CUTOFF_HZ
 from flame_tracker.errors import NoFaceError
 from flame_tracker.fitting.stage1 import Stage1Options
 from flame_tracker.fitting.stage2 import Stage2Options
-from flame_tracker.video.store import FrameArrays
+from flame_tracker.video.store import FrameArrays, unmap_pages
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, motion_scale, smooth_sequence
 
 # fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
@@ -135,6 +135,10 @@ class FrameTargets:
         self.blendshapes = blendshapes if self.expr_names else None
         self.blendshape_names = blendshape_names
 
+    def release(self) -> None:
+        """Hand back the pages of detections kept in files (:func:`~.store.unmap_pages`)."""
+        unmap_pages(self.lmks_px, self.iris_px, self.blendshapes)
+
     def lmks(self, rows: np.ndarray) -> torch.Tensor:
         """``[n, 68, 2]`` landmarks of ``rows`` (0 where not detected)."""
         return self.crop.to_camera_ndc(torch.as_tensor(np.nan_to_num(self.lmks_px[rows]), dtype=self.dtype))
@@ -231,6 +235,7 @@ def video_crop(lmks_px: np.ndarray, valid: np.ndarray, scale: float) -> Crop:
         lo, hi = np.nanmin(pts, axis=1), np.nanmax(pts, axis=1)
         centres.append((lo + hi) / 2)
         sides.append((hi - lo).max(axis=1))
+        unmap_pages(lmks_px)  # (a file's pages go back as the blocks are read)
     centre = np.median(np.concatenate(centres), axis=0)
     side = float(np.median(np.concatenate(sides))) * scale
     return Crop(float(centre[0] - side / 2), float(centre[1] - side / 2), side)
@@ -355,6 +360,7 @@ def fit_identity(model: torch.nn.Module, targets: FrameTargets, valid: np.ndarra
         # mouth opening (inner lips 62 vs 66) relative to the face size: keyframes also vary expression
         face = (tv[:, 16] - tv[:, 0]).norm(dim=-1)
         mouths.append(((tv[:, 66] - tv[:, 62]).norm(dim=-1) / face).numpy())
+        targets.release()
     euler = rotvec_to_euler(torch.cat(poses)[:, :3]).numpy()
     feats = np.column_stack([euler[:, 0], euler[:, 1], 0.5 * np.concatenate(mouths)])
     keys = idx_valid[choose_keyframes(feats, options.n_keyframes)]
