@@ -393,7 +393,7 @@ class HeadModel(torch.nn.Module):
         the model's forward direction (+z) onto each eye's pupil direction at rest (the mean head,
         ``eye_pose`` = 0): the shortest one, so it has no roll. Zero where the model says nothing
         (no iris points). ``eye_pose`` is relative to this rest gaze: ICT's eyes at rest converge
-        (each turned ~9.5° inwards), FLAME's look ahead; a gaze relative to straight ahead is
+        (each pupil turned ~7° towards the nose), FLAME's look ahead; a gaze relative to straight ahead is
         ``R(eye_pose) @ R(eye_rest)`` (the ARKit export writes that)."""
         out = np.zeros(6)
         if self.iris_idx is None:

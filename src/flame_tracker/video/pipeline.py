@@ -279,8 +279,7 @@ def _complete_blocks(stage: CheckpointStage, size: int, end: int | None = None) 
         rec = stage.load(files=[f for f in read if f.exists()])
         if legacy or "position" not in rec:
             rec["position"] = np.arange(len(rec.get("frame", ())), dtype=np.int64)
-        keep = np.isin(np.asarray(rec["position"]) // size, list(full))
-        keep &= ~np.isin(rec["frame"], list(stage.duplicates))
+        keep = np.isin(np.asarray(rec["position"]) // size, list(full))  # (blocks with duplicates are not full)
         stage.replace({k: v[keep] for k, v in rec.items()}, old=read)
     return full
 

@@ -134,10 +134,6 @@ class CheckpointStage:
         kill left behind)."""
         return sorted(f for f in self.dir.glob("*.npz") if not f.name.startswith("."))
 
-    def _parts(self) -> list[dict[str, np.ndarray]]:
-        """The stored files' records, in file order (:meth:`_iter_parts`)."""
-        return [part for _, part in self._iter_parts()]
-
     def _iter_parts(self, files: list[Path] | None = None) -> Iterator[tuple[Path, dict[str, np.ndarray]]]:
         """The stored files (or those of ``files``) and their records, one file at a time, in file
         order; an unreadable file is deleted (its frames are redone, not trusted), one replaced
@@ -157,7 +153,7 @@ class CheckpointStage:
     def done(self) -> set[int]:
         """Frame indices already on disk (or buffered)."""
         if self._done is None:
-            self._done = {int(f) for part in self._parts() for f in part["frame"]}
+            self._done = {int(f) for _, part in self._iter_parts() for f in part["frame"]}
         return self._done
 
     def add(self, frame: int, record: Mapping[str, Any]) -> None:

@@ -215,13 +215,10 @@ def motion_scale(rot_deg: np.ndarray, times: np.ndarray, covered: np.ndarray, ac
     out = np.ones(t_len)
     if t_len < 3 or not np.isfinite(accel_deg_s2) or accel_deg_s2 <= 0:
         return out
-    t = np.asarray(times, float)
-    h0, h1 = t[1:-1] - t[:-2], t[2:] - t[1:-1]
-    ok = covered[:-2] & covered[1:-1] & covered[2:] & (h0 > 0) & (h1 > 0)
-    h0, h1 = np.where(ok, h0, 1.0), np.where(ok, h1, 1.0)
-    r = np.nan_to_num(np.asarray(rot_deg, float))
-    acc = 2.0 * ((r[2:] - r[1:-1]) / h1[:, None] - (r[1:-1] - r[:-2]) / h0[:, None]) / (h0 + h1)[:, None]
-    a = np.linalg.norm(acc, axis=1)
+    h = np.diff(np.asarray(times, float))
+    ok = covered[:-2] & covered[1:-1] & covered[2:] & (h[:-1] > 0) & (h[1:] > 0)
+    # the smoother's own second divided difference, in seconds (rows outside `ok` are not used)
+    a = np.linalg.norm(_second_difference(np.where(h > 0, h, 1.0)) @ np.nan_to_num(np.asarray(rot_deg, float)), axis=1)
     out[1:-1] = np.where(ok, 1.0 / (1.0 + (a / accel_deg_s2) ** 2), 1.0)
     return out
 

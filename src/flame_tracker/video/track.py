@@ -466,12 +466,8 @@ def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray
         out[name] = y[:, c:c + w]
         c += w
     arrays.release()
-    pose6 = arrays.full("pose6", (t_len, 6), np.nan)
-    for start in range(0, t_len, SCAN_BLOCK):
-        sl = slice(start, start + SCAN_BLOCK)
-        pose6[sl] = np.concatenate([out["rot"][sl], out["trans"][sl]], 1)
-        arrays.release()
-    return {"pose6": pose6, "expr": out["expr"], "jaw_pose": out["jaw_pose"], "eye_pose": out["eye_pose"]}, covered
+    # (rotation and translation are y's first 6 columns: the pose is a view of them)
+    return {"pose6": y[:, :6], "expr": out["expr"], "jaw_pose": out["jaw_pose"], "eye_pose": out["eye_pose"]}, covered
 
 
 def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np.ndarray],
