@@ -72,6 +72,23 @@ def test_a_video_longer_than_a_workers_share_is_detected_in_parts() -> None:
     assert detection_parts(150, 180, 8) == 3  # 150 frames: three blocks of 64 at most
 
 
+def test_the_batch_driver_plans_without_importing_torch(shared_dir: Path) -> None:
+    """Collecting the items and planning their tasks (detection parts included) stays light: the
+    pipeline and torch are the workers' imports. Importing them in the driver held every batch's
+    first task back by ~2 s."""
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    code = ("import sys\n"
+            "from flame_tracker.batch.items import collect_items, estimated_frames, group_images\n"
+            "from flame_tracker.batch.run import detection_parts\n"
+            f"items = collect_items([{str(clip)!r}])\n"
+            "frames = {it.name: estimated_frames(it) for it in items}\n"
+            "group_images(items, 4, frames)\n"
+            "assert detection_parts(frames[items[0].name], frames[items[0].name] / 2, 2) == 2\n"
+            "heavy = sorted(m for m in ('torch', 'mediapipe', 'flame_tracker.video.pipeline') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
 def test_batch_reports_a_corrupt_file_and_finishes_the_others(shared_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 but then nothing")

@@ -174,11 +174,12 @@ def test_video_blocks_detected_apart_follow_the_same_person(faces, tmp_path: Pat
     choose the other person at a block start, so such a block is detected again from the face the
     block before it ended on (without that, the track jumps to the other person)."""
     from flame_tracker.evaluation.footage import two_person_video
+    from flame_tracker.video import blocks as blocks_mod
     from flame_tracker.video import pipeline as pipeline_mod
     from flame_tracker.video.pipeline import VideoOptions, track_video
     from flame_tracker.video.track import TrackOptions
 
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    monkeypatch.setattr(blocks_mod, "DETECT_BLOCK", 8)
     clip = tmp_path / "two.mp4"
     centres = two_person_video(clip, faces[0], faces[1], n_frames=40, eye_chin_px=60)
     tiny = TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8)

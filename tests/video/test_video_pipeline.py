@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from flame_tracker.io.results import REFERENCE_KEYS, load_npz
+from flame_tracker.video import blocks as blocks_mod
 from flame_tracker.video import pipeline as pipeline_mod
 from flame_tracker.video import track as track_mod
 from flame_tracker.video.decode import VideoError
@@ -243,9 +244,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
     results of a run that was never interrupted: MediaPipe's tracking restarts at fixed blocks and a
     resumed run redoes the partly detected block."""
     from flame_tracker.detection import search as search_mod
-    from flame_tracker.video import pipeline as pipe
 
-    monkeypatch.setattr(pipe, "DETECT_BLOCK", 8)
+    monkeypatch.setattr(blocks_mod, "DETECT_BLOCK", 8)
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     vopts = VideoOptions(max_frames=20, overlay=False, meshes=None)
     whole = tmp_path / "whole"
@@ -268,7 +268,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shared_dir: Path, tmp_p
     with pytest.raises(KeyboardInterrupt):
         track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
     monkeypatch.undo()
-    monkeypatch.setattr(pipe, "DETECT_BLOCK", 8)
+    monkeypatch.setattr(blocks_mod, "DETECT_BLOCK", 8)
     track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
     a, b = load_npz(whole / "tracking.npz"), load_npz(resumed / "tracking.npz")
     assert set(a) == set(b)
@@ -328,7 +328,7 @@ def test_tracking_restarts_do_not_jump_the_landmarks(shared_dir: Path, tmp_path:
     # frames before the block again, so the landmarks at a restart move like those between frames
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     vopts = VideoOptions(max_frames=97, overlay=False, meshes=None)
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 16)
+    monkeypatch.setattr(blocks_mod, "DETECT_BLOCK", 16)
     jump = {}
     for warm in (0, pipeline_mod.DETECT_WARMUP):
         monkeypatch.setattr(pipeline_mod, "DETECT_WARMUP", warm)
@@ -372,8 +372,8 @@ def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: P
     """Detection blocks start afresh, so one thread or several (each with its own decoder and
     landmarker, the blocks split between them) detect the same landmarks. The clip is short, so its
     blocks are shorter than ``DETECT_BLOCK`` (here 8 frames: 30 frames over 4 blocks)."""
-    monkeypatch.setattr(pipeline_mod, "DETECT_MIN_BLOCK", 8)
-    assert pipeline_mod.detect_block(30) == 8
+    monkeypatch.setattr(blocks_mod, "DETECT_MIN_BLOCK", 8)
+    assert blocks_mod.detect_block(30) == 8
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     out = {}
     for threads in (1, 3):
@@ -388,12 +388,12 @@ def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: P
 def test_a_short_clip_is_cut_into_blocks_for_every_thread() -> None:
     """Blocks of ``DETECT_BLOCK`` frames, or ``DETECT_THREADS`` shorter ones (not under
     ``DETECT_MIN_BLOCK``) in a short clip; an unknown length keeps ``DETECT_BLOCK``."""
-    full, least = pipeline_mod.DETECT_BLOCK, pipeline_mod.DETECT_MIN_BLOCK
-    n = pipeline_mod.DETECT_THREADS
-    assert pipeline_mod.detect_block(0) == full and pipeline_mod.detect_block(100 * full) == full
-    assert pipeline_mod.detect_block(n * full) == full and pipeline_mod.detect_block(1) == least
+    full, least = blocks_mod.DETECT_BLOCK, blocks_mod.DETECT_MIN_BLOCK
+    n = blocks_mod.DETECT_THREADS
+    assert blocks_mod.detect_block(0) == full and blocks_mod.detect_block(100 * full) == full
+    assert blocks_mod.detect_block(n * full) == full and blocks_mod.detect_block(1) == least
     mid = n * (least + full) // 2
-    assert pipeline_mod.detect_block(mid) == -(-mid // n) and least < -(-mid // n) < full
+    assert blocks_mod.detect_block(mid) == -(-mid // n) and least < -(-mid // n) < full
 
 
 def test_a_video_detected_in_parts_gives_the_results_of_one_run(shared_dir: Path, tmp_path: Path, model,
@@ -405,7 +405,7 @@ def test_a_video_detected_in_parts_gives_the_results_of_one_run(shared_dir: Path
 
     from flame_tracker.errors import InputError
 
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    monkeypatch.setattr(blocks_mod, "DETECT_BLOCK", 8)
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     vopts = VideoOptions(max_frames=30, overlay=False, meshes=None, detect_threads=1)
     alone = track_video(clip, tmp_path / "one", model=model, options=TINY, video_options=vopts, progress=False)
@@ -435,7 +435,7 @@ def test_a_resume_detects_the_blocks_past_a_short_frame_count(shared_dir: Path, 
     the container's count), then nothing once all are stored."""
     from flame_tracker.video.store import CheckpointStage
 
-    monkeypatch.setattr(pipeline_mod, "DETECT_BLOCK", 8)
+    monkeypatch.setattr(blocks_mod, "DETECT_BLOCK", 8)
     monkeypatch.setattr(pipeline_mod.VideoReader, "expected_frames", lambda reader: 12)  # the container says 12
     clip = shared_dir / "videos" / "talking_wojtek.mp4"
     vopts = VideoOptions(max_frames=30, overlay=False, meshes=None, detect_threads=1)
@@ -474,18 +474,18 @@ def test_the_block_size_is_kept_for_a_resume(tmp_path: Path) -> None:
     from flame_tracker.video.store import CheckpointStage, RunFolder
 
     short = 100  # frames: a short clip's blocks are shorter than DETECT_BLOCK
-    assert pipeline_mod.detect_block(short) < pipeline_mod.DETECT_BLOCK
+    assert blocks_mod.detect_block(short) < blocks_mod.DETECT_BLOCK
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"not decoded here")
     fresh = RunFolder(tmp_path / "fresh", clip, {})
-    assert pipeline_mod._block_size(fresh, short) == pipeline_mod.detect_block(short)
-    assert pipeline_mod._block_size(fresh, 10 * short) == pipeline_mod.detect_block(short)  # kept
+    assert pipeline_mod._block_size(fresh, short) == blocks_mod.detect_block(short)
+    assert pipeline_mod._block_size(fresh, 10 * short) == blocks_mod.detect_block(short)  # kept
     old = RunFolder(tmp_path / "old", clip, {})
     stage = CheckpointStage(old.root, "landmarks", chunk=4)
     for k in range(4):
         stage.add(k, {"position": np.int64(k), "lmks68": np.zeros((68, 2), np.float32)})
     stage.flush()
-    assert pipeline_mod._block_size(old, short) == pipeline_mod.DETECT_BLOCK
+    assert pipeline_mod._block_size(old, short) == blocks_mod.DETECT_BLOCK
 
 
 def test_landmarks_of_an_earlier_version_resume_by_whole_blocks(tmp_path: Path) -> None:

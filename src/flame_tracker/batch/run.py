@@ -215,7 +215,7 @@ def detection_parts(frames: float, total: float, workers: int) -> int:
     most one per detection block), so that a long video does not keep one worker busy while the
     others wait. (Just above a share, the other items keep the workers as busy and the parts' own
     start-up costs more than they save: measured on the shared clips, a video of 1.26 shares.)"""
-    from flame_tracker.video.pipeline import detect_block
+    from flame_tracker.video.blocks import detect_block
 
     if workers < 2 or frames <= 1.5 * total / workers:
         return 1

@@ -29,33 +29,17 @@ from flame_tracker.errors import InputError
 from flame_tracker.io.results import StackedNpzWriter, load_npz, save_json, save_npz
 from flame_tracker.threads import available_cpus, cpu_threads
 from flame_tracker.tracker import Result
+from flame_tracker.video import blocks as detect_blocks
 from flame_tracker.video.decode import VideoReader, prefetch
 from flame_tracker.video.flow import FlowOptions
 from flame_tracker.video.store import CheckpointStage, FrameArrays, RunFolder
 from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
 
 N_BLENDSHAPES = 52
-DETECT_BLOCK = 128  # frames per landmark checkpoint; MediaPipe's tracking restarts at each block
 #: Frames before a block that MediaPipe's restarted tracking sees first (not stored): its first
 #: frames after a restart come out of a fresh state, which jumped the landmarks at every block
 #: (talking_wojtek: 0.94 % of the eye distance against 0.19 % between other frames; 0.38 % with 5)
 DETECT_WARMUP = 5
-#: Detection threads by default at most (each holds its own decoder and MediaPipe graphs, ~180 MB).
-DETECT_THREADS = 4
-#: Shortest block of a short clip (see :func:`detect_block`): each block costs a fresh start and
-#: its warm-up frames
-DETECT_MIN_BLOCK = 64
-
-
-def detect_block(n_frames: int) -> int:
-    """Frames per landmark block for a video of about ``n_frames`` selected frames (0: unknown):
-    :data:`DETECT_BLOCK`, or fewer in a clip of under ``DETECT_THREADS`` blocks, so that a short clip
-    is detected in parallel too (``DETECT_THREADS`` blocks of at least :data:`DETECT_MIN_BLOCK`
-    frames). It depends on the video and the frame selection alone, not on the threads, so the
-    landmarks do not either."""
-    if n_frames <= 0:
-        return DETECT_BLOCK
-    return int(min(DETECT_BLOCK, max(DETECT_MIN_BLOCK, -(-n_frames // DETECT_THREADS))))
 
 
 @dataclass(frozen=True)
@@ -165,7 +149,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     without ``part``, which detects what is still missing).
 
     MediaPipe's video mode tracks from frame to frame, so its landmarks depend on where it started.
-    It starts afresh at every block of :func:`detect_block` selected frames, after seeing the
+    It starts afresh at every block of :func:`.blocks.detect_block` selected frames, after seeing the
     :data:`DETECT_WARMUP` frames before the block: each block depends on the video alone, so blocks
     are detected in parallel (one landmarker and one decoder per thread, ``vopts.detect_threads``;
     MediaPipe runs without Python's lock) and a run killed anywhere resumes with the same landmarks
@@ -201,7 +185,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     todo = [b for b in blocks if b not in complete]
     if part is not None and not todo:
         return
-    n_threads = max(1, min(vopts.detect_threads or min(available_cpus(), DETECT_THREADS), len(todo)))
+    n_threads = max(1, min(vopts.detect_threads or min(available_cpus(), detect_blocks.DETECT_THREADS), len(todo)))
     cuts = [todo[round(i * len(todo) / n_threads)] for i in range(n_threads)] if todo else [0]
     open_end = part is None or part[0] + 1 == part[1]  # (the video's last run reads on to its end)
     ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None if open_end else blocks.stop)
@@ -233,13 +217,13 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
 
 
 def _block_size(run: RunFolder, est: int) -> int:
-    """Frames per detection block of this run (:func:`detect_block` of the estimated frame count),
+    """Frames per detection block of this run (:func:`.blocks.detect_block` of the estimated frame count),
     fixed when the run starts (``work/landmarks_block.json``), so that a resume cuts the video as
     the first run did whatever it estimates now; a folder with landmarks but no stored size was
-    detected by a version that always used :data:`DETECT_BLOCK`."""
+    detected by a version that always used :data:`.blocks.DETECT_BLOCK`."""
     path = run.root / "work" / "landmarks_block.json"
     if not path.is_file():
-        size = DETECT_BLOCK if run.stage("landmarks").files() else detect_block(est)
+        size = detect_blocks.DETECT_BLOCK if run.stage("landmarks").files() else detect_blocks.detect_block(est)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"size": size}))
