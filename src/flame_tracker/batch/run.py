@@ -275,7 +275,7 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
     """Process ``items`` on Ray (see the module docstring). ``address``: ``None`` starts a local Ray
     with ``workers`` CPUs (default: all cores); ``"auto"`` or ``"ray://host:port"`` joins a cluster
     (``workers`` then limits nothing: the cluster's CPUs are used). Raises :class:`RayMissingError`."""
-    from tqdm import tqdm
+    from flame_tracker.progress import progress_bar
 
     ray = require_ray()
     out = Path(out_dir)
@@ -324,7 +324,7 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
                 if k > 1 else None
             ref = remote.remote([it.as_dict() for it in task], str(out.resolve()), threads, force, parts)
             pending[ref] = task
-        bar = tqdm(total=len(items), initial=len(rows), desc="batch", unit="item", disable=not progress,
+        bar = progress_bar(total=len(items), initial=len(rows), desc="batch", unit="item", disable=not progress,
                    dynamic_ncols=True)
         try:
             while pending:

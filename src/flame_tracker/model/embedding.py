@@ -249,9 +249,9 @@ def derive_detector_embedding(model: HeadModel, landmarker, *, n_renders: int = 
     oks: list[np.ndarray] = []
     it = specs
     if progress:
-        from tqdm import tqdm
+        from flame_tracker.progress import progress_bar
 
-        it = tqdm(specs, desc="embedding renders", unit="render")
+        it = progress_bar(specs, desc="embedding renders", unit="render")
     for spec in it:
         img, truth = render_scene(model, spec)
         det = landmarker.detect(img)

@@ -341,9 +341,9 @@ def refine_multiview(model: HeadModel, fit_model: HeadModel, fit: MultiviewFit, 
     groups = [keys] + [rest[i:i + chunk] for i in range(0, len(rest), max(1, chunk))]
     it: Sequence[np.ndarray] = groups
     if progress:
-        from tqdm import tqdm
+        from flame_tracker.progress import progress_bar
 
-        it = tqdm(groups, desc="photometric", unit="chunk")
+        it = progress_bar(groups, desc="photometric", unit="chunk")
     solves = []
     for g, steps in enumerate(it):
         views = view_crops(rig, frames([int(t) for t in steps]), lmks[steps], fit.seen[steps], opts)

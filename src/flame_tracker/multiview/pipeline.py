@@ -87,9 +87,9 @@ def detect_views(tracker, frames, T: int, C: int, *, progress: bool = False) -> 
     dense = np.full((T, C, 468, 2), np.nan, np.float32)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from flame_tracker.progress import progress_bar
 
-        bar = tqdm(total=T * C, desc="detect", unit="view")
+        bar = progress_bar(total=T * C, desc="detect", unit="view")
     for t, time_s, images in frames:
         times[t] = time_s
         for c, image in enumerate(images):

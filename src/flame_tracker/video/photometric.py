@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flame_tracker.fitting.photometric import (
     PhotometricOptions,
@@ -36,6 +35,7 @@ from flame_tracker.fitting.photometric import (
     save_texture_png,
 )
 from flame_tracker.io.results import load_npz, save_npz
+from flame_tracker.progress import progress_bar
 from flame_tracker.video.decode import VideoReader
 from flame_tracker.video.store import RunFolder
 from flame_tracker.video.temporal import smooth_sequence
@@ -146,7 +146,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     todo = [int(r) for r in np.flatnonzero(fit.valid) if int(lm.frame[r]) not in done]
     # frames already refined or without a face are passed over without converting them
     skip = set(done) | {int(f) for f, v in zip(lm.frame, fit.valid) if not v}
-    bar = tqdm(total=int(fit.valid.sum()), initial=int(fit.valid.sum()) - len(todo), desc="photometric",
+    bar = progress_bar(total=int(fit.valid.sum()), initial=int(fit.valid.sum()) - len(todo), desc="photometric",
                unit="frame", disable=not progress, dynamic_ncols=True)
     n_new = 0
 

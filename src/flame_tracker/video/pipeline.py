@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flame_tracker.camera import Crop, intrinsics_pixels, pose6_to_cam
 from flame_tracker.detection.landmarker import BLENDSHAPE_NAMES
 from flame_tracker.detection.search import MIN_FACE_PX, face_centre, face_size
 from flame_tracker.errors import InputError
 from flame_tracker.io.results import StackedNpzWriter, load_npz, save_json, save_npz
+from flame_tracker.progress import progress_bar
 from flame_tracker.threads import available_cpus, cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video import blocks as detect_blocks
@@ -190,7 +190,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     open_end = part is None or part[0] + 1 == part[1]  # (the video's last run reads on to its end)
     ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None if open_end else blocks.stop)
               for i, lo in enumerate(cuts)]
-    bar = tqdm(total=est or None, initial=len(complete) * size, desc="landmarks", unit="frame",
+    bar = progress_bar(total=est or None, initial=len(complete) * size, desc="landmarks", unit="frame",
                disable=not progress, dynamic_ncols=True)
     job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar, size)
     t0 = time.perf_counter()
@@ -625,8 +625,9 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
     # Block by block (memory: one block of frames, whatever the video's length): the per-frame
     # files, and the rows of the consolidated file, which is assembled from parts on disk.
-    bar = tqdm(total=len(rows), desc="writing", unit="frame", disable=not progress or len(rows) < 2 * WRITE_BLOCK,
-               dynamic_ncols=True)  # (long videos only: ~1.5 ms per frame, minutes for an hour)
+    # (a bar for long videos only: ~1.5 ms per frame, minutes for an hour)
+    bar = progress_bar(total=len(rows), desc="writing", unit="frame",
+                       disable=not progress or len(rows) < 2 * WRITE_BLOCK, dynamic_ncols=True)
     with bar, ThreadPoolExecutor(2) as pool, \
             StackedNpzWriter(run.root / "tracking.npz", len(rows), FIXED_KEYS) as out:
         for start in range(0, len(rows), WRITE_BLOCK):
@@ -754,7 +755,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
         albedo = load_canonical(run)
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
-    bar = tqdm(total=len(lm.frame), desc="overlay", unit="frame", disable=not progress,
+    bar = progress_bar(total=len(lm.frame), desc="overlay", unit="frame", disable=not progress,
                dynamic_ncols=True)
     covered = np.flatnonzero(fit.covered)
     block: dict[int, torch.Tensor] = {}  # the meshes of the next covered rows, one batched pass each
@@ -990,7 +991,7 @@ def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_mode
     have, done_fits = fit_stage.load_rows(lm.frame, arrays)
     done = {"done": have, **done_fits} if done_fits else None
     n_todo = int(lm.valid.sum()) - (int(done["done"].sum()) if done else 0)
-    bar = tqdm(total=int(lm.valid.sum()), initial=int(lm.valid.sum()) - n_todo,
+    bar = progress_bar(total=int(lm.valid.sum()), initial=int(lm.valid.sum()) - n_todo,
                desc="fitting", unit="frame", disable=not progress, dynamic_ncols=True)
     fitted = [0]
 
