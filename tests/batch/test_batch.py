@@ -208,3 +208,31 @@ def test_a_video_whose_detection_part_died_is_still_tracked(shared_dir: Path, tm
         ray.shutdown()
     assert rows[0]["status"] == "done" and rows[0]["frames"] == 10, rows
     assert (tmp_path / "clip" / "tracking.npz").is_file()
+
+
+def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp_path: Path) -> None:
+    """A second batch into the same ``--out`` with other inputs: ``batch.csv`` lists the earlier
+    batch's items still there (and its failures) with the new ones; ``batch.json`` keeps them apart
+    (its counts are this batch's); an earlier item whose results were removed is left out."""
+    from flame_tracker.batch.run import BatchSummary, _row
+
+    def row(name: str, status: str) -> dict:
+        return _row({"name": name, "path": f"/in/{name}.mp4", "kind": "video"}, status)
+
+    for name in ("a", "b", "gone"):
+        (tmp_path / name).mkdir()
+    BatchSummary(tmp_path, rows=[row("a", "done"), row("b", "done"), row("bad", "failed"), row("gone", "done")]).write()
+    (tmp_path / "gone").rmdir()
+    second = BatchSummary(tmp_path, rows=[row("b", "skipped"), row("c", "done")])
+    (tmp_path / "c").mkdir()
+    second.write()
+    info = json.loads((tmp_path / "batch.json").read_text())
+    assert [r["name"] for r in info["items"]] == ["b", "c"] and info["counts"]["done"] == 1
+    assert [r["name"] for r in info["earlier_items"]] == ["a", "bad"]
+    lines = (tmp_path / "batch.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["a", "bad", "b", "c"]
+    assert lines[3].split(",")[3] == "skipped"
+    # a third batch still sees the first one's items
+    BatchSummary(tmp_path, rows=[row("d", "failed")]).write()
+    info = json.loads((tmp_path / "batch.json").read_text())
+    assert sorted(r["name"] for r in info["earlier_items"]) == ["a", "b", "bad", "c"]

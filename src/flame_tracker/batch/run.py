@@ -63,17 +63,39 @@ class BatchSummary:
         """Every item done (or already done before)."""
         return bool(self.rows) and all(r["status"] in ("done", "skipped") for r in self.rows)
 
+    def earlier_rows(self) -> list[dict[str, Any]]:
+        """The rows of items an earlier batch wrote into the same folder and this one did not name:
+        those still there (their folder exists, or they had failed)."""
+        try:
+            info = json.loads((self.out_dir / "batch.json").read_text())
+        except (OSError, ValueError):
+            return []
+        names = {r["name"] for r in self.rows}
+        out = []
+        for r in list(info.get("earlier_items") or []) + list(info.get("items") or []):
+            if not isinstance(r, dict) or r.get("name") in names or not isinstance(r.get("name"), str):
+                continue
+            if r.get("status") in ("done", "skipped") and not (self.out_dir / r["name"]).is_dir():
+                continue  # its results were removed
+            names.add(r["name"])
+            out.append(r)
+        return out
+
     def write(self) -> None:
-        """``batch.json`` and ``batch.csv`` in the output folder (atomically)."""
+        """``batch.json`` and ``batch.csv`` in the output folder (atomically). ``batch.json`` keeps
+        this batch's items apart (``items``; ``counts`` are theirs) from the items earlier batches
+        wrote into the folder (``earlier_items``); ``batch.csv`` lists them all, earlier ones first."""
         from flame_tracker.io.results import atomic_write, save_json
 
+        earlier = self.earlier_rows()
         save_json(self.out_dir / "batch.json", {
             "counts": self.counts, "workers": self.workers, "address": self.address,
-            "seconds": round(self.seconds, 3), "interrupted": self.interrupted, "items": self.rows})
+            "seconds": round(self.seconds, 3), "interrupted": self.interrupted, "items": self.rows,
+            "earlier_items": earlier})
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(self.rows)
+        w.writerows(earlier + self.rows)
         atomic_write(self.out_dir / "batch.csv", lambda p: p.write_text(buf.getvalue()))
 
     def text(self) -> str:
