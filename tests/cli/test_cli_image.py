@@ -104,3 +104,18 @@ def test_video_takes_a_landmarker_path_and_names_a_wrong_one(shared_dir, tmp_pat
                                     "--landmarker", str(shared_dir / "models" / "face_landmarker.task")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "ok" / "tracking.npz").is_file()
+
+
+@pytest.mark.slow
+def test_image_with_the_reference_adam_solver(shared_dir, tmp_path):
+    """``--solver adam`` runs the reference's schedule (expression, jaw, eyes): the photo default's
+    rigid refinement, shape and neck belong to the LM solver and are turned off for it (it failed on
+    every photo with the rigid refinement on)."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["image", str(shared_dir / "images" / "woman.jpg"), "--solver", "adam",
+                                    "--out", str(out), "--no-mesh", "--no-overlay"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "woman.json").read_text())
+    assert summary["reprojection_px"]["mean_68"] < 10
+    used = json.loads((out / "flame_tracker_config.json").read_text())
+    assert used["stage2"]["solver"] == "adam" and not used["stage2"]["fit_rigid"]

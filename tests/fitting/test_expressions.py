@@ -11,6 +11,7 @@ import torch
 from _stage2_toy import Toy  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from flame_tracker.camera import from_head_centric, project_ndc, view_angle_deg
+from flame_tracker.errors import InputError
 from flame_tracker.fitting.expressions import (
     channel_pairs,
     coupling_matrix,
@@ -125,3 +126,14 @@ def test_view_angle_and_the_prior_fade_with_it():
     full = fit_stage2(model, lmk, pose6, 20.0, prior_view_fade=None, **kw)
     assert float(faded.expr[0, NAMES.index("jawOpen")]) < 0.05
     assert float(full.expr[0, NAMES.index("jawOpen")]) > 0.6
+
+
+def test_the_adam_reference_refuses_the_lm_only_blocks_by_name():
+    """The reference's Adam schedule has learning rates for expression, jaw and eyes only: asked to
+    refine the rigid pose (or shape, neck) too, it says which options to turn off instead of failing
+    on a missing block."""
+    model = _named_toy()
+    pose6, shape, lmk, iris = _scene(model, torch.zeros(1, len(NAMES), dtype=DT))
+    with pytest.raises(InputError, match="fit_rigid=False"):
+        fit_stage2(model, lmk, pose6, 20.0, iris_ndc=iris, init=dict(shape=shape), fit_shape=False, fit_rigid=True,
+                   solver="adam")

@@ -92,10 +92,10 @@ def run_images(
         # the message names the problem: a model file, an option, or a missing embedding
         raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
     # the model's default stage-2 options (blendshape priors for ICT) with what the config and the
-    # command set; shape and neck are fitted by the LM solver only
+    # command set; shape, neck and the rigid refinement are fitted by the LM solver only
     stage2 = with_model_priors(replace(tracker.stage2, **config.set_in("stage2")), tracker.model)
     if stage2.solver != "lm":
-        stage2 = replace(stage2, fit_shape=False, fit_neck=False)
+        stage2 = replace(stage2, fit_shape=False, fit_neck=False, fit_rigid=False)
     tracker.stage1, tracker.stage2 = config.stage1, stage2
     photometric_set = config.set_in("photometric")
     try:

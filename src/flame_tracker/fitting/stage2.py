@@ -937,8 +937,10 @@ def _solve_lm(problem: _Problem, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, 
 
 def _solve_adam(problem: _Problem, x0: Tensor, s: Tensor, iters: int = 200) -> tuple[Tensor, int, list[float]]:
     lay = problem.layout
-    if lay.shape != "fixed" or lay.neck:
-        raise InputError("the adam reference fits expression, jaw and eyes only: use fit_shape=False, fit_neck=False")
+    lrs = {"expr": (0.01, 0.005), "jaw_pose": (0.025, 0.01), "eye_pose": (0.03, 0.01)}
+    if lay.shape != "fixed" or lay.neck or any(name not in lrs for name, _ in lay.frame_blocks):
+        raise InputError("the adam reference fits expression, jaw and eyes only: use fit_shape=False, "
+                         "fit_neck=False, fit_rigid=False")
     offsets: dict[str, Tensor] = {}
     start = 0
     blocks = {}
@@ -946,7 +948,6 @@ def _solve_adam(problem: _Problem, x0: Tensor, s: Tensor, iters: int = 200) -> t
         blocks[name] = (start, n)
         start += n
     # Reference: offsets on exp and jaw, absolute eye pose; all start at the initial values' offsets 0.
-    lrs = {"expr": (0.01, 0.005), "jaw_pose": (0.025, 0.01), "eye_pose": (0.03, 0.01)}
     groups = []
     for name, (st, n) in blocks.items():
         offsets[name] = torch.zeros(x0.shape[0], n, dtype=x0.dtype, device=x0.device, requires_grad=True)
