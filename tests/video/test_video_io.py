@@ -169,6 +169,22 @@ def test_writer_roundtrip(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.mp4").exists()
 
 
+def test_writer_keeps_source_times_closer_than_its_frame_rate(tmp_path: Path) -> None:
+    """A 23.976 fps video read at ``--fps 15`` keeps its frames at their source times, some 1/24 s
+    apart: closer than the writer's nominal 1/15 s. The overlay must keep each frame at its time
+    (the encoder's clock at 1/15 s put two frames on one tick and the muxer refused the file)."""
+    step = 1001 / 24000
+    times = [k * step for k in range(40) if int(k * step * 15) != int((k - 1) * step * 15) or k == 0]
+    times += [times[-1] + step]  # one more at the source's own spacing
+    path = tmp_path / "overlay.mp4"
+    with VideoWriter(path, fps=15.0) as writer:
+        for i, t in enumerate(times):
+            writer.write(_pattern(i), t)
+    got = [f.time_s for f in VideoReader(path)]
+    assert len(got) == len(times)
+    np.testing.assert_allclose(got, times, atol=1e-3)
+
+
 def test_writer_keeps_the_colours(tmp_path: Path) -> None:
     """Frames come back with their colours (the RGB -> YUV conversion matches what decoders assume):
     flat patches of saturated and grey colours, a few levels of compression error at most."""

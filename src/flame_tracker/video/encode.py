@@ -43,6 +43,9 @@ class VideoWriter:
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
         stream.time_base = self._time_base
+        # the encoder's clock too: at its default 1/fps, frames kept at their source times (a
+        # subsampled or variable-rate video) can fall two to a tick, which the muxer refuses
+        stream.codec_context.time_base = self._time_base
         stream.options = {"crf": str(self._crf), "preset": self._preset}
         self._stream = stream
 
