@@ -473,7 +473,10 @@ def test_insta_folder_reads_back_as_insta_does(flame2020_run, flame_run) -> None
     assert len(tf["frames"]) == T and (out / "canonical.obj").is_file()
     test = json.loads((out / "transforms_test.json").read_text())["frames"]
     train = json.loads((out / "transforms_train.json").read_text())["frames"]
-    assert len(train) + len(test) == T and len(json.loads((out / "transforms_val.json").read_text())["frames"]) <= 20
+    val = json.loads((out / "transforms_val.json").read_text())["frames"]
+    assert len(train) + len(test) == T and 0 < len(val) <= min(20, len(test))
+    # validation frames are the last test frames, never training frames (a short clip had them overlap)
+    assert val == test[len(test) - len(val):] and not {f["file_path"] for f in val} & {f["file_path"] for f in train}
     K = np.array([[tf["fl_x"], 0, tf["cx"]], [0, tf["fl_y"], tf["cy"]], [0, 0, 1.0]])
     worst = 0.0
     for i, fr in enumerate(tf["frames"]):

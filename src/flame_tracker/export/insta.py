@@ -80,7 +80,7 @@ def export_insta(run: TrackedRun, model, out_dir: str | Path, video: str | Path 
                            "source_frame": int(a["frame"][t])})
         n_test = min(TEST_FRAMES, max(1, n // 5)) if n > 1 else 0
         splits = {"": frames, "_train": frames[: n - n_test], "_test": frames[n - n_test:],
-                  "_val": frames[max(0, n - VAL_FRAMES):]}
+                  "_val": frames[n - min(VAL_FRAMES, n_test):]}  # (the last of the test frames, as INSTA's)
         for suffix, frs in splits.items():
             (tmp / f"transforms{suffix}.json").write_text(json.dumps({**top, "frames": frs}, indent=1))
 
