@@ -294,3 +294,25 @@ def test_dense_landmarks_drive_the_per_frame_expressions(model, true_shape) -> N
     with pytest.raises(InputError, match="mesh points"):
         track_landmarks(fm, rest.double().numpy(), np.ones(n, bool), t, options=replace(opts, landmarks="dense"),
                         identity=ident)
+
+
+def test_smoothed_blendshape_weights_stay_in_the_models_range() -> None:
+    """The low-pass overshoots a step of a bounded channel (a blink closing and opening): ICT's
+    weights came out down to -0.01. Clipped to the model's range, NaN (uncovered) left alone."""
+    from flame_tracker.video.track import TrackOptions, smooth_fits
+
+    t_len = 60
+    times = np.arange(t_len) / 30.0
+    expr = np.zeros((t_len, 3))
+    expr[20:26, 0] = 1.0  # a blink
+    expr[:, 1] = 0.98
+    raw = {"pose6": np.zeros((t_len, 6)), "expr": expr, "jaw_pose": np.zeros((t_len, 3)),
+           "eye_pose": np.zeros((t_len, 6))}
+    valid = np.ones(t_len, bool)
+    valid[-3:] = False  # not covered past the last measurement
+    free, _ = smooth_fits(raw, valid, times, TrackOptions())
+    assert np.nanmin(free["expr"][:, 0]) < -1e-3  # what the bounds are for
+    held, covered = smooth_fits(raw, valid, times, TrackOptions(), expr_bounds=(0.0, 1.0))
+    e = held["expr"][covered]
+    assert e.min() >= 0.0 and e.max() <= 1.0
+    np.testing.assert_allclose(np.clip(free["expr"], 0, 1)[covered], e)

@@ -573,20 +573,24 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
                        valid=valid, seen=seen, used=used_all, scale_ratio=ratio, objective=history[-1],
                        iterations=iterations, history=history, notes=notes)
     if opts.smooth and T > 2:
-        fit = smooth(fit, times if times is not None else np.arange(T, dtype=np.float64))
+        from flame_tracker.video.track import model_expr_bounds
+
+        fit = smooth(fit, times if times is not None else np.arange(T, dtype=np.float64),
+                     expr_bounds=model_expr_bounds(model))
     return fit
 
 
-def smooth(fit: MultiviewFit, times: np.ndarray) -> MultiviewFit:
+def smooth(fit: MultiviewFit, times: np.ndarray, expr_bounds: tuple[float, float] | None = None) -> MultiviewFit:
     """Whole-sequence smoothing of the head's world pose, expression, jaw and eyes (the monocular
-    video tracker's filter and cut-offs); timesteps without a face are filled in."""
+    video tracker's filter and cut-offs; the expression clipped to ``expr_bounds``, the model's);
+    timesteps without a face are filled in."""
     from dataclasses import replace
 
     from flame_tracker.video.track import TrackOptions, smooth_fits
 
     raw = {"pose6": np.concatenate([fit.rotvec, fit.transl], 1), "expr": fit.expr, "jaw_pose": fit.jaw_pose,
            "eye_pose": fit.eye_pose}
-    sm, covered = smooth_fits(raw, fit.valid, np.asarray(times, np.float64), TrackOptions())
+    sm, covered = smooth_fits(raw, fit.valid, np.asarray(times, np.float64), TrackOptions(), expr_bounds=expr_bounds)
     # timesteps the smoother did not reach (before the first face, after the last, long gaps) keep
     # their unsmoothed values and stay invalid
     keep = ~np.asarray(covered, bool)

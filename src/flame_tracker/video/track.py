@@ -419,10 +419,12 @@ def fit_frames(model: torch.nn.Module, identity: Identity, targets: FrameTargets
 
 
 def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
-                options: TrackOptions, arrays: FrameArrays | None = None
-                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                options: TrackOptions, arrays: FrameArrays | None = None,
+                expr_bounds: tuple[float, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Smooth the per-frame fits over the whole sequence; returns (smoothed dict, covered). The
-    arrays are ``arrays``' (default: in memory)."""
+    arrays are ``arrays``' (default: in memory). ``expr_bounds``: the model's expression range
+    (``model.expr_bounds``, ICT's blendshape weights [0, 1]), which the smoothed expression is
+    clipped to: the low-pass overshoots a bounded channel's steps (weights down to -0.01 before)."""
     arrays = arrays or FrameArrays()
     t_len = len(valid)
     rot = raw["pose6"][:, :3].copy()
@@ -465,9 +467,21 @@ def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray
     for (name, _, _), w in zip(blocks, widths):
         out[name] = y[:, c:c + w]
         c += w
+    if expr_bounds is not None:
+        lo, hi = float(expr_bounds[0]), float(expr_bounds[1])
+        for start in range(0, t_len, SCAN_BLOCK):
+            blk = out["expr"][start:start + SCAN_BLOCK]
+            np.clip(blk, lo, hi, out=blk)  # (NaN stays NaN)
+            arrays.release()
     arrays.release()
     # (rotation and translation are y's first 6 columns: the pose is a view of them)
     return {"pose6": y[:, :6], "expr": out["expr"], "jaw_pose": out["jaw_pose"], "eye_pose": out["eye_pose"]}, covered
+
+
+def model_expr_bounds(model: torch.nn.Module) -> tuple[float, float] | None:
+    """A model's expression range (``expr_bounds``: ICT's blendshape weights), None when unbounded."""
+    b = getattr(model, "expr_bounds", None)
+    return None if b is None else (float(b[0]), float(b[1]))
 
 
 def project_fit(model: torch.nn.Module, identity: Identity, params: dict[str, np.ndarray],
@@ -646,7 +660,7 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
     t_len = len(valid)
     t0 = time.perf_counter()
     observed = valid if flow is None else valid | flow  # flow frames are measurements of the pose
-    smooth, covered = smooth_fits(raw, observed, times, opts, arrays)
+    smooth, covered = smooth_fits(raw, observed, times, opts, arrays, expr_bounds=model_expr_bounds(model))
     timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
 
     fit_px = arrays.full("fit_lmks68", (t_len, 68, 2), np.nan)
