@@ -187,7 +187,7 @@ def test_multiview_command_fits_a_rendered_capture(capture, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_multiview_bad_input_and_warnings(capture, tmp_path: Path) -> None:
     """Missing cameras, unequal frame counts, wrong sizes: one clear line, exit 1. A calibration in
-    millimetres read as metres: a warning naming --unit mm. A camera that never sees the face: a
+    millimetres read as metres: an error naming --unit mm (a head 1000x too big). A camera that never sees the face: a
     warning, fitted without it."""
     import shutil
 
@@ -215,7 +215,7 @@ def test_multiview_bad_input_and_warnings(capture, tmp_path: Path) -> None:
     mm = {"cameras": {k: {**v, "t": (np.array(v["t"]) * 1000).tolist()} for k, v in
                       json.loads((root / "cameras.json").read_text())["cameras"].items()}}
     res = run(root, _write(tmp_path / "mm.json", mm), "--max-frames", "2")
-    assert "--unit mm" in res.output, res.output
+    assert res.exit_code == 1 and "--unit mm" in res.output, res.output  # a head 1000x too big: stops
     # a camera that sees only a blank wall
     blank = tmp_path / "blank"
     shutil.copytree(root, blank)

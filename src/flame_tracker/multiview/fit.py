@@ -468,6 +468,11 @@ def initial_poses(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, anchors: 
     return out, ok, scale
 
 
+#: A head this many times bigger or smaller than the model's is a calibration in the wrong unit:
+#: the fit stops (mm read as m is 1000x, cm 100x, inches 40x); between 3x and this, a warning.
+UNIT_MISTAKE = 10.0
+
+
 def scale_note(ratio: float, unit: str) -> str | None:
     """A warning when the calibration makes the head implausibly big or small (unit mistakes)."""
     if 1 / 3 < ratio < 3:
@@ -512,7 +517,10 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
     K = targets.shape[2]
     pset = points or PointSet.ibug68(opts)
     init, placed, ratio = initial_poses(model, rig, und, seen, pset.anchors)
-    notes = [n for n in [scale_note(ratio, rig.unit)] if n]
+    note = scale_note(ratio, rig.unit)
+    if note and not 1 / UNIT_MISTAKE < ratio < UNIT_MISTAKE:  # no head: a unit mistake, not a person
+        raise MultiviewError(note)
+    notes = [note] if note else []
     valid = placed
     rows = np.flatnonzero(valid)
     if len(rows) == 0:
