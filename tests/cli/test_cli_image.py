@@ -119,3 +119,9 @@ def test_image_with_the_reference_adam_solver(shared_dir, tmp_path):
     assert summary["reprojection_px"]["mean_68"] < 10
     used = json.loads((out / "flame_tracker_config.json").read_text())
     assert used["stage2"]["solver"] == "adam" and not used["stage2"]["fit_rigid"]
+
+
+def test_a_video_given_to_image_points_to_the_video_command(shared_dir, tmp_path):
+    clip = shared_dir / "videos" / "talking_ex1.mp4"
+    res = CliRunner().invoke(main, ["image", str(clip), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and f"track it with `flame-tracker video {clip}`" in res.output, res.output

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from flame_tracker.errors import FlameTrackerError
+from flame_tracker.io.suffixes import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Per-item options a manifest may set (CSV columns / JSON keys besides ``path`` and ``name``).
 ITEM_OPTIONS = {"start": float, "end": float, "fps": float, "every": int, "max_frames": int, "model": str,
                 "face": str}

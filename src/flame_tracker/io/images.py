@@ -198,6 +198,10 @@ def load_image(
                 return to_rgb_uint8(wide, name=str(path), background=background)
             arr = _pil_to_array(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as exc:
+        from flame_tracker.io.suffixes import VIDEO_SUFFIXES
+
+        if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+            raise ImageError(f"{path} is a video, not a photo: track it with `flame-tracker video {path}`") from exc
         raise ImageError(f"Cannot read {path}: not an image format flame-tracker can decode.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageError):

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flame_tracker.io.suffixes import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from flame_tracker.multiview.cameras import MultiviewError, Rig
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 
 
 @dataclass
