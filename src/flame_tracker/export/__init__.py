@@ -27,6 +27,8 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None,
     :class:`ExportError` says why not."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if masks is not None and fmt != "gaussian-avatars":  # (it would be ignored)
+        raise ExportError(f"--masks is for gaussian-avatars (its fg_masks/); {fmt} takes none")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / f"export-{fmt}"
     from flame_tracker.export.multiview import is_multiview_run
 
