@@ -92,6 +92,7 @@ class VideoSummary:
     broken: str | None = None
     skipped: bool = False  # the folder was already complete
     faces_seen: int = 0  # most faces seen at once in a frame (several people: the chosen one is followed)
+    face: str = "largest"  # which face was chosen to follow (VideoOptions.face, --face)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -113,7 +114,9 @@ class VideoSummary:
                          f"{self.jitter.get('lmk_acc_px', np.nan):.2f} px/frame^2")
         lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         if self.faces_seen > 1:
-            lines.append(f"{self.faces_seen} faces seen at once: one person was followed (choose with --face)")
+            lines.append(f"{self.faces_seen} faces seen at once: one person was followed, "
+                         + ("the largest (choose another with --face)" if self.face == "largest" else
+                            f"the one --face {self.face} picks"))
         if self.broken:
             lines.append(f"WARNING: {self.broken}; the frames before it were tracked")
         return "\n".join(lines)
@@ -903,7 +906,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         raise InputError(f"detect_part must be (i, k) with 0 <= i < k, without force (got {detect_part}, "
                          f"force={force}): the parts share one folder, which force would empty")
     run = _open_run(video, out_dir, model, fit_model, topts, vopts, fopts, popts, force)
-    summary = VideoSummary(out_dir=run.root)
+    summary = VideoSummary(out_dir=run.root, face=str(vopts.face))
     if _finished(run, vopts):
         summary.skipped = True
         return summary
