@@ -545,3 +545,34 @@ def test_a_block_stored_twice_is_detected_again(tmp_path: Path) -> None:
     part.flush()
     assert pipeline_mod._complete_blocks(stage, 4) == {0}
     assert CheckpointStage(tmp_path, "landmarks").load()["frame"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_the_same_command_resumes(shared_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C during `flame-tracker video`: exit code 130 (as a shell and `batch` report it) with the
+    message that says how to resume; the same command then finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flame_tracker.cli.main", "video", str(shared_dir / "videos" / "talking_wojtek.mp4"),
+           "--out", str(out), "--quiet"]
+    # a background shell starts its children with SIGINT ignored, which they would inherit: restore it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not (out / "manifest.json").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # detecting
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")  # a very fast machine
+    assert proc.returncode == 130, output
+    assert "run the same command again to resume" in output and "Traceback" not in output
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (out / "tracking.npz").is_file()

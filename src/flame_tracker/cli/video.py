@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +145,10 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
                               force=force, progress=not quiet, verbose=verbose, landmarker_path=landmarker)
     except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError, FlameTrackerError) as exc:
         raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
-        raise click.ClickException(
-            f"interrupted; what was finished is saved in {out_dir}: run the same command again "
-            "to resume") from None
+    except KeyboardInterrupt:  # (exit 130, as a shell reports Ctrl-C, and as `batch` does)
+        click.echo(f"interrupted; what was finished is saved in {out_dir}: run the same command again "
+                   "to resume", err=True)
+        sys.exit(130)
     click.echo(summary.text())
     if exports:
         from flame_tracker.export import ExportError, export_run
