@@ -232,6 +232,7 @@ def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp
     lines = (tmp_path / "batch.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["a", "bad", "b", "c"]
     assert lines[3].split(",")[3] == "skipped"
+    assert lines[2].split(",")[5] == "" and "nan" not in (tmp_path / "batch.csv").read_text()  # failed: no fps
     # a third batch still sees the first one's items
     BatchSummary(tmp_path, rows=[row("d", "failed")]).write()
     info = json.loads((tmp_path / "batch.json").read_text())

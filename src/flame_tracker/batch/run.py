@@ -95,7 +95,9 @@ class BatchSummary:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(earlier + self.rows)
+        # (no value: an empty cell, the same whether the row was made now or read back from batch.json)
+        w.writerows([{k: "" if v is None or (isinstance(v, float) and v != v) else v for k, v in r.items()}
+                     for r in earlier + self.rows])
         atomic_write(self.out_dir / "batch.csv", lambda p: p.write_text(buf.getvalue()))
 
     def text(self) -> str:
