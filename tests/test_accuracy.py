@@ -62,22 +62,6 @@ def test_face_region_and_scenes(model) -> None:
     assert np.array_equal(img, img2)  # deterministic
 
 
-def test_rendered_pupils_look_where_the_models_iris_points_are(model) -> None:
-    """The renders' gaze is the scene's ``eye_pose`` = 0: each painted pupil is centred on the
-    model's iris centre point (ICT's eyes converge at rest; painted along +z they looked ahead, ~3.5°
-    off the model's own iris points), and the iris points of the contour lie on the iris."""
-    from flame_tracker.evaluation.scenes import vertex_albedo
-
-    spec = sample_scenes(model, 1, seed=4)[0]
-    truth = scene_truth(model, spec)
-    alb = vertex_albedo(model, truth.neutral, truth.lmks68_3d, spec)
-    iris = model.iris_idx.numpy()
-    pupil = alb[iris[[0, 5]]]
-    assert np.allclose(pupil, 0.03)  # both centres dark: the pupil
-    sclera = np.array([0.88, 0.86, 0.82])
-    assert not np.isclose(alb[iris], sclera).all(1).any()  # no iris point on the white
-
-
 def _off_centre_truth(model):
     spec = sample_scenes(model, 1, seed=11)[0]
     spec.shape[:] = 0.0

@@ -206,26 +206,18 @@ def vertex_albedo(model, neutral: np.ndarray, lmk3d: np.ndarray, spec: SceneSpec
     back = v[:, 2] < lmk3d[[0, 16], 2].mean() - 0.03
     hair = (v[:, 1] > top) | (back & (v[:, 1] > lmk3d[2, 1]))
     alb[hair] = hair_col
-    # eyes: sclera, iris, pupil by the angle from each eyeball's gaze at rest, towards the model's
-    # iris centre point (so that the render's gaze is the scene's eye_pose = 0: ICT's eyes converge
-    # at rest; painted along +z, the pupils looked ahead of where the model's iris points are)
+    # eyes: sclera, iris, pupil by the angle from each eyeball's forward axis
     eye = eyeball_mask(model)
     if eye.any():
         iris_col = _IRIS[int(r.integers(len(_IRIS)))]
-        iris_idx = getattr(model, "iris_idx", None)
-        centres = [] if iris_idx is None else [int(i) for i in np.asarray(iris_idx.cpu())[[0, 5]]]
         for side in (v[:, 0] > 0, v[:, 0] <= 0):
             m = eye & side
             if not m.any():
                 continue
             c = v[m].mean(0)
             c[2] = v[m, 2].min() + (v[m, 2].max() - v[m, 2].min()) * 0.45  # sphere centre, not the cornea bulge
-            gaze = np.array([0.0, 0.0, 1.0])
-            pupil = [i for i in centres if m[i]]
-            if pupil:
-                gaze = (v[pupil[0]] - c) / np.linalg.norm(v[pupil[0]] - c)
             d = v[m] - c
-            ang = np.arccos(np.clip(d @ gaze / np.linalg.norm(d, axis=1).clip(1e-9), -1, 1))
+            ang = np.arccos(np.clip(d[:, 2] / np.linalg.norm(d, axis=1).clip(1e-9), -1, 1))
             col = np.where(ang[:, None] < 0.22, 0.03, np.where(ang[:, None] < 0.52, iris_col, [0.88, 0.86, 0.82]))
             alb[m] = col
     if detail > 0:
