@@ -37,3 +37,34 @@ def test_interleaved_threads_restore_stderr() -> None:
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
     null = os.stat(os.devnull)
     assert (seen["inside"].st_dev, seen["inside"].st_ino) == (null.st_dev, null.st_ino)  # still silent while B is in
+
+
+def test_restore_stderr_gives_it_back_inside_an_open_block() -> None:
+    """A command reporting an interruption gets the real stderr back even while a (stopped) thread's
+    silencing block is still open; the block's own exit then leaves it alone."""
+    from flame_tracker.detection.landmarker import restore_stderr
+
+    before = os.fstat(2)
+    null = os.stat(os.devnull)
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with native_stderr_silenced():
+            inside.set()
+            release.wait(5)
+        done.set()
+
+    t = threading.Thread(target=stuck)
+    t.start()
+    inside.wait(5)
+    assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (null.st_dev, null.st_ino)
+    restore_stderr()
+    now = os.fstat(2)
+    assert (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino)
+    release.set()
+    t.join(10)
+    after = os.fstat(2)
+    assert done.is_set() and (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    with native_stderr_silenced():  # and silencing still works afterwards
+        assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (null.st_dev, null.st_ino)
+    assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (before.st_dev, before.st_ino)

@@ -146,6 +146,9 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
     except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError, FlameTrackerError) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:  # (exit 130, as a shell reports Ctrl-C, and as `batch` does)
+        from flame_tracker.detection.landmarker import restore_stderr
+
+        restore_stderr()
         click.echo(f"interrupted; what was finished is saved in {out_dir}: run the same command again "
                    "to resume", err=True)
         sys.exit(130)

@@ -305,16 +305,19 @@ class _DetectJob:
             self._detect_range(*ranges[0])
             return
         threads = [threading.Thread(target=work, args=r, daemon=True) for r in ranges]
-        for t in threads:
-            t.start()
         try:
+            for t in threads:  # (inside the try: a Ctrl-C while starting them also waits for them)
+                t.start()
             for t in threads:
                 while t.is_alive():
                     t.join(0.2)
         except BaseException:  # Ctrl-C: the threads stop after their frame, their blocks are flushed
+            # (waited for: one still setting up MediaPipe has the process's stderr silenced, and
+            # would take the interrupted run's message with it)
             self.stop.set()
             for t in threads:
-                t.join()
+                if t.is_alive():
+                    t.join()
             raise
         if errors:
             raise errors[0]
