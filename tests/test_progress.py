@@ -38,3 +38,11 @@ def test_a_terminal_keeps_the_redrawn_bar() -> None:
     for _ in progress_bar(range(3), desc="x", file=term, mininterval=0, miniters=1):
         pass
     assert "\r" in term.getvalue()
+
+
+def test_no_stderr_at_all_draws_nothing(monkeypatch) -> None:
+    """pythonw or a daemon has no stderr: the bar is off instead of failing on write."""
+    import sys
+
+    monkeypatch.setattr(sys, "stderr", None)
+    assert sum(1 for _ in progress_bar(range(3), desc="x")) == 3

@@ -44,7 +44,9 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     """A :class:`tqdm.tqdm` on stderr (same arguments); when stderr is not a terminal, one line per
     refresh, at most every :data:`LOG_INTERVAL_S` seconds."""
     stream = kwargs.pop("file", None) or sys.stderr
-    if not _is_terminal(stream) and not kwargs.get("disable", False):
+    if stream is None:  # no stderr at all (pythonw, a daemon): nothing to draw on
+        kwargs["disable"] = True
+    elif not _is_terminal(stream) and not kwargs.get("disable", False):
         kwargs.update(file=_Lines(stream), dynamic_ncols=False, ascii=True)
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
         kwargs.setdefault("ncols", 100)

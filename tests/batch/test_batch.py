@@ -233,6 +233,11 @@ def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp
     assert [line.split(",")[0] for line in lines[1:]] == ["a", "bad", "b", "c"]
     assert lines[3].split(",")[3] == "skipped"
     assert lines[2].split(",")[5] == "" and "nan" not in (tmp_path / "batch.csv").read_text()  # failed: no fps
+    # a batch.json that is not a summary of ours (a list, a string) is no earlier batch
+    for other in ("[1, 2]", '"x"'):
+        (tmp_path / "elsewhere").mkdir(exist_ok=True)
+        (tmp_path / "elsewhere" / "batch.json").write_text(other)
+        assert BatchSummary(tmp_path / "elsewhere", rows=[row("e", "done")]).earlier_rows() == []
     # a third batch still sees the first one's items
     BatchSummary(tmp_path, rows=[row("d", "failed")]).write()
     info = json.loads((tmp_path / "batch.json").read_text())

@@ -70,6 +70,8 @@ class BatchSummary:
             info = json.loads((self.out_dir / "batch.json").read_text())
         except (OSError, ValueError):
             return []
+        if not isinstance(info, dict):  # not a summary of ours
+            return []
         names = {r["name"] for r in self.rows}
         out = []
         for r in list(info.get("earlier_items") or []) + list(info.get("items") or []):
