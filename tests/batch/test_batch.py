@@ -234,7 +234,7 @@ def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp
     assert lines[3].split(",")[3] == "skipped"
     assert lines[2].split(",")[5] == "" and "nan" not in (tmp_path / "batch.csv").read_text()  # failed: no fps
     # a batch.json that is not a summary of ours (a list, a string) is no earlier batch
-    for other in ("[1, 2]", '"x"'):
+    for other in ("[1, 2]", '"x"', '{"items": 3}', '{"earlier_items": true}', '{"items": [{"name": ["a"]}]}'):
         (tmp_path / "elsewhere").mkdir(exist_ok=True)
         (tmp_path / "elsewhere" / "batch.json").write_text(other)
         assert BatchSummary(tmp_path / "elsewhere", rows=[row("e", "done")]).earlier_rows() == []

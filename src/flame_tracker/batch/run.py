@@ -74,8 +74,9 @@ class BatchSummary:
             return []
         names = {r["name"] for r in self.rows}
         out = []
-        for r in list(info.get("earlier_items") or []) + list(info.get("items") or []):
-            if not isinstance(r, dict) or r.get("name") in names or not isinstance(r.get("name"), str):
+        lists = [info.get(k) for k in ("earlier_items", "items")]
+        for r in [r for rows in lists if isinstance(rows, list) for r in rows]:
+            if not isinstance(r, dict) or not isinstance(r.get("name"), str) or r["name"] in names:
                 continue
             if r.get("status") in ("done", "skipped") and not (self.out_dir / r["name"]).is_dir():
                 continue  # its results were removed
@@ -366,7 +367,8 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
                         rows[r["name"]] = r
                     bar.update(len(got))
                     failed = sum(r["status"] == "failed" for r in rows.values())
-                    bar.set_postfix(done=len(rows) - failed, failed=failed, running=min(len(pending), summary.workers))
+                    bar.set_postfix(done=len(rows) - failed, failed=failed, running=min(len(pending), summary.workers),
+                                    refresh=False)  # (drawn with the next refresh: a log gets one line per 15 s)
         except KeyboardInterrupt:
             # the unfinished tasks end with Ray's shutdown below (a forced ray.cancel raced with
             # replies already on their way and crashed Ray's core worker: "task that was not pending")
