@@ -352,7 +352,7 @@ def run_batch(items: list[Item], out_dir: str | Path, *, workers: int | None = N
             ref = remote.remote([it.as_dict() for it in task], str(out.resolve()), threads, force, parts)
             pending[ref] = task
         bar = progress_bar(total=len(items), initial=len(rows), desc="batch", unit="item", disable=not progress,
-                   dynamic_ncols=True)
+                           dynamic_ncols=True)
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

@@ -78,23 +78,27 @@ def native_stderr_silenced() -> Iterator[None]:
     finally:
         with _silence_lock:
             _silenced = max(_silenced - 1, 0)  # (restore_stderr may have ended every block already)
-            if _silenced == 0 and _saved_fd is not None:
-                os.dup2(_saved_fd, 2)
-                os.close(_saved_fd)
-                _saved_fd = None
+            if _silenced == 0:
+                _give_back_stderr()
 
 
 def restore_stderr() -> None:
     """Give the process its stderr back now, whatever :func:`native_stderr_silenced` blocks are
     still open (a command about to report an interruption and exit: a thread stopped inside one
     would otherwise take the message with it)."""
-    global _silenced, _saved_fd
+    global _silenced
     with _silence_lock:
-        if _saved_fd is not None:
-            os.dup2(_saved_fd, 2)
-            os.close(_saved_fd)
-            _saved_fd = None
+        _give_back_stderr()
         _silenced = 0
+
+
+def _give_back_stderr() -> None:
+    """Descriptor 2 back to the real stderr, if it is silenced (with ``_silence_lock`` held)."""
+    global _saved_fd
+    if _saved_fd is not None:
+        os.dup2(_saved_fd, 2)
+        os.close(_saved_fd)
+        _saved_fd = None
 
 
 _silence_lock = threading.Lock()

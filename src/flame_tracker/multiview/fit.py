@@ -581,20 +581,19 @@ def fit_multiview(model, rig: Rig, lmks: np.ndarray, seen: np.ndarray, *, iris: 
                        valid=valid, seen=seen, used=used_all, scale_ratio=ratio, objective=history[-1],
                        iterations=iterations, history=history, notes=notes)
     if opts.smooth and T > 2:
-        from flame_tracker.video.track import model_expr_bounds
-
-        fit = smooth(fit, times if times is not None else np.arange(T, dtype=np.float64),
-                     expr_bounds=model_expr_bounds(model))
+        fit = smooth(fit, times if times is not None else np.arange(T, dtype=np.float64), model)
     return fit
 
 
-def smooth(fit: MultiviewFit, times: np.ndarray, expr_bounds: tuple[float, float] | None = None) -> MultiviewFit:
+def smooth(fit: MultiviewFit, times: np.ndarray, model=None) -> MultiviewFit:
     """Whole-sequence smoothing of the head's world pose, expression, jaw and eyes (the monocular
-    video tracker's filter and cut-offs; the expression clipped to ``expr_bounds``, the model's);
+    video tracker's filter and cut-offs; the expression clipped to ``model``'s range, when given);
     timesteps without a face are filled in."""
     from dataclasses import replace
 
-    from flame_tracker.video.track import TrackOptions, smooth_fits
+    from flame_tracker.video.track import TrackOptions, model_expr_bounds, smooth_fits
+
+    expr_bounds = None if model is None else model_expr_bounds(model)
 
     raw = {"pose6": np.concatenate([fit.rotvec, fit.transl], 1), "expr": fit.expr, "jaw_pose": fit.jaw_pose,
            "eye_pose": fit.eye_pose}

@@ -241,9 +241,7 @@ def _refine_photometric(model, fit_model, fit: MultiviewFit, rig: Rig, capture: 
             f"the photometric refinement barely made the views' colours agree (disagreement {first['photo_start']:.4f} "
             f"-> {first['photo_end']:.4f}): check the cameras (calibration, --image-fov) and the synchronisation")])
     if opts.smooth and len(out.valid) > 2:
-        from flame_tracker.video.track import model_expr_bounds
-
-        out = smooth_fit(out, det.times, expr_bounds=model_expr_bounds(model))
+        out = smooth_fit(out, det.times, model)
     return out, info
 
 

@@ -147,7 +147,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     # frames already refined or without a face are passed over without converting them
     skip = set(done) | {int(f) for f, v in zip(lm.frame, fit.valid) if not v}
     bar = progress_bar(total=int(fit.valid.sum()), initial=int(fit.valid.sum()) - len(todo), desc="photometric",
-               unit="frame", disable=not progress, dynamic_ncols=True)
+                       unit="frame", disable=not progress, dynamic_ncols=True)
     n_new = 0
 
     def flush(rows: list[int], images: list[np.ndarray]) -> None:

@@ -194,7 +194,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     ranges = [(lo, cuts[i + 1] if i + 1 < len(cuts) else None if open_end else blocks.stop)
               for i, lo in enumerate(cuts)]
     bar = progress_bar(total=est or None, initial=len(complete) * size, desc="landmarks", unit="frame",
-               disable=not progress, dynamic_ncols=True)
+                       disable=not progress, dynamic_ncols=True)
     job = _DetectJob(run, reader, landmarker_path, choice, vopts, verbose, dense, complete, bar, size)
     t0 = time.perf_counter()
     try:
@@ -762,7 +762,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
         albedo = load_canonical(run)
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
     bar = progress_bar(total=len(lm.frame), desc="overlay", unit="frame", disable=not progress,
-               dynamic_ncols=True)
+                       dynamic_ncols=True)
     covered = np.flatnonzero(fit.covered)
     block: dict[int, torch.Tensor] = {}  # the meshes of the next covered rows, one batched pass each
     n_done = 0
@@ -998,7 +998,7 @@ def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_mode
     done = {"done": have, **done_fits} if done_fits else None
     n_todo = int(lm.valid.sum()) - (int(done["done"].sum()) if done else 0)
     bar = progress_bar(total=int(lm.valid.sum()), initial=int(lm.valid.sum()) - n_todo,
-               desc="fitting", unit="frame", disable=not progress, dynamic_ncols=True)
+                       desc="fitting", unit="frame", disable=not progress, dynamic_ncols=True)
     fitted = [0]
 
     def on_chunk(rows: np.ndarray, fits: dict[str, np.ndarray]) -> None:
