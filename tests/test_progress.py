@@ -46,3 +46,21 @@ def test_no_stderr_at_all_draws_nothing(monkeypatch) -> None:
 
     monkeypatch.setattr(sys, "stderr", None)
     assert sum(1 for _ in progress_bar(range(3), desc="x")) == 3
+
+
+def test_two_bars_in_a_log_write_no_cursor_codes() -> None:
+    """Two bars open at once (tqdm moves the cursor up to redraw the second): the log gets plain
+    lines of both bars, no terminal control sequences, no empty lines."""
+    log = io.StringIO()
+    a = progress_bar(total=3, desc="outer", file=log, mininterval=0, miniters=1)
+    b = progress_bar(total=3, desc="inner", file=log, mininterval=0, miniters=1)
+    for _ in range(3):
+        a.update()
+        b.update()
+    b.close()
+    a.close()
+    text = log.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    lines = text.splitlines()
+    assert all(line.startswith(("outer", "inner")) for line in lines)
+    assert any("outer" in ln and "3/3" in ln for ln in lines) and any("inner" in ln and "3/3" in ln for ln in lines)

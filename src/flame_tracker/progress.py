@@ -8,6 +8,7 @@ of redraws; there each refresh is written as its own line instead, at most every
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, TextIO
 
@@ -15,6 +16,9 @@ from tqdm import tqdm
 
 #: Seconds between two progress lines when stderr is not a terminal.
 LOG_INTERVAL_S = 15.0
+
+# terminal control sequences (tqdm moves the cursor up to redraw a second bar): meaningless in a log
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class _Lines:
@@ -24,9 +28,9 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        line = text.replace("\r", "").rstrip("\n")
-        if line.strip():
-            self.stream.write(line + "\n")
+        for line in _CONTROL.sub("", text).replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
         return len(text)
 
     def flush(self) -> None:

@@ -125,3 +125,17 @@ def test_a_video_given_to_image_points_to_the_video_command(shared_dir, tmp_path
     clip = shared_dir / "videos" / "talking_ex1.mp4"
     res = CliRunner().invoke(main, ["image", str(clip), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and f"track it with `flame-tracker video {clip}`" in res.output, res.output
+
+
+def test_ctrl_c_in_any_command_exits_130(tmp_path, monkeypatch):
+    """Ctrl-C outside a command's own handling (here while exporting) is reported as an interruption
+    with exit code 130, as a shell reports it, not as click's "Aborted!" with code 1."""
+    import flame_tracker.export as export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_run", interrupted)
+    res = CliRunner().invoke(main, ["export", str(tmp_path), "--format", "arkit"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.output and "Aborted" not in res.output

@@ -8,7 +8,22 @@ import click
 from flame_tracker import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; Ctrl-C anywhere (loading a model, exporting, fitting a photo) exits with
+    code 130, as a shell reports it, instead of click's "Aborted!" and code 1."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from flame_tracker.detection.landmarker import restore_stderr
+
+            restore_stderr()  # a detection thread may have had MediaPipe's log silenced
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flame-tracker")
 def main() -> None:
     """Fit the FLAME (or the open ICT-FaceKit) 3D head model to face images and videos, on a CPU.
