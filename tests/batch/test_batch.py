@@ -213,7 +213,8 @@ def test_a_video_whose_detection_part_died_is_still_tracked(shared_dir: Path, tm
 def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp_path: Path) -> None:
     """A second batch into the same ``--out`` with other inputs: ``batch.csv`` lists the earlier
     batch's items still there (and its failures) with the new ones; ``batch.json`` keeps them apart
-    (its counts are this batch's); an earlier item whose results were removed is left out."""
+    (its counts are this batch's); an earlier item whose results were removed, or that an interrupted
+    batch never ran, is left out."""
     from flame_tracker.batch.run import BatchSummary, _row
 
     def row(name: str, status: str) -> dict:
@@ -221,7 +222,8 @@ def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp
 
     for name in ("a", "b", "gone"):
         (tmp_path / name).mkdir()
-    BatchSummary(tmp_path, rows=[row("a", "done"), row("b", "done"), row("bad", "failed"), row("gone", "done")]).write()
+    BatchSummary(tmp_path, rows=[row("a", "done"), row("b", "done"), row("bad", "failed"), row("gone", "done"),
+                               row("never", "interrupted")]).write()
     (tmp_path / "gone").rmdir()
     second = BatchSummary(tmp_path, rows=[row("b", "skipped"), row("c", "done")])
     (tmp_path / "c").mkdir()

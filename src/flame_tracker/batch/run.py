@@ -65,7 +65,8 @@ class BatchSummary:
 
     def earlier_rows(self) -> list[dict[str, Any]]:
         """The rows of items an earlier batch wrote into the same folder and this one did not name:
-        those still there (their folder exists, or they had failed)."""
+        those still there (their folder exists, or they had failed); items an interrupted batch never
+        finished are not listed (nothing of theirs is done: their batch, run again, finishes them)."""
         try:
             info = json.loads((self.out_dir / "batch.json").read_text())
         except (OSError, ValueError):
@@ -80,6 +81,8 @@ class BatchSummary:
                 continue
             if r.get("status") in ("done", "skipped") and not (self.out_dir / r["name"]).is_dir():
                 continue  # its results were removed
+            if r.get("status") == "interrupted":
+                continue
             names.add(r["name"])
             out.append(r)
         return out
