@@ -20,10 +20,37 @@ def test_npz_round_trip(tmp_path):
     np.testing.assert_array_equal(back["fov"], [20.0])
 
 
-def test_npz_refuses_objects(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_npz_refuses_objects(tmp_path, compress):
     with pytest.raises(TypeError, match="'bad'"):
-        save_npz(tmp_path / "r.npz", {"bad": np.array([{"a": 1}], dtype=object)})
+        save_npz(tmp_path / "r.npz", {"bad": np.array([{"a": 1}], dtype=object)}, compress=compress)
     assert not (tmp_path / "r.npz").exists()
+
+
+def test_uncompressed_npz_reads_back_as_numpys_own(tmp_path):
+    """The per-frame files' archive, built without zipfile: a valid zip that ``np.load`` reads back
+    exactly as what ``np.savez`` writes, for every kind of array a result holds (0-d, empty, strings,
+    non-ASCII names and text, Fortran order, big-endian, structured)."""
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    arrays = {"pose": rng.normal(size=(1, 6)), "nan": np.array([np.nan, 1.0], np.float32),
+              "scalar": np.float64(3.5), "flag": np.bool_(True), "name": np.str_("ict_facekit_light"),
+              "text": np.str_("naïve ✓"), "empty": np.zeros((0, 3)),
+              "fortran": np.asfortranarray(rng.normal(size=(3, 4))),
+              "big_endian": np.arange(5, dtype=">i4"), "records": np.zeros(2, [("a", "<f4"), ("b", "<i2")]),
+              "ünïcode_key": np.arange(3, dtype=np.uint8), "frames": np.arange(4, dtype=np.int64)}
+    path = save_npz(tmp_path / "f.npz", arrays, compress=False)
+    assert zipfile.ZipFile(path).testzip() is None
+    ref = io.BytesIO()
+    np.savez(ref, **arrays)
+    ours, theirs = np.load(path), np.load(io.BytesIO(ref.getvalue()))
+    assert list(ours.keys()) == list(theirs.keys()) == list(arrays)
+    for key in arrays:
+        a, b = ours[key], theirs[key]
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        assert a.tobytes() == b.tobytes(), key
 
 
 def test_failed_write_keeps_old_file(tmp_path):

@@ -14,11 +14,14 @@ Unit rule for the npz (see README "Outputs"):
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import shutil
+import struct
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +85,46 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
     return Path(path)
 
 
+@functools.lru_cache(maxsize=512)
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header numpy writes before a C-ordered array of this dtype and shape."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+# zip records (PKWARE APPNOTE 4.3.7 / 4.3.12 / 4.3.16), entries stored uncompressed, as np.savez does
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+_END = struct.Struct("<IHHHHIIH")
+
+
+def stored_npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The bytes of an uncompressed ``.npz`` holding ``arrays`` (what ``np.savez`` writes, read back
+    identically by ``np.load``), for small archives: one entry per key, no ZIP64 records."""
+    parts: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    for key, value in arrays.items():
+        a = np.asarray(value)
+        a = a if a.flags.c_contiguous else np.array(a, order="C")  # (ascontiguousarray makes 0-d 1-d)
+        if a.dtype.hasobject:
+            raise TypeError(f"npz key {key!r} holds Python objects; store plain arrays only")
+        entry = _npy_header(a.dtype, a.shape) + a.tobytes()
+        name = f"{key}.npy".encode()
+        flags = 0 if name.isascii() else 0x800  # UTF-8 names
+        crc, size = zlib.crc32(entry), len(entry)
+        # (time 0, date 0x21 = 1980-01-01: the archive's bytes depend on the arrays alone)
+        parts += [_LOCAL.pack(0x04034B50, 20, flags, 0, 0, 0x21, crc, size, size, len(name), 0), name, entry]
+        central += [_CENTRAL.pack(0x02014B50, 20, 20, flags, 0, 0, 0x21, crc, size, size, len(name), 0, 0, 0, 0,
+                                  0o644 << 16, offset), name]
+        offset += _LOCAL.size + len(name) + size
+    directory = b"".join(central)
+    n = len(arrays)
+    return b"".join(parts) + directory + _END.pack(0x06054B50, 0, 0, n, n, len(directory), offset, 0)
+
+
 def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], compress: bool = True) -> Path:
     """Write ``arrays`` as an npz atomically, compressed unless ``compress=False`` (small files of
     floats barely shrink and take 60 % longer to write); no pickled objects: plain arrays only."""
@@ -92,9 +135,14 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], compress: 
 
     def _write(tmp: Path) -> None:
         save = np.savez_compressed if compress else np.savez
+        if not compress and sum(v.nbytes for v in clean.values()) < 8 << 20:
+            # small uncompressed files (a video's per-frame results, one per frame): the archive
+            # built directly, ~5x faster than numpy's zipfile path (0.1 against 0.55 ms for 36 keys)
+            tmp.write_bytes(stored_npz_bytes(clean))
+            return
         if sum(v.nbytes for v in clean.values()) < 8 << 20:
-            # small files (a video's per-frame results): zipfile's many small writes to a file cost
-            # more than the archive itself (2.3 ms against 0.9 ms for 36 keys); build it in memory
+            # small files: zipfile's many small writes to a file cost more than the archive itself
+            # (2.3 ms against 0.9 ms for 36 keys); build it in memory
             buf = io.BytesIO()
             save(buf, **clean)  # type: ignore[arg-type]  # numpy's stubs type the keyword arrays as bool
             tmp.write_bytes(buf.getbuffer())
