@@ -242,6 +242,32 @@ def test_gaussian_avatars_folder_reads_back_as_gaussian_avatars_does(flame_run) 
     assert worst < 0.5, worst
 
 
+def test_export_checks_the_video_it_is_given(flame_run, shared_dir: Path, tmp_path: Path) -> None:
+    """``--video`` names where the tracked video is now: another video (another size) is refused
+    before anything is written; a moved copy of the tracked file is taken without a word; a
+    re-encoded copy (same size, rate and length, another file) is taken with a warning."""
+    import shutil
+
+    from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.encode import VideoWriter
+
+    run, _, pkl = flame_run
+    args = ["export", str(run), "--format", "gaussian-avatars", "--model", str(pkl)]
+    res = CliRunner().invoke(main, [*args, "--video", str(shared_dir / "videos" / "talking_ex1.mp4"),
+                                    "--out", str(tmp_path / "wrong")])
+    assert res.exit_code == 1 and "is not the tracked video" in res.output and "1080x720" in res.output, res.output
+    assert not (tmp_path / "wrong").exists()
+    moved = shutil.copy(shared_dir / "videos" / "talking_ex3.mp4", tmp_path / "moved.mp4")
+    res = CliRunner().invoke(main, [*args, "--video", str(moved), "--out", str(tmp_path / "moved")])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    reader = VideoReader(shared_dir / "videos" / "talking_ex3.mp4")
+    with VideoWriter(tmp_path / "reencoded.mp4", fps=reader.info.fps, crf=18) as out:
+        for frame in reader:
+            out.write(frame.image, frame.time_s)
+    res = CliRunner().invoke(main, [*args, "--video", str(tmp_path / "reencoded.mp4"), "--out", str(tmp_path / "re")])
+    assert res.exit_code == 0 and "not the file this run tracked" in res.output, res.output
+
+
 def test_gaussian_avatars_refuses_a_model_that_is_not_flame_2023(run_dir: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["export", str(run_dir), "--format", "gaussian-avatars", "--out",
                                     str(tmp_path / "ga")])

@@ -295,7 +295,46 @@ def source_video(run: TrackedRun, video: str | Path | None) -> Path:
     path = Path(video) if video is not None else Path(str(run.arrays.get("video_path", "")))
     if not path.is_file():
         raise ExportError(f"the run's source video {str(path)!r} is not there; pass --video PATH")
+    if video is not None:
+        _check_same_video(run, path)
     return path
+
+
+def _check_same_video(run: TrackedRun, path: Path) -> None:
+    """``path`` (given by the user in place of the video the run recorded) is the tracked video:
+    the same file (the run's fingerprint), or a copy with the same picture size, frame rate and
+    enough frames (a re-encoded copy: warned); :class:`ExportError` otherwise."""
+    import warnings
+
+    from flame_tracker.video.decode import VideoError, probe
+    from flame_tracker.video.store import video_fingerprint
+
+    try:
+        recorded = json.loads((run.folder / "manifest.json").read_text()).get("video") or {}
+    except (OSError, ValueError):
+        recorded = {}
+    fingerprint = video_fingerprint(path)
+    if all(recorded.get(k) == fingerprint[k] for k in ("size", "sha256_head_tail")):
+        return
+    try:
+        info = probe(path)
+    except VideoError as exc:
+        raise ExportError(f"--video {path}: {exc}") from exc
+    size = run.arrays.get("video_size")
+    fps = float(run.arrays.get("video_fps", 0.0))
+    last = int(np.max(run.arrays["frame"]))
+    problems = []
+    if size is not None and (info.width, info.height) != (int(size[0]), int(size[1])):
+        problems.append(f"its pictures are {info.width}x{info.height}, the tracked video's {int(size[0])}x{int(size[1])}")
+    if fps > 0 and info.fps > 0 and abs(info.fps - fps) > 0.01 * fps:
+        problems.append(f"it runs at {info.fps:.3f} frames/s, the tracked video at {fps:.3f}")
+    if info.n_frames and info.n_frames <= last:
+        problems.append(f"it has {info.n_frames} frames, the run goes to frame {last}")
+    if problems:
+        raise ExportError(f"--video {path} is not the tracked video ({'; '.join(problems)}): pass the video "
+                          "this run tracked")
+    warnings.warn(f"--video {path} is not the file this run tracked (another fingerprint), but has its size, frame "
+                  "rate and length: exporting its frames as those of the tracked video", stacklevel=3)
 
 
 def each_frame(run: TrackedRun, video: Path):
