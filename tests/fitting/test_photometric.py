@@ -157,6 +157,12 @@ def test_refine_result_updates_a_tracker_result(scene) -> None:
     assert np.isfinite(new.fit_lmks68_px).all() and "photometric" in new.timings
     assert ph.render.shape == (1, 96, 96, 3)
     assert new.reprojection_error_px < res.reprojection_error_px + 1.0
+    # the plain model alone fits with the detector embedding the landmark fit used (Tracker.fit_model)
+    new, _ = refine_result(tracker.model, res, s["image"][0], max_iter=4, resolution=96)
+    same, _ = refine_result(tracker.fit_model, res, s["image"][0], output_model=tracker.model, max_iter=4,
+                            resolution=96)
+    np.testing.assert_allclose(new.pose6, same.pose6)
+    np.testing.assert_allclose(new.fit_lmks68_px, same.fit_lmks68_px)
 
 
 def test_refine_result_with_a_free_shape_keeps_the_result_consistent(scene) -> None:

@@ -325,7 +325,8 @@ def _check_same_video(run: TrackedRun, path: Path) -> None:
     last = int(np.max(run.arrays["frame"]))
     problems = []
     if size is not None and (info.width, info.height) != (int(size[0]), int(size[1])):
-        problems.append(f"its pictures are {info.width}x{info.height}, the tracked video's {int(size[0])}x{int(size[1])}")
+        problems.append(f"its pictures are {info.width}x{info.height}, "
+                        f"the tracked video's {int(size[0])}x{int(size[1])}")
     if fps > 0 and info.fps > 0 and abs(info.fps - fps) > 0.01 * fps:
         problems.append(f"it runs at {info.fps:.3f} frames/s, the tracked video at {fps:.3f}")
     if info.n_frames and info.n_frames <= last:

@@ -896,7 +896,10 @@ def refine_result(model: torch.nn.Module, result: Result, image: np.ndarray, *,
     """Photometric refinement of a single-image landmark fit (``flame_tracker.tracker.Result``).
 
     ``model`` is the model fitted (``Tracker.fit_model``: the detector's landmark embedding);
-    ``output_model`` (``Tracker.model``, default ``model``) gives the Result's own 68 points.
+    ``output_model`` (``Tracker.model``, default ``model``) gives the Result's own 68 points. Given
+    the plain model (``Tracker.model``) and no ``output_model``, the fit uses its detector embedding
+    as the landmark fit did (matching MediaPipe's points to the model's own 68 instead doubled the
+    error on the shared photos).
 
     Crops ``image`` (RGB uint8, original size) to the result's fitting square at
     ``options.resolution``, refines camera, expression, jaw and eyes (and the shape with
@@ -909,6 +912,10 @@ def refine_result(model: torch.nn.Module, result: Result, image: np.ndarray, *,
     from flame_tracker.camera import project_pixels
 
     t0 = time.perf_counter()
+    if output_model is None and getattr(model, "info", {}).get("landmark_embedding") is None:  # plain model
+        from flame_tracker.model.embedding import detector_model
+
+        model, output_model = detector_model(model), model
     opts = replace(PhotometricOptions(), **overrides)
     dt = model.v_template.dtype
     crops, lmk, iris, crop = crop_inputs([image], result.crop_obj, result.lmks68_px[None], result.iris_px[None],
