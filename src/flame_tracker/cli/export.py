@@ -48,14 +48,19 @@ def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, vi
     """
     import warnings
 
+    from flame_tracker.cli.options import check_output_folder, os_error_message
     from flame_tracker.export import ExportError, export_run
 
+    if run.is_dir():  # (a missing run is said by the export, naming what to give)
+        check_output_folder(out_dir if out_dir is not None else run / f"export-{fmt}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             paths = export_run(run, fmt, out_dir, model_path, video, masks)
         except ExportError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a full disk, a folder made read-only
+            raise click.ClickException(os_error_message(exc)) from exc
     for w in caught:
         if w.category is UserWarning:
             click.echo(f"warning: {w.message}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from flame_tracker.cli.options import config_option, given, load_config
+from flame_tracker.cli.options import check_output_folder, config_option, given, load_config, os_error_message
 from flame_tracker.defaults import IMAGE_FOV
 
 
@@ -66,6 +66,7 @@ def multiview(ctx: click.Context, capture: Path, cameras: str, image_fov: float,
     from flame_tracker.multiview.cameras import MultiviewError
     from flame_tracker.multiview.pipeline import track_multiview
 
+    check_output_folder(out_dir)
     config = load_config(config_path)
     if not given(ctx, "smooth") and "multiview.smooth" in config.explicit:
         smooth = config.multiview.smooth  # the file decides; otherwise the capture kind does (videos)
@@ -79,8 +80,10 @@ def multiview(ctx: click.Context, capture: Path, cameras: str, image_fov: float,
                                       progress=not quiet, landmarker=landmarker, image_fov=image_fov)
         except MultiviewError as exc:
             raise click.ClickException(str(exc)) from exc
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise click.ClickException(os_error_message(exc)) from exc
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
     for w in caught:
         if w.category is UserWarning:
             click.echo(f"warning: {w.message}", err=True)

@@ -48,3 +48,30 @@ def with_given(ctx: click.Context, config, section: str, mapping: dict[str, str]
                                   "command line")
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def check_output_folder(folder: Path, option: str = "--out") -> None:
+    """Fail now, in one line, when results cannot be written into ``folder`` (a file in the way, no
+    permission), instead of with a traceback once the work is done: a file is written and removed
+    in ``folder`` if it exists, else in its nearest existing parent (nothing is created)."""
+    import tempfile
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise click.BadParameter(f"{probe} is a file, not a folder: give a folder for the results",
+                                 param_hint=option)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {folder}: {exc.strerror or exc} in {probe}") from exc
+
+
+def os_error_message(exc: OSError) -> str:
+    """An operating-system error (a full disk, a folder made read-only while running) as one line:
+    what went wrong and on which file, without Python's class name."""
+    name = exc.filename if exc.filename is not None else ""
+    return f"{exc.strerror or exc}: {name}" if name else str(exc.strerror or exc)

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from flame_tracker.cli.options import check_one_fov, config_option, given, load_config, with_given
+from flame_tracker.cli.options import (
+    check_one_fov,
+    check_output_folder,
+    config_option,
+    given,
+    load_config,
+    os_error_message,
+    with_given,
+)
 from flame_tracker.defaults import EXPR_CUTOFF_HZ, IMAGE_FOV, POSE_CUTOFF_HZ
 from flame_tracker.export import FORMATS
 
@@ -101,6 +109,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--face") from exc
     check_one_fov(ctx)
+    check_output_folder(out_dir)
     # the config file's settings, then the options given on the command line
     config = load_config(config_path)
     values = dict(image_fov=image_fov, estimate_fov=estimate_fov, smooth_pose=smooth_pose, smooth_expr=smooth_expr,
@@ -145,6 +154,8 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
                               force=force, progress=not quiet, verbose=verbose, landmarker_path=landmarker)
     except (FileNotFoundError, VideoError, NoFaceError, OutputMismatchError, ValueError, FlameTrackerError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a full disk, a folder made read-only while running
+        raise click.ClickException(f"{os_error_message(exc)} (what was finished is kept in {out_dir})") from exc
     except KeyboardInterrupt:  # (exit 130, as a shell reports Ctrl-C, and as `batch` does)
         from flame_tracker.detection.landmarker import restore_stderr
 
