@@ -202,7 +202,36 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> tuple[A
         if isinstance(checked[key], int) and not isinstance(checked[key], bool) and key in (
                 "every", "max_frames", "chunk", "max_iter", "n_keyframes", "rounds") and checked[key] < 1:
             raise ConfigError(f"{where}: {name} must be at least 1, got {checked[key]}")
-    return replace(obj, **checked), frozenset(keys)
+        _check_range(key, checked[key], f"{where}: {name}")
+    out = replace(obj, **checked)
+    start, end = getattr(out, "start_s", None), getattr(out, "end_s", None)
+    if isinstance(start, float) and isinstance(end, float) and end <= start:
+        raise ConfigError(f"{where}: {prefix}.end_s ({end:g}) must be after {prefix}.start_s ({start:g})")
+    return out, frozenset(keys)
+
+
+def _check_range(key: str, value: Any, where: str) -> None:
+    """The values a setting can take, by its name: no NaN anywhere (it passes every comparison, so a
+    NaN cutoff turned smoothing off and a NaN frame rate was ignored), fields of view in (0, 180)
+    degrees, cutoffs, rates and scales above 0 (``inf`` cutoff: no smoothing), weights, learning
+    rates and the start time not below 0, a photometric render of at least 16 pixels."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_range(key, v, where)
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if value != value:
+        raise ConfigError(f"{where}: NaN is not a value")
+    if key in ("fov", "image_fov") and not 0 < value < 180:
+        raise ConfigError(f"{where}: a field of view in degrees, above 0 and below 180; got {value:g}")
+    if (key.endswith("_hz") or key in ("fps", "crop_scale", "work_face_px")) and not value > 0:
+        raise ConfigError(f"{where}: must be above 0, got {value:g}"
+                          + (" (inf: no smoothing)" if key.endswith("_hz") else ""))
+    if (key.startswith(("w_", "lr_")) or key == "start_s") and not 0 <= value < math.inf:
+        raise ConfigError(f"{where}: must be 0 or more (and finite), got {value:g}")
+    if key == "resolution" and value < 16:
+        raise ConfigError(f"{where}: at least 16 pixels, got {value}")
 
 
 def _toml_value(value: Any) -> str:

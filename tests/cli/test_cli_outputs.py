@@ -40,3 +40,30 @@ def test_an_unwritable_output_folder_is_one_line(shared_dir: Path, tmp_path: Pat
     assert f"cannot write to {tmp_path / 'ro' / 'out'}: Permission denied" in res.output
     assert isinstance(res.exception, SystemExit)
     assert not (tmp_path / "ro").exists()  # nothing was made
+
+
+@pytest.mark.parametrize("args", [["video", "talking_ex3.mp4", "--fov", "nan"],
+                                  ["video", "talking_ex3.mp4", "--end", "nan"],
+                                  ["video", "talking_ex3.mp4", "--smooth-pose", "nan"],
+                                  ["image", "woman.jpg", "--fov", "nan"],
+                                  ["multiview", ".", "--cameras", "estimate", "--image-fov", "nan"]])
+def test_nan_options_are_refused_before_any_work(shared_dir: Path, tmp_path: Path, args: list[str]) -> None:
+    """NaN passes every range check: it used to be ignored (--fps), turn smoothing off, or fail after
+    the whole detection with a half-made folder; now a usage error naming the option."""
+    folder = {"video": "videos", "image": "images", "multiview": ""}[args[0]]
+    argv = [args[0], str(shared_dir / folder / args[1]), *args[2:], "--out", str(tmp_path / "out")]
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2 and "NaN is not a value" in res.output and args[-2] in res.output, res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_nonsense_settings_are_refused_before_any_work(shared_dir: Path, tmp_path: Path) -> None:
+    """Values that used to switch something off silently: a negative or zero smoothing cutoff (inf is
+    'none'), an end before the start."""
+    clip = str(shared_dir / "videos" / "talking_ex3.mp4")
+    for extra, message in ((["--smooth-pose", "-1"], "track.pose_cutoff_hz: must be above 0"),
+                           (["--smooth-expr", "0"], "(inf: no smoothing)"),
+                           (["--start", "2", "--end", "1"], "video.end_s (1) must be after video.start_s (2)")):
+        res = CliRunner().invoke(main, ["video", clip, "--out", str(tmp_path / "out"), *extra])
+        assert res.exit_code == 1 and message in res.output, res.output
+        assert not (tmp_path / "out").exists()

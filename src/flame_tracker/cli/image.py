@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flame_tracker.cli.options import check_one_fov, config_option, load_config, with_given
+from flame_tracker.cli.options import Number, check_one_fov, config_option, load_config, with_given
 from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import first_line
 from flame_tracker.video.store import PHOTO_CONFIG
@@ -79,12 +79,20 @@ def run_images(
     config = config or Config()
     given = {k: v for k, v in (("solver", solver), ("loss", loss), ("fit_shape", fit_shape), ("fit_neck", fit_neck))
              if v is not None}
-    config = config.with_values("stage2", given, "command line")
+    from flame_tracker.config import ConfigError
+
+    try:
+        config = config.with_values("stage2", given, "command line")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     image_set = {k: v for k, v in (("image_fov", image_fov), ("landmarks", landmarks),
                                    ("landmark_embedding", landmark_embedding), ("face", face)) if v is not None}
     if fov is not None:  # over the fitting crop, the reference: replaces the image-level FOV
         image_set.update(fov=fov, image_fov="none", principal_point="crop")
-    config = config.with_values("image", image_set, "command line")
+    try:
+        config = config.with_values("image", image_set, "command line")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     try:
         tracker = Tracker(model, device, landmarker=landmarker, options=config.image, verbose=verbose)
@@ -175,10 +183,10 @@ def _located(path: Path, exc: Exception) -> str:
 @click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
               help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
               "or the user cache (see `flame-tracker assets`).")
-@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=click.FloatRange(1.0, 150.0),
+@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=Number(1.0, 150.0),
               help="Camera field of view in degrees over the image's longer side (one photo cannot identify "
               "it; the camera's principal point is the image centre).")
-@click.option("--fov", default=None, type=click.FloatRange(10.0, 50.0),
+@click.option("--fov", default=None, type=Number(10.0, 50.0),
               help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
 @click.option("--solver", type=click.Choice(["lm", "adam"]), default="lm", show_default=True,
               help="Stage-2 solver: lm (fast Levenberg-Marquardt, fits shape too) or adam (the reference's "
@@ -208,7 +216,7 @@ def _located(path: Path, exc: Exception) -> str:
               help="Where the fitted points sit on the model: where the detector puts them (derived by rendering, "
               "`flame-tracker embed`), the same with the face outline sliding with the head's yaw (views), or the "
               "model's own 68 points (model, the reference).")
-@click.option("--mesh-depth", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+@click.option("--mesh-depth", type=Number(0.0, 1.0), default=0.5, show_default=True,
               help="How far each head's rotation is turned from the landmark fit's towards the rotation of "
               "MediaPipe's 3-D face mesh (its depth tells the head's pitch better than its 2-D points; full up "
               "to 45° of yaw, none from 60°). 0: the landmark fit alone (the reference).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from flame_tracker.cli.options import check_output_folder, config_option, given, load_config, os_error_message
+from flame_tracker.cli.options import Number, check_output_folder, config_option, given, load_config, os_error_message
 from flame_tracker.defaults import IMAGE_FOV
 
 
@@ -17,7 +17,7 @@ from flame_tracker.defaults import IMAGE_FOV
               help="Calibration: cameras.json (OpenCV K, world-to-camera R, t, width, height, optional dist per "
               "camera) or a NeRF/VHAP transforms.json (OpenGL camera-to-world); or 'estimate' to place the "
               "cameras from the face in every view (uncalibrated rigs, photos of one pose from several sides).")
-@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=click.FloatRange(1.0, 150.0),
+@click.option("--image-fov", default=IMAGE_FOV, show_default=True, type=Number(1.0, 150.0),
               help="With --cameras estimate: each picture's field of view over its longer side (degrees).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results (created if missing).")
@@ -32,7 +32,7 @@ from flame_tracker.defaults import IMAGE_FOV
               "frames; each other camera's nearest frame within half a frame, else none).")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(1), help="Use every N-th timestep.")
 @click.option("--max-frames", default=None, type=click.IntRange(1), help="Stop after this many timesteps.")
-@click.option("--fps", default=None, type=click.FloatRange(0.001),
+@click.option("--fps", default=None, type=Number(0.001),
               help="Frame rate of image folders: they are then smoothed over time like videos (default: "
               "timesteps fitted each on its own).")
 @click.option("--smooth/--no-smooth", default=None,

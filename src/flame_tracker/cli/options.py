@@ -75,3 +75,19 @@ def os_error_message(exc: OSError) -> str:
     what went wrong and on which file, without Python's class name."""
     name = exc.filename if exc.filename is not None else ""
     return f"{exc.strerror or exc}: {name}" if name else str(exc.strerror or exc)
+
+
+class Number(click.FloatRange):
+    """A float option that refuses NaN (which passes every range check, and was then ignored or
+    failed only after the detection): ``click.FloatRange``'s arguments; none for any other number."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail("NaN is not a value", param, ctx)
+        return out
+
+    def _describe_range(self) -> str:  # (no bounds: nothing to show in --help)
+        return "" if self.min is None and self.max is None else super()._describe_range()

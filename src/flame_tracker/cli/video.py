@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from flame_tracker.cli.options import (
+    Number,
     check_one_fov,
     check_output_folder,
     config_option,
@@ -31,22 +32,22 @@ from flame_tracker.export import FORMATS
               help="Use only the first N identity components of the model (e.g. 100 for the IMavatar export).")
 @click.option("--expr-components", type=click.IntRange(1, None), default=None,
               help="Use only the first N expression components (e.g. 50 for the IMavatar export).")
-@click.option("--start", "start_s", type=float, default=0.0, show_default=True,
+@click.option("--start", "start_s", type=Number(), default=0.0, show_default=True,
               help="Start time in seconds.")
-@click.option("--end", "end_s", type=float, default=None, help="End time in seconds (exclusive).")
+@click.option("--end", "end_s", type=Number(), default=None, help="End time in seconds (exclusive).")
 @click.option("--every", type=int, default=1, show_default=True, help="Keep every N-th frame.")
-@click.option("--fps", type=float, default=None,
+@click.option("--fps", type=Number(), default=None,
               help="Subsample to this frame rate (uses the container's timestamps).")
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
-@click.option("--image-fov", type=click.FloatRange(1.0, 150.0), default=IMAGE_FOV, show_default=True,
+@click.option("--image-fov", type=Number(1.0, 150.0), default=IMAGE_FOV, show_default=True,
               help="Field of view in degrees over the frame's longer side (the camera's principal point is the "
               "frame centre; start value with --estimate-fov).")
-@click.option("--fov", type=click.FloatRange(10.0, 50.0), default=None,
+@click.option("--fov", type=Number(10.0, 50.0), default=None,
               help="Instead of --image-fov: the reference's FOV in degrees over the fitting crop (e.g. 20).")
 @click.option("--estimate-fov/--no-estimate-fov", default=False, help="Fit one FOV for the whole video.")
-@click.option("--smooth-pose", type=float, default=POSE_CUTOFF_HZ, show_default=True,
+@click.option("--smooth-pose", type=Number(), default=POSE_CUTOFF_HZ, show_default=True,
               help="Pose smoothing cutoff in Hz (inf = none); relaxed where the head turns fast.")
-@click.option("--smooth-expr", type=float, default=EXPR_CUTOFF_HZ, show_default=True,
+@click.option("--smooth-expr", type=Number(), default=EXPR_CUTOFF_HZ, show_default=True,
               help="Expression smoothing cutoff in Hz (inf = none).")
 @click.option("--overlay/--no-overlay", default=False,
               help="Write overlay.mp4 (mesh + landmarks over the frames; costs a render per frame).")
