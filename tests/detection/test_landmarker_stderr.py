@@ -68,3 +68,19 @@ def test_restore_stderr_gives_it_back_inside_an_open_block() -> None:
     with native_stderr_silenced():  # and silencing still works afterwards
         assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (null.st_dev, null.st_ino)
     assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_a_landmarker_never_closed_exits_quietly(shared_dir) -> None:
+    """A landmarker left open (a ``Tracker`` used without ``with``) is closed at exit, before the
+    interpreter's teardown, where MediaPipe's own destructor printed a traceback."""
+    import subprocess
+    import sys
+
+    code = ("from flame_tracker.detection import FaceLandmarker\n"
+            "import numpy as np\n"
+            "lm = FaceLandmarker()\n"
+            "lm.detect(np.zeros((64, 64, 3), np.uint8))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "FLAME_TRACKER_DATA": str(shared_dir)})
+    assert out.returncode == 0, out.stderr
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -12,10 +12,12 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -147,6 +149,21 @@ class FaceDetection:
         return (x1 - x0) * (y1 - y0)
 
 
+#: Landmarkers not closed yet: closed at interpreter exit, while MediaPipe's modules still work (its
+#: own destructor, run during the interpreter's teardown, fails with a traceback on stderr when a
+#: landmarker was never closed, e.g. a ``Tracker`` used without ``with``).
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_landmarkers() -> None:
+    for lm in list(_OPEN):
+        try:
+            lm.close()
+        except Exception:  # noqa: BLE001  (exiting: nothing left to report to)
+            pass
+
+
 class FaceLandmarker:
     """MediaPipe Face Landmarker in IMAGE or VIDEO mode (a context manager; call ``close()``).
 
@@ -216,6 +233,7 @@ class FaceLandmarker:
         try:
             with contextlib.nullcontext() if verbose else native_stderr_silenced():
                 self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            _OPEN.add(self)
         except OSError as exc:  # MediaPipe's native library did not load (a system library missing)
             raise StepError(
                 f"Cannot load MediaPipe's native library: {exc}. It needs the system's EGL and OpenGL ES "
