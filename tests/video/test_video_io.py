@@ -390,8 +390,18 @@ def test_run_folder_manifest(tmp_path: Path) -> None:
     _write_video(other, 4)
     with pytest.raises(OutputMismatchError, match="another video"):
         RunFolder(out, other, {"every": 1})
+    # --force also removes the old run's exports in their default place (ours: with the marker), and
+    # nothing else: a folder of the user's named like one is kept
+    from flame_tracker.export.run import MARKER
+
+    (out / "export-gltf").mkdir()
+    (out / "export-gltf" / MARKER).write_text("gltf\n")
+    (out / "export-gltf" / "run.glb").write_bytes(b"old run")
+    (out / "export-mine").mkdir()
+    (out / "export-mine" / "notes.txt").write_text("mine")
     forced = RunFolder(out, video, {"every": 2}, force=True)
     assert not forced.complete and not (out / "work").exists()
+    assert not (out / "export-gltf").exists() and (out / "export-mine" / "notes.txt").is_file()
 
 
 def test_prefetch_order_errors_and_early_stop() -> None:
