@@ -386,6 +386,9 @@ def test_run_folder_manifest(tmp_path: Path) -> None:
     # the message names what differs
     with pytest.raises(OutputMismatchError, match=r"every: 1 -> 2; track\.fov: '\(default\)' -> 30"):
         RunFolder(out, video, {"every": 2, "track": {"fov": 30}})
+    # the photometric refinement's table is there when it is on: named as on or off, not by its keys
+    with pytest.raises(OutputMismatchError, match=r"photometric: off -> on\)"):
+        RunFolder(out, video, {"every": 1, "photometric": {"chunk": 8}})
     other = tmp_path / "w.mp4"
     _write_video(other, 4)
     with pytest.raises(OutputMismatchError, match="another video"):

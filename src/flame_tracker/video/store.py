@@ -287,7 +287,9 @@ def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = 
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "(default)"), new.get(key, "(default)")
         name = f"{prefix}{key}"
-        if isinstance(a, Mapping) or isinstance(b, Mapping):  # (a table one side lacks: its keys)
+        if name == "photometric" and (key not in old or key not in new):  # (its table: there when on)
+            out.append(f"photometric: {'on' if key in old else 'off'} -> {'on' if key in new else 'off'}")
+        elif isinstance(a, Mapping) or isinstance(b, Mapping):  # (a table one side lacks: its keys)
             out += settings_diff(a if isinstance(a, Mapping) else {}, b if isinstance(b, Mapping) else {},
                                  name + ".")
         elif a != b:
