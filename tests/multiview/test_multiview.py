@@ -198,6 +198,12 @@ def test_multiview_bad_input_and_warnings(capture, tmp_path: Path) -> None:
         return runner.invoke(main, ["multiview", str(src), "--cameras", str(cams), "--out", str(tmp_path / "o"),
                                     "--quiet", "--no-overlay", "--no-meshes", *extra])
 
+    # a model file that is not one: one line without a class name, and nothing written
+    (tmp_path / "text.pkl").write_text("not a model")
+    res = runner.invoke(main, ["multiview", str(root), "--cameras", str(root / "cameras.json"), "--model",
+                               str(tmp_path / "text.pkl"), "--out", str(tmp_path / "bad_model")])
+    assert res.exit_code == 1 and "text.pkl" in res.output and "Error: ModelFormatError" not in res.output, res.output
+    assert not (tmp_path / "bad_model").exists()
     bad = tmp_path / "bad"
     shutil.copytree(root, bad)
     shutil.rmtree(bad / "cam_02")

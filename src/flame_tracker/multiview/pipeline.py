@@ -275,20 +275,20 @@ def track_multiview(capture_dir: str | Path, cameras: str | Path, out_dir: str |
     # videos are sequences; image folders only when their rate is given
     auto = capture.kind == "videos" or fps is not None
     opts = replace(opts, smooth=auto if smooth is None else smooth)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        manifest.unlink()  # incomplete until this run finishes
-    if not estimate:
-        rig.save(out / "cameras.json")
     from flame_tracker.config import Config
 
-    Config(multiview=opts).save(out / "config.json", ("multiview",))
     timings: dict[str, float] = {}
     camera_estimate = None
+    manifest = out / "manifest.json"
     # (the photo FOV matters only where each view is fitted as a photo: estimating the cameras)
     photo: dict[str, Any] = {"image_fov": image_fov} if estimate else {}
-    with Tracker(model, landmarker=landmarker, **photo) as tracker:
+    with Tracker(model, landmarker=landmarker, **photo) as tracker:  # (a bad model: nothing written yet)
+        out.mkdir(parents=True, exist_ok=True)
+        if manifest.exists():
+            manifest.unlink()  # incomplete until this run finishes
+        if not estimate:
+            rig.save(out / "cameras.json")
+        Config(multiview=opts).save(out / "config.json", ("multiview",))
         key = json.dumps({"capture": str(Path(capture_dir).resolve()), "cameras": rig.names, "every": every,
                           "n": capture.n_frames, "kind": capture.kind, "sync": sync})
         t0 = time.perf_counter()
