@@ -163,7 +163,7 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
     assert (mine / "arkit_fitted.csv").read_text() == "mine" and (mine / "run.glb").read_text() == "mine too"
     # another format's export in the folder is not replaced (it would be lost)
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(tmp_path / "arkit-csv")])
-    assert res.exit_code == 1 and "holds a arkit-csv export" in res.output, res.output
+    assert res.exit_code == 1 and "holds an export as arkit-csv" in res.output, res.output
     assert (tmp_path / "arkit-csv" / "arkit_fitted.csv").is_file()
     # a folder an earlier version wrote (its files, no marker) is taken as ours
     old = tmp_path / "old_gltf"

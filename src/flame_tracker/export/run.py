@@ -226,7 +226,7 @@ def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str,
         if marker.is_file():  # a VHAP folder looks like our export but is the user's: only the marker counts
             other = marker.read_text().strip()
             if fmt is not None and other and other != fmt:
-                raise ExportError(f"{out_dir}: holds a {other} export; give another folder for the {fmt} "
+                raise ExportError(f"{out_dir}: holds an export as {other}; give another folder for the {fmt} "
                                   "export (the earlier one would be replaced)")
         elif entries and not (legacy and all(e.is_file() and e.name in legacy for e in entries)):
             raise ExportError(f"{out_dir}: exists and holds other files; give a new (or empty) folder for the "
