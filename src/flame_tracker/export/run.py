@@ -329,7 +329,7 @@ def _check_same_video(run: TrackedRun, path: Path) -> None:
                         f"the tracked video's {int(size[0])}x{int(size[1])}")
     if fps > 0 and info.fps > 0 and abs(info.fps - fps) > 0.01 * fps:
         problems.append(f"it runs at {info.fps:.3f} frames/s, the tracked video at {fps:.3f}")
-    if info.n_frames and info.n_frames <= last:
+    if info.n_frames and info.n_frames + 1 <= last:  # (a count from the duration may be one short)
         problems.append(f"it has {info.n_frames} frames, the run goes to frame {last}")
     if problems:
         raise ExportError(f"--video {path} is not the tracked video ({'; '.join(problems)}): pass the video "
