@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flame_tracker.cli.options import Number, check_one_fov, config_option, load_config, with_given
+from flame_tracker.cli.options import Number, check_one_fov, config_option, load_config, set_values, with_given
 from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import first_line
 from flame_tracker.video.store import PHOTO_CONFIG
@@ -79,20 +79,12 @@ def run_images(
     config = config or Config()
     given = {k: v for k, v in (("solver", solver), ("loss", loss), ("fit_shape", fit_shape), ("fit_neck", fit_neck))
              if v is not None}
-    from flame_tracker.config import ConfigError
-
-    try:
-        config = config.with_values("stage2", given, "command line")
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    config = set_values(config, "stage2", given)
     image_set = {k: v for k, v in (("image_fov", image_fov), ("landmarks", landmarks),
                                    ("landmark_embedding", landmark_embedding), ("face", face)) if v is not None}
     if fov is not None:  # over the fitting crop, the reference: replaces the image-level FOV
         image_set.update(fov=fov, image_fov="none", principal_point="crop")
-    try:
-        config = config.with_values("image", image_set, "command line")
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    config = set_values(config, "image", image_set)
 
     try:
         tracker = Tracker(model, device, landmarker=landmarker, options=config.image, verbose=verbose)

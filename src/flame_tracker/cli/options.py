@@ -38,16 +38,21 @@ def load_config(config_path: Path | None):
         raise click.ClickException(str(exc)) from exc
 
 
-def with_given(ctx: click.Context, config, section: str, mapping: dict[str, str], values: dict):
-    """``config`` with the options of ``mapping`` (option name -> setting of ``section``) that were
-    given on the command line."""
+def set_values(config, section: str, values: dict):
+    """``config`` with the command line's ``values`` (setting of ``section`` -> value); a bad value is
+    a click error naming the setting."""
     from flame_tracker.config import ConfigError
 
     try:
-        return config.with_values(section, {key: values[opt] for opt, key in mapping.items() if given(ctx, opt)},
-                                  "command line")
+        return config.with_values(section, values, "command line")
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def with_given(ctx: click.Context, config, section: str, mapping: dict[str, str], values: dict):
+    """``config`` with the options of ``mapping`` (option name -> setting of ``section``) that were
+    given on the command line."""
+    return set_values(config, section, {key: values[opt] for opt, key in mapping.items() if given(ctx, opt)})
 
 
 def check_output_folder(folder: Path, option: str = "--out") -> None:
