@@ -67,3 +67,21 @@ def test_nonsense_settings_are_refused_before_any_work(shared_dir: Path, tmp_pat
         res = CliRunner().invoke(main, ["video", clip, "--out", str(tmp_path / "out"), *extra])
         assert res.exit_code == 1 and message in res.output, res.output
         assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_under_a_folder_that_cannot_be_searched_is_one_line(shared_dir: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """``Path.exists`` raises (not returns False) under a parent without search permission, e.g. ``--out
+    /root/x`` for another user (root, who runs CI here, passes every permission check: simulated)."""
+    locked = tmp_path / "locked"
+    real_exists = Path.exists
+
+    def exists(self, *args, **kwargs):
+        if self == locked / "out":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    res = CliRunner().invoke(main, _commands(shared_dir, locked / "out")["export"])
+    assert res.exit_code == 1 and f"cannot write to {locked / 'out'}: Permission denied" in res.output, res.output
+    assert isinstance(res.exception, SystemExit)

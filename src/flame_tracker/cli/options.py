@@ -63,16 +63,18 @@ def check_output_folder(folder: Path, option: str = "--out") -> None:
 
     folder = Path(folder)
     probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise click.BadParameter(f"{probe} is a file, not a folder: give a folder for the results",
-                                 param_hint=option)
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
+    try:  # (exists() raises, not returns False, where a parent folder may not be searched)
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        is_dir = probe.is_dir()
+        if is_dir:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
     except OSError as exc:
         raise click.ClickException(f"cannot write to {folder}: {exc.strerror or exc} in {probe}") from exc
+    if not is_dir:
+        raise click.BadParameter(f"{probe} is a file, not a folder: give a folder for the results",
+                                 param_hint=option)
 
 
 def os_error_message(exc: OSError) -> str:
