@@ -16,11 +16,14 @@
 5. **Dense against 68 in the video tracker** (``TrackOptions(landmarks="68" | "dense")``, the same
    detections): the synthetic head turn of ``benchmarks/head_turn.py`` (rotation error on its frames
    with landmarks, against the truth) and the shared clips (jitter: RMS acceleration of the raw
-   per-frame pose and of the fitted 68 points), with the reprojection error and the fitting time.
+   per-frame pose and of the fitted 68 points), with the reprojection error, the tracker's time and
+   the time of its per-frame stage 2.
 
 Last line: ``embed_reproj_pct=… shape_mm_68=… shape_mm_dense=… posed_mm_68=… posed_mm_dense=…
 rot_deg_68=… rot_deg_dense=… stage2_ratio=… rot_deg_video_68=… rot_deg_video_dense=…
-video_fit_ratio=…`` (``embed_reproj_pct``: the yaw table, 468 points).
+video_fit_ratio=… video_stage2_ratio=…`` (``embed_reproj_pct``: the yaw table, 468 points;
+``video_fit_ratio``: the whole ``track_landmarks`` call, dense over 68; ``video_stage2_ratio``: its
+per-frame stage 2 alone).
 
 Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit] [--no-video] [--flame-renders 120]``
 """
@@ -28,6 +31,7 @@ Usage: ``python benchmarks/embedding.py [--n 48] [--no-fit] [--no-video] [--flam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 
@@ -143,6 +147,29 @@ def fit_compare(n: int, seed: int, **tracker_kw) -> tuple[dict, dict, float]:
     return summarise(evals), nme, float(np.median(stage2))
 
 
+@contextlib.contextmanager
+def _stage2_clock():
+    """Seconds spent in the video tracker's per-frame stage 2 (the identity fit's stage 2, on the
+    68 points in both settings, not counted), accumulated in the yielded one-element list."""
+    from flame_tracker.video import track
+
+    spent = [0.0]
+    inner = track._stage2
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        if not kwargs.get("identity"):
+            spent[0] += time.perf_counter() - t0
+        return out
+
+    track._stage2 = timed
+    try:
+        yield spent
+    finally:
+        track._stage2 = inner
+
+
 def video_compare(model) -> dict[str, dict[str, float]]:
     """Part 5: per clip and setting, rotation error (synthetic turn) or raw jitter (shared clips),
     reprojection error and fitting seconds of ``track_landmarks`` on the same detections."""
@@ -175,10 +202,11 @@ def video_compare(model) -> dict[str, dict[str, float]]:
         h, w = images[0].shape[:2]
         for mode in ("68", "dense"):
             t0 = time.perf_counter()
-            fit = track_landmarks(fm, lm, valid, times, iris_px=iris, options=TrackOptions(landmarks=mode, flow=False),
-                                  image_size=(w, h), blendshapes=scores, blendshape_names=BLENDSHAPE_NAMES,
-                                  dense_px=dense)
-            row = {"frames": float(valid.sum()), "seconds": time.perf_counter() - t0,
+            with _stage2_clock() as stage2_s:
+                fit = track_landmarks(fm, lm, valid, times, iris_px=iris,
+                                      options=TrackOptions(landmarks=mode, flow=False), image_size=(w, h),
+                                      blendshapes=scores, blendshape_names=BLENDSHAPE_NAMES, dense_px=dense)
+            row = {"frames": float(valid.sum()), "seconds": time.perf_counter() - t0, "stage2_s": stage2_s[0],
                    "reproj_px": float(np.nanmean(fit.reproj_px))}
             if truth is not None:
                 row["rot_deg"] = float(rotation_error(fit.pose6[valid], fit.identity, truth[valid]).mean())
@@ -246,19 +274,22 @@ def main() -> None:
         print("\nVideo tracker, dense against 68 on the same detections (raw per-frame fits; jitter: RMS "
               "acceleration, deg/frame² and px/frame²):")
         print(f"{'clip / points':<30}{'frames':>7}{'rot_deg':>9}{'pose jitter':>12}{'lmk jitter':>11}"
-              f"{'reproj px':>10}{'fit s':>7}")
+              f"{'reproj px':>10}{'fit s':>7}{'stage 2 s':>10}")
         for key, r in video.items():
             nan = math.nan
             print(f"{key:<30}{r['frames']:>7.0f}{r.get('rot_deg', nan):>9.2f}{r.get('pose_jitter', nan):>12.3f}"
-                  f"{r.get('lmk_jitter', nan):>11.2f}{r['reproj_px']:>10.2f}{r['seconds']:>7.2f}")
+                  f"{r.get('lmk_jitter', nan):>11.2f}{r['reproj_px']:>10.2f}{r['seconds']:>7.2f}"
+                  f"{r['stage2_s']:>10.2f}")
     vrot = {m: video.get(f"synthetic turn / {m}", {}).get("rot_deg", math.nan) for m in ("68", "dense")}
     vtime = {m: sum(r["seconds"] for k, r in video.items() if k.endswith(f"/ {m}")) for m in ("68", "dense")}
+    vstage2 = {m: sum(r["stage2_s"] for k, r in video.items() if k.endswith(f"/ {m}")) for m in ("68", "dense")}
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     print(f"embed_reproj_pct={rep['468 yaw table']:.3f} shape_mm_68={out['68'][0]:.3f} "
           f"shape_mm_dense={out['dense'][0]:.3f} posed_mm_68={out['68'][1]:.3f} posed_mm_dense={out['dense'][1]:.3f} "
           f"rot_deg_68={out['68'][2]:.3f} rot_deg_dense={out['dense'][2]:.3f} stage2_ratio={ratio:.2f} "
           f"rot_deg_video_68={vrot['68']:.3f} rot_deg_video_dense={vrot['dense']:.3f} "
-          f"video_fit_ratio={vtime['dense'] / vtime['68'] if vtime['68'] else math.nan:.2f}")
+          f"video_fit_ratio={vtime['dense'] / vtime['68'] if vtime['68'] else math.nan:.2f} "
+          f"video_stage2_ratio={vstage2['dense'] / vstage2['68'] if vstage2['68'] else math.nan:.2f}")
 
 
 if __name__ == "__main__":

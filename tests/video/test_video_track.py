@@ -296,6 +296,41 @@ def test_dense_landmarks_drive_the_per_frame_expressions(model, true_shape) -> N
                         identity=ident)
 
 
+def test_dense_points_weighted_zero_are_left_out_of_the_solve(model, true_shape) -> None:
+    """The video's default stage 2 weights the jawline 0 (``w_contour``): its dense points (the face
+    outline) do not enter the solve, which then gives what the solve over all 468 points gives."""
+    from flame_tracker.detection.layout import FACE_OVAL
+    from flame_tracker.fitting.views import dense_weights
+    from flame_tracker.model.embedding import DENSE, detector_embedding, detector_model, with_landmarks
+    from flame_tracker.video.track import DenseTargets, FrameTargets, fit_frames
+
+    fm = detector_model(model)
+    emb = detector_embedding(model)
+    n = 6
+    t, gt, _, _ = synthetic_sequence(model, true_shape, n, moving=True, noise_px=0.0)
+    expr = torch.zeros(n, model.n_expr)
+    expr[:, list(model.expr_names).index("jawOpen")] = 0.4
+    pose6 = torch.as_tensor(gt)
+    with torch.no_grad():
+        lm68 = CROP.from_ndc(project_ndc(fm.landmarks(shape=true_shape.expand(n, -1)).landmarks, pose6, 20.0))
+        dense_px = CROP.from_ndc(project_ndc(with_landmarks(model, emb, DENSE).landmarks(
+            shape=true_shape.expand(n, -1), expr=expr).landmarks, pose6, 20.0)).double().numpy()
+    opts = replace(FAST, image_fov=None, landmarks="dense")
+    assert opts.stage2.w_contour == 0
+    left_out = DenseTargets.build(fm, dense_px, CROP, opts.stage2)
+    assert sorted(set(range(468)) - set(left_out.keep.tolist())) == sorted(FACE_OVAL)
+    assert left_out.model.landmarks().landmarks.shape[1] == len(left_out.keep) and len(left_out.weights) == len(
+        left_out.keep)
+    every = DenseTargets(with_landmarks(model, emb, DENSE), dense_weights(emb, opts.stage2.w_lmk, 0.0).to(
+        model.dtype), dense_px, CROP, np.arange(468))
+    targets = FrameTargets(fm, lm68.double().numpy(), None, CROP)
+    ident = known_identity(true_shape)
+    fits = [fit_frames(fm, ident, targets, np.arange(n), opts, None, d) for d in (left_out, every)]
+    for key in ("expr", "jaw_pose", "pose6"):
+        np.testing.assert_allclose(fits[0][key], fits[1][key], atol=2e-4)
+    assert fits[0]["expr"][:, list(model.expr_names).index("jawOpen")].min() > 0.3
+
+
 def test_smoothed_blendshape_weights_stay_in_the_models_range() -> None:
     """The low-pass overshoots a step of a bounded channel (a blink closing and opening): ICT's
     weights came out down to -0.01. Clipped to the model's range, NaN (uncovered) left alone."""

@@ -104,12 +104,13 @@ def fingerprint(model: HeadModel) -> str:
     return h.hexdigest()[:16]
 
 
-def with_landmarks(model: HeadModel, emb: ViewEmbedding, points: slice = IBUG68) -> HeadModel:
+def with_landmarks(model: HeadModel, emb: ViewEmbedding, points: slice | np.ndarray = IBUG68) -> HeadModel:
     """``model`` whose landmark path gives the static embedding's ``points`` (default: the 68 iBUG
-    points; :data:`DENSE`: MediaPipe's 468) (mesh, bases and skinning shared, not copied)."""
+    points; :data:`DENSE`: MediaPipe's 468; or an index array into the embedding's points) (mesh,
+    bases and skinning shared, not copied)."""
     out = model.with_landmarks(emb.static_faces_idx[points], emb.static_bary[points])
     out.info["landmark_embedding"] = "detector (derived by rendering)"
-    out.info["landmark_points"] = "ibug68" if points == IBUG68 else "dense"
+    out.info["landmark_points"] = "ibug68" if isinstance(points, slice) and points == IBUG68 else "dense"
     return out.eval()
 
 

@@ -95,15 +95,18 @@ class DenseTargets:
     """MediaPipe's 468 mesh points as stage-2 targets (``TrackOptions.landmarks="dense"``): the model
     whose landmark path gives them (the detector embedding), their weights and the detections."""
 
-    model: Any  # HeadModel with the 468 embedded points as its landmarks
-    weights: torch.Tensor  # [468]
+    model: Any  # HeadModel with the fitted points of the 468 embedded ones as its landmarks
+    weights: torch.Tensor  # [K] their weights
     px: np.ndarray  # [T, 468|478, 2] original pixels (NaN where not detected)
     crop: Crop
+    keep: np.ndarray  # [K] the fitted points (of the 468)
 
     @classmethod
     def build(cls, model: Any, dense_px: np.ndarray, crop: Crop, stage2: Stage2Options) -> DenseTargets:
         """From the detections ``dense_px [T, 468|478, 2]`` (original pixels) and ``model``'s
-        detector embedding; :class:`InputError` when the model has none."""
+        detector embedding; :class:`InputError` when the model has none. Points whose weight is 0
+        (the face outline when ``stage2.w_contour`` is 0, as in the video's default) are left out of
+        the solve instead of costing rows of its Jacobian."""
         from flame_tracker.errors import InputError
         from flame_tracker.fitting.views import dense_weights
         from flame_tracker.model.embedding import DENSE, detector_embedding, with_landmarks
@@ -112,14 +115,17 @@ class DenseTargets:
         if emb is None:
             raise InputError(f"landmarks='dense' needs a detector embedding of model {getattr(model, 'name', '')!r}: "
                              "run `flame-tracker embed --model ...` once, or use landmarks='68'")
-        return cls(with_landmarks(model, emb, DENSE),
-                   dense_weights(emb, stage2.w_lmk, stage2.w_contour).to(model.v_template.device,
-                                                                         model.v_template.dtype),
-                   dense_px, crop)
+        weights = dense_weights(emb, stage2.w_lmk, stage2.w_contour)
+        keep = np.flatnonzero(weights.numpy() > 0)
+        if not len(keep):
+            raise InputError("landmarks='dense' with every point weighted 0 (w_lmk and w_contour): nothing to fit")
+        points = np.arange(DENSE.stop)[DENSE][keep]
+        return cls(with_landmarks(model, emb, points),
+                   weights[keep].to(model.v_template.device, model.v_template.dtype), dense_px, crop, keep)
 
     def ndc(self, rows: np.ndarray) -> torch.Tensor:
-        """``[n, 468, 2]`` targets of ``rows`` in the video crop's camera NDC (0 where not detected)."""
-        pts = np.nan_to_num(np.asarray(self.px[rows])[:, :468, :2])
+        """``[n, K, 2]`` targets of ``rows`` in the video crop's camera NDC (0 where not detected)."""
+        pts = np.nan_to_num(np.asarray(self.px[rows])[:, self.keep, :2])
         return self.crop.to_camera_ndc(torch.as_tensor(pts, dtype=self.weights.dtype))
 
 
