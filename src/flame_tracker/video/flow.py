@@ -144,7 +144,10 @@ class HeadSurface:
         nx = int(ix[cand].max()) + 1
         key = np.where(cand, iy * nx + ix, -1)
         zmin = np.full(int(key.max()) + 1, np.inf)
-        np.minimum.at(zmin, key[cand], cam[cand, 2])
+        # the nearest depth per cell: written farthest first, so the last write to a cell is its
+        # nearest vertex (np.minimum.at, unbuffered, cost as much as the rest of this method)
+        far_first = np.argsort(-cam[cand, 2], kind="stable")
+        zmin[key[cand][far_first]] = cam[cand, 2][far_first]
         front = cand.copy()
         front[cand] = cam[cand, 2] <= zmin[key[cand]] + 0.03 * self.size
         # corners of the image over the visible head, each sent onto the triangle under it (found
@@ -193,22 +196,36 @@ def _solve(obj: np.ndarray, img: np.ndarray, K: np.ndarray, rvec: np.ndarray, tv
     none = np.zeros(len(obj), bool)
     if len(obj) < max(opts.min_inliers, 6):
         return False, rvec, tvec, none
-    x = np.concatenate([rvec.ravel(), tvec.ravel()]).astype(np.float64)
+    # The rotation is updated by a left-multiplied small rotation (R <- exp(w) R), whose Jacobian
+    # is closed-form in the camera-space points: no Rodrigues derivative, no cv2.projectPoints (which
+    # also differentiates intrinsics and distortion), a third of this function's time before.
+    R, t = cv2.Rodrigues(rvec)[0], tvec.ravel().astype(np.float64)
+    (fx, fy), c = K[[0, 1], [0, 1]], K[:2, 2]
     for it in range(opts.pose_iters):
-        proj, jac = cv2.projectPoints(obj, x[:3], x[3:], K, None)
-        r = (proj.reshape(-1, 2) - img).ravel()
-        J = jac[:, :6]
+        P = obj @ R.T  # rotated points; camera space: P + t
+        iz = 1.0 / (P[:, 2] + t[2])
+        u, v = (P[:, 0] + t[0]) * iz, (P[:, 1] + t[1]) * iz
+        r = np.column_stack([fx * u + c[0] - img[:, 0], fy * v + c[1] - img[:, 1]])
+        ax, ay = fx * iz, fy * iz
+        J = np.empty((len(u), 2, 6))  # d(pixel)/d(w, t) per point
+        J[:, 0, 0], J[:, 0, 1], J[:, 0, 2] = -ax * u * P[:, 1], ax * (P[:, 2] + u * P[:, 0]), -ax * P[:, 1]
+        J[:, 0, 3], J[:, 0, 4], J[:, 0, 5] = ax, 0.0, -ax * u
+        J[:, 1, 0], J[:, 1, 1], J[:, 1, 2] = -ay * (P[:, 2] + v * P[:, 1]), ay * v * P[:, 0], ay * P[:, 0]
+        J[:, 1, 3], J[:, 1, 4], J[:, 1, 5] = 0.0, ay, -ay * v
         scale = opts.inlier_px * (2.0 if it < 2 else 1.0)  # wider first: the previous pose is off
-        w = np.repeat(1.0 / (1.0 + (np.hypot(r[0::2], r[1::2]) / scale) ** 2), 2)
-        step = np.linalg.solve(J.T @ (w[:, None] * J) + 1e-9 * np.eye(6), -(J.T @ (w * r)))
+        w = 1.0 / (1.0 + (np.hypot(r[:, 0], r[:, 1]) / scale) ** 2)
+        J2, Jw = J.reshape(-1, 6), (J * w[:, None, None]).reshape(-1, 6)
+        step = np.linalg.solve(Jw.T @ J2 + 1e-9 * np.eye(6), -(Jw.T @ r.ravel()))
         if not np.isfinite(step).all():
             return False, rvec, tvec, none
-        x += step
-    proj = cv2.projectPoints(obj, x[:3], x[3:], K, None)[0].reshape(-1, 2)
+        R = cv2.Rodrigues(step[:3])[0] @ R
+        t = t + step[3:]
+    cam = obj @ R.T + t
+    proj = cam[:, :2] / cam[:, 2:] * (fx, fy) + c
     mask = np.hypot(*(proj - img).T) < opts.inlier_px
     if mask.sum() < opts.min_inliers or mask.mean() < opts.min_inlier_fraction:
         return False, rvec, tvec, mask
-    return True, x[:3].reshape(3, 1), x[3:].reshape(3, 1), mask
+    return True, cv2.Rodrigues(R)[0], t.reshape(3, 1), mask
 
 
 def track_direction(surface: HeadSurface, grays: list[np.ndarray], K: np.ndarray, R0: np.ndarray,
