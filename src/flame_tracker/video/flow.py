@@ -144,10 +144,7 @@ class HeadSurface:
         nx = int(ix[cand].max()) + 1
         key = np.where(cand, iy * nx + ix, -1)
         zmin = np.full(int(key.max()) + 1, np.inf)
-        # the nearest depth per cell: written farthest first, so the last write to a cell is its
-        # nearest vertex (np.minimum.at, unbuffered, cost as much as the rest of this method)
-        far_first = np.argsort(-cam[cand, 2], kind="stable")
-        zmin[key[cand][far_first]] = cam[cand, 2][far_first]
+        np.minimum.at(zmin, key[cand], cam[cand, 2])
         front = cand.copy()
         front[cand] = cam[cand, 2] <= zmin[key[cand]] + 0.03 * self.size
         # corners of the image over the visible head, each sent onto the triangle under it (found
