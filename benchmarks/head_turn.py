@@ -12,7 +12,7 @@ on the frames with landmarks (which must not change).
 Last line: ``rot_deg_gap_bridged=… rot_deg_gap_flow=… gap_frames=… flow_frames=… rot_deg_landmarks=…
 flow_ms_per_frame=…`` (target: flow ≤ 3° where bridging is far worse).
 
-Usage: ``python benchmarks/head_turn.py [--frames 90] [--fps 30] [--save DIR]``
+Usage: ``python benchmarks/head_turn.py [--frames 90] [--fps 30] [--seed 11] [--save DIR]``
 """
 
 from __future__ import annotations
@@ -41,9 +41,17 @@ def rotation_error(pose6: np.ndarray, identity, R_true: np.ndarray) -> np.ndarra
     return np.degrees(np.arccos(cos))
 
 
-def make_video(model, n: int, fps: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """Frames, true rotations ``[T, 3, 3]``, true yaw ``[T]`` and the occluded frames ``[T]`` bool."""
-    specs = turning_head(model, n)
+#: The turns the flow's settings are checked on (docs/profiles.md): the benchmark clip (seed 11) and
+#: three others: other identities, turns to the other side, other face sizes and fields of view.
+TURNS = {11: {}, 3: dict(yaw_peak=-85.0, face_frac=0.35, fov_deg=20.0),
+         5: dict(yaw_peak=80.0, face_frac=0.55, fov_deg=40.0), 8: dict(yaw_peak=-80.0, face_frac=0.5, fov_deg=25.0)}
+
+
+def make_video(model, n: int, fps: float,
+               seed: int = 11) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Frames, true rotations ``[T, 3, 3]``, true yaw ``[T]`` and the occluded frames ``[T]`` bool
+    (``seed``: one of :data:`TURNS`, or any other with the benchmark clip's turn)."""
+    specs = turning_head(model, n, seed=seed, **TURNS.get(seed, {}))
     # a second, frontal passage with the lower face covered (a hand, a microphone)
     occl_n = max(4, n // 6)
     base = specs[0]
@@ -70,10 +78,13 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=90, help="frames of the turn (default 90)")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--save", default=None, help="also write the synthetic video here (mp4)")
+    ap.add_argument("--seed", type=int, default=11,
+                    help="the turn (identity; with 3, 5 or 8 also its side, face size and FOV, see TURNS; default "
+                         "11, the benchmark clip)")
     args = ap.parse_args()
     model = load_model()
     t0 = time.perf_counter()
-    frames, R_true, yaw, occluded = make_video(model, args.frames, args.fps)
+    frames, R_true, yaw, occluded = make_video(model, args.frames, args.fps, args.seed)
     t_len = len(frames)
     times = np.arange(t_len) / args.fps
     print(f"rendered {t_len} frames in {time.perf_counter() - t0:.0f} s")
