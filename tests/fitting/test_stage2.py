@@ -196,3 +196,39 @@ def test_closed_form_jacobian_matches_differenced_model(shape_mode):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
     assert fast[2].abs().amax() > 1e-3  # the rotation columns are not trivially zero
+
+
+def test_rotation_columns_with_pose_correctives_on_unskinned_points(tmp_path, monkeypatch) -> None:
+    """A joint's pose correctives may reshape points it does not skin (learned posedirs are not
+    masked by the skinning weights): the jaw and eye steps' columns must still match differences."""
+    import numpy as np
+
+    from flame_tracker.fitting import stage2 as s2
+    from flame_tracker.model import fixtures as fx
+    from flame_tracker.model.head import HeadModel
+    from flame_tracker.model.loader import load_model_data
+
+    arrays = fx.flame_model_arrays
+
+    def unmasked(*args, **kwargs):
+        out = arrays(*args, **kwargs)
+        out["posedirs"] = out["posedirs"] + np.random.default_rng(5).normal(0, 0.001, out["posedirs"].shape)
+        return out
+
+    monkeypatch.setattr(fx, "flame_model_arrays", unmasked)
+    model = HeadModel(load_model_data(fx.write_flame_model(tmp_path, "tiny"), use_cache=False), dtype=DT)
+    n = 3
+    g = torch.Generator().manual_seed(1)
+    lay = s2._Layout(n_expr=model.n_expr, n_shape=model.n_shape, jaw=True, eyes=True, neck=False, shape="fixed")
+    x = torch.randn(n, lay.n_frame, generator=g, dtype=DT) * 0.2
+    base = {"head_pose": torch.zeros(n, 3, dtype=DT), "neck_pose": torch.randn(n, 3, generator=g, dtype=DT) * 0.1,
+            "shape": torch.zeros(n, model.n_shape, dtype=DT)}
+    pose6 = torch.tensor([[0.1, 0.2, 0.0, 0.0, 0.0, 1.0]] * n, dtype=DT)
+    target = torch.zeros(n, 78, 2, dtype=DT)
+    problem = s2._Problem(model, lay, Stage2Options(), base, pose6, torch.full((n,), 20.0, dtype=DT),
+                          target, torch.ones_like(target), None, None)
+    params = lay.split(x, torch.zeros(0, dtype=DT), base)
+    plan = s2._jac_plan(problem)
+    fast = s2._skinned_jacobian(model, params, plan["lin"], plan["rot"], {})
+    ref = s2._differenced_jacobian(problem, params, plan["lin"], plan["rot"])
+    torch.testing.assert_close(fast[2], ref[2], atol=1e-8, rtol=1e-6)

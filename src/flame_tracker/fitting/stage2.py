@@ -402,7 +402,10 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     if m == 1:
         turned = pts.new_zeros(n, 0, pts.shape[1], 3)
     else:
-        rows, moved, mix_moved = _rotated_points(rot, sub_weights, path, mix, cache)
+        # with pose correctives a joint's rotation also reshapes rows it does not skin (its posedirs):
+        # every row moves then (FLAME); the subset is for models without (ICT: the eyes move the iris)
+        rows, moved, mix_moved = ((None, None, mix) if model.has_pose_correctives
+                                  else _rotated_points(rot, sub_weights, path, mix, cache))
         v_rot = v[:, 1:] if v.shape[1] > 1 else v
         if rows is None:
             turned = _skin(sub_weights, rt[:, 1:], v_rot)
