@@ -402,19 +402,14 @@ def _skinned_configs(model: torch.nn.Module, params: dict[str, Tensor], lin: lis
     if m == 1:
         turned = pts.new_zeros(n, 0, pts.shape[1], 3)
     else:
-        # with pose correctives a joint's rotation also reshapes rows it does not skin (its posedirs):
-        # every row moves then (FLAME); the subset is for models without (ICT: the eyes move the iris)
-        rows, moved, mix_moved = ((None, None, mix) if model.has_pose_correctives
-                                  else _rotated_points(rot, sub_weights, path, mix, cache))
+        rows, moved, mix_moved = _rotated_points(model, rot, sub_weights, path, mix, cache)
         v_rot = v[:, 1:] if v.shape[1] > 1 else v
         if rows is None:
             turned = _skin(sub_weights, rt[:, 1:], v_rot)
         else:
             turned = _skin(sub_weights[rows], rt[:, 1:], v_rot[:, :, rows])  # [N, M-1, moved rows, 3]
             if mix_moved is not None:  # the moved points mix moved and unmoved rows
-                full = sub[:, None].expand(n, m - 1, *sub.shape[1:]).clone()
-                full[:, :, rows] = turned
-                turned = full
+                turned = _with_unmoved(sub, turned, rows)
         if mix_moved is not None:
             turned = mix_moved @ turned
     k = dirs_j.shape[1]
@@ -447,11 +442,23 @@ def _skin(weights: Tensor, rt: Tensor, v: Tensor) -> Tensor:
     return (tw[..., :3] * v[..., None, :]).sum(-1) + tw[..., 3]
 
 
-def _rotated_points(rot: list[tuple[str, int, int, str]], weights: Tensor, path: Tensor, mix: Tensor | None,
-                    cache: dict) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def _with_unmoved(base: Tensor, moved: Tensor, idx: Tensor) -> Tensor:
+    """``base [N, R, 3]`` repeated for each step of ``moved [N, S, R', 3]``, with its rows ``idx [R']``
+    replaced by the moved ones: ``[N, S, R, 3]``."""
+    full = base[:, None].expand(moved.shape[0], moved.shape[1], *base.shape[1:]).clone()
+    full[:, :, idx] = moved
+    return full
+
+
+def _rotated_points(model: torch.nn.Module, rot: list[tuple[str, int, int, str]], weights: Tensor, path: Tensor,
+                    mix: Tensor | None, cache: dict) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """What a step of the ``rot`` columns moves (cached per solve): the landmark-path rows skinned
     to a rotated joint or a descendant, the points (landmarks, iris) that mix them, and the mix
-    matrix's rows of those points; ``None`` for "all of them" (and for no mix)."""
+    matrix's rows of those points; ``None`` for "all of them" (and for no mix). With pose correctives
+    a joint's rotation also reshapes rows it does not skin (its learned posedirs): every row moves
+    (FLAME); the subset is for models without them (ICT: the eyes' steps move the iris alone)."""
+    if model.has_pose_correctives:
+        return None, None, mix
     if "rotated_points" not in cache:
         from flame_tracker.model.head import POSE_SLOTS
 
@@ -484,9 +491,7 @@ def _skinned_jacobian(model: torch.nn.Module, params: dict[str, Tensor], lin: li
         return None
     p0, turned, moved, d_lin = out
     if moved is not None:  # the points no rotation step moves
-        full = p0[:, None].expand(*turned.shape[:2], *p0.shape[1:]).clone()
-        full[:, :, moved] = turned
-        turned = full
+        turned = _with_unmoved(p0, turned, moved)
     return p0, d_lin.transpose(1, 2), ((turned - p0[:, None]) / _ROT_STEP).permute(0, 2, 3, 1)
 
 
