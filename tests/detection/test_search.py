@@ -197,3 +197,46 @@ def test_video_blocks_detected_apart_follow_the_same_person(faces, tmp_path: Pat
     track_video(clip, tmp_path / "jumps", options=tiny, video_options=vopts, progress=False)
     chosen, other = distances(tmp_path / "jumps")
     assert other.min() < 25  # the premise: a block started afresh takes the person then on the left
+
+
+def test_follower_recovers_a_dropped_face_in_its_crop_without_searching(faces, monkeypatch) -> None:
+    """MediaPipe's video tracking sometimes drops a small face that is still in the crop: the
+    follower first detects afresh where the face just was (one crop, no tiles), and searches the
+    whole frame only when the face is not there. Each start creates one video graph, when used."""
+    from flame_tracker.detection import search as search_mod
+
+    canvas = textured_canvas(1920, 1080, seed=6)
+    ref = paste_face(canvas, faces[0], (1300.0, 560.0), 110.0)
+    iod = np.linalg.norm(ref[36] - ref[45])
+    graphs = []
+    real = search_mod.FaceLandmarker
+
+    def counted(*args, **kwargs):
+        lm = real(*args, **kwargs)
+        if lm.mode == "video":
+            graphs.append(lm)
+        return lm
+
+    monkeypatch.setattr(search_mod, "FaceLandmarker", counted)
+    with search_mod.FaceFollower() as fol:
+        assert not graphs  # none before a face is followed
+        first = fol(canvas, 0.0)
+        assert first is not None and fol.searches == 1 and fol.finder.n_tiles > 0  # a small face: the tiles
+        assert fol(canvas, 0.04) is not None and fol.roi_frames == 1 and len(graphs) == 1
+
+        class Dropping:  # the video graph loses the face once
+            def detect_region(self, *args, **kwargs):
+                return []
+
+            def close(self) -> None:
+                pass
+
+        fol._video.close()
+        fol._video = Dropping()  # type: ignore[assignment]
+        got = fol(canvas, 0.08)
+        assert got is not None and fol.searches == 1  # recovered in the crop, no search
+        assert np.linalg.norm(got.lmks68 - ref, axis=1).mean() / iod < 0.08
+        assert fol(canvas, 0.12) is not None and len(graphs) == 2  # tracking restarted on it
+
+        blank = textured_canvas(1920, 1080, seed=6)  # the face is gone: the crop is empty, search
+        assert fol(blank, 0.16) is None and fol.searches == 2
