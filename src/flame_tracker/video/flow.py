@@ -167,7 +167,9 @@ class HeadSurface:
         if corners is None:
             return none
         c = corners.reshape(-1, 2).astype(np.float64) + (bx0, by0)
-        near = vis[cKDTree(px[vis]).query(c)[1]]
+        # (a sliding-midpoint tree: built ~3x faster than a balanced one, the same nearest vertices;
+        # this is built once per seeding, for ~300 queries)
+        near = vis[cKDTree(px[vis], balanced_tree=False, compact_nodes=False).query(c)[1]]
         tris = self.vertex_faces[near]  # [m, k]
         tri_v = self.faces[np.maximum(tris, 0)]  # [m, k, 3]
         bary = barycentric_2d(c[:, None], px[tri_v])  # [m, k, 3]
