@@ -66,6 +66,11 @@ def face_centre(points: np.ndarray) -> np.ndarray:
     return (lo + hi) / 2.0
 
 
+def _crop_of(det: FaceDetection) -> tuple[np.ndarray, float]:
+    """The ROI around a face: its centre and side (:data:`ROI_SCALE` face sizes), pixels."""
+    return face_centre(det.points478), ROI_SCALE * face_size(det.points478)
+
+
 def tiles(width: int, height: int, side: int, overlap: float = 0.5) -> list[tuple[float, float]]:
     """Centres of square tiles of ``side`` pixels covering a ``width × height`` frame, neighbours
     overlapping by ``overlap`` of a side (so every face up to ``overlap × side`` lies whole in one)."""
@@ -253,10 +258,14 @@ class FaceFinder:
                 break
         return distinct(found)
 
-    def region(self, image: np.ndarray, det: FaceDetection, timestamp_ms: int | None = None) -> FaceDetection | None:
+    def around(self, image: np.ndarray, centre: np.ndarray, size: float) -> list[FaceDetection]:
+        """The faces in the square crop around a face of ``size`` pixels at ``centre`` (:data:`ROI_SCALE`
+        face sizes wide, shown to MediaPipe at :data:`ROI_PX`), detected afresh."""
+        return self.landmarker.detect_region(image, tuple(centre), ROI_SCALE * size, None, ROI_PX)
+
+    def region(self, image: np.ndarray, det: FaceDetection) -> FaceDetection | None:
         """``det`` detected again on a square crop around it (the face nearest its centre there)."""
-        got = self.landmarker.detect_region(image, tuple(face_centre(det.points478)),
-                                            ROI_SCALE * face_size(det.points478), timestamp_ms, ROI_PX)
+        got = self.around(image, face_centre(det.points478), face_size(det.points478))
         if not got:
             return None
         c = face_centre(det.points478)
@@ -406,7 +415,7 @@ class FaceFollower:
                 self._several = True
                 if self.window is None and self.roi:  # several people: follow by place, through the crop
                     self._restart()
-                    self.window = (face_centre(det.points478), ROI_SCALE * face_size(det.points478))
+                    self.window = _crop_of(det)
         if det is not None:
             self._follow(det, time_s, (image.shape[1], image.shape[0]))
         else:
@@ -428,11 +437,10 @@ class FaceFollower:
         frame). Found, tracking restarts on it as after a search; else None (the search follows)."""
         if self.last is None:
             return None
-        c, s, _ = self.last
-        det = self._nearest(self.finder.landmarker.detect_region(image, tuple(c), ROI_SCALE * s, None, ROI_PX))
+        det = self._nearest(self.finder.around(image, self.last[0], self.last[1]))
         if det is not None:
             self._restart()
-            self.window = (face_centre(det.points478), ROI_SCALE * face_size(det.points478))
+            self.window = _crop_of(det)
         return det
 
     def _search(self, image: np.ndarray, time_s: float) -> FaceDetection | None:
@@ -461,7 +469,7 @@ class FaceFollower:
             self._restart()  # MediaPipe's tracking starts on the new face, in its new input
             self.window = None
             if self._use_roi(face_size(pick.points478), (image.shape[1], image.shape[0])):
-                self.window = (face_centre(pick.points478), ROI_SCALE * face_size(pick.points478))
+                self.window = _crop_of(pick)
         return pick
 
     def _follow(self, det: FaceDetection, time_s: float, image_size: tuple[int, int]) -> None:
