@@ -155,9 +155,10 @@ def wide_shot_clip(path, n: int) -> None:
     from flame_tracker.video.encode import VideoWriter
 
     once = read_frames("talking_ex1.mp4", n)
-    frames = list(once)
-    while len(frames) < n:
-        frames += once[::-1][1:] if len(frames) // len(once) % 2 else once[1:]
+    frames, back = list(once), True
+    while len(frames) < n:  # each pass starts where the last one ended (its end frame not repeated)
+        frames += (once[::-1] if back else once)[1:]
+        back = not back
     frames = frames[:n]
     with FaceLandmarker() as lm:
         ref = lm.detect(frames[0]).lmks68.astype(np.float64)
