@@ -29,13 +29,13 @@ def _pattern(i: int, w: int = 64, h: int = 48) -> np.ndarray:
 
 
 def _write_video(path: Path, n: int, fps: float = 25.0, rotation: int = 0,
-                 times: list[float] | None = None, fmt: str | None = None) -> None:
+                 times: list[float] | None = None, fmt: str | None = None, keyint: int | None = None) -> None:
     container = av.open(str(path), mode="w", format=fmt)
     stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
     stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
     stream.time_base = Fraction(1, 1000)
     stream.codec_context.time_base = Fraction(1, 1000)  # keep millisecond timestamps (VFR)
-    stream.options = {"crf": "10"}
+    stream.options = {"crf": "10", **({"g": str(keyint), "keyint_min": str(keyint)} if keyint else {})}
     if rotation:
         stream.set_display_rotation(rotation)
     for i in range(n):
@@ -81,6 +81,79 @@ def test_time_range_every_and_fps(tmp_path: Path) -> None:
     frame = next(iter(VideoReader(path, start_s=0.4)))
     col = np.flatnonzero(frame.image[34, :, 0] > 200)
     assert col.min() == pytest.approx(4 + 30, abs=1)
+
+
+def test_reader_jumps_over_frames_it_does_not_need(tmp_path: Path, monkeypatch) -> None:
+    """A reader that needs nothing from long runs of frames (the part before a later detection
+    thread's blocks, a resumed run, --start, the frames between the flow's gaps) decodes from the
+    keyframe before each frame it needs, and yields exactly the frames, numbers, times, positions
+    and pixels of a reader that decodes every frame from the start."""
+    import flame_tracker.video.decode as decode
+
+    path = tmp_path / "gop.mp4"
+    _write_video(path, 300, fps=25.0, keyint=25)  # a keyframe about every second, B-frames between
+    table = decode._packet_table(path)
+    assert table is not None
+    keyframes = np.flatnonzero(table[1])
+    assert len(keyframes) >= 10
+
+    def key_before(i: int) -> int:
+        return int(keyframes[keyframes <= i].max())
+
+    class Others:  # the flow's frame source: every frame but a few is skipped
+        def __contains__(self, idx: object) -> bool:
+            return idx not in {20, 21, 150, 151, 260}
+
+    cases = [dict(start_s=6.1), dict(keep=lambda p: p >= 203), dict(skip=set(range(150)), every=2),
+             dict(fps=12.5, start_s=4.1, max_frames=20), dict(keep=lambda p: 100 <= p < 140, stop_at=140),
+             dict(keep=lambda p: p < 30 or 180 <= p < 200), dict(skip=Others()),
+             dict(start_s=1.0)]  # (too near the start to jump)
+
+    def frames(kw: dict) -> tuple[list, VideoReader]:
+        reader = VideoReader(path, **kw)
+        return [(f.index, f.time_s, f.position, f.image) for f in reader], reader
+
+    runs = []
+    for kw in cases:
+        got, reader = frames(kw)
+        runs.append(reader.decoded)
+        with monkeypatch.context() as m:
+            m.setattr(decode, "_packet_table", lambda path: None)  # no jumping: every frame decoded
+            want, seq = frames(kw)
+        assert seq.decoded == [[0, seq.n_decoded - 1]]
+        assert [g[:3] for g in got] == [w[:3] for w in want], kw
+        assert all(np.array_equal(g[3], w[3]) for g, w in zip(got, want)), kw
+        assert (reader.n_selected, reader.n_decoded, reader.broken) == (seq.n_selected, seq.n_decoded, seq.broken)
+        for index, _, _, image in got:  # the square encodes the frame's number
+            assert np.flatnonzero(image[34, :, 0] > 200).min() == pytest.approx(4 + (index * 3) % 52, abs=1)
+        for first, last in reader.decoded:  # each run from a keyframe (or the start)
+            assert first == 0 or table[1][first], kw
+    # where each reader started: the keyframe before its first frame (the start when that is fewer
+    # than SEEK_MIN_FRAMES frames in); the readers with two far-apart needs decoded two runs
+    assert [r[0][0] for r in runs[:5]] == [key_before(i) for i in (153, 203, 150, 103, 100)]
+    assert min(r[0][0] for r in runs[:5]) >= decode.SEEK_MIN_FRAMES and runs[7][0][0] == 0
+    assert [r[0] for r in runs[5]] == [0, key_before(180)] and runs[5][0][1] == 29
+    assert [r[0] for r in runs[6]] == [0, key_before(150), key_before(260)] and runs[6][:2] == [
+        [0, 21], [key_before(150), 151]]
+    # packets whose timestamps the decoded frames do not carry (from frame 150 on): the reader
+    # decodes from the start after what it yielded, nothing twice, nothing lost
+    real = decode._packet_table
+
+    def shifted(p: Path):
+        pts, key, start, tb = real(p)
+        return np.where(np.arange(len(pts)) >= 150, pts + 1, pts), key, start, tb
+
+    monkeypatch.setattr(decode, "_packet_table", shifted)
+    got, reader = frames(cases[5])
+    assert [g[0] for g in got] == list(range(30)) + list(range(180, 200))
+    assert reader.decoded == [[0, 299]]  # the second, sequential pass (the first decoded 0-29)
+    monkeypatch.setattr(decode, "_packet_table", real)
+    # Matroska jumps too; MPEG-TS (keyframe flags not trusted) decodes from the start
+    _write_video(tmp_path / "gop.mkv", 120, keyint=25)
+    _write_video(tmp_path / "gop.ts", 120, keyint=25, fmt="mpegts")
+    assert VideoReader(tmp_path / "gop.mkv", start_s=3.0)._seek_plan() is not None
+    ts = VideoReader(tmp_path / "gop.ts", start_s=3.0)
+    assert ts._seek_plan() is None and next(iter(ts)).index == 75 and ts.decoded[0][0] == 0
 
 
 def test_variable_frame_rate_timestamps(tmp_path: Path) -> None:

@@ -153,6 +153,112 @@ class BrokenStream:
                 f"(t={self.after_time_s:.2f}s): {self.reason}")
 
 
+#: A reader starts at the keyframe before the first frame it yields, instead of decoding every frame
+#: from the start, when that saves at least this many decoded frames (a 1080p frame costs ~2-4 ms).
+SEEK_MIN_FRAMES = 48
+#: Containers (FFmpeg's demuxer names) a reader jumps to keyframes in.
+SEEKABLE_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
+
+
+class _SeekMissed(FlameTrackerError):
+    """The decoder did not start where the packets said the keyframe is (the reader catches it and
+    decodes from the start; never raised to callers)."""
+
+
+@dataclass(frozen=True)
+class _SeekPlan:
+    """The stretches of a video a reader decodes: ``segments`` of ``(keyframe, the frame selection's
+    state there, the last frame to decode or None: on to the end)``, as frame numbers into ``pts``
+    (every frame's timestamp in presentation order)."""
+
+    pts: np.ndarray
+    segments: list[tuple[int, tuple[int, float, int], int | None]]
+
+
+def _packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fraction] | None:
+    """Every frame's timestamp in presentation order and which frames are keyframes, from the
+    container's packets (no decoding), with the stream's start and time base; None when the packets
+    cannot stand for the frames: a container not in :data:`SEEKABLE_FORMATS`, a packet without a
+    timestamp, two with the same one, a count that differs from the container's, or a damaged file
+    (the reader then decodes from the start, as before)."""
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError):
+        return None
+    try:
+        # only containers whose index marks real keyframes (MP4/MOV, Matroska/WebM): elsewhere (e.g.
+        # MPEG-TS) a flagged packet may be a recovery point that does not decode cleanly on its own
+        if not set(container.format.name.split(",")) & SEEKABLE_FORMATS:
+            return None
+        stream = container.streams.video[0]
+        pts, key = [], []
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's empty packet at the end
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(int(packet.pts))
+            key.append(bool(packet.is_keyframe))
+        order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+        p, k = np.asarray(pts, np.int64)[order], np.asarray(key, bool)[order]
+        if not len(p) or (np.diff(p) <= 0).any() or (stream.frames and int(stream.frames) != len(p)):
+            return None
+        return p, k, int(stream.start_time or 0), stream.time_base or Fraction(1, 1)
+    except (av.FFmpegError, IndexError):
+        return None
+    finally:
+        container.close()
+
+
+class _Selection:
+    """Which source frames a :class:`VideoReader` yields (its time range, ``every``, ``fps``,
+    ``max_frames``, ``stop_at``, ``skip`` and ``keep``), decided frame by frame from the frame's
+    timestamp: the same rules for a decoded frame and for one known from its packet only."""
+
+    def __init__(self, reader: VideoReader) -> None:
+        self.r = reader
+        self.k = 0  # frames in the time range so far
+        self.next_t = -math.inf  # the next time the fps subsampling takes a frame
+        self.kept = 0  # selected frames so far
+        self.stop = False  # no frame after the last one stepped
+        self.n_selected: int | None = None  # the selection's length, where it is known to end
+
+    def state(self) -> tuple[int, float, int]:
+        return self.k, self.next_t, self.kept
+
+    def restore(self, state: tuple[int, float, int]) -> None:
+        self.k, self.next_t, self.kept = state
+
+    def step(self, index: int, t: float) -> int:
+        """The position (among the selected frames) of source frame ``index`` at ``t`` if the reader
+        yields it, else -1; sets :attr:`stop` when the iteration ends with this frame."""
+        r = self.r
+        if t < r.start_s - 1e-6:
+            return -1
+        if r.end_s is not None and t >= r.end_s - 1e-6:
+            self.stop, self.n_selected = True, self.kept
+            return -1
+        self.k += 1
+        if (self.k - 1) % r.every:
+            return -1
+        if r.fps is not None:
+            # a little slack so timestamp rounding never drops a frame of e.g. 30->15 fps
+            if t < self.next_t - 0.1 / r.fps:
+                return -1
+            step = 1.0 / r.fps
+            self.next_t = t + step if self.next_t == -math.inf or self.next_t + step <= t else self.next_t + step
+        self.kept += 1
+        if r.stop_at is not None and self.kept > r.stop_at:
+            self.stop = True
+            return -1
+        last = r.max_frames is not None and self.kept >= r.max_frames
+        if last:
+            self.stop, self.n_selected = True, self.kept
+        if index in r.skip or (r.keep is not None and not r.keep(self.kept - 1)):
+            return -1
+        return self.kept - 1
+
+
 class VideoReader:
     """Iterate over the frames of a video, lazily.
 
@@ -198,6 +304,9 @@ class VideoReader:
         self.scale = 1.0 if not max_side or longest <= max_side else max_side / longest
         self.broken: BrokenStream | None = None
         self.n_decoded = 0
+        # the runs of source frames the last iteration decoded, [first, last] each (several, each
+        # from a keyframe, when it jumped over frames it did not need: see _seek_plan)
+        self.decoded: list[list[int]] = []
         # frames the selection holds, once an iteration has seen its end (None: not seen, or broken)
         self.n_selected: int | None = None
 
@@ -222,71 +331,128 @@ class VideoReader:
                            max_frames=self.max_frames, **kw)
 
     def __iter__(self) -> Iterator[Frame]:
-        info = self.info
+        plan = self._seek_plan() if self.start_s > 0 or self.keep is not None or self.skip else None
+        done = -1  # the last frame yielded
+        if plan is not None:
+            try:
+                for frame in self._decode(plan):
+                    done = frame.index
+                    yield frame
+                return
+            except _SeekMissed:  # the decoder did not land where the packets said: decode from the
+                pass  # start, yielding only what comes after the frames already yielded
+        yield from self._decode(None, after=done)
+
+    def _decode(self, plan: _SeekPlan | None, after: int = -1) -> Iterator[Frame]:
+        """Decode and select (frames up to ``after`` are passed over); with ``plan``, only its
+        segments, each from its keyframe on (the frames between them are known, from the packets,
+        to hold nothing this reader yields). Raises :class:`_SeekMissed` when the decoder does not
+        start a segment at its keyframe."""
         container = _open(self.path)
         self.broken, self.n_decoded, self.n_selected = None, 0, None
+        self.decoded = []
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threading: decode runs beside the fitting
         tb = stream.time_base or Fraction(1, 1)
         start_pts = stream.start_time or 0
-        k = rot_k = 0
-        next_t = -math.inf
+        sel = _Selection(self)
+        rot_k = 0
         last_index, last_time = -1, 0.0
-        kept = 0
         size: tuple[int, int] | None = None
+        index_of = None if plan is None else {int(p): i for i, p in enumerate(plan.pts)}
+        segments = [(0, sel.state(), None)] if plan is None else plan.segments
         try:
-            for frame in container.decode(stream):
-                index = self.n_decoded
-                self.n_decoded += 1
-                if frame.pts is not None:
-                    t = float((frame.pts - start_pts) * tb)
-                else:  # no timestamps: fall back to the nominal rate
-                    t = index / info.fps if info.fps else float(index)
-                last_index, last_time = index, t
-                if t < self.start_s - 1e-6:
-                    continue
-                if self.end_s is not None and t >= self.end_s - 1e-6:
-                    self.n_selected = kept
-                    break
-                k += 1
-                if (k - 1) % self.every:
-                    continue
-                if self.fps is not None:
-                    # a little slack so timestamp rounding never drops a frame of e.g. 30->15 fps
-                    if t < next_t - 0.1 / self.fps:
-                        continue
-                    step = 1.0 / self.fps
-                    next_t = t + step if next_t == -math.inf or next_t + step <= t else next_t + step
-                kept += 1
-                if self.stop_at is not None and kept > self.stop_at:
-                    break
-                if index in self.skip or (self.keep is not None and not self.keep(kept - 1)):
-                    if self.max_frames is not None and kept >= self.max_frames:
-                        self.n_selected = kept
+            for first, state, end in segments:
+                if plan is not None:
+                    sel.restore(state)
+                    last_index = first - 1
+                    container.seek(int(plan.pts[first]), stream=stream, backward=True, any_frame=False)
+                run = [first, first - 1]
+                self.decoded.append(run)
+                for frame in container.decode(stream):
+                    if index_of is not None:
+                        # the source frame's number from its timestamp (decoding starts mid-video)
+                        index = index_of.get(frame.pts, -1) if frame.pts is not None else -1
+                        if last_index < first and (index < 0 or index > first):
+                            raise _SeekMissed  # not at the segment's keyframe
+                        if index < 0:  # a frame the packets did not list: counted as the next one
+                            index = last_index + 1
+                        elif index <= last_index:  # before the keyframe (an open GOP's leading frames)
+                            continue
+                        self.n_decoded = index + 1
+                    else:
+                        index = self.n_decoded
+                        self.n_decoded += 1
+                    if frame.pts is not None:
+                        t = float((frame.pts - start_pts) * tb)
+                    else:  # no timestamps: fall back to the nominal rate
+                        t = index / self.info.fps if self.info.fps else float(index)
+                    last_index, last_time = index, t
+                    run[1] = index
+                    pos = sel.step(index, t)
+                    if pos >= 0 and index > after:
+                        if size is None:
+                            rot_k = _rotation_of(frame) // 90
+                            size = (max(1, round(frame.width * self.scale)),
+                                    max(1, round(frame.height * self.scale)))
+                        img: np.ndarray
+                        if self.scale != 1.0:
+                            img = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+                        else:
+                            img = frame.to_ndarray(format="rgb24")
+                        if rot_k:
+                            img = np.ascontiguousarray(np.rot90(img, rot_k))
+                        yield Frame(index, t, img, pos)
+                    if sel.stop:
+                        self.n_selected = sel.n_selected
+                        return
+                    if end is not None and index >= end:  # the segment's last wanted frame
                         break
-                    continue
-                if size is None:
-                    rot_k = _rotation_of(frame) // 90
-                    size = (max(1, round(frame.width * self.scale)),
-                            max(1, round(frame.height * self.scale)))
-                img: np.ndarray
-                if self.scale != 1.0:
-                    img = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
-                else:
-                    img = frame.to_ndarray(format="rgb24")
-                if rot_k:
-                    img = np.ascontiguousarray(np.rot90(img, rot_k))
-                yield Frame(index, t, img, kept - 1)
-                if self.max_frames is not None and kept >= self.max_frames:
-                    self.n_selected = kept
-                    break
-            else:
-                self._check_complete(last_index, last_time)
-                self.n_selected = None if self.broken else kept
+                else:  # the stream ended
+                    self._check_complete(last_index, last_time)
+                    self.n_selected = None if self.broken else sel.kept
+                    return
         except av.FFmpegError as exc:
             self.broken = BrokenStream(last_index, last_time, f"{type(exc).__name__}: {exc}")
         finally:
             container.close()
+
+    def _seek_plan(self) -> _SeekPlan | None:
+        """The stretches of the video to decode when long runs of frames hold nothing this reader
+        yields (the part before a later detection thread's blocks, a resumed run's finished frames,
+        ``start_s``, the frames between the flow's gaps): each segment starts at the keyframe before
+        its first wanted frame, found from the packets alone (no decoding: ~5 µs a frame), where
+        that skips at least :data:`SEEK_MIN_FRAMES` decoded frames. None: decode everything from
+        the start (nothing to skip, or a video that cannot be indexed)."""
+        table = _packet_table(self.path)
+        if table is None:
+            return None
+        pts, key, start_pts, tb = table
+        sel = _Selection(self)
+        segments: list[tuple[int, tuple[int, float, int], int | None]] = []
+        kf, kf_state = 0, sel.state()  # the last keyframe so far, and the selection before it
+        cur_end = -1  # the last wanted frame so far
+        ticks = (pts - start_pts) * tb.numerator
+        if np.abs(ticks).max() < 2**53:  # exact integers: one correctly rounded division, as float(Fraction)
+            times = ticks.astype(np.float64) / tb.denominator
+        else:
+            times = np.array([float((int(p) - start_pts) * tb) for p in pts])
+        for i, t in enumerate(times.tolist()):
+            if key[i]:
+                kf, kf_state = i, sel.state()
+            if sel.step(i, t) >= 0:
+                if kf - max(cur_end, 0) >= SEEK_MIN_FRAMES or not segments:
+                    if segments:  # the previous segment ends at its last wanted frame
+                        segments[-1] = (*segments[-1][:2], cur_end)
+                    segments.append((kf, kf_state, None))
+                cur_end = i
+            if sel.stop:
+                break
+        if not segments or (len(segments) == 1 and segments[0][0] < SEEK_MIN_FRAMES):
+            return None
+        if segments[0][0] < SEEK_MIN_FRAMES:  # the first from the start: decoded as it is
+            segments[0] = (0, _Selection(self).state(), segments[0][2])
+        return _SeekPlan(pts, segments)
 
     def _check_complete(self, last_index: int, last_time: float) -> None:
         """A stream that ends well before the duration the container announced was cut short."""
