@@ -175,7 +175,27 @@ class _SeekPlan:
     segments: list[tuple[int, tuple[int, float, int], int | None]]
 
 
+_TABLES: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, int, Fraction] | None] = {}
+_TABLES_LOCK = threading.Lock()
+
+
 def _packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fraction] | None:
+    """:func:`_read_packet_table`, once per file and version of it in this process (demuxing reads
+    the whole file: a detection thread, the flow and the photometric pass each open a reader)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    with _TABLES_LOCK:  # (the detection threads open their readers at once: one of them reads)
+        if key not in _TABLES:
+            if len(_TABLES) >= 16:
+                _TABLES.clear()
+            _TABLES[key] = _read_packet_table(path)
+        return _TABLES[key]
+
+
+def _read_packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fraction] | None:
     """Every frame's timestamp in presentation order and which frames are keyframes, from the
     container's packets (no decoding), with the stream's start and time base; None when the packets
     cannot stand for the frames: a container not in :data:`SEEKABLE_FORMATS`, a packet without a
