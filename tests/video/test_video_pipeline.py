@@ -385,6 +385,54 @@ def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: P
         np.testing.assert_array_equal(out[1][key], out[3][key], err_msg=key)
 
 
+def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared_dir: Path, tmp_path: Path, model,
+                                                                        monkeypatch) -> None:
+    """In a video with frequent keyframes, the threads that detect later blocks start decoding at
+    the keyframe before them (``VideoReader``'s seek plan) instead of at the start, with the same
+    landmarks as one thread decoding every frame."""
+    from flame_tracker.video import decode as decode_mod
+
+    clip = tmp_path / "gop.mp4"  # talking_wojtek's first 30 frames, a keyframe every 6 frames
+    src = av.open(str(shared_dir / "videos" / "talking_wojtek.mp4"))
+    out_c = av.open(str(clip), "w")
+    stream = out_c.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+    stream.options = {"crf": "18", "g": "6", "keyint_min": "6", "sc_threshold": "0"}
+    for i, frame in enumerate(src.decode(video=0)):
+        if i == 30:
+            break
+        small = av.VideoFrame.from_ndarray(frame.to_ndarray(width=320, height=240, format="rgb24"), format="rgb24")
+        for packet in stream.encode(small):
+            out_c.mux(packet)
+    for packet in stream.encode():
+        out_c.mux(packet)
+    out_c.close()
+    src.close()
+    monkeypatch.setattr(blocks_mod, "DETECT_MIN_BLOCK", 8)
+    monkeypatch.setattr(decode_mod, "SEEK_MIN_FRAMES", 4)
+    starts: list[int] = []
+    plan = decode_mod.VideoReader._seek_plan
+
+    def spy(self):
+        got = plan(self)
+        starts.extend(seg[0] for seg in got.segments) if got is not None else None
+        return got
+
+    monkeypatch.setattr(decode_mod.VideoReader, "_seek_plan", spy)
+    out = {}
+    for threads in (1, 3):
+        starts.clear()
+        track_video(clip, tmp_path / f"t{threads}", model=model, options=TINY, progress=False,
+                    video_options=VideoOptions(detect_threads=threads))
+        out[threads] = (load_npz(tmp_path / f"t{threads}" / "tracking.npz"), sorted(starts))
+    assert out[1][0]["valid"].all() and len(out[1][0]["frame"]) == 30
+    # blocks of 8 frames; the third thread detects block 24-29, warmed up from frame 19: it starts at
+    # keyframe 18 (the second thread's block 8-15 warms up from frame 3: from the start)
+    assert out[1][1] == [] and out[3][1] == [18]
+    for key in ("lmks_68_px", "lmks_eyes_px", "blendshape_scores", "exp", "pose6"):
+        np.testing.assert_array_equal(out[1][0][key], out[3][0][key], err_msg=key)
+
+
 def test_a_short_clip_is_cut_into_blocks_for_every_thread() -> None:
     """Blocks of ``DETECT_BLOCK`` frames, or ``DETECT_THREADS`` shorter ones (not under
     ``DETECT_MIN_BLOCK``) in a short clip; an unknown length keeps ``DETECT_BLOCK``."""
