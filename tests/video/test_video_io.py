@@ -148,6 +148,12 @@ def test_reader_jumps_over_frames_it_does_not_need(tmp_path: Path, monkeypatch) 
     assert [g[0] for g in got] == list(range(30)) + list(range(180, 200))
     assert reader.decoded == [[0, 299]]  # the second, sequential pass (the first decoded 0-29)
     monkeypatch.setattr(decode, "_packet_table", real)
+    # the display rotation holds after a jump
+    _write_video(tmp_path / "rot.mp4", 200, rotation=90, keyint=25)
+    jumped_r, seq_r = VideoReader(tmp_path / "rot.mp4", start_s=6.0), VideoReader(tmp_path / "rot.mp4")
+    first = next(iter(jumped_r))
+    assert jumped_r.decoded[0][0] >= decode.SEEK_MIN_FRAMES and first.image.shape == (64, 48, 3)
+    assert np.array_equal(first.image, [f for f in seq_r][first.index].image)
     # Matroska jumps too; MPEG-TS (keyframe flags not trusted) decodes from the start
     _write_video(tmp_path / "gop.mkv", 120, keyint=25)
     _write_video(tmp_path / "gop.ts", 120, keyint=25, fmt="mpegts")
