@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -354,13 +355,14 @@ class VideoReader:
         plan = self._seek_plan() if self.start_s > 0 or self.keep is not None or self.skip else None
         done = -1  # the last frame yielded
         if plan is not None:
-            try:
-                for frame in self._decode(plan):
-                    done = frame.index
-                    yield frame
-                return
-            except _SeekMissed:  # the decoder did not land where the packets said: decode from the
-                pass  # start, yielding only what comes after the frames already yielded
+            with closing(self._decode(plan)) as frames:  # (closed at once when the caller stops early)
+                try:
+                    for frame in frames:
+                        done = frame.index
+                        yield frame
+                    return
+                except _SeekMissed:  # the decoder did not land where the packets said: decode from
+                    pass  # the start, yielding only what comes after the frames already yielded
         yield from self._decode(None, after=done)
 
     def _decode(self, plan: _SeekPlan | None, after: int = -1) -> Iterator[Frame]:
