@@ -16,7 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Container, Iterable, Iterator, TypeVar
+from typing import Callable, Container, Generator, Iterable, Iterator, TypeVar
 
 import av
 import numpy as np
@@ -365,7 +365,7 @@ class VideoReader:
                     pass  # the start, yielding only what comes after the frames already yielded
         yield from self._decode(None, after=done)
 
-    def _decode(self, plan: _SeekPlan | None, after: int = -1) -> Iterator[Frame]:
+    def _decode(self, plan: _SeekPlan | None, after: int = -1) -> Generator[Frame, None, None]:
         """Decode and select (frames up to ``after`` are passed over); with ``plan``, only its
         segments, each from its keyframe on (the frames between them are known, from the packets,
         to hold nothing this reader yields). Raises :class:`_SeekMissed` when the decoder does not
