@@ -154,6 +154,18 @@ def test_reader_jumps_over_frames_it_does_not_need(tmp_path: Path, monkeypatch) 
     first = next(iter(jumped_r))
     assert jumped_r.decoded[0][0] >= decode.SEEK_MIN_FRAMES and first.image.shape == (64, 48, 3)
     assert np.array_equal(first.image, [f for f in seq_r][first.index].image)
+    # a clip cut mid-GOP without re-encoding (its first frames cannot be decoded, so the packets would
+    # number the frames differently from decoding): decoded from the start
+    src = av.open(str(path))
+    cut = av.open(str(tmp_path / "cut.mkv"), "w")
+    out_stream = cut.add_stream_from_template(src.streams.video[0])
+    for i, packet in enumerate(p for p in src.demux(video=0) if p.size):
+        if i >= 5:
+            packet.stream = out_stream
+            cut.mux(packet)
+    cut.close()
+    src.close()
+    assert decode._packet_table(tmp_path / "cut.mkv") is None
     # Matroska jumps too; MPEG-TS (keyframe flags not trusted) decodes from the start
     _write_video(tmp_path / "gop.mkv", 120, keyint=25)
     _write_video(tmp_path / "gop.ts", 120, keyint=25, fmt="mpegts")

@@ -385,29 +385,55 @@ def test_detection_threads_give_the_same_landmarks(shared_dir: Path, tmp_path: P
         np.testing.assert_array_equal(out[1][key], out[3][key], err_msg=key)
 
 
+def _keyframe_clip(source: Path, out: Path, n: int, keyint: int, damage: int | None = None) -> None:
+    """``source``'s first ``n`` frames at 320 × 240 with a keyframe every ``keyint`` frames; ``damage``:
+    that packet (decode order) replaced by random bytes (a damaged file)."""
+    import io
+
+    buf = io.BytesIO()
+    src = av.open(str(source))
+    enc = av.open(buf, "w", format="matroska")
+    stream = enc.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+    stream.options = {"crf": "18", "g": str(keyint), "keyint_min": str(keyint), "sc_threshold": "0"}
+    for i, frame in enumerate(src.decode(video=0)):
+        if i == n:
+            break
+        small = av.VideoFrame.from_ndarray(frame.to_ndarray(width=320, height=240, format="rgb24"), format="rgb24")
+        for packet in stream.encode(small):
+            enc.mux(packet)
+    for packet in stream.encode():
+        enc.mux(packet)
+    enc.close()
+    src.close()
+    buf.seek(0)
+    coded = av.open(buf)
+    instream = coded.streams.video[0]
+    dst = av.open(str(out), "w")
+    ostream = dst.add_stream_from_template(instream)
+    rng = np.random.default_rng(0)
+    for i, packet in enumerate(p for p in coded.demux(instream) if p.size):
+        if i == damage:
+            bad = av.Packet(rng.integers(0, 256, packet.size + 200, dtype=np.uint8).tobytes())
+            bad.pts, bad.dts, bad.time_base, bad.is_keyframe = packet.pts, packet.dts, packet.time_base, False
+            packet = bad
+        packet.stream = ostream
+        dst.mux(packet)
+    dst.close()
+    coded.close()
+
+
 def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared_dir: Path, tmp_path: Path, model,
                                                                         monkeypatch) -> None:
     """In a video with frequent keyframes, the threads that detect later blocks start decoding at
     the keyframe before them (``VideoReader``'s seek plan) instead of at the start, with the same
-    landmarks as one thread decoding every frame."""
+    landmarks as one thread decoding every frame; in a damaged one, nothing after the first break is
+    kept whatever the threads (one thread stops there; a later thread's reader jumps past it)."""
     from flame_tracker.video import decode as decode_mod
 
-    clip = tmp_path / "gop.mp4"  # talking_wojtek's first 30 frames, a keyframe every 6 frames
-    src = av.open(str(shared_dir / "videos" / "talking_wojtek.mp4"))
-    out_c = av.open(str(clip), "w")
-    stream = out_c.add_stream("libx264", rate=25)
-    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-    stream.options = {"crf": "18", "g": "6", "keyint_min": "6", "sc_threshold": "0"}
-    for i, frame in enumerate(src.decode(video=0)):
-        if i == 30:
-            break
-        small = av.VideoFrame.from_ndarray(frame.to_ndarray(width=320, height=240, format="rgb24"), format="rgb24")
-        for packet in stream.encode(small):
-            out_c.mux(packet)
-    for packet in stream.encode():
-        out_c.mux(packet)
-    out_c.close()
-    src.close()
+    wojtek = shared_dir / "videos" / "talking_wojtek.mp4"
+    _keyframe_clip(wojtek, tmp_path / "gop.mkv", 30, 6)  # a keyframe every 6 frames
+    _keyframe_clip(wojtek, tmp_path / "bad.mkv", 30, 6, damage=11)
     monkeypatch.setattr(blocks_mod, "DETECT_MIN_BLOCK", 8)
     monkeypatch.setattr(decode_mod, "SEEK_MIN_FRAMES", 4)
     starts: list[int] = []
@@ -420,17 +446,25 @@ def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared
 
     monkeypatch.setattr(decode_mod.VideoReader, "_seek_plan", spy)
     out = {}
-    for threads in (1, 3):
-        starts.clear()
-        track_video(clip, tmp_path / f"t{threads}", model=model, options=TINY, progress=False,
-                    video_options=VideoOptions(detect_threads=threads))
-        out[threads] = (load_npz(tmp_path / f"t{threads}" / "tracking.npz"), sorted(starts))
-    assert out[1][0]["valid"].all() and len(out[1][0]["frame"]) == 30
+    for name in ("gop", "bad"):
+        for threads in (1, 3):
+            starts.clear()
+            summary = track_video(tmp_path / f"{name}.mkv", tmp_path / f"{name}{threads}", model=model, options=TINY,
+                                  progress=False, video_options=VideoOptions(detect_threads=threads))
+            out[name, threads] = (load_npz(tmp_path / f"{name}{threads}" / "tracking.npz"), sorted(starts), summary)
+    assert out["gop", 1][0]["valid"].all() and len(out["gop", 1][0]["frame"]) == 30
     # blocks of 8 frames; the third thread detects block 24-29, warmed up from frame 19: it starts at
     # keyframe 18 (the second thread's block 8-15 warms up from frame 3: from the start)
-    assert out[1][1] == [] and out[3][1] == [18]
-    for key in ("lmks_68_px", "lmks_eyes_px", "blendshape_scores", "exp", "pose6"):
-        np.testing.assert_array_equal(out[1][0][key], out[3][0][key], err_msg=key)
+    assert out["gop", 1][1] == [] and out["gop", 3][1] == [18]
+    assert out["gop", 1][2].broken is None and out["gop", 3][2].broken is None
+    # the damaged packet stops decoding after frame 10 or so; the third thread jumped past it
+    broken = out["bad", 1][2].broken
+    assert broken is not None and out["bad", 3][2].broken == broken and out["bad", 3][1] == [18]
+    n_bad = len(out["bad", 1][0]["frame"])
+    assert 6 <= n_bad < 24 and len(out["bad", 3][0]["frame"]) == n_bad
+    for name in ("gop", "bad"):
+        for key in ("frame", "lmks_68_px", "lmks_eyes_px", "blendshape_scores", "exp", "pose6"):
+            np.testing.assert_array_equal(out[name, 1][0][key], out[name, 3][0][key], err_msg=f"{name} {key}")
 
 
 def test_a_short_clip_is_cut_into_blocks_for_every_thread() -> None:

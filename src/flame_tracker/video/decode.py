@@ -216,13 +216,20 @@ def _read_packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fractio
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's empty packet at the end
                 continue
-            if packet.pts is None:
+            # (a packet the container marks to discard, e.g. outside an MP4 edit list, is not decoded
+            # into a frame: the packets would not number the frames as decoding does)
+            if packet.pts is None or packet.is_discard:
                 return None
             pts.append(int(packet.pts))
             key.append(bool(packet.is_keyframe))
+        # A stream that does not open on a keyframe shown first (a clip cut mid-GOP without
+        # re-encoding, an open GOP's leading pictures) loses frames at its start when decoded: the
+        # packets would number the frames differently from decoding from the start.
+        if not pts or not key[0] or min(pts) != pts[0]:
+            return None
         order = np.argsort(np.asarray(pts, np.int64), kind="stable")
         p, k = np.asarray(pts, np.int64)[order], np.asarray(key, bool)[order]
-        if not len(p) or (np.diff(p) <= 0).any() or (stream.frames and int(stream.frames) != len(p)):
+        if (np.diff(p) <= 0).any() or (stream.frames and int(stream.frames) != len(p)):
             return None
         return p, k, int(stream.start_time or 0), stream.time_base or Fraction(1, 1)
     except (av.FFmpegError, IndexError):
@@ -388,7 +395,10 @@ class VideoReader:
                 if plan is not None:
                     sel.restore(state)
                     last_index = first - 1
-                    container.seek(int(plan.pts[first]), stream=stream, backward=True, any_frame=False)
+                    try:
+                        container.seek(int(plan.pts[first]), stream=stream, backward=True, any_frame=False)
+                    except av.FFmpegError as exc:
+                        raise _SeekMissed from exc
                 run = [first, first - 1]
                 self.decoded.append(run)
                 for frame in container.decode(stream):
@@ -431,6 +441,8 @@ class VideoReader:
                     if end is not None and index >= end:  # the segment's last wanted frame
                         break
                 else:  # the stream ended
+                    if end is not None and run[1] < first:  # a segment before the last gave nothing
+                        raise _SeekMissed
                     self._check_complete(last_index, last_time)
                     self.n_selected = None if self.broken else sel.kept
                     return

@@ -200,6 +200,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     try:
         if todo or end is None:  # (without a known end, the last range reads on to find it)
             job.run(ranges)
+            if job.broken is not None:
+                job.after_break(stage, end_path)
         if part is None:
             job.follow_one_person()
     finally:
@@ -391,9 +393,26 @@ class _DetectJob:
             with self.lock:
                 self.t_decode += t_wait
                 self.faces_seen = max(self.faces_seen, follower.faces_seen)
+                if reader.broken is not None and (self.broken is None
+                                                  or reader.broken.after_index < self.broken.after_index):
+                    self.broken = reader.broken  # the first break in the video
                 if stop is None or reader.broken:  # the thread that read to the end (or the break)
-                    self.broken = self.broken or reader.broken
                     self.n_decoded = max(self.n_decoded, reader.n_decoded)
+
+    def after_break(self, stage: CheckpointStage, end_path: Path) -> None:
+        """A damaged stream: nothing after its first break is kept, as when one reader decodes the
+        video from its start and stops there. (A thread whose blocks lie further on starts decoding at
+        a keyframe past the damage, and would otherwise keep frames that one thread never reaches, so
+        the landmarks would depend on the number of threads.)"""
+        last = int(self.broken.after_index)
+        read = stage.files()
+        rec = stage.load(keys=("frame",), files=read)
+        if rec and (np.asarray(rec["frame"]) > last).any():
+            rec = stage.load(files=read)
+            keep = np.asarray(rec["frame"]) <= last
+            stage.replace({k: v[keep] for k, v in rec.items()}, old=read)
+        end_path.unlink(missing_ok=True)  # (the selection's end lies beyond the break)
+        self.n_decoded = last + 1
 
     def _record(self, frame: Any, det: Any) -> dict[str, Any]:
         """One frame's checkpoint record (original pixels; NaN / zeros without a face)."""
