@@ -287,6 +287,17 @@ class _Selection:
         return self.kept - 1
 
 
+class AllBut:
+    """A :class:`VideoReader` ``skip`` that holds every source frame but ``wanted`` (frame indices):
+    a reader of those frames only, which jumps over the long stretches between them."""
+
+    def __init__(self, wanted: Iterable[int]) -> None:
+        self.wanted = frozenset(int(i) for i in wanted)
+
+    def __contains__(self, index: object) -> bool:
+        return index not in self.wanted
+
+
 class VideoReader:
     """Iterate over the frames of a video, lazily.
 

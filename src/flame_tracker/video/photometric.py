@@ -36,7 +36,7 @@ from flame_tracker.fitting.photometric import (
 )
 from flame_tracker.io.results import load_npz, save_npz
 from flame_tracker.progress import progress_bar
-from flame_tracker.video.decode import VideoReader
+from flame_tracker.video.decode import AllBut, VideoReader
 from flame_tracker.video.store import RunFolder
 from flame_tracker.video.temporal import smooth_sequence
 from flame_tracker.video.track import SequenceFit, TrackOptions, sequence_fit
@@ -72,7 +72,8 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     t0 = time.perf_counter()
     want = {int(lm.frame[r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
     frames: dict[int, np.ndarray] = {}
-    with closing(iter(reader.reopen())) as it:  # decode up to the last keyframe only
+    # the keyframes only (a reader that jumps over the stretches between them), up to the last one
+    with closing(iter(reader.reopen(skip=AllBut(want)))) as it:
         for frame in it:
             if frame.index in want:
                 frames[frame.index] = frame.image

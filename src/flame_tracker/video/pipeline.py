@@ -531,14 +531,10 @@ class _ForwardFrames:
     each request starts at or after the previous one's first row; frames before it are dropped."""
 
     def __init__(self, reader: VideoReader, frame_index: np.ndarray, rows: np.ndarray) -> None:
+        from flame_tracker.video.decode import AllBut
+
         self.row_of = {int(frame_index[r]): int(r) for r in rows}
-        wanted = self.row_of
-
-        class _Others:  # the reader's `skip`: every frame but the wanted ones
-            def __contains__(self, idx: object) -> bool:
-                return idx not in wanted
-
-        self._it = iter(reader.reopen(skip=_Others()))
+        self._it = iter(reader.reopen(skip=AllBut(self.row_of)))
         self._cache: dict[int, np.ndarray] = {}
         self._scale: float | None = None
         self._done = False
