@@ -345,12 +345,14 @@ def each_frame(run: TrackedRun, video: Path):
     if run.images:
         yield from _each_photo(run)
         return
-    from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.decode import AllBut, VideoReader
 
     frames = [int(f) for f in run.arrays["frame"]]
     wanted = {f: t for t, f in enumerate(frames)}
     seen = 0
-    for fr in VideoReader(video, max_frames=None):
+    # the run's frames only: the others are not converted, and long stretches without any (a run
+    # of part of the video) are jumped over
+    for fr in VideoReader(video, max_frames=None, skip=AllBut(wanted)):
         t = wanted.get(fr.index)
         if t is None:
             continue
