@@ -315,6 +315,7 @@ class VideoReader:
         keep: ``position -> bool``: selected frames to yield (the others are passed over as with
             ``skip``); ``None``: all.
         stop_at: stop before this position (a reader for part of the selection).
+        info: the file's :func:`probe` when already known (a reopened reader).
 
     After iterating, :attr:`broken` is ``None`` when the stream ended normally, or a
     :class:`BrokenStream` saying where it broke; :attr:`n_decoded` counts decoded source frames.
@@ -323,14 +324,15 @@ class VideoReader:
     def __init__(self, path: str | Path, *, start_s: float = 0.0, end_s: float | None = None,
                  every: int = 1, fps: float | None = None, max_frames: int | None = None,
                  max_side: int | None = None, skip: Container[int] = (),
-                 keep: Callable[[int], bool] | None = None, stop_at: int | None = None) -> None:
+                 keep: Callable[[int], bool] | None = None, stop_at: int | None = None,
+                 info: VideoInfo | None = None) -> None:
         if every < 1:
             raise InputError(f"every must be >= 1, got {every}")
         if fps is not None and fps <= 0:
             raise InputError(f"fps must be > 0, got {fps}")
         if end_s is not None and end_s <= start_s:
             raise InputError(f"empty time range: start {start_s}s >= end {end_s}s")
-        self.info = probe(path)
+        self.info = info if info is not None else probe(path)  # (probing decodes a frame)
         if self.info.duration_s > 0 and start_s >= self.info.duration_s:
             raise InputError(f"start {start_s:g}s is past the end of {path} ({self.info.duration_s:.2f}s long)")
         self.path = Path(path)
@@ -367,7 +369,7 @@ class VideoReader:
         """A fresh reader over the same frame selection (time range, ``every``, ``fps``,
         ``max_frames``) at full resolution; ``kw`` (e.g. ``skip``, ``max_side``) are passed on."""
         return VideoReader(self.path, start_s=self.start_s, end_s=self.end_s, every=self.every, fps=self.fps,
-                           max_frames=self.max_frames, **kw)
+                           max_frames=self.max_frames, info=self.info, **kw)
 
     def __iter__(self) -> Iterator[Frame]:
         plan = self._seek_plan() if self.start_s > 0 or self.keep is not None or self.skip else None
