@@ -265,10 +265,10 @@ class FaceFinder:
 
     def region(self, image: np.ndarray, det: FaceDetection) -> FaceDetection | None:
         """``det`` detected again on a square crop around it (the face nearest its centre there)."""
-        got = self.around(image, face_centre(det.points478), face_size(det.points478))
+        c = face_centre(det.points478)
+        got = self.around(image, c, face_size(det.points478))
         if not got:
             return None
-        c = face_centre(det.points478)
         return min(got, key=lambda f: float(np.linalg.norm(face_centre(f.points478) - c)))
 
     def find(self, image: np.ndarray, tiled: bool = True, first_hit: bool = False,

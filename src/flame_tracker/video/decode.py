@@ -488,7 +488,7 @@ class VideoReader:
             if key[i]:
                 kf, kf_state = i, sel.state()
             if sel.step(i, t) >= 0:
-                if kf - max(cur_end, 0) >= SEEK_MIN_FRAMES or not segments:
+                if not segments or kf - cur_end >= SEEK_MIN_FRAMES:
                     if segments:  # the previous segment ends at its last wanted frame
                         segments[-1] = (*segments[-1][:2], cur_end)
                     segments.append((kf, kf_state, None))

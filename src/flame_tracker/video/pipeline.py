@@ -30,7 +30,7 @@ from flame_tracker.progress import progress_bar
 from flame_tracker.threads import available_cpus, cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video import blocks as detect_blocks
-from flame_tracker.video.decode import VideoReader, prefetch
+from flame_tracker.video.decode import AllBut, VideoReader, prefetch
 from flame_tracker.video.flow import FlowOptions
 from flame_tracker.video.store import CheckpointStage, FrameArrays, RunFolder
 from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
@@ -531,8 +531,6 @@ class _ForwardFrames:
     each request starts at or after the previous one's first row; frames before it are dropped."""
 
     def __init__(self, reader: VideoReader, frame_index: np.ndarray, rows: np.ndarray) -> None:
-        from flame_tracker.video.decode import AllBut
-
         self.row_of = {int(frame_index[r]): int(r) for r in rows}
         self._it = iter(reader.reopen(skip=AllBut(self.row_of)))
         self._cache: dict[int, np.ndarray] = {}
