@@ -293,3 +293,83 @@ def test_load_model_data_accepts_cached_npz(tmp_path, tiny_pkl):
     d.save_npz(out)
     m = load_model(out)
     assert m.n_verts == d.v_template.shape[0] and m.n_expr == d.exprdirs.shape[2]
+
+
+def test_protocol_5_pickles_and_sparse_arrays_load(tmp_path):
+    """What chumpy-removal scripts write (``pickle.HIGHEST_PROTOCOL``, scipy's sparse arrays) loads as
+    the same model as a protocol-2 file."""
+    import scipy.sparse as sp
+
+    ref = write_flame_model(tmp_path / "ref", "tiny", n_expr=10, style="2023_open", mediapipe=False)
+    arrays = flame_model_arrays("tiny", n_expr=10)
+    for name, jreg in (("p5", arrays["J_regressor"]), ("csc_array", sp.csc_array(arrays["J_regressor"]))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "landmark_embedding.npy").write_bytes((ref.parent / "landmark_embedding.npy").read_bytes())
+        with open(folder / "generic_model.pkl", "wb") as f:
+            pickle.dump({**arrays, "J_regressor": jreg}, f, protocol=5)
+        got = load_model_data(folder / "generic_model.pkl", use_cache=False)
+        want = load_model_data(ref, use_cache=False)
+        for key in ("v_template", "shapedirs", "exprdirs", "J_regressor", "weights", "posedirs", "lmk_faces_idx"):
+            np.testing.assert_array_equal(getattr(got, key), getattr(want, key), err_msg=f"{name}: {key}")
+
+
+def test_the_model_cache_follows_the_landmark_files_beside_the_pkl(tmp_path, monkeypatch):
+    """Replacing the landmark file next to a cached model takes effect, and the same .pkl linked into
+    another folder is read with that folder's landmark files (not the cached conversion of the first)."""
+    monkeypatch.setenv("FLAME_TRACKER_CACHE", str(tmp_path / "cache"))
+    pkl = write_flame_model(tmp_path / "a", "tiny", n_expr=10, mediapipe=False)
+    before = load_model(pkl).landmarks().landmarks
+    other = write_flame_model(tmp_path / "b", "flame", mediapipe=False)  # an embedding of other triangles
+    emb = pkl.parent / "landmark_embedding.npy"
+    d = np.load(emb, allow_pickle=True).item()
+    d["full_lmk_bary_coords"] = d["full_lmk_bary_coords"][:, ::-1].copy()  # the same triangles, other points
+    np.save(emb, np.array(d, dtype=object), allow_pickle=True)
+    after = load_model(pkl).landmarks().landmarks
+    assert not torch.allclose(before, after)
+    np.testing.assert_allclose(after.numpy(), load_model(pkl, use_cache=False).landmarks().landmarks.numpy())
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / pkl.name).symlink_to(pkl)
+    (linked / "landmark_embedding.npy").symlink_to(other.parent / "landmark_embedding.npy")
+    with pytest.raises(ModelFormatError, match="lmk_faces_idx indexes triangles outside"):
+        load_model(linked / pkl.name)
+
+
+def test_damaged_landmark_files_are_named(tmp_path):
+    """A damaged landmark file beside the model is named in the error (not taken for the model)."""
+    pkl = write_flame_model(tmp_path / "mp", "tiny", n_expr=10)
+    (pkl.parent / "mediapipe_landmark_embedding.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ModelFormatError, match=r"mediapipe_landmark_embedding\.npz: not a readable"):
+        load_model(pkl, use_cache=False)
+    pkl = write_flame_model(tmp_path / "cut", "tiny", n_expr=10, mediapipe=False)
+    emb = pkl.parent / "landmark_embedding.npy"
+    emb.write_bytes(emb.read_bytes()[:-200])
+    with pytest.raises(ModelFormatError, match=r"landmark_embedding\.npy: truncated or damaged"):
+        load_model(pkl, use_cache=False)
+    bare = write_flame_model(tmp_path / "bare", "tiny", embedding="none", mediapipe=False)
+    with pytest.raises(ModelFormatError, match=r"put DECA's landmark_embedding\.npy.*next to generic_model\.pkl"):
+        load_model(bare, use_cache=False)
+
+
+def test_a_model_in_millimetres_or_with_nan_is_refused(tmp_path):
+    """FLAME is in metres: the same model in millimetres would fit, with cameras and exports off by
+    1000; a template with NaN would fail every photo. Both are said at load."""
+    arrays = flame_model_arrays("tiny", n_expr=10)
+    ref = write_flame_model(tmp_path / "ref", "tiny", n_expr=10, mediapipe=False)
+    for name, change, msg in (("mm", lambda a: {**a, "v_template": a["v_template"] * 1000.0}, "millimetres"),
+                              ("nan", lambda a: {**a, "v_template": np.where(np.arange(len(a["v_template"]))[:, None]
+                                                                              == 3, np.nan, a["v_template"])},
+                               "NaN")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "landmark_embedding.npy").write_bytes((ref.parent / "landmark_embedding.npy").read_bytes())
+        dump_legacy_pickle(change(arrays), folder / "generic_model.pkl")
+        with pytest.raises(ModelFormatError, match=rf"generic_model\.pkl: v_template .*{msg}.*in metres"):
+            load_model(folder / "generic_model.pkl", use_cache=False)
+
+
+def test_a_flame_folder_given_as_the_model_names_its_pkl(tmp_path):
+    pkl = write_flame_model(tmp_path / "FLAME2020", "tiny", n_expr=10, mediapipe=False)
+    with pytest.raises(ModelFormatError, match=r"FaceXModel folder.*pass the \.pkl itself .*generic_model\.pkl"):
+        load_model(pkl.parent, use_cache=False)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -95,9 +96,15 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("__builtin__", "object"): object, ("builtins", "object"): object,
     ("_codecs", "encode"): lambda s, enc="utf-8": s.encode(enc),  # bytes in py3 protocol-2 pickles
 }
+# protocol 5 (``pickle.HIGHEST_PROTOCOL``) stores an array as its bytes + dtype + shape; np.frombuffer
+# refuses object dtypes, so this builds plain arrays only
+_NP_FROMBUFFER = np.arange(2.0).__reduce_ex__(5)[0]
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _SAFE_GLOBALS[(_mod, "_frombuffer")] = _NP_FROMBUFFER
 for _fmt in ("csc", "csr", "coo"):
     for _mod in (f"scipy.sparse.{_fmt}", f"scipy.sparse._{_fmt}"):
-        _SAFE_GLOBALS[(_mod, f"{_fmt}_matrix")] = _stand_in(_SparseStandIn, f"{_fmt}_matrix", fmt=_fmt)
+        for _kind in ("matrix", "array"):  # scipy's sparse arrays pickle the same state
+            _SAFE_GLOBALS[(_mod, f"{_fmt}_{_kind}")] = _stand_in(_SparseStandIn, f"{_fmt}_{_kind}", fmt=_fmt)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -178,9 +185,11 @@ def load_npy_object(path: str | Path) -> Any:
         try:
             arr = RestrictedUnpickler(f, str(path)).load()
         except pickle.UnpicklingError as exc:
-            raise ModelFormatError(str(exc)) from None
-        except (EOFError, ValueError, TypeError) as exc:
+            if str(exc).startswith(str(path)):  # refused a global: the message names the file
+                raise ModelFormatError(str(exc)) from None
             raise ModelFormatError(f"{path}: truncated or damaged .npy pickle ({exc})") from exc
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeError) as exc:
+            raise ModelFormatError(f"{path}: truncated or damaged .npy pickle ({type(exc).__name__}: {exc})") from exc
     return arr.item() if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0 else arr
 
 
@@ -205,8 +214,12 @@ def read_embeddings(files: list[Path]) -> dict[str, np.ndarray]:
     for f in files:
         name = f.name
         if name.endswith(".npz"):
-            with np.load(f, allow_pickle=False) as z:
-                d = dict(z)
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    d = dict(z)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise ModelFormatError(f"{f}: not a readable landmark embedding ({type(exc).__name__}: {exc}); "
+                                       "replace it, or move it away to fit without it") from exc
             out["mp_lmk_faces_idx"] = _pick(d, f, "lmk_face_idx").astype(np.int64).reshape(-1)
             out["mp_lmk_bary"] = _pick(d, f, "lmk_b_coords").reshape(-1, 3)
             out["mp_lmk_indices"] = _pick(d, f, "landmark_indices").astype(np.int64).reshape(-1)
@@ -228,9 +241,10 @@ def read_embeddings(files: list[Path]) -> dict[str, np.ndarray]:
                         _pick(d, f, "lmk_b_coords").reshape(-1, 3))
     if "lmk_faces_idx" not in out and static51 is not None:
         if "dyn_lmk_faces_idx" not in out:
+            static = next(f for f in files if f.name.endswith(".pkl"))
             raise ModelFormatError(
-                f"{files}: flame_static_embedding.pkl has only the 51 inner points; the 17 jaw-contour "
-                "points come from flame_dynamic_embedding.npy (put it next to the model)"
+                f"{static}: flame_static_embedding.pkl has only the 51 inner points; the 17 jaw-contour "
+                f"points come from flame_dynamic_embedding.npy (put it in {static.parent})"
             )
         # Dynamic table entry 0 is the frontal (0 degree) contour: static 68 = contour + inner 51.
         out["lmk_faces_idx"] = np.concatenate([out["dyn_lmk_faces_idx"][0], static51[0]])
@@ -309,6 +323,15 @@ def load_flame(path: str | Path, landmark_embedding: str | Path | None = None) -
             f"{path}: weights {weights.shape} / J_regressor {Jreg.shape} do not fit "
             f"{v.shape[0]} vertices and {len(JOINT_NAMES)} joints"
         )
+    extent = float(np.ptp(v, axis=0).max()) if len(v) else 0.0
+    if not np.isfinite(v).all() or not 0.05 <= extent <= 2.0:
+        # FLAME is in metres (a head ~0.25 m across): a file in millimetres fits, but its cameras and
+        # every export (GaussianAvatars' camera at 1 m) would be off by the factor
+        what = "holds NaN or infinite values" if not np.isfinite(v).all() else (
+            f"is {extent:g} units across, where FLAME's head is ~0.25 m"
+            + (" (millimetres or centimetres?)" if extent > 2.0 else ""))
+        raise ModelFormatError(f"{path}: v_template {what}; give a FLAME model in metres (scale v_template, "
+                               "shapedirs and posedirs)")
     if posedirs is not None and posedirs.ndim == 2:  # some exports store [V*3, P]
         posedirs = posedirs.reshape(v.shape[0], 3, -1)
 
@@ -318,8 +341,9 @@ def load_flame(path: str | Path, landmark_embedding: str | Path | None = None) -
         raise ModelFormatError(
             f"{path}: no 68-point landmark embedding found (looked for landmark_embedding.npy, or "
             f"flame_static_embedding.pkl + flame_dynamic_embedding.npy, "
-            f"in {files[0].parent if files else path.parent}); "
-            "pass landmark_embedding=<file>"
+            f"in {files[0].parent if files else path.parent}): put DECA's landmark_embedding.npy, or FLAME's "
+            f"flame_static_embedding.pkl and flame_dynamic_embedding.npy, next to {path.name} (in Python, "
+            "load_model(..., landmark_embedding=<file>) also takes them from elsewhere)"
         )
     flame_topology = v.shape[0] == FLAME_N_VERTS
     name = path.stem

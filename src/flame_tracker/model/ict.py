@@ -226,7 +226,9 @@ def load_facex_folder(path: str | Path) -> ModelData:
     path = Path(path)
     neutral_file = path / "generic_neutral_mesh.obj"
     if not neutral_file.is_file():
-        raise ModelFormatError(f"{path}: not an ICT-FaceKit FaceXModel folder (no generic_neutral_mesh.obj)")
+        models = sorted(p.name for p in path.glob("*.pkl") if "embedding" not in p.name)
+        hint = f"; for a FLAME model pass the .pkl itself ({path / models[0]})" if models else ""
+        raise ModelFormatError(f"{path}: not an ICT-FaceKit FaceXModel folder (no generic_neutral_mesh.obj){hint}")
     neutral, polys = read_obj(neutral_file, with_faces=True)
     if neutral.shape[0] != ICT_FULL_VERTS:
         raise ModelFormatError(

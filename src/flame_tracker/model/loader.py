@@ -20,14 +20,15 @@ from .head import HeadModel
 DEFAULT_ICT = ("models", "ict_facekit_light.npz")
 
 
-def _stamp(path: Path) -> str:
-    """Identity of a source file or folder for the cache key."""
+def _stamp(path: Path, extra: list[Path] | tuple[Path, ...] = ()) -> str:
+    """Identity of a source file or folder for the cache key, and of the ``extra`` files it is read
+    with (a FLAME model's landmark files)."""
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     parts = [str(path.resolve()), str(CACHE_VERSION)]
-    for f in files:
+    for f in [*files, *extra]:
         if f.is_file():
             st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+            parts.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -69,7 +70,12 @@ def load_model_data(
         return convert(path)  # raises the clear not-found error
     if not use_cache or ModelData.is_model_npz(path):
         return convert(path, landmark_embedding)
-    key = _stamp(path)
+    embeddings: list[Path] = []
+    if path.suffix.lower() == ".pkl":  # its landmark files (next to it, or given) are part of the model
+        from .flame import find_embedding_files
+
+        embeddings = find_embedding_files(path, landmark_embedding)
+    key = _stamp(path, embeddings)
     if landmark_embedding is not None:
         key += "-" + _stamp(Path(landmark_embedding))
     cached = cache_dir() / "models" / f"{path.stem}-{key}.npz"
