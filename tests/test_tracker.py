@@ -139,3 +139,20 @@ def test_rigid_refinement_runs_in_the_last_round_of_single_photos_only(tracker, 
     results = tracker._fit_faces([face, face], shared_shape=True)
     assert seen == [(False, True), (False, True)]
     assert np.array_equal(results[0].shape, results[1].shape)
+
+
+def test_options_that_need_a_detector_embedding_say_so(tmp_path, monkeypatch) -> None:
+    """Dense points and the view table need the model's detector embedding: without one (a model
+    never run through `flame-tracker embed`), asking for them is an error, not a silent fallback to
+    the model's own 68 points."""
+    from flame_tracker.errors import InputError
+    from flame_tracker.model import load_model
+    from flame_tracker.model.fixtures import write_flame_model
+
+    monkeypatch.setenv("FLAME_TRACKER_CACHE", str(tmp_path / "cache"))
+    model = load_model(write_flame_model(tmp_path / "m", "tiny", n_expr=10, mediapipe=False))
+    for kw, what in ((dict(landmarks="dense"), "landmarks='dense'"),
+                     (dict(landmark_embedding="views"), "landmark_embedding='views'")):
+        with pytest.raises(InputError, match=f"{what} needs a detector embedding"):
+            Tracker(model, **kw)
+    assert Tracker(model).landmark_embedding == "model"  # the default falls back, as documented

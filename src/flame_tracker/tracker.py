@@ -121,6 +121,8 @@ class Result:
     # [68, 2] the fitted model's points in the detector's convention (the points the fit matched to
     # the detections; ``fit_lmks68_px`` are the model's own, semantic 68). None: the same as those.
     fit_target68_px: np.ndarray | None = None
+    # the model file's fingerprint (model.embedding.fingerprint): tells two files of one name apart
+    model_fingerprint: str = ""
 
     # -------------------------------------------------------------------------------- derived
     @property
@@ -210,6 +212,7 @@ class Result:
             blendshape_names=np.asarray(self.blendshape_names, dtype=np.str_),
             expr_names=np.asarray(self.expr_names, dtype=np.str_),
             model_name=np.asarray(self.model_name, dtype=np.str_),
+            model_fingerprint=np.asarray(self.model_fingerprint, dtype=np.str_),
         )
         assert all(k in out for k in REFERENCE_KEYS)
         return out
@@ -244,6 +247,7 @@ class Result:
         return {
             "source": self.source,
             "model": self.model_name,
+            "model_fingerprint": self.model_fingerprint,
             "image_size": list(self.image_size),
             "crop_xywh": [self.crop[0], self.crop[1], self.crop[2], self.crop[2]],
             "fov_deg": float(self.fov[0]),
@@ -447,8 +451,9 @@ class Tracker:
         from flame_tracker.model.embedding import DENSE, detector_embedding, with_landmarks
 
         emb = None if landmark_embedding == "model" else detector_embedding(self.model)
-        if emb is None and landmarks == "dense":
-            raise InputError(f"landmarks='dense' needs a detector embedding of model {self.model.name!r}: "
+        if emb is None and (landmarks == "dense" or landmark_embedding == "views"):
+            what = "landmarks='dense'" if landmarks == "dense" else "landmark_embedding='views'"
+            raise InputError(f"{what} needs a detector embedding of model {self.model.name!r}: "
                              "derive one with `flame-tracker embed --model ...`")
         self.landmark_embedding = landmark_embedding if emb is not None else "model"
         self.landmarks = landmarks
@@ -789,6 +794,9 @@ class Tracker:
             # the points the detections were matched to: at each head's view, with a view table
             viewed = None if self.views68 is None else self.views68(init, pose6, fov)[1]
         np_ = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+        from flame_tracker.model.embedding import fingerprint
+
+        model_fp = fingerprint(model)
         results = []
         for k, (crop, face) in enumerate(zip(crops, faces)):
             lmks68_px, iris_px, image_size, blendshapes, blendshape_names, _ = face
@@ -801,7 +809,7 @@ class Tracker:
             else:
                 target68 = None
             results.append(Result(
-                model_name=str(model.name),
+                model_name=str(model.name), model_fingerprint=model_fp,
                 image_size=(int(image_size[0]), int(image_size[1])),
                 crop=(float(crop.x0), float(crop.y0), float(crop.size)),
                 shape=np_(s2.shape[k : k + 1]),

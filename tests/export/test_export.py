@@ -275,6 +275,58 @@ def test_gaussian_avatars_refuses_a_model_that_is_not_flame_2023(run_dir: Path, 
     assert not (tmp_path / "ga").exists()
 
 
+def test_a_run_is_tied_to_its_model_file_not_its_name(flame_run, shared_dir: Path, tmp_path: Path) -> None:
+    """FLAME 2017-2020 all ship as generic_model.pkl: another file of the run's model name (other
+    contents) is refused by every export and by a rerun into the run's folder, which would otherwise
+    report "already complete"; a folder written before runs recorded the file (no fingerprint) still
+    resumes."""
+    import json
+    import shutil
+
+    from flame_tracker.model import load_model
+    from flame_tracker.model.fixtures import write_flame_model
+    from flame_tracker.video.store import OutputMismatchError
+
+    run, model, pkl = flame_run
+    other_pkl = write_flame_model(tmp_path / "other", size="flame", style="2023_open", seed=1, filename=pkl.name)
+    other = load_model(other_pkl)
+    assert other.name == model.name
+    for fmt in ("gaussian-avatars", "gltf", "nersemble"):
+        res = CliRunner().invoke(main, ["export", str(run), "--format", fmt, "--model", str(other_pkl),
+                                        "--out", str(tmp_path / fmt)])
+        assert res.exit_code == 1 and "another file named" in res.output, (fmt, res.output)
+        assert not (tmp_path / fmt).exists()
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    clip = shared_dir / "videos" / "talking_ex3.mp4"
+    opts = dict(options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=8),
+                video_options=VideoOptions(max_frames=10), progress=False)
+    with pytest.raises(OutputMismatchError, match="another file of the same name"):
+        track_video(clip, copy, model=other, **opts)
+    manifest = copy / "manifest.json"
+    info = json.loads(manifest.read_text())
+    assert info["settings"].pop("model_fingerprint")
+    manifest.write_text(json.dumps(info))
+    assert track_video(clip, copy, model=model, **opts).skipped
+
+
+def test_flame_2023_without_jaw_is_refused_where_flame2023_pkl_is_read(tmp_path: Path) -> None:
+    """GaussianAvatars and the NeRSemble benchmark read flame2023.pkl; its no-jaw variant is refused
+    (before tracking, as `video --export` checks), flame2023.pkl itself is not."""
+    from flame_tracker.export import ExportError, check_export_model
+    from flame_tracker.model import load_model
+    from flame_tracker.model.fixtures import write_flame_model
+
+    for name, refused in (("flame2023_no_jaw.pkl", True), ("flame2023.pkl", False)):
+        model = load_model(write_flame_model(tmp_path / name, size="flame", style="2023_open", filename=name))
+        for fmt in ("gaussian-avatars", "nersemble"):
+            if refused:
+                with pytest.raises(ExportError, match="flame2023.pkl, whose jaw rotates"):
+                    check_export_model(fmt, model)
+            else:
+                check_export_model(fmt, model)
+
+
 def test_gltf_of_a_flame_run_is_a_mesh_sequence(flame_run) -> None:
     """A FLAME run (jaw and eyes are joints) as one morph target per frame: rebuilt as a consumer
     does (base + weighted targets, node transform, camera) it lands on the tracked landmarks."""
@@ -745,3 +797,52 @@ def test_arkit_eye_look_curves_follow_the_gaze() -> None:
     assert np.allclose(c["eyeLookInLeft"], 0) and np.allclose(c["eyeLookOutRight"], 0)
     assert np.allclose(c["eyeLookDownLeft"], [0, 0.5]) and np.allclose(c["eyeLookDownRight"], [0, 0.5])
     assert np.allclose(c["eyeLookUpLeft"], 0) and len(c) == 8
+
+
+def test_photos_fitted_with_fewer_components_export_to_imavatar(shared_dir: Path, tmp_path: Path) -> None:
+    """The official FLAME 2020 has 300 / 100 components, IMavatar takes 100 / 50: `image` fits the
+    first ones (as `video` does), and the refusal of a full fit says so."""
+    import json
+
+    from flame_tracker.model.fixtures import write_flame_model
+
+    pkl = write_flame_model(tmp_path / "model", size="flame", style="2020")  # 300 / 100, like generic_model.pkl
+    photo = sorted((shared_dir / "images" / "gt68").glob("*.png"))[0]
+    for name, extra in (("full", []), ("small", ["--shape-components", "100", "--expr-components", "50"])):
+        res = CliRunner().invoke(main, ["image", str(photo), "--model", str(pkl), "--out", str(tmp_path / name),
+                                        "--no-mesh", "--no-overlay", *extra])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "full"), "--format", "imavatar", "--model", str(pkl),
+                                    "--out", str(tmp_path / "ima_full")])
+    assert res.exit_code == 1 and "--shape-components 100 --expr-components 50" in res.output, res.output
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "small"), "--format", "imavatar", "--model", str(pkl),
+                                    "--out", str(tmp_path / "ima")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "ima" / "flame_params.json").read_text())
+    assert len(doc["shape_params"]) == 100 and len(doc["frames"][0]["expression"]) == 50
+
+
+def test_nersemble_video_keeps_the_frame_rate_when_frames_are_left_out(flame_run, tmp_path: Path) -> None:
+    """Frames without a face are left out of the exported video; its frame rate stays the run's (it
+    was the frame count over the time span: 17 instead of 25 frames/s with a third left out)."""
+    import shutil
+
+    import av
+
+    run, _, pkl = flame_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with np.load(copy / "tracking.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    drop = np.zeros(len(arrays["valid"]), bool)
+    drop[3:6] = True
+    arrays["valid"] = arrays["valid"] & ~drop
+    arrays["source"] = np.where(drop, "dropped", arrays["source"])
+    np.savez(copy / "tracking.npz", **arrays)
+    res = CliRunner().invoke(main, ["export", str(copy), "--format", "nersemble", "--model", str(pkl),
+                                    "--out", str(tmp_path / "n")])
+    assert res.exit_code == 0, res.output
+    with av.open(str(tmp_path / "n" / "sequences" / "run" / "images" / "cam_00.mp4")) as c:
+        rate = c.streams.video[0].average_rate
+        n = sum(1 for _ in c.decode(video=0))
+    assert n == int(arrays["valid"].sum()) and abs(float(rate) - float(arrays["video_fps"])) < 1e-3, (n, rate)

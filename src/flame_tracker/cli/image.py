@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flame_tracker.cli.options import Number, check_one_fov, config_option, load_config, set_values, with_given
+from flame_tracker.cli.options import (
+    Number,
+    check_one_fov,
+    component_options,
+    config_option,
+    load_config,
+    set_values,
+    with_given,
+)
 from flame_tracker.defaults import IMAGE_FOV
 from flame_tracker.errors import first_line
 from flame_tracker.video.store import PHOTO_CONFIG
@@ -37,6 +45,8 @@ def run_images(
     out_dir: Path,
     *,
     model: str | None = None,
+    shape_components: int | None = None,
+    expr_components: int | None = None,
     device: str | None = None,
     landmarker: str | None = None,
     fov: float | None = None,
@@ -62,8 +72,8 @@ def run_images(
     ``stage2`` and ``photometric`` settings that were set explicitly, apply); ``image_fov``,
     ``landmarks``, ``landmark_embedding``, ``face`` (``[image]``), ``fov`` (the reference's FOV over
     the fitting crop, which replaces ``image_fov``), ``solver``, ``loss``, ``fit_shape``,
-    ``fit_neck`` (``[stage2]``) override it when given. The settings used go to
-    ``out_dir/flame_tracker_config.json``.
+    ``fit_neck`` (``[stage2]``) override it when given. ``shape_components`` / ``expr_components``:
+    fit with the model's first N components. The settings used go to ``out_dir/flame_tracker_config.json``.
     Each failure prints one ``error:`` line naming the image and the reason; the others are still processed.
     """
     from dataclasses import replace
@@ -86,8 +96,16 @@ def run_images(
         image_set.update(fov=fov, image_fov="none", principal_point="crop")
     config = set_values(config, "image", image_set)
 
+    head: object = model
+    if shape_components or expr_components:
+        from flame_tracker.model import load_model
+
+        try:
+            head = load_model(model, n_shape=shape_components, n_expr=expr_components)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot load the head model: {exc}") from exc
     try:
-        tracker = Tracker(model, device, landmarker=landmarker, options=config.image, verbose=verbose)
+        tracker = Tracker(head, device, landmarker=landmarker, options=config.image, verbose=verbose)
     except (OSError, ValueError) as exc:
         # the message names the problem: a model file, an option, or a missing embedding
         raise click.ClickException(f"cannot set up the tracker: {exc}") from exc
@@ -171,6 +189,7 @@ def _located(path: Path, exc: Exception) -> str:
 @click.option("--model", "-m", default=None,
               help="Head model: a FLAME .pkl (2020/2023), an ICT-FaceKit .npz or FaceXModel/ folder, or a "
               "cached .npz. Default: the open ICT-FaceKit model from the data folder (FLAME_TRACKER_DATA).")
+@component_options
 @click.option("--device", default=None, help="Torch device, e.g. cpu or cuda. Default: CUDA when available, else CPU.")
 @click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
               help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
@@ -220,7 +239,8 @@ def _located(path: Path, exc: Exception) -> str:
 @click.option("--verbose", is_flag=True, help="Show MediaPipe's own log lines.")
 @config_option
 @click.pass_context
-def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: str | None, device: str | None,
+def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: str | None,
+          shape_components: int | None, expr_components: int | None, device: str | None,
           landmarker: str | None, image_fov: float, fov: float | None, solver: str, loss: str, fit_shape: bool,
           fit_neck: bool, mesh: bool, overlay: bool, photometric: bool, same_person: bool, landmarks: str,
           landmark_embedding: str, mesh_depth: float, face: str, all_faces: bool, verbose: bool,
@@ -262,7 +282,8 @@ def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: st
                         {k: k for k in ("image_fov", "landmarks", "landmark_embedding", "mesh_depth", "face")},
                         {"image_fov": image_fov, "landmarks": landmarks, "landmark_embedding": landmark_embedding,
                          "mesh_depth": mesh_depth, "face": face})
-    failures = run_images(paths, out_dir, model=model, device=device, landmarker=landmarker, fov=fov, config=config,
+    failures = run_images(paths, out_dir, model=model, shape_components=shape_components,
+                          expr_components=expr_components, device=device, landmarker=landmarker, fov=fov, config=config,
                           mesh=mesh, overlay=overlay, photometric=photometric, same_person=same_person,
                           all_faces=all_faces, verbose=verbose)
     click.echo(f"{len(paths) - failures}/{len(paths)} image(s) fitted -> {out_dir}")

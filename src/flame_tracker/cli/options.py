@@ -14,6 +14,16 @@ def config_option(f):
                         "their defaults); options given on the command line win over it.")(f)
 
 
+def component_options(f):
+    """``--shape-components`` / ``--expr-components``: fit with the model's first N components (what
+    an export format takes, e.g. IMavatar's 100 / 50 of FLAME 2020)."""
+    f = click.option("--expr-components", type=click.IntRange(1, None), default=None,
+                     help="Use only the first N expression components (e.g. 50 for the IMavatar export).")(f)
+    return click.option("--shape-components", type=click.IntRange(1, None), default=None,
+                        help="Use only the first N identity components of the model (e.g. 100 for the IMavatar "
+                        "export).")(f)
+
+
 def given(ctx: click.Context, name: str) -> bool:
     """Whether the option ``name`` was given on the command line (not left at its default)."""
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE

@@ -12,6 +12,7 @@ from flame_tracker.cli.options import (
     Number,
     check_one_fov,
     check_output_folder,
+    component_options,
     config_option,
     given,
     load_config,
@@ -28,10 +29,7 @@ from flame_tracker.export import FORMATS
               help="Output folder (per-frame npz, tracking.npz, summary.json, overlay.mp4).")
 @click.option("--model", "-m", "model_path", type=click.Path(path_type=Path), default=None,
               help="Head model: FLAME .pkl, ICT .npz / FaceXModel folder (default: open ICT model).")
-@click.option("--shape-components", type=click.IntRange(1, None), default=None,
-              help="Use only the first N identity components of the model (e.g. 100 for the IMavatar export).")
-@click.option("--expr-components", type=click.IntRange(1, None), default=None,
-              help="Use only the first N expression components (e.g. 50 for the IMavatar export).")
+@component_options
 @click.option("--start", "start_s", type=Number(), default=0.0, show_default=True,
               help="Start time in seconds.")
 @click.option("--end", "end_s", type=Number(), default=None, help="End time in seconds (exclusive).")

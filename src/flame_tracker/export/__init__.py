@@ -87,7 +87,9 @@ def _eye_rest(tracked: TrackedRun, model) -> np.ndarray | None:
         loaded = model if isinstance(model, HeadModel) else load_model(model)
     except (OSError, ValueError):
         loaded = None
-    if loaded is None or loaded.name != tracked.model_name:
+    from flame_tracker.export.run import tracked_with
+
+    if loaded is None or not tracked_with(tracked, loaded):
         warnings.warn(f"{tracked.folder}: the run's model {tracked.model_name!r} is not at hand (pass --model): "
                       "the eye angles in the CSV are its eye_pose, relative to that model's rest gaze", stacklevel=3)
         return None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame_tracker.export.run import ExportError, TrackedRun
+from flame_tracker.export.run import ExportError, TrackedRun, check_same_model
 
 #: A FLAME run's glTF stores every frame's mesh: at most this many frames (about 120 MB for FLAME).
 MAX_SEQUENCE_FRAMES = 2000
@@ -33,9 +33,7 @@ def _sequence(model) -> bool:
 
 
 def _check(run: TrackedRun, model) -> None:
-    if model.name != run.model_name:
-        raise ExportError(f"{run.folder}: the run was tracked with model {run.model_name!r}, not {model.name!r}; "
-                          "pass the same --model")
+    check_same_model(run, model)
     if _sequence(model) and run.n_frames > MAX_SEQUENCE_FRAMES:
         raise ExportError(f"{run.folder}: {run.n_frames} frames; a glTF of a {model.name!r} run holds one mesh per "
                           f"frame, at most {MAX_SEQUENCE_FRAMES} "

@@ -87,7 +87,8 @@ def export_multiview_gaussian_avatars(run: MultiviewRun, model, out_dir: str | P
     read again from ``capture`` (default: the run's capture folder); ``masks="model"`` adds
     silhouettes. FLAME 2023 runs only (nothing is converted)."""
     a = run.arrays
-    tracked = TrackedRun(run.folder, a, 30.0, run.model_name)
+    tracked = TrackedRun(run.folder, a, 30.0, run.model_name,
+                         model_fingerprint=str(a.get("model_fingerprint", "")))
     check_flame(tracked, model, *FLAME_FORMATS["gaussian-avatars"])
     distorted = [c.name for c in run.rig.cameras if c.dist is not None and np.any(c.dist)]
     if distorted:

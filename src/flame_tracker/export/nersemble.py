@@ -63,8 +63,9 @@ def export_nersemble(run: TrackedRun, model, out_dir: str | Path, video: str | P
         (track / "frames.json").write_text(json.dumps({
             "source_video": str(src), "source_frame": [int(f) for f in a["frame"]],
             "time_s": [round(float(x), 6) for x in a["time_s"]]}, indent=1))
-        span = float(a["time_s"][-1] - a["time_s"][0])
-        fps = (n - 1) / span if n > 1 and span > 0 else run.fps  # the exported frames' rate (subsampled runs)
+        # the exported frames' rate: a subsampled run's, and not lowered by frames left out (no face)
+        step = float(np.median(np.diff(a["time_s"]))) if n > 1 else 0.0
+        fps = 1.0 / step if step > 0 and abs(step * run.fps - 1.0) > 1e-3 else run.fps  # (the container's own)
         with VideoWriter(tmp / "sequences" / seq / "images" / "cam_00.mp4", fps=fps, crf=12) as out:
             for _, image in each_frame(run, src):
                 out.write(image)

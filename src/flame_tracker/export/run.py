@@ -39,6 +39,8 @@ class TrackedRun:
     warps: np.ndarray | None = None
     photo_sizes: np.ndarray | None = None  # photo results: [T, 2] each photo's own width, height
     photo_folder: Path | None = None  # photo results: where the photos are now (by name), if moved
+    # the model file's fingerprint (model.embedding.fingerprint; "" for runs of earlier versions)
+    model_fingerprint: str = ""
 
     @property
     def frame_names(self) -> list[str]:
@@ -91,7 +93,8 @@ def load_run(folder: str | Path) -> TrackedRun:
         frames, times = arrays["frame"].astype(np.float64), arrays["time_s"].astype(np.float64)
         span = times[-1] - times[0]
         fps = (frames[-1] - frames[0]) / span if span > 0 else 30.0
-    return TrackedRun(folder, arrays, fps, str(arrays.get("model_name", "")))
+    return TrackedRun(folder, arrays, fps, str(arrays.get("model_name", "")),
+                      model_fingerprint=str(arrays.get("model_fingerprint", "")))
 
 
 # ------------------------------------------------------------------ photo results
@@ -127,9 +130,10 @@ def load_image_results(folder: str | Path) -> TrackedRun:
         images.append(Path(source) if source else path.with_suffix(".png"))
     if not rows:
         raise ExportError(f"{folder}: no `flame-tracker image` results (<name>.npz with <name>.json) in it")
-    models = sorted({str(r["model_name"]) for r in rows})
-    if len(models) > 1:
-        raise ExportError(f"{folder}: the results were fitted with different models ({', '.join(models)}); "
+    models = sorted({(str(r["model_name"]), str(r.get("model_fingerprint", ""))) for r in rows})
+    if len({name for name, _ in models}) > 1 or len({fp for _, fp in models if fp}) > 1:
+        names = ", ".join(f"{name} ({fp})" if fp else name for name, fp in models)
+        raise ExportError(f"{folder}: the results were fitted with different models ({names}); "
                           "export the photos of one model at a time")
     from flame_tracker.video.pipeline import FIXED_KEYS
 
@@ -141,7 +145,9 @@ def load_image_results(folder: str | Path) -> TrackedRun:
                   valid=np.ones(n, bool), source=np.full(n, "landmarks"))
     sizes = arrays["image_size"].copy()
     warps = shared_camera(arrays)
-    return TrackedRun(folder, arrays, PHOTO_FPS, models[0], tuple(images), warps, sizes)
+    prints = sorted({fp for _, fp in models if fp})
+    return TrackedRun(folder, arrays, PHOTO_FPS, models[0][0], tuple(images), warps, sizes,
+                      model_fingerprint=prints[0] if prints else "")
 
 
 def common_camera(K: np.ndarray, pp: np.ndarray, size: np.ndarray
@@ -400,12 +406,34 @@ FLAME_FORMATS = {"gaussian-avatars": ("GaussianAvatars", "2023", 300, 100), "ima
                  "insta": ("INSTA", "2020", 300, 100), "nersemble": ("The NeRSemble benchmark", "2023", 300, 100)}
 
 
-def check_flame(run: TrackedRun, model, fmt: str, version: str | None, n_shape: int, n_expr: int) -> None:
-    """The run must have been tracked with ``model``, a FLAME model (``version``: ``"2020"`` or
-    ``"2023"``, told by the file name) of at most ``n_shape``/``n_expr`` components."""
+def tracked_with(run: TrackedRun, model) -> bool:
+    """Whether ``run`` was tracked with ``model``: the same name, and the same file contents where
+    the run recorded them (runs of earlier versions: the name alone)."""
+    if model.name != run.model_name:
+        return False
+    if not run.model_fingerprint:
+        return True
+    from flame_tracker.model.embedding import fingerprint
+
+    return fingerprint(model) == run.model_fingerprint
+
+
+def check_same_model(run: TrackedRun, model) -> None:
+    """:class:`ExportError` unless ``run`` was tracked with ``model`` (:func:`tracked_with`)."""
+    if tracked_with(run, model):
+        return
     if model.name != run.model_name:
         raise ExportError(f"{run.folder}: the run was tracked with model {run.model_name!r}, not {model.name!r}; "
                           "pass the same --model")
+    raise ExportError(f"{run.folder}: the run was tracked with another file named {model.name!r} (its contents "
+                      "differ; FLAME 2017-2020 all ship as generic_model.pkl): pass the --model file the run "
+                      "was tracked with")
+
+
+def check_flame(run: TrackedRun, model, fmt: str, version: str | None, n_shape: int, n_expr: int) -> None:
+    """The run must have been tracked with ``model``, a FLAME model (``version``: ``"2020"`` or
+    ``"2023"``, told by the file name) of at most ``n_shape``/``n_expr`` components."""
+    check_same_model(run, model)
     check_flame_model(model, fmt, version, n_shape, n_expr)
 
 
@@ -420,13 +448,18 @@ def check_flame_model(model, fmt: str, version: str | None, n_shape: int, n_expr
     if version == "2023" and not is_2023:
         raise ExportError(f"{fmt} needs FLAME 2023 (flame2023.pkl or flame2023_Open.pkl); this run was tracked "
                           f"with {model.name!r}: track the video with --model .../flame2023.pkl")
+    if version == "2023" and "no_jaw" in model.name.lower():
+        raise ExportError(f"{fmt} reads flame2023.pkl, whose jaw rotates; this run was tracked with {model.name!r}, "
+                          "the variant without it: track the video with --model .../flame2023.pkl")
     if version == "2020" and is_2023:
         raise ExportError(f"{fmt} needs FLAME 2020 (generic_model.pkl); this run was tracked with {model.name!r}: "
                           "track the video with --model .../generic_model.pkl (nothing is converted between "
                           "FLAME versions)")
     if model.n_shape > n_shape or model.n_expr > n_expr:
         raise ExportError(f"{model.name!r} has {model.n_shape} shape / {model.n_expr} expression components; "
-                          f"{fmt} takes at most {n_shape} / {n_expr}")
+                          f"{fmt} takes at most {n_shape} / {n_expr}: track with --shape-components "
+                          f"{min(n_shape, model.n_shape)} --expr-components {min(n_expr, model.n_expr)} "
+                          "(flame-tracker video or image)")
 
 
 def pad(a: np.ndarray, n: int) -> np.ndarray:

@@ -130,6 +130,8 @@ def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detectio
     w2c = np.stack([c.w2c() for c in rig.cameras])
     from scipy.spatial.transform import Rotation
 
+    from flame_tracker.model.embedding import fingerprint
+
     R = M[:, :3, :3]
     arrays = {
         "shape": fit.shape[None].astype(np.float32),
@@ -154,12 +156,13 @@ def timestep_arrays(model, fit_model, fit: MultiviewFit, rig: Rig, det: Detectio
         "frame": np.arange(T, dtype=np.int64),
         "expr_names": np.asarray(getattr(model, "expr_names", None) or [], dtype=np.str_),
         "model_name": np.str_(str(getattr(model, "name", ""))),
+        "model_fingerprint": np.str_(fingerprint(model)),
     }
     return arrays, verts
 
 
 #: Keys that are one value for the whole capture (not one row per timestep).
-FIXED_KEYS = ("shape", "camera_names", "expr_names", "model_name")
+FIXED_KEYS = ("shape", "camera_names", "expr_names", "model_name", "model_fingerprint")
 
 
 def overlay_grid(images: list[np.ndarray | None], model, verts_world: np.ndarray, rig: Rig, lmks: np.ndarray,

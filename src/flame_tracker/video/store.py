@@ -297,6 +297,10 @@ def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = 
     return out
 
 
+#: Settings a run records since a later version (see :class:`RunFolder`).
+LATER_SETTINGS = ("model_fingerprint",)
+
+
 class RunFolder:
     """An output folder with a manifest tying it to one video and one set of settings."""
 
@@ -312,6 +316,12 @@ class RunFolder:
             raise OutputMismatchError(f"{self.root} holds photo results ({PHOTO_CONFIG}); choose another --out "
                                       "folder for the video (--force would not remove them)")
         old = json.loads(manifest.read_text()) if manifest.is_file() else None
+        if old is not None and isinstance(old.get("settings"), dict):
+            # settings recorded since a later version: a folder of an earlier one that lacks them is
+            # compared without them (it resumes, and records them when it next writes its manifest)
+            for key in LATER_SETTINGS:
+                if key not in old["settings"] and key in self.settings:
+                    old["settings"][key] = self.settings[key]
         if force:
             self.clear()
             old = None
@@ -320,7 +330,9 @@ class RunFolder:
             if old.get("video") != self.fingerprint:
                 what = f"another video ({old.get('video', {}).get('path')}, or the same file changed)"
             else:
-                changed = settings_diff(old.get("settings") or {}, self.settings)
+                changed = [("model: another file of the same name (its contents differ)"
+                            if c.startswith("model_fingerprint:") else c)
+                           for c in settings_diff(old.get("settings") or {}, self.settings)]
                 what = (f"a run of {old.get('video', {}).get('path')} with other settings ("
                         + "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "") + ")")
             raise OutputMismatchError(
