@@ -180,6 +180,117 @@ def test_variable_frame_rate_timestamps(tmp_path: Path) -> None:
     # subsampling to 10 fps follows the real timestamps, not the frame count
     kept = [f.time_s for f in VideoReader(path, fps=10)]
     assert kept == pytest.approx([0.0, 0.20, 0.50], abs=1e-3)
+    # a late frame kept for its slot does not bring the next one closer than half a step (0.18 s for
+    # the 0.1 s slot, then 0.20 s for the 0.2 s slot: 20 ms apart before)
+    times = [0.0, 0.04, 0.18, 0.20, 0.24, 0.30, 0.34]
+    _write_video(tmp_path / "late.mkv", len(times), fps=25.0, times=times)
+    kept = [f.time_s for f in VideoReader(tmp_path / "late.mkv", fps=10)]
+    assert kept == pytest.approx([0.0, 0.18, 0.24, 0.34], abs=1e-3)
+
+
+def test_a_matroska_file_without_a_frame_rate_is_probed_from_its_timestamps(tmp_path: Path) -> None:
+    """A variable-frame-rate MP4 remuxed to Matroska states no frame rate (FFmpeg reports its 1 ms
+    clock: 1000 frames/s) and no frame count: both come from its packets, as the MP4's."""
+    times = [0.0, 0.02, 0.06, 0.10, 0.18, 0.20, 0.25, 0.30, 0.41, 0.45, 0.50, 0.62, 0.70, 0.71, 0.80]
+    mp4, mkv = tmp_path / "vfr.mp4", tmp_path / "vfr.mkv"
+    _write_video(mp4, len(times), fps=25.0, times=times)
+    with av.open(str(mp4)) as src, av.open(str(mkv), "w") as dst:  # remuxed, as a user's tool does
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    with av.open(str(mkv)) as c:
+        assert float(c.streams.video[0].average_rate or 0) == 1000.0 and not c.streams.video[0].frames
+    a, b = probe(mp4), probe(mkv)
+    assert b.n_frames == a.n_frames == len(times)
+    assert b.fps == pytest.approx((len(times) - 1) / times[-1]) and a.fps < 30
+    assert [f.time_s for f in VideoReader(mkv)] == pytest.approx(times, abs=1e-3)
+
+
+def test_file_names_with_a_colon_are_files_not_protocols(tmp_path: Path, monkeypatch) -> None:
+    """FFmpeg reads ``take:1.mp4`` as the protocol ``take:``: relative names with a colon are read
+    and written as files."""
+    from flame_tracker.video.encode import VideoWriter
+
+    monkeypatch.chdir(tmp_path)
+    _write_video(tmp_path / "take:1.mp4", 3)
+    assert probe("take:1.mp4").n_frames == 3 and len(list(VideoReader(Path("take:1.mp4")))) == 3
+    with VideoWriter("run:1/overlay.mp4", fps=25.0) as out:
+        for f in VideoReader("take:1.mp4"):
+            out.write(f.image)
+    assert probe(tmp_path / "run:1" / "overlay.mp4").n_frames == 3
+
+
+def _damaged_copy(src: Path, dst: Path, packet_no: int, also_next_keyframe: bool = False) -> None:
+    """``src`` remuxed to ``dst`` with one packet (decode order) replaced by random bytes (and the
+    first keyframe's packet after it)."""
+    rng = np.random.default_rng(1)
+    with av.open(str(src)) as cin, av.open(str(dst), "w") as cout:
+        out = cout.add_stream_from_template(cin.streams.video[0])
+        for i, packet in enumerate(p for p in cin.demux(cin.streams.video[0]) if p.size):
+            if also_next_keyframe and i > packet_no and packet.is_keyframe:
+                also_next_keyframe, packet_no = False, i
+            if i == packet_no:
+                bad = av.Packet(rng.integers(0, 256, packet.size + 200, dtype=np.uint8).tobytes())
+                bad.pts, bad.dts, bad.time_base = packet.pts, packet.dts, packet.time_base
+                bad.is_keyframe = packet.is_keyframe  # (the container still lists it as one)
+                packet = bad
+            packet.stream = out
+            cout.mux(packet)
+
+
+def test_a_damaged_packet_is_passed_over(tmp_path: Path) -> None:
+    """One packet the decoder rejects used to end the reader (the rest of the video lost). Now it is
+    noted in ``damaged`` and decoding goes on; frames keep their numbers and times; where the packets
+    are listed (MP4, Matroska), the reader decodes on to the next keyframe and goes on from there
+    afresh: what a reader that jumps there decodes (elsewhere it decodes on)."""
+    for fmt in ("mp4", "mkv"):
+        clip, bad = tmp_path / f"clip.{fmt}", tmp_path / f"bad.{fmt}"
+        _write_video(clip, 60, keyint=20, fmt="matroska" if fmt == "mkv" else None)
+        _damaged_copy(clip, bad, 25)
+        reader = VideoReader(bad)
+        frames = list(reader)
+        idx = [f.index for f in frames]
+        assert reader.broken is None and len(reader.damaged) == 1 and 20 <= min(reader.damaged) < 30, reader.damaged
+        assert 55 <= len(frames) < 60 and idx == sorted(set(idx)) and idx[-1] == 59, idx
+        assert all(abs(f.time_s * 25 - f.index) < 1e-6 for f in frames)
+        from flame_tracker.video.decode import _packet_table
+
+        key = _packet_table(bad)[1]
+        k = min(reader.damaged) + 1 + int(np.flatnonzero(key[min(reader.damaged) + 1:])[0])
+        assert reader.decoded == [[0, k - 1], [k, 59]], (reader.decoded, np.flatnonzero(key))
+        jumped = list(VideoReader(bad, start_s=k / 25))  # a reader that jumps past the damage
+        assert jumped[0].index == k
+        np.testing.assert_array_equal(jumped[0].image, next(f.image for f in frames if f.index == k))
+    # the keyframe it would go on from damaged too: it goes on from the one after (and ends)
+    worse = tmp_path / "worse.mp4"
+    _damaged_copy(tmp_path / "clip.mp4", worse, 25, also_next_keyframe=True)
+    reader = VideoReader(worse)
+    idx = [f.index for f in reader]
+    assert len(reader.damaged) >= 2 and idx == sorted(set(idx)) and idx[-1] == 59 and len(idx) < 55, reader.damaged
+
+
+def test_stretches_a_damaged_container_lost_are_found_from_its_packets(tmp_path: Path) -> None:
+    """A Matroska file that lost packets (damage the demuxer skips without an error) decodes with a
+    jump in time: found from the packets of a steady-rate video, not in a variable-rate one."""
+    from flame_tracker.video.decode import missing_stretches
+
+    clip, cut = tmp_path / "clip.mkv", tmp_path / "cut.mkv"
+    _write_video(clip, 60, keyint=10, fmt="matroska")
+    with av.open(str(clip)) as cin, av.open(str(cut), "w") as cout:
+        out = cout.add_stream_from_template(cin.streams.video[0])
+        for packet in cin.demux(cin.streams.video[0]):
+            if packet.size and not 1.0 <= float(packet.pts * packet.time_base) < 1.6:
+                packet.stream = out
+                cout.mux(packet)
+    assert missing_stretches(clip) == []
+    (i, t, dt), = missing_stretches(cut)
+    assert t == pytest.approx(0.96) and dt == pytest.approx(0.64) and i == 24
+    assert missing_stretches(cut, start_s=1.0) == [] and missing_stretches(cut, end_s=0.9) == []
+    times = [0.0, 0.04, 0.08, 0.20, 0.24, 0.50, 0.54, 0.58, 0.70, 0.72, 1.5]
+    _write_video(tmp_path / "vfr.mkv", len(times), fps=25.0, times=times, fmt="matroska")
+    assert missing_stretches(tmp_path / "vfr.mkv") == []
 
 
 def test_rotation_metadata_applied(tmp_path: Path) -> None:

@@ -170,6 +170,9 @@ def test_bad_input_errors(tmp_path: Path, shared_dir: Path, model) -> None:
     container.close()
     with pytest.raises(NoFacesError, match="no face found in any of the 5 frames"):
         track_video(blank, tmp_path / "o2", model=model, progress=False)
+    # a range before the video's end that holds no frame (the last one is at 0.4 s): said so, not "no face"
+    with pytest.raises(NoFacesError, match=r"no frame of .* lies in the selected range \(from 0.45 s\)"):
+        track_video(blank, tmp_path / "o3", model=model, video_options=VideoOptions(start_s=0.45), progress=False)
 
 
 def test_cli_reports_bad_input(tmp_path: Path) -> None:
@@ -195,6 +198,7 @@ def test_batched_result_arrays_equal_per_frame_arrays() -> None:
     """The video writer converts all frames in one batched ``Result.arrays()`` call: each row must
     equal what a single-frame Result (the photo path) writes."""
     from flame_tracker.tracker import Result
+    from flame_tracker.video.pipeline import FIXED_KEYS
 
     rng = np.random.default_rng(0)
     n = 3
@@ -227,8 +231,7 @@ def test_batched_result_arrays_equal_per_frame_arrays() -> None:
         single = result(slice(i, i + 1)).arrays()
         assert set(single) == set(batched)
         for k, v in single.items():
-            got = batched[k] if k in ("shape", "crop", "blendshape_names", "expr_names",
-                                      "model_name") else batched[k][i:i + 1]
+            got = batched[k] if k in FIXED_KEYS else batched[k][i:i + 1]
             assert got.shape == v.shape, k
             if v.dtype.kind in "fi":
                 np.testing.assert_allclose(got, v, rtol=1e-6, atol=1e-6, err_msg=k)
@@ -427,8 +430,8 @@ def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared
                                                                         monkeypatch) -> None:
     """In a video with frequent keyframes, the threads that detect later blocks start decoding at
     the keyframe before them (``VideoReader``'s seek plan) instead of at the start, with the same
-    landmarks as one thread decoding every frame; in a damaged one, nothing after the first break is
-    kept whatever the threads (one thread stops there; a later thread's reader jumps past it)."""
+    landmarks as one thread decoding every frame; in a damaged one, the damaged packet is passed over
+    and reported the same way whatever the threads (a later thread's reader jumps past it)."""
     from flame_tracker.video import decode as decode_mod
 
     wojtek = shared_dir / "videos" / "talking_wojtek.mp4"
@@ -439,8 +442,8 @@ def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared
     starts: list[int] = []
     plan = decode_mod.VideoReader._seek_plan
 
-    def spy(self):
-        got = plan(self)
+    def spy(self, *args, **kwargs):
+        got = plan(self, *args, **kwargs)
         starts.extend(seg[0] for seg in got.segments) if got is not None else None
         return got
 
@@ -457,11 +460,17 @@ def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared
     # keyframe 18 (the second thread's block 8-15 warms up from frame 3: from the start)
     assert out["gop", 1][1] == [] and out["gop", 3][1] == [18]
     assert out["gop", 1][2].broken is None and out["gop", 3][2].broken is None
-    # the damaged packet stops decoding after frame 10 or so; the third thread jumped past it
-    broken = out["bad", 1][2].broken
-    assert broken is not None and out["bad", 3][2].broken == broken and out["bad", 3][1] == [18]
+    # the damaged packet is passed over (decoding used to stop there: one bad packet lost the rest of
+    # the video) and reported, the same with one thread and three (the third jumps past it)
+    # (a reader that meets it decodes on to the next keyframe, 12, and goes on from there afresh, as the
+    # third thread's reader, which jumps to keyframe 18, decodes)
+    bad1, bad3 = out["bad", 1][2], out["bad", 3][2]
+    assert bad1.broken is None and bad3.broken is None
+    assert out["bad", 1][1] == [12] and out["bad", 3][1] == [12, 18]
+    assert bad1.damaged is not None and "damaged" in bad1.damaged and bad3.damaged == bad1.damaged
+    assert "damaged" in bad1.text()
     n_bad = len(out["bad", 1][0]["frame"])
-    assert 6 <= n_bad < 24 and len(out["bad", 3][0]["frame"]) == n_bad
+    assert 28 <= n_bad <= 30 and len(out["bad", 3][0]["frame"]) == n_bad
     for name in ("gop", "bad"):
         for key in ("frame", "lmks_68_px", "lmks_eyes_px", "blendshape_scores", "exp", "pose6"):
             np.testing.assert_array_equal(out[name, 1][0][key], out[name, 3][0][key], err_msg=f"{name} {key}")

@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from flame_tracker.errors import FlameTrackerError, InputError
+from flame_tracker.video.encode import ffmpeg_path
 
 
 class VideoError(FlameTrackerError, RuntimeError):
@@ -65,7 +66,7 @@ def _open(path: str | Path) -> av.container.InputContainer:
     if path.is_dir():
         raise VideoError(f"{path} is a folder, not a video file")
     try:
-        container = av.open(str(path))
+        container = av.open(ffmpeg_path(path))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         raise VideoError(
             f"{path} could not be opened as a video ({exc}); it is not a video file, or it is "
@@ -80,7 +81,7 @@ def _open(path: str | Path) -> av.container.InputContainer:
         container.close()
         if still:
             raise VideoError(f"{path} is a still image, not a video: fit it with `flame-tracker image {path}`")
-        container = av.open(str(path))  # afresh: the check opened the decoder (its threading is set later)
+        container = av.open(ffmpeg_path(path))  # afresh: the check opened the decoder (its threading is set later)
     return container
 
 
@@ -97,9 +98,43 @@ def _frames_at_most(container: av.container.InputContainer, n: int) -> bool:
     return True
 
 
+#: Frame rates above this are not taken from a container (see :func:`_rate`).
+MAX_FPS = 480.0
+
+
 def _rate(stream: av.video.stream.VideoStream) -> float:
+    """The container's frame rate; 0 when it has none, or only its time base's tick (a Matroska
+    file of a variable-frame-rate video says 1000 frames/s: its millisecond clock)."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else 0.0
+    tick = float(1 / stream.time_base) if stream.time_base else 0.0
+    if not rate or float(rate) > MAX_FPS or (tick and abs(float(rate) - tick) < 1e-6 * tick):
+        return 0.0
+    return float(rate)
+
+
+def _rate_from_packets(path: str | Path, n: int = 128) -> float:
+    """Frames per second from the median step between the first ``n`` packets' timestamps
+    (0 when they do not tell): for a container without a frame rate of its own."""
+    try:
+        container = av.open(ffmpeg_path(path))
+    except (av.FFmpegError, UnicodeDecodeError):
+        return 0.0
+    try:
+        stream = container.streams.video[0]
+        pts = []
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.size:
+                pts.append(int(packet.pts))
+            if len(pts) >= n:
+                break
+        steps = np.diff(np.unique(np.asarray(pts, np.int64)))
+        if not len(steps) or not stream.time_base:
+            return 0.0
+        return float(1.0 / (float(np.median(steps)) * float(stream.time_base)))
+    except (av.FFmpegError, IndexError):
+        return 0.0
+    finally:
+        container.close()
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -115,6 +150,15 @@ def probe(path: str | Path) -> VideoInfo:
         elif container.duration is not None:
             duration = container.duration / av.time_base
         n_frames = int(stream.frames or 0)
+        if n_frames <= 0 or fps <= 0:  # (Matroska counts no frames; some containers state no rate)
+            table = _packet_table(Path(path))
+            if table is not None:
+                n_frames = n_frames if n_frames > 0 else len(table[0])
+                span = float((table[0][-1] - table[0][0]) * table[3])
+                if fps <= 0 and len(table[0]) > 1 and span > 0:
+                    fps = (len(table[0]) - 1) / span
+            if fps <= 0:
+                fps = _rate_from_packets(path)
         if n_frames <= 0 and duration > 0 and fps > 0:
             n_frames = int(round(duration * fps))
         rotation = 0
@@ -161,6 +205,15 @@ SEEK_MIN_FRAMES = 48
 SEEKABLE_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
 
 
+class _Damaged(FlameTrackerError):
+    """The decoder rejected a packet of a video with a packet table, and reached keyframe ``resume``
+    after it: the reader goes on from there with a fresh decoder (never raised to callers)."""
+
+    def __init__(self, resume: int) -> None:
+        super().__init__(f"damaged before keyframe {resume}")
+        self.resume = resume
+
+
 class _SeekMissed(FlameTrackerError):
     """The decoder did not start where the packets said the keyframe is (the reader catches it and
     decodes from the start; never raised to callers)."""
@@ -203,7 +256,7 @@ def _read_packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fractio
     timestamp, two with the same one, a count that differs from the container's, or a damaged file
     (the reader then decodes from the start, as before)."""
     try:
-        container = av.open(str(path))
+        container = av.open(ffmpeg_path(path))
     except (av.FFmpegError, UnicodeDecodeError):
         return None
     try:
@@ -236,6 +289,29 @@ def _read_packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fractio
         return None
     finally:
         container.close()
+
+
+def missing_stretches(path: str | Path, start_s: float = 0.0, end_s: float | None = None
+                      ) -> list[tuple[int, float, float]]:
+    """Where a steady-rate video's timestamps jump by more than 3 frames between two packets (the
+    container lost frames: damage) within ``[start_s, end_s)``: ``(frame before it, its time, seconds
+    without frames)`` each. Empty for a variable-rate video (its steps vary by themselves) or one
+    whose packets are not listed (:func:`_packet_table`)."""
+    table = _packet_table(Path(path))
+    if table is None or len(table[0]) < 8:
+        return []
+    pts, _, start, tb = table
+    steps = np.diff(pts)
+    step = float(np.median(steps))
+    if step <= 0 or np.mean(np.abs(steps - step) <= max(1.0, 0.02 * step)) < 0.9:
+        return []
+    times = (pts - start) * float(tb)
+    out = []
+    for i in np.flatnonzero(steps > 3 * step):
+        t = float(times[i])
+        if t >= start_s - 1e-6 and (end_s is None or t < end_s):
+            out.append((int(i), t, float(times[i + 1] - times[i])))
+    return out
 
 
 class _Selection:
@@ -274,7 +350,11 @@ class _Selection:
             if t < self.next_t - 0.1 / r.fps:
                 return -1
             step = 1.0 / r.fps
-            self.next_t = t + step if self.next_t == -math.inf or self.next_t + step <= t else self.next_t + step
+            # on schedule (exactly fps frames a second from a steady source), but never the next frame
+            # sooner than half a step after this one (a late frame of a variable-rate video kept for one
+            # slot, the next on time for the following slot: 20 ms apart at 10 fps)
+            self.next_t = (t + step if self.next_t == -math.inf or self.next_t + step <= t
+                           else max(self.next_t + step, t + 0.5 * step))
         self.kept += 1
         if r.stop_at is not None and self.kept > r.stop_at:
             self.stop = True
@@ -350,6 +430,8 @@ class VideoReader:
         self.decoded: list[list[int]] = []
         # frames the selection holds, once an iteration has seen its end (None: not seen, or broken)
         self.n_selected: int | None = None
+        # damage the last iteration decoded past: the last good frame before it -> what it was
+        self.damaged: dict[int, str] = {}
 
     def expected_frames(self) -> int:
         """The number of frames this reader will select, as far as the container tells (0: unknown)."""
@@ -374,25 +456,50 @@ class VideoReader:
     def __iter__(self) -> Iterator[Frame]:
         plan = self._seek_plan() if self.start_s > 0 or self.keep is not None or self.skip else None
         done = -1  # the last frame yielded
-        if plan is not None:
-            with closing(self._decode(plan)) as frames:  # (closed at once when the caller stops early)
-                try:
+        fresh = True  # (after damage, the counts and notes go on)
+        while True:
+            try:
+                if plan is not None:
+                    with closing(self._decode(plan, after=done, fresh=fresh)) as frames:  # (closed at once
+                        try:  # when the caller stops early)
+                            for frame in frames:
+                                done = frame.index
+                                yield frame
+                            return
+                        except _SeekMissed:  # the decoder did not land where the packets said: decode from
+                            if not fresh:  # the start (yielding only what comes after the frames already
+                                # yielded), except after damage, which that would meet again
+                                self.broken = BrokenStream(max(self.n_decoded - 1, 0), 0.0,
+                                                           "could not go on after a damaged packet")
+                                return
+                with closing(self._decode(None, after=done, fresh=fresh)) as frames:
                     for frame in frames:
                         done = frame.index
                         yield frame
+                return
+            except _Damaged as damage:
+                # A packet the decoder rejected may leave it in a state a later keyframe does not
+                # reset (e.g. garbage read as stream parameters): the frames from the next keyframe on
+                # would differ from those of a reader that jumped there (a later detection thread). So
+                # the reader decodes on to that keyframe, then goes on from it with a fresh decoder.
+                plan, fresh = self._seek_plan(resume_at=damage.resume), False
+                if plan is None:  # nothing wanted from there on
                     return
-                except _SeekMissed:  # the decoder did not land where the packets said: decode from
-                    pass  # the start, yielding only what comes after the frames already yielded
-        yield from self._decode(None, after=done)
 
-    def _decode(self, plan: _SeekPlan | None, after: int = -1) -> Generator[Frame, None, None]:
+    def _decode(self, plan: _SeekPlan | None, after: int = -1, fresh: bool = True) -> Generator[Frame, None, None]:
         """Decode and select (frames up to ``after`` are passed over); with ``plan``, only its
         segments, each from its keyframe on (the frames between them are known, from the packets,
         to hold nothing this reader yields). Raises :class:`_SeekMissed` when the decoder does not
-        start a segment at its keyframe."""
+        start a segment at its keyframe, :class:`_Damaged` at the first keyframe after a packet the
+        decoder rejected, in a video with a packet table (elsewhere decoding goes on). ``fresh``: a
+        new iteration (counts and notes reset)."""
         container = _open(self.path)
-        self.broken, self.n_decoded, self.n_selected = None, 0, None
-        self.decoded = []
+        if fresh:
+            self.broken, self.n_decoded, self.n_selected = None, 0, None
+            self.decoded = []
+            self.damaged = {}
+        self._resume_at: int | None = None  # after damage: the keyframe to go on from afresh
+        self._floor = 0  # the frame the current stretch of decoding started at
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame threading: decode runs beside the fitting
         tb = stream.time_base or Fraction(1, 1)
@@ -401,7 +508,11 @@ class VideoReader:
         rot_k = 0
         last_index, last_time = -1, 0.0
         size: tuple[int, int] | None = None
-        index_of = None if plan is None else {int(p): i for i, p in enumerate(plan.pts)}
+        # source frame numbers from the timestamps wherever the packets list them (a damaged stream
+        # that loses frames still numbers the others right); else frames are counted
+        table = _packet_table(self.path) if plan is None else None
+        listed = plan.pts if plan is not None else None if table is None else table[0]
+        index_of = None if listed is None else {int(p): i for i, p in enumerate(listed)}
         segments = [(0, sel.state(), None)] if plan is None else plan.segments
         try:
             for first, state, end in segments:
@@ -414,24 +525,35 @@ class VideoReader:
                         raise _SeekMissed from exc
                 run = [first, first - 1]
                 self.decoded.append(run)
-                for frame in container.decode(stream):
+                self._floor = first  # (damage at a segment's first packet: resume after its keyframe)
+                for frame in self._frames(container, stream, lambda: last_index):
                     if index_of is not None:
                         # the source frame's number from its timestamp (decoding starts mid-video)
                         index = index_of.get(frame.pts, -1) if frame.pts is not None else -1
-                        if last_index < first and (index < 0 or index > first):
+                        if plan is not None and last_index < first and (index < 0 or index > first):
                             raise _SeekMissed  # not at the segment's keyframe
                         if index < 0:  # a frame the packets did not list: counted as the next one
                             index = last_index + 1
                         elif index <= last_index:  # before the keyframe (an open GOP's leading frames)
+                            if last_index >= first:  # or out of order (damage): a tracker needs increasing times
+                                self.damaged.setdefault(last_index, f"frame {index} decoded out of order")
                             continue
+                        if self._resume_at is not None and index >= self._resume_at:
+                            raise _Damaged(self._resume_at)  # the keyframe after damage: afresh from it
                         self.n_decoded = index + 1
                     else:
                         index = self.n_decoded
-                        self.n_decoded += 1
                     if frame.pts is not None:
                         t = float((frame.pts - start_pts) * tb)
                     else:  # no timestamps: fall back to the nominal rate
                         t = index / self.info.fps if self.info.fps else float(index)
+                    if last_index >= 0 and t <= last_time:
+                        # a frame shown before the one decoded last (damage): it cannot be placed in
+                        # time, and a tracker needs increasing times
+                        self.damaged.setdefault(last_index, f"a frame out of order (t={t:.2f}s)")
+                        continue
+                    if index_of is None:
+                        self.n_decoded += 1
                     last_index, last_time = index, t
                     run[1] = index
                     pos = sel.step(index, t)
@@ -464,13 +586,37 @@ class VideoReader:
         finally:
             container.close()
 
-    def _seek_plan(self) -> _SeekPlan | None:
+    def _frames(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                where: Callable[[], int]) -> Iterator[av.VideoFrame]:
+        """The stream's frames, decoded packet by packet. A packet the decoder rejects (damaged data;
+        it used to end the reader: one bad packet lost the rest of the video) is noted in
+        :attr:`damaged` at ``where()`` (the last frame decoded) and passed over. Where the packets are
+        listed (:func:`_packet_table`), the reader also notes the first keyframe after it
+        (``_resume_at``), to go on from there with a fresh decoder (:meth:`__iter__`). A demuxing
+        error still ends the stream (raised)."""
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                after = where()
+                self.damaged.setdefault(after, f"{type(exc).__name__}: {exc}")
+                table = _packet_table(self.path)
+                if table is not None and self._resume_at is None:
+                    base = max(after, self._floor)  # (strictly after the keyframe this decoder started at)
+                    later = np.flatnonzero(table[1][base + 1:])
+                    # (no keyframe after it: decoding goes on to the end as it is)
+                    self._resume_at = base + 1 + int(later[0]) if len(later) else None
+                continue
+            yield from frames
+
+    def _seek_plan(self, resume_at: int | None = None) -> _SeekPlan | None:
         """The stretches of the video to decode when long runs of frames hold nothing this reader
         yields (the part before a later detection thread's blocks, a resumed run's finished frames,
         ``start_s``, the frames between the flow's gaps): each segment starts at the keyframe before
         its first wanted frame, found from the packets alone (no decoding: ~5 µs a frame), where
         that skips at least :data:`SEEK_MIN_FRAMES` decoded frames. None: decode everything from
-        the start (nothing to skip, or a video that cannot be indexed)."""
+        the start (nothing to skip, or a video that cannot be indexed). ``resume_at``: the frames
+        from that keyframe on only, always jumped to (None: none of them is wanted)."""
         table = _packet_table(self.path)
         if table is None:
             return None
@@ -484,10 +630,11 @@ class VideoReader:
             times = ticks.astype(np.float64) / tb.denominator
         else:
             times = np.array([float((int(p) - start_pts) * tb) for p in pts])
+        resume = resume_at or 0
         for i, t in enumerate(times.tolist()):
             if key[i]:
                 kf, kf_state = i, sel.state()
-            if sel.step(i, t) >= 0:
+            if sel.step(i, t) >= 0 and i >= resume:
                 if not segments or kf - cur_end >= SEEK_MIN_FRAMES:
                     if segments:  # the previous segment ends at its last wanted frame
                         segments[-1] = (*segments[-1][:2], cur_end)
@@ -495,6 +642,8 @@ class VideoReader:
                 cur_end = i
             if sel.stop:
                 break
+        if resume_at is not None:
+            return _SeekPlan(pts, segments) if segments else None
         if not segments or (len(segments) == 1 and segments[0][0] < SEEK_MIN_FRAMES):
             return None
         if segments[0][0] < SEEK_MIN_FRAMES:  # the first from the start: decoded as it is

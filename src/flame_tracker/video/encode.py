@@ -15,6 +15,12 @@ from flame_tracker.errors import InputError
 from flame_tracker.io.results import temporary_sibling
 
 
+def ffmpeg_path(path: str | Path) -> str:
+    """``path`` as FFmpeg must get a file: absolute, so that a name such as ``take:1.mp4`` is not
+    read as a protocol (``take:``)."""
+    return str(Path(path).absolute())
+
+
 class VideoWriter:
     """Write RGB frames to an H.264 mp4 one at a time; the file appears at ``path`` on ``close``.
 
@@ -30,7 +36,7 @@ class VideoWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temporary_sibling(self.path, ".mp4")  # renamed onto path by close()
-        self._container = av.open(str(self._tmp), mode="w")
+        self._container = av.open(ffmpeg_path(self._tmp), mode="w")
         self._rate = Fraction(fps).limit_denominator(1001)
         self._stream: av.video.stream.VideoStream | None = None
         self._crf, self._preset = crf, preset

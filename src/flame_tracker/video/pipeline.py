@@ -30,7 +30,7 @@ from flame_tracker.progress import progress_bar
 from flame_tracker.threads import available_cpus, cpu_threads
 from flame_tracker.tracker import Result
 from flame_tracker.video import blocks as detect_blocks
-from flame_tracker.video.decode import AllBut, VideoReader, prefetch
+from flame_tracker.video.decode import AllBut, VideoReader, missing_stretches, prefetch, probe
 from flame_tracker.video.flow import FlowOptions
 from flame_tracker.video.store import CheckpointStage, FrameArrays, RunFolder
 from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
@@ -90,6 +90,7 @@ class VideoSummary:
     timings: dict[str, float] = field(default_factory=dict)
     frames_done: dict[str, int] = field(default_factory=dict)  # work done by *this* run per stage
     broken: str | None = None
+    damaged: str | None = None  # damage decoding went on past (packets the decoder rejected)
     skipped: bool = False  # the folder was already complete
     faces_seen: int = 0  # most faces seen at once in a frame (several people: the chosen one is followed)
     face: str = "largest"  # which face was chosen to follow (VideoOptions.face, --face)
@@ -117,6 +118,8 @@ class VideoSummary:
             lines.append(f"{self.faces_seen} faces seen at once: one person was followed, "
                          + ("the largest (choose another with --face)" if self.face == "largest" else
                             f"the one --face {self.face} picks"))
+        if self.damaged:
+            lines.append(f"WARNING: {self.damaged}; decoding went on after it")
         if self.broken:
             lines.append(f"WARNING: {self.broken}; the frames before it were tracked")
         return "\n".join(lines)
@@ -166,6 +169,7 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
     if done_marker.is_file():
         info = json.loads(done_marker.read_text())
         summary.broken = info.get("broken")
+        summary.damaged = info.get("damaged")
         summary.faces_seen = int(info.get("faces_seen", 1))
         summary.frames_done["landmarks"] = 0
         return
@@ -211,13 +215,20 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.frames_done["landmarks"] = job.n_detected
         summary.faces_seen = max(summary.faces_seen, job.faces_seen)
     summary.broken = str(job.broken) if job.broken else None
+    summary.damaged = job.damage_text()
+    gaps = missing_stretches(reader.path, reader.start_s, reader.end_s)  # (from the packets: the same for any
+    if gaps:  # number of threads)
+        i, t, dt = gaps[0]
+        lost = (f"{len(gaps)} stretch(es) without frames, the first {dt:.2f} s long after frame {i} "
+                f"(t={t:.2f}s): the container lost them")
+        summary.damaged = f"{summary.damaged}; {lost}" if summary.damaged else f"the video is damaged: {lost}"
     faces = run.root / "work" / "landmarks_faces"  # what each part's followers saw
     if part is not None:  # (the call without a part finishes the stage)
         save_json(faces / f"part_{part[0]}_of_{part[1]}.json", {"faces_seen": job.faces_seen})
         return
     for f in sorted(faces.glob("part_*.json")) if faces.is_dir() else []:
         summary.faces_seen = max(summary.faces_seen, int(json.loads(f.read_text()).get("faces_seen", 0)))
-    save_json(done_marker, {"broken": summary.broken, "n_decoded": job.n_decoded,
+    save_json(done_marker, {"broken": summary.broken, "damaged": summary.damaged, "n_decoded": job.n_decoded,
                             "faces_seen": summary.faces_seen})
 
 
@@ -290,6 +301,15 @@ class _DetectJob:
         self.t_decode = 0.0
         self.n_detected = self.n_decoded = self.faces_seen = 0
         self.broken: Any = None
+        self.damaged: dict[int, str] = {}  # the readers' damage passed over (VideoReader.damaged)
+
+    def damage_text(self) -> str | None:
+        """The damage the readers decoded past, in one line (None: none)."""
+        if not self.damaged:
+            return None
+        first = min(self.damaged)
+        return (f"the video is damaged: {len(self.damaged)} place(s) could not be decoded, the first after "
+                f"frame {first} ({self.damaged[first]})")
 
     def run(self, ranges: list[tuple[int, int | None]]) -> None:
         """Detect the blocks ``[lo, hi)`` of each range (``hi`` None: to the end), one thread each."""
@@ -392,6 +412,8 @@ class _DetectJob:
             follower.close()
             with self.lock:
                 self.t_decode += t_wait
+                for after, what in reader.damaged.items():
+                    self.damaged.setdefault(after, what)
                 self.faces_seen = max(self.faces_seen, follower.faces_seen)
                 if reader.broken is not None and (self.broken is None
                                                   or reader.broken.after_index < self.broken.after_index):
@@ -573,7 +595,7 @@ def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
 # ------------------------------------------------------------------------------------ outputs
 
 # keys of a per-frame npz that are the same for the whole video (not stacked over frames)
-FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name")
+FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name", "model_fingerprint")
 #: Frames per block when writing the outputs (memory stays flat over long videos).
 WRITE_BLOCK = 1024
 OVERLAY_BATCH = 32  # frames whose meshes the overlay computes in one pass
@@ -582,7 +604,8 @@ VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
 
 def frame_result(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_name: str,
-                 expr_names: tuple[str, ...], own_lmks_px: np.ndarray | None = None) -> Result:
+                 expr_names: tuple[str, ...], own_lmks_px: np.ndarray | None = None,
+                 model_fingerprint: str = "") -> Result:
     """The tracked frames ``rows`` as one batched :class:`~flame_tracker.tracker.Result` (without
     meshes: they are exported separately), so video frames and photos share one npz format."""
     ident = fit.identity
@@ -603,12 +626,12 @@ def frame_result(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_n
         vertices=np.zeros((0, 3), f32), faces=np.zeros((0, 3), np.int64),
         objective=fit.raw["err_ndc"][rows], stage1_objective=np.full(n, np.nan),
         blendshape_scores=lm.blendshapes[rows].astype(f32), blendshape_names=BLENDSHAPE_NAMES,
-        expr_names=expr_names, principal_point=ident.pp)
+        expr_names=expr_names, principal_point=ident.pp, model_fingerprint=model_fingerprint)
 
 
 def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_name: str,
                  expr_names: tuple[str, ...], extra: dict[str, np.ndarray] | None = None,
-                 own_lmks_px: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 own_lmks_px: np.ndarray | None = None, model_fingerprint: str = "") -> dict[str, np.ndarray]:
     """The per-frame npz keys of ``rows``, stacked over frames (vectorised): the single-image keys
     (reference keys plus original-pixel extras, see :meth:`Result.arrays`) and each frame's place in
     the video. Row ``i`` of every key not in :data:`FIXED_KEYS` is frame ``rows[i]``. ``extra``:
@@ -616,7 +639,7 @@ def frame_arrays(fit: SequenceFit, rows: np.ndarray, lm: DetectedFrames, model_n
     ``own_lmks_px [len(rows), 68, 2]``: the model's own 68 points at ``rows`` when the fit matched
     the detector's (``fit.lmks_fit_px``), as single images write them."""
     rows = np.atleast_1d(np.asarray(rows))
-    arrays = frame_result(fit, rows, lm, model_name, expr_names, own_lmks_px).arrays()
+    arrays = frame_result(fit, rows, lm, model_name, expr_names, own_lmks_px, model_fingerprint).arrays()
     arrays.update(frame=lm.frame[rows].astype(np.int64),
                   time_s=lm.time_s[rows].astype(np.float64),
                   valid=fit.valid[rows].copy(),
@@ -639,6 +662,9 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     t0 = time.perf_counter()
     names = tuple(getattr(model, "expr_names", None) or ())
     model_name = str(getattr(model, "name", ""))
+    from flame_tracker.model.embedding import fingerprint
+
+    model_fp = fingerprint(model)
     extra = {} if light is None else {"light": light}
     from concurrent.futures import ThreadPoolExecutor
 
@@ -655,7 +681,7 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
             if fit_model is not None and fit_model is not model:
                 own = project_fit(model, fit.identity, {"pose6": fit.pose6, "expr": fit.expr,
                                                         "jaw_pose": fit.jaw_pose, "eye_pose": fit.eye_pose}, blk)[0]
-            stacked = frame_arrays(fit, blk, lm, model_name, names, extra, own)
+            stacked = frame_arrays(fit, blk, lm, model_name, names, extra, own, model_fp)
 
             def write_frame(i: int, r: int, stacked: dict[str, np.ndarray] = stacked) -> None:
                 path = run.frame_path(int(lm.frame[r]))  # tiny files: uncompressed, two at a time
@@ -961,8 +987,11 @@ def _open_run(video: str | Path, out_dir: str | Path, model: Any, fit_model: Any
     error unless ``force``), with ``config.json``."""
     from flame_tracker.config import Config
     from flame_tracker.fitting.photometric import PhotometricOptions
+    from flame_tracker.model.embedding import fingerprint
 
     settings = {"model": getattr(model, "name", type(model).__name__),
+                # the file's contents: FLAME 2017-2020 all ship as generic_model.pkl
+                "model_fingerprint": fingerprint(model),
                 "model_size": [model.n_shape, model.n_expr],
                 "landmark_embedding": fit_model.info.get("landmark_embedding", "model"),
                 "track": _track_settings(topts), "frames": vopts.frame_settings()}
@@ -987,6 +1016,11 @@ def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSumma
                           vopts: VideoOptions, arrays: FrameArrays | None = None) -> DetectedFrames:
     """The detected landmark track; :class:`NoFaceError` (naming where it searched) without a face."""
     lm = _load_landmarks(run, arrays)
+    if (lm is None or not len(lm)) and not summary.broken:
+        # (a range that holds no frame: after the last one, or between two of a sparse video)
+        rng = f"from {vopts.start_s:g} s" + (f" to {vopts.end_s:g} s" if vopts.end_s is not None else "")
+        raise NoFaceError(f"no frame of {video} lies in the selected range ({rng}); its frames end at about "
+                          f"{probe(video).duration_s:.2f} s: choose another --start or --end")
     if lm is None or not lm.valid.any():
         n = 0 if lm is None else len(lm)
         raise NoFaceError(
