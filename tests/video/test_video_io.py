@@ -185,7 +185,10 @@ def test_variable_frame_rate_timestamps(tmp_path: Path) -> None:
     times = [0.0, 0.04, 0.18, 0.20, 0.24, 0.30, 0.34]
     _write_video(tmp_path / "late.mkv", len(times), fps=25.0, times=times)
     kept = [f.time_s for f in VideoReader(tmp_path / "late.mkv", fps=10)]
-    assert kept == pytest.approx([0.0, 0.18, 0.24, 0.34], abs=1e-3)
+    assert kept == pytest.approx([0.0, 0.18, 0.24, 0.30], abs=1e-3)
+    # a steady source keeps exactly the asked rate (30 -> 25 fps: 50 of 60 frames)
+    _write_video(tmp_path / "steady.mp4", 60, fps=30.0)
+    assert len(list(VideoReader(tmp_path / "steady.mp4", fps=25))) == 50
 
 
 def test_a_matroska_file_without_a_frame_rate_is_probed_from_its_timestamps(tmp_path: Path) -> None:
@@ -269,6 +272,59 @@ def test_a_damaged_packet_is_passed_over(tmp_path: Path) -> None:
     reader = VideoReader(worse)
     idx = [f.index for f in reader]
     assert len(reader.damaged) >= 2 and idx == sorted(set(idx)) and idx[-1] == 59 and len(idx) < 55, reader.damaged
+
+
+def test_damage_at_the_keyframe_a_reader_goes_on_from(tmp_path: Path) -> None:
+    """A damaged packet, then the keyframe the reader would go on from damaged too (its payload
+    overwritten in place: the container still lists it): the reader goes on from the next keyframe,
+    as a reader jumping there does, instead of ending (it lost the rest of the video). The frames the
+    decoder lost are counted by the selection, so positions are those of a jumping reader."""
+    from flame_tracker.video.decode import _packet_table
+
+    clip, bad = tmp_path / "clip.mp4", tmp_path / "bad.mp4"
+    _write_video(clip, 120, keyint=20)
+    key = np.flatnonzero(_packet_table(clip)[1]).tolist()
+    data = bytearray(clip.read_bytes())
+    rng = np.random.default_rng(3)
+    with av.open(str(clip)) as c:
+        payload = sorted(((p.pts, bytes(p)) for p in c.demux(c.streams.video[0]) if p.size), key=lambda x: x[0])
+    for frame_no in (key[1] + 12, key[2]):  # a frame of the second GOP, and the third GOP's keyframe
+        b = payload[frame_no][1]
+        at = data.find(b)
+        data[at + 8: at + len(b)] = rng.integers(0, 256, len(b) - 8, dtype=np.uint8).tobytes()
+    bad.write_bytes(bytes(data))
+    reader = VideoReader(bad)
+    frames = list(reader)
+    assert reader.broken is None and frames[-1].index == 119 and len(frames) < 110, reader.decoded
+    assert reader.decoded[-1] == [key[3], 119]
+    jumping = VideoReader(bad, keep=lambda p: p >= key[3] + 5)
+    jumped = list(jumping)
+    assert jumping.broken is None and jumping.decoded == [[key[3], 119]]
+    mine = {f.index: f for f in frames}
+    for f in jumped:
+        assert mine[f.index].position == f.position and mine[f.index].time_s == f.time_s
+        np.testing.assert_array_equal(mine[f.index].image, f.image)
+
+
+def test_avi_with_b_frames_keeps_every_frame_in_time_order(tmp_path: Path) -> None:
+    """AVI stores no presentation times (H.264 with B-frames comes out with decode-order pts): its
+    frames are timed at the constant rate AVI has by design, none taken for out of order."""
+    path = tmp_path / "b.avi"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            f = av.VideoFrame.from_ndarray(_pattern(i), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for q in s.encode(f):
+                c.mux(q)
+        for q in s.encode():
+            c.mux(q)
+    reader = VideoReader(path)
+    frames = list(reader)
+    assert len(frames) == 50 and not reader.damaged
+    assert [f.index for f in frames] == list(range(50)) and [f.time_s for f in frames] == pytest.approx(
+        [i / 25 for i in range(50)])
 
 
 def test_stretches_a_damaged_container_lost_are_found_from_its_packets(tmp_path: Path) -> None:

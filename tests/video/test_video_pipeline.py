@@ -462,11 +462,13 @@ def test_detection_threads_that_jump_to_keyframes_give_the_same_landmarks(shared
     assert out["gop", 1][2].broken is None and out["gop", 3][2].broken is None
     # the damaged packet is passed over (decoding used to stop there: one bad packet lost the rest of
     # the video) and reported, the same with one thread and three (the third jumps past it)
-    # (a reader that meets it decodes on to the next keyframe, 12, and goes on from there afresh, as the
-    # third thread's reader, which jumps to keyframe 18, decodes)
+    # (the damaged packet, 11th in decode order, is frame 16's: a reader that meets it decodes on to
+    # the next keyframe, 18, and goes on from there afresh, as the third thread's reader, which jumps
+    # to keyframe 18, decodes)
     bad1, bad3 = out["bad", 1][2], out["bad", 3][2]
     assert bad1.broken is None and bad3.broken is None
-    assert out["bad", 1][1] == [12] and out["bad", 3][1] == [12, 18]
+    assert out["bad", 1][1] == [18] and out["bad", 3][1] == [18, 18]
+    assert bad1.damaged is not None and "at frame 16" in bad1.damaged
     assert bad1.damaged is not None and "damaged" in bad1.damaged and bad3.damaged == bad1.damaged
     assert "damaged" in bad1.text()
     n_bad = len(out["bad", 1][0]["frame"])

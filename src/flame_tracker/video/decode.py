@@ -226,7 +226,7 @@ class _SeekPlan:
     (every frame's timestamp in presentation order)."""
 
     pts: np.ndarray
-    segments: list[tuple[int, tuple[int, float, int], int | None]]
+    segments: list[tuple[int, tuple[int, float, int, float], int | None]]
 
 
 _TABLES: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, int, Fraction] | None] = {}
@@ -323,15 +323,16 @@ class _Selection:
         self.r = reader
         self.k = 0  # frames in the time range so far
         self.next_t = -math.inf  # the next time the fps subsampling takes a frame
+        self.last_t = -math.inf  # the time of the last frame it took
         self.kept = 0  # selected frames so far
         self.stop = False  # no frame after the last one stepped
         self.n_selected: int | None = None  # the selection's length, where it is known to end
 
-    def state(self) -> tuple[int, float, int]:
-        return self.k, self.next_t, self.kept
+    def state(self) -> tuple[int, float, int, float]:
+        return self.k, self.next_t, self.kept, self.last_t
 
-    def restore(self, state: tuple[int, float, int]) -> None:
-        self.k, self.next_t, self.kept = state
+    def restore(self, state: tuple[int, float, int, float]) -> None:
+        self.k, self.next_t, self.kept, self.last_t = state
 
     def step(self, index: int, t: float) -> int:
         """The position (among the selected frames) of source frame ``index`` at ``t`` if the reader
@@ -350,11 +351,13 @@ class _Selection:
             if t < self.next_t - 0.1 / r.fps:
                 return -1
             step = 1.0 / r.fps
-            # on schedule (exactly fps frames a second from a steady source), but never the next frame
-            # sooner than half a step after this one (a late frame of a variable-rate video kept for one
-            # slot, the next on time for the following slot: 20 ms apart at 10 fps)
-            self.next_t = (t + step if self.next_t == -math.inf or self.next_t + step <= t
-                           else max(self.next_t + step, t + 0.5 * step))
+            # never two frames under half a step apart (a late frame of a variable-rate video kept for
+            # one slot, the next on time for the following slot: 20 ms apart at 10 fps); a steady source
+            # never meets this, so it keeps exactly fps frames a second
+            if t < self.last_t + 0.5 * step - 1e-9:
+                return -1
+            self.next_t = t + step if self.next_t == -math.inf or self.next_t + step <= t else self.next_t + step
+            self.last_t = t
         self.kept += 1
         if r.stop_at is not None and self.kept > r.stop_at:
             self.stop = True
@@ -430,7 +433,8 @@ class VideoReader:
         self.decoded: list[list[int]] = []
         # frames the selection holds, once an iteration has seen its end (None: not seen, or broken)
         self.n_selected: int | None = None
-        # damage the last iteration decoded past: the last good frame before it -> what it was
+        # damage the last iteration decoded past: where (the rejected packet's frame where the packets
+        # are listed, else the last frame decoded before it) -> what it was
         self.damaged: dict[int, str] = {}
 
     def expected_frames(self) -> int:
@@ -455,7 +459,7 @@ class VideoReader:
 
     def __iter__(self) -> Iterator[Frame]:
         plan = self._seek_plan() if self.start_s > 0 or self.keep is not None or self.skip else None
-        done = -1  # the last frame yielded
+        done, done_t = -1, 0.0  # the last frame yielded
         fresh = True  # (after damage, the counts and notes go on)
         while True:
             try:
@@ -463,18 +467,17 @@ class VideoReader:
                     with closing(self._decode(plan, after=done, fresh=fresh)) as frames:  # (closed at once
                         try:  # when the caller stops early)
                             for frame in frames:
-                                done = frame.index
+                                done, done_t = frame.index, frame.time_s
                                 yield frame
                             return
                         except _SeekMissed:  # the decoder did not land where the packets said: decode from
                             if not fresh:  # the start (yielding only what comes after the frames already
                                 # yielded), except after damage, which that would meet again
-                                self.broken = BrokenStream(max(self.n_decoded - 1, 0), 0.0,
-                                                           "could not go on after a damaged packet")
+                                self.broken = BrokenStream(done, done_t, "could not go on after a damaged packet")
                                 return
                 with closing(self._decode(None, after=done, fresh=fresh)) as frames:
                     for frame in frames:
-                        done = frame.index
+                        done, done_t = frame.index, frame.time_s
                         yield frame
                 return
             except _Damaged as damage:
@@ -482,6 +485,7 @@ class VideoReader:
                 # reset (e.g. garbage read as stream parameters): the frames from the next keyframe on
                 # would differ from those of a reader that jumped there (a later detection thread). So
                 # the reader decodes on to that keyframe, then goes on from it with a fresh decoder.
+                self.decoded = [r for r in self.decoded if r[1] >= r[0]]  # (a stretch that gave nothing)
                 plan, fresh = self._seek_plan(resume_at=damage.resume), False
                 if plan is None:  # nothing wanted from there on
                     return
@@ -514,6 +518,9 @@ class VideoReader:
         listed = plan.pts if plan is not None else None if table is None else table[0]
         index_of = None if listed is None else {int(p): i for i, p in enumerate(listed)}
         segments = [(0, sel.state(), None)] if plan is None else plan.segments
+        # AVI holds no presentation times (its frames' pts are in decode order: B-frames come out
+        # shuffled in time) and its frame rate is constant by design
+        nominal = "avi" in container.format.name.split(",") and self.info.fps > 0
         try:
             for first, state, end in segments:
                 if plan is not None:
@@ -526,12 +533,20 @@ class VideoReader:
                 run = [first, first - 1]
                 self.decoded.append(run)
                 self._floor = first  # (damage at a segment's first packet: resume after its keyframe)
-                for frame in self._frames(container, stream, lambda: last_index):
+                for frame in self._frames(container, stream, lambda: last_index, index_of):
                     if index_of is not None:
                         # the source frame's number from its timestamp (decoding starts mid-video)
                         index = index_of.get(frame.pts, -1) if frame.pts is not None else -1
                         if plan is not None and last_index < first and (index < 0 or index > first):
-                            raise _SeekMissed  # not at the segment's keyframe
+                            if fresh:
+                                raise _SeekMissed  # not at the segment's keyframe
+                            # going on after damage from a keyframe that does not decode: more damage
+                            self.damaged.setdefault(first, f"keyframe {first} did not decode")
+                            nxt = self._keyframe_after(first)
+                            if nxt is None:
+                                self.n_selected = None
+                                return
+                            raise _Damaged(nxt)
                         if index < 0:  # a frame the packets did not list: counted as the next one
                             index = last_index + 1
                         elif index <= last_index:  # before the keyframe (an open GOP's leading frames)
@@ -540,12 +555,20 @@ class VideoReader:
                             continue
                         if self._resume_at is not None and index >= self._resume_at:
                             raise _Damaged(self._resume_at)  # the keyframe after damage: afresh from it
+                        assert listed is not None  # (index_of is built from it)
+                        for lost in range(max(last_index, first - 1) + 1, index):
+                            # frames the decoder lost (damage): counted by the selection as the packets
+                            # list them, so positions are those of a reader that jumped past them
+                            sel.step(lost, float((int(listed[lost]) - start_pts) * tb))
+                            if sel.stop:
+                                self.n_selected = sel.n_selected
+                                return
                         self.n_decoded = index + 1
                     else:
                         index = self.n_decoded
-                    if frame.pts is not None:
+                    if frame.pts is not None and not nominal:
                         t = float((frame.pts - start_pts) * tb)
-                    else:  # no timestamps: fall back to the nominal rate
+                    else:  # no timestamps (AVI's are decode order): the nominal rate
                         t = index / self.info.fps if self.info.fps else float(index)
                     if last_index >= 0 and t <= last_time:
                         # a frame shown before the one decoded last (damage): it cannot be placed in
@@ -586,8 +609,16 @@ class VideoReader:
         finally:
             container.close()
 
+    def _keyframe_after(self, index: int) -> int | None:
+        """The first keyframe after frame ``index`` (the packet table's; None: none)."""
+        table = _packet_table(self.path)
+        if table is None:
+            return None
+        later = np.flatnonzero(table[1][index + 1:])
+        return index + 1 + int(later[0]) if len(later) else None
+
     def _frames(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                where: Callable[[], int]) -> Iterator[av.VideoFrame]:
+                where: Callable[[], int], index_of: dict[int, int] | None) -> Iterator[av.VideoFrame]:
         """The stream's frames, decoded packet by packet. A packet the decoder rejects (damaged data;
         it used to end the reader: one bad packet lost the rest of the video) is noted in
         :attr:`damaged` at ``where()`` (the last frame decoded) and passed over. Where the packets are
@@ -598,14 +629,15 @@ class VideoReader:
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:
-                after = where()
-                self.damaged.setdefault(after, f"{type(exc).__name__}: {exc}")
-                table = _packet_table(self.path)
-                if table is not None and self._resume_at is None:
-                    base = max(after, self._floor)  # (strictly after the keyframe this decoder started at)
-                    later = np.flatnonzero(table[1][base + 1:])
-                    # (no keyframe after it: decoding goes on to the end as it is)
-                    self._resume_at = base + 1 + int(later[0]) if len(later) else None
+                # where: the rejected packet's own frame where the packets are listed (the last frame
+                # output lags it: B-frames, frame threading), else the last frame decoded
+                at = index_of.get(int(packet.pts), -1) if index_of is not None and packet.pts is not None else -1
+                at = at if at >= 0 else where()
+                self.damaged.setdefault(at, f"{type(exc).__name__}: {exc}")
+                if index_of is not None and self._resume_at is None:
+                    # (strictly after the packet, the last frame output and the keyframe this decoder
+                    # started at; none: decoding goes on to the end as it is)
+                    self._resume_at = self._keyframe_after(max(at, where(), self._floor))
                 continue
             yield from frames
 
@@ -622,7 +654,7 @@ class VideoReader:
             return None
         pts, key, start_pts, tb = table
         sel = _Selection(self)
-        segments: list[tuple[int, tuple[int, float, int], int | None]] = []
+        segments: list[tuple[int, tuple[int, float, int, float], int | None]] = []
         kf, kf_state = 0, sel.state()  # the last keyframe so far, and the selection before it
         cur_end = -1  # the last wanted frame so far
         ticks = (pts - start_pts) * tb.numerator

@@ -308,7 +308,7 @@ class _DetectJob:
         if not self.damaged:
             return None
         first = min(self.damaged)
-        return (f"the video is damaged: {len(self.damaged)} place(s) could not be decoded, the first after "
+        return (f"the video is damaged: {len(self.damaged)} place(s) could not be decoded, the first at "
                 f"frame {first} ({self.damaged[first]})")
 
     def run(self, ranges: list[tuple[int, int | None]]) -> None:
@@ -477,14 +477,17 @@ class _DetectJob:
         size, warm_n = self.size, DETECT_WARMUP
         order = np.argsort(rec["position"])
         pos = np.asarray(rec["position"])[order]
-        if not np.array_equal(pos, np.arange(len(pos))):  # (every selected frame has its record)
+        if not len(pos) or (np.diff(pos) <= 0).any():  # (each selected frame once)
             return
-        lm = arrays.full("follow_lmks68", (len(pos), 68, 2), np.nan)  # updated as blocks are detected again
+        # by position; a position without a record is a frame the decoder lost (damage): no face there
+        n = int(pos[-1]) + 1
+        lm = arrays.full("follow_lmks68", (n, 68, 2), np.nan)  # updated as blocks are detected again
         for s in range(0, len(pos), WRITE_BLOCK):
-            lm[s:s + WRITE_BLOCK] = rec["lmks68"][order[s:s + WRITE_BLOCK]]
+            lm[pos[s:s + WRITE_BLOCK]] = rec["lmks68"][order[s:s + WRITE_BLOCK]]
             arrays.release()
-        sizes, times = np.asarray(rec["image_size"])[order], np.asarray(rec["time_s"])[order]
-        n_blocks = -(-len(pos) // size)
+        last = np.searchsorted(pos, np.arange(n), side="right") - 1  # the record at or before each position
+        sizes, times = np.asarray(rec["image_size"])[order][last], np.asarray(rec["time_s"])[order][last]
+        n_blocks = -(-n // size)
         first = next((k for k in range(1, n_blocks) if _switched(lm, k * size, size)), None)
         if first is None:
             return
