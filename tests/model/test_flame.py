@@ -373,3 +373,14 @@ def test_a_flame_folder_given_as_the_model_names_its_pkl(tmp_path):
     pkl = write_flame_model(tmp_path / "FLAME2020", "tiny", n_expr=10, mediapipe=False)
     with pytest.raises(ModelFormatError, match=r"FaceXModel folder.*pass the \.pkl itself .*generic_model\.pkl"):
         load_model(pkl.parent, use_cache=False)
+
+
+def test_a_zip_named_pkl_is_called_a_zip(tmp_path):
+    """FLAME's download is a zip: one renamed .pkl (or an .npz) is said to be a zip archive."""
+    import zipfile
+
+    fake = tmp_path / "generic_model.pkl"
+    with zipfile.ZipFile(fake, "w") as z:
+        z.writestr("generic_model.pkl", b"x")
+    with pytest.raises(ModelFormatError, match=r"generic_model\.pkl: a zip archive, not a pickle"):
+        load_model(fake, use_cache=False)

@@ -163,6 +163,9 @@ def load_pickle(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         if str(exc).startswith(str(path)):
             raise ModelFormatError(str(exc)) from None
+        if zipfile.is_zipfile(path):  # (FLAME's download is a zip; an .npz is one too)
+            raise ModelFormatError(f"{path}: a zip archive, not a pickle: unpack it (FLAME's download holds "
+                                   "the .pkl); an .npz model must end in .npz") from exc
         raise ModelFormatError(f"{path}: not a valid pickle ({exc}); is the file truncated?") from exc
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeError) as exc:
         raise ModelFormatError(f"{path}: truncated or damaged pickle ({type(exc).__name__}: {exc})") from exc
