@@ -25,14 +25,11 @@ def embed(model_path: str | None, renders: int, seed: int, out: Path | None, lan
     back onto the visible surface, and store per-point medians (a static embedding and one per 10°
     of head yaw) as the model's detector embedding, used for fitting from then on (about 0.8 s per
     render on one core)."""
+    from flame_tracker.cli.options import load_head_model
     from flame_tracker.detection import FaceLandmarker
-    from flame_tracker.model import load_model
     from flame_tracker.model.embedding import cached_path, derive_detector_embedding, describe
 
-    try:
-        model = load_model(model_path)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot load the head model: {exc}") from exc
+    model = load_head_model(model_path)
     try:
         with FaceLandmarker(landmarker, mode="image") as lm:
             emb = derive_detector_embedding(model, lm, n_renders=renders, seed=seed, progress=True)

@@ -14,6 +14,7 @@ from flame_tracker.cli.options import (
     component_options,
     config_option,
     load_config,
+    load_head_model,
     set_values,
     with_given,
 )
@@ -98,12 +99,7 @@ def run_images(
 
     head: object = model
     if shape_components or expr_components:
-        from flame_tracker.model import load_model
-
-        try:
-            head = load_model(model, n_shape=shape_components, n_expr=expr_components)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot load the head model: {exc}") from exc
+        head = load_head_model(model, shape_components, expr_components)
     try:
         tracker = Tracker(head, device, landmarker=landmarker, options=config.image, verbose=verbose)
     except (OSError, ValueError) as exc:

@@ -24,6 +24,16 @@ def component_options(f):
                         "export).")(f)
 
 
+def load_head_model(path, shape_components: int | None = None, expr_components: int | None = None):
+    """:func:`flame_tracker.model.load_model` with the component options; a bad file is one error line."""
+    from flame_tracker.model import load_model
+
+    try:
+        return load_model(path, n_shape=shape_components, n_expr=expr_components)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot load the head model: {exc}") from exc
+
+
 def given(ctx: click.Context, name: str) -> bool:
     """Whether the option ``name`` was given on the command line (not left at its default)."""
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE

@@ -16,6 +16,7 @@ from flame_tracker.cli.options import (
     config_option,
     given,
     load_config,
+    load_head_model,
     os_error_message,
     with_given,
 )
@@ -126,12 +127,7 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
     topts, vopts = config.track, config.video
     model: Any = model_path  # a path, or the model loaded here (other component counts, or checked for --export)
     if shape_components or expr_components or exports:
-        from flame_tracker.model import load_model
-
-        try:
-            model = load_model(model_path, n_shape=shape_components, n_expr=expr_components)
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot load the head model: {exc}") from exc
+        model = load_head_model(model_path, shape_components, expr_components)
     if exports:  # a format the model cannot take is said before tracking, not after
         from flame_tracker.export import ExportError, check_export_model
 

@@ -291,6 +291,15 @@ def _read_packet_table(path: Path) -> tuple[np.ndarray, np.ndarray, int, Fractio
         container.close()
 
 
+def _table_times(pts: np.ndarray, start_pts: int, tb: Fraction) -> np.ndarray:
+    """Seconds of the packet table's timestamps, each equal to a decoded frame's
+    ``float((pts - start) * time_base)``."""
+    ticks = (pts - start_pts) * tb.numerator
+    if np.abs(ticks).max() < 2**53:  # exact integers: one correctly rounded division, as float(Fraction)
+        return ticks.astype(np.float64) / tb.denominator
+    return np.array([float((int(p) - start_pts) * tb) for p in pts])
+
+
 def missing_stretches(path: str | Path, start_s: float = 0.0, end_s: float | None = None
                       ) -> list[tuple[int, float, float]]:
     """Where a steady-rate video's timestamps jump by more than 3 frames between two packets (the
@@ -305,7 +314,7 @@ def missing_stretches(path: str | Path, start_s: float = 0.0, end_s: float | Non
     step = float(np.median(steps))
     if step <= 0 or np.mean(np.abs(steps - step) <= max(1.0, 0.02 * step)) < 0.9:
         return []
-    times = (pts - start) * float(tb)
+    times = _table_times(pts, start, tb)
     out = []
     for i in np.flatnonzero(steps > 3 * step):
         t = float(times[i])
@@ -621,10 +630,10 @@ class VideoReader:
                 where: Callable[[], int], index_of: dict[int, int] | None) -> Iterator[av.VideoFrame]:
         """The stream's frames, decoded packet by packet. A packet the decoder rejects (damaged data;
         it used to end the reader: one bad packet lost the rest of the video) is noted in
-        :attr:`damaged` at ``where()`` (the last frame decoded) and passed over. Where the packets are
-        listed (:func:`_packet_table`), the reader also notes the first keyframe after it
-        (``_resume_at``), to go on from there with a fresh decoder (:meth:`__iter__`). A demuxing
-        error still ends the stream (raised)."""
+        :attr:`damaged` and passed over: at its own frame where the packets are listed (``index_of``,
+        :func:`_packet_table`), which then also note the first keyframe after it (``_resume_at``), to go
+        on from there with a fresh decoder (:meth:`__iter__`); elsewhere at ``where()``, the last frame
+        decoded. A demuxing error still ends the stream (raised)."""
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -657,11 +666,7 @@ class VideoReader:
         segments: list[tuple[int, tuple[int, float, int, float], int | None]] = []
         kf, kf_state = 0, sel.state()  # the last keyframe so far, and the selection before it
         cur_end = -1  # the last wanted frame so far
-        ticks = (pts - start_pts) * tb.numerator
-        if np.abs(ticks).max() < 2**53:  # exact integers: one correctly rounded division, as float(Fraction)
-            times = ticks.astype(np.float64) / tb.denominator
-        else:
-            times = np.array([float((int(p) - start_pts) * tb) for p in pts])
+        times = _table_times(pts, start_pts, tb)
         resume = resume_at or 0
         for i, t in enumerate(times.tolist()):
             if key[i]:

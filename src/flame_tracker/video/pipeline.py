@@ -215,13 +215,8 @@ def _detect_stage(run: RunFolder, reader: VideoReader, landmarker_path: str | Pa
         summary.frames_done["landmarks"] = job.n_detected
         summary.faces_seen = max(summary.faces_seen, job.faces_seen)
     summary.broken = str(job.broken) if job.broken else None
-    summary.damaged = job.damage_text()
-    gaps = missing_stretches(reader.path, reader.start_s, reader.end_s)  # (from the packets: the same for any
-    if gaps:  # number of threads)
-        i, t, dt = gaps[0]
-        lost = (f"{len(gaps)} stretch(es) without frames, the first {dt:.2f} s long after frame {i} "
-                f"(t={t:.2f}s): the container lost them")
-        summary.damaged = f"{summary.damaged}; {lost}" if summary.damaged else f"the video is damaged: {lost}"
+    # (the stretches from the packets: the same for any number of threads)
+    summary.damaged = job.damage_text(missing_stretches(reader.path, reader.start_s, reader.end_s))
     faces = run.root / "work" / "landmarks_faces"  # what each part's followers saw
     if part is not None:  # (the call without a part finishes the stage)
         save_json(faces / f"part_{part[0]}_of_{part[1]}.json", {"faces_seen": job.faces_seen})
@@ -303,13 +298,19 @@ class _DetectJob:
         self.broken: Any = None
         self.damaged: dict[int, str] = {}  # the readers' damage passed over (VideoReader.damaged)
 
-    def damage_text(self) -> str | None:
-        """The damage the readers decoded past, in one line (None: none)."""
-        if not self.damaged:
-            return None
-        first = min(self.damaged)
-        return (f"the video is damaged: {len(self.damaged)} place(s) could not be decoded, the first at "
-                f"frame {first} ({self.damaged[first]})")
+    def damage_text(self, lost: list[tuple[int, float, float]]) -> str | None:
+        """The damage the readers decoded past and the stretches the container lost
+        (:func:`.decode.missing_stretches`), in one line (None: none)."""
+        parts = []
+        if self.damaged:
+            first = min(self.damaged)
+            parts.append(f"{len(self.damaged)} place(s) could not be decoded, the first at frame {first} "
+                         f"({self.damaged[first]})")
+        if lost:
+            i, t, dt = lost[0]
+            parts.append(f"{len(lost)} stretch(es) without frames, the first {dt:.2f} s long after frame {i} "
+                         f"(t={t:.2f}s): the container lost them")
+        return "the video is damaged: " + "; ".join(parts) if parts else None
 
     def run(self, ranges: list[tuple[int, int | None]]) -> None:
         """Detect the blocks ``[lo, hi)`` of each range (``hi`` None: to the end), one thread each."""
