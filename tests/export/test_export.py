@@ -102,6 +102,26 @@ def test_gltf_reproduces_the_tracked_landmarks_through_its_camera(run_dir: Path,
     normals = _accessor(doc, blob, prim.attributes.NORMAL).astype(np.float64)
     assert normals.shape == base.shape and np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
     assert normals[int(np.argmax(base[:, 2]))][2] > 0.7
+    # each target carries the change of the normals at weight 1 (an eye closing turns its lid's normals),
+    # checked against normals computed here (area-weighted, numpy)
+    def unit_normals(v: np.ndarray) -> np.ndarray:
+        f = model.faces.numpy()
+        fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+        vn = np.zeros_like(v)
+        for corner in range(3):
+            np.add.at(vn, f[:, corner], fn)
+        return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-30)
+
+    used = np.zeros(len(base), bool)
+    used[model.faces.numpy().reshape(-1)] = True
+    blink = doc.meshes[0].extras["targetNames"].index("eyeBlink_L")
+    for e in (0, blink):
+        d_nrm = _accessor(doc, blob, prim.targets[e]["NORMAL"]).astype(np.float64)
+        want = unit_normals(base + targets[:, :, e]) - unit_normals(base)
+        assert np.abs(d_nrm - want)[used].max() < 1e-4
+    turned = np.degrees(np.arccos(np.clip((normals * (normals + d_nrm)).sum(1)
+                                          / np.linalg.norm(normals + d_nrm, axis=1), -1, 1)))
+    assert turned.max() > 60  # the closed lid faces another way than the open one
     anim = doc.animations[0]
     out = {ch.target.path: _accessor(doc, blob, anim.samplers[ch.sampler].output) for ch in anim.channels}
     n = int(_exported(t).sum())
@@ -161,6 +181,27 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
         res = runner.invoke(main, ["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)])
         assert res.exit_code == 0, res.output
     assert (mine / "arkit_fitted.csv").read_text() == "mine" and (mine / "run.glb").read_text() == "mine too"
+    # the user's files beside an earlier export of ours are kept when it is replaced (a scene file beside
+    # the .glb); one named as a file the export writes is refused
+    ours = tmp_path / "gltf"
+    (ours / "scene.blend").write_text("my scene")
+    (ours / "textures").mkdir()
+    (ours / "textures" / "skin.png").write_text("my texture")
+    before = (ours / "run.glb").read_bytes()
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(ours)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in ours.iterdir()) == [".flame-tracker-export", "run.glb", "scene.blend", "textures"]
+    assert (ours / "scene.blend").read_text() == "my scene" and (ours / "textures" / "skin.png").is_file()
+    assert (ours / "run.glb").read_bytes() == before
+    (ours / ".flame-tracker-export").write_text("gltf\n")  # an earlier version's marker: what it wrote unknown
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(ours)])
+    assert res.exit_code == 0 and (ours / "scene.blend").is_file() and (ours / "textures").is_dir(), res.output
+    (ours / ".flame-tracker-export").write_text("gltf\nold.glb\n")  # run.glb is now the user's
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(ours)])
+    assert res.exit_code == 1 and "holds run.glb, which this export did not write" in res.output, res.output
+    assert (ours / "scene.blend").is_file() and (ours / "run.glb").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gltf.")]  # no hidden folder left
+    (ours / ".flame-tracker-export").write_text("gltf\nrun.glb\n")
     # another format's export in the folder is not replaced (it would be lost)
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(tmp_path / "arkit-csv")])
     assert res.exit_code == 1 and "holds an export as arkit-csv" in res.output, res.output

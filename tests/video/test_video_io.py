@@ -648,18 +648,26 @@ def test_run_folder_manifest(tmp_path: Path) -> None:
     _write_video(other, 4)
     with pytest.raises(OutputMismatchError, match="another video"):
         RunFolder(out, other, {"every": 1})
-    # --force also removes the old run's exports in their default place (ours: with the marker), and
-    # nothing else: a folder of the user's named like one is kept
+    # --force also removes the old run's exports in their default place (ours: with the marker, what it
+    # lists), and nothing else: the user's file beside them, a folder of the user's named like one, an
+    # earlier version's export (its marker does not say what it wrote) are kept
     from flame_tracker.export.run import MARKER
 
-    (out / "export-gltf").mkdir()
-    (out / "export-gltf" / MARKER).write_text("gltf\n")
+    for name in ("export-gltf", "export-arkit-csv", "export-mine", "export-old"):
+        (out / name).mkdir()
+    (out / "export-gltf" / MARKER).write_text("gltf\nrun.glb\n")
     (out / "export-gltf" / "run.glb").write_bytes(b"old run")
-    (out / "export-mine").mkdir()
+    (out / "export-arkit-csv" / MARKER).write_text("arkit-csv\narkit_fitted.csv\n")
+    (out / "export-arkit-csv" / "arkit_fitted.csv").write_text("old run")
+    (out / "export-arkit-csv" / "scene.blend").write_text("mine")
     (out / "export-mine" / "notes.txt").write_text("mine")
+    (out / "export-old" / MARKER).write_text("gltf\n")
+    (out / "export-old" / "run.glb").write_bytes(b"old run, older version")
     forced = RunFolder(out, video, {"every": 2}, force=True)
     assert not forced.complete and not (out / "work").exists()
     assert not (out / "export-gltf").exists() and (out / "export-mine" / "notes.txt").is_file()
+    assert sorted(p.name for p in (out / "export-arkit-csv").iterdir()) == ["scene.blend"]
+    assert (out / "export-old" / "run.glb").read_bytes() == b"old run, older version"
 
 
 def test_prefetch_order_errors_and_early_stop() -> None:

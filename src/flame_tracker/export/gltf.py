@@ -1,8 +1,9 @@
 """A tracked run as one glTF 2.0 binary (``.glb``) that Blender, three.js and game engines import:
 
 * one mesh: the fitted identity (neutral face) with the model's expression blendshapes as morph
-  targets, named in ``mesh.extras.targetNames`` (what Blender's importer turns into shape keys; ICT:
-  its 57 ARKit-style channels);
+  targets (positions and the change of the vertex normals at weight 1), named in
+  ``mesh.extras.targetNames`` (what Blender's importer turns into shape keys; ICT: its 57 ARKit-style
+  channels);
 * its node animated per frame: morph ``weights`` (the fitted expression), ``rotation`` and
   ``translation`` (the head relative to the camera);
 * a camera node at the origin looking down −z (glTF's convention, OpenGL axes) with the run's
@@ -23,7 +24,7 @@ import numpy as np
 
 from flame_tracker.export.run import ExportError, TrackedRun, check_same_model
 
-#: A FLAME run's glTF stores every frame's mesh: at most this many frames (about 120 MB for FLAME).
+#: A FLAME run's glTF stores every frame's mesh and normals: at most this many frames (about 240 MB for FLAME).
 MAX_SEQUENCE_FRAMES = 2000
 
 
@@ -37,7 +38,7 @@ def _check(run: TrackedRun, model) -> None:
     if _sequence(model) and run.n_frames > MAX_SEQUENCE_FRAMES:
         raise ExportError(f"{run.folder}: {run.n_frames} frames; a glTF of a {model.name!r} run holds one mesh per "
                           f"frame, at most {MAX_SEQUENCE_FRAMES} "
-                          f"(~{MAX_SEQUENCE_FRAMES * model.n_verts * 12 >> 20} MB): "
+                          f"(~{MAX_SEQUENCE_FRAMES * model.n_verts * 24 >> 20} MB): "
                           "track or export a shorter range (flame-tracker video --start/--end)")
     pp, size = run.arrays["principal_point_px"], run.arrays["image_size"]
     if np.abs(pp - size / 2.0).max() > 0.5:
@@ -97,22 +98,24 @@ def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
         return len(accessors) - 1
 
     pos = add(base, "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True)
-    # smooth shading: without normals a viewer must shade flat (glTF 2.0, 3.7.2.1); the neutral mesh's
-    # (the morph targets move positions only, as the expressions barely turn the surface)
-    from flame_tracker.rendering.differentiable import vertex_normals
-
-    normals = vertex_normals(torch.as_tensor(base, dtype=torch.float64)[None],
-                             torch.as_tensor(faces.astype(np.int64)))[0].numpy().astype(np.float32)
-    normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 0.0, 1.0)  # (a vertex in no triangle: any unit vector)
+    # smooth shading: without normals a viewer must shade flat (glTF 2.0, 3.7.2.1); the neutral mesh's,
+    # and each morph target's change of them (a closed eyelid's normals turn by up to ~150 degrees:
+    # with positions alone a viewer would shade it as the open lid)
+    normals = _normals(base, faces)
     nrm = add(normals, "VEC3", g.FLOAT, g.ARRAY_BUFFER)
     idx = add(faces.reshape(-1), "SCALAR", g.UNSIGNED_INT, g.ELEMENT_ARRAY_BUFFER)
-    tgt = [add(targets[:, :, e], "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True) for e in range(targets.shape[2])]
+    tgt = []
+    for lo in range(0, targets.shape[2], 64):  # the targets' normals in batches (memory stays flat)
+        moved = np.moveaxis(targets[:, :, lo:lo + 64], -1, 0) + base  # [B, V, 3]
+        d_nrm = _normals(moved, faces) - normals
+        tgt += [{"POSITION": add(targets[:, :, lo + k], "VEC3", g.FLOAT, g.ARRAY_BUFFER, minmax=True),
+                 "NORMAL": add(d_nrm[k], "VEC3", g.FLOAT, g.ARRAY_BUFFER)} for k in range(len(moved))]
     t_in = add(times, "SCALAR", g.FLOAT, minmax=True)
     w_out = add(weights.reshape(-1), "SCALAR", g.FLOAT)
     r_out = add(quats, "VEC4", g.FLOAT)
     tr_out = add(trans, "VEC3", g.FLOAT)
     mesh = g.Mesh(name="head", primitives=[g.Primitive(attributes=g.Attributes(POSITION=pos, NORMAL=nrm), indices=idx,
-                                                       targets=[{"POSITION": t} for t in tgt])],
+                                                       targets=tgt)],
                   weights=[0.0] * len(tgt), extras={"targetNames": names})
     head = g.Node(name="head", mesh=0, rotation=quats[0].tolist(), translation=trans[0].tolist())
     cam_node = g.Node(name="camera", camera=0)
@@ -135,6 +138,19 @@ def export_gltf(run: TrackedRun, model, path: str | Path) -> Path:
     doc.save_binary(str(tmp))
     tmp.replace(path)
     return path
+
+
+def _normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit vertex normals (float32) of meshes ``[V, 3]`` or ``[B, V, 3]``, in the input's layout; a vertex
+    in no triangle gets +z (glTF wants unit normals)."""
+    import torch
+
+    from flame_tracker.rendering.differentiable import vertex_normals
+
+    v = torch.as_tensor(np.asarray(vertices), dtype=torch.float64)
+    out = vertex_normals(v if v.dim() == 3 else v[None], torch.as_tensor(faces.astype(np.int64))).numpy()
+    out[np.linalg.norm(out, axis=-1) < 0.5] = (0.0, 0.0, 1.0)
+    return out.astype(np.float32).reshape(np.shape(vertices))
 
 
 __all__ = ["export_gltf"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,16 +212,44 @@ def one_identity(run: TrackedRun, fmt: str) -> None:
 
 # ------------------------------------------------------------------ shared by the folder formats
 
-#: Written into every export folder: a later export may replace a folder that has it, nothing else.
+#: Written into every export folder: its format, then the names the export wrote there (one per line).
+#: A later export replaces those in a folder that has it and keeps anything else (a user's scene file).
 MARKER = ".flame-tracker-export"
+
+
+def export_contents(folder: Path) -> tuple[str, set[str] | None]:
+    """The format and the entry names recorded in ``folder``'s :data:`MARKER`; the names are ``None``
+    in a marker of an earlier version (the format alone)."""
+    lines = [line.strip() for line in (folder / MARKER).read_text().splitlines()]
+    names = {line for line in lines[1:] if line}
+    return (lines[0] if lines else ""), (names or None)
+
+
+def remove_export(folder: Path) -> None:
+    """Remove what the export in ``folder`` (marked) wrote, the user's files left in place (the folder
+    too when nothing else is in it). An earlier version's marker does not say what it wrote: left as is."""
+    import shutil
+
+    _, ours = export_contents(folder)
+    if ours is None:
+        return
+    for name in ours:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: the user's files stay
+        folder.rmdir()
 
 
 def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str, ...] = ()) -> Path:
     """``out_dir`` as an absolute path that may be (re)written: missing, empty, or an earlier export
     of ours (:data:`MARKER`) in the same format ``fmt`` (another format's export is not replaced:
-    two exports into one folder would otherwise lose the first). ``legacy``: the file names this
-    format wrote before folders were marked (a folder holding only those counts as ours). Anything
-    else is refused, never deleted."""
+    two exports into one folder would otherwise lose the first; the user's files in it are kept,
+    :func:`write_folder`). ``legacy``: the file names this format wrote before folders were marked (a
+    folder holding only those counts as ours). Anything else is refused, never deleted."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.parent == out_dir:
         raise ExportError(f"{out_dir}: give a folder to create for the export, not the file system root")
@@ -230,7 +259,7 @@ def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str,
         entries = list(out_dir.iterdir())
         marker = out_dir / MARKER
         if marker.is_file():  # a VHAP folder looks like our export but is the user's: only the marker counts
-            other = marker.read_text().strip()
+            other = export_contents(out_dir)[0]
             if fmt is not None and other and other != fmt:
                 raise ExportError(f"{out_dir}: holds an export as {other}; give another folder for the {fmt} "
                                   "export (the earlier one would be replaced)")
@@ -243,7 +272,8 @@ def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str,
 def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] = ()) -> Path:
     """Run ``write(tmp_folder)`` and put the result at ``out_dir`` (see :func:`free_out_dir`): written
     to a fresh hidden sibling folder first, swapped in when complete, removed on any failure (Ctrl-C
-    included)."""
+    included). An earlier export's folder keeps what the user put there (a scene file beside the
+    ``.glb``): moved into the new folder before the swap."""
     import shutil
     import tempfile
 
@@ -254,8 +284,20 @@ def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] =
     tmp.chmod(0o777 & ~_umask())  # (mkdtemp makes it private: the export gets a normal folder's mode)
     try:
         write(tmp)
-        (tmp / MARKER).write_text(fmt + "\n")
+        written = sorted(e.name for e in tmp.iterdir())
+        (tmp / MARKER).write_text("\n".join([fmt, *written]) + "\n")
+        keep = _users_entries(out_dir, set(written))
     except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    moved: list[Path] = []
+    try:
+        for entry in keep:
+            entry.rename(tmp / entry.name)
+            moved.append(entry)
+    except BaseException:  # the user's files go back before the new folder is removed
+        for entry in moved:
+            (tmp / entry.name).rename(entry)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
@@ -266,6 +308,22 @@ def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] =
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def _users_entries(out_dir: Path, written: set[str]) -> list[Path]:
+    """The entries of an earlier export's folder ``out_dir`` that it did not write (the user's), to
+    keep beside a new export that writes ``written``; :class:`ExportError` where one has the name of a
+    new file (it would be replaced). An earlier version's marker lists nothing: what the new export
+    writes counts as what it wrote."""
+    if not (out_dir / MARKER).is_file():  # missing, empty, or an unmarked earlier version's files
+        return []
+    ours = export_contents(out_dir)[1] or written
+    keep = [e for e in out_dir.iterdir() if e.name != MARKER and e.name not in ours]
+    clash = sorted(e.name for e in keep if e.name in written)
+    if clash:
+        raise ExportError(f"{out_dir}: holds {', '.join(clash)}, which this export did not write and would "
+                          "replace; move it out of the folder or give another folder")
+    return keep
 
 
 def _umask() -> int:

@@ -347,13 +347,13 @@ class RunFolder:
             shutil.rmtree(self.root / name, ignore_errors=True)
         for name in (MANIFEST, "tracking.npz", "overlay.mp4", "summary.json", "texture.png"):
             (self.root / name).unlink(missing_ok=True)
-        from flame_tracker.export.run import MARKER
+        from flame_tracker.export.run import MARKER, remove_export
 
         # exports of the old run in their default place (export-<format>/, ours by their marker): they
-        # would go on showing the old run's frames beside the new one's
+        # would go on showing the old run's frames beside the new one's (the user's files there stay)
         for folder in self.root.glob("export-*"):
             if (folder / MARKER).is_file():
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_export(folder)
 
     def _write_manifest(self, complete: bool) -> None:
         save_json(self.root / MANIFEST, {"video": self.fingerprint, "settings": self.settings,
