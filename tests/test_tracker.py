@@ -117,6 +117,67 @@ def test_fit_real_photo(tracker, shared_dir, tmp_path):
     assert ov.shape == (h, w, 3) and not np.array_equal(ov, tracker.last_image)
 
 
+def test_python_api_inputs_and_results(tracker, shared_dir, tmp_path):
+    """What a Python caller hands the tracker (from a user trial): pixels as float in [0, 255] or as a PIL
+    image fit as the uint8 array does; anything else, or one photo given to fit_same_person, is a clear
+    error; a Result's triangles cannot be edited under every later fit; the overlay's picture must be the
+    fitted one (a path works); ``last_image`` is per thread; a stem with a suffix is not doubled."""
+    import threading
+
+    from PIL import Image
+
+    from flame_tracker import Tracker as TopLevelTracker
+    from flame_tracker.errors import InputError
+    from flame_tracker.io.images import ImageError
+    from flame_tracker.rendering.overlay import COLOR_FITTED
+
+    assert TopLevelTracker is Tracker
+    path = shared_dir / "images" / "woman.jpg"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    ref = tracker.fit_image(rgb)
+    for given in (rgb.astype(np.float32), Image.open(path)):
+        got = tracker.fit_image(given)
+        np.testing.assert_allclose(got.fit_lmks68_px, ref.fit_lmks68_px, atol=1e-3)
+    for bad, what in ((None, "NoneType"), (b"\x89PNG", "bytes"), (rgb > 128, "boolean"),
+                      (rgb.astype(np.float32) * 100, "float values up to")):
+        with pytest.raises(ImageError, match=what):
+            tracker.fit_image(bad)
+    with pytest.raises(InputError, match="list of photos"):
+        tracker.fit_same_person(str(path))
+    with pytest.raises(ValueError, match="read-only"):
+        ref.faces[:] = 0
+    assert np.array_equal(tracker.fit_image(rgb).faces, tracker.model.faces.numpy())
+    with pytest.raises(ImageError, match="the fitted one 600×900"):
+        ref.overlay(rgb[:, :500])
+    paths = ref.save(tmp_path, "photo.npz", image=path)
+    assert sorted(p.name for p in paths.values()) == ["photo.json", "photo.npz", "photo.obj", "photo.ply",
+                                                      "photo_overlay.png"]
+    small = ref.overlay(rgb, max_side=300)
+    assert small.shape == (300, 200, 3)
+    # the fitted nose tip lands where the full-size overlay puts it, scaled (its red dot)
+    big = ref.overlay(rgb)
+    nose = ref.matched_lmks68_px[30]
+    assert (big[int(nose[1]), int(nose[0])] == COLOR_FITTED).all()
+    assert (small[int(nose[1] / 3), int(nose[0] / 3)] == COLOR_FITTED).all()
+    # last_image: each thread's own picture
+    seen = {}
+
+    def fit(name: str, picture: np.ndarray) -> None:
+        tracker.last_image = picture
+        seen[name] = tracker.last_image
+
+    grey = np.full_like(rgb, 90)
+    threads = [threading.Thread(target=fit, args=(n, pic)) for n, pic in (("a", rgb), ("b", grey))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["a"] is rgb and seen["b"] is grey
+    for bad_fov in (-5, 0.5, 200):
+        with pytest.raises(InputError, match="fov must be in"):
+            Tracker(tracker.model, fov=bad_fov, image_fov=None)
+
+
 def test_rigid_refinement_runs_in_the_last_round_of_single_photos_only(tracker, monkeypatch):
     """Stage 2 refines the head's rigid pose for independent photos, in the last round only, and
     not when several photos share one identity (it made that identity worse, docs/accuracy.md)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -68,6 +69,8 @@ from flame_tracker.threads import cpu_threads
 # flow-tracked profiles of four synthetic turns from 4.3 to 5.2 deg.
 DEFAULT_STAGE2 = Stage2Options(w_contour=200.0, w_shape=0.3, fit_rigid=True)
 PHOTO_EXPR_SPARSITY = 2.0
+#: A saved overlay of a larger photo is drawn scaled down to this longer side (4K UHD stays whole).
+OVERLAY_MAX_SIDE = 3840
 # Reference framing (docs/reference.md §6.5): half-side = max(2·|eye-to-eye|, 1.8·|eye-to-mouth|) · 1.3.
 CROP_SCALE = 1.3
 
@@ -88,7 +91,17 @@ def fitting_crop(lmks68: np.ndarray, scale: float = CROP_SCALE) -> Crop:
 
 @dataclass
 class Result:
-    """One fitted image. Arrays are numpy; parameters carry a leading frame dimension of 1."""
+    """One fitted image. Arrays are numpy; parameters carry a leading frame dimension of 1.
+
+    Units: rotations are axis-angle in radians, lengths in metres (model space), ``fov`` in degrees
+    over the fitting ``crop``; ``*_px`` are pixels of the original picture (x right, y down, origin at
+    the top-left corner of the top-left pixel). The camera (``pose6``: axis-angle + camera centre) is
+    the reference tracker's; :meth:`camera_matrices` gives it as ``K_px``, OpenCV ``w2c_opencv`` and
+    OpenGL ``c2w_opengl``. ``lmks68_px`` / ``iris_px`` are the detections, ``fit_lmks68_px`` /
+    ``fit_iris_px`` the fitted model's points projected; ``vertices`` the fitted mesh and ``faces``
+    its triangles (read-only: shared with the tracker, ``.copy()`` to edit). :meth:`save` writes
+    everything (``.npz`` with the reference's keys), :meth:`overlay` draws it.
+    """
 
     model_name: str
     image_size: tuple[int, int]  # (W, H)
@@ -225,20 +238,44 @@ class Result:
         z = world_to_view(v, pose6)[0, :, 2:]
         return torch.cat([xy, z], -1).numpy()
 
-    def overlay(self, image: np.ndarray) -> np.ndarray:
-        """Shaded mesh blended over ``image`` (RGB uint8, original size) with detected/fitted landmarks."""
+    def overlay(self, image: np.ndarray | str | os.PathLike[str], max_side: int | None = None) -> np.ndarray:
+        """Shaded mesh blended over ``image`` (the fitted picture: its pixels in any form
+        :func:`~flame_tracker.io.images.load_image` takes, or its file) with detected/fitted landmarks;
+        ``max_side``: a larger picture is drawn scaled down to this longer side (the overlay's cost and
+        file grow with its pixels: 8000² took 7 s and 26 MB as PNG).
+        :class:`~flame_tracker.io.images.ImageError` when it is not of the fitted picture's size."""
+        import cv2
+
         from flame_tracker.rendering.overlay import render_overlay
 
+        image = self._picture(image)
+        s = 1.0 if max_side is None else min(1.0, max_side / max(image.shape[:2]))
+        if s < 1.0:
+            size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         focal = float(intrinsics_pixels(torch.as_tensor(self.fov[0], dtype=torch.float64), self.crop_obj)[0, 0])
+        verts = self.vertices_px()
+        verts[:, :2] *= s  # (pixel corners scale with the picture: x' = s x)
         return render_overlay(
             image,
-            self.vertices_px(),
+            verts,
             self.faces,
-            lmks_detected=self.lmks68_px,
-            lmks_fitted=self.matched_lmks68_px,
-            iris=self.fit_iris_px if np.isfinite(self.iris_px).all() else None,
-            focal=focal,
+            lmks_detected=self.lmks68_px * s,
+            lmks_fitted=self.matched_lmks68_px * s,
+            iris=self.fit_iris_px * s if np.isfinite(self.iris_px).all() else None,
+            focal=focal * s,
         )
+
+    def _picture(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+        """``image`` as RGB uint8, checked to be of the fitted picture's size."""
+        from flame_tracker.io.images import ImageError, load_image
+
+        rgb = load_image(image)
+        if (rgb.shape[1], rgb.shape[0]) != tuple(self.image_size):
+            w, h = self.image_size
+            raise ImageError(f"the overlay's picture is {rgb.shape[1]}×{rgb.shape[0]}, the fitted one {w}×{h}: "
+                             "give the picture this result was fitted to")
+        return rgb
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly summary (camera, errors, timings)."""
@@ -269,12 +306,14 @@ class Result:
         self,
         out_dir: str | os.PathLike[str],
         stem: str,
-        image: np.ndarray | None = None,
+        image: np.ndarray | str | os.PathLike[str] | None = None,
         *,
         mesh: bool = True,
         overlay: bool = True,
     ) -> dict[str, Path]:
-        """Write ``<stem>.npz``, ``.obj``, ``.ply``, ``_overlay.png`` (needs ``image``) and ``.json``.
+        """Write ``<stem>.npz``, ``.obj``, ``.ply``, ``_overlay.png`` (needs ``image``: the fitted picture
+        or its file, see :meth:`overlay`) and ``.json`` (a ``stem`` ending in one of these suffixes
+        loses it: ``"a.npz"`` writes ``a.npz``, not ``a.npz.npz``).
 
         Every file is written atomically; returns the paths written.
         """
@@ -282,6 +321,9 @@ class Result:
 
         t0 = time.perf_counter()
         out = Path(out_dir)
+        if Path(stem).suffix.lower() in (".npz", ".obj", ".ply", ".json", ".png"):
+            stem = stem[: -len(Path(stem).suffix)]
+        picture = self._picture(image) if overlay and image is not None else None  # checked before writing
         # Small tensor work only: one intra-op thread (on the busy shared CPU a 2-thread region
         # waiting for a descheduled thread turned 2 ms of projection into 40-90 ms, measured).
         with cpu_threads(1):
@@ -289,8 +331,8 @@ class Result:
             if mesh:
                 paths["obj"] = save_obj(out / f"{stem}.obj", self.vertices, self.faces)
                 paths["ply"] = save_ply(out / f"{stem}.ply", self.vertices, self.faces)
-            if overlay and image is not None:
-                paths["overlay"] = save_image(out / f"{stem}_overlay.png", self.overlay(image))
+            if picture is not None:
+                paths["overlay"] = save_image(out / f"{stem}_overlay.png", self.overlay(picture, OVERLAY_MAX_SIDE))
             # The JSON (a few kB) is written last so that it can list the files and this timing;
             # benchmarks/single_image.py times the whole call, JSON included.
             self.timings["write"] = time.perf_counter() - t0
@@ -432,6 +474,9 @@ class Tracker:
             raise InputError(f"mesh_depth must be between 0 and 1, got {opts.mesh_depth}")
         self.mesh_depth = float(opts.mesh_depth)
 
+        if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r}: this torch build or machine has no CUDA; use device='cpu' "
+                             "(or None: CUDA when there is one)")
         if isinstance(model, HeadModel):
             # a given model keeps its device unless told otherwise, and is never moved under the
             # caller's feet (``Module.to`` works in place): another device gets a copy
@@ -473,6 +518,8 @@ class Tracker:
         if expr_prior not in ("zero", "blendshapes"):
             raise InputError(f"expr_prior must be 'zero' or 'blendshapes', got {expr_prior!r}")
         self.expr_prior = expr_prior
+        if not 1.0 <= float(fov) <= 150.0:  # (used with image_fov=None: the reference's crop FOV)
+            raise InputError(f"fov must be in [1, 150] degrees, got {fov}")
         self.fov = float(fov)
         if fov_mode not in ("fixed", "per_frame", "shared"):
             raise InputError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
@@ -499,9 +546,20 @@ class Tracker:
         self._finder = None
         self.face = FaceChoice.parse(face)
         self.verbose = verbose
-        self.last_image: np.ndarray | None = None
-        with torch.no_grad():
-            self._faces = self.model.faces.cpu().numpy()
+        self._last = threading.local()
+        with torch.no_grad():  # shared by every Result: read-only (an edit would change all later fits)
+            self._faces = self.model.faces.cpu().numpy().copy()
+        self._faces.flags.writeable = False
+
+    @property
+    def last_image(self) -> np.ndarray | None:
+        """The picture (RGB uint8) of this thread's last fit, for :meth:`Result.save`'s overlay (per
+        thread: a tracker shared by threads gives each its own)."""
+        return getattr(self._last, "image", None)
+
+    @last_image.setter
+    def last_image(self, image: np.ndarray | None) -> None:
+        self._last.image = image
 
     # ------------------------------------------------------------------------- lifecycle
     @property
@@ -637,6 +695,9 @@ class Tracker:
         Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face (with
         ``errors``: only when no photo is usable).
         """
+        if isinstance(images, (str, os.PathLike, np.ndarray)):
+            raise InputError("fit_same_person takes a list of photos (paths or arrays), got one "
+                             f"{type(images).__name__}: pass [photo] or use fit_image")
         if not images:
             raise InputError("fit_same_person needs at least one image")
         detected, kept = [], []

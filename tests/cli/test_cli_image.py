@@ -28,8 +28,11 @@ def test_image_batch_keeps_going_after_bad_inputs(shared_dir, tmp_path):
     broken.write_bytes(b"not an image")
     missing = tmp_path / "missing.jpg"
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["image", str(broken), str(missing), str(good), "--out", str(out)])
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    res = CliRunner().invoke(main, ["image", str(broken), str(missing), str(good), str(empty), "--out", str(out)])
     assert res.exit_code == 1
+    assert f"warning: {empty}: no images in this folder (its subfolders are not searched)" in res.output
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 2
     assert "broken.png" in errors[0] and "missing.jpg" in errors[1]

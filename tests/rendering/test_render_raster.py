@@ -116,6 +116,10 @@ def test_overlay_landmarks_at_right_pixels() -> None:
     assert (out[190, 190] == 0).all()
     # A legend is drawn in the top-left corner and nowhere near the points.
     assert out[:20, :60].any()
+    # not on a small picture, where it would hide the face
+    small = render_overlay(img[:64, :64], np.zeros((3, 3)) + [0, 0, 1], np.array([[0, 1, 2]]), lmks_detected=det / 4)
+    assert np.array_equal(small, render_overlay(img[:64, :64], np.zeros((3, 3)) + [0, 0, 1], np.array([[0, 1, 2]]),
+                                                lmks_detected=det / 4, legend=False))
 
 
 def test_draw_points_skips_nan_and_outside() -> None:

@@ -250,13 +250,18 @@ def image(ctx: click.Context, images: tuple[Path, ...], out_dir: Path, model: st
       <name>.json         summary: camera, reprojection error, timings
       (with --all-faces: <name>_face0.*, <name>_face1.*, ... from left to right)
 
-    A folder argument is expanded to the images it contains. An image that cannot be read or has no
-    face prints one error line; the others are still processed and the exit code is 1.
+    A folder argument is expanded to the images it contains (not those in its subfolders). An image
+    that cannot be read or has no face prints one error line; the others are still processed and the
+    exit code is 1.
     """
     paths: list[Path] = []
     for p in images:
         if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES))
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES)
+            if not found:  # said, not skipped silently (subfolders are not searched)
+                sub = " (its subfolders are not searched)" if any(q.is_dir() for q in p.iterdir()) else ""
+                click.echo(f"warning: {p}: no images in this folder{sub}", err=True)
+            paths.extend(found)
         else:
             paths.append(p)
     if not paths:

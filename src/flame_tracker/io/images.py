@@ -87,12 +87,22 @@ def _describe(source: object) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "image array"
 
 
-def to_rgb_uint8(array: np.ndarray, *, name: str = "image array", background: int = 255) -> np.ndarray:
-    """Convert a greyscale, RGB or RGBA array (uint8, uint16 or float in [0, 1]) to RGB uint8.
+#: Float pixels up to this are read as [0, 1] (a resampled picture overshoots 1 a little); above, as
+#: [0, 255] (what ``img.astype(np.float32)`` of an 8-bit picture gives), up to 255 * FLOAT_OVERSHOOT.
+FLOAT_OVERSHOOT = 1.1
 
-    Alpha is composited over a uniform ``background`` grey level (white by default), because a
-    transparent background would otherwise become black or arbitrary colours behind the face.
+
+def to_rgb_uint8(array: np.ndarray, *, name: str = "image array", background: int = 255) -> np.ndarray:
+    """Convert a greyscale, RGB or RGBA array (uint8, uint16, or float in [0, 1] or in [0, 255]) to RGB
+    uint8.
+
+    Floats whose largest value is at most :data:`FLOAT_OVERSHOOT` are taken as [0, 1], larger ones as
+    [0, 255] (both clipped). Alpha is composited over a uniform ``background`` grey level (white by
+    default), because a transparent background would otherwise become black or arbitrary colours
+    behind the face.
     """
+    if not isinstance(array, np.ndarray):
+        array = _as_array(array, name)
     a = np.asarray(array)
     if a.size == 0 or a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageError(f"{name} is empty (shape {a.shape}); expected H×W, H×W×3 or H×W×4 pixels.")
@@ -107,11 +117,17 @@ def to_rgb_uint8(array: np.ndarray, *, name: str = "image array", background: in
     elif np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
             raise ImageError(f"{name} contains NaN or infinite values.")
-        f = np.clip(a.astype(np.float32), 0.0, 1.0)
-    elif a.dtype == bool:
         f = a.astype(np.float32)
+        top = float(f.max())
+        if top > 255.0 * FLOAT_OVERSHOOT:
+            raise ImageError(f"{name} has float values up to {top:g}; use floats in [0, 1] or [0, 255], uint8 "
+                             "or uint16 pixels.")
+        f = np.clip(f / 255.0 if top > FLOAT_OVERSHOOT else f, 0.0, 1.0)
+    elif a.dtype == bool:
+        raise ImageError(f"{name} is boolean (a mask?); give the picture's pixels as uint8, uint16 or float.")
     else:
-        raise ImageError(f"{name} has unsupported dtype {a.dtype}; use uint8, uint16 or float in [0, 1].")
+        raise ImageError(f"{name} has unsupported dtype {a.dtype}; use uint8, uint16, or float in [0, 1] or "
+                         "[0, 255].")
     c = a.shape[2]
     has_alpha = c in (2, 4)
     if f is None and not has_alpha:
@@ -126,6 +142,19 @@ def to_rgb_uint8(array: np.ndarray, *, name: str = "image array", background: in
         alpha = f[..., -1:]
         colour = colour * alpha + (background / 255.0) * (1.0 - alpha)
     return np.ascontiguousarray(np.rint(colour * 255.0).astype(np.uint8))
+
+
+def _as_array(image: object, name: str) -> np.ndarray:
+    """A PIL image or an array-like of pixels (a torch tensor on the CPU, H×W×C) as a numpy array;
+    :class:`ImageError` naming what is accepted for anything else."""
+    if isinstance(image, Image.Image):
+        return _pil_to_array(image)
+    if hasattr(image, "detach") and hasattr(image, "cpu"):  # torch: no import of it here
+        return np.asarray(image.detach().cpu())
+    if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (str, os.PathLike, bytes)):
+        return np.asarray(image)
+    raise ImageError(f"{name}: got {type(image).__name__}; give a file path or the picture's pixels as an H×W×3 "
+                     "RGB array (numpy, uint8) or a PIL image")
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -167,11 +196,12 @@ def load_image(
 
     Handles any aspect ratio, greyscale, palette, RGBA/LA (composited over ``background``), 16-bit
     PNG/TIFF (48/64-bit colour PNG is read through OpenCV: PIL truncates it), and EXIF
-    orientation (JPEG/TIFF/PNG). Arrays are taken as RGB(A) or greyscale and only converted.
+    orientation (JPEG/TIFF/PNG). Arrays (numpy; a PIL image or a CPU torch tensor, H×W×C, is
+    converted) are taken as RGB(A) or greyscale and only converted (:func:`to_rgb_uint8`).
     Raises :class:`ImageError` (or ``FileNotFoundError``) with the file name and what is wrong.
     """
-    if isinstance(source, np.ndarray):
-        return to_rgb_uint8(source, background=background)
+    if not isinstance(source, (str, os.PathLike)):
+        return to_rgb_uint8(source, background=background)  # type: ignore[arg-type]  # (PIL, torch: converted)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"Image {path} does not exist.")

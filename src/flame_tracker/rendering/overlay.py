@@ -27,7 +27,11 @@ _TO_LIGHT = (np.array([-0.3, -0.5, -1.0]) / np.linalg.norm([-0.3, -0.5, -1.0])).
 
 
 def _to_tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return x.detach().cpu().to(dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=dtype)
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().to(dtype)
+    a = np.asarray(x)
+    # (a read-only array, such as a Result's triangles, is copied: torch warns about sharing it)
+    return torch.as_tensor(a if a.flags.writeable else a.copy(), dtype=dtype)
 
 
 def _check_mesh(vertices_px: np.ndarray | torch.Tensor,
@@ -136,6 +140,8 @@ def _draw_legend(image: np.ndarray, items: list[tuple[str, tuple[int, int, int]]
     thick = max(1, int(round(scale * 2)))
     line = int(22 * scale) + 6
     box_w = int(110 * scale) + 20
+    if box_w > w / 3 or line * len(items) + 6 > h / 3:  # a small picture: the legend would hide the face
+        return
     cv2.rectangle(image, (0, 0), (box_w, line * len(items) + 6), (0, 0, 0), -1)
     for k, (text, color) in enumerate(items):
         y = 4 + line * k + line // 2
@@ -384,7 +390,8 @@ def render_overlay(
         lmks_fitted: ``[K, 2]`` model landmarks in pixels (drawn red, smaller, on top).
         iris: ``[M, 2]`` iris points in pixels (drawn blue).
         focal: focal length in pixels for the shading normals (see :func:`shade_mesh`).
-        legend: draw a small legend in the top-left corner naming the landmark colours.
+        legend: draw a small legend in the top-left corner naming the landmark colours (not on a
+            picture it would cover a third of the sides of).
         shading_max_side: render the shading at most this many pixels on the longer image side and
             (but at least half resolution) and upsample it bilinearly; the silhouette (coverage) is
             always drawn at full resolution. ``None`` shades at full resolution. At 1024² this is

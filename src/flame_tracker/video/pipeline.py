@@ -103,7 +103,7 @@ class VideoSummary:
     def text(self) -> str:
         """Human-readable end-of-run summary."""
         if self.skipped:
-            return f"{self.out_dir}: already complete, nothing to do (use --force to redo)"
+            return f"{self.out_dir}: already complete, nothing to do (use --force, force=True, to redo)"
         lines = [f"frames: {self.n_frames} | tracked {self.n_tracked} | optical flow {self.n_flow}"
                  f" | bridged {self.n_bridged} | dropped {self.n_dropped}",
                  f"mean reprojection error: {self.mean_reproj_px:.2f} px (68 landmarks)"]
