@@ -99,7 +99,7 @@ class Result:
     the reference tracker's; :meth:`camera_matrices` gives it as ``K_px``, OpenCV ``w2c_opencv`` and
     OpenGL ``c2w_opengl``. ``lmks68_px`` / ``iris_px`` are the detections, ``fit_lmks68_px`` /
     ``fit_iris_px`` the fitted model's points projected; ``vertices`` the fitted mesh and ``faces``
-    its triangles (read-only: shared with the tracker, ``.copy()`` to edit). :meth:`save` writes
+    its triangles. :meth:`save` writes
     everything (``.npz`` with the reference's keys), :meth:`overlay` draws it.
     """
 
@@ -249,13 +249,15 @@ class Result:
         from flame_tracker.rendering.overlay import render_overlay
 
         image = self._picture(image)
-        s = 1.0 if max_side is None else min(1.0, max_side / max(image.shape[:2]))
-        if s < 1.0:
-            size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
+        h, w = image.shape[:2]
+        s = np.ones(2)  # per axis: the rounded size (pixel corners scale with the picture: x' = s x)
+        if max_side is not None and max(h, w) > max_side:
+            size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            s = np.array([size[0] / w, size[1] / h])
         focal = float(intrinsics_pixels(torch.as_tensor(self.fov[0], dtype=torch.float64), self.crop_obj)[0, 0])
         verts = self.vertices_px()
-        verts[:, :2] *= s  # (pixel corners scale with the picture: x' = s x)
+        verts[:, :2] *= s
         return render_overlay(
             image,
             verts,
@@ -263,7 +265,7 @@ class Result:
             lmks_detected=self.lmks68_px * s,
             lmks_fitted=self.matched_lmks68_px * s,
             iris=self.fit_iris_px * s if np.isfinite(self.iris_px).all() else None,
-            focal=focal * s,
+            focal=focal * float(s[0]),
         )
 
     def _picture(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
@@ -312,8 +314,7 @@ class Result:
         overlay: bool = True,
     ) -> dict[str, Path]:
         """Write ``<stem>.npz``, ``.obj``, ``.ply``, ``_overlay.png`` (needs ``image``: the fitted picture
-        or its file, see :meth:`overlay`) and ``.json`` (a ``stem`` ending in one of these suffixes
-        loses it: ``"a.npz"`` writes ``a.npz``, not ``a.npz.npz``).
+        or its file, see :meth:`overlay`) and ``.json``.
 
         Every file is written atomically; returns the paths written.
         """
@@ -321,8 +322,6 @@ class Result:
 
         t0 = time.perf_counter()
         out = Path(out_dir)
-        if Path(stem).suffix.lower() in (".npz", ".obj", ".ply", ".json", ".png"):
-            stem = stem[: -len(Path(stem).suffix)]
         picture = self._picture(image) if overlay and image is not None else None  # checked before writing
         # Small tensor work only: one intra-op thread (on the busy shared CPU a 2-thread region
         # waiting for a descheduled thread turned 2 ms of projection into 40-90 ms, measured).
@@ -474,6 +473,8 @@ class Tracker:
             raise InputError(f"mesh_depth must be between 0 and 1, got {opts.mesh_depth}")
         self.mesh_depth = float(opts.mesh_depth)
 
+        if not 1.0 <= float(fov) <= 150.0:  # (used with image_fov=None: the reference's crop FOV)
+            raise InputError(f"fov must be in [1, 150] degrees, got {fov}")
         if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {str(device)!r}: this torch build or machine has no CUDA; use device='cpu' "
                              "(or None: CUDA when there is one)")
@@ -518,8 +519,6 @@ class Tracker:
         if expr_prior not in ("zero", "blendshapes"):
             raise InputError(f"expr_prior must be 'zero' or 'blendshapes', got {expr_prior!r}")
         self.expr_prior = expr_prior
-        if not 1.0 <= float(fov) <= 150.0:  # (used with image_fov=None: the reference's crop FOV)
-            raise InputError(f"fov must be in [1, 150] degrees, got {fov}")
         self.fov = float(fov)
         if fov_mode not in ("fixed", "per_frame", "shared"):
             raise InputError(f"fov_mode must be 'fixed', 'per_frame' or 'shared', got {fov_mode!r}")
@@ -547,19 +546,29 @@ class Tracker:
         self.face = FaceChoice.parse(face)
         self.verbose = verbose
         self._last = threading.local()
-        with torch.no_grad():  # shared by every Result: read-only (an edit would change all later fits)
-            self._faces = self.model.faces.cpu().numpy().copy()
-        self._faces.flags.writeable = False
+        self._latest: np.ndarray | None = None
+        with torch.no_grad():
+            self._faces = self.model.faces.cpu().numpy()
 
     @property
     def last_image(self) -> np.ndarray | None:
-        """The picture (RGB uint8) of this thread's last fit, for :meth:`Result.save`'s overlay (per
-        thread: a tracker shared by threads gives each its own)."""
-        return getattr(self._last, "image", None)
+        """The picture (RGB uint8) of the last fit, for :meth:`Result.save`'s overlay: this thread's
+        (a tracker shared by threads gives each its own), else the last of any thread."""
+        return getattr(self._last, "image", self._latest)
 
     @last_image.setter
     def last_image(self, image: np.ndarray | None) -> None:
-        self._last.image = image
+        self._last.image = self._latest = image
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_last")  # (thread-local: not picklable; a copy starts with the last picture only)
+        state.update(_landmarker=None, _finder=None)  # MediaPipe's handles: a copy opens its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._last = threading.local()
 
     # ------------------------------------------------------------------------- lifecycle
     @property
@@ -695,7 +704,9 @@ class Tracker:
         Raises :class:`~flame_tracker.detection.NoFaceError` naming the photo without a face (with
         ``errors``: only when no photo is usable).
         """
-        if isinstance(images, (str, os.PathLike, np.ndarray)):
+        from PIL import Image
+
+        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or hasattr(images, "detach"):
             raise InputError("fit_same_person takes a list of photos (paths or arrays), got one "
                              f"{type(images).__name__}: pass [photo] or use fit_image")
         if not images:
@@ -886,7 +897,7 @@ class Tracker:
                 fit_lmks68_px=px[:68],
                 fit_iris_px=px[68:],
                 vertices=out.vertices[k].detach().float().cpu().numpy(),
-                faces=self._faces,
+                faces=self._faces.copy(),  # (the caller's own: an edit must not reach later fits)
                 objective=float(s2.objective[k]),
                 stage1_objective=float(cam.per_frame[k]),
                 blendshape_scores=(np.zeros(0, np.float32) if blendshapes is None

@@ -196,12 +196,12 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
     (ours / ".flame-tracker-export").write_text("gltf\n")  # an earlier version's marker: what it wrote unknown
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(ours)])
     assert res.exit_code == 0 and (ours / "scene.blend").is_file() and (ours / "textures").is_dir(), res.output
-    (ours / ".flame-tracker-export").write_text("gltf\nold.glb\n")  # run.glb is now the user's
+    (ours / ".flame-tracker-export").write_text("gltf\nwritten:\nold.glb\n")  # run.glb is now the user's
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(ours)])
     assert res.exit_code == 1 and "holds run.glb, which this export did not write" in res.output, res.output
     assert (ours / "scene.blend").is_file() and (ours / "run.glb").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gltf.")]  # no hidden folder left
-    (ours / ".flame-tracker-export").write_text("gltf\nrun.glb\n")
+    (ours / ".flame-tracker-export").write_text("gltf\nwritten:\nrun.glb\n")
     # another format's export in the folder is not replaced (it would be lost)
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(tmp_path / "arkit-csv")])
     assert res.exit_code == 1 and "holds an export as arkit-csv" in res.output, res.output

@@ -655,19 +655,25 @@ def test_run_folder_manifest(tmp_path: Path) -> None:
 
     for name in ("export-gltf", "export-arkit-csv", "export-mine", "export-old"):
         (out / name).mkdir()
-    (out / "export-gltf" / MARKER).write_text("gltf\nrun.glb\n")
+    (out / "export-gltf" / MARKER).write_text("gltf\nwritten:\nrun.glb\n")
     (out / "export-gltf" / "run.glb").write_bytes(b"old run")
-    (out / "export-arkit-csv" / MARKER).write_text("arkit-csv\narkit_fitted.csv\n")
+    (out / "export-arkit-csv" / MARKER).write_text("arkit-csv\nwritten:\narkit_fitted.csv\n")
     (out / "export-arkit-csv" / "arkit_fitted.csv").write_text("old run")
     (out / "export-arkit-csv" / "scene.blend").write_text("mine")
     (out / "export-mine" / "notes.txt").write_text("mine")
     (out / "export-old" / MARKER).write_text("gltf\n")
     (out / "export-old" / "run.glb").write_bytes(b"old run, older version")
+    # a damaged marker never points outside its folder
+    (out / "export-bad").mkdir()
+    (out / "export-bad" / MARKER).write_text(f"gltf\nwritten:\n..\n.\n{tmp_path / 'victim'}\n../victim\n")
+    (tmp_path / "victim").write_text("keep")
     forced = RunFolder(out, video, {"every": 2}, force=True)
     assert not forced.complete and not (out / "work").exists()
     assert not (out / "export-gltf").exists() and (out / "export-mine" / "notes.txt").is_file()
-    assert sorted(p.name for p in (out / "export-arkit-csv").iterdir()) == ["scene.blend"]
+    # the user's file stays in a folder still marked as the export's (listing nothing): exportable again
+    assert sorted(p.name for p in (out / "export-arkit-csv").iterdir()) == [MARKER, "scene.blend"]
     assert (out / "export-old" / "run.glb").read_bytes() == b"old run, older version"
+    assert (tmp_path / "victim").read_text() == "keep" and video.is_file()
 
 
 def test_prefetch_order_errors_and_early_stop() -> None:

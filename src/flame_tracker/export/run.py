@@ -212,25 +212,34 @@ def one_identity(run: TrackedRun, fmt: str) -> None:
 
 # ------------------------------------------------------------------ shared by the folder formats
 
-#: Written into every export folder: its format, then the names the export wrote there (one per line).
-#: A later export replaces those in a folder that has it and keeps anything else (a user's scene file).
+#: Written into every export folder: its format, then ``written:`` and the names the export wrote there
+#: (one per line). A later export replaces those in a folder that has it and keeps anything else (a
+#: user's scene file); a marker of an earlier version has the format alone.
 MARKER = ".flame-tracker-export"
 
 
 def export_contents(folder: Path) -> tuple[str, set[str] | None]:
     """The format and the entry names recorded in ``folder``'s :data:`MARKER`; the names are ``None``
-    in a marker of an earlier version (the format alone)."""
-    lines = [line.strip() for line in (folder / MARKER).read_text().splitlines()]
-    names = {line for line in lines[1:] if line}
-    return (lines[0] if lines else ""), (names or None)
+    in a marker of an earlier version (the format alone). Only plain names of entries in the folder
+    count (a damaged or edited marker never points outside it)."""
+    lines = (folder / MARKER).read_text().split("\n")
+    fmt = lines[0].strip()
+    if len(lines) < 2 or lines[1] != "written:":
+        return fmt, None
+    return fmt, {n for n in lines[2:] if n not in ("", ".", "..") and "/" not in n and "\\" not in n}
+
+
+def _write_marker(folder: Path, fmt: str, names: list[str]) -> None:
+    (folder / MARKER).write_text("\n".join([fmt, "written:", *names]) + "\n")
 
 
 def remove_export(folder: Path) -> None:
-    """Remove what the export in ``folder`` (marked) wrote, the user's files left in place (the folder
-    too when nothing else is in it). An earlier version's marker does not say what it wrote: left as is."""
+    """Remove what the export in ``folder`` (marked) wrote, the user's files left in place with a marker
+    that lists nothing (the folder too when nothing else is in it). An earlier version's marker does not
+    say what it wrote: left as is."""
     import shutil
 
-    _, ours = export_contents(folder)
+    fmt, ours = export_contents(folder)
     if ours is None:
         return
     for name in ours:
@@ -240,8 +249,10 @@ def remove_export(folder: Path) -> None:
         else:
             entry.unlink(missing_ok=True)
     (folder / MARKER).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty: the user's files stay
+    with contextlib.suppress(OSError):  # not empty: the user's files stay, in a folder still ours
         folder.rmdir()
+    if folder.is_dir():
+        _write_marker(folder, fmt, [])
 
 
 def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str, ...] = ()) -> Path:
@@ -285,26 +296,30 @@ def write_folder(out_dir: str | Path, fmt: str, write, legacy: tuple[str, ...] =
     try:
         write(tmp)
         written = sorted(e.name for e in tmp.iterdir())
-        (tmp / MARKER).write_text("\n".join([fmt, *written]) + "\n")
+        _write_marker(tmp, fmt, written)
         keep = _users_entries(out_dir, set(written))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     moved: list[Path] = []
+    old = None
     try:
         for entry in keep:
             entry.rename(tmp / entry.name)
             moved.append(entry)
-    except BaseException:  # the user's files go back before the new folder is removed
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(old / "export")
+        tmp.rename(out_dir)
+    except BaseException:  # before the swap: the old folder back, the user's files back into it
+        if old is not None and (old / "export").exists() and not out_dir.exists():
+            (old / "export").rename(out_dir)
         for entry in moved:
             (tmp / entry.name).rename(entry)
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        out_dir.rename(old / "export")
-    tmp.rename(out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir

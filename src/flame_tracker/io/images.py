@@ -87,8 +87,9 @@ def _describe(source: object) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "image array"
 
 
-#: Float pixels up to this are read as [0, 1] (a resampled picture overshoots 1 a little); above, as
-#: [0, 255] (what ``img.astype(np.float32)`` of an 8-bit picture gives), up to 255 * FLOAT_OVERSHOOT.
+#: Float pixels are read as [0, 255] (what ``img.astype(np.float32)`` of an 8-bit picture gives) when
+#: over 5 % of them exceed this, else as [0, 1] (a sharpened or resampled picture overshoots 1 here
+#: and there); up to 255 * FLOAT_OVERSHOOT.
 FLOAT_OVERSHOOT = 1.1
 
 
@@ -96,8 +97,8 @@ def to_rgb_uint8(array: np.ndarray, *, name: str = "image array", background: in
     """Convert a greyscale, RGB or RGBA array (uint8, uint16, or float in [0, 1] or in [0, 255]) to RGB
     uint8.
 
-    Floats whose largest value is at most :data:`FLOAT_OVERSHOOT` are taken as [0, 1], larger ones as
-    [0, 255] (both clipped). Alpha is composited over a uniform ``background`` grey level (white by
+    Floats are taken as [0, 255] when over 5 % of them exceed :data:`FLOAT_OVERSHOOT`, else as [0, 1]
+    (both clipped). Alpha is composited over a uniform ``background`` grey level (white by
     default), because a transparent background would otherwise become black or arbitrary colours
     behind the face.
     """
@@ -122,7 +123,7 @@ def to_rgb_uint8(array: np.ndarray, *, name: str = "image array", background: in
         if top > 255.0 * FLOAT_OVERSHOOT:
             raise ImageError(f"{name} has float values up to {top:g}; use floats in [0, 1] or [0, 255], uint8 "
                              "or uint16 pixels.")
-        f = np.clip(f / 255.0 if top > FLOAT_OVERSHOOT else f, 0.0, 1.0)
+        f = np.clip(f / 255.0 if np.mean(f > FLOAT_OVERSHOOT) > 0.05 else f, 0.0, 1.0)
     elif a.dtype == bool:
         raise ImageError(f"{name} is boolean (a mask?); give the picture's pixels as uint8, uint16 or float.")
     else:
@@ -148,9 +149,10 @@ def _as_array(image: object, name: str) -> np.ndarray:
     """A PIL image or an array-like of pixels (a torch tensor on the CPU, H×W×C) as a numpy array;
     :class:`ImageError` naming what is accepted for anything else."""
     if isinstance(image, Image.Image):
-        return _pil_to_array(image)
+        return _pil_to_array(ImageOps.exif_transpose(image))  # (upright, as load_image reads its file)
     if hasattr(image, "detach") and hasattr(image, "cpu"):  # torch: no import of it here
-        return np.asarray(image.detach().cpu())
+        t = image.detach().cpu()
+        return np.asarray(t if t.dtype.is_floating_point is False or t.dtype.itemsize >= 4 else t.float())
     if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (str, os.PathLike, bytes)):
         return np.asarray(image)
     raise ImageError(f"{name}: got {type(image).__name__}; give a file path or the picture's pixels as an H×W×3 "
