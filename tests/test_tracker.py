@@ -185,6 +185,24 @@ def test_python_api_inputs_and_results(tracker, shared_dir, tmp_path):
             Tracker(tracker.model, fov=bad_fov, image_fov=None)
 
 
+def test_a_photo_stored_upside_down_is_searched_turned_over(tracker, shared_dir):
+    """MediaPipe finds no face in ffhq_00001 turned over; the tracker searches it turned back and fits
+    the face as in the upright photo (the same points, turned; the head's roll 180°)."""
+    from PIL import Image
+
+    from flame_tracker.camera import pose6_to_cam
+
+    rgb = np.asarray(Image.open(shared_dir / "images" / "ffhq_00001.png").convert("RGB"))
+    upside_down = np.ascontiguousarray(rgb[::-1, ::-1])
+    assert not tracker.finder.find(upside_down)
+    up, down = tracker.fit_image(rgb), tracker.fit_image(upside_down)
+    size = np.array(up.image_size, dtype=np.float64)
+    np.testing.assert_allclose(size - down.fit_lmks68_px, up.fit_lmks68_px, atol=0.05)
+    np.testing.assert_allclose(size - down.lmks68_px, up.lmks68_px, atol=1e-3)
+    roll = float(pose6_to_cam(torch.as_tensor(down.pose6, dtype=torch.float64))[0, 2])
+    assert abs(abs(roll) - np.pi) < 0.1
+
+
 def test_rigid_refinement_runs_in_the_last_round_of_single_photos_only(tracker, monkeypatch):
     """Stage 2 refines the head's rigid pose for independent photos, in the last round only, and
     not when several photos share one identity (it made that identity worse, docs/accuracy.md)."""

@@ -645,9 +645,16 @@ class Tracker:
         t1 = time.perf_counter()
         dets = self.finder.find(rgb, exhaustive=exhaustive)
         if not dets:
+            # a picture stored upside down (no EXIF orientation): MediaPipe finds no face in 5 of the 8
+            # shared photos turned over, and all 8 once turned back (a face turned by 90° it finds)
+            from flame_tracker.detection.search import turned_over
+
+            dets = [turned_over(d) for d in self.finder.find(np.ascontiguousarray(rgb[::-1, ::-1]),
+                                                             exhaustive=exhaustive)]
+        if not dets:
             where = str(image) if isinstance(image, (str, os.PathLike)) else name
             raise NoFaceError(f"No face found in {where} (searched the whole picture and tiles down to faces of "
-                              f"about {self.finder.min_face_px:.0f} px from eyes to chin).")
+                              f"about {self.finder.min_face_px:.0f} px from eyes to chin, also turned over).")
         return dets, rgb, {"load": t1 - t0, "detect": time.perf_counter() - t1}
 
     def _detect(self, image, name: str) -> tuple[tuple, dict[str, float]]:

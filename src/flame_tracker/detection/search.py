@@ -71,6 +71,19 @@ def _crop_of(det: FaceDetection) -> tuple[np.ndarray, float]:
     return face_centre(det.points478), ROI_SCALE * face_size(det.points478)
 
 
+def turned_over(det: FaceDetection) -> FaceDetection:
+    """A face detected in a picture turned by 180° (``image[::-1, ::-1]``) as seen in the picture itself:
+    pixel corners map as ``(x, y) -> (W - x, H - y)``, MediaPipe's depth stays, its camera turns about
+    its axis."""
+    from dataclasses import replace
+
+    size = np.array(det.image_size, dtype=np.float64)
+    points = det.points478.copy()
+    points[:, :2] = (size - points[:, :2]).astype(points.dtype)
+    return replace(det, points478=points, lmks68=size - det.lmks68, iris=size - det.iris,
+                   transform=np.diag([-1.0, -1.0, 1.0, 1.0]).astype(det.transform.dtype) @ det.transform)
+
+
 def tiles(width: int, height: int, side: int, overlap: float = 0.5) -> list[tuple[float, float]]:
     """Centres of square tiles of ``side`` pixels covering a ``width × height`` frame, neighbours
     overlapping by ``overlap`` of a side (so every face up to ``overlap × side`` lies whole in one)."""
