@@ -106,6 +106,50 @@ def test_bridging_and_gaps(model, true_shape) -> None:
         track_landmarks(model, lmk, np.zeros(60, bool), t, identity=known_identity(true_shape))
 
 
+def _two_shots(model, shape, n: int):
+    """A hard cut at frame ``n``: the head close and facing left, then far, off-centre and facing right
+    (as edited footage cuts between two framings)."""
+    t = np.arange(2 * n) / FPS
+    yaw = np.where(np.arange(2 * n) < n, np.radians(-20), np.radians(25))
+    head_rot = torch.as_tensor(np.stack([np.zeros(2 * n), yaw, np.zeros(2 * n)], 1))
+    where = np.where(np.arange(2 * n)[:, None] < n, [[0.0, 0.0, -1.0]], [[0.12, 0.05, -2.2]])
+    pose6 = from_head_centric(head_rot, torch.as_tensor(where)).float()
+    with torch.no_grad():
+        out = model.landmarks(shape=shape.expand(2 * n, -1))
+        lmk = CROP.from_ndc(project_ndc(out.landmarks, pose6, 20.0)).double().numpy()
+        iris = CROP.from_ndc(project_ndc(out.iris, pose6, 20.0)).double().numpy()
+    rng = np.random.default_rng(3)
+    return t, pose6.numpy(), lmk + rng.normal(0, 0.3, lmk.shape), iris + rng.normal(0, 0.3, iris.shape)
+
+
+def test_a_shot_cut_starts_the_fits_afresh(model, true_shape) -> None:
+    """Edited footage (from a user trial: a close shot cut to a far one was fitted 250 % of the face off
+    at the cut, the per-frame fits creeping over ~7 frames, the smoother bridging the two shots): the
+    cut is found from the detections, the fits after it start cold, nothing is smoothed or bridged
+    across it, and a gap around a cut is not bridged from the two shots."""
+    from flame_tracker.video.track import shot_cuts
+
+    n = 30
+    t, gt, lmk, iris = _two_shots(model, true_shape, n)
+    valid = np.ones(2 * n, bool)
+    assert np.flatnonzero(shot_cuts(lmk, valid, t)).tolist() == [n]
+    _, _, smooth_lmk, _ = synthetic_sequence(model, true_shape, 50, moving=True)
+    assert not shot_cuts(smooth_lmk, np.ones(50, bool), np.arange(50) / FPS).any()  # head motion: no cut
+    fit = track_landmarks(model, lmk, valid, t, iris_px=iris, options=FAST, identity=known_identity(true_shape))
+    assert fit.cuts is not None and fit.cuts.tolist() == [n]
+    err = rotation_error_deg(fit.pose6[:, :3], gt[:, :3])
+    raw_err = rotation_error_deg(fit.raw["pose6"][:, :3], gt[:, :3])
+    assert err[n - 3:n + 3].max() < 1.0 and raw_err[n:n + 3].max() < 1.0, (err[n - 3:n + 3], raw_err[n:n + 3])
+    face = np.ptp(lmk[n:, :, 1], axis=1).mean()
+    assert np.nanmax(fit.reproj_px[n - 3:n + 3]) < 0.03 * face, fit.reproj_px[n - 3:n + 3]
+    # frames without a face around the cut: not bridged from the two shots
+    valid[n - 2:n + 2] = False
+    lmk[~valid] = np.nan
+    fit = track_landmarks(model, lmk, valid, t, iris_px=iris, options=FAST, identity=known_identity(true_shape))
+    assert fit.cuts.tolist() == [n + 2] and not fit.covered[n - 2:n + 2].any()
+    assert fit.covered[:n - 2].all() and fit.covered[n + 2:].all()
+
+
 def test_resume_does_not_refit(model, true_shape, monkeypatch) -> None:
     t, gt, lmk, iris = synthetic_sequence(model, true_shape, 40, moving=True)
     opts = TrackOptions(chunk=10)

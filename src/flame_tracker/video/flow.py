@@ -356,12 +356,15 @@ class _Gap:
         return np.arange(lo, hi + 1)
 
 
-def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions) -> list[_Gap]:
-    """The gaps flow tracks: with landmarks on at least one side, no longer than ``max_gap_s``."""
+def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions,
+               cuts: np.ndarray | None = None) -> list[_Gap]:
+    """The gaps flow tracks: with landmarks on at least one side, no longer than ``max_gap_s``, not
+    ending on a shot cut (``cuts [T]``, :func:`~flame_tracker.video.track.shot_cuts`: the two sides
+    are other shots, and where in the gap the cut lies is unknown)."""
     t_len = len(valid)
     out = []
     for g0, g1 in gaps(valid):
-        if g0 == 0 and g1 == t_len:
+        if (g0 == 0 and g1 == t_len) or (cuts is not None and g1 < t_len and cuts[g1]):
             continue
         if times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)] > opts.max_gap_s:
             continue
@@ -379,19 +382,20 @@ def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions) -> list[
     return out
 
 
-def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None = None) -> np.ndarray:
+def needed_rows(valid: np.ndarray, times: np.ndarray, opts: FlowOptions | None = None,
+                cuts: np.ndarray | None = None) -> np.ndarray:
     """Every row :func:`flow_through_gaps` will ask its frame source for (decode them in one pass)."""
-    rows = [g.rows for g in _flow_gaps(valid, times, opts or FlowOptions())]
+    rows = [g.rows for g in _flow_gaps(valid, times, opts or FlowOptions(), cuts)]
     return np.unique(np.concatenate(rows)) if rows else np.zeros(0, int)
 
 
 def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
-                      frames: FrameSource, opts: FlowOptions | None = None, copy: bool = True
-                      ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+                      frames: FrameSource, opts: FlowOptions | None = None, copy: bool = True,
+                      cuts: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Fill the gaps of ``raw`` (per-frame fits, NaN where ``valid`` is False) with flow-tracked
     poses; returns ``(raw', flow [T] bool, inliers [T])``: ``raw'`` has the flow frames' pose (and
     the expression, jaw and eyes interpolated between the gap's ends); ``copy=False``: ``raw``
-    itself, filled in place."""
+    itself, filled in place. ``cuts``: shot cuts (no gap ending on one is followed)."""
 
     opts = opts or FlowOptions()
     if copy:
@@ -409,16 +413,17 @@ def flow_through_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.nda
 
     workers = min(available_cpus(), 2 * opts.anchors)
     with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-        _fill_gaps(model, identity, raw, valid, times, frames, opts, flow, inliers, crop, s, S, pool)
+        _fill_gaps(model, identity, raw, valid, times, frames, opts, flow, inliers, crop, s, S, pool, cuts)
     return raw, flow, inliers
 
 
 def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray, frames: FrameSource,
-               opts: FlowOptions, flow: np.ndarray, inliers: np.ndarray, crop, s: float, S: np.ndarray, pool) -> None:
+               opts: FlowOptions, flow: np.ndarray, inliers: np.ndarray, crop, s: float, S: np.ndarray, pool,
+               cuts: np.ndarray | None = None) -> None:
     """:func:`flow_through_gaps`' work, gap by gap (``pool``: threads for the tracks, or None)."""
     from flame_tracker.camera import opencv_to_pose6, to_opencv
 
-    for gap in _flow_gaps(valid, times, opts):
+    for gap in _flow_gaps(valid, times, opts, cuts):
         grays = frames(gap.rows, s)
         if any(int(r) not in grays for r in gap.rows):
             continue

@@ -33,7 +33,15 @@ from flame_tracker.video import blocks as detect_blocks
 from flame_tracker.video.decode import AllBut, VideoReader, missing_stretches, prefetch, probe
 from flame_tracker.video.flow import FlowOptions
 from flame_tracker.video.store import CheckpointStage, FrameArrays, RunFolder
-from flame_tracker.video.track import Identity, NoFaceError, SequenceFit, TrackOptions, project_fit, track_landmarks
+from flame_tracker.video.track import (
+    Identity,
+    NoFaceError,
+    SequenceFit,
+    TrackOptions,
+    project_fit,
+    shot_cuts,
+    track_landmarks,
+)
 
 N_BLENDSHAPES = 52
 #: Frames before a block that MediaPipe's restarted tracking sees first (not stored): its first
@@ -94,6 +102,7 @@ class VideoSummary:
     skipped: bool = False  # the folder was already complete
     faces_seen: int = 0  # most faces seen at once in a frame (several people: the chosen one is followed)
     face: str = "largest"  # which face was chosen to follow (VideoOptions.face, --face)
+    cuts: list[int] = field(default_factory=list)  # frames that start a new shot (fits start afresh)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -118,6 +127,10 @@ class VideoSummary:
             lines.append(f"{self.faces_seen} faces seen at once: one person was followed, "
                          + ("the largest (choose another with --face)" if self.face == "largest" else
                             f"the one --face {self.face} picks"))
+        if self.cuts:
+            shown = ", ".join(str(c) for c in self.cuts[:8]) + (", ..." if len(self.cuts) > 8 else "")
+            lines.append(f"{len(self.cuts)} shot cut(s), at frame(s) {shown}: the fits start afresh there, "
+                         "nothing is smoothed across (one identity for the whole video)")
         if self.damaged:
             lines.append(f"WARNING: {self.damaged}; decoding went on after it")
         if self.broken:
@@ -588,10 +601,11 @@ def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
     from flame_tracker.video.flow import flow_through_gaps, needed_rows
 
     def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray):
-        rows = needed_rows(valid, lm.time_s, opts)
+        cuts = shot_cuts(lm.lmks68, valid, lm.time_s)
+        rows = needed_rows(valid, lm.time_s, opts, cuts)
         source = _ForwardFrames(reader, lm.frame, rows)
         # (raw is the tracker's own scratch: filled in place, no copy of a long video's fits)
-        return flow_through_gaps(model, identity, raw, valid, lm.time_s, source, opts, copy=False)
+        return flow_through_gaps(model, identity, raw, valid, lm.time_s, source, opts, copy=False, cuts=cuts)
 
     return fill
 
@@ -978,7 +992,7 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model, arrays)
     finally:  # (the work arrays are rebuilt from the checkpoints by a resume)
         arrays.close()
-    _summarise(summary, fit, len(lm.frame))
+    _summarise(summary, fit, lm.frame)
     summary.timings["total_s"] = time.perf_counter() - t_start
     save_json(run.root / "summary.json", summary.as_dict())
     run.mark_complete()
@@ -1081,13 +1095,16 @@ def _fit_stage(run: RunFolder, lm: DetectedFrames, reader: VideoReader, fit_mode
     return fit
 
 
-def _summarise(summary: VideoSummary, fit: SequenceFit, t_len: int) -> None:
-    """The run's counts and quality figures into ``summary``."""
+def _summarise(summary: VideoSummary, fit: SequenceFit, frames: np.ndarray) -> None:
+    """The run's counts and quality figures into ``summary`` (``frames``: the video frame numbers of
+    the tracked sequence's rows)."""
+    t_len = len(frames)
     summary.n_frames = t_len
     summary.n_tracked = int(fit.valid.sum())
     summary.n_flow = int((fit.source == "flow").sum())
     summary.n_bridged = int((fit.source == "bridged").sum())
     summary.n_dropped = t_len - int(fit.covered.sum())
+    summary.cuts = [] if fit.cuts is None else [int(frames[c]) for c in fit.cuts]
     summary.mean_reproj_px = float(np.nanmean(fit.reproj_px))
     summary.jitter_raw = fit.jitter_raw.as_dict() if fit.jitter_raw else {}
     summary.jitter = fit.jitter.as_dict() if fit.jitter else {}

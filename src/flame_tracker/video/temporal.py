@@ -28,19 +28,24 @@ from flame_tracker.video.store import DISK_FRAMES, unmap_pages
 
 
 def segments(valid: np.ndarray, times: np.ndarray | None = None,
-             max_gap_s: float = float("inf")) -> list[tuple[int, int]]:
+             max_gap_s: float = float("inf"), cuts: np.ndarray | None = None) -> list[tuple[int, int]]:
     """Half-open index ranges ``[a, b)`` that start and end on a valid frame and contain no run of
     invalid frames spanning more than ``max_gap_s`` seconds (``times`` in seconds; without it a
-    gap is measured in frames). Frames outside every segment cannot be tracked or bridged."""
+    gap is measured in frames) and no shot cut (``cuts [T]``: True at the first frame of a new shot,
+    :func:`~flame_tracker.video.track.shot_cuts`). Frames outside every segment cannot be tracked or
+    bridged."""
     valid = np.asarray(valid, bool)
     idx = np.flatnonzero(valid)
     if idx.size == 0:
         return []
     t = np.arange(valid.size, dtype=float) if times is None else np.asarray(times, float)
-    # split where the time between consecutive valid frames exceeds the allowed gap
+    # split where the time between consecutive valid frames exceeds the allowed gap, and at cuts
     dt = np.diff(t[idx])
     typical = np.median(np.diff(t)) if t.size > 1 else 1.0
-    breaks = np.flatnonzero(dt > max_gap_s + typical + 1e-9)
+    split = dt > max_gap_s + typical + 1e-9
+    if cuts is not None:
+        split |= np.asarray(cuts, bool)[idx[1:]]
+    breaks = np.flatnonzero(split)
     starts = np.concatenate([[idx[0]], idx[breaks + 1]])
     ends = np.concatenate([idx[breaks], [idx[-1]]]) + 1
     return list(zip(starts.tolist(), ends.tolist()))
@@ -151,8 +156,8 @@ def smooth_long_segment(x: np.ndarray, w: np.ndarray, lam: np.ndarray, h: np.nda
 def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | None = None,
                     fps: float | None = None, cutoff_hz: float | np.ndarray = 4.0,
                     max_gap_s: float = 0.5, weights: np.ndarray | None = None,
-                    out: np.ndarray | None = None, scale: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    out: np.ndarray | None = None, scale: np.ndarray | None = None,
+                    cuts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Smooth per-frame parameters over the whole sequence.
 
     Args:
@@ -167,6 +172,7 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
             returned); default: a new one. Segments longer than :data:`SMOOTH_WINDOW` frames are
             solved in overlapping windows (:func:`smooth_long_segment`), so memory stays bounded.
         scale: ``[T]`` factor of the penalty centred on each frame (:func:`motion_scale`; default 1).
+        cuts: ``[T]`` True at the first frame of a new shot: nothing is smoothed or bridged across.
 
     Returns:
         ``(y [T, D], covered [T])``: smoothed values, and which frames lie in a segment (valid or
@@ -195,7 +201,7 @@ def smooth_sequence(x: np.ndarray, valid: np.ndarray, *, times: np.ndarray | Non
     w_all = valid.astype(float) if weights is None else np.where(valid, weights, 0.0)
     y = np.full(x.shape, np.nan) if out is None else out
     covered = np.zeros(t_len, bool)
-    for a, b in segments(valid, times, max_gap_s):
+    for a, b in segments(valid, times, max_gap_s, cuts):
         h = np.diff(times[a:b]) / step
         smooth_long_segment(x[a:b], w_all[a:b], lam, h, y[a:b], scale=None if scale is None else scale[a:b])
         covered[a:b] = True

@@ -215,6 +215,7 @@ class SequenceFit:
     timings: dict[str, float] = field(default_factory=dict)
     flow: np.ndarray | None = None  # [T] frames without landmarks tracked by optical flow (.flow)
     flow_inliers: np.ndarray | None = None  # [T] points that carried each flow frame's pose
+    cuts: np.ndarray | None = None  # the frames that start a new shot (shot_cuts), nothing carried across
 
     @property
     def source(self) -> np.ndarray:
@@ -229,6 +230,41 @@ class SequenceFit:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+#: A shot cut between two detected frames: the face's box moved by more than CUT_JUMP of its size, or
+#: its size changed by more than CUT_SCALE times (per frame step; a little more across missing frames).
+#: The shared talking clips move at most ~0.1 of the face and ~1.1 times per frame.
+CUT_JUMP = 0.5
+CUT_SCALE = 1.5
+
+
+def shot_cuts(lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``[T]`` True at the first frame of a new shot: a detected frame whose face is far from the
+    previous detected frame's (a hard cut in edited footage: another framing, another person). A
+    cut starts the per-frame fits afresh and splits the smoothing, the bridging and the optical flow
+    (nothing is carried across). ``lmks_px [T, 68, 2]`` (read in blocks), NaN where not detected."""
+    valid = np.asarray(valid, bool)
+    t_len = len(valid)
+    centre, size = np.full((t_len, 2), np.nan), np.full(t_len, np.nan)
+    for start in range(0, t_len, SCAN_BLOCK):  # (lmks_px may be a file)
+        blk = np.asarray(lmks_px[start:start + SCAN_BLOCK], np.float64)
+        lo, hi = blk.min(1), blk.max(1)
+        centre[start:start + SCAN_BLOCK] = (lo + hi) / 2
+        size[start:start + SCAN_BLOCK] = (hi - lo).max(1)
+    idx = np.flatnonzero(valid & np.isfinite(size) & (size > 0))
+    cuts = np.zeros(t_len, bool)
+    if len(idx) < 2:
+        return cuts
+    t = np.asarray(times, np.float64)
+    step = float(np.median(np.diff(t))) if t_len > 1 else 1.0
+    # across missing frames the face may have moved further: a quarter more per frame step
+    allow = 1.0 + 0.25 * np.maximum(np.diff(t[idx]) / max(step, 1e-9) - 1.0, 0.0)
+    a, b = idx[:-1], idx[1:]
+    moved = np.linalg.norm(centre[b] - centre[a], axis=1) / np.maximum(size[a], size[b])
+    grown = np.abs(np.log(size[b] / size[a]))
+    cuts[b] = (moved > CUT_JUMP * allow) | (grown > np.log(CUT_SCALE) * allow)
+    return cuts
+
 
 def video_crop(lmks_px: np.ndarray, valid: np.ndarray, scale: float) -> Crop:
     """One square crop for the whole video: centred on the median face centre, ``scale`` × the
@@ -426,9 +462,11 @@ def fit_frames(model: torch.nn.Module, identity: Identity, targets: FrameTargets
 
 def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray,
                 options: TrackOptions, arrays: FrameArrays | None = None,
-                expr_bounds: tuple[float, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Smooth the per-frame fits over the whole sequence; returns (smoothed dict, covered). The
-    arrays are ``arrays``' (default: in memory). ``expr_bounds``: the model's expression range
+                expr_bounds: tuple[float, float] | None = None,
+                cuts: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Smooth the per-frame fits over the whole sequence, never across a shot cut (``cuts``,
+    :func:`shot_cuts`); returns (smoothed dict, covered). The arrays are ``arrays``' (default: in
+    memory). ``expr_bounds``: the model's expression range
     (``model.expr_bounds``, ICT's blendshape weights [0, 1]), which the smoothed expression is
     clipped to: the low-pass overshoots a bounded channel's steps (weights down to -0.01 before)."""
     arrays = arrays or FrameArrays()
@@ -448,7 +486,7 @@ def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray
     del rot
     cut = np.concatenate([np.full(w, b[2]) for w, b in zip(widths, blocks)])
     y, covered = smooth_sequence(x, valid, times=times, cutoff_hz=cut, max_gap_s=options.max_gap_s,
-                                 out=arrays.full("smooth_out", x.shape, np.nan))
+                                 out=arrays.full("smooth_out", x.shape, np.nan), cuts=cuts)
     if np.isfinite(options.pose_follow_deg_s2):
         # the pose again, its penalty relaxed where the smoothed head turns fast (two passes: the
         # acceleration of each pass sets the next one's penalty); its 6 columns in memory, read
@@ -464,7 +502,7 @@ def smooth_fits(raw: dict[str, np.ndarray], valid: np.ndarray, times: np.ndarray
         for _ in range(2):
             scale = motion_scale(np.degrees(pose_y[:, :3]), times, covered, options.pose_follow_deg_s2)
             pose_y, _ = smooth_sequence(pose_x, valid, times=times, cutoff_hz=cut[:6],
-                                        max_gap_s=options.max_gap_s, scale=scale)
+                                        max_gap_s=options.max_gap_s, scale=scale, cuts=cuts)
         for start in range(0, t_len, SCAN_BLOCK):
             y[start:start + SCAN_BLOCK, :6] = pose_y[start:start + SCAN_BLOCK]
             arrays.release()
@@ -623,11 +661,15 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
             for k in raw:
                 raw[k][sl] = np.where(have[sl].reshape(-1, *[1] * (raw[k].ndim - 1)), done[k][sl], raw[k][sl])
     todo = np.flatnonzero(valid & ~have)
-    for start in range(0, len(todo), opts.chunk):
-        rows = todo[start:start + opts.chunk]
+    cuts = shot_cuts(lmks_px, valid, times)
+    # chunks of at most opts.chunk frames, none across a shot cut (a resumed run cuts them the same)
+    chunks = [piece[k:k + opts.chunk] for piece in np.split(todo, np.flatnonzero(cuts[todo]))
+              for k in range(0, len(piece), opts.chunk)]
+    for n_chunk, rows in enumerate(chunks):
         prev = np.flatnonzero(have[: rows[0]] & valid[: rows[0]])
-        # warm start only from a frame close in time (never across a long gap)
-        if prev.size and times[rows[0]] - times[prev[-1]] <= opts.max_gap_s + 1e-9:
+        # warm start only from a frame close in time in the same shot (never across a long gap or a cut)
+        if prev.size and times[rows[0]] - times[prev[-1]] <= opts.max_gap_s + 1e-9 \
+                and not cuts[prev[-1] + 1: rows[0] + 1].any():
             warm = {k: raw[k][prev[-1]] for k in ("pose6", "expr", "jaw_pose", "eye_pose")}
         else:
             warm = None
@@ -637,7 +679,7 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
         have[rows] = True
         if on_chunk is not None:
             on_chunk(rows, fits)
-        if start % SCAN_BLOCK + opts.chunk >= SCAN_BLOCK:  # (about every SCAN_BLOCK frames)
+        if (n_chunk + 1) % max(SCAN_BLOCK // opts.chunk, 1) == 0:  # (about every SCAN_BLOCK frames)
             arrays.release()
     timings["fit_s"] = time.perf_counter() - t0
     arrays.release()
@@ -666,7 +708,9 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
     t_len = len(valid)
     t0 = time.perf_counter()
     observed = valid if flow is None else valid | flow  # flow frames are measurements of the pose
-    smooth, covered = smooth_fits(raw, observed, times, opts, arrays, expr_bounds=model_expr_bounds(model))
+    cuts = shot_cuts(lmks_px, valid, times)
+    smooth, covered = smooth_fits(raw, observed, times, opts, arrays, expr_bounds=model_expr_bounds(model),
+                                  cuts=cuts)
     timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
 
     fit_px = arrays.full("fit_lmks68", (t_len, 68, 2), np.nan)
@@ -691,4 +735,4 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
     arrays.release()
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
                        smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
-                       jit_raw, jit, timings, flow, flow_inliers)
+                       jit_raw, jit, timings, flow, flow_inliers, np.flatnonzero(cuts))
