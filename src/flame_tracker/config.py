@@ -140,7 +140,9 @@ class Config:
         """The tree as TOML: the settings set explicitly as values, every other one commented out
         with its default (uncomment what you change: a default left as it is stays the model's or
         the input's own choice, e.g. the ICT blendshape priors); ``"none"`` unsets an optional one."""
-        lines: list[str] = []
+        lines: list[str] = ['# flame-tracker settings. Uncomment what you change. "none": left to the command, the',
+                            "# model or the input (e.g. the expression priors of the model; see docs/architecture.md).",
+                            ""]
 
         def table(name: str, values: dict[str, Any]) -> None:
             lines.append(f"[{name}]")

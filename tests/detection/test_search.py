@@ -154,7 +154,7 @@ def test_video_follows_the_chosen_person_across_a_crossing(faces, tmp_path: Path
         chosen = np.linalg.norm(got - centres[:, k], axis=1)
         other = np.linalg.norm(got - centres[:, 1 - k], axis=1)
         assert chosen.max() < 25 and other.min() > 100, (face, chosen.max(), other.min())
-        assert summary.faces_seen == 2 and f"the one --face {face} picks" in summary.text()
+        assert summary.faces_seen == 2 and f"the one --face {face} picked among the faces" in summary.text()
 
 
 def test_mediapipe_logs_are_silenced_unless_verbose(shared_dir: Path, tmp_path: Path) -> None:

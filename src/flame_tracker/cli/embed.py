@@ -23,11 +23,11 @@ def embed(model_path: str | None, renders: int, seed: int, out: Path | None, lan
     """Render the model under many identities, expressions, views and lights, run the landmark
     detector on each picture, send every detected point (MediaPipe's 478 and the 68 iBUG points)
     back onto the visible surface, and store per-point medians (a static embedding and one per 10°
-    of head yaw) as the model's detector embedding, used for fitting from then on (about 0.8 s per
-    render on one core)."""
+    of head yaw) as the model's detector embedding, used for fitting from then on, in place of one
+    shipped for the model (about 0.8 s per render on an idle core)."""
     from flame_tracker.cli.options import load_head_model
     from flame_tracker.detection import FaceLandmarker
-    from flame_tracker.model.embedding import cached_path, derive_detector_embedding, describe
+    from flame_tracker.model.embedding import cached_path, derive_detector_embedding, describe, shipped_embedding
 
     model = load_head_model(model_path)
     try:
@@ -37,5 +37,9 @@ def embed(model_path: str | None, renders: int, seed: int, out: Path | None, lan
         raise click.ClickException(str(exc)) from exc
     cached = emb.save(cached_path(model))
     click.echo(f"detector embedding of {model.name} -> {cached}  {describe(emb)}")
+    shipped = shipped_embedding(model)
+    if shipped is not None:  # (a quick embedding from few renders would otherwise replace it unnoticed)
+        click.echo(f"it replaces the embedding shipped for {model.name} ({shipped.renders} renders) in every fit "
+                   f"from now on; delete {cached} to go back to the shipped one")
     if out is not None:
         click.echo(f"also written to {emb.save(out)}")

@@ -22,7 +22,7 @@ from flame_tracker.export import FORMATS
               "for photo results, the folder that holds the photos now.")
 @click.option("--masks", default=None,
               help="gaussian-avatars: also write fg_masks/: 'model' (the fitted head's silhouette) or a folder of "
-              "your mattes named by source frame index (000123.png).")
+              "your mattes, named by source frame index (000123.png) for a video, by the photo's name for photos.")
 def export(run: Path, fmt: str, out_dir: Path | None, model_path: str | None, video: Path | None,
            masks: str | None) -> None:
     """Export RUN, the --out folder of a finished `flame-tracker video` run, or a folder of

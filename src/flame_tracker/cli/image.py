@@ -210,7 +210,7 @@ def _located(path: Path, exc: Exception) -> str:
               "(red) landmarks.")
 @click.option("--photometric/--no-photometric", default=False, show_default=True,
               help="Refine camera, expression and eyes against the photo's colours (SH-lit albedo render, "
-              "reference loss weights; a few seconds per image) and write <name>_texture.png.")
+              "reference loss weights; about 1 s per image) and write <name>_texture.png.")
 @click.option("--same-person", is_flag=True, default=False,
               help="The photos show one person: fit one identity shape jointly from all of them (each photo "
               "keeps its own camera and expression). More photos give a better shape. A photo that cannot be "

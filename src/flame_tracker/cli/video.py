@@ -70,12 +70,12 @@ from flame_tracker.export import FORMATS
               "over the face); --no-flow: interpolate short gaps, drop long ones.")
 @click.option("--landmarks", type=click.Choice(["68", "dense"]), default="68", show_default=True,
               help="Points the per-frame fits match: the 68 iBUG points (the reference's objective), or MediaPipe's "
-              "468 mesh points where the model's detector embedding puts them (2-3x the fitting time; no more "
+              "468 mesh points where the model's detector embedding puts them (about 1.9x the fitting time; no more "
               "accurate on our measurements, docs/accuracy.md).")
 @click.option("--detect-threads", type=click.IntRange(1, None), default=None,
               help="Threads detecting landmarks at once, each on its own blocks of frames (128, fewer in a short clip; "
               "default: the cores "
-              "this process may use); the landmarks are the same for any number.")
+              "this process may use, at most 4, ~180 MB each); the landmarks are the same for any number.")
 @click.option("--landmarker", default=None, type=click.Path(dir_okay=False),
               help="MediaPipe face_landmarker.task. Default: $FLAME_TRACKER_FACE_LANDMARKER, the data folder, "
               "or the user cache (see `flame-tracker assets`).")

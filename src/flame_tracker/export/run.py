@@ -516,18 +516,18 @@ def check_flame_model(model, fmt: str, version: str | None, n_shape: int, n_expr
     pkl = {"2023": "flame2023.pkl", "2020": "generic_model.pkl"}.get(version or "", "generic_model.pkl")
     if not model.has_jaw_joint or model.n_verts != 5023:
         raise ExportError(f"{fmt} needs FLAME{' ' + version if version else ''}; this run was tracked with "
-                          f"{model.name!r}: track the video with --model PATH/{pkl}")
+                          f"{model.name!r}: track it again (video or photos) with --model PATH/{pkl}")
     is_2023 = "2023" in model.name
     if version == "2023" and not is_2023:
         raise ExportError(f"{fmt} needs FLAME 2023 (flame2023.pkl or flame2023_Open.pkl); this run was tracked "
-                          f"with {model.name!r}: track the video with --model .../flame2023.pkl")
+                          f"with {model.name!r}: track it again (video or photos) with --model .../flame2023.pkl")
     if version == "2023" and "no_jaw" in model.name.lower():
         raise ExportError(f"{fmt} reads flame2023.pkl, whose jaw rotates; this run was tracked with {model.name!r}, "
-                          "the variant without it: track the video with --model .../flame2023.pkl")
+                          "the variant without it: track it again (video or photos) with --model .../flame2023.pkl")
     if version == "2020" and is_2023:
         raise ExportError(f"{fmt} needs FLAME 2020 (generic_model.pkl); this run was tracked with {model.name!r}: "
-                          "track the video with --model .../generic_model.pkl (nothing is converted between "
-                          "FLAME versions)")
+                          "track it again (video or photos) with --model .../generic_model.pkl (nothing is "
+                          "converted between FLAME versions)")
     if model.n_shape > n_shape or model.n_expr > n_expr:
         raise ExportError(f"{model.name!r} has {model.n_shape} shape / {model.n_expr} expression components; "
                           f"{fmt} takes at most {n_shape} / {n_expr}: track with --shape-components "

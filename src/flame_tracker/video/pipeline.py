@@ -112,7 +112,7 @@ class VideoSummary:
     def text(self) -> str:
         """Human-readable end-of-run summary."""
         if self.skipped:
-            return f"{self.out_dir}: already complete, nothing to do (use --force, force=True, to redo)"
+            return f"{self.out_dir}: already complete, nothing to do (use --force to redo; force=True in Python)"
         lines = [f"frames: {self.n_frames} | tracked {self.n_tracked} | optical flow {self.n_flow}"
                  f" | bridged {self.n_bridged} | dropped {self.n_dropped}",
                  f"mean reprojection error: {self.mean_reproj_px:.2f} px (68 landmarks)"]
@@ -126,7 +126,9 @@ class VideoSummary:
         if self.faces_seen > 1:
             lines.append(f"{self.faces_seen} faces seen at once: one person was followed, "
                          + ("the largest (choose another with --face)" if self.face == "largest" else
-                            f"the one --face {self.face} picks"))
+                            f"the one --face {self.face} picked among the faces in the picture when it first "
+                            "found one (a person who enters later is not switched to: --start where both are "
+                            "in view, or --face \"near X,Y\")"))
         if self.cuts:
             shown = ", ".join(str(c) for c in self.cuts[:8]) + (", ..." if len(self.cuts) > 8 else "")
             lines.append(f"{len(self.cuts)} shot cut(s), at frame(s) {shown}: the fits start afresh there, "

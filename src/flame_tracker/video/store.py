@@ -314,7 +314,7 @@ class RunFolder:
         manifest = self.root / MANIFEST
         if not manifest.is_file() and (self.root / PHOTO_CONFIG).is_file():
             raise OutputMismatchError(f"{self.root} holds photo results ({PHOTO_CONFIG}); choose another --out "
-                                      "folder for the video (--force, force=True, would not remove them)")
+                                      "folder for the video (--force would not remove them)")
         old = json.loads(manifest.read_text()) if manifest.is_file() else None
         if old is not None and isinstance(old.get("settings"), dict):
             # settings recorded since a later version: a folder of an earlier one that lacks them is
@@ -336,7 +336,8 @@ class RunFolder:
                 what = (f"a run of {old.get('video', {}).get('path')} with other settings ("
                         + "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "") + ")")
             raise OutputMismatchError(
-                f"{self.root} holds {what}; choose another --out folder or pass --force (force=True) to overwrite it")
+                f"{self.root} holds {what}; choose another --out folder or pass --force to overwrite it "
+                "(force=True in Python)")
         self.complete = bool(old and old.get("complete"))
         if old is None:
             self._write_manifest(complete=False)
