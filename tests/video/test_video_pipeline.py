@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -146,6 +147,34 @@ def test_overlay_video(shared_dir: Path, tmp_path: Path, model) -> None:
     # the right half has the mesh drawn over the face region, the left half is the input
     assert np.abs(left - right)[150:400, 150:400].mean() > 10
     assert np.abs(left - right)[:40, 400:].mean() < 5
+
+
+@pytest.mark.slow
+def test_overlay_says_where_no_face_was_found(shared_dir: Path, tmp_path: Path, model) -> None:
+    """Frames of the run without a result are labelled in the overlay (a footage trial found them bare,
+    while flow and interpolated frames were labelled)."""
+    from flame_tracker.video.decode import VideoReader
+
+    src = [f.image for f in VideoReader(shared_dir / "videos" / "talking_wojtek.mp4", max_frames=40)]
+    clip = tmp_path / "gap.mp4"
+    container = av.open(str(clip), mode="w")
+    stream = container.add_stream("libx264", rate=Fraction(25))
+    stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+    for k, img in enumerate(src):  # 0.8 s of grey: longer than max_gap_s, nothing bridged there
+        frame = np.full_like(img, 128) if 10 <= k < 30 else img
+        for pkt in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(pkt)
+    for pkt in stream.encode():
+        container.mux(pkt)
+    container.close()
+    out = tmp_path / "ov"
+    summary = track_video(clip, out, model=model, options=replace(TINY, flow=False),
+                          video_options=VideoOptions(overlay=True), progress=False)
+    assert summary.n_dropped == 20
+    frames = list(VideoReader(out / "overlay.mp4"))
+    corner = frames[20].image[:40, :150].astype(int)
+    assert np.abs(corner - 128).max() > 60  # the caption over the grey frame
+    assert np.abs(frames[20].image[200:, 200:].astype(int) - 128).max() < 12  # nothing else drawn
 
 
 def test_bad_input_errors(tmp_path: Path, shared_dir: Path, model) -> None:

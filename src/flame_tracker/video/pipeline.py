@@ -854,6 +854,9 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
                 if sources[r] != "landmarks":  # say where a frame without landmarks got its head from
                     _label(out, "optical flow" if sources[r] == "flow" else "interpolated",
                            (60, 200, 255) if sources[r] == "flow" else (255, 160, 60))
+            elif r is not None:  # a frame of the run without a result: said, not just left bare
+                out = img.copy()
+                _label(out, "no face", (200, 200, 200))
             if vopts.side_by_side:
                 out = side_by_side(img, out)
             writer.write(out, time_s=frame.time_s - (reader.start_s or 0.0))
