@@ -117,6 +117,9 @@ def test_batch_reports_a_corrupt_file_and_finishes_the_others(shared_dir: Path, 
     assert "could not be opened as a video" in status["broken"]["error"]
     assert status["talking_ex3"]["frames"] == 12 and status["talking_ex3"]["mean_reproj_px"] > 0
     assert (out / "talking_ex3" / "tracking.npz").is_file() and (out / "woman" / "woman.npz").is_file()
+    # a photo's settings recorded beside its results, as `flame-tracker image` does
+    used = json.loads((out / "woman" / "flame_tracker_config.json").read_text())
+    assert used["image"]["expr_prior"] == "blendshapes" and "stage2" in used and "track" not in used
     rows = (out / "batch.csv").read_text().splitlines()
     assert rows[0].startswith("name,input,kind,status,frames,fps,mean_reproj_px") and len(rows) == 6
     assert "1 failed" in res.output and "broken.mp4" in res.output
