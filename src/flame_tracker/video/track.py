@@ -215,7 +215,15 @@ class SequenceFit:
     timings: dict[str, float] = field(default_factory=dict)
     flow: np.ndarray | None = None  # [T] frames without landmarks tracked by optical flow (.flow)
     flow_inliers: np.ndarray | None = None  # [T] points that carried each flow frame's pose
-    cuts: np.ndarray | None = None  # the frames that start a new shot (shot_cuts), nothing carried across
+    cuts: np.ndarray | None = None  # the rows that start a new shot (shot_cuts), nothing carried across
+
+    @property
+    def cut_mask(self) -> np.ndarray:
+        """``[T]`` True at the rows that start a new shot (:attr:`cuts` as a mask)."""
+        mask = np.zeros(len(self.valid), bool)
+        if self.cuts is not None:
+            mask[self.cuts] = True
+        return mask
 
     @property
     def source(self) -> np.ndarray:
@@ -232,10 +240,15 @@ class SequenceFit:
 # ---------------------------------------------------------------------------------------- helpers
 
 #: A shot cut between two detected frames: the face's box moved by more than CUT_JUMP of its size, or
-#: its size changed by more than CUT_SCALE times (per frame step; a little more across missing frames).
-#: The shared talking clips move at most ~0.1 of the face and ~1.1 times per frame.
+#: its size changed by more than CUT_SCALE times, plus what a head can do in the time between them
+#: (CUT_SPEED face sizes and CUT_GROWTH in log-size per second beyond one frame at 25 fps): a low
+#: --fps or missing frames do not turn motion into cuts. The shared talking clips move at most ~0.1 of
+#: the face per frame (2.4 face sizes/s at the peak, 0.61 over one second).
 CUT_JUMP = 0.5
 CUT_SCALE = 1.5
+CUT_SPEED = 2.5
+CUT_GROWTH = 0.8
+_CUT_FRAME_S = 0.04
 
 
 def shot_cuts(lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -255,14 +268,11 @@ def shot_cuts(lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray) -> np.n
     cuts = np.zeros(t_len, bool)
     if len(idx) < 2:
         return cuts
-    t = np.asarray(times, np.float64)
-    step = float(np.median(np.diff(t))) if t_len > 1 else 1.0
-    # across missing frames the face may have moved further: a quarter more per frame step
-    allow = 1.0 + 0.25 * np.maximum(np.diff(t[idx]) / max(step, 1e-9) - 1.0, 0.0)
     a, b = idx[:-1], idx[1:]
+    extra_s = np.maximum(np.diff(np.asarray(times, np.float64)[idx]) - _CUT_FRAME_S, 0.0)
     moved = np.linalg.norm(centre[b] - centre[a], axis=1) / np.maximum(size[a], size[b])
     grown = np.abs(np.log(size[b] / size[a]))
-    cuts[b] = (moved > CUT_JUMP * allow) | (grown > np.log(CUT_SCALE) * allow)
+    cuts[b] = (moved > CUT_JUMP + CUT_SPEED * extra_s) | (grown > np.log(CUT_SCALE) + CUT_GROWTH * extra_s)
     return cuts
 
 
@@ -697,18 +707,20 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
                  lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
                  timings: dict[str, float], baseline: SequenceFit | None = None,
                  flow: np.ndarray | None = None, flow_inliers: np.ndarray | None = None,
-                 arrays: FrameArrays | None = None) -> SequenceFit:
+                 arrays: FrameArrays | None = None, cuts: np.ndarray | None = None) -> SequenceFit:
     """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
     sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
     the landmark track and the photometric refinement (:mod:`.photometric`), which passes the
     landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s.
     ``arrays``: where the per-frame arrays live (default: in memory); everything over the frames is
-    done in blocks, so a long video's memory stays flat."""
+    done in blocks, so a long video's memory stays flat. ``cuts [T]``: the shot cuts (default:
+    :func:`shot_cuts` of ``lmks_px`` on ``valid``; a refinement passes its landmark track's)."""
     arrays = arrays or FrameArrays()
     t_len = len(valid)
     t0 = time.perf_counter()
     observed = valid if flow is None else valid | flow  # flow frames are measurements of the pose
-    cuts = shot_cuts(lmks_px, valid, times)
+    if cuts is None:
+        cuts = shot_cuts(lmks_px, valid, times)
     smooth, covered = smooth_fits(raw, observed, times, opts, arrays, expr_bounds=model_expr_bounds(model),
                                   cuts=cuts)
     timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
