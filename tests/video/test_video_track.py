@@ -404,3 +404,16 @@ def test_smoothed_blendshape_weights_stay_in_the_models_range() -> None:
     e = held["expr"][covered]
     assert e.min() >= 0.0 and e.max() <= 1.0
     np.testing.assert_allclose(np.clip(free["expr"], 0, 1)[covered], e)
+
+
+def test_jitter_leaves_out_the_jump_at_a_shot_cut() -> None:
+    from flame_tracker.video.temporal import jitter_metrics
+
+    rot = np.zeros((20, 3))
+    rot[10:, 1] = 0.5  # another shot: the head turned the other way
+    valid = np.ones(20, bool)
+    cuts = np.zeros(20, bool)
+    cuts[10] = True
+    assert jitter_metrics(rot, np.zeros((20, 3)), valid).pose_acc_deg > 5.0
+    steady = jitter_metrics(rot, np.zeros((20, 3)), valid, cuts=cuts)
+    assert steady.pose_acc_deg == 0.0 and steady.n_triplets == 16

@@ -548,6 +548,9 @@ class PhotometricProblem:
         # Only triangles near the face mask can cover a masked pixel: render that sub-mesh (a
         # third of the ICT head at typical crops). The margin covers the motion during the fit.
         near = _faces_near_mask(vpx, self.all_faces, self.mask, margin=max(4, res // 16))
+        if not bool(near.any()):
+            raise InputError("photometric: no triangle of the head is near the face region of the crops (the "
+                             "face lies outside them, or the landmarks are): nothing to refine")
         faces = self.faces = self.all_faces[near]
         self.uv_faces = None if self.all_uv_faces is None else self.all_uv_faces[near]
         frags = rasterize(vpx, faces, res, res, cull_backfaces=True).select(self.mask)

@@ -57,6 +57,24 @@ def load_canonical(run: RunFolder) -> torch.Tensor | None:
     return torch.as_tensor(load_npz(path)["albedo"]) if path.is_file() else None
 
 
+#: A frame is refined photometrically when its face lies inside the video's fitting square and fills at
+#: least this part of its side (the square frames the median face at 1/1.6 of it; in a montage of shots
+#: a face elsewhere in the picture, or a far smaller one, has nothing to render against there).
+MIN_FACE_IN_CROP = 0.25
+
+
+def refinable(fit: SequenceFit, lmks68_px: np.ndarray) -> np.ndarray:
+    """``[T]`` the tracked frames the photometric refinement can work on (:data:`MIN_FACE_IN_CROP`);
+    the others keep their landmark fits."""
+    c = fit.identity.crop  # (x0, y0, side), original pixels
+    lm = np.asarray(lmks68_px, np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = ((lm[..., 0] >= c[0]) & (lm[..., 0] <= c[0] + c[2])
+                  & (lm[..., 1] >= c[1]) & (lm[..., 1] <= c[1] + c[2])).all(1)
+        big = np.ptp(lm, axis=1).max(1) >= MIN_FACE_IN_CROP * c[2]
+    return np.asarray(fit.valid, bool) & inside & big
+
+
 def canonical_texture(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, reader: VideoReader,
                       model: torch.nn.Module, summary_timings: dict[str, float]) -> torch.Tensor | None:
     """The video's canonical appearance (``[V, 3]`` per-vertex albedo), fitted on the identity
@@ -70,7 +88,8 @@ def canonical_texture(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
             save_texture_png(run.root / "texture.png", albedo, model)
         return albedo
     t0 = time.perf_counter()
-    want = {int(lm.frame[r]): int(r) for r in fit.identity.keyframes if fit.valid[r]}
+    ok = refinable(fit, lm.lmks68)
+    want = {int(lm.frame[r]): int(r) for r in fit.identity.keyframes if ok[r]}
     frames: dict[int, np.ndarray] = {}
     # the keyframes only (a reader that jumps over the stretches between them), up to the last one
     with closing(iter(reader.reopen(skip=AllBut(want)))) as it:
@@ -144,10 +163,11 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     row_of = {int(f): i for i, f in enumerate(lm.frame)}
     stage = run.stage("photometric", chunk=chunk)
     done = stage.done()
-    todo = [int(r) for r in np.flatnonzero(fit.valid) if int(lm.frame[r]) not in done]
-    # frames already refined or without a face are passed over without converting them
-    skip = set(done) | {int(f) for f, v in zip(lm.frame, fit.valid) if not v}
-    bar = progress_bar(total=int(fit.valid.sum()), initial=int(fit.valid.sum()) - len(todo), desc="photometric",
+    ok = refinable(fit, lm.lmks68)
+    todo = [int(r) for r in np.flatnonzero(ok) if int(lm.frame[r]) not in done]
+    # frames already refined, without a face or not refinable are passed over without converting them
+    skip = set(done) | {int(f) for f, v in zip(lm.frame, ok) if not v}
+    bar = progress_bar(total=int(ok.sum()), initial=int(ok.sum()) - len(todo), desc="photometric",
                        unit="frame", disable=not progress, dynamic_ncols=True)
     n_new = 0
 
@@ -188,10 +208,16 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     raw = {k: rec.get(k, np.full_like(fit.raw[k], np.nan)) for k in PARAM_KEYS}
     raw["err_ndc"] = np.where(valid, fit.raw["err_ndc"], np.nan)
     light = rec.get("light", np.full((t_len, 9, 3), np.nan))
-    valid &= fit.valid
+    valid &= ok
     if fit.flow is not None and fit.flow.any():  # flow-tracked frames keep their poses (not refined)
         for k in PARAM_KEYS:
             raw[k][fit.flow] = fit.raw[k][fit.flow]
+    kept = np.asarray(fit.valid, bool) & ~valid  # tracked, not refined (not refinable): their landmark fits
+    if kept.any():
+        for k in PARAM_KEYS:
+            raw[k][kept] = fit.raw[k][kept]
+        raw["err_ndc"][kept] = fit.raw["err_ndc"][kept]
+        valid |= kept
     # the landmark track's raw fits (raw_cam/raw_exp in tracking.npz) and jitter stay the baseline
     with cpu_threads(1, model.v_template.device):
         # (the landmark track's shot cuts: found again on the refined frames alone, one could move)

@@ -250,11 +250,15 @@ class JitterMetrics:
 
 
 def jitter_metrics(rotvec: np.ndarray, trans: np.ndarray, valid: np.ndarray,
-                   landmarks_px: np.ndarray | None = None) -> JitterMetrics:
+                   landmarks_px: np.ndarray | None = None, cuts: np.ndarray | None = None) -> JitterMetrics:
     """Acceleration jitter of a track. ``rotvec [T,3]`` (rad), ``trans [T,3]`` (m),
-    ``landmarks_px [T,K,2]``; only triplets whose three frames are valid count."""
+    ``landmarks_px [T,K,2]``; only triplets whose three frames are valid count, and none across a
+    shot cut (``cuts [T]``: True at a new shot's first frame; the jump there is not jitter)."""
     valid = np.asarray(valid, bool)
     ok = valid[:-2] & valid[1:-1] & valid[2:] if valid.size >= 3 else np.zeros(0, bool)
+    if cuts is not None and valid.size >= 3:
+        c = np.asarray(cuts, bool)
+        ok = ok & ~c[1:-1] & ~c[2:]
     n = int(ok.sum())
     if n == 0:
         return JitterMetrics(float("nan"), float("nan"), float("nan"), 0)

@@ -739,11 +739,11 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
             raw_px[vr] = project_fit(model, identity, raw, vr)[0]
         arrays.release()
     if raw_px is not None:
-        jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px)
+        jit_raw = jitter_metrics(raw["pose6"][:, :3], raw["pose6"][:, 3:], valid, raw_px, cuts)
     else:
         assert baseline is not None
         raw, jit_raw = baseline.raw, baseline.jitter_raw
-    jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px)
+    jit = jitter_metrics(smooth["pose6"][:, :3], smooth["pose6"][:, 3:], valid, fit_px, cuts)
     arrays.release()
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
                        smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
