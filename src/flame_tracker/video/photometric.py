@@ -164,6 +164,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
     stage = run.stage("photometric", chunk=chunk)
     done = stage.done()
     ok = refinable(fit, lm.lmks68)
+    cut = fit.cut_mask
     todo = [int(r) for r in np.flatnonzero(ok) if int(lm.frame[r]) not in done]
     # frames already refined, without a face or not refinable are passed over without converting them
     skip = set(done) | {int(f) for f, v in zip(lm.frame, ok) if not v}
@@ -190,8 +191,9 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
                     r = row_of.get(frame.index)
                     if r is None or r not in want:
                         continue
-                    # a chunk holds consecutive tracked frames (the temporal term links neighbours)
-                    if rows and (len(rows) == chunk or r != rows[-1] + 1):
+                    # a chunk holds consecutive tracked frames of one shot (the temporal term links
+                    # neighbours)
+                    if rows and (len(rows) == chunk or r != rows[-1] + 1 or cut[r]):
                         flush(rows, images)
                         rows, images = [], []
                     rows.append(r)
