@@ -121,32 +121,24 @@ def test_photometric_video_keeps_the_landmark_fit_where_the_face_is_outside_the_
     """Edited footage (from a footage trial): a shot cut to a small face in a corner of the picture,
     outside the video's fitting square, crashed the refinement (an empty mesh). Such frames keep their
     landmark fits; the others are refined; the jitter figures leave out the cut's jump."""
-    from fractions import Fraction
-
-    import av
     import cv2
 
     from flame_tracker.model import load_model
     from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.encode import VideoWriter
     from flame_tracker.video.pipeline import VideoOptions, track_video
     from flame_tracker.video.track import TrackOptions
 
     src = [f.image for f in VideoReader(shared_dir / "videos" / "talking_wojtek.mp4", max_frames=16)]
     clip = tmp_path / "cut.mp4"
-    container = av.open(str(clip), mode="w")
-    stream = container.add_stream("libx264", rate=Fraction(25))
-    stream.width, stream.height, stream.pix_fmt = 1024, 512, "yuv420p"
-    for k, img in enumerate(src):
-        canvas = np.full((512, 1024, 3), 90, np.uint8)
-        if k < 12:  # the face large, on the left; then cut to it small in the right corner
-            canvas[:, :512] = img
-        else:
-            canvas[512 - 160:, 1024 - 160:] = cv2.resize(img, (160, 160), interpolation=cv2.INTER_AREA)
-        for pkt in stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
-            container.mux(pkt)
-    for pkt in stream.encode():
-        container.mux(pkt)
-    container.close()
+    with VideoWriter(clip, fps=25.0) as writer:
+        for k, img in enumerate(src):
+            canvas = np.full((512, 1024, 3), 90, np.uint8)
+            if k < 12:  # the face large, on the left; then cut to it small in the right corner
+                canvas[:, :512] = img
+            else:
+                canvas[512 - 160:, 1024 - 160:] = cv2.resize(img, (160, 160), interpolation=cv2.INTER_AREA)
+            writer.write(canvas)
     out = tmp_path / "ph"
     summary = track_video(clip, out, model=load_model(), progress=False,
                           options=TrackOptions(n_keyframes=3, identity_rounds=1, identity_iters=5, chunk=4),

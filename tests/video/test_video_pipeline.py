@@ -154,19 +154,13 @@ def test_overlay_says_where_no_face_was_found(shared_dir: Path, tmp_path: Path, 
     """Frames of the run without a result are labelled in the overlay (a footage trial found them bare,
     while flow and interpolated frames were labelled)."""
     from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.encode import VideoWriter
 
     src = [f.image for f in VideoReader(shared_dir / "videos" / "talking_wojtek.mp4", max_frames=40)]
     clip = tmp_path / "gap.mp4"
-    container = av.open(str(clip), mode="w")
-    stream = container.add_stream("libx264", rate=Fraction(25))
-    stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
-    for k, img in enumerate(src):  # 0.8 s of grey: longer than max_gap_s, nothing bridged there
-        frame = np.full_like(img, 128) if 10 <= k < 30 else img
-        for pkt in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            container.mux(pkt)
-    for pkt in stream.encode():
-        container.mux(pkt)
-    container.close()
+    with VideoWriter(clip, fps=25.0) as writer:
+        for k, img in enumerate(src):  # 0.8 s of grey: longer than max_gap_s, nothing bridged there
+            writer.write(np.full_like(img, 128) if 10 <= k < 30 else img)
     out = tmp_path / "ov"
     summary = track_video(clip, out, model=model, options=replace(TINY, flow=False),
                           video_options=VideoOptions(overlay=True), progress=False)
