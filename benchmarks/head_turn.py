@@ -113,9 +113,9 @@ def main() -> None:
     source = frames_in_memory(frames)
     flow_time = [0.0, 0]
 
-    def filler(identity, raw, valid_):
+    def filler(identity, raw, valid_, cuts):
         t = time.perf_counter()
-        out = flow_through_gaps(model, identity, raw, valid_, times, source)
+        out = flow_through_gaps(model, identity, raw, valid_, times, source, cuts=cuts)
         flow_time[0] += time.perf_counter() - t
         flow_time[1] += int(out[1].sum())
         return out

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from flame_tracker.fitting.stage1 import FovMode, Stage1Options, fit_camera
 from flame_tracker.fitting.stage2 import Stage2Options, fit_stage2
 from flame_tracker.io.results import REFERENCE_KEYS, save_image, save_json, save_npz
 from flame_tracker.threads import cpu_threads
+
+if TYPE_CHECKING:
+    from flame_tracker.config import Config
 
 # Single images: the reference objective + identity shape, with the jawline informing face width.
 # The shape prior is 3x the video default: from one photo's 68 detected points the identity does
@@ -99,8 +102,8 @@ class Result:
     the reference tracker's; :meth:`camera_matrices` gives it as ``K_px``, OpenCV ``w2c_opencv`` and
     OpenGL ``c2w_opengl``. ``lmks68_px`` / ``iris_px`` are the detections, ``fit_lmks68_px`` /
     ``fit_iris_px`` the fitted model's points projected; ``vertices`` the fitted mesh and ``faces``
-    its triangles. :meth:`save` writes
-    everything (``.npz`` with the reference's keys), :meth:`overlay` draws it.
+    its triangles. :meth:`save` writes everything (``.npz`` with the reference's keys), :meth:`overlay`
+    draws it.
     """
 
     model_name: str
@@ -244,11 +247,14 @@ class Result:
         ``max_side``: a larger picture is drawn scaled down to this longer side (the overlay's cost and
         file grow with its pixels: 8000² took 7 s and 26 MB as PNG).
         :class:`~flame_tracker.io.images.ImageError` when it is not of the fitted picture's size."""
+        return self._draw(self._picture(image), max_side)
+
+    def _draw(self, image: np.ndarray, max_side: int | None) -> np.ndarray:
+        """:meth:`overlay` of the fitted picture ``image`` (RGB uint8, checked by :meth:`_picture`)."""
         import cv2
 
         from flame_tracker.rendering.overlay import render_overlay
 
-        image = self._picture(image)
         h, w = image.shape[:2]
         s = np.ones(2)  # per axis: the rounded size (pixel corners scale with the picture: x' = s x)
         if max_side is not None and max(h, w) > max_side:
@@ -331,7 +337,7 @@ class Result:
                 paths["obj"] = save_obj(out / f"{stem}.obj", self.vertices, self.faces)
                 paths["ply"] = save_ply(out / f"{stem}.ply", self.vertices, self.faces)
             if picture is not None:
-                paths["overlay"] = save_image(out / f"{stem}_overlay.png", self.overlay(picture, OVERLAY_MAX_SIDE))
+                paths["overlay"] = save_image(out / f"{stem}_overlay.png", self._draw(picture, OVERLAY_MAX_SIDE))
             # The JSON (a few kB) is written last so that it can list the files and this timing;
             # benchmarks/single_image.py times the whole call, JSON included.
             self.timings["write"] = time.perf_counter() - t0
@@ -559,6 +565,15 @@ class Tracker:
     @last_image.setter
     def last_image(self, image: np.ndarray | None) -> None:
         self._last.image = self._latest = image
+
+    def settings(self) -> Config:
+        """The settings this tracker fits with, as a photo run records them (a
+        :class:`~flame_tracker.config.Config`: the image options with the expression prior chosen for
+        the model, stage 1 and stage 2)."""
+        from flame_tracker.config import Config
+
+        return Config(image=replace(self.options, expr_prior=self.expr_prior), stage1=self.stage1,
+                      stage2=self.stage2)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

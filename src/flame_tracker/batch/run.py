@@ -141,17 +141,6 @@ def _model(path: str | None):
     return _MODELS[path]
 
 
-def _photo_settings(tracker):
-    """The settings a photo was fitted with, as `flame-tracker image` records them beside its results
-    (the expression prior the tracker chose for its model, its stage-1 and stage-2 options)."""
-    from dataclasses import replace
-
-    from flame_tracker.config import Config
-
-    return Config(image=replace(tracker.options, expr_prior=tracker.expr_prior), stage1=tracker.stage1,
-                  stage2=tracker.stage2)
-
-
 def _tracker(model: str | None, face: str):
     if (model, face) not in _TRACKERS:
         from flame_tracker.tracker import Tracker
@@ -213,7 +202,7 @@ def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: 
             tracker = _tracker(item["options"].get("model"), item["options"].get("face", "largest"))
             result = tracker.fit_image(item["path"])
             result.save(out / item["name"], item["name"], image=tracker.last_image)
-            _photo_settings(tracker).save(out / item["name"] / PHOTO_CONFIG, ("image", "stage1", "stage2"))
+            tracker.settings().save(out / item["name"] / PHOTO_CONFIG, ("image", "stage1", "stage2"))
             seconds = time.perf_counter() - t0
             rows.append(_row(item, "done", frames=1, fps=1.0 / max(seconds, 1e-9),
                              mean_reproj_px=float(result.reprojection_error_px), seconds=seconds))

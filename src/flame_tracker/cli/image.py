@@ -114,7 +114,7 @@ def run_images(
     photometric_set = config.set_in("photometric")
     try:
         # as used: the expression prior's centre the tracker chose for this model (None = model's)
-        used = replace(config, image=replace(config.image, expr_prior=tracker.expr_prior), stage2=stage2)
+        used = replace(tracker.settings(), photometric=config.photometric)
         used.save(Path(out_dir) / CONFIG_NAME, ("image", "stage1", "stage2", "photometric"))
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out_dir}: {exc}") from exc

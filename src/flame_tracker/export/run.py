@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,11 +247,10 @@ def remove_export(folder: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-    (folder / MARKER).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty: the user's files stay, in a folder still ours
-        folder.rmdir()
-    if folder.is_dir():
+    if any(e.name != MARKER for e in folder.iterdir()):  # the user's files stay, in a folder still ours
         _write_marker(folder, fmt, [])
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_out_dir(out_dir: str | Path, fmt: str | None = None, legacy: tuple[str, ...] = ()) -> Path:

@@ -152,7 +152,8 @@ def _as_array(image: object, name: str) -> np.ndarray:
         return _pil_to_array(ImageOps.exif_transpose(image))  # (upright, as load_image reads its file)
     if hasattr(image, "detach") and hasattr(image, "cpu"):  # torch: no import of it here
         t = image.detach().cpu()
-        return np.asarray(t if t.dtype.is_floating_point is False or t.dtype.itemsize >= 4 else t.float())
+        # (half-precision floats have no numpy twin for bfloat16: as float32)
+        return np.asarray(t.float() if t.dtype.is_floating_point and t.dtype.itemsize < 4 else t)
     if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (str, os.PathLike, bytes)):
         return np.asarray(image)
     raise ImageError(f"{name}: got {type(image).__name__}; give a file path or the picture's pixels as an H×W×3 "

@@ -39,7 +39,6 @@ from flame_tracker.video.track import (
     SequenceFit,
     TrackOptions,
     project_fit,
-    shot_cuts,
     track_landmarks,
 )
 
@@ -602,8 +601,7 @@ def _flow_filler(model, reader: VideoReader, lm: DetectedFrames, opts=None):
     frames without landmarks (:mod:`flame_tracker.video.flow`), frames decoded again as needed."""
     from flame_tracker.video.flow import flow_through_gaps, needed_rows
 
-    def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray):
-        cuts = shot_cuts(lm.lmks68, valid, lm.time_s)
+    def fill(identity: Identity, raw: dict[str, np.ndarray], valid: np.ndarray, cuts: np.ndarray):
         rows = needed_rows(valid, lm.time_s, opts, cuts)
         source = _ForwardFrames(reader, lm.frame, rows)
         # (raw is the tracker's own scratch: filled in place, no copy of a long video's fits)

@@ -38,8 +38,8 @@ from flame_tracker.fitting.stage2 import Stage2Options
 from flame_tracker.video.store import FrameArrays, unmap_pages
 from flame_tracker.video.temporal import JitterMetrics, jitter_metrics, motion_scale, smooth_sequence
 
-# fills frames without landmarks: (identity, raw fits, valid) -> (raw fits, flow [T], inliers [T])
-GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray],
+# fills frames without landmarks: (identity, raw fits, valid, shot cuts) -> (raw fits, flow [T], inliers [T])
+GapFiller = Callable[["Identity", dict[str, np.ndarray], np.ndarray, np.ndarray],
                      tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]
 
 
@@ -596,9 +596,10 @@ def track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndarr
             camera with ``options.fov``).
         blendshapes: ``[T, 52]`` MediaPipe scores with their ``blendshape_names``: the centre of the
             expression prior for models with ARKit-named expressions (ICT).
-        gap_filler: ``(identity, raw, valid) -> (raw', flow [T], inliers [T])`` fills frames without
-            landmarks before smoothing (:func:`flame_tracker.video.flow.flow_through_gaps` with the
-            video's frames); ``None``: gaps are bridged or dropped.
+        gap_filler: ``(identity, raw, valid, cuts) -> (raw', flow [T], inliers [T])`` fills frames
+            without landmarks before smoothing, not across a shot cut (``cuts [T]``, :func:`shot_cuts`;
+            :func:`flame_tracker.video.flow.flow_through_gaps` with the video's frames); ``None``: gaps
+            are bridged or dropped.
         dense_px: ``[T, 478, 2]`` MediaPipe's mesh points (original pixels), needed with
             ``options.landmarks="dense"``.
         arrays: where the per-frame arrays of the result live (:class:`~.store.FrameArrays`: a long
@@ -697,30 +698,28 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
     flow = inliers = None
     if gap_filler is not None and not valid.all():
         t0 = time.perf_counter()
-        raw, flow, inliers = gap_filler(identity, raw, valid)
+        raw, flow, inliers = gap_filler(identity, raw, valid, cuts)
         timings["flow_s"] = time.perf_counter() - t0
-    return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings, flow=flow,
+    return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings, cuts=cuts, flow=flow,
                         flow_inliers=inliers, arrays=arrays)
 
 
 def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.ndarray],
                  lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
-                 timings: dict[str, float], baseline: SequenceFit | None = None,
+                 timings: dict[str, float], *, cuts: np.ndarray, baseline: SequenceFit | None = None,
                  flow: np.ndarray | None = None, flow_inliers: np.ndarray | None = None,
-                 arrays: FrameArrays | None = None, cuts: np.ndarray | None = None) -> SequenceFit:
+                 arrays: FrameArrays | None = None) -> SequenceFit:
     """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
     sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
     the landmark track and the photometric refinement (:mod:`.photometric`), which passes the
     landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s.
     ``arrays``: where the per-frame arrays live (default: in memory); everything over the frames is
-    done in blocks, so a long video's memory stays flat. ``cuts [T]``: the shot cuts (default:
-    :func:`shot_cuts` of ``lmks_px`` on ``valid``; a refinement passes its landmark track's)."""
+    done in blocks, so a long video's memory stays flat. ``cuts [T]``: the shot cuts
+    (:func:`shot_cuts`, found once on the landmark track's detections)."""
     arrays = arrays or FrameArrays()
     t_len = len(valid)
     t0 = time.perf_counter()
     observed = valid if flow is None else valid | flow  # flow frames are measurements of the pose
-    if cuts is None:
-        cuts = shot_cuts(lmks_px, valid, times)
     smooth, covered = smooth_fits(raw, observed, times, opts, arrays, expr_bounds=model_expr_bounds(model),
                                   cuts=cuts)
     timings["smooth_s"] = timings.get("smooth_s", 0.0) + time.perf_counter() - t0
