@@ -1,11 +1,16 @@
-"""Scoped intra-op thread count for the small solves of stages 1 and 2, photometric fitting and overlays."""
+"""Scoped intra-op thread counts: torch's for the small solves of stages 1 and 2, photometric fitting and
+overlays; OpenCV's where work already runs side by side in threads (the optical flow's tracks)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+_opencv_lock = threading.Lock()
+_opencv_users = [0, 0]  # blocks inside opencv_single_thread, OpenCV's thread count before the first
 
 
 @contextmanager
@@ -25,6 +30,26 @@ def cpu_threads(n: int = 1, device: torch.device | str = "cpu") -> Iterator[None
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def opencv_single_thread() -> Iterator[None]:
+    """Run a block with OpenCV's own threads off, then restore them (when the last of any blocks
+    running at once in other threads ends: the setting is the process's)."""
+    import cv2
+
+    with _opencv_lock:
+        if _opencv_users[0] == 0:
+            _opencv_users[1] = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _opencv_users[0] += 1
+    try:
+        yield
+    finally:
+        with _opencv_lock:
+            _opencv_users[0] -= 1
+            if _opencv_users[0] == 0:
+                cv2.setNumThreads(_opencv_users[1])
 
 
 def available_cpus() -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flame_tracker.video.flow import FlowOptions, _blend, _mean_pose, gaps, needed_rows
+from flame_tracker.video.flow import FlowOptions, _blend, _flow_gaps, _mean_pose, gaps, needed_rows
 
 
 def test_gaps_and_the_rows_flow_needs() -> None:
@@ -27,6 +27,53 @@ def test_gaps_and_the_rows_flow_needs() -> None:
     rows = needed_rows(long, np.arange(len(long)) / 10.0, FlowOptions(anchor_back=1, anchors=3, anchor_step=2))
     assert rows.tolist() == list(range(2, 16))
     assert needed_rows(np.zeros(5, bool), np.arange(5.0)).size == 0  # nothing to anchor on
+
+
+def test_short_runs_of_landmarks_inside_a_gap_are_followed_through() -> None:
+    """A run of landmark frames no longer than ``probe_s`` between two gaps makes one gap with those
+    frames as probes (checked against the flow); not across a cut, nor past ``max_gap_s``."""
+    valid = np.array([1] * 6 + [0] * 4 + [1] + [0] * 3 + [1] * 6 + [0] * 2 + [1] * 3 + [0] * 2 + [1] * 6, bool)
+    times = np.arange(len(valid)) / 10.0  # 10 fps: the default 0.1 s takes runs of one frame
+    spans = [(g.g0, g.g1, g.probes) for g in _flow_gaps(valid, times, FlowOptions())]
+    assert spans == [(6, 14, (10,)), (20, 22, ()), (25, 27, ())]  # frames 22-24 last 0.3 s: no probes
+    assert [g.probes for g in _flow_gaps(valid, times, FlowOptions(probe_s=0.0))] == [(), (), (), ()]
+    merged = _flow_gaps(valid, times, FlowOptions())[0]
+    assert (merged.a, merged.b) == (5, 14)  # anchored outside the probe
+    assert [(g.g0, g.g1, g.probes) for g in _flow_gaps(valid, times, FlowOptions(probe_s=0.3))][1] == \
+        (20, 27, (22, 23, 24))
+    cuts = np.zeros(len(valid), bool)
+    cuts[10] = True  # the probe starts another shot: the gap before it is not followed (it ends on a cut)
+    assert [(g.g0, g.g1) for g in _flow_gaps(valid, times, FlowOptions(), cuts)][0] == (11, 14)
+    # merged, the gap would last 0.9 s: two gaps of 0.5 and 0.4 s instead
+    assert [(g.g0, g.g1, g.probes) for g in _flow_gaps(valid, times, FlowOptions(max_gap_s=0.6))][:2] == \
+        [(6, 10, ()), (11, 14, ())]
+    # merged, the gap would end on a cut (not followed) or be the whole clip (nothing to start
+    # from): the gaps stay as they were, and the one before the probe is still followed
+    v = np.array([1] * 10 + [0] * 10 + [1] + [0] * 10 + [1] * 10, bool)
+    cuts = np.zeros(len(v), bool)
+    cuts[31] = True
+    assert [(g.g0, g.g1) for g in _flow_gaps(v, np.arange(len(v)) / 30.0, FlowOptions(), cuts)] == [(10, 20)]
+    v = np.array([0] * 10 + [1] + [0] * 10, bool)
+    assert [(g.g0, g.g1, g.b, g.a) for g in _flow_gaps(v, np.arange(len(v)) / 30.0, FlowOptions())] == \
+        [(0, 10, 10, None), (11, 21, None, 10)]
+
+
+def test_opencv_threads_come_back_after_overlapping_blocks() -> None:
+    """The flow turns OpenCV's threads off while its tracks run in threads; two such blocks at once
+    in two threads (two videos in one process) leave the setting as it was once both end."""
+    import cv2
+
+    from flame_tracker.threads import opencv_single_thread
+
+    before = cv2.getNumThreads()
+    a, b = opencv_single_thread(), opencv_single_thread()
+    a.__enter__()
+    b.__enter__()
+    assert cv2.getNumThreads() == 1
+    a.__exit__(None, None, None)
+    assert cv2.getNumThreads() == 1  # the other block still runs
+    b.__exit__(None, None, None)
+    assert cv2.getNumThreads() == before
 
 
 def test_mean_pose_over_starts() -> None:
@@ -97,3 +144,50 @@ def test_a_turn_to_full_profile_is_followed_by_flow(shared_dir: Path, tmp_path: 
     print(f"gap frames {gap.sum()}: rotation error flow {flow_err:.2f} deg, bridged {bridged_err:.2f} deg")
     assert flow_err < 8.0 and flow_err < 0.5 * bridged_err
     assert (tmp_path / "flow" / "overlay.mp4").is_file()
+
+
+@pytest.mark.slow
+def test_a_face_found_for_a_moment_in_a_profile_is_checked_against_the_flow() -> None:
+    """Past a profile MediaPipe sometimes draws a face for a frame that is not there: such landmarks,
+    alone inside a gap, are rejected when their fit is turned far from the head followed by flow
+    through them (the frame takes the flow's pose); true landmarks there are kept."""
+    from scipy.spatial.transform import Rotation
+
+    from flame_tracker.evaluation.scenes import render_scene, turning_head
+    from flame_tracker.model import load_model
+    from flame_tracker.video.flow import flow_through_gaps, frames_in_memory
+    from flame_tracker.video.track import TrackOptions, track_landmarks
+
+    model = load_model()
+    specs = turning_head(model, 40)
+    shots = [render_scene(model, s, detail=0.25) for s in specs]
+    frames = [img for img, _ in shots]
+    lmks = np.stack([truth.lmks68_px for _, truth in shots])
+    yaw = np.array([s.euler_deg[0] for s in specs])
+    times = np.arange(len(specs)) / 30.0
+    valid = yaw < 55.0  # the true landmarks stand in for the detector, which stops about there
+    k = int(np.flatnonzero(~valid)[2])  # ~70° of yaw, two frames into the gap
+    valid[k] = True
+
+    def track(lm: np.ndarray, opts: FlowOptions):
+        def filler(identity, raw, valid_, cuts):
+            return flow_through_gaps(model, identity, raw, valid_, times, frames_in_memory(frames), opts, cuts=cuts)
+        return track_landmarks(model, lm, valid, times, options=TrackOptions(max_gap_s=4.0), image_size=(640, 480),
+                               gap_filler=filler)
+
+    def turn(fit, a: int, b: int) -> float:  # the fitted head's turn between two frames minus the true one
+        ra, rb = Rotation.from_rotvec(fit.pose6[[a, b], :3])
+        ta, tb = Rotation.from_matrix(np.stack([shots[a][1].R, shots[b][1].R]))
+        return float(np.degrees((ra.inv() * rb).magnitude() - (ta.inv() * tb).magnitude()))
+
+    wrong = lmks.copy()
+    wrong[k] = lmks[0]  # a frontal face where the head is in profile
+    fit = track(wrong, FlowOptions())
+    assert fit.rejected.tolist() == [k] and not fit.valid[k] and fit.source[k] == "flow"
+    print("turn minus the true turn, to the frame and from it:", turn(fit, k - 1, k), turn(fit, k, k + 1),
+          "without the check:", turn(unchecked := track(wrong, FlowOptions(probe_s=0.0)), k - 1, k))
+    assert abs(turn(fit, k - 1, k)) < 3.0 and abs(turn(fit, k, k + 1)) < 3.0  # the turn goes on through it
+    # before: the frame kept its landmarks, and the flow started from them
+    assert unchecked.source[k] == "landmarks" and turn(unchecked, k - 1, k) > 30.0
+    kept = track(lmks, FlowOptions())  # the true landmarks at that frame agree with the flow
+    assert kept.rejected.size == 0 and kept.source[k] == "landmarks" and kept.valid[k]

@@ -53,6 +53,14 @@ class FlowOptions:
     # (4.3° against 4.5° mean with the other changes of that measurement) at half the cost
     work_face_px: float = 240.0
     max_gap_s: float = 4.0  # longer gaps are not flow-tracked (their frames are held in memory, grey)
+    # landmarks found again for at most this long (s, frames times their interval; 0: off) between
+    # two gaps are followed through as part of one gap and checked against the flow: past a profile
+    # MediaPipe sometimes draws a face for a frame or two that is not there (a synthetic turn: one
+    # such frame fitted 64° from the truth, and the flow started from it: 35° mean error over the
+    # turn's frames without landmarks, 15° with the frame rejected)
+    probe_s: float = 0.1
+    probe_deg: float = 25.0  # such landmarks whose fit is turned further than this from the flow's
+    # pose are rejected (the frame takes the flow's); the flow drifts a few degrees over a profile
     lk_window: int = 11
     lk_levels: int = 3
     pose_iters: int = 5  # robust Gauss-Newton steps per frame, from the previous frame's pose
@@ -112,8 +120,10 @@ class HeadSurface:
             self.normals = vertex_normals(verts[None], model.faces.cpu())[0].numpy()
         self.vertices = verts.numpy()
         # a corner found near a vertex is sent onto one of the triangles around it
-        self.faces, self.vertex_faces, self.allowed = _topology(model)
-        self.size = float(np.ptp(self.vertices[self.allowed], 0).max())  # head size, model units
+        self.faces, self.vertex_faces, allowed = _topology(model)
+        self.followed = np.flatnonzero(allowed)  # the vertices points may be placed near
+        self._v, self._n = self.vertices[self.followed], self.normals[self.followed]
+        self.size = float(np.ptp(self._v, 0).max())  # head size, model units
 
     def visible_points(self, gray: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray, n: int,
                        avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,39 +134,37 @@ class HeadSurface:
         spread: at most one per cell of a grid about a fortieth of the face wide."""
         h, w = gray.shape
         none = (np.zeros((0, 3)), np.zeros((0, 2)))
-        cam = self.vertices @ R.T + t
-        if (cam[:, 2] <= 1e-6).any() or n <= 0:
+        cam = self._v @ R.T + t
+        z = cam[:, 2]
+        if (z <= 1e-6).any() or n <= 0:
             return none
-        px = cam[:, :2] / cam[:, 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
-        ncam = self.normals @ R.T
-        facing = (ncam * cam).sum(1) / np.linalg.norm(cam, axis=1) < -0.3  # not grazing the silhouette
-        inside = (px[:, 0] >= 2) & (px[:, 1] >= 2) & (px[:, 0] < w - 3) & (px[:, 1] < h - 3)
-        cand = self.allowed & facing & inside
-        if not cand.any():
+        # pixels as two 1-D arrays: reductions along the first axis of an [n, 2] array are strided
+        x, y = cam[:, 0] / z * K[0, 0] + K[0, 2], cam[:, 1] / z * K[1, 1] + K[1, 2]
+        # facing the camera, not grazing the silhouette: cos(normal, line of sight) < -0.3
+        facing = np.einsum("ij,ij->i", self._n @ R.T, cam) < -0.3 * np.sqrt(np.einsum("ij,ij->i", cam, cam))
+        cand = np.flatnonzero(facing & (x >= 2) & (y >= 2) & (x < w - 3) & (y < h - 3))
+        if not len(cand):  # (indices into the followed vertices from here on)
             return none
-        lo, hi = px[cand].min(0), px[cand].max(0)
-        face_px = float(max(hi - lo))
-        cell = max(2.0, face_px / 40.0)
+        xc, yc, zc = x[cand], y[cand], z[cand]
+        x0, y0 = xc.min(), yc.min()
+        cell = max(2.0, max(xc.max() - x0, yc.max() - y0) / 40.0)  # a fortieth of the face
         # coarse depth buffer: a vertex hidden behind another part of the head (the nose seen from
         # the side) lies deeper than the nearest vertex of its cell
-        ix = ((px[:, 0] - lo[0]) / cell).astype(int)
-        iy = ((px[:, 1] - lo[1]) / cell).astype(int)
-        nx = int(ix[cand].max()) + 1
-        key = np.where(cand, iy * nx + ix, -1)
+        ix, iy = ((xc - x0) / cell).astype(int), ((yc - y0) / cell).astype(int)
+        key = iy * (int(ix.max()) + 1) + ix
         zmin = np.full(int(key.max()) + 1, np.inf)
-        np.minimum.at(zmin, key[cand], cam[cand, 2])
-        front = cand.copy()
-        front[cand] = cam[cand, 2] <= zmin[key[cand]] + 0.03 * self.size
-        # corners of the image over the visible head, each sent onto the triangle under it (found
-        # among the triangles around the nearest visible vertex; barycentric, perspective-correct)
-        vis = np.flatnonzero(front)
+        np.minimum.at(zmin, key, zc)
+        front = zc <= zmin[key] + 0.03 * self.size
+        vis, xv, yv = self.followed[cand[front]], xc[front], yc[front]  # visible: model's numbering, pixels
         if not len(vis):
             return none
+        # corners of the image over the visible head, each sent onto the triangle under it (found
+        # among the triangles around the nearest visible vertex; barycentric, perspective-correct)
         # everything in the head's box only (the corner detector's cost is per pixel)
-        bx0, by0 = np.maximum(np.floor(px[vis].min(0)).astype(int) - 6, 0)
-        bx1, by1 = np.minimum(np.ceil(px[vis].max(0)).astype(int) + 7, (w, h))
+        bx0, by0 = max(int(np.floor(xv.min())) - 6, 0), max(int(np.floor(yv.min())) - 6, 0)
+        bx1, by1 = min(int(np.ceil(xv.max())) + 7, w), min(int(np.ceil(yv.max())) + 7, h)
         mask = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
-        mask[px[vis, 1].astype(int) - by0, px[vis, 0].astype(int) - bx0] = 255
+        mask[yv.astype(int) - by0, xv.astype(int) - bx0] = 255
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
         mask = cv2.erode(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8)), np.ones((3, 3), np.uint8))
         if avoid is not None:
@@ -169,17 +177,20 @@ class HeadSurface:
         c = corners.reshape(-1, 2).astype(np.float64) + (bx0, by0)
         # (a sliding-midpoint tree: built ~3x faster than a balanced one, the same nearest vertices;
         # this is built once per seeding, for ~300 queries)
-        near = vis[cKDTree(px[vis], balanced_tree=False, compact_nodes=False).query(c)[1]]
-        tris = self.vertex_faces[near]  # [m, k]
+        near = vis[cKDTree(np.column_stack([xv, yv]), balanced_tree=False, compact_nodes=False).query(c)[1]]
+        tris = self.vertex_faces[near]  # [m, k] padded with -1 ...
+        tris = tris[:, : int((tris >= 0).sum(1).max())]  # ... to the most any vertex has (32): cut here
         tri_v = self.faces[np.maximum(tris, 0)]  # [m, k, 3]
-        bary = barycentric_2d(c[:, None], px[tri_v])  # [m, k, 3]
+        tri_cam = self.vertices[tri_v] @ R.T + t  # [m, k, 3, 3]
+        f, c0 = K[[0, 1], [0, 1]], K[:2, 2]
+        bary = barycentric_2d(c[:, None], tri_cam[..., :2] / tri_cam[..., 2:] * f + c0)  # [m, k, 3]
         worst = np.where(tris >= 0, bary.min(-1), -np.inf)
         pick = worst.argmax(1)
         rows = np.arange(len(c))
         ok = worst[rows, pick] > -0.05  # inside a triangle around the vertex (allowing for rounding)
         bary = np.clip(bary[rows, pick][ok], 0, 1)
         tv = tri_v[rows, pick][ok]
-        wts = bary / cam[tv, 2]  # perspective-correct: screen barycentrics -> surface ones
+        wts = bary / tri_cam[rows, pick][ok][..., 2]  # perspective-correct: screen barycentrics -> surface ones
         wts /= wts.sum(1, keepdims=True)
         return np.einsum("mi,mij->mj", wts, self.vertices[tv]), c[ok]
 
@@ -199,29 +210,37 @@ def _solve(obj: np.ndarray, img: np.ndarray, K: np.ndarray, rvec: np.ndarray, tv
     # is closed-form in the camera-space points: no Rodrigues derivative, no cv2.projectPoints (which
     # also differentiates intrinsics and distortion), a third of this function's time before.
     R, t = cv2.Rodrigues(rvec)[0], tvec.ravel().astype(np.float64)
-    (fx, fy), c = K[[0, 1], [0, 1]], K[:2, 2]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    n = len(obj)
+    # everything per point as rows (contiguous; this runs for every point set of every frame, and
+    # column-wise work on [n, k] arrays was half its time): the Jacobian [6, 2n] holds the x
+    # residuals' derivatives, then the y ones'
+    objT, ix, iy = np.ascontiguousarray(obj.T), img[:, 0] - cx, img[:, 1] - cy
+    J = np.zeros((6, 2 * n))
+    r = np.empty(2 * n)
     for it in range(opts.pose_iters):
-        P = obj @ R.T  # rotated points; camera space: P + t
-        iz = 1.0 / (P[:, 2] + t[2])
-        u, v = (P[:, 0] + t[0]) * iz, (P[:, 1] + t[1]) * iz
-        r = np.column_stack([fx * u + c[0] - img[:, 0], fy * v + c[1] - img[:, 1]])
+        Px, Py, Pz = R @ objT  # rotated points; camera space: P + t
+        iz = 1.0 / (Pz + t[2])
+        u, v = (Px + t[0]) * iz, (Py + t[1]) * iz
         ax, ay = fx * iz, fy * iz
-        J = np.empty((len(u), 2, 6))  # d(pixel)/d(w, t) per point
-        J[:, 0, 0], J[:, 0, 1], J[:, 0, 2] = -ax * u * P[:, 1], ax * (P[:, 2] + u * P[:, 0]), -ax * P[:, 1]
-        J[:, 0, 3], J[:, 0, 4], J[:, 0, 5] = ax, 0.0, -ax * u
-        J[:, 1, 0], J[:, 1, 1], J[:, 1, 2] = -ay * (P[:, 2] + v * P[:, 1]), ay * v * P[:, 0], ay * P[:, 0]
-        J[:, 1, 3], J[:, 1, 4], J[:, 1, 5] = 0.0, ay, -ay * v
+        np.subtract(fx * u, ix, out=r[:n])
+        np.subtract(fy * v, iy, out=r[n:])
+        J[0, :n], J[1, :n], J[2, :n] = -ax * u * Py, ax * (Pz + u * Px), -ax * Py
+        J[3, :n], J[5, :n] = ax, -ax * u
+        J[0, n:], J[1, n:], J[2, n:] = -ay * (Pz + v * Py), ay * v * Px, ay * Px
+        J[4, n:], J[5, n:] = ay, -ay * v
         scale = opts.inlier_px * (2.0 if it < 2 else 1.0)  # wider first: the previous pose is off
-        w = 1.0 / (1.0 + (np.hypot(r[:, 0], r[:, 1]) / scale) ** 2)
-        J2, Jw = J.reshape(-1, 6), (J * w[:, None, None]).reshape(-1, 6)
-        step = np.linalg.solve(Jw.T @ J2 + 1e-9 * np.eye(6), -(Jw.T @ r.ravel()))
+        w = 1.0 / (1.0 + (r[:n] ** 2 + r[n:] ** 2) / scale**2)
+        Jw = J * np.concatenate([w, w])
+        step = np.linalg.solve(Jw @ J.T + 1e-9 * np.eye(6), -(Jw @ r))
         if not np.isfinite(step).all():
             return False, rvec, tvec, none
         R = cv2.Rodrigues(step[:3])[0] @ R
         t = t + step[3:]
-    cam = obj @ R.T + t
-    proj = cam[:, :2] / cam[:, 2:] * (fx, fy) + c
-    mask = np.hypot(*(proj - img).T) < opts.inlier_px
+        if it >= 2 and np.abs(step).max() < 1e-6:  # converged (a micro-radian, a micrometre)
+            break
+    X, Y, Z = R @ objT + t[:, None]
+    mask = np.hypot(fx * X / Z - ix, fy * Y / Z - iy) < opts.inlier_px
     if mask.sum() < opts.min_inliers or mask.mean() < opts.min_inlier_fraction:
         return False, rvec, tvec, mask
     return True, cv2.Rodrigues(R)[0], t.reshape(3, 1), mask
@@ -282,6 +301,13 @@ def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The angles (degrees) between the rotations of axis-angle rows ``a`` and ``b`` ``[n, 3]``."""
+    from scipy.spatial.transform import Rotation
+
+    return np.degrees((Rotation.from_rotvec(a).inv() * Rotation.from_rotvec(b)).magnitude())
+
+
 def _mean_pose(poses: list[np.ndarray]) -> np.ndarray:
     """Per frame (in tracking order), the mean of several ``pose6 [n, 6]`` (NaN from where each lost
     the track): rotation by the mean quaternion (scipy's ``Rotation.mean``), translation linearly.
@@ -339,7 +365,8 @@ class _Gap:
     """A run ``[g0, g1)`` of frames without landmarks and where flow starts on either side: ``a`` /
     ``b`` the frames with landmarks just before / after it (None at the video's ends) and
     ``a_start`` / ``b_start`` the furthest anchors, up to ``anchor_back + (anchors - 1) * anchor_step``
-    frames further into those runs."""
+    frames further into those runs. ``probes``: frames with landmarks inside the run (short
+    re-detections, :attr:`FlowOptions.probe_s`), followed through and checked against the flow."""
 
     g0: int
     g1: int
@@ -347,6 +374,7 @@ class _Gap:
     a_start: int | None
     b: int | None
     b_start: int | None
+    probes: tuple[int, ...] = ()
 
     @property
     def rows(self) -> np.ndarray:
@@ -360,16 +388,30 @@ def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions,
                cuts: np.ndarray | None = None) -> list[_Gap]:
     """The gaps flow tracks: with landmarks on at least one side, no longer than ``max_gap_s``, not
     ending on a shot cut (``cuts [T]``, :func:`~flame_tracker.video.track.shot_cuts`: the two sides
-    are other shots, and where in the gap the cut lies is unknown)."""
+    are other shots, and where in the gap the cut lies is unknown). Two gaps with only a short run
+    of landmark frames between them (``probe_s``, no cut in it) are one gap with those frames as
+    its ``probes``."""
     t_len = len(valid)
-    out = []
+    cut = np.zeros(t_len + 1, bool) if cuts is None else np.r_[np.asarray(cuts, bool), False]
+    runs: list[tuple[int, int, tuple[int, ...]]] = []
     for g0, g1 in gaps(valid):
-        if (g0 == 0 and g1 == t_len) or (cuts is not None and g1 < t_len and cuts[g1]):
+        if runs:
+            p0, p1, probes = runs[-1]
+            # (only where the one gap is followed: the two gaps are otherwise left as they were)
+            if (times[g0] - times[p1] <= opts.probe_s + 1e-9 and not cut[p1:g0 + 1].any()
+                    and times[min(g1, t_len - 1)] - times[max(p0 - 1, 0)] <= opts.max_gap_s
+                    and not (p0 == 0 and g1 == t_len) and not (g1 < t_len and cut[g1])):
+                runs[-1] = (p0, g1, probes + tuple(range(p1, g0)))
+                continue
+        runs.append((g0, g1, ()))
+    out = []
+    back = opts.anchor_back + (opts.anchors - 1) * opts.anchor_step
+    for g0, g1, probes in runs:
+        if (g0 == 0 and g1 == t_len) or (g1 < t_len and cut[g1]):
             continue
         if times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)] > opts.max_gap_s:
             continue
         a = a_start = b = b_start = None
-        back = opts.anchor_back + (opts.anchors - 1) * opts.anchor_step
         if g0 > 0:
             a = a_start = g0 - 1
             while a_start > 0 and valid[a_start - 1] and a - a_start < back:
@@ -378,7 +420,7 @@ def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions,
             b = b_start = g1
             while b_start < t_len - 1 and valid[b_start + 1] and b_start - b < back:
                 b_start += 1
-        out.append(_Gap(g0, g1, a, a_start, b, b_start))
+        out.append(_Gap(g0, g1, a, a_start, b, b_start, probes))
     return out
 
 
@@ -422,6 +464,7 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
                cuts: np.ndarray | None = None) -> None:
     """:func:`flow_through_gaps`' work, gap by gap (``pool``: threads for the tracks, or None)."""
     from flame_tracker.camera import opencv_to_pose6, to_opencv
+    from flame_tracker.threads import opencv_single_thread
 
     for gap in _flow_gaps(valid, times, opts, cuts):
         grays = frames(gap.rows, s)
@@ -460,7 +503,13 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
                 pose[ok] = opencv_to_pose6(R, torch.as_tensor(found[ok, 3:])).numpy()
             return pose, cnt
 
-        results = list(pool.map(run, jobs)) if pool is not None and len(jobs) > 1 else [run(j) for j in jobs]
+        if pool is not None and len(jobs) > 1:
+            # OpenCV's own threads (Lucas-Kanade splits its points among them) on top of the tracks'
+            # threads would oversubscribe the cores: one each while the tracks run side by side
+            with opencv_single_thread():
+                results = list(pool.map(run, jobs))
+        else:
+            results = [run(j) for j in jobs]
         for key in ("fwd", "bwd"):
             runs = [r for j, r in zip(jobs, results) if j[0] == key]
             if not runs:
@@ -473,9 +522,18 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
         w = np.clip((times[gap_rows] - ta) / max(tb - ta, 1e-9), 0, 1)
         pose = _blend(fwd[0], bwd[0], w)
         got = np.isfinite(pose).all(1)
+        if gap.probes:  # landmarks found again inside the gap: kept where they agree with the flow
+            probe = np.flatnonzero(np.isin(gap_rows, gap.probes))
+            fitted = raw["pose6"][gap_rows[probe], :3]
+            checked = got[probe] & np.isfinite(fitted).all(1)
+            turn = _angle_deg(np.nan_to_num(fitted), np.nan_to_num(pose[probe, :3]))
+            kept = probe[~(checked & (turn > opts.probe_deg))]
+            got[kept] = False
         raw["pose6"][gap_rows[got]] = pose[got]
         flow[gap_rows[got]] = True
         inliers[gap_rows] = np.maximum(fwd[1], bwd[1])
+        if gap.probes:
+            inliers[gap_rows[kept]] = 0
         # expression, jaw and eyes: from the ends (interpolated between two, held from one)
         for k in ("expr", "jaw_pose", "eye_pose"):
             if gap.a is not None and gap.b is not None:

@@ -225,7 +225,7 @@ def photometric_track(run: RunFolder, fit: SequenceFit, lm: DetectedFrames, read
         # (the landmark track's shot cuts: found again on the refined frames alone, one could move)
         new = sequence_fit(model, fit.identity, raw, lm.lmks68.astype(np.float64), valid, lm.time_s,
                            options, dict(fit.timings), cuts=fit.cut_mask, baseline=fit, flow=fit.flow,
-                           flow_inliers=fit.flow_inliers)
+                           flow_inliers=fit.flow_inliers, rejected=fit.rejected)
     light_s, _ = smooth_sequence(light.reshape(t_len, 27), valid, times=lm.time_s,
                                  cutoff_hz=options.pose_cutoff_hz, max_gap_s=options.max_gap_s, cuts=fit.cut_mask)
     timings["photometric_s"] = time.perf_counter() - t0

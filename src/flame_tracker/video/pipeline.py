@@ -102,6 +102,8 @@ class VideoSummary:
     faces_seen: int = 0  # most faces seen at once in a frame (several people: the chosen one is followed)
     face: str = "largest"  # which face was chosen to follow (VideoOptions.face, --face)
     cuts: list[int] = field(default_factory=list)  # frames that start a new shot (fits start afresh)
+    # frames whose landmarks, found again for a moment inside a gap, the optical flow rejected
+    rejected: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -132,6 +134,10 @@ class VideoSummary:
             shown = ", ".join(str(c) for c in self.cuts[:8]) + (", ..." if len(self.cuts) > 8 else "")
             lines.append(f"{len(self.cuts)} shot cut(s), at frame(s) {shown}: the fits start afresh there, "
                          "nothing is smoothed across (one identity for the whole video)")
+        if self.rejected:
+            shown = ", ".join(str(c) for c in self.rejected[:8]) + (", ..." if len(self.rejected) > 8 else "")
+            lines.append(f"{len(self.rejected)} frame(s) with landmarks inside a gap disagreed with the head "
+                         f"followed by optical flow and took its pose instead: {shown}")
         if self.damaged:
             lines.append(f"WARNING: {self.damaged}; decoding went on after it")
         if self.broken:
@@ -1108,6 +1114,7 @@ def _summarise(summary: VideoSummary, fit: SequenceFit, frames: np.ndarray) -> N
     summary.n_bridged = int((fit.source == "bridged").sum())
     summary.n_dropped = t_len - int(fit.covered.sum())
     summary.cuts = [] if fit.cuts is None else [int(frames[c]) for c in fit.cuts]
+    summary.rejected = [] if fit.rejected is None else [int(frames[r]) for r in fit.rejected]
     summary.mean_reproj_px = float(np.nanmean(fit.reproj_px))
     summary.jitter_raw = fit.jitter_raw.as_dict() if fit.jitter_raw else {}
     summary.jitter = fit.jitter.as_dict() if fit.jitter else {}

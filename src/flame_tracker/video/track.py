@@ -216,6 +216,9 @@ class SequenceFit:
     flow: np.ndarray | None = None  # [T] frames without landmarks tracked by optical flow (.flow)
     flow_inliers: np.ndarray | None = None  # [T] points that carried each flow frame's pose
     cuts: np.ndarray | None = None  # the rows that start a new shot (shot_cuts), nothing carried across
+    # rows whose landmarks were found again for a moment inside a gap and disagreed with the flow
+    # followed through them (FlowOptions.probe_deg): not in ``valid``, their pose is the flow's
+    rejected: np.ndarray | None = None
 
     @property
     def cut_mask(self) -> np.ndarray:
@@ -695,27 +698,31 @@ def _track_landmarks(model: torch.nn.Module, lmks_px: np.ndarray, valid: np.ndar
     timings["fit_s"] = time.perf_counter() - t0
     arrays.release()
 
-    flow = inliers = None
+    flow = inliers = rejected = None
     if gap_filler is not None and not valid.all():
         t0 = time.perf_counter()
         raw, flow, inliers = gap_filler(identity, raw, valid, cuts)
         timings["flow_s"] = time.perf_counter() - t0
+        rejected = np.flatnonzero(valid & flow)  # landmarks the flow through them proved wrong
+        if len(rejected):
+            valid = valid & ~flow
     return sequence_fit(model, identity, raw, lmks_px, valid, times, opts, timings, cuts=cuts, flow=flow,
-                        flow_inliers=inliers, arrays=arrays)
+                        flow_inliers=inliers, arrays=arrays, rejected=rejected)
 
 
 def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.ndarray],
                  lmks_px: np.ndarray, valid: np.ndarray, times: np.ndarray, opts: TrackOptions,
                  timings: dict[str, float], *, cuts: np.ndarray, baseline: SequenceFit | None = None,
                  flow: np.ndarray | None = None, flow_inliers: np.ndarray | None = None,
-                 arrays: FrameArrays | None = None) -> SequenceFit:
+                 arrays: FrameArrays | None = None, rejected: np.ndarray | None = None) -> SequenceFit:
     """Smooth per-frame fits ``raw`` (``pose6, expr, jaw_pose, eye_pose [T, .]``, ``err_ndc``) over the
     sequence and measure them: fitted landmarks, reprojection error, jitter before/after. Shared by
     the landmark track and the photometric refinement (:mod:`.photometric`), which passes the
     landmark track as ``baseline``: its raw fits and raw jitter are reported instead of ``raw``'s.
     ``arrays``: where the per-frame arrays live (default: in memory); everything over the frames is
     done in blocks, so a long video's memory stays flat. ``cuts [T]``: the shot cuts
-    (:func:`shot_cuts`, found once on the landmark track's detections)."""
+    (:func:`shot_cuts`, found once on the landmark track's detections). ``rejected``: rows whose
+    landmarks the flow through them rejected (:attr:`SequenceFit.rejected`; not in ``valid``)."""
     arrays = arrays or FrameArrays()
     t_len = len(valid)
     t0 = time.perf_counter()
@@ -746,4 +753,5 @@ def sequence_fit(model: torch.nn.Module, identity: Identity, raw: dict[str, np.n
     arrays.release()
     return SequenceFit(identity, valid, covered, smooth["pose6"], smooth["expr"],
                        smooth["jaw_pose"], smooth["eye_pose"], raw, reproj, fit_px, fit_iris,
-                       jit_raw, jit, timings, flow, flow_inliers, np.flatnonzero(cuts))
+                       jit_raw, jit, timings, flow, flow_inliers, np.flatnonzero(cuts),
+                       np.zeros(0, int) if rejected is None else np.asarray(rejected, int))
