@@ -166,8 +166,8 @@ def test_overlay_says_where_no_face_was_found(shared_dir: Path, tmp_path: Path, 
                           video_options=VideoOptions(overlay=True), progress=False)
     assert summary.n_dropped == 20
     frames = list(VideoReader(out / "overlay.mp4"))
-    corner = frames[20].image[:40, :150].astype(int)
-    assert np.abs(corner - 128).max() > 60  # the caption over the grey frame
+    corner = frames[20].image[:40, -150:].astype(int)
+    assert np.abs(corner - 128).max() > 60  # the caption over the grey frame (top right: the legend is top left)
     assert np.abs(frames[20].image[200:, 200:].astype(int) - 128).max() < 12  # nothing else drawn
 
 
@@ -692,3 +692,20 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(shared_dir: Path, tmp_pat
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert (out / "tracking.npz").is_file()
+
+
+def test_overlay_caption_leaves_the_legend_alone() -> None:
+    """The caption of a frame without landmarks ("optical flow", "interpolated") was drawn over the
+    legend of the landmark colours (both in the top-left corner); it is now in the top-right one."""
+    from flame_tracker.rendering.overlay import _draw_legend
+    from flame_tracker.video.pipeline import _label
+
+    for h, w in ((480, 640), (1080, 1920)):
+        img = np.full((h, w, 3), 128, np.uint8)
+        _draw_legend(img, [("fitted", (255, 0, 0)), ("iris", (0, 0, 255))])
+        legend = np.argwhere((img != 128).any(2))
+        before = img.copy()
+        _label(img, "optical flow", (60, 200, 255))
+        drawn = np.argwhere((img != before).any(2))
+        assert len(legend) and len(drawn)
+        assert drawn[:, 1].min() > legend[:, 1].max() and drawn[:, 1].max() < w

@@ -873,11 +873,13 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
 
 def _label(image: np.ndarray, text: str, color: tuple[int, int, int]) -> None:
-    """A small caption in the top-left corner of an overlay frame (in place)."""
+    """A small caption in the top-right corner of an overlay frame (in place; the legend of the
+    landmark colours is in the top-left one)."""
     import cv2
 
     scale = max(0.5, image.shape[0] / 720)
-    org = (int(12 * scale), int(30 * scale))
+    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, int(4 * scale))
+    org = (max(image.shape[1] - tw - int(12 * scale), 0), int(30 * scale))
     cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (0, 0, 0), int(4 * scale), cv2.LINE_AA)
     cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, color, int(2 * scale), cv2.LINE_AA)
 
