@@ -8,7 +8,8 @@ surface of the fitted head is followed into the gap instead:
 1. On the last frame with landmarks before the gap (the *anchor*), corners (``goodFeaturesToTrack``)
    are picked on the visible skin of the fitted head (rasterised; eyeballs left out) and sent back
    onto the mesh: each is a point of the head model (triangle + barycentric coordinates).
-2. They are followed frame by frame with pyramidal Lucas-Kanade flow.
+2. They are followed frame by frame with pyramidal Lucas-Kanade flow, each point starting where the
+   head's motion over the last two frames puts it (then on the finest level alone; otherwise 3 pyramid levels).
 3. Each gap frame's head pose is solved from those 2-D–3-D pairs with the known identity and camera
    (robust Gauss-Newton from the previous frame's pose; the expression is the anchor's, and moving
    points, the mouth while talking, get no weight and are dropped). When too many points are lost
@@ -63,6 +64,12 @@ class FlowOptions:
     # pose are rejected (the frame takes the flow's); the flow drifts a few degrees over a profile
     lk_window: int = 11
     lk_levels: int = 3
+    # from the third frame of a track on, each point starts where the head's motion over the last
+    # two frames (constant velocity) puts it, and Lucas-Kanade runs on this many pyramid levels above
+    # the finest (-1: no prediction, lk_levels always); a frame whose pose does not hold is tried
+    # again without. 0 cost 30 % less time than lk_levels alone, as accurate (14 synthetic turns: 5.00
+    # against 5.25° mean; gaps cut into three real clips: 2.14° from their landmark fits either way)
+    lk_levels_predicted: int = 0
     pose_iters: int = 5  # robust Gauss-Newton steps per frame, from the previous frame's pose
     # start this many frames with landmarks before the gap (if there are): the frames at the gap's
     # edge are where the detector is least reliable (measured on the synthetic turn: 7.3° from the
@@ -261,17 +268,35 @@ def track_direction(surface: HeadSurface, grays: list[np.ndarray], K: np.ndarray
     pts = pts.astype(np.float32)
     n_seed = len(obj)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+    before: tuple[np.ndarray, np.ndarray] | None = None  # the pose of the frame before (R, t)
+    f, c = K[[0, 1], [0, 1]], K[:2, 2]
+
+    def project(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+        cam = obj @ R.T + t
+        return cam[:, :2] / cam[:, 2:] * f + c
+
     for k in range(n):
         prev, cur = grays[k], grays[k + 1]
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, winSize=(opts.lk_window, opts.lk_window),
-                                              maxLevel=opts.lk_levels, criteria=criteria)
-        # no forward-backward check: it doubled the cost, and the robust pose solve drops what it
-        # would have (4 synthetic turns: 6.9° with it, 4.7° without, both with RANSAC then)
-        good = st.ravel() == 1
-        obj, pts = obj[good], nxt[good]
-        ok, rvec, tvec, mask = _solve(obj.astype(np.float64), pts.astype(np.float64), K, rvec, tvec, opts)
+        Rk, tk = cv2.Rodrigues(rvec)[0], tvec.ravel().copy()
+        tries: list[tuple[np.ndarray | None, int, int]] = [(None, 0, opts.lk_levels)]
+        if opts.lk_levels_predicted >= 0 and before is not None:
+            # where the head's motion from the frame before to this one, once more, moves each point
+            Rp, tp = before
+            init = (pts + (project(Rk @ Rp.T @ Rk, 2 * tk - tp) - project(Rk, tk))).astype(np.float32)
+            tries.insert(0, (init, cv2.OPTFLOW_USE_INITIAL_FLOW, opts.lk_levels_predicted))
+        for init, flags, levels in tries:
+            nxt, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, init, winSize=(opts.lk_window, opts.lk_window),
+                                                  maxLevel=levels, criteria=criteria, flags=flags)
+            # no forward-backward check: it doubled the cost, and the robust pose solve drops what it
+            # would have (4 synthetic turns: 6.9° with it, 4.7° without, both with RANSAC then)
+            good = st.ravel() == 1
+            ok, rv, tv, mask = _solve(obj[good].astype(np.float64), nxt[good].astype(np.float64), K, rvec, tvec, opts)
+            if ok:
+                break
         if not ok:
             break
+        obj, pts, rvec, tvec = obj[good], nxt[good], rv, tv
+        before = (Rk, tk)
         out[k] = np.concatenate([rvec.ravel(), tvec.ravel()])
         inliers[k] = int(mask.sum())
         obj, pts = obj[mask], pts[mask]
