@@ -326,6 +326,46 @@ def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pull(track: np.ndarray, at_end: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``track`` ``pose6 [n, 6]`` turned and moved by the fraction ``w [n]`` of what takes its pose
+    ``at_end`` onto ``target`` (both ``[6]``): drift spread over the track, none at ``w = 0``."""
+    from scipy.spatial.transform import Rotation
+
+    fix = (Rotation.from_rotvec(target[:3]) * Rotation.from_rotvec(at_end[:3]).inv()).as_rotvec()
+    out = track.copy()
+    ok = np.isfinite(track).all(1)
+    out[ok, :3] = (Rotation.from_rotvec(w[ok, None] * fix) * Rotation.from_rotvec(track[ok, :3])).as_rotvec()
+    out[ok, 3:] = track[ok, 3:] + w[ok, None] * (target[3:] - at_end[3:])
+    return out
+
+
+def _anchored(fwd: np.ndarray, bwd: np.ndarray, ends: dict[str, np.ndarray], fits: np.ndarray, gap: _Gap,
+              times: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fwd, bwd, weight of bwd)`` for :func:`_blend`, so that the gap's poses meet the fits
+    ``fits [T, 6]`` at both ends without a jump. ``w``: each gap frame's place between the two ends.
+
+    Where both tracks hold on only part of the gap, the backward one's weight grows from 0 to 1 over
+    the frames both hold (a fixed place in the gap jumped where one of them started or stopped).
+    Where one track alone reaches the far end (``ends``: its pose there; the other lost at once: a
+    face covered from brows to chin, whose hair alone carried one direction), its drift there is
+    spread back over the gap; it jumped by 28° onto the far end's landmarks in a trial."""
+    fwd_ok, bwd_ok = np.isfinite(fwd).all(1), np.isfinite(bwd).all(1)
+    if fwd_ok.any() and bwd_ok.any():
+        rows = np.arange(gap.g0, gap.g1)
+        first, last = int(np.argmax(bwd_ok)), len(fwd_ok) - 1 - int(np.argmax(fwd_ok[::-1]))
+        # (both tracks: both ends have landmarks, so the frames before and after the gap exist)
+        t0, t1 = times[rows[first] - 1], times[rows[last] + 1]
+        return fwd, bwd, np.clip((times[rows] - t0) / max(t1 - t0, 1e-9), 0, 1)
+    for key, track, far, reached, toward in (("fwd", fwd, gap.b, fwd_ok, w), ("bwd", bwd, gap.a, bwd_ok, 1 - w)):
+        if far is None or not len(reached) or not (reached[-1] if key == "fwd" else reached[0]):
+            continue
+        at_end = ends[key] if np.isfinite(ends[key]).all() else track[-1 if key == "fwd" else 0]
+        if np.isfinite(fits[far]).all():
+            track = _pull(track, at_end, fits[far], toward)
+            return (track, bwd, w) if key == "fwd" else (fwd, track, w)
+    return fwd, bwd, w
+
+
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The angles (degrees) between the rotations of axis-angle rows ``a`` and ``b`` ``[n, 3]``."""
     from scipy.spatial.transform import Rotation
@@ -515,13 +555,16 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
 
         def run(job: tuple[str, int, list[int]]) -> tuple[np.ndarray, np.ndarray]:
             key, st, lead = job
-            order = gap_rows if key == "fwd" else gap_rows[::-1]
+            # through the gap and on into the frame with landmarks at its far end (where the track's
+            # drift shows, if it is the only one to get there)
+            far = gap.b if key == "fwd" else gap.a
+            order = [int(r) for r in (gap_rows if key == "fwd" else gap_rows[::-1])] + ([] if far is None else [far])
             surface = HeadSurface(model, identity.shape, {k: raw[k][st] for k in ("expr", "jaw_pose", "eye_pose")})
             K, R0, t0 = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][st]), identity.fov, crop))
-            tr = track_direction(surface, [grays[st]] + [grays[r] for r in lead] + [grays[int(r)] for r in order],
+            tr = track_direction(surface, [grays[st]] + [grays[r] for r in lead] + [grays[r] for r in order],
                                  S @ K, R0, t0, opts)
-            found, cnt = tr.pose6[len(lead):], tr.inliers[len(lead):]  # the gap's frames
-            pose = np.full((n, 6), np.nan)
+            found, cnt = tr.pose6[len(lead):], tr.inliers[len(lead):]  # the gap's frames (and the far end)
+            pose = np.full((len(order), 6), np.nan)
             ok = np.isfinite(found).all(1)
             if ok.any():
                 R = torch.as_tensor(np.stack([cv2.Rodrigues(v[:3])[0] for v in found[ok]]))
@@ -535,17 +578,19 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
                 results = list(pool.map(run, jobs))
         else:
             results = [run(j) for j in jobs]
+        ends = {"fwd": np.full(6, np.nan), "bwd": np.full(6, np.nan)}  # each track's pose at the far end
         for key in ("fwd", "bwd"):
             runs = [r for j, r in zip(jobs, results) if j[0] == key]
             if not runs:
                 continue
-            pose, cnt = _mean_pose([r[0] for r in runs]), np.max([r[1] for r in runs], 0)
-            dirs[key] = (pose, cnt) if key == "fwd" else (pose[::-1], cnt[::-1])
+            pose, cnt = _mean_pose([r[0] for r in runs]), np.max([r[1][:n] for r in runs], 0)
+            ends[key] = pose[n] if len(pose) > n else ends[key]
+            dirs[key] = (pose[:n], cnt) if key == "fwd" else (pose[:n][::-1], cnt[::-1])
         fwd, bwd = dirs["fwd"], dirs["bwd"]
         ta = times[gap.a] if gap.a is not None else times[gap.g0]
         tb = times[gap.b] if gap.b is not None else times[gap.g1 - 1]
         w = np.clip((times[gap_rows] - ta) / max(tb - ta, 1e-9), 0, 1)
-        pose = _blend(fwd[0], bwd[0], w)
+        pose = _blend(*_anchored(fwd[0], bwd[0], ends, raw["pose6"], gap, times, w))
         got = np.isfinite(pose).all(1)
         if gap.probes:  # landmarks found again inside the gap: kept where they agree with the flow
             probe = np.flatnonzero(np.isin(gap_rows, gap.probes))
