@@ -110,6 +110,30 @@ def test_the_gap_meets_its_ends_when_the_tracks_hold_on_part_of_it() -> None:
     assert np.allclose(_anchored(drift, drift, ends, fits, gap, times, w)[2], w)
 
 
+def test_a_drifted_track_is_brought_back_onto_the_head() -> None:
+    """A track whose head drifted by a turn growing through the gap: the camera's rotation and its
+    centre (model space) turned alike. Pulled onto the fit at the far end, every frame comes back to
+    the true pose (the centre too: moving it by a fixed offset shifted the head in the picture); and
+    so it does when the other track holds on the last frames only (it was blended over those alone)."""
+    from scipy.spatial.transform import Rotation
+
+    times = np.arange(30) / 25.0
+    gap = _Gap(10, 20, 9, 3, 20, 26)
+    turn = Rotation.from_rotvec(np.outer(0.06 * np.arange(30), [0, 1, 0]))  # the head turns ~3.4° a frame
+    truth = np.column_stack([turn.as_rotvec(), turn.apply([0.0, 0.0, 0.6])])  # camera 0.6 m from the head
+    w = (times[10:20] - times[9]) / (times[20] - times[9])
+    wf = np.r_[w, 1.0]  # the gap's frames and the far end
+    drift = Rotation.from_rotvec(np.outer(wf, [0.5, 0.1, 0]))  # to ~29° at the far end
+    tracked = np.column_stack([(drift * turn[10:21]).as_rotvec(), drift.apply(truth[10:21, 3:])])
+    ends = {"fwd": tracked[10], "bwd": np.full(6, np.nan)}
+    fwd, bwd, wb = _anchored(tracked[:10], np.full((10, 6), np.nan), ends, truth, gap, times, w)
+    assert np.allclose(_blend(fwd, bwd, wb), truth[10:20], atol=1e-9)
+    part = np.full((10, 6), np.nan)
+    part[8:] = truth[18:20]  # the backward track lost after two frames
+    pose = _blend(*_anchored(tracked[:10], part, ends, truth, gap, times, w))
+    assert np.allclose(pose, truth[10:20], atol=1e-9)
+
+
 def test_mean_pose_over_starts() -> None:
     """The poses of several starts: per frame the mean rotation and translation of those holding it."""
     a = np.array([[0.0, 0.2, 0.0, 0, 0, 1.0], [0.0, 0.4, 0.0, 0, 0, 1.0]])

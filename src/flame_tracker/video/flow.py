@@ -327,15 +327,18 @@ def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _pull(track: np.ndarray, at_end: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``track`` ``pose6 [n, 6]`` turned and moved by the fraction ``w [n]`` of what takes its pose
-    ``at_end`` onto ``target`` (both ``[6]``): drift spread over the track, none at ``w = 0``."""
+    """``track`` ``pose6 [n, 6]`` corrected by the fraction ``w [n]`` of what takes its pose
+    ``at_end`` onto ``target`` (both ``[6]``): drift spread over the track, none at ``w = 0``, exact
+    at ``w = 1``. A turn of the head turns the camera's rotation and its centre (model space) alike,
+    so the partial correction turns both; what is left of the centre's offset is added linearly."""
     from scipy.spatial.transform import Rotation
 
-    fix = (Rotation.from_rotvec(target[:3]) * Rotation.from_rotvec(at_end[:3]).inv()).as_rotvec()
+    fix = Rotation.from_rotvec(target[:3]) * Rotation.from_rotvec(at_end[:3]).inv()
     out = track.copy()
     ok = np.isfinite(track).all(1)
-    out[ok, :3] = (Rotation.from_rotvec(w[ok, None] * fix) * Rotation.from_rotvec(track[ok, :3])).as_rotvec()
-    out[ok, 3:] = track[ok, 3:] + w[ok, None] * (target[3:] - at_end[3:])
+    part = Rotation.from_rotvec(w[ok, None] * fix.as_rotvec())
+    out[ok, :3] = (part * Rotation.from_rotvec(track[ok, :3])).as_rotvec()
+    out[ok, 3:] = part.apply(track[ok, 3:]) + w[ok, None] * (target[3:] - fix.apply(at_end[3:]))
     return out
 
 
@@ -344,25 +347,27 @@ def _anchored(fwd: np.ndarray, bwd: np.ndarray, ends: dict[str, np.ndarray], fit
     """``(fwd, bwd, weight of bwd)`` for :func:`_blend`, so that the gap's poses meet the fits
     ``fits [T, 6]`` at both ends without a jump. ``w``: each gap frame's place between the two ends.
 
-    Where both tracks hold on only part of the gap, the backward one's weight grows from 0 to 1 over
-    the frames both hold (a fixed place in the gap jumped where one of them started or stopped).
-    Where one track alone reaches the far end (``ends``: its pose there; the other lost at once: a
-    face covered from brows to chin, whose hair alone carried one direction), its drift there is
-    spread back over the gap; it jumped by 28° onto the far end's landmarks in a trial."""
+    A track that reaches the far end while the other does not hold over the whole gap (a face covered
+    from brows to chin, whose hair alone carried one direction: it jumped by 28° onto the far end's
+    landmarks in a trial) has its drift there (``ends``: its pose in that frame) spread back over the
+    gap. Where both hold on only part of the gap, the backward one's weight grows from 0 to 1 over
+    the frames both hold (a fixed place in the gap jumped where one of them started or stopped)."""
     fwd_ok, bwd_ok = np.isfinite(fwd).all(1), np.isfinite(bwd).all(1)
+    if not len(fwd_ok):
+        return fwd, bwd, w
+    if not (fwd_ok.all() and bwd_ok.all()):  # (both over the whole gap: as they are)
+        if gap.b is not None and fwd_ok[-1] and np.isfinite(fits[gap.b]).all():
+            at_end = ends["fwd"] if np.isfinite(ends["fwd"]).all() else fwd[-1]
+            fwd = _pull(fwd, at_end, fits[gap.b], w)
+        if gap.a is not None and bwd_ok[0] and np.isfinite(fits[gap.a]).all():
+            at_end = ends["bwd"] if np.isfinite(ends["bwd"]).all() else bwd[0]
+            bwd = _pull(bwd, at_end, fits[gap.a], 1 - w)
     if fwd_ok.any() and bwd_ok.any():
         rows = np.arange(gap.g0, gap.g1)
         first, last = int(np.argmax(bwd_ok)), len(fwd_ok) - 1 - int(np.argmax(fwd_ok[::-1]))
         # (both tracks: both ends have landmarks, so the frames before and after the gap exist)
         t0, t1 = times[rows[first] - 1], times[rows[last] + 1]
         return fwd, bwd, np.clip((times[rows] - t0) / max(t1 - t0, 1e-9), 0, 1)
-    for key, track, far, reached, toward in (("fwd", fwd, gap.b, fwd_ok, w), ("bwd", bwd, gap.a, bwd_ok, 1 - w)):
-        if far is None or not len(reached) or not (reached[-1] if key == "fwd" else reached[0]):
-            continue
-        at_end = ends[key] if np.isfinite(ends[key]).all() else track[-1 if key == "fwd" else 0]
-        if np.isfinite(fits[far]).all():
-            track = _pull(track, at_end, fits[far], toward)
-            return (track, bwd, w) if key == "fwd" else (fwd, track, w)
     return fwd, bwd, w
 
 
