@@ -371,13 +371,6 @@ def _anchored(fwd: np.ndarray, bwd: np.ndarray, ends: dict[str, np.ndarray], fit
     return fwd, bwd, w
 
 
-def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The angles (degrees) between the rotations of axis-angle rows ``a`` and ``b`` ``[n, 3]``."""
-    from scipy.spatial.transform import Rotation
-
-    return np.degrees((Rotation.from_rotvec(a).inv() * Rotation.from_rotvec(b)).magnitude())
-
-
 def _mean_pose(poses: list[np.ndarray]) -> np.ndarray:
     """Per frame (in tracking order), the mean of several ``pose6 [n, 6]`` (NaN from where each lost
     the track): rotation by the mean quaternion (scipy's ``Rotation.mean``), translation linearly.
@@ -535,6 +528,7 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
     """:func:`flow_through_gaps`' work, gap by gap (``pool``: threads for the tracks, or None)."""
     from flame_tracker.camera import opencv_to_pose6, to_opencv
     from flame_tracker.threads import opencv_single_thread
+    from flame_tracker.video.track import rotation_error_deg
 
     for gap in _flow_gaps(valid, times, opts, cuts):
         grays = frames(gap.rows, s)
@@ -597,18 +591,17 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
         w = np.clip((times[gap_rows] - ta) / max(tb - ta, 1e-9), 0, 1)
         pose = _blend(*_anchored(fwd[0], bwd[0], ends, raw["pose6"], gap, times, w))
         got = np.isfinite(pose).all(1)
+        inliers[gap_rows] = np.maximum(fwd[1], bwd[1])
         if gap.probes:  # landmarks found again inside the gap: kept where they agree with the flow
             probe = np.flatnonzero(np.isin(gap_rows, gap.probes))
             fitted = raw["pose6"][gap_rows[probe], :3]
             checked = got[probe] & np.isfinite(fitted).all(1)
-            turn = _angle_deg(np.nan_to_num(fitted), np.nan_to_num(pose[probe, :3]))
+            turn = rotation_error_deg(np.nan_to_num(fitted), np.nan_to_num(pose[probe, :3]))
             kept = probe[~(checked & (turn > opts.probe_deg))]
             got[kept] = False
+            inliers[gap_rows[kept]] = 0
         raw["pose6"][gap_rows[got]] = pose[got]
         flow[gap_rows[got]] = True
-        inliers[gap_rows] = np.maximum(fwd[1], bwd[1])
-        if gap.probes:
-            inliers[gap_rows[kept]] = 0
         # expression, jaw and eyes: from the ends (interpolated between two, held from one)
         for k in ("expr", "jaw_pose", "eye_pose"):
             if gap.a is not None and gap.b is not None:

@@ -130,14 +130,16 @@ class VideoSummary:
                             f"the one --face {self.face} picked among the faces in the picture when it first "
                             "found one (a person who enters later is not switched to: --start where both are "
                             "in view, or --face \"near X,Y\")"))
+
+        def shown(frames: list[int]) -> str:  # the first 8 frame numbers
+            return ", ".join(str(c) for c in frames[:8]) + (", ..." if len(frames) > 8 else "")
+
         if self.cuts:
-            shown = ", ".join(str(c) for c in self.cuts[:8]) + (", ..." if len(self.cuts) > 8 else "")
-            lines.append(f"{len(self.cuts)} shot cut(s), at frame(s) {shown}: the fits start afresh there, "
-                         "nothing is smoothed across (one identity for the whole video)")
+            lines.append(f"{len(self.cuts)} shot cut(s), at frame(s) {shown(self.cuts)}: the fits start afresh "
+                         "there, nothing is smoothed across (one identity for the whole video)")
         if self.rejected:
-            shown = ", ".join(str(c) for c in self.rejected[:8]) + (", ..." if len(self.rejected) > 8 else "")
             lines.append(f"{len(self.rejected)} frame(s) with landmarks inside a gap disagreed with the head "
-                         f"followed by optical flow and took its pose instead: {shown}")
+                         f"followed by optical flow and took its pose instead: {shown(self.rejected)}")
         if self.damaged:
             lines.append(f"WARNING: {self.damaged}; decoding went on after it")
         if self.broken:
