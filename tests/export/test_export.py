@@ -201,6 +201,10 @@ def test_export_refuses_bad_input_with_one_line(run_dir: Path, tmp_path: Path, s
     assert res.exit_code == 1 and "holds run.glb, which this export did not write" in res.output, res.output
     assert (ours / "scene.blend").is_file() and (ours / "run.glb").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gltf.")]  # no hidden folder left
+    (ours / ".flame-tracker-export").write_text("gltf\nwritten:\n")  # what --force leaves: nothing here is ours
+    res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(ours)])
+    assert res.exit_code == 1 and "holds run.glb, which this export did not write" in res.output, res.output
+    assert (ours / "run.glb").read_bytes() == before
     (ours / ".flame-tracker-export").write_text("gltf\nwritten:\nrun.glb\n")
     # another format's export in the folder is not replaced (it would be lost)
     res = runner.invoke(main, ["export", str(run_dir), "--format", "gltf", "--out", str(tmp_path / "arkit-csv")])

@@ -330,7 +330,9 @@ def _users_entries(out_dir: Path, written: set[str]) -> list[Path]:
     writes counts as what it wrote."""
     if not (out_dir / MARKER).is_file():  # missing, empty, or an unmarked earlier version's files
         return []
-    ours = export_contents(out_dir)[1] or written
+    ours = export_contents(out_dir)[1]
+    if ours is None:  # (an empty list, what --force leaves beside the user's files, means none is ours)
+        ours = written
     keep = [e for e in out_dir.iterdir() if e.name != MARKER and e.name not in ours]
     clash = sorted(e.name for e in keep if e.name in written)
     if clash:
