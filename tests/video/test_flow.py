@@ -253,26 +253,40 @@ def test_a_face_found_for_a_moment_in_a_profile_is_checked_against_the_flow() ->
     assert kept.rejected.size == 0 and kept.source[k] == "landmarks" and kept.valid[k]
 
 
+@pytest.fixture(scope="module")
+def turn_and_back():
+    """A synthetic head turning fast, then straight back: ``(model, shots, order of the frames)``."""
+    from flame_tracker.evaluation.scenes import render_scene, turning_head
+    from flame_tracker.model import load_model
+
+    model = load_model()
+    specs = turning_head(model, 40)
+    order = list(range(3, 13)) + list(range(11, 2, -1))  # turning fast, then straight back
+    return model, {k: render_scene(model, specs[k], detail=0.25) for k in set(order)}, order
+
+
+def _surface(model, shot):
+    from flame_tracker.video.flow import HeadSurface
+
+    spec = shot[1].spec
+    return HeadSurface.fitted(model, spec.shape, [{"expr": spec.expr, "jaw_pose": np.zeros(3),
+                                                   "eye_pose": np.zeros(6)}])[0]
+
+
 @pytest.mark.slow
-def test_a_head_that_turns_back_at_once_is_still_followed() -> None:
+def test_a_head_that_turns_back_at_once_is_still_followed(turn_and_back) -> None:
     """Each point starts where the head's motion over the last two frames puts it, and Lucas-Kanade
     then runs without its pyramid; a head that reverses its turn at once (the prediction off by
     twice a frame's motion) is tried again with the pyramid: every frame followed, as without the
     prediction, and within a couple of degrees of the truth."""
     from scipy.spatial.transform import Rotation
 
-    from flame_tracker.evaluation.scenes import render_scene, turning_head
-    from flame_tracker.model import load_model
-    from flame_tracker.video.flow import HeadSurface, grey, track_direction
+    from flame_tracker.video.flow import grey, track_direction
 
-    model = load_model()
-    specs = turning_head(model, 40)
-    order = list(range(3, 13)) + list(range(11, 2, -1))  # turning fast, then straight back
-    shots = {k: render_scene(model, specs[k], detail=0.25) for k in set(order)}
+    model, shots, order = turn_and_back
     grays = [grey(shots[k][0], 1.0) for k in order]
     first = shots[order[0]][1]
-    surface = HeadSurface(model, first.spec.shape, {"expr": first.spec.expr, "jaw_pose": np.zeros(3),
-                                                    "eye_pose": np.zeros(6)})
+    surface = _surface(model, shots[order[0]])
     err = {}
     for levels in (0, -1):
         tr = track_direction(surface, grays, first.K, first.R, first.t, FlowOptions(lk_levels_predicted=levels))
@@ -282,3 +296,25 @@ def test_a_head_that_turns_back_at_once_is_still_followed() -> None:
         err[levels] = np.degrees((fitted.inv() * truth).magnitude())
     print("rotation error with / without the prediction (deg):", err[0].round(2), err[-1].round(2))
     assert err[0].max() < 2.0 and err[-1].max() < 2.0
+
+
+@pytest.mark.slow
+def test_starts_followed_side_by_side_are_each_followed_as_alone(turn_and_back) -> None:
+    """track_starts shares one Lucas-Kanade call and one padded pose solve per frame among the
+    starts of a direction; each start's track is the one it has followed alone (track_direction
+    from its own frame), including the frames where the prediction is retried with the pyramid."""
+    from flame_tracker.video.flow import grey, track_direction, track_starts
+
+    model, shots, order = turn_and_back
+    grays = [grey(shots[k][0], 1.0) for k in order]
+    begins = [0, 2, 5]  # (different surfaces, point counts and retries)
+    surfaces = [_surface(model, shots[order[b]]) for b in begins]
+    poses = [(shots[order[b]][1].R, shots[order[b]][1].t) for b in begins]
+    K = shots[order[0]][1].K
+    together = track_starts(surfaces, poses, begins, grays, K, FlowOptions())
+    for b, surface, (R, t), tr in zip(begins, surfaces, poses, together):
+        alone = track_direction(surface, grays[b:], K, R, t, FlowOptions())
+        assert tr.pose6.shape == alone.pose6.shape == (len(grays) - 1 - b, 6)
+        assert np.isfinite(alone.pose6).all()
+        np.testing.assert_allclose(tr.pose6, alone.pose6, atol=1e-9)
+        assert (tr.inliers == alone.inliers).all()
