@@ -253,6 +253,40 @@ def test_a_face_found_for_a_moment_in_a_profile_is_checked_against_the_flow() ->
     assert kept.rejected.size == 0 and kept.source[k] == "landmarks" and kept.valid[k]
 
 
+def test_point_sets_solved_together_are_each_solved_as_alone() -> None:
+    """The pose solve pads the sets of a frame's starts into one array; a set's pose and inliers
+    are those it gets alone, also where a padding point at the model's (0, 0, 1) would have lain
+    exactly on the camera plane (a NaN step that failed the whole set, from a review)."""
+    import warnings
+
+    import cv2
+
+    from flame_tracker.video.flow import _solve
+
+    rng = np.random.default_rng(0)
+    K = np.array([[300.0, 0, 120], [0, 300.0, 120], [0, 0, 1]])
+    R = np.diag([1.0, -1, -1]) @ cv2.Rodrigues(np.array([0.0, np.radians(48.6), 0.0]))[0]
+    rvec = cv2.Rodrigues(R)[0]
+    R = cv2.Rodrigues(rvec)[0]
+    tvec = np.array([[0.01], [-0.02], [-R[2, 2]]])  # (0, 0, 1) lands on z = 0
+    sets = []
+    for n in (100, 150, 40):
+        obj = rng.normal(0, 0.06, (n, 3))
+        cam = obj @ R.T + tvec.ravel()
+        img = cam[:, :2] / cam[:, 2:] * 300.0 + 120.0 + rng.normal(0, 0.3, (n, 2))
+        img[: n // 10] += 25.0  # outliers
+        sets.append((obj, img))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero, no NaN
+        together = _solve([o for o, _ in sets], [i for _, i in sets], K, [rvec] * 3, [tvec] * 3, FlowOptions())
+        for (obj, img), tog in zip(sets, together):
+            alone = _solve([obj], [img], K, [rvec], [tvec], FlowOptions())[0]
+            assert tog[0] and alone[0]
+            np.testing.assert_allclose(tog[1], alone[1], atol=1e-10)
+            np.testing.assert_allclose(tog[2], alone[2], atol=1e-10)
+            assert (tog[3] == alone[3]).all() and tog[3].sum() >= 0.85 * len(obj)
+
+
 @pytest.fixture(scope="module")
 def turn_and_back():
     """A synthetic head turning fast, then straight back: ``(model, shots, order of the frames)``."""

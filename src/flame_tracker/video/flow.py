@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -233,13 +233,14 @@ def _solve(objs: list[np.ndarray], imgs: list[np.ndarray], K: np.ndarray, rvecs:
         return out
     B, n = len(todo), max(len(objs[i]) for i in todo)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    # padding: a point in front of the camera with no weight (and no say in the inliers)
-    objT, ix, iy, real = np.zeros((B, 3, n)), np.zeros((B, n)), np.zeros((B, n)), np.zeros((B, n))
-    objT[:, 2] = 1.0
+    # padding: copies of the set's first point, weightless (and left out of the inliers); a point
+    # of its own head, so as far in front of the camera as the set's points are
+    objT, ix, iy, real = np.empty((B, 3, n)), np.empty((B, n)), np.empty((B, n)), np.zeros((B, n))
     for b, i in enumerate(todo):
         m = len(objs[i])
-        objT[b, :, :m] = objs[i].T
+        objT[b, :, :m], objT[b, :, m:] = objs[i].T, objs[i][0, :, None]
         ix[b, :m], iy[b, :m] = imgs[i][:, 0] - cx, imgs[i][:, 1] - cy
+        ix[b, m:], iy[b, m:] = ix[b, 0], iy[b, 0]
         real[b, :m] = 1.0
     # The rotation is updated by a left-multiplied small rotation (R <- exp(w) R), whose Jacobian
     # is closed-form in the camera-space points: no Rodrigues derivative, no cv2.projectPoints (which
@@ -284,7 +285,7 @@ def _solve(objs: list[np.ndarray], imgs: list[np.ndarray], K: np.ndarray, rvecs:
         if mask.sum() < opts.min_inliers or mask.mean() < opts.min_inlier_fraction:
             out[i] = (False, rvecs[i], tvecs[i], mask)
         else:
-            out[i] = (True, cv2.Rodrigues(R[b])[0], t[b].reshape(3, 1), mask)
+            out[i] = (True, cv2.Rodrigues(R[b])[0], t[b].reshape(3, 1).copy(), mask)
     return out
 
 
@@ -296,14 +297,37 @@ def track_direction(surface: HeadSurface, grays: list[np.ndarray], K: np.ndarray
     return track_starts([surface], [(R0, t0)], [0], grays, K, opts)[0]
 
 
+@dataclass
+class _Follow:
+    """One start's state in :func:`track_starts`: its points (model space and pixels), the current
+    pose (``rvec, tvec``), the frame before's ``(R, t)`` and how many points it last picked."""
+
+    obj: np.ndarray
+    pts: np.ndarray
+    rvec: np.ndarray
+    tvec: np.ndarray
+    before: tuple[np.ndarray, np.ndarray] | None
+    n_seed: int
+
+
+class _Try(NamedTuple):
+    """One Lucas-Kanade try of a start in a frame: where its points start (None: where they are),
+    OpenCV's flags and the pyramid levels."""
+
+    init: np.ndarray | None
+    flags: int
+    levels: int
+
+
 def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.ndarray]], begins: list[int],
                  grays: list[np.ndarray], K: np.ndarray, opts: FlowOptions) -> list[GapTrack]:
     """Several starts of one direction, followed side by side through the same frames: start ``j``
     (the head fitted there, ``surfaces[j]``, and its OpenCV camera ``poses0[j] = (R, t)``) begins on
-    ``grays[begins[j]]``. Each keeps its own points and pose, as if followed alone (the same
-    result); what they share is the work per frame: one Lucas-Kanade call for every start at the
-    same kind of try (its image derivatives computed once) and one padded pose solve. Returns each
-    start's :class:`GapTrack` over the frames after its own (NaN from where it lost the track)."""
+    ``grays[begins[j]]``. Each keeps its own points and pose: its track is the one
+    :func:`track_direction` gives it alone on the same surface (to rounding: the padded solve sums
+    in another order). What they share is the work per frame: one Lucas-Kanade call for every start
+    at the same kind of try (its image derivatives computed once) and one padded pose solve. Returns
+    each start's :class:`GapTrack` over the frames after its own (NaN from where it lost the track)."""
     n = len(grays) - 1
     outs = [np.full((n - b0, 6), np.nan) for b0 in begins]
     counts = [np.zeros(n - b0, int) for b0 in begins]
@@ -318,7 +342,7 @@ def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.
         return cam[:, :2] / cam[:, 2:] * f + c
 
     for k in range(n):
-        for j in (j for j, b0 in enumerate(begins) if b0 == k and j not in live and j not in over):
+        for j in [j for j, b0 in enumerate(begins) if b0 == k]:
             R0, t0 = poses0[j]
             obj, pts = surfaces[j].visible_points(grays[k], K, R0, t0, opts.max_points)
             if len(obj) < opts.min_inliers:
@@ -334,25 +358,25 @@ def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.
         pose_k = {j: (cv2.Rodrigues(s.rvec)[0], s.tvec.ravel().copy()) for j, s in live.items()}
         # each start's tries: where the head's motion from the frame before to this one, once more,
         # moves each point (Lucas-Kanade on few levels), then the full pyramid from where they are
-        tries: dict[int, list[tuple[np.ndarray | None, int, int]]] = {}
+        tries: dict[int, list[_Try]] = {}
         for j, s in live.items():
-            tries[j] = [(None, 0, opts.lk_levels)]
+            tries[j] = [_Try(None, 0, opts.lk_levels)]
             if opts.lk_levels_predicted >= 0 and s.before is not None:
                 (Rk, tk), (Rp, tp) = pose_k[j], s.before
                 moved = project(s.obj, Rk @ Rp.T @ Rk, 2 * tk - tp) - project(s.obj, Rk, tk)
                 init = (s.pts + moved).astype(np.float32)
-                tries[j].insert(0, (init, cv2.OPTFLOW_USE_INITIAL_FLOW, opts.lk_levels_predicted))
+                tries[j].insert(0, _Try(init, cv2.OPTFLOW_USE_INITIAL_FLOW, opts.lk_levels_predicted))
         result: dict[int, tuple[bool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         todo = sorted(live)
         while todo:
             found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             kinds: dict[tuple[int, int], list[int]] = {}
             for j in todo:
-                kinds.setdefault(tries[j][0][1:], []).append(j)
+                kinds.setdefault((tries[j][0].flags, tries[j][0].levels), []).append(j)
             for (flags, levels), js in kinds.items():
                 # (no forward-backward check: it doubled the cost, and the robust pose solve drops
                 # what it would have; 4 synthetic turns: 6.9° with it, 4.7° without, with RANSAC then)
-                init = np.concatenate([tries[j][0][0] for j in js]) if flags else None
+                init = np.concatenate([tries[j][0].init for j in js]) if flags else None
                 nxt, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, np.concatenate([live[j].pts for j in js]), init,
                                                       winSize=win, maxLevel=levels, criteria=criteria, flags=flags)
                 ends = np.cumsum([len(live[j].pts) for j in js])
@@ -388,19 +412,6 @@ def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.
                 s.n_seed = max(len(obj), opts.min_inliers)
             s.obj, s.pts = obj, pts
     return [GapTrack(o, cnt) for o, cnt in zip(outs, counts)]
-
-
-@dataclass
-class _Follow:
-    """One start's state in :func:`track_starts`: its points (model space and pixels), the current
-    pose (``rvec, tvec``), the frame before's ``(R, t)`` and how many points it last picked."""
-
-    obj: np.ndarray
-    pts: np.ndarray
-    rvec: np.ndarray
-    tvec: np.ndarray
-    before: tuple[np.ndarray, np.ndarray] | None
-    n_seed: int
 
 
 def _blend(fwd: np.ndarray, bwd: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -649,12 +660,11 @@ def _fill_gaps(model, identity, raw: dict[str, np.ndarray], valid: np.ndarray, t
             # with landmarks at its far end (where the track's drift shows, if it is the only one there)
             far = gap.b if key == "fwd" else gap.a
             order = [int(r) for r in (gap_rows if key == "fwd" else gap_rows[::-1])] + ([] if far is None else [far])
-            step = 1 if key == "fwd" else -1
-            seq = list(range(starts[0], end + step, step)) + order
-            poses0 = []
-            for st in starts:
-                K, R0, t0 = (x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][st]), identity.fov, crop))
-                poses0.append((R0, t0))
+            sign = 1 if key == "fwd" else -1
+            seq = list(range(starts[0], end + sign, sign)) + order
+            cams = [[x.numpy() for x in to_opencv(torch.as_tensor(raw["pose6"][st]), identity.fov, crop)]
+                    for st in starts]
+            K, poses0 = cams[0][0], [(R0, t0) for _, R0, t0 in cams]  # (K: the same for every frame)
             surfaces = HeadSurface.fitted(model, identity.shape,
                                           [{k: raw[k][st] for k in ("expr", "jaw_pose", "eye_pose")} for st in starts])
             tracks = track_starts(surfaces, poses0, [abs(st - starts[0]) for st in starts],
