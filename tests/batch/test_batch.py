@@ -247,3 +247,34 @@ def test_the_summary_keeps_the_items_of_earlier_batches_into_the_same_folder(tmp
     BatchSummary(tmp_path, rows=[row("d", "failed")]).write()
     info = json.loads((tmp_path / "batch.json").read_text())
     assert sorted(r["name"] for r in info["earlier_items"]) == ["a", "b", "bad", "c"]
+
+
+def test_an_input_finds_its_folder_of_an_earlier_batch_again(tmp_path: Path) -> None:
+    """Names come from stems, made unique within a batch: a photo and a video of one stem went to
+    ``clip/`` and ``clip_1/``. A later batch of the video alone used to name it ``clip`` and fail on
+    the photo's folder (a user trial); now a folder holding another input's results is passed over,
+    and the video finds ``clip_1`` again."""
+    from flame_tracker.video.store import MANIFEST, PHOTO_CONFIG
+
+    src = tmp_path / "in"
+    src.mkdir()
+    photo, video, other = src / "clip.jpg", src / "clip.mp4", tmp_path / "other" / "clip.mp4"
+    for p in (photo, video):
+        p.write_bytes(b"x")
+    out = tmp_path / "out"
+    first = collect_items([src], out)
+    assert [(Path(i.path).name, i.name) for i in first] == [("clip.jpg", "clip"), ("clip.mp4", "clip_1")]
+    (out / "clip").mkdir(parents=True)  # what that batch left: the photo's fit, the video's run
+    (out / "clip" / "clip.json").write_text(json.dumps({"source": str(photo)}))
+    (out / "clip" / PHOTO_CONFIG).write_text("{}")
+    (out / "clip_1").mkdir()
+    (out / "clip_1" / MANIFEST).write_text(json.dumps({"video": {"path": str(video.resolve())}}))
+    assert [i.name for i in collect_items([video], out)] == ["clip_1"]
+    assert [i.name for i in collect_items([photo], out)] == ["clip"]
+    assert [i.name for i in collect_items([photo, video], out)] == ["clip", "clip_1"]
+    other.parent.mkdir()
+    other.write_bytes(b"y")  # another file of that stem: a folder of its own
+    assert [i.name for i in collect_items([other], out)] == ["clip_2"]
+    assert [i.name for i in collect_items([video])] == ["clip"]  # (no out folder given: stems as before)
+    (out / "clip_2").mkdir()  # an empty folder holds nothing: free
+    assert [i.name for i in collect_items([other], out)] == ["clip_2"]

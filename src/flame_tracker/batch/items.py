@@ -98,10 +98,31 @@ def read_manifest(path: Path) -> list[tuple[Path, str | None, dict[str, Any]]]:
     return out
 
 
-def collect_items(inputs: list[str | Path]) -> list[Item]:
+def holds_other_input(folder: Path, path: Path, kind: str) -> bool:
+    """Whether an item's output ``folder`` holds the results of an input other than ``path`` (a
+    video run of another file, another photo's fit; photo results of unknown source for a video).
+    A folder that does not exist, or holds nothing of ours, is free."""
+    from flame_tracker.video.store import MANIFEST, PHOTO_CONFIG
+
+    photo = folder / f"{folder.name}.json"
+    try:
+        if (folder / MANIFEST).is_file():
+            held = json.loads((folder / MANIFEST).read_text()).get("video", {}).get("path")
+        elif photo.is_file():
+            held = json.loads(photo.read_text()).get("source")
+        else:
+            return kind == "video" and (folder / PHOTO_CONFIG).is_file()
+        return held is None or Path(str(held)).resolve() != path.resolve()
+    except (OSError, ValueError, AttributeError):  # unreadable: not ours to reuse
+        return True
+
+
+def collect_items(inputs: list[str | Path], out_dir: str | Path | None = None) -> list[Item]:
     """Items for ``inputs``: video/image files, folders (their videos and images, sorted), globs and
-    manifests (``.csv``, ``.jsonl``). Output names are the file stems, made unique (``_1``, ``_2``).
-    Raises :class:`BatchInputError` for an input that matches nothing."""
+    manifests (``.csv``, ``.jsonl``). Output names are the file stems, made unique (``_1``, ``_2``);
+    with ``out_dir``, a name whose folder there holds another input's results is passed over, so that
+    an input finds its folder of an earlier batch again whatever else that batch held (a manifest's
+    own ``name`` is kept as given). Raises :class:`BatchInputError` for an input that matches nothing."""
     found: list[tuple[Path, str | None, dict[str, Any]]] = []
     for raw in inputs:
         text = str(raw)
@@ -132,7 +153,9 @@ def collect_items(inputs: list[str | Path]) -> list[Item]:
             raise BatchInputError(f"{path}: name {name!r} must be a plain folder name (no '/', not '.' or '..')")
         base = name or path.stem
         unique, n = base, 0
-        while unique in used:  # clip, clip_1, clip_2 ... never a name already taken
+        # clip, clip_1, clip_2 ... never a name already taken, here or (for a name of ours) in out_dir
+        while unique in used or (name is None and out_dir is not None
+                                 and holds_other_input(Path(out_dir) / unique, path, kind)):
             n += 1
             unique = f"{base}_{n}"
         used.add(unique)
@@ -173,4 +196,4 @@ def group_images(items: list[Item], size: int, frames: dict[str, float] | None =
 
 
 __all__ = ["BatchInputError", "IMAGE_SUFFIXES", "ITEM_OPTIONS", "Item", "PHOTO_FRAMES", "VIDEO_SUFFIXES",
-           "collect_items", "estimated_frames", "group_images", "read_manifest"]
+           "collect_items", "estimated_frames", "group_images", "holds_other_input", "read_manifest"]

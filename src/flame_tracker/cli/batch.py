@@ -37,7 +37,7 @@ def batch(inputs: tuple[str, ...], out_dir: Path, workers: int | None, address: 
     from flame_tracker.batch import BatchInputError, RayMissingError, collect_items, run_batch
 
     try:
-        items = collect_items(list(inputs))
+        items = collect_items(list(inputs), out_dir)
     except BatchInputError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
