@@ -165,13 +165,19 @@ class Config:
         default all)."""
         from flame_tracker.io.results import save_json
 
+        return save_json(path, self.to_json(sections))
+
+    def to_json(self, sections: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+        """What :meth:`save` writes: :meth:`to_dict` of ``sections`` (default all), non-finite
+        numbers as strings."""
+
         def finite(v: Any) -> Any:  # JSON has no infinity: "inf" / "-inf" / "nan", read back by updated()
             if isinstance(v, dict):
                 return {k: finite(x) for k, x in v.items()}
             return _toml_value(v) if isinstance(v, float) and not math.isfinite(v) else v
 
         tree = finite(self.to_dict())
-        return save_json(path, tree if sections is None else {k: tree[k] for k in sections})
+        return tree if sections is None else {k: tree[k] for k in sections}
 
 
 

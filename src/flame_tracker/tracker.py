@@ -139,6 +139,9 @@ class Result:
     fit_target68_px: np.ndarray | None = None
     # the model file's fingerprint (model.embedding.fingerprint): tells two files of one name apart
     model_fingerprint: str = ""
+    # the settings of the fit as `flame-tracker image` records them ({section: {key: value}}), written
+    # to the summary JSON: photos fitted into one folder by runs with other settings say their own
+    settings: dict[str, Any] | None = None
 
     # -------------------------------------------------------------------------------- derived
     @property
@@ -308,6 +311,7 @@ class Result:
             "stage1_objective": self.stage1_objective,
             "iterations": dict(self.iterations),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            **({"settings": self.settings} if self.settings is not None else {}),
         }
 
     def save(

@@ -142,3 +142,31 @@ def test_ctrl_c_in_any_command_exits_130(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["export", str(tmp_path), "--format", "arkit"])
     assert res.exit_code == 130, res.output
     assert "interrupted" in res.output and "Aborted" not in res.output
+
+
+@pytest.mark.slow
+def test_a_photo_fitted_again_never_replaces_another_photos_results(shared_dir, tmp_path):
+    """Photos of one stem from two folders go to ``x`` and ``x_1``. Fitting the second again into
+    the same --out used to name it ``x`` and replace the first one's files (a user trial); now it
+    finds ``x_1`` again. A run with other settings says so, and each photo's .json keeps its own."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, name in ((a, "woman.jpg"), (b, "woman.jpg")):
+        d.mkdir()
+        shutil.copy(shared_dir / "images" / name, d / "x.jpg")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["image", str(a / "x.jpg"), str(b / "x.jpg"), "--out", str(out), "--no-overlay"])
+    assert res.exit_code == 0, res.output
+
+    def source(name):
+        return json.loads((out / f"{name}.json").read_text())
+
+    assert source("x")["source"].endswith("a/x.jpg") and source("x_1")["source"].endswith("b/x.jpg")
+    first = (out / "x.npz").read_bytes()
+    res = CliRunner().invoke(main, ["image", str(b / "x.jpg"), "--out", str(out), "--no-overlay", "--mesh-depth", "0"])
+    assert res.exit_code == 0, res.output
+    assert f"-> {out / 'x_1'}.npz" in res.output
+    assert (out / "x.npz").read_bytes() == first and source("x")["source"].endswith("a/x.jpg")
+    assert "other settings (image.mesh_depth: 0.5 -> 0.0)" in res.output
+    assert source("x")["settings"]["image"]["mesh_depth"] == 0.5
+    assert source("x_1")["settings"]["image"]["mesh_depth"] == 0.0
+    assert not (out / "x_2.json").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,14 +30,61 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 CONFIG_NAME = PHOTO_CONFIG
 
 
-def _stems(paths: list[Path]) -> list[str]:
-    """Output names: the file stem, made unique when two inputs share one."""
-    seen: dict[str, int] = {}
+def _stems(paths: list[Path], out_dir: Path | None = None) -> list[str]:
+    """Output names: the file stem, made unique (``_1``, ``_2``) when two inputs share one. With
+    ``out_dir``, a name whose results there came from another photo (its ``.json``'s ``source``; an
+    earlier run's) is passed over too, so that a run never replaces another photo's files and a
+    photo fitted again replaces its own."""
+    used: set[str] = set()
     out = []
     for p in paths:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        out.append(p.stem if n == 0 else f"{p.stem}_{n}")
+        name, n = p.stem, 0
+        while name in used or (out_dir is not None and _other_photo(out_dir, name, p)):
+            n += 1
+            name = f"{p.stem}_{n}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def _other_photo(out_dir: Path, name: str, path: Path) -> bool:
+    """Whether ``out_dir`` holds the results of another photo under ``name`` (``--all-faces``'
+    ``name_face0``, ... included)."""
+    import json
+
+    for js in (out_dir / f"{name}.json", out_dir / f"{name}_face0.json"):
+        if not js.is_file():
+            continue
+        try:
+            source = json.loads(js.read_text()).get("source")
+            return source is None or Path(str(source)).resolve() != path.resolve()
+        except (OSError, ValueError, AttributeError):  # unreadable: not ours to replace
+            return True
+    return False
+
+
+def _changed_settings(out_dir: Path, now: dict[str, Any], names: list[str]) -> list[str]:
+    """``section.key: old -> new`` for the settings that differ from those of an earlier run into
+    ``out_dir`` (its settings file), when photos other than this run's ``names`` are there; empty
+    otherwise."""
+    import json
+
+    try:
+        before = json.loads((out_dir / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    faces = tuple(f"{n}_face" for n in names)  # (--all-faces' names)
+    others = [js for js in out_dir.glob("*.json")
+              if js.name != CONFIG_NAME and js.stem not in names and not js.stem.startswith(faces)]
+    if not others:  # (only this run's photos: they are all fitted again with the new settings)
+        return []
+    now = json.loads(json.dumps(now))  # (as the file holds them: lists, not tuples)
+    out = []
+    for section, values in now.items():
+        old = before.get(section) if isinstance(before, dict) else None
+        for key, value in values.items():
+            if isinstance(old, dict) and key in old and old[key] != value:
+                out.append(f"{section}.{key}: {old[key]} -> {value}")
     return out
 
 
@@ -112,9 +159,16 @@ def run_images(
         stage2 = replace(stage2, fit_shape=False, fit_neck=False, fit_rigid=False)
     tracker.stage1, tracker.stage2 = config.stage1, stage2
     photometric_set = config.set_in("photometric")
+    # as used: the expression prior's centre the tracker chose for this model (None = model's)
+    used = replace(tracker.settings(), photometric=config.photometric)
+    settings = used.to_json(("image", "stage1", "stage2", "photometric"))
+    names = _stems(images, Path(out_dir))
+    changed = _changed_settings(Path(out_dir), settings, names)
+    if changed:  # other photos there keep theirs: the folder's file describes the last run
+        click.echo(f"note: {out_dir} holds photos fitted with other settings ({'; '.join(changed[:4])}"
+                   f"{'; ...' if len(changed) > 4 else ''}); {CONFIG_NAME} now holds this run's, and each photo's "
+                   "own are in its .json ('settings')", err=True)
     try:
-        # as used: the expression prior's centre the tracker chose for this model (None = model's)
-        used = replace(tracker.settings(), photometric=config.photometric)
         used.save(Path(out_dir) / CONFIG_NAME, ("image", "stage1", "stage2", "photometric"))
     except OSError as exc:
         raise click.ClickException(f"cannot write to {out_dir}: {exc}") from exc
@@ -136,7 +190,7 @@ def run_images(
             for i, err in errors.items():
                 click.echo(f"error: {_located(images[i], err)}", err=True)
             failures = len(errors)
-        for path, stem in zip(images, _stems(images)):
+        for path, stem in zip(images, names):
             if same_person and path not in joint:
                 continue  # reported above
             try:
@@ -156,6 +210,7 @@ def run_images(
 
                         result, ph = refine_result(tracker.fit_model, result, image,
                                                    output_model=tracker.model, **photometric_set)
+                    result.settings = settings
                     result.save(out_dir, name, image=tracker.last_image, mesh=mesh, overlay=overlay)
                     if photometric:
                         save_texture_png(out_dir / f"{name}_texture.png", ph.albedo, tracker.model)
