@@ -570,6 +570,12 @@ class Tracker:
     def last_image(self, image: np.ndarray | None) -> None:
         self._last.image = self._latest = image
 
+    @property
+    def last_faces(self) -> int:
+        """How many faces the last picture's search found (this thread's; 0 before any): a photo
+        of several people fitted with the default ``face="largest"`` can say so."""
+        return int(getattr(self._last, "faces", 0))
+
     def settings(self) -> Config:
         """The settings this tracker fits with, as a photo run records them (a
         :class:`~flame_tracker.config.Config`: the image options with the expression prior chosen for
@@ -663,6 +669,7 @@ class Tracker:
         self.last_image = rgb
         t1 = time.perf_counter()
         dets = self.finder.find(rgb, exhaustive=exhaustive)
+        self._last.faces = len(dets)
         if not dets:
             # a picture stored upside down (no EXIF orientation): MediaPipe finds no face in 5 of the 8
             # shared photos turned over, and all 8 once turned back (a face turned by 90° it finds)

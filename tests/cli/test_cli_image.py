@@ -170,3 +170,20 @@ def test_a_photo_fitted_again_never_replaces_another_photos_results(shared_dir, 
     assert source("x")["settings"]["image"]["mesh_depth"] == 0.5
     assert source("x_1")["settings"]["image"]["mesh_depth"] == 0.0
     assert not (out / "x_2.json").exists()
+
+
+@pytest.mark.slow
+def test_a_photo_of_two_people_says_that_one_was_fitted(shared_dir, tmp_path):
+    """Two faces side by side: the default fits the largest and says that there is another (a user
+    trial: nothing said so); a photo of one face says nothing."""
+    import cv2
+    import numpy as np
+
+    a, b = (cv2.imread(str(shared_dir / "images" / f"ffhq_0000{k}.png")) for k in (0, 1))
+    h = min(a.shape[0], b.shape[0])
+    cv2.imwrite(str(tmp_path / "two.png"), np.concatenate([a[:h], b[:h]], axis=1))
+    res = CliRunner().invoke(main, ["image", str(tmp_path / "two.png"), str(shared_dir / "images" / "woman.jpg"),
+                                    "--out", str(tmp_path / "out"), "--no-overlay", "--no-mesh"])
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "two.png: 2 faces found, one fitted (--face largest)" in notes[0], res.output

@@ -85,3 +85,21 @@ def test_an_output_folder_under_a_folder_that_cannot_be_searched_is_one_line(sha
     res = CliRunner().invoke(main, _commands(shared_dir, locked / "out")["export"])
     assert res.exit_code == 1 and f"cannot write to {locked / 'out'}: Permission denied" in res.output, res.output
     assert isinstance(res.exception, SystemExit)
+
+
+def test_a_frame_rate_above_the_clips_is_said(shared_dir, tmp_path) -> None:
+    """``--fps 60`` on a 24 fps clip keeps every frame: a note says so (a user trial: nothing did);
+    one below the clip's rate says nothing."""
+    from click.testing import CliRunner
+
+    from flame_tracker.cli.main import main
+
+    clip = str(shared_dir / "videos" / "talking_ex3.mp4")
+    res = CliRunner().invoke(main, ["video", clip, "--out", str(tmp_path / "a"), "--fps", "60", "--max-frames", "3",
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "note: --fps 60 is not below the clip's 24 fps: every frame is kept" in res.output
+    res = CliRunner().invoke(main, ["video", clip, "--out", str(tmp_path / "b"), "--fps", "10", "--max-frames", "3",
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "note: --fps" not in res.output

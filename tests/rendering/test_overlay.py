@@ -118,3 +118,20 @@ def test_reduced_resolution_overlay_has_the_exact_silhouette() -> None:
     ref = render_overlay(img, v, f, alpha=1.0, legend=False, shading_max_side=None)
     diff = np.abs(out.astype(int) - ref.astype(int))[full]
     assert np.median(diff) <= 1 and diff.mean() < 1.5
+
+
+def test_landmark_dots_stay_smaller_than_a_small_face() -> None:
+    """Dots are sized by the picture (a 600-pixel photo: radius 2, the detected ones 3) but never
+    beyond about a hundredth of the face: on a 64×64 thumbnail with a 30-pixel face they are single
+    pixels (they were 5-pixel discs that hid the face, a user trial)."""
+    from flame_tracker.rendering.overlay import COLOR_DETECTED
+
+    for side, face_px, area in ((64, 30, 1), (600, 300, 37)):
+        img = np.zeros((side, side, 3), np.uint8)
+        c = side / 2 + 0.5
+        lmk = np.array([[c - face_px / 2, c], [c + face_px / 2, c], [c, c]])  # the face's extent, a dot
+        out = render_overlay(img, np.zeros((3, 3)), np.array([[0, 1, 2]]), alpha=0.0, lmks_detected=lmk,
+                             legend=False)
+        coloured = (out == COLOR_DETECTED).all(-1)
+        k = int(c)
+        assert coloured[k - 8:k + 9, k - 8:k + 9].sum() == area, side

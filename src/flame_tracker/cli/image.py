@@ -201,6 +201,9 @@ def run_images(
                     tracker.last_image = load_image(path)
                 else:
                     results = tracker.fit_image_faces(path) if all_faces else [tracker.fit_image(path)]
+                    if not all_faces and tracker.last_faces > 1:
+                        click.echo(f"note: {path}: {tracker.last_faces} faces found, one fitted (--face "
+                                   f"{tracker.face}); --face chooses another, --all-faces fits each", err=True)
                 image = tracker.last_image
                 assert image is not None  # the photo just fitted
                 for k, result in enumerate(results):

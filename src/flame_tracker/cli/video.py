@@ -143,6 +143,16 @@ def video(ctx: click.Context, clip: Path, out_dir: Path, model_path: Path | None
             face_landmarker_path(landmarker)
         except AssetError as exc:
             raise click.BadParameter(str(exc), param_hint="--landmarker") from exc
+    if vopts.fps is not None:  # (a rate above the clip's keeps every frame: say so rather than nothing)
+        from flame_tracker.video.decode import probe
+
+        try:
+            rate = probe(clip).fps
+        except (OSError, VideoError):  # (track_video says what is wrong with the file)
+            rate = 0.0
+        if rate > 0 and vopts.fps * vopts.every >= rate * 0.999:
+            click.echo(f"note: --fps {vopts.fps:g} is not below the clip's {rate:.3g} fps: every frame "
+                       f"{'is' if vopts.every == 1 else f'of --every {vopts.every} is'} kept", err=True)
     try:
         summary = track_video(clip, out_dir, model=model, options=topts, video_options=vopts,
                               flow_options=config.flow, photometric_options=config.photometric,

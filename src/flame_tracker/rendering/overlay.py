@@ -413,9 +413,15 @@ def render_overlay(
         with cpu_threads(1):
             _blend_mesh(out, vertices_px, faces, alpha, focal, shading_max_side)
     radius = max(1, int(round(min(h, w) / 300)))
+    pts = lmks_detected if lmks_detected is not None else lmks_fitted
+    if pts is not None and np.isfinite(pts).any():
+        # a small face (a thumbnail, a wide shot): dots of the picture's size would hide it (a 30-pixel
+        # face under 5-pixel discs, from a user trial); at most about a hundredth of the face each
+        face = float(np.nanmax(np.ptp(np.asarray(pts, float)[np.isfinite(pts).all(1)], axis=0)))
+        radius = min(radius, int(face / 100))
     items: list[tuple[str, tuple[int, int, int]]] = []
     if lmks_detected is not None:
-        draw_points(out, lmks_detected, COLOR_DETECTED, radius + 1)
+        draw_points(out, lmks_detected, COLOR_DETECTED, radius + 1 if radius else 0)
         items.append(("detected", COLOR_DETECTED))
     if lmks_fitted is not None:
         draw_points(out, lmks_fitted, COLOR_FITTED, radius)
