@@ -16,12 +16,17 @@ def test_gaps_and_the_rows_flow_needs() -> None:
     valid = np.array([1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0], bool)
     assert gaps(valid) == [(3, 5), (9, 10), (11, 13)]
     times = np.arange(len(valid)) / 10.0
-    rows = needed_rows(valid, times, FlowOptions(anchor_back=2, anchors=1))
+    rows = needed_rows(valid, times, FlowOptions(anchor_back=2, anchors=1, min_gap_s=0.0))
     # gap 3-4: anchors 2 (and 2 frames before it: 0, 1) and 5 (and 6, 7); gap 9: 8,7,6 / 10;
     # gap 11-12 at the end: anchor 10 only (9 is not valid, so no frames before it)
     assert rows.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    rows = needed_rows(valid, times, FlowOptions(anchor_back=0, anchors=1, max_gap_s=0.25))
+    rows = needed_rows(valid, times, FlowOptions(anchor_back=0, anchors=1, max_gap_s=0.25, min_gap_s=0.0))
     assert rows.tolist() == [8, 9, 10, 11, 12]  # 3-4 spans 0.3 s (frames 2 to 5): too long at 0.25 s
+    # by default a gap between landmark frames 0.2 s apart (9: frames 8 to 10) is left to the
+    # smoother; one at the clip's end (11-12) is followed however short
+    # (frame 10 alone between two gaps would make one gap of 9-12 with it as a probe: not here)
+    assert [(g.g0, g.g1) for g in _flow_gaps(valid, times, FlowOptions(probe_s=0.0))] == [(3, 5), (11, 13)]
+    assert [(g.g0, g.g1) for g in _flow_gaps(valid, times, FlowOptions(probe_s=0.0, min_gap_s=0.3))] == [(11, 13)]
     # three starts, 1 and 3 and 5 frames back: the frames up to 5 back are needed (as many as there are)
     long = np.array([1] * 8 + [0, 0] + [1] * 8, bool)
     rows = needed_rows(long, np.arange(len(long)) / 10.0, FlowOptions(anchor_back=1, anchors=3, anchor_step=2))

@@ -59,6 +59,13 @@ class FlowOptions:
     # (4.3° against 4.5° mean with the other changes of that measurement) at half the cost
     work_face_px: float = 240.0
     max_gap_s: float = 4.0  # longer gaps are not flow-tracked (their frames are held in memory, grey)
+    # a gap between frames with landmarks at most this far apart (s) is left to the smoother's
+    # bridging: on the shared talking clips (gaps cut in at 28 places each) bridging was closer to the
+    # frames' own landmark fits for 1-4 missing frames at 24-25 fps (0.78° against 1.13° for two, 1.18°
+    # against 1.46° for four; equal for six), and the flow's fixed cost per gap (its starts' heads and
+    # lead-in frames) was 26-62 ms per frame of such a gap. A gap at the clip's start or end, which
+    # the smoother cannot bridge, is followed whatever its length.
+    min_gap_s: float = 0.2
     # landmarks found again for at most this long (s, frames times their interval; 0: off) between
     # two gaps are followed through as part of one gap and checked against the flow: past a profile
     # MediaPipe sometimes draws a face for a frame or two that is not there (a synthetic turn: one
@@ -553,7 +560,8 @@ class _Gap:
 
 def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions,
                cuts: np.ndarray | None = None) -> list[_Gap]:
-    """The gaps flow tracks: with landmarks on at least one side, no longer than ``max_gap_s``, not
+    """The gaps flow tracks: with landmarks on at least one side, no longer than ``max_gap_s`` (and,
+    between two frames with landmarks, longer than ``min_gap_s``: shorter ones are bridged), not
     ending on a shot cut (``cuts [T]``, :func:`~flame_tracker.video.track.shot_cuts`: the two sides
     are other shots, and where in the gap the cut lies is unknown). Two gaps with only a short run
     of landmark frames between them (``probe_s``, no cut in it) are one gap with those frames as
@@ -578,6 +586,8 @@ def _flow_gaps(valid: np.ndarray, times: np.ndarray, opts: FlowOptions,
             continue
         if times[min(g1, t_len - 1)] - times[max(g0 - 1, 0)] > opts.max_gap_s:
             continue
+        if g0 > 0 and g1 < t_len and times[g1] - times[g0 - 1] <= opts.min_gap_s + 1e-9:
+            continue  # (short, with landmarks on both sides: bridged)
         a = a_start = b = b_start = None
         if g0 > 0:
             a = a_start = g0 - 1
