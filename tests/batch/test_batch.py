@@ -161,6 +161,8 @@ def test_an_interrupted_batch_resumes_without_redoing_finished_items(shared_dir:
     # a skipped photo still reports its numbers (from its own summary)
     skipped = [r for r in info["items"] if r["status"] == "skipped"]
     assert all(r["mean_reproj_px"] is not None and 0 < r["mean_reproj_px"] < 20 and r["fps"] > 0 for r in skipped)
+    # ... and its frames/s with the time of the run that made it (it reported 0 s beside them)
+    assert all(abs(r["fps"] * r["seconds"] - r["frames"]) < 1e-6 * r["frames"] for r in skipped)
     assert all(status[p.stem] in ("done", "skipped") for p in imgs) and len(status) == 4
     assert all((out / n / f"{n}.npz").stat().st_mtime_ns == t for n, t in stamps.items())
 

@@ -168,8 +168,9 @@ def _video(item: dict[str, Any], out_dir: Path, force: bool, part_seconds: float
     if s.skipped:  # finished by an earlier run: its numbers
         info = json.loads((folder / "summary.json").read_text())
         frames, total = int(info.get("n_frames", 0)), float(info.get("timings", {}).get("total_s", 0.0))
+        # (its numbers are those of the run that made it: its frames/s next to its own time)
         return _row(item, "skipped", frames=frames, fps=frames / total if total > 0 else float("nan"),
-                    mean_reproj_px=info.get("mean_reproj_px", float("nan")), seconds=seconds)
+                    mean_reproj_px=info.get("mean_reproj_px", float("nan")), seconds=total)
     return _row(item, "done", frames=s.n_frames, fps=s.n_frames / max(seconds, 1e-9),
                 mean_reproj_px=s.mean_reproj_px, seconds=seconds)
 
@@ -273,7 +274,7 @@ def _photo_done(item: Item, out_dir: Path) -> dict[str, Any] | None:
     err = (info.get("reprojection_px") or {}).get("mean_68")
     total = sum(float(v) for v in (info.get("timings_s") or {}).values())
     return _row(item.as_dict(), "skipped", frames=1, fps=1.0 / total if total > 0 else float("nan"),
-                mean_reproj_px=float("nan") if err is None else float(err))
+                mean_reproj_px=float("nan") if err is None else float(err), seconds=total)
 
 
 def _thread_env(threads: int) -> dict[str, str]:
