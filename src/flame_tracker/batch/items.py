@@ -102,19 +102,19 @@ def holds_other_input(folder: Path, path: Path, kind: str) -> bool:
     """Whether an item's output ``folder`` holds the results of an input other than ``path`` (a
     video run of another file, another photo's fit; photo results of unknown source for a video).
     A folder that does not exist, or holds nothing of ours, is free."""
+    from flame_tracker.io.results import result_source
     from flame_tracker.video.store import MANIFEST, PHOTO_CONFIG
 
     photo = folder / f"{folder.name}.json"
-    try:
-        if (folder / MANIFEST).is_file():
+    if (folder / MANIFEST).is_file():
+        try:
             held = json.loads((folder / MANIFEST).read_text()).get("video", {}).get("path")
-        elif photo.is_file():
-            held = json.loads(photo.read_text()).get("source")
-        else:
-            return kind == "video" and (folder / PHOTO_CONFIG).is_file()
-        return held is None or Path(str(held)).resolve() != path.resolve()
-    except (OSError, ValueError, AttributeError):  # unreadable: not ours to reuse
-        return True
+            return held is None or Path(str(held)).resolve() != path.resolve()
+        except (OSError, ValueError, AttributeError):  # unreadable: not ours to reuse
+            return True
+    if photo.is_file():  # (unreadable, or naming no photo: not ours to reuse)
+        return result_source(photo) != path.resolve()
+    return kind == "video" and (folder / PHOTO_CONFIG).is_file()
 
 
 def collect_items(inputs: list[str | Path], out_dir: str | Path | None = None) -> list[Item]:

@@ -50,16 +50,11 @@ def _stems(paths: list[Path], out_dir: Path | None = None) -> list[str]:
 def _other_photo(out_dir: Path, name: str, path: Path) -> bool:
     """Whether ``out_dir`` holds the results of another photo under ``name`` (``--all-faces``'
     ``name_face0``, ... included)."""
-    import json
+    from flame_tracker.io.results import result_source
 
     for js in (out_dir / f"{name}.json", out_dir / f"{name}_face0.json"):
-        if not js.is_file():
-            continue
-        try:
-            source = json.loads(js.read_text()).get("source")
-            return source is None or Path(str(source)).resolve() != path.resolve()
-        except (OSError, ValueError, AttributeError):  # unreadable: not ours to replace
-            return True
+        if js.is_file():  # (unreadable, or naming no photo: not ours to replace)
+            return result_source(js) != path.resolve()
     return False
 
 

@@ -309,6 +309,17 @@ def save_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     return atomic_write(path, _write)
 
 
+def result_source(path: str | os.PathLike[str]) -> Path | None:
+    """The photo a fit's summary JSON (``<name>.json``) records as its ``source``, resolved; None
+    when the file is missing, unreadable or names none (output names come from stems: whoever
+    reuses a name checks that it holds the same photo's results)."""
+    try:
+        source = json.loads(Path(path).read_text()).get("source")
+        return None if source is None else Path(str(source)).resolve()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def png_params() -> list[int]:
     """OpenCV PNG options: zlib level 1, run-length strategy and the "up" row filter.
 

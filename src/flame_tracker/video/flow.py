@@ -60,8 +60,8 @@ class FlowOptions:
     work_face_px: float = 240.0
     max_gap_s: float = 4.0  # longer gaps are not flow-tracked (their frames are held in memory, grey)
     # a gap between frames with landmarks at most this far apart (s) is left to the smoother's
-    # bridging: on the shared talking clips (gaps cut in at 28 places each) bridging was closer to the
-    # frames' own landmark fits for 1-4 missing frames at 24-25 fps (0.78° against 1.13° for two, 1.18°
+    # bridging: on the shared talking clips (gaps cut in at 35 places in all) bridging was closer to the
+    # frames' own landmark fits for 1-4 missing frames at 25 fps (0.78° against 1.13° for two, 1.18°
     # against 1.46° for four; equal for six), and the flow's fixed cost per gap (its starts' heads and
     # lead-in frames) was 26-62 ms per frame of such a gap. A gap at the clip's start or end, which
     # the smoother cannot bridge, is followed whatever its length.
