@@ -357,3 +357,21 @@ def test_starts_followed_side_by_side_are_each_followed_as_alone(turn_and_back) 
         assert np.isfinite(alone.pose6).all()
         np.testing.assert_allclose(tr.pose6, alone.pose6, atol=1e-9)
         assert (tr.inliers == alone.inliers).all()
+
+
+def test_points_already_followed_are_kept_clear_as_circles_drawn_one_by_one() -> None:
+    """The picker keeps new corners a cell away from the points it follows: the discs drawn in one
+    dilation are the pixels cv2.circle fills around each centre, centres outside the box included."""
+    import cv2
+
+    from flame_tracker.video.flow import _discs
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(8, 120, 2))
+        radius = int(rng.integers(0, 9))
+        centres = rng.integers(-20, 140, (int(rng.integers(0, 40)), 2))
+        drawn = np.zeros((h, w), np.uint8)
+        for x, y in centres:
+            cv2.circle(drawn, (int(x), int(y)), radius, 255, -1)
+        np.testing.assert_array_equal(_discs(centres, (h, w), radius), drawn)
