@@ -90,9 +90,11 @@ class FlowOptions:
     # several starts (anchor_back, anchor_back + anchor_step, ...), the gap's poses the mean over them:
     # where the flow lands depends on the one start's fit (pose, expression) more than its rotation
     # error says (4 synthetic turns, one start 3 / 6 / 9 / 12 frames back: 8.7 / 5.3 / 4.5 / 4.3°
-    # mean gap error); three starts 4.45°, five 4.35°; about twice the flow's time per gap frame
-    # (measured on the benchmark clip: 6.7 → 13.4 ms)
-    anchors: int = 3
+    # mean gap error); three starts 4.45°, five 4.35°. Two (6 and 9 back) against three: gaps cut
+    # into the shared talking clips at three sets of places 1.56 / 1.28 / 1.60° against 1.65 / 1.32 /
+    # 1.72° from the clips' own fits (the same frames followed), 14 synthetic turns 3.87° against
+    # 3.75° (seed 22 out), at about three quarters of the time (docs/profiles.md, 2026-12-06)
+    anchors: int = 2
     anchor_step: int = 3
 
 
