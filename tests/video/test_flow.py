@@ -360,18 +360,20 @@ def test_starts_followed_side_by_side_are_each_followed_as_alone(turn_and_back) 
 
 
 def test_points_already_followed_are_kept_clear_as_circles_drawn_one_by_one() -> None:
-    """The picker keeps new corners a cell away from the points it follows: the discs drawn in one
-    dilation are the pixels cv2.circle fills around each centre, centres outside the box included."""
+    """The picker keeps new corners a cell away from the points it follows: the discs stamped at
+    once are the pixels cv2.circle fills around each centre, centres outside the box included."""
     import cv2
 
-    from flame_tracker.video.flow import _discs
+    from flame_tracker.video.flow import _clear_discs
 
     rng = np.random.default_rng(3)
     for _ in range(40):
         h, w = (int(v) for v in rng.integers(8, 120, 2))
         radius = int(rng.integers(0, 9))
         centres = rng.integers(-20, 140, (int(rng.integers(0, 40)), 2))
-        drawn = np.zeros((h, w), np.uint8)
+        drawn = np.full((h, w), 255, np.uint8)
         for x, y in centres:
-            cv2.circle(drawn, (int(x), int(y)), radius, 255, -1)
-        np.testing.assert_array_equal(_discs(centres, (h, w), radius), drawn)
+            cv2.circle(drawn, (int(x), int(y)), radius, 0, -1)
+        stamped = np.full((h, w), 255, np.uint8)
+        _clear_discs(stamped, centres, radius)
+        np.testing.assert_array_equal(stamped, drawn)
