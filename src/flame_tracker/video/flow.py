@@ -363,8 +363,7 @@ def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
     win = (opts.lk_window, opts.lk_window)
     f, c = K[[0, 1], [0, 1]], K[:2, 2]
-    live: dict[int, _Follow] = {}
-    over: set[int] = set()  # starts that lost the track (or never had enough points)
+    live: dict[int, _Follow] = {}  # the starts following now (not one with too few points to begin, or lost)
 
     def project(obj: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
         cam = obj @ R.T + t
@@ -374,9 +373,7 @@ def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.
         for j in [j for j, b0 in enumerate(begins) if b0 == k]:
             R0, t0 = poses0[j]
             obj, pts = surfaces[j].visible_points(grays[k], K, R0, t0, opts.max_points)
-            if len(obj) < opts.min_inliers:
-                over.add(j)
-            else:
+            if len(obj) >= opts.min_inliers:
                 live[j] = _Follow(obj, pts.astype(np.float32), cv2.Rodrigues(R0)[0], t0.reshape(3, 1).copy(),
                                   None, len(obj))
         if not live:
@@ -426,7 +423,6 @@ def track_starts(surfaces: list[HeadSurface], poses0: list[tuple[np.ndarray, np.
             s = live[j]
             if not ok:
                 del live[j]
-                over.add(j)
                 continue
             s.before, s.rvec, s.tvec = pose_k[j], rv, tv
             outs[j][k - begins[j]] = np.concatenate([rv.ravel(), tv.ravel()])
