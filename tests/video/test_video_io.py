@@ -14,7 +14,7 @@ import pytest
 
 from flame_tracker.errors import InputError
 from flame_tracker.video.decode import VideoError, VideoReader, probe
-from flame_tracker.video.encode import VideoWriter, side_by_side
+from flame_tracker.video.encode import VideoWriter, join_videos, side_by_side
 from flame_tracker.video.store import CheckpointStage, OutputMismatchError, RunFolder
 from flame_tracker.video.temporal import cutoff_to_lambda, jitter_metrics, segments, smooth_sequence
 
@@ -451,6 +451,36 @@ def test_writer_keeps_a_late_first_frame_at_its_time(tmp_path: Path) -> None:
     with av.open(str(path)) as container:  # (VideoReader counts time from the first frame)
         got = [float(f.time) for f in container.decode(video=0)]
     np.testing.assert_allclose(got, times, atol=1e-5)
+
+
+def test_pieces_join_into_one_video_without_encoding_again(tmp_path: Path) -> None:
+    """Pieces of one timeline, each written on its own, join into one file holding every frame at its
+    time, also where a slower piece follows a faster one (its first decoding times reach back into the
+    piece before) and across a joint of 1.1 ms. Pieces of another size are refused and nothing is
+    written."""
+    times = [k / 25 for k in range(10)]  # 0 - 0.36 s
+    times += [0.40043 + k / 5 for k in range(6)]  # 0.4 - 1.4 s, slower (pieces start between milliseconds)
+    times += [1.40153 + k / 25 for k in range(8)]  # a 1.1 ms joint
+    cuts = [(0, 10), (10, 16), (16, 24)]
+    parts = []
+    for n, (lo, hi) in enumerate(cuts):
+        parts.append(tmp_path / f"{n:05d}.mp4")
+        with VideoWriter(parts[-1], fps=25.0) as writer:
+            for i in range(lo, hi):
+                writer.write(_pattern(i), times[i])
+    whole = join_videos(parts, tmp_path / "out" / "overlay.mp4")
+    frames = list(VideoReader(whole))
+    assert len(frames) == len(times)
+    np.testing.assert_allclose([f.time_s for f in frames], times, atol=1e-5)
+    for i, f in enumerate(frames):  # each frame is the one written at its time (lossy coding: near)
+        assert np.abs(f.image.astype(int) - _pattern(i)).mean() < 6, i
+    assert all(p.is_file() for p in parts)
+    assert not list(whole.parent.glob(".*"))
+    with VideoWriter(tmp_path / "other.mp4", fps=25.0) as writer:
+        writer.write(_pattern(0, 32, 32), 2.0)
+    with pytest.raises(InputError, match="32x32"):
+        join_videos([parts[0], tmp_path / "other.mp4"], tmp_path / "bad.mp4")
+    assert not (tmp_path / "bad.mp4").exists() and not list(tmp_path.glob(".bad*"))
 
 
 def test_writer_keeps_the_colours(tmp_path: Path) -> None:

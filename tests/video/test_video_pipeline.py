@@ -150,6 +150,46 @@ def test_overlay_video(shared_dir: Path, tmp_path: Path, model) -> None:
 
 
 @pytest.mark.slow
+def test_a_killed_overlay_keeps_the_pieces_it_finished(shared_dir: Path, tmp_path: Path, model, monkeypatch) -> None:
+    """A run killed while drawing the overlay keeps the pieces it finished: the resumed run draws only
+    from the first piece missing, and its overlay.mp4 holds the frames of an uninterrupted run's, at the
+    same times; the pieces are gone at the end."""
+    from flame_tracker.rendering import overlay as overlay_mod
+    from flame_tracker.video.decode import VideoReader
+
+    monkeypatch.setattr(pipeline_mod, "OVERLAY_PIECE", 8)
+    clip = shared_dir / "videos" / "talking_wojtek.mp4"
+    vopts = VideoOptions(max_frames=20, overlay=True)
+    whole = tmp_path / "whole"
+    track_video(clip, whole, model=model, options=TINY, video_options=vopts, progress=False)
+
+    real, drawn = overlay_mod.render_overlay, [0]
+
+    def counted(*args, **kwargs):
+        drawn[0] += 1
+        if drawn[0] == kill_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overlay_mod, "render_overlay", counted)
+    kill_at, resumed = 12, tmp_path / "resumed"  # inside the second piece (frames 8-15)
+    with pytest.raises(KeyboardInterrupt):
+        track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
+    pieces = resumed / "work" / "overlay"
+    assert (pieces / "00000.mp4").is_file() and not (pieces / "00001.mp4").exists()
+    assert not (resumed / "overlay.mp4").exists()
+    drawn[0], kill_at = 0, -1
+    track_video(clip, resumed, model=model, options=TINY, video_options=vopts, progress=False)
+    assert drawn[0] == 12  # frames 8-19 only
+    assert not pieces.exists()
+    a, b = list(VideoReader(whole / "overlay.mp4")), list(VideoReader(resumed / "overlay.mp4"))
+    assert len(a) == len(b) == 20
+    np.testing.assert_allclose([f.time_s for f in a], [f.time_s for f in b], atol=1e-4)
+    for fa, fb in zip(a, b):
+        np.testing.assert_array_equal(fa.image, fb.image)
+
+
+@pytest.mark.slow
 def test_overlay_says_where_no_face_was_found(shared_dir: Path, tmp_path: Path, model) -> None:
     """Frames of the run without a result are labelled in the overlay (a footage trial found them bare,
     while flow and interpolated frames were labelled)."""

@@ -1,8 +1,10 @@
-"""Streaming mp4 writer (PyAV/libx264) for overlay videos, written atomically."""
+"""Streaming mp4 writer (PyAV/libx264) for overlay videos, written atomically, and the join of its
+pieces into one file."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -117,6 +119,45 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def join_videos(parts: Sequence[str | Path], path: str | Path) -> Path:
+    """Join the mp4 files ``parts``, consecutive pieces of one timeline written by :class:`VideoWriter`
+    with the same frame size and settings, into ``path`` without encoding again (each piece starts
+    with a keyframe; frames keep their times); written atomically. The parts are left in place.
+    """
+    path = Path(path)
+    if not parts:
+        raise InputError(f"no video pieces to join into {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path, ".mp4")
+    try:
+        with av.open(ffmpeg_path(tmp), mode="w") as out:
+            ost, size, last_dts = None, None, None
+            for part in parts:
+                with av.open(ffmpeg_path(part)) as src:
+                    stream = src.streams.video[0]
+                    if ost is None:
+                        ost, size = out.add_stream_from_template(stream), (stream.width, stream.height)
+                    elif (stream.width, stream.height) != size:
+                        raise InputError(f"{part}: {stream.width}x{stream.height} frames, not the "
+                                         f"{size[0]}x{size[1]} of the pieces before it")
+                    for packet in src.demux(stream):
+                        if packet.dts is None:  # (the demuxer's empty packet at the end)
+                            continue
+                        # a piece's first decoding times lie before its first frame's time by the
+                        # encoder's reordering delay, which can reach back into the piece before
+                        # (a slower piece after a faster one): the order is kept, and every frame's time
+                        if last_dts is not None and packet.dts <= last_dts:
+                            packet.dts = last_dts + 1
+                        last_dts = packet.dts
+                        packet.stream = ost
+                        out.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -625,6 +626,9 @@ FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name", "
 #: Frames per block when writing the outputs (memory stays flat over long videos).
 WRITE_BLOCK = 1024
 OVERLAY_BATCH = 32  # frames whose meshes the overlay computes in one pass
+#: Frames per piece of ``overlay.mp4`` (``work/overlay/NNNNN.mp4``, joined at the end): what a killed
+#: run can lose of the overlay (~40 s of drawing at ~28 ms a frame; an hour's overlay takes ~50 min)
+OVERLAY_PIECE = 1500
 # keys tracking.npz adds about the whole video (with the ``all_*`` arrays over every decoded frame)
 VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
@@ -812,7 +816,7 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     from flame_tracker.camera import project_pixels, world_to_view
     from flame_tracker.rendering.mask import face_mask
     from flame_tracker.rendering.overlay import render_overlay
-    from flame_tracker.video.encode import VideoWriter, side_by_side
+    from flame_tracker.video.encode import VideoWriter, join_videos, side_by_side
 
     t0 = time.perf_counter()
     row_of = {int(f): i for i, f in enumerate(lm.frame)}
@@ -826,14 +830,25 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
         albedo = load_canonical(run)
     fps = reader.info.fps / reader.every if not reader.fps else min(reader.fps, reader.info.fps)
-    bar = progress_bar(total=len(lm.frame), desc="overlay", unit="frame", disable=not progress,
-                       dynamic_ncols=True)
+    # drawn in pieces of OVERLAY_PIECE frames, each its own file once finished: a killed run keeps
+    # the pieces it finished and draws from the first one missing
+    pieces = run.root / "work" / "overlay"
+    start = _finished_pieces(pieces, {"piece": OVERLAY_PIECE, "side_by_side": bool(vopts.side_by_side),
+                                      "textured": light is not None}) * OVERLAY_PIECE
+    bar = progress_bar(total=len(lm.frame), initial=min(start, len(lm.frame)), desc="overlay", unit="frame",
+                       disable=not progress, dynamic_ncols=True)
     covered = np.flatnonzero(fit.covered)
     block: dict[int, torch.Tensor] = {}  # the meshes of the next covered rows, one batched pass each
     n_done = 0
-    with VideoWriter(run.root / "overlay.mp4", fps=fps) as writer:
+    writer, piece = None, -1
+    try:
         sources = fit.source
-        for frame in reader.reopen():
+        for frame in reader.reopen(keep=(lambda p: p >= start) if start else None):
+            if frame.position // OVERLAY_PIECE != piece:
+                if writer is not None:
+                    writer.close()
+                piece = frame.position // OVERLAY_PIECE
+                writer = VideoWriter(pieces / f"{piece:05d}.mp4", fps=fps)
             r = row_of.get(frame.index)
             img = frame.image
             out = img
@@ -870,8 +885,33 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
             n_done += 1
             if arrays is not None and n_done % WRITE_BLOCK == 0:
                 arrays.release()
-    bar.close()
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    done = sorted(pieces.glob("[0-9]*.mp4"))
+    if done:
+        join_videos(done, run.root / "overlay.mp4")
+    shutil.rmtree(pieces, ignore_errors=True)
     summary.timings["overlay_s"] = time.perf_counter() - t0
+
+
+def _finished_pieces(folder: Path, settings: dict[str, Any]) -> int:
+    """How many pieces of the overlay ``folder`` holds, finished and in order from the first, drawn
+    with ``settings`` (the folder is emptied when they were drawn otherwise: another side-by-side or
+    texture setting, another piece length)."""
+    record = folder / "settings.json"
+    if folder.is_dir() and (not record.is_file() or json.loads(record.read_text()) != settings):
+        shutil.rmtree(folder)
+    save_json(record, settings)
+    n = 0
+    while (folder / f"{n:05d}.mp4").is_file():
+        n += 1
+    return n
 
 
 def _label(image: np.ndarray, text: str, color: tuple[int, int, int]) -> None:
