@@ -15,7 +15,7 @@ import pytest
 from flame_tracker.errors import InputError
 from flame_tracker.video.decode import VideoError, VideoReader, probe
 from flame_tracker.video.encode import VideoWriter, join_videos, side_by_side
-from flame_tracker.video.store import CheckpointStage, OutputMismatchError, RunFolder
+from flame_tracker.video.store import CheckpointStage, OutputMismatchError, RunBusyError, RunFolder
 from flame_tracker.video.temporal import cutoff_to_lambda, jitter_metrics, segments, smooth_sequence
 
 
@@ -667,6 +667,41 @@ def test_checkpoints_load_into_memory_mapped_arrays(tmp_path: Path) -> None:
     got = mixed.load_into(FrameArrays(tmp_path / "mixed_arrays", min_frames=1))["p"]
     assert got.dtype == ref.dtype == np.float64
     np.testing.assert_array_equal(got, ref)
+
+
+def test_a_run_folder_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """A whole run holds its folder alone: a second one (with or without force) is refused at once and
+    empties nothing; a part's process (not exclusive) shares it; a released or killed holder leaves no
+    lock behind."""
+    import subprocess
+    import sys
+
+    video = tmp_path / "v.mp4"
+    _write_video(video, 3)
+    out = tmp_path / "out"
+    held = RunFolder(out, video, {"every": 1}, exclusive=True)
+    fits = held.stage("fits")
+    fits.add(0, {"x": np.zeros(1)})
+    fits.flush()
+    for force in (False, True):
+        with pytest.raises(RunBusyError, match="another process is tracking into"):
+            RunFolder(out, video, {"every": 1}, force=force, exclusive=True)
+    assert (out / "work" / "fits").is_dir() and (out / "manifest.json").is_file()
+    RunFolder(out, video, {"every": 1})  # (a detection part's process)
+    held.release()
+    RunFolder(out, video, {"every": 1}, exclusive=True).release()
+    # another process holds it, then is killed: the lock ends with it
+    code = ("import sys, time; from flame_tracker.video.store import hold_folder; "
+            "hold_folder(__import__('pathlib').Path(sys.argv[1])); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusyError):
+            RunFolder(out, video, {"every": 1}, exclusive=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    RunFolder(out, video, {"every": 1}, exclusive=True).release()
 
 
 def test_run_folder_manifest(tmp_path: Path) -> None:

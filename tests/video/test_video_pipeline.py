@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -245,6 +246,24 @@ def test_cli_reports_bad_input(tmp_path: Path) -> None:
                                        str(tmp_path / "o")])
     assert result.exit_code != 0
     assert "does not exist" in result.output
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path: Path, shared_dir: Path) -> None:
+    """The same command started twice: the second says so at once (exit 1) and leaves the first's
+    folder alone (the two used to overwrite each other's files, and one failed on a file the other
+    had removed)."""
+    from flame_tracker.cli.main import main
+    from flame_tracker.video.store import RunFolder
+
+    clip, out = shared_dir / "videos" / "talking_wojtek.mp4", tmp_path / "run"
+    held = RunFolder(out, clip, {"first": "run"}, exclusive=True)
+    try:
+        result = CliRunner().invoke(main, ["video", str(clip), "--out", str(out), "--max-frames", "3", "--quiet"])
+    finally:
+        held.release()
+    assert result.exit_code == 1
+    assert "another process is tracking into" in result.output
+    assert json.loads((out / "manifest.json").read_text())["settings"] == {"first": "run"}
 
 
 def test_cli_names_a_start_past_the_end_and_leaves_no_folder(tmp_path: Path, shared_dir: Path) -> None:

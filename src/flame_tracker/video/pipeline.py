@@ -626,8 +626,8 @@ FIXED_KEYS = ("shape", "crop", "blendshape_names", "expr_names", "model_name", "
 #: Frames per block when writing the outputs (memory stays flat over long videos).
 WRITE_BLOCK = 1024
 OVERLAY_BATCH = 32  # frames whose meshes the overlay computes in one pass
-#: Frames per piece of ``overlay.mp4`` (``work/overlay/NNNNN.mp4``, joined at the end): what a killed
-#: run can lose of the overlay (~40 s of drawing at ~28 ms a frame; an hour's overlay takes ~50 min)
+#: Frames per piece of ``overlay.mp4`` (``work/overlay/NNNNN.mp4``, joined at the end): the most a killed
+#: run draws again (a minute or more of drawing; an hour's overlay takes an hour or more)
 OVERLAY_PIECE = 1500
 # keys tracking.npz adds about the whole video (with the ``all_*`` arrays over every decoded frame)
 VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
@@ -990,6 +990,8 @@ def track_video(video: str | Path, out_dir: str | Path, *,
         VideoError: it is not a readable video.
         NoFaceError: no frame has a face.
         OutputMismatchError: ``out_dir`` holds a different run (pass ``force``).
+        RunBusyError: another process is tracking into ``out_dir`` now (a whole run holds its folder
+            alone; ``detect_part`` runs share it).
     """
     from flame_tracker.fitting.photometric import PhotometricOptions
     from flame_tracker.model import load_model
@@ -1018,7 +1020,23 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     if detect_part is not None and (force or not 0 <= detect_part[0] < detect_part[1]):
         raise InputError(f"detect_part must be (i, k) with 0 <= i < k, without force (got {detect_part}, "
                          f"force={force}): the parts share one folder, which force would empty")
-    run = _open_run(video, out_dir, model, fit_model, topts, vopts, fopts, popts, force)
+    # (a part's process shares the folder with the others by design; a whole run holds it alone)
+    run = _open_run(video, out_dir, model, fit_model, topts, vopts, fopts, popts, force,
+                    exclusive=detect_part is None)
+    try:
+        return _track(video, run, reader, fit_model, model, topts, vopts, fopts, popts, progress,
+                      landmarker_path, verbose, detect_part, t_start)
+    finally:
+        run.release()
+
+
+def _track(video: str | Path, run: RunFolder, reader: VideoReader, fit_model: Any, model: Any, topts: TrackOptions,
+           vopts: VideoOptions, fopts: FlowOptions, popts: Any, progress: bool,
+           landmarker_path: str | Path | None, verbose: bool, detect_part: tuple[int, int] | None,
+           t_start: float) -> VideoSummary:
+    """:func:`track_video`'s stages in the opened run folder."""
+    from flame_tracker.fitting.photometric import PhotometricOptions
+
     summary = VideoSummary(out_dir=run.root, face=str(vopts.face))
     if _finished(run, vopts):
         summary.skipped = True
@@ -1053,9 +1071,11 @@ def track_video(video: str | Path, out_dir: str | Path, *,
 
 
 def _open_run(video: str | Path, out_dir: str | Path, model: Any, fit_model: Any, topts: TrackOptions,
-              vopts: VideoOptions, fopts: FlowOptions, popts: Any, force: bool) -> RunFolder:
+              vopts: VideoOptions, fopts: FlowOptions, popts: Any, force: bool,
+              exclusive: bool = False) -> RunFolder:
     """The run folder keyed on every setting that changes the result (a different run there is an
-    error unless ``force``), with ``config.json``."""
+    error unless ``force``), with ``config.json``; ``exclusive``: held by this process alone
+    (:class:`~flame_tracker.video.store.RunFolder`)."""
     from flame_tracker.config import Config
     from flame_tracker.fitting.photometric import PhotometricOptions
     from flame_tracker.model.embedding import fingerprint
@@ -1070,9 +1090,13 @@ def _open_run(video: str | Path, out_dir: str | Path, model: Any, fit_model: Any
         settings["photometric"] = {"chunk": vopts.photometric_chunk, **_changed(popts, PhotometricOptions())}
     if topts.flow and fopts != FlowOptions():  # (only when set: older folders match)
         settings["flow_options"] = _changed(fopts, FlowOptions())
-    run = RunFolder(out_dir, video, settings, force=force)
-    Config(track=topts, video=vopts, flow=fopts, photometric=popts).save(
-        run.root / "config.json", ("track", "video", "flow", "photometric"))
+    run = RunFolder(out_dir, video, settings, force=force, exclusive=exclusive)
+    try:
+        Config(track=topts, video=vopts, flow=fopts, photometric=popts).save(
+            run.root / "config.json", ("track", "video", "flow", "photometric"))
+    except BaseException:
+        run.release()
+        raise
     return run
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -36,6 +37,33 @@ PHOTO_CONFIG = "flame_tracker_config.json"  # what `flame-tracker image` writes 
 
 class OutputMismatchError(FlameTrackerError, RuntimeError):
     """The output folder holds a run of a different video or with different settings."""
+
+
+class RunBusyError(FlameTrackerError, RuntimeError):
+    """Another process is tracking into the same output folder now."""
+
+
+def hold_folder(folder: Path) -> int | None:
+    """Take an exclusive lock on ``folder`` (made if missing) for this process: the open descriptor
+    that holds it (the lock ends with :func:`os.close` of it, or with the process, however it ends:
+    a killed run leaves no stale lock). :class:`RunBusyError` when another process holds it; ``None``
+    where the system has no ``flock`` (Windows: no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunBusyError(f"another process is tracking into {folder} now (the same command started twice?): "
+                           "wait for it to end, or choose another --out folder") from None
+    except OSError:  # a file system without locks (some network shares): go on as before
+        os.close(fd)
+        return None
+    return fd
 
 
 def video_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -305,10 +333,21 @@ class RunFolder:
     """An output folder with a manifest tying it to one video and one set of settings."""
 
     def __init__(self, out_dir: str | Path, video: str | Path, settings: Mapping[str, Any],
-                 force: bool = False) -> None:
+                 force: bool = False, exclusive: bool = False) -> None:
+        """``exclusive``: this process alone may use the folder until :meth:`release` (another run into
+        it, with or without ``force``, gets :class:`RunBusyError` at once instead of overwriting
+        its files as it writes them)."""
         self.root = Path(out_dir)
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"output path {self.root} exists and is not a folder")
+        self._lock = hold_folder(self.root) if exclusive else None
+        try:
+            self._open(video, settings, force)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, video: str | Path, settings: Mapping[str, Any], force: bool) -> None:
         self.fingerprint = video_fingerprint(video)
         self.settings = json.loads(json.dumps(dict(settings), default=str))
         manifest = self.root / MANIFEST
@@ -341,6 +380,12 @@ class RunFolder:
         self.complete = bool(old and old.get("complete"))
         if old is None:
             self._write_manifest(complete=False)
+
+    def release(self) -> None:
+        """End this process's hold on the folder (``exclusive``); nothing when it has none."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def clear(self) -> None:
         """Remove everything this package writes in the folder (never foreign files)."""
