@@ -580,9 +580,13 @@ class VideoReader:
                     else:  # no timestamps (AVI's are decode order): the nominal rate
                         t = index / self.info.fps if self.info.fps else float(index)
                     if last_index >= 0 and t <= last_time:
-                        # a frame shown before the one decoded last (damage): it cannot be placed in
-                        # time, and a tracker needs increasing times
-                        self.damaged.setdefault(last_index, f"a frame out of order (t={t:.2f}s)")
+                        # a frame shown before the one decoded last (damage), or at its time (a muxer
+                        # that rounded times onto a coarser clock): it cannot be placed in time, and a
+                        # tracker needs increasing times
+                        self.damaged.setdefault(last_index, f"a frame out of order (t={t:.2f}s)" if t < last_time
+                                                else f"two frames at one time (t={t:.2f}s), the second left out")
+                        if index_of is None:  # (counted: the frames after it keep their source numbers)
+                            self.n_decoded += 1
                         continue
                     if index_of is None:
                         self.n_decoded += 1
