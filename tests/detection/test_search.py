@@ -66,6 +66,25 @@ class _Face:
         self.area = size * size
 
 
+def test_the_face_detector_tells_an_upright_face_from_one_turned_over(faces) -> None:
+    """The upright score of a face is positive upright and negative turned over (the same face, the
+    picture turned by 180° and its landmarks with it), by a clear margin, for each shared face; and the
+    same pasted small into a 1080p frame."""
+    from flame_tracker.detection.orientation import UprightScorer
+    from flame_tracker.video.pipeline import UPRIGHT_MARGIN
+
+    with UprightScorer() as scorer:
+        for f in faces:
+            size = np.array(f.image.shape[1::-1], np.float64)
+            up = scorer(f.image, f.lmks68)
+            down = scorer(np.ascontiguousarray(f.image[::-1, ::-1]), size - f.lmks68)
+            assert up > 2 * UPRIGHT_MARGIN and down < -2 * UPRIGHT_MARGIN, (up, down)
+        canvas = textured_canvas(1920, 1080, seed=1)
+        pts = paste_face(canvas, faces[0], (700.0, 500.0), 150.0)
+        assert scorer(canvas, pts) > 2 * UPRIGHT_MARGIN
+        assert scorer(np.ascontiguousarray(canvas[::-1, ::-1]), np.array([1920.0, 1080.0]) - pts) < -2 * UPRIGHT_MARGIN
+
+
 def test_face_choice_parses_and_orders() -> None:
     a, b, c = _Face(700, 100, 50), _Face(100, 300, 120), _Face(430, 180, 80)
     faces = [a, b, c]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from flame_tracker.errors import InputError
 from flame_tracker.io.results import REFERENCE_KEYS, load_npz
 from flame_tracker.video import blocks as blocks_mod
 from flame_tracker.video import pipeline as pipeline_mod
@@ -210,6 +211,29 @@ def test_overlay_says_where_no_face_was_found(shared_dir: Path, tmp_path: Path, 
     corner = frames[20].image[:40, -150:].astype(int)
     assert np.abs(corner - 128).max() > 60  # the caption over the grey frame (top right: the legend is top left)
     assert np.abs(frames[20].image[200:, 200:].astype(int) - 128).max() < 12  # nothing else drawn
+
+
+@pytest.mark.slow
+def test_a_video_stored_upside_down_is_refused_with_what_to_do(shared_dir: Path, tmp_path: Path, model) -> None:
+    """A clip stored upside down without a rotation flag is refused, saying how to turn it (tracked, it
+    gave an upright head drawn across the turned face, exit code 0); a clip mostly without faces
+    (grey frames, nothing turned over there either) is tracked as before."""
+    from flame_tracker.video.decode import VideoReader
+    from flame_tracker.video.encode import VideoWriter
+
+    src = [f.image for f in VideoReader(shared_dir / "videos" / "talking_wojtek.mp4", max_frames=30)]
+    turned = tmp_path / "turned.mp4"
+    with VideoWriter(turned, fps=25.0) as writer:
+        for img in src:
+            writer.write(np.ascontiguousarray(img[::-1, ::-1]))
+    with pytest.raises(InputError, match=r"upside down.*hflip,vflip"):
+        track_video(turned, tmp_path / "t", model=model, options=TINY, progress=False)
+    grey = tmp_path / "grey.mp4"
+    with VideoWriter(grey, fps=25.0) as writer:
+        for k, img in enumerate(src):
+            writer.write(np.full_like(img, 128) if k < 22 else img)
+    summary = track_video(grey, tmp_path / "g", model=model, options=replace(TINY, flow=False), progress=False)
+    assert summary.n_tracked == 8
 
 
 def test_bad_input_errors(tmp_path: Path, shared_dir: Path, model) -> None:

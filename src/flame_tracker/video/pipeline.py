@@ -405,6 +405,9 @@ class _DetectJob:
         follower = self._follower()
         block = None
         t_wait = 0.0
+        scorer: Any = None  # (created at the first face to rate)
+        votes: list[tuple[int, float]] = []  # the block's upright scores (UPRIGHT_EVERY)
+        next_vote = 0
         try:
             with closing(prefetch(reader)) as frames:  # decoded ahead in a thread of its own
                 while not self.stop.is_set():
@@ -416,15 +419,25 @@ class _DetectJob:
                             # ends (stored before the last block: its short block is then complete)
                             save_json(self.run_folder.root / "work" / "landmarks_end.json",
                                       {"frames": reader.n_selected})
+                        if block is not None:
+                            self._save_votes(block, votes)
                         break
                     p = frame.position
                     if p < start or p // size in complete:  # a warm-up frame for the next block
                         recent.append((p, frame.image, frame.time_s))
                         continue
                     if p // size != block:  # a block starts: afresh, warmed up
-                        block = p // size
+                        if block is not None:
+                            self._save_votes(block, votes)
+                        block, votes, next_vote = p // size, [], p
                         self._start_block(follower, recent, block * size, frame.time_s)
                     det = follower(frame.image, frame.time_s)
+                    if det is not None and p >= next_vote and len(votes) < UPRIGHT_VOTES:
+                        from flame_tracker.detection.orientation import UprightScorer
+
+                        scorer = scorer or UprightScorer(self.landmarker_path, verbose=self.verbose)
+                        votes.append((int(frame.index), scorer(frame.image, det.lmks68)))
+                        next_vote = p + UPRIGHT_EVERY
                     recent.append((p, frame.image, frame.time_s))
                     stage.add(frame.index, self._record(frame, det))
                     with self.lock:
@@ -434,6 +447,8 @@ class _DetectJob:
         finally:
             stage.flush()
             follower.close()
+            if scorer is not None:
+                scorer.close()
             with self.lock:
                 self.t_decode += t_wait
                 for after, what in reader.damaged.items():
@@ -444,6 +459,11 @@ class _DetectJob:
                     self.broken = reader.broken  # the first break in the video
                 if stop is None or reader.broken:  # the thread that read to the end (or the break)
                     self.n_decoded = max(self.n_decoded, reader.n_decoded)
+
+    def _save_votes(self, block: int, votes: list[tuple[int, float]]) -> None:
+        """A detected block's upright scores (frame, score), for :func:`_stored_upside_down`."""
+        save_json(self.run_folder.root / "work" / UPRIGHT_FOLDER / f"{block:06d}.json",
+                  {"frames": [f for f, _ in votes], "upright": [v for _, v in votes]})
 
     def after_break(self, stage: CheckpointStage, end_path: Path) -> None:
         """A damaged stream: nothing after its first break is kept, as when one reader decodes the
@@ -1049,7 +1069,7 @@ def _track(video: str | Path, run: RunFolder, reader: VideoReader, fit_model: An
     # a long video's per-frame arrays are files in the work folder (memory stays flat); removed at the end
     arrays = FrameArrays(run.root / "work" / "arrays")
     try:
-        lm = _landmarks_with_faces(run, video, summary, vopts, arrays)
+        lm = _landmarks_with_faces(run, video, summary, vopts, arrays, reader, landmarker_path, verbose)
         fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary, arrays)
         light = None
         if vopts.photometric:
@@ -1107,10 +1127,67 @@ def _finished(run: RunFolder, vopts: VideoOptions) -> bool:
         not vopts.photometric or (run.root / "texture.png").exists())
 
 
+#: Faces rated upright or turned over (:class:`~flame_tracker.detection.orientation.UprightScorer`)
+#: per detection block: the first, then each at least UPRIGHT_EVERY frames on (~5 ms each: 0.1-0.2 ms a
+#: frame); at most UPRIGHT_VOTES a block
+UPRIGHT_EVERY = 16
+UPRIGHT_VOTES = 3
+UPRIGHT_FOLDER = "landmarks_upright"  # under work/: one file of scores per block
+#: A face rated this much better turned over counts as turned: a face on its side (a video stored
+#: sideways without a flag, which MediaPipe follows) rates about 0 both ways; upright faces rated
+#: 0.2-0.5, turned ones -0.1 to -0.35 (one at +0.07) on the shared clips
+UPRIGHT_MARGIN = 0.05
+#: Frames a run without any face looks at turned over (:func:`_stored_upside_down`).
+TURN_PROBES = 5
+
+
+def _stored_upside_down(video: str | Path, run: RunFolder, reader: VideoReader, lm: DetectedFrames,
+                        landmarker_path: str | Path | None, verbose: bool) -> None:
+    """:class:`InputError` when ``video`` looks stored upside down without a rotation flag. MediaPipe
+    finds few faces in such a video, and often draws an upright face across the turned one: tracked,
+    that gave a wrong head with no error (a trial). The faces the detection stage rated
+    (:data:`UPRIGHT_FOLDER`) decide: more than half of them (two at least) look more upright turned
+    over by :data:`UPRIGHT_MARGIN`, and on average too. A run without any face looks at
+    :data:`TURN_PROBES` of its frames turned over instead, and is refused the same way when at least
+    80 % of them hold a face. (A photo is turned back by itself,
+    :meth:`~flame_tracker.tracker.Tracker.fit_image`; a video, whose every output is in its pictures'
+    pixels, is left to the user to turn.)"""
+    folder = run.root / "work" / UPRIGHT_FOLDER
+    scores = [v for f in sorted(folder.glob("*.json")) for v in json.loads(f.read_text())["upright"]] \
+        if folder.is_dir() else []
+    if len(scores) >= 2:
+        turned = sum(v < -UPRIGHT_MARGIN for v in scores)
+        seen, what = len(scores), "faces the detector rated"
+        # (a face MediaPipe drew across a turned one is sometimes rated upright: most, and on average)
+        upside_down = 2 * turned > seen and float(np.mean(scores)) < -UPRIGHT_MARGIN
+    elif len(lm) and not lm.valid.any():
+        rows = np.unique(np.linspace(0, len(lm) - 1, min(TURN_PROBES, len(lm))).round().astype(int))
+        from flame_tracker.detection.search import FaceFinder
+
+        turned, seen, what = 0, len(rows), "frames looked at"
+        with FaceFinder(landmarker_path, max_faces=1, verbose=verbose) as finder:
+            for frame in reader.reopen(skip=AllBut(int(f) for f in lm.frame[rows])):
+                turned += bool(finder.find(np.ascontiguousarray(frame.image[::-1, ::-1])))
+        upside_down = seen >= 2 and turned >= 0.8 * seen
+    else:
+        return
+    if upside_down:
+        raise InputError(
+            f"{video} seems to be stored upside down (the face looks upright turned over in {turned} of "
+            f"{seen} {what}; MediaPipe found a face in {int(lm.valid.sum())} of its {len(lm)} frames). "
+            "Turn its pictures (e.g. `ffmpeg -i IN -vf hflip,vflip OUT.mp4`) or give it a rotation flag "
+            "of 180 degrees, which players and flame-tracker follow, and track that file")
+
+
 def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSummary,
-                          vopts: VideoOptions, arrays: FrameArrays | None = None) -> DetectedFrames:
-    """The detected landmark track; :class:`NoFaceError` (naming where it searched) without a face."""
+                          vopts: VideoOptions, arrays: FrameArrays | None = None,
+                          reader: VideoReader | None = None, landmarker_path: str | Path | None = None,
+                          verbose: bool = False) -> DetectedFrames:
+    """The detected landmark track; :class:`NoFaceError` (naming where it searched) without a face,
+    :class:`InputError` for a video stored upside down (:func:`_stored_upside_down`, with ``reader``)."""
     lm = _load_landmarks(run, arrays)
+    if reader is not None and lm is not None:
+        _stored_upside_down(video, run, reader, lm, landmarker_path, verbose)
     if (lm is None or not len(lm)) and not summary.broken:
         # (a range that holds no frame: after the last one, or between two of a sparse video)
         rng = f"from {vopts.start_s:g} s" + (f" to {vopts.end_s:g} s" if vopts.end_s is not None else "")
