@@ -553,6 +553,7 @@ class Tracker:
         self._landmarker_path = landmarker
         self._landmarker = None
         self._finder = None
+        self._scorer: Any = None  # detection.orientation.UprightScorer, created on first use
         self.face = FaceChoice.parse(face)
         self.verbose = verbose
         self._last = threading.local()
@@ -588,7 +589,7 @@ class Tracker:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_last")  # (thread-local: not picklable; a copy starts with the last picture only)
-        state.update(_landmarker=None, _finder=None)  # MediaPipe's handles: a copy opens its own
+        state.update(_landmarker=None, _finder=None, _scorer=None)  # MediaPipe's handles: a copy opens its own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -616,8 +617,20 @@ class Tracker:
             self._finder = FaceFinder(landmarker=self.landmarker)
         return self._finder
 
+    def _upright(self, rgb: np.ndarray, det: Any) -> float:
+        """:class:`~flame_tracker.detection.orientation.UprightScorer`'s rating of ``det`` (created on
+        first use)."""
+        if self._scorer is None:
+            from flame_tracker.detection.orientation import UprightScorer
+
+            self._scorer = UprightScorer(self._landmarker_path, verbose=self.verbose)
+        return float(self._scorer(rgb, det.lmks68))
+
     def close(self) -> None:
         """Release the landmarker."""
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
         if self._finder is not None:  # its tile landmarker (the main one is closed below)
             self._finder.close()
             self._finder = None
@@ -670,13 +683,22 @@ class Tracker:
         t1 = time.perf_counter()
         dets = self.finder.find(rgb, exhaustive=exhaustive)
         self._last.faces = len(dets)
-        if not dets:
-            # a picture stored upside down (no EXIF orientation): MediaPipe finds no face in 5 of the 8
-            # shared photos turned over, and all 8 once turned back (a face turned by 90° it finds)
-            from flame_tracker.detection.search import turned_over
+        # A picture stored upside down (no EXIF orientation): MediaPipe finds no face in some of the
+        # shared photos turned over, and in the others draws an upright face across the turned one
+        # (7 of 12); all are found once turned back. Its face detector tells a turned face
+        # (detection.orientation): the largest face found is rated, and the picture searched again
+        # turned over when there is none or it looks turned.
+        from flame_tracker.detection.orientation import UPRIGHT_MARGIN
+        from flame_tracker.detection.search import face_size, turned_over
 
-            dets = [turned_over(d) for d in self.finder.find(np.ascontiguousarray(rgb[::-1, ::-1]),
-                                                             exhaustive=exhaustive)]
+        if not dets or self._upright(rgb, max(dets, key=lambda d: face_size(d.lmks68))) < -UPRIGHT_MARGIN:
+            back = np.ascontiguousarray(rgb[::-1, ::-1])
+            found = self.finder.find(back, exhaustive=exhaustive)
+            # (kept only when its largest face looks upright there: MediaPipe draws faces across
+            # turned ones in either direction)
+            if found and (not dets or self._upright(back, max(found, key=lambda d: face_size(d.lmks68)))
+                          > UPRIGHT_MARGIN):
+                dets = [turned_over(d) for d in found]
         if not dets:
             where = str(image) if isinstance(image, (str, os.PathLike)) else name
             raise NoFaceError(f"No face found in {where} (searched the whole picture and tiles down to faces of "

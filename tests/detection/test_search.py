@@ -70,8 +70,7 @@ def test_the_face_detector_tells_an_upright_face_from_one_turned_over(faces) -> 
     """The upright score of a face is positive upright and negative turned over (the same face, the
     picture turned by 180° and its landmarks with it), by a clear margin, for each shared face; and the
     same pasted small into a 1080p frame."""
-    from flame_tracker.detection.orientation import UprightScorer
-    from flame_tracker.video.pipeline import UPRIGHT_MARGIN
+    from flame_tracker.detection.orientation import UPRIGHT_MARGIN, UprightScorer
 
     with UprightScorer() as scorer:
         for f in faces:

@@ -24,6 +24,10 @@ from flame_tracker.io.images import crop_resize
 #: The crop the detector rates: this many times the 68 points' larger extent, square, at CROP_PX.
 CROP_SCALE = 1.6
 CROP_PX = 256
+#: A face rated this much better turned over counts as turned: a face on its side (a video stored
+#: sideways without a flag, which MediaPipe follows) rates about 0 both ways; upright faces rated
+#: 0.2-0.5, turned ones -0.1 to -0.35 (one at +0.07) on the shared clips
+UPRIGHT_MARGIN = 0.05
 
 
 class UprightScorer:
@@ -83,4 +87,4 @@ class UprightScorer:
         self.close()
 
 
-__all__ = ["CROP_PX", "CROP_SCALE", "UprightScorer"]
+__all__ = ["CROP_PX", "CROP_SCALE", "UPRIGHT_MARGIN", "UprightScorer"]

@@ -1133,10 +1133,6 @@ def _finished(run: RunFolder, vopts: VideoOptions) -> bool:
 UPRIGHT_EVERY = 16
 UPRIGHT_VOTES = 3
 UPRIGHT_FOLDER = "landmarks_upright"  # under work/: one file of scores per block
-#: A face rated this much better turned over counts as turned: a face on its side (a video stored
-#: sideways without a flag, which MediaPipe follows) rates about 0 both ways; upright faces rated
-#: 0.2-0.5, turned ones -0.1 to -0.35 (one at +0.07) on the shared clips
-UPRIGHT_MARGIN = 0.05
 #: Frames a run without any face looks at turned over (:func:`_stored_upside_down`).
 TURN_PROBES = 5
 
@@ -1147,11 +1143,13 @@ def _stored_upside_down(video: str | Path, run: RunFolder, reader: VideoReader, 
     finds few faces in such a video, and often draws an upright face across the turned one: tracked,
     that gave a wrong head with no error (a trial). The faces the detection stage rated
     (:data:`UPRIGHT_FOLDER`) decide: more than half of them (two at least) look more upright turned
-    over by :data:`UPRIGHT_MARGIN`, and on average too. A run without any face looks at
-    :data:`TURN_PROBES` of its frames turned over instead, and is refused the same way when at least
-    80 % of them hold a face. (A photo is turned back by itself,
+    over by :data:`~flame_tracker.detection.orientation.UPRIGHT_MARGIN`, and on average too. A run
+    without any face looks at :data:`TURN_PROBES` of its frames turned over instead, and is refused
+    the same way when at least 80 % of them hold a face. (A photo is turned back by itself,
     :meth:`~flame_tracker.tracker.Tracker.fit_image`; a video, whose every output is in its pictures'
     pixels, is left to the user to turn.)"""
+    from flame_tracker.detection.orientation import UPRIGHT_MARGIN
+
     folder = run.root / "work" / UPRIGHT_FOLDER
     scores = [v for f in sorted(folder.glob("*.json")) for v in json.loads(f.read_text())["upright"]] \
         if folder.is_dir() else []
