@@ -192,6 +192,28 @@ def test_a_killed_overlay_keeps_the_pieces_it_finished(shared_dir: Path, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_finished_run_draws_the_overlay_and_meshes_it_is_asked_for_again(shared_dir: Path, tmp_path: Path,
+                                                                           model) -> None:
+    """A finished run asked for its overlay side by side, or its meshes in another format, writes them
+    (a trial's `--side-by-side` on a finished run said "nothing to do" and kept the plain overlay);
+    asked again the same, it does nothing."""
+    from flame_tracker.video.decode import probe
+
+    clip, out = shared_dir / "videos" / "talking_wojtek.mp4", tmp_path / "run"
+
+    def run(**kw):
+        return track_video(clip, out, model=model, options=TINY, progress=False,
+                           video_options=VideoOptions(max_frames=3, overlay=True, **kw))
+
+    assert not run().skipped and probe(out / "overlay.mp4").width == 512
+    assert not run(side_by_side=True).skipped and probe(out / "overlay.mp4").width == 1024
+    assert run(side_by_side=True).skipped
+    assert not run(side_by_side=True, meshes="obj").skipped and len(list((out / "meshes").glob("*.obj"))) == 3
+    assert run(side_by_side=True, meshes="obj").skipped
+    assert not (out / "work" / "overlay").exists()
+
+
+@pytest.mark.slow
 def test_overlay_says_where_no_face_was_found(shared_dir: Path, tmp_path: Path, model) -> None:
     """Frames of the run without a result are labelled in the overlay (a footage trial found them bare,
     while flow and interpolated frames were labelled)."""

@@ -649,6 +649,7 @@ OVERLAY_BATCH = 32  # frames whose meshes the overlay computes in one pass
 #: Frames per piece of ``overlay.mp4`` (``work/overlay/NNNNN.mp4``, joined at the end): the most a killed
 #: run draws again (a minute or more of drawing; an hour's overlay takes an hour or more)
 OVERLAY_PIECE = 1500
+OVERLAY_RECORD = "overlay.json"  # under work/: how overlay.mp4 was drawn (side by side or not)
 # keys tracking.npz adds about the whole video (with the ``all_*`` arrays over every decoded frame)
 VIDEO_KEYS = ("keyframes", "video_fps", "video_size", "video_path")
 
@@ -760,7 +761,7 @@ def _write_outputs(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
 
     if vopts.meshes:
         _write_meshes(run, fit, lm, rows, model, vopts.meshes, summary)
-    if vopts.overlay and not (run.root / "overlay.mp4").exists():
+    if vopts.overlay and not _overlay_done(run, vopts):
         _write_overlay(run, fit, lm, reader, model, vopts, summary, progress, light, arrays)
 
 
@@ -916,8 +917,18 @@ def _write_overlay(run: RunFolder, fit: SequenceFit, lm: DetectedFrames,
     done = sorted(pieces.glob("[0-9]*.mp4"))
     if done:
         join_videos(done, run.root / "overlay.mp4")
+        save_json(run.root / "work" / OVERLAY_RECORD, {"side_by_side": bool(vopts.side_by_side)})
     shutil.rmtree(pieces, ignore_errors=True)
     summary.timings["overlay_s"] = time.perf_counter() - t0
+
+
+def _overlay_done(run: RunFolder, vopts: VideoOptions) -> bool:
+    """``overlay.mp4`` is there, drawn as ``vopts`` ask (side by side or not; a run whose overlay an
+    earlier version drew, which recorded nothing, counts as drawn so)."""
+    if not (run.root / "overlay.mp4").exists():
+        return False
+    record = run.root / "work" / OVERLAY_RECORD
+    return not record.is_file() or json.loads(record.read_text()).get("side_by_side") == bool(vopts.side_by_side)
 
 
 def _finished_pieces(folder: Path, settings: dict[str, Any]) -> int:
@@ -1122,8 +1133,8 @@ def _open_run(video: str | Path, out_dir: str | Path, model: Any, fit_model: Any
 
 def _finished(run: RunFolder, vopts: VideoOptions) -> bool:
     """A complete run with every output these options ask for (nothing to do)."""
-    return run.complete and (not vopts.overlay or (run.root / "overlay.mp4").exists()) and (
-        not vopts.meshes or (run.root / "meshes").is_dir()) and (
+    return run.complete and (not vopts.overlay or _overlay_done(run, vopts)) and (
+        not vopts.meshes or any((run.root / "meshes").glob(f"*.{vopts.meshes}"))) and (
         not vopts.photometric or (run.root / "texture.png").exists())
 
 
