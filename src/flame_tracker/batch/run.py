@@ -24,6 +24,7 @@ from typing import Any
 
 from flame_tracker.batch.items import Item, estimated_frames, group_images
 from flame_tracker.errors import FlameTrackerError, first_line
+from flame_tracker.io.results import save_json
 from flame_tracker.video.store import PHOTO_CONFIG
 
 STATUSES = ("done", "skipped", "failed", "interrupted")
@@ -123,6 +124,33 @@ def _row(item: dict[str, Any], status: str, **kw: Any) -> dict[str, Any]:
     return row
 
 
+#: In each item's folder: the numbers of the batch run that made it, which a later batch reports for
+#: it as skipped (its own summary's time leaves out the batch's share: model loading, its parts)
+ITEM_RECORD = "batch_item.json"
+_RECORDED = ("frames", "fps", "mean_reproj_px", "seconds")
+
+
+def _record(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Keep a done item's numbers in its folder (:data:`ITEM_RECORD`); returns ``row``."""
+    try:
+        save_json(folder / ITEM_RECORD, {"input": row["input"], **{k: row[k] for k in _RECORDED}})
+    except OSError:  # (the numbers are a report: the item is done whatever happens to them)
+        pass
+    return row
+
+
+def _recorded(folder: Path, item: dict[str, Any], **fallback: Any) -> dict[str, Any]:
+    """The row of an item a batch finished before: its recorded numbers (:data:`ITEM_RECORD`) when
+    they are of this input, else ``fallback``."""
+    try:
+        rec = json.loads((folder / ITEM_RECORD).read_text())
+    except (OSError, ValueError):
+        rec = None
+    if isinstance(rec, dict) and rec.get("input") == item["path"]:
+        fallback = {k: float("nan") if rec.get(k) is None else rec[k] for k in _RECORDED}
+    return _row(item, "skipped", **fallback)
+
+
 def _message(exc: BaseException) -> str:
     return first_line(exc)[:500]
 
@@ -169,10 +197,10 @@ def _video(item: dict[str, Any], out_dir: Path, force: bool, part_seconds: float
         info = json.loads((folder / "summary.json").read_text())
         frames, total = int(info.get("n_frames", 0)), float(info.get("timings", {}).get("total_s", 0.0))
         # (its numbers are those of the run that made it: its frames/s next to its own time)
-        return _row(item, "skipped", frames=frames, fps=frames / total if total > 0 else float("nan"),
-                    mean_reproj_px=info.get("mean_reproj_px", float("nan")), seconds=total)
-    return _row(item, "done", frames=s.n_frames, fps=s.n_frames / max(seconds, 1e-9),
-                mean_reproj_px=s.mean_reproj_px, seconds=seconds)
+        return _recorded(folder, item, frames=frames, fps=frames / total if total > 0 else float("nan"),
+                         mean_reproj_px=info.get("mean_reproj_px", float("nan")), seconds=total)
+    return _record(folder, _row(item, "done", frames=s.n_frames, fps=s.n_frames / max(seconds, 1e-9),
+                                mean_reproj_px=s.mean_reproj_px, seconds=seconds))
 
 
 def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: bool = False,
@@ -205,8 +233,9 @@ def process(items: list[dict[str, Any]], out_dir: str, threads: int = 1, force: 
             result.save(out / item["name"], item["name"], image=tracker.last_image)
             tracker.settings().save(out / item["name"] / PHOTO_CONFIG, ("image", "stage1", "stage2"))
             seconds = time.perf_counter() - t0
-            rows.append(_row(item, "done", frames=1, fps=1.0 / max(seconds, 1e-9),
-                             mean_reproj_px=float(result.reprojection_error_px), seconds=seconds))
+            rows.append(_record(out / item["name"], _row(item, "done", frames=1, fps=1.0 / max(seconds, 1e-9),
+                                                         mean_reproj_px=float(result.reprojection_error_px),
+                                                         seconds=seconds)))
         except Exception as exc:  # noqa: BLE001  (one bad item must not stop the others)
             rows.append(_row(item, "failed", error=_message(exc), seconds=time.perf_counter() - t0))
     return rows
@@ -273,8 +302,8 @@ def _photo_done(item: Item, out_dir: Path) -> dict[str, Any] | None:
     # its numbers from its summary (Result.summary): the error, and the fit's own time
     err = (info.get("reprojection_px") or {}).get("mean_68")
     total = sum(float(v) for v in (info.get("timings_s") or {}).values())
-    return _row(item.as_dict(), "skipped", frames=1, fps=1.0 / total if total > 0 else float("nan"),
-                mean_reproj_px=float("nan") if err is None else float(err), seconds=total)
+    return _recorded(out_dir / item.name, item.as_dict(), frames=1, fps=1.0 / total if total > 0 else float("nan"),
+                     mean_reproj_px=float("nan") if err is None else float(err), seconds=total)
 
 
 def _thread_env(threads: int) -> dict[str, str]:
