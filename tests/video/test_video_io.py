@@ -400,6 +400,10 @@ def test_truncated_stream_keeps_decoded_frames(truncated_mkv: Path, shared_dir: 
     mp4.write_bytes((shared_dir / "videos" / "talking_ex3.mp4").read_bytes()[:100_000])
     with pytest.raises(VideoError, match="truncated"):
         VideoReader(mp4)
+    empty = tmp_path / "empty.mp4"  # (an interrupted copy: said as such, as the image command does)
+    empty.write_bytes(b"")
+    with pytest.raises(VideoError, match=r"is empty \(0 bytes\)"):
+        VideoReader(empty)
 
 
 # ---------------------------------------------------------------- encoding

@@ -65,6 +65,8 @@ def _open(path: str | Path) -> av.container.InputContainer:
         raise FileNotFoundError(f"video file {path} does not exist; check the path")
     if path.is_dir():
         raise VideoError(f"{path} is a folder, not a video file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path} is empty (0 bytes): the file was not written to the end; copy or export it again")
     try:
         container = av.open(ffmpeg_path(path))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
