@@ -446,7 +446,7 @@ def test_writer_keeps_source_times_closer_than_its_frame_rate(tmp_path: Path) ->
 
 def test_writer_keeps_a_late_first_frame_at_its_time(tmp_path: Path) -> None:
     """A video whose first frame is not at 0 (a piece of an overlay, a range's first frame) keeps
-    every frame at its time to the tick: MP4's default movie clock of 1/1000 s moved them 0.75 ms."""
+    every frame at its time to the tick: MP4's default movie clock of 1/1000 s moved them 0.83 ms."""
     times = [(100 + k) * 1001 / 24000 for k in range(6)]  # from 4.170833 s
     path = tmp_path / "late.mp4"
     with VideoWriter(path, fps=24000 / 1001) as writer:
