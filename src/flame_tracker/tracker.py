@@ -689,15 +689,15 @@ class Tracker:
         # (detection.orientation): the largest face found is rated, and the picture searched again
         # turned over when there is none or it looks turned.
         from flame_tracker.detection.orientation import UPRIGHT_MARGIN
-        from flame_tracker.detection.search import face_size, turned_over
+        from flame_tracker.detection.search import FaceChoice, turned_over
 
-        if not dets or self._upright(rgb, max(dets, key=lambda d: face_size(d.lmks68))) < -UPRIGHT_MARGIN:
+        largest = FaceChoice("largest").pick
+        if not dets or self._upright(rgb, largest(dets)) < -UPRIGHT_MARGIN:
             back = np.ascontiguousarray(rgb[::-1, ::-1])
             found = self.finder.find(back, exhaustive=exhaustive)
             # (kept only when its largest face looks upright there: MediaPipe draws faces across
             # turned ones in either direction)
-            if found and (not dets or self._upright(back, max(found, key=lambda d: face_size(d.lmks68)))
-                          > UPRIGHT_MARGIN):
+            if found and (not dets or self._upright(back, largest(found)) > UPRIGHT_MARGIN):
                 dets = [turned_over(d) for d in found]
         if not dets:
             where = str(image) if isinstance(image, (str, os.PathLike)) else name
