@@ -455,6 +455,14 @@ def test_writer_keeps_a_late_first_frame_at_its_time(tmp_path: Path) -> None:
     with av.open(str(path)) as container:  # (VideoReader counts time from the first frame)
         got = [float(f.time) for f in container.decode(video=0)]
     np.testing.assert_allclose(got, times, atol=1e-5)
+    # and pieces joined into one file (the same muxer clock there)
+    more = tmp_path / "later.mp4"
+    with VideoWriter(more, fps=24000 / 1001) as writer:
+        for i in range(6, 9):
+            writer.write(_pattern(i), (100 + i) * 1001 / 24000)
+    with av.open(str(join_videos([path, more], tmp_path / "joined.mp4"))) as container:
+        got = [float(f.time) for f in container.decode(video=0)]
+    np.testing.assert_allclose(got, [(100 + k) * 1001 / 24000 for k in range(9)], atol=1e-5)
 
 
 def test_a_frame_at_the_time_of_the_one_before_is_left_out_and_the_others_keep_their_numbers(tmp_path: Path) -> None:
