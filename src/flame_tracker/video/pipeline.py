@@ -1055,50 +1055,39 @@ def track_video(video: str | Path, out_dir: str | Path, *,
     run = _open_run(video, out_dir, model, fit_model, topts, vopts, fopts, popts, force,
                     exclusive=detect_part is None)
     try:
-        return _track(video, run, reader, fit_model, model, topts, vopts, fopts, popts, progress,
-                      landmarker_path, verbose, detect_part, t_start)
+        summary = VideoSummary(out_dir=run.root, face=str(vopts.face))
+        if _finished(run, vopts):
+            summary.skipped = True
+            return summary
+
+        _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose,
+                      dense=topts.landmarks == "dense", part=detect_part)
+        if detect_part is not None:
+            return summary
+        # a long video's per-frame arrays are files in the work folder (memory stays flat); removed at the end
+        arrays = FrameArrays(run.root / "work" / "arrays")
+        try:
+            lm = _landmarks_with_faces(run, video, summary, vopts, arrays, reader, landmarker_path, verbose)
+            fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary, arrays)
+            light = None
+            if vopts.photometric:
+                from flame_tracker.video.photometric import photometric_track
+
+                refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
+                                            progress=progress, timings=summary.timings,
+                                            frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
+                if refined is not None:
+                    fit, light = refined
+            _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model, arrays)
+        finally:  # (the work arrays are rebuilt from the checkpoints by a resume)
+            arrays.close()
+        _summarise(summary, fit, lm.frame)
+        summary.timings["total_s"] = time.perf_counter() - t_start
+        save_json(run.root / "summary.json", summary.as_dict())
+        run.mark_complete()
+        return summary
     finally:
         run.release()
-
-
-def _track(video: str | Path, run: RunFolder, reader: VideoReader, fit_model: Any, model: Any, topts: TrackOptions,
-           vopts: VideoOptions, fopts: FlowOptions, popts: Any, progress: bool,
-           landmarker_path: str | Path | None, verbose: bool, detect_part: tuple[int, int] | None,
-           t_start: float) -> VideoSummary:
-    """:func:`track_video`'s stages in the opened run folder."""
-    from flame_tracker.fitting.photometric import PhotometricOptions
-
-    summary = VideoSummary(out_dir=run.root, face=str(vopts.face))
-    if _finished(run, vopts):
-        summary.skipped = True
-        return summary
-
-    _detect_stage(run, reader, landmarker_path, progress, summary, vopts, verbose,
-                  dense=topts.landmarks == "dense", part=detect_part)
-    if detect_part is not None:
-        return summary
-    # a long video's per-frame arrays are files in the work folder (memory stays flat); removed at the end
-    arrays = FrameArrays(run.root / "work" / "arrays")
-    try:
-        lm = _landmarks_with_faces(run, video, summary, vopts, arrays, reader, landmarker_path, verbose)
-        fit = _fit_stage(run, lm, reader, fit_model, topts, fopts, progress, summary, arrays)
-        light = None
-        if vopts.photometric:
-            from flame_tracker.video.photometric import photometric_track
-
-            refined = photometric_track(run, fit, lm, reader, fit_model, topts, chunk=vopts.photometric_chunk,
-                                        progress=progress, timings=summary.timings,
-                                        frames_done=summary.frames_done, **_changed(popts, PhotometricOptions()))
-            if refined is not None:
-                fit, light = refined
-        _write_outputs(run, fit, lm, reader, model, vopts, summary, progress, light, fit_model, arrays)
-    finally:  # (the work arrays are rebuilt from the checkpoints by a resume)
-        arrays.close()
-    _summarise(summary, fit, lm.frame)
-    summary.timings["total_s"] = time.perf_counter() - t_start
-    save_json(run.root / "summary.json", summary.as_dict())
-    run.mark_complete()
-    return summary
 
 
 def _open_run(video: str | Path, out_dir: str | Path, model: Any, fit_model: Any, topts: TrackOptions,
