@@ -1177,14 +1177,13 @@ def _stored_upside_down(video: str | Path, run: RunFolder, reader: VideoReader, 
             "of 180 degrees, which players and flame-tracker follow, and track that file")
 
 
-def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSummary,
-                          vopts: VideoOptions, arrays: FrameArrays | None = None,
-                          reader: VideoReader | None = None, landmarker_path: str | Path | None = None,
-                          verbose: bool = False) -> DetectedFrames:
+def _landmarks_with_faces(run: RunFolder, video: str | Path, summary: VideoSummary, vopts: VideoOptions,
+                          arrays: FrameArrays | None, reader: VideoReader, landmarker_path: str | Path | None,
+                          verbose: bool) -> DetectedFrames:
     """The detected landmark track; :class:`NoFaceError` (naming where it searched) without a face,
-    :class:`InputError` for a video stored upside down (:func:`_stored_upside_down`, with ``reader``)."""
+    :class:`InputError` for a video stored upside down (:func:`_stored_upside_down`)."""
     lm = _load_landmarks(run, arrays)
-    if reader is not None and lm is not None:
+    if lm is not None:
         _stored_upside_down(video, run, reader, lm, landmarker_path, verbose)
     if (lm is None or not len(lm)) and not summary.broken:
         # (a range that holds no frame: after the last one, or between two of a sparse video)
